@@ -1,0 +1,124 @@
+#!/usr/bin/env node
+/**
+ * moodio-rt command line: `serve` runs the relay, `token` mints an access
+ * token. Flags come from the option table in src/config.ts.
+ */
+import { Command, Option } from 'commander';
+import { signAccessToken } from '../src/auth/token.ts';
+import { parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
+import { ConfigError } from '../src/errors.ts';
+import { loadOrCreateDevSecret, startServer } from '../src/server.ts';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { existsSync } from 'node:fs';
+
+const EXIT_USAGE = 2;
+
+function fail(message: string): never {
+  process.stderr.write(`moodio-rt: ${message}\n`);
+  process.exit(EXIT_USAGE);
+}
+
+const program = new Command('moodio-rt')
+  .description('Real-time collaboration relay for Moodio desktops')
+  .showHelpAfterError();
+
+const serve = program.command('serve').description('run the WebSocket relay');
+const attributes = new Map<keyof ServeConfig, string>();
+for (const spec of SERVE_OPTIONS) {
+  const option = new Option(spec.flags, spec.description);
+  if (spec.env) option.env(spec.env);
+  if (spec.default !== undefined) option.default(spec.default);
+  attributes.set(spec.key, option.attributeName());
+  serve.addOption(option);
+}
+serve.action(async (opts: Record<string, string | boolean | undefined>) => {
+  const raw: Partial<Record<keyof ServeConfig, string | boolean>> = {};
+  for (const [key, attribute] of attributes) {
+    const value = opts[attribute];
+    if (value !== undefined) raw[key] = value;
+  }
+  let config: ServeConfig;
+  try {
+    config = resolveServeConfig(raw);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+  const server = await startServer(config);
+  if (config.dev) printDevBanner(server.address.port, server.config.jwtSecret);
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) {
+      server.log.warn('forced_exit', { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    server.log.info('signal', { signal });
+    server.shutdown().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        server.log.error('shutdown_failed', { err });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+});
+
+function printDevBanner(port: number, secret: string): void {
+  const token = signAccessToken({ userId: 'dev-user-0001', firstName: 'Dev', email: 'dev@example.com', permission: 'editor' }, secret, 12 * 3600);
+  const url = `ws://127.0.0.1:${port}/ws/desktop/demo`;
+  process.stderr.write(
+    [
+      '',
+      'moodio-rt dev mode: no permission API; the token\'s "permission" claim decides (default editor).',
+      `  connect:  websocat -H 'Cookie: moodio_access_token=${token}' ${url}`,
+      `       or:  npx wscat -c ${url} -H 'Authorization: Bearer ${token}'`,
+      `  then send: {"type":"asset_moved","payload":{"id":"asset-1","x":100,"y":200}}`,
+      `  more tokens: npx moodio-rt token --user alice-0001 --name Alice --email alice@example.com [--permission viewer]`,
+      '',
+    ].join('\n'),
+  );
+}
+
+program
+  .command('token')
+  .description('mint an HS256 access token and print it on stdout')
+  .requiredOption('--user <id>', 'userId claim')
+  .option('--name <firstName>', 'firstName claim', '')
+  .option('--email <email>', 'email claim', '')
+  .addOption(new Option('--permission <permission>', 'permission claim (dev mode only)').choices(['editor', 'viewer']))
+  .option('--ttl <duration>', 'lifetime, e.g. 15m or 1h', '1h')
+  .addOption(new Option('--secret <secret>', 'signing secret').env('JWT_ACCESS_SECRET'))
+  .addOption(
+    new Option('--dev-secret-file <path>', 'dev-mode secret used when no secret is given')
+      .env('MOODIO_RT_DEV_SECRET_FILE')
+      .default(join(tmpdir(), 'moodio-rt-dev-secret')),
+  )
+  .action((opts: { user: string; name: string; email: string; permission?: string; ttl: string; secret?: string; devSecretFile: string }) => {
+    let ttlMs: number;
+    try {
+      ttlMs = parseDuration(opts.ttl, '--ttl');
+    } catch (err) {
+      fail((err as Error).message);
+    }
+    let secret = opts.secret;
+    if (!secret) {
+      if (!existsSync(opts.devSecretFile)) {
+        fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
+      }
+      secret = loadOrCreateDevSecret(opts.devSecretFile);
+    }
+    const claims = {
+      userId: opts.user,
+      firstName: opts.name,
+      email: opts.email,
+      ...(opts.permission ? { permission: opts.permission } : {}),
+    };
+    process.stdout.write(signAccessToken(claims, secret, Math.max(1, Math.round(ttlMs / 1000))) + '\n');
+  });
+
+await program.parseAsync(process.argv);

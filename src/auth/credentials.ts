@@ -1,0 +1,24 @@
+/**
+ * Where a handshake carries its access token: the `moodio_access_token`
+ * cookie (browsers, through nginx), else `Authorization: Bearer` (other clients).
+ */
+import { parseCookie } from 'cookie';
+import { ACCESS_TOKEN_COOKIE } from '../protocol/events.ts';
+
+export interface Credentials {
+  token: string;
+  source: 'cookie' | 'bearer';
+}
+
+const BEARER = /^Bearer[ \t]+([A-Za-z0-9._~+/=-]+)[ \t]*$/i;
+
+/** The token of a request, or null when it carries none. */
+export function extractCredentials(headers: Record<string, string>): Credentials | null {
+  const cookieHeader = headers.cookie;
+  if (cookieHeader !== undefined) {
+    const token = parseCookie(cookieHeader)[ACCESS_TOKEN_COOKIE];
+    if (token) return { token, source: 'cookie' };
+  }
+  const match = headers.authorization === undefined ? null : BEARER.exec(headers.authorization);
+  return match ? { token: match[1]!, source: 'bearer' } : null;
+}

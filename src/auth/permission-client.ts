@@ -1,0 +1,110 @@
+/**
+ * Asks the Next.js app what a user may do on a desktop:
+ * `GET {base}/api/desktop/{desktopId}/permission?userId={userId}`, forwarding
+ * the handshake's cookies. One keep-alive `undici` pool per shard, bounded by
+ * `--permission-concurrency`, each request bounded by `--permission-timeout`.
+ */
+import { Pool } from 'undici';
+import { PermissionError, PermissionErrorCode } from '../errors.ts';
+import { PERMISSIONS, type Permission } from '../protocol/events.ts';
+import type { Identity } from './token.ts';
+
+/** Decides the permission of a session at handshake time. */
+export interface PermissionSource {
+  /** @throws {PermissionError} when the session must not be admitted. */
+  check(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission>;
+  close(): Promise<void>;
+}
+
+/** Largest permission response body read. */
+export const MAX_PERMISSION_BODY = 16 * 1024;
+
+export interface HttpPermissionOptions {
+  /** Base URL, no trailing slash (validated by config). */
+  base: string;
+  timeoutMs: number;
+  concurrency: number;
+}
+
+export class HttpPermissionSource implements PermissionSource {
+  private readonly pool: Pool;
+  private readonly basePath: string;
+  private readonly timeoutMs: number;
+
+  constructor(options: HttpPermissionOptions) {
+    const url = new URL(options.base);
+    this.basePath = url.pathname.replace(/\/+$/, '');
+    this.timeoutMs = options.timeoutMs;
+    this.pool = new Pool(url.origin, {
+      connections: options.concurrency,
+      pipelining: 1,
+      keepAliveTimeout: 30_000,
+      connectTimeout: options.timeoutMs,
+      headersTimeout: options.timeoutMs,
+      bodyTimeout: options.timeoutMs,
+    });
+  }
+
+  async check(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
+    const path = `${this.basePath}/api/desktop/${encodeURIComponent(desktopId)}/permission?userId=${encodeURIComponent(identity.userId)}`;
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (cookieHeader !== undefined) headers.cookie = cookieHeader;
+    let text: string;
+    let status: number;
+    try {
+      const res = await this.pool.request({ method: 'GET', path, headers, signal: AbortSignal.timeout(this.timeoutMs) });
+      status = res.statusCode;
+      if (status !== 200) {
+        await res.body.dump();
+        const code = status >= 500 ? PermissionErrorCode.UNAVAILABLE : PermissionErrorCode.DENIED;
+        throw new PermissionError(code, `permission API answered ${status}`);
+      }
+      text = await readLimited(res.body, MAX_PERMISSION_BODY);
+    } catch (err) {
+      if (err instanceof PermissionError) throw err;
+      throw new PermissionError(PermissionErrorCode.UNAVAILABLE, `permission API unreachable: ${(err as Error).message}`, { cause: err });
+    }
+    let permission: unknown;
+    try {
+      permission = (JSON.parse(text) as { permission?: unknown } | null)?.permission;
+    } catch {
+      throw new PermissionError(PermissionErrorCode.BAD_RESPONSE, 'permission API answered with invalid JSON');
+    }
+    if (typeof permission !== 'string' || !PERMISSIONS.has(permission)) {
+      throw new PermissionError(PermissionErrorCode.BAD_RESPONSE, `permission API answered an unknown permission`);
+    }
+    return permission as Permission;
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
+
+async function readLimited(body: AsyncIterable<Uint8Array> & { destroy(): unknown }, limit: number): Promise<string> {
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    size += chunk.length;
+    if (size > limit) {
+      body.destroy();
+      throw new PermissionError(PermissionErrorCode.BAD_RESPONSE, `permission API response larger than ${limit} bytes`);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/**
+ * Dev mode: no permission API. The token's `permission` claim decides
+ * (default `editor`); any other value is refused.
+ */
+export class ClaimPermissionSource implements PermissionSource {
+  async check(_desktopId: string, identity: Identity): Promise<Permission> {
+    const claim = identity.permissionClaim ?? 'editor';
+    if (!PERMISSIONS.has(claim)) throw new PermissionError(PermissionErrorCode.DENIED, `unknown permission claim ${JSON.stringify(claim)}`);
+    return claim as Permission;
+  }
+
+  async close(): Promise<void> {}
+}

@@ -1,0 +1,219 @@
+/**
+ * Every option of `moodio-rt serve`: its flag, environment variable, default
+ * and parser, in one table. The CLI builds its flags from this table and
+ * hands the raw strings to {@link resolveServeConfig}, which validates them
+ * once; nothing downstream re-checks an option.
+ *
+ * Precedence (commander's): default < environment variable < flag.
+ */
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError } from './errors.ts';
+
+export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export const LOG_FORMATS = ['json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+/** The validated configuration of a running server. Plain data: it is cloned into every shard. */
+export interface ServeConfig {
+  host: string;
+  port: number;
+  workers: number;
+  dev: boolean;
+  jwtSecret: string;
+  devSecretFile: string;
+  permissionApiBase: string;
+  permissionTimeoutMs: number;
+  permissionConcurrency: number;
+  maxMessageSize: number;
+  maxHeadBytes: number;
+  handshakeTimeoutMs: number;
+  drainTimeoutMs: number;
+  adminToken: string;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+}
+
+export interface OptionSpec {
+  key: keyof ServeConfig;
+  /** commander flag syntax, e.g. `--port <port>`. */
+  flags: string;
+  env?: string;
+  description: string;
+  /** Default as the raw string a user would type; undefined = no default. */
+  default?: string;
+  parse: (raw: string, option: string) => ServeConfig[keyof ServeConfig];
+}
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `250`, `250ms`, `10s`, `5m`, `1h` → milliseconds. */
+export function parseDuration(raw: string, option: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(raw.trim());
+  if (!m) throw new ConfigError(option, `expected a duration such as 500ms, 10s or 1h, got ${JSON.stringify(raw)}`);
+  const ms = Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
+  if (ms <= 0 || !Number.isSafeInteger(ms)) throw new ConfigError(option, `must be a positive duration, got ${JSON.stringify(raw)}`);
+  return ms;
+}
+
+function intIn(min: number, max: number) {
+  return (raw: string, option: string): number => {
+    const n = /^-?\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) {
+      throw new ConfigError(option, `must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+    }
+    return n;
+  };
+}
+
+function oneOf<T extends string>(choices: readonly T[]) {
+  return (raw: string, option: string): T => {
+    if (!(choices as readonly string[]).includes(raw)) {
+      throw new ConfigError(option, `must be one of ${choices.join(', ')}, got ${JSON.stringify(raw)}`);
+    }
+    return raw as T;
+  };
+}
+
+function httpUrl(raw: string, option: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(option, `must be an http(s) URL, got ${JSON.stringify(raw)}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(option, `must be an http(s) URL, got ${JSON.stringify(raw)}`);
+  }
+  if (url.search || url.hash) throw new ConfigError(option, 'must not carry a query or fragment');
+  return url.href.replace(/\/+$/, '');
+}
+
+const text = (raw: string): string => raw;
+const flag = (raw: string): boolean => raw === 'true';
+
+/** The options of `moodio-rt serve`, with their defaults. */
+export const SERVE_OPTIONS: readonly OptionSpec[] = [
+  { key: 'host', flags: '--host <host>', env: 'HOST', default: '0.0.0.0', description: 'address to listen on', parse: text },
+  { key: 'port', flags: '-p, --port <port>', env: 'PORT', default: '8081', description: 'TCP port (0 = any free port)', parse: intIn(0, 65535) },
+  {
+    key: 'workers',
+    flags: '-w, --workers <n>',
+    env: 'MOODIO_RT_WORKERS',
+    default: String(availableParallelism()),
+    description: 'shard worker threads (default: available cores)',
+    parse: intIn(1, 256),
+  },
+  { key: 'dev', flags: '--dev', description: 'dev mode: generated secret, permission from the token, example printed', parse: flag },
+  { key: 'jwtSecret', flags: '--jwt-secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret of access tokens (required unless --dev)', parse: text },
+  {
+    key: 'devSecretFile',
+    flags: '--dev-secret-file <path>',
+    env: 'MOODIO_RT_DEV_SECRET_FILE',
+    default: join(tmpdir(), 'moodio-rt-dev-secret'),
+    description: 'where --dev keeps its generated secret (read by `moodio-rt token`)',
+    parse: text,
+  },
+  {
+    key: 'permissionApiBase',
+    flags: '--permission-api-base <url>',
+    env: 'PERMISSION_API_BASE',
+    default: 'http://localhost:3000',
+    description: 'base URL of the permission API',
+    parse: httpUrl,
+  },
+  {
+    key: 'permissionTimeoutMs',
+    flags: '--permission-timeout <duration>',
+    env: 'MOODIO_RT_PERMISSION_TIMEOUT',
+    default: '5s',
+    description: 'permission API request timeout',
+    parse: parseDuration,
+  },
+  {
+    key: 'permissionConcurrency',
+    flags: '--permission-concurrency <n>',
+    env: 'MOODIO_RT_PERMISSION_CONCURRENCY',
+    default: '64',
+    description: 'most concurrent permission API requests per worker (keep-alive connections)',
+    parse: intIn(1, 10_000),
+  },
+  {
+    key: 'maxMessageSize',
+    flags: '--max-message-size <bytes>',
+    env: 'MOODIO_RT_MAX_MESSAGE_SIZE',
+    default: '4096',
+    description: 'largest accepted client frame; larger closes with 1009',
+    parse: intIn(64, 16 * 1024 * 1024),
+  },
+  {
+    key: 'maxHeadBytes',
+    flags: '--max-head-size <bytes>',
+    env: 'MOODIO_RT_MAX_HEAD_SIZE',
+    default: '8192',
+    description: 'largest HTTP request head; larger is answered 431',
+    parse: intIn(256, 65536),
+  },
+  {
+    key: 'handshakeTimeoutMs',
+    flags: '--handshake-timeout <duration>',
+    env: 'MOODIO_RT_HANDSHAKE_TIMEOUT',
+    default: '10s',
+    description: 'time a client has to send its request head',
+    parse: parseDuration,
+  },
+  {
+    key: 'drainTimeoutMs',
+    flags: '--drain-timeout <duration>',
+    env: 'MOODIO_RT_DRAIN_TIMEOUT',
+    default: '10s',
+    description: 'on SIGTERM/SIGINT, longest wait for sessions to close before exiting',
+    parse: parseDuration,
+  },
+  {
+    key: 'adminToken',
+    flags: '--admin-token <token>',
+    env: 'MOODIO_RT_ADMIN_TOKEN',
+    description: 'bearer token for /admin endpoints (disabled when unset)',
+    parse: text,
+  },
+  { key: 'logLevel', flags: '--log-level <level>', env: 'MOODIO_RT_LOG_LEVEL', default: 'info', description: `one of ${LOG_LEVELS.join(', ')}`, parse: oneOf(LOG_LEVELS) },
+  { key: 'logFormat', flags: '--log-format <format>', env: 'MOODIO_RT_LOG_FORMAT', default: 'json', description: `one of ${LOG_FORMATS.join(', ')}`, parse: oneOf(LOG_FORMATS) },
+];
+
+/** The long flag of an option, for error messages (`--port`). */
+export function optionName(spec: OptionSpec): string {
+  return /--[a-z-]+/.exec(spec.flags)![0];
+}
+
+/**
+ * Validate raw option values (strings, as from flags or environment; booleans
+ * for switches) into a {@link ServeConfig}. Missing keys take their default.
+ * Throws {@link ConfigError} naming the first invalid option.
+ *
+ * The JWT secret is left empty in dev mode when none was given; the caller
+ * ({@link import('./server.ts').startServer}) generates or loads it.
+ */
+export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string | boolean | number>>): ServeConfig {
+  const out: Record<string, unknown> = {};
+  for (const spec of SERVE_OPTIONS) {
+    const value = raw[spec.key];
+    const name = optionName(spec);
+    if (typeof value === 'boolean') {
+      if (spec.parse !== flag) throw new ConfigError(name, 'expects a value');
+      out[spec.key] = value;
+    } else if (value !== undefined) {
+      out[spec.key] = spec.parse(String(value), name);
+    } else if (spec.default !== undefined) {
+      out[spec.key] = spec.parse(spec.default, name);
+    } else {
+      out[spec.key] = spec.parse === flag ? false : '';
+    }
+  }
+  const config = out as unknown as ServeConfig;
+  if (!config.dev && config.jwtSecret === '') {
+    throw new ConfigError('JWT_ACCESS_SECRET', 'is required (set the environment variable or --jwt-secret; --dev generates one)');
+  }
+  return config;
+}

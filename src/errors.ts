@@ -1,0 +1,63 @@
+/**
+ * Typed failures. Every error the server raises on purpose is a RelayError
+ * with a stable `code`; logs and tests use the code, never the wording.
+ */
+
+export class RelayError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+}
+
+/** An option has an invalid value; raised at start-up, naming the option. */
+export class ConfigError extends RelayError {
+  readonly option: string;
+  constructor(option: string, message: string) {
+    super('ERR_CONFIG', `${option}: ${message}`);
+    this.option = option;
+  }
+}
+
+export const AuthErrorCode = {
+  MISSING_TOKEN: 'ERR_AUTH_MISSING_TOKEN',
+  INVALID_TOKEN: 'ERR_AUTH_INVALID_TOKEN',
+  EXPIRED: 'ERR_AUTH_EXPIRED',
+  BAD_CLAIMS: 'ERR_AUTH_BAD_CLAIMS',
+} as const;
+export type AuthErrorCodeValue = (typeof AuthErrorCode)[keyof typeof AuthErrorCode];
+
+/** The handshake carried no usable access token → HTTP 401. */
+export class AuthError extends RelayError {
+  declare readonly code: AuthErrorCodeValue;
+  constructor(code: AuthErrorCodeValue, message: string, options?: ErrorOptions) {
+    super(code, message, options);
+  }
+}
+
+export const PermissionErrorCode = {
+  /** The API answered, and the answer does not admit the user. */
+  DENIED: 'ERR_PERMISSION_DENIED',
+  /** The API answered 200 with something that is not a known permission. */
+  BAD_RESPONSE: 'ERR_PERMISSION_BAD_RESPONSE',
+  /** The API did not answer in time, refused the connection, or failed. */
+  UNAVAILABLE: 'ERR_PERMISSION_UNAVAILABLE',
+} as const;
+export type PermissionErrorCodeValue = (typeof PermissionErrorCode)[keyof typeof PermissionErrorCode];
+
+/** The permission check did not admit the session → HTTP 403. */
+export class PermissionError extends RelayError {
+  declare readonly code: PermissionErrorCodeValue;
+  constructor(code: PermissionErrorCodeValue, message: string, options?: ErrorOptions) {
+    super(code, message, options);
+  }
+}
+
+/** The platform cannot read a socket's file descriptor (e.g. Windows). */
+export class HeadReaderUnsupportedError extends RelayError {
+  constructor() {
+    super('ERR_HEAD_READER_UNSUPPORTED', 'socket has no readable file descriptor on this platform');
+  }
+}

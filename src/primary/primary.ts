@@ -1,0 +1,177 @@
+/**
+ * The primary thread: accepts TCP connections, reads each request head from
+ * the descriptor (head-reader.ts), answers what it can itself (health,
+ * rejections, admin) and transfers every WebSocket handshake to the shard
+ * that owns its desktop (shard-pool.ts). It never parses a WebSocket frame.
+ */
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { ServeConfig } from '../config.ts';
+import type { Logger } from '../log.ts';
+import { httpResponse, parseRequestHead } from '../protocol/http.ts';
+import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
+import { route } from './router.ts';
+import { ShardPool } from './shard-pool.ts';
+
+export interface PrimaryOptions {
+  config: ServeConfig;
+  /** Entry module of the shard worker threads. */
+  shardWorkerUrl: URL;
+  log: Logger;
+}
+
+/** How long an answered socket may take to flush before it is destroyed. */
+const LINGER_MS = 2000;
+
+function swallow(): void {}
+
+export class Primary {
+  private readonly config: ServeConfig;
+  private readonly log: Logger;
+  private readonly pool: ShardPool;
+  private readonly server: Server;
+  /** Heads being read: cancelled and closed on shutdown. */
+  private readonly pending = new Map<Socket, PendingHead>();
+  private closing = false;
+
+  constructor(options: PrimaryOptions) {
+    this.config = options.config;
+    this.log = options.log;
+    this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log });
+    // pauseOnConnect: libuv must never read these sockets, or they could not
+    // be transferred to a shard afterwards.
+    this.server = createServer({ pauseOnConnect: true, noDelay: true }, (socket) => this.onConnection(socket));
+    this.server.on('error', (err) => this.log.error('listen_error', { err }));
+  }
+
+  /** Start the shards, then listen. Resolves with the bound address. */
+  async start(): Promise<AddressInfo> {
+    await this.pool.start();
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host: this.config.host, port: this.config.port, backlog: 4096 }, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    const address = this.server.address() as AddressInfo;
+    this.log.info('listening', { host: address.address, port: address.port, workers: this.pool.size });
+    return address;
+  }
+
+  /**
+   * Stop accepting, drop handshakes still being read, ask every shard to close
+   * its sessions with 1001 and wait for them (at most `drainTimeoutMs`).
+   */
+  async shutdown(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.log.info('shutdown', { drainTimeoutMs: this.config.drainTimeoutMs });
+    this.server.close();
+    for (const [socket, read] of this.pending) {
+      read.cancel();
+      socket.destroy();
+    }
+    this.pending.clear();
+    await this.pool.drain(this.config.drainTimeoutMs);
+    this.log.info('stopped');
+  }
+
+  private onConnection(socket: Socket): void {
+    socket.on('error', swallow);
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    const acceptedAt = Date.now();
+    const options = { maxBytes: this.config.maxHeadBytes, timeoutMs: this.config.handshakeTimeoutMs };
+    let finished = false;
+    let read: PendingHead;
+    try {
+      read = readHead(socket, options, (result) => {
+        finished = true;
+        this.pending.delete(socket);
+        this.onHead(socket, result, acceptedAt);
+      });
+    } catch (err) {
+      this.log.error('head_reader_failed', { err });
+      socket.destroy();
+      return;
+    }
+    // The first read attempt is synchronous and may already have finished.
+    if (!finished) this.pending.set(socket, read);
+  }
+
+  private onHead(socket: Socket, result: HeadReadResult, acceptedAt: number): void {
+    const remote = socket.remoteAddress;
+    switch (result.kind) {
+      case 'closed':
+        socket.destroy();
+        return;
+      case 'error':
+        this.log.warn('handshake_rejected', { reason: 'read_error', remote, err: result.error });
+        socket.destroy();
+        return;
+      case 'timeout':
+        this.log.info('handshake_rejected', { reason: 'handshake_timeout', remote, received: result.received });
+        socket.destroy();
+        return;
+      case 'too-large':
+        this.reject(socket, 431, 'head_too_large');
+        return;
+      case 'head':
+        break;
+    }
+
+    const parsed = parseRequestHead(result.bytes, result.headLength);
+    if (!parsed.ok) {
+      this.reject(socket, parsed.status, 'bad_request', parsed.reason);
+      return;
+    }
+    const decision = route(parsed.head, { workers: this.pool.size, adminToken: this.config.adminToken });
+    switch (decision.kind) {
+      case 'health':
+        this.answer(socket, httpResponse(200, parsed.head.method === 'HEAD' ? '' : 'ok'));
+        return;
+      case 'reject':
+        this.reject(socket, decision.status, decision.reason, undefined, decision.headers);
+        return;
+      case 'terminate-shard': {
+        const ok = this.pool.terminate(decision.shard);
+        this.log.warn('shard_terminate_requested', { shard: decision.shard, remote, ok });
+        this.answer(socket, httpResponse(ok ? 202 : 503, ok ? 'terminating' : 'shard is not running'));
+        return;
+      }
+      case 'shard': {
+        if (this.closing) {
+          this.reject(socket, 503, 'shutting_down', undefined, { 'Retry-After': '1' });
+          return;
+        }
+        const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, acceptedAt);
+        if (sent === 'unavailable') {
+          const retryAfter = this.pool.retryAfterSeconds(decision.shard);
+          this.reject(socket, 503, 'shard_unavailable', `shard ${decision.shard} is restarting`, {
+            'Retry-After': String(retryAfter),
+          });
+        }
+        return;
+      }
+    }
+  }
+
+  private reject(socket: Socket, status: number, reason: string, detail?: string, headers?: Record<string, string>): void {
+    this.log.info('handshake_rejected', { status, reason, ...(detail ? { detail } : {}), remote: socket.remoteAddress });
+    this.answer(socket, httpResponse(status, `${detail ?? reason.replaceAll('_', ' ')}\n`, headers));
+  }
+
+  /**
+   * Write a final response and close. The socket is no longer going to a
+   * shard, so it may now be read: unread request bytes are drained, because
+   * closing a socket with unread data makes the kernel send RST, which can
+   * destroy the response before the client reads it.
+   */
+  private answer(socket: Socket, response: string): void {
+    socket.setTimeout(LINGER_MS, () => socket.destroy());
+    socket.end(response);
+    socket.resume();
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * Where a request head goes: answered by the primary (health, rejections,
+ * admin) or handed to a shard. Pure functions of the head, so the routing
+ * rules are testable without sockets.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { headerHasToken, type RequestHead } from '../protocol/http.ts';
+import { HEALTH_PATH, parseDesktopPath } from '../protocol/paths.ts';
+
+export type Route =
+  | { kind: 'health' }
+  | { kind: 'shard'; desktopId: string; shard: number }
+  | { kind: 'terminate-shard'; shard: number }
+  | { kind: 'reject'; status: 400 | 401 | 404 | 405 | 426; reason: string; headers?: Record<string, string> };
+
+/**
+ * 32-bit FNV-1a over the id's characters (ids are ASCII, so characters are
+ * bytes). Stable across processes, versions and platforms: the same id always
+ * lands on the same shard for a given worker count.
+ */
+export function fnv1a32(text: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    hash ^= text.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return hash >>> 0;
+}
+
+/** The shard that owns `desktopId`: `fnv1a32(desktopId) mod workers`. */
+export function shardFor(desktopId: string, workers: number): number {
+  return fnv1a32(desktopId) % workers;
+}
+
+const ADMIN_TERMINATE = /^\/admin\/shards\/(\d{1,3})\/terminate$/;
+
+function bearerMatches(authorization: string | undefined, token: string): boolean {
+  if (authorization === undefined || !authorization.startsWith('Bearer ')) return false;
+  const given = Buffer.from(authorization.slice(7).trim());
+  const expected = Buffer.from(token);
+  return given.length === expected.length && timingSafeEqual(given, expected);
+}
+
+export interface RouterOptions {
+  workers: number;
+  /** Empty = admin endpoints disabled (404). */
+  adminToken: string;
+}
+
+/** Decide what to do with a parsed request head. */
+export function route(head: RequestHead, options: RouterOptions): Route {
+  const path = parseDesktopPath(head.path);
+  if (path.kind === 'desktop') {
+    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' } };
+    if (!headerHasToken(head.headers.upgrade, 'websocket')) {
+      return { kind: 'reject', status: 426, reason: 'upgrade_required', headers: { Upgrade: 'websocket' } };
+    }
+    return { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
+  }
+  if (path.kind === 'bad-id') return { kind: 'reject', status: 400, reason: 'invalid_desktop_id' };
+  if (head.path === HEALTH_PATH) {
+    if (head.method !== 'GET' && head.method !== 'HEAD') {
+      return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET, HEAD' } };
+    }
+    return { kind: 'health' };
+  }
+  const admin = options.adminToken === '' ? null : ADMIN_TERMINATE.exec(head.path);
+  if (admin) {
+    if (head.method !== 'POST') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'POST' } };
+    if (!bearerMatches(head.headers.authorization, options.adminToken)) {
+      return { kind: 'reject', status: 401, reason: 'admin_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' } };
+    }
+    const shard = Number(admin[1]);
+    if (shard >= options.workers) return { kind: 'reject', status: 404, reason: 'no_such_shard' };
+    return { kind: 'terminate-shard', shard };
+  }
+  return { kind: 'reject', status: 404, reason: 'not_found' };
+}

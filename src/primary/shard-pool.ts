@@ -1,0 +1,222 @@
+/**
+ * The shard worker threads: starting them, handing them sockets, restarting
+ * the ones that die, and draining them on shutdown.
+ *
+ * A shard that dies loses its sockets (their clients reconnect); the others
+ * never notice. While a shard is down, connections routed to it are refused
+ * with 503 + Retry-After instead of waiting, so clients retry on their own.
+ */
+import type { Socket } from 'node:net';
+import { Worker } from 'node:worker_threads';
+import type { ServeConfig } from '../config.ts';
+import { RelayError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { ConnectionMessage, DrainMessage, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
+
+/** First restart delay after a crash; doubled per consecutive crash. */
+export const RESTART_BASE_MS = 100;
+/** Longest restart delay. */
+export const RESTART_MAX_MS = 10_000;
+/** A shard that lived this long resets the backoff. */
+export const STABLE_AFTER_MS = 30_000;
+
+type ShardState = 'starting' | 'ready' | 'down' | 'stopping' | 'stopped';
+
+interface Shard {
+  id: number;
+  worker: Worker | null;
+  state: ShardState;
+  startedAt: number;
+  /** Crashes since the shard was last stable. */
+  crashes: number;
+  restarts: number;
+  restartAt: number;
+  restartTimer: NodeJS.Timeout | null;
+  onReady: (() => void) | null;
+  onDrained: (() => void) | null;
+}
+
+export interface ShardPoolOptions {
+  config: ServeConfig;
+  /** The shard worker entry module. */
+  workerUrl: URL;
+  log: Logger;
+}
+
+export type DispatchResult = 'sent' | 'unavailable';
+
+export class ShardPool {
+  private readonly shards: Shard[];
+  private readonly options: ShardPoolOptions;
+  private stopping = false;
+
+  constructor(options: ShardPoolOptions) {
+    this.options = options;
+    this.shards = Array.from({ length: options.config.workers }, (_, id) => ({
+      id,
+      worker: null,
+      state: 'stopped' as ShardState,
+      startedAt: 0,
+      crashes: 0,
+      restarts: 0,
+      restartAt: 0,
+      restartTimer: null,
+      onReady: null,
+      onDrained: null,
+    }));
+  }
+
+  get size(): number {
+    return this.shards.length;
+  }
+
+  /** Start every shard; resolves when all are ready, rejects if one dies first. */
+  start(): Promise<void> {
+    return Promise.all(
+      this.shards.map(
+        (shard) =>
+          new Promise<void>((resolve, reject) => {
+            this.spawn(shard, resolve, (code) =>
+              reject(new RelayError('ERR_SHARD_START', `shard ${shard.id} exited with code ${code} before it was ready`)),
+            );
+          }),
+      ),
+    ).then(() => undefined);
+  }
+
+  private spawn(shard: Shard, onReady?: () => void, onEarlyExit?: (code: number) => void): void {
+    const { config, workerUrl, log } = this.options;
+    const data: ShardWorkerData = { shardId: shard.id, config };
+    const worker = new Worker(workerUrl, { workerData: data, name: `moodio-rt shard ${shard.id}` });
+    shard.worker = worker;
+    shard.state = 'starting';
+    shard.startedAt = Date.now();
+    shard.onReady = onReady ?? null;
+
+    worker.on('message', (msg: ShardToPrimary) => {
+      if (msg.type === 'ready') {
+        shard.state = this.stopping ? 'stopping' : 'ready';
+        log.info('shard_ready', { shard: shard.id, threadId: worker.threadId, restarts: shard.restarts });
+        const cb = shard.onReady;
+        shard.onReady = null;
+        cb?.();
+      } else if (msg.type === 'drained') {
+        log.info('shard_drained', { shard: shard.id, closed: msg.closed });
+        const cb = shard.onDrained;
+        shard.onDrained = null;
+        cb?.();
+      }
+    });
+    worker.on('error', (err) => {
+      log.error('shard_error', { shard: shard.id, err });
+    });
+    worker.on('exit', (code) => {
+      if (shard.worker !== worker) return;
+      shard.worker = null;
+      const wasReady = shard.onReady === null;
+      const drained = shard.onDrained;
+      shard.onDrained = null;
+      drained?.();
+      if (this.stopping || shard.state === 'stopping') {
+        shard.state = 'stopped';
+        log.info('shard_exit', { shard: shard.id, code });
+        return;
+      }
+      if (!wasReady && onEarlyExit) {
+        shard.state = 'stopped';
+        onEarlyExit(code);
+        return;
+      }
+      this.scheduleRestart(shard, code);
+    });
+  }
+
+  private scheduleRestart(shard: Shard, code: number): void {
+    const lived = Date.now() - shard.startedAt;
+    if (lived >= STABLE_AFTER_MS) shard.crashes = 0;
+    const delay = Math.min(RESTART_BASE_MS * 2 ** shard.crashes, RESTART_MAX_MS);
+    shard.crashes++;
+    shard.state = 'down';
+    shard.restartAt = Date.now() + delay;
+    this.options.log.error('shard_exit', { shard: shard.id, code, livedMs: lived, restartInMs: delay });
+    shard.restartTimer = setTimeout(() => {
+      shard.restartTimer = null;
+      if (this.stopping) return;
+      shard.restarts++;
+      this.spawn(shard);
+    }, delay);
+  }
+
+  /**
+   * Hand a socket whose head was read to its shard. The socket is detached
+   * from this thread on success; on `unavailable` it is still ours to answer.
+   */
+  dispatch(shardId: number, socket: Socket, bytes: Buffer, headLength: number, acceptedAt: number): DispatchResult {
+    const shard = this.shards[shardId]!;
+    if (shard.state !== 'ready' || shard.worker === null) return 'unavailable';
+    const message: ConnectionMessage = {
+      type: 'connection',
+      socket,
+      bytes,
+      headLength,
+      remoteAddress: socket.remoteAddress ?? '',
+      acceptedAt,
+    };
+    try {
+      // The socket object itself is the transferable (Node ≥ 26.10).
+      shard.worker.postMessage(message, [socket as unknown as import("node:worker_threads").Transferable]);
+    } catch (err) {
+      this.options.log.error('dispatch_failed', { shard: shardId, err });
+      return 'unavailable';
+    }
+    return 'sent';
+  }
+
+  /** Seconds a client should wait before retrying a shard that is down. */
+  retryAfterSeconds(shardId: number): number {
+    const shard = this.shards[shardId]!;
+    const wait = shard.state === 'down' ? shard.restartAt - Date.now() : 0;
+    return Math.max(1, Math.ceil(wait / 1000) + 1);
+  }
+
+  /** Stop a shard abruptly (admin endpoint); it is restarted like a crashed one. */
+  terminate(shardId: number): boolean {
+    const worker = this.shards[shardId]?.worker;
+    if (!worker) return false;
+    void worker.terminate();
+    return true;
+  }
+
+  /**
+   * Ask every shard to close its sessions with 1001 and wait up to
+   * `timeoutMs` for them to report; then stop all workers.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.stopping = true;
+    const waits: Promise<void>[] = [];
+    for (const shard of this.shards) {
+      if (shard.restartTimer) clearTimeout(shard.restartTimer);
+      shard.restartTimer = null;
+      const worker = shard.worker;
+      if (!worker) {
+        shard.state = 'stopped';
+        continue;
+      }
+      shard.state = 'stopping';
+      waits.push(
+        new Promise<void>((resolve) => {
+          shard.onDrained = resolve;
+          const message: DrainMessage = { type: 'drain', timeoutMs };
+          worker.postMessage(message);
+        }),
+      );
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, timeoutMs + 250);
+    });
+    await Promise.race([Promise.all(waits), deadline]);
+    clearTimeout(timer);
+    await Promise.all(this.shards.map((s) => s.worker?.terminate()));
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The Moodio desktop protocol as it appears on the wire: event names, which of
+ * them mutate a desktop, error codes and close codes. Server and tests both
+ * import these constants so a renamed event cannot drift between them.
+ */
+
+/** Server → client events. Clients may not send these types. */
+export const ServerEvent = {
+  ROOM_JOINED: 'room_joined',
+  SESSION_JOINED: 'session_joined',
+  SESSION_LEFT: 'session_left',
+  ERROR: 'error',
+} as const;
+
+/** Client → server → room events named by the seed's event table. */
+export const ClientEvent = {
+  ASSET_MOVED: 'asset_moved',
+  ASSET_RESIZED: 'asset_resized',
+  ASSET_ADDED: 'asset_added',
+  ASSET_REMOVED: 'asset_removed',
+  ASSET_DRAGGING: 'asset_dragging',
+  ASSET_SELECTED: 'asset_selected',
+  ASSET_DESELECTED: 'asset_deselected',
+} as const;
+
+/** The seven mutation types a viewer may not send; they are dropped server-side. */
+export const MUTATION_TYPES: ReadonlySet<string> = new Set(Object.values(ClientEvent));
+
+/** Mutations the reference server logs (the "Logged" column of the seed's event table). */
+export const LOGGED_TYPES: ReadonlySet<string> = new Set([
+  ClientEvent.ASSET_MOVED,
+  ClientEvent.ASSET_RESIZED,
+  ClientEvent.ASSET_ADDED,
+  ClientEvent.ASSET_REMOVED,
+]);
+
+/** Types reserved for the server; a client frame carrying one is answered with an error. */
+export const RESERVED_TYPES: ReadonlySet<string> = new Set(Object.values(ServerEvent));
+
+/** Longest accepted `type` string, in UTF-16 code units. */
+export const MAX_TYPE_LENGTH = 64;
+
+/** `code` values of `{"type":"error"}` frames sent to a client. */
+export const ErrorCode = {
+  /** Not JSON, not an object, or `type` not a non-empty string of at most 64 characters. */
+  INVALID_MESSAGE: 'invalid_message',
+  /** A client sent a server-only type (`room_joined`, `session_joined`, `session_left`, `error`). */
+  RESERVED_TYPE: 'reserved_type',
+  /** A binary frame; the protocol is JSON text only. */
+  UNSUPPORTED_BINARY: 'unsupported_binary',
+  /** The server failed while handling this one message; the room is unaffected. */
+  INTERNAL_ERROR: 'internal_error',
+} as const;
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** WebSocket close codes the server uses. */
+export const CloseCode = {
+  /** Server shutting down (SIGTERM/SIGINT drain). */
+  GOING_AWAY: 1001,
+  /** Frame larger than `--max-message-size` (sent by `ws` itself). */
+  MESSAGE_TOO_BIG: 1009,
+  /** Unexpected server condition. */
+  INTERNAL_ERROR: 1011,
+} as const;
+
+export type Permission = 'editor' | 'viewer';
+export const PERMISSIONS: ReadonlySet<string> = new Set<Permission>(['editor', 'viewer']);
+
+/** What every other session learns about a session (the seed's session info). */
+export interface SessionInfo {
+  sessionId: string;
+  userId: string;
+  firstName: string;
+  email: string;
+  permission: Permission;
+}
+
+/** `room_joined`, sent once to the joining session. */
+export interface RoomJoinedEvent {
+  type: 'room_joined';
+  sessionId: string;
+  sessions: SessionInfo[];
+}
+
+/** Any event relayed to the room, stamped with the sender's identity. */
+export interface StampedEvent<T extends string = string, P = unknown> {
+  type: T;
+  sessionId: string;
+  userId: string;
+  firstName: string;
+  email: string;
+  /** Milliseconds since the epoch, set by the server. */
+  timestamp: number;
+  payload?: P;
+}
+
+export type SessionJoinedEvent = StampedEvent<'session_joined', SessionInfo>;
+export type SessionLeftEvent = StampedEvent<'session_left', SessionInfo>;
+
+export interface ErrorEvent {
+  type: 'error';
+  code: ErrorCodeValue;
+  message: string;
+}
+
+/** Frame a client sends: `{type, payload}`; anything else in it is ignored. */
+export interface ClientFrame {
+  type: string;
+  payload?: unknown;
+}
+
+/** URL path prefix of the WebSocket endpoint. */
+export const WS_PATH_PREFIX = '/ws/desktop/';
+/** Accepted desktop ids. */
+export const DESKTOP_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+/** Cookie carrying the access token, as set by the Next.js app. */
+export const ACCESS_TOKEN_COOKIE = 'moodio_access_token';
+/** Response header on every handshake answer from a shard: the shard's index. */
+export const SHARD_HEADER = 'x-moodio-shard';

@@ -1,0 +1,49 @@
+/**
+ * Messages between the primary thread and shard workers. Plain data only
+ * (structured clone), except the transferred socket.
+ */
+import type { Socket } from 'node:net';
+
+/** Primary → shard: a connection whose request head has been read. */
+export interface ConnectionMessage {
+  type: 'connection';
+  /** Transferred in the transfer list; untouched by libuv on the primary. */
+  socket: Socket;
+  /** Every byte the primary read from the socket: the head, maybe more. */
+  bytes: Uint8Array;
+  /** Where the head ends inside `bytes`. */
+  headLength: number;
+  /** Peer address as seen by the primary, for logs. */
+  remoteAddress: string;
+  /** When the primary accepted the connection (ms since epoch). */
+  acceptedAt: number;
+}
+
+/** Primary → shard: stop taking connections, close every session with 1001. */
+export interface DrainMessage {
+  type: 'drain';
+  /** How long the shard may wait for closing handshakes before cutting sockets. */
+  timeoutMs: number;
+}
+
+export type PrimaryToShard = ConnectionMessage | DrainMessage;
+
+/** Shard → primary: the shard is listening for connections. */
+export interface ReadyMessage {
+  type: 'ready';
+}
+
+/** Shard → primary: every session is closed; the shard can be stopped. */
+export interface DrainedMessage {
+  type: 'drained';
+  closed: number;
+}
+
+export type ShardToPrimary = ReadyMessage | DrainedMessage;
+
+/** `workerData` given to each shard worker. */
+export interface ShardWorkerData {
+  shardId: number;
+  /** Serialized {@link import('../config.ts').ServeConfig}. */
+  config: unknown;
+}

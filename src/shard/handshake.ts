@@ -1,0 +1,121 @@
+/**
+ * Admission of a handed-over connection: parse its head, authenticate the
+ * token, ask for the permission, then either answer an HTTP error or upgrade
+ * with `ws`. Every rejection is a complete HTTP response naming the shard.
+ */
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
+import type { WebSocket, WebSocketServer } from 'ws';
+import { extractCredentials } from '../auth/credentials.ts';
+import type { PermissionSource } from '../auth/permission-client.ts';
+import { verifyAccessToken, type Identity } from '../auth/token.ts';
+import { AuthError, AuthErrorCode, PermissionError, type RelayError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
+import { httpResponse, parseRequestHead } from '../protocol/http.ts';
+import type { ConnectionMessage } from '../protocol/messages.ts';
+import { parseDesktopPath } from '../protocol/paths.ts';
+
+export interface Admitted {
+  ws: WebSocket;
+  socket: Socket;
+  desktopId: string;
+  identity: Identity;
+  permission: Permission;
+  remoteAddress: string;
+}
+
+export interface HandshakeOptions {
+  shardId: number;
+  jwtSecret: string;
+  permissions: PermissionSource;
+  wss: WebSocketServer;
+  log: Logger;
+  /** False once the shard drains: new connections get 503. */
+  accepting: () => boolean;
+}
+
+const LINGER_MS = 2000;
+
+function onSocketError(): void {}
+
+/** Status for each refusal: what the seed's Go server answers, 401 for auth and 403 for permission. */
+function statusOf(err: RelayError): number {
+  return err instanceof AuthError ? 401 : 403;
+}
+
+export class Handshake {
+  private readonly options: HandshakeOptions;
+
+  constructor(options: HandshakeOptions) {
+    this.options = options;
+  }
+
+  /** Take over a connection from the primary; calls `onOpen` once upgraded. */
+  async admit(message: ConnectionMessage, onOpen: (admitted: Admitted) => void): Promise<void> {
+    const { socket, remoteAddress } = message;
+    socket.on('error', onSocketError);
+    const bytes = Buffer.from(message.bytes.buffer, message.bytes.byteOffset, message.bytes.byteLength);
+    const parsed = parseRequestHead(bytes, message.headLength);
+    const path = parsed.ok ? parseDesktopPath(parsed.head.path) : null;
+    if (!parsed.ok || path === null || path.kind !== 'desktop') {
+      // The primary validated this head already; reaching here is a bug.
+      this.reject(socket, 400, 'bad_request', remoteAddress);
+      return;
+    }
+    const { head } = parsed;
+    const desktopId = path.desktopId;
+    if (!this.options.accepting()) {
+      this.reject(socket, 503, 'shutting_down', remoteAddress, desktopId, { 'Retry-After': '1' });
+      return;
+    }
+
+    let identity: Identity;
+    let permission: Permission;
+    try {
+      const credentials = extractCredentials(head.headers);
+      if (credentials === null) throw new AuthError(AuthErrorCode.MISSING_TOKEN, 'no access token in cookie or Authorization header');
+      identity = verifyAccessToken(credentials.token, this.options.jwtSecret);
+      permission = await this.options.permissions.check(desktopId, identity, head.headers.cookie);
+    } catch (err) {
+      if (err instanceof AuthError || err instanceof PermissionError) {
+        this.reject(socket, statusOf(err), err.code, remoteAddress, desktopId, undefined, err.message);
+        return;
+      }
+      this.options.log.error('handshake_failed', { desktopId, remote: remoteAddress, err });
+      this.reject(socket, 500, 'internal_error', remoteAddress, desktopId);
+      return;
+    }
+    if (socket.destroyed) return;
+    if (!this.options.accepting()) {
+      this.reject(socket, 503, 'shutting_down', remoteAddress, desktopId, { 'Retry-After': '1' });
+      return;
+    }
+
+    // `ws` reads method, url and headers; nothing else of an IncomingMessage.
+    const req = { method: head.method, url: head.url, headers: head.headers, socket } as unknown as IncomingMessage;
+    const early = bytes.subarray(message.headLength);
+    this.options.wss.handleUpgrade(req, socket as Duplex, early, (ws) => {
+      socket.off('error', onSocketError);
+      onOpen({ ws, socket, desktopId, identity, permission, remoteAddress });
+    });
+  }
+
+  private reject(
+    socket: Socket,
+    status: number,
+    reason: string,
+    remote: string,
+    desktopId?: string,
+    headers?: Record<string, string>,
+    detail?: string,
+  ): void {
+    this.options.log.info('handshake_rejected', { status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
+    if (socket.destroyed) return;
+    const body = status === 401 ? 'unauthorized\n' : status === 403 ? 'forbidden\n' : `${reason.replaceAll('_', ' ')}\n`;
+    socket.setTimeout(LINGER_MS, () => socket.destroy());
+    socket.end(httpResponse(status, body, { [SHARD_HEADER]: String(this.options.shardId), ...headers }));
+    socket.resume();
+  }
+}

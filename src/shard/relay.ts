@@ -1,0 +1,125 @@
+/**
+ * The protocol inside a room: presence events on join and leave, and client
+ * events validated, stamped with the sender's identity and relayed to every
+ * other member. The hot path is {@link Relay.onMessage}: one JSON.parse, one
+ * string build, one frame, the same bytes written to each recipient.
+ */
+import type { Logger } from '../log.ts';
+import {
+  ErrorCode,
+  LOGGED_TYPES,
+  MAX_TYPE_LENGTH,
+  MUTATION_TYPES,
+  RESERVED_TYPES,
+  type ErrorCodeValue,
+} from '../protocol/events.ts';
+import { encodeTextFrame } from '../protocol/frame.ts';
+import type { Room, RoomIndex } from './room-index.ts';
+import type { Session } from './session.ts';
+import type { WriteCoalescer } from './write-coalescer.ts';
+
+export class Relay {
+  private readonly rooms: RoomIndex;
+  private readonly out: WriteCoalescer;
+  private readonly log: Logger;
+
+  constructor(rooms: RoomIndex, out: WriteCoalescer, log: Logger) {
+    this.rooms = rooms;
+    this.out = out;
+    this.log = log;
+  }
+
+  /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
+  join(session: Session): Room {
+    const existing = this.rooms.get(session.desktopId)?.members ?? [];
+    let sessions = '';
+    for (let i = 0; i < existing.length; i++) sessions += (i === 0 ? '' : ',') + existing[i]!.infoJson;
+    this.out.write(session, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`));
+    const room = this.rooms.join(session);
+    this.presence(room, session, 'session_joined');
+    return room;
+  }
+
+  /** Remove `session` and tell the rest of its room with `session_left`. */
+  leave(session: Session): void {
+    const room = this.rooms.leave(session);
+    if (room !== null) this.presence(room, session, 'session_left');
+  }
+
+  private presence(room: Room, session: Session, type: 'session_joined' | 'session_left'): void {
+    if (room.members.length === 0 || (room.members.length === 1 && room.members[0] === session)) return;
+    const frame = encodeTextFrame(`{"type":"${type}"${session.stamp},"timestamp":${Date.now()},"payload":${session.infoJson}}`);
+    this.broadcast(room, session, frame);
+  }
+
+  /** Write `frame` to every open member of `room` except `sender`. */
+  private broadcast(room: Room, sender: Session, frame: Buffer): void {
+    const members = room.members;
+    for (let i = 0; i < members.length; i++) {
+      const member = members[i]!;
+      if (member !== sender && member.open) this.out.write(member, frame);
+    }
+  }
+
+  /** Send `{"type":"error"}` to one session. */
+  sendError(session: Session, code: ErrorCodeValue, message: string): void {
+    if (!session.open) return;
+    this.out.write(session, encodeTextFrame(`{"type":"error","code":"${code}","message":${JSON.stringify(message)}}`));
+  }
+
+  /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
+  onMessage(session: Session, data: Buffer, isBinary: boolean): void {
+    try {
+      this.handle(session, data, isBinary);
+    } catch (err) {
+      this.log.error('message_failed', { sessionId: session.id, desktopId: session.desktopId, err });
+      this.sendError(session, ErrorCode.INTERNAL_ERROR, 'the server failed to handle this message');
+    }
+  }
+
+  private handle(session: Session, data: Buffer, isBinary: boolean): void {
+    if (isBinary) {
+      this.sendError(session, ErrorCode.UNSUPPORTED_BINARY, 'binary frames are not supported; send JSON text');
+      return;
+    }
+    let msg: unknown;
+    try {
+      msg = JSON.parse(data.toString('utf8'));
+    } catch {
+      this.sendError(session, ErrorCode.INVALID_MESSAGE, 'message is not valid JSON');
+      return;
+    }
+    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
+      this.sendError(session, ErrorCode.INVALID_MESSAGE, 'message must be a JSON object');
+      return;
+    }
+    const frame = msg as Record<string, unknown>;
+    const type = Object.hasOwn(frame, 'type') ? frame.type : undefined;
+    if (typeof type !== 'string' || type.length === 0 || type.length > MAX_TYPE_LENGTH) {
+      this.sendError(session, ErrorCode.INVALID_MESSAGE, `"type" must be a non-empty string of at most ${MAX_TYPE_LENGTH} characters`);
+      return;
+    }
+    if (RESERVED_TYPES.has(type)) {
+      this.sendError(session, ErrorCode.RESERVED_TYPE, `"${type}" is sent by the server only`);
+      return;
+    }
+    if (session.permission === 'viewer' && MUTATION_TYPES.has(type)) {
+      // Silently dropped, as the reference server does: viewers' UIs should not send these.
+      if (this.log.enabled('debug')) this.log.debug('viewer_mutation_dropped', { sessionId: session.id, type });
+      return;
+    }
+    const room = this.rooms.get(session.desktopId);
+    if (room === undefined || room.members.length < 2) return;
+
+    // Identity fields a client may have put in the frame are ignored: only
+    // `type` and `payload` are read, the rest comes from the session.
+    let text = `{"type":${JSON.stringify(type)}${session.stamp},"timestamp":${Date.now()}`;
+    if (Object.hasOwn(frame, 'payload')) text += `,"payload":${JSON.stringify(frame.payload)}`;
+    text += '}';
+    this.broadcast(room, session, encodeTextFrame(text));
+
+    if (LOGGED_TYPES.has(type) && this.log.enabled('debug')) {
+      this.log.debug('event', { type, sessionId: session.id, desktopId: session.desktopId, userId: session.userId });
+    }
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * One connected tab: its identity, permission, room and sockets. Identity
+ * JSON is serialized once at join, since it is stamped on every event the
+ * session sends.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
+import type { WebSocket } from 'ws';
+import type { Permission, SessionInfo } from '../protocol/events.ts';
+
+export class Session {
+  readonly id: string;
+  readonly desktopId: string;
+  readonly userId: string;
+  readonly firstName: string;
+  readonly email: string;
+  readonly permission: Permission;
+  readonly ws: WebSocket;
+  /** The raw socket under `ws`; broadcasts write pre-built frames to it. */
+  readonly socket: Socket;
+  readonly connectedAt: number;
+  /** `,"sessionId":…,"userId":…,"firstName":…,"email":…` — spliced into every event this session causes. */
+  readonly stamp: string;
+  /** JSON of this session's {@link SessionInfo}. */
+  readonly infoJson: string;
+  /** Position in its room's member array (swap-remove bookkeeping). */
+  index = -1;
+  /** Set by the write coalescer while the socket is corked this turn. */
+  corked = false;
+
+  constructor(desktopId: string, identity: { userId: string; firstName: string; email: string }, permission: Permission, ws: WebSocket, socket: Socket) {
+    this.id = `session_${randomUUID()}`;
+    this.desktopId = desktopId;
+    this.userId = identity.userId;
+    this.firstName = identity.firstName;
+    this.email = identity.email;
+    this.permission = permission;
+    this.ws = ws;
+    this.socket = socket;
+    this.connectedAt = Date.now();
+    this.stamp =
+      `,"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)}` +
+      `,"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)}`;
+    this.infoJson = `{"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)},"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)},"permission":"${this.permission}"}`;
+  }
+
+  info(): SessionInfo {
+    return { sessionId: this.id, userId: this.userId, firstName: this.firstName, email: this.email, permission: this.permission };
+  }
+
+  /** True while frames may be written (not closing or closed). */
+  get open(): boolean {
+    return this.ws.readyState === 1;
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * One shard: the rooms whose desktop ids hash to it, and every session in
+ * them. Runs inside a worker thread and touches no other thread's state, so
+ * nothing here needs a lock.
+ */
+import { WebSocketServer } from 'ws';
+import type { ServeConfig } from '../config.ts';
+import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } from '../auth/permission-client.ts';
+import type { Logger } from '../log.ts';
+import { CloseCode, SHARD_HEADER } from '../protocol/events.ts';
+import type { ConnectionMessage } from '../protocol/messages.ts';
+import { Handshake, type Admitted } from './handshake.ts';
+import { Relay } from './relay.ts';
+import { RoomIndex } from './room-index.ts';
+import { Session } from './session.ts';
+import { WriteCoalescer } from './write-coalescer.ts';
+
+export class Shard {
+  readonly id: number;
+  readonly rooms = new RoomIndex();
+  private readonly log: Logger;
+  private readonly relay: Relay;
+  private readonly handshake: Handshake;
+  private readonly permissions: PermissionSource;
+  private draining = false;
+  private onEmpty: (() => void) | null = null;
+
+  constructor(id: number, config: ServeConfig, log: Logger) {
+    this.id = id;
+    this.log = log;
+    this.permissions = config.dev
+      ? new ClaimPermissionSource()
+      : new HttpPermissionSource({
+          base: config.permissionApiBase,
+          timeoutMs: config.permissionTimeoutMs,
+          concurrency: config.permissionConcurrency,
+        });
+    const wss = new WebSocketServer({
+      noServer: true,
+      clientTracking: false,
+      perMessageDeflate: false,
+      maxPayload: config.maxMessageSize,
+      // ws ≥ 8.19 option (missing from @types/ws 8.18): how long close() waits for the peer's close frame.
+      ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
+    });
+    wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
+    this.relay = new Relay(this.rooms, new WriteCoalescer(), log);
+    this.handshake = new Handshake({
+      shardId: id,
+      jwtSecret: config.jwtSecret,
+      permissions: this.permissions,
+      wss,
+      log,
+      accepting: () => !this.draining,
+    });
+  }
+
+  /** A connection handed over by the primary. */
+  accept(message: ConnectionMessage): void {
+    this.handshake.admit(message, (admitted) => this.open(admitted)).catch((err: unknown) => {
+      this.log.error('handshake_failed', { err });
+      message.socket.destroy();
+    });
+  }
+
+  private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
+    const session = new Session(desktopId, identity, permission, ws, socket);
+    this.relay.join(session);
+    this.log.info('session_open', {
+      sessionId: session.id,
+      desktopId,
+      userId: session.userId,
+      permission,
+      remote: remoteAddress,
+      roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
+    });
+    ws.on('message', (data: Buffer, isBinary: boolean) => this.relay.onMessage(session, data, isBinary));
+    ws.on('error', (err: Error & { code?: string }) => {
+      this.log.info('session_protocol_error', { sessionId: session.id, code: err.code, message: err.message });
+    });
+    ws.once('close', (code: number, reason: Buffer) => {
+      this.relay.leave(session);
+      this.log.info('session_close', {
+        sessionId: session.id,
+        desktopId,
+        code,
+        reason: reason.toString(),
+        durationMs: Date.now() - session.connectedAt,
+      });
+      if (this.onEmpty !== null && this.rooms.sessionCount === 0) this.onEmpty();
+    });
+  }
+
+  /**
+   * Refuse new connections, close every session with 1001, and resolve once
+   * all are closed or `timeoutMs` passed (the rest are cut). Resolves with
+   * the number of sessions that were open.
+   */
+  async drain(timeoutMs: number): Promise<number> {
+    this.draining = true;
+    const open = this.rooms.sessionCount;
+    if (open > 0) {
+      const empty = new Promise<void>((resolve) => {
+        this.onEmpty = resolve;
+      });
+      for (const session of [...this.rooms.allSessions()]) session.ws.close(CloseCode.GOING_AWAY, 'server shutting down');
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      });
+      await Promise.race([empty, deadline]);
+      clearTimeout(timer);
+      for (const session of [...this.rooms.allSessions()]) session.ws.terminate();
+    }
+    await this.permissions.close();
+    return open;
+  }
+}

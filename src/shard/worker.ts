@@ -1,0 +1,32 @@
+/**
+ * Entry point of a shard worker thread. Receives connections and commands
+ * from the primary over the worker port; owns one {@link Shard}.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import type { ServeConfig } from '../config.ts';
+import { createLogger } from '../log.ts';
+import type { PrimaryToShard, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
+import { Shard } from './shard.ts';
+
+const data = workerData as ShardWorkerData;
+const config = data.config as ServeConfig;
+const log = createLogger({ level: config.logLevel, format: config.logFormat, worker: data.shardId });
+const port = parentPort!;
+const shard = new Shard(data.shardId, config, log);
+
+function send(message: ShardToPrimary): void {
+  port.postMessage(message);
+}
+
+port.on('message', (message: PrimaryToShard) => {
+  switch (message.type) {
+    case 'connection':
+      shard.accept(message);
+      break;
+    case 'drain':
+      void shard.drain(message.timeoutMs).then((closed) => send({ type: 'drained', closed }));
+      break;
+  }
+});
+
+send({ type: 'ready' });
