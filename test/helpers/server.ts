@@ -1,0 +1,113 @@
+/**
+ * Runs the real server (CLI → primary → shard worker threads) as a child
+ * process on port 0 and reads its JSON log lines.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import type { Scope } from './scope.ts';
+
+export const CLI = fileURLToPath(new URL('../../cli/moodio-rt.ts', import.meta.url));
+export const TEST_SECRET = 'test-secret-0123456789-abcdefghijklmnop';
+
+export interface LogLine {
+  level: string;
+  event: string;
+  worker: string | number;
+  [key: string]: unknown;
+}
+
+export interface ServerOptions {
+  workers?: number;
+  permissionApiBase?: string;
+  /** Extra CLI flags. */
+  args?: string[];
+  /** Extra environment; JWT_ACCESS_SECRET defaults to {@link TEST_SECRET}. */
+  env?: Record<string, string | undefined>;
+}
+
+type Waiter = { predicate: (line: LogLine) => boolean; resolve: (line: LogLine) => void };
+
+export class ServerProcess {
+  readonly child: ChildProcess;
+  readonly logs: LogLine[] = [];
+  stderr = '';
+  port = 0;
+  private waiters: Waiter[] = [];
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(child: ChildProcess) {
+    this.child = child;
+    this.exited = once(child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
+    let buffered = '';
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+      buffered += chunk;
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) !== -1) {
+        const text = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        if (!text.startsWith('{')) continue;
+        const line = JSON.parse(text) as LogLine;
+        this.logs.push(line);
+        this.waiters = this.waiters.filter((w) => {
+          if (!w.predicate(line)) return true;
+          w.resolve(line);
+          return false;
+        });
+      }
+    });
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      this.stderr += chunk;
+    });
+  }
+
+  /** The first log line (past or future) matching `predicate`. */
+  waitForLog(predicate: (line: LogLine) => boolean, timeoutMs = 10_000): Promise<LogLine> {
+    const seen = this.logs.find(predicate);
+    if (seen) return Promise.resolve(seen);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`no matching log line within ${timeoutMs} ms; last lines:\n${this.logs.slice(-10).map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${this.stderr}`));
+      }, timeoutMs);
+      this.waiters.push({
+        predicate,
+        resolve: (line) => {
+          clearTimeout(timer);
+          resolve(line);
+        },
+      });
+    });
+  }
+
+  wsUrl(desktopId: string): string {
+    return `ws://127.0.0.1:${this.port}/ws/desktop/${desktopId}`;
+  }
+
+  /** Stop: SIGTERM, then SIGKILL if it has not exited within `graceMs`. */
+  async stop(graceMs = 12_000): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill('SIGTERM');
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    await this.exited;
+    clearTimeout(timer);
+  }
+}
+
+/** Spawn `moodio-rt serve` on 127.0.0.1:0 and wait until it listens; stopped after the test. */
+export async function startServer(t: Scope, options: ServerOptions = {}): Promise<ServerProcess> {
+  const args = [CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--workers', String(options.workers ?? 2)];
+  if (options.permissionApiBase) args.push('--permission-api-base', options.permissionApiBase);
+  args.push(...(options.args ?? []));
+  const env: Record<string, string | undefined> = { ...process.env, JWT_ACCESS_SECRET: TEST_SECRET, NODE_OPTIONS: undefined, ...options.env };
+  for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
+  const child = spawn(process.execPath, args, { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const server = new ServerProcess(child);
+  t.after(() => server.stop());
+  const listening = server.waitForLog((l) => l.event === 'listening', 20_000);
+  const early = server.exited.then(({ code }) => {
+    throw new Error(`server exited with code ${code} before listening:\n${server.stderr}`);
+  });
+  const line = await Promise.race([listening, early]);
+  server.port = line.port as number;
+  return server;
+}
