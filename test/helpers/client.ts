@@ -143,15 +143,26 @@ export interface RawResponse {
   raw: string;
 }
 
-/**
- * Send raw bytes and read until the server closes. `writes` are sent in
- * order, `gapMs` apart (to model slow or fragmented clients).
- */
-export function rawRequest(port: number, writes: (string | Buffer)[], gapMs = 0): Promise<RawResponse> {
+export interface RawOptions {
+  /** Pause between writes (to model slow or fragmented clients). */
+  gapMs?: number;
+  /** Stop reading once this holds for what was received (default: read until the server closes). */
+  until?: (raw: string) => boolean;
+}
+
+/** Until-condition for an upgrade: the 101 head and the first frame, `room_joined`, arrived. */
+export const untilJoined = (raw: string): boolean => raw.includes('"type":"room_joined"');
+
+/** Send raw bytes in order and read the answer until the server closes (or `until`). */
+export function rawRequest(port: number, writes: (string | Buffer)[], options: RawOptions = {}): Promise<RawResponse> {
+  const { gapMs = 0, until } = options;
   return new Promise((resolve, reject) => {
     const socket = netConnect(port, '127.0.0.1');
     const chunks: Buffer[] = [];
-    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('data', (c: Buffer) => {
+      chunks.push(c);
+      if (until && until(Buffer.concat(chunks).toString('latin1'))) socket.destroy();
+    });
     socket.on('error', (err) => {
       if (chunks.length === 0) reject(err);
     });

@@ -1,0 +1,154 @@
+/**
+ * The primary: what it answers itself, and which shard gets each desktop.
+ * Rejections are checked with hand-written requests on raw sockets.
+ */
+import assert from 'node:assert/strict';
+import { connect as netConnect, type Socket } from 'node:net';
+import { after, before, test } from 'node:test';
+import { shardFor } from '../src/primary/router.ts';
+import { ACCESS_TOKEN_COOKIE, SHARD_HEADER } from '../src/protocol/events.ts';
+import { connect, join, rawRequest, untilJoined, upgradeHead } from './helpers/client.ts';
+import { startPermissionStub } from './helpers/permission-stub.ts';
+import { Cleanup, desktop } from './helpers/scope.ts';
+import { startServer, type ServerProcess } from './helpers/server.ts';
+import { token, user } from './helpers/tokens.ts';
+
+const WORKERS = 2;
+const cleanup = new Cleanup();
+let server: ServerProcess;
+
+before(async () => {
+  const stub = await startPermissionStub(cleanup);
+  server = await startServer(cleanup, { workers: WORKERS, permissionApiBase: stub.base, args: ['--handshake-timeout', '400ms'] });
+});
+after(() => cleanup.run());
+
+const authHeader = () => ({ Cookie: `${ACCESS_TOKEN_COOKIE}=${token(user('Rob'))}` });
+
+test('GET /health → 200 ok, answered by the primary', async () => {
+  const res = await rawRequest(server.port, ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n']);
+  assert.equal(res.status, 200);
+  assert.equal(res.body, 'ok');
+  assert.equal(res.headers[SHARD_HEADER], undefined);
+  const head = await rawRequest(server.port, ['HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n']);
+  assert.equal(head.status, 200);
+  assert.equal(head.body, '');
+});
+
+test('the same desktop always lands on the same shard, which is fnv1a32(id) mod workers', async (t) => {
+  for (const id of ['a', 'demo', desktop(), desktop()]) {
+    const shards = new Set<number>();
+    for (let i = 0; i < 4; i++) shards.add((await connect(t, server.wsUrl(id), { token: token(user('Sam')) })).shard);
+    assert.deepEqual([...shards], [shardFor(id, WORKERS)], `desktop ${id}`);
+  }
+});
+
+test('desktops spread over every shard', async (t) => {
+  const seen = new Set<number>();
+  for (let i = 0; i < 16; i++) seen.add((await connect(t, server.wsUrl(desktop('spread')), { token: token(user('Sue')) })).shard);
+  assert.deepEqual([...seen].sort(), [0, 1]);
+});
+
+test('invalid desktop ids → 400', async () => {
+  for (const id of ['bad.id', 'a%20b', 'x'.repeat(129), '', '%2e%2e', 'é']) {
+    const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${id}`, authHeader())]);
+    assert.equal(res.status, 400, `id ${JSON.stringify(id)}: ${res.head}`);
+  }
+  const longest = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${'x'.repeat(128)}`, authHeader())], { until: untilJoined });
+  assert.equal(longest.status, 101, 'a 128-character id is valid');
+});
+
+test('unknown paths → 404, including traversal and nested paths', async () => {
+  for (const path of ['/', '/ws', '/ws/desktop', '/ws/desktop/a/b', '/ws/desktop/../health', '/WS/desktop/a', '/healthz']) {
+    const res = await rawRequest(server.port, [upgradeHead(path, authHeader())]);
+    assert.equal(res.status, 404, `path ${path}`);
+  }
+});
+
+test('a plain GET on the WebSocket path → 426 Upgrade Required; other methods → 405', async () => {
+  const res = await rawRequest(server.port, [`GET /ws/desktop/${desktop()} HTTP/1.1\r\nHost: x\r\n\r\n`]);
+  assert.equal(res.status, 426);
+  assert.equal(res.headers.upgrade, 'websocket');
+  const post = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`).replace('GET', 'POST')]);
+  assert.equal(post.status, 405);
+});
+
+test('a head larger than 8 KiB → 431; one just under is accepted', async () => {
+  const big = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { 'X-Pad': 'p'.repeat(9000) })]);
+  assert.equal(big.status, 431);
+  const base = upgradeHead(`/ws/desktop/${desktop()}`, { ...authHeader(), 'X-Pad': '' }).length;
+  const fits = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { ...authHeader(), 'X-Pad': 'p'.repeat(8192 - base) })], {
+    until: untilJoined,
+  });
+  assert.equal(fits.status, 101);
+});
+
+test('malformed heads → 400 (bare LF, header injection, NUL, obs-fold, duplicate Host)', async () => {
+  const id = desktop();
+  const cases = [
+    `GET /ws/desktop/${id} HTTP/1.1\nHost: x\n\n\r\n\r\n`,
+    `GET /ws/desktop/${id} HTTP/1.1\r\nHost: x\r\nX-A: b\rInjected: 1\r\n\r\n`,
+    `GET /ws/desktop/${id} HTTP/1.1\r\nHost: x\0\r\n\r\n`,
+    `GET /ws/desktop/${id} HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n`,
+    `GET /ws/desktop/${id} HTTP/1.1\r\nHost: a\r\nHost: b\r\nUpgrade: websocket\r\n\r\n`,
+    `GET  /ws/desktop/${id} HTTP/1.1\r\n\r\n`,
+    `GET /ws/desktop/${id}\r\n\r\n`,
+    `\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n`,
+  ];
+  for (const head of cases) {
+    const res = await rawRequest(server.port, [head]);
+    assert.equal(res.status, 400, JSON.stringify(head));
+  }
+  const http2 = await rawRequest(server.port, [`GET /ws/desktop/${id} HTTP/2.0\r\nHost: x\r\n\r\n`]);
+  assert.equal(http2.status, 505);
+});
+
+test('a head that arrives in many small pieces is reassembled and upgraded', async () => {
+  const head = upgradeHead(`/ws/desktop/${desktop()}`, authHeader());
+  const pieces: string[] = [];
+  for (let i = 0; i < head.length; i += 40) pieces.push(head.slice(i, i + 40));
+  const res = await rawRequest(server.port, pieces, { gapMs: 5, until: untilJoined });
+  assert.equal(res.status, 101);
+  assert.match(res.raw, /"type":"room_joined"/);
+});
+
+test('bytes sent right behind the head (an early frame) reach the shard intact', async (t) => {
+  const room = desktop();
+  const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Pia')) });
+  const text = Buffer.from(JSON.stringify({ type: 'asset_moved', payload: { early: true } }));
+  const mask = Buffer.from([1, 2, 3, 4]);
+  const masked = Buffer.from(text.map((b, i) => b ^ mask[i % 4]!));
+  const frame = Buffer.concat([Buffer.from([0x81, 0x80 | text.length]), mask, masked]);
+  const socket = netConnect(server.port, '127.0.0.1');
+  t.after(() => socket.destroy());
+  socket.write(Buffer.concat([Buffer.from(upgradeHead(`/ws/desktop/${room}`, authHeader())), frame]));
+  assert.equal((await peer.expect('session_joined')).type, 'session_joined');
+  assert.deepEqual((await peer.expect('asset_moved')).payload, { early: true });
+});
+
+test('a client that never finishes its head is closed after --handshake-timeout', async () => {
+  const started = Date.now();
+  const res = await rawRequest(server.port, [`GET /ws/desktop/${desktop()} HTTP/1.1\r\nHost: x\r\n`]);
+  assert.equal(res.raw, '', 'closed without a response');
+  assert.ok(Date.now() - started >= 350, 'not before the timeout');
+  await server.waitForLog((l) => l.event === 'handshake_rejected' && l.reason === 'handshake_timeout');
+});
+
+test('hundreds of half-open handshakes do not hold up a real one', async (t) => {
+  const idle: Socket[] = [];
+  t.after(() => idle.forEach((s) => s.destroy()));
+  await Promise.all(
+    Array.from({ length: 300 }, () => new Promise<void>((resolve) => {
+      const s = netConnect(server.port, '127.0.0.1', () => {
+        s.write('GET /ws/desktop/slow HTTP/1.1\r\n');
+        resolve();
+      });
+      s.on('error', () => {});
+      idle.push(s);
+    })),
+  );
+  const { joined } = await join(t, server.wsUrl(desktop()), { token: token(user('Quick')) });
+  assert.equal(joined.type, 'room_joined');
+  const health = await rawRequest(server.port, ['GET /health HTTP/1.1\r\n\r\n']);
+  assert.equal(health.status, 200);
+});
