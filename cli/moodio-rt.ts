@@ -46,7 +46,7 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
     throw err;
   }
   const server = await startServer(config);
-  if (config.dev) printDevBanner(server.address.port, server.config.jwtSecret);
+  if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -68,9 +68,10 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   process.on('SIGINT', () => stop('SIGINT'));
 });
 
-function printDevBanner(port: number, secret: string): void {
+function printDevBanner(host: string, port: number, secret: string): void {
   const token = signAccessToken({ userId: 'dev-user-0001', firstName: 'Dev', email: 'dev@example.com', permission: 'editor' }, secret, 12 * 3600);
-  const url = `ws://127.0.0.1:${port}/ws/desktop/demo`;
+  const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+  const url = `ws://${reachable}:${port}/ws/desktop/demo`;
   process.stderr.write(
     [
       '',

@@ -58,6 +58,28 @@ export class ServerProcess {
     });
     child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
       this.stderr += chunk;
+      this.stderrWaiters = this.stderrWaiters.filter((w) => {
+        if (!w.pattern.test(this.stderr)) return true;
+        w.resolve(this.stderr);
+        return false;
+      });
+    });
+  }
+
+  private stderrWaiters: { pattern: RegExp; resolve: (text: string) => void }[] = [];
+
+  /** Resolves with everything written to stderr once it matches `pattern`. */
+  waitForStderr(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    if (pattern.test(this.stderr)) return Promise.resolve(this.stderr);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`stderr did not match ${pattern} within ${timeoutMs} ms:\n${this.stderr}`)), timeoutMs);
+      this.stderrWaiters.push({
+        pattern,
+        resolve: (text) => {
+          clearTimeout(timer);
+          resolve(text);
+        },
+      });
     });
   }
 

@@ -1,0 +1,52 @@
+/**
+ * SIGTERM: stop accepting, close every session with 1001, exit within
+ * --drain-timeout even when a client never completes the closing handshake.
+ */
+import assert from 'node:assert/strict';
+import { connect as netConnect } from 'node:net';
+import { test } from 'node:test';
+import { CloseCode, ACCESS_TOKEN_COOKIE } from '../src/protocol/events.ts';
+import { join, upgradeHead } from './helpers/client.ts';
+import { startPermissionStub } from './helpers/permission-stub.ts';
+import { desktop } from './helpers/scope.ts';
+import { startServer } from './helpers/server.ts';
+import { token, user } from './helpers/tokens.ts';
+
+test('SIGTERM closes every session with 1001 and exits 0', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 2, permissionApiBase: stub.base });
+  const clients = [];
+  for (let i = 0; i < 6; i++) clients.push((await join(t, server.wsUrl(desktop()), { token: token(user('Cid')) })).client);
+  assert.deepEqual(new Set(clients.map((c) => c.shard)), new Set([0, 1]));
+  server.child.kill('SIGTERM');
+  for (const client of clients) {
+    assert.deepEqual(await client.closed, { code: CloseCode.GOING_AWAY, reason: 'server shutting down' });
+  }
+  assert.deepEqual(await server.exited, { code: 0, signal: null });
+  assert.ok(server.logs.some((l) => l.event === 'shutdown'));
+});
+
+test('a client that ignores the close frame does not hold the exit past --drain-timeout', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--drain-timeout', '1s'] });
+  // A raw client that completes the upgrade and then never answers anything.
+  const stubborn = netConnect(server.port, '127.0.0.1');
+  t.after(() => stubborn.destroy());
+  stubborn.write(upgradeHead(`/ws/desktop/${desktop()}`, { Cookie: `${ACCESS_TOKEN_COOKIE}=${token(user('Stu'))}` }));
+  let received = '';
+  await new Promise<void>((resolve) => {
+    stubborn.on('data', (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+      if (received.includes('room_joined')) resolve();
+    });
+  });
+  const started = Date.now();
+  server.child.kill('SIGTERM');
+  assert.deepEqual(await server.exited, { code: 0, signal: null });
+  const elapsed = Date.now() - started;
+  assert.ok(elapsed >= 900, `waited for the drain timeout (${elapsed} ms)`);
+  assert.ok(elapsed < 6000, `exited within the drain timeout plus teardown (${elapsed} ms)`);
+  // It was sent a close frame with 1001 before being cut off.
+  assert.ok(received.includes('\x88'), 'a close frame was sent');
+  assert.ok(received.includes(String.fromCharCode(0x03, 0xe9)), 'close code 1001');
+});

@@ -1,0 +1,162 @@
+/**
+ * Pure pieces: the request-head parser, frame encoding (checked against ws's
+ * own receiver), the shard hash, and option validation.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import * as wsModule from 'ws';
+import { parseDuration, resolveServeConfig } from '../src/config.ts';
+import { ConfigError } from '../src/errors.ts';
+import { fnv1a32, route, shardFor } from '../src/primary/router.ts';
+import { encodeTextFrame } from '../src/protocol/frame.ts';
+import { findHeadEnd, headerHasToken, MAX_HEADER_COUNT, parseRequestHead } from '../src/protocol/http.ts';
+
+const enc = (s: string) => Buffer.from(s, 'latin1');
+
+describe('parseRequestHead', () => {
+  test('parses method, target, path, version and lower-cased headers', () => {
+    const result = parseRequestHead(enc('GET /ws/desktop/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade:  WebSocket \r\nCookie: a=1\r\nCookie: b=2\r\nX-Many: 1\r\nX-Many: 2\r\n\r\nrest'));
+    assert.ok(result.ok);
+    assert.equal(result.head.method, 'GET');
+    assert.equal(result.head.url, '/ws/desktop/a?x=1');
+    assert.equal(result.head.path, '/ws/desktop/a');
+    assert.equal(result.head.version, '1.1');
+    assert.deepEqual({ ...result.head.headers }, { host: 'h', upgrade: 'WebSocket', cookie: 'a=1; b=2', 'x-many': '1, 2' });
+    assert.equal(result.head.length, findHeadEnd(enc('GET /ws/desktop/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade:  WebSocket \r\nCookie: a=1\r\nCookie: b=2\r\nX-Many: 1\r\nX-Many: 2\r\n\r\n')));
+  });
+
+  test('rejects what proxies could read differently', () => {
+    const cases: [string, number][] = [
+      ['GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n', 400],
+      ['GET / HTTP/1.1\r\nAuthorization: a\r\nauthorization: b\r\n\r\n', 400],
+      ['GET / HTTP/1.1\r\nX: a\rb\r\n\r\n', 400],
+      ['GET / HTTP/1.1\r\nX: a\x00\r\n\r\n', 400],
+      ['GET / HTTP/1.1\r\n folded\r\n\r\n', 400],
+      ['GET / HTTP/1.1\r\nBad Name: x\r\n\r\n', 400],
+      ['GET / HTTP/1.1\r\n: x\r\n\r\n', 400],
+      ['GET http://x/ HTTP/1.1\r\n\r\n', 400],
+      ['GET /\x7f HTTP/1.1\r\n\r\n', 400],
+      ['G(T / HTTP/1.1\r\n\r\n', 400],
+      ['GET / HTTP/3\r\n\r\n', 505],
+      ['GET / FTP/1.1\r\n\r\n', 400],
+      ['GET / HTTP/1.1 extra\r\n\r\n', 400],
+      ['GET / HTTP/1.1\r\n' + 'X: y\r\n'.repeat(MAX_HEADER_COUNT + 1) + '\r\n', 431],
+    ];
+    for (const [text, status] of cases) {
+      const result = parseRequestHead(enc(text));
+      assert.equal(result.ok, false, JSON.stringify(text));
+      if (!result.ok) assert.equal(result.status, status, JSON.stringify(text));
+    }
+  });
+
+  test('findHeadEnd finds CRLFCRLF from an offset and only then', () => {
+    assert.equal(findHeadEnd(enc('GET / HTTP/1.1\r\n\r')), -1);
+    assert.equal(findHeadEnd(enc('a\r\n\r\nb')), 5);
+    assert.equal(findHeadEnd(enc('a\r\n\r\nb'), 1), 5);
+    assert.equal(findHeadEnd(enc('a\r\n\r\nb'), 2), -1, 'a match must start at or after `from`');
+  });
+
+  test('headerHasToken reads comma lists case-insensitively', () => {
+    assert.equal(headerHasToken('keep-alive, Upgrade', 'upgrade'), true);
+    assert.equal(headerHasToken('websocketx', 'websocket'), false);
+    assert.equal(headerHasToken(undefined, 'websocket'), false);
+  });
+});
+
+describe('encodeTextFrame', () => {
+  for (const size of [0, 1, 125, 126, 127, 65535, 65536, 70000]) {
+    test(`a ${size}-byte text frame decodes with ws's receiver`, async () => {
+      const text = 'é'.repeat(Math.floor(size / 2)) + 'a'.repeat(size % 2);
+      // ws's frame parser, the same one our clients use (exported, untyped).
+      const { Receiver } = wsModule as unknown as { Receiver: new (o: object) => NodeJS.WritableStream & NodeJS.EventEmitter };
+      const receiver = new Receiver({ isServer: false, maxPayload: 1 << 20 });
+      const got = new Promise<[Buffer, boolean]>((resolve, reject) => {
+        receiver.on('message', (data: Buffer, isBinary: boolean) => resolve([data, isBinary]));
+        receiver.on('error', reject);
+      });
+      const frame = encodeTextFrame(text);
+      assert.equal(frame.length, Buffer.byteLength(text) + (size < 126 ? 2 : size < 65536 ? 4 : 10));
+      receiver.write(frame);
+      const [data, isBinary] = await got;
+      assert.equal(isBinary, false);
+      assert.equal(data.toString(), text);
+    });
+  }
+});
+
+describe('routing', () => {
+  test('fnv1a32 matches the published FNV-1a test vectors', () => {
+    assert.equal(fnv1a32(''), 0x811c9dc5);
+    assert.equal(fnv1a32('a'), 0xe40c292c);
+    assert.equal(fnv1a32('foobar'), 0xbf9cf968);
+  });
+
+  test('shardFor is fnv1a32 mod workers and spreads ids', () => {
+    assert.equal(shardFor('foobar', 7), 0xbf9cf968 % 7);
+    const counts = [0, 0, 0, 0];
+    for (let i = 0; i < 4000; i++) counts[shardFor(`desk-${i}`, 4)]!++;
+    for (const c of counts) assert.ok(c > 800 && c < 1200, `uneven spread: ${counts}`);
+  });
+
+  test('route decides health, shard, rejections and admin', () => {
+    const head = (text: string) => {
+      const r = parseRequestHead(enc(text));
+      assert.ok(r.ok);
+      return r.head;
+    };
+    const opts = { workers: 3, adminToken: 'secret-admin' };
+    assert.deepEqual(route(head('GET /health HTTP/1.1\r\n\r\n'), opts), { kind: 'health' });
+    assert.deepEqual(route(head('GET /ws/desktop/foobar HTTP/1.1\r\nUpgrade: websocket\r\n\r\n'), opts), {
+      kind: 'shard',
+      desktopId: 'foobar',
+      shard: 0xbf9cf968 % 3,
+    });
+    assert.equal((route(head('GET /ws/desktop/a.b HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 400);
+    assert.equal((route(head('GET /ws/desktop/ab HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 426);
+    assert.equal((route(head('GET /nope HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 404);
+    assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 401);
+    assert.deepEqual(route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts), {
+      kind: 'terminate-shard',
+      shard: 1,
+    });
+    assert.equal((route(head('POST /admin/shards/3/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts) as { status: number }).status, 404);
+    const disabled = { workers: 3, adminToken: '' };
+    assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n'), disabled) as { status: number }).status, 404);
+  });
+});
+
+describe('config', () => {
+  test('defaults come from the option table', () => {
+    const config = resolveServeConfig({ jwtSecret: 's' });
+    assert.equal(config.port, 8081);
+    assert.equal(config.host, '0.0.0.0');
+    assert.equal(config.maxMessageSize, 4096);
+    assert.equal(config.maxHeadBytes, 8192);
+    assert.equal(config.handshakeTimeoutMs, 10_000);
+    assert.equal(config.drainTimeoutMs, 10_000);
+    assert.equal(config.permissionTimeoutMs, 5_000);
+    assert.equal(config.permissionApiBase, 'http://localhost:3000');
+    assert.equal(config.dev, false);
+  });
+
+  test('durations accept ms, s, m, h', () => {
+    assert.equal(parseDuration('250', '--x'), 250);
+    assert.equal(parseDuration('250ms', '--x'), 250);
+    assert.equal(parseDuration('1.5s', '--x'), 1500);
+    assert.equal(parseDuration('2m', '--x'), 120_000);
+    assert.equal(parseDuration('1h', '--x'), 3_600_000);
+    assert.throws(() => parseDuration('0', '--x'), ConfigError);
+    assert.throws(() => parseDuration('-1s', '--x'), ConfigError);
+  });
+
+  test('errors carry ERR_CONFIG and the option', () => {
+    assert.throws(() => resolveServeConfig({ jwtSecret: 's', workers: '0' }), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.equal(err.code, 'ERR_CONFIG');
+      assert.equal(err.option, '--workers');
+      return true;
+    });
+    assert.throws(() => resolveServeConfig({}), (err: unknown) => err instanceof ConfigError && err.option === 'JWT_ACCESS_SECRET');
+    assert.doesNotThrow(() => resolveServeConfig({ dev: true }));
+  });
+});

@@ -1,0 +1,65 @@
+/**
+ * A shard that dies takes only its own sessions with it: it is restarted
+ * with backoff while every other shard keeps relaying.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { shardFor } from '../src/primary/router.ts';
+import { join, rawRequest } from './helpers/client.ts';
+import { startPermissionStub } from './helpers/permission-stub.ts';
+import { desktop } from './helpers/scope.ts';
+import { startServer } from './helpers/server.ts';
+import { token, user } from './helpers/tokens.ts';
+
+const ADMIN = 'admin-token-for-tests-0123456789';
+
+function desktopOnShard(shard: number, workers: number): string {
+  for (;;) {
+    const id = desktop(`s${shard}`);
+    if (shardFor(id, workers) === shard) return id;
+  }
+}
+
+test('a shard killed mid-traffic is restarted and the other shard never stops relaying', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--admin-token', ADMIN] });
+  const doomed = desktopOnShard(0, 2);
+  const survivor = desktopOnShard(1, 2);
+  const { client: d1 } = await join(t, server.wsUrl(doomed), { token: token(user('Dee')) });
+  const { client: d2 } = await join(t, server.wsUrl(doomed), { token: token(user('Dot')) });
+  const { client: s1 } = await join(t, server.wsUrl(survivor), { token: token(user('Sal')) });
+  const { client: s2 } = await join(t, server.wsUrl(survivor), { token: token(user('Sid')) });
+  await d1.expect('session_joined');
+  await s1.expect('session_joined');
+
+  // Traffic in both rooms while shard 0 is killed.
+  let sent = 0;
+  const pump = setInterval(() => {
+    s1.send({ type: 'asset_dragging', payload: { n: sent++ } });
+    if (d1.ws.readyState === d1.ws.OPEN) d1.send({ type: 'asset_dragging', payload: {} });
+  }, 2);
+  t.after(() => clearInterval(pump));
+  for (let i = 0; i < 20; i++) assert.equal((await s2.expect('asset_dragging')).payload.n, i);
+
+  const unauthorized = await rawRequest(server.port, ['POST /admin/shards/0/terminate HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n']);
+  assert.equal(unauthorized.status, 401);
+  const kill = await rawRequest(server.port, [`POST /admin/shards/0/terminate HTTP/1.1\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`]);
+  assert.equal(kill.status, 202);
+
+  // The doomed shard's sessions drop without a close frame (1006)...
+  assert.equal((await d1.closed).code, 1006);
+  assert.equal((await d2.closed).code, 1006);
+  // ...while the survivor's messages keep arriving in order, through the crash and the restart.
+  const exit = await server.waitForLog((l) => l.event === 'shard_exit' && l.shard === 0);
+  assert.equal(typeof exit.restartInMs, 'number');
+  await server.waitForLog((l) => l.event === 'shard_ready' && l.shard === 0 && l.restarts === 1);
+  for (let i = 20; i < 200; i++) assert.equal((await s2.expect('asset_dragging')).payload.n, i);
+  clearInterval(pump);
+
+  // The restarted shard serves its desktops again, from an empty room.
+  const { client: back, joined } = await join(t, server.wsUrl(doomed), { token: token(user('Dee')) });
+  assert.equal(back.shard, 0);
+  assert.deepEqual(joined.sessions, []);
+  const health = await rawRequest(server.port, ['GET /health HTTP/1.1\r\n\r\n']);
+  assert.equal(health.status, 200);
+});
