@@ -1,0 +1,85 @@
+/**
+ * The seed's three micro-benchmarks re-expressed for our shard code, with
+ * sockets stubbed so only relay work is timed (parse, validate, stamp,
+ * serialize, frame, write calls):
+ *   BroadcastSameRoom   — 20 sessions in one room, one sender
+ *   BroadcastManyRooms  — 250 sessions in 50 rooms of 5, senders round-robin
+ *   GetSessionsInRoom   — room-member lookup with 500 sessions in 50 rooms
+ * Each relay case also runs against a naive baseline that scans every
+ * session per broadcast and builds a frame per recipient (what calling
+ * `ws.send` per recipient costs), to show what the room index and
+ * frame-once buy.
+ *
+ *   node bench/broadcast.bench.ts [--iterations N]
+ */
+import type { Socket } from 'node:net';
+import type { WebSocket } from 'ws';
+import { createLogger } from '../src/log.ts';
+import { encodeTextFrame } from '../src/protocol/frame.ts';
+import { Relay } from '../src/shard/relay.ts';
+import { RoomIndex } from '../src/shard/room-index.ts';
+import { Session } from '../src/shard/session.ts';
+import { WriteCoalescer } from '../src/shard/write-coalescer.ts';
+import { describeMachine } from '../scripts/machine-info.ts';
+
+const iterArg = process.argv.indexOf('--iterations');
+const ITERATIONS = iterArg > 0 ? Number(process.argv[iterArg + 1]) : 200_000;
+
+let deliveries = 0;
+const socketStub = { cork() {}, uncork() {}, write(_b: Buffer) { deliveries++; return true; } } as unknown as Socket;
+const wsStub = { readyState: 1 } as unknown as WebSocket;
+
+function build(rooms: number, perRoom: number): { index: RoomIndex; relay: Relay; sessions: Session[] } {
+  const index = new RoomIndex();
+  const relay = new Relay(index, new WriteCoalescer(), createLogger({ level: 'silent', format: 'json', worker: 0 }));
+  const sessions: Session[] = [];
+  for (let r = 0; r < rooms; r++) {
+    for (let m = 0; m < perRoom; m++) {
+      const s = new Session(`room-${r}`, { userId: `user-${r}-${m}-0000`, firstName: 'Bench', email: 'bench@example.com' }, 'editor', wsStub, socketStub);
+      index.join(s);
+      sessions.push(s);
+    }
+  }
+  return { index, relay, sessions };
+}
+
+/** Naive relay: every session scanned, one JSON.stringify and one frame per recipient. */
+function naiveBroadcast(all: Session[], sender: Session, data: Buffer): void {
+  const msg = JSON.parse(data.toString()) as { type: string; payload?: unknown };
+  const event = { type: msg.type, sessionId: sender.id, userId: sender.userId, firstName: sender.firstName, email: sender.email, timestamp: Date.now(), payload: msg.payload };
+  for (const s of all) {
+    if (s !== sender && s.desktopId === sender.desktopId) s.socket.write(encodeTextFrame(JSON.stringify(event)));
+  }
+}
+
+function time(name: string, iterations: number, fn: (i: number) => void): void {
+  for (let i = 0; i < Math.min(iterations, 20_000); i++) fn(i); // warm-up
+  deliveries = 0;
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < iterations; i++) fn(i);
+  const ns = Number(process.hrtime.bigint() - start) / iterations;
+  const perOp = deliveries / iterations;
+  console.log(`${name.padEnd(34)} ${ns.toFixed(1).padStart(10)} ns/op ${perOp.toFixed(2).padStart(8)} deliveries/op ${(perOp > 0 ? ns / perOp : 0).toFixed(1).padStart(8)} ns/delivery`);
+}
+
+const message = Buffer.from(JSON.stringify({ type: 'asset_moved', payload: { id: 'asset-1', x: 100, y: 200 } }));
+
+console.log(`# ${describeMachine()}; ${ITERATIONS} iterations`);
+{
+  const { relay, sessions } = build(1, 20);
+  time('BroadcastSameRoom (20)', ITERATIONS, () => relay.onMessage(sessions[0]!, message, false));
+  time('  naive baseline', ITERATIONS, () => naiveBroadcast(sessions, sessions[0]!, message));
+}
+{
+  const { relay, sessions } = build(50, 5);
+  time('BroadcastManyRooms (250/50)', ITERATIONS, (i) => relay.onMessage(sessions[(i * 5) % 250]!, message, false));
+  time('  naive baseline', ITERATIONS, (i) => naiveBroadcast(sessions, sessions[(i * 5) % 250]!, message));
+}
+{
+  const { index } = build(50, 10);
+  let sink = 0;
+  time('GetSessionsInRoom (500/50)', ITERATIONS * 10, (i) => {
+    sink += index.get(`room-${i % 50}`)!.members.length;
+  });
+  if (sink === 0) console.log('unreachable');
+}
