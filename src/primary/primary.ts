@@ -7,7 +7,7 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { ServeConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
-import { httpResponse, parseRequestHead } from '../protocol/http.ts';
+import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { route } from './router.ts';
 import { ShardPool } from './shard-pool.ts';
@@ -18,9 +18,6 @@ export interface PrimaryOptions {
   shardWorkerUrl: URL;
   log: Logger;
 }
-
-/** How long an answered socket may take to flush before it is destroyed. */
-const LINGER_MS = 2000;
 
 function swallow(): void {}
 
@@ -130,7 +127,7 @@ export class Primary {
     const decision = route(parsed.head, { workers: this.pool.size, adminToken: this.config.adminToken });
     switch (decision.kind) {
       case 'health':
-        this.answer(socket, httpResponse(200, parsed.head.method === 'HEAD' ? '' : 'ok'));
+        endWithResponse(socket, httpResponse(200, parsed.head.method === 'HEAD' ? '' : 'ok'));
         return;
       case 'reject':
         this.reject(socket, decision.status, decision.reason, undefined, decision.headers);
@@ -138,7 +135,7 @@ export class Primary {
       case 'terminate-shard': {
         const ok = this.pool.terminate(decision.shard);
         this.log.warn('shard_terminate_requested', { shard: decision.shard, remote, ok });
-        this.answer(socket, httpResponse(ok ? 202 : 503, ok ? 'terminating' : 'shard is not running'));
+        endWithResponse(socket, httpResponse(ok ? 202 : 503, ok ? 'terminating' : 'shard is not running'));
         return;
       }
       case 'shard': {
@@ -160,18 +157,6 @@ export class Primary {
 
   private reject(socket: Socket, status: number, reason: string, detail?: string, headers?: Record<string, string>): void {
     this.log.info('handshake_rejected', { status, reason, ...(detail ? { detail } : {}), remote: socket.remoteAddress });
-    this.answer(socket, httpResponse(status, `${detail ?? reason.replaceAll('_', ' ')}\n`, headers));
-  }
-
-  /**
-   * Write a final response and close. The socket is no longer going to a
-   * shard, so it may now be read: unread request bytes are drained, because
-   * closing a socket with unread data makes the kernel send RST, which can
-   * destroy the response before the client reads it.
-   */
-  private answer(socket: Socket, response: string): void {
-    socket.setTimeout(LINGER_MS, () => socket.destroy());
-    socket.end(response);
-    socket.resume();
+    endWithResponse(socket, httpResponse(status, `${detail ?? reason.replaceAll('_', ' ')}\n`, headers));
   }
 }

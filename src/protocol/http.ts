@@ -7,6 +7,7 @@
  * could read differently from us (bare LF, obs-fold, duplicated
  * routing-relevant headers, control bytes) is a 400, never a guess.
  */
+import type { Socket } from 'node:net';
 
 /** A parsed request head. Header names are lower-case. */
 export interface RequestHead {
@@ -141,6 +142,22 @@ export function headerHasToken(value: string | undefined, token: string): boolea
     if (part.trim().toLowerCase() === token) return true;
   }
   return false;
+}
+
+/** How long an answered socket may take to flush before it is destroyed. */
+export const LINGER_MS = 2000;
+
+/**
+ * Write a final HTTP response and close. The socket is not going to be handed
+ * on, so it may now be read: unread request bytes are drained, because closing
+ * a socket with unread data makes the kernel send RST, which can destroy the
+ * response before the client reads it.
+ */
+export function endWithResponse(socket: Socket, response: string): void {
+  if (socket.destroyed) return;
+  socket.setTimeout(LINGER_MS, () => socket.destroy());
+  socket.end(response);
+  socket.resume();
 }
 
 const STATUS_TEXT: Record<number, string> = {

@@ -13,7 +13,7 @@ import { verifyAccessToken, type Identity } from '../auth/token.ts';
 import { AuthError, AuthErrorCode, PermissionError, type RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
-import { httpResponse, parseRequestHead } from '../protocol/http.ts';
+import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { parseDesktopPath } from '../protocol/paths.ts';
 
@@ -35,8 +35,6 @@ export interface HandshakeOptions {
   /** False once the shard drains: new connections get 503. */
   accepting: () => boolean;
 }
-
-const LINGER_MS = 2000;
 
 function onSocketError(): void {}
 
@@ -112,10 +110,7 @@ export class Handshake {
     detail?: string,
   ): void {
     this.options.log.info('handshake_rejected', { status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
-    if (socket.destroyed) return;
     const body = status === 401 ? 'unauthorized\n' : status === 403 ? 'forbidden\n' : `${reason.replaceAll('_', ' ')}\n`;
-    socket.setTimeout(LINGER_MS, () => socket.destroy());
-    socket.end(httpResponse(status, body, { [SHARD_HEADER]: String(this.options.shardId), ...headers }));
-    socket.resume();
+    endWithResponse(socket, httpResponse(status, body, { [SHARD_HEADER]: String(this.options.shardId), ...headers }));
   }
 }
