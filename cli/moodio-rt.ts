@@ -10,7 +10,11 @@ import { ConfigError } from '../src/errors.ts';
 import { loadOrCreateDevSecret, startServer } from '../src/server.ts';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
+import { LOADTEST_OPTIONS, resolveLoadtestOptions, type LoadtestOptions } from '../src/loadtest/options.ts';
+import { formatReport } from '../src/loadtest/report.ts';
+import { latencyHistogram, runLoadtest } from '../src/loadtest/runner.ts';
+import { percentileDistribution } from '../src/loadtest/histogram.ts';
 
 const EXIT_USAGE = 2;
 
@@ -121,5 +125,39 @@ program
     };
     process.stdout.write(signAccessToken(claims, secret, Math.max(1, Math.round(ttlMs / 1000))) + '\n');
   });
+
+const loadtest = program
+  .command('loadtest')
+  .description('load any Moodio desktop protocol server and report HDR latency percentiles');
+const loadtestAttributes = new Map<keyof LoadtestOptions, string>();
+for (const spec of LOADTEST_OPTIONS) {
+  const option = new Option(spec.flags, spec.description);
+  if (spec.key === 'secret') option.env('JWT_ACCESS_SECRET');
+  if (spec.default !== undefined) option.default(spec.default);
+  loadtestAttributes.set(spec.key, option.attributeName());
+  loadtest.addOption(option);
+}
+loadtest.action(async (opts: Record<string, string | boolean | undefined>) => {
+  const raw: Partial<Record<keyof LoadtestOptions, string | boolean>> = {};
+  for (const [key, attribute] of loadtestAttributes) {
+    const value = opts[attribute];
+    if (value !== undefined) raw[key] = value;
+  }
+  let options: LoadtestOptions;
+  try {
+    options = resolveLoadtestOptions(raw);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+  const tty = process.stderr.isTTY;
+  const report = await runLoadtest(options, {
+    onProgress: options.progress ? (line) => process.stderr.write(tty ? `\r${line}\x1b[K` : `${line}\n`) : undefined,
+  });
+  if (options.progress && tty) process.stderr.write('\n');
+  if (options.hgrm) writeFileSync(options.hgrm, percentileDistribution(latencyHistogram(report)));
+  process.stdout.write(options.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report) + '\n');
+  process.exitCode = report.gates.passed ? 0 : 1;
+});
 
 await program.parseAsync(process.argv);

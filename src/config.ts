@@ -9,6 +9,9 @@
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from './errors.ts';
+import { httpUrl, intIn, oneOf, parseDuration } from './option-parsers.ts';
+
+export { parseDuration };
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -44,50 +47,6 @@ export interface OptionSpec {
   /** Default as the raw string a user would type; undefined = no default. */
   default?: string;
   parse: (raw: string, option: string) => ServeConfig[keyof ServeConfig];
-}
-
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** `250`, `250ms`, `10s`, `5m`, `1h` → milliseconds. */
-export function parseDuration(raw: string, option: string): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(raw.trim());
-  if (!m) throw new ConfigError(option, `expected a duration such as 500ms, 10s or 1h, got ${JSON.stringify(raw)}`);
-  const ms = Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
-  if (ms <= 0 || !Number.isSafeInteger(ms)) throw new ConfigError(option, `must be a positive duration, got ${JSON.stringify(raw)}`);
-  return ms;
-}
-
-function intIn(min: number, max: number) {
-  return (raw: string, option: string): number => {
-    const n = /^-?\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
-    if (!Number.isSafeInteger(n) || n < min || n > max) {
-      throw new ConfigError(option, `must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`);
-    }
-    return n;
-  };
-}
-
-function oneOf<T extends string>(choices: readonly T[]) {
-  return (raw: string, option: string): T => {
-    if (!(choices as readonly string[]).includes(raw)) {
-      throw new ConfigError(option, `must be one of ${choices.join(', ')}, got ${JSON.stringify(raw)}`);
-    }
-    return raw as T;
-  };
-}
-
-function httpUrl(raw: string, option: string): string {
-  let url: URL;
-  try {
-    url = new URL(raw);
-  } catch {
-    throw new ConfigError(option, `must be an http(s) URL, got ${JSON.stringify(raw)}`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new ConfigError(option, `must be an http(s) URL, got ${JSON.stringify(raw)}`);
-  }
-  if (url.search || url.hash) throw new ConfigError(option, 'must not carry a query or fragment');
-  return url.href.replace(/\/+$/, '');
 }
 
 const text = (raw: string): string => raw;

@@ -1,0 +1,288 @@
+/**
+ * A load-generator thread (a piscina task): connects its rooms' sessions,
+ * waits for the runner's start, sends open-loop and measures deliveries.
+ *
+ * Open loop: each sender has a schedule (start + k × interval) and every
+ * message carries its *scheduled* send time. A stalled server or generator
+ * therefore shows up as latency instead of silently slowing the senders
+ * (no coordinated omission). Receivers read that time straight from the
+ * frame bytes; they never JSON.parse.
+ */
+import { once } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import type { MessagePort } from 'node:worker_threads';
+import { createHistogram, encodeHistogram, recordUs, type Histogram } from './histogram.ts';
+import type { RoomPlan, StartCommand, ThreadEvent, ThreadPlan, ThreadResult } from './plan.ts';
+import { encodeClientText, HandshakeError, RawWebSocket } from './ws-client.ts';
+
+export interface GeneratorTask {
+  plan: ThreadPlan;
+  port: MessagePort;
+}
+
+const nowUs = (): number => performance.now() * 1000;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const NEEDLE = Buffer.from('"payload":{"t":');
+const ERROR_PREFIX = Buffer.from('{"type":"error","code":"');
+const JOINED_PREFIX = Buffer.from('{"type":"room_joined"');
+
+/** Read the unsigned integer at `pos`; returns [value, index after it]. */
+function readUint(buf: Buffer, pos: number): [number, number] {
+  let value = 0;
+  for (;;) {
+    const c = buf[pos]!;
+    if (c < 48 || c > 57) return [value, pos];
+    value = value * 10 + (c - 48);
+    pos++;
+  }
+}
+
+interface Sender {
+  client: RawWebSocket;
+  room: RoomState;
+  intervalUs: number;
+  nextAt: number;
+  seq: number;
+  measured: number;
+}
+
+interface RoomState {
+  plan: RoomPlan;
+  receivers: number;
+  /** For the target room: per message, receivers reached and the worst latency. */
+  reached: Uint16Array | null;
+  worst: Float64Array | null;
+}
+
+export default async function run({ plan, port }: GeneratorTask): Promise<ThreadResult> {
+  const post = (event: ThreadEvent) => port.postMessage(event);
+  const deliveryHist: Histogram = createHistogram();
+  const targetHist: Histogram = createHistogram();
+  const connectHist: Histogram = createHistogram();
+  /** How late the generator sent each measured message after its scheduled time. */
+  const lagHist: Histogram = createHistogram();
+  const errors: Record<string, number> = {};
+  const countError = (kind: string) => (errors[kind] = (errors[kind] ?? 0) + 1);
+  let deliveries = 0;
+  let targetDeliveries = 0;
+  let targetComplete = 0;
+  let pressureDeliveries = 0;
+  let measuring = false;
+  let finished = false;
+
+  const rooms: RoomState[] = plan.rooms.map((room) => ({
+    plan: room,
+    receivers: room.tokens.length - 1,
+    reached: room.role === 'target' ? new Uint16Array(room.maxMessages) : null,
+    worst: room.role === 'target' ? new Float64Array(room.maxMessages) : null,
+  }));
+  const clients: RawWebSocket[] = [];
+  const meter = { busyUs: 0 };
+  const senders: Sender[] = [];
+
+  const onTextFor = (room: RoomState) => (buf: Buffer, start: number, end: number) => {
+    const at = buf.indexOf(NEEDLE, start);
+    if (at === -1 || at >= end) {
+      if (buf.indexOf(ERROR_PREFIX, start) === start) {
+        const codeStart = start + ERROR_PREFIX.length;
+        countError(`server_${buf.toString('latin1', codeStart, buf.indexOf(34, codeStart))}`);
+      }
+      return;
+    }
+    const [t, afterT] = readUint(buf, at + NEEDLE.length);
+    // `,"m":` follows: 1 for a measured message.
+    if (buf[afterT + 5] !== 49 || !measuring) return;
+    const latency = nowUs() - t;
+    deliveries++;
+    const role = room.plan.role;
+    if (role === 'target') {
+      targetDeliveries++;
+      const [seq] = readUint(buf, afterT + 11);
+      if (seq < room.reached!.length) {
+        if (latency > room.worst![seq]!) room.worst![seq] = latency;
+        if (++room.reached![seq]! === room.receivers) {
+          targetComplete++;
+          recordUs(targetHist, room.worst![seq]!);
+        }
+      }
+    } else {
+      recordUs(deliveryHist, latency);
+      if (role === 'pressure') pressureDeliveries++;
+    }
+  };
+
+  // Connect, paced, without waiting for each handshake before starting the next.
+  const url = new URL(`ws://${plan.host}:${plan.port}`);
+  const pending: Promise<void>[] = [];
+  let connected = 0;
+  let failed = 0;
+  for (const room of rooms) {
+    const onText = onTextFor(room);
+    for (let i = 0; i < room.plan.tokens.length; i++) {
+      const token = room.plan.tokens[i]!;
+      const isSender = i < room.plan.senders;
+      const started = nowUs();
+      let joined: () => void = () => {};
+      const joinedP = new Promise<void>((resolve) => (joined = resolve));
+      let isJoined = false;
+      pending.push(
+        RawWebSocket.connect({
+          meter,
+          host: url.hostname,
+          port: plan.port,
+          path: `/ws/desktop/${room.plan.desktopId}`,
+          headers: { Cookie: `moodio_access_token=${token}` },
+          onText: (buf, start, end) => {
+            if (!isJoined && buf.indexOf(JOINED_PREFIX, start) === start) {
+              isJoined = true;
+              recordUs(connectHist, nowUs() - started);
+              joined();
+              return;
+            }
+            onText(buf, start, end);
+          },
+          onClose: (code) => {
+            if (!finished) countError(`closed_${code}`);
+            joined();
+          },
+        }).then(
+          async (client) => {
+            clients.push(client);
+            await joinedP;
+            if (!client.isOpen) {
+              failed++;
+              return;
+            }
+            connected++;
+            if (isSender) senders.push({ client, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, seq: 0, measured: 0 });
+          },
+          (err: unknown) => {
+            failed++;
+            countError(err instanceof HandshakeError ? `connect_${err.status}` : 'connect_error');
+          },
+        ),
+      );
+      if (plan.connectIntervalMs > 0) await sleep(plan.connectIntervalMs);
+    }
+  }
+  await Promise.all(pending);
+  post({ type: 'connected', thread: plan.thread, connected, failed });
+  const [start] = (await once(port, 'message')) as [StartCommand];
+
+  // Run: warm-up, then the measured window.
+  const payloadPad = 'x'.repeat(Math.max(0, plan.payloadBytes - 40));
+  const cpuStart = process.threadCpuUsage();
+  const runStart = nowUs();
+  const measureFrom = runStart + start.warmupMs * 1000;
+  const measureUntil = measureFrom + start.durationMs * 1000;
+  for (const s of senders) s.nextAt = runStart + Math.random() * s.intervalUs;
+  let sends = 0;
+  let pressureSends = 0;
+  let expected = 0;
+  let pressureExpected = 0;
+  let targetMessages = 0;
+  let targetExpected = 0;
+
+  /** Send every message due by now; returns when the next one is due (µs, Infinity if none). */
+  const tick = (): number => {
+    const now = nowUs();
+    if (!measuring && now >= measureFrom) measuring = true;
+    let next = Infinity;
+    let sent = false;
+    for (let i = 0; i < senders.length; i++) {
+      const s = senders[i]!;
+      const room = s.room.plan;
+      while (s.nextAt <= now && s.nextAt < measureUntil) {
+        const measured = s.nextAt >= measureFrom;
+        if (measured && room.maxMessages > 0 && s.measured >= room.maxMessages) break;
+        const seq = measured ? s.measured : s.seq;
+        if (measured) recordUs(lagHist, now - s.nextAt);
+        s.client.sendFrame(
+          encodeClientText(`{"type":"${room.messageType}","payload":{"t":${Math.round(s.nextAt)},"m":${measured ? 1 : 0},"s":${seq},"p":"${payloadPad}"}}`),
+        );
+        sent = true;
+        s.seq++;
+        if (measured) {
+          s.measured++;
+          sends++;
+          expected += s.room.receivers;
+          if (room.role === 'pressure') {
+            pressureSends++;
+            pressureExpected += s.room.receivers;
+          } else if (room.role === 'target') {
+            targetMessages++;
+            targetExpected += s.room.receivers;
+          }
+        }
+        s.nextAt += s.intervalUs;
+      }
+      const done = s.nextAt >= measureUntil || (room.maxMessages > 0 && s.measured >= room.maxMessages);
+      if (!done && s.nextAt < next) next = s.nextAt;
+    }
+    if (sent) meter.busyUs += nowUs() - now;
+    return next;
+  };
+
+  // Node timers have 1 ms granularity, too coarse for sub-millisecond
+  // latencies measured from the scheduled time. So: sleep on a timer while
+  // the next send is more than 1.5 ms away (waking ~1 ms early), and spin on
+  // setImmediate — which still lets I/O run every turn — when it is closer.
+  let running = true;
+  let timer: NodeJS.Timeout | null = null;
+  let immediate: NodeJS.Immediate | null = null;
+  const loop = (): void => {
+    timer = null;
+    immediate = null;
+    if (!running) return;
+    const wait = tick() - nowUs();
+    if (wait === Infinity) return;
+    if (wait > 1500) timer = setTimeout(loop, Math.floor((wait - 1000) / 1000));
+    else immediate = setImmediate(loop);
+  };
+  loop();
+  const progress = setInterval(() => post({ type: 'progress', thread: plan.thread, sends, deliveries }), 1000);
+  await sleep(start.warmupMs + start.durationMs);
+  running = false;
+  if (timer) clearTimeout(timer);
+  if (immediate) clearImmediate(immediate);
+  tick();
+  const windowMs = (nowUs() - measureFrom) / 1000;
+  // Let in-flight deliveries land, up to the grace period.
+  const graceUntil = Date.now() + start.graceMs;
+  while (deliveries < expected && Date.now() < graceUntil) await sleep(5);
+  measuring = false;
+  finished = true;
+  clearInterval(progress);
+  const cpu = process.threadCpuUsage(cpuStart);
+  const wallUs = nowUs() - runStart;
+  for (const client of clients) client.close();
+  port.close();
+
+  return {
+    thread: plan.thread,
+    sessions: rooms.reduce((n, r) => n + r.plan.tokens.length, 0),
+    connected,
+    connectFailed: failed,
+    errors,
+    sends,
+    expectedDeliveries: expected,
+    deliveries,
+    deliveryHistogram: encodeHistogram(deliveryHist),
+    targetHistogram: encodeHistogram(targetHist),
+    connectHistogram: encodeHistogram(connectHist),
+    lagHistogram: encodeHistogram(lagHist),
+    targetMessages,
+    targetComplete,
+    targetExpectedDeliveries: targetExpected,
+    targetDeliveries,
+    pressureSends,
+    pressureExpectedDeliveries: pressureExpected,
+    pressureDeliveries,
+    windowMs,
+    cpuPercent: Math.round(((cpu.user + cpu.system) / wallUs) * 1000) / 10,
+    busyPercent: Math.round((meter.busyUs / wallUs) * 1000) / 10,
+    framesReceived: clients.reduce((n, c) => n + c.frames, 0),
+  };
+}
+

@@ -1,0 +1,120 @@
+/**
+ * Options of `moodio-rt loadtest`, its presets, and their validation. Like
+ * the server's, every option is validated once here and named in its error.
+ */
+import { availableParallelism } from 'node:os';
+import { ConfigError } from '../errors.ts';
+import { intIn, numberIn, oneOf, parseDuration } from '../option-parsers.ts';
+
+export const PRESETS = ['light', 'medium', 'heavy', 'extreme'] as const;
+export type PresetName = (typeof PRESETS)[number];
+
+/** Rooms per preset: the seed's "latency under pressure" levels, 10 users each. */
+export const PRESET_ROOMS: Record<PresetName, number> = { light: 5, medium: 20, heavy: 50, extreme: 100 };
+export const PRESET = {
+  usersPerRoom: 10,
+  /** Each pressure room has one sender firing every 2 ms. */
+  pressureRate: 500,
+  /** The target room sends one asset_moved every 10 ms … */
+  targetRate: 100,
+  /** … 300 of them. */
+  targetMessages: 300,
+} as const;
+
+export interface LoadtestOptions {
+  url: string;
+  secret: string;
+  tokenFile: string;
+  preset: PresetName | null;
+  rooms: number;
+  usersPerRoom: number;
+  sendersPerRoom: number;
+  /** Messages per second per sender. */
+  rate: number;
+  durationMs: number;
+  warmupMs: number;
+  messageType: string;
+  payloadBytes: number;
+  /** New connections per second, all threads together. */
+  connectRate: number;
+  threads: number;
+  /** Fraction 0..1 of expected deliveries that must arrive. */
+  minDelivery: number;
+  /** p99 gate in ms; 0 = none. */
+  maxP99Ms: number;
+  json: boolean;
+  hgrm: string;
+  progress: boolean;
+}
+
+export interface LoadtestOptionSpec {
+  key: keyof LoadtestOptions;
+  flags: string;
+  description: string;
+  default?: string;
+  parse: (raw: string, option: string) => LoadtestOptions[keyof LoadtestOptions];
+}
+
+const text = (raw: string): string => raw;
+const flag = (raw: string): boolean => raw === 'true';
+const percent = (raw: string, option: string): number => numberIn(0, 100)(raw.replace(/%$/, ''), option) / 100;
+
+function wsUrl(raw: string, option: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(option, `must be a ws:// URL, got ${JSON.stringify(raw)}`);
+  }
+  if (url.protocol !== 'ws:') throw new ConfigError(option, `must be a ws:// URL (wss is not supported), got ${JSON.stringify(raw)}`);
+  return `ws://${url.host}`;
+}
+
+export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
+  { key: 'url', flags: '--url <url>', default: 'ws://127.0.0.1:8081', description: 'server to load (ws://host:port)', parse: wsUrl },
+  { key: 'secret', flags: '--secret <secret>', description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)', parse: text },
+  { key: 'tokenFile', flags: '--token-file <path>', description: 'file with one token per line, used round-robin instead of --secret', parse: text },
+  { key: 'preset', flags: '--preset <level>', description: `latency under pressure: ${PRESETS.join(', ')} (overrides the workload flags)`, parse: oneOf(PRESETS) },
+  { key: 'rooms', flags: '--rooms <n>', default: '10', description: 'rooms (desktops)', parse: intIn(1, 100_000) },
+  { key: 'usersPerRoom', flags: '--users-per-room <n>', default: '10', description: 'sessions per room', parse: intIn(2, 10_000) },
+  { key: 'sendersPerRoom', flags: '--senders-per-room <n>', default: '1', description: 'sessions per room that send', parse: intIn(0, 10_000) },
+  { key: 'rate', flags: '--rate <msgs/s>', default: '10', description: 'messages per second per sender (open loop)', parse: numberIn(0.01, 100_000) },
+  { key: 'durationMs', flags: '--duration <duration>', default: '10s', description: 'measured time', parse: parseDuration },
+  { key: 'warmupMs', flags: '--warmup <duration>', default: '2s', description: 'unmeasured sending before the measurement', parse: parseDuration },
+  { key: 'messageType', flags: '--message-type <type>', default: 'asset_moved', description: 'type of the messages sent', parse: text },
+  { key: 'payloadBytes', flags: '--payload-bytes <n>', default: '64', description: 'approximate size of each payload', parse: intIn(32, 3500) },
+  { key: 'connectRate', flags: '--connect-rate <n/s>', default: '500', description: 'new connections per second', parse: numberIn(1, 1_000_000) },
+  {
+    key: 'threads',
+    flags: '--threads <n>',
+    default: String(Math.max(1, availableParallelism() - 1)),
+    description: 'generator worker threads (default: cores - 1)',
+    parse: intIn(1, 256),
+  },
+  { key: 'minDelivery', flags: '--min-delivery <percent>', default: '100', description: 'exit 1 when fewer deliveries arrive', parse: percent },
+  { key: 'maxP99Ms', flags: '--max-p99 <ms>', default: '0', description: 'exit 1 when p99 latency exceeds this (0 = no gate)', parse: numberIn(0, 600_000) },
+  { key: 'json', flags: '--json', description: 'print the report as JSON', parse: flag },
+  { key: 'hgrm', flags: '--hgrm <file>', description: 'write the latency histogram (HdrHistogram percentile distribution, ms)', parse: text },
+  { key: 'progress', flags: '--no-progress', description: 'no progress line on stderr', parse: flag },
+];
+
+export function optionFlag(spec: LoadtestOptionSpec): string {
+  return /--(?:no-)?[a-z0-9-]+/.exec(spec.flags)![0];
+}
+
+/** Validate raw values (strings, booleans for switches) into options; missing keys take defaults. */
+export function resolveLoadtestOptions(raw: Partial<Record<keyof LoadtestOptions, string | boolean>>): LoadtestOptions {
+  const out: Record<string, unknown> = {};
+  for (const spec of LOADTEST_OPTIONS) {
+    const value = raw[spec.key];
+    const name = optionFlag(spec);
+    if (typeof value === 'boolean') out[spec.key] = value;
+    else if (value !== undefined) out[spec.key] = spec.parse(value, name);
+    else if (spec.default !== undefined) out[spec.key] = spec.parse(spec.default, name);
+    else out[spec.key] = spec.parse === flag ? spec.key === 'progress' : spec.key === 'preset' ? null : '';
+  }
+  const options = out as unknown as LoadtestOptions;
+  if (options.secret === '' && options.tokenFile === '') throw new ConfigError('--secret', 'a --secret (or JWT_ACCESS_SECRET) or a --token-file is required');
+  if (options.sendersPerRoom > options.usersPerRoom) throw new ConfigError('--senders-per-room', 'cannot exceed --users-per-room');
+  return options;
+}

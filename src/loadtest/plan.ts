@@ -1,0 +1,75 @@
+/**
+ * What each generator thread does, as plain data (it crosses into piscina
+ * workers). A room is never split across threads, so its sender and
+ * receivers share one clock and a message's latency is measured in one place.
+ */
+
+export type RoomRole = 'load' | 'pressure' | 'target';
+
+export interface RoomPlan {
+  desktopId: string;
+  role: RoomRole;
+  /** One token per session; the first `senders` of them send. */
+  tokens: string[];
+  senders: number;
+  /** Messages per second per sender. */
+  rate: number;
+  /** Stop after this many measured messages per sender (0 = until the window ends). */
+  maxMessages: number;
+  messageType: string;
+}
+
+export interface ThreadPlan {
+  thread: number;
+  host: string;
+  port: number;
+  rooms: RoomPlan[];
+  /** Pause between two connection attempts of this thread. */
+  connectIntervalMs: number;
+  payloadBytes: number;
+}
+
+/** Runner → thread, once every thread has connected. */
+export interface StartCommand {
+  type: 'start';
+  warmupMs: number;
+  durationMs: number;
+  /** Longest wait after the window for in-flight deliveries. */
+  graceMs: number;
+}
+
+export type ThreadEvent =
+  | { type: 'connected'; thread: number; connected: number; failed: number }
+  | { type: 'progress'; thread: number; sends: number; deliveries: number };
+
+export interface ThreadResult {
+  thread: number;
+  sessions: number;
+  connected: number;
+  connectFailed: number;
+  /** Errors by kind: `connect_<status>`, `closed_<code>`, `server_<code>`. */
+  errors: Record<string, number>;
+  /** Measured messages sent. */
+  sends: number;
+  /** Measured sends × receivers. */
+  expectedDeliveries: number;
+  deliveries: number;
+  /** Encoded histograms (µs). */
+  deliveryHistogram: string;
+  targetHistogram: string;
+  connectHistogram: string;
+  lagHistogram: string;
+  targetMessages: number;
+  targetComplete: number;
+  targetExpectedDeliveries: number;
+  targetDeliveries: number;
+  pressureSends: number;
+  pressureExpectedDeliveries: number;
+  pressureDeliveries: number;
+  windowMs: number;
+  /** CPU time of the thread over the run, as a percentage of wall time (includes the scheduler's spinning). */
+  cpuPercent: number;
+  /** Time spent sending and parsing received frames, as a percentage of wall time. */
+  busyPercent: number;
+  framesReceived: number;
+}

@@ -1,0 +1,53 @@
+/** Human-readable load-test report. */
+import type { LatencySummary } from './histogram.ts';
+import { SATURATED_LAG_MS, SATURATED_PERCENT, type LoadtestReport } from './runner.ts';
+
+const n = (value: number): string => value.toLocaleString('en-US');
+const pct = (ratio: number): string => `${(ratio * 100).toFixed(2)}%`;
+
+function latencyRow(label: string, l: LatencySummary): string {
+  const cells = [l.p50, l.p90, l.p99, l.p999, l.max].map((v) => `${v.toFixed(3)}`.padStart(10));
+  return `${label.padEnd(24)}${cells.join('')}   (${n(l.count)} samples)`;
+}
+
+export function formatReport(report: LoadtestReport): string {
+  const w = report.workload;
+  const lines: string[] = [];
+  lines.push(`moodio-rt loadtest → ${report.url}${report.preset ? `  preset ${report.preset}` : ''}`);
+  lines.push(
+    `workload: ${n(w.rooms)} rooms × ${w.usersPerRoom} users, ${w.sendersPerRoom} sender(s)/room at ${w.rate}/s, ` +
+      `${w.durationMs / 1000}s measured after ${w.warmupMs / 1000}s warm-up, ${w.payloadBytes}-byte ${w.messageType}`,
+  );
+  lines.push(`sessions: ${n(report.connected)}/${n(report.sessions)} connected` + (report.connectFailed ? `, ${n(report.connectFailed)} failed` : ''));
+  lines.push('');
+  lines.push(`${'latency (ms)'.padEnd(24)}${['p50', 'p90', 'p99', 'p99.9', 'max'].map((h) => h.padStart(10)).join('')}`);
+  if (report.target) lines.push(latencyRow('target message', report.target.latencyMs));
+  lines.push(latencyRow(report.target ? 'pressure delivery' : 'delivery', report.deliveryLatencyMs));
+  lines.push(latencyRow('connect (to room_joined)', report.connectMs));
+  lines.push(latencyRow('generator send lag', report.generator.sendLagMs));
+  lines.push('');
+  lines.push(`sends: ${n(report.sends)} (${n(report.sendsPerSecond)}/s)   deliveries: ${n(report.deliveries)}/${n(report.expectedDeliveries)} (${pct(report.deliveryRatio)}), ${n(report.deliveriesPerSecond)}/s`);
+  if (report.target) {
+    const t = report.target;
+    lines.push(`target room: ${t.complete}/${t.messages} messages reached every receiver, deliveries ${n(t.deliveries)}/${n(t.expectedDeliveries)}`);
+  }
+  if (report.pressure) {
+    const p = report.pressure;
+    lines.push(`pressure: deliveries ${n(p.deliveries)}/${n(p.expectedDeliveries)} (${pct(p.expectedDeliveries ? p.deliveries / p.expectedDeliveries : 1)}), ${n(p.deliveriesPerSecond)}/s`);
+  }
+  const errors = Object.entries(report.errors);
+  lines.push(`errors: ${errors.length === 0 ? 'none' : errors.map(([k, v]) => `${k} ×${n(v)}`).join(', ')}`);
+  const g = report.generator;
+  lines.push(
+    `generator: ${report.threads} thread(s), busy ${g.busyPercent.map((c) => `${c}%`).join(' / ')}, ` +
+      `CPU ${g.cpuPercent.map((c) => `${c}%`).join(' / ')} (includes spinning for send precision)`,
+  );
+  if (g.saturated) {
+    lines.push(
+      `WARNING: the generator is saturated (a thread busy ≥ ${SATURATED_PERCENT}% or send lag p99 > ${SATURATED_LAG_MS} ms); ` +
+        'latencies include generator delay. Add --threads or cores.',
+    );
+  }
+  lines.push(report.gates.passed ? 'result: PASS' : `result: FAIL — ${report.gates.failures.join('; ')}`);
+  return lines.join('\n');
+}
