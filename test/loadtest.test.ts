@@ -1,0 +1,150 @@
+/**
+ * `moodio-rt loadtest` against the real server: delivery, percentiles, the
+ * JSON report's fields, the exit-status gates, and exact histogram merging.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { promisify } from 'node:util';
+import { createHistogram, encodeHistogram, mergeHistograms, percentileDistribution, recordUs } from '../src/loadtest/histogram.ts';
+import { Cleanup } from './helpers/scope.ts';
+import { CLI, startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
+import { token } from './helpers/tokens.ts';
+
+const exec = promisify(execFile);
+const cleanup = new Cleanup();
+let server: ServerProcess;
+const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-loadtest-'));
+
+before(async () => {
+  // Dev mode: the token's permission claim decides, no permission API needed.
+  server = await startServer(cleanup, { workers: 1, args: ['--dev'] });
+});
+after(() => cleanup.run());
+
+async function loadtest(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env: NodeJS.ProcessEnv = { ...process.env, JWT_ACCESS_SECRET: TEST_SECRET };
+  delete env.NODE_OPTIONS;
+  try {
+    const { stdout, stderr } = await exec(process.execPath, [CLI, 'loadtest', '--url', `ws://127.0.0.1:${server.port}`, '--threads', '2', '--no-progress', ...args], {
+      env,
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+const SMALL = ['--rooms', '4', '--users-per-room', '3', '--senders-per-room', '2', '--rate', '50', '--duration', '1s', '--warmup', '200ms'];
+
+test('a small uniform run delivers everything, with sane percentiles, in JSON with every documented field', async () => {
+  const hgrm = join(dir, 'latency.hgrm');
+  const { code, stdout, stderr } = await loadtest([...SMALL, '--json', '--hgrm', hgrm]);
+  assert.equal(code, 0, stderr);
+  const report = JSON.parse(stdout);
+  for (const key of [
+    'url', 'preset', 'threads', 'workload', 'sessions', 'connected', 'connectFailed', 'connectMs', 'sends', 'sendsPerSecond',
+    'expectedDeliveries', 'deliveries', 'deliveryRatio', 'deliveriesPerSecond', 'latencyMs', 'deliveryLatencyMs', 'target',
+    'pressure', 'errors', 'generator', 'gates',
+  ]) {
+    assert.ok(key in report, `missing ${key}`);
+  }
+  for (const key of ['count', 'p50', 'p90', 'p95', 'p99', 'p999', 'max', 'mean']) assert.equal(typeof report.latencyMs[key], 'number', key);
+  for (const key of ['cpuPercent', 'busyPercent', 'saturated', 'framesReceived', 'sendLagMs']) assert.ok(key in report.generator, key);
+  assert.deepEqual(report.workload, { rooms: 4, usersPerRoom: 3, sendersPerRoom: 2, rate: 50, durationMs: 1000, warmupMs: 200, messageType: 'asset_moved', payloadBytes: 64 });
+  assert.equal(report.sessions, 12);
+  assert.equal(report.connected, 12);
+  assert.equal(report.threads, 2);
+  // 4 rooms × 2 senders × 50/s × ~1 s, each delivered to the 2 other members.
+  assert.ok(report.sends >= 350 && report.sends <= 450, `sends ${report.sends}`);
+  assert.equal(report.expectedDeliveries, report.sends * 2);
+  assert.equal(report.deliveries, report.expectedDeliveries);
+  assert.equal(report.deliveryRatio, 1);
+  assert.deepEqual(report.errors, {});
+  const l = report.latencyMs;
+  assert.equal(l.count, report.deliveries);
+  assert.ok(l.p50 > 0 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max, JSON.stringify(l));
+  assert.ok(l.max < 5000, 'loopback deliveries take well under 5 s');
+  assert.equal(report.gates.passed, true);
+  const text = readFileSync(hgrm, 'utf8');
+  assert.match(text, /Value\s+Percentile\s+TotalCount/);
+  assert.match(text, new RegExp(`Total count\\s*=\\s*${report.deliveries}\\]`));
+});
+
+test('the light preset reports the target room and the pressure rooms', async () => {
+  const { code, stdout, stderr } = await loadtest(['--preset', 'light', '--warmup', '500ms', '--json']);
+  assert.equal(code, 0, stderr);
+  const report = JSON.parse(stdout);
+  assert.equal(report.sessions, 50);
+  assert.deepEqual([report.target.messages, report.target.complete], [300, 300]);
+  assert.equal(report.target.deliveries, 2700);
+  assert.equal(report.target.expectedDeliveries, 2700);
+  assert.equal(report.latencyMs.count, 300, 'one latency per target message');
+  assert.equal(report.pressure.deliveries, report.pressure.expectedDeliveries);
+  assert.ok(report.pressure.deliveriesPerSecond > 10_000, `pressure ${report.pressure.deliveriesPerSecond}/s`);
+});
+
+test('human output has the latency table and the verdict', async () => {
+  const { code, stdout } = await loadtest(SMALL);
+  assert.equal(code, 0);
+  assert.match(stdout, /latency \(ms\)\s+p50\s+p90\s+p99\s+p99\.9\s+max/);
+  assert.match(stdout, /deliveries: [\d,]+\/[\d,]+ \(100\.00%\)/);
+  assert.match(stdout, /result: PASS/);
+});
+
+test('exit status follows --max-p99', async () => {
+  const { code, stdout } = await loadtest([...SMALL, '--max-p99', '0.001']);
+  assert.equal(code, 1);
+  assert.match(stdout, /result: FAIL — p99 [\d.]+ ms > --max-p99 0\.001 ms/);
+});
+
+test('exit status follows --min-delivery (viewers\' mutations are dropped, so nothing is delivered)', async () => {
+  const tokens = join(dir, 'viewers.txt');
+  writeFileSync(tokens, Array.from({ length: 6 }, (_, i) => token({ userId: `viewer-${i}-0000`, permission: 'viewer' })).join('\n'));
+  const args = ['--token-file', tokens, '--rooms', '2', '--users-per-room', '3', '--rate', '20', '--duration', '500ms', '--warmup', '100ms', '--json'];
+  const strict = await loadtest(args);
+  assert.equal(strict.code, 1);
+  const report = JSON.parse(strict.stdout);
+  assert.equal(report.deliveries, 0);
+  assert.ok(report.expectedDeliveries > 0);
+  assert.match(report.gates.failures[0], /delivery 0\.00% < --min-delivery 100\.00%/);
+  const lenient = await loadtest([...args, '--min-delivery', '0']);
+  assert.equal(lenient.code, 0);
+});
+
+test('invalid options fail with exit 2 naming the option', async () => {
+  const bad = await loadtest(['--rooms', '0']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--rooms: must be an integer from 1/);
+  const url = await loadtest(['--url', 'http://x']);
+  assert.match(url.stderr, /--url: must be a ws:\/\/ URL/);
+});
+
+test('merging per-thread histograms equals one histogram of all the samples', () => {
+  const single = createHistogram();
+  const parts = [createHistogram(), createHistogram(), createHistogram()];
+  let seed = 42;
+  const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  for (let i = 0; i < 30_000; i++) {
+    const us = Math.floor(random() ** 3 * 5_000_000) + 1;
+    recordUs(single, us);
+    recordUs(parts[i % 3]!, us);
+  }
+  // A single-thread run goes through the same encode → merge path as a multi-thread one.
+  const merged = mergeHistograms(parts.map(encodeHistogram));
+  const alone = mergeHistograms([encodeHistogram(single)]);
+  assert.equal(merged.totalCount, 30_000);
+  assert.equal(merged.totalCount, alone.totalCount);
+  assert.equal(merged.maxValue, alone.maxValue);
+  assert.equal(merged.mean, alone.mean);
+  for (const p of [50, 90, 99, 99.9, 99.99, 100]) {
+    assert.equal(merged.getValueAtPercentile(p), alone.getValueAtPercentile(p), `p${p}`);
+    assert.equal(merged.getValueAtPercentile(p), single.getValueAtPercentile(p), `p${p} against the raw histogram`);
+  }
+  assert.equal(percentileDistribution(merged), percentileDistribution(alone));
+});
