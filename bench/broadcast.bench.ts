@@ -24,6 +24,8 @@ import { describeMachine } from '../scripts/machine-info.ts';
 
 const iterArg = process.argv.indexOf('--iterations');
 const ITERATIONS = iterArg > 0 ? Number(process.argv[iterArg + 1]) : 200_000;
+/** `--json`: one JSON object per benchmark line instead of the table. */
+const JSON_OUTPUT = process.argv.includes('--json');
 
 let deliveries = 0;
 const socketStub = { cork() {}, uncork() {}, write(_b: Buffer) { deliveries++; return true; } } as unknown as Socket;
@@ -59,21 +61,25 @@ function time(name: string, iterations: number, fn: (i: number) => void): void {
   for (let i = 0; i < iterations; i++) fn(i);
   const ns = Number(process.hrtime.bigint() - start) / iterations;
   const perOp = deliveries / iterations;
+  if (JSON_OUTPUT) {
+    console.log(JSON.stringify({ name: name.trim(), nsPerOp: Math.round(ns * 10) / 10, deliveriesPerOp: perOp }));
+    return;
+  }
   console.log(`${name.padEnd(34)} ${ns.toFixed(1).padStart(10)} ns/op ${perOp.toFixed(2).padStart(8)} deliveries/op ${(perOp > 0 ? ns / perOp : 0).toFixed(1).padStart(8)} ns/delivery`);
 }
 
 const message = Buffer.from(JSON.stringify({ type: 'asset_moved', payload: { id: 'asset-1', x: 100, y: 200 } }));
 
-console.log(`# ${describeMachine()}; ${ITERATIONS} iterations`);
+if (!JSON_OUTPUT) console.log(`# ${describeMachine()}; ${ITERATIONS} iterations`);
 {
   const { relay, sessions } = build(1, 20);
   time('BroadcastSameRoom (20)', ITERATIONS, () => relay.onMessage(sessions[0]!, message, false));
-  time('  naive baseline', ITERATIONS, () => naiveBroadcast(sessions, sessions[0]!, message));
+  time('  naive baseline (same room)', ITERATIONS, () => naiveBroadcast(sessions, sessions[0]!, message));
 }
 {
   const { relay, sessions } = build(50, 5);
   time('BroadcastManyRooms (250/50)', ITERATIONS, (i) => relay.onMessage(sessions[(i * 5) % 250]!, message, false));
-  time('  naive baseline', ITERATIONS, (i) => naiveBroadcast(sessions, sessions[(i * 5) % 250]!, message));
+  time('  naive baseline (many rooms)', ITERATIONS, (i) => naiveBroadcast(sessions, sessions[(i * 5) % 250]!, message));
 }
 {
   const { index } = build(50, 10);

@@ -133,3 +133,11 @@ test('a socket without a descriptor is refused with a typed error', () => {
     return true;
   });
 });
+
+test('the head bytes own an exact-size ArrayBuffer (postMessage clones the whole ArrayBuffer)', async (t) => {
+  const { client, accepted } = await pair(t);
+  client.write(HEAD);
+  const result = await read(accepted);
+  assert.equal(result.kind, 'head');
+  if (result.kind === 'head') assert.equal(result.bytes.buffer.byteLength, HEAD.length);
+});

@@ -11,8 +11,9 @@
  * The descriptor is non-blocking, so an empty socket answers EAGAIN at once
  * and the event loop never blocks on a slow client. Nothing tells us when
  * bytes arrive (libuv's poll is not exposed), so a socket with no data is
- * polled again on a backoff schedule: twice on the next loop turns, then
- * after 1, 2, 4 … ms, at most every {@link MAX_POLL_INTERVAL_MS}. A request
+ * polled again on a backoff schedule: twice on the next loop turns, every
+ * 1 ms for 4 ms, then 2, 2, 4, 8 … ms apart, at most every
+ * {@link MAX_POLL_INTERVAL_MS}. A request
  * usually arrives with the ACK that completed the TCP handshake, so the first
  * or second attempt finds it; a slowloris costs one ~3 µs syscall per 100 ms.
  * When a partial head arrives, the schedule restarts, as the rest is likely
@@ -27,8 +28,8 @@ import { HeadReaderUnsupportedError } from '../errors.ts';
 import { findHeadEnd } from '../protocol/http.ts';
 
 export type HeadReadResult =
-  /** A complete head; `bytes` may continue past `headLength` (early frames). */
-  | { kind: 'head'; bytes: Buffer; headLength: number }
+  /** A complete head; `bytes` may continue past `headLength` (early frames). `polls` counts read attempts. */
+  | { kind: 'head'; bytes: Buffer; headLength: number; polls: number }
   /** `maxBytes` read and no end of head among them. */
   | { kind: 'too-large' }
   /** The deadline passed before the head was complete. */
@@ -52,8 +53,12 @@ export interface PendingHead {
 
 /** Longest wait between two polls of a silent socket. */
 export const MAX_POLL_INTERVAL_MS = 100;
-// 0 = next loop turn (setImmediate); others are timer delays in ms.
-const BACKOFF_MS = [0, 0, 1, 2, 4, 8, 16, 32, 64, MAX_POLL_INTERVAL_MS];
+// 0 = next loop turn (setImmediate); others are timer delays in ms. Heads
+// usually land within a few ms of the accept, so the schedule stays at 1 ms
+// steps for 4 ms before backing off: a pure doubling schedule made a head
+// that arrived at 3 ms wait until 7 ms, and handshakes under a connect storm
+// waited tens of ms on polls while both server threads sat idle.
+const BACKOFF_MS = [0, 0, 1, 1, 1, 1, 2, 2, 4, 8, 16, 32, 64, MAX_POLL_INTERVAL_MS];
 
 // One scratch buffer serves every read: the primary is single-threaded and a
 // read completes synchronously. Most heads arrive in one read and are copied
@@ -67,6 +72,18 @@ interface HandleWithFd {
 function fdOf(socket: Socket): number {
   const handle = (socket as unknown as { _handle?: HandleWithFd | null })._handle;
   return handle && typeof handle.fd === 'number' ? handle.fd : -1;
+}
+
+/**
+ * Copy into a buffer that owns an ArrayBuffer of exactly its size. `Buffer.from`
+ * would return a view into Node's shared pool slab (64 KiB on Node 26), and
+ * postMessage clones the *whole* underlying ArrayBuffer: every handshake
+ * would ship, and the shard would allocate, 64 KiB.
+ */
+function exactCopy(source: Buffer): Buffer {
+  const copy = Buffer.allocUnsafeSlow(source.length);
+  source.copy(copy);
+  return copy;
 }
 
 function isWouldBlock(err: unknown): boolean {
@@ -88,6 +105,7 @@ class HeadRead implements PendingHead {
   private partial: Buffer | null = null;
   private received = 0;
   private attempt = 0;
+  private polls = 0;
   private timer: NodeJS.Timeout | null = null;
   private immediate: NodeJS.Immediate | null = null;
   private done = false;
@@ -132,6 +150,7 @@ class HeadRead implements PendingHead {
       const want = this.maxBytes - this.received;
       if (scratch.length < want) scratch = Buffer.allocUnsafe(want);
       let n: number;
+      this.polls++;
       // EAGAIN is the common outcome of a poll; without a stack trace the
       // thrown error costs ~40% less.
       const stackTraceLimit = Error.stackTraceLimit;
@@ -151,13 +170,13 @@ class HeadRead implements PendingHead {
       this.received += n;
       if (this.partial === null && before === 0) {
         const end = findHeadEnd(scratch.subarray(0, n));
-        if (end !== -1) return this.finish({ kind: 'head', bytes: Buffer.from(scratch.subarray(0, n)), headLength: end });
+        if (end !== -1) return this.finish({ kind: 'head', bytes: exactCopy(scratch.subarray(0, n)), headLength: end, polls: this.polls });
         this.partial = Buffer.allocUnsafe(this.maxBytes);
       }
       scratch.copy(this.partial!, before, 0, n);
       const end = findHeadEnd(this.partial!.subarray(0, this.received), before - 3);
       if (end !== -1) {
-        return this.finish({ kind: 'head', bytes: Buffer.from(this.partial!.subarray(0, this.received)), headLength: end });
+        return this.finish({ kind: 'head', bytes: exactCopy(this.partial!.subarray(0, this.received)), headLength: end, polls: this.polls });
       }
       if (this.received >= this.maxBytes) return this.finish({ kind: 'too-large' });
       // More of the head is likely in flight: restart the backoff schedule.

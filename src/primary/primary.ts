@@ -119,6 +119,7 @@ export class Primary {
         break;
     }
 
+    if (this.log.enabled('debug')) this.log.debug('head_read', { ms: Date.now() - acceptedAt, polls: result.polls, remote });
     const parsed = parseRequestHead(result.bytes, result.headLength);
     if (!parsed.ok) {
       this.reject(socket, parsed.status, 'bad_request', parsed.reason);

@@ -9,13 +9,15 @@ import type { IncomingMessage } from 'node:http';
 import type { WebSocket, WebSocketServer } from 'ws';
 import { extractCredentials } from '../auth/credentials.ts';
 import type { PermissionSource } from '../auth/permission-client.ts';
-import { verifyAccessToken, type Identity } from '../auth/token.ts';
+import { secretKey, verifyAccessToken, type Identity } from '../auth/token.ts';
+import type { KeyObject } from 'node:crypto';
 import { AuthError, AuthErrorCode, PermissionError, type RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { parseDesktopPath } from '../protocol/paths.ts';
+import { adoptSocket } from './adopt-socket.ts';
 
 export interface Admitted {
   ws: WebSocket;
@@ -45,14 +47,17 @@ function statusOf(err: RelayError): number {
 
 export class Handshake {
   private readonly options: HandshakeOptions;
+  private readonly key: KeyObject;
 
   constructor(options: HandshakeOptions) {
     this.options = options;
+    this.key = secretKey(options.jwtSecret);
   }
 
   /** Take over a connection from the primary; calls `onOpen` once upgraded. */
   async admit(message: ConnectionMessage, onOpen: (admitted: Admitted) => void): Promise<void> {
-    const { socket, remoteAddress } = message;
+    const { remoteAddress } = message;
+    const socket = adoptSocket(message.socket);
     socket.on('error', onSocketError);
     const bytes = Buffer.from(message.bytes.buffer, message.bytes.byteOffset, message.bytes.byteLength);
     const parsed = parseRequestHead(bytes, message.headLength);
@@ -74,7 +79,7 @@ export class Handshake {
     try {
       const credentials = extractCredentials(head.headers);
       if (credentials === null) throw new AuthError(AuthErrorCode.MISSING_TOKEN, 'no access token in cookie or Authorization header');
-      identity = verifyAccessToken(credentials.token, this.options.jwtSecret);
+      identity = verifyAccessToken(credentials.token, this.key);
       permission = await this.options.permissions.check(desktopId, identity, head.headers.cookie);
     } catch (err) {
       if (err instanceof AuthError || err instanceof PermissionError) {

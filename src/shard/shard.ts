@@ -58,8 +58,8 @@ export class Shard {
   /** A connection handed over by the primary. */
   accept(message: ConnectionMessage): void {
     this.handshake.admit(message, (admitted) => this.open(admitted)).catch((err: unknown) => {
+      // admit() answers every expected failure itself; this is a bug path.
       this.log.error('handshake_failed', { err });
-      message.socket.destroy();
     });
   }
 

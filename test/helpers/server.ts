@@ -24,6 +24,10 @@ export interface ServerOptions {
   args?: string[];
   /** Extra environment; JWT_ACCESS_SECRET defaults to {@link TEST_SECRET}. */
   env?: Record<string, string | undefined>;
+  /** Run another server script instead of `moodio-rt serve` (it must log the same `listening` line). */
+  script?: string[];
+  /** Command to run Node under, e.g. `['taskset', '-c', '0']`. */
+  prefix?: string[];
 }
 
 type Waiter = { predicate: (line: LogLine) => boolean; resolve: (line: LogLine) => void };
@@ -117,12 +121,13 @@ export class ServerProcess {
 
 /** Spawn `moodio-rt serve` on 127.0.0.1:0 and wait until it listens; stopped after the test. */
 export async function startServer(t: Scope, options: ServerOptions = {}): Promise<ServerProcess> {
-  const args = [CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--workers', String(options.workers ?? 2)];
+  const args = options.script ? [...options.script] : [CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--workers', String(options.workers ?? 2)];
   if (options.permissionApiBase) args.push('--permission-api-base', options.permissionApiBase);
   args.push(...(options.args ?? []));
   const env: Record<string, string | undefined> = { ...process.env, JWT_ACCESS_SECRET: TEST_SECRET, NODE_OPTIONS: undefined, ...options.env };
   for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
-  const child = spawn(process.execPath, args, { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [command, ...prefixArgs] = [...(options.prefix ?? []), process.execPath];
+  const child = spawn(command!, [...prefixArgs, ...args], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   const server = new ServerProcess(child);
   t.after(() => server.stop());
   const listening = server.waitForLog((l) => l.event === 'listening', 20_000);

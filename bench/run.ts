@@ -1,0 +1,192 @@
+/**
+ * The benchmark suite (`npm run bench`), separate from the tests:
+ *  1. micro: the seed's three benchmarks for the shard relay, with a naive baseline;
+ *  2. presets: light/medium/heavy/extreme against moodio-rt with --workers 1,
+ *     with --workers = cores, and against the naive single-thread baseline;
+ *  3. sweep: raise --rate until delivery < 100% or p99 > 50 ms (500 sessions,
+ *     50 rooms of 10, every room sending) and keep the best sustained rate;
+ *  4. connections: idle memory per session and handshakes per second.
+ * Where the machine has ≥ 2 cores, single-core servers are pinned to core 0
+ * and the generator to core 1 (taskset). Results: bench/results/<date>-<commit>.{json,md}.
+ *
+ *   node bench/run.ts [--only micro,presets,sweep,connections] [--quick]
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import type { LoadtestReport } from '../src/loadtest/runner.ts';
+import { machineInfo, describeMachine } from '../scripts/machine-info.ts';
+import { startPermissionStub } from '../test/helpers/permission-stub.ts';
+import { Cleanup } from '../test/helpers/scope.ts';
+import { CLI, startServer, TEST_SECRET, type ServerOptions } from '../test/helpers/server.ts';
+import { connectRate, idleMemory } from './connections.ts';
+
+const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
+const only = (() => {
+  const i = process.argv.indexOf('--only');
+  return i > 0 ? new Set(process.argv[i + 1]!.split(',')) : null;
+})();
+const quick = process.argv.includes('--quick');
+const want = (section: string) => only === null || only.has(section);
+
+const cores = availableParallelism();
+const hasTaskset = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
+const pin = cores >= 2 && hasTaskset;
+const serverPin = pin ? ['taskset', '-c', '0'] : [];
+const generatorPin = pin ? ['taskset', '-c', '1'] : [];
+const secret = TEST_SECRET;
+
+interface PresetRow {
+  server: string;
+  preset: string;
+  sessions: number;
+  rooms: number;
+  delivered: string;
+  deliveryRatio: number;
+  pressureDeliveryRatio: number;
+  p50: number;
+  p95: number;
+  p99: number;
+  p999: number;
+  max: number;
+  pressureDeliveriesPerSecond: number;
+  generatorSaturated: boolean;
+  sendLagP99: number;
+}
+
+const results: Record<string, unknown> = { machine: machineInfo(), date: new Date().toISOString(), pinned: pin, command: `node bench/run.ts ${process.argv.slice(2).join(' ')}`.trim() };
+const log = (line: string) => process.stderr.write(line + '\n');
+
+function loadtest(port: number, args: string[]): LoadtestReport {
+  const [command, ...prefix] = [...generatorPin, process.execPath];
+  const env: NodeJS.ProcessEnv = { ...process.env, JWT_ACCESS_SECRET: secret };
+  delete env.NODE_OPTIONS;
+  const out = spawnSync(command!, [...prefix, CLI, 'loadtest', '--url', `ws://127.0.0.1:${port}`, '--threads', '1', '--no-progress', '--json', '--min-delivery', '0', ...args], {
+    env,
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  if (out.status !== 0 && out.status !== 1) throw new Error(`loadtest failed (${out.status}): ${out.stderr}`);
+  return JSON.parse(out.stdout) as LoadtestReport;
+}
+
+async function withServer<T>(options: ServerOptions, fn: (port: number, pid: number) => Promise<T>): Promise<T> {
+  const cleanup = new Cleanup();
+  try {
+    const server = await startServer(cleanup, { ...options, env: { JWT_ACCESS_SECRET: secret, ...options.env } });
+    return await fn(server.port, server.child.pid!);
+  } finally {
+    await cleanup.run();
+  }
+}
+
+const SERVERS: { name: string; options: ServerOptions }[] = [
+  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev'], prefix: serverPin } },
+  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev'] } },
+  { name: 'naive baseline (1 thread)', options: { script: [here('./naive-server.ts')], prefix: serverPin } },
+];
+
+if (want('micro')) {
+  log('# micro');
+  const out = execFileSync(process.execPath, [here('./broadcast.bench.ts'), '--json', '--iterations', quick ? '50000' : '200000'], { encoding: 'utf8' });
+  results.micro = out.trim().split('\n').map((l) => JSON.parse(l));
+}
+
+if (want('presets')) {
+  const rows: PresetRow[] = [];
+  for (const server of SERVERS) {
+    await withServer(server.options, async (port) => {
+      for (const preset of quick ? ['light', 'heavy'] : ['light', 'medium', 'heavy', 'extreme']) {
+        log(`# preset ${preset} → ${server.name}`);
+        const r = loadtest(port, ['--preset', preset, '--warmup', '1s']);
+        const l = r.latencyMs;
+        rows.push({
+          server: server.name,
+          preset,
+          sessions: r.sessions,
+          rooms: r.workload.rooms,
+          delivered: `${r.target!.deliveries}/${r.target!.expectedDeliveries}`,
+          deliveryRatio: r.deliveryRatio,
+          pressureDeliveryRatio: r.pressure!.expectedDeliveries ? r.pressure!.deliveries / r.pressure!.expectedDeliveries : 1,
+          p50: l.p50,
+          p95: l.p95,
+          p99: l.p99,
+          p999: l.p999,
+          max: l.max,
+          pressureDeliveriesPerSecond: r.pressure!.deliveriesPerSecond,
+          generatorSaturated: r.generator.saturated,
+          sendLagP99: r.generator.sendLagMs.p99,
+        });
+      }
+    });
+  }
+  results.presets = rows;
+}
+
+if (want('sweep')) {
+  const steps: { rate: number; deliveriesPerSecond: number; deliveryRatio: number; p99: number; generatorSaturated: boolean }[] = [];
+  await withServer(SERVERS[0]!.options, async (port) => {
+    for (const rate of quick ? [200, 600] : [100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200]) {
+      log(`# sweep rate ${rate}/s per sender`);
+      const r = loadtest(port, ['--rooms', '50', '--users-per-room', '10', '--senders-per-room', '2', '--rate', String(rate), '--duration', quick ? '3s' : '5s', '--warmup', '2s']);
+      steps.push({ rate, deliveriesPerSecond: r.deliveriesPerSecond, deliveryRatio: r.deliveryRatio, p99: r.latencyMs.p99, generatorSaturated: r.generator.saturated });
+      if (r.deliveryRatio < 1 || r.latencyMs.p99 > 50) break;
+    }
+  });
+  const sustained = steps.filter((s) => s.deliveryRatio === 1 && s.p99 <= 50);
+  results.sweep = { workload: '500 sessions, 50 rooms of 10, 2 senders per room', steps, bestSustainedDeliveriesPerSecond: Math.max(0, ...sustained.map((s) => s.deliveriesPerSecond)) };
+}
+
+if (want('connections')) {
+  log('# idle memory');
+  results.idleMemory = await withServer(SERVERS[0]!.options, (port, pid) => idleMemory(port, pid, secret, quick ? 2000 : 10_000));
+  log('# connect rate (JWT + permission API stub)');
+  const cleanup = new Cleanup();
+  try {
+    const stub = await startPermissionStub(cleanup);
+    results.connectRate = await withServer({ workers: 1, permissionApiBase: stub.base, prefix: serverPin }, (port) =>
+      connectRate(port, secret, quick ? 1000 : 3000),
+    );
+  } finally {
+    await cleanup.run();
+  }
+}
+
+// Output: JSON for machines, markdown for the README.
+const md: string[] = [`# moodio-rt benchmarks — ${results.date as string}`, '', `Machine: ${describeMachine()}. Pinned: ${pin ? 'server core 0, generator core 1' : 'no'}.`, `Command: \`${results.command as string}\``, ''];
+if (results.micro) {
+  md.push('## Micro (relay only, sockets stubbed)', '', '| benchmark | ns/op | deliveries/op |', '|---|---|---|');
+  for (const m of results.micro as { name: string; nsPerOp: number; deliveriesPerOp: number }[]) md.push(`| ${m.name} | ${m.nsPerOp} | ${m.deliveriesPerOp} |`);
+  md.push('');
+}
+if (results.presets) {
+  md.push('## Latency under pressure (ms; latency of a target message = until all 9 receivers have it)', '');
+  md.push('| server | level | sessions | rooms | target delivered | pressure delivered | p50 | p95 | p99 | p99.9 | max | pressure deliveries/s | generator send-lag p99 |');
+  md.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const r of results.presets as PresetRow[]) {
+    md.push(`| ${r.server} | ${r.preset} | ${r.sessions} | ${r.rooms} | ${r.delivered} | ${(r.pressureDeliveryRatio * 100).toFixed(2)}% | ${r.p50} | ${r.p95} | ${r.p99} | ${r.p999} | ${r.max} | ${r.pressureDeliveriesPerSecond.toLocaleString('en-US')} | ${r.sendLagP99}${r.generatorSaturated ? ' (saturated)' : ''} |`);
+  }
+  md.push('');
+}
+if (results.sweep) {
+  const s = results.sweep as { workload: string; steps: { rate: number; deliveriesPerSecond: number; deliveryRatio: number; p99: number }[]; bestSustainedDeliveriesPerSecond: number };
+  md.push(`## Throughput sweep (${s.workload}; moodio-rt --workers 1)`, '', '| rate/sender | deliveries/s | delivered | p99 ms |', '|---|---|---|---|');
+  for (const step of s.steps) md.push(`| ${step.rate} | ${step.deliveriesPerSecond.toLocaleString('en-US')} | ${(step.deliveryRatio * 100).toFixed(2)}% | ${step.p99} |`);
+  md.push('', `Best sustained (100% delivered, p99 ≤ 50 ms): **${s.bestSustainedDeliveriesPerSecond.toLocaleString('en-US')} deliveries/s**`, '');
+}
+if (results.idleMemory) {
+  const m = results.idleMemory as { sessions: number; bytesPerSession: number; rssBeforeMiB: number; rssAfterMiB: number };
+  md.push('## Connections', '', `Idle memory: ${m.sessions.toLocaleString('en-US')} sessions took RSS from ${m.rssBeforeMiB} to ${m.rssAfterMiB} MiB: **${(m.bytesPerSession / 1024).toFixed(1)} KiB per session**.`);
+}
+if (results.connectRate) {
+  const c = results.connectRate as { handshakes: number; concurrency: number; perSecond: number; latencyMs: { p50: number; p99: number } };
+  md.push('', `Connect rate (TCP + upgrade + JWT + permission API stub + room_joined, ${c.concurrency} concurrent, ${c.handshakes} handshakes): **${c.perSecond.toLocaleString('en-US')} handshakes/s**, p50 ${c.latencyMs.p50} ms, p99 ${c.latencyMs.p99} ms.`);
+}
+const dir = here('./results/');
+mkdirSync(dir, { recursive: true });
+const name = `${(results.date as string).slice(0, 10)}-${(results.machine as { commit: string }).commit}${quick ? '-quick' : ''}`;
+writeFileSync(`${dir}${name}.json`, JSON.stringify(results, null, 2) + '\n');
+writeFileSync(`${dir}${name}.md`, md.join('\n') + '\n');
+process.stdout.write(md.join('\n') + '\n');
+log(`# wrote bench/results/${name}.{json,md}`);
