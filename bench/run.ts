@@ -81,9 +81,12 @@ async function withServer<T>(options: ServerOptions, fn: (port: number, pid: num
   }
 }
 
+// The bin's shebang flag (see cli/moodio-rt.ts): run the server as `npx moodio-rt` would.
+const BIN_NODE_ARGS = ['--max-semi-space-size=4'];
+
 const SERVERS: { name: string; options: ServerOptions }[] = [
-  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev'], prefix: serverPin } },
-  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev'] } },
+  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev'], prefix: serverPin, nodeArgs: BIN_NODE_ARGS } },
+  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev'], nodeArgs: BIN_NODE_ARGS } },
   { name: 'naive baseline (1 thread)', options: { script: [here('./naive-server.ts')], prefix: serverPin } },
 ];
 
@@ -145,7 +148,7 @@ if (want('connections')) {
   const cleanup = new Cleanup();
   try {
     const stub = await startPermissionStub(cleanup);
-    results.connectRate = await withServer({ workers: 1, permissionApiBase: stub.base, prefix: serverPin }, (port) =>
+    results.connectRate = await withServer({ workers: 1, permissionApiBase: stub.base, prefix: serverPin, nodeArgs: BIN_NODE_ARGS }, (port) =>
       connectRate(port, secret, quick ? 1000 : 3000),
     );
   } finally {

@@ -1,7 +1,14 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
 /**
  * moodio-rt command line: `serve` runs the relay, `token` mints an access
- * token. Flags come from the option table in src/config.ts.
+ * token, `loadtest` loads a server. Flags come from the option tables in
+ * src/config.ts and src/loadtest/options.ts.
+ *
+ * The shebang caps the primary isolate's semi-spaces at 4 MiB (shards get the
+ * same through Worker resourceLimits, see primary/shard-pool.ts): under a
+ * connect burst V8 otherwise grows them to 16 MiB and keeps them, which made
+ * up ~6 KiB of the RSS per idle session. Running `node cli/moodio-rt.ts`
+ * directly skips it; pass --max-semi-space-size=4 yourself then.
  */
 import { Command, Option } from 'commander';
 import { signAccessToken } from '../src/auth/token.ts';

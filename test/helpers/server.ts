@@ -28,6 +28,8 @@ export interface ServerOptions {
   script?: string[];
   /** Command to run Node under, e.g. `['taskset', '-c', '0']`. */
   prefix?: string[];
+  /** Flags for Node itself, e.g. the bin's `--max-semi-space-size=4`. */
+  nodeArgs?: string[];
 }
 
 type Waiter = { predicate: (line: LogLine) => boolean; resolve: (line: LogLine) => void };
@@ -127,7 +129,7 @@ export async function startServer(t: Scope, options: ServerOptions = {}): Promis
   const env: Record<string, string | undefined> = { ...process.env, JWT_ACCESS_SECRET: TEST_SECRET, NODE_OPTIONS: undefined, ...options.env };
   for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
   const [command, ...prefixArgs] = [...(options.prefix ?? []), process.execPath];
-  const child = spawn(command!, [...prefixArgs, ...args], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command!, [...prefixArgs, ...(options.nodeArgs ?? []), ...args], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   const server = new ServerProcess(child);
   t.after(() => server.stop());
   const listening = server.waitForLog((l) => l.event === 'listening', 20_000);
