@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { connect as netConnect } from 'node:net';
 import { test } from 'node:test';
 import { CloseCode, ACCESS_TOKEN_COOKIE } from '../src/protocol/events.ts';
+import { shardFor } from '../src/primary/router.ts';
 import { join, upgradeHead } from './helpers/client.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
@@ -15,9 +16,20 @@ import { token, user } from './helpers/tokens.ts';
 test('SIGTERM closes every session with 1001 and exits 0', async (t) => {
   const stub = await startPermissionStub(t);
   const server = await startServer(t, { workers: 2, permissionApiBase: stub.base });
+  // Three desktops on each shard, chosen by the documented hash.
+  const ids: string[] = [];
+  for (const shard of [0, 1]) {
+    for (let found = 0; found < 3; ) {
+      const id = desktop();
+      if (shardFor(id, 2) === shard) {
+        ids.push(id);
+        found++;
+      }
+    }
+  }
   const clients = [];
-  for (let i = 0; i < 6; i++) clients.push((await join(t, server.wsUrl(desktop()), { token: token(user('Cid')) })).client);
-  assert.deepEqual(new Set(clients.map((c) => c.shard)), new Set([0, 1]));
+  for (const id of ids) clients.push((await join(t, server.wsUrl(id), { token: token(user('Cid')) })).client);
+  assert.deepEqual(clients.map((c) => c.shard), [0, 0, 0, 1, 1, 1]);
   server.child.kill('SIGTERM');
   for (const client of clients) {
     assert.deepEqual(await client.closed, { code: CloseCode.GOING_AWAY, reason: 'server shutting down' });
