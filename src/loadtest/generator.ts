@@ -7,6 +7,12 @@
  * therefore shows up as latency instead of silently slowing the senders
  * (no coordinated omission). Receivers read that time straight from the
  * frame bytes; they never JSON.parse.
+ *
+ * Payload layout: `{"p":"<pad>","m":1,"s":"000123","t":"000001234567890"}`.
+ * The server relays the payload with its keys in order, as the last field of
+ * the event, so every relayed load frame ends with
+ * `,"m":M,"s":"SSSSSS","t":"TTTTTTTTTTTTTTT"}}` and the receiver reads the
+ * fields at fixed offsets from the frame's end: no search per frame.
  */
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
@@ -23,19 +29,36 @@ export interface GeneratorTask {
 const nowUs = (): number => performance.now() * 1000;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-const NEEDLE = Buffer.from('"payload":{"t":');
+// Offsets from the end of a relayed load frame (see the layout above).
+const T_DIGITS = 15;
+const S_DIGITS = 6;
+const T_END = 3; // `"}}` after the digits
+const T_START = T_END + T_DIGITS;
+const S_END = T_START + 7; // `","t":"` between s and t digits
+const S_START = S_END + S_DIGITS;
+const M_AT = S_START + 7; // m digit, then `,"s":"` before the s digits
 const ERROR_PREFIX = Buffer.from('{"type":"error","code":"');
 const JOINED_PREFIX = Buffer.from('{"type":"room_joined"');
 
-/** Read the unsigned integer at `pos`; returns [value, index after it]. */
-function readUint(buf: Buffer, pos: number): [number, number] {
+/** The decimal digits in `buf[start, end)`. */
+function readDigits(buf: Buffer, start: number, end: number): number {
   let value = 0;
-  for (;;) {
-    const c = buf[pos]!;
-    if (c < 48 || c > 57) return [value, pos];
-    value = value * 10 + (c - 48);
-    pos++;
-  }
+  for (let i = start; i < end; i++) value = value * 10 + (buf[i]! - 48);
+  return value;
+}
+
+/** True when the frame ends like a relayed load message: `…,"t":"…"}}`. */
+function isLoadFrame(buf: Buffer, start: number, end: number): boolean {
+  return (
+    end - start > M_AT + 4 &&
+    buf[end - 1] === 125 &&
+    buf[end - 2] === 125 &&
+    buf[end - 3] === 34 &&
+    buf[end - T_START - 1] === 34 &&
+    buf[end - T_START - 2] === 58 &&
+    buf[end - T_START - 3] === 34 &&
+    buf[end - T_START - 4] === 116
+  );
 }
 
 interface Sender {
@@ -82,23 +105,21 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const senders: Sender[] = [];
 
   const onTextFor = (room: RoomState) => (buf: Buffer, start: number, end: number) => {
-    const at = buf.indexOf(NEEDLE, start);
-    if (at === -1 || at >= end) {
+    if (!isLoadFrame(buf, start, end)) {
       if (buf.indexOf(ERROR_PREFIX, start) === start) {
         const codeStart = start + ERROR_PREFIX.length;
         countError(`server_${buf.toString('latin1', codeStart, buf.indexOf(34, codeStart))}`);
       }
       return;
     }
-    const [t, afterT] = readUint(buf, at + NEEDLE.length);
-    // `,"m":` follows: 1 for a measured message.
-    if (buf[afterT + 5] !== 49 || !measuring) return;
-    const latency = nowUs() - t;
+    // m = 1 for a measured message.
+    if (buf[end - M_AT] !== 49 || !measuring) return;
+    const latency = nowUs() - readDigits(buf, end - T_START, end - T_END);
     deliveries++;
     const role = room.plan.role;
     if (role === 'target') {
       targetDeliveries++;
-      const [seq] = readUint(buf, afterT + 11);
+      const seq = readDigits(buf, end - S_START, end - S_END);
       if (seq < room.reached!.length) {
         if (latency > room.worst![seq]!) room.worst![seq] = latency;
         if (++room.reached![seq]! === room.receivers) {
@@ -171,7 +192,7 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const [start] = (await once(port, 'message')) as [StartCommand];
 
   // Run: warm-up, then the measured window.
-  const payloadPad = 'x'.repeat(Math.max(0, plan.payloadBytes - 40));
+  const payloadPad = 'x'.repeat(Math.max(0, plan.payloadBytes - 50));
   const cpuStart = process.threadCpuUsage();
   const runStart = nowUs();
   const measureFrom = runStart + start.warmupMs * 1000;
@@ -198,9 +219,9 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
         if (measured && room.maxMessages > 0 && s.measured >= room.maxMessages) break;
         const seq = measured ? s.measured : s.seq;
         if (measured) recordUs(lagHist, now - s.nextAt);
-        s.client.sendFrame(
-          encodeClientText(`{"type":"${room.messageType}","payload":{"t":${Math.round(s.nextAt)},"m":${measured ? 1 : 0},"s":${seq},"p":"${payloadPad}"}}`),
-        );
+        const t = String(Math.round(s.nextAt)).padStart(T_DIGITS, '0');
+        const sq = String(seq % 10 ** S_DIGITS).padStart(S_DIGITS, '0');
+        s.client.sendFrame(encodeClientText(`{"type":"${room.messageType}","payload":{"p":"${payloadPad}","m":${measured ? 1 : 0},"s":"${sq}","t":"${t}"}}`));
         sent = true;
         s.seq++;
         if (measured) {
