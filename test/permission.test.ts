@@ -22,13 +22,14 @@ before(async () => {
 });
 after(() => cleanup.run());
 
-async function expectStatus(t: TestContext, status: number, url = server.wsUrl(desktop())): Promise<void> {
+async function expectStatus(t: TestContext, status: number, url = server.wsUrl(desktop())): Promise<HandshakeRejected> {
   const err = await connect(t, url, { token: token(user('Pam')) }).then(
     () => assert.fail('expected the handshake to be refused'),
     (e: unknown) => e,
   );
   assert.ok(err instanceof HandshakeRejected, String(err));
   assert.equal(err.status, status);
+  return err;
 }
 
 test('asks GET /api/desktop/{id}/permission?userId= with encoded ids and the forwarded cookie', async (t) => {
@@ -67,12 +68,21 @@ test('403 from the API → 403', async (t) => {
   await expectStatus(t, 403);
 });
 
-test('500 from the API → 403', async (t) => {
+test('an explicit 403 or 404 from the API → 403; a 5xx is an outage → 503 with Retry-After', async (t) => {
   stub.handle((_req, res) => {
-    res.statusCode = 500;
-    res.end('boom');
+    res.statusCode = 404;
+    res.end('{"error":"no such desktop"}');
   });
   await expectStatus(t, 403);
+  for (const status of [500, 502, 503]) {
+    stub.handle((_req, res) => {
+      res.statusCode = status;
+      res.end('boom');
+    });
+    const err = await expectStatus(t, 503);
+    assert.equal(err.headers['retry-after'], '2');
+    assert.equal(err.body, 'permission service unavailable\n');
+  }
 });
 
 test('a garbage body, a non-object, or a missing field → 403', async (t) => {
@@ -92,9 +102,12 @@ test('an unknown role → 403', async (t) => {
   }
 });
 
-test('an API that never answers → 403 after --permission-timeout', async (t) => {
+test('an API that never answers → 503 after --permission-timeout (fails fast, clients retry)', async (t) => {
   stub.handle(() => 'hang');
-  await expectStatus(t, 403);
+  const started = Date.now();
+  const err = await expectStatus(t, 503);
+  assert.equal(err.headers['retry-after'], '2');
+  assert.ok(Date.now() - started < 3000, 'answered after the 500 ms timeout, not the 5 s default');
   await server.waitForLog((l) => l.event === 'handshake_rejected' && l.reason === 'ERR_PERMISSION_UNAVAILABLE');
 });
 
@@ -105,13 +118,13 @@ test('an oversized answer → 403', async (t) => {
   await expectStatus(t, 403);
 });
 
-test('the API down (connection refused) → 403, and the server keeps serving', async (t) => {
+test('the API down (connection refused) → 503, and the server keeps serving', async (t) => {
   const closed = createServer();
   await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
   const port = (closed.address() as { port: number }).port;
   await new Promise((resolve) => closed.close(resolve));
   const downServer = await startServer(t, { workers: 1, permissionApiBase: `http://127.0.0.1:${port}` });
-  await expectStatus(t, 403, downServer.wsUrl(desktop()));
+  await expectStatus(t, 503, downServer.wsUrl(desktop()));
   stub.handle(grant('editor'));
   const { joined } = await join(t, server.wsUrl(desktop()), { token: token(user('Ok')) });
   assert.equal(joined.type, 'room_joined');

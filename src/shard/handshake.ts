@@ -11,7 +11,7 @@ import { extractCredentials } from '../auth/credentials.ts';
 import type { PermissionSource } from '../auth/permission-client.ts';
 import { secretKey, verifyAccessToken, type Identity } from '../auth/token.ts';
 import type { KeyObject } from 'node:crypto';
-import { AuthError, AuthErrorCode, PermissionError, type RelayError } from '../errors.ts';
+import { AuthError, AuthErrorCode, PermissionError, PermissionErrorCode, type RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
@@ -40,10 +40,18 @@ export interface HandshakeOptions {
 
 function onSocketError(): void {}
 
-/** Status for each refusal: what the seed's Go server answers, 401 for auth and 403 for permission. */
+/**
+ * Status for each refusal: 401 for auth, 403 when the permission API refused
+ * or answered nonsense, 503 when it could not answer (unreachable, timed out,
+ * 5xx), so that clients retry instead of concluding they lost access.
+ */
 function statusOf(err: RelayError): number {
-  return err instanceof AuthError ? 401 : 403;
+  if (err instanceof AuthError) return 401;
+  return err.code === PermissionErrorCode.UNAVAILABLE ? 503 : 403;
 }
+
+/** Retry-After (s) on a 503 caused by a permission API outage. */
+export const PERMISSION_RETRY_AFTER_S = 2;
 
 export class Handshake {
   private readonly options: HandshakeOptions;
@@ -83,7 +91,9 @@ export class Handshake {
       permission = await this.options.permissions.check(desktopId, identity, head.headers.cookie);
     } catch (err) {
       if (err instanceof AuthError || err instanceof PermissionError) {
-        this.reject(socket, statusOf(err), err.code, remoteAddress, desktopId, undefined, err.message);
+        const status = statusOf(err);
+        const headers = status === 503 ? { 'Retry-After': String(PERMISSION_RETRY_AFTER_S) } : undefined;
+        this.reject(socket, status, err.code, remoteAddress, desktopId, headers, err.message);
         return;
       }
       this.options.log.error('handshake_failed', { desktopId, remote: remoteAddress, err });
@@ -115,7 +125,7 @@ export class Handshake {
     detail?: string,
   ): void {
     this.options.log.info('handshake_rejected', { status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
-    const body = status === 401 ? 'unauthorized\n' : status === 403 ? 'forbidden\n' : `${reason.replaceAll('_', ' ')}\n`;
+    const body = status === 401 ? 'unauthorized\n' : status === 403 ? 'forbidden\n' : reason === PermissionErrorCode.UNAVAILABLE ? 'permission service unavailable\n' : `${reason.replaceAll('_', ' ')}\n`;
     endWithResponse(socket, httpResponse(status, body, { [SHARD_HEADER]: String(this.options.shardId), ...headers }));
   }
 }
