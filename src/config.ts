@@ -33,6 +33,7 @@ export interface ServeConfig {
   maxHeadBytes: number;
   handshakeTimeoutMs: number;
   drainTimeoutMs: number;
+  pingIntervalMs: number;
   adminToken: string;
   logLevel: LogLevel;
   logFormat: LogFormat;
@@ -128,6 +129,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_DRAIN_TIMEOUT',
     default: '10s',
     description: 'on SIGTERM/SIGINT, longest wait for sessions to close before exiting',
+    parse: parseDuration,
+  },
+  {
+    key: 'pingIntervalMs',
+    flags: '--ping-interval <duration>',
+    env: 'MOODIO_RT_PING_INTERVAL',
+    default: '30s',
+    description: 'ping every session this often; one that has not answered by the next ping is closed',
     parse: parseDuration,
   },
   {

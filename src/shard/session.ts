@@ -27,6 +27,8 @@ export class Session {
   index = -1;
   /** Set by the write coalescer while the socket is corked this turn. */
   corked = false;
+  /** Heard from (pong or message) since the last liveness ping. */
+  alive = true;
 
   constructor(desktopId: string, identity: { userId: string; firstName: string; email: string }, permission: Permission, ws: WebSocket, socket: Socket) {
     this.id = `session_${randomUUID()}`;

@@ -24,6 +24,7 @@ export class Shard {
   private readonly permissions: PermissionSource;
   private draining = false;
   private onEmpty: (() => void) | null = null;
+  private readonly pinger: NodeJS.Timeout;
 
   constructor(id: number, config: ServeConfig, log: Logger) {
     this.id = id;
@@ -45,6 +46,8 @@ export class Shard {
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
     this.relay = new Relay(this.rooms, new WriteCoalescer(), log);
+    this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
+    this.pinger.unref();
     this.handshake = new Handshake({
       shardId: id,
       jwtSecret: config.jwtSecret,
@@ -74,7 +77,13 @@ export class Shard {
       remote: remoteAddress,
       roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
     });
-    ws.on('message', (data: Buffer, isBinary: boolean) => this.relay.onMessage(session, data, isBinary));
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      session.alive = true;
+      this.relay.onMessage(session, data, isBinary);
+    });
+    ws.on('pong', () => {
+      session.alive = true;
+    });
     ws.on('error', (err: Error & { code?: string }) => {
       this.log.info('session_protocol_error', { sessionId: session.id, code: err.code, message: err.message });
     });
@@ -92,12 +101,32 @@ export class Shard {
   }
 
   /**
+   * Liveness: every session is pinged each interval; one that answered
+   * nothing (no pong, no message) since the previous ping is terminated, and
+   * its room hears `session_left`. Healthy idle sessions (and nginx, which
+   * forwards pings) stay open indefinitely.
+   */
+  private checkLiveness(): void {
+    for (const session of [...this.rooms.allSessions()]) {
+      if (!session.open) continue;
+      if (!session.alive) {
+        this.log.info('session_timeout', { sessionId: session.id, desktopId: session.desktopId });
+        session.ws.terminate();
+        continue;
+      }
+      session.alive = false;
+      session.ws.ping();
+    }
+  }
+
+  /**
    * Refuse new connections, close every session with 1001, and resolve once
    * all are closed or `timeoutMs` passed (the rest are cut). Resolves with
    * the number of sessions that were open.
    */
   async drain(timeoutMs: number): Promise<number> {
     this.draining = true;
+    clearInterval(this.pinger);
     const open = this.rooms.sessionCount;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {

@@ -17,6 +17,8 @@ export interface ConnectOptions {
   /** How the token travels (default cookie, as browsers do). */
   via?: 'cookie' | 'bearer';
   headers?: Record<string, string>;
+  /** Extra `ws` client options (e.g. `autoPong: false`). */
+  wsOptions?: WebSocket.ClientOptions;
 }
 
 /** A handshake the server refused with an HTTP status. */
@@ -103,7 +105,7 @@ export function connect(t: Scope, url: string, options: ConnectOptions = {}): Pr
     if (options.via === 'bearer') headers.authorization = `Bearer ${options.token}`;
     else headers.cookie = `${ACCESS_TOKEN_COOKIE}=${options.token}`;
   }
-  const ws = new WebSocket(url, { headers, perMessageDeflate: false });
+  const ws = new WebSocket(url, { headers, perMessageDeflate: false, ...options.wsOptions });
   return new Promise((resolve, reject) => {
     let shard = -1;
     ws.once('upgrade', (res) => {
