@@ -16,6 +16,7 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { createLogger } from '../src/log.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
+import { newRateState, RateLimiter } from '../src/shard/rate-limiter.ts';
 import { Relay } from '../src/shard/relay.ts';
 import { RoomIndex } from '../src/shard/room-index.ts';
 import { Session } from '../src/shard/session.ts';
@@ -33,11 +34,13 @@ const wsStub = { readyState: 1 } as unknown as WebSocket;
 
 function build(rooms: number, perRoom: number): { index: RoomIndex; relay: Relay; sessions: Session[] } {
   const index = new RoomIndex();
-  const relay = new Relay(index, new WriteCoalescer(), createLogger({ level: 'silent', format: 'json', worker: 0 }));
+  // The rate limit is off here: the benchmark measures relaying, not throttling.
+  const limits = { perSecond: 0, burst: 1, closeAfterMs: 1 };
+  const relay = new Relay(index, new WriteCoalescer(), createLogger({ level: 'silent', format: 'json', worker: 0 }), new RateLimiter(limits));
   const sessions: Session[] = [];
   for (let r = 0; r < rooms; r++) {
     for (let m = 0; m < perRoom; m++) {
-      const s = new Session(`room-${r}`, { userId: `user-${r}-${m}-0000`, firstName: 'Bench', email: 'bench@example.com' }, 'editor', wsStub, socketStub);
+      const s = new Session(`room-${r}`, { userId: `user-${r}-${m}-0000`, firstName: 'Bench', email: 'bench@example.com' }, 'editor', wsStub, socketStub, newRateState(limits, 0));
       index.join(s);
       sessions.push(s);
     }

@@ -34,6 +34,9 @@ export interface ServeConfig {
   handshakeTimeoutMs: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
+  rateLimit: number;
+  rateLimitBurst: number;
+  rateLimitCloseAfterMs: number;
   adminToken: string;
   logLevel: LogLevel;
   logFormat: LogFormat;
@@ -137,6 +140,30 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_PING_INTERVAL',
     default: '30s',
     description: 'ping every session this often; one that has not answered by the next ping is closed',
+    parse: parseDuration,
+  },
+  {
+    key: 'rateLimit',
+    flags: '--rate-limit <msgs/s>',
+    env: 'MOODIO_RT_RATE_LIMIT',
+    default: '100',
+    description: 'messages per second a session may send (token bucket; 0 = no limit)',
+    parse: intIn(0, 1_000_000),
+  },
+  {
+    key: 'rateLimitBurst',
+    flags: '--rate-limit-burst <n>',
+    env: 'MOODIO_RT_RATE_LIMIT_BURST',
+    default: '200',
+    description: 'messages a session may send at once before the rate applies',
+    parse: intIn(1, 1_000_000),
+  },
+  {
+    key: 'rateLimitCloseAfterMs',
+    flags: '--rate-limit-close-after <duration>',
+    env: 'MOODIO_RT_RATE_LIMIT_CLOSE_AFTER',
+    default: '10s',
+    description: 'a session over the limit this long is closed with 1008',
     parse: parseDuration,
   },
   {

@@ -21,7 +21,7 @@ const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-loadtest-'));
 
 before(async () => {
   // Dev mode: the token's permission claim decides, no permission API needed.
-  server = await startServer(cleanup, { workers: 1, args: ['--dev'] });
+  server = await startServer(cleanup, { workers: 1, args: ['--dev', '--rate-limit', '0'] });
 });
 after(() => cleanup.run());
 

@@ -22,7 +22,7 @@ function desktopOnShard(shard: number, workers: number): string {
 
 test('a shard killed mid-traffic is restarted and the other shard never stops relaying', async (t) => {
   const stub = await startPermissionStub(t);
-  const server = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--admin-token', ADMIN] });
+  const server = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--admin-token', ADMIN, '--rate-limit', '0'] });
   const doomed = desktopOnShard(0, 2);
   const survivor = desktopOnShard(1, 2);
   const { client: d1 } = await join(t, server.wsUrl(doomed), { token: token(user('Dee')) });

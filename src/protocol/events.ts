@@ -50,6 +50,8 @@ export const ErrorCode = {
   UNSUPPORTED_BINARY: 'unsupported_binary',
   /** The server failed while handling this one message; the room is unaffected. */
   INTERNAL_ERROR: 'internal_error',
+  /** Over the per-session rate limit; carries `retryAfterMs`. Sent once per window, not per dropped frame. */
+  RATE_LIMITED: 'rate_limited',
 } as const;
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -57,6 +59,8 @@ export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 export const CloseCode = {
   /** Server shutting down (SIGTERM/SIGINT drain). */
   GOING_AWAY: 1001,
+  /** Over the rate limit for `--rate-limit-close-after`. */
+  POLICY_VIOLATION: 1008,
   /** Frame larger than `--max-message-size` (sent by `ws` itself). */
   MESSAGE_TOO_BIG: 1009,
   /** Unexpected server condition. */
@@ -101,6 +105,8 @@ export interface ErrorEvent {
   type: 'error';
   code: ErrorCodeValue;
   message: string;
+  /** With `rate_limited`: when the next message will be accepted. */
+  retryAfterMs?: number;
 }
 
 /** Frame a client sends: `{type, payload}`; anything else in it is ignored. */

@@ -6,6 +6,7 @@
  */
 import type { Logger } from '../log.ts';
 import {
+  CloseCode,
   ErrorCode,
   LOGGED_TYPES,
   MAX_TYPE_LENGTH,
@@ -14,6 +15,7 @@ import {
   type ErrorCodeValue,
 } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
+import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
@@ -22,11 +24,13 @@ export class Relay {
   private readonly rooms: RoomIndex;
   private readonly out: WriteCoalescer;
   private readonly log: Logger;
+  private readonly limiter: RateLimiter;
 
-  constructor(rooms: RoomIndex, out: WriteCoalescer, log: Logger) {
+  constructor(rooms: RoomIndex, out: WriteCoalescer, log: Logger, limiter: RateLimiter) {
     this.rooms = rooms;
     this.out = out;
     this.log = log;
+    this.limiter = limiter;
   }
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
@@ -69,11 +73,36 @@ export class Relay {
 
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
   onMessage(session: Session, data: Buffer, isBinary: boolean): void {
+    if (this.limiter.enabled && !this.admit(session)) return;
     try {
       this.handle(session, data, isBinary);
     } catch (err) {
       this.log.error('message_failed', { sessionId: session.id, desktopId: session.desktopId, err });
       this.sendError(session, ErrorCode.INTERNAL_ERROR, 'the server failed to handle this message');
+    }
+  }
+
+  /** Rate limit: false when the frame must be dropped (the sender was told or closed as needed). */
+  private admit(session: Session): boolean {
+    const verdict = this.limiter.take(session.rate, Date.now());
+    switch (verdict.kind) {
+      case 'pass':
+        return true;
+      case 'drop':
+        return false;
+      case 'notify':
+        this.log.info('rate_limited', { sessionId: session.id, desktopId: session.desktopId });
+        if (session.open) {
+          this.out.write(
+            session,
+            encodeTextFrame(`{"type":"error","code":"${ErrorCode.RATE_LIMITED}","message":"too many messages; slow down","retryAfterMs":${verdict.retryAfterMs}}`),
+          );
+        }
+        return false;
+      case 'close':
+        this.log.warn('rate_limit_close', { sessionId: session.id, desktopId: session.desktopId });
+        if (session.open) session.ws.close(CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
+        return false;
     }
   }
 

@@ -7,6 +7,7 @@ import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Permission, SessionInfo } from '../protocol/events.ts';
+import type { RateState } from './rate-limiter.ts';
 
 export class Session {
   readonly id: string;
@@ -29,8 +30,18 @@ export class Session {
   corked = false;
   /** Heard from (pong or message) since the last liveness ping. */
   alive = true;
+  /** Inbound rate-limit bucket. */
+  rate: RateState;
 
-  constructor(desktopId: string, identity: { userId: string; firstName: string; email: string }, permission: Permission, ws: WebSocket, socket: Socket) {
+  constructor(
+    desktopId: string,
+    identity: { userId: string; firstName: string; email: string },
+    permission: Permission,
+    ws: WebSocket,
+    socket: Socket,
+    rate: RateState,
+  ) {
+    this.rate = rate;
     this.id = `session_${randomUUID()}`;
     this.desktopId = desktopId;
     this.userId = identity.userId;

@@ -10,6 +10,7 @@ import type { Logger } from '../log.ts';
 import { CloseCode, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { Handshake, type Admitted } from './handshake.ts';
+import { newRateState, RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
@@ -25,6 +26,7 @@ export class Shard {
   private draining = false;
   private onEmpty: (() => void) | null = null;
   private readonly pinger: NodeJS.Timeout;
+  private readonly rateLimit: RateLimitOptions;
 
   constructor(id: number, config: ServeConfig, log: Logger) {
     this.id = id;
@@ -45,7 +47,8 @@ export class Shard {
       ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
-    this.relay = new Relay(this.rooms, new WriteCoalescer(), log);
+    this.rateLimit = { perSecond: config.rateLimit, burst: config.rateLimitBurst, closeAfterMs: config.rateLimitCloseAfterMs };
+    this.relay = new Relay(this.rooms, new WriteCoalescer(), log, new RateLimiter(this.rateLimit));
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -67,7 +70,7 @@ export class Shard {
   }
 
   private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
-    const session = new Session(desktopId, identity, permission, ws, socket);
+    const session = new Session(desktopId, identity, permission, ws, socket, newRateState(this.rateLimit, Date.now()));
     this.relay.join(session);
     this.log.info('session_open', {
       sessionId: session.id,

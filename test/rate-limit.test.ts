@@ -1,0 +1,91 @@
+/**
+ * Per-session inbound rate limit: excess frames are dropped, the sender is
+ * told once per window, and sustained abuse closes it with 1008.
+ */
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, test } from 'node:test';
+import { CloseCode, ErrorCode } from '../src/protocol/events.ts';
+import { join } from './helpers/client.ts';
+import { startPermissionStub } from './helpers/permission-stub.ts';
+import { Cleanup, desktop } from './helpers/scope.ts';
+import { startServer, type ServerProcess } from './helpers/server.ts';
+import { token, user } from './helpers/tokens.ts';
+
+const cleanup = new Cleanup();
+let server: ServerProcess;
+
+before(async () => {
+  const stub = await startPermissionStub(cleanup);
+  server = await startServer(cleanup, {
+    workers: 1,
+    permissionApiBase: stub.base,
+    args: ['--rate-limit', '20', '--rate-limit-burst', '10', '--rate-limit-close-after', '1500ms'],
+  });
+});
+after(() => cleanup.run());
+
+test('a burst past the bucket is cut at the burst size and the sender is told once', async (t) => {
+  const room = desktop();
+  const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Pea')) });
+  const { client: flooder } = await join(t, server.wsUrl(room), { token: token(user('Flo')) });
+  await peer.expect('session_joined');
+
+  for (let i = 0; i < 60; i++) flooder.send({ type: 'asset_dragging', payload: { i } });
+  const notice = await flooder.next();
+  assert.equal(notice.type, 'error');
+  assert.equal(notice.code, ErrorCode.RATE_LIMITED);
+  assert.ok(Number.isInteger(notice.retryAfterMs) && notice.retryAfterMs > 0 && notice.retryAfterMs <= 50, `retryAfterMs ${notice.retryAfterMs}`);
+
+  // The first 10 (the burst) arrive in order; a token may refill while the 60 are read.
+  const got: number[] = [];
+  for (let i = 0; i < 10; i++) got.push((await peer.expect('asset_dragging')).payload.i);
+  assert.deepEqual(got, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+
+  // As told, a message is accepted again after retryAfterMs.
+  await sleep(notice.retryAfterMs + 60);
+  flooder.send({ type: 'marker' });
+  let next = await peer.next();
+  while (next.type === 'asset_dragging') next = await peer.next();
+  assert.equal(next.type, 'marker');
+  // One notice for the whole burst: the flooder's only other frame is the reply below.
+  peer.send({ type: 'reply' });
+  assert.equal((await flooder.next()).type, 'reply');
+});
+
+test('a session over the limit for --rate-limit-close-after is closed with 1008; the room hears it leave', async (t) => {
+  const room = desktop();
+  const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Pia')) });
+  const { client: abuser, joined } = await join(t, server.wsUrl(room), { token: token(user('Abu')) });
+  await peer.expect('session_joined');
+  const started = Date.now();
+  const flood = setInterval(() => {
+    if (abuser.ws.readyState === abuser.ws.OPEN) for (let i = 0; i < 5; i++) abuser.send({ type: 'asset_dragging', payload: {} });
+  }, 10);
+  t.after(() => clearInterval(flood));
+  const closed = await abuser.closed;
+  clearInterval(flood);
+  assert.deepEqual(closed, { code: CloseCode.POLICY_VIOLATION, reason: 'rate limit exceeded' });
+  assert.ok(Date.now() - started >= 1400, `closed after ${Date.now() - started} ms`);
+  let frame = await peer.next();
+  while (frame.type === 'asset_dragging') frame = await peer.next();
+  assert.equal(frame.type, 'session_left');
+  assert.equal(frame.sessionId, joined.sessionId);
+  // The notices were rate-limited too: about one per second, not one per dropped frame.
+  const notices = server.logs.filter((l) => l.event === 'rate_limited' && l.sessionId === joined.sessionId).length;
+  assert.ok(notices >= 1 && notices <= 3, `${notices} notices`);
+});
+
+test('a well-behaved session at the limit is never throttled', async (t) => {
+  const room = desktop();
+  const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Pim')) });
+  const { client: steady } = await join(t, server.wsUrl(room), { token: token(user('Ste')) });
+  await peer.expect('session_joined');
+  for (let i = 0; i < 15; i++) {
+    steady.send({ type: 'asset_moved', payload: { i } });
+    assert.equal((await peer.expect('asset_moved')).payload.i, i);
+    await sleep(60); // ~16/s, under the 20/s limit
+  }
+  peer.send({ type: 'reply' });
+  assert.equal((await steady.next()).type, 'reply', 'no rate_limited notice reached the steady sender');
+});
