@@ -38,6 +38,8 @@ export interface ServeConfig {
   rateLimitBurst: number;
   rateLimitCloseAfterMs: number;
   adminToken: string;
+  /** Empty = any origin. */
+  allowedOrigins: string[];
   logLevel: LogLevel;
   logFormat: LogFormat;
 }
@@ -54,6 +56,24 @@ export interface OptionSpec {
 }
 
 const text = (raw: string): string => raw;
+
+/** `https://a.example, http://localhost:3000` → normalized origins (scheme://host[:port]). */
+function originList(raw: string, option: string): string[] {
+  if (raw.trim() === '') return [];
+  return raw.split(',').map((part) => {
+    const value = part.trim();
+    let url: URL;
+    try {
+      url = new URL(value);
+    } catch {
+      throw new ConfigError(option, `${JSON.stringify(value)} is not an origin such as https://moodio.example.com`);
+    }
+    if (url.origin === 'null' || url.pathname !== '/' || url.search || url.hash) {
+      throw new ConfigError(option, `${JSON.stringify(value)} is not an origin such as https://moodio.example.com`);
+    }
+    return url.origin;
+  });
+}
 const flag = (raw: string): boolean => raw === 'true';
 
 /** The options of `moodio-rt serve`, with their defaults. */
@@ -173,6 +193,13 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     description: 'bearer token for /admin endpoints (disabled when unset)',
     parse: text,
   },
+  {
+    key: 'allowedOrigins',
+    flags: '--allowed-origins <list>',
+    env: 'MOODIO_RT_ALLOWED_ORIGINS',
+    description: 'comma-separated origins browsers may connect from, e.g. https://moodio.example.com (default: any)',
+    parse: originList,
+  },
   { key: 'logLevel', flags: '--log-level <level>', env: 'MOODIO_RT_LOG_LEVEL', default: 'info', description: `one of ${LOG_LEVELS.join(', ')}`, parse: oneOf(LOG_LEVELS) },
   { key: 'logFormat', flags: '--log-format <format>', env: 'MOODIO_RT_LOG_FORMAT', default: 'json', description: `one of ${LOG_FORMATS.join(', ')}`, parse: oneOf(LOG_FORMATS) },
 ];
@@ -203,7 +230,7 @@ export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string
     } else if (spec.default !== undefined) {
       out[spec.key] = spec.parse(spec.default, name);
     } else {
-      out[spec.key] = spec.parse === flag ? false : '';
+      out[spec.key] = spec.parse === flag ? false : spec.parse === originList ? [] : '';
     }
   }
   const config = out as unknown as ServeConfig;

@@ -125,7 +125,7 @@ export class Primary {
       this.reject(socket, parsed.status, 'bad_request', parsed.reason);
       return;
     }
-    const decision = route(parsed.head, { workers: this.pool.size, adminToken: this.config.adminToken });
+    const decision = route(parsed.head, { workers: this.pool.size, adminToken: this.config.adminToken, allowedOrigins: this.config.allowedOrigins });
     switch (decision.kind) {
       case 'health':
         endWithResponse(socket, httpResponse(200, parsed.head.method === 'HEAD' ? '' : 'ok'));

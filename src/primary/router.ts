@@ -11,7 +11,7 @@ export type Route =
   | { kind: 'health' }
   | { kind: 'shard'; desktopId: string; shard: number }
   | { kind: 'terminate-shard'; shard: number }
-  | { kind: 'reject'; status: 400 | 401 | 404 | 405 | 426; reason: string; headers?: Record<string, string> };
+  | { kind: 'reject'; status: 400 | 401 | 403 | 404 | 405 | 426; reason: string; headers?: Record<string, string> };
 
 /**
  * 32-bit FNV-1a over the id's characters (ids are ASCII, so characters are
@@ -45,6 +45,19 @@ export interface RouterOptions {
   workers: number;
   /** Empty = admin endpoints disabled (404). */
   adminToken: string;
+  /** Origins a browser handshake may come from; empty = any. */
+  allowedOrigins: readonly string[];
+}
+
+/**
+ * Cross-site WebSocket hijacking guard: browsers always send Origin on a
+ * WebSocket handshake, so a listed set refuses pages from elsewhere. A
+ * request without Origin is not a browser's and is let through (it still
+ * needs a token).
+ */
+function originAllowed(origin: string | undefined, allowed: readonly string[]): boolean {
+  if (allowed.length === 0 || origin === undefined) return true;
+  return allowed.includes(origin.toLowerCase());
 }
 
 /** Decide what to do with a parsed request head. */
@@ -55,6 +68,7 @@ export function route(head: RequestHead, options: RouterOptions): Route {
     if (!headerHasToken(head.headers.upgrade, 'websocket')) {
       return { kind: 'reject', status: 426, reason: 'upgrade_required', headers: { Upgrade: 'websocket' } };
     }
+    if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', status: 403, reason: 'origin_not_allowed' };
     return { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
   }
   if (path.kind === 'bad-id') return { kind: 'reject', status: 400, reason: 'invalid_desktop_id' };
