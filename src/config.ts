@@ -32,6 +32,7 @@ export interface ServeConfig {
   maxMessageSize: number;
   maxHeadBytes: number;
   handshakeTimeoutMs: number;
+  maxPendingHandshakes: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
   rateLimit: number;
@@ -145,6 +146,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: '10s',
     description: 'time a client has to send its request head',
     parse: parseDuration,
+  },
+  {
+    key: 'maxPendingHandshakes',
+    flags: '--max-pending-handshakes <n>',
+    env: 'MOODIO_RT_MAX_PENDING_HANDSHAKES',
+    default: '1000',
+    description: 'request heads being read at once; more are answered 503 with Retry-After',
+    parse: intIn(1, 1_000_000),
   },
   {
     key: 'drainTimeoutMs',

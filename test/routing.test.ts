@@ -153,3 +153,30 @@ test('hundreds of half-open handshakes do not hold up a real one', async (t) => 
   const health = await rawRequest(server.port, ['GET /health HTTP/1.1\r\n\r\n']);
   assert.equal(health.status, 200);
 });
+
+test('over --max-pending-handshakes, new connections get 503 with Retry-After until heads drain', async (t) => {
+  const stub = await startPermissionStub(t);
+  const small = await startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--max-pending-handshakes', '20'] });
+  const idle: Socket[] = [];
+  t.after(() => idle.forEach((s) => s.destroy()));
+  for (let i = 0; i < 20; i++) {
+    const s = netConnect(small.port, '127.0.0.1');
+    s.on('error', () => {});
+    await new Promise((resolve) => s.once('connect', resolve));
+    idle.push(s);
+  }
+  // Connections are accepted in order, so the 21st finds 20 heads pending.
+  const shed = await rawRequest(small.port, [upgradeHead(`/ws/desktop/${desktop()}`, authHeader())]);
+  assert.equal(shed.status, 503);
+  assert.equal(shed.headers['retry-after'], '1');
+  await small.waitForLog((l) => l.event === 'handshake_rejected' && l.reason === 'too_many_pending_handshakes');
+
+  // Once the idle clients leave, the primary notices on its next polls and admits again.
+  idle.forEach((s) => s.destroy());
+  let status = 0;
+  for (let attempt = 0; attempt < 50 && status !== 101; attempt++) {
+    status = (await rawRequest(small.port, [upgradeHead(`/ws/desktop/${desktop()}`, authHeader())], { until: untilJoined })).status;
+    if (status === 503) await new Promise((r) => setTimeout(r, 50)); // the server's own answer says to retry
+  }
+  assert.equal(status, 101);
+});

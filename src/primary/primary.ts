@@ -79,6 +79,11 @@ export class Primary {
       socket.destroy();
       return;
     }
+    if (this.pending.size >= this.config.maxPendingHandshakes) {
+      // Shed before polling: a half-open flood must not grow the poll work.
+      this.reject(socket, 503, 'too_many_pending_handshakes', undefined, { 'Retry-After': '1' });
+      return;
+    }
     const acceptedAt = Date.now();
     const options = { maxBytes: this.config.maxHeadBytes, timeoutMs: this.config.handshakeTimeoutMs };
     let finished = false;
