@@ -16,6 +16,7 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { createLogger } from '../src/log.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
+import { createMetricsBuffer, MetricsSlot } from '../src/protocol/metrics.ts';
 import { newRateState, RateLimiter } from '../src/shard/rate-limiter.ts';
 import { Relay } from '../src/shard/relay.ts';
 import { RoomIndex } from '../src/shard/room-index.ts';
@@ -36,7 +37,8 @@ function build(rooms: number, perRoom: number): { index: RoomIndex; relay: Relay
   const index = new RoomIndex();
   // The rate limit is off here: the benchmark measures relaying, not throttling.
   const limits = { perSecond: 0, burst: 1, closeAfterMs: 1 };
-  const relay = new Relay(index, new WriteCoalescer(), createLogger({ level: 'silent', format: 'json', worker: 0 }), new RateLimiter(limits));
+  const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
+  const relay = new Relay(index, new WriteCoalescer(metrics), createLogger({ level: 'silent', format: 'json', worker: 0 }), new RateLimiter(limits), metrics);
   const sessions: Session[] = [];
   for (let r = 0; r < rooms; r++) {
     for (let m = 0; m < perRoom; m++) {

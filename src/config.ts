@@ -39,6 +39,7 @@ export interface ServeConfig {
   rateLimitBurst: number;
   rateLimitCloseAfterMs: number;
   adminToken: string;
+  metricsToken: string;
   /** Empty = any origin. */
   allowedOrigins: string[];
   logLevel: LogLevel;
@@ -200,6 +201,13 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--admin-token <token>',
     env: 'MOODIO_RT_ADMIN_TOKEN',
     description: 'bearer token for /admin endpoints (disabled when unset)',
+    parse: text,
+  },
+  {
+    key: 'metricsToken',
+    flags: '--metrics-token <token>',
+    env: 'MOODIO_RT_METRICS_TOKEN',
+    description: 'bearer token required for GET /metrics (default: open)',
     parse: text,
   },
   {

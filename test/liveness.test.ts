@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { test } from 'node:test';
 import { join } from './helpers/client.ts';
+import { scrape } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
 import { startServer } from './helpers/server.ts';
@@ -25,6 +26,7 @@ test('a session that stops answering pings is closed and its room hears session_
   assert.equal(left.sessionId, joined.sessionId);
   assert.equal((await dead.closed).code, 1006, 'terminated without a close handshake');
   await server.waitForLog((l) => l.event === 'session_timeout' && l.sessionId === joined.sessionId);
+  assert.equal((await scrape(server.port)).metrics.get('moodio_rt_protective_closes_total{reason="liveness"}'), 1);
 
   // The healthy session keeps answering and is never dropped: wait for several more pings.
   while (pings < 6) await once(healthy.ws, 'ping');

@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { CloseCode, ErrorCode } from '../src/protocol/events.ts';
 import { join } from './helpers/client.ts';
+import { scrape } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
@@ -74,6 +75,7 @@ test('a session over the limit for --rate-limit-close-after is closed with 1008;
   // The notices were rate-limited too: about one per second, not one per dropped frame.
   const notices = server.logs.filter((l) => l.event === 'rate_limited' && l.sessionId === joined.sessionId).length;
   assert.ok(notices >= 1 && notices <= 3, `${notices} notices`);
+  assert.equal((await scrape(server.port)).metrics.get('moodio_rt_protective_closes_total{reason="rate_limit"}'), 1);
 });
 
 test('a well-behaved session at the limit is never throttled', async (t) => {

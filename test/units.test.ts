@@ -104,7 +104,7 @@ describe('routing', () => {
       assert.ok(r.ok);
       return r.head;
     };
-    const opts = { workers: 3, adminToken: 'secret-admin', allowedOrigins: [] };
+    const opts = { workers: 3, adminToken: 'secret-admin', allowedOrigins: [], metricsToken: '' };
     assert.deepEqual(route(head('GET /health HTTP/1.1\r\n\r\n'), opts), { kind: 'health' });
     assert.deepEqual(route(head('GET /ws/desktop/foobar HTTP/1.1\r\nUpgrade: websocket\r\n\r\n'), opts), {
       kind: 'shard',
@@ -120,7 +120,7 @@ describe('routing', () => {
       shard: 1,
     });
     assert.equal((route(head('POST /admin/shards/3/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts) as { status: number }).status, 404);
-    const disabled = { workers: 3, adminToken: '', allowedOrigins: [] };
+    const disabled = { workers: 3, adminToken: '', allowedOrigins: [], metricsToken: '' };
     assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n'), disabled) as { status: number }).status, 404);
   });
 });

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { shardFor } from '../src/primary/router.ts';
 import { join, rawRequest } from './helpers/client.ts';
+import { scrape, sumOf } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
 import { startServer } from './helpers/server.ts';
@@ -62,4 +63,9 @@ test('a shard killed mid-traffic is restarted and the other shard never stops re
   assert.deepEqual(joined.sessions, []);
   const health = await rawRequest(server.port, ['GET /health HTTP/1.1\r\n\r\n']);
   assert.equal(health.status, 200);
+  // Metrics: one restart; the dead shard's sessions are no longer counted.
+  const { metrics } = await scrape(server.port);
+  assert.equal(metrics.get('moodio_rt_shard_restarts_total'), 1);
+  assert.equal(metrics.get('moodio_rt_connections{shard="0"}'), 1, 'only the session that rejoined after the restart');
+  assert.equal(sumOf(metrics, 'moodio_rt_connections'), 3);
 });

@@ -7,6 +7,7 @@
 import { Pool } from 'undici';
 import { PermissionError, PermissionErrorCode } from '../errors.ts';
 import { PERMISSIONS, type Permission } from '../protocol/events.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { Identity } from './token.ts';
 
 /** Decides the permission of a session at handshake time. */
@@ -24,14 +25,23 @@ export interface HttpPermissionOptions {
   base: string;
   timeoutMs: number;
   concurrency: number;
+  metrics: MetricsSlot;
 }
+
+const ERROR_METRIC: Record<string, number> = {
+  [PermissionErrorCode.UNAVAILABLE]: Metric.PERMISSION_ERRORS_UNAVAILABLE,
+  [PermissionErrorCode.DENIED]: Metric.PERMISSION_ERRORS_DENIED,
+  [PermissionErrorCode.BAD_RESPONSE]: Metric.PERMISSION_ERRORS_BAD_RESPONSE,
+};
 
 export class HttpPermissionSource implements PermissionSource {
   private readonly pool: Pool;
   private readonly basePath: string;
   private readonly timeoutMs: number;
+  private readonly metrics: MetricsSlot;
 
   constructor(options: HttpPermissionOptions) {
+    this.metrics = options.metrics;
     const url = new URL(options.base);
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs;
@@ -46,6 +56,19 @@ export class HttpPermissionSource implements PermissionSource {
   }
 
   async check(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
+    const started = performance.now();
+    try {
+      return await this.ask(desktopId, identity, cookieHeader);
+    } catch (err) {
+      const metric = err instanceof PermissionError ? ERROR_METRIC[err.code] : undefined;
+      if (metric !== undefined) this.metrics.add(metric);
+      throw err;
+    } finally {
+      this.metrics.permissionLatency((performance.now() - started) / 1000);
+    }
+  }
+
+  private async ask(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
     const path = `${this.basePath}/api/desktop/${encodeURIComponent(desktopId)}/permission?userId=${encodeURIComponent(identity.userId)}`;
     const headers: Record<string, string> = { accept: 'application/json' };
     if (cookieHeader !== undefined) headers.cookie = cookieHeader;

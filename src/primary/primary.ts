@@ -9,6 +9,8 @@ import type { ServeConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
+import { sampleThreadStats } from '../thread-stats.ts';
+import { renderMetrics } from './metrics-text.ts';
 import { route } from './router.ts';
 import { ShardPool } from './shard-pool.ts';
 
@@ -29,6 +31,7 @@ export class Primary {
   /** Heads being read: cancelled and closed on shutdown. */
   private readonly pending = new Map<Socket, PendingHead>();
   private closing = false;
+  private stopSampling: () => void = () => {};
 
   constructor(options: PrimaryOptions) {
     this.config = options.config;
@@ -43,6 +46,7 @@ export class Primary {
   /** Start the shards, then listen. Resolves with the bound address. */
   async start(): Promise<AddressInfo> {
     await this.pool.start();
+    this.stopSampling = sampleThreadStats(this.pool.primaryMetrics);
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
       this.server.listen({ host: this.config.host, port: this.config.port, backlog: 4096 }, () => {
@@ -64,6 +68,7 @@ export class Primary {
     this.closing = true;
     this.log.info('shutdown', { drainTimeoutMs: this.config.drainTimeoutMs });
     this.server.close();
+    this.stopSampling();
     for (const [socket, read] of this.pending) {
       read.cancel();
       socket.destroy();
@@ -130,13 +135,24 @@ export class Primary {
       this.reject(socket, parsed.status, 'bad_request', parsed.reason);
       return;
     }
-    const decision = route(parsed.head, { workers: this.pool.size, adminToken: this.config.adminToken, allowedOrigins: this.config.allowedOrigins });
+    const decision = route(parsed.head, {
+      workers: this.pool.size,
+      adminToken: this.config.adminToken,
+      allowedOrigins: this.config.allowedOrigins,
+      metricsToken: this.config.metricsToken,
+    });
     switch (decision.kind) {
       case 'health':
         endWithResponse(socket, httpResponse(200, parsed.head.method === 'HEAD' ? '' : 'ok'));
         return;
+      case 'metrics':
+        endWithResponse(
+          socket,
+          httpResponse(200, renderMetrics(this.pool.metrics, this.pool.size, process.memoryUsage.rss()), {}, 'text/plain; version=0.0.4; charset=utf-8'),
+        );
+        return;
       case 'reject':
-        this.reject(socket, decision.status, decision.reason, undefined, decision.headers);
+        this.reject(socket, decision.status, decision.reason, undefined, decision.headers, decision.handshake);
         return;
       case 'terminate-shard': {
         const ok = this.pool.terminate(decision.shard);
@@ -161,7 +177,9 @@ export class Primary {
     }
   }
 
-  private reject(socket: Socket, status: number, reason: string, detail?: string, headers?: Record<string, string>): void {
+  /** Answer with an error status; `handshake` = count it among refused handshakes (/metrics). */
+  private reject(socket: Socket, status: number, reason: string, detail?: string, headers?: Record<string, string>, handshake = true): void {
+    if (handshake) this.pool.primaryMetrics.handshake(status);
     this.log.info('handshake_rejected', { status, reason, ...(detail ? { detail } : {}), remote: socket.remoteAddress });
     endWithResponse(socket, httpResponse(status, `${detail ?? reason.replaceAll('_', ' ')}\n`, headers));
   }

@@ -5,13 +5,21 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { headerHasToken, type RequestHead } from '../protocol/http.ts';
-import { HEALTH_PATH, parseDesktopPath } from '../protocol/paths.ts';
+import { HEALTH_PATH, METRICS_PATH, parseDesktopPath } from '../protocol/paths.ts';
 
 export type Route =
   | { kind: 'health' }
+  | { kind: 'metrics' }
   | { kind: 'shard'; desktopId: string; shard: number }
   | { kind: 'terminate-shard'; shard: number }
-  | { kind: 'reject'; status: 400 | 401 | 403 | 404 | 405 | 426; reason: string; headers?: Record<string, string> };
+  | {
+      kind: 'reject';
+      status: 400 | 401 | 403 | 404 | 405 | 426;
+      reason: string;
+      headers?: Record<string, string>;
+      /** On the WebSocket path: counted as a refused handshake in /metrics. */
+      handshake: boolean;
+    };
 
 /**
  * 32-bit FNV-1a over the id's characters (ids are ASCII, so characters are
@@ -47,6 +55,8 @@ export interface RouterOptions {
   adminToken: string;
   /** Origins a browser handshake may come from; empty = any. */
   allowedOrigins: readonly string[];
+  /** Empty = /metrics is open. */
+  metricsToken: string;
 }
 
 /**
@@ -64,29 +74,36 @@ function originAllowed(origin: string | undefined, allowed: readonly string[]): 
 export function route(head: RequestHead, options: RouterOptions): Route {
   const path = parseDesktopPath(head.path);
   if (path.kind === 'desktop') {
-    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' } };
+    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: true };
     if (!headerHasToken(head.headers.upgrade, 'websocket')) {
-      return { kind: 'reject', status: 426, reason: 'upgrade_required', headers: { Upgrade: 'websocket' } };
+      return { kind: 'reject', status: 426, reason: 'upgrade_required', headers: { Upgrade: 'websocket' }, handshake: true };
     }
-    if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', status: 403, reason: 'origin_not_allowed' };
+    if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', status: 403, reason: 'origin_not_allowed', handshake: true };
     return { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
   }
-  if (path.kind === 'bad-id') return { kind: 'reject', status: 400, reason: 'invalid_desktop_id' };
+  if (path.kind === 'bad-id') return { kind: 'reject', status: 400, reason: 'invalid_desktop_id', handshake: true };
   if (head.path === HEALTH_PATH) {
     if (head.method !== 'GET' && head.method !== 'HEAD') {
-      return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET, HEAD' } };
+      return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET, HEAD' }, handshake: false };
     }
     return { kind: 'health' };
   }
+  if (head.path === METRICS_PATH) {
+    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: false };
+    if (options.metricsToken !== '' && !bearerMatches(head.headers.authorization, options.metricsToken)) {
+      return { kind: 'reject', status: 401, reason: 'metrics_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' }, handshake: false };
+    }
+    return { kind: 'metrics' };
+  }
   const admin = options.adminToken === '' ? null : ADMIN_TERMINATE.exec(head.path);
   if (admin) {
-    if (head.method !== 'POST') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'POST' } };
+    if (head.method !== 'POST') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'POST' }, handshake: false };
     if (!bearerMatches(head.headers.authorization, options.adminToken)) {
-      return { kind: 'reject', status: 401, reason: 'admin_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' } };
+      return { kind: 'reject', status: 401, reason: 'admin_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' }, handshake: false };
     }
     const shard = Number(admin[1]);
-    if (shard >= options.workers) return { kind: 'reject', status: 404, reason: 'no_such_shard' };
+    if (shard >= options.workers) return { kind: 'reject', status: 404, reason: 'no_such_shard', handshake: false };
     return { kind: 'terminate-shard', shard };
   }
-  return { kind: 'reject', status: 404, reason: 'not_found' };
+  return { kind: 'reject', status: 404, reason: 'not_found', handshake: false };
 }

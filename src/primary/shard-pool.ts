@@ -12,6 +12,7 @@ import type { ServeConfig } from '../config.ts';
 import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ConnectionMessage, DrainMessage, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
+import { createMetricsBuffer, GAUGES, Metric, MetricsSlot } from '../protocol/metrics.ts';
 
 /** First restart delay after a crash; doubled per consecutive crash. */
 export const RESTART_BASE_MS = 100;
@@ -59,9 +60,15 @@ export class ShardPool {
   private readonly shards: Shard[];
   private readonly options: ShardPoolOptions;
   private stopping = false;
+  /** Metrics slots: one per shard, then the primary's. */
+  readonly metrics: SharedArrayBuffer;
+  /** The primary's own slot. */
+  readonly primaryMetrics: MetricsSlot;
 
   constructor(options: ShardPoolOptions) {
     this.options = options;
+    this.metrics = createMetricsBuffer(options.config.workers);
+    this.primaryMetrics = new MetricsSlot(this.metrics, options.config.workers);
     this.shards = Array.from({ length: options.config.workers }, (_, id) => ({
       id,
       worker: null,
@@ -96,7 +103,7 @@ export class ShardPool {
 
   private spawn(shard: Shard, onReady?: () => void, onEarlyExit?: (code: number) => void): void {
     const { config, workerUrl, log } = this.options;
-    const data: ShardWorkerData = { shardId: shard.id, config };
+    const data: ShardWorkerData = { shardId: shard.id, config, metrics: this.metrics };
     const worker = new Worker(workerUrl, {
       workerData: data,
       name: `moodio-rt shard ${shard.id}`,
@@ -127,6 +134,9 @@ export class ShardPool {
     worker.on('exit', (code) => {
       if (shard.worker !== worker) return;
       shard.worker = null;
+      // Its sessions and rooms are gone; its counters stay (monotonic).
+      const slot = new MetricsSlot(this.metrics, shard.id);
+      for (const gauge of GAUGES) slot.set(gauge, 0);
       const wasReady = shard.onReady === null;
       const drained = shard.onDrained;
       shard.onDrained = null;
@@ -157,6 +167,7 @@ export class ShardPool {
       shard.restartTimer = null;
       if (this.stopping) return;
       shard.restarts++;
+      this.primaryMetrics.add(Metric.SHARD_RESTARTS);
       this.spawn(shard);
     }, delay);
   }

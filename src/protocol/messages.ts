@@ -46,4 +46,6 @@ export interface ShardWorkerData {
   shardId: number;
   /** Serialized {@link import('../config.ts').ServeConfig}. */
   config: unknown;
+  /** Shared metrics (protocol/metrics.ts); this shard writes slot `shardId`. */
+  metrics: SharedArrayBuffer;
 }

@@ -20,3 +20,4 @@ export function parseDesktopPath(path: string): DesktopPath {
 }
 
 export const HEALTH_PATH = '/health';
+export const METRICS_PATH = '/metrics';

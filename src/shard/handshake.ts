@@ -16,6 +16,7 @@ import type { Logger } from '../log.ts';
 import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
+import type { MetricsSlot } from '../protocol/metrics.ts';
 import { parseDesktopPath } from '../protocol/paths.ts';
 import { adoptSocket } from './adopt-socket.ts';
 
@@ -34,6 +35,7 @@ export interface HandshakeOptions {
   permissions: PermissionSource;
   wss: WebSocketServer;
   log: Logger;
+  metrics: MetricsSlot;
   /** False once the shard drains: new connections get 503. */
   accepting: () => boolean;
 }
@@ -124,6 +126,7 @@ export class Handshake {
     headers?: Record<string, string>,
     detail?: string,
   ): void {
+    this.options.metrics.handshake(status);
     this.options.log.info('handshake_rejected', { status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
     const body = status === 401 ? 'unauthorized\n' : status === 403 ? 'forbidden\n' : reason === PermissionErrorCode.UNAVAILABLE ? 'permission service unavailable\n' : `${reason.replaceAll('_', ' ')}\n`;
     endWithResponse(socket, httpResponse(status, body, { [SHARD_HEADER]: String(this.options.shardId), ...headers }));

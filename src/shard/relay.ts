@@ -15,6 +15,7 @@ import {
   type ErrorCodeValue,
 } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
@@ -25,12 +26,14 @@ export class Relay {
   private readonly out: WriteCoalescer;
   private readonly log: Logger;
   private readonly limiter: RateLimiter;
+  private readonly metrics: MetricsSlot;
 
-  constructor(rooms: RoomIndex, out: WriteCoalescer, log: Logger, limiter: RateLimiter) {
+  constructor(rooms: RoomIndex, out: WriteCoalescer, log: Logger, limiter: RateLimiter, metrics: MetricsSlot) {
     this.rooms = rooms;
     this.out = out;
     this.log = log;
     this.limiter = limiter;
+    this.metrics = metrics;
   }
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
@@ -65,15 +68,20 @@ export class Relay {
     }
   }
 
-  /** Send `{"type":"error"}` to one session. */
+  /** Send `{"type":"error"}` to one session; the frame was not relayed. */
   sendError(session: Session, code: ErrorCodeValue, message: string): void {
+    this.metrics.add(Metric.DROPPED_INVALID);
     if (!session.open) return;
     this.out.write(session, encodeTextFrame(`{"type":"error","code":"${code}","message":${JSON.stringify(message)}}`));
   }
 
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
   onMessage(session: Session, data: Buffer, isBinary: boolean): void {
-    if (this.limiter.enabled && !this.admit(session)) return;
+    this.metrics.add(Metric.MESSAGES_RECEIVED);
+    if (this.limiter.enabled && !this.admit(session)) {
+      this.metrics.add(Metric.DROPPED_RATE_LIMIT);
+      return;
+    }
     try {
       this.handle(session, data, isBinary);
     } catch (err) {
@@ -100,8 +108,11 @@ export class Relay {
         }
         return false;
       case 'close':
+        // Frames keep arriving until the closing handshake ends: close (and count) once.
+        if (!session.open) return false;
         this.log.warn('rate_limit_close', { sessionId: session.id, desktopId: session.desktopId });
-        if (session.open) session.ws.close(CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
+        this.metrics.add(Metric.CLOSED_RATE_LIMIT);
+        session.ws.close(CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
         return false;
     }
   }
@@ -134,6 +145,7 @@ export class Relay {
     }
     if (session.permission === 'viewer' && MUTATION_TYPES.has(type)) {
       // Silently dropped, as the reference server does: viewers' UIs should not send these.
+      this.metrics.add(Metric.DROPPED_VIEWER);
       if (this.log.enabled('debug')) this.log.debug('viewer_mutation_dropped', { sessionId: session.id, type });
       return;
     }
@@ -146,6 +158,7 @@ export class Relay {
     if (Object.hasOwn(frame, 'payload')) text += `,"payload":${JSON.stringify(frame.payload)}`;
     text += '}';
     this.broadcast(room, session, encodeTextFrame(text));
+    this.metrics.add(Metric.MESSAGES_RELAYED);
 
     if (LOGGED_TYPES.has(type) && this.log.enabled('debug')) {
       this.log.debug('event', { type, sessionId: session.id, desktopId: session.desktopId, userId: session.userId });

@@ -9,6 +9,7 @@ import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } fr
 import type { Logger } from '../log.ts';
 import { CloseCode, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { Handshake, type Admitted } from './handshake.ts';
 import { newRateState, RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
@@ -27,16 +28,19 @@ export class Shard {
   private onEmpty: (() => void) | null = null;
   private readonly pinger: NodeJS.Timeout;
   private readonly rateLimit: RateLimitOptions;
+  private readonly metrics: MetricsSlot;
 
-  constructor(id: number, config: ServeConfig, log: Logger) {
+  constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot) {
     this.id = id;
     this.log = log;
+    this.metrics = metrics;
     this.permissions = config.dev
       ? new ClaimPermissionSource()
       : new HttpPermissionSource({
           base: config.permissionApiBase,
           timeoutMs: config.permissionTimeoutMs,
           concurrency: config.permissionConcurrency,
+          metrics,
         });
     const wss = new WebSocketServer({
       noServer: true,
@@ -48,7 +52,7 @@ export class Shard {
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
     this.rateLimit = { perSecond: config.rateLimit, burst: config.rateLimitBurst, closeAfterMs: config.rateLimitCloseAfterMs };
-    this.relay = new Relay(this.rooms, new WriteCoalescer(), log, new RateLimiter(this.rateLimit));
+    this.relay = new Relay(this.rooms, new WriteCoalescer(metrics), log, new RateLimiter(this.rateLimit), metrics);
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -57,6 +61,7 @@ export class Shard {
       permissions: this.permissions,
       wss,
       log,
+      metrics,
       accepting: () => !this.draining,
     });
   }
@@ -72,6 +77,8 @@ export class Shard {
   private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
     const session = new Session(desktopId, identity, permission, ws, socket, newRateState(this.rateLimit, Date.now()));
     this.relay.join(session);
+    this.metrics.handshake(101);
+    this.updateGauges();
     this.log.info('session_open', {
       sessionId: session.id,
       desktopId,
@@ -92,6 +99,7 @@ export class Shard {
     });
     ws.once('close', (code: number, reason: Buffer) => {
       this.relay.leave(session);
+      this.updateGauges();
       this.log.info('session_close', {
         sessionId: session.id,
         desktopId,
@@ -101,6 +109,11 @@ export class Shard {
       });
       if (this.onEmpty !== null && this.rooms.sessionCount === 0) this.onEmpty();
     });
+  }
+
+  private updateGauges(): void {
+    this.metrics.set(Metric.CONNECTIONS, this.rooms.sessionCount);
+    this.metrics.set(Metric.ROOMS, this.rooms.roomCount);
   }
 
   /**
@@ -114,6 +127,7 @@ export class Shard {
       if (!session.open) continue;
       if (!session.alive) {
         this.log.info('session_timeout', { sessionId: session.id, desktopId: session.desktopId });
+        this.metrics.add(Metric.CLOSED_LIVENESS);
         session.ws.terminate();
         continue;
       }

@@ -6,13 +6,17 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
 import type { PrimaryToShard, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
+import { MetricsSlot } from '../protocol/metrics.ts';
+import { sampleThreadStats } from '../thread-stats.ts';
 import { Shard } from './shard.ts';
 
 const data = workerData as ShardWorkerData;
 const config = data.config as ServeConfig;
 const log = createLogger({ level: config.logLevel, format: config.logFormat, worker: data.shardId });
 const port = parentPort!;
-const shard = new Shard(data.shardId, config, log);
+const metrics = new MetricsSlot(data.metrics, data.shardId);
+sampleThreadStats(metrics);
+const shard = new Shard(data.shardId, config, log, metrics);
 
 function send(message: ShardToPrimary): void {
   port.postMessage(message);

@@ -9,6 +9,7 @@
  * a single `writev` carrying every frame of the turn.
  */
 import type { Socket } from 'node:net';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 
 export interface CoalescedTarget {
   readonly socket: Socket;
@@ -19,6 +20,11 @@ export class WriteCoalescer {
   private dirty: CoalescedTarget[] = [];
   private spare: CoalescedTarget[] = [];
   private scheduled = false;
+  private readonly metrics: MetricsSlot;
+
+  constructor(metrics: MetricsSlot) {
+    this.metrics = metrics;
+  }
 
   /** Queue `frame` on `target`'s socket; flushed at the end of this turn. The buffer must not change afterwards. */
   write(target: CoalescedTarget, frame: Buffer): void {
@@ -32,6 +38,9 @@ export class WriteCoalescer {
       }
     }
     target.socket.write(frame);
+    const values = this.metrics.values;
+    values[Metric.DELIVERIES]! += 1;
+    values[Metric.OUTBOUND_BYTES]! += frame.length;
   }
 
   /** Uncork every socket written this turn. */

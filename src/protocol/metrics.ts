@@ -1,0 +1,98 @@
+/**
+ * Metrics shared between threads without messages: one SharedArrayBuffer of
+ * Float64 slots, a slot per shard plus one for the primary. Each slot has a
+ * single writer (its thread), so counters are plain stores on the hot path;
+ * the primary reads every slot when /metrics is scraped. Aligned 64-bit
+ * loads do not tear on the platforms Node supports for handle transfer, so a
+ * scrape sees each value either before or after an update.
+ *
+ * Slots live in the primary's buffer, so a shard that restarts keeps its
+ * counters (they stay monotonic); the primary zeroes its gauges on exit.
+ */
+
+/** Upper bounds (seconds) of the permission-API latency histogram buckets. */
+export const PERMISSION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const;
+
+/** Index of each value inside a slot. */
+export const Metric = {
+  // gauges (shards)
+  CONNECTIONS: 0,
+  ROOMS: 1,
+  LOOP_LAG_P99: 2,
+  LOOP_LAG_MEAN: 3,
+  HEAP_USED: 4,
+  // handshakes by outcome
+  HANDSHAKE_OK: 5,
+  HANDSHAKE_401: 6,
+  HANDSHAKE_403: 7,
+  HANDSHAKE_4XX: 8,
+  HANDSHAKE_503: 9,
+  // messages
+  MESSAGES_RECEIVED: 10,
+  MESSAGES_RELAYED: 11,
+  DROPPED_VIEWER: 12,
+  DROPPED_RATE_LIMIT: 13,
+  DROPPED_INVALID: 14,
+  DELIVERIES: 15,
+  OUTBOUND_BYTES: 16,
+  // protective closes
+  CLOSED_RATE_LIMIT: 17,
+  CLOSED_LIVENESS: 18,
+  // primary only
+  SHARD_RESTARTS: 19,
+  // permission API
+  PERMISSION_ERRORS_UNAVAILABLE: 20,
+  PERMISSION_ERRORS_DENIED: 21,
+  PERMISSION_ERRORS_BAD_RESPONSE: 22,
+  PERMISSION_SUM: 23,
+  PERMISSION_COUNT: 24,
+  /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
+  PERMISSION_BUCKET_0: 25,
+} as const;
+
+export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;
+
+/** Values that describe the present (reset when a shard exits), not totals. */
+export const GAUGES: readonly number[] = [Metric.CONNECTIONS, Metric.ROOMS, Metric.LOOP_LAG_P99, Metric.LOOP_LAG_MEAN, Metric.HEAP_USED];
+
+/** The buffer for `shards` shard slots plus the primary's (the last slot). */
+export function createMetricsBuffer(shards: number): SharedArrayBuffer {
+  return new SharedArrayBuffer((shards + 1) * SLOT_SIZE * Float64Array.BYTES_PER_ELEMENT);
+}
+
+/** One thread's writable view of its slot. */
+export class MetricsSlot {
+  readonly values: Float64Array;
+
+  constructor(buffer: SharedArrayBuffer, slot: number) {
+    this.values = new Float64Array(buffer, slot * SLOT_SIZE * Float64Array.BYTES_PER_ELEMENT, SLOT_SIZE);
+  }
+
+  add(metric: number, amount = 1): void {
+    this.values[metric]! += amount;
+  }
+
+  set(metric: number, value: number): void {
+    this.values[metric] = value;
+  }
+
+  /** Count a handshake answer by status. */
+  handshake(status: number): void {
+    this.add(
+      status === 101 ? Metric.HANDSHAKE_OK
+      : status === 401 ? Metric.HANDSHAKE_401
+      : status === 403 ? Metric.HANDSHAKE_403
+      : status === 503 ? Metric.HANDSHAKE_503
+      : Metric.HANDSHAKE_4XX,
+    );
+  }
+
+  /** Record one permission API request of `seconds`. */
+  permissionLatency(seconds: number): void {
+    this.add(Metric.PERMISSION_SUM, seconds);
+    this.add(Metric.PERMISSION_COUNT);
+    let bucket = 0;
+    while (bucket < PERMISSION_BUCKETS.length && seconds > PERMISSION_BUCKETS[bucket]!) bucket++;
+    this.add(Metric.PERMISSION_BUCKET_0 + bucket);
+  }
+}

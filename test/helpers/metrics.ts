@@ -1,0 +1,23 @@
+/** Scrape and parse the server's Prometheus /metrics. */
+import { rawRequest } from './client.ts';
+
+export type Metrics = Map<string, number>;
+
+export async function scrape(port: number, token?: string): Promise<{ status: number; metrics: Metrics; text: string }> {
+  const auth = token ? `Authorization: Bearer ${token}\r\n` : '';
+  const res = await rawRequest(port, [`GET /metrics HTTP/1.1\r\nHost: x\r\n${auth}\r\n`]);
+  const metrics: Metrics = new Map();
+  for (const line of res.body.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const space = line.lastIndexOf(' ');
+    metrics.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return { status: res.status, metrics, text: res.body };
+}
+
+/** Sum of every series of `name` (e.g. per-shard gauges). */
+export function sumOf(metrics: Metrics, name: string): number {
+  let sum = 0;
+  for (const [key, value] of metrics) if (key === name || key.startsWith(`${name}{`)) sum += value;
+  return sum;
+}
