@@ -17,6 +17,7 @@ import type { WebSocket } from 'ws';
 import { createLogger } from '../src/log.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
 import { createMetricsBuffer, MetricsSlot } from '../src/protocol/metrics.ts';
+import { Backpressure } from '../src/shard/backpressure.ts';
 import { newRateState, RateLimiter } from '../src/shard/rate-limiter.ts';
 import { Relay } from '../src/shard/relay.ts';
 import { RoomIndex } from '../src/shard/room-index.ts';
@@ -30,7 +31,7 @@ const ITERATIONS = iterArg > 0 ? Number(process.argv[iterArg + 1]) : 200_000;
 const JSON_OUTPUT = process.argv.includes('--json');
 
 let deliveries = 0;
-const socketStub = { cork() {}, uncork() {}, write(_b: Buffer) { deliveries++; return true; } } as unknown as Socket;
+const socketStub = { writableLength: 0, cork() {}, uncork() {}, write(_b: Buffer) { deliveries++; return true; } } as unknown as Socket;
 const wsStub = { readyState: 1 } as unknown as WebSocket;
 
 function build(rooms: number, perRoom: number): { index: RoomIndex; relay: Relay; sessions: Session[] } {
@@ -38,7 +39,11 @@ function build(rooms: number, perRoom: number): { index: RoomIndex; relay: Relay
   // The rate limit is off here: the benchmark measures relaying, not throttling.
   const limits = { perSecond: 0, burst: 1, closeAfterMs: 1 };
   const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
-  const relay = new Relay(index, new WriteCoalescer(metrics), createLogger({ level: 'silent', format: 'json', worker: 0 }), new RateLimiter(limits), metrics);
+  const log = createLogger({ level: 'silent', format: 'json', worker: 0 });
+  const out = new WriteCoalescer(metrics);
+  const backpressure = new Backpressure({ maxBufferedBytes: 1 << 20, slowConsumerTimeoutMs: 10_000 }, out, metrics, log);
+  backpressure.stop();
+  const relay = new Relay(index, out, log, new RateLimiter(limits), metrics, backpressure, new Set(['asset_dragging']));
   const sessions: Session[] = [];
   for (let r = 0; r < rooms; r++) {
     for (let m = 0; m < perRoom; m++) {

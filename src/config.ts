@@ -35,6 +35,10 @@ export interface ServeConfig {
   maxPendingHandshakes: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
+  maxBufferedBytes: number;
+  /** Added to asset_dragging. */
+  coalesceTypes: string[];
+  slowConsumerTimeoutMs: number;
   rateLimit: number;
   rateLimitBurst: number;
   rateLimitCloseAfterMs: number;
@@ -58,6 +62,16 @@ export interface OptionSpec {
 }
 
 const text = (raw: string): string => raw;
+
+/** `cursor_moved, viewport` → event types. */
+function typeList(raw: string, option: string): string[] {
+  if (raw.trim() === '') return [];
+  return raw.split(',').map((part) => {
+    const type = part.trim();
+    if (type.length === 0 || type.length > 64) throw new ConfigError(option, `${JSON.stringify(type)} is not an event type`);
+    return type;
+  });
+}
 
 /** `https://a.example, http://localhost:3000` → normalized origins (scheme://host[:port]). */
 function originList(raw: string, option: string): string[] {
@@ -173,6 +187,29 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: parseDuration,
   },
   {
+    key: 'maxBufferedBytes',
+    flags: '--max-buffered-bytes <bytes>',
+    env: 'MOODIO_RT_MAX_BUFFERED_BYTES',
+    default: String(1024 * 1024),
+    description: "a session's outbound budget: bytes waiting in its socket before transient events are coalesced",
+    parse: intIn(4096, 1024 * 1024 * 1024),
+  },
+  {
+    key: 'coalesceTypes',
+    flags: '--coalesce-types <list>',
+    env: 'MOODIO_RT_COALESCE_TYPES',
+    description: 'comma-separated event types, besides asset_dragging, of which a slow recipient only gets the newest',
+    parse: typeList,
+  },
+  {
+    key: 'slowConsumerTimeoutMs',
+    flags: '--slow-consumer-timeout <duration>',
+    env: 'MOODIO_RT_SLOW_CONSUMER_TIMEOUT',
+    default: '10s',
+    description: 'a session over its outbound budget this long is closed with 4008',
+    parse: parseDuration,
+  },
+  {
     key: 'rateLimit',
     flags: '--rate-limit <msgs/s>',
     env: 'MOODIO_RT_RATE_LIMIT',
@@ -247,7 +284,7 @@ export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string
     } else if (spec.default !== undefined) {
       out[spec.key] = spec.parse(spec.default, name);
     } else {
-      out[spec.key] = spec.parse === flag ? false : spec.parse === originList ? [] : '';
+      out[spec.key] = spec.parse === flag ? false : spec.parse === originList || spec.parse === typeList ? [] : '';
     }
   }
   const config = out as unknown as ServeConfig;

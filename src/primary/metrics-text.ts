@@ -47,12 +47,14 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{reason="viewer"}', Metric.DROPPED_VIEWER],
     ['{reason="rate_limit"}', Metric.DROPPED_RATE_LIMIT],
     ['{reason="invalid"}', Metric.DROPPED_INVALID],
+    ['{reason="coalesced"}', Metric.DROPPED_COALESCED],
   ]);
   counter('moodio_rt_deliveries_total', 'Frames queued to sessions (relayed events, presence, errors).', [['', Metric.DELIVERIES]]);
   counter('moodio_rt_outbound_bytes_total', 'Bytes of those frames.', [['', Metric.OUTBOUND_BYTES]]);
   counter('moodio_rt_protective_closes_total', 'Sessions closed by the server to protect the others, by reason.', [
     ['{reason="rate_limit"}', Metric.CLOSED_RATE_LIMIT],
     ['{reason="liveness"}', Metric.CLOSED_LIVENESS],
+    ['{reason="slow_consumer"}', Metric.CLOSED_SLOW_CONSUMER],
   ]);
   counter('moodio_rt_shard_restarts_total', 'Shard workers restarted after dying.', [['', Metric.SHARD_RESTARTS]]);
   counter('moodio_rt_permission_errors_total', 'Permission API answers that did not admit, by kind.', [

@@ -26,6 +26,9 @@ export const ClientEvent = {
 /** The seven mutation types a viewer may not send; they are dropped server-side. */
 export const MUTATION_TYPES: ReadonlySet<string> = new Set(Object.values(ClientEvent));
 
+/** Events that only the newest matters of: coalesced for a recipient over its outbound budget. */
+export const DEFAULT_TRANSIENT_TYPES: readonly string[] = [ClientEvent.ASSET_DRAGGING];
+
 /** Mutations the reference server logs (the "Logged" column of the seed's event table). */
 export const LOGGED_TYPES: ReadonlySet<string> = new Set([
   ClientEvent.ASSET_MOVED,
@@ -65,6 +68,8 @@ export const CloseCode = {
   MESSAGE_TOO_BIG: 1009,
   /** Unexpected server condition. */
   INTERNAL_ERROR: 1011,
+  /** Over `--max-buffered-bytes` for `--slow-consumer-timeout`: reconnect and resync. */
+  SLOW_CONSUMER: 4008,
 } as const;
 
 export type Permission = 'editor' | 'viewer';

@@ -46,8 +46,11 @@ export const Metric = {
   PERMISSION_ERRORS_BAD_RESPONSE: 22,
   PERMISSION_SUM: 23,
   PERMISSION_COUNT: 24,
+  // backpressure
+  DROPPED_COALESCED: 25,
+  CLOSED_SLOW_CONSUMER: 26,
   /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
-  PERMISSION_BUCKET_0: 25,
+  PERMISSION_BUCKET_0: 27,
 } as const;
 
 export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;

@@ -16,6 +16,7 @@ import {
 } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import type { Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
@@ -27,13 +28,25 @@ export class Relay {
   private readonly log: Logger;
   private readonly limiter: RateLimiter;
   private readonly metrics: MetricsSlot;
+  private readonly backpressure: Backpressure;
+  private readonly transientTypes: ReadonlySet<string>;
 
-  constructor(rooms: RoomIndex, out: WriteCoalescer, log: Logger, limiter: RateLimiter, metrics: MetricsSlot) {
+  constructor(
+    rooms: RoomIndex,
+    out: WriteCoalescer,
+    log: Logger,
+    limiter: RateLimiter,
+    metrics: MetricsSlot,
+    backpressure: Backpressure,
+    transientTypes: ReadonlySet<string>,
+  ) {
     this.rooms = rooms;
     this.out = out;
     this.log = log;
     this.limiter = limiter;
     this.metrics = metrics;
+    this.backpressure = backpressure;
+    this.transientTypes = transientTypes;
   }
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
@@ -59,12 +72,15 @@ export class Relay {
     this.broadcast(room, session, frame);
   }
 
-  /** Write `frame` to every open member of `room` except `sender`. */
-  private broadcast(room: Room, sender: Session, frame: Buffer): void {
+  /**
+   * Write `frame` to every open member of `room` except `sender`, through the
+   * backpressure policy; `transientKey` marks an event a slow member only needs the newest of.
+   */
+  private broadcast(room: Room, sender: Session, frame: Buffer, transientKey?: string): void {
     const members = room.members;
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
-      if (member !== sender && member.open) this.out.write(member, frame);
+      if (member !== sender && member.open) this.backpressure.deliver(member, frame, transientKey);
     }
   }
 
@@ -157,7 +173,8 @@ export class Relay {
     let text = `{"type":${JSON.stringify(type)}${session.stamp},"timestamp":${Date.now()}`;
     if (Object.hasOwn(frame, 'payload')) text += `,"payload":${JSON.stringify(frame.payload)}`;
     text += '}';
-    this.broadcast(room, session, encodeTextFrame(text));
+    const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
+    this.broadcast(room, session, encodeTextFrame(text), transientKey);
     this.metrics.add(Metric.MESSAGES_RELAYED);
 
     if (LOGGED_TYPES.has(type) && this.log.enabled('debug')) {

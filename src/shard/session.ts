@@ -32,6 +32,10 @@ export class Session {
   alive = true;
   /** Inbound rate-limit bucket. */
   rate: RateState;
+  /** When this session's socket went over its outbound budget (0 = within it). */
+  overBudgetSince = 0;
+  /** Newest transient frame per (sender, type), held while over budget. */
+  coalesced: Map<string, Buffer> | null = null;
 
   constructor(
     desktopId: string,

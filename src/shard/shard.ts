@@ -11,6 +11,8 @@ import { CloseCode, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { Handshake, type Admitted } from './handshake.ts';
+import { DEFAULT_TRANSIENT_TYPES } from '../protocol/events.ts';
+import { Backpressure } from './backpressure.ts';
 import { newRateState, RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
@@ -29,6 +31,7 @@ export class Shard {
   private readonly pinger: NodeJS.Timeout;
   private readonly rateLimit: RateLimitOptions;
   private readonly metrics: MetricsSlot;
+  private readonly backpressure: Backpressure;
 
   constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot) {
     this.id = id;
@@ -52,7 +55,20 @@ export class Shard {
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
     this.rateLimit = { perSecond: config.rateLimit, burst: config.rateLimitBurst, closeAfterMs: config.rateLimitCloseAfterMs };
-    this.relay = new Relay(this.rooms, new WriteCoalescer(metrics), log, new RateLimiter(this.rateLimit), metrics);
+    const out = new WriteCoalescer(metrics);
+    this.backpressure = new Backpressure(
+      { maxBufferedBytes: config.maxBufferedBytes, slowConsumerTimeoutMs: config.slowConsumerTimeoutMs },
+      out,
+      metrics,
+      log,
+    );
+    const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
+    this.relay = new Relay(this.rooms, out, log, new RateLimiter(this.rateLimit), metrics, this.backpressure, transient);
+    // A slow consumer leaves its room at once (session_left), not when its socket finally closes.
+    this.backpressure.onSlowConsumer = (session) => {
+      this.relay.leave(session);
+      this.updateGauges();
+    };
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -144,6 +160,7 @@ export class Shard {
   async drain(timeoutMs: number): Promise<number> {
     this.draining = true;
     clearInterval(this.pinger);
+    this.backpressure.stop();
     const open = this.rooms.sessionCount;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
