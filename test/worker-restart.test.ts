@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { shardFor } from '../src/primary/router.ts';
-import { join, rawRequest } from './helpers/client.ts';
+import { join, rawRequest, untilJoined, upgradeHead } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
@@ -68,4 +68,46 @@ test('a shard killed mid-traffic is restarted and the other shard never stops re
   assert.equal(metrics.get('moodio_rt_shard_restarts_total'), 1);
   assert.equal(metrics.get('moodio_rt_connections{shard="0"}'), 1, 'only the session that rejoined after the restart');
   assert.equal(sumOf(metrics, 'moodio_rt_connections'), 3);
+});
+
+test('handshakes for a shard that is restarting get 503 with Retry-After, never a hang', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--admin-token', ADMIN] });
+  const doomed = desktopOnShard(0, 2);
+  const healthy = desktopOnShard(1, 2);
+  const attempt = async (id: string): Promise<number> =>
+    (await rawRequest(server.port, [upgradeHead(`/ws/desktop/${id}`, { Cookie: `moodio_access_token=${token(user('Cha'))}` })], { until: untilJoined })).status;
+
+  // Keep knocking on the doomed shard while it is killed and restarted.
+  const statuses: number[] = [];
+  const retryAfter: string[] = [];
+  let stop = false;
+  const knocking = (async () => {
+    while (!stop) {
+      const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${doomed}`, { Cookie: `moodio_access_token=${token(user('Kno'))}` })], {
+        until: untilJoined,
+      });
+      statuses.push(res.status);
+      if (res.status === 503) retryAfter.push(res.headers['retry-after'] ?? '');
+    }
+  })();
+  while (statuses.length < 3) await new Promise((r) => setImmediate(r));
+  const kill = await rawRequest(server.port, [`POST /admin/shards/0/terminate HTTP/1.1\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`]);
+  assert.equal(kill.status, 202);
+  // The other shard serves throughout.
+  assert.equal(await attempt(healthy), 101);
+  await server.waitForLog((l) => l.event === 'shard_ready' && l.shard === 0 && l.restarts === 1);
+  const afterRestart = statuses.length;
+  while (statuses.length < afterRestart + 3) await new Promise((r) => setImmediate(r));
+  stop = true;
+  await knocking;
+
+  // The one handshake that was inside the shard when it died goes with it, like its
+  // sessions: the client sees the connection close (status 0), not a hang. Every
+  // other attempt is answered.
+  assert.ok(statuses.filter((s) => s === 0).length <= 1, `at most the in-flight handshake is lost: ${statuses}`);
+  assert.ok(statuses.every((s) => s === 101 || s === 503 || s === 0), `only 101 or 503: ${[...new Set(statuses)]}`);
+  assert.ok(retryAfter.length > 0, 'some attempts hit the restart window');
+  assert.ok(retryAfter.every((v) => Number(v) >= 1), `Retry-After: ${retryAfter}`);
+  assert.equal(statuses.at(-1), 101, 'the restarted shard admits again');
 });

@@ -130,6 +130,8 @@ export class ShardPool {
     });
     worker.on('error', (err) => {
       log.error('shard_error', { shard: shard.id, err });
+      // It is dying: stop handing it sockets before 'exit' arrives.
+      if (shard.worker === worker && shard.state === 'ready') shard.state = 'down';
     });
     worker.on('exit', (code) => {
       if (shard.worker !== worker) return;
@@ -206,8 +208,12 @@ export class ShardPool {
 
   /** Stop a shard abruptly (admin endpoint); it is restarted like a crashed one. */
   terminate(shardId: number): boolean {
-    const worker = this.shards[shardId]?.worker;
-    if (!worker) return false;
+    const shard = this.shards[shardId];
+    const worker = shard?.worker;
+    if (!shard || !worker) return false;
+    // No more sockets for it: one posted between terminate() and 'exit' would be lost.
+    shard.state = 'down';
+    shard.restartAt = Date.now() + RESTART_BASE_MS;
     void worker.terminate();
     return true;
   }
