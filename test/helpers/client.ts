@@ -150,6 +150,8 @@ export interface RawOptions {
   gapMs?: number;
   /** Stop reading once this holds for what was received (default: read until the server closes). */
   until?: (raw: string) => boolean;
+  /** Half-close after the last write (the client hangs up mid-request). */
+  end?: boolean;
 }
 
 /** Until-condition for an upgrade: the 101 head and the first frame, `room_joined`, arrived. */
@@ -157,7 +159,7 @@ export const untilJoined = (raw: string): boolean => raw.includes('"type":"room_
 
 /** Send raw bytes in order and read the answer until the server closes (or `until`). */
 export function rawRequest(port: number, writes: (string | Buffer)[], options: RawOptions = {}): Promise<RawResponse> {
-  const { gapMs = 0, until } = options;
+  const { gapMs = 0, until, end = false } = options;
   return new Promise((resolve, reject) => {
     const socket = netConnect(port, '127.0.0.1');
     const chunks: Buffer[] = [];
@@ -187,6 +189,7 @@ export function rawRequest(port: number, writes: (string | Buffer)[], options: R
         if (socket.destroyed) return;
         socket.write(writes[i]!);
       }
+      if (end && !socket.destroyed) socket.end();
     });
   });
 }
