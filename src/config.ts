@@ -6,6 +6,7 @@
  *
  * Precedence (commander's): default < environment variable < flag.
  */
+import { isIP } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from './errors.ts';
@@ -35,6 +36,10 @@ export interface ServeConfig {
   maxPendingHandshakes: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
+  maxConnectionsPerWorker: number;
+  maxConnectionsPerUser: number;
+  /** Proxy addresses whose X-Forwarded-For is believed. */
+  trustProxy: string[];
   maxBufferedBytes: number;
   /** Added to asset_dragging. */
   coalesceTypes: string[];
@@ -62,6 +67,16 @@ export interface OptionSpec {
 }
 
 const text = (raw: string): string => raw;
+
+/** `127.0.0.1, ::1` → IP addresses. */
+function addressList(raw: string, option: string): string[] {
+  if (raw.trim() === '') return [];
+  return raw.split(',').map((part) => {
+    const address = part.trim();
+    if (isIP(address) === 0) throw new ConfigError(option, `${JSON.stringify(address)} is not an IP address`);
+    return address;
+  });
+}
 
 /** `cursor_moved, viewport` → event types. */
 function typeList(raw: string, option: string): string[] {
@@ -187,6 +202,29 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: parseDuration,
   },
   {
+    key: 'maxConnectionsPerWorker',
+    flags: '--max-connections-per-worker <n>',
+    env: 'MOODIO_RT_MAX_CONNECTIONS_PER_WORKER',
+    default: '0',
+    description: 'sessions a shard admits; more are answered 503 (0 = no limit)',
+    parse: intIn(0, 10_000_000),
+  },
+  {
+    key: 'maxConnectionsPerUser',
+    flags: '--max-connections-per-user <n>',
+    env: 'MOODIO_RT_MAX_CONNECTIONS_PER_USER',
+    default: '50',
+    description: 'sessions one userId may hold across all shards; more are answered 429 (0 = no limit)',
+    parse: intIn(0, 10_000_000),
+  },
+  {
+    key: 'trustProxy',
+    flags: '--trust-proxy <list>',
+    env: 'MOODIO_RT_TRUST_PROXY',
+    description: 'comma-separated proxy addresses (e.g. 127.0.0.1) whose X-Forwarded-For gives the client address',
+    parse: addressList,
+  },
+  {
     key: 'maxBufferedBytes',
     flags: '--max-buffered-bytes <bytes>',
     env: 'MOODIO_RT_MAX_BUFFERED_BYTES',
@@ -284,7 +322,7 @@ export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string
     } else if (spec.default !== undefined) {
       out[spec.key] = spec.parse(spec.default, name);
     } else {
-      out[spec.key] = spec.parse === flag ? false : spec.parse === originList || spec.parse === typeList ? [] : '';
+      out[spec.key] = spec.parse === flag ? false : spec.parse === originList || spec.parse === typeList || spec.parse === addressList ? [] : '';
     }
   }
   const config = out as unknown as ServeConfig;

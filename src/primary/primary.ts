@@ -23,6 +23,19 @@ export interface PrimaryOptions {
 
 function swallow(): void {}
 
+/**
+ * The client's address: the peer's, unless the peer is a trusted proxy; then
+ * the right-most X-Forwarded-For entry that is not itself a trusted proxy
+ * (entries left of it could be forged by the client).
+ */
+export function clientAddress(peer: string, forwardedFor: string | undefined, trusted: readonly string[]): string {
+  const normalize = (a: string) => (a.startsWith('::ffff:') ? a.slice(7) : a);
+  if (forwardedFor === undefined || trusted.length === 0 || !trusted.includes(normalize(peer))) return peer;
+  const hops = forwardedFor.split(',').map((h) => normalize(h.trim())).filter(Boolean);
+  for (let i = hops.length - 1; i >= 0; i--) if (!trusted.includes(hops[i]!)) return hops[i]!;
+  return hops[0] ?? peer;
+}
+
 export class Primary {
   private readonly config: ServeConfig;
   private readonly log: Logger;
@@ -165,7 +178,8 @@ export class Primary {
           this.reject(socket, 503, 'shutting_down', undefined, { 'Retry-After': '1' });
           return;
         }
-        const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, acceptedAt);
+        const client = clientAddress(socket.remoteAddress ?? '', parsed.head.headers['x-forwarded-for'], this.config.trustProxy);
+        const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, acceptedAt, client);
         if (sent === 'unavailable') {
           const retryAfter = this.pool.retryAfterSeconds(decision.shard);
           this.reject(socket, 503, 'shard_unavailable', `shard ${decision.shard} is restarting`, {

@@ -13,6 +13,7 @@ import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ConnectionMessage, DrainMessage, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
 import { createMetricsBuffer, GAUGES, Metric, MetricsSlot } from '../protocol/metrics.ts';
+import { createUserConnectionsBuffer, UserConnections } from '../protocol/user-connections.ts';
 
 /** First restart delay after a crash; doubled per consecutive crash. */
 export const RESTART_BASE_MS = 100;
@@ -64,11 +65,15 @@ export class ShardPool {
   readonly metrics: SharedArrayBuffer;
   /** The primary's own slot. */
   readonly primaryMetrics: MetricsSlot;
+  private readonly userConnections: SharedArrayBuffer;
+  private readonly users: UserConnections;
 
   constructor(options: ShardPoolOptions) {
     this.options = options;
     this.metrics = createMetricsBuffer(options.config.workers);
     this.primaryMetrics = new MetricsSlot(this.metrics, options.config.workers);
+    this.userConnections = createUserConnectionsBuffer(options.config.workers);
+    this.users = new UserConnections(this.userConnections, options.config.workers, -1);
     this.shards = Array.from({ length: options.config.workers }, (_, id) => ({
       id,
       worker: null,
@@ -103,7 +108,7 @@ export class ShardPool {
 
   private spawn(shard: Shard, onReady?: () => void, onEarlyExit?: (code: number) => void): void {
     const { config, workerUrl, log } = this.options;
-    const data: ShardWorkerData = { shardId: shard.id, config, metrics: this.metrics };
+    const data: ShardWorkerData = { shardId: shard.id, config, metrics: this.metrics, userConnections: this.userConnections };
     const worker = new Worker(workerUrl, {
       workerData: data,
       name: `moodio-rt shard ${shard.id}`,
@@ -139,6 +144,7 @@ export class ShardPool {
       // Its sessions and rooms are gone; its counters stay (monotonic).
       const slot = new MetricsSlot(this.metrics, shard.id);
       for (const gauge of GAUGES) slot.set(gauge, 0);
+      this.users.clearShard(shard.id);
       const wasReady = shard.onReady === null;
       const drained = shard.onDrained;
       shard.onDrained = null;
@@ -178,7 +184,7 @@ export class ShardPool {
    * Hand a socket whose head was read to its shard. The socket is detached
    * from this thread on success; on `unavailable` it is still ours to answer.
    */
-  dispatch(shardId: number, socket: Socket, bytes: Buffer, headLength: number, acceptedAt: number): DispatchResult {
+  dispatch(shardId: number, socket: Socket, bytes: Buffer, headLength: number, acceptedAt: number, remoteAddress: string): DispatchResult {
     const shard = this.shards[shardId]!;
     if (shard.state !== 'ready' || shard.worker === null) return 'unavailable';
     const message: ConnectionMessage = {
@@ -186,7 +192,7 @@ export class ShardPool {
       socket,
       bytes,
       headLength,
-      remoteAddress: socket.remoteAddress ?? '',
+      remoteAddress,
       acceptedAt,
     };
     try {

@@ -13,7 +13,7 @@ export interface ConnectionMessage {
   bytes: Uint8Array;
   /** Where the head ends inside `bytes`. */
   headLength: number;
-  /** Peer address as seen by the primary, for logs. */
+  /** Client address for logs: the peer, or X-Forwarded-For from a --trust-proxy peer. */
   remoteAddress: string;
   /** When the primary accepted the connection (ms since epoch). */
   acceptedAt: number;
@@ -48,4 +48,6 @@ export interface ShardWorkerData {
   config: unknown;
   /** Shared metrics (protocol/metrics.ts); this shard writes slot `shardId`. */
   metrics: SharedArrayBuffer;
+  /** Sessions per user, all shards (protocol/user-connections.ts). */
+  userConnections: SharedArrayBuffer;
 }

@@ -38,6 +38,8 @@ export interface HandshakeOptions {
   metrics: MetricsSlot;
   /** False once the shard drains: new connections get 503. */
   accepting: () => boolean;
+  /** Connection limits for an authenticated user: null = admit. */
+  admit: (identity: Identity) => { status: 429 | 503; reason: string } | null;
 }
 
 function onSocketError(): void {}
@@ -105,6 +107,12 @@ export class Handshake {
     if (socket.destroyed) return;
     if (!this.options.accepting()) {
       this.reject(socket, 503, 'shutting_down', remoteAddress, desktopId, { 'Retry-After': '1' });
+      return;
+    }
+    // Checked after the await: sessions may have opened meanwhile.
+    const refusal = this.options.admit(identity);
+    if (refusal !== null) {
+      this.reject(socket, refusal.status, refusal.reason, remoteAddress, desktopId, refusal.status === 503 ? { 'Retry-After': '5' } : undefined);
       return;
     }
 

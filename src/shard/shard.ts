@@ -10,6 +10,7 @@ import type { Logger } from '../log.ts';
 import { CloseCode, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import type { UserConnections } from '../protocol/user-connections.ts';
 import { Handshake, type Admitted } from './handshake.ts';
 import { DEFAULT_TRANSIENT_TYPES } from '../protocol/events.ts';
 import { Backpressure } from './backpressure.ts';
@@ -33,7 +34,10 @@ export class Shard {
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
 
-  constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot) {
+  private readonly users: UserConnections;
+
+  constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot, users: UserConnections) {
+    this.users = users;
     this.id = id;
     this.log = log;
     this.metrics = metrics;
@@ -79,6 +83,7 @@ export class Shard {
       log,
       metrics,
       accepting: () => !this.draining,
+      admit: (identity) => this.checkLimits(identity.userId, config),
     });
   }
 
@@ -92,6 +97,7 @@ export class Shard {
 
   private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
     const session = new Session(desktopId, identity, permission, ws, socket, newRateState(this.rateLimit, Date.now()));
+    this.users.add(session.userId, 1);
     this.relay.join(session);
     this.metrics.handshake(101);
     this.updateGauges();
@@ -114,6 +120,7 @@ export class Shard {
       this.log.info('session_protocol_error', { sessionId: session.id, code: err.code, message: err.message });
     });
     ws.once('close', (code: number, reason: Buffer) => {
+      this.users.add(session.userId, -1);
       this.relay.leave(session);
       this.updateGauges();
       this.log.info('session_close', {
@@ -125,6 +132,17 @@ export class Shard {
       });
       if (this.onEmpty !== null && this.rooms.sessionCount === 0) this.onEmpty();
     });
+  }
+
+  /** Connection limits at admission: null = admit, else the refusal. */
+  private checkLimits(userId: string, config: ServeConfig): { status: 429 | 503; reason: string } | null {
+    if (config.maxConnectionsPerWorker > 0 && this.rooms.sessionCount >= config.maxConnectionsPerWorker) {
+      return { status: 503, reason: 'worker_full' };
+    }
+    if (config.maxConnectionsPerUser > 0 && this.users.count(userId) >= config.maxConnectionsPerUser) {
+      return { status: 429, reason: 'too_many_connections_for_user' };
+    }
+    return null;
   }
 
   private updateGauges(): void {

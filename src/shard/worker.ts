@@ -7,6 +7,7 @@ import type { ServeConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
 import type { PrimaryToShard, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
 import { MetricsSlot } from '../protocol/metrics.ts';
+import { UserConnections } from '../protocol/user-connections.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
 import { Shard } from './shard.ts';
 
@@ -16,7 +17,8 @@ const log = createLogger({ level: config.logLevel, format: config.logFormat, wor
 const port = parentPort!;
 const metrics = new MetricsSlot(data.metrics, data.shardId);
 sampleThreadStats(metrics);
-const shard = new Shard(data.shardId, config, log, metrics);
+const users = new UserConnections(data.userConnections, config.workers, data.shardId);
+const shard = new Shard(data.shardId, config, log, metrics, users);
 
 function send(message: ShardToPrimary): void {
   port.postMessage(message);
