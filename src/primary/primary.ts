@@ -164,6 +164,9 @@ export class Primary {
           httpResponse(200, renderMetrics(this.pool.metrics, this.pool.size, process.memoryUsage.rss()), {}, 'text/plain; version=0.0.4; charset=utf-8'),
         );
         return;
+      case 'stats':
+        void this.answerStats(socket);
+        return;
       case 'reject':
         this.reject(socket, decision.status, decision.reason, undefined, decision.headers, decision.handshake);
         return;
@@ -189,6 +192,23 @@ export class Primary {
         return;
       }
     }
+  }
+
+  private async answerStats(socket: Socket): Promise<void> {
+    const shards = await this.pool.stats();
+    const topRooms = shards
+      .flatMap((s) => s.topRooms.map((r) => ({ ...r, shard: s.shard })))
+      .sort((a, b) => b.sessions - a.sessions)
+      .slice(0, 10);
+    const body = {
+      uptimeSeconds: Math.round(process.uptime()),
+      connections: shards.reduce((n, s) => n + (s.connections ?? 0), 0),
+      rooms: shards.reduce((n, s) => n + (s.rooms ?? 0), 0),
+      shards,
+      topRooms,
+      memory: process.memoryUsage(),
+    };
+    endWithResponse(socket, httpResponse(200, JSON.stringify(body, null, 2) + '\n', {}, 'application/json'));
   }
 
   /** Answer with an error status; `handshake` = count it among refused handshakes (/metrics). */

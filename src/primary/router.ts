@@ -5,11 +5,12 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { headerHasToken, type RequestHead } from '../protocol/http.ts';
-import { HEALTH_PATH, METRICS_PATH, parseDesktopPath } from '../protocol/paths.ts';
+import { HEALTH_PATH, METRICS_PATH, parseDesktopPath, STATS_PATH } from '../protocol/paths.ts';
 
 export type Route =
   | { kind: 'health' }
   | { kind: 'metrics' }
+  | { kind: 'stats' }
   | { kind: 'shard'; desktopId: string; shard: number }
   | { kind: 'terminate-shard'; shard: number }
   | {
@@ -94,6 +95,13 @@ export function route(head: RequestHead, options: RouterOptions): Route {
       return { kind: 'reject', status: 401, reason: 'metrics_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' }, handshake: false };
     }
     return { kind: 'metrics' };
+  }
+  if (head.path === STATS_PATH && options.adminToken !== '') {
+    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: false };
+    if (!bearerMatches(head.headers.authorization, options.adminToken)) {
+      return { kind: 'reject', status: 401, reason: 'admin_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' }, handshake: false };
+    }
+    return { kind: 'stats' };
   }
   const admin = options.adminToken === '' ? null : ADMIN_TERMINATE.exec(head.path);
   if (admin) {

@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
 import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { ConnectionMessage, DrainMessage, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
+import type { ConnectionMessage, DrainMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
 import { createMetricsBuffer, GAUGES, Metric, MetricsSlot } from '../protocol/metrics.ts';
 import { createUserConnectionsBuffer, UserConnections } from '../protocol/user-connections.ts';
 
@@ -46,6 +46,7 @@ interface Shard {
   restartTimer: NodeJS.Timeout | null;
   onReady: (() => void) | null;
   onDrained: (() => void) | null;
+  statsWaiters: Map<number, (reply: StatsReply) => void>;
 }
 
 export interface ShardPoolOptions {
@@ -57,10 +58,20 @@ export interface ShardPoolOptions {
 
 export type DispatchResult = 'sent' | 'unavailable';
 
+export interface ShardStats {
+  shard: number;
+  state: string;
+  restarts: number;
+  connections: number | null;
+  rooms: number | null;
+  topRooms: RoomSize[];
+}
+
 export class ShardPool {
   private readonly shards: Shard[];
   private readonly options: ShardPoolOptions;
   private stopping = false;
+  private nextStatsId: number;
   /** Metrics slots: one per shard, then the primary's. */
   readonly metrics: SharedArrayBuffer;
   /** The primary's own slot. */
@@ -85,7 +96,9 @@ export class ShardPool {
       restartTimer: null,
       onReady: null,
       onDrained: null,
+      statsWaiters: new Map(),
     }));
+    this.nextStatsId = 1;
   }
 
   get size(): number {
@@ -126,6 +139,10 @@ export class ShardPool {
         const cb = shard.onReady;
         shard.onReady = null;
         cb?.();
+      } else if (msg.type === 'stats') {
+        const waiter = shard.statsWaiters.get(msg.id);
+        shard.statsWaiters.delete(msg.id);
+        waiter?.(msg);
       } else if (msg.type === 'drained') {
         log.info('shard_drained', { shard: shard.id, closed: msg.closed });
         const cb = shard.onDrained;
@@ -203,6 +220,30 @@ export class ShardPool {
       return 'unavailable';
     }
     return 'sent';
+  }
+
+  /** Ask every running shard for its sessions and largest rooms; a shard that does not answer within `timeoutMs` is reported without them. */
+  async stats(timeoutMs = 1000): Promise<ShardStats[]> {
+    return Promise.all(
+      this.shards.map(async (shard) => {
+        const base: ShardStats = { shard: shard.id, state: shard.state, restarts: shard.restarts, connections: null, rooms: null, topRooms: [] };
+        const worker = shard.worker;
+        if (shard.state !== 'ready' || worker === null) return base;
+        const id = this.nextStatsId++;
+        const reply = await new Promise<StatsReply | null>((resolve) => {
+          const timer = setTimeout(() => {
+            shard.statsWaiters.delete(id);
+            resolve(null);
+          }, timeoutMs);
+          shard.statsWaiters.set(id, (r) => {
+            clearTimeout(timer);
+            resolve(r);
+          });
+          worker.postMessage({ type: 'stats', id });
+        });
+        return reply === null ? base : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms };
+      }),
+    );
   }
 
   /** Seconds a client should wait before retrying a shard that is down. */

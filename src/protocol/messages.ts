@@ -26,7 +26,13 @@ export interface DrainMessage {
   timeoutMs: number;
 }
 
-export type PrimaryToShard = ConnectionMessage | DrainMessage;
+/** Primary → shard: report sessions and the largest rooms (for /stats). */
+export interface StatsRequest {
+  type: 'stats';
+  id: number;
+}
+
+export type PrimaryToShard = ConnectionMessage | DrainMessage | StatsRequest;
 
 /** Shard → primary: the shard is listening for connections. */
 export interface ReadyMessage {
@@ -39,7 +45,22 @@ export interface DrainedMessage {
   closed: number;
 }
 
-export type ShardToPrimary = ReadyMessage | DrainedMessage;
+export interface RoomSize {
+  desktopId: string;
+  sessions: number;
+}
+
+/** Shard → primary: answer to a {@link StatsRequest}. */
+export interface StatsReply {
+  type: 'stats';
+  id: number;
+  connections: number;
+  rooms: number;
+  /** Largest rooms first, at most 10. */
+  topRooms: RoomSize[];
+}
+
+export type ShardToPrimary = ReadyMessage | DrainedMessage | StatsReply;
 
 /** `workerData` given to each shard worker. */
 export interface ShardWorkerData {

@@ -21,3 +21,4 @@ export function parseDesktopPath(path: string): DesktopPath {
 
 export const HEALTH_PATH = '/health';
 export const METRICS_PATH = '/metrics';
+export const STATS_PATH = '/stats';

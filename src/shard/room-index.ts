@@ -57,6 +57,19 @@ export class RoomIndex {
     return this.sessions;
   }
 
+  /** The `n` largest rooms, largest first. */
+  topRooms(n: number): { desktopId: string; sessions: number }[] {
+    const top: { desktopId: string; sessions: number }[] = [];
+    for (const room of this.rooms.values()) {
+      const size = room.members.length;
+      if (top.length === n && size <= top[n - 1]!.sessions) continue;
+      top.push({ desktopId: room.id, sessions: size });
+      top.sort((a, b) => b.sessions - a.sessions);
+      if (top.length > n) top.pop();
+    }
+    return top;
+  }
+
   /** Every session of every room (for drain). */
   *allSessions(): IterableIterator<Session> {
     for (const room of this.rooms.values()) yield* room.members;

@@ -29,6 +29,15 @@ port.on('message', (message: PrimaryToShard) => {
     case 'connection':
       shard.accept(message);
       break;
+    case 'stats':
+      send({
+        type: 'stats',
+        id: message.id,
+        connections: shard.rooms.sessionCount,
+        rooms: shard.rooms.roomCount,
+        topRooms: shard.rooms.topRooms(10),
+      });
+      break;
     case 'drain':
       void shard.drain(message.timeoutMs).then((closed) => send({ type: 'drained', closed }));
       break;
