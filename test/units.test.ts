@@ -160,3 +160,29 @@ describe('config', () => {
     assert.doesNotThrow(() => resolveServeConfig({ dev: true }));
   });
 });
+
+describe('logs', () => {
+  test('json: one object per line with level, ts, worker, event and fields; below the level nothing', async () => {
+    const { createLogger } = await import('../src/log.ts');
+    const lines: string[] = [];
+    const log = createLogger({ level: 'info', format: 'json', worker: 3, write: (l) => lines.push(l) });
+    log.debug('hidden');
+    log.info('session_open', { sessionId: 'session_x', desktopId: 'd' });
+    log.error('message_failed', { err: Object.assign(new Error('boom'), { code: 'E_X' }) });
+    assert.equal(lines.length, 2);
+    const first = JSON.parse(lines[0]!);
+    assert.deepEqual({ ...first, ts: undefined }, { level: 'info', ts: undefined, worker: 3, event: 'session_open', sessionId: 'session_x', desktopId: 'd' });
+    assert.ok(!Number.isNaN(Date.parse(first.ts)));
+    const second = JSON.parse(lines[1]!);
+    assert.deepEqual([second.err.message, second.err.code], ['boom', 'E_X']);
+    assert.equal(log.enabled('debug'), false);
+  });
+
+  test('pretty: one aligned line per event for humans', async () => {
+    const { createLogger } = await import('../src/log.ts');
+    const lines: string[] = [];
+    const log = createLogger({ level: 'debug', format: 'pretty', worker: 'primary', write: (l) => lines.push(l) });
+    log.warn('shard_exit', { shard: 1, code: 1 });
+    assert.match(lines[0]!, /^\d{4}-\d\d-\d\dT[\d:.]+Z WARN  \[primary\] shard_exit shard=1 code=1\n$/);
+  });
+});
