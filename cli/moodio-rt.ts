@@ -34,28 +34,52 @@ const program = new Command('moodio-rt')
   .description('Real-time collaboration relay for Moodio desktops')
   .showHelpAfterError();
 
-const serve = program.command('serve').description('run the WebSocket relay');
-const attributes = new Map<keyof ServeConfig, string>();
-for (const spec of SERVE_OPTIONS) {
-  const option = new Option(spec.flags, spec.description);
-  if (spec.env) option.env(spec.env);
-  if (spec.default !== undefined) option.default(spec.default);
-  attributes.set(spec.key, option.attributeName());
-  serve.addOption(option);
+interface TableSpec<K extends string> {
+  key: K;
+  flags: string;
+  env?: string;
+  description: string;
+  default?: string;
 }
-serve.action(async (opts: Record<string, string | boolean | undefined>) => {
-  const raw: Partial<Record<keyof ServeConfig, string | boolean>> = {};
-  for (const [key, attribute] of attributes) {
-    const value = opts[attribute];
-    if (value !== undefined) raw[key] = value;
+
+/**
+ * Add an option table (src/config.ts, src/loadtest/options.ts) to a command.
+ * Returns what maps commander's parsed values back to the table's keys, as
+ * raw strings for the table's own validation.
+ */
+function addOptionTable<K extends string>(command: Command, specs: readonly TableSpec<K>[]) {
+  const attributes = new Map<K, string>();
+  for (const spec of specs) {
+    const option = new Option(spec.flags, spec.description);
+    if (spec.env) option.env(spec.env);
+    if (spec.default !== undefined) option.default(spec.default);
+    attributes.set(spec.key, option.attributeName());
+    command.addOption(option);
   }
-  let config: ServeConfig;
+  return (opts: Record<string, string | boolean | undefined>): Partial<Record<K, string | boolean>> => {
+    const raw: Partial<Record<K, string | boolean>> = {};
+    for (const [key, attribute] of attributes) {
+      const value = opts[attribute];
+      if (value !== undefined) raw[key] = value;
+    }
+    return raw;
+  };
+}
+
+/** Validate with `resolve`; an invalid option exits 2 with its message. */
+function resolveOrExit<T>(resolve: () => T): T {
   try {
-    config = resolveServeConfig(raw);
+    return resolve();
   } catch (err) {
     if (err instanceof ConfigError) fail(err.message);
     throw err;
   }
+}
+
+const serve = program.command('serve').description('run the WebSocket relay');
+const serveOptions = addOptionTable(serve, SERVE_OPTIONS);
+serve.action(async (opts: Record<string, string | boolean | undefined>) => {
+  const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
   const server = await startServer(config);
   if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
 
@@ -136,27 +160,9 @@ program
 const loadtest = program
   .command('loadtest')
   .description('load any Moodio desktop protocol server and report HDR latency percentiles');
-const loadtestAttributes = new Map<keyof LoadtestOptions, string>();
-for (const spec of LOADTEST_OPTIONS) {
-  const option = new Option(spec.flags, spec.description);
-  if (spec.key === 'secret') option.env('JWT_ACCESS_SECRET');
-  if (spec.default !== undefined) option.default(spec.default);
-  loadtestAttributes.set(spec.key, option.attributeName());
-  loadtest.addOption(option);
-}
+const loadtestOptions = addOptionTable(loadtest, LOADTEST_OPTIONS);
 loadtest.action(async (opts: Record<string, string | boolean | undefined>) => {
-  const raw: Partial<Record<keyof LoadtestOptions, string | boolean>> = {};
-  for (const [key, attribute] of loadtestAttributes) {
-    const value = opts[attribute];
-    if (value !== undefined) raw[key] = value;
-  }
-  let options: LoadtestOptions;
-  try {
-    options = resolveLoadtestOptions(raw);
-  } catch (err) {
-    if (err instanceof ConfigError) fail(err.message);
-    throw err;
-  }
+  const options: LoadtestOptions = resolveOrExit(() => resolveLoadtestOptions(loadtestOptions(opts)));
   const tty = process.stderr.isTTY;
   const report = await runLoadtest(options, {
     onProgress: options.progress ? (line) => process.stderr.write(tty ? `\r${line}\x1b[K` : `${line}\n`) : undefined,

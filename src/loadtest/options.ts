@@ -50,6 +50,7 @@ export interface LoadtestOptions {
 export interface LoadtestOptionSpec {
   key: keyof LoadtestOptions;
   flags: string;
+  env?: string;
   description: string;
   default?: string;
   parse: (raw: string, option: string) => LoadtestOptions[keyof LoadtestOptions];
@@ -72,7 +73,7 @@ function wsUrl(raw: string, option: string): string {
 
 export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
   { key: 'url', flags: '--url <url>', default: 'ws://127.0.0.1:8081', description: 'server to load (ws://host:port)', parse: wsUrl },
-  { key: 'secret', flags: '--secret <secret>', description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)', parse: text },
+  { key: 'secret', flags: '--secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)', parse: text },
   { key: 'tokenFile', flags: '--token-file <path>', description: 'file with one token per line, used round-robin instead of --secret', parse: text },
   { key: 'preset', flags: '--preset <level>', description: `latency under pressure: ${PRESETS.join(', ')} (overrides the workload flags)`, parse: oneOf(PRESETS) },
   { key: 'rooms', flags: '--rooms <n>', default: '10', description: 'rooms (desktops)', parse: intIn(1, 100_000) },

@@ -16,16 +16,7 @@ export interface LoadtestReport {
   url: string;
   preset: string | null;
   threads: number;
-  workload: {
-    rooms: number;
-    usersPerRoom: number;
-    sendersPerRoom: number;
-    rate: number;
-    durationMs: number;
-    warmupMs: number;
-    messageType: string;
-    payloadBytes: number;
-  };
+  workload: Pick<LoadtestOptions, 'rooms' | 'usersPerRoom' | 'sendersPerRoom' | 'rate' | 'durationMs' | 'warmupMs' | 'messageType' | 'payloadBytes'>;
   sessions: number;
   connected: number;
   connectFailed: number;
