@@ -1,0 +1,306 @@
+/**
+ * moodio-rt/client — a client for the Moodio desktop protocol, for browsers
+ * and Node. It connects in the background, reconnects by itself, keeps the
+ * room's presence, and queues sends while it is away.
+ *
+ *   const client = connect({ url: 'wss://moodio.example.com', desktopId: 'd1' });
+ *   client.on('presence', ({ joined, left }) => render(client.sessions));
+ *   client.on('asset_moved', (e) => moveCard(e.payload, e.userId));
+ *   client.send('asset_moved', { id: 'asset-1', x: 10, y: 20 });
+ *
+ * Authentication: in a browser the `moodio_access_token` cookie goes with
+ * the handshake by itself (same site, through nginx). In Node, pass `token`
+ * and a WebSocket that takes headers (the `ws` package): it is sent as
+ * `Authorization: Bearer`. Browsers cannot set that header, so `token` is
+ * ignored there: use the cookie.
+ */
+import type { ErrorEvent as ServerErrorEvent, RoomJoinedEvent, SessionInfo, StampedEvent } from '../protocol/events.ts';
+import { backoffDelay, type BackoffOptions } from './backoff.ts';
+
+export type { SessionInfo, StampedEvent } from '../protocol/events.ts';
+export { backoffCeiling, backoffDelay } from './backoff.ts';
+
+/** The part of a WebSocket this client uses: browsers' and the `ws` package's both fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  /** `ws` only: lets Node see the HTTP status of a refused handshake. */
+  on?: (event: 'unexpected-response', listener: (req: { destroy(): void }, res: { statusCode?: number }) => void) => unknown;
+}
+export type WebSocketConstructor = new (url: string, options?: unknown) => WebSocketLike;
+
+export type ClientState =
+  /** First connection in progress. */
+  | 'connecting'
+  /** Joined: `sessions` is current. */
+  | 'open'
+  /** Lost the connection; retrying with backoff. */
+  | 'reconnecting'
+  /** `failingAfter` attempts in a row failed to open; still retrying at the capped delay. */
+  | 'failing'
+  /** Closed by `close()`, or refused with 401/403 (Node). No more attempts. */
+  | 'closed';
+
+export interface PresenceChange {
+  /** Sessions that arrived (or, after a reconnect, that came while this client was away). */
+  joined: SessionInfo[];
+  /** Sessions that left (or left while this client was away). */
+  left: SessionInfo[];
+  /** True for the change computed from a reconnect's `room_joined`. */
+  reconnected: boolean;
+}
+
+export interface ClientEvents {
+  state: ClientState;
+  presence: PresenceChange;
+  /** `{"type":"error"}` frames from the server (`code`: invalid_message, rate_limited, …). */
+  error: ServerErrorEvent;
+  /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
+  rejected: { status: number };
+  /** Every stamped event relayed from another session, whatever its type. */
+  event: StampedEvent;
+}
+
+export interface ConnectOptions {
+  /** Server base URL, e.g. `wss://moodio.example.com` (the path is added). */
+  url: string;
+  desktopId: string;
+  /** Node: sent as `Authorization: Bearer`. Browsers: ignored (the cookie authenticates). */
+  token?: string;
+  /** Default: `globalThis.WebSocket`. In Node pass the `ws` package to send `token`. */
+  WebSocket?: WebSocketConstructor;
+  /** Backoff floor, ms. Default 500. */
+  minDelayMs?: number;
+  /** Backoff cap, ms. Default 30,000. */
+  maxDelayMs?: number;
+  /** Consecutive failed opens before the state becomes `failing`. Default 5. */
+  failingAfter?: number;
+  /** Sends kept while not open; one more throws ERR_QUEUE_FULL. Default 256. */
+  maxQueue?: number;
+  /** Injectable for tests. */
+  random?: () => number;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (timer: unknown) => void;
+}
+
+export class ClientError extends Error {
+  readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET';
+  constructor(code: ClientError['code'], message: string) {
+    super(message);
+    this.name = 'ClientError';
+    this.code = code;
+  }
+}
+
+const OPEN = 1;
+/** Close codes after which the server wants clients back soon (going away, restarting). */
+const QUICK_RETRY = new Set([1001, 1012]);
+
+type Handler<T> = (value: T) => void;
+
+export class MoodioClient {
+  state: ClientState = 'connecting';
+  /** This connection's sessionId (changes on every reconnect). */
+  sessionId: string | null = null;
+  /** The other sessions in the room, by sessionId. */
+  readonly sessions = new Map<string, SessionInfo>();
+  /** Delay of the scheduled reconnect, or null when none is scheduled. */
+  nextRetryInMs: number | null = null;
+
+  private readonly options: Required<Omit<ConnectOptions, 'token' | 'WebSocket'>> & Pick<ConnectOptions, 'token'>;
+  private readonly WebSocketImpl: WebSocketConstructor;
+  private readonly backoff: BackoffOptions;
+  private socket: WebSocketLike | null = null;
+  private attempt = 0;
+  private failedOpens = 0;
+  private everJoined = false;
+  private timer: unknown = null;
+  private readonly queue: string[] = [];
+  private readonly handlers = new Map<string, Set<Handler<never>>>();
+
+  constructor(options: ConnectOptions) {
+    const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WebSocketImpl) throw new ClientError('ERR_NO_WEBSOCKET', 'no WebSocket implementation: pass options.WebSocket');
+    this.WebSocketImpl = WebSocketImpl;
+    this.options = {
+      url: options.url.replace(/\/+$/, ''),
+      desktopId: options.desktopId,
+      token: options.token,
+      minDelayMs: options.minDelayMs ?? 500,
+      maxDelayMs: options.maxDelayMs ?? 30_000,
+      failingAfter: options.failingAfter ?? 5,
+      maxQueue: options.maxQueue ?? 256,
+      random: options.random ?? Math.random,
+      setTimeout: options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms)),
+      clearTimeout: options.clearTimeout ?? ((t) => clearTimeout(t as ReturnType<typeof setTimeout>)),
+    };
+    this.backoff = { minDelayMs: this.options.minDelayMs, maxDelayMs: this.options.maxDelayMs, random: this.options.random };
+    this.open();
+  }
+
+  /** Listen to a client event (`state`, `presence`, `error`, `rejected`, `event`) or to one relayed event type. Returns an unsubscribe function. */
+  on<K extends keyof ClientEvents>(type: K, handler: Handler<ClientEvents[K]>): () => void;
+  on(type: string, handler: Handler<StampedEvent>): () => void;
+  on(type: string, handler: Handler<never>): () => void {
+    let set = this.handlers.get(type);
+    if (!set) this.handlers.set(type, (set = new Set()));
+    set.add(handler);
+    return () => set.delete(handler);
+  }
+
+  /**
+   * Send `{type, payload}` to the room. While not open, the message is queued
+   * (up to `maxQueue`) and sent on (re)connection, in order.
+   * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_QUEUE_FULL when the queue is full.
+   */
+  send(type: string, payload?: unknown): void {
+    if (this.state === 'closed') throw new ClientError('ERR_CLOSED', 'client is closed');
+    const text = JSON.stringify(payload === undefined ? { type } : { type, payload });
+    if (this.state === 'open' && this.socket?.readyState === OPEN) {
+      this.socket.send(text);
+      return;
+    }
+    if (this.queue.length >= this.options.maxQueue) throw new ClientError('ERR_QUEUE_FULL', `more than ${this.options.maxQueue} messages queued while disconnected`);
+    this.queue.push(text);
+  }
+
+  /** Close for good: no reconnect; queued messages are dropped. */
+  close(): void {
+    this.stopTimer();
+    this.queue.length = 0;
+    const socket = this.socket;
+    this.socket = null;
+    this.setState('closed');
+    if (socket) {
+      socket.onclose = null;
+      socket.close(1000, 'client closed');
+    }
+  }
+
+  private emit<K extends string>(type: K, value: unknown): void {
+    const set = this.handlers.get(type);
+    if (set) for (const handler of [...set]) (handler as Handler<unknown>)(value);
+  }
+
+  private setState(state: ClientState): void {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  private stopTimer(): void {
+    if (this.timer !== null) this.options.clearTimeout(this.timer);
+    this.timer = null;
+    this.nextRetryInMs = null;
+  }
+
+  private open(): void {
+    this.timer = null;
+    this.nextRetryInMs = null;
+    const url = `${this.options.url}/ws/desktop/${encodeURIComponent(this.options.desktopId)}`;
+    const headers = this.options.token ? { headers: { Authorization: `Bearer ${this.options.token}` } } : undefined;
+    const socket = new this.WebSocketImpl(url, headers);
+    this.socket = socket;
+    let opened = false;
+    let done = false;
+    const finish = (code: number, refusedWith: number) => {
+      if (done || this.socket !== socket) return;
+      done = true;
+      this.socket = null;
+      if (refusedWith !== 0) this.emit('rejected', { status: refusedWith });
+      if (refusedWith === 401 || refusedWith === 403) {
+        this.queue.length = 0;
+        this.setState('closed');
+        return;
+      }
+      this.scheduleReconnect(opened, code);
+    };
+    // ws leaves aborting a refused handshake to whoever listens here.
+    socket.on?.('unexpected-response', (req, res) => {
+      req.destroy();
+      finish(1006, res.statusCode ?? 0);
+    });
+    socket.onopen = () => {
+      opened = true;
+    };
+    socket.onerror = () => {};
+    socket.onmessage = (event) => this.onFrame(event.data);
+    socket.onclose = (event) => finish(event.code, 0);
+  }
+
+  private scheduleReconnect(opened: boolean, code: number): void {
+    if (opened) {
+      this.failedOpens = 0;
+      // The server asked clients back soon (shutdown, restart): a short jittered wait.
+      if (QUICK_RETRY.has(code)) this.attempt = 0;
+    } else {
+      this.failedOpens++;
+    }
+    const delay = opened && QUICK_RETRY.has(code) ? Math.floor(this.options.random() * this.options.minDelayMs) : backoffDelay(this.attempt, this.backoff);
+    this.attempt++;
+    this.setState(this.failedOpens >= this.options.failingAfter ? 'failing' : this.everJoined ? 'reconnecting' : 'connecting');
+    this.nextRetryInMs = delay;
+    this.timer = this.options.setTimeout(() => this.open(), delay);
+  }
+
+  private onFrame(data: unknown): void {
+    if (typeof data !== 'string') return;
+    let frame: { type?: unknown } & Record<string, unknown>;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    switch (frame.type) {
+      case 'room_joined':
+        return this.onJoined(frame as unknown as RoomJoinedEvent);
+      case 'session_joined': {
+        const info = (frame as unknown as StampedEvent<'session_joined', SessionInfo>).payload!;
+        this.sessions.set(info.sessionId, info);
+        this.emit('presence', { joined: [info], left: [], reconnected: false } satisfies PresenceChange);
+        return;
+      }
+      case 'session_left': {
+        const info = (frame as unknown as StampedEvent<'session_left', SessionInfo>).payload!;
+        this.sessions.delete(info.sessionId);
+        this.emit('presence', { joined: [], left: [info], reconnected: false } satisfies PresenceChange);
+        return;
+      }
+      case 'error':
+        this.emit('error', frame);
+        return;
+      default:
+        if (typeof frame.type !== 'string') return;
+        this.emit('event', frame);
+        this.emit(frame.type, frame);
+    }
+  }
+
+  private onJoined(event: RoomJoinedEvent): void {
+    const reconnected = this.everJoined;
+    const before = new Map(this.sessions);
+    this.sessions.clear();
+    for (const info of event.sessions) this.sessions.set(info.sessionId, info);
+    this.sessionId = event.sessionId;
+    this.everJoined = true;
+    this.attempt = 0;
+    this.failedOpens = 0;
+    this.setState('open');
+    const joined = event.sessions.filter((s) => !before.has(s.sessionId));
+    const left = [...before.values()].filter((s) => !this.sessions.has(s.sessionId));
+    if (joined.length > 0 || left.length > 0 || reconnected) this.emit('presence', { joined, left, reconnected } satisfies PresenceChange);
+    // Flush what was queued while away, in order.
+    while (this.queue.length > 0 && this.socket?.readyState === OPEN) this.socket.send(this.queue.shift()!);
+  }
+}
+
+/** Start a client; it connects in the background. */
+export function connect(options: ConnectOptions): MoodioClient {
+  return new MoodioClient(options);
+}
+

@@ -1,0 +1,201 @@
+/**
+ * moodio-rt/client: backoff and states with a fake clock and a fake socket,
+ * then the built package against the real server: presence, a forced
+ * reconnect, and no reconnect after 401/403.
+ */
+import assert from 'node:assert/strict';
+import { EventEmitter, once } from 'node:events';
+import { test } from 'node:test';
+import WebSocket from 'ws';
+import { connect, type ClientState, type PresenceChange, type WebSocketConstructor } from 'moodio-rt/client';
+import { join, rawRequest } from './helpers/client.ts';
+import { grant, startPermissionStub } from './helpers/permission-stub.ts';
+import { desktop } from './helpers/scope.ts';
+import { startServer } from './helpers/server.ts';
+import { token, user } from './helpers/tokens.ts';
+
+const WS = WebSocket as unknown as WebSocketConstructor;
+
+class FakeSocket {
+  static all: FakeSocket[] = [];
+  readyState = 0;
+  sent: string[] = [];
+  onopen: ((e: unknown) => void) | null = null;
+  onmessage: ((e: { data: unknown }) => void) | null = null;
+  onclose: ((e: { code: number; reason: string }) => void) | null = null;
+  onerror: ((e: unknown) => void) | null = null;
+  readonly url: string;
+  constructor(url: string) {
+    this.url = url;
+    FakeSocket.all.push(this);
+  }
+  send(data: string) {
+    this.sent.push(data);
+  }
+  close() {}
+  /** The server refuses or drops it before it opens. */
+  fail() {
+    this.onclose?.({ code: 1006, reason: '' });
+  }
+  join(sessionId: string, sessions: unknown[] = []) {
+    this.readyState = 1;
+    this.onopen?.({});
+    this.onmessage?.({ data: JSON.stringify({ type: 'room_joined', sessionId, sessions }) });
+  }
+  drop(code: number) {
+    this.readyState = 3;
+    this.onclose?.({ code, reason: '' });
+  }
+}
+
+function fakeClock() {
+  const timers: { fn: () => void; ms: number }[] = [];
+  return {
+    delays: () => timers.map((t) => t.ms),
+    setTimeout: (fn: () => void, ms: number) => timers.push({ fn, ms }),
+    clearTimeout: () => {},
+    /** Fire the latest scheduled timer. */
+    fire: () => timers.at(-1)!.fn(),
+  };
+}
+
+test('backoff: full jitter doubling to the cap, a distinct failing state, quick retry on 1001/1012, reconnect after 4008', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const states: ClientState[] = [];
+  const client = connect({
+    url: 'ws://example.invalid/',
+    desktopId: 'd 1',
+    WebSocket: FakeSocket as unknown as WebSocketConstructor,
+    minDelayMs: 100,
+    maxDelayMs: 1000,
+    failingAfter: 3,
+    random: () => 0.999,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+  });
+  client.on('state', (s) => states.push(s));
+  assert.equal(FakeSocket.all[0]!.url, 'ws://example.invalid/ws/desktop/d%201');
+  for (let i = 0; i < 6; i++) {
+    FakeSocket.all.at(-1)!.fail();
+    assert.equal(client.nextRetryInMs, clock.delays().at(-1));
+    clock.fire();
+  }
+  assert.deepEqual(clock.delays(), [99, 199, 399, 799, 999, 999], 'jittered ceilings 100, 200, 400, 800, then capped at 1000');
+  assert.deepEqual(states, ['failing'], 'connecting until the third failed open, then failing');
+
+  // Sends while away are queued and flushed in order on join.
+  client.send('asset_moved', { n: 1 });
+  client.send('asset_moved', { n: 2 });
+  FakeSocket.all.at(-1)!.join('session_a');
+  assert.equal(client.state, 'open');
+  assert.deepEqual(FakeSocket.all.at(-1)!.sent.map((s) => JSON.parse(s).payload.n), [1, 2]);
+
+  FakeSocket.all.at(-1)!.drop(1012);
+  assert.equal(client.state, 'reconnecting');
+  assert.equal(clock.delays().at(-1), 99, 'server restart: a short jittered wait (≤ minDelay), not the backed-off one');
+  clock.fire();
+  FakeSocket.all.at(-1)!.join('session_b');
+  FakeSocket.all.at(-1)!.drop(4008);
+  assert.equal(client.state, 'reconnecting', 'a slow consumer reconnects and resyncs');
+  const before = FakeSocket.all.length;
+  clock.fire();
+  assert.equal(FakeSocket.all.length, before + 1);
+  client.close();
+  assert.equal(client.state, 'closed');
+  assert.throws(() => client.send('x'), { code: 'ERR_CLOSED' });
+});
+
+test('the queue is bounded', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, maxQueue: 2, ...clock });
+  client.send('a');
+  client.send('b');
+  assert.throws(() => client.send('c'), { code: 'ERR_QUEUE_FULL' });
+  client.close();
+});
+
+test('presence is kept through joins and leaves; relayed events arrive typed and stamped', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base });
+  const room = desktop();
+  const ann = user('Ann');
+  const client = connect({ url: `ws://127.0.0.1:${server.port}`, desktopId: room, token: token(ann), WebSocket: WS });
+  t.after(() => client.close());
+  const changes: PresenceChange[] = [];
+  client.on('presence', (c) => changes.push(c));
+  while (client.state !== 'open') await new Promise((resolve) => client.on('state', resolve));
+  assert.deepEqual([...client.sessions.keys()], []);
+
+  const bob = user('Bob');
+  const { client: b } = await join(t, server.wsUrl(room), { token: token(bob) });
+  const { client: c, joined: cJoined } = await join(t, server.wsUrl(room), { token: token(user('Cat')) });
+  await b.expect('session_joined');
+  const moved = new Promise((resolve) => client.on('asset_moved', resolve));
+  c.send({ type: 'asset_moved', payload: { id: 'asset-1', x: 3 } });
+  const event = (await moved) as { userId: string; payload: unknown; sessionId: string };
+  assert.deepEqual([event.sessionId, event.payload], [cJoined.sessionId, { id: 'asset-1', x: 3 }]);
+  await b.close();
+  while (client.sessions.size !== 1) await new Promise((resolve) => client.on('presence', resolve));
+  assert.deepEqual([...client.sessions.values()].map((s) => s.firstName), ['Cat']);
+  assert.deepEqual(changes.map((ch) => [ch.joined.map((s) => s.firstName), ch.left.map((s) => s.firstName)]), [[['Bob'], []], [['Cat'], []], [[], ['Bob']]]);
+  assert.equal((await c.expect('session_left')).firstName, 'Bob');
+  client.send('asset_resized', { id: 'asset-1', w: 2 });
+  assert.deepEqual((await c.expect('asset_resized')).payload, { id: 'asset-1', w: 2 });
+});
+
+test('after a forced reconnect, presence is rebuilt and the app hears who left and who came', async (t) => {
+  const stub = await startPermissionStub(t);
+  const admin = 'admin-token-client-0123456789';
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--admin-token', admin] });
+  const room = desktop();
+  // A slow first retry (jitter pinned high) lets the newcomer join while the client is away.
+  const client = connect({ url: `ws://127.0.0.1:${server.port}`, desktopId: room, token: token(user('Ann')), WebSocket: WS, minDelayMs: 1500, random: () => 0.99 });
+  t.after(() => client.close());
+  while (client.state !== 'open') await new Promise((resolve) => client.on('state', resolve));
+  const { client: bob } = await join(t, server.wsUrl(room), { token: token(user('Bob')) });
+  while (client.sessions.size !== 1) await new Promise((resolve) => client.on('presence', resolve));
+  const firstSession = client.sessionId;
+
+  const reconnected = new Promise<PresenceChange>((resolve) => client.on('presence', (c) => c.reconnected && resolve(c)));
+  assert.equal((await rawRequest(server.port, [`POST /admin/shards/0/terminate HTTP/1.1\r\nAuthorization: Bearer ${admin}\r\n\r\n`])).status, 202);
+  await bob.closed; // Bob went down with the shard and does not come back
+  await server.waitForLog((l) => l.event === 'shard_ready' && l.restarts === 1);
+  assert.equal(client.state, 'reconnecting');
+  await join(t, server.wsUrl(room), { token: token(user('Cat')) });
+
+  const change = await reconnected;
+  assert.deepEqual(change.left.map((s) => s.firstName), ['Bob']);
+  assert.deepEqual(change.joined.map((s) => s.firstName), ['Cat']);
+  assert.equal(client.state, 'open');
+  assert.notEqual(client.sessionId, firstSession);
+  assert.deepEqual([...client.sessions.values()].map((s) => s.firstName), ['Cat']);
+});
+
+test('in Node, a 401 or 403 handshake ends the client instead of retrying', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base });
+  for (const [jwt, status] of [['not-a-token', 401], [token(user('Den')), 403]] as const) {
+    if (status === 403) {
+      stub.handle((_req, res) => {
+        res.statusCode = 403;
+        res.end('{}');
+      });
+    }
+    const client = connect({ url: `ws://127.0.0.1:${server.port}`, desktopId: desktop(), token: jwt, WebSocket: WS });
+    const [rejected] = (await once(asEmitter(client), 'rejected')) as [{ status: number }];
+    assert.equal(rejected.status, status);
+    assert.equal(client.state, 'closed');
+    assert.equal(client.nextRetryInMs, null, 'no reconnect scheduled');
+    assert.throws(() => client.send('x'), { code: 'ERR_CLOSED' });
+  }
+  stub.handle(grant('editor'));
+});
+
+/** Adapt client.on to events.once. */
+function asEmitter(client: ReturnType<typeof connect>): EventEmitter {
+  const emitter = new EventEmitter();
+  client.on('rejected', (v) => emitter.emit('rejected', v));
+  return emitter;
+}
