@@ -114,6 +114,7 @@ function printDevBanner(host: string, port: number, secret: string): void {
       `  connect:  websocat -H 'Cookie: moodio_access_token=${token}' ${url}`,
       `       or:  npx wscat -c ${url} -H 'Authorization: Bearer ${token}'`,
       `  then send: {"type":"asset_moved","payload":{"id":"asset-1","x":100,"y":200}}`,
+      `  demo desktop: http://${reachable}:${port}/demo?name=Alice  (viewer: &as=viewer; open it in two windows)`,
       `  more tokens: npx moodio-rt token --user alice-0001 --name Alice --email alice@example.com [--permission viewer]`,
       '',
     ].join('\n'),

@@ -14,10 +14,21 @@
  * `Authorization: Bearer`. Browsers cannot set that header, so `token` is
  * ignored there: use the cookie.
  */
-import type { ErrorEvent as ServerErrorEvent, RoomJoinedEvent, SessionInfo, StampedEvent } from '../protocol/events.ts';
+import type { ClientEvent, ErrorEvent as ServerErrorEvent, RoomJoinedEvent, SessionInfo, StampedEvent } from '../protocol/events.ts';
 import { backoffDelay, type BackoffOptions } from './backoff.ts';
 
 export type { SessionInfo, StampedEvent } from '../protocol/events.ts';
+
+/** The seed's client event types: asset_moved, asset_resized, asset_added, asset_removed, asset_dragging, asset_selected, asset_deselected. */
+export type DesktopEventType = (typeof ClientEvent)[keyof typeof ClientEvent];
+
+/** Payload of the demo's and the product's asset events (the seed's example: `{ id, x, y }`); other fields pass through. */
+export interface AssetPayload {
+  id: string;
+  x?: number;
+  y?: number;
+  [field: string]: unknown;
+}
 export { backoffCeiling, backoffDelay } from './backoff.ts';
 
 /** The part of a WebSocket this client uses: browsers' and the `ws` package's both fit. */
@@ -145,6 +156,7 @@ export class MoodioClient {
 
   /** Listen to a client event (`state`, `presence`, `error`, `rejected`, `event`) or to one relayed event type. Returns an unsubscribe function. */
   on<K extends keyof ClientEvents>(type: K, handler: Handler<ClientEvents[K]>): () => void;
+  on<T extends DesktopEventType>(type: T, handler: Handler<StampedEvent<T, AssetPayload>>): () => void;
   on(type: string, handler: Handler<StampedEvent>): () => void;
   on(type: string, handler: Handler<never>): () => void {
     let set = this.handlers.get(type);
@@ -158,6 +170,8 @@ export class MoodioClient {
    * (up to `maxQueue`) and sent on (re)connection, in order.
    * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_QUEUE_FULL when the queue is full.
    */
+  send(type: DesktopEventType, payload: AssetPayload): void;
+  send(type: string, payload?: unknown): void;
   send(type: string, payload?: unknown): void {
     if (this.state === 'closed') throw new ClientError('ERR_CLOSED', 'client is closed');
     const text = JSON.stringify(payload === undefined ? { type } : { type, payload });

@@ -10,6 +10,7 @@ import type { Logger } from '../log.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
+import { demoResponse } from './demo.ts';
 import { renderMetrics } from './metrics-text.ts';
 import { route } from './router.ts';
 import { ShardPool } from './shard-pool.ts';
@@ -153,6 +154,7 @@ export class Primary {
       adminToken: this.config.adminToken,
       allowedOrigins: this.config.allowedOrigins,
       metricsToken: this.config.metricsToken,
+      dev: this.config.dev,
     });
     switch (decision.kind) {
       case 'health':
@@ -166,6 +168,9 @@ export class Primary {
         return;
       case 'stats':
         void this.answerStats(socket);
+        return;
+      case 'demo':
+        endWithResponse(socket, demoResponse(parsed.head, this.config.jwtSecret));
         return;
       case 'reject':
         this.reject(socket, decision.status, decision.reason, undefined, decision.headers, decision.handshake);

@@ -11,6 +11,7 @@ export type Route =
   | { kind: 'health' }
   | { kind: 'metrics' }
   | { kind: 'stats' }
+  | { kind: 'demo' }
   | { kind: 'shard'; desktopId: string; shard: number }
   | { kind: 'terminate-shard'; shard: number }
   | {
@@ -58,6 +59,8 @@ export interface RouterOptions {
   allowedOrigins: readonly string[];
   /** Empty = /metrics is open. */
   metricsToken: string;
+  /** Dev mode: /demo is served. */
+  dev?: boolean;
 }
 
 /**
@@ -88,6 +91,10 @@ export function route(head: RequestHead, options: RouterOptions): Route {
       return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET, HEAD' }, handshake: false };
     }
     return { kind: 'health' };
+  }
+  if (options.dev && (head.path === '/demo' || head.path.startsWith('/demo/'))) {
+    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: false };
+    return { kind: 'demo' };
   }
   if (head.path === METRICS_PATH) {
     if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: false };
