@@ -13,6 +13,7 @@
 import { Command, Option } from 'commander';
 import { signAccessToken } from '../src/auth/token.ts';
 import { parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
+import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
 import { loadOrCreateDevSecret, startServer } from '../src/server.ts';
 import { join } from 'node:path';
@@ -33,14 +34,6 @@ function fail(message: string): never {
 const program = new Command('moodio-rt')
   .description('Real-time collaboration relay for Moodio desktops')
   .showHelpAfterError();
-
-interface TableSpec<K extends string> {
-  key: K;
-  flags: string;
-  env?: string;
-  description: string;
-  default?: string;
-}
 
 /**
  * Add an option table (src/config.ts, src/loadtest/options.ts) to a command.

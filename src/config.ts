@@ -10,9 +10,9 @@ import { isIP } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError } from './errors.ts';
-import { httpUrl, intIn, oneOf, parseDuration } from './option-parsers.ts';
+import { httpUrl, intIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
-export { parseDuration };
+export { optionName, parseDuration };
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -55,16 +55,7 @@ export interface ServeConfig {
   logFormat: LogFormat;
 }
 
-export interface OptionSpec {
-  key: keyof ServeConfig;
-  /** commander flag syntax, e.g. `--port <port>`. */
-  flags: string;
-  env?: string;
-  description: string;
-  /** Default as the raw string a user would type; undefined = no default. */
-  default?: string;
-  parse: (raw: string, option: string) => ServeConfig[keyof ServeConfig];
-}
+export type OptionSpec = TableSpec<keyof ServeConfig>;
 
 const text = (raw: string): string => raw;
 
@@ -106,6 +97,7 @@ function originList(raw: string, option: string): string[] {
   });
 }
 const flag = (raw: string): boolean => raw === 'true';
+const LIST = { unset: [] as string[] };
 
 /** The options of `moodio-rt serve`, with their defaults. */
 export const SERVE_OPTIONS: readonly OptionSpec[] = [
@@ -119,7 +111,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     description: 'shard worker threads (default: available cores)',
     parse: intIn(1, 256),
   },
-  { key: 'dev', flags: '--dev', description: 'dev mode: generated secret, permission from the token, example printed', parse: flag },
+  { key: 'dev', flags: '--dev', description: 'dev mode: generated secret, permission from the token, example printed', parse: flag, unset: false },
   { key: 'jwtSecret', flags: '--jwt-secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret of access tokens (required unless --dev)', parse: text },
   {
     key: 'devSecretFile',
@@ -223,6 +215,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_TRUST_PROXY',
     description: 'comma-separated proxy addresses (e.g. 127.0.0.1) whose X-Forwarded-For gives the client address',
     parse: addressList,
+    ...LIST,
   },
   {
     key: 'maxBufferedBytes',
@@ -238,6 +231,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_COALESCE_TYPES',
     description: 'comma-separated event types, besides asset_dragging, of which a slow recipient only gets the newest',
     parse: typeList,
+    ...LIST,
   },
   {
     key: 'slowConsumerTimeoutMs',
@@ -291,15 +285,11 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_ALLOWED_ORIGINS',
     description: 'comma-separated origins browsers may connect from, e.g. https://moodio.example.com (default: any)',
     parse: originList,
+    ...LIST,
   },
   { key: 'logLevel', flags: '--log-level <level>', env: 'MOODIO_RT_LOG_LEVEL', default: 'info', description: `one of ${LOG_LEVELS.join(', ')}`, parse: oneOf(LOG_LEVELS) },
   { key: 'logFormat', flags: '--log-format <format>', env: 'MOODIO_RT_LOG_FORMAT', default: 'json', description: `one of ${LOG_FORMATS.join(', ')}`, parse: oneOf(LOG_FORMATS) },
 ];
-
-/** The long flag of an option, for error messages (`--port`). */
-export function optionName(spec: OptionSpec): string {
-  return /--[a-z-]+/.exec(spec.flags)![0];
-}
 
 /**
  * Validate raw option values (strings, as from flags or environment; booleans
@@ -310,22 +300,7 @@ export function optionName(spec: OptionSpec): string {
  * ({@link import('./server.ts').startServer}) generates or loads it.
  */
 export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string | boolean | number>>): ServeConfig {
-  const out: Record<string, unknown> = {};
-  for (const spec of SERVE_OPTIONS) {
-    const value = raw[spec.key];
-    const name = optionName(spec);
-    if (typeof value === 'boolean') {
-      if (spec.parse !== flag) throw new ConfigError(name, 'expects a value');
-      out[spec.key] = value;
-    } else if (value !== undefined) {
-      out[spec.key] = spec.parse(String(value), name);
-    } else if (spec.default !== undefined) {
-      out[spec.key] = spec.parse(spec.default, name);
-    } else {
-      out[spec.key] = spec.parse === flag ? false : spec.parse === originList || spec.parse === typeList || spec.parse === addressList ? [] : '';
-    }
-  }
-  const config = out as unknown as ServeConfig;
+  const config = resolveTable(SERVE_OPTIONS, raw) as unknown as ServeConfig;
   if (!config.dev && config.jwtSecret === '') {
     throw new ConfigError('JWT_ACCESS_SECRET', 'is required (set the environment variable or --jwt-secret; --dev generates one)');
   }

@@ -58,3 +58,46 @@ export function numberIn(min: number, max: number) {
     return n;
   };
 }
+
+/** One row of an option table (src/config.ts, src/loadtest/options.ts). */
+export interface TableSpec<K extends string = string> {
+  key: K;
+  /** commander flag syntax, e.g. `--port <port>`. */
+  flags: string;
+  env?: string;
+  description: string;
+  /** Default as the raw string a user would type. */
+  default?: string;
+  parse: (raw: string, option: string) => unknown;
+  /** Value when neither given nor defaulted (default: the empty string). */
+  unset?: unknown;
+}
+
+/** The long flag of an option, for error messages (`--port`, `--no-progress`). */
+export function optionName(spec: { flags: string }): string {
+  return /--(?:no-)?[a-z0-9-]+/.exec(spec.flags)![0];
+}
+
+/**
+ * Validate raw values (strings from flags or environment; booleans for
+ * switches) against a table: given → parsed, else default → parsed, else the
+ * spec's `unset`. Throws {@link ConfigError} naming the first invalid option.
+ */
+export function resolveTable<K extends string>(specs: readonly TableSpec<K>[], raw: Partial<Record<K, string | boolean | number>>): Record<K, unknown> {
+  const out = {} as Record<K, unknown>;
+  for (const spec of specs) {
+    const value = raw[spec.key];
+    const name = optionName(spec);
+    if (typeof value === 'boolean') {
+      if (spec.unset !== false && spec.unset !== true) throw new ConfigError(name, 'expects a value');
+      out[spec.key] = value;
+    } else if (value !== undefined) {
+      out[spec.key] = spec.parse(String(value), name);
+    } else if (spec.default !== undefined) {
+      out[spec.key] = spec.parse(spec.default, name);
+    } else {
+      out[spec.key] = 'unset' in spec ? spec.unset : '';
+    }
+  }
+  return out;
+}

@@ -149,6 +149,18 @@ describe('config', () => {
     assert.throws(() => parseDuration('-1s', '--x'), ConfigError);
   });
 
+  test('unset options take their declared empty value (null, [], false, true), not a blank', async () => {
+    const { resolveLoadtestOptions } = await import('../src/loadtest/options.ts');
+    const lt = resolveLoadtestOptions({ secret: 's' });
+    assert.equal(lt.preset, null);
+    assert.equal(lt.json, false);
+    assert.equal(lt.progress, true);
+    assert.equal(lt.tokenFile, '');
+    const serve = resolveServeConfig({ jwtSecret: 's' });
+    assert.deepEqual([serve.allowedOrigins, serve.trustProxy, serve.coalesceTypes, serve.adminToken], [[], [], [], '']);
+    assert.throws(() => resolveServeConfig({ jwtSecret: 's', port: true }), (err: unknown) => err instanceof ConfigError && err.option === '--port');
+  });
+
   test('errors carry ERR_CONFIG and the option', () => {
     assert.throws(() => resolveServeConfig({ jwtSecret: 's', workers: '0' }), (err: unknown) => {
       assert.ok(err instanceof ConfigError);

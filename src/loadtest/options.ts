@@ -4,7 +4,7 @@
  */
 import { availableParallelism } from 'node:os';
 import { ConfigError } from '../errors.ts';
-import { intIn, numberIn, oneOf, parseDuration } from '../option-parsers.ts';
+import { intIn, numberIn, oneOf, parseDuration, resolveTable, type TableSpec } from '../option-parsers.ts';
 
 export const PRESETS = ['light', 'medium', 'heavy', 'extreme'] as const;
 export type PresetName = (typeof PRESETS)[number];
@@ -47,14 +47,7 @@ export interface LoadtestOptions {
   progress: boolean;
 }
 
-export interface LoadtestOptionSpec {
-  key: keyof LoadtestOptions;
-  flags: string;
-  env?: string;
-  description: string;
-  default?: string;
-  parse: (raw: string, option: string) => LoadtestOptions[keyof LoadtestOptions];
-}
+export type LoadtestOptionSpec = TableSpec<keyof LoadtestOptions>;
 
 const text = (raw: string): string => raw;
 const flag = (raw: string): boolean => raw === 'true';
@@ -75,7 +68,13 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
   { key: 'url', flags: '--url <url>', default: 'ws://127.0.0.1:8081', description: 'server to load (ws://host:port)', parse: wsUrl },
   { key: 'secret', flags: '--secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)', parse: text },
   { key: 'tokenFile', flags: '--token-file <path>', description: 'file with one token per line, used round-robin instead of --secret', parse: text },
-  { key: 'preset', flags: '--preset <level>', description: `latency under pressure: ${PRESETS.join(', ')} (overrides the workload flags)`, parse: oneOf(PRESETS) },
+  {
+    key: 'preset',
+    flags: '--preset <level>',
+    description: `latency under pressure: ${PRESETS.join(', ')} (overrides the workload flags)`,
+    parse: oneOf(PRESETS),
+    unset: null,
+  },
   { key: 'rooms', flags: '--rooms <n>', default: '10', description: 'rooms (desktops)', parse: intIn(1, 100_000) },
   { key: 'usersPerRoom', flags: '--users-per-room <n>', default: '10', description: 'sessions per room', parse: intIn(2, 10_000) },
   { key: 'sendersPerRoom', flags: '--senders-per-room <n>', default: '1', description: 'sessions per room that send', parse: intIn(0, 10_000) },
@@ -94,27 +93,14 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
   },
   { key: 'minDelivery', flags: '--min-delivery <percent>', default: '100', description: 'exit 1 when fewer deliveries arrive', parse: percent },
   { key: 'maxP99Ms', flags: '--max-p99 <ms>', default: '0', description: 'exit 1 when p99 latency exceeds this (0 = no gate)', parse: numberIn(0, 600_000) },
-  { key: 'json', flags: '--json', description: 'print the report as JSON', parse: flag },
+  { key: 'json', flags: '--json', description: 'print the report as JSON', parse: flag, unset: false },
   { key: 'hgrm', flags: '--hgrm <file>', description: 'write the latency histogram (HdrHistogram percentile distribution, ms)', parse: text },
-  { key: 'progress', flags: '--no-progress', description: 'no progress line on stderr', parse: flag },
+  { key: 'progress', flags: '--no-progress', description: 'no progress line on stderr', parse: flag, unset: true },
 ];
-
-export function optionFlag(spec: LoadtestOptionSpec): string {
-  return /--(?:no-)?[a-z0-9-]+/.exec(spec.flags)![0];
-}
 
 /** Validate raw values (strings, booleans for switches) into options; missing keys take defaults. */
 export function resolveLoadtestOptions(raw: Partial<Record<keyof LoadtestOptions, string | boolean>>): LoadtestOptions {
-  const out: Record<string, unknown> = {};
-  for (const spec of LOADTEST_OPTIONS) {
-    const value = raw[spec.key];
-    const name = optionFlag(spec);
-    if (typeof value === 'boolean') out[spec.key] = value;
-    else if (value !== undefined) out[spec.key] = spec.parse(value, name);
-    else if (spec.default !== undefined) out[spec.key] = spec.parse(spec.default, name);
-    else out[spec.key] = spec.parse === flag ? spec.key === 'progress' : spec.key === 'preset' ? null : '';
-  }
-  const options = out as unknown as LoadtestOptions;
+  const options = resolveTable(LOADTEST_OPTIONS, raw) as unknown as LoadtestOptions;
   if (options.secret === '' && options.tokenFile === '') throw new ConfigError('--secret', 'a --secret (or JWT_ACCESS_SECRET) or a --token-file is required');
   if (options.sendersPerRoom > options.usersPerRoom) throw new ConfigError('--senders-per-room', 'cannot exceed --users-per-room');
   return options;
