@@ -48,7 +48,9 @@ test('a user over --max-connections-per-user across shards gets 429; others are 
     await client.expect('room_joined');
     sessions.push(client);
   }
+  const asked = stub.requests.length;
   for (const shard of [0, 1]) assert.equal((await refused(t, server.wsUrl(onShard(shard, 2)), { token: token(alice) })).status, 429);
+  assert.equal(stub.requests.length, asked, 'a user over the limit is refused before the permission API is asked');
   await (await connect(t, server.wsUrl(onShard(1, 2)), { token: token(user('Bob')) })).expect('room_joined');
   await sessions[1]!.close();
   await admittedEventually(t, server, onShard(1, 2), { token: token(alice) });

@@ -92,6 +92,8 @@ export class Handshake {
       const credentials = extractCredentials(head.headers);
       if (credentials === null) throw new AuthError(AuthErrorCode.MISSING_TOKEN, 'no access token in cookie or Authorization header');
       identity = verifyAccessToken(credentials.token, this.key);
+      // A user already at a connection limit must not cost the app a permission request.
+      if (this.refuseOverLimit(socket, identity, remoteAddress, desktopId)) return;
       permission = await this.options.permissions.check(desktopId, identity, head.headers.cookie);
     } catch (err) {
       if (err instanceof AuthError || err instanceof PermissionError) {
@@ -109,12 +111,8 @@ export class Handshake {
       this.reject(socket, 503, 'shutting_down', remoteAddress, desktopId, { 'Retry-After': '1' });
       return;
     }
-    // Checked after the await: sessions may have opened meanwhile.
-    const refusal = this.options.admit(identity);
-    if (refusal !== null) {
-      this.reject(socket, refusal.status, refusal.reason, remoteAddress, desktopId, refusal.status === 503 ? { 'Retry-After': '5' } : undefined);
-      return;
-    }
+    // Again after the await: sessions may have opened meanwhile.
+    if (this.refuseOverLimit(socket, identity, remoteAddress, desktopId)) return;
 
     // `ws` reads method, url and headers; nothing else of an IncomingMessage.
     const req = { method: head.method, url: head.url, headers: head.headers, socket } as unknown as IncomingMessage;
@@ -123,6 +121,14 @@ export class Handshake {
       socket.off('error', onSocketError);
       onOpen({ ws, socket, desktopId, identity, permission, remoteAddress });
     });
+  }
+
+  /** Answer 429/503 when `identity` is over a connection limit; true when refused. */
+  private refuseOverLimit(socket: Socket, identity: Identity, remote: string, desktopId: string): boolean {
+    const refusal = this.options.admit(identity);
+    if (refusal === null) return false;
+    this.reject(socket, refusal.status, refusal.reason, remote, desktopId, refusal.status === 503 ? { 'Retry-After': '5' } : undefined);
+    return true;
   }
 
   private reject(
