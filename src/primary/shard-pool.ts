@@ -71,7 +71,7 @@ export class ShardPool {
   private readonly shards: Shard[];
   private readonly options: ShardPoolOptions;
   private stopping = false;
-  private nextStatsId: number;
+  private nextStatsId = 1;
   /** Metrics slots: one per shard, then the primary's. */
   readonly metrics: SharedArrayBuffer;
   /** The primary's own slot. */
@@ -98,7 +98,6 @@ export class ShardPool {
       onDrained: null,
       statsWaiters: new Map(),
     }));
-    this.nextStatsId = 1;
   }
 
   get size(): number {

@@ -59,14 +59,12 @@ export class Relay {
   }
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
-  join(session: Session): Room {
+  join(session: Session): void {
     const existing = this.rooms.get(session.desktopId)?.members ?? [];
     let sessions = '';
     for (let i = 0; i < existing.length; i++) sessions += (i === 0 ? '' : ',') + existing[i]!.infoJson;
     this.out.write(session, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`));
-    const room = this.rooms.join(session);
-    this.presence(room, session, 'session_joined');
-    return room;
+    this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
   /** Remove `session` and tell the rest of its room with `session_left`. */
@@ -96,8 +94,13 @@ export class Relay {
   /** Send `{"type":"error"}` to one session; the frame was not relayed. */
   sendError(session: Session, code: ErrorCodeValue, message: string): void {
     this.metrics.add(Metric.DROPPED_INVALID);
+    this.writeError(session, code, message);
+  }
+
+  /** Write an error frame; `extra` is appended JSON members (e.g. `,"retryAfterMs":40`). */
+  private writeError(session: Session, code: ErrorCodeValue, message: string, extra = ''): void {
     if (!session.open) return;
-    this.out.write(session, encodeTextFrame(`{"type":"error","code":"${code}","message":${JSON.stringify(message)}}`));
+    this.out.write(session, encodeTextFrame(`{"type":"error","code":"${code}","message":${JSON.stringify(message)}${extra}}`));
   }
 
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
@@ -125,12 +128,7 @@ export class Relay {
         return false;
       case 'notify':
         this.log.info('rate_limited', { sessionId: session.id, desktopId: session.desktopId });
-        if (session.open) {
-          this.out.write(
-            session,
-            encodeTextFrame(`{"type":"error","code":"${ErrorCode.RATE_LIMITED}","message":"too many messages; slow down","retryAfterMs":${verdict.retryAfterMs}}`),
-          );
-        }
+        this.writeError(session, ErrorCode.RATE_LIMITED, 'too many messages; slow down', `,"retryAfterMs":${verdict.retryAfterMs}`);
         return false;
       case 'close':
         // Frames keep arriving until the closing handshake ends: close (and count) once.

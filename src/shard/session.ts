@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import type { Permission, SessionInfo } from '../protocol/events.ts';
+import type { Permission } from '../protocol/events.ts';
 import type { RateState } from './rate-limiter.ts';
 
 export class Session {
@@ -22,7 +22,7 @@ export class Session {
   readonly connectedAt: number;
   /** `,"sessionId":…,"userId":…,"firstName":…,"email":…` — spliced into every event this session causes. */
   readonly stamp: string;
-  /** JSON of this session's {@link SessionInfo}. */
+  /** JSON of this session's SessionInfo (protocol/events.ts). */
   readonly infoJson: string;
   /** Position in its room's member array (swap-remove bookkeeping). */
   index = -1;
@@ -61,9 +61,6 @@ export class Session {
     this.infoJson = `{"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)},"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)},"permission":"${this.permission}"}`;
   }
 
-  info(): SessionInfo {
-    return { sessionId: this.id, userId: this.userId, firstName: this.firstName, email: this.email, permission: this.permission };
-  }
 
   /** True while frames may be written (not closing or closed). */
   get open(): boolean {

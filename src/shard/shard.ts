@@ -7,12 +7,11 @@ import { WebSocketServer } from 'ws';
 import type { ServeConfig } from '../config.ts';
 import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } from '../auth/permission-client.ts';
 import type { Logger } from '../log.ts';
-import { CloseCode, SHARD_HEADER } from '../protocol/events.ts';
+import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { UserConnections } from '../protocol/user-connections.ts';
 import { Handshake, type Admitted } from './handshake.ts';
-import { DEFAULT_TRANSIENT_TYPES } from '../protocol/events.ts';
 import { Backpressure } from './backpressure.ts';
 import { newRateState, RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
@@ -33,12 +32,11 @@ export class Shard {
   private readonly rateLimit: RateLimitOptions;
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
-
   private readonly users: UserConnections;
 
   constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot, users: UserConnections) {
-    this.users = users;
     this.id = id;
+    this.users = users;
     this.log = log;
     this.metrics = metrics;
     this.permissions = config.dev
