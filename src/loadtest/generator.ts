@@ -19,7 +19,7 @@ import { performance } from 'node:perf_hooks';
 import type { MessagePort } from 'node:worker_threads';
 import { createHistogram, encodeHistogram, recordUs, type Histogram } from './histogram.ts';
 import type { RoomPlan, StartCommand, ThreadEvent, ThreadPlan, ThreadResult } from './plan.ts';
-import { encodeClientText, HandshakeError, RawWebSocket } from './ws-client.ts';
+import { clientHeaderLength, encodeClientText, HandshakeError, maskFrame, RawWebSocket } from './ws-client.ts';
 
 export interface GeneratorTask {
   plan: ThreadPlan;
@@ -47,6 +47,21 @@ function readDigits(buf: Buffer, start: number, end: number): number {
   return value;
 }
 
+/** Write `value` as zero-padded decimal digits into `buf[start, end)` (higher digits dropped). */
+function writeDigits(buf: Buffer, start: number, end: number, value: number): void {
+  for (let i = end - 1; i >= start; i--) {
+    buf[i] = 48 + (value % 10);
+    value = Math.floor(value / 10);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** True when `buf[start, end)` begins with `prefix` (a bounded check: `buf` may be a large shared read buffer). */
+function startsWith(buf: Buffer, start: number, end: number, prefix: Buffer): boolean {
+  return end - start >= prefix.length && buf.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0;
+}
+
 /** True when the frame ends like a relayed load message: `…,"t":"…"}}`. */
 function isLoadFrame(buf: Buffer, start: number, end: number): boolean {
   return (
@@ -63,6 +78,9 @@ function isLoadFrame(buf: Buffer, start: number, end: number): boolean {
 
 interface Sender {
   client: RawWebSocket;
+  /** This sender's frame with m = 0, s and t zeroed, unmasked (key 0); each send patches a copy. */
+  template: Buffer;
+  header: number;
   room: RoomState;
   intervalUs: number;
   nextAt: number;
@@ -106,9 +124,10 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
 
   const onTextFor = (room: RoomState) => (buf: Buffer, start: number, end: number) => {
     if (!isLoadFrame(buf, start, end)) {
-      if (buf.indexOf(ERROR_PREFIX, start) === start) {
+      if (startsWith(buf, start, end, ERROR_PREFIX)) {
         const codeStart = start + ERROR_PREFIX.length;
-        countError(`server_${buf.toString('latin1', codeStart, buf.indexOf(34, codeStart))}`);
+        const codeEnd = buf.indexOf(34, codeStart);
+        countError(`server_${buf.toString('latin1', codeStart, codeEnd === -1 || codeEnd > end ? end : codeEnd)}`);
       }
       return;
     }
@@ -155,7 +174,7 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
           path: `/ws/desktop/${room.plan.desktopId}`,
           headers: { Cookie: `moodio_access_token=${token}` },
           onText: (buf, start, end) => {
-            if (!isJoined && buf.indexOf(JOINED_PREFIX, start) === start) {
+            if (!isJoined && startsWith(buf, start, end, JOINED_PREFIX)) {
               isJoined = true;
               recordUs(connectHist, nowUs() - started);
               joined();
@@ -176,7 +195,7 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
               return;
             }
             connected++;
-            if (isSender) senders.push({ client, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, seq: 0, measured: 0 });
+            if (isSender) senders.push({ client, template: EMPTY, header: 0, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, seq: 0, measured: 0 });
           },
           (err: unknown) => {
             failed++;
@@ -193,6 +212,14 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
 
   // Run: warm-up, then the measured window.
   const payloadPad = 'x'.repeat(Math.max(0, plan.payloadBytes - 50));
+  for (const s of senders) {
+    const text = `{"type":${JSON.stringify(s.room.plan.messageType)},"payload":{"p":"${payloadPad}","m":0,"s":"${'0'.repeat(S_DIGITS)}","t":"${'0'.repeat(T_DIGITS)}"}}`;
+    const frame = encodeClientText(text);
+    s.header = clientHeaderLength(frame);
+    frame.fill(0, s.header - 4, s.header);
+    frame.write(text, s.header, 'utf8');
+    s.template = frame;
+  }
   const cpuStart = process.threadCpuUsage();
   const runStart = nowUs();
   const measureFrom = runStart + start.warmupMs * 1000;
@@ -219,9 +246,14 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
         if (measured && room.maxMessages > 0 && s.measured >= room.maxMessages) break;
         const seq = measured ? s.measured : s.seq;
         if (measured) recordUs(lagHist, now - s.nextAt);
-        const t = String(Math.round(s.nextAt)).padStart(T_DIGITS, '0');
-        const sq = String(seq % 10 ** S_DIGITS).padStart(S_DIGITS, '0');
-        s.client.sendFrame(encodeClientText(`{"type":"${room.messageType}","payload":{"p":"${payloadPad}","m":${measured ? 1 : 0},"s":"${sq}","t":"${t}"}}`));
+        // A copy of the template with the digits patched in (see the layout above).
+        const frame = Buffer.allocUnsafe(s.template.length);
+        s.template.copy(frame);
+        const end = frame.length;
+        if (measured) frame[end - M_AT] = 49;
+        writeDigits(frame, end - S_START, end - S_END, seq);
+        writeDigits(frame, end - T_START, end - T_END, Math.round(s.nextAt));
+        s.client.sendFrame(maskFrame(frame, s.header));
         sent = true;
         s.seq++;
         if (measured) {

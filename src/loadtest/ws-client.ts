@@ -40,7 +40,7 @@ function nextMask(): number {
   return key;
 }
 
-/** Build a masked client text frame. */
+/** An unmasked client text frame for `text` (masking key zero); {@link maskFrame} masks a copy. */
 export function encodeClientText(text: string): Buffer {
   const length = Buffer.byteLength(text);
   const header = length < 126 ? 6 : length < 65536 ? 8 : 14;
@@ -55,12 +55,34 @@ export function encodeClientText(text: string): Buffer {
     frame.writeUInt32BE(0, 2);
     frame.writeUInt32BE(length, 6);
   }
-  const key = nextMask();
-  frame.writeUInt32BE(key, header - 4);
+  frame.writeUInt32BE(nextMask(), header - 4);
   frame.write(text, header, length, 'utf8');
-  const k0 = key >>> 24, k1 = (key >>> 16) & 0xff, k2 = (key >>> 8) & 0xff, k3 = key & 0xff;
+  maskPayload(frame, header);
+  return frame;
+}
+
+/** Offset of the payload in a client frame (after the masking key). */
+export function clientHeaderLength(frame: Buffer): number {
+  const len = frame[1]! & 0x7f;
+  return len < 126 ? 6 : len === 126 ? 8 : 14;
+}
+
+/**
+ * Mask `frame` in place with a fresh key. `frame` must hold an unmasked
+ * payload behind a zero key (a copy of a template: the generator builds each
+ * sender's frame once and patches digits into copies, with no string work per send).
+ */
+export function maskFrame(frame: Buffer, header: number): Buffer {
+  frame.writeUInt32BE(nextMask(), header - 4);
+  maskPayload(frame, header);
+  return frame;
+}
+
+/** XOR the payload with the key stored just before it. */
+function maskPayload(frame: Buffer, header: number): void {
+  const k0 = frame[header - 4]!, k1 = frame[header - 3]!, k2 = frame[header - 2]!, k3 = frame[header - 1]!;
   let i = header;
-  const end = header + length;
+  const end = frame.length;
   for (; i + 3 < end; i += 4) {
     frame[i]! ^= k0;
     frame[i + 1]! ^= k1;
@@ -68,8 +90,10 @@ export function encodeClientText(text: string): Buffer {
     frame[i + 3]! ^= k3;
   }
   for (let j = 0; i < end; i++, j++) frame[i]! ^= j === 0 ? k0 : j === 1 ? k1 : k2;
-  return frame;
 }
+
+/** Every client of a thread reads into this one buffer (see `onread` in connect). */
+const readBuffer = Buffer.allocUnsafe(256 * 1024);
 
 /** Accumulates time spent parsing received data (µs), shared by a thread's clients. */
 export interface BusyMeter {
@@ -104,34 +128,50 @@ export class RawWebSocket {
   static connect(options: ClientOptions): Promise<RawWebSocket> {
     const key = randomBytes(16).toString('base64');
     const expected = createHash('sha1').update(key + GUID).digest('base64');
-    const socket = netConnect({ host: options.host, port: options.port, noDelay: true });
-    const client = new RawWebSocket(socket, options);
     return new Promise((resolve, reject) => {
-      let head: Buffer = Buffer.alloc(0);
+      let client: RawWebSocket;
+      let head: Buffer | null = Buffer.alloc(0);
       const fail = (err: Error) => {
         socket.destroy();
         reject(err);
       };
-      const onData = (chunk: Buffer) => {
-        head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      // Until the upgrade completes: collect the response head. After it: frames.
+      const onHead = (nread: number, buf: Buffer) => {
+        head = Buffer.concat([head!, buf.subarray(0, nread)]);
         const end = head.indexOf('\r\n\r\n');
         if (end === -1) {
           if (head.length > 16384) fail(new HandshakeError(0, 'response head too large'));
           return;
         }
-        socket.off('data', onData);
         const text = head.subarray(0, end).toString('latin1');
+        const rest = head.subarray(end + 4);
+        head = null;
         const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
         if (status !== 101) return fail(new HandshakeError(status, `handshake answered ${status || 'garbage'}`));
         const accept = /\r\nsec-websocket-accept:\s*(\S+)/i.exec(text)?.[1];
         if (accept !== expected) return fail(new HandshakeError(101, 'bad Sec-WebSocket-Accept'));
         client.open = true;
-        socket.on('data', (c: Buffer) => client.onData(c));
         socket.on('close', () => client.finish(1006));
         resolve(client);
-        if (head.length > end + 4) client.onData(head.subarray(end + 4));
+        if (rest.length > 0) client.onData(rest, 0, rest.length);
       };
-      socket.on('data', onData);
+      // `onread`: the kernel's bytes land in one buffer shared by every
+      // client of this thread and are parsed in place. No Buffer per read and
+      // no Readable stream machinery; what a read leaves of a frame is copied.
+      const socket = netConnect({
+        host: options.host,
+        port: options.port,
+        noDelay: true,
+        onread: {
+          buffer: readBuffer,
+          callback: (nread: number, buf: Uint8Array) => {
+            if (head !== null) onHead(nread, buf as Buffer);
+            else client.onData(buf as Buffer, 0, nread);
+            return true;
+          },
+        },
+      });
+      client = new RawWebSocket(socket, options);
       socket.once('error', fail);
       socket.once('close', () => fail(new HandshakeError(0, 'connection closed during handshake')));
       socket.once('connect', () => {
@@ -175,21 +215,23 @@ export class RawWebSocket {
     this.options.onClose(code);
   }
 
-  private onData(chunk: Buffer): void {
+  private onData(chunk: Buffer, from: number, to: number): void {
     const started = performance.now();
-    this.parse(chunk);
+    this.parse(chunk, from, to);
     this.options.meter.busyUs += (performance.now() - started) * 1000;
   }
 
-  // Parse every complete frame in `chunk` (plus what was left over).
-  private parse(chunk: Buffer): void {
+  // Parse every complete frame in `chunk[from, to)` (plus what was left over).
+  private parse(chunk: Buffer, from: number, to: number): void {
     let buf = chunk;
+    let offset = from;
+    let length = to;
     if (this.pending !== null) {
-      buf = Buffer.concat([this.pending, chunk]);
+      buf = Buffer.concat([this.pending, chunk.subarray(from, to)]);
       this.pending = null;
+      offset = 0;
+      length = buf.length;
     }
-    let offset = 0;
-    const length = buf.length;
     while (offset + 2 <= length) {
       const b0 = buf[offset]!;
       let payloadLength = buf[offset + 1]! & 0x7f;
@@ -208,7 +250,7 @@ export class RawWebSocket {
       this.frames++;
       const opcode = b0 & 0x0f;
       if (opcode === 1) this.options.onText(buf, start, end);
-      else if (opcode === 9) this.sendPong(buf.subarray(start, end));
+      else if (opcode === 9) this.sendPong(Buffer.from(buf.subarray(start, end)));
       else if (opcode === 8) {
         const code = payloadLength >= 2 ? buf.readUInt16BE(start) : 1005;
         this.socket.end(Buffer.from([0x88, 0x80, 0, 0, 0, 0]));
@@ -217,7 +259,8 @@ export class RawWebSocket {
       }
       offset = end;
     }
-    if (offset < length) this.pending = Buffer.from(buf.subarray(offset));
+    // The read buffer is reused by the next read: keep a copy of a partial frame.
+    if (offset < length) this.pending = Buffer.from(buf.subarray(offset, length));
   }
 
   private sendPong(payload: Buffer): void {
