@@ -1,7 +1,8 @@
 /**
  * The seed's three micro-benchmarks re-expressed for our shard code, with
  * sockets stubbed so only relay work is timed (parse, validate, stamp,
- * serialize, frame, write calls):
+ * serialize, frame, queue, and the end-of-turn flush with one write call per
+ * recipient):
  *   BroadcastSameRoom   — 20 sessions in one room, one sender
  *   BroadcastManyRooms  — 250 sessions in 50 rooms of 5, senders round-robin
  *   GetSessionsInRoom   — room-member lookup with 500 sessions in 50 rooms
@@ -16,7 +17,7 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { createLogger } from '../src/log.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
-import { createMetricsBuffer, MetricsSlot } from '../src/protocol/metrics.ts';
+import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
 import { Backpressure } from '../src/shard/backpressure.ts';
 import { newRateState, RateLimiter } from '../src/shard/rate-limiter.ts';
 import { Relay } from '../src/shard/relay.ts';
@@ -31,10 +32,20 @@ const ITERATIONS = iterArg > 0 ? Number(process.argv[iterArg + 1]) : 200_000;
 const JSON_OUTPUT = process.argv.includes('--json');
 
 let deliveries = 0;
-const socketStub = { writableLength: 0, cork() {}, uncork() {}, write(_b: Buffer) { deliveries++; return true; } } as unknown as Socket;
+const socketStub = { writableLength: 0, write(_b: Buffer) { return true; } } as unknown as Socket;
+/** Counts what the naive baseline writes (one frame per write). */
+const naiveSocketStub = { writableLength: 0, write(_b: Buffer) { deliveries++; return true; } } as unknown as Socket;
 const wsStub = { readyState: 1 } as unknown as WebSocket;
 
-function build(rooms: number, perRoom: number): { index: RoomIndex; relay: Relay; sessions: Session[] } {
+interface Built {
+  index: RoomIndex;
+  relay: Relay;
+  sessions: Session[];
+  /** Relay one message and end the turn (the coalescer's flush), counting deliveries. */
+  relayOne: (sender: Session) => void;
+}
+
+function build(rooms: number, perRoom: number): Built {
   const index = new RoomIndex();
   // The rate limit is off here: the benchmark measures relaying, not throttling.
   const limits = { perSecond: 0, burst: 1, closeAfterMs: 1 };
@@ -52,7 +63,13 @@ function build(rooms: number, perRoom: number): { index: RoomIndex; relay: Relay
       sessions.push(s);
     }
   }
-  return { index, relay, sessions };
+  const relayOne = (sender: Session) => {
+    const before = metrics.values[Metric.DELIVERIES]!;
+    relay.onMessage(sender, message, false);
+    out.flush();
+    deliveries += metrics.values[Metric.DELIVERIES]! - before;
+  };
+  return { index, relay, sessions, relayOne };
 }
 
 /** Naive relay: every session scanned, one JSON.stringify and one frame per recipient. */
@@ -60,7 +77,7 @@ function naiveBroadcast(all: Session[], sender: Session, data: Buffer): void {
   const msg = JSON.parse(data.toString()) as { type: string; payload?: unknown };
   const event = { type: msg.type, sessionId: sender.id, userId: sender.userId, firstName: sender.firstName, email: sender.email, timestamp: Date.now(), payload: msg.payload };
   for (const s of all) {
-    if (s !== sender && s.desktopId === sender.desktopId) s.socket.write(encodeTextFrame(JSON.stringify(event)));
+    if (s !== sender && s.desktopId === sender.desktopId) naiveSocketStub.write(encodeTextFrame(JSON.stringify(event)));
   }
 }
 
@@ -82,13 +99,13 @@ const message = Buffer.from(JSON.stringify({ type: 'asset_moved', payload: { id:
 
 if (!JSON_OUTPUT) console.log(`# ${describeMachine()}; ${ITERATIONS} iterations`);
 {
-  const { relay, sessions } = build(1, 20);
-  time('BroadcastSameRoom (20)', ITERATIONS, () => relay.onMessage(sessions[0]!, message, false));
+  const { relayOne, sessions } = build(1, 20);
+  time('BroadcastSameRoom (20)', ITERATIONS, () => relayOne(sessions[0]!));
   time('  naive baseline (same room)', ITERATIONS, () => naiveBroadcast(sessions, sessions[0]!, message));
 }
 {
-  const { relay, sessions } = build(50, 5);
-  time('BroadcastManyRooms (250/50)', ITERATIONS, (i) => relay.onMessage(sessions[(i * 5) % 250]!, message, false));
+  const { relayOne, sessions } = build(50, 5);
+  time('BroadcastManyRooms (250/50)', ITERATIONS, (i) => relayOne(sessions[(i * 5) % 250]!));
   time('  naive baseline (many rooms)', ITERATIONS, (i) => naiveBroadcast(sessions, sessions[(i * 5) % 250]!, message));
 }
 {

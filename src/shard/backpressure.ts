@@ -1,6 +1,7 @@
 /**
  * Slow consumers. Each session has an outbound budget: the bytes waiting in
- * its socket (`writableLength`, what the kernel has not taken yet).
+ * its socket (`writableLength`, what the kernel has not taken yet) plus the
+ * frames the write coalescer still holds for it.
  *
  * - A recipient within budget gets every frame at once; a slow one never
  *   delays the others (each socket buffers on its own).
@@ -48,7 +49,7 @@ export class Backpressure {
    * transient event, which is held back while `member` is over budget.
    */
   deliver(member: Session, frame: Buffer, transientKey: string | undefined): void {
-    if (member.socket.writableLength > this.options.maxBufferedBytes) {
+    if (member.socket.writableLength + member.queuedBytes > this.options.maxBufferedBytes) {
       if (member.overBudgetSince === 0) this.markOver(member);
       if (transientKey !== undefined) {
         const held = (member.coalesced ??= new Map());
@@ -63,10 +64,19 @@ export class Backpressure {
   private markOver(member: Session): void {
     member.overBudgetSince = Date.now();
     this.over.add(member);
-    member.socket.once('drain', () => this.drained(member));
+    // 'drain' comes only after a write that returned false; the sweep also
+    // notices a session back within budget, so one listener at a time is enough.
+    if (!member.awaitingDrain) {
+      member.awaitingDrain = true;
+      member.socket.once('drain', () => {
+        member.awaitingDrain = false;
+        this.drained(member);
+      });
+    }
   }
 
   private drained(member: Session): void {
+    if (member.overBudgetSince === 0) return;
     member.overBudgetSince = 0;
     this.over.delete(member);
     const held = member.coalesced;
@@ -81,6 +91,8 @@ export class Backpressure {
     for (const member of this.over) {
       if (!member.open) {
         this.over.delete(member);
+      } else if (member.socket.writableLength + member.queuedBytes <= this.options.maxBufferedBytes) {
+        this.drained(member);
       } else if (now - member.overBudgetSince >= this.options.slowConsumerTimeoutMs) {
         this.over.delete(member);
         member.coalesced = null;
@@ -93,6 +105,7 @@ export class Backpressure {
         });
         this.onSlowConsumer(member);
         // The close frame queues behind the backlog; ws cuts the socket if it never drains.
+        this.out.flushNow(member);
         member.ws.close(CloseCode.SLOW_CONSUMER, 'slow consumer');
       }
     }

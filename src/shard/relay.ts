@@ -135,6 +135,7 @@ export class Relay {
         if (!session.open) return false;
         this.log.warn('rate_limit_close', { sessionId: session.id, desktopId: session.desktopId });
         this.metrics.add(Metric.CLOSED_RATE_LIMIT);
+        this.out.flushNow(session);
         session.ws.close(CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
         return false;
     }

@@ -26,14 +26,17 @@ export class Session {
   readonly infoJson: string;
   /** Position in its room's member array (swap-remove bookkeeping). */
   index = -1;
-  /** Set by the write coalescer while the socket is corked this turn. */
-  corked = false;
+  /** Frames the write coalescer holds for this socket, and their bytes. */
+  queue: Buffer[] = [];
+  queuedBytes = 0;
   /** Heard from (pong or message) since the last liveness ping. */
   alive = true;
   /** Inbound rate-limit bucket. */
   rate: RateState;
   /** When this session's socket went over its outbound budget (0 = within it). */
   overBudgetSince = 0;
+  /** A 'drain' listener is attached (backpressure). */
+  awaitingDrain = false;
   /** Newest transient frame per (sender, type), held while over budget. */
   coalesced: Map<string, Buffer> | null = null;
 

@@ -29,6 +29,7 @@ export class Shard {
   private draining = false;
   private onEmpty: (() => void) | null = null;
   private readonly pinger: NodeJS.Timeout;
+  private readonly out: WriteCoalescer;
   private readonly rateLimit: RateLimitOptions;
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
@@ -57,7 +58,7 @@ export class Shard {
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
     this.rateLimit = { perSecond: config.rateLimit, burst: config.rateLimitBurst, closeAfterMs: config.rateLimitCloseAfterMs };
-    const out = new WriteCoalescer(metrics);
+    const out = (this.out = new WriteCoalescer(metrics));
     this.backpressure = new Backpressure(
       { maxBufferedBytes: config.maxBufferedBytes, slowConsumerTimeoutMs: config.slowConsumerTimeoutMs },
       out,
@@ -177,6 +178,8 @@ export class Shard {
     this.draining = true;
     clearInterval(this.pinger);
     this.backpressure.stop();
+    // Frames already queued go out ahead of the close frames.
+    this.out.flush();
     const open = this.rooms.sessionCount;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
