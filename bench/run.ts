@@ -5,11 +5,12 @@
  *     with --workers = cores, and against the naive single-thread baseline;
  *  3. sweep: raise --rate until delivery < 100% or p99 > 50 ms (500 sessions,
  *     50 rooms of 10, every room sending) and keep the best sustained rate;
- *  4. connections: idle memory per session and handshakes per second.
+ *  4. connections: idle memory per session and handshakes per second;
+ *  5. loopback: what one loopback TCP write costs this machine (the floor).
  * Where the machine has ≥ 2 cores, single-core servers are pinned to core 0
  * and the generator to core 1 (taskset). Results: bench/results/<date>-<commit>.{json,md}.
  *
- *   node bench/run.ts [--only micro,presets,sweep,connections] [--quick]
+ *   node bench/run.ts [--only micro,presets,sweep,connections,loopback] [--quick]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -156,6 +157,11 @@ if (want('connections')) {
   }
 }
 
+if (want('loopback')) {
+  log('# loopback write cost');
+  results.loopback = JSON.parse(execFileSync(process.execPath, [here('./loopback.ts'), '--json'], { encoding: 'utf8' }));
+}
+
 // Output: JSON for machines, markdown for the README.
 const md: string[] = [`# moodio-rt benchmarks — ${results.date as string}`, '', `Machine: ${describeMachine()}. Pinned: ${pin ? 'server core 0, generator core 1' : 'no'}.`, `Command: \`${results.command as string}\``, ''];
 if (results.micro) {
@@ -185,6 +191,11 @@ if (results.idleMemory) {
 if (results.connectRate) {
   const c = results.connectRate as { handshakes: number; concurrency: number; perSecond: number; latencyMs: { p50: number; p99: number } };
   md.push('', `Connect rate (TCP + upgrade + JWT + permission API stub + room_joined, ${c.concurrency} concurrent, ${c.handshakes} handshakes): **${c.perSecond.toLocaleString('en-US')} handshakes/s**, p50 ${c.latencyMs.p50} ms, p99 ${c.latencyMs.p99} ms.`);
+}
+if (results.loopback) {
+  const l = results.loopback as { sockets: number; frameBytes: number; rows: { framesPerWrite: number; writesPerSecond: number; framesPerSecond: number; cpuUsPerWrite: number; kernelShare: number }[] };
+  md.push('', `## Loopback floor (bench/loopback.ts: ${l.sockets} sockets, ${l.frameBytes}-byte frames, one core writing)`, '', '| frames per write | writes/s | frames/s | CPU µs per write | kernel share |', '|---|---|---|---|---|');
+  for (const r of l.rows) md.push(`| ${r.framesPerWrite} | ${r.writesPerSecond.toLocaleString('en-US')} | ${r.framesPerSecond.toLocaleString('en-US')} | ${r.cpuUsPerWrite} | ${Math.round(r.kernelShare * 100)}% |`);
 }
 const dir = here('./results/');
 mkdirSync(dir, { recursive: true });
