@@ -222,7 +222,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--max-buffered-bytes <bytes>',
     env: 'MOODIO_RT_MAX_BUFFERED_BYTES',
     default: String(1024 * 1024),
-    description: "a session's outbound budget: bytes waiting in its socket before transient events are coalesced",
+    description: "a session's outbound budget: bytes waiting in its socket or queued for it, before transient events are coalesced",
     parse: intIn(4096, 1024 * 1024 * 1024),
   },
   {

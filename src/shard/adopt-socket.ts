@@ -4,7 +4,7 @@
  * The `net.Socket` that `postMessage` delivers to a worker (Node 26.10) is
  * rebuilt by deserialization and ends up in V8's dictionary mode ("slow"
  * properties): its property store is a hash table of ~1.5 KiB, and every
- * property access on it (write, cork, uncork — the broadcast hot path) is a
+ * property access on it (write, writableLength — the broadcast hot path) is a
  * hash lookup. A socket built by the constructor has fast properties. So the
  * shard takes the handle out of the delivered object and builds a new socket
  * around it; `initSocketHandle` (run by the constructor) points the handle's
