@@ -19,7 +19,7 @@ import { performance } from 'node:perf_hooks';
 import type { MessagePort } from 'node:worker_threads';
 import { createHistogram, encodeHistogram, recordUs, type Histogram } from './histogram.ts';
 import type { RoomPlan, StartCommand, ThreadEvent, ThreadPlan, ThreadResult } from './plan.ts';
-import { clientHeaderLength, encodeClientText, HandshakeError, maskFrame, RawWebSocket } from './ws-client.ts';
+import { clientTextTemplate, HandshakeError, maskFrame, RawWebSocket } from './ws-client.ts';
 
 export interface GeneratorTask {
   plan: ThreadPlan;
@@ -55,8 +55,6 @@ function writeDigits(buf: Buffer, start: number, end: number, value: number): vo
   }
 }
 
-const EMPTY = Buffer.alloc(0);
-
 /** True when `buf[start, end)` begins with `prefix` (a bounded check: `buf` may be a large shared read buffer). */
 function startsWith(buf: Buffer, start: number, end: number, prefix: Buffer): boolean {
   return end - start >= prefix.length && buf.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0;
@@ -78,8 +76,9 @@ function isLoadFrame(buf: Buffer, start: number, end: number): boolean {
 
 interface Sender {
   client: RawWebSocket;
-  /** This sender's frame with m = 0, s and t zeroed, unmasked (key 0); each send patches a copy. */
+  /** This sender's frame with m = 0, s and t zeroed, not yet masked; each send patches and masks a copy. */
   template: Buffer;
+  /** Offset of the payload in `template`. */
   header: number;
   room: RoomState;
   intervalUs: number;
@@ -152,6 +151,8 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
     }
   };
 
+  const payloadPad = 'x'.repeat(Math.max(0, plan.payloadBytes - 50));
+
   // Connect, paced, without waiting for each handshake before starting the next.
   const url = new URL(`ws://${plan.host}:${plan.port}`);
   const pending: Promise<void>[] = [];
@@ -195,7 +196,12 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
               return;
             }
             connected++;
-            if (isSender) senders.push({ client, template: EMPTY, header: 0, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, seq: 0, measured: 0 });
+            if (isSender) {
+              const { frame, header } = clientTextTemplate(
+                `{"type":${JSON.stringify(room.plan.messageType)},"payload":{"p":"${payloadPad}","m":0,"s":"${'0'.repeat(S_DIGITS)}","t":"${'0'.repeat(T_DIGITS)}"}}`,
+              );
+              senders.push({ client, template: frame, header, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, seq: 0, measured: 0 });
+            }
           },
           (err: unknown) => {
             failed++;
@@ -211,15 +217,6 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const [start] = (await once(port, 'message')) as [StartCommand];
 
   // Run: warm-up, then the measured window.
-  const payloadPad = 'x'.repeat(Math.max(0, plan.payloadBytes - 50));
-  for (const s of senders) {
-    const text = `{"type":${JSON.stringify(s.room.plan.messageType)},"payload":{"p":"${payloadPad}","m":0,"s":"${'0'.repeat(S_DIGITS)}","t":"${'0'.repeat(T_DIGITS)}"}}`;
-    const frame = encodeClientText(text);
-    s.header = clientHeaderLength(frame);
-    frame.fill(0, s.header - 4, s.header);
-    frame.write(text, s.header, 'utf8');
-    s.template = frame;
-  }
   const cpuStart = process.threadCpuUsage();
   const runStart = nowUs();
   const measureFrom = runStart + start.warmupMs * 1000;

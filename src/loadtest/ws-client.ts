@@ -40,8 +40,19 @@ function nextMask(): number {
   return key;
 }
 
-/** An unmasked client text frame for `text` (masking key zero); {@link maskFrame} masks a copy. */
+/** A client text frame, masked with a fresh key. */
 export function encodeClientText(text: string): Buffer {
+  const { frame, header } = clientTextTemplate(text);
+  return maskFrame(frame, header);
+}
+
+/**
+ * A client text frame for `text` with its payload not yet masked (masking key
+ * zero), and the payload's offset. The generator builds one per sender and
+ * sends copies with digits patched in, through {@link maskFrame}: no string
+ * work per send.
+ */
+export function clientTextTemplate(text: string): { frame: Buffer; header: number } {
   const length = Buffer.byteLength(text);
   const header = length < 126 ? 6 : length < 65536 ? 8 : 14;
   const frame = Buffer.allocUnsafe(header + length);
@@ -55,23 +66,12 @@ export function encodeClientText(text: string): Buffer {
     frame.writeUInt32BE(0, 2);
     frame.writeUInt32BE(length, 6);
   }
-  frame.writeUInt32BE(nextMask(), header - 4);
+  frame.writeUInt32BE(0, header - 4);
   frame.write(text, header, length, 'utf8');
-  maskPayload(frame, header);
-  return frame;
+  return { frame, header };
 }
 
-/** Offset of the payload in a client frame (after the masking key). */
-export function clientHeaderLength(frame: Buffer): number {
-  const len = frame[1]! & 0x7f;
-  return len < 126 ? 6 : len === 126 ? 8 : 14;
-}
-
-/**
- * Mask `frame` in place with a fresh key. `frame` must hold an unmasked
- * payload behind a zero key (a copy of a template: the generator builds each
- * sender's frame once and patches digits into copies, with no string work per send).
- */
+/** Mask `frame` (an unmasked payload from `header` on, as {@link clientTextTemplate} builds) in place with a fresh key. */
 export function maskFrame(frame: Buffer, header: number): Buffer {
   frame.writeUInt32BE(nextMask(), header - 4);
   maskPayload(frame, header);
@@ -250,7 +250,7 @@ export class RawWebSocket {
       this.frames++;
       const opcode = b0 & 0x0f;
       if (opcode === 1) this.options.onText(buf, start, end);
-      else if (opcode === 9) this.sendPong(Buffer.from(buf.subarray(start, end)));
+      else if (opcode === 9) this.sendPong(buf.subarray(start, end));
       else if (opcode === 8) {
         const code = payloadLength >= 2 ? buf.readUInt16BE(start) : 1005;
         this.socket.end(Buffer.from([0x88, 0x80, 0, 0, 0, 0]));

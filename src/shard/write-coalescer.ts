@@ -2,15 +2,15 @@
  * Outbound frames: one `write` (one syscall) per socket per turn, however
  * many frames the turn produced for it.
  *
- * On this path the kernel is the cost: a loopback TCP `write` costs 6–7 µs
+ * On this path the kernel is the cost: a loopback TCP `write` costs 7–9 µs
  * of CPU whatever its size (bench/loopback.ts measures it), so one syscall
- * per delivery would cap a shard near 150k deliveries/s per core. Frames are
+ * per delivery would cap a shard near 135k deliveries/s per core. Frames are
  * therefore queued per session: a session's first frame of a turn puts it
  * on the dirty list, and one `setImmediate` (the check phase, right after
  * the poll phase that delivered the turn's messages) writes each dirty
  * session's queue as one buffer. Under load the batches grow by themselves:
  * the busier the shard, the longer its turns and the more frames each write
- * carries (8–9 per write measured at the extreme preset).
+ * carries (6–10 per write measured at the extreme preset).
  *
  * The queue bypasses the socket's stream buffer (no cork, no per-frame
  * `Writable.write` bookkeeping): the flush concatenates the frames and makes
