@@ -50,9 +50,17 @@ test('a member that stops reading is closed with 4008 after the timeout; the oth
   assert.deepEqual((await fast.expect('asset_moved')).payload, { after: true });
   assert.equal((await scrape(server.port)).metrics.get('moodio_rt_protective_closes_total{reason="slow_consumer"}'), 1);
 
-  // Once it reads again, it finds its backlog, then the close frame: reconnect and resync.
+  // Once it reads again, it finds its whole backlog in order, then the close
+  // frame (the server flushes what it holds before closing), then nothing.
   socketOf(slow).resume();
   assert.deepEqual(await slow.closed, { code: CloseCode.SLOW_CONSUMER, reason: 'slow consumer' });
+  const backlog: number[] = [];
+  while (slow.pending > 0) {
+    const frame = await slow.next();
+    assert.equal(frame.type, 'asset_moved', `only the backlog precedes the close frame, got ${JSON.stringify(frame).slice(0, 80)}`);
+    backlog.push((frame.payload as { i: number }).i);
+  }
+  assert.deepEqual(backlog, Array.from({ length: BIG }, (_, i) => i));
 });
 
 test('over budget, transient events are coalesced to the newest per sender and type; ordered ones all arrive', async (t) => {
