@@ -8,7 +8,8 @@
  * (no coordinated omission). Receivers read that time straight from the
  * frame bytes; they never JSON.parse.
  *
- * Payload layout: `{"p":"<pad>","m":1,"s":"000123","t":"000001234567890"}`.
+ * Payload layout: `{"p":"<pad>","m":1,"s":"000123","t":"000001234567890"}`,
+ * m = 1 in the measured window and 0 in the warm-up (see Tally).
  * The server relays the payload with its keys in order, as the last field of
  * the event, so every relayed load frame ends with
  * `,"m":M,"s":"SSSSSS","t":"TTTTTTTTTTTTTTT"}}` and the receiver reads the
@@ -78,46 +79,91 @@ function isLoadFrame(buf: Buffer, start: number, end: number): boolean {
 
 interface Sender {
   client: RawWebSocket;
-  /** This sender's frame with m = 0, s and t zeroed, not yet masked; each send patches and masks a copy. */
+  /** This sender's frame with m, s and t zeroed, not yet masked; each send patches and masks a copy. */
   template: Buffer;
   /** Offset of the payload in `template`. */
   header: number;
   room: RoomState;
   intervalUs: number;
   nextAt: number;
-  seq: number;
-  measured: number;
+  /** Messages sent, per tally slot (warm-up, measured). */
+  sent: [number, number];
+  /** Most messages to send, per tally slot (Infinity: no limit). */
+  limit: [number, number];
 }
 
 interface RoomState {
   plan: RoomPlan;
   receivers: number;
-  /** For the target room: per message, receivers reached and the worst latency. */
-  reached: Uint16Array | null;
-  worst: Float64Array | null;
+  /** For the target room, per tally: per message, receivers reached and the worst latency. */
+  reached: [Uint16Array, Uint16Array] | null;
+  worst: [Float64Array, Float64Array] | null;
 }
+
+/**
+ * What one phase sent and received. The warm-up has a tally of its own,
+ * filled by the same code as the measured one and then thrown away: the
+ * measured window starts with that code already optimized, instead of
+ * compiling it (on this core, beside the sends) in its first milliseconds.
+ */
+interface Tally {
+  /** Index into RoomState.reached / worst. */
+  readonly slot: 0 | 1;
+  readonly deliveryHist: Histogram;
+  readonly targetHist: Histogram;
+  /** How late the generator sent each message after its scheduled time. */
+  readonly lagHist: Histogram;
+  sends: number;
+  expected: number;
+  pressureSends: number;
+  pressureExpected: number;
+  targetMessages: number;
+  targetExpected: number;
+  deliveries: number;
+  targetDeliveries: number;
+  targetComplete: number;
+  pressureDeliveries: number;
+}
+
+function newTally(slot: 0 | 1): Tally {
+  return {
+    slot,
+    deliveryHist: createHistogram(),
+    targetHist: createHistogram(),
+    lagHist: createHistogram(),
+    sends: 0,
+    expected: 0,
+    pressureSends: 0,
+    pressureExpected: 0,
+    targetMessages: 0,
+    targetExpected: 0,
+    deliveries: 0,
+    targetDeliveries: 0,
+    targetComplete: 0,
+    pressureDeliveries: 0,
+  };
+}
+
+/** The `m` digit of a load frame: which tally it counts in. */
+const M_WARMUP = 48; // '0'
+const M_MEASURED = 49; // '1'
 
 export default async function run({ plan, port }: GeneratorTask): Promise<ThreadResult> {
   const post = (event: ThreadEvent) => port.postMessage(event);
-  const deliveryHist: Histogram = createHistogram();
-  const targetHist: Histogram = createHistogram();
   const connectHist: Histogram = createHistogram();
-  /** How late the generator sent each measured message after its scheduled time. */
-  const lagHist: Histogram = createHistogram();
+  const warm = newTally(0);
+  const measured = newTally(1);
   const errors: Record<string, number> = {};
   const countError = (kind: string) => (errors[kind] = (errors[kind] ?? 0) + 1);
-  let deliveries = 0;
-  let targetDeliveries = 0;
-  let targetComplete = 0;
-  let pressureDeliveries = 0;
-  let measuring = false;
+  /** Load frames are counted from the start until the grace period ends. */
+  let counting = false;
   let finished = false;
 
   const rooms: RoomState[] = plan.rooms.map((room) => ({
     plan: room,
     receivers: room.tokens.length - 1,
-    reached: room.role === 'target' ? new Uint16Array(room.maxMessages) : null,
-    worst: room.role === 'target' ? new Float64Array(room.maxMessages) : null,
+    reached: room.role === 'target' ? [new Uint16Array(room.maxMessages), new Uint16Array(room.maxMessages)] : null,
+    worst: room.role === 'target' ? [new Float64Array(room.maxMessages), new Float64Array(room.maxMessages)] : null,
   }));
   const clients: RawWebSocket[] = [];
   const meter = { busyUs: 0 };
@@ -132,24 +178,27 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
       }
       return;
     }
-    // m = 1 for a measured message.
-    if (buf[end - M_AT] !== 49 || !measuring) return;
+    const m = buf[end - M_AT];
+    if (!counting || (m !== M_MEASURED && m !== M_WARMUP)) return;
+    const tally = m === M_MEASURED ? measured : warm;
     const latency = nowUs() - readDigits(buf, end - T_START, end - T_END);
-    deliveries++;
+    tally.deliveries++;
     const role = room.plan.role;
     if (role === 'target') {
-      targetDeliveries++;
+      tally.targetDeliveries++;
       const seq = readDigits(buf, end - S_START, end - S_END);
-      if (seq < room.reached!.length) {
-        if (latency > room.worst![seq]!) room.worst![seq] = latency;
-        if (++room.reached![seq]! === room.receivers) {
-          targetComplete++;
-          recordUs(targetHist, room.worst![seq]!);
+      const reached = room.reached![tally.slot];
+      const worst = room.worst![tally.slot];
+      if (seq < reached.length) {
+        if (latency > worst[seq]!) worst[seq] = latency;
+        if (++reached[seq]! === room.receivers) {
+          tally.targetComplete++;
+          recordUs(tally.targetHist, worst[seq]!);
         }
       }
     } else {
-      recordUs(deliveryHist, latency);
-      if (role === 'pressure') pressureDeliveries++;
+      recordUs(tally.deliveryHist, latency);
+      if (role === 'pressure') tally.pressureDeliveries++;
     }
   };
 
@@ -202,7 +251,7 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
               const { frame, header } = clientTextTemplate(
                 `{"type":${JSON.stringify(room.plan.messageType)},"payload":{"p":"${payloadPad}","m":0,"s":"${'0'.repeat(S_DIGITS)}","t":"${'0'.repeat(T_DIGITS)}"}}`,
               );
-              senders.push({ client, template: frame, header, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, seq: 0, measured: 0 });
+              senders.push({ client, template: frame, header, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, sent: [0, 0], limit: [Infinity, room.plan.maxMessages > 0 ? room.plan.maxMessages : Infinity] });
             }
           },
           (err: unknown) => {
@@ -224,52 +273,50 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const measureFrom = runStart + start.warmupMs * 1000;
   const measureUntil = measureFrom + start.durationMs * 1000;
   for (const s of senders) s.nextAt = runStart + Math.random() * s.intervalUs;
-  let sends = 0;
-  let pressureSends = 0;
-  let expected = 0;
-  let pressureExpected = 0;
-  let targetMessages = 0;
-  let targetExpected = 0;
 
   /** Send every message due by now; returns when the next one is due (µs, Infinity if none). */
   const tick = (): number => {
     const now = nowUs();
-    if (!measuring && now >= measureFrom) measuring = true;
     let next = Infinity;
     let sent = false;
     for (let i = 0; i < senders.length; i++) {
       const s = senders[i]!;
       const room = s.room.plan;
       while (s.nextAt <= now && s.nextAt < measureUntil) {
-        const measured = s.nextAt >= measureFrom;
-        if (measured && room.maxMessages > 0 && s.measured >= room.maxMessages) break;
-        const seq = measured ? s.measured : s.seq;
-        if (measured) recordUs(lagHist, now - s.nextAt);
+        // The same code for both phases, so that the warm-up trains it.
+        const tally = s.nextAt >= measureFrom ? measured : warm;
+        const slot = tally.slot;
+        if (s.sent[slot] >= s.limit[slot]) break;
+        // Warm-up target messages reuse their tally's slots round-robin.
+        let seq = s.sent[slot];
+        if (room.role === 'target') {
+          seq %= room.maxMessages;
+          s.room.reached![tally.slot][seq] = 0;
+          s.room.worst![tally.slot][seq] = 0;
+        }
+        recordUs(tally.lagHist, now - s.nextAt);
         // A copy of the template with the digits patched in (see the layout above).
         const frame = Buffer.allocUnsafe(s.template.length);
         s.template.copy(frame);
         const end = frame.length;
-        if (measured) frame[end - M_AT] = 49;
+        frame[end - M_AT] = slot === 1 ? M_MEASURED : M_WARMUP;
         writeDigits(frame, end - S_START, end - S_END, seq);
         writeDigits(frame, end - T_START, end - T_END, Math.round(s.nextAt));
         s.client.sendFrame(maskFrame(frame, s.header));
         sent = true;
-        s.seq++;
-        if (measured) {
-          s.measured++;
-          sends++;
-          expected += s.room.receivers;
-          if (room.role === 'pressure') {
-            pressureSends++;
-            pressureExpected += s.room.receivers;
-          } else if (room.role === 'target') {
-            targetMessages++;
-            targetExpected += s.room.receivers;
-          }
+        s.sent[slot]++;
+        tally.sends++;
+        tally.expected += s.room.receivers;
+        if (room.role === 'pressure') {
+          tally.pressureSends++;
+          tally.pressureExpected += s.room.receivers;
+        } else if (room.role === 'target') {
+          tally.targetMessages++;
+          tally.targetExpected += s.room.receivers;
         }
         s.nextAt += s.intervalUs;
       }
-      const done = s.nextAt >= measureUntil || (room.maxMessages > 0 && s.measured >= room.maxMessages);
+      const done = s.nextAt >= measureUntil || s.sent[1] >= s.limit[1];
       if (!done && s.nextAt < next) next = s.nextAt;
     }
     if (sent) meter.busyUs += nowUs() - now;
@@ -304,8 +351,12 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
     if (wait > 1500) timer = setTimeout(loop, Math.floor((wait - 1000) / 1000));
     else immediate = setImmediate(loop);
   };
+  counting = true;
   loop();
-  const progress = setInterval(() => post({ type: 'progress', thread: plan.thread, sends, deliveries }), 1000);
+  const progress = setInterval(
+    () => post({ type: 'progress', thread: plan.thread, sends: warm.sends + measured.sends, deliveries: warm.deliveries + measured.deliveries }),
+    1000,
+  );
   await sleep(start.warmupMs + start.durationMs);
   running = false;
   if (timer) clearTimeout(timer);
@@ -314,8 +365,8 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const windowMs = (nowUs() - measureFrom) / 1000;
   // Let in-flight deliveries land, up to the grace period.
   const graceUntil = Date.now() + start.graceMs;
-  while (deliveries < expected && Date.now() < graceUntil) await sleep(5);
-  measuring = false;
+  while (measured.deliveries < measured.expected && Date.now() < graceUntil) await sleep(5);
+  counting = false;
   finished = true;
   clearInterval(progress);
   const cpu = process.threadCpuUsage(cpuStart);
@@ -329,20 +380,20 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
     connected,
     connectFailed: failed,
     errors,
-    sends,
-    expectedDeliveries: expected,
-    deliveries,
-    deliveryHistogram: encodeHistogram(deliveryHist),
-    targetHistogram: encodeHistogram(targetHist),
+    sends: measured.sends,
+    expectedDeliveries: measured.expected,
+    deliveries: measured.deliveries,
+    deliveryHistogram: encodeHistogram(measured.deliveryHist),
+    targetHistogram: encodeHistogram(measured.targetHist),
     connectHistogram: encodeHistogram(connectHist),
-    lagHistogram: encodeHistogram(lagHist),
-    targetMessages,
-    targetComplete,
-    targetExpectedDeliveries: targetExpected,
-    targetDeliveries,
-    pressureSends,
-    pressureExpectedDeliveries: pressureExpected,
-    pressureDeliveries,
+    lagHistogram: encodeHistogram(measured.lagHist),
+    targetMessages: measured.targetMessages,
+    targetComplete: measured.targetComplete,
+    targetExpectedDeliveries: measured.targetExpected,
+    targetDeliveries: measured.targetDeliveries,
+    pressureSends: measured.pressureSends,
+    pressureExpectedDeliveries: measured.pressureExpected,
+    pressureDeliveries: measured.pressureDeliveries,
     windowMs,
     cpuPercent: Math.round(((cpu.user + cpu.system) / wallUs) * 1000) / 10,
     busyPercent: Math.round((meter.busyUs / wallUs) * 1000) / 10,
