@@ -240,7 +240,8 @@ if (results.loopback) {
 }
 const dir = here('./results/');
 mkdirSync(dir, { recursive: true });
-const name = `${(results.date as string).slice(0, 10)}-${(results.machine as { commit: string }).commit}${quick ? '-quick' : ''}`;
+// A partial run (--only, --quick) is named as such: it must not overwrite a full run's results.
+const name = `${(results.date as string).slice(0, 10)}-${(results.machine as { commit: string }).commit}${quick ? '-quick' : ''}${only ? `-only-${[...only].join('-')}` : ''}`;
 writeFileSync(`${dir}${name}.json`, JSON.stringify(results, null, 2) + '\n');
 writeFileSync(`${dir}${name}.md`, md.join('\n') + '\n');
 process.stdout.write(md.join('\n') + '\n');

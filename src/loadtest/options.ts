@@ -80,7 +80,7 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
   { key: 'sendersPerRoom', flags: '--senders-per-room <n>', default: '1', description: 'sessions per room that send', parse: intIn(0, 10_000) },
   { key: 'rate', flags: '--rate <msgs/s>', default: '10', description: 'messages per second per sender (open loop)', parse: numberIn(0.01, 100_000) },
   { key: 'durationMs', flags: '--duration <duration>', default: '10s', description: 'measured time', parse: parseDuration },
-  { key: 'warmupMs', flags: '--warmup <duration>', default: '2s', description: 'unmeasured sending before the measurement', parse: parseDuration },
+  { key: 'warmupMs', flags: '--warmup <duration>', default: '2s', description: 'sending before the measurement, measured the same way and discarded', parse: parseDuration },
   { key: 'messageType', flags: '--message-type <type>', default: 'asset_moved', description: 'type of the messages sent', parse: text },
   { key: 'payloadBytes', flags: '--payload-bytes <n>', default: '64', description: 'approximate size of each payload', parse: intIn(32, 3500) },
   { key: 'connectRate', flags: '--connect-rate <n/s>', default: '500', description: 'new connections per second', parse: numberIn(1, 1_000_000) },
