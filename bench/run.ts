@@ -92,6 +92,16 @@ function loadtest(port: number, args: string[]): LoadtestReport {
   return JSON.parse(out.stdout) as LoadtestReport;
 }
 
+/** `times` loadtest runs against `port`, each logged as `label` (with its run number when there are several). */
+function loadtestRuns(port: number, times: number, label: string, args: string[]): LoadtestReport[] {
+  const reports: LoadtestReport[] = [];
+  for (let run = 1; run <= times; run++) {
+    log(`# ${label}${times > 1 ? ` (run ${run}/${times})` : ''}`);
+    reports.push(loadtest(port, args));
+  }
+  return reports;
+}
+
 async function withServer<T>(options: ServerOptions, fn: (port: number, pid: number) => Promise<T>): Promise<T> {
   const cleanup = new Cleanup();
   try {
@@ -124,11 +134,7 @@ if (want('presets')) {
     const runs = index === 0 ? repeat : 1;
     await withServer(server.options, async (port) => {
       for (const preset of quick ? ['light', 'heavy'] : ['light', 'medium', 'heavy', 'extreme']) {
-        const reports: LoadtestReport[] = [];
-        for (let run = 1; run <= runs; run++) {
-          log(`# preset ${preset} → ${server.name}${runs > 1 ? ` (run ${run}/${runs})` : ''}`);
-          reports.push(loadtest(port, ['--preset', preset, '--warmup', '1s']));
-        }
+        const reports = loadtestRuns(port, runs, `preset ${preset} → ${server.name}`, ['--preset', preset, '--warmup', '1s']);
         const of = (pick: (r: LoadtestReport) => number) => median(reports.map(pick));
         const worst = reports.reduce((a, b) => (b.deliveryRatio < a.deliveryRatio ? b : a));
         rows.push({
@@ -160,11 +166,9 @@ if (want('sweep')) {
   const steps: { rate: number; deliveriesPerSecond: number; deliveryRatio: number; p99: number; p99Runs: number[]; generatorSaturated: boolean }[] = [];
   await withServer(SERVERS[0]!.options, async (port) => {
     for (const rate of quick ? [200, 600] : [100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200]) {
-      const reports: LoadtestReport[] = [];
-      for (let run = 1; run <= repeat; run++) {
-        log(`# sweep rate ${rate}/s per sender${repeat > 1 ? ` (run ${run}/${repeat})` : ''}`);
-        reports.push(loadtest(port, ['--rooms', '50', '--users-per-room', '10', '--senders-per-room', '2', '--rate', String(rate), '--duration', quick ? '3s' : '5s', '--warmup', '2s']));
-      }
+      const reports = loadtestRuns(port, repeat, `sweep rate ${rate}/s per sender`, [
+        '--rooms', '50', '--users-per-room', '10', '--senders-per-room', '2', '--rate', String(rate), '--duration', quick ? '3s' : '5s', '--warmup', '2s',
+      ]);
       // A step is sustained when every run delivers everything and the median p99 is within 50 ms.
       const step = {
         rate,

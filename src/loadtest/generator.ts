@@ -291,8 +291,8 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
         let seq = s.sent[slot];
         if (room.role === 'target') {
           seq %= room.maxMessages;
-          s.room.reached![tally.slot][seq] = 0;
-          s.room.worst![tally.slot][seq] = 0;
+          s.room.reached![slot][seq] = 0;
+          s.room.worst![slot][seq] = 0;
         }
         recordUs(tally.lagHist, now - s.nextAt);
         // A copy of the template with the digits patched in (see the layout above).
