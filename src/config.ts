@@ -17,6 +17,8 @@ export { optionName, parseDuration };
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export const LOG_FORMATS = ['json', 'pretty'] as const;
+export const PACING_MODES = ['auto', 'always', 'off'] as const;
+export type PacingMode = (typeof PACING_MODES)[number];
 export type LogFormat = (typeof LOG_FORMATS)[number];
 
 /** The validated configuration of a running server. Plain data: it is cloned into every shard. */
@@ -44,6 +46,11 @@ export interface ServeConfig {
   /** Added to asset_dragging. */
   coalesceTypes: string[];
   slowConsumerTimeoutMs: number;
+  /** When sockets that receive fast are written once per paceIntervalMs (write-coalescer.ts). */
+  pacing: PacingMode;
+  paceIntervalMs: number;
+  /** Frames per second a socket must receive to be paced. */
+  paceAbove: number;
   rateLimit: number;
   rateLimitBurst: number;
   rateLimitCloseAfterMs: number;
@@ -240,6 +247,34 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: '10s',
     description: 'a session over its outbound budget this long is closed with 4008',
     parse: parseDuration,
+  },
+  {
+    key: 'pacing',
+    flags: '--pacing <mode>',
+    env: 'MOODIO_RT_PACING',
+    default: 'auto',
+    description: 'write sockets that receive fast once per --pace-interval: auto (while a shard is saturated), always, off',
+    parse: oneOf(PACING_MODES),
+  },
+  {
+    key: 'paceIntervalMs',
+    flags: '--pace-interval <duration>',
+    env: 'MOODIO_RT_PACE_INTERVAL',
+    default: '32ms',
+    description: 'how often a paced socket is written (8 to 1000 ms)',
+    parse: (raw, option) => {
+      const ms = parseDuration(raw, option);
+      if (ms < 8 || ms > 1000) throw new ConfigError(option, `must be from 8ms to 1s, got ${JSON.stringify(raw)}`);
+      return ms;
+    },
+  },
+  {
+    key: 'paceAbove',
+    flags: '--pace-above <frames/s>',
+    env: 'MOODIO_RT_PACE_ABOVE',
+    default: '200',
+    description: 'frames per second a socket must receive to be paced',
+    parse: intIn(10, 1_000_000),
   },
   {
     key: 'rateLimit',

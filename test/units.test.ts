@@ -161,6 +161,19 @@ describe('config', () => {
     assert.throws(() => resolveServeConfig({ jwtSecret: 's', port: true }), (err: unknown) => err instanceof ConfigError && err.option === '--port');
   });
 
+  test('pacing options: defaults, modes and the interval range', () => {
+    const serve = resolveServeConfig({ jwtSecret: 's' });
+    assert.deepEqual([serve.pacing, serve.paceIntervalMs, serve.paceAbove], ['auto', 32, 200]);
+    assert.deepEqual(
+      (({ pacing, paceIntervalMs, paceAbove }) => [pacing, paceIntervalMs, paceAbove])(resolveServeConfig({ jwtSecret: 's', pacing: 'off', paceIntervalMs: '50ms', paceAbove: '1000' })),
+      ['off', 50, 1000],
+    );
+    assert.throws(() => resolveServeConfig({ jwtSecret: 's', pacing: 'sometimes' }), (err: unknown) => err instanceof ConfigError && err.option === '--pacing' && /auto, always, off/.test(err.message));
+    assert.throws(() => resolveServeConfig({ jwtSecret: 's', paceIntervalMs: '2ms' }), (err: unknown) => err instanceof ConfigError && err.option === '--pace-interval');
+    assert.throws(() => resolveServeConfig({ jwtSecret: 's', paceIntervalMs: '5s' }), (err: unknown) => err instanceof ConfigError && err.option === '--pace-interval');
+    assert.throws(() => resolveServeConfig({ jwtSecret: 's', paceAbove: '0' }), (err: unknown) => err instanceof ConfigError && err.option === '--pace-above');
+  });
+
   test('errors carry ERR_CONFIG and the option', () => {
     assert.throws(() => resolveServeConfig({ jwtSecret: 's', workers: '0' }), (err: unknown) => {
       assert.ok(err instanceof ConfigError);

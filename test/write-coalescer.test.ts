@@ -1,17 +1,18 @@
 /**
  * The shard's write coalescer on real loopback sockets: one write per socket
  * per turn, `flushNow` before a close puts the queue ahead of the close
- * frame, and nothing queued after a session stops being open reaches the
- * wire. (The end-to-end tests cover the same through the server; these pin
- * the ordering within one turn, which the server cannot be made to hit on
- * demand.)
+ * frame, nothing queued after a session stops being open reaches the wire,
+ * and pacing: fast sockets written once per interval while slow ones keep
+ * one write per turn, `auto` pacing only a saturated loop. (The end-to-end
+ * tests cover the same through the server; these pin orderings within one
+ * turn and load states the server cannot be made to hit on demand.)
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
-import { WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
+import { newPaceState, WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -34,9 +35,24 @@ async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffe
   return { local, reads, ended };
 }
 
-const target = (socket: Socket): CoalescedTarget & { open: boolean } => ({ socket, open: true, queue: [], queuedBytes: 0 });
+const target = (socket: Socket): CoalescedTarget & { open: boolean } => ({ socket, open: true, outbox: null, queuedBytes: 0, pace: newPaceState() });
 const frame = (text: string) => Buffer.from(text, 'latin1');
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
+const tick = () => new Promise((resolve) => setTimeout(resolve, 1));
+
+/** Record every chunk written to `socket`. */
+function recordWrites(socket: Socket): Buffer[] {
+  const writes: Buffer[] = [];
+  const write = socket.write.bind(socket);
+  socket.write = ((chunk: Buffer, ...rest: never[]) => {
+    writes.push(Buffer.from(chunk));
+    return write(chunk, ...rest);
+  }) as typeof socket.write;
+  return writes;
+}
+
+/** `count` numbered frames `<prefix><n>;` and the text they make together. */
+const numbered = (prefix: string, count: number) => Array.from({ length: count }, (_, i) => `${prefix}${i};`);
 
 test('frames queued in one turn go out in order, as one write per socket', async (t) => {
   const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
@@ -83,4 +99,94 @@ test('flushNow puts the queue ahead of a close in the same turn; later frames ne
   assert.equal(session.queuedBytes, 0, 'the dropped frame is not kept either');
   pair.local.end();
   assert.equal((await pair.ended).toString('latin1'), 'AB<close>');
+});
+
+test('pacing: a fast socket is written once per interval, a slow one still once per turn, every byte in order', async (t) => {
+  const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
+  const out = new WriteCoalescer(metrics, { pacing: 'always', paceIntervalMs: 40, paceAbove: 200, rateWindowMs: 50 });
+  t.after(() => out.stop());
+  const fast = await socketPair(t);
+  const slow = await socketPair(t);
+  const tf = target(fast.local);
+  const ts = target(slow.local);
+  const fastWrites = recordWrites(fast.local);
+  const slowWrites = recordWrites(slow.local);
+  const fastFrames = numbered('f', 600);
+  const slowFrames: string[] = [];
+  // 3 frames a tick (≥ 600/s however slow the timers) to one, a frame every 20th tick (≤ 50/s) to the other.
+  for (let i = 0; i < 200; i++) {
+    for (let j = 0; j < 3; j++) out.write(tf, frame(fastFrames[i * 3 + j]!));
+    if (i % 20 === 0) {
+      slowFrames.push(`s${i};`);
+      out.write(ts, frame(`s${i};`));
+    }
+    await tick();
+  }
+  out.flushAll();
+  assert.equal(tf.queuedBytes + ts.queuedBytes, 0, 'flushAll leaves nothing held');
+  assert.equal(slowWrites.length, slowFrames.length, 'the slow socket got one write per frame (one per turn)');
+  assert.ok(fastWrites.length < fastFrames.length / 5, `the fast socket got ${fastWrites.length} writes for ${fastFrames.length} frames`);
+  const paced = metrics.values[Metric.PACED_WRITES]!;
+  assert.ok(paced > 0, 'writes were paced');
+  assert.equal(paced + metrics.values[Metric.OUTBOUND_WRITES]!, fastWrites.length + slowWrites.length, 'every write is counted once');
+  fast.local.end();
+  slow.local.end();
+  assert.equal((await fast.ended).toString('latin1'), fastFrames.join(''));
+  assert.equal((await slow.ended).toString('latin1'), slowFrames.join(''));
+});
+
+test('pacing: held bytes wait past the end of the turn; flushAll writes them at once', async (t) => {
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), { pacing: 'always', paceIntervalMs: 1000, paceAbove: 100, rateWindowMs: 20 });
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local);
+  const writes = recordWrites(pair.local);
+  let sent = '';
+  // Until a rate window has judged the socket fast, frames go out per turn.
+  for (let i = 0; !session.pace.fast; i++) {
+    for (let j = 0; j < 5; j++) out.write(session, frame(`${i}.${j};`));
+    sent += Array.from({ length: 5 }, (_, j) => `${i}.${j};`).join('');
+    await tick();
+  }
+  out.flushAll();
+  const before = writes.length;
+  out.write(session, frame('held;'));
+  assert.ok(session.queuedBytes > 0);
+  out.flushAll();
+  assert.equal(writes.length, before + 1);
+  assert.equal(writes.at(-1)!.toString('latin1').endsWith('held;'), true);
+  pair.local.end();
+  assert.equal((await pair.ended).toString('latin1'), sent + 'held;');
+});
+
+test('auto pacing leaves a quiet loop alone, starts when the loop saturates and stops when it is quiet again', async (t) => {
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), { pacing: 'auto', paceIntervalMs: 40, paceAbove: 100, rateWindowMs: 20 });
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local);
+  const writes = recordWrites(pair.local);
+  // Quiet: a fast stream (3 frames a tick), every turn's frames written at the end of that turn.
+  for (let i = 0; i < 100; i++) {
+    for (let j = 0; j < 3; j++) out.write(session, frame('q;'));
+    await tick();
+  }
+  assert.equal(out.pacing, false);
+  assert.ok(session.pace.fast, 'the socket counts as fast');
+  assert.equal(writes.length, 100, 'one write per turn');
+
+  // Saturated: every turn burns 10 ms of CPU. Pacing starts within a few rate windows.
+  const started = performance.now();
+  while (!out.pacing) {
+    assert.ok(performance.now() - started < 5000, 'pacing did not start on a saturated loop');
+    const until = performance.now() + 10;
+    while (performance.now() < until);
+    for (let j = 0; j < 3; j++) out.write(session, frame('b;'));
+    await nextTurn();
+  }
+  // Quiet again: pacing stops.
+  const quiet = performance.now();
+  while (out.pacing) {
+    assert.ok(performance.now() - quiet < 5000, 'pacing did not stop on a quiet loop');
+    await tick();
+  }
 });

@@ -51,6 +51,10 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
   ]);
   counter('moodio_rt_deliveries_total', 'Frames queued to sessions (relayed events, presence, errors).', [['', Metric.DELIVERIES]]);
   counter('moodio_rt_outbound_bytes_total', 'Bytes of those frames.', [['', Metric.OUTBOUND_BYTES]]);
+  counter('moodio_rt_outbound_writes_total', 'Socket writes carrying those frames (deliveries / writes = frames per syscall), by when they were written.', [
+    ['{when="turn"}', Metric.OUTBOUND_WRITES],
+    ['{when="paced"}', Metric.PACED_WRITES],
+  ]);
   counter('moodio_rt_protective_closes_total', 'Sessions closed by the server to protect the others, by reason.', [
     ['{reason="rate_limit"}', Metric.CLOSED_RATE_LIMIT],
     ['{reason="liveness"}', Metric.CLOSED_LIVENESS],

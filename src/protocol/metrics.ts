@@ -49,8 +49,11 @@ export const Metric = {
   // backpressure
   DROPPED_COALESCED: 25,
   CLOSED_SLOW_CONSUMER: 26,
+  // write coalescer
+  OUTBOUND_WRITES: 27,
+  PACED_WRITES: 28,
   /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
-  PERMISSION_BUCKET_0: 27,
+  PERMISSION_BUCKET_0: 29,
 } as const;
 
 export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;

@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Permission } from '../protocol/events.ts';
 import type { RateState } from './rate-limiter.ts';
+import { newPaceState } from './write-coalescer.ts';
 
 export class Session {
   readonly id: string;
@@ -26,9 +27,10 @@ export class Session {
   readonly infoJson: string;
   /** Position in its room's member array (swap-remove bookkeeping). */
   index = -1;
-  /** Frames the write coalescer holds for this socket, and their bytes. */
-  queue: Buffer[] = [];
+  /** Bytes the write coalescer holds for this socket (write-coalescer.ts). */
+  outbox: Buffer | null = null;
   queuedBytes = 0;
+  readonly pace = newPaceState();
   /** Heard from (pong or message) since the last liveness ping. */
   alive = true;
   /** Inbound rate-limit bucket. */

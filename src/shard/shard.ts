@@ -58,7 +58,7 @@ export class Shard {
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
     this.rateLimit = { perSecond: config.rateLimit, burst: config.rateLimitBurst, closeAfterMs: config.rateLimitCloseAfterMs };
-    const out = (this.out = new WriteCoalescer(metrics));
+    const out = (this.out = new WriteCoalescer(metrics, { pacing: config.pacing, paceIntervalMs: config.paceIntervalMs, paceAbove: config.paceAbove }));
     this.backpressure = new Backpressure(
       { maxBufferedBytes: config.maxBufferedBytes, slowConsumerTimeoutMs: config.slowConsumerTimeoutMs },
       out,
@@ -179,7 +179,8 @@ export class Shard {
     clearInterval(this.pinger);
     this.backpressure.stop();
     // Frames already queued go out ahead of the close frames.
-    this.out.flush();
+    this.out.flushAll();
+    this.out.stop();
     const open = this.rooms.sessionCount;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
