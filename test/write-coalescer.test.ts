@@ -35,7 +35,7 @@ async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffe
   return { local, reads, ended };
 }
 
-const target = (socket: Socket): CoalescedTarget & { open: boolean } => ({ socket, open: true, outbox: null, queuedBytes: 0, pace: newPaceState() });
+const target = (socket: Socket): CoalescedTarget & { open: boolean } => ({ socket, open: true, single: null, outbox: null, queuedBytes: 0, pace: newPaceState() });
 const frame = (text: string) => Buffer.from(text, 'latin1');
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
 const tick = () => new Promise((resolve) => setTimeout(resolve, 1));

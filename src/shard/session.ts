@@ -28,6 +28,7 @@ export class Session {
   /** Position in its room's member array (swap-remove bookkeeping). */
   index = -1;
   /** Bytes the write coalescer holds for this socket (write-coalescer.ts). */
+  single: Buffer | null = null;
   outbox: Buffer | null = null;
   queuedBytes = 0;
   readonly pace = newPaceState();

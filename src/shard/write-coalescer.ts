@@ -63,7 +63,11 @@ export interface CoalescedTarget {
   readonly socket: Socket;
   /** True while data frames may still be written. */
   readonly open: boolean;
-  /** Bytes waiting to be written, in `outbox[0, queuedBytes)`; null while none wait. */
+  /**
+   * What waits to be written: nothing (queuedBytes 0), one frame by
+   * reference (`single`), or the bytes of two or more in `outbox[0, queuedBytes)`.
+   */
+  single: Buffer | null;
   outbox: Buffer | null;
   queuedBytes: number;
   /** Pacing bookkeeping, owned by the coalescer. */
@@ -146,9 +150,10 @@ export class WriteCoalescer {
       pace.windowFrames = 0;
     }
     pace.windowFrames++;
-    let outbox = target.outbox;
-    if (outbox === null) {
-      outbox = target.outbox = this.slabs.take(length > pace.lastBytes ? length : pace.lastBytes);
+    if (used === 0) {
+      // First frame: kept by reference. Most turns carry one frame per
+      // socket at light load, and then nothing is copied.
+      target.single = frame;
       if (this.pacing && pace.fast) {
         this.wheel[pace.bucket]!.push(target);
         if (this.wheelCount++ === 0 && this.wheelTimer === null) this.armWheel();
@@ -159,6 +164,16 @@ export class WriteCoalescer {
           setImmediate(this.flush);
         }
       }
+      target.queuedBytes = length;
+      this.count(length);
+      return;
+    }
+    let outbox = target.outbox;
+    if (outbox === null) {
+      // Second frame: both move into a slab, so no frame buffer is held past this call.
+      outbox = target.outbox = this.slabs.take(used + length > pace.lastBytes ? used + length : pace.lastBytes);
+      outbox.set(target.single!, 0);
+      target.single = null;
     } else if (used + length > outbox.length) {
       // A burst outgrew the slab: move to the next size that holds it.
       const grown = this.slabs.take(Math.max(outbox.length * 2, used + length));
@@ -169,9 +184,13 @@ export class WriteCoalescer {
     // TypedArray#set is V8's memcpy builtin: no allocation per call.
     outbox.set(frame, used);
     target.queuedBytes = used + length;
+    this.count(length);
+  }
+
+  private count(bytes: number): void {
     const values = this.metrics.values;
     values[Metric.DELIVERIES]! += 1;
-    values[Metric.OUTBOUND_BYTES]! += length;
+    values[Metric.OUTBOUND_BYTES]! += bytes;
   }
 
   /** Write `target`'s bytes now (before closing it, say). A list that still holds it finds it empty later. */
@@ -255,21 +274,32 @@ export class WriteCoalescer {
   }
 
   private writeOut(target: CoalescedTarget, metric: number): void {
-    const outbox = target.outbox;
-    if (outbox === null) return;
+    const bytes = target.queuedBytes;
+    if (bytes === 0) return;
     const socket = target.socket;
+    const single = target.single;
+    const outbox = target.outbox;
+    target.single = null;
     target.outbox = null;
-    target.pace.lastBytes = target.queuedBytes;
+    target.queuedBytes = 0;
+    target.pace.lastBytes = bytes;
+    if (single !== null) {
+      // One frame: written as is (it is shared with the other recipients and never mutated).
+      if (target.open) {
+        socket.write(single);
+        this.metrics.values[metric]! += 1;
+      }
+      return;
+    }
     if (target.open) {
-      socket.write(outbox.subarray(0, target.queuedBytes));
+      socket.write(outbox!.subarray(0, bytes));
       this.metrics.values[metric]! += 1;
       // Nothing left in the socket's buffer means libuv wrote it all inside
       // write() (uv_try_write): the kernel has the bytes and the slab is free.
       // Otherwise the stream still references it, and it leaves with the write.
-      if (socket.writableLength === 0) this.slabs.give(outbox);
+      if (socket.writableLength === 0) this.slabs.give(outbox!);
     } else {
-      this.slabs.give(outbox);
+      this.slabs.give(outbox!);
     }
-    target.queuedBytes = 0;
   }
 }
