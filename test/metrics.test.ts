@@ -85,6 +85,11 @@ test('every handshake outcome, relay, drop and permission call is counted exactl
   // room_joined ×3, session_joined ×1, asset_moved ×2, invalid_message ×1, rate_limited ×1
   expect('moodio_rt_deliveries_total', 8);
   assert.ok(m.get('moodio_rt_outbound_bytes_total')! > 8 * 50);
+  // Every delivery went out in some write, and none was paced on a quiet server.
+  const writes = sumOf(m, 'moodio_rt_outbound_writes_total');
+  assert.ok(writes >= 1 && writes <= 8, `${writes} writes`);
+  expect('moodio_rt_outbound_writes_total{when="paced"}', 0);
+  for (const shard of ['0', '1']) assert.equal(m.get(`moodio_rt_pace_interval_seconds{shard="${shard}"}`), 0, shard);
   expect('moodio_rt_permission_request_duration_seconds_count', 5);
   expect('moodio_rt_permission_request_duration_seconds_bucket{le="+Inf"}', 5);
   assert.ok(m.get('moodio_rt_permission_request_duration_seconds_sum')! > 0);

@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
-import { newPaceState, WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
+import { newPaceState, PACE_MIN_MS, WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -159,8 +159,9 @@ test('pacing: held bytes wait past the end of the turn; flushAll writes them at 
   assert.equal((await pair.ended).toString('latin1'), sent + 'held;');
 });
 
-test('auto pacing leaves a quiet loop alone, starts when the loop saturates and stops when it is quiet again', async (t) => {
-  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), { pacing: 'auto', paceIntervalMs: 40, paceAbove: 100, rateWindowMs: 20 });
+test('auto pacing leaves a quiet loop alone, starts short when the loop saturates, lengthens while it stays saturated, and stops when it is quiet', async (t) => {
+  const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
+  const out = new WriteCoalescer(metrics, { pacing: 'auto', paceIntervalMs: 40, paceAbove: 100, rateWindowMs: 20 });
   t.after(() => out.stop());
   const pair = await socketPair(t);
   const session = target(pair.local);
@@ -173,20 +174,36 @@ test('auto pacing leaves a quiet loop alone, starts when the loop saturates and 
   assert.equal(out.pacing, false);
   assert.ok(session.pace.fast, 'the socket counts as fast');
   assert.equal(writes.length, 100, 'one write per turn');
+  assert.equal(metrics.values[Metric.PACE_INTERVAL], 0);
 
-  // Saturated: every turn burns 10 ms of CPU. Pacing starts within a few rate windows.
+  // Saturated: every turn burns 10 ms of CPU. Pacing starts at the shortest interval…
+  let burned = 0;
+  const burn = async () => {
+    const until = performance.now() + 10;
+    while (performance.now() < until);
+    for (let j = 0; j < 3; j++, burned++) out.write(session, frame('b;'));
+    await nextTurn();
+  };
   const started = performance.now();
   while (!out.pacing) {
     assert.ok(performance.now() - started < 5000, 'pacing did not start on a saturated loop');
-    const until = performance.now() + 10;
-    while (performance.now() < until);
-    for (let j = 0; j < 3; j++) out.write(session, frame('b;'));
-    await nextTurn();
+    await burn();
   }
-  // Quiet again: pacing stops.
+  assert.equal(out.paceIntervalMs, PACE_MIN_MS);
+  assert.equal(metrics.values[Metric.PACE_INTERVAL], PACE_MIN_MS / 1000, 'the gauge shows the interval in seconds');
+  // …and grows to the configured one while the loop stays saturated.
+  while (out.paceIntervalMs < 40) {
+    assert.ok(performance.now() - started < 10_000, `the interval stayed at ${out.paceIntervalMs} ms on a saturated loop`);
+    await burn();
+  }
+  assert.equal(metrics.values[Metric.PACE_INTERVAL], 0.04);
+  // Quiet again: the interval shrinks and pacing stops.
   const quiet = performance.now();
   while (out.pacing) {
     assert.ok(performance.now() - quiet < 5000, 'pacing did not stop on a quiet loop');
     await tick();
   }
+  assert.equal(metrics.values[Metric.PACE_INTERVAL], 0);
+  pair.local.end();
+  assert.equal((await pair.ended).toString('latin1'), 'q;'.repeat(300) + 'b;'.repeat(burned), 'every frame arrived, in order, across the changes of mode');
 });

@@ -79,6 +79,7 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
   perShard('moodio_rt_event_loop_lag_p99_seconds', Metric.LOOP_LAG_P99, 'Event-loop delay p99 over the last interval, per thread.', true);
   perShard('moodio_rt_event_loop_lag_mean_seconds', Metric.LOOP_LAG_MEAN, 'Event-loop delay mean over the last interval, per thread.', true);
   perShard('moodio_rt_heap_used_bytes', Metric.HEAP_USED, 'V8 heap in use, per thread.', true);
+  perShard('moodio_rt_pace_interval_seconds', Metric.PACE_INTERVAL, 'How often a shard writes each fast socket while pacing (0 = not pacing), per shard.');
   family('moodio_rt_process_resident_memory_bytes', 'gauge', 'Resident set size of the process.');
   out.push(`moodio_rt_process_resident_memory_bytes ${rssBytes}`);
   return out.join('\n') + '\n';

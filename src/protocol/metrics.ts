@@ -52,14 +52,16 @@ export const Metric = {
   // write coalescer
   OUTBOUND_WRITES: 27,
   PACED_WRITES: 28,
+  /** Gauge: the shard's current pace interval in seconds (0 = not pacing). */
+  PACE_INTERVAL: 29,
   /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
-  PERMISSION_BUCKET_0: 29,
+  PERMISSION_BUCKET_0: 30,
 } as const;
 
 export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;
 
 /** Values that describe the present (reset when a shard exits), not totals. */
-export const GAUGES: readonly number[] = [Metric.CONNECTIONS, Metric.ROOMS, Metric.LOOP_LAG_P99, Metric.LOOP_LAG_MEAN, Metric.HEAP_USED];
+export const GAUGES: readonly number[] = [Metric.CONNECTIONS, Metric.ROOMS, Metric.LOOP_LAG_P99, Metric.LOOP_LAG_MEAN, Metric.HEAP_USED, Metric.PACE_INTERVAL];
 
 /** The buffer for `shards` shard slots plus the primary's (the last slot). */
 export function createMetricsBuffer(shards: number): SharedArrayBuffer {

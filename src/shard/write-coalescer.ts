@@ -23,17 +23,18 @@
  *
  * Pacing. A saturated shard spends its turns on writes, and every socket
  * then waits for all the others: at the extreme preset a turn writes ~900
- * sockets and lasts ~15 ms, so a room that sends ten events a second waits
- * as long as one that streams hundreds. While the shard is saturated
- * (`auto`: its event loop ≥ 95% busy for 300 ms), a socket that received
- * more than `paceAbove` frames/s in the last 100 ms window is written once
- * per `paceIntervalMs` instead of once per turn: its bytes wait on a wheel
- * of 8 slots, its slot fixed for life so paced writes spread evenly over the
- * interval rather than bursting together. Fewer, larger writes free the
- * core; every other socket is still written at the end of its turn. Pacing
- * stops once the paced load stays under 35% (unpaced, that shard would no
- * longer saturate). Measured at the extreme preset: target-room p99 from
- * ~35 ms to ~5 ms, the streaming rooms' p99 unchanged (~34 ms); see README.
+ * sockets and lasts ~10 ms, so a room that sends ten events a second waits
+ * as long as one that streams hundreds. While the shard is saturated, a
+ * socket that received more than `paceAbove` frames/s in the last 100 ms
+ * is written once per pace interval instead of once per turn: its bytes
+ * wait on a wheel of 8 slots, its slot fixed for life so paced writes
+ * spread evenly over the interval rather than bursting together. Fewer,
+ * larger writes free the core; every other socket is still written at the
+ * end of its turn. In `auto` mode the interval follows the load, from 4 ms
+ * up to `paceIntervalMs` (see {@link WriteCoalescer.sampleLoad}); `always`
+ * paces at `paceIntervalMs` whatever the load. Measured at the extreme
+ * preset: target-room p99 from ~31 ms to ~8 ms, the streaming rooms' p99
+ * about the same (~35 ms); see README.
  *
  * Bytes still waiting when a session's WebSocket stops being open are
  * dropped: after a close frame nothing may follow, and a closing peer reads
@@ -49,7 +50,7 @@ export type PacingMode = 'auto' | 'always' | 'off';
 
 export interface CoalescerOptions {
   pacing: PacingMode;
-  /** A paced socket is written once per this many ms. */
+  /** A paced socket is written once per this many ms (`always`), or at most this far apart (`auto`). */
   paceIntervalMs: number;
   /** Frames per second a socket must receive to be paced. */
   paceAbove: number;
@@ -88,11 +89,21 @@ export interface PaceState {
 }
 
 export const WHEEL_BUCKETS = 8;
-/** `auto` starts pacing after this many consecutive load samples (one per rate window) at or above PACE_ON_LOAD. */
+/**
+ * `auto`: pacing starts after PACE_ON_SAMPLES consecutive load samples (one
+ * per rate window) at or above PACE_ON_LOAD, at the shortest interval
+ * (PACE_MIN_MS); then the smoothed load steers the interval: above
+ * PACE_GROW_LOAD it grows by PACE_GROW (up to --pace-interval), below
+ * PACE_SHRINK_LOAD it shrinks, and under PACE_MIN_MS pacing stops.
+ */
 export const PACE_ON_LOAD = 0.95;
 export const PACE_ON_SAMPLES = 3;
-/** `auto` stops pacing when the smoothed load falls to this. */
-export const PACE_OFF_LOAD = 0.35;
+export const PACE_MIN_MS = 4;
+export const PACE_GROW_LOAD = 0.9;
+export const PACE_SHRINK_LOAD = 0.7;
+/** Grow fast (a saturated shard should not wait long for relief), shrink gently. */
+export const PACE_GROW = 1.5;
+export const PACE_SHRINK = 1.25;
 
 let nextBucket = 0;
 export function newPaceState(): PaceState {
@@ -108,7 +119,9 @@ export class WriteCoalescer {
   private readonly metrics: MetricsSlot;
   private readonly options: CoalescerOptions;
   private readonly fastFrames: number;
-  private readonly slotMs: number;
+  /** Current pace interval (ms) and its wheel slot. */
+  private interval: number;
+  private slotMs: number;
   /** Paced targets with bytes waiting, by wheel bucket. */
   private readonly wheel: CoalescedTarget[][] = Array.from({ length: WHEEL_BUCKETS }, () => []);
   private wheelCount = 0;
@@ -117,20 +130,20 @@ export class WriteCoalescer {
   private wheelTimer: NodeJS.Timeout | null = null;
   /** Coarse clock (ms), read once per turn rather than per frame. */
   private now = performance.now();
-  /** True while fast sockets are paced. */
-  pacing: boolean;
+  private isPacing = false;
   private elu: EventLoopUtilization;
   private hotSamples = 0;
-  private smoothedLoad = 0;
   private loadTimer: NodeJS.Timeout | null = null;
+  private smoothedLoad = 0;
 
   constructor(metrics: MetricsSlot, options: Partial<CoalescerOptions> = {}) {
     this.metrics = metrics;
     this.options = { ...COALESCER_DEFAULTS, ...options };
     this.fastFrames = Math.max(1, Math.ceil((this.options.paceAbove * this.options.rateWindowMs) / 1000));
-    this.slotMs = this.options.paceIntervalMs / WHEEL_BUCKETS;
+    this.interval = this.options.paceIntervalMs;
+    this.slotMs = this.interval / WHEEL_BUCKETS;
     this.lastSlot = Math.floor(this.now / this.slotMs);
-    this.pacing = this.options.pacing === 'always';
+    if (this.options.pacing === 'always') this.startPacing(this.options.paceIntervalMs);
     this.elu = performance.eventLoopUtilization();
     if (this.options.pacing === 'auto') {
       this.loadTimer = setInterval(() => this.sampleLoad(), this.options.rateWindowMs);
@@ -154,7 +167,7 @@ export class WriteCoalescer {
       // First frame: kept by reference. Most turns carry one frame per
       // socket at light load, and then nothing is copied.
       target.single = frame;
-      if (this.pacing && pace.fast) {
+      if (this.isPacing && pace.fast) {
         this.wheel[pace.bucket]!.push(target);
         if (this.wheelCount++ === 0 && this.wheelTimer === null) this.armWheel();
       } else {
@@ -250,10 +263,50 @@ export class WriteCoalescer {
     }, this.slotMs);
   }
 
+  /** True while fast sockets are paced. */
+  get pacing(): boolean {
+    return this.isPacing;
+  }
+
+  /** Current pace interval in ms; 0 while not pacing. */
+  get paceIntervalMs(): number {
+    return this.isPacing ? this.interval : 0;
+  }
+
+  private startPacing(intervalMs: number): void {
+    this.isPacing = true;
+    this.setInterval(intervalMs);
+  }
+
+  private stopPacing(): void {
+    this.isPacing = false;
+    this.hotSamples = 0;
+    this.metrics.values[Metric.PACE_INTERVAL]! = 0;
+    // Held bytes go out now rather than at slots of an interval no longer in force.
+    for (let b = 0; b < WHEEL_BUCKETS; b++) this.writeBucket(b);
+  }
+
+  private setInterval(intervalMs: number): void {
+    this.interval = intervalMs;
+    this.slotMs = intervalMs / WHEEL_BUCKETS;
+    this.lastSlot = Math.floor(this.now / this.slotMs);
+    this.metrics.values[Metric.PACE_INTERVAL]! = intervalMs / 1000;
+  }
+
   /**
-   * `auto`: pace while the event loop is saturated. Unpaced, a saturated
-   * loop measures ~100% busy; paced, the same load measures 40–60% (heavy
-   * preset), so the thresholds are far apart and the mode does not flap.
+   * `auto` steers pacing by the event loop's load (utilization), sampled
+   * every rate window and smoothed over about a second.
+   *
+   * A loop that never idles is saturated, but not yet in trouble: turn
+   * batching makes each write carry more as turns grow, so unpaced latency
+   * grows with load (the heavy preset: 100% busy, 3 ms turns, 12 ms p99; the
+   * extreme preset: 100% busy, 10 ms turns, 30–40 ms p99). So pacing starts,
+   * after three samples ≥ 95% busy, at the shortest interval (4 ms), and the
+   * load then steers the interval like a thermostat: above 90% busy it grows
+   * by half (up to --pace-interval), below 70% it shrinks by a fifth, and
+   * below the shortest pacing stops. A paced stream waits no longer than
+   * the load requires: the interval settles near 12–15 ms at the heavy
+   * preset and at 32 ms at the extreme one.
    */
   private sampleLoad(): void {
     const sample = performance.eventLoopUtilization();
@@ -261,15 +314,17 @@ export class WriteCoalescer {
     this.elu = sample;
     this.now = performance.now();
     this.smoothedLoad = 0.7 * this.smoothedLoad + 0.3 * load;
-    if (!this.pacing) {
+    if (!this.isPacing) {
       this.hotSamples = load >= PACE_ON_LOAD ? this.hotSamples + 1 : 0;
       if (this.hotSamples >= PACE_ON_SAMPLES) {
-        this.pacing = true;
-        this.smoothedLoad = 1;
+        this.startPacing(Math.min(PACE_MIN_MS, this.options.paceIntervalMs));
+        this.smoothedLoad = load;
       }
-    } else if (this.smoothedLoad <= PACE_OFF_LOAD) {
-      this.pacing = false;
-      this.hotSamples = 0;
+    } else if (this.smoothedLoad > PACE_GROW_LOAD) {
+      if (this.interval < this.options.paceIntervalMs) this.setInterval(Math.min(this.interval * PACE_GROW, this.options.paceIntervalMs));
+    } else if (this.smoothedLoad < PACE_SHRINK_LOAD) {
+      if (this.interval / PACE_SHRINK < PACE_MIN_MS) this.stopPacing();
+      else this.setInterval(this.interval / PACE_SHRINK);
     }
   }
 
