@@ -12,7 +12,8 @@ import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
-import { newPaceState, PACE_MIN_MS, WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
+import { PACE_MIN_MS } from '../src/shard/pace-control.ts';
+import { newPaceState, WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {

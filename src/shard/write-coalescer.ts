@@ -31,7 +31,7 @@
  * spread evenly over the interval rather than bursting together. Fewer,
  * larger writes free the core; every other socket is still written at the
  * end of its turn. In `auto` mode the interval follows the load, from 4 ms
- * up to `paceIntervalMs` (see {@link WriteCoalescer.sampleLoad}); `always`
+ * up to `paceIntervalMs` (pace-control.ts); `always`
  * paces at `paceIntervalMs` whatever the load. Measured at the extreme
  * preset: target-room p99 from ~31 ms to ~8 ms, the streaming rooms' p99
  * about the same (~35 ms); see README.
@@ -44,9 +44,10 @@
 import type { Socket } from 'node:net';
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import type { PacingMode } from '../config.ts';
+import { PaceControl } from './pace-control.ts';
 import { SlabPool } from './slab-pool.ts';
 
-export type PacingMode = 'auto' | 'always' | 'off';
 
 export interface CoalescerOptions {
   pacing: PacingMode;
@@ -89,22 +90,6 @@ export interface PaceState {
 }
 
 export const WHEEL_BUCKETS = 8;
-/**
- * `auto`: pacing starts after PACE_ON_SAMPLES consecutive load samples (one
- * per rate window) at or above PACE_ON_LOAD, at the shortest interval
- * (PACE_MIN_MS); then the smoothed load steers the interval: above
- * PACE_GROW_LOAD it grows by PACE_GROW (up to --pace-interval), below
- * PACE_SHRINK_LOAD it shrinks, and under PACE_MIN_MS pacing stops.
- */
-export const PACE_ON_LOAD = 0.95;
-export const PACE_ON_SAMPLES = 3;
-export const PACE_MIN_MS = 4;
-export const PACE_GROW_LOAD = 0.9;
-export const PACE_SHRINK_LOAD = 0.7;
-/** Grow fast (a saturated shard should not wait long for relief), shrink gently. */
-export const PACE_GROW = 1.5;
-export const PACE_SHRINK = 1.25;
-
 let nextBucket = 0;
 export function newPaceState(): PaceState {
   nextBucket = (nextBucket + 1) % WHEEL_BUCKETS;
@@ -131,10 +116,9 @@ export class WriteCoalescer {
   /** Coarse clock (ms), read once per turn rather than per frame. */
   private now = performance.now();
   private isPacing = false;
+  private readonly control: PaceControl;
   private elu: EventLoopUtilization;
-  private hotSamples = 0;
   private loadTimer: NodeJS.Timeout | null = null;
-  private smoothedLoad = 0;
 
   constructor(metrics: MetricsSlot, options: Partial<CoalescerOptions> = {}) {
     this.metrics = metrics;
@@ -143,7 +127,8 @@ export class WriteCoalescer {
     this.interval = this.options.paceIntervalMs;
     this.slotMs = this.interval / WHEEL_BUCKETS;
     this.lastSlot = Math.floor(this.now / this.slotMs);
-    if (this.options.pacing === 'always') this.startPacing(this.options.paceIntervalMs);
+    this.control = new PaceControl(this.options.pacing, this.options.paceIntervalMs);
+    if (this.control.intervalMs > 0) this.startPacing(this.control.intervalMs);
     this.elu = performance.eventLoopUtilization();
     if (this.options.pacing === 'auto') {
       this.loadTimer = setInterval(() => this.sampleLoad(), this.options.rateWindowMs);
@@ -280,7 +265,6 @@ export class WriteCoalescer {
 
   private stopPacing(): void {
     this.isPacing = false;
-    this.hotSamples = 0;
     this.metrics.values[Metric.PACE_INTERVAL]! = 0;
     // Held bytes go out now rather than at slots of an interval no longer in force.
     for (let b = 0; b < WHEEL_BUCKETS; b++) this.writeBucket(b);
@@ -293,38 +277,19 @@ export class WriteCoalescer {
     this.metrics.values[Metric.PACE_INTERVAL]! = intervalMs / 1000;
   }
 
-  /**
-   * `auto` steers pacing by the event loop's load (utilization), sampled
-   * every rate window and smoothed over about a second.
-   *
-   * A loop that never idles is saturated, but not yet in trouble: turn
-   * batching makes each write carry more as turns grow, so unpaced latency
-   * grows with load (the heavy preset: 100% busy, 3 ms turns, 12 ms p99; the
-   * extreme preset: 100% busy, 10 ms turns, 30–40 ms p99). So pacing starts,
-   * after three samples ≥ 95% busy, at the shortest interval (4 ms), and the
-   * load then steers the interval like a thermostat: above 90% busy it grows
-   * by half (up to --pace-interval), below 70% it shrinks by a fifth, and
-   * below the shortest pacing stops. A paced stream waits no longer than
-   * the load requires: the interval settles near 12–15 ms at the heavy
-   * preset and at 32 ms at the extreme one.
-   */
+  /** `auto`: one load sample per rate window; pace-control.ts decides, this applies. */
   private sampleLoad(): void {
     const sample = performance.eventLoopUtilization();
     const load = performance.eventLoopUtilization(sample, this.elu).utilization;
     this.elu = sample;
     this.now = performance.now();
-    this.smoothedLoad = 0.7 * this.smoothedLoad + 0.3 * load;
-    if (!this.isPacing) {
-      this.hotSamples = load >= PACE_ON_LOAD ? this.hotSamples + 1 : 0;
-      if (this.hotSamples >= PACE_ON_SAMPLES) {
-        this.startPacing(Math.min(PACE_MIN_MS, this.options.paceIntervalMs));
-        this.smoothedLoad = load;
-      }
-    } else if (this.smoothedLoad > PACE_GROW_LOAD) {
-      if (this.interval < this.options.paceIntervalMs) this.setInterval(Math.min(this.interval * PACE_GROW, this.options.paceIntervalMs));
-    } else if (this.smoothedLoad < PACE_SHRINK_LOAD) {
-      if (this.interval / PACE_SHRINK < PACE_MIN_MS) this.stopPacing();
-      else this.setInterval(this.interval / PACE_SHRINK);
+    const interval = this.control.sample(load);
+    if (interval === 0) {
+      if (this.isPacing) this.stopPacing();
+    } else if (!this.isPacing) {
+      this.startPacing(interval);
+    } else if (interval !== this.interval) {
+      this.setInterval(interval);
     }
   }
 
