@@ -12,7 +12,7 @@
  * interval like a thermostat: above PACE_GROW_LOAD it grows by half (up to
  * the configured longest), below PACE_SHRINK_LOAD it shrinks by a fifth,
  * and below the shortest pacing stops. A paced stream therefore waits no
- * longer than the load requires: the interval settles near 12–15 ms at the
+ * longer than the load requires: the interval settles at 4–15 ms at the
  * heavy preset and at 32 ms at the extreme one. `always` paces at the
  * configured interval whatever the load; `off` never paces.
  *
