@@ -51,7 +51,8 @@ function build(rooms: number, perRoom: number): Built {
   const limits = { perSecond: 0, burst: 1, closeAfterMs: 1 };
   const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
   const log = createLogger({ level: 'silent', format: 'json', worker: 0 });
-  const out = new WriteCoalescer(metrics);
+  // Relay cost alone: pacing off (a busy benchmark loop would otherwise start it).
+  const out = new WriteCoalescer(metrics, { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 });
   const backpressure = new Backpressure({ maxBufferedBytes: 1 << 20, slowConsumerTimeoutMs: 10_000 }, out, metrics, log);
   backpressure.stop();
   const relay = new Relay(index, out, log, new RateLimiter(limits), metrics, backpressure, new Set(['asset_dragging']));

@@ -17,9 +17,9 @@ export { optionName, parseDuration };
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 export const LOG_FORMATS = ['json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
 export const PACING_MODES = ['auto', 'always', 'off'] as const;
 export type PacingMode = (typeof PACING_MODES)[number];
-export type LogFormat = (typeof LOG_FORMATS)[number];
 
 /** The validated configuration of a running server. Plain data: it is cloned into every shard. */
 export interface ServeConfig {
@@ -46,8 +46,9 @@ export interface ServeConfig {
   /** Added to asset_dragging. */
   coalesceTypes: string[];
   slowConsumerTimeoutMs: number;
-  /** When sockets that receive fast are written once per paceIntervalMs (write-coalescer.ts). */
+  /** When sockets that receive fast are written once per pace interval instead of once per turn (write-coalescer.ts). */
   pacing: PacingMode;
+  /** The interval (`always`), or the longest one (`auto`). */
   paceIntervalMs: number;
   /** Frames per second a socket must receive to be paced. */
   paceAbove: number;
@@ -253,7 +254,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--pacing <mode>',
     env: 'MOODIO_RT_PACING',
     default: 'auto',
-    description: 'write sockets that receive fast once per --pace-interval: auto (while a shard is saturated), always, off',
+    description: 'write sockets that receive fast once per pace interval: auto (while a shard is saturated, the interval following its load from 4 ms up to --pace-interval), always (at --pace-interval), off',
     parse: oneOf(PACING_MODES),
   },
   {
@@ -261,7 +262,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--pace-interval <duration>',
     env: 'MOODIO_RT_PACE_INTERVAL',
     default: '32ms',
-    description: 'how often a paced socket is written (8 to 1000 ms)',
+    description: 'the longest pace interval (auto), or the interval (always); 8 ms to 1 s',
     parse: (raw, option) => {
       const ms = parseDuration(raw, option);
       if (ms < 8 || ms > 1000) throw new ConfigError(option, `must be from 8ms to 1s, got ${JSON.stringify(raw)}`);

@@ -38,6 +38,8 @@ async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffe
 
 const target = (socket: Socket): CoalescedTarget & { open: boolean } => ({ socket, open: true, single: null, outbox: null, queuedBytes: 0, pace: newPaceState() });
 const frame = (text: string) => Buffer.from(text, 'latin1');
+/** Turn batching alone, as a shard whose pacing is off. */
+const UNPACED = { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 } as const;
 const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
 const tick = () => new Promise((resolve) => setTimeout(resolve, 1));
 
@@ -57,7 +59,7 @@ const numbered = (prefix: string, count: number) => Array.from({ length: count }
 
 test('frames queued in one turn go out in order, as one write per socket', async (t) => {
   const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
-  const out = new WriteCoalescer(metrics);
+  const out = new WriteCoalescer(metrics, UNPACED);
   const a = await socketPair(t);
   const b = await socketPair(t);
   const ta = target(a.local);
@@ -85,7 +87,7 @@ test('frames queued in one turn go out in order, as one write per socket', async
 });
 
 test('flushNow puts the queue ahead of a close in the same turn; later frames never reach the wire', async (t) => {
-  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0));
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), UNPACED);
   const pair = await socketPair(t);
   const session = target(pair.local);
   out.write(session, frame('A'));

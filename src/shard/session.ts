@@ -67,7 +67,6 @@ export class Session {
     this.infoJson = `{"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)},"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)},"permission":"${this.permission}"}`;
   }
 
-
   /** True while frames may be written (not closing or closed). */
   get open(): boolean {
     return this.ws.readyState === 1;

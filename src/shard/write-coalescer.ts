@@ -43,23 +43,23 @@
  */
 import type { Socket } from 'node:net';
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
-import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { PacingMode } from '../config.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { PaceControl } from './pace-control.ts';
 import { SlabPool } from './slab-pool.ts';
 
-
+/** The pacing options come from the server's configuration (src/config.ts holds their defaults). */
 export interface CoalescerOptions {
   pacing: PacingMode;
   /** A paced socket is written once per this many ms (`always`), or at most this far apart (`auto`). */
   paceIntervalMs: number;
   /** Frames per second a socket must receive to be paced. */
   paceAbove: number;
-  /** Length of the rate window a socket's speed is judged on. */
-  rateWindowMs: number;
+  /** Length of the rate window a socket's speed is judged on, and of `auto`'s load samples (tests shorten it). */
+  rateWindowMs?: number;
 }
 
-export const COALESCER_DEFAULTS: CoalescerOptions = { pacing: 'auto', paceIntervalMs: 32, paceAbove: 200, rateWindowMs: 100 };
+export const RATE_WINDOW_MS = 100;
 
 export interface CoalescedTarget {
   readonly socket: Socket;
@@ -100,12 +100,13 @@ export class WriteCoalescer {
   private dirty: CoalescedTarget[] = [];
   private spare: CoalescedTarget[] = [];
   private scheduled = false;
-  readonly slabs = new SlabPool();
+  private readonly slabs = new SlabPool();
   private readonly metrics: MetricsSlot;
-  private readonly options: CoalescerOptions;
+  private readonly rateWindowMs: number;
   private readonly fastFrames: number;
-  /** Current pace interval (ms) and its wheel slot. */
-  private interval: number;
+  /** Whether fast sockets are paced, and how far apart their writes (pace-control.ts). */
+  private readonly control: PaceControl;
+  /** Wheel slot of the interval in force. */
   private slotMs: number;
   /** Paced targets with bytes waiting, by wheel bucket. */
   private readonly wheel: CoalescedTarget[][] = Array.from({ length: WHEEL_BUCKETS }, () => []);
@@ -115,23 +116,20 @@ export class WriteCoalescer {
   private wheelTimer: NodeJS.Timeout | null = null;
   /** Coarse clock (ms), read once per turn rather than per frame. */
   private now = performance.now();
-  private isPacing = false;
-  private readonly control: PaceControl;
   private elu: EventLoopUtilization;
   private loadTimer: NodeJS.Timeout | null = null;
 
-  constructor(metrics: MetricsSlot, options: Partial<CoalescerOptions> = {}) {
+  constructor(metrics: MetricsSlot, options: CoalescerOptions) {
     this.metrics = metrics;
-    this.options = { ...COALESCER_DEFAULTS, ...options };
-    this.fastFrames = Math.max(1, Math.ceil((this.options.paceAbove * this.options.rateWindowMs) / 1000));
-    this.interval = this.options.paceIntervalMs;
-    this.slotMs = this.interval / WHEEL_BUCKETS;
+    this.rateWindowMs = options.rateWindowMs ?? RATE_WINDOW_MS;
+    this.fastFrames = Math.max(1, Math.ceil((options.paceAbove * this.rateWindowMs) / 1000));
+    this.control = new PaceControl(options.pacing, options.paceIntervalMs);
+    this.slotMs = options.paceIntervalMs / WHEEL_BUCKETS;
     this.lastSlot = Math.floor(this.now / this.slotMs);
-    this.control = new PaceControl(this.options.pacing, this.options.paceIntervalMs);
-    if (this.control.intervalMs > 0) this.startPacing(this.control.intervalMs);
+    if (this.control.intervalMs > 0) this.applyInterval(this.control.intervalMs);
     this.elu = performance.eventLoopUtilization();
-    if (this.options.pacing === 'auto') {
-      this.loadTimer = setInterval(() => this.sampleLoad(), this.options.rateWindowMs);
+    if (options.pacing === 'auto') {
+      this.loadTimer = setInterval(() => this.sampleLoad(), this.rateWindowMs);
       this.loadTimer.unref();
     }
   }
@@ -142,8 +140,8 @@ export class WriteCoalescer {
     const used = target.queuedBytes;
     const pace = target.pace;
     // Rate window: a few compares per frame, no clock read.
-    if (this.now - pace.windowStart >= this.options.rateWindowMs) {
-      pace.fast = pace.windowFrames >= this.fastFrames && this.now - pace.windowStart < 2 * this.options.rateWindowMs;
+    if (this.now - pace.windowStart >= this.rateWindowMs) {
+      pace.fast = pace.windowFrames >= this.fastFrames && this.now - pace.windowStart < 2 * this.rateWindowMs;
       pace.windowStart = this.now;
       pace.windowFrames = 0;
     }
@@ -152,7 +150,7 @@ export class WriteCoalescer {
       // First frame: kept by reference. Most turns carry one frame per
       // socket at light load, and then nothing is copied.
       target.single = frame;
-      if (this.isPacing && pace.fast) {
+      if (pace.fast && this.control.intervalMs > 0) {
         this.wheel[pace.bucket]!.push(target);
         if (this.wheelCount++ === 0 && this.wheelTimer === null) this.armWheel();
       } else {
@@ -250,31 +248,24 @@ export class WriteCoalescer {
 
   /** True while fast sockets are paced. */
   get pacing(): boolean {
-    return this.isPacing;
+    return this.control.intervalMs > 0;
   }
 
   /** Current pace interval in ms; 0 while not pacing. */
   get paceIntervalMs(): number {
-    return this.isPacing ? this.interval : 0;
+    return this.control.intervalMs;
   }
 
-  private startPacing(intervalMs: number): void {
-    this.isPacing = true;
-    this.setInterval(intervalMs);
-  }
-
-  private stopPacing(): void {
-    this.isPacing = false;
-    this.metrics.values[Metric.PACE_INTERVAL]! = 0;
-    // Held bytes go out now rather than at slots of an interval no longer in force.
-    for (let b = 0; b < WHEEL_BUCKETS; b++) this.writeBucket(b);
-  }
-
-  private setInterval(intervalMs: number): void {
-    this.interval = intervalMs;
+  /** Put a new pace interval (ms; 0 = stop pacing) in force. */
+  private applyInterval(intervalMs: number): void {
+    this.metrics.values[Metric.PACE_INTERVAL]! = intervalMs / 1000;
+    if (intervalMs === 0) {
+      // Held bytes go out now rather than at slots of an interval no longer in force.
+      for (let b = 0; b < WHEEL_BUCKETS; b++) this.writeBucket(b);
+      return;
+    }
     this.slotMs = intervalMs / WHEEL_BUCKETS;
     this.lastSlot = Math.floor(this.now / this.slotMs);
-    this.metrics.values[Metric.PACE_INTERVAL]! = intervalMs / 1000;
   }
 
   /** `auto`: one load sample per rate window; pace-control.ts decides, this applies. */
@@ -283,14 +274,9 @@ export class WriteCoalescer {
     const load = performance.eventLoopUtilization(sample, this.elu).utilization;
     this.elu = sample;
     this.now = performance.now();
-    const interval = this.control.sample(load);
-    if (interval === 0) {
-      if (this.isPacing) this.stopPacing();
-    } else if (!this.isPacing) {
-      this.startPacing(interval);
-    } else if (interval !== this.interval) {
-      this.setInterval(interval);
-    }
+    const before = this.control.intervalMs;
+    const after = this.control.sample(load);
+    if (after !== before) this.applyInterval(after);
   }
 
   private writeOut(target: CoalescedTarget, metric: number): void {
