@@ -69,6 +69,7 @@ test('--pacing always: a streaming room gets every event in order in fewer write
   const writes = delta('moodio_rt_outbound_writes_total');
   assert.equal(deliveries, 2 * STREAM + STREAM / 100);
   assert.ok(paced > 0, 'some writes were paced');
+  assert.equal(after.get('moodio_rt_pace_interval_seconds{shard="0"}'), 0.05, 'the gauge shows the interval in force');
   assert.ok(writes < deliveries / 4, `${writes} writes carried ${deliveries} frames`);
 });
 
