@@ -32,17 +32,32 @@ export interface ServeConfig {
   permissionApiBase: string;
   permissionTimeoutMs: number;
   permissionConcurrency: number;
+  /** Permission lookups that may wait for a connection, per worker; past it 503. */
+  permissionQueue: number;
+  /** How long a permission answer is reused (0 = never); denials at most 5 s. */
+  permissionCacheTtlMs: number;
   maxMessageSize: number;
   maxHeadBytes: number;
   handshakeTimeoutMs: number;
   maxPendingHandshakes: number;
+  /** Heads pending from one address (0 = no limit); --trust-proxy peers are exempt. */
+  maxPendingPerAddress: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
   maxConnectionsPerWorker: number;
   maxConnectionsPerUser: number;
+  /** Handshakes of one user being authenticated at once (0 = no limit). */
+  maxHandshakesPerUser: number;
+  /** Connects per second one user may make, and the burst (0 = no limit). */
+  connectRate: number;
+  connectBurst: number;
   /** Proxy addresses whose X-Forwarded-For is believed. */
   trustProxy: string[];
   maxBufferedBytes: number;
+  /** Hard per-session cap: over it a session is cut with 4008 at once. */
+  maxSessionBacklogBytes: number;
+  /** Process-wide cap on outbound bytes: over it the largest backlogs are cut. */
+  maxOutboundBytes: number;
   /** Added to asset_dragging. */
   coalesceTypes: string[];
   slowConsumerTimeoutMs: number;
@@ -154,6 +169,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: intIn(1, 10_000),
   },
   {
+    key: 'permissionQueue',
+    flags: '--permission-queue <n>',
+    env: 'MOODIO_RT_PERMISSION_QUEUE',
+    default: '256',
+    description: 'permission lookups that may wait for a free connection, per worker; more are answered 503 with Retry-After',
+    parse: intIn(0, 1_000_000),
+  },
+  {
+    key: 'permissionCacheTtlMs',
+    flags: '--permission-cache-ttl <duration>',
+    env: 'MOODIO_RT_PERMISSION_CACHE_TTL',
+    default: '30s',
+    description: 'reuse a permission answer for the same user, desktop and cookie this long (denials at most 5s; 0 = ask every time)',
+    parse: (raw, option) => (raw.trim() === '0' ? 0 : parseDuration(raw, option)),
+  },
+  {
     key: 'maxMessageSize',
     flags: '--max-message-size <bytes>',
     env: 'MOODIO_RT_MAX_MESSAGE_SIZE',
@@ -184,6 +215,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: '1000',
     description: 'request heads being read at once; more are answered 503 with Retry-After',
     parse: intIn(1, 1_000_000),
+  },
+  {
+    key: 'maxPendingPerAddress',
+    flags: '--max-pending-per-address <n>',
+    env: 'MOODIO_RT_MAX_PENDING_PER_ADDRESS',
+    default: '64',
+    description: 'request heads being read from one client address; more are answered 503 (0 = no limit; --trust-proxy peers are exempt)',
+    parse: intIn(0, 1_000_000),
   },
   {
     key: 'drainTimeoutMs',
@@ -218,6 +257,30 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: intIn(0, 10_000_000),
   },
   {
+    key: 'maxHandshakesPerUser',
+    flags: '--max-handshakes-per-user <n>',
+    env: 'MOODIO_RT_MAX_HANDSHAKES_PER_USER',
+    default: '16',
+    description: 'handshakes of one userId waiting for the permission API at once, per worker; more are answered 429 (0 = no limit)',
+    parse: intIn(0, 1_000_000),
+  },
+  {
+    key: 'connectRate',
+    flags: '--connect-rate <per-second>',
+    env: 'MOODIO_RT_CONNECT_RATE',
+    default: '5',
+    description: 'connections per second one userId may open, per worker; more are answered 429 with Retry-After (0 = no limit)',
+    parse: intIn(0, 1_000_000),
+  },
+  {
+    key: 'connectBurst',
+    flags: '--connect-burst <n>',
+    env: 'MOODIO_RT_CONNECT_BURST',
+    default: '30',
+    description: 'connections one userId may open at once before --connect-rate applies',
+    parse: intIn(1, 1_000_000),
+  },
+  {
     key: 'trustProxy',
     flags: '--trust-proxy <list>',
     env: 'MOODIO_RT_TRUST_PROXY',
@@ -232,6 +295,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: String(1024 * 1024),
     description: "a session's outbound budget: bytes waiting in its socket or queued for it, before transient events are coalesced",
     parse: intIn(4096, 1024 * 1024 * 1024),
+  },
+  {
+    key: 'maxSessionBacklogBytes',
+    flags: '--max-session-backlog <bytes>',
+    env: 'MOODIO_RT_MAX_SESSION_BACKLOG',
+    default: String(4 * 1024 * 1024),
+    description: 'hard cap on bytes waiting for one session; over it the session is cut with 4008 at once (at least --max-buffered-bytes)',
+    parse: intIn(4096, 1024 * 1024 * 1024),
+  },
+  {
+    key: 'maxOutboundBytes',
+    flags: '--max-outbound-memory <bytes>',
+    env: 'MOODIO_RT_MAX_OUTBOUND_MEMORY',
+    default: String(256 * 1024 * 1024),
+    description: 'cap on bytes waiting for all sessions of the process; over it the largest backlogs are cut with 4008',
+    parse: intIn(64 * 1024, 64 * 1024 * 1024 * 1024),
   },
   {
     key: 'coalesceTypes',
@@ -337,6 +416,9 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
  */
 export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string | boolean | number>>): ServeConfig {
   const config = resolveTable(SERVE_OPTIONS, raw) as unknown as ServeConfig;
+  if (config.maxSessionBacklogBytes < config.maxBufferedBytes) {
+    throw new ConfigError('--max-session-backlog', `must be at least --max-buffered-bytes (${config.maxBufferedBytes})`);
+  }
   if (!config.dev && config.jwtSecret === '') {
     throw new ConfigError('JWT_ACCESS_SECRET', 'is required (set the environment variable or --jwt-secret; --dev generates one)');
   }

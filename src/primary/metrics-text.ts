@@ -9,8 +9,14 @@ function label(slot: number, shards: number): string {
   return slot === shards ? 'primary' : String(slot);
 }
 
+/** Configured limits shown as gauges next to the values they bound. */
+export interface MetricLimits {
+  maxOutboundBytes: number;
+  maxSessionBacklogBytes: number;
+}
+
 /** Prometheus text for `shards` shard slots plus the primary's. */
-export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssBytes: number): string {
+export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssBytes: number, limits: MetricLimits): string {
   const all = new Float64Array(buffer);
   const slots = shards + 1;
   const value = (slot: number, metric: number) => all[slot * SLOT_SIZE + metric]!;
@@ -59,6 +65,30 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{reason="rate_limit"}', Metric.CLOSED_RATE_LIMIT],
     ['{reason="liveness"}', Metric.CLOSED_LIVENESS],
     ['{reason="slow_consumer"}', Metric.CLOSED_SLOW_CONSUMER],
+    ['{reason="backlog_cap"}', Metric.CLOSED_BACKLOG_CAP],
+    ['{reason="memory_cap"}', Metric.CLOSED_MEMORY_CAP],
+  ]);
+  perShard('moodio_rt_outbound_buffered_bytes', Metric.OUTBOUND_BUFFERED, 'Bytes waiting to be written to sessions (socket buffers and queued frames), per shard.');
+  family('moodio_rt_outbound_buffered_limit_bytes', 'gauge', 'The process-wide cap on outbound bytes (--max-outbound-memory); over it the largest backlogs are cut.');
+  out.push(`moodio_rt_outbound_buffered_limit_bytes ${limits.maxOutboundBytes}`);
+  family('moodio_rt_session_backlog_limit_bytes', 'gauge', 'The per-session cap on outbound bytes (--max-session-backlog); over it a session is cut with 4008 at once.');
+  out.push(`moodio_rt_session_backlog_limit_bytes ${limits.maxSessionBacklogBytes}`);
+  perShard('moodio_rt_pending_handshakes', Metric.PENDING_HANDSHAKES, 'Request heads being read, on the primary.', true);
+  counter('moodio_rt_pending_handshakes_closed_total', 'Connections closed before their head was read, by reason.', [
+    ['{reason="shed_least_progress"}', Metric.PENDING_SHED],
+    ['{reason="address_limit"}', Metric.PENDING_REFUSED_ADDRESS],
+  ]);
+  perShard('moodio_rt_lingering_sockets', Metric.LINGERING, 'Answered (non-WebSocket) sockets still flushing their response, per thread.', true);
+  counter('moodio_rt_lingering_cut_total', 'Answered sockets destroyed at their deadline or because too many lingered.', [['', Metric.LINGER_CUT]]);
+  counter('moodio_rt_permission_lookups_total', 'Permission lookups not sent to the API, by why.', [
+    ['{outcome="cached"}', Metric.PERMISSION_CACHE_HITS],
+    ['{outcome="shared"}', Metric.PERMISSION_SHARED],
+    ['{outcome="queue_full"}', Metric.PERMISSION_QUEUE_FULL],
+  ]);
+  counter('moodio_rt_rate_limit_pauses_total', 'Times a session stopped being read because its user was over --rate-limit.', [['', Metric.RATE_PAUSES]]);
+  counter('moodio_rt_handshakes_refused_total', 'Handshakes refused by a per-user limit, by limit.', [
+    ['{limit="connect_rate"}', Metric.REFUSED_CONNECT_RATE],
+    ['{limit="in_flight"}', Metric.REFUSED_HANDSHAKES_IN_FLIGHT],
   ]);
   counter('moodio_rt_shard_restarts_total', 'Shard workers restarted after dying.', [['', Metric.SHARD_RESTARTS]]);
   counter('moodio_rt_permission_errors_total', 'Permission API answers that did not admit, by kind.', [

@@ -163,7 +163,7 @@ export class Primary {
       case 'metrics':
         endWithResponse(
           socket,
-          httpResponse(200, renderMetrics(this.pool.metrics, this.pool.size, process.memoryUsage.rss()), {}, 'text/plain; version=0.0.4; charset=utf-8'),
+          httpResponse(200, renderMetrics(this.pool.metrics, this.pool.size, process.memoryUsage.rss(), this.config), {}, 'text/plain; version=0.0.4; charset=utf-8'),
         );
         return;
       case 'stats':

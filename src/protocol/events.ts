@@ -68,7 +68,13 @@ export const CloseCode = {
   MESSAGE_TOO_BIG: 1009,
   /** Unexpected server condition. */
   INTERNAL_ERROR: 1011,
-  /** Over `--max-buffered-bytes` for `--slow-consumer-timeout`: reconnect and resync. */
+  /** The shard is being restarted (admin terminate): reconnect. */
+  SERVICE_RESTART: 1012,
+  /**
+   * Over `--max-buffered-bytes` for `--slow-consumer-timeout`, over
+   * `--max-session-backlog` at once, or among the largest backlogs while the
+   * process is over `--max-outbound-memory`: reconnect and resync.
+   */
   SLOW_CONSUMER: 4008,
 } as const;
 

@@ -54,14 +54,56 @@ export const Metric = {
   PACED_WRITES: 28,
   /** Gauge: the shard's current pace interval in seconds (0 = not pacing). */
   PACE_INTERVAL: 29,
+  // outbound memory (backpressure.ts)
+  /** Gauge: bytes waiting for sessions of this shard (socket buffers + coalescer), as of the last sweep. */
+  OUTBOUND_BUFFERED: 30,
+  /** Sessions cut at once for a backlog over --max-session-backlog. */
+  CLOSED_BACKLOG_CAP: 31,
+  /** Sessions cut, largest backlog first, while the process was over --max-outbound-memory. */
+  CLOSED_MEMORY_CAP: 32,
+  // pending handshakes (primary)
+  /** Gauge: request heads being read by the primary. */
+  PENDING_HANDSHAKES: 33,
+  /** Pending connections closed to make room for a newcomer (the one with the least progress). */
+  PENDING_SHED: 34,
+  /** Connections refused because their address already had --max-pending-per-address heads pending. */
+  PENDING_REFUSED_ADDRESS: 35,
+  // answered sockets (protocol/http.ts endWithResponse)
+  /** Gauge: answered sockets still flushing or draining, per thread. */
+  LINGERING: 36,
+  /** Answered sockets destroyed at their deadline or because too many lingered. */
+  LINGER_CUT: 37,
+  // permission API protection
+  PERMISSION_CACHE_HITS: 38,
+  /** Lookups that joined an identical one already in flight (single-flight). */
+  PERMISSION_SHARED: 39,
+  /** Lookups refused with 503 because the queue to the API was full. */
+  PERMISSION_QUEUE_FULL: 40,
+  // inbound abuse
+  /** Times a session's socket was paused because its user's bucket was empty. */
+  RATE_PAUSES: 41,
+  /** Handshakes refused by --connect-rate. */
+  REFUSED_CONNECT_RATE: 42,
+  /** Handshakes refused by --max-handshakes-per-user. */
+  REFUSED_HANDSHAKES_IN_FLIGHT: 43,
   /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
-  PERMISSION_BUCKET_0: 30,
+  PERMISSION_BUCKET_0: 44,
 } as const;
 
 export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;
 
 /** Values that describe the present (reset when a shard exits), not totals. */
-export const GAUGES: readonly number[] = [Metric.CONNECTIONS, Metric.ROOMS, Metric.LOOP_LAG_P99, Metric.LOOP_LAG_MEAN, Metric.HEAP_USED, Metric.PACE_INTERVAL];
+export const GAUGES: readonly number[] = [
+  Metric.CONNECTIONS,
+  Metric.ROOMS,
+  Metric.LOOP_LAG_P99,
+  Metric.LOOP_LAG_MEAN,
+  Metric.HEAP_USED,
+  Metric.PACE_INTERVAL,
+  Metric.OUTBOUND_BUFFERED,
+  Metric.PENDING_HANDSHAKES,
+  Metric.LINGERING,
+];
 
 /** The buffer for `shards` shard slots plus the primary's (the last slot). */
 export function createMetricsBuffer(shards: number): SharedArrayBuffer {
