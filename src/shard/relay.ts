@@ -15,6 +15,7 @@ import {
   type ErrorCodeValue,
 } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
+import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
@@ -30,6 +31,11 @@ import type { WriteCoalescer } from './write-coalescer.ts';
  */
 export const FAULT_TYPE = '__moodio_rt_fault__';
 const FAULTS = process.env.MOODIO_RT_FAULT_INJECTION === '1';
+
+function resumeReads(session: Session): void {
+  session.resumeTimer = null;
+  session.ws.resume();
+}
 
 export class Relay {
   private readonly rooms: RoomIndex;
@@ -100,7 +106,8 @@ export class Relay {
   /** Write an error frame; `extra` is appended JSON members (e.g. `,"retryAfterMs":40`). */
   private writeError(session: Session, code: ErrorCodeValue, message: string, extra = ''): void {
     if (!session.open) return;
-    this.out.write(session, encodeTextFrame(`{"type":"error","code":"${code}","message":${JSON.stringify(message)}${extra}}`));
+    // Through the outbound budget like any ordered event: a session that sends bad frames and never reads is cut, not buffered for.
+    this.backpressure.deliver(session, encodeTextFrame(`{"type":"error","code":"${code}","message":${JSON.stringify(message)}${extra}}`), undefined);
   }
 
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
@@ -118,12 +125,21 @@ export class Relay {
     }
   }
 
-  /** Rate limit: false when the frame must be dropped (the sender was told or closed as needed). */
+  /**
+   * Rate limit: false when the frame must be dropped (the sender was told or
+   * closed as needed). A frame without a token also stops the reading of
+   * the sender's socket for a while: frames it sends meanwhile wait in TCP
+   * (which pushes back on it) instead of costing this shard a parse each.
+   */
   private admit(session: Session): boolean {
     const verdict = this.limiter.take(session.rate, Date.now());
+    if (verdict.kind === 'pass') return true;
+    if (session.resumeTimer === null && verdict.kind !== 'close' && session.open) {
+      this.metrics.add(Metric.RATE_PAUSES);
+      session.ws.pause();
+      session.resumeTimer = setTimeout(resumeReads, this.limiter.pauseMs(session.rate), session);
+    }
     switch (verdict.kind) {
-      case 'pass':
-        return true;
       case 'drop':
         return false;
       case 'notify':
@@ -146,9 +162,10 @@ export class Relay {
       this.sendError(session, ErrorCode.UNSUPPORTED_BINARY, 'binary frames are not supported; send JSON text');
       return;
     }
+    const json = data.toString('utf8');
     let msg: unknown;
     try {
-      msg = JSON.parse(data.toString('utf8'));
+      msg = JSON.parse(json);
     } catch {
       this.sendError(session, ErrorCode.INVALID_MESSAGE, 'message is not valid JSON');
       return;
@@ -178,9 +195,11 @@ export class Relay {
     if (room === undefined || room.members.length < 2) return;
 
     // Identity fields a client may have put in the frame are ignored: only
-    // `type` and `payload` are read, the rest comes from the session.
+    // `type` and `payload` are read, the rest comes from the session. The
+    // payload is forwarded as the text the client sent (JSON.parse above
+    // validated it): re-serializing could make it larger (`1e20`).
     let text = `{"type":${JSON.stringify(type)}${session.stamp},"timestamp":${Date.now()}`;
-    if (Object.hasOwn(frame, 'payload')) text += `,"payload":${JSON.stringify(frame.payload)}`;
+    if (Object.hasOwn(frame, 'payload')) text += `,"payload":${memberText(json, 'payload')}`;
     text += '}';
     const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
     this.broadcast(room, session, encodeTextFrame(text), transientKey);
