@@ -53,7 +53,19 @@ function build(rooms: number, perRoom: number): Built {
   const log = createLogger({ level: 'silent', format: 'json', worker: 0 });
   // Relay cost alone: pacing off (a busy benchmark loop would otherwise start it).
   const out = new WriteCoalescer(metrics, { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 });
-  const backpressure = new Backpressure({ maxBufferedBytes: 1 << 20, slowConsumerTimeoutMs: 10_000 }, out, metrics, log);
+  const backpressure = new Backpressure(
+    {
+      maxBufferedBytes: 1 << 20,
+      slowConsumerTimeoutMs: 10_000,
+      maxSessionBacklogBytes: 4 << 20,
+      maxOutboundBytes: 256 << 20,
+      processOutbound: () => 0,
+      onCut: () => {},
+    },
+    out,
+    metrics,
+    log,
+  );
   backpressure.stop();
   const relay = new Relay(index, out, log, new RateLimiter(limits), metrics, backpressure, new Set(['asset_dragging']));
   const sessions: Session[] = [];

@@ -24,7 +24,8 @@ async function setup(t: TestContext, timeout: string): Promise<{ server: ServerP
   const server = await startServer(t, {
     workers: 1,
     permissionApiBase: stub.base,
-    args: ['--max-buffered-bytes', '65536', '--slow-consumer-timeout', timeout, '--rate-limit', '0'],
+    // The hard caps are far above this backlog: these tests are about the soft budget.
+    args: ['--max-buffered-bytes', '65536', '--slow-consumer-timeout', timeout, '--rate-limit', '0', '--max-session-backlog', String(256 << 20)],
   });
   const room = desktop();
   const { client: sender } = await join(t, server.wsUrl(room), { token: token(user('Sen')) });

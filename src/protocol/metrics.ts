@@ -110,6 +110,14 @@ export function createMetricsBuffer(shards: number): SharedArrayBuffer {
   return new SharedArrayBuffer((shards + 1) * SLOT_SIZE * Float64Array.BYTES_PER_ELEMENT);
 }
 
+/** `metric` summed over the `shards` shard slots of `buffer` (a gauge every shard publishes). */
+export function sumOverShards(buffer: SharedArrayBuffer, shards: number, metric: number): number {
+  const all = new Float64Array(buffer);
+  let sum = 0;
+  for (let s = 0; s < shards; s++) sum += all[s * SLOT_SIZE + metric]!;
+  return sum;
+}
+
 /** One thread's writable view of its slot. */
 export class MetricsSlot {
   readonly values: Float64Array;

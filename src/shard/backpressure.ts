@@ -1,17 +1,33 @@
 /**
- * Slow consumers. Each session has an outbound budget: the bytes waiting in
- * its socket (`writableLength`, what the kernel has not taken yet) plus the
- * frames the write coalescer still holds for it.
+ * Slow consumers and outbound memory. A session's backlog is the bytes
+ * waiting in its socket (`writableLength`, what the kernel has not taken
+ * yet) plus the frames the write coalescer still holds for it. Three bounds
+ * apply to it:
  *
- * - A recipient within budget gets every frame at once; a slow one never
- *   delays the others (each socket buffers on its own).
- * - Over budget, transient events (asset_dragging, `--coalesce-types`) are
- *   held back, the newest per (sender, type) replacing the previous, and
- *   written when the socket drains.
- * - Ordered events (everything else, presence included) are never dropped:
- *   they are written and buffered. A recipient that stays over budget for
- *   `--slow-consumer-timeout` is taken out of its room and closed with 4008,
- *   so its client reconnects and resyncs.
+ * - **Soft budget** (`--max-buffered-bytes`). A recipient within it gets
+ *   every frame at once; a slow one never delays the others (each socket
+ *   buffers on its own). Over it, transient events (asset_dragging,
+ *   `--coalesce-types`) are held back, the newest per (sender, type)
+ *   replacing the previous, and written when the socket drains. Ordered
+ *   events (everything else, presence and error frames included) are never
+ *   dropped: they are written and buffered. A recipient that stays over
+ *   budget for `--slow-consumer-timeout` is taken out of its room and
+ *   closed with 4008, so its client reconnects and resyncs.
+ * - **Hard cap** (`--max-session-backlog`). Once the bytes a socket still
+ *   holds from earlier turns are over it, the next frame for it is not
+ *   queued: the recipient is cut at once (4008).
+ *   Without it, one user with a few sessions that never read could make
+ *   the process buffer hundreds of MB per second until the timeout.
+ * - **Process cap** (`--max-outbound-memory`). Every shard publishes its
+ *   total backlog in the shared metrics buffer each sweep; while the sum
+ *   over all shards is above the cap, each shard cuts its own largest
+ *   backlogs first until the sum, as it knows it, is below.
+ *
+ * A cut session leaves its room at once (session_left). Its coalesced
+ * frames are dropped, a 4008 close frame is queued behind what the socket
+ * already holds, and the socket is destroyed {@link CUT_GRACE_MS} later if
+ * the peer has not read its way to that close frame: the memory comes back
+ * within that grace whatever the peer does.
  */
 import type { Logger } from '../log.ts';
 import { CloseCode } from '../protocol/events.ts';
@@ -19,9 +35,36 @@ import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { Session } from './session.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
+/** How often backlogs are summed and the slow-consumer deadline checked. */
+export const SWEEP_MS = 100;
+/** How long a cut session's peer has to read up to its close frame before the socket is destroyed. */
+export const CUT_GRACE_MS = 2000;
+
 export interface BackpressureOptions {
   maxBufferedBytes: number;
   slowConsumerTimeoutMs: number;
+  maxSessionBacklogBytes: number;
+  maxOutboundBytes: number;
+  /** Bytes every shard of the process holds, from the shared metrics (this shard's last published figure included). */
+  processOutbound: () => number;
+  /** Take a session out of its room (session_left) before it is closed. */
+  onCut: (session: Session) => void;
+}
+
+type CutReason = 'slow_consumer' | 'backlog_cap' | 'memory_cap';
+
+const CUT_METRIC: Record<CutReason, number> = {
+  slow_consumer: Metric.CLOSED_SLOW_CONSUMER,
+  backlog_cap: Metric.CLOSED_BACKLOG_CAP,
+  memory_cap: Metric.CLOSED_MEMORY_CAP,
+};
+
+function backlogOf(session: Session): number {
+  return session.socket.writableLength + session.queuedBytes;
+}
+
+function destroyIfOpen(session: Session): void {
+  if (!session.socket.destroyed) session.ws.terminate();
 }
 
 export class Backpressure {
@@ -29,27 +72,41 @@ export class Backpressure {
   private readonly out: WriteCoalescer;
   private readonly metrics: MetricsSlot;
   private readonly log: Logger;
-  /** Sessions currently over budget. */
+  /** Sessions currently over the soft budget. */
   private readonly over = new Set<Session>();
+  /** Sessions whose socket kept bytes after a write (the coalescer reports them); dropped once empty. */
+  private readonly backlogged = new Set<Session>();
   private readonly sweeper: NodeJS.Timeout;
-  /** Set by the shard: take a session out of its room (session_left). */
-  onSlowConsumer: (session: Session) => void = () => {};
 
   constructor(options: BackpressureOptions, out: WriteCoalescer, metrics: MetricsSlot, log: Logger) {
     this.options = options;
     this.out = out;
     this.metrics = metrics;
     this.log = log;
-    this.sweeper = setInterval(() => this.sweep(), Math.min(1000, Math.max(50, options.slowConsumerTimeoutMs / 4)));
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
   }
+
+  /** The coalescer wrote to `session` and its socket kept some of the bytes. */
+  readonly noteBacklog = (session: Session): void => {
+    this.backlogged.add(session);
+  };
 
   /**
    * Deliver `frame` to `member`. `transientKey` (sender + type) marks a
    * transient event, which is held back while `member` is over budget.
    */
   deliver(member: Session, frame: Buffer, transientKey: string | undefined): void {
-    if (member.socket.writableLength + member.queuedBytes > this.options.maxBufferedBytes) {
+    const unwritten = member.socket.writableLength;
+    const backlog = unwritten + member.queuedBytes;
+    if (backlog > this.options.maxBufferedBytes) {
+      // The hard cap looks at what the socket still holds from earlier turns:
+      // a turn's own queue can be large for a healthy reader (libuv reads up
+      // to 2 MB per socket per turn) and is handed to the kernel at its end.
+      if (unwritten > this.options.maxSessionBacklogBytes) {
+        this.cut(member, 'backlog_cap', backlog);
+        return;
+      }
       if (member.overBudgetSince === 0) this.markOver(member);
       if (transientKey !== undefined) {
         const held = (member.coalesced ??= new Map());
@@ -84,31 +141,69 @@ export class Backpressure {
     if (held !== null && member.open) for (const frame of held.values()) this.out.write(member, frame);
   }
 
-  /** Close sessions over budget for longer than the timeout. */
+  /**
+   * Take `member` out of its room and close it with 4008. For the soft
+   * budget's timeout the backlog is flushed first (the peer is slow, not
+   * gone); over a cap, nothing more is queued for it.
+   */
+  private cut(member: Session, reason: CutReason, backlog: number): void {
+    if (!member.open) return;
+    this.over.delete(member);
+    this.backlogged.delete(member);
+    member.coalesced = null;
+    this.metrics.add(CUT_METRIC[reason]);
+    this.log.warn('slow_consumer_close', {
+      sessionId: member.id,
+      desktopId: member.desktopId,
+      reason,
+      backlogBytes: backlog,
+      ...(member.overBudgetSince === 0 ? {} : { overForMs: Date.now() - member.overBudgetSince }),
+    });
+    this.options.onCut(member);
+    if (reason === 'slow_consumer') this.out.flushNow(member);
+    // Closing makes the session not open, so the coalescer drops what it still holds for it.
+    member.ws.close(CloseCode.SLOW_CONSUMER, 'slow consumer');
+    setTimeout(destroyIfOpen, CUT_GRACE_MS, member).unref();
+  }
+
+  /** Sum the backlogs, publish them, and apply the timeout and the process cap. */
   private sweep(): void {
-    if (this.over.size === 0) return;
     const now = Date.now();
     for (const member of this.over) {
       if (!member.open) {
         this.over.delete(member);
-      } else if (member.socket.writableLength + member.queuedBytes <= this.options.maxBufferedBytes) {
+      } else if (backlogOf(member) <= this.options.maxBufferedBytes) {
         this.drained(member);
       } else if (now - member.overBudgetSince >= this.options.slowConsumerTimeoutMs) {
-        this.over.delete(member);
-        member.coalesced = null;
-        this.metrics.add(Metric.CLOSED_SLOW_CONSUMER);
-        this.log.warn('slow_consumer_close', {
-          sessionId: member.id,
-          desktopId: member.desktopId,
-          bufferedBytes: member.socket.writableLength,
-          overForMs: now - member.overBudgetSince,
-        });
-        this.onSlowConsumer(member);
-        // The close frame queues behind the backlog; ws cuts the socket if it never drains.
-        this.out.flushNow(member);
-        member.ws.close(CloseCode.SLOW_CONSUMER, 'slow consumer');
+        this.cut(member, 'slow_consumer', backlogOf(member));
       }
     }
+    let total = 0;
+    for (const member of this.backlogged) {
+      const backlog = member.socket.destroyed ? 0 : backlogOf(member);
+      if (backlog === 0) this.backlogged.delete(member);
+      total += backlog;
+    }
+    for (const member of this.over) if (!this.backlogged.has(member)) total += backlogOf(member);
+    const published = this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
+    this.metrics.set(Metric.OUTBOUND_BUFFERED, total);
+    const processTotal = this.options.processOutbound() - published + total;
+    if (processTotal > this.options.maxOutboundBytes) this.shed(processTotal, total);
+  }
+
+  /** The process is over its cap: cut this shard's largest backlogs until it is not. */
+  private shed(processTotal: number, shardTotal: number): void {
+    const largest: { member: Session; backlog: number }[] = [];
+    for (const member of this.backlogged) if (member.open) largest.push({ member, backlog: backlogOf(member) });
+    for (const member of this.over) if (member.open && !this.backlogged.has(member)) largest.push({ member, backlog: backlogOf(member) });
+    largest.sort((a, b) => b.backlog - a.backlog);
+    for (const { member, backlog } of largest) {
+      if (processTotal <= this.options.maxOutboundBytes) break;
+      this.cut(member, 'memory_cap', backlog);
+      processTotal -= backlog;
+      shardTotal -= backlog;
+    }
+    this.metrics.set(Metric.OUTBOUND_BUFFERED, shardTotal);
   }
 
   stop(): void {

@@ -1,6 +1,10 @@
 /**
- * Per-session inbound rate limit: a token bucket (`--rate-limit` tokens per
- * second, `--rate-limit-burst` deep). A frame without a token is dropped.
+ * Inbound rate limit: a token bucket (`--rate-limit` tokens per second,
+ * `--rate-limit-burst` deep) per user and shard, shared by that user's
+ * sessions on the shard and kept for a while after the last one closes, so
+ * that reconnecting never starts a fresh bucket. A frame without a token is
+ * dropped, and the relay stops reading the session's socket for a while
+ * (TCP pushes back on the sender) instead of parsing a flood it would drop.
  *
  * The sender is told once per window, never once per dropped frame: an
  * `error` with code `rate_limited` when dropping starts, then at most one per
@@ -44,17 +48,72 @@ export function newRateState(options: RateLimitOptions, now: number): RateState 
   return { tokens: options.burst, refilledAt: now, overSince: 0, lastDropAt: 0, lastNoticeAt: 0 };
 }
 
+/** Shortest pause of a session's reads once its bucket is empty: each resume reads (and parses) one socket chunk, so a flooder costs at most a few chunks a second. */
+export const MIN_PAUSE_MS = 250;
+
+interface UserEntry {
+  state: RateState;
+  sessions: number;
+  /** When the last session left (0 while any is open). */
+  idleSince: number;
+}
+
+/** Sweep forgotten users at most this often (on acquire). */
+const FORGET_EVERY_MS = 5000;
+
 export class RateLimiter {
   private readonly perMs: number;
   private readonly options: RateLimitOptions;
+  private readonly users = new Map<string, UserEntry>();
+  /** How long an idle user's state is kept: until its bucket would be full and a streak over. */
+  private readonly keepMs: number;
+  private forgotAt = 0;
 
   constructor(options: RateLimitOptions) {
     this.options = options;
     this.perMs = options.perSecond / 1000;
+    this.keepMs = options.perSecond > 0 ? Math.ceil(options.burst / this.perMs) + NOTICE_WINDOW_MS : 0;
   }
 
   get enabled(): boolean {
     return this.options.perSecond > 0;
+  }
+
+  /** The bucket of `userId`, shared by its sessions: call once per session opened, and {@link release} once when it closes. */
+  acquire(userId: string, now: number): RateState {
+    if (now - this.forgotAt >= FORGET_EVERY_MS) this.forget(now);
+    let entry = this.users.get(userId);
+    if (entry === undefined) {
+      entry = { state: newRateState(this.options, now), sessions: 0, idleSince: 0 };
+      this.users.set(userId, entry);
+    }
+    entry.sessions++;
+    entry.idleSince = 0;
+    return entry.state;
+  }
+
+  release(userId: string, now: number): void {
+    const entry = this.users.get(userId);
+    if (entry === undefined) return;
+    if (--entry.sessions === 0) entry.idleSince = now;
+  }
+
+  /** Users tracked (open sessions, or closed recently enough that a reconnect must not reset them). */
+  get trackedUsers(): number {
+    return this.users.size;
+  }
+
+  /** Drop users with no session whose bucket has refilled and whose streak is over. */
+  private forget(now: number): void {
+    this.forgotAt = now;
+    for (const [userId, entry] of this.users) {
+      if (entry.sessions === 0 && now - entry.idleSince >= this.keepMs) this.users.delete(userId);
+    }
+  }
+
+  /** How long to stop reading a session whose frame found no token. */
+  pauseMs(state: RateState): number {
+    return Math.max(MIN_PAUSE_MS, Math.ceil((1 - state.tokens) / this.perMs));
   }
 
   /** Take a token for one frame at `now` (ms). */
@@ -75,7 +134,7 @@ export class RateLimiter {
     if (now - state.overSince >= this.options.closeAfterMs) return CLOSE;
     if (now - state.lastNoticeAt >= NOTICE_WINDOW_MS) {
       state.lastNoticeAt = now;
-      return { kind: 'notify', retryAfterMs: Math.max(1, Math.ceil((1 - state.tokens) / this.perMs)) };
+      return { kind: 'notify', retryAfterMs: this.pauseMs(state) };
     }
     return DROP;
   }

@@ -34,8 +34,10 @@ export class Session {
   readonly pace = newPaceState();
   /** Heard from (pong or message) since the last liveness ping. */
   alive = true;
-  /** Inbound rate-limit bucket. */
+  /** Inbound rate-limit bucket, shared with the user's other sessions on this shard (rate-limiter.ts). */
   rate: RateState;
+  /** Set while reads are paused for the rate limit: the timer that resumes them. */
+  resumeTimer: NodeJS.Timeout | null = null;
   /** When this session's socket went over its outbound budget (0 = within it). */
   overBudgetSince = 0;
   /** A 'drain' listener is attached (backpressure). */

@@ -9,11 +9,11 @@ import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } fr
 import type { Logger } from '../log.ts';
 import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
-import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import { Metric, sumOverShards, type MetricsSlot } from '../protocol/metrics.ts';
 import type { UserConnections } from '../protocol/user-connections.ts';
 import { Handshake, type Admitted } from './handshake.ts';
 import { Backpressure } from './backpressure.ts';
-import { newRateState, RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
+import { RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
@@ -31,11 +31,12 @@ export class Shard {
   private readonly pinger: NodeJS.Timeout;
   private readonly out: WriteCoalescer;
   private readonly rateLimit: RateLimitOptions;
+  private readonly limiter: RateLimiter;
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
   private readonly users: UserConnections;
 
-  constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot, users: UserConnections) {
+  constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot, users: UserConnections, allMetrics: SharedArrayBuffer) {
     this.id = id;
     this.users = users;
     this.log = log;
@@ -58,20 +59,34 @@ export class Shard {
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
     this.rateLimit = { perSecond: config.rateLimit, burst: config.rateLimitBurst, closeAfterMs: config.rateLimitCloseAfterMs };
-    const out = (this.out = new WriteCoalescer(metrics, { pacing: config.pacing, paceIntervalMs: config.paceIntervalMs, paceAbove: config.paceAbove }));
-    this.backpressure = new Backpressure(
-      { maxBufferedBytes: config.maxBufferedBytes, slowConsumerTimeoutMs: config.slowConsumerTimeoutMs },
+    // The coalescer reports backlogs to the backpressure policy, which writes through the coalescer.
+    let backpressure: Backpressure | null = null;
+    const out = (this.out = new WriteCoalescer(metrics, {
+      pacing: config.pacing,
+      paceIntervalMs: config.paceIntervalMs,
+      paceAbove: config.paceAbove,
+      onBacklog: (target) => backpressure!.noteBacklog(target as Session),
+    }));
+    backpressure = this.backpressure = new Backpressure(
+      {
+        maxBufferedBytes: config.maxBufferedBytes,
+        slowConsumerTimeoutMs: config.slowConsumerTimeoutMs,
+        maxSessionBacklogBytes: config.maxSessionBacklogBytes,
+        maxOutboundBytes: config.maxOutboundBytes,
+        processOutbound: () => sumOverShards(allMetrics, config.workers, Metric.OUTBOUND_BUFFERED),
+        // A cut session leaves its room at once (session_left), not when its socket finally closes.
+        onCut: (session) => {
+          this.relay.leave(session);
+          this.updateGauges();
+        },
+      },
       out,
       metrics,
       log,
     );
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
-    this.relay = new Relay(this.rooms, out, log, new RateLimiter(this.rateLimit), metrics, this.backpressure, transient);
-    // A slow consumer leaves its room at once (session_left), not when its socket finally closes.
-    this.backpressure.onSlowConsumer = (session) => {
-      this.relay.leave(session);
-      this.updateGauges();
-    };
+    this.limiter = new RateLimiter(this.rateLimit);
+    this.relay = new Relay(this.rooms, out, log, this.limiter, metrics, this.backpressure, transient);
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -95,7 +110,7 @@ export class Shard {
   }
 
   private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
-    const session = new Session(desktopId, identity, permission, ws, socket, newRateState(this.rateLimit, Date.now()));
+    const session = new Session(desktopId, identity, permission, ws, socket, this.limiter.acquire(identity.userId, Date.now()));
     this.users.add(session.userId, 1);
     this.relay.join(session);
     this.metrics.handshake(101);
@@ -120,6 +135,8 @@ export class Shard {
     });
     ws.once('close', (code: number, reason: Buffer) => {
       this.users.add(session.userId, -1);
+      this.limiter.release(session.userId, Date.now());
+      if (session.resumeTimer !== null) clearTimeout(session.resumeTimer);
       this.relay.leave(session);
       this.updateGauges();
       this.log.info('session_close', {

@@ -18,7 +18,7 @@ const port = parentPort!;
 const metrics = new MetricsSlot(data.metrics, data.shardId);
 sampleThreadStats(metrics);
 const users = new UserConnections(data.userConnections, config.workers, data.shardId);
-const shard = new Shard(data.shardId, config, log, metrics, users);
+const shard = new Shard(data.shardId, config, log, metrics, users, data.metrics);
 
 function send(message: ShardToPrimary): void {
   port.postMessage(message);

@@ -57,6 +57,8 @@ export interface CoalescerOptions {
   paceAbove: number;
   /** Length of the rate window a socket's speed is judged on, and of `auto`'s load samples (tests shorten it). */
   rateWindowMs?: number;
+  /** Called after a write that the socket could not hand to the kernel whole (backpressure.ts counts those backlogs). */
+  onBacklog?: (target: CoalescedTarget) => void;
 }
 
 export const RATE_WINDOW_MS = 100;
@@ -118,9 +120,11 @@ export class WriteCoalescer {
   private now = performance.now();
   private elu: EventLoopUtilization;
   private loadTimer: NodeJS.Timeout | null = null;
+  private readonly onBacklog: (target: CoalescedTarget) => void;
 
   constructor(metrics: MetricsSlot, options: CoalescerOptions) {
     this.metrics = metrics;
+    this.onBacklog = options.onBacklog ?? (() => {});
     this.rateWindowMs = options.rateWindowMs ?? RATE_WINDOW_MS;
     this.fastFrames = Math.max(1, Math.ceil((options.paceAbove * this.rateWindowMs) / 1000));
     this.control = new PaceControl(options.pacing, options.paceIntervalMs);
@@ -294,6 +298,7 @@ export class WriteCoalescer {
       if (target.open) {
         socket.write(single);
         this.metrics.values[metric]! += 1;
+        if (socket.writableLength !== 0) this.onBacklog(target);
       }
       return;
     }
@@ -304,6 +309,7 @@ export class WriteCoalescer {
       // write() (uv_try_write): the kernel has the bytes and the slab is free.
       // Otherwise the stream still references it, and it leaves with the write.
       if (socket.writableLength === 0) this.slabs.give(outbox!);
+      else this.onBacklog(target);
     } else {
       this.slabs.give(outbox!);
     }
