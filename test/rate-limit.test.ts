@@ -93,3 +93,47 @@ test('a well-behaved session at the limit is never throttled', async (t) => {
   peer.send({ type: 'reply' });
   assert.equal((await steady.next()).type, 'reply', 'no rate_limited notice reached the steady sender');
 });
+
+test('a flood of tiny frames is not read: the shard parses a bounded share of it', async (t) => {
+  const room = desktop();
+  const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Pit')) });
+  const { client: flooder } = await join(t, server.wsUrl(room), { token: token(user('Tin')) });
+  await peer.expect('session_joined');
+  const before = (await scrape(server.port)).metrics;
+  // 2-byte frames, as in the review: 200,000 of them, 1.6 MB on the wire.
+  const sent = 200_000;
+  for (let i = 0; i < sent; i++) flooder.ws.send('{}');
+  // Measure what the shard read over one second of the flood.
+  await sleep(1000);
+  const after = (await scrape(server.port)).metrics;
+  const received = after.get('moodio_rt_messages_received_total')! - before.get('moodio_rt_messages_received_total')!;
+  const pauses = after.get('moodio_rt_rate_limit_pauses_total')! - before.get('moodio_rt_rate_limit_pauses_total')!;
+  assert.ok(pauses >= 1, 'the flooder was paused');
+  // Each resume (every ≥ MIN_PAUSE_MS) reads at most one 64 KiB socket chunk: ~8,000 of these frames (a few hundred, measured).
+  assert.ok(received < sent / 20, `the shard read ${received} of ${sent} frames in a second`);
+  // The peer still hears its room: the flooder's burst, then a reply from a third member.
+  const { client: other } = await join(t, server.wsUrl(room), { token: token(user('Oth')) });
+  other.send({ type: 'marker' });
+  let frame = await peer.next();
+  while (frame.type !== 'marker') frame = await peer.next();
+});
+
+test('reconnecting does not refill the bucket: the limit is kept per user', async (t) => {
+  const room = desktop();
+  const flooderClaims = user('Rec');
+  const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Per')) });
+  const first = await join(t, server.wsUrl(room), { token: token(flooderClaims) });
+  await peer.expect('session_joined');
+  // Spend the whole burst (10), then leave and come straight back.
+  for (let i = 0; i < 10; i++) first.client.send({ type: 'asset_moved', payload: { i } });
+  for (let i = 0; i < 10; i++) assert.equal((await peer.expect('asset_moved')).payload.i, i);
+  await first.client.close();
+  await peer.expect('session_left');
+  const second = await join(t, server.wsUrl(room), { token: token(flooderClaims) });
+  await peer.expect('session_joined');
+  // A fresh bucket would pass all five; this one has refilled only what the reconnect took (20/s).
+  for (let i = 0; i < 5; i++) second.client.send({ type: 'asset_moved', payload: { again: i } });
+  const notice = await second.client.next();
+  assert.equal(notice.type, 'error');
+  assert.equal(notice.code, ErrorCode.RATE_LIMITED);
+});

@@ -8,12 +8,17 @@
  *
  * The sender is told once per window, never once per dropped frame: an
  * `error` with code `rate_limited` when dropping starts, then at most one per
- * {@link NOTICE_WINDOW_MS}. Sustained abuse — drops no more than a window
+ * {@link NOTICE_WINDOW_MS}. Sustained abuse — drops no more than {@link STREAK_GAP_MS}
  * apart for `--rate-limit-close-after` — closes the session with 1008.
  */
 
 /** At most one `rate_limited` notice per this many ms while dropping. */
 export const NOTICE_WINDOW_MS = 1000;
+/** Shortest pause of a session's reads once its bucket is empty; it doubles while the user stays over, up to {@link MAX_PAUSE_MS}. Each resume reads (and parses) one socket chunk, so a flooder costs a chunk or two a second. */
+export const MIN_PAUSE_MS = 250;
+export const MAX_PAUSE_MS = 1000;
+/** Drops further apart than this end a streak (a paused session drops nothing while paused). */
+export const STREAK_GAP_MS = NOTICE_WINDOW_MS + MAX_PAUSE_MS;
 
 /** Bucket state, kept on each session. */
 export interface RateState {
@@ -23,6 +28,8 @@ export interface RateState {
   overSince: number;
   lastDropAt: number;
   lastNoticeAt: number;
+  /** Pauses since a frame last passed (the next pause is twice as long, up to MAX_PAUSE_MS). */
+  pauses: number;
 }
 
 export type RateVerdict =
@@ -45,11 +52,8 @@ export interface RateLimitOptions {
 }
 
 export function newRateState(options: RateLimitOptions, now: number): RateState {
-  return { tokens: options.burst, refilledAt: now, overSince: 0, lastDropAt: 0, lastNoticeAt: 0 };
+  return { tokens: options.burst, refilledAt: now, overSince: 0, lastDropAt: 0, lastNoticeAt: 0, pauses: 0 };
 }
-
-/** Shortest pause of a session's reads once its bucket is empty: each resume reads (and parses) one socket chunk, so a flooder costs at most a few chunks a second. */
-export const MIN_PAUSE_MS = 250;
 
 interface UserEntry {
   state: RateState;
@@ -72,7 +76,7 @@ export class RateLimiter {
   constructor(options: RateLimitOptions) {
     this.options = options;
     this.perMs = options.perSecond / 1000;
-    this.keepMs = options.perSecond > 0 ? Math.ceil(options.burst / this.perMs) + NOTICE_WINDOW_MS : 0;
+    this.keepMs = options.perSecond > 0 ? Math.ceil(options.burst / this.perMs) + STREAK_GAP_MS : 0;
   }
 
   get enabled(): boolean {
@@ -111,9 +115,10 @@ export class RateLimiter {
     }
   }
 
-  /** How long to stop reading a session whose frame found no token. */
+  /** How long to stop reading a session whose frame found no token: at least until a token is back. */
   pauseMs(state: RateState): number {
-    return Math.max(MIN_PAUSE_MS, Math.ceil((1 - state.tokens) / this.perMs));
+    const backoff = Math.min(MAX_PAUSE_MS, MIN_PAUSE_MS * 2 ** Math.min(state.pauses, 8));
+    return Math.max(backoff, Math.ceil((1 - state.tokens) / this.perMs));
   }
 
   /** Take a token for one frame at `now` (ms). */
@@ -126,10 +131,11 @@ export class RateLimiter {
     if (state.tokens >= 1) {
       state.tokens -= 1;
       // A quiet spell longer than a window ends the streak.
-      if (state.overSince !== 0 && now - state.lastDropAt > NOTICE_WINDOW_MS) state.overSince = 0;
+      if (state.overSince !== 0 && now - state.lastDropAt > STREAK_GAP_MS) state.overSince = 0;
+      state.pauses = 0;
       return PASS;
     }
-    if (state.overSince === 0 || now - state.lastDropAt > NOTICE_WINDOW_MS) state.overSince = now;
+    if (state.overSince === 0 || now - state.lastDropAt > STREAK_GAP_MS) state.overSince = now;
     state.lastDropAt = now;
     if (now - state.overSince >= this.options.closeAfterMs) return CLOSE;
     if (now - state.lastNoticeAt >= NOTICE_WINDOW_MS) {

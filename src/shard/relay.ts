@@ -32,9 +32,44 @@ import type { WriteCoalescer } from './write-coalescer.ts';
 export const FAULT_TYPE = '__moodio_rt_fault__';
 const FAULTS = process.env.MOODIO_RT_FAULT_INJECTION === '1';
 
+interface StreamHandle {
+  reading: boolean;
+  readStart(): number;
+  readStop(): number;
+}
+
+function handleOf(session: Session): StreamHandle | null {
+  return (session.socket as unknown as { _handle: StreamHandle | null })._handle;
+}
+
+/**
+ * Pause `ws`, and stop the handle reading now: `Socket#pause()` alone only
+ * stops the stream flowing, and libuv goes on reading until the stream's
+ * buffer is full (another 64 KiB of frames to parse on resume). The
+ * `reading` flag is the one lib/net.js keeps beside `readStart`/`readStop`.
+ */
+function stopReading(session: Session): void {
+  session.ws.pause();
+  const handle = handleOf(session);
+  if (handle !== null && handle.reading) {
+    handle.reading = false;
+    handle.readStop();
+  }
+}
+
 function resumeReads(session: Session): void {
   session.resumeTimer = null;
+  // A session closed meanwhile (1008, say) stays unread: what it still
+  // sends is not worth parsing, and ws cuts it at its close timeout.
+  if (!session.open) return;
   session.ws.resume();
+  // The stream still counts its last read as in progress, so flowing again
+  // does not call _read(): start the handle here.
+  const handle = handleOf(session);
+  if (handle !== null && !handle.reading) {
+    handle.reading = true;
+    handle.readStart();
+  }
 }
 
 export class Relay {
@@ -136,8 +171,10 @@ export class Relay {
     if (verdict.kind === 'pass') return true;
     if (session.resumeTimer === null && verdict.kind !== 'close' && session.open) {
       this.metrics.add(Metric.RATE_PAUSES);
-      session.ws.pause();
-      session.resumeTimer = setTimeout(resumeReads, this.limiter.pauseMs(session.rate), session);
+      const ms = this.limiter.pauseMs(session.rate);
+      session.rate.pauses++;
+      stopReading(session);
+      session.resumeTimer = setTimeout(resumeReads, ms, session);
     }
     switch (verdict.kind) {
       case 'drop':
