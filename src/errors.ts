@@ -44,6 +44,8 @@ export const PermissionErrorCode = {
   BAD_RESPONSE: 'ERR_PERMISSION_BAD_RESPONSE',
   /** The API did not answer in time, refused the connection, or failed. */
   UNAVAILABLE: 'ERR_PERMISSION_UNAVAILABLE',
+  /** Too many lookups already wait for the API (`--permission-queue`): refused without asking. */
+  BUSY: 'ERR_PERMISSION_BUSY',
 } as const;
 export type PermissionErrorCodeValue = (typeof PermissionErrorCode)[keyof typeof PermissionErrorCode];
 

@@ -25,6 +25,8 @@ export interface HttpPermissionOptions {
   base: string;
   timeoutMs: number;
   concurrency: number;
+  /** Lookups that may wait for one of the `concurrency` connections; past it they fail fast with BUSY. */
+  queue: number;
   metrics: MetricsSlot;
 }
 
@@ -39,9 +41,13 @@ export class HttpPermissionSource implements PermissionSource {
   private readonly basePath: string;
   private readonly timeoutMs: number;
   private readonly metrics: MetricsSlot;
+  /** Requests sent or waiting for a connection; undici's own queue has no bound. */
+  private pending = 0;
+  private readonly maxPending: number;
 
   constructor(options: HttpPermissionOptions) {
     this.metrics = options.metrics;
+    this.maxPending = options.concurrency + options.queue;
     const url = new URL(options.base);
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs;
@@ -56,6 +62,11 @@ export class HttpPermissionSource implements PermissionSource {
   }
 
   async check(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
+    if (this.pending >= this.maxPending) {
+      this.metrics.add(Metric.PERMISSION_QUEUE_FULL);
+      throw new PermissionError(PermissionErrorCode.BUSY, `${this.pending} permission lookups are already waiting`);
+    }
+    this.pending++;
     const started = performance.now();
     try {
       return await this.ask(desktopId, identity, cookieHeader);
@@ -64,6 +75,7 @@ export class HttpPermissionSource implements PermissionSource {
       if (metric !== undefined) this.metrics.add(metric);
       throw err;
     } finally {
+      this.pending--;
       this.metrics.permissionLatency((performance.now() - started) / 1000);
     }
   }

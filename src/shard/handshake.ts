@@ -16,9 +16,10 @@ import type { Logger } from '../log.ts';
 import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
-import type { MetricsSlot } from '../protocol/metrics.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { parseDesktopPath } from '../protocol/paths.ts';
 import { adoptSocket } from './adopt-socket.ts';
+import type { UserAdmission } from './user-admission.ts';
 
 export interface Admitted {
   ws: WebSocket;
@@ -40,6 +41,8 @@ export interface HandshakeOptions {
   accepting: () => boolean;
   /** Connection limits for an authenticated user: null = admit. */
   admit: (identity: Identity) => { status: 429 | 503; reason: string } | null;
+  /** Per-user connect rate and handshakes in flight (429). */
+  users: UserAdmission;
 }
 
 function onSocketError(): void {}
@@ -51,7 +54,7 @@ function onSocketError(): void {}
  */
 function statusOf(err: RelayError): number {
   if (err instanceof AuthError) return 401;
-  return err.code === PermissionErrorCode.UNAVAILABLE ? 503 : 403;
+  return err.code === PermissionErrorCode.UNAVAILABLE || err.code === PermissionErrorCode.BUSY ? 503 : 403;
 }
 
 /** Retry-After (s) on a 503 caused by a permission API outage. */
@@ -94,11 +97,24 @@ export class Handshake {
       identity = verifyAccessToken(credentials.token, this.key);
       // A user already at a connection limit must not cost the app a permission request.
       if (this.refuseOverLimit(socket, identity, remoteAddress, desktopId)) return;
-      permission = await this.options.permissions.check(desktopId, identity, head.headers.cookie);
+      const userId = identity.userId;
+      const refusal = this.options.users.enter(userId, Date.now());
+      if (refusal !== null) {
+        this.options.metrics.add(refusal.limit === 'connect_rate' ? Metric.REFUSED_CONNECT_RATE : Metric.REFUSED_HANDSHAKES_IN_FLIGHT);
+        const reason = refusal.limit === 'connect_rate' ? 'too_many_connects_for_user' : 'too_many_handshakes_for_user';
+        this.reject(socket, 429, reason, remoteAddress, desktopId, { 'Retry-After': String(refusal.retryAfterSeconds) });
+        return;
+      }
+      try {
+        permission = await this.options.permissions.check(desktopId, identity, head.headers.cookie);
+      } finally {
+        this.options.users.leave(userId);
+      }
     } catch (err) {
       if (err instanceof AuthError || err instanceof PermissionError) {
         const status = statusOf(err);
-        const headers = status === 503 ? { 'Retry-After': String(PERMISSION_RETRY_AFTER_S) } : undefined;
+        const retryAfter = err.code === PermissionErrorCode.BUSY ? 1 : PERMISSION_RETRY_AFTER_S;
+        const headers = status === 503 ? { 'Retry-After': String(retryAfter) } : undefined;
         this.reject(socket, status, err.code, remoteAddress, desktopId, headers, err.message);
         return;
       }
@@ -142,7 +158,12 @@ export class Handshake {
   ): void {
     this.options.metrics.handshake(status);
     this.options.log.info('handshake_rejected', { status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
-    const body = status === 401 ? 'unauthorized\n' : status === 403 ? 'forbidden\n' : reason === PermissionErrorCode.UNAVAILABLE ? 'permission service unavailable\n' : `${reason.replaceAll('_', ' ')}\n`;
+    const body =
+      status === 401 ? 'unauthorized\n'
+      : status === 403 ? 'forbidden\n'
+      : reason === PermissionErrorCode.UNAVAILABLE ? 'permission service unavailable\n'
+      : reason === PermissionErrorCode.BUSY ? 'permission service busy\n'
+      : `${reason.replaceAll('_', ' ')}\n`;
     endWithResponse(socket, httpResponse(status, body, { [SHARD_HEADER]: String(this.options.shardId), ...headers }));
   }
 }

@@ -5,6 +5,7 @@
  */
 import { WebSocketServer } from 'ws';
 import type { ServeConfig } from '../config.ts';
+import { CachingPermissionSource } from '../auth/permission-cache.ts';
 import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } from '../auth/permission-client.ts';
 import type { Logger } from '../log.ts';
 import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
@@ -17,6 +18,7 @@ import { RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
+import { UserAdmission } from './user-admission.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 
 export class Shard {
@@ -43,12 +45,16 @@ export class Shard {
     this.metrics = metrics;
     this.permissions = config.dev
       ? new ClaimPermissionSource()
-      : new HttpPermissionSource({
-          base: config.permissionApiBase,
-          timeoutMs: config.permissionTimeoutMs,
-          concurrency: config.permissionConcurrency,
-          metrics,
-        });
+      : new CachingPermissionSource(
+          new HttpPermissionSource({
+            base: config.permissionApiBase,
+            timeoutMs: config.permissionTimeoutMs,
+            concurrency: config.permissionConcurrency,
+            queue: config.permissionQueue,
+            metrics,
+          }),
+          { ttlMs: config.permissionCacheTtlMs, metrics },
+        );
     const wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -98,6 +104,7 @@ export class Shard {
       metrics,
       accepting: () => !this.draining,
       admit: (identity) => this.checkLimits(identity.userId, config),
+      users: new UserAdmission({ connectRate: config.connectRate, connectBurst: config.connectBurst, maxInFlight: config.maxHandshakesPerUser }),
     });
   }
 
@@ -187,11 +194,12 @@ export class Shard {
   }
 
   /**
-   * Refuse new connections, close every session with 1001, and resolve once
-   * all are closed or `timeoutMs` passed (the rest are cut). Resolves with
-   * the number of sessions that were open.
+   * Refuse new connections, close every session with `code` and `reason`
+   * (1001 on shutdown, 1012 before an admin restart), and resolve once all
+   * are closed or `timeoutMs` passed (the rest are cut). Resolves with the
+   * number of sessions that were open.
    */
-  async drain(timeoutMs: number): Promise<number> {
+  async drain(timeoutMs: number, code: number = CloseCode.GOING_AWAY, reason = 'server shutting down'): Promise<number> {
     this.draining = true;
     clearInterval(this.pinger);
     this.backpressure.stop();
@@ -203,7 +211,7 @@ export class Shard {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      for (const session of [...this.rooms.allSessions()]) session.ws.close(CloseCode.GOING_AWAY, 'server shutting down');
+      for (const session of [...this.rooms.allSessions()]) session.ws.close(code, reason);
       let timer: NodeJS.Timeout | undefined;
       const deadline = new Promise<void>((resolve) => {
         timer = setTimeout(resolve, timeoutMs);
