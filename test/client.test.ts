@@ -1,15 +1,17 @@
 /**
  * moodio-rt/client: backoff and states with a fake clock and a fake socket,
- * then the built package against the real server: presence, a forced
- * reconnect, and no reconnect after 401/403.
+ * then the built package against the real server: presence, lifecycle and
+ * relayed events kept apart, a forced reconnect, and no reconnect after
+ * 401/403.
  */
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { test } from 'node:test';
 import WebSocket from 'ws';
-import { connect, type ClientState, type PresenceChange, type WebSocketConstructor } from 'moodio-rt/client';
+import { CLIENT_EVENTS, connect, type ClientState, type PresenceChange, type StampedEvent, type WebSocketConstructor } from 'moodio-rt/client';
 import { join, rawRequest } from './helpers/client.ts';
 import { grant, startPermissionStub } from './helpers/permission-stub.ts';
+import { ErrorCode } from '../src/protocol/events.ts';
 import { desktop } from './helpers/scope.ts';
 import { startServer } from './helpers/server.ts';
 import { token, user } from './helpers/tokens.ts';
@@ -132,7 +134,7 @@ test('presence is kept through joins and leaves; relayed events arrive typed and
   const { client: b } = await join(t, server.wsUrl(room), { token: token(bob) });
   const { client: c, joined: cJoined } = await join(t, server.wsUrl(room), { token: token(user('Cat')) });
   await b.expect('session_joined');
-  const moved = new Promise((resolve) => client.on('asset_moved', resolve));
+  const moved = new Promise((resolve) => client.onEvent('asset_moved', resolve));
   c.send({ type: 'asset_moved', payload: { id: 'asset-1', x: 3 } });
   const event = (await moved) as { userId: string; payload: unknown; sessionId: string };
   assert.deepEqual([event.sessionId, event.payload], [cJoined.sessionId, { id: 'asset-1', x: 3 }]);
@@ -143,6 +145,50 @@ test('presence is kept through joins and leaves; relayed events arrive typed and
   assert.equal((await c.expect('session_left')).firstName, 'Bob');
   client.send('asset_resized', { id: 'asset-1', w: 2 });
   assert.deepEqual((await c.expect('asset_resized')).payload, { id: 'asset-1', w: 2 });
+});
+
+test('on() takes lifecycle names only: a relayed type there throws at once, pointing to onEvent', () => {
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock() });
+  assert.throws(() => client.on('asset_moved' as 'state', () => {}), { code: 'ERR_UNKNOWN_CLIENT_EVENT', message: /onEvent/ });
+  assert.throws(() => client.on('event' as 'state', () => {}), { code: 'ERR_UNKNOWN_CLIENT_EVENT' });
+  client.close();
+});
+
+test('a peer sending the lifecycle names as event types reaches onEvent, never the lifecycle handlers', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base });
+  const room = desktop();
+  const client = connect({ url: `ws://127.0.0.1:${server.port}`, desktopId: room, token: token(user('Ann')), WebSocket: WS });
+  t.after(() => client.close());
+  while (client.state !== 'open') await new Promise((resolve) => client.on('state', resolve));
+  const { client: peer, joined: peerJoined } = await join(t, server.wsUrl(room), { token: token(user('Mal')) });
+  while (client.sessions.size !== 1) await new Promise((resolve) => client.on('presence', resolve));
+
+  // Handlers written as the docs show them: a relayed frame here would throw (the TypeError of the finding).
+  const lifecycle: string[] = [];
+  client.on('state', (s) => lifecycle.push(`state:${s.toUpperCase()}`));
+  client.on('presence', ({ joined, left }) => lifecycle.push(`presence:${joined.length}/${left.length}`));
+  client.on('error', (e) => lifecycle.push(`error:${e.code.toUpperCase()}`));
+  client.on('rejected', ({ status }) => lifecycle.push(`rejected:${status.toFixed()}`));
+  const byType: string[] = [];
+  const any: StampedEvent[] = [];
+  const names = [...CLIENT_EVENTS, 'event'];
+  for (const name of names) client.onEvent(name, (e) => byType.push(e.type));
+  client.onAnyEvent((e) => any.push(e));
+  const last = new Promise<StampedEvent>((resolve) => client.onEvent('asset_moved', resolve));
+
+  for (const name of names) peer.send({ type: name, payload: { joined: 'x', code: 7, status: 'y' } });
+  peer.send({ type: 'asset_moved', payload: { id: 'asset-1' } });
+  // Frames arrive in order: once asset_moved is in, every frame before it was handled.
+  await last;
+  assert.deepEqual((await peer.expect('error')).code, ErrorCode.RESERVED_TYPE, '"error" is reserved: the relay refuses it from clients');
+  const relayedNames = names.filter((n) => n !== 'error');
+  assert.deepEqual(byType, relayedNames, 'each lifecycle name arrived as a relayed event, on onEvent');
+  assert.deepEqual(any.map((e) => e.type), [...relayedNames, 'asset_moved']);
+  assert.ok(any.every((e) => e.sessionId === peerJoined.sessionId), 'stamped with the sender');
+  assert.deepEqual(lifecycle, [], 'no lifecycle handler saw a relayed frame');
+  assert.equal(client.state, 'open');
+  assert.equal(client.sessions.size, 1);
 });
 
 test('after a forced reconnect, presence is rebuilt and the app hears who left and who came', async (t) => {

@@ -5,8 +5,15 @@
  *
  *   const client = connect({ url: 'wss://moodio.example.com', desktopId: 'd1' });
  *   client.on('presence', ({ joined, left }) => render(client.sessions));
- *   client.on('asset_moved', (e) => moveCard(e.payload, e.userId));
+ *   client.onEvent('asset_moved', (e) => moveCard(e.payload, e.userId));
  *   client.send('asset_moved', { id: 'asset-1', x: 10, y: 20 });
+ *
+ * Two namespaces, so that a peer cannot impersonate the client: `on()` takes
+ * only the client's own lifecycle events (`state`, `presence`, `error`,
+ * `rejected`), and `onEvent(type, …)` / `onAnyEvent(…)` only events relayed
+ * from other sessions. The relay passes any type it does not reserve, so a
+ * peer can send `{"type":"presence"}`; it reaches `onEvent('presence', …)`,
+ * never a `presence` lifecycle handler.
  *
  * Authentication: in a browser the `moodio_access_token` cookie goes with
  * the handshake by itself (same site, through nginx). In Node, pass `token`
@@ -66,6 +73,7 @@ export interface PresenceChange {
   reconnected: boolean;
 }
 
+/** The client's lifecycle events, for `on()`. Relayed events never reach these handlers. */
 export interface ClientEvents {
   state: ClientState;
   presence: PresenceChange;
@@ -73,9 +81,10 @@ export interface ClientEvents {
   error: ServerErrorEvent;
   /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
   rejected: { status: number };
-  /** Every stamped event relayed from another session, whatever its type. */
-  event: StampedEvent;
 }
+
+/** The names `on()` accepts. */
+export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'error', 'rejected'];
 
 export interface ConnectOptions {
   /** Server base URL, e.g. `wss://moodio.example.com` (the path is added). */
@@ -100,7 +109,7 @@ export interface ConnectOptions {
 }
 
 export class ClientError extends Error {
-  readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET';
+  readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET' | 'ERR_UNKNOWN_CLIENT_EVENT';
   constructor(code: ClientError['code'], message: string) {
     super(message);
     this.name = 'ClientError';
@@ -132,7 +141,11 @@ export class MoodioClient {
   private everJoined = false;
   private timer: unknown = null;
   private readonly queue: string[] = [];
-  private readonly handlers = new Map<string, Set<Handler<never>>>();
+  /** Lifecycle handlers, by {@link ClientEvents} name. */
+  private readonly lifecycle = new Map<keyof ClientEvents, Set<Handler<never>>>();
+  /** Relayed-event handlers, by the event's type: any string a peer sends. */
+  private readonly relayed = new Map<string, Set<Handler<StampedEvent>>>();
+  private readonly anyRelayed = new Set<Handler<StampedEvent>>();
 
   constructor(options: ConnectOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
@@ -154,15 +167,29 @@ export class MoodioClient {
     this.open();
   }
 
-  /** Listen to a client event (`state`, `presence`, `error`, `rejected`, `event`) or to one relayed event type. Returns an unsubscribe function. */
-  on<K extends keyof ClientEvents>(type: K, handler: Handler<ClientEvents[K]>): () => void;
-  on<T extends DesktopEventType>(type: T, handler: Handler<StampedEvent<T, AssetPayload>>): () => void;
-  on(type: string, handler: Handler<StampedEvent>): () => void;
-  on(type: string, handler: Handler<never>): () => void {
-    let set = this.handlers.get(type);
-    if (!set) this.handlers.set(type, (set = new Set()));
-    set.add(handler);
-    return () => set.delete(handler);
+  /**
+   * Listen to a lifecycle event of this client: `state`, `presence`, `error`
+   * or `rejected`. Returns an unsubscribe function.
+   * @throws {ClientError} ERR_UNKNOWN_CLIENT_EVENT for any other name: relayed events go to {@link onEvent}.
+   */
+  on<K extends keyof ClientEvents>(name: K, handler: Handler<ClientEvents[K]>): () => void {
+    if (!CLIENT_EVENTS.includes(name)) {
+      throw new ClientError('ERR_UNKNOWN_CLIENT_EVENT', `${JSON.stringify(name)} is not a client event (${CLIENT_EVENTS.join(', ')}); listen to relayed events with onEvent(type, handler)`);
+    }
+    return subscribe(this.lifecycle, name, handler as Handler<never>);
+  }
+
+  /** Listen to events of one `type` relayed from other sessions, stamped with the sender. Returns an unsubscribe function. */
+  onEvent<T extends DesktopEventType>(type: T, handler: Handler<StampedEvent<T, AssetPayload>>): () => void;
+  onEvent(type: string, handler: Handler<StampedEvent>): () => void;
+  onEvent(type: string, handler: Handler<never>): () => void {
+    return subscribe(this.relayed, type, handler as Handler<StampedEvent>);
+  }
+
+  /** Listen to every event relayed from other sessions, whatever its type. Returns an unsubscribe function. */
+  onAnyEvent(handler: Handler<StampedEvent>): () => void {
+    this.anyRelayed.add(handler);
+    return () => this.anyRelayed.delete(handler);
   }
 
   /**
@@ -196,9 +223,15 @@ export class MoodioClient {
     }
   }
 
-  private emit<K extends string>(type: K, value: unknown): void {
-    const set = this.handlers.get(type);
-    if (set) for (const handler of [...set]) (handler as Handler<unknown>)(value);
+  private emit<K extends keyof ClientEvents>(name: K, value: ClientEvents[K]): void {
+    const set = this.lifecycle.get(name);
+    if (set) for (const handler of [...set]) (handler as Handler<ClientEvents[K]>)(value);
+  }
+
+  private emitRelayed(event: StampedEvent): void {
+    for (const handler of [...this.anyRelayed]) handler(event);
+    const set = this.relayed.get(event.type);
+    if (set) for (const handler of [...set]) handler(event);
   }
 
   private setState(state: ClientState): void {
@@ -286,12 +319,12 @@ export class MoodioClient {
         return;
       }
       case 'error':
-        this.emit('error', frame);
+        this.emit('error', frame as unknown as ServerErrorEvent);
         return;
       default:
+        // Whatever its type, a relayed event goes to the relayed namespace only.
         if (typeof frame.type !== 'string') return;
-        this.emit('event', frame);
-        this.emit(frame.type, frame);
+        this.emitRelayed(frame as unknown as StampedEvent);
     }
   }
 
@@ -311,6 +344,13 @@ export class MoodioClient {
     // Flush what was queued while away, in order.
     while (this.queue.length > 0 && this.socket?.readyState === OPEN) this.socket.send(this.queue.shift()!);
   }
+}
+
+function subscribe<K, V>(map: Map<K, Set<Handler<V>>>, key: K, handler: Handler<V>): () => void {
+  let set = map.get(key);
+  if (!set) map.set(key, (set = new Set()));
+  set.add(handler);
+  return () => set.delete(handler);
 }
 
 /** Start a client; it connects in the background. */
