@@ -25,7 +25,7 @@ import type { LoadtestReport } from '../src/loadtest/runner.ts';
 import { machineInfo, describeMachine } from '../scripts/machine-info.ts';
 import { startPermissionStub } from '../test/helpers/permission-stub.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
-import { CLI, startServer, TEST_SECRET, type ServerOptions } from '../test/helpers/server.ts';
+import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerOptions } from '../test/helpers/server.ts';
 import { connectRate, idleMemory } from './connections.ts';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
@@ -119,8 +119,8 @@ async function withServer<T>(options: ServerOptions, fn: (port: number, pid: num
 const BIN_NODE_ARGS = ['--max-semi-space-size=4'];
 
 const SERVERS: { name: string; options: ServerOptions }[] = [
-  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev', '--rate-limit', '0'], prefix: serverPin, nodeArgs: BIN_NODE_ARGS } },
-  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev', '--rate-limit', '0'], nodeArgs: BIN_NODE_ARGS } },
+  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev', '--rate-limit', '0'], env: devSecretEnv(secret), prefix: serverPin, nodeArgs: BIN_NODE_ARGS } },
+  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev', '--rate-limit', '0'], env: devSecretEnv(secret), nodeArgs: BIN_NODE_ARGS } },
   { name: 'naive baseline (1 thread)', options: { script: [here('./naive-server.ts')], prefix: serverPin } },
 ];
 

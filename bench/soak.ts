@@ -17,7 +17,7 @@ import { rssOf } from './connections.ts';
 import { rawRequest } from '../test/helpers/client.ts';
 import { scrape, sumOf } from '../test/helpers/metrics.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
-import { startServer, TEST_SECRET } from '../test/helpers/server.ts';
+import { devSecretEnv, startServer, TEST_SECRET } from '../test/helpers/server.ts';
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(name);
@@ -39,6 +39,7 @@ const cleanup = new Cleanup();
 const server = await startServer(cleanup, {
   workers: 2,
   args: ['--dev', '--admin-token', ADMIN],
+  env: devSecretEnv(),
   nodeArgs: ['--max-semi-space-size=4'],
 });
 const pid = server.child.pid!;

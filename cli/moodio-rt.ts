@@ -15,7 +15,8 @@ import { signAccessToken } from '../src/auth/token.ts';
 import { parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
 import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
-import { loadOrCreateDevSecret, startServer } from '../src/server.ts';
+import { loadOrCreateDevSecret } from '../src/auth/dev-secret.ts';
+import { startServer } from '../src/server.ts';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { existsSync, writeFileSync } from 'node:fs';
@@ -69,11 +70,21 @@ function resolveOrExit<T>(resolve: () => T): T {
   }
 }
 
+/** As {@link resolveOrExit}, for checks that can only run at start (the dev secret file). */
+async function startOrExit<T>(start: () => Promise<T>): Promise<T> {
+  try {
+    return await start();
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+}
+
 const serve = program.command('serve').description('run the WebSocket relay');
 const serveOptions = addOptionTable(serve, SERVE_OPTIONS);
 serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
-  const server = await startServer(config);
+  const server = await startOrExit(() => startServer(config));
   if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
 
   let stopping = false;
@@ -140,7 +151,7 @@ program
       if (!existsSync(opts.devSecretFile)) {
         fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
       }
-      secret = loadOrCreateDevSecret(opts.devSecretFile);
+      secret = resolveOrExit(() => loadOrCreateDevSecret(opts.devSecretFile));
     }
     const claims = {
       userId: opts.user,

@@ -2,11 +2,10 @@
  * Starting and stopping a whole server: dev-mode secret, logger, primary and
  * its shards. The CLI is a thin layer over {@link startServer}.
  */
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { dirname } from 'node:path';
+import { loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import type { ServeConfig } from './config.ts';
+import { ConfigError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { Primary } from './primary/primary.ts';
 
@@ -21,34 +20,23 @@ export interface RunningServer {
 const SHARD_WORKER_URL = new URL('./shard/worker.ts', import.meta.url);
 
 /**
- * The dev-mode secret: read from `file`, or generated (32 random bytes) and
- * stored there with mode 0600 so that `moodio-rt token` can mint tokens for a
- * dev server started without JWT_ACCESS_SECRET.
+ * Start the primary and its shards; resolves once listening.
+ * @throws {ConfigError} for `--dev` with a configured secret, or an untrusted `--dev-secret-file`.
  */
-export function loadOrCreateDevSecret(file: string): string {
-  try {
-    const existing = readFileSync(file, 'utf8').trim();
-    if (existing) return existing;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  const secret = randomBytes(32).toString('base64url');
-  mkdirSync(dirname(file), { recursive: true });
-  try {
-    writeFileSync(file, secret + '\n', { mode: 0o600, flag: 'wx' });
-    return secret;
-  } catch (err) {
-    // Another process created it first: use theirs.
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return readFileSync(file, 'utf8').trim();
-    throw err;
-  }
-}
-
-/** Start the primary and its shards; resolves once listening. */
 export async function startServer(input: ServeConfig): Promise<RunningServer> {
   const config: ServeConfig = { ...input };
   const log = createLogger({ level: config.logLevel, format: config.logFormat, worker: 'primary' });
-  if (config.dev && config.jwtSecret === '') {
+  if (config.dev) {
+    // Dev mode hands a 12-hour token to anyone who asks (/demo/token), prints one, and lets
+    // the token's permission claim replace the permission API. With the production secret
+    // that would make every real token an editor's, anywhere: dev mode signs and verifies
+    // with its own secret only.
+    if (config.jwtSecret !== '') {
+      throw new ConfigError(
+        'JWT_ACCESS_SECRET',
+        `must not be set with --dev (nor --jwt-secret): dev mode mints tokens for anyone who asks. Unset it to use the dev secret in ${config.devSecretFile}, or drop --dev`,
+      );
+    }
     config.jwtSecret = loadOrCreateDevSecret(config.devSecretFile);
     log.warn('dev_secret', { file: config.devSecretFile });
   }

@@ -1,11 +1,13 @@
 /**
  * `serve --dev` needs nothing else running: it generates (and keeps) a secret,
  * lets the token's permission claim decide, and `moodio-rt token` mints
- * tokens it accepts. Without --dev, missing or bad options fail at start.
+ * tokens it accepts. It never runs with a configured (production) secret, and
+ * trusts its secret file only if no one else could have read or planted it.
+ * Without --dev, missing or bad options fail at start.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join as pathJoin } from 'node:path';
 import { test } from 'node:test';
@@ -19,7 +21,8 @@ const run = promisify(execFile);
 function cli(args: string[], env: Record<string, string | undefined>) {
   const full: Record<string, string | undefined> = { ...process.env, NODE_OPTIONS: undefined, JWT_ACCESS_SECRET: undefined, ...env };
   for (const key of Object.keys(full)) if (full[key] === undefined) delete full[key];
-  return run(process.execPath, [CLI, ...args], { env: full as NodeJS.ProcessEnv });
+  // The timeout ends a `serve` that starts when it should have refused to.
+  return run(process.execPath, [CLI, ...args], { env: full as NodeJS.ProcessEnv, timeout: 20_000 });
 }
 
 async function cliFails(args: string[], env: Record<string, string | undefined> = {}): Promise<{ code: number; stderr: string }> {
@@ -85,4 +88,57 @@ test('invalid option values fail at start naming the option', async () => {
   }
   const fromEnv = await cliFails(['serve'], { ...env, PORT: '70000' });
   assert.match(fromEnv.stderr, /--port: must be an integer from 0 to 65535, got "70000"/);
+});
+
+const freshDir = () => mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-dev-'));
+const SERVE_DEV = ['serve', '--dev', '--host', '127.0.0.1', '--port', '0', '--workers', '1'];
+
+test('serve --dev refuses a configured secret, so no demo token is ever signed with the production one', async () => {
+  const env = { MOODIO_RT_DEV_SECRET_FILE: pathJoin(freshDir(), 'secret') };
+  const fromEnv = await cliFails(SERVE_DEV, { ...env, JWT_ACCESS_SECRET: 'production-secret-0123456789-abcdefgh' });
+  assert.equal(fromEnv.code, 2);
+  assert.match(fromEnv.stderr, /JWT_ACCESS_SECRET: must not be set with --dev .*Unset it to use the dev secret in .*secret, or drop --dev/);
+  const fromFlag = await cliFails([...SERVE_DEV, '--jwt-secret', 'production-secret-0123456789-abcdefgh'], env);
+  assert.equal(fromFlag.code, 2);
+  assert.match(fromFlag.stderr, /JWT_ACCESS_SECRET: must not be set with --dev/);
+  assert.doesNotMatch(fromEnv.stderr + fromFlag.stderr, /moodio_access_token=/, 'no token printed either');
+});
+
+test('the dev secret file is created atomically with mode 0600, and trusted only if it is ours, private, regular and non-empty', async () => {
+  // Creation: eight processes race to create it; all get the one secret that was published.
+  const dir = freshDir();
+  const file = pathJoin(dir, 'nested', 'secret');
+  const startAt = Date.now() + 1500;
+  const script = `while (Date.now() < ${startAt}); const m = await import(${JSON.stringify(new URL('../src/auth/dev-secret.ts', import.meta.url).href)}); process.stdout.write(m.loadOrCreateDevSecret(${JSON.stringify(file)}));`;
+  const outputs = await Promise.all(Array.from({ length: 8 }, () => run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { timeout: 20_000 })));
+  const secret = readFileSync(file, 'utf8').trim();
+  assert.match(secret, /^[\w-]{43}$/, '32 random bytes, base64url');
+  assert.deepEqual(new Set(outputs.map((o) => o.stdout)), new Set([secret]));
+  assert.equal(statSync(file).mode & 0o777, 0o600);
+  assert.deepEqual(readdirSync(pathJoin(dir, 'nested')), ['secret'], 'no temporary file left behind');
+
+  // Trust: each file below is refused by serve --dev and by token, naming the option and the file.
+  const bad: [string, (path: string) => void, RegExp][] = [
+    ['world-readable', (p) => writeFileSync(p, 'planted\n', { mode: 0o644 }), /has mode 0644/],
+    ['group-readable', (p) => (writeFileSync(p, 'planted\n'), chmodSync(p, 0o640)), /has mode 0640/],
+    ['a symlink', (p) => symlinkSync(file, p), /is a symbolic link/],
+    ['a directory', (p) => mkdirSync(p), /is not a regular file/],
+    ['empty', (p) => writeFileSync(p, '', { mode: 0o600 }), /is empty/],
+  ];
+  if (process.getuid?.() === 0) {
+    // Only root can give a file away; elsewhere the owner check cannot be staged.
+    bad.push(['owned by someone else', (p) => (writeFileSync(p, 'planted\n', { mode: 0o600 }), chownSync(p, 65534, 65534)), /is owned by uid 65534, not by this user/]);
+  }
+  for (const [what, make, pattern] of bad) {
+    const path = pathJoin(freshDir(), 'secret');
+    make(path);
+    const env = { MOODIO_RT_DEV_SECRET_FILE: path };
+    const served = await cliFails(SERVE_DEV, env);
+    assert.equal(served.code, 2, `serve with a secret file that is ${what}: ${served.stderr}`);
+    assert.ok(served.stderr.includes(`--dev-secret-file: ${path} `), served.stderr);
+    assert.match(served.stderr, pattern);
+    const minted = await cliFails(['token', '--user', 'u-00000001'], env);
+    assert.equal(minted.code, 2, `token with a secret file that is ${what}`);
+    assert.match(minted.stderr, pattern);
+  }
 });

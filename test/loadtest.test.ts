@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { createHistogram, encodeHistogram, mergeHistograms, percentileDistribution, recordUs } from '../src/loadtest/histogram.ts';
 import { Cleanup } from './helpers/scope.ts';
-import { CLI, startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
+import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
 import { token } from './helpers/tokens.ts';
 
 const exec = promisify(execFile);
@@ -21,7 +21,7 @@ const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-loadtest-'));
 
 before(async () => {
   // Dev mode: the token's permission claim decides, no permission API needed.
-  server = await startServer(cleanup, { workers: 1, args: ['--dev', '--rate-limit', '0'] });
+  server = await startServer(cleanup, { workers: 1, args: ['--dev', '--rate-limit', '0'], env: devSecretEnv() });
 });
 after(() => cleanup.run());
 

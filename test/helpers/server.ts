@@ -4,11 +4,25 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Scope } from './scope.ts';
 
 export const CLI = fileURLToPath(new URL('../../cli/moodio-rt.ts', import.meta.url));
 export const TEST_SECRET = 'test-secret-0123456789-abcdefghijklmnop';
+
+/**
+ * Environment for a `--dev` server that accepts tokens signed with `secret`:
+ * dev mode refuses JWT_ACCESS_SECRET, so the secret goes in a fresh dev
+ * secret file (mode 0600) instead.
+ */
+export function devSecretEnv(secret = TEST_SECRET): Record<string, string | undefined> {
+  const file = join(mkdtempSync(join(tmpdir(), 'moodio-rt-dev-')), 'secret');
+  writeFileSync(file, secret + '\n', { mode: 0o600, flag: 'wx' });
+  return { JWT_ACCESS_SECRET: undefined, MOODIO_RT_DEV_SECRET_FILE: file };
+}
 
 export interface LogLine {
   level: string;
@@ -37,6 +51,8 @@ type Waiter = { predicate: (line: LogLine) => boolean; resolve: (line: LogLine) 
 export class ServerProcess {
   readonly child: ChildProcess;
   readonly logs: LogLine[] = [];
+  /** The lines of stdout that are not JSON, as written: `--log-format pretty` logs. */
+  stdout = '';
   stderr = '';
   port = 0;
   private waiters: Waiter[] = [];
@@ -52,7 +68,10 @@ export class ServerProcess {
       while ((nl = buffered.indexOf('\n')) !== -1) {
         const text = buffered.slice(0, nl);
         buffered = buffered.slice(nl + 1);
-        if (!text.startsWith('{')) continue;
+        if (!text.startsWith('{')) {
+          this.stdout += text + '\n';
+          continue;
+        }
         const line = JSON.parse(text) as LogLine;
         this.logs.push(line);
         this.waiters = this.waiters.filter((w) => {
@@ -61,6 +80,12 @@ export class ServerProcess {
           return false;
         });
       }
+      // Once per chunk, not per line: a waiter sees every line of one write at once.
+      this.stdoutWaiters = this.stdoutWaiters.filter((w) => {
+        if (!w.pattern.test(this.stdout)) return true;
+        w.resolve(this.stdout);
+        return false;
+      });
     });
     child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
       this.stderr += chunk;
@@ -73,6 +98,22 @@ export class ServerProcess {
   }
 
   private stderrWaiters: { pattern: RegExp; resolve: (text: string) => void }[] = [];
+  private stdoutWaiters: { pattern: RegExp; resolve: (text: string) => void }[] = [];
+
+  /** Resolves with {@link stdout} once it matches `pattern` (for pretty logs). */
+  waitForStdout(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
+    if (pattern.test(this.stdout)) return Promise.resolve(this.stdout);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`stdout did not match ${pattern} within ${timeoutMs} ms:\n${this.stdout}`)), timeoutMs);
+      this.stdoutWaiters.push({
+        pattern,
+        resolve: (text) => {
+          clearTimeout(timer);
+          resolve(text);
+        },
+      });
+    });
+  }
 
   /** Resolves with everything written to stderr once it matches `pattern`. */
   waitForStderr(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
@@ -121,6 +162,8 @@ export class ServerProcess {
   }
 }
 
+const PRETTY_LISTENING = /\[primary\] listening .*\bport=(\d+)/;
+
 /** Spawn `moodio-rt serve` on 127.0.0.1:0 and wait until it listens; stopped after the test. */
 export async function startServer(t: Scope, options: ServerOptions = {}): Promise<ServerProcess> {
   const args = options.script ? [...options.script] : [CLI, 'serve', '--host', '127.0.0.1', '--port', '0', '--workers', String(options.workers ?? 2)];
@@ -132,11 +175,13 @@ export async function startServer(t: Scope, options: ServerOptions = {}): Promis
   const child = spawn(command!, [...prefixArgs, ...(options.nodeArgs ?? []), ...args], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   const server = new ServerProcess(child);
   t.after(() => server.stop());
-  const listening = server.waitForLog((l) => l.event === 'listening', 20_000);
   const early = server.exited.then(({ code }) => {
     throw new Error(`server exited with code ${code} before listening:\n${server.stderr}`);
   });
-  const line = await Promise.race([listening, early]);
-  server.port = line.port as number;
+  const pretty = args.includes('pretty') || options.env?.MOODIO_RT_LOG_FORMAT === 'pretty';
+  const listening = pretty
+    ? server.waitForStdout(PRETTY_LISTENING, 20_000).then((text) => Number(PRETTY_LISTENING.exec(text)![1]))
+    : server.waitForLog((l) => l.event === 'listening', 20_000).then((line) => line.port as number);
+  server.port = await Promise.race([listening, early]);
   return server;
 }
