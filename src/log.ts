@@ -2,6 +2,10 @@
  * Structured logs: one JSON object per line on stdout (`--log-format json`),
  * or an aligned line for humans (`--log-format pretty`). Every line carries
  * `level`, `ts`, `worker` (`primary` or the shard index) and `event`.
+ *
+ * Logged strings come from clients (close reasons, names, event types), so
+ * neither format may let one break a line: both go through
+ * {@link escapeControls} as a whole line.
  */
 import type { LogFormat, LogLevel } from './config.ts';
 
@@ -26,6 +30,31 @@ export interface LoggerOptions {
   write?: (line: string) => void;
 }
 
+/**
+ * C0 controls, DEL, C1 controls (U+0085 NEL among them) and the Unicode line
+ * and paragraph separators: whatever a terminal, `less` or a log shipper may
+ * take for a line break or an escape sequence.
+ */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+function escapeControl(char: string): string {
+  switch (char) {
+    case '\n':
+      return '\\n';
+    case '\r':
+      return '\\r';
+    case '\t':
+      return '\\t';
+    default:
+      return `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`;
+  }
+}
+
+/** `text` with every control character written as an escape (`\n`, `\u001b`, `\u2028`), so that it stays on one line. */
+export function escapeControls(text: string): string {
+  return text.replace(CONTROL, escapeControl);
+}
+
 function errorFields(value: unknown): unknown {
   if (value instanceof Error) {
     const code = (value as { code?: unknown }).code;
@@ -45,16 +74,20 @@ export function createLogger(options: LoggerOptions): Logger {
     if (options.format === 'json') {
       const record: LogFields = { level, ts, worker, event };
       if (fields) for (const k of Object.keys(fields)) record[k] = errorFields(fields[k]);
-      write(JSON.stringify(record) + '\n');
+      // JSON.stringify already escapes C0 (so no newline, no forged record: quotes are escaped
+      // too), but leaves DEL, C1 and U+2028/2029 raw, which splitlines()-style readers break
+      // lines at. Their \uXXXX escapes are valid JSON and parse back to the same string.
+      write(escapeControls(JSON.stringify(record)) + '\n');
     } else {
       let line = `${ts} ${level.toUpperCase().padEnd(5)} [${worker}] ${event}`;
       if (fields) {
         for (const k of Object.keys(fields)) {
           const v = fields[k];
-          line += v instanceof Error ? ` ${k}=${JSON.stringify(v.message)}` : ` ${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`;
+          line += ` ${k}=${v instanceof Error ? JSON.stringify(v.message) : typeof v === 'string' ? v : JSON.stringify(v)}`;
         }
       }
-      write(line + '\n');
+      // One pass over the whole line: keys, values and the event alike.
+      write(escapeControls(line) + '\n');
     }
   }
 

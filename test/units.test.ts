@@ -106,7 +106,7 @@ describe('routing', () => {
     };
     const opts = { workers: 3, adminToken: 'secret-admin', allowedOrigins: [], metricsToken: '' };
     assert.deepEqual(route(head('GET /health HTTP/1.1\r\n\r\n'), opts), { kind: 'health' });
-    assert.deepEqual(route(head('GET /ws/desktop/foobar HTTP/1.1\r\nUpgrade: websocket\r\n\r\n'), opts), {
+    assert.deepEqual(route(head('GET /ws/desktop/foobar HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'), opts), {
       kind: 'shard',
       desktopId: 'foobar',
       shard: 0xbf9cf968 % 3,
@@ -209,5 +209,39 @@ describe('logs', () => {
     const log = createLogger({ level: 'debug', format: 'pretty', worker: 'primary', write: (l) => lines.push(l) });
     log.warn('shard_exit', { shard: 1, code: 1 });
     assert.match(lines[0]!, /^\d{4}-\d\d-\d\dT[\d:.]+Z WARN  \[primary\] shard_exit shard=1 code=1\n$/);
+  });
+
+  /** Every character a reader could take for a line break or a terminal escape. */
+  const CONTROLS = [...Array.from({ length: 0x20 }, (_, i) => i), 0x7f, ...Array.from({ length: 0x20 }, (_, i) => 0x80 + i), 0x2028, 0x2029].map((c) => String.fromCharCode(c));
+  const FORGED = '\n2026-01-01T00:00:00.000Z ERROR [primary] forged_line x=1\r\u0085\u2028\u2029\u001b[2J\u009b\u007f';
+
+  test('pretty: control characters in the event, keys and values are escaped, so a value cannot forge a line', async () => {
+    const { createLogger } = await import('../src/log.ts');
+    const lines: string[] = [];
+    const log = createLogger({ level: 'debug', format: 'pretty', worker: 'primary', write: (l) => lines.push(l) });
+    log.info('session_close', { reason: FORGED, [`k${FORGED}`]: 1, nested: { reason: FORGED }, err: new Error(FORGED) });
+    log.info(`event${FORGED}`);
+    log.info('all', { all: CONTROLS.join('') });
+    assert.equal(lines.length, 3);
+    for (const line of lines) {
+      assert.equal(line.indexOf('\n'), line.length - 1, 'one line, ended by the only newline');
+      for (const c of CONTROLS) if (c !== '\n') assert.ok(!line.includes(c), `U+${c.charCodeAt(0).toString(16).padStart(4, '0')} escaped in ${JSON.stringify(line)}`);
+    }
+    assert.ok(lines[0]!.includes(' reason=\\n2026-01-01T00:00:00.000Z ERROR [primary] forged_line x=1\\r\\u0085\\u2028\\u2029\\u001b[2J\\u009b\\u007f '), lines[0]);
+    assert.match(lines[1]!, /\] event\\n2026-/);
+    assert.ok(lines[2]!.endsWith(' all=' + CONTROLS.map((c) => ({ '\n': '\\n', '\r': '\\r', '\t': '\\t' })[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('') + '\n'));
+  });
+
+  test('json: control characters never leave a line, and every string parses back unchanged', async () => {
+    const { createLogger } = await import('../src/log.ts');
+    const lines: string[] = [];
+    const log = createLogger({ level: 'debug', format: 'json', worker: 0, write: (l) => lines.push(l) });
+    log.info(`event${FORGED}`, { reason: FORGED, [`k${FORGED}`]: CONTROLS.join(''), err: new Error(FORGED) });
+    assert.equal(lines.length, 1);
+    const line = lines[0]!;
+    assert.equal(line.indexOf('\n'), line.length - 1);
+    for (const c of CONTROLS) if (c !== '\n') assert.ok(!line.includes(c), `U+${c.charCodeAt(0).toString(16).padStart(4, '0')} escaped`);
+    const record = JSON.parse(line);
+    assert.deepEqual([record.event, record.reason, record[`k${FORGED}`], record.err.message], [`event${FORGED}`, FORGED, CONTROLS.join(''), FORGED]);
   });
 });
