@@ -1,14 +1,18 @@
 /**
  * Handshake authentication: every bad token is a 401 before the permission
  * API is asked; a good one is accepted from the cookie or a Bearer header.
+ * verifyAccessToken's own checks (crit, time claims, well-formed identity
+ * claims) are also asserted directly, by error code.
  */
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
+import { verifyAccessToken } from '../src/auth/token.ts';
+import { AuthErrorCode, type AuthErrorCodeValue } from '../src/errors.ts';
 import { ACCESS_TOKEN_COOKIE } from '../src/protocol/events.ts';
 import { connect, HandshakeRejected, join } from './helpers/client.ts';
 import { startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
-import { startServer, type ServerProcess } from './helpers/server.ts';
+import { startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
 import { noneToken, nowSeconds, rawToken, token } from './helpers/tokens.ts';
 
 const cleanup = new Cleanup();
@@ -110,3 +114,58 @@ test('the token cookie is found among other cookies, and takes precedence over B
   assert.equal(stub.requests.at(-1)!.userId, claims.userId);
 });
 
+
+/** verifyAccessToken refuses `jwt` with `code`. */
+function refused(jwt: string, code: AuthErrorCodeValue, message?: string): void {
+  assert.throws(() => verifyAccessToken(jwt, TEST_SECRET), { code }, message);
+}
+
+const inTenMinutes = () => nowSeconds() + 600;
+
+test('unit: a crit header is refused, whatever it lists (no JWS extension is understood)', () => {
+  for (const crit of [['exp'], ['b64'], [], 'x']) {
+    refused(rawToken({ alg: 'HS256', typ: 'JWT', crit }, { ...valid(), exp: inTenMinutes() }), AuthErrorCode.INVALID_TOKEN, JSON.stringify(crit));
+  }
+  assert.doesNotThrow(() => verifyAccessToken(rawToken({ alg: 'HS256', typ: 'JWT' }, { ...valid(), exp: inTenMinutes() }), TEST_SECRET));
+});
+
+test('unit: exp, iat and nbf must be finite numbers when present', () => {
+  const user = JSON.stringify(valid()).slice(1, -1);
+  const exp = inTenMinutes();
+  // Not checked by jsonwebtoken: a string iat, and numbers JSON reads as ±Infinity.
+  refused(rawToken({ alg: 'HS256' }, { ...valid(), iat: String(nowSeconds()), exp }), AuthErrorCode.BAD_CLAIMS, 'string iat');
+  refused(rawToken({ alg: 'HS256' }, { ...valid(), iat: [nowSeconds()], exp }), AuthErrorCode.BAD_CLAIMS, 'array iat');
+  refused(rawToken({ alg: 'HS256' }, `{${user},"exp":1e400}`), AuthErrorCode.BAD_CLAIMS, 'exp = Infinity never expires');
+  refused(rawToken({ alg: 'HS256' }, `{${user},"exp":${exp},"iat":-1e400}`), AuthErrorCode.BAD_CLAIMS, 'iat = -Infinity');
+  refused(rawToken({ alg: 'HS256' }, `{${user},"exp":${exp},"nbf":-1e400}`), AuthErrorCode.BAD_CLAIMS, 'nbf = -Infinity');
+  // Refused by jsonwebtoken itself before our checks: a wrong type of exp or nbf.
+  refused(rawToken({ alg: 'HS256' }, { ...valid(), exp: String(exp) }), AuthErrorCode.INVALID_TOKEN, 'string exp');
+  refused(rawToken({ alg: 'HS256' }, { ...valid(), exp, nbf: '0' }), AuthErrorCode.INVALID_TOKEN, 'string nbf');
+  assert.doesNotThrow(() => verifyAccessToken(rawToken({ alg: 'HS256' }, { ...valid(), iat: nowSeconds(), nbf: nowSeconds() - 1, exp }), TEST_SECRET));
+});
+
+test('unit: userId, firstName and email must be well-formed Unicode', () => {
+  const exp = inTenMinutes();
+  for (const claim of ['userId', 'firstName', 'email']) {
+    for (const lone of ['\ud800', '\udfff', 'x\ud83dy']) {
+      refused(rawToken({ alg: 'HS256' }, { ...valid(), [claim]: `user-${lone}-0001`, exp }), AuthErrorCode.BAD_CLAIMS, `${claim} with ${JSON.stringify(lone)}`);
+    }
+  }
+  const identity = verifyAccessToken(rawToken({ alg: 'HS256' }, { ...valid(), userId: 'user-\u{1f600}-0001', firstName: 'Zoë \u{1f600}', exp }), TEST_SECRET);
+  assert.deepEqual([identity.userId, identity.firstName], ['user-\u{1f600}-0001', 'Zoë \u{1f600}'], 'surrogate pairs are fine');
+});
+
+test('a crit header → 401', async (t) => {
+  await expect401(t, cookie(rawToken({ alg: 'HS256', typ: 'JWT', crit: ['exp'] }, { ...valid(), exp: inTenMinutes() })));
+});
+
+test('a string iat, or an exp of 1e400 (Infinity) → 401', async (t) => {
+  await expect401(t, cookie(rawToken({ alg: 'HS256' }, { ...valid(), iat: String(nowSeconds()), exp: inTenMinutes() })));
+  await expect401(t, cookie(rawToken({ alg: 'HS256' }, `{${JSON.stringify(valid()).slice(1, -1)},"exp":1e400}`)));
+});
+
+test('an identity claim with a lone surrogate → 401, not 500', async (t) => {
+  await expect401(t, cookie(rawToken({ alg: 'HS256' }, { ...valid(), userId: 'user-\ud800-0001', exp: inTenMinutes() })));
+  await expect401(t, cookie(rawToken({ alg: 'HS256' }, { ...valid(), firstName: 'Ann\udc00', exp: inTenMinutes() })));
+  await expect401(t, cookie(rawToken({ alg: 'HS256' }, { ...valid(), email: '\ud83d@example.com', exp: inTenMinutes() })));
+});

@@ -2,6 +2,9 @@
  * Access tokens: HS256 JWTs issued by the Next.js app (claims `userId`,
  * `firstName`, `email`), verified with `jsonwebtoken` with the algorithm
  * pinned, so `alg: none` and RS/HS confusion are rejected by construction.
+ * What jsonwebtoken leaves open is checked here: a `crit` header, time
+ * claims that are not finite numbers, identity claims that are not
+ * well-formed Unicode.
  */
 import { createSecretKey, type KeyObject } from 'node:crypto';
 import jwt from 'jsonwebtoken';
@@ -27,7 +30,27 @@ function optionalString(claims: Record<string, unknown>, name: string): string {
   if (typeof value !== 'string' || value.length > MAX_CLAIM_LENGTH) {
     throw new AuthError(AuthErrorCode.BAD_CLAIMS, `claim ${name} must be a string of at most ${MAX_CLAIM_LENGTH} characters`);
   }
+  wellFormed(value, name);
   return value;
+}
+
+/**
+ * Identity claims go into URLs (the permission API's `?userId=`), where
+ * encodeURIComponent throws on a lone UTF-16 surrogate, and into every
+ * relayed event: refuse them here, where identities are validated.
+ */
+function wellFormed(value: string, name: string): void {
+  if (!value.isWellFormed()) throw new AuthError(AuthErrorCode.BAD_CLAIMS, `claim ${name} is not well-formed Unicode (lone surrogate)`);
+}
+
+/**
+ * jsonwebtoken checks the type of `exp` and `nbf`, not that they are finite
+ * (`1e400` parses to Infinity: a token that never expires), and checks `iat`
+ * only with `maxAge`. A time claim, when present, must be a finite number.
+ */
+function timeClaim(claims: Record<string, unknown>, name: 'exp' | 'iat' | 'nbf'): void {
+  const value = claims[name];
+  if (value !== undefined && !Number.isFinite(value)) throw new AuthError(AuthErrorCode.BAD_CLAIMS, `claim ${name} must be a number of seconds`);
 }
 
 /**
@@ -44,19 +67,27 @@ export function secretKey(secret: string): KeyObject {
  * @throws {AuthError} `ERR_AUTH_EXPIRED`, `ERR_AUTH_INVALID_TOKEN` or `ERR_AUTH_BAD_CLAIMS`.
  */
 export function verifyAccessToken(token: string, secret: string | KeyObject, nowMs = Date.now()): Identity {
-  let decoded: unknown;
+  let decoded: jwt.Jwt;
   try {
-    decoded = jwt.verify(token, secret, { algorithms: ['HS256'], clockTimestamp: Math.floor(nowMs / 1000) });
+    decoded = jwt.verify(token, secret, { algorithms: ['HS256'], clockTimestamp: Math.floor(nowMs / 1000), complete: true });
   } catch (err) {
     if (err instanceof jwt.TokenExpiredError) throw new AuthError(AuthErrorCode.EXPIRED, 'token expired', { cause: err });
     throw new AuthError(AuthErrorCode.INVALID_TOKEN, `invalid token: ${(err as Error).message}`, { cause: err });
   }
-  if (typeof decoded !== 'object' || decoded === null) {
+  // RFC 7515 §4.1.11: extensions listed in `crit` must be understood, or the
+  // token rejected. We understand none, and jsonwebtoken ignores the header.
+  if ((decoded.header as { crit?: unknown }).crit !== undefined) {
+    throw new AuthError(AuthErrorCode.INVALID_TOKEN, 'token header has crit: no JWS extension is supported');
+  }
+  if (typeof decoded.payload !== 'object' || decoded.payload === null) {
     throw new AuthError(AuthErrorCode.BAD_CLAIMS, 'token payload is not an object');
   }
-  const claims = decoded as Record<string, unknown>;
+  const claims = decoded.payload as Record<string, unknown>;
   // A token without exp would never expire; the app always sets one.
-  if (typeof claims.exp !== 'number') throw new AuthError(AuthErrorCode.BAD_CLAIMS, 'token has no exp claim');
+  if (claims.exp === undefined) throw new AuthError(AuthErrorCode.BAD_CLAIMS, 'token has no exp claim');
+  timeClaim(claims, 'exp');
+  timeClaim(claims, 'iat');
+  timeClaim(claims, 'nbf');
   if (typeof claims.iat === 'number' && claims.iat > nowMs / 1000 + IAT_SKEW_SECONDS) {
     throw new AuthError(AuthErrorCode.INVALID_TOKEN, 'token issued in the future');
   }
@@ -64,6 +95,7 @@ export function verifyAccessToken(token: string, secret: string | KeyObject, now
   if (typeof userId !== 'string' || userId.length === 0 || userId.length > MAX_CLAIM_LENGTH) {
     throw new AuthError(AuthErrorCode.BAD_CLAIMS, 'token has no valid userId claim');
   }
+  wellFormed(userId, 'userId');
   const permission = claims.permission;
   return {
     userId,

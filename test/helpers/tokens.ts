@@ -17,9 +17,13 @@ export function token(claims: TokenClaims, secret = TEST_SECRET, ttlSeconds = 36
 
 const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url');
 
-/** Sign an arbitrary header and payload with HMAC-SHA256 (to build tokens jsonwebtoken would refuse to make). */
-export function rawToken(header: Record<string, unknown>, payload: Record<string, unknown>, secret = TEST_SECRET): string {
-  const signingInput = `${b64(header)}.${b64(payload)}`;
+/**
+ * Sign an arbitrary header and payload with HMAC-SHA256 (to build tokens jsonwebtoken would refuse to make).
+ * A string payload is taken as the JSON text itself, for what JSON.stringify cannot write (`1e400`).
+ */
+export function rawToken(header: Record<string, unknown>, payload: Record<string, unknown> | string, secret = TEST_SECRET): string {
+  const body = typeof payload === 'string' ? Buffer.from(payload).toString('base64url') : b64(payload);
+  const signingInput = `${b64(header)}.${body}`;
   return `${signingInput}.${createHmac('sha256', secret).update(signingInput).digest('base64url')}`;
 }
 
