@@ -36,3 +36,19 @@ test('oversized and odd-sized buffers are not pooled; spare bytes stay under the
   for (const slab of slabs) pool.give(slab);
   assert.equal(pool.spareBytes, MAX_SPARE_BYTES);
 });
+
+test('decay lets go of the classes unused since the last decay and keeps the busy ones', () => {
+  const pool = new SlabPool();
+  const small = pool.take(1000);
+  const large = pool.take(100_000);
+  pool.give(small);
+  pool.give(large);
+  assert.equal(pool.spareBytes, MIN_SLAB_BYTES + 128 * 1024);
+  pool.decay(); // both classes were used since the pool was made: kept
+  assert.equal(pool.spareBytes, MIN_SLAB_BYTES + 128 * 1024);
+  pool.give(pool.take(1000)); // only the small class is used in this interval
+  pool.decay();
+  assert.equal(pool.spareBytes, MIN_SLAB_BYTES);
+  pool.decay();
+  assert.equal(pool.spareBytes, 0);
+});

@@ -20,13 +20,33 @@ const CLASSES = Math.log2(MAX_POOLED_BYTES / MIN_SLAB_BYTES) + 1;
 
 export class SlabPool {
   private readonly free: Buffer[][] = Array.from({ length: CLASSES }, () => []);
+  /** Slabs taken from each class since the last {@link decay}. */
+  private readonly taken = new Uint32Array(CLASSES);
   /** Bytes held in the free lists. */
   spareBytes = 0;
+
+  /**
+   * Let go of the spare slabs of every class that was not used since the
+   * last call (called about once a second): after a burst, or an attack
+   * that filled many outboxes, the pool's memory goes back to the GC, and
+   * from there to the allocator, instead of staying for good.
+   */
+  decay(): void {
+    for (let k = 0; k < CLASSES; k++) {
+      if (this.taken[k] === 0) {
+        const list = this.free[k]!;
+        this.spareBytes -= list.length * (MIN_SLAB_BYTES << k);
+        list.length = 0;
+      }
+      this.taken[k] = 0;
+    }
+  }
 
   /** A slab of at least `bytes` (its length is the class size; only the caller's prefix is meaningful). */
   take(bytes: number): Buffer {
     if (bytes > MAX_POOLED_BYTES) return Buffer.allocUnsafeSlow(bytes);
     const k = classOf(bytes);
+    this.taken[k]!++;
     const slab = this.free[k]!.pop();
     if (slab === undefined) return Buffer.allocUnsafeSlow(MIN_SLAB_BYTES << k);
     this.spareBytes -= slab.length;

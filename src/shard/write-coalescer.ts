@@ -62,6 +62,8 @@ export interface CoalescerOptions {
 }
 
 export const RATE_WINDOW_MS = 100;
+/** How often the slab pool lets go of size classes it did not use (slab-pool.ts `decay`). */
+export const SLAB_DECAY_MS = 1000;
 
 export interface CoalescedTarget {
   readonly socket: Socket;
@@ -121,6 +123,7 @@ export class WriteCoalescer {
   private elu: EventLoopUtilization;
   private loadTimer: NodeJS.Timeout | null = null;
   private readonly onBacklog: (target: CoalescedTarget) => void;
+  private readonly decayTimer: NodeJS.Timeout;
 
   constructor(metrics: MetricsSlot, options: CoalescerOptions) {
     this.metrics = metrics;
@@ -132,6 +135,8 @@ export class WriteCoalescer {
     this.lastSlot = Math.floor(this.now / this.slotMs);
     if (this.control.intervalMs > 0) this.applyInterval(this.control.intervalMs);
     this.elu = performance.eventLoopUtilization();
+    this.decayTimer = setInterval(() => this.slabs.decay(), SLAB_DECAY_MS);
+    this.decayTimer.unref();
     if (options.pacing === 'auto') {
       this.loadTimer = setInterval(() => this.sampleLoad(), this.rateWindowMs);
       this.loadTimer.unref();
@@ -218,6 +223,7 @@ export class WriteCoalescer {
   }
 
   stop(): void {
+    clearInterval(this.decayTimer);
     if (this.loadTimer !== null) clearInterval(this.loadTimer);
     this.loadTimer = null;
     if (this.wheelTimer !== null) clearTimeout(this.wheelTimer);
