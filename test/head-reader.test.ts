@@ -9,7 +9,7 @@ import { connect, createServer, Socket, type AddressInfo, type Server } from 'no
 import { test, type TestContext } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { HeadReaderUnsupportedError } from '../src/errors.ts';
-import { readHead, type HeadReadResult } from '../src/primary/head-reader.ts';
+import { HEAD_RATE_GRACE_MS, readHead, type HeadReadResult } from '../src/primary/head-reader.ts';
 
 const HEAD = 'GET /ws/desktop/abc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n';
 
@@ -140,4 +140,29 @@ test('the head bytes own an exact-size ArrayBuffer (postMessage clones the whole
   const result = await read(accepted);
   assert.equal(result.kind, 'head');
   if (result.kind === 'head') assert.equal(result.bytes.buffer.byteLength, HEAD.length);
+});
+
+test('a head in many small pieces does not pull polling back to every loop turn', async (t) => {
+  const { client, accepted } = await pair(t);
+  const head = HEAD.replace('\r\n\r\n', `\r\nX-Pad: ${'p'.repeat(600)}\r\n\r\n`);
+  const pending = read(accepted);
+  const size = Math.ceil(head.length / 20);
+  for (let i = 0; i < head.length; i += size) {
+    await new Promise((r) => setTimeout(r, 25));
+    client.write(head.slice(i, i + size));
+  }
+  const result = await pending;
+  assert.equal(result.kind, 'head');
+  // Restarting the schedule at every piece polled ~11 times per 25 ms gap (220 in all);
+  // stepping back two steps settles at about three polls per piece (~70).
+  if (result.kind === 'head') assert.ok(result.polls <= 120, `${result.polls} polls for 20 pieces`);
+});
+
+test(`a head that stops arriving is cut as too-slow after ${HEAD_RATE_GRACE_MS} ms, before its timeout`, async (t) => {
+  const { client, accepted } = await pair(t);
+  client.write('GET / HTTP/1.1\r\n');
+  const started = Date.now();
+  assert.deepEqual(await read(accepted, 8192, HEAD_RATE_GRACE_MS * 3), { kind: 'too-slow', received: 16 });
+  const took = Date.now() - started;
+  assert.ok(took >= HEAD_RATE_GRACE_MS - 50 && took < HEAD_RATE_GRACE_MS + 500, `${took} ms`);
 });

@@ -16,8 +16,16 @@
  * {@link MAX_POLL_INTERVAL_MS}. A request
  * usually arrives with the ACK that completed the TCP handshake, so the first
  * or second attempt finds it; a slowloris costs one ~3 µs syscall per 100 ms.
- * When a partial head arrives, the schedule restarts, as the rest is likely
- * in flight.
+ *
+ * When a partial head arrives, the schedule steps back only
+ * {@link PROGRESS_STEP_BACK} steps: the rest may be in flight, but restarting
+ * at the fastest step let a client that dribbles bytes pull its polls back to
+ * every loop turn (300 sockets at 500 B/s took 99% of the primary). So polls
+ * settle near the rate the bytes arrive at. A head that has started must also
+ * keep up {@link MIN_HEAD_BYTES_PER_SECOND} once {@link HEAD_RATE_GRACE_MS}
+ * passed since its first byte, or it ends as `too-slow`, long before the
+ * handshake timeout. Silent sockets are left to the timeout (and to the
+ * primary's shedding): they cost one poll per 100 ms.
  *
  * The bytes read are handed over with the socket: the kernel has consumed
  * them, so whoever continues must treat them as the start of the stream.
@@ -34,6 +42,8 @@ export type HeadReadResult =
   | { kind: 'too-large' }
   /** The deadline passed before the head was complete. */
   | { kind: 'timeout'; received: number }
+  /** The head arrived slower than {@link MIN_HEAD_BYTES_PER_SECOND}. */
+  | { kind: 'too-slow'; received: number }
   /** The peer closed or reset the connection, or the socket was destroyed. */
   | { kind: 'closed'; received: number }
   /** An unexpected read error. */
@@ -48,11 +58,35 @@ export interface HeadReaderOptions {
 
 /** A read in progress; `cancel()` stops polling without calling back. */
 export interface PendingHead {
+  /** Bytes of the head read so far (as of the last poll). */
+  readonly received: number;
+  /** Poll now, out of schedule; may call back synchronously. */
+  pollNow(): void;
   cancel(): void;
 }
 
 /** Longest wait between two polls of a silent socket. */
 export const MAX_POLL_INTERVAL_MS = 100;
+/**
+ * Slowest a head may arrive, in bytes per second since its first byte. A
+ * head is ~0.5–2 KiB and normally arrives in one segment; even a 2G link
+ * sends 2.5 KiB/s, while a dribbler that keeps under this is cut.
+ */
+export const MIN_HEAD_BYTES_PER_SECOND = 1024;
+/**
+ * How long after its first byte a head is exempt from the minimum rate: a
+ * head split over segments, one of them lost, waits a retransmission
+ * timeout, which on a slow mobile link can exceed a second.
+ */
+export const HEAD_RATE_GRACE_MS = 2000;
+/**
+ * Steps back on the poll schedule after a read that made progress. With 1,
+ * a poll that found bytes keeps its delay; with 2 the next poll is one step
+ * faster, as the rest is likely in flight. Each empty poll moves one step
+ * slower, so a steady dribble settles at a few polls per segment (about
+ * three for segments 25 ms apart, where restarting the schedule took eleven).
+ */
+export const PROGRESS_STEP_BACK = 2;
 // 0 = next loop turn (setImmediate); others are timer delays in ms. Heads
 // usually land within a few ms of the accept, so the schedule stays at 1 ms
 // steps for 4 ms before backing off: a pure doubling schedule made a head
@@ -103,7 +137,9 @@ class HeadRead implements PendingHead {
   private readonly deadline: number;
   private readonly callback: (result: HeadReadResult) => void;
   private partial: Buffer | null = null;
-  private received = 0;
+  received = 0;
+  /** When the first byte was read (ms since epoch); 0 before. */
+  private firstByteAt = 0;
   private attempt = 0;
   private polls = 0;
   private timer: NodeJS.Timeout | null = null;
@@ -121,6 +157,12 @@ class HeadRead implements PendingHead {
   cancel(): void {
     this.done = true;
     this.clearTimer();
+  }
+
+  pollNow(): void {
+    if (this.done) return;
+    this.clearTimer();
+    this.poll();
   }
 
   private clearTimer(): void {
@@ -168,6 +210,7 @@ class HeadRead implements PendingHead {
 
       const before = this.received;
       this.received += n;
+      if (before === 0) this.firstByteAt = Date.now();
       if (this.partial === null && before === 0) {
         const end = findHeadEnd(scratch.subarray(0, n));
         if (end !== -1) return this.finish({ kind: 'head', bytes: exactCopy(scratch.subarray(0, n)), headLength: end, polls: this.polls });
@@ -179,16 +222,24 @@ class HeadRead implements PendingHead {
         return this.finish({ kind: 'head', bytes: exactCopy(this.partial!.subarray(0, this.received)), headLength: end, polls: this.polls });
       }
       if (this.received >= this.maxBytes) return this.finish({ kind: 'too-large' });
-      // More of the head is likely in flight: restart the backoff schedule.
-      this.attempt = 0;
+      // More of the head may be in flight: poll a little sooner, not from the start.
+      this.attempt = Math.max(0, this.attempt - PROGRESS_STEP_BACK);
     }
   };
 
   private schedule(): void {
-    const remaining = this.deadline - Date.now();
+    const now = Date.now();
+    const remaining = this.deadline - now;
     if (remaining <= 0) {
       this.finish({ kind: 'timeout', received: this.received });
       return;
+    }
+    if (this.received > 0) {
+      const elapsed = now - this.firstByteAt;
+      if (elapsed >= HEAD_RATE_GRACE_MS && this.received * 1000 < MIN_HEAD_BYTES_PER_SECOND * elapsed) {
+        this.finish({ kind: 'too-slow', received: this.received });
+        return;
+      }
     }
     const delay = Math.min(BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)]!, remaining);
     this.attempt++;

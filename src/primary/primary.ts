@@ -8,10 +8,13 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import type { ServeConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
+import { reportLingeringTo } from '../protocol/linger.ts';
+import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
 import { demoResponse } from './demo.ts';
 import { renderMetrics } from './metrics-text.ts';
+import { PendingTable } from './pending-table.ts';
 import { route } from './router.ts';
 import { ShardPool } from './shard-pool.ts';
 
@@ -25,12 +28,21 @@ export interface PrimaryOptions {
 function swallow(): void {}
 
 /**
+ * When the pending table is full, pending heads polled (one read each) to
+ * confirm they are still the least advanced before one is shed: a head may
+ * be waiting in the kernel, unseen between two polls.
+ */
+const SHED_CANDIDATES = 4;
+
+/** An IPv4-mapped IPv6 address as plain IPv4. */
+const normalize = (a: string): string => (a.startsWith('::ffff:') ? a.slice(7) : a);
+
+/**
  * The client's address: the peer's, unless the peer is a trusted proxy; then
  * the right-most X-Forwarded-For entry that is not itself a trusted proxy
  * (entries left of it could be forged by the client).
  */
 export function clientAddress(peer: string, forwardedFor: string | undefined, trusted: readonly string[]): string {
-  const normalize = (a: string) => (a.startsWith('::ffff:') ? a.slice(7) : a);
   if (forwardedFor === undefined || trusted.length === 0 || !trusted.includes(normalize(peer))) return peer;
   const hops = forwardedFor.split(',').map((h) => normalize(h.trim())).filter(Boolean);
   for (let i = hops.length - 1; i >= 0; i--) if (!trusted.includes(hops[i]!)) return hops[i]!;
@@ -42,8 +54,8 @@ export class Primary {
   private readonly log: Logger;
   private readonly pool: ShardPool;
   private readonly server: Server;
-  /** Heads being read: cancelled and closed on shutdown. */
-  private readonly pending = new Map<Socket, PendingHead>();
+  /** Heads being read: shed when full, cancelled and closed on shutdown. */
+  private readonly pending = new PendingTable<Socket, PendingHead>();
   private closing = false;
   private stopSampling: () => void = () => {};
 
@@ -51,6 +63,7 @@ export class Primary {
     this.config = options.config;
     this.log = options.log;
     this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log });
+    reportLingeringTo(this.pool.primaryMetrics);
     // pauseOnConnect: libuv must never read these sockets, or they could not
     // be transferred to a shard afterwards.
     this.server = createServer({ pauseOnConnect: true, noDelay: true }, (socket) => this.onConnection(socket));
@@ -83,11 +96,12 @@ export class Primary {
     this.log.info('shutdown', { drainTimeoutMs: this.config.drainTimeoutMs });
     this.server.close();
     this.stopSampling();
-    for (const [socket, read] of this.pending) {
+    for (const [socket, read] of this.pending.entries()) {
       read.cancel();
       socket.destroy();
     }
     this.pending.clear();
+    this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, 0);
     await this.pool.drain(this.config.drainTimeoutMs);
     this.log.info('stopped');
   }
@@ -98,11 +112,16 @@ export class Primary {
       socket.destroy();
       return;
     }
-    if (this.pending.size >= this.config.maxPendingHandshakes) {
-      // Shed before polling: a half-open flood must not grow the poll work.
-      this.reject(socket, 503, 'too_many_pending_handshakes', undefined, { 'Retry-After': '1' });
+    const address = normalize(socket.remoteAddress ?? '');
+    // nginx buffers request heads itself, so a trusted proxy's connections are not limited.
+    const limited = this.config.maxPendingPerAddress > 0 && !this.config.trustProxy.includes(address);
+    if (limited && this.pending.fromAddress(address) >= this.config.maxPendingPerAddress) {
+      this.pool.primaryMetrics.add(Metric.PENDING_REFUSED_ADDRESS);
+      this.reject(socket, 503, 'too_many_pending_from_address', undefined, { 'Retry-After': '1' }, false);
       return;
     }
+    // Make room before polling: a half-open flood must not grow the poll work.
+    if (this.pending.size >= this.config.maxPendingHandshakes) this.shedLeastProgress();
     const acceptedAt = Date.now();
     const options = { maxBytes: this.config.maxHeadBytes, timeoutMs: this.config.handshakeTimeoutMs };
     let finished = false;
@@ -110,7 +129,7 @@ export class Primary {
     try {
       read = readHead(socket, options, (result) => {
         finished = true;
-        this.pending.delete(socket);
+        if (this.pending.delete(socket) !== undefined) this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
         this.onHead(socket, result, acceptedAt);
       });
     } catch (err) {
@@ -119,7 +138,35 @@ export class Primary {
       return;
     }
     // The first read attempt is synchronous and may already have finished.
-    if (!finished) this.pending.set(socket, read);
+    if (finished) return;
+    this.pending.add(socket, read, limited ? address : null);
+    this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
+  }
+
+  /**
+   * Close the pending connection that has sent the fewest bytes for longest,
+   * so that a newcomer can be read. A candidate is polled first: if its head
+   * was waiting in the kernel it completes (making room) or shows progress,
+   * and the next candidate is considered.
+   */
+  private shedLeastProgress(): void {
+    for (let tries = 0; this.pending.size >= this.config.maxPendingHandshakes; tries++) {
+      const victim = this.pending.leastProgress();
+      if (victim === undefined) return;
+      const read = this.pending.get(victim)!;
+      if (tries < SHED_CANDIDATES) {
+        const before = read.received;
+        // A head that completes here removes itself from the table (readHead's callback).
+        read.pollNow();
+        if (!this.pending.has(victim) || read.received !== before) continue;
+      }
+      this.pending.delete(victim);
+      read.cancel();
+      victim.destroy();
+      this.pool.primaryMetrics.add(Metric.PENDING_SHED);
+      this.log.info('handshake_rejected', { reason: 'shed_least_progress', remote: victim.remoteAddress, received: read.received });
+    }
+    this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
   }
 
   private onHead(socket: Socket, result: HeadReadResult, acceptedAt: number): void {
@@ -134,6 +181,10 @@ export class Primary {
         return;
       case 'timeout':
         this.log.info('handshake_rejected', { reason: 'handshake_timeout', remote, received: result.received });
+        socket.destroy();
+        return;
+      case 'too-slow':
+        this.log.info('handshake_rejected', { reason: 'head_too_slow', remote, received: result.received });
         socket.destroy();
         return;
       case 'too-large':

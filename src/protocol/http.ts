@@ -8,6 +8,7 @@
  * routing-relevant headers, control bytes) is a 400, never a guess.
  */
 import type { Socket } from 'node:net';
+import { linger } from './linger.ts';
 
 /** A parsed request head. Header names are lower-case. */
 export interface RequestHead {
@@ -144,20 +145,18 @@ export function headerHasToken(value: string | undefined, token: string): boolea
   return false;
 }
 
-/** How long an answered socket may take to flush before it is destroyed. */
-export const LINGER_MS = 2000;
-
 /**
  * Write a final HTTP response and close. The socket is not going to be handed
  * on, so it may now be read: unread request bytes are drained, because closing
  * a socket with unread data makes the kernel send RST, which can destroy the
- * response before the client reads it.
+ * response before the client reads it. The draining ends at an absolute
+ * deadline, whatever the client keeps sending (protocol/linger.ts).
  */
 export function endWithResponse(socket: Socket, response: string): void {
   if (socket.destroyed) return;
-  socket.setTimeout(LINGER_MS, () => socket.destroy());
   socket.end(response);
   socket.resume();
+  linger(socket);
 }
 
 const STATUS_TEXT: Record<number, string> = {

@@ -152,6 +152,8 @@ export interface RawOptions {
   until?: (raw: string) => boolean;
   /** Half-close after the last write (the client hangs up mid-request). */
   end?: boolean;
+  /** Local address to connect from (any of 127.0.0.0/8 on loopback), to be another client address. */
+  localAddress?: string;
 }
 
 /** Until-condition for an upgrade: the 101 head and the first frame, `room_joined`, arrived. */
@@ -159,9 +161,9 @@ export const untilJoined = (raw: string): boolean => raw.includes('"type":"room_
 
 /** Send raw bytes in order and read the answer until the server closes (or `until`). */
 export function rawRequest(port: number, writes: (string | Buffer)[], options: RawOptions = {}): Promise<RawResponse> {
-  const { gapMs = 0, until, end = false } = options;
+  const { gapMs = 0, until, end = false, localAddress } = options;
   return new Promise((resolve, reject) => {
-    const socket = netConnect(port, '127.0.0.1');
+    const socket = netConnect({ port, host: '127.0.0.1', ...(localAddress ? { localAddress } : {}) });
     const chunks: Buffer[] = [];
     socket.on('data', (c: Buffer) => {
       chunks.push(c);

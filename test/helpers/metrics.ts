@@ -3,9 +3,10 @@ import { rawRequest } from './client.ts';
 
 export type Metrics = Map<string, number>;
 
-export async function scrape(port: number, token?: string): Promise<{ status: number; metrics: Metrics; text: string }> {
+/** GET /metrics, with `token` if given, from `localAddress` if given (see rawRequest). */
+export async function scrape(port: number, token?: string, localAddress?: string): Promise<{ status: number; metrics: Metrics; text: string }> {
   const auth = token ? `Authorization: Bearer ${token}\r\n` : '';
-  const res = await rawRequest(port, [`GET /metrics HTTP/1.1\r\nHost: x\r\n${auth}\r\n`]);
+  const res = await rawRequest(port, [`GET /metrics HTTP/1.1\r\nHost: x\r\n${auth}\r\n`], localAddress ? { localAddress } : {});
   const metrics: Metrics = new Map();
   for (const line of res.body.split('\n')) {
     if (line === '' || line.startsWith('#')) continue;
