@@ -74,12 +74,26 @@ function originAllowed(origin: string | undefined, allowed: readonly string[]): 
   return allowed.includes(origin.toLowerCase());
 }
 
+/**
+ * An upgrade request must not have a body: the shard reads whatever follows
+ * the head as WebSocket frames, so a body is either smuggled frames or bytes
+ * a proxy in front of us frames differently (request smuggling).
+ */
+function hasBody(head: RequestHead): boolean {
+  const length = head.headers['content-length'];
+  return (length !== undefined && length !== '0') || head.headers['transfer-encoding'] !== undefined;
+}
+
 /** Decide what to do with a parsed request head. */
 export function route(head: RequestHead, options: RouterOptions): Route {
   const path = parseDesktopPath(head.path);
   if (path.kind === 'desktop') {
     if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: true };
-    if (!headerHasToken(head.headers.upgrade, 'websocket')) {
+    if (hasBody(head)) return { kind: 'reject', status: 400, reason: 'body_not_allowed', handshake: true };
+    // RFC 6455 §4.1 asks for both. A sender of Upgrade must list it in Connection
+    // (RFC 9110 §7.8); without that, the request is no upgrade, only a plain GET, and
+    // gets the plain GET's answer.
+    if (!headerHasToken(head.headers.upgrade, 'websocket') || !headerHasToken(head.headers.connection, 'upgrade')) {
       return { kind: 'reject', status: 426, reason: 'upgrade_required', headers: { Upgrade: 'websocket' }, handshake: true };
     }
     if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', status: 403, reason: 'origin_not_allowed', handshake: true };
