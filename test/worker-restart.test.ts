@@ -47,9 +47,9 @@ test('a shard killed mid-traffic is restarted and the other shard never stops re
   const kill = await rawRequest(server.port, [`POST /admin/shards/0/terminate HTTP/1.1\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`]);
   assert.equal(kill.status, 202);
 
-  // The doomed shard's sessions drop without a close frame (1006)...
-  assert.equal((await d1.closed).code, 1006);
-  assert.equal((await d2.closed).code, 1006);
+  // The doomed shard's sessions are told to reconnect (1012, service restart)...
+  assert.equal((await d1.closed).code, 1012);
+  assert.equal((await d2.closed).code, 1012);
   // ...while the survivor's messages keep arriving in order, through the crash and the restart.
   const exit = await server.waitForLog((l) => l.event === 'shard_exit' && l.shard === 0);
   assert.equal(typeof exit.restartInMs, 'number');

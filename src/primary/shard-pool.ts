@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
 import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { ConnectionMessage, DrainMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
+import type { ConnectionMessage, DrainMessage, RestartMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
 import { createMetricsBuffer, GAUGES, Metric, MetricsSlot } from '../protocol/metrics.ts';
 import { createUserConnectionsBuffer, UserConnections } from '../protocol/user-connections.ts';
 
@@ -21,6 +21,12 @@ export const RESTART_BASE_MS = 100;
 export const RESTART_MAX_MS = 10_000;
 /** A shard that lived this long resets the backoff. */
 export const STABLE_AFTER_MS = 30_000;
+/**
+ * Longest an admin terminate waits for the shard to close its sessions with
+ * 1012 before stopping it: enough for the close handshakes of a healthy
+ * shard, short for an operator whose shard is wedged (and never answers).
+ */
+export const TERMINATE_GRACE_MS = 1000;
 
 /**
  * Young-generation cap of a shard isolate (V8 sizes it as 3 semi-spaces).
@@ -41,6 +47,8 @@ interface Shard {
   startedAt: number;
   /** Crashes since the shard was last stable. */
   crashes: number;
+  /** Stopped on purpose (admin endpoint): its exit is not a crash. */
+  terminating: boolean;
   restarts: number;
   restartAt: number;
   restartTimer: NodeJS.Timeout | null;
@@ -91,6 +99,7 @@ export class ShardPool {
       state: 'stopped' as ShardState,
       startedAt: 0,
       crashes: 0,
+      terminating: false,
       restarts: 0,
       restartAt: 0,
       restartTimer: null,
@@ -181,12 +190,17 @@ export class ShardPool {
 
   private scheduleRestart(shard: Shard, code: number): void {
     const lived = Date.now() - shard.startedAt;
+    const requested = shard.terminating;
+    shard.terminating = false;
     if (lived >= STABLE_AFTER_MS) shard.crashes = 0;
-    const delay = Math.min(RESTART_BASE_MS * 2 ** shard.crashes, RESTART_MAX_MS);
-    shard.crashes++;
+    // An admin terminate is no sign of a crash loop: base delay, and the crash count stays.
+    const delay = requested ? RESTART_BASE_MS : Math.min(RESTART_BASE_MS * 2 ** shard.crashes, RESTART_MAX_MS);
+    if (!requested) shard.crashes++;
     shard.state = 'down';
     shard.restartAt = Date.now() + delay;
-    this.options.log.error('shard_exit', { shard: shard.id, code, livedMs: lived, restartInMs: delay });
+    const fields = { shard: shard.id, code, livedMs: lived, restartInMs: delay, reason: requested ? 'terminated' : 'crashed' };
+    if (requested) this.options.log.warn('shard_exit', fields);
+    else this.options.log.error('shard_exit', fields);
     shard.restartTimer = setTimeout(() => {
       shard.restartTimer = null;
       if (this.stopping) return;
@@ -252,15 +266,31 @@ export class ShardPool {
     return Math.max(1, Math.ceil(wait / 1000) + 1);
   }
 
-  /** Stop a shard abruptly (admin endpoint); it is restarted like a crashed one. */
+  /**
+   * Stop a shard (admin endpoint) and restart it after the base delay. Its
+   * sessions are first closed with 1012 (service restart), so clients
+   * reconnect at once instead of seeing an abnormal 1006; the worker is
+   * terminated when the shard reports, or after {@link TERMINATE_GRACE_MS}
+   * if it does not (a wedged shard is why an operator terminates one).
+   */
   terminate(shardId: number): boolean {
     const shard = this.shards[shardId];
     const worker = shard?.worker;
     if (!shard || !worker) return false;
-    // No more sockets for it: one posted between terminate() and 'exit' would be lost.
+    if (shard.terminating) return true;
+    shard.terminating = true;
+    // No more sockets for it: one posted between now and 'exit' would be lost.
     shard.state = 'down';
-    shard.restartAt = Date.now() + RESTART_BASE_MS;
-    void worker.terminate();
+    shard.restartAt = Date.now() + TERMINATE_GRACE_MS + RESTART_BASE_MS;
+    const stop = (): void => {
+      clearTimeout(timer);
+      if (shard.onDrained === stop) shard.onDrained = null;
+      if (shard.worker === worker) void worker.terminate();
+    };
+    const timer = setTimeout(stop, TERMINATE_GRACE_MS);
+    shard.onDrained = stop;
+    const message: RestartMessage = { type: 'restart', timeoutMs: TERMINATE_GRACE_MS };
+    worker.postMessage(message);
     return true;
   }
 
@@ -283,6 +313,8 @@ export class ShardPool {
       waits.push(
         new Promise<void>((resolve) => {
           shard.onDrained = resolve;
+          // Being terminated: it is closing its sessions already, and its exit resolves this.
+          if (shard.terminating) return;
           const message: DrainMessage = { type: 'drain', timeoutMs };
           worker.postMessage(message);
         }),

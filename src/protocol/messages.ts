@@ -26,20 +26,31 @@ export interface DrainMessage {
   timeoutMs: number;
 }
 
+/**
+ * Primary → shard: the shard is about to be terminated and restarted (admin
+ * endpoint): close every session with 1012 (service restart) so that clients
+ * reconnect at once, then report `drained`.
+ */
+export interface RestartMessage {
+  type: 'restart';
+  /** How long the shard may wait for closing handshakes before cutting sockets. */
+  timeoutMs: number;
+}
+
 /** Primary → shard: report sessions and the largest rooms (for /stats). */
 export interface StatsRequest {
   type: 'stats';
   id: number;
 }
 
-export type PrimaryToShard = ConnectionMessage | DrainMessage | StatsRequest;
+export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage | StatsRequest;
 
 /** Shard → primary: the shard is listening for connections. */
 export interface ReadyMessage {
   type: 'ready';
 }
 
-/** Shard → primary: every session is closed; the shard can be stopped. */
+/** Shard → primary: every session is closed (after a drain or restart message); the shard can be stopped. */
 export interface DrainedMessage {
   type: 'drained';
   closed: number;

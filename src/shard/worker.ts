@@ -5,6 +5,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
+import { CloseCode } from '../protocol/events.ts';
+import { reportLingeringTo } from '../protocol/linger.ts';
 import type { PrimaryToShard, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
 import { MetricsSlot } from '../protocol/metrics.ts';
 import { UserConnections } from '../protocol/user-connections.ts';
@@ -17,6 +19,7 @@ const log = createLogger({ level: config.logLevel, format: config.logFormat, wor
 const port = parentPort!;
 const metrics = new MetricsSlot(data.metrics, data.shardId);
 sampleThreadStats(metrics);
+reportLingeringTo(metrics);
 const users = new UserConnections(data.userConnections, config.workers, data.shardId);
 const shard = new Shard(data.shardId, config, log, metrics, users, data.metrics);
 
@@ -40,6 +43,9 @@ port.on('message', (message: PrimaryToShard) => {
       break;
     case 'drain':
       void shard.drain(message.timeoutMs).then((closed) => send({ type: 'drained', closed }));
+      break;
+    case 'restart':
+      void shard.drain(message.timeoutMs, CloseCode.SERVICE_RESTART, 'service restart').then((closed) => send({ type: 'drained', closed }));
       break;
   }
 });
