@@ -61,6 +61,7 @@ function build(rooms: number, perRoom: number): Built {
       maxOutboundBytes: 256 << 20,
       processOutbound: () => 0,
       onCut: () => {},
+      onRelease: () => {},
     },
     out,
     metrics,

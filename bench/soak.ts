@@ -38,7 +38,8 @@ interface Live {
 const cleanup = new Cleanup();
 const server = await startServer(cleanup, {
   workers: 2,
-  args: ['--dev', '--admin-token', ADMIN],
+  // Every soak client comes from 127.0.0.1: the per-address pending limit is for the internet, not for a load generator.
+  args: ['--dev', '--admin-token', ADMIN, '--max-pending-per-address', '0'],
   env: devSecretEnv(),
   nodeArgs: ['--max-semi-space-size=4'],
 });

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
-import { join, type TestClient } from './helpers/client.ts';
+import { join, rawRequest, type TestClient } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
@@ -126,4 +126,26 @@ test('error frames count toward the budget: a session that sends bad frames and 
   assert.equal((await bystander.expect('session_left', 20_000)).sessionId, joined.sessionId);
   const line = await server.waitForLog((l) => l.event === 'slow_consumer_close' && l.sessionId === joined.sessionId);
   assert.equal(line.reason, 'backlog_cap');
+});
+
+test('after a cut the shard gives its buffers back once things settle, without waiting for V8 to need the memory', async (t) => {
+  const ADMIN = 'admin-token-0123456789';
+  // Cut by the timeout (the hard cap could cut the fast reader too, were the test process slow to read 35 MB).
+  const server = await serve(t, ['--max-buffered-bytes', '65536', '--max-session-backlog', String(256 << 20), '--slow-consumer-timeout', '1s', '--admin-token', ADMIN]);
+  const arrayBuffers = async (): Promise<number> => {
+    const res = await rawRequest(server.port, [`GET /stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`]);
+    return (JSON.parse(res.body) as { shards: { memory: { arrayBuffers: number } }[] }).shards[0]!.memory.arrayBuffers;
+  };
+  const before = await arrayBuffers();
+  const { sender, fast, slowId } = await room(t, server);
+  // ~35 MB through the shard: its frames and slabs are garbage once written.
+  for (let i = 0; i < 10_000; i++) sender.send({ type: 'asset_moved', payload: { i, pad: PAD } });
+  await readAllAndLeave(fast, 10_000, slowId);
+  const during = await arrayBuffers();
+  assert.ok(during > before + 16 * 1024 * 1024, `the attack left ${during - before} bytes of array buffers`);
+  // The shard is idle from here on: only its own release (3 s after the cut) can free them.
+  let now = during;
+  const deadline = Date.now() + 15_000;
+  while (now > before + 4 * 1024 * 1024 && Date.now() < deadline) now = await arrayBuffers();
+  assert.ok(now <= before + 4 * 1024 * 1024, `${now - before} bytes of array buffers still held 15 s later`);
 });

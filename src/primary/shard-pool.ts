@@ -73,6 +73,8 @@ export interface ShardStats {
   connections: number | null;
   rooms: number | null;
   topRooms: RoomSize[];
+  /** The shard isolate's memory (heap in use, external, array buffers), null when it did not answer. */
+  memory: StatsReply['memory'] | null;
 }
 
 export class ShardPool {
@@ -239,7 +241,7 @@ export class ShardPool {
   async stats(timeoutMs = 1000): Promise<ShardStats[]> {
     return Promise.all(
       this.shards.map(async (shard) => {
-        const base: ShardStats = { shard: shard.id, state: shard.state, restarts: shard.restarts, connections: null, rooms: null, topRooms: [] };
+        const base: ShardStats = { shard: shard.id, state: shard.state, restarts: shard.restarts, connections: null, rooms: null, topRooms: [], memory: null };
         const worker = shard.worker;
         if (shard.state !== 'ready' || worker === null) return base;
         const id = this.nextStatsId++;
@@ -254,7 +256,7 @@ export class ShardPool {
           });
           worker.postMessage({ type: 'stats', id });
         });
-        return reply === null ? base : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms };
+        return reply === null ? base : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms, memory: reply.memory };
       }),
     );
   }

@@ -69,6 +69,8 @@ export interface StatsReply {
   rooms: number;
   /** Largest rooms first, at most 10. */
   topRooms: RoomSize[];
+  /** This shard's isolate: V8 heap in use, and memory outside it (Buffers' backing stores). */
+  memory: { heapUsed: number; external: number; arrayBuffers: number };
 }
 
 export type ShardToPrimary = ReadyMessage | DrainedMessage | StatsReply;

@@ -49,7 +49,12 @@ export interface BackpressureOptions {
   processOutbound: () => number;
   /** Take a session out of its room (session_left) before it is closed. */
   onCut: (session: Session) => void;
+  /** Memory was under pressure and is being let go (a cut, or a large backlog drained): memory-release.ts. */
+  onRelease: () => void;
 }
+
+/** A shard backlog this large, once drained, is worth a full GC to give its buffers back. */
+export const LARGE_BACKLOG_BYTES = 32 * 1024 * 1024;
 
 type CutReason = 'slow_consumer' | 'backlog_cap' | 'memory_cap';
 
@@ -77,6 +82,8 @@ export class Backpressure {
   /** Sessions whose socket kept bytes after a write (the coalescer reports them); dropped once empty. */
   private readonly backlogged = new Set<Session>();
   private readonly sweeper: NodeJS.Timeout;
+  /** The shard's backlog reached LARGE_BACKLOG_BYTES since memory was last let go. */
+  private wasLarge = false;
 
   constructor(options: BackpressureOptions, out: WriteCoalescer, metrics: MetricsSlot, log: Logger) {
     this.options = options;
@@ -160,6 +167,7 @@ export class Backpressure {
       ...(member.overBudgetSince === 0 ? {} : { overForMs: Date.now() - member.overBudgetSince }),
     });
     this.options.onCut(member);
+    this.options.onRelease();
     if (reason === 'slow_consumer') this.out.flushNow(member);
     // Closing makes the session not open, so the coalescer drops what it still holds for it.
     member.ws.close(CloseCode.SLOW_CONSUMER, 'slow consumer');
@@ -187,6 +195,12 @@ export class Backpressure {
     for (const member of this.over) if (!this.backlogged.has(member)) total += backlogOf(member);
     const published = this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
     this.metrics.set(Metric.OUTBOUND_BUFFERED, total);
+    if (total >= LARGE_BACKLOG_BYTES) {
+      this.wasLarge = true;
+    } else if (this.wasLarge && total < this.options.maxBufferedBytes) {
+      this.wasLarge = false;
+      this.options.onRelease();
+    }
     const processTotal = this.options.processOutbound() - published + total;
     if (processTotal > this.options.maxOutboundBytes) this.shed(processTotal, total);
   }

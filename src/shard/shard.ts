@@ -18,6 +18,7 @@ import { RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
+import { MemoryRelease } from './memory-release.ts';
 import { UserAdmission } from './user-admission.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 
@@ -37,6 +38,7 @@ export class Shard {
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
   private readonly users: UserConnections;
+  private readonly memory = new MemoryRelease();
 
   constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot, users: UserConnections, allMetrics: SharedArrayBuffer) {
     this.id = id;
@@ -85,6 +87,7 @@ export class Shard {
           this.relay.leave(session);
           this.updateGauges();
         },
+        onRelease: () => this.memory.request(),
       },
       out,
       metrics,
@@ -203,6 +206,7 @@ export class Shard {
     this.draining = true;
     clearInterval(this.pinger);
     this.backpressure.stop();
+    this.memory.stop();
     // Frames already queued go out ahead of the close frames.
     this.out.flushAll();
     this.out.stop();

@@ -23,6 +23,11 @@ reportLingeringTo(metrics);
 const users = new UserConnections(data.userConnections, config.workers, data.shardId);
 const shard = new Shard(data.shardId, config, log, metrics, users, data.metrics);
 
+function isolateMemory(): { heapUsed: number; external: number; arrayBuffers: number } {
+  const { heapUsed, external, arrayBuffers } = process.memoryUsage();
+  return { heapUsed, external, arrayBuffers };
+}
+
 function send(message: ShardToPrimary): void {
   port.postMessage(message);
 }
@@ -39,6 +44,7 @@ port.on('message', (message: PrimaryToShard) => {
         connections: shard.rooms.sessionCount,
         rooms: shard.rooms.roomCount,
         topRooms: shard.rooms.topRooms(10),
+        memory: isolateMemory(),
       });
       break;
     case 'drain':
