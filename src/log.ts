@@ -63,6 +63,44 @@ function errorFields(value: unknown): unknown {
   return value;
 }
 
+/**
+ * At most `perSecond` lines a second for an event a peer can cause at will
+ * (a refused handshake, a shed connection): a flood of them must not become
+ * a flood of log writes on the thread that answers them. The first line let
+ * through after some were skipped says how many, as `suppressed`.
+ */
+export class LogBudget {
+  private readonly perSecond: number;
+  private windowStart = 0;
+  private used = 0;
+  private suppressed = 0;
+
+  constructor(perSecond: number) {
+    this.perSecond = perSecond;
+  }
+
+  /** `fields` to log (with `suppressed` when lines were skipped), or null to skip this line. */
+  take(fields: LogFields, now = Date.now()): LogFields | null {
+    if (now - this.windowStart >= 1000) {
+      this.windowStart = now;
+      this.used = 0;
+    }
+    if (this.used >= this.perSecond) {
+      this.suppressed++;
+      return null;
+    }
+    this.used++;
+    if (this.suppressed > 0) {
+      fields.suppressed = this.suppressed;
+      this.suppressed = 0;
+    }
+    return fields;
+  }
+}
+
+/** Lines a second, per thread, for `handshake_rejected`. */
+export const REJECTION_LOG_PER_SECOND = 100;
+
 export function createLogger(options: LoggerOptions): Logger {
   const threshold = RANK[options.level];
   const write = options.write ?? ((line: string) => process.stdout.write(line));

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { PendingTable } from '../src/primary/pending-table.ts';
+import { addressKey } from '../src/primary/primary.ts';
 import { join, rawRequest, untilJoined, upgradeHead } from './helpers/client.ts';
 import { count, Crowd, type IdleSocket } from './helpers/idle.ts';
 import { scrape } from './helpers/metrics.ts';
@@ -48,6 +49,18 @@ test('the victim is the oldest silent connection, else the fewest bytes (ties: t
   assert.equal(table.delete('a'), undefined);
 });
 
+test('the address limit counts an IPv4 address, or the /64 of an IPv6 address', () => {
+  assert.equal(addressKey('127.0.0.2'), '127.0.0.2');
+  assert.equal(addressKey('2001:db8:1:2:aaaa::1'), '2001:db8:1:2::/64');
+  assert.equal(addressKey('2001:DB8:1:2:bbbb:cccc:dddd:eeee'), '2001:db8:1:2::/64');
+  assert.equal(addressKey('2001:0db8:0001:0002::ffff'), '2001:db8:1:2::/64');
+  assert.equal(addressKey('2001:db8::1'), '2001:db8:0:0::/64');
+  assert.equal(addressKey('::1'), '0:0:0:0::/64');
+  assert.equal(addressKey('fe80::1%eth0'), 'fe80:0:0:0::/64');
+  assert.equal(addressKey('2001:db8:1:2::1'), addressKey('2001:db8:1:2:ffff:ffff:ffff:ffff'));
+  assert.notEqual(addressKey('2001:db8:1:2::1'), addressKey('2001:db8:1:3::1'));
+});
+
 test(`${FLOOD} silent sockets from one address: other addresses still connect and /health answers`, async (t) => {
   const stub = await startPermissionStub(t);
   const server = await startServer(t, { workers: 2, permissionApiBase: stub.base });
@@ -67,6 +80,9 @@ test(`${FLOOD} silent sockets from one address: other addresses still connect an
   const { metrics } = await scrape(server.port, undefined, OTHER);
   assert.equal(metrics.get('moodio_rt_pending_handshakes{shard="primary"}'), PER_ADDRESS);
   assert.equal(metrics.get('moodio_rt_pending_handshakes_closed_total{reason="address_limit"}'), FLOOD - PER_ADDRESS);
+  // The refusals are logged at a bounded rate, and the skipped lines are counted.
+  const lines = server.logs.filter((l) => l.event === 'handshake_rejected' && l.worker === 'primary');
+  assert.ok(lines.length < FLOOD - PER_ADDRESS, `${lines.length} lines for ${FLOOD - PER_ADDRESS} refusals`);
 });
 
 test(`with no address limit, ${FLOOD} silent sockets fill the table, the surplus is shed, and newcomers are still read`, async (t) => {

@@ -7,6 +7,7 @@ import { describe, test } from 'node:test';
 import * as wsModule from 'ws';
 import { parseDuration, resolveServeConfig } from '../src/config.ts';
 import { ConfigError } from '../src/errors.ts';
+import { LogBudget } from '../src/log.ts';
 import { fnv1a32, route, shardFor } from '../src/primary/router.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
 import { findHeadEnd, headerHasToken, MAX_HEADER_COUNT, parseRequestHead } from '../src/protocol/http.ts';
@@ -187,6 +188,16 @@ describe('config', () => {
 });
 
 describe('logs', () => {
+  test('a LogBudget lets through perSecond lines a second and counts the rest on the next line let through', () => {
+    const budget = new LogBudget(3);
+    const t0 = 10_000;
+    const taken = [0, 1, 2, 3, 4].map((i) => budget.take({ i }, t0 + i));
+    assert.deepEqual(taken, [{ i: 0 }, { i: 1 }, { i: 2 }, null, null]);
+    assert.deepEqual(budget.take({ i: 5 }, t0 + 999), null);
+    assert.deepEqual(budget.take({ i: 6 }, t0 + 1000), { i: 6, suppressed: 3 });
+    assert.deepEqual(budget.take({ i: 7 }, t0 + 1001), { i: 7 });
+  });
+
   test('json: one object per line with level, ts, worker, event and fields; below the level nothing', async () => {
     const { createLogger } = await import('../src/log.ts');
     const lines: string[] = [];

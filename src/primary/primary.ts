@@ -6,7 +6,7 @@
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { ServeConfig } from '../config.ts';
-import type { Logger } from '../log.ts';
+import { LogBudget, REJECTION_LOG_PER_SECOND, type LogFields, type Logger } from '../log.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import { reportLingeringTo } from '../protocol/linger.ts';
 import { Metric } from '../protocol/metrics.ts';
@@ -38,6 +38,20 @@ const SHED_CANDIDATES = 4;
 const normalize = (a: string): string => (a.startsWith('::ffff:') ? a.slice(7) : a);
 
 /**
+ * What --max-pending-per-address counts: an IPv4 address, or the /64 of an
+ * IPv6 one. A subscriber usually gets a whole /64 and may use any address in
+ * it, so a per-address limit on IPv6 would be a limit on nothing.
+ */
+export function addressKey(address: string): string {
+  if (!address.includes(':')) return address;
+  const plain = address.split('%', 1)[0]!.toLowerCase();
+  const gap = plain.indexOf('::');
+  const left = gap === -1 ? plain.split(':') : plain.slice(0, gap).split(':').filter(Boolean);
+  const groups = gap === -1 || left.length >= 4 ? left : [...left, ...Array(4 - left.length).fill('0')];
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
+}
+
+/**
  * The client's address: the peer's, unless the peer is a trusted proxy; then
  * the right-most X-Forwarded-For entry that is not itself a trusted proxy
  * (entries left of it could be forged by the client).
@@ -58,6 +72,8 @@ export class Primary {
   private readonly pending = new PendingTable<Socket, PendingHead>();
   private closing = false;
   private stopSampling: () => void = () => {};
+  /** Refusals are caused at will by peers: logged at a bounded rate. */
+  private readonly rejections = new LogBudget(REJECTION_LOG_PER_SECOND);
 
   constructor(options: PrimaryOptions) {
     this.config = options.config;
@@ -112,9 +128,10 @@ export class Primary {
       socket.destroy();
       return;
     }
-    const address = normalize(socket.remoteAddress ?? '');
+    const peer = normalize(socket.remoteAddress ?? '');
     // nginx buffers request heads itself, so a trusted proxy's connections are not limited.
-    const limited = this.config.maxPendingPerAddress > 0 && !this.config.trustProxy.includes(address);
+    const limited = this.config.maxPendingPerAddress > 0 && !this.config.trustProxy.includes(peer);
+    const address = addressKey(peer);
     if (limited && this.pending.fromAddress(address) >= this.config.maxPendingPerAddress) {
       this.pool.primaryMetrics.add(Metric.PENDING_REFUSED_ADDRESS);
       this.reject(socket, 503, 'too_many_pending_from_address', undefined, { 'Retry-After': '1' }, false);
@@ -164,7 +181,7 @@ export class Primary {
       read.cancel();
       victim.destroy();
       this.pool.primaryMetrics.add(Metric.PENDING_SHED);
-      this.log.info('handshake_rejected', { reason: 'shed_least_progress', remote: victim.remoteAddress, received: read.received });
+      this.logRejection('info', { reason: 'shed_least_progress', remote: victim.remoteAddress, received: read.received });
     }
     this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
   }
@@ -176,15 +193,15 @@ export class Primary {
         socket.destroy();
         return;
       case 'error':
-        this.log.warn('handshake_rejected', { reason: 'read_error', remote, err: result.error });
+        this.logRejection('warn', { reason: 'read_error', remote, err: result.error });
         socket.destroy();
         return;
       case 'timeout':
-        this.log.info('handshake_rejected', { reason: 'handshake_timeout', remote, received: result.received });
+        this.logRejection('info', { reason: 'handshake_timeout', remote, received: result.received });
         socket.destroy();
         return;
       case 'too-slow':
-        this.log.info('handshake_rejected', { reason: 'head_too_slow', remote, received: result.received });
+        this.logRejection('info', { reason: 'head_too_slow', remote, received: result.received });
         socket.destroy();
         return;
       case 'too-large':
@@ -267,10 +284,15 @@ export class Primary {
     endWithResponse(socket, httpResponse(200, JSON.stringify(body, null, 2) + '\n', {}, 'application/json'));
   }
 
+  private logRejection(level: 'info' | 'warn', fields: LogFields): void {
+    const allowed = this.rejections.take(fields);
+    if (allowed !== null) this.log[level]('handshake_rejected', allowed);
+  }
+
   /** Answer with an error status; `handshake` = count it among refused handshakes (/metrics). */
   private reject(socket: Socket, status: number, reason: string, detail?: string, headers?: Record<string, string>, handshake = true): void {
     if (handshake) this.pool.primaryMetrics.handshake(status);
-    this.log.info('handshake_rejected', { status, reason, ...(detail ? { detail } : {}), remote: socket.remoteAddress });
+    this.logRejection('info', { status, reason, ...(detail ? { detail } : {}), remote: socket.remoteAddress });
     endWithResponse(socket, httpResponse(status, `${detail ?? reason.replaceAll('_', ' ')}\n`, headers));
   }
 }

@@ -12,7 +12,7 @@ import type { PermissionSource } from '../auth/permission-client.ts';
 import { secretKey, verifyAccessToken, type Identity } from '../auth/token.ts';
 import type { KeyObject } from 'node:crypto';
 import { AuthError, AuthErrorCode, PermissionError, PermissionErrorCode, type RelayError } from '../errors.ts';
-import type { Logger } from '../log.ts';
+import { LogBudget, REJECTION_LOG_PER_SECOND, type Logger } from '../log.ts';
 import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
@@ -63,6 +63,8 @@ export const PERMISSION_RETRY_AFTER_S = 2;
 export class Handshake {
   private readonly options: HandshakeOptions;
   private readonly key: KeyObject;
+  /** Refusals are caused at will by peers: logged at a bounded rate. */
+  private readonly rejections = new LogBudget(REJECTION_LOG_PER_SECOND);
 
   constructor(options: HandshakeOptions) {
     this.options = options;
@@ -157,7 +159,8 @@ export class Handshake {
     detail?: string,
   ): void {
     this.options.metrics.handshake(status);
-    this.options.log.info('handshake_rejected', { status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
+    const fields = this.rejections.take({ status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
+    if (fields !== null) this.options.log.info('handshake_rejected', fields);
     const body =
       status === 401 ? 'unauthorized\n'
       : status === 403 ? 'forbidden\n'
