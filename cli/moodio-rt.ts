@@ -15,6 +15,7 @@ import { signAccessToken } from '../src/auth/token.ts';
 import { parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
 import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
+import { ensureAllocatorEnv } from '../src/allocator.ts';
 import { loadOrCreateDevSecret } from '../src/auth/dev-secret.ts';
 import { startServer } from '../src/server.ts';
 import { join } from 'node:path';
@@ -84,6 +85,8 @@ const serve = program.command('serve').description('run the WebSocket relay');
 const serveOptions = addOptionTable(serve, SERVE_OPTIONS);
 serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
+  // Before anything is allocated for sessions: the allocator reads its settings at process start.
+  ensureAllocatorEnv();
   const server = await startOrExit(() => startServer(config));
   if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
 
