@@ -102,25 +102,24 @@ export class ServerProcess {
 
   /** Resolves with {@link stdout} once it matches `pattern` (for pretty logs). */
   waitForStdout(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
-    if (pattern.test(this.stdout)) return Promise.resolve(this.stdout);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`stdout did not match ${pattern} within ${timeoutMs} ms:\n${this.stdout}`)), timeoutMs);
-      this.stdoutWaiters.push({
-        pattern,
-        resolve: (text) => {
-          clearTimeout(timer);
-          resolve(text);
-        },
-      });
-    });
+    return this.waitForText('stdout', this.stdoutWaiters, pattern, timeoutMs);
   }
 
   /** Resolves with everything written to stderr once it matches `pattern`. */
   waitForStderr(pattern: RegExp, timeoutMs = 10_000): Promise<string> {
-    if (pattern.test(this.stderr)) return Promise.resolve(this.stderr);
+    return this.waitForText('stderr', this.stderrWaiters, pattern, timeoutMs);
+  }
+
+  private waitForText(
+    stream: 'stdout' | 'stderr',
+    waiters: { pattern: RegExp; resolve: (text: string) => void }[],
+    pattern: RegExp,
+    timeoutMs: number,
+  ): Promise<string> {
+    if (pattern.test(this[stream])) return Promise.resolve(this[stream]);
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`stderr did not match ${pattern} within ${timeoutMs} ms:\n${this.stderr}`)), timeoutMs);
-      this.stderrWaiters.push({
+      const timer = setTimeout(() => reject(new Error(`${stream} did not match ${pattern} within ${timeoutMs} ms:\n${this[stream]}`)), timeoutMs);
+      waiters.push({
         pattern,
         resolve: (text) => {
           clearTimeout(timer);
