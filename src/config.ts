@@ -213,7 +213,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--max-pending-handshakes <n>',
     env: 'MOODIO_RT_MAX_PENDING_HANDSHAKES',
     default: '1000',
-    description: 'request heads being read at once; more are answered 503 with Retry-After',
+    description: 'request heads being read at once; when full, the one that has sent the fewest bytes for longest is closed to make room',
     parse: intIn(1, 1_000_000),
   },
   {
@@ -361,7 +361,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--rate-limit <msgs/s>',
     env: 'MOODIO_RT_RATE_LIMIT',
     default: '100',
-    description: 'messages per second a session may send (token bucket; 0 = no limit)',
+    description: 'messages per second a user may send, all its sessions on a shard together (token bucket; 0 = no limit)',
     parse: intIn(0, 1_000_000),
   },
   {
@@ -369,7 +369,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--rate-limit-burst <n>',
     env: 'MOODIO_RT_RATE_LIMIT_BURST',
     default: '200',
-    description: 'messages a session may send at once before the rate applies',
+    description: 'messages a user may send at once before the rate applies',
     parse: intIn(1, 1_000_000),
   },
   {
@@ -377,7 +377,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--rate-limit-close-after <duration>',
     env: 'MOODIO_RT_RATE_LIMIT_CLOSE_AFTER',
     default: '10s',
-    description: 'a session over the limit this long is closed with 1008',
+    description: 'a session whose user stays over the limit this long is closed with 1008',
     parse: parseDuration,
   },
   {

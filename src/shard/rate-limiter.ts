@@ -28,7 +28,7 @@ export interface RateState {
   overSince: number;
   lastDropAt: number;
   lastNoticeAt: number;
-  /** Pauses since a frame last passed (the next pause is twice as long, up to MAX_PAUSE_MS). */
+  /** Pauses in the current streak (the next pause is twice as long, up to MAX_PAUSE_MS). */
   pauses: number;
 }
 
@@ -131,11 +131,19 @@ export class RateLimiter {
     if (state.tokens >= 1) {
       state.tokens -= 1;
       // A quiet spell longer than a window ends the streak.
-      if (state.overSince !== 0 && now - state.lastDropAt > STREAK_GAP_MS) state.overSince = 0;
-      state.pauses = 0;
+      // A quiet spell ends the streak, and with it the growing pauses; a
+      // frame that passes between two pauses does not (a flooder gets a few
+      // tokens back during each pause).
+      if (state.overSince !== 0 && now - state.lastDropAt > STREAK_GAP_MS) {
+        state.overSince = 0;
+        state.pauses = 0;
+      }
       return PASS;
     }
-    if (state.overSince === 0 || now - state.lastDropAt > STREAK_GAP_MS) state.overSince = now;
+    if (state.overSince === 0 || now - state.lastDropAt > STREAK_GAP_MS) {
+      state.overSince = now;
+      state.pauses = 0;
+    }
     state.lastDropAt = now;
     if (now - state.overSince >= this.options.closeAfterMs) return CLOSE;
     if (now - state.lastNoticeAt >= NOTICE_WINDOW_MS) {
