@@ -2,9 +2,10 @@
 /**
  * The demo desktop in a real browser (Debian's Chromium through
  * playwright-core): two windows see each other, a drag in one moves the card
- * in the other within 1 s, a viewer cannot move cards, and closing a window
- * removes it from the other's presence bar. Screenshots land in
- * test-artifacts/ (not committed).
+ * in the other, the server drops a viewer's forced move, and closing a
+ * window removes it from the other's presence bar. Screenshots land in
+ * test-artifacts/ (not committed). Waits are on conditions, with generous
+ * limits: Chromium shares 2 cores with the server and other tests.
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync } from 'node:fs';
@@ -65,7 +66,13 @@ test('two windows share a desktop: presence, live drags, viewers, leaving', asyn
   await alice.locator('#presence .person[data-name="Bob"]').waitFor();
   await bob.locator('#presence .person[data-name="Alice"]').waitFor();
 
-  // A drag in Alice's window moves the card in Bob's within 1 s.
+  // Bob's page records every relayed event (the SDK's client is window.moodio).
+  await bob.evaluate(() => {
+    const w = window as unknown as { moodio: { onAnyEvent(h: (e: unknown) => void): void }; seen: { type: string; userId: string; payload?: unknown }[] };
+    w.seen = [];
+    w.moodio.onAnyEvent((e) => w.seen.push(e as never));
+  });
+  // A drag in Alice's window moves the card in Bob's.
   const start = await position(bob, 'asset-1');
   await drag(alice, 'asset-1', 160, 90);
   const moved = await position(alice, 'asset-1');
@@ -73,22 +80,28 @@ test('two windows share a desktop: presence, live drags, viewers, leaving', asyn
   await bob.waitForFunction(
     ([x, y]) => (document.getElementById('asset-1') as HTMLElement).style.left === x && (document.getElementById('asset-1') as HTMLElement).style.top === y,
     moved,
-    { timeout: 1000 },
+    { timeout: 10_000 },
   );
 
-  // A viewer is listed as such and cannot move cards.
+  // A viewer is listed as such; its page does not move cards, and the server
+  // drops a move the page is made to send anyway.
   const vic = await open('Vic', 'viewer');
   await alice.locator('#presence .person[data-name="Vic"][data-permission="viewer"]').waitFor();
   const before2 = await position(alice, 'asset-2');
   await drag(vic, 'asset-2', 200, 120);
   assert.deepEqual(await position(vic, 'asset-2'), before2, "the viewer's page does not move it");
-  // Ordered after the viewer's attempt: Bob sees Alice's next move, and asset-2 untouched.
-  await drag(alice, 'asset-3', -80, 120);
-  const moved3 = await position(alice, 'asset-3');
-  await bob.waitForFunction(([x, y]) => (document.getElementById('asset-3') as HTMLElement).style.left === x && (document.getElementById('asset-3') as HTMLElement).style.top === y, moved3, {
-    timeout: 1000,
+  // Forced through the SDK, then a type viewers may send, on the same socket:
+  // the server handles a socket's frames in order, so once Bob has the
+  // marker, the move before it was either relayed already or dropped.
+  await vic.evaluate(() => {
+    const client = (window as unknown as { moodio: { send(type: string, payload: unknown): void } }).moodio;
+    client.send('asset_moved', { id: 'asset-2', x: 999, y: 999 });
+    client.send('cursor', { marker: true });
   });
-  assert.deepEqual(await position(bob, 'asset-2'), before2, "the viewer's drag moved nothing for the others");
+  await bob.waitForFunction(() => (window as unknown as { seen: { type: string }[] }).seen.some((e) => e.type === 'cursor'), undefined, { timeout: 10_000 });
+  const fromVic = await bob.evaluate(() => (window as unknown as { seen: { type: string; firstName?: string }[] }).seen.filter((e) => e.firstName === 'Vic').map((e) => e.type));
+  assert.deepEqual(fromVic, ['cursor'], "the viewer's forced move was dropped by the server");
+  assert.deepEqual(await position(bob, 'asset-2'), before2, 'nothing moved asset-2 for the others');
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await alice.screenshot({ path: new URL('demo-alice.png', ARTIFACTS).pathname });
