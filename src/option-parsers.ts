@@ -96,7 +96,9 @@ export function resolveTable<K extends string>(specs: readonly TableSpec<K>[], r
     } else if (spec.default !== undefined) {
       out[spec.key] = spec.parse(spec.default, name);
     } else {
-      out[spec.key] = 'unset' in spec ? spec.unset : '';
+      // A list's empty value is copied: one array shared by every option and every call would let one caller's push reach all.
+      const unset = 'unset' in spec ? spec.unset : '';
+      out[spec.key] = Array.isArray(unset) ? [...unset] : unset;
     }
   }
   return out;

@@ -159,6 +159,9 @@ describe('config', () => {
     assert.equal(lt.tokenFile, '');
     const serve = resolveServeConfig({ jwtSecret: 's' });
     assert.deepEqual([serve.allowedOrigins, serve.trustProxy, serve.coalesceTypes, serve.adminToken], [[], [], [], '']);
+    // Each unset list is an array of its own, in every resolved config.
+    assert.notEqual(serve.trustProxy, serve.coalesceTypes);
+    assert.notEqual(serve.trustProxy, resolveServeConfig({ jwtSecret: 's' }).trustProxy);
     assert.throws(() => resolveServeConfig({ jwtSecret: 's', port: true }), (err: unknown) => err instanceof ConfigError && err.option === '--port');
   });
 

@@ -7,7 +7,6 @@ import { ACCESS_TOKEN_COOKIE } from '../protocol/events.ts';
 
 export interface Credentials {
   token: string;
-  source: 'cookie' | 'bearer';
 }
 
 const BEARER = /^Bearer[ \t]+([A-Za-z0-9._~+/=-]+)[ \t]*$/i;
@@ -17,8 +16,8 @@ export function extractCredentials(headers: Record<string, string>): Credentials
   const cookieHeader = headers.cookie;
   if (cookieHeader !== undefined) {
     const token = parseCookie(cookieHeader)[ACCESS_TOKEN_COOKIE];
-    if (token) return { token, source: 'cookie' };
+    if (token) return { token };
   }
   const match = headers.authorization === undefined ? null : BEARER.exec(headers.authorization);
-  return match ? { token: match[1]!, source: 'bearer' } : null;
+  return match ? { token: match[1]! } : null;
 }

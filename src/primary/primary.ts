@@ -255,7 +255,7 @@ export class Primary {
           return;
         }
         const client = clientAddress(socket.remoteAddress ?? '', parsed.head.headers['x-forwarded-for'], this.config.trustProxy);
-        const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, acceptedAt, client);
+        const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, client);
         if (sent === 'unavailable') {
           const retryAfter = this.pool.retryAfterSeconds(decision.shard);
           this.reject(socket, 503, 'shard_unavailable', `shard ${decision.shard} is restarting`, {

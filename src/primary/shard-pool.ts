@@ -216,7 +216,7 @@ export class ShardPool {
    * Hand a socket whose head was read to its shard. The socket is detached
    * from this thread on success; on `unavailable` it is still ours to answer.
    */
-  dispatch(shardId: number, socket: Socket, bytes: Buffer, headLength: number, acceptedAt: number, remoteAddress: string): DispatchResult {
+  dispatch(shardId: number, socket: Socket, bytes: Buffer, headLength: number, remoteAddress: string): DispatchResult {
     const shard = this.shards[shardId]!;
     if (shard.state !== 'ready' || shard.worker === null) return 'unavailable';
     const message: ConnectionMessage = {
@@ -225,7 +225,6 @@ export class ShardPool {
       bytes,
       headLength,
       remoteAddress,
-      acceptedAt,
     };
     try {
       // The socket object itself is the transferable (Node ≥ 26.10).

@@ -66,8 +66,6 @@ export const CloseCode = {
   POLICY_VIOLATION: 1008,
   /** Frame larger than `--max-message-size` (sent by `ws` itself). */
   MESSAGE_TOO_BIG: 1009,
-  /** Unexpected server condition. */
-  INTERNAL_ERROR: 1011,
   /** The shard is being restarted (admin terminate): reconnect. */
   SERVICE_RESTART: 1012,
   /**
@@ -118,12 +116,6 @@ export interface ErrorEvent {
   message: string;
   /** With `rate_limited`: when the next message will be accepted. */
   retryAfterMs?: number;
-}
-
-/** Frame a client sends: `{type, payload}`; anything else in it is ignored. */
-export interface ClientFrame {
-  type: string;
-  payload?: unknown;
 }
 
 /** URL path prefix of the WebSocket endpoint. */

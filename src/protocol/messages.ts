@@ -15,8 +15,6 @@ export interface ConnectionMessage {
   headLength: number;
   /** Client address for logs: the peer, or X-Forwarded-For from a --trust-proxy peer. */
   remoteAddress: string;
-  /** When the primary accepted the connection (ms since epoch). */
-  acceptedAt: number;
 }
 
 /** Primary → shard: stop taking connections, close every session with 1001. */
