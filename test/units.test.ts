@@ -10,7 +10,7 @@ import { ConfigError } from '../src/errors.ts';
 import { LogBudget } from '../src/log.ts';
 import { fnv1a32, route, shardFor } from '../src/primary/router.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
-import { findHeadEnd, headerHasToken, MAX_HEADER_COUNT, parseRequestHead } from '../src/protocol/http.ts';
+import { bearerToken, findHeadEnd, headerHasToken, MAX_HEADER_COUNT, parseRequestHead } from '../src/protocol/http.ts';
 
 const enc = (s: string) => Buffer.from(s, 'latin1');
 
@@ -86,6 +86,13 @@ describe('encodeTextFrame', () => {
 });
 
 describe('routing', () => {
+  test('bearerToken: case-insensitive scheme, one token, surrounding blanks ignored; anything else is no token', () => {
+    assert.equal(bearerToken('Bearer abc.def'), 'abc.def');
+    assert.equal(bearerToken('bearer\tabc '), 'abc');
+    assert.equal(bearerToken('BEARER abc'), 'abc');
+    for (const header of [undefined, '', 'Bearer', 'Bearer ', 'Basic abc', 'Bearer a b', 'Bearerabc']) assert.equal(bearerToken(header), null, String(header));
+  });
+
   test('fnv1a32 matches the published FNV-1a test vectors', () => {
     assert.equal(fnv1a32(''), 0x811c9dc5);
     assert.equal(fnv1a32('a'), 0xe40c292c);

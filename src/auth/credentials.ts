@@ -4,12 +4,11 @@
  */
 import { parseCookie } from 'cookie';
 import { ACCESS_TOKEN_COOKIE } from '../protocol/events.ts';
+import { bearerToken } from '../protocol/http.ts';
 
 export interface Credentials {
   token: string;
 }
-
-const BEARER = /^Bearer[ \t]+([A-Za-z0-9._~+/=-]+)[ \t]*$/i;
 
 /** The token of a request, or null when it carries none. */
 export function extractCredentials(headers: Record<string, string>): Credentials | null {
@@ -18,6 +17,6 @@ export function extractCredentials(headers: Record<string, string>): Credentials
     const token = parseCookie(cookieHeader)[ACCESS_TOKEN_COOKIE];
     if (token) return { token };
   }
-  const match = headers.authorization === undefined ? null : BEARER.exec(headers.authorization);
-  return match ? { token: match[1]! } : null;
+  const token = bearerToken(headers.authorization);
+  return token === null ? null : { token };
 }

@@ -4,7 +4,8 @@
  * rules are testable without sockets.
  */
 import { timingSafeEqual } from 'node:crypto';
-import { headerHasToken, type RequestHead } from '../protocol/http.ts';
+import { fnv1a32 } from '../protocol/hash.ts';
+import { bearerToken, headerHasToken, type RequestHead } from '../protocol/http.ts';
 import { HEALTH_PATH, METRICS_PATH, parseDesktopPath, STATS_PATH } from '../protocol/paths.ts';
 
 export type Route =
@@ -23,19 +24,7 @@ export type Route =
       handshake: boolean;
     };
 
-/**
- * 32-bit FNV-1a over the id's characters (ids are ASCII, so characters are
- * bytes). Stable across processes, versions and platforms: the same id always
- * lands on the same shard for a given worker count.
- */
-export function fnv1a32(text: string): number {
-  let hash = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    hash ^= text.charCodeAt(i);
-    hash = Math.imul(hash, 0x01000193);
-  }
-  return hash >>> 0;
-}
+export { fnv1a32 };
 
 /** The shard that owns `desktopId`: `fnv1a32(desktopId) mod workers`. */
 export function shardFor(desktopId: string, workers: number): number {
@@ -44,9 +33,11 @@ export function shardFor(desktopId: string, workers: number): number {
 
 const ADMIN_TERMINATE = /^\/admin\/shards\/(\d{1,3})\/terminate$/;
 
+/** Constant-time comparison of the request's bearer token with `token`. */
 function bearerMatches(authorization: string | undefined, token: string): boolean {
-  if (authorization === undefined || !authorization.startsWith('Bearer ')) return false;
-  const given = Buffer.from(authorization.slice(7).trim());
+  const presented = bearerToken(authorization);
+  if (presented === null) return false;
+  const given = Buffer.from(presented);
   const expected = Buffer.from(token);
   return given.length === expected.length && timingSafeEqual(given, expected);
 }

@@ -136,6 +136,19 @@ export function parseRequestHead(buf: Uint8Array, headEnd = findHeadEnd(buf)): P
   return { ok: true, head: { method, url, path, version, headers, length: headEnd } };
 }
 
+const BEARER = /^bearer[ \t]+(\S+)[ \t]*$/i;
+
+/**
+ * The token of an `Authorization: Bearer <token>` header, or null. The
+ * scheme is case-insensitive (RFC 9110 §11.1); the token is what the caller
+ * compares or verifies.
+ */
+export function bearerToken(authorization: string | undefined): string | null {
+  if (authorization === undefined) return null;
+  const match = BEARER.exec(authorization);
+  return match === null ? null : match[1]!;
+}
+
 /** `true` when a comma-separated header value lists `token` (case-insensitive). */
 export function headerHasToken(value: string | undefined, token: string): boolean {
   if (value === undefined) return false;

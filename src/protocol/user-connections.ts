@@ -10,14 +10,14 @@
  * handshakes of one user racing on two shards may both pass the check, so
  * the limit can be exceeded by the number of shards at most.
  */
+import { fnv1a32 } from './hash.ts';
+
 const ROW_BITS = 16;
 const ROW = 1 << ROW_BITS;
 const TABLE = 2 * ROW;
 
 function hash1(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  return (h >>> 0) & (ROW - 1);
+  return fnv1a32(text) & (ROW - 1);
 }
 
 function hash2(text: string): number {
