@@ -9,6 +9,7 @@
 import type { Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
+import { withDeadline } from '../deadline.ts';
 import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ConnectionMessage, DrainMessage, RestartMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
@@ -321,12 +322,7 @@ export class ShardPool {
         }),
       );
     }
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, timeoutMs + 250);
-    });
-    await Promise.race([Promise.all(waits), deadline]);
-    clearTimeout(timer);
+    await withDeadline(Promise.all(waits), timeoutMs + 250);
     await Promise.all(this.shards.map((s) => s.worker?.terminate()));
   }
 }

@@ -18,6 +18,7 @@ import { RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
 import { Relay } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
+import { withDeadline } from '../deadline.ts';
 import { MemoryRelease } from './memory-release.ts';
 import { UserAdmission } from './user-admission.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
@@ -216,12 +217,7 @@ export class Shard {
         this.onEmpty = resolve;
       });
       for (const session of [...this.rooms.allSessions()]) session.ws.close(code, reason);
-      let timer: NodeJS.Timeout | undefined;
-      const deadline = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, timeoutMs);
-      });
-      await Promise.race([empty, deadline]);
-      clearTimeout(timer);
+      await withDeadline(empty, timeoutMs);
       for (const session of [...this.rooms.allSessions()]) session.ws.terminate();
     }
     await this.permissions.close();
