@@ -10,18 +10,18 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ErrorCode } from '../src/protocol/events.ts';
-import { FAULT_TYPE } from '../src/shard/relay.ts';
 import type { Socket } from 'node:net';
 import { connect, join, rawRequest, type TestClient } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
+import { FAULT_HOOK_ARGS, FAULT_TYPE } from './helpers/fault-hook.ts';
 import { startServer } from './helpers/server.ts';
 import { token, user } from './helpers/tokens.ts';
 
 test('an exception while handling one message is answered, logged and contained', async (t) => {
   const stub = await startPermissionStub(t);
-  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base, env: { MOODIO_RT_FAULT_INJECTION: '1' } });
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base, nodeArgs: FAULT_HOOK_ARGS });
   const room = desktop();
   const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Pee')) });
   const { client: sender, joined } = await join(t, server.wsUrl(room), { token: token(user('Sen')) });

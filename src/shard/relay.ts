@@ -23,15 +23,6 @@ import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
-/**
- * With MOODIO_RT_FAULT_INJECTION=1 in the environment (tests only; no flag),
- * a frame of this type makes the handler throw, so the failure path — catch,
- * log with the session id, answer `internal_error`, room unaffected — can be
- * exercised against the real server.
- */
-export const FAULT_TYPE = '__moodio_rt_fault__';
-const FAULTS = process.env.MOODIO_RT_FAULT_INJECTION === '1';
-
 interface StreamHandle {
   reading: boolean;
   readStart(): number;
@@ -217,7 +208,6 @@ export class Relay {
       this.sendError(session, ErrorCode.INVALID_MESSAGE, `"type" must be a non-empty string of at most ${MAX_TYPE_LENGTH} characters`);
       return;
     }
-    if (FAULTS && type === FAULT_TYPE) throw new Error('injected fault');
     if (RESERVED_TYPES.has(type)) {
       this.sendError(session, ErrorCode.RESERVED_TYPE, `"${type}" is sent by the server only`);
       return;
