@@ -12,14 +12,12 @@
  */
 import { Command, Option } from 'commander';
 import { signAccessToken } from '../src/auth/token.ts';
-import { parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
+import { DEV_SECRET_FILE, parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
 import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
 import { ensureAllocatorEnv } from '../src/allocator.ts';
 import { loadOrCreateDevSecret } from '../src/auth/dev-secret.ts';
 import { startServer } from '../src/server.ts';
-import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { existsSync, writeFileSync } from 'node:fs';
 import { LOADTEST_OPTIONS, resolveLoadtestOptions, type LoadtestOptions } from '../src/loadtest/options.ts';
 import { formatReport } from '../src/loadtest/report.ts';
@@ -71,23 +69,13 @@ function resolveOrExit<T>(resolve: () => T): T {
   }
 }
 
-/** As {@link resolveOrExit}, for checks that can only run at start (the dev secret file). */
-async function startOrExit<T>(start: () => Promise<T>): Promise<T> {
-  try {
-    return await start();
-  } catch (err) {
-    if (err instanceof ConfigError) fail(err.message);
-    throw err;
-  }
-}
-
 const serve = program.command('serve').description('run the WebSocket relay');
 const serveOptions = addOptionTable(serve, SERVE_OPTIONS);
 serve.action(async (opts: Record<string, string | boolean | undefined>) => {
-  const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
-  // Before anything is allocated for sessions: the allocator reads its settings at process start.
+  // First: the allocator reads its settings at process start, so this may start the process again.
   ensureAllocatorEnv();
-  const server = await startOrExit(() => startServer(config));
+  const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
+  const server = await startServer(config);
   if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
 
   let stopping = false;
@@ -140,7 +128,7 @@ program
   .addOption(
     new Option('--dev-secret-file <path>', 'dev-mode secret used when no secret is given')
       .env('MOODIO_RT_DEV_SECRET_FILE')
-      .default(join(tmpdir(), 'moodio-rt-dev-secret')),
+      .default(DEV_SECRET_FILE),
   )
   .action((opts: { user: string; name: string; email: string; permission?: string; ttl: string; secret?: string; devSecretFile: string }) => {
     let ttlMs: number;

@@ -9,6 +9,7 @@
 import { isIP } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
 import { httpUrl, intIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
@@ -122,6 +123,9 @@ function originList(raw: string, option: string): string[] {
 const flag = (raw: string): boolean => raw === 'true';
 const LIST = { unset: [] as string[] };
 
+/** Where dev mode keeps its secret unless told otherwise (`serve --dev` and `token` both read it). */
+export const DEV_SECRET_FILE = join(tmpdir(), 'moodio-rt-dev-secret');
+
 /** The options of `moodio-rt serve`, with their defaults. */
 export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { key: 'host', flags: '--host <host>', env: 'HOST', default: '0.0.0.0', description: 'address to listen on', parse: text },
@@ -140,7 +144,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: 'devSecretFile',
     flags: '--dev-secret-file <path>',
     env: 'MOODIO_RT_DEV_SECRET_FILE',
-    default: join(tmpdir(), 'moodio-rt-dev-secret'),
+    default: DEV_SECRET_FILE,
     description: 'where --dev keeps its generated secret (read by `moodio-rt token`)',
     parse: text,
   },
@@ -408,19 +412,40 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
 
 /**
  * Validate raw option values (strings, as from flags or environment; booleans
- * for switches) into a {@link ServeConfig}. Missing keys take their default.
- * Throws {@link ConfigError} naming the first invalid option.
- *
- * The JWT secret is left empty in dev mode when none was given; the caller
- * ({@link import('./server.ts').startServer}) generates or loads it.
+ * for switches) into a finished {@link ServeConfig}. Missing keys take their
+ * default; in dev mode the secret is loaded from (or created in)
+ * `--dev-secret-file`. Throws {@link ConfigError} naming the first invalid
+ * option, or the dev secret file it will not trust.
  */
 export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string | boolean | number>>): ServeConfig {
   const config = resolveTable(SERVE_OPTIONS, raw) as unknown as ServeConfig;
   if (config.maxSessionBacklogBytes < config.maxBufferedBytes) {
     throw new ConfigError('--max-session-backlog', `must be at least --max-buffered-bytes (${config.maxBufferedBytes})`);
   }
-  if (!config.dev && config.jwtSecret === '') {
+  if (config.dev) {
+    // Dev mode hands a 12-hour token to anyone who asks (/demo/token), prints one, and lets
+    // the token's permission claim replace the permission API. With the production secret
+    // that would make every real token an editor's, anywhere: dev mode signs and verifies
+    // with its own secret only.
+    if (config.jwtSecret !== '') {
+      throw new ConfigError(
+        'JWT_ACCESS_SECRET',
+        `must not be set with --dev (nor --jwt-secret): dev mode mints tokens for anyone who asks. Unset it to use the dev secret in ${config.devSecretFile}, or drop --dev`,
+      );
+    }
+    config.jwtSecret = loadOrCreateDevSecret(config.devSecretFile);
+  } else if (config.jwtSecret === '') {
     throw new ConfigError('JWT_ACCESS_SECRET', 'is required (set the environment variable or --jwt-secret; --dev generates one)');
   }
   return config;
+}
+
+/** A secret shorter than this is accepted (compatibility) with a warning. */
+export const RECOMMENDED_SECRET_BYTES = 32;
+
+/** What start-up logs about a finished configuration, as warning events with their fields. */
+export function configWarnings(config: ServeConfig): { event: string; fields: Record<string, unknown> }[] {
+  if (config.dev) return [{ event: 'dev_secret', fields: { file: config.devSecretFile } }];
+  const bytes = Buffer.byteLength(config.jwtSecret);
+  return bytes < RECOMMENDED_SECRET_BYTES ? [{ event: 'weak_jwt_secret', fields: { bytes, recommended: RECOMMENDED_SECRET_BYTES } }] : [];
 }
