@@ -256,3 +256,44 @@ function asEmitter(client: ReturnType<typeof connect>): EventEmitter {
   client.on('rejected', (v) => emitter.emit('rejected', v));
   return emitter;
 }
+
+test('after close(), nothing from the old socket reopens the client: a room_joined in flight is ignored and send() throws', () => {
+  FakeSocket.all = [];
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock() });
+  const socket = FakeSocket.all[0]!;
+  const inFlight = socket.onmessage!; // a frame the socket had already queued for this handler
+  client.close();
+  assert.equal(socket.onmessage, null, 'handlers are detached');
+  assert.equal(socket.onopen, null);
+  socket.readyState = 1;
+  inFlight({ data: JSON.stringify({ type: 'room_joined', sessionId: 's1', sessions: [] }) });
+  assert.equal(client.state, 'closed');
+  assert.throws(() => client.send('asset_moved', {}), { code: 'ERR_CLOSED' });
+});
+
+test('server frames of the wrong shape are dropped, not handed to the app', () => {
+  FakeSocket.all = [];
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock() });
+  const socket = FakeSocket.all[0]!;
+  const ann = { sessionId: 'a', userId: 'u-a', firstName: 'Ann', email: 'a@x', permission: 'editor' };
+  socket.join('me', [ann]);
+  const presence: PresenceChange[] = [];
+  const errors: unknown[] = [];
+  client.on('presence', (p) => presence.push(p));
+  client.on('error', (e) => errors.push(e));
+  for (const frame of [
+    { type: 'session_joined' },
+    { type: 'session_joined', payload: null },
+    { type: 'session_left', payload: { sessionId: 7 } },
+    { type: 'session_joined', payload: { ...ann, sessionId: 'b', permission: 'owner' } },
+    { type: 'room_joined', sessionId: 'me2', sessions: [{}] },
+    { type: 'error', code: 5 },
+    'not an object',
+    null,
+  ]) socket.onmessage!({ data: JSON.stringify(frame) });
+  assert.deepEqual(presence, []);
+  assert.deepEqual(errors, []);
+  assert.deepEqual([...client.sessions.keys()], ['a']);
+  assert.equal(client.sessionId, 'me');
+  client.close();
+});

@@ -218,7 +218,13 @@ export class MoodioClient {
     this.socket = null;
     this.setState('closed');
     if (socket) {
+      // Nothing from this socket may reach the client any more: a room_joined
+      // already in flight would otherwise reopen it. onerror stays a no-op, as
+      // `ws` throws on an 'error' nobody listens to.
+      socket.onopen = null;
+      socket.onmessage = null;
       socket.onclose = null;
+      socket.onerror = () => {};
       socket.close(1000, 'client closed');
     }
   }
@@ -276,7 +282,9 @@ export class MoodioClient {
       opened = true;
     };
     socket.onerror = () => {};
-    socket.onmessage = (event) => this.onFrame(event.data);
+    socket.onmessage = (event) => {
+      if (this.socket === socket) this.onFrame(event.data);
+    };
     socket.onclose = (event) => finish(event.code, 0);
   }
 
@@ -303,22 +311,29 @@ export class MoodioClient {
     } catch {
       return;
     }
+    if (frame === null || typeof frame !== 'object') return;
+    // The server's own frames are checked for shape before use: a frame that
+    // does not fit is dropped rather than let an app's handler crash on it.
     switch (frame.type) {
       case 'room_joined':
+        if (typeof frame.sessionId !== 'string' || !Array.isArray(frame.sessions) || !frame.sessions.every(isSessionInfo)) return;
         return this.onJoined(frame as unknown as RoomJoinedEvent);
       case 'session_joined': {
-        const info = (frame as unknown as StampedEvent<'session_joined', SessionInfo>).payload!;
+        if (!isSessionInfo(frame.payload)) return;
+        const info = frame.payload;
         this.sessions.set(info.sessionId, info);
         this.emit('presence', { joined: [info], left: [], reconnected: false } satisfies PresenceChange);
         return;
       }
       case 'session_left': {
-        const info = (frame as unknown as StampedEvent<'session_left', SessionInfo>).payload!;
+        if (!isSessionInfo(frame.payload)) return;
+        const info = frame.payload;
         this.sessions.delete(info.sessionId);
         this.emit('presence', { joined: [], left: [info], reconnected: false } satisfies PresenceChange);
         return;
       }
       case 'error':
+        if (typeof frame.code !== 'string' || typeof frame.message !== 'string') return;
         this.emit('error', frame as unknown as ServerErrorEvent);
         return;
       default:
@@ -344,6 +359,19 @@ export class MoodioClient {
     // Flush what was queued while away, in order.
     while (this.queue.length > 0 && this.socket?.readyState === OPEN) this.socket.send(this.queue.shift()!);
   }
+}
+
+/** A session's info as the server sends it (presence frames, room_joined). */
+function isSessionInfo(value: unknown): value is SessionInfo {
+  if (value === null || typeof value !== 'object') return false;
+  const info = value as Record<string, unknown>;
+  return (
+    typeof info.sessionId === 'string' &&
+    typeof info.userId === 'string' &&
+    typeof info.firstName === 'string' &&
+    typeof info.email === 'string' &&
+    (info.permission === 'editor' || info.permission === 'viewer')
+  );
 }
 
 function subscribe<K, V>(map: Map<K, Set<Handler<V>>>, key: K, handler: Handler<V>): () => void {
