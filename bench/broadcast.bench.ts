@@ -48,7 +48,7 @@ interface Built {
 function build(rooms: number, perRoom: number): Built {
   const index = new RoomIndex();
   // The rate limit is off here: the benchmark measures relaying, not throttling.
-  const limits = { perSecond: 0, burst: 1, closeAfterMs: 1 };
+  const limits = { perSecond: 0, burst: 1, closeAfterMs: 1, messageBytes: 4096 };
   const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
   const log = createLogger({ level: 'silent', format: 'json', worker: 0 });
   // Relay cost alone: pacing off (a busy benchmark loop would otherwise start it).

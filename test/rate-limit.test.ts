@@ -156,7 +156,7 @@ test('reconnecting does not refill the bucket: the limit is kept per user', asyn
 });
 
 test('the limiter: burst, then the rate; pauses double through a streak, even with frames passing between them, and reset after a quiet spell', () => {
-  const limiter = new RateLimiter({ perSecond: 100, burst: 5, closeAfterMs: 60_000 });
+  const limiter = new RateLimiter({ perSecond: 100, burst: 5, closeAfterMs: 60_000, messageBytes: 4096 });
   let now = 10_000;
   const state = limiter.acquire('user-x', now);
   const kinds = Array.from({ length: 7 }, () => limiter.take(state, now).kind);
@@ -179,4 +179,55 @@ test('the limiter: burst, then the rate; pauses double through a streak, even wi
   // The user's state is shared by its sessions and kept across a reconnect.
   limiter.release('user-x', now);
   assert.equal(limiter.acquire('user-x', now + 10), state);
+});
+
+test('after a 1008 the server reads nothing more from the session, and cuts it within the grace', async (t) => {
+  const room = desktop();
+  const { client: peer } = await join(t, server.wsUrl(room), { token: token(user('Pec')) });
+  const { client: abuser, joined } = await join(t, server.wsUrl(room), { token: token(user('Ab2')) });
+  await peer.expect('session_joined');
+  // Flood until closed (close-after is 1500 ms here), and on regardless, as an
+  // attacker does: raw masked frames straight to the socket. The old server
+  // parsed millions of frames a second after its 1008, until ws's 10 s close timeout.
+  const frame = Buffer.from([0x81, 0x82, 1, 2, 3, 4, 0x7b ^ 1, 0x7d ^ 2]);
+  const burst = Buffer.concat(Array.from({ length: 2000 }, () => frame));
+  const socket = (abuser.ws as unknown as { _socket: import('node:net').Socket })._socket;
+  let closedAt = 0;
+  socket.once('close', () => (closedAt = Date.now()));
+  const flood = setInterval(() => {
+    if (!socket.destroyed && socket.writableLength < 1 << 20) socket.write(burst);
+  }, 5);
+  t.after(() => clearInterval(flood));
+  const left = await peer.expect('session_left', 10_000);
+  assert.equal(left.sessionId, joined.sessionId);
+  const atClose = (await scrape(server.port)).metrics.get('moodio_rt_messages_received_total')!;
+  await sleep(1000);
+  const later = (await scrape(server.port)).metrics.get('moodio_rt_messages_received_total')!;
+  clearInterval(flood);
+  assert.ok(later - atClose < 20_000, `${later - atClose} frames read in the second after the 1008`);
+  // Cut within the grace (2 s) whatever the peer does.
+  while (closedAt === 0) await sleep(50);
+  clearInterval(flood);
+});
+
+test('unsolicited pongs count against the byte budget: a pong flood is not read', async (t) => {
+  const room = desktop();
+  const { client: ponger } = await join(t, server.wsUrl(room), { token: token(user('Pon')) });
+  const before = (await scrape(server.port)).metrics.get('moodio_rt_inbound_bytes_total')!;
+  // 10 MB of 6-byte pongs; the budget here is 20 × 4096 bytes a second after 10 × 4096.
+  const socket = (ponger.ws as unknown as { _socket: import('node:net').Socket })._socket;
+  socket.cork();
+  for (let i = 0; i < 1_700_000; i++) ponger.ws.pong();
+  socket.uncork();
+  await sleep(1000);
+  const read = (await scrape(server.port)).metrics.get('moodio_rt_inbound_bytes_total')! - before;
+  assert.ok(read < 2 * 1024 * 1024, `the shard read ${read} bytes of pongs in a second`);
+  assert.ok((await scrape(server.port)).metrics.get('moodio_rt_rate_limit_pauses_total')! > 0);
+});
+
+test('a message in more than 64 fragments closes the sender with 1008', async (t) => {
+  const { client } = await join(t, server.wsUrl(desktop()), { token: token(user('Fra')) });
+  for (let i = 0; i < 65; i++) client.ws.send('x', { fin: false });
+  client.ws.send('x', { fin: true });
+  assert.equal((await client.closed).code, CloseCode.POLICY_VIOLATION);
 });

@@ -48,6 +48,7 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{outcome="503"}', Metric.HANDSHAKE_503],
   ]);
   counter('moodio_rt_messages_received_total', 'Client frames received.', [['', Metric.MESSAGES_RECEIVED]]);
+  counter('moodio_rt_inbound_bytes_total', 'Bytes read from sessions (every frame, control frames and fragments included).', [['', Metric.INBOUND_BYTES]]);
   counter('moodio_rt_messages_relayed_total', 'Client events relayed to a room (with at least one recipient).', [['', Metric.MESSAGES_RELAYED]]);
   counter('moodio_rt_messages_dropped_total', 'Client frames not relayed, by reason.', [
     ['{reason="viewer"}', Metric.DROPPED_VIEWER],

@@ -86,8 +86,10 @@ export const Metric = {
   REFUSED_CONNECT_RATE: 42,
   /** Handshakes refused by --max-handshakes-per-user. */
   REFUSED_HANDSHAKES_IN_FLIGHT: 43,
+  /** Bytes read from sessions' sockets (every frame: messages, fragments, control frames). */
+  INBOUND_BYTES: 44,
   /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
-  PERMISSION_BUCKET_0: 44,
+  PERMISSION_BUCKET_0: 45,
 } as const;
 
 export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;

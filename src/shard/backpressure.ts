@@ -25,20 +25,20 @@
  *
  * A cut session leaves its room at once (session_left). Its coalesced
  * frames are dropped, a 4008 close frame is queued behind what the socket
- * already holds, and the socket is destroyed {@link CUT_GRACE_MS} later if
- * the peer has not read its way to that close frame: the memory comes back
- * within that grace whatever the peer does.
+ * already holds, nothing more is read from it, and the socket is destroyed
+ * 2 s later (socket-reads.ts) if the peer has not read its way to that
+ * close frame: the memory comes back within that grace whatever the peer
+ * does.
  */
 import type { Logger } from '../log.ts';
 import { CloseCode } from '../protocol/events.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { Session } from './session.ts';
+import { closeAndCut } from './socket-reads.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
 /** How often backlogs are summed and the slow-consumer deadline checked. */
 export const SWEEP_MS = 100;
-/** How long a cut session's peer has to read up to its close frame before the socket is destroyed. */
-export const CUT_GRACE_MS = 2000;
 
 export interface BackpressureOptions {
   maxBufferedBytes: number;
@@ -66,10 +66,6 @@ const CUT_METRIC: Record<CutReason, number> = {
 
 function backlogOf(session: Session): number {
   return session.socket.writableLength + session.queuedBytes;
-}
-
-function destroyIfOpen(session: Session): void {
-  if (!session.socket.destroyed) session.ws.terminate();
 }
 
 export class Backpressure {
@@ -170,8 +166,7 @@ export class Backpressure {
     this.options.onRelease();
     if (reason === 'slow_consumer') this.out.flushNow(member);
     // Closing makes the session not open, so the coalescer drops what it still holds for it.
-    member.ws.close(CloseCode.SLOW_CONSUMER, 'slow consumer');
-    setTimeout(destroyIfOpen, CUT_GRACE_MS, member).unref();
+    closeAndCut(member, CloseCode.SLOW_CONSUMER, 'slow consumer');
   }
 
   /** Sum the backlogs, publish them, and apply the timeout and the process cap. */

@@ -30,6 +30,9 @@ export interface RateState {
   lastNoticeAt: number;
   /** Pauses in the current streak (the next pause is twice as long, up to MAX_PAUSE_MS). */
   pauses: number;
+  /** The byte bucket: every byte read counts, whatever frame it belongs to. */
+  byteTokens: number;
+  bytesRefilledAt: number;
 }
 
 export type RateVerdict =
@@ -49,10 +52,25 @@ export interface RateLimitOptions {
   perSecond: number;
   burst: number;
   closeAfterMs: number;
+  /**
+   * Bytes one message may take (--max-message-size): the byte bucket gives
+   * `perSecond` of them a second, `burst` at once, so a user sending
+   * full-size messages at the limit never meets it.
+   */
+  messageBytes: number;
 }
 
 export function newRateState(options: RateLimitOptions, now: number): RateState {
-  return { tokens: options.burst, refilledAt: now, overSince: 0, lastDropAt: 0, lastNoticeAt: 0, pauses: 0 };
+  return {
+    tokens: options.burst,
+    refilledAt: now,
+    overSince: 0,
+    lastDropAt: 0,
+    lastNoticeAt: 0,
+    pauses: 0,
+    byteTokens: options.burst * options.messageBytes,
+    bytesRefilledAt: now,
+  };
 }
 
 interface UserEntry {
@@ -113,6 +131,22 @@ export class RateLimiter {
     for (const [userId, entry] of this.users) {
       if (entry.sessions === 0 && now - entry.idleSince >= this.keepMs) this.users.delete(userId);
     }
+  }
+
+  /** Take `bytes` read from the socket at `now`; false when the byte bucket is empty (it may go negative: the bytes were read already). */
+  takeBytes(state: RateState, bytes: number, now: number): boolean {
+    const elapsed = now - state.bytesRefilledAt;
+    if (elapsed > 0) {
+      state.byteTokens = Math.min(this.options.burst * this.options.messageBytes, state.byteTokens + elapsed * this.perMs * this.options.messageBytes);
+      state.bytesRefilledAt = now;
+    }
+    state.byteTokens -= bytes;
+    return state.byteTokens > 0;
+  }
+
+  /** How long to stop reading a session over its byte budget: until the budget is back above zero, at least MIN_PAUSE_MS. */
+  bytePauseMs(state: RateState): number {
+    return Math.max(MIN_PAUSE_MS, Math.ceil(-state.byteTokens / (this.perMs * this.options.messageBytes)));
   }
 
   /** How long to stop reading a session whose frame found no token: at least until a token is back. */

@@ -21,47 +21,8 @@ import type { Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
+import { closeAndCut, pauseReads } from './socket-reads.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
-
-interface StreamHandle {
-  reading: boolean;
-  readStart(): number;
-  readStop(): number;
-}
-
-function handleOf(session: Session): StreamHandle | null {
-  return (session.socket as unknown as { _handle: StreamHandle | null })._handle;
-}
-
-/**
- * Pause `ws`, and stop the handle reading now: `Socket#pause()` alone only
- * stops the stream flowing, and libuv goes on reading until the stream's
- * buffer is full (another 64 KiB of frames to parse on resume). The
- * `reading` flag is the one lib/net.js keeps beside `readStart`/`readStop`.
- */
-function stopReading(session: Session): void {
-  session.ws.pause();
-  const handle = handleOf(session);
-  if (handle !== null && handle.reading) {
-    handle.reading = false;
-    handle.readStop();
-  }
-}
-
-function resumeReads(session: Session): void {
-  session.resumeTimer = null;
-  // A session closed meanwhile (1008, say) stays unread: what it still
-  // sends is not worth parsing, and ws cuts it at its close timeout.
-  if (!session.open) return;
-  session.ws.resume();
-  // The stream still counts its last read as in progress, so flowing again
-  // does not call _read(): start the handle here.
-  const handle = handleOf(session);
-  if (handle !== null && !handle.reading) {
-    handle.reading = true;
-    handle.readStart();
-  }
-}
 
 export class Relay {
   private readonly rooms: RoomIndex;
@@ -160,13 +121,7 @@ export class Relay {
   private admit(session: Session): boolean {
     const verdict = this.limiter.take(session.rate, Date.now());
     if (verdict.kind === 'pass') return true;
-    if (session.resumeTimer === null && verdict.kind !== 'close' && session.open) {
-      this.metrics.add(Metric.RATE_PAUSES);
-      const ms = this.limiter.pauseMs(session.rate);
-      session.rate.pauses++;
-      stopReading(session);
-      session.resumeTimer = setTimeout(resumeReads, ms, session);
-    }
+    if (verdict.kind !== 'close') this.pause(session, this.limiter.pauseMs(session.rate));
     switch (verdict.kind) {
       case 'drop':
         return false;
@@ -180,9 +135,34 @@ export class Relay {
         this.log.warn('rate_limit_close', { sessionId: session.id, desktopId: session.desktopId });
         this.metrics.add(Metric.CLOSED_RATE_LIMIT);
         this.out.flushNow(session);
-        session.ws.close(CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
+        closeAndCut(session, CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
         return false;
     }
+  }
+
+  /** Stop reading an over-limit user's session for `ms` (no-op while already paused). */
+  private pause(session: Session, ms: number): void {
+    if (!pauseReads(session, ms)) return;
+    session.rate.pauses++;
+    this.metrics.add(Metric.RATE_PAUSES);
+  }
+
+  /**
+   * Bytes read from `session`'s socket: every frame counts, control frames
+   * and message fragments included, which the message bucket alone does not
+   * see (a flood of unsolicited pongs or of empty fragments). Over the
+   * user's byte budget, its reads pause.
+   */
+  onBytes(session: Session, bytes: number): void {
+    this.metrics.values[Metric.INBOUND_BYTES]! += bytes;
+    if (!this.limiter.enabled) return;
+    const now = Date.now();
+    if (!this.limiter.takeBytes(session.rate, bytes, now)) this.pause(session, this.limiter.bytePauseMs(session.rate));
+  }
+
+  /** A control frame (ping or pong) from `session`: it costs a message token, and is never relayed. */
+  onControlFrame(session: Session): void {
+    if (this.limiter.enabled && !this.admit(session)) this.metrics.add(Metric.DROPPED_RATE_LIMIT);
   }
 
   private handle(session: Session, data: Buffer, isBinary: boolean): void {

@@ -23,6 +23,9 @@ import { MemoryRelease } from './memory-release.ts';
 import { UserAdmission } from './user-admission.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 
+/** Fragments one message may come in (ws's default is 16,384). */
+export const MAX_FRAGMENTS = 64;
+
 export class Shard {
   readonly id: number;
   readonly rooms = new RoomIndex();
@@ -63,11 +66,18 @@ export class Shard {
       clientTracking: false,
       perMessageDeflate: false,
       maxPayload: config.maxMessageSize,
+      // A message of more fragments than this closes with 1008: each fragment is a frame to parse, and one token pays for the message.
+      maxFragments: MAX_FRAGMENTS,
       // ws ≥ 8.19 option (missing from @types/ws 8.18): how long close() waits for the peer's close frame.
       ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
     });
     wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
-    this.rateLimit = { perSecond: config.rateLimit, burst: config.rateLimitBurst, closeAfterMs: config.rateLimitCloseAfterMs };
+    this.rateLimit = {
+      perSecond: config.rateLimit,
+      burst: config.rateLimitBurst,
+      closeAfterMs: config.rateLimitCloseAfterMs,
+      messageBytes: config.maxMessageSize,
+    };
     // The coalescer reports backlogs to the backpressure policy, which writes through the coalescer.
     let backpressure: Backpressure | null = null;
     const out = (this.out = new WriteCoalescer(metrics, {
@@ -140,7 +150,11 @@ export class Shard {
     });
     ws.on('pong', () => {
       session.alive = true;
+      this.relay.onControlFrame(session);
     });
+    ws.on('ping', () => this.relay.onControlFrame(session));
+    // Every byte read counts against the user's byte budget (control frames and fragments too).
+    socket.on('data', (chunk: Buffer) => this.relay.onBytes(session, chunk.length));
     ws.on('error', (err: Error & { code?: string }) => {
       this.log.info('session_protocol_error', { sessionId: session.id, code: err.code, message: err.message });
     });
