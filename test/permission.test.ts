@@ -112,7 +112,7 @@ test('an API that never answers → 503 after --permission-timeout (fails fast, 
   assert.equal(stub.requests.length, asked + 1, 'the API was asked');
   assert.ok(elapsed >= 450, `waited for the 500 ms timeout (${elapsed} ms), not refused at once`);
   assert.ok(elapsed < 3000, `answered after the 500 ms timeout, not the 5 s default (${elapsed} ms)`);
-  await server.waitForLog((l) => l.event === 'handshake_rejected' && l.reason === 'ERR_PERMISSION_UNAVAILABLE');
+  await server.waitForLog((l) => l.event === 'handshake_rejected' && l.reason === 'permission_unavailable' && l.code === 'ERR_PERMISSION_UNAVAILABLE');
 });
 
 test('an oversized answer → 403', async (t) => {

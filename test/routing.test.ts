@@ -80,7 +80,7 @@ test('route: an upgrade with a body, or whose Connection does not list upgrade, 
     const parsed = parseRequestHead(Buffer.from(`GET /ws/desktop/abc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n${headers}\r\n`));
     assert.ok(parsed.ok);
     const decision = route(parsed.head, { workers: 2, adminToken: '', allowedOrigins: [], metricsToken: '' });
-    return decision.kind === 'reject' ? decision.status : decision.kind;
+    return decision.kind === 'reject' ? decision.rejection.status : decision.kind;
   };
   assert.equal(decide('Connection: Upgrade\r\n'), 'shard');
   assert.equal(decide('Connection: keep-alive, upgrade\r\n'), 'shard');

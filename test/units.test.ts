@@ -119,17 +119,17 @@ describe('routing', () => {
       desktopId: 'foobar',
       shard: 0xbf9cf968 % 3,
     });
-    assert.equal((route(head('GET /ws/desktop/a.b HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 400);
-    assert.equal((route(head('GET /ws/desktop/ab HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 426);
-    assert.equal((route(head('GET /nope HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 404);
-    assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\n\r\n'), opts) as { status: number }).status, 401);
+    assert.equal((route(head('GET /ws/desktop/a.b HTTP/1.1\r\n\r\n'), opts) as { rejection: { status: number } }).rejection.status, 400);
+    assert.equal((route(head('GET /ws/desktop/ab HTTP/1.1\r\n\r\n'), opts) as { rejection: { status: number } }).rejection.status, 426);
+    assert.equal((route(head('GET /nope HTTP/1.1\r\n\r\n'), opts) as { rejection: { status: number } }).rejection.status, 404);
+    assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\n\r\n'), opts) as { rejection: { status: number } }).rejection.status, 401);
     assert.deepEqual(route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts), {
       kind: 'terminate-shard',
       shard: 1,
     });
-    assert.equal((route(head('POST /admin/shards/3/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts) as { status: number }).status, 404);
+    assert.equal((route(head('POST /admin/shards/3/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts) as { rejection: { status: number } }).rejection.status, 404);
     const disabled = { workers: 3, adminToken: '', allowedOrigins: [], metricsToken: '' };
-    assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n'), disabled) as { status: number }).status, 404);
+    assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n'), disabled) as { rejection: { status: number } }).rejection.status, 404);
   });
 });
 

@@ -8,6 +8,7 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import type { ServeConfig } from '../config.ts';
 import { LogBudget, REJECTION_LOG_PER_SECOND, type LogFields, type Logger } from '../log.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
+import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } from '../protocol/rejections.ts';
 import { reportLingeringTo } from '../protocol/linger.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
@@ -134,7 +135,7 @@ export class Primary {
     const address = addressKey(peer);
     if (limited && this.pending.fromAddress(address) >= this.config.maxPendingPerAddress) {
       this.pool.primaryMetrics.add(Metric.PENDING_REFUSED_ADDRESS);
-      this.reject(socket, 503, 'too_many_pending_from_address', undefined, { 'Retry-After': '1' }, false);
+      this.reject(socket, Rejections.TOO_MANY_PENDING_FROM_ADDRESS, {}, false);
       return;
     }
     // Make room before polling: a half-open flood must not grow the poll work.
@@ -205,7 +206,7 @@ export class Primary {
         socket.destroy();
         return;
       case 'too-large':
-        this.reject(socket, 431, 'head_too_large');
+        this.reject(socket, Rejections.HEAD_TOO_LARGE);
         return;
       case 'head':
         break;
@@ -214,7 +215,8 @@ export class Primary {
     if (this.log.enabled('debug')) this.log.debug('head_read', { ms: Date.now() - acceptedAt, polls: result.polls, remote });
     const parsed = parseRequestHead(result.bytes, result.headLength);
     if (!parsed.ok) {
-      this.reject(socket, parsed.status, 'bad_request', parsed.reason);
+      const rejection = parsed.status === 431 ? Rejections.HEAD_TOO_LARGE : parsed.status === 505 ? Rejections.HTTP_VERSION : Rejections.MALFORMED_HEAD;
+      this.reject(socket, rejection, { detail: parsed.reason });
       return;
     }
     const decision = route(parsed.head, {
@@ -241,7 +243,7 @@ export class Primary {
         endWithResponse(socket, demoResponse(parsed.head, this.config.jwtSecret));
         return;
       case 'reject':
-        this.reject(socket, decision.status, decision.reason, undefined, decision.headers, decision.handshake);
+        this.reject(socket, decision.rejection, { headers: decision.headers }, decision.handshake);
         return;
       case 'terminate-shard': {
         const ok = this.pool.terminate(decision.shard);
@@ -251,15 +253,15 @@ export class Primary {
       }
       case 'shard': {
         if (this.closing) {
-          this.reject(socket, 503, 'shutting_down', undefined, { 'Retry-After': '1' });
+          this.reject(socket, Rejections.SHUTTING_DOWN);
           return;
         }
         const client = clientAddress(socket.remoteAddress ?? '', parsed.head.headers['x-forwarded-for'], this.config.trustProxy);
         const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, client);
         if (sent === 'unavailable') {
-          const retryAfter = this.pool.retryAfterSeconds(decision.shard);
-          this.reject(socket, 503, 'shard_unavailable', `shard ${decision.shard} is restarting`, {
-            'Retry-After': String(retryAfter),
+          this.reject(socket, Rejections.SHARD_UNAVAILABLE, {
+            detail: `shard ${decision.shard} is restarting`,
+            retryAfterS: this.pool.retryAfterSeconds(decision.shard),
           });
         }
         return;
@@ -289,10 +291,11 @@ export class Primary {
     if (allowed !== null) this.log[level]('handshake_rejected', allowed);
   }
 
-  /** Answer with an error status; `handshake` = count it among refused handshakes (/metrics). */
-  private reject(socket: Socket, status: number, reason: string, detail?: string, headers?: Record<string, string>, handshake = true): void {
-    if (handshake) this.pool.primaryMetrics.handshake(status);
-    this.logRejection('info', { status, reason, ...(detail ? { detail } : {}), remote: socket.remoteAddress });
-    endWithResponse(socket, httpResponse(status, `${detail ?? reason.replaceAll('_', ' ')}\n`, headers));
+  /** Answer a refusal from the table; `handshake` = count it among refused handshakes (/metrics). */
+  private reject(socket: Socket, rejection: Rejection, details: RejectionDetails = {}, handshake = true): void {
+    if (handshake) this.pool.primaryMetrics.handshake(rejection.status);
+    const { status, reason } = rejection;
+    this.logRejection('info', { status, reason, ...(details.detail ? { detail: details.detail } : {}), remote: socket.remoteAddress });
+    endWithResponse(socket, rejectionResponse(rejection, details));
   }
 }

@@ -6,6 +6,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { fnv1a32 } from '../protocol/hash.ts';
 import { bearerToken, headerHasToken, type RequestHead } from '../protocol/http.ts';
+import { Rejections, type Rejection } from '../protocol/rejections.ts';
 import { HEALTH_PATH, METRICS_PATH, parseDesktopPath, STATS_PATH } from '../protocol/paths.ts';
 
 export type Route =
@@ -17,8 +18,7 @@ export type Route =
   | { kind: 'terminate-shard'; shard: number }
   | {
       kind: 'reject';
-      status: 400 | 401 | 403 | 404 | 405 | 426;
-      reason: string;
+      rejection: Rejection;
       headers?: Record<string, string>;
       /** On the WebSocket path: counted as a refused handshake in /metrics. */
       handshake: boolean;
@@ -79,51 +79,51 @@ function hasBody(head: RequestHead): boolean {
 export function route(head: RequestHead, options: RouterOptions): Route {
   const path = parseDesktopPath(head.path);
   if (path.kind === 'desktop') {
-    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: true };
-    if (hasBody(head)) return { kind: 'reject', status: 400, reason: 'body_not_allowed', handshake: true };
+    if (head.method !== 'GET') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET' }, handshake: true };
+    if (hasBody(head)) return { kind: 'reject', rejection: Rejections.BODY_NOT_ALLOWED, handshake: true };
     // RFC 6455 §4.1 asks for both. A sender of Upgrade must list it in Connection
     // (RFC 9110 §7.8); without that, the request is no upgrade, only a plain GET, and
     // gets the plain GET's answer.
     if (!headerHasToken(head.headers.upgrade, 'websocket') || !headerHasToken(head.headers.connection, 'upgrade')) {
-      return { kind: 'reject', status: 426, reason: 'upgrade_required', headers: { Upgrade: 'websocket' }, handshake: true };
+      return { kind: 'reject', rejection: Rejections.UPGRADE_REQUIRED, handshake: true };
     }
-    if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', status: 403, reason: 'origin_not_allowed', handshake: true };
+    if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', rejection: Rejections.ORIGIN_NOT_ALLOWED, handshake: true };
     return { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
   }
-  if (path.kind === 'bad-id') return { kind: 'reject', status: 400, reason: 'invalid_desktop_id', handshake: true };
+  if (path.kind === 'bad-id') return { kind: 'reject', rejection: Rejections.INVALID_DESKTOP_ID, handshake: true };
   if (head.path === HEALTH_PATH) {
     if (head.method !== 'GET' && head.method !== 'HEAD') {
-      return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET, HEAD' }, handshake: false };
+      return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET, HEAD' }, handshake: false };
     }
     return { kind: 'health' };
   }
   if (options.dev && (head.path === '/demo' || head.path.startsWith('/demo/'))) {
-    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: false };
+    if (head.method !== 'GET') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET' }, handshake: false };
     return { kind: 'demo' };
   }
   if (head.path === METRICS_PATH) {
-    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: false };
+    if (head.method !== 'GET') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET' }, handshake: false };
     if (options.metricsToken !== '' && !bearerMatches(head.headers.authorization, options.metricsToken)) {
-      return { kind: 'reject', status: 401, reason: 'metrics_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' }, handshake: false };
+      return { kind: 'reject', rejection: Rejections.METRICS_UNAUTHORIZED, handshake: false };
     }
     return { kind: 'metrics' };
   }
   if (head.path === STATS_PATH && options.adminToken !== '') {
-    if (head.method !== 'GET') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'GET' }, handshake: false };
+    if (head.method !== 'GET') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET' }, handshake: false };
     if (!bearerMatches(head.headers.authorization, options.adminToken)) {
-      return { kind: 'reject', status: 401, reason: 'admin_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' }, handshake: false };
+      return { kind: 'reject', rejection: Rejections.ADMIN_UNAUTHORIZED, handshake: false };
     }
     return { kind: 'stats' };
   }
   const admin = options.adminToken === '' ? null : ADMIN_TERMINATE.exec(head.path);
   if (admin) {
-    if (head.method !== 'POST') return { kind: 'reject', status: 405, reason: 'method_not_allowed', headers: { Allow: 'POST' }, handshake: false };
+    if (head.method !== 'POST') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'POST' }, handshake: false };
     if (!bearerMatches(head.headers.authorization, options.adminToken)) {
-      return { kind: 'reject', status: 401, reason: 'admin_unauthorized', headers: { 'WWW-Authenticate': 'Bearer' }, handshake: false };
+      return { kind: 'reject', rejection: Rejections.ADMIN_UNAUTHORIZED, handshake: false };
     }
     const shard = Number(admin[1]);
-    if (shard >= options.workers) return { kind: 'reject', status: 404, reason: 'no_such_shard', handshake: false };
+    if (shard >= options.workers) return { kind: 'reject', rejection: Rejections.NO_SUCH_SHARD, handshake: false };
     return { kind: 'terminate-shard', shard };
   }
-  return { kind: 'reject', status: 404, reason: 'not_found', handshake: false };
+  return { kind: 'reject', rejection: Rejections.NOT_FOUND, handshake: false };
 }

@@ -14,7 +14,8 @@ import type { KeyObject } from 'node:crypto';
 import { AuthError, AuthErrorCode, PermissionError, PermissionErrorCode, type RelayError } from '../errors.ts';
 import { LogBudget, REJECTION_LOG_PER_SECOND, type Logger } from '../log.ts';
 import { SHARD_HEADER, type Permission } from '../protocol/events.ts';
-import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
+import { endWithResponse, parseRequestHead } from '../protocol/http.ts';
+import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } from '../protocol/rejections.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { parseDesktopPath } from '../protocol/paths.ts';
@@ -40,7 +41,7 @@ export interface HandshakeOptions {
   /** False once the shard drains: new connections get 503. */
   accepting: () => boolean;
   /** Connection limits for an authenticated user: null = admit. */
-  admit: (identity: Identity) => { status: 429 | 503; reason: string } | null;
+  admit: (identity: Identity) => Rejection | null;
   /** Per-user connect rate and handshakes in flight (429). */
   users: UserAdmission;
 }
@@ -48,17 +49,17 @@ export interface HandshakeOptions {
 function onSocketError(): void {}
 
 /**
- * Status for each refusal: 401 for auth, 403 when the permission API refused
- * or answered nonsense, 503 when it could not answer (unreachable, timed out,
- * 5xx), so that clients retry instead of concluding they lost access.
+ * The refusal for each failure: 401 for auth, 403 when the permission API
+ * refused or answered nonsense, 503 when it could not answer (unreachable,
+ * timed out, 5xx) or too many lookups wait for it, so that clients retry
+ * instead of concluding they lost access.
  */
-function statusOf(err: RelayError): number {
-  if (err instanceof AuthError) return 401;
-  return err.code === PermissionErrorCode.UNAVAILABLE || err.code === PermissionErrorCode.BUSY ? 503 : 403;
+function rejectionOf(err: AuthError | PermissionError): Rejection {
+  if (err instanceof AuthError) return Rejections.UNAUTHORIZED;
+  if (err.code === PermissionErrorCode.UNAVAILABLE) return Rejections.PERMISSION_UNAVAILABLE;
+  if (err.code === PermissionErrorCode.BUSY) return Rejections.PERMISSION_BUSY;
+  return Rejections.FORBIDDEN;
 }
-
-/** Retry-After (s) on a 503 caused by a permission API outage. */
-export const PERMISSION_RETRY_AFTER_S = 2;
 
 export class Handshake {
   private readonly options: HandshakeOptions;
@@ -81,13 +82,13 @@ export class Handshake {
     const path = parsed.ok ? parseDesktopPath(parsed.head.path) : null;
     if (!parsed.ok || path === null || path.kind !== 'desktop') {
       // The primary validated this head already; reaching here is a bug.
-      this.reject(socket, 400, 'bad_request', remoteAddress);
+      this.reject(socket, Rejections.MALFORMED_HEAD, remoteAddress);
       return;
     }
     const { head } = parsed;
     const desktopId = path.desktopId;
     if (!this.options.accepting()) {
-      this.reject(socket, 503, 'shutting_down', remoteAddress, desktopId, { 'Retry-After': '1' });
+      this.reject(socket, Rejections.SHUTTING_DOWN, remoteAddress, desktopId);
       return;
     }
 
@@ -103,8 +104,8 @@ export class Handshake {
       const refusal = this.options.users.enter(userId, Date.now());
       if (refusal !== null) {
         this.options.metrics.add(refusal.limit === 'connect_rate' ? Metric.REFUSED_CONNECT_RATE : Metric.REFUSED_HANDSHAKES_IN_FLIGHT);
-        const reason = refusal.limit === 'connect_rate' ? 'too_many_connects_for_user' : 'too_many_handshakes_for_user';
-        this.reject(socket, 429, reason, remoteAddress, desktopId, { 'Retry-After': String(refusal.retryAfterSeconds) });
+        const rejection = refusal.limit === 'connect_rate' ? Rejections.TOO_MANY_CONNECTS_FOR_USER : Rejections.TOO_MANY_HANDSHAKES_FOR_USER;
+        this.reject(socket, rejection, remoteAddress, desktopId, { retryAfterS: refusal.retryAfterSeconds });
         return;
       }
       try {
@@ -114,19 +115,16 @@ export class Handshake {
       }
     } catch (err) {
       if (err instanceof AuthError || err instanceof PermissionError) {
-        const status = statusOf(err);
-        const retryAfter = err.code === PermissionErrorCode.BUSY ? 1 : PERMISSION_RETRY_AFTER_S;
-        const headers = status === 503 ? { 'Retry-After': String(retryAfter) } : undefined;
-        this.reject(socket, status, err.code, remoteAddress, desktopId, headers, err.message);
+        this.reject(socket, rejectionOf(err), remoteAddress, desktopId, {}, err);
         return;
       }
       this.options.log.error('handshake_failed', { desktopId, remote: remoteAddress, err });
-      this.reject(socket, 500, 'internal_error', remoteAddress, desktopId);
+      this.reject(socket, Rejections.INTERNAL_ERROR, remoteAddress, desktopId);
       return;
     }
     if (socket.destroyed) return;
     if (!this.options.accepting()) {
-      this.reject(socket, 503, 'shutting_down', remoteAddress, desktopId, { 'Retry-After': '1' });
+      this.reject(socket, Rejections.SHUTTING_DOWN, remoteAddress, desktopId);
       return;
     }
     // Again after the await: sessions may have opened meanwhile.
@@ -145,28 +143,23 @@ export class Handshake {
   private refuseOverLimit(socket: Socket, identity: Identity, remote: string, desktopId: string): boolean {
     const refusal = this.options.admit(identity);
     if (refusal === null) return false;
-    this.reject(socket, refusal.status, refusal.reason, remote, desktopId, refusal.status === 503 ? { 'Retry-After': '5' } : undefined);
+    this.reject(socket, refusal, remote, desktopId);
     return true;
   }
 
-  private reject(
-    socket: Socket,
-    status: number,
-    reason: string,
-    remote: string,
-    desktopId?: string,
-    headers?: Record<string, string>,
-    detail?: string,
-  ): void {
+  /** Answer a refusal from the table; a typed error's code and message are logged with it, never sent. */
+  private reject(socket: Socket, rejection: Rejection, remote: string, desktopId?: string, details: RejectionDetails = {}, err?: RelayError): void {
+    const { status, reason } = rejection;
     this.options.metrics.handshake(status);
-    const fields = this.rejections.take({ status, reason, remote, ...(desktopId ? { desktopId } : {}), ...(detail ? { detail } : {}) });
+    const fields = this.rejections.take({
+      status,
+      reason,
+      ...(err ? { code: err.code, detail: err.message } : {}),
+      remote,
+      ...(desktopId ? { desktopId } : {}),
+    });
     if (fields !== null) this.options.log.info('handshake_rejected', fields);
-    const body =
-      status === 401 ? 'unauthorized\n'
-      : status === 403 ? 'forbidden\n'
-      : reason === PermissionErrorCode.UNAVAILABLE ? 'permission service unavailable\n'
-      : reason === PermissionErrorCode.BUSY ? 'permission service busy\n'
-      : `${reason.replaceAll('_', ' ')}\n`;
-    endWithResponse(socket, httpResponse(status, body, { [SHARD_HEADER]: String(this.options.shardId), ...headers }));
+    endWithResponse(socket, rejectionResponse(rejection, { ...details, headers: { [SHARD_HEADER]: String(this.options.shardId), ...details.headers } }));
   }
+
 }

@@ -10,6 +10,7 @@ import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } fr
 import type { Logger } from '../log.ts';
 import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
+import { Rejections, type Rejection } from '../protocol/rejections.ts';
 import { Metric, sumOverShards, type MetricsSlot } from '../protocol/metrics.ts';
 import type { UserConnections } from '../protocol/user-connections.ts';
 import { Handshake, type Admitted } from './handshake.ts';
@@ -176,12 +177,12 @@ export class Shard {
   }
 
   /** Connection limits at admission: null = admit, else the refusal. */
-  private checkLimits(userId: string, config: ServeConfig): { status: 429 | 503; reason: string } | null {
+  private checkLimits(userId: string, config: ServeConfig): Rejection | null {
     if (config.maxConnectionsPerWorker > 0 && this.rooms.sessionCount >= config.maxConnectionsPerWorker) {
-      return { status: 503, reason: 'worker_full' };
+      return Rejections.WORKER_FULL;
     }
     if (config.maxConnectionsPerUser > 0 && this.users.count(userId) >= config.maxConnectionsPerUser) {
-      return { status: 429, reason: 'too_many_connections_for_user' };
+      return Rejections.TOO_MANY_CONNECTIONS_FOR_USER;
     }
     return null;
   }
