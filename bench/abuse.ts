@@ -248,7 +248,7 @@ async function storm(): Promise<string[]> {
     const server = await startServer(scope, {
       workers: WORKERS,
       permissionApiBase: stub.base,
-      args: ['--permission-cache-ttl', ttl, '--max-pending-per-address', '0'],
+      args: ['--permission-cache-ttl', ttl, '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'],
     });
     let retries = 0;
     const joinAll = async (): Promise<WebSocket[]> =>

@@ -119,8 +119,8 @@ async function withServer<T>(options: ServerOptions, fn: (port: number, pid: num
 const BIN_NODE_ARGS = ['--max-semi-space-size=4'];
 
 const SERVERS: { name: string; options: ServerOptions }[] = [
-  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0'], env: devSecretEnv(secret), prefix: serverPin, nodeArgs: BIN_NODE_ARGS } },
-  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0'], env: devSecretEnv(secret), nodeArgs: BIN_NODE_ARGS } },
+  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'], env: devSecretEnv(secret), prefix: serverPin, nodeArgs: BIN_NODE_ARGS } },
+  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'], env: devSecretEnv(secret), nodeArgs: BIN_NODE_ARGS } },
   { name: 'naive baseline (1 thread)', options: { script: [here('./naive-server.ts')], prefix: serverPin } },
 ];
 

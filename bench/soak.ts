@@ -39,7 +39,7 @@ const cleanup = new Cleanup();
 const server = await startServer(cleanup, {
   workers: 2,
   // Every soak client comes from 127.0.0.1: the per-address pending limit is for the internet, not for a load generator.
-  args: ['--dev', '--admin-token', ADMIN, '--max-pending-per-address', '0'],
+  args: ['--dev', '--admin-token', ADMIN, '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'],
   env: devSecretEnv(),
   nodeArgs: ['--max-semi-space-size=4'],
 });

@@ -43,6 +43,8 @@ export interface ServeConfig {
   maxPendingHandshakes: number;
   /** Heads pending from one address (0 = no limit); --trust-proxy peers are exempt. */
   maxPendingPerAddress: number;
+  /** WebSocket handshakes per second one client address may start (5 s worth at once; 0 = no limit). */
+  handshakeRatePerAddress: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
   maxConnectionsPerWorker: number;
@@ -226,6 +228,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_MAX_PENDING_PER_ADDRESS',
     default: '64',
     description: 'request heads being read from one client address; more are answered 503 (0 = no limit; --trust-proxy peers are exempt)',
+    parse: intIn(0, 1_000_000),
+  },
+  {
+    key: 'handshakeRatePerAddress',
+    flags: '--handshake-rate-per-address <per-second>',
+    env: 'MOODIO_RT_HANDSHAKE_RATE_PER_ADDRESS',
+    default: '100',
+    description: 'WebSocket handshakes per second one client address may start, 5 s worth at once; more are answered 429 by the primary (0 = no limit; behind a proxy, list it in --trust-proxy so that its clients count apart)',
     parse: intIn(0, 1_000_000),
   },
   {

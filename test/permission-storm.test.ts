@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
-import { connect, HandshakeRejected, join } from './helpers/client.ts';
+import { connect, HandshakeRejected, join, rawRequest, upgradeHead } from './helpers/client.ts';
 import { scrape } from './helpers/metrics.ts';
 import { grant, startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
@@ -154,4 +154,31 @@ test('--connect-rate: a user who churns connections gets 429 past the burst, and
   const { metrics } = await scrape(server.port);
   assert.equal(metrics.get('moodio_rt_handshakes_refused_total{limit="connect_rate"}'), 10 - admitted);
   assert.equal(stub.requests.length, 3, 'the watcher, the first churn and the marker asked the API; the rest came from the cache or were refused first');
+});
+
+test('--handshake-rate-per-address: a handshake flood from one address gets 429 from the primary; other addresses, and a proxy\'s other clients, do not', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--handshake-rate-per-address', '2', '--trust-proxy', '127.0.0.3'] });
+  // 5 s worth at once (10), then 2 a second: bad tokens, as a flood would send them.
+  const statusesOf = async (n: number, headers: Record<string, string>, localAddress?: string) => {
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { Authorization: 'Bearer not-a-token', ...headers })], { localAddress });
+      out.push(res.status);
+      if (res.status === 429) assert.ok(Number(res.headers['retry-after']) >= 1);
+    }
+    return out;
+  };
+  const flood = await statusesOf(14, {});
+  assert.deepEqual(flood.slice(0, 10), Array(10).fill(401));
+  assert.ok(flood.slice(10).every((s) => s === 429), `flood: ${flood}`);
+  // Another address is not held up.
+  const { joined } = await join(t, server.wsUrl(desktop()), { token: token(user('Oth')), wsOptions: { localAddress: '127.0.0.2' } });
+  assert.equal(joined.type, 'room_joined');
+  // Behind a trusted proxy, clients count by their forwarded address.
+  const a = await statusesOf(11, { 'X-Forwarded-For': '203.0.113.1' }, '127.0.0.3');
+  const b = await statusesOf(3, { 'X-Forwarded-For': '203.0.113.2' }, '127.0.0.3');
+  assert.equal(a.at(-1), 429);
+  assert.deepEqual(b, [401, 401, 401]);
+  assert.ok((await scrape(server.port, undefined, '127.0.0.4')).metrics.get('moodio_rt_handshakes_refused_total{limit="address_rate"}')! >= 5);
 });

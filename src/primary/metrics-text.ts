@@ -90,6 +90,7 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
   counter('moodio_rt_handshakes_refused_total', 'Handshakes refused by a per-user limit, by limit.', [
     ['{limit="connect_rate"}', Metric.REFUSED_CONNECT_RATE],
     ['{limit="in_flight"}', Metric.REFUSED_HANDSHAKES_IN_FLIGHT],
+    ['{limit="address_rate"}', Metric.REFUSED_ADDRESS_RATE],
   ]);
   counter('moodio_rt_shard_restarts_total', 'Shard workers restarted after dying.', [['', Metric.SHARD_RESTARTS]]);
   counter('moodio_rt_permission_errors_total', 'Permission API answers that did not admit, by kind.', [

@@ -6,6 +6,7 @@
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { ServeConfig } from '../config.ts';
+import { KeyedBuckets } from '../keyed-buckets.ts';
 import { LogBudget, REJECTION_LOG_PER_SECOND, type LogFields, type Logger } from '../log.ts';
 import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
 import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } from '../protocol/rejections.ts';
@@ -34,6 +35,9 @@ function swallow(): void {}
  * be waiting in the kernel, unseen between two polls.
  */
 const SHED_CANDIDATES = 4;
+
+/** --handshake-rate-per-address lets an address start this many seconds' worth at once. */
+export const HANDSHAKE_BURST_SECONDS = 5;
 
 /** An IPv4-mapped IPv6 address as plain IPv4. */
 const normalize = (a: string): string => (a.startsWith('::ffff:') ? a.slice(7) : a);
@@ -75,11 +79,14 @@ export class Primary {
   private stopSampling: () => void = () => {};
   /** Refusals are caused at will by peers: logged at a bounded rate. */
   private readonly rejections = new LogBudget(REJECTION_LOG_PER_SECOND);
+  /** WebSocket handshakes by client address (--handshake-rate-per-address). */
+  private readonly handshakes: KeyedBuckets;
 
   constructor(options: PrimaryOptions) {
     this.config = options.config;
     this.log = options.log;
     this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log });
+    this.handshakes = new KeyedBuckets(this.config.handshakeRatePerAddress, this.config.handshakeRatePerAddress * HANDSHAKE_BURST_SECONDS);
     reportLingeringTo(this.pool.primaryMetrics);
     // pauseOnConnect: libuv must never read these sockets, or they could not
     // be transferred to a shard afterwards.
@@ -257,6 +264,13 @@ export class Primary {
           return;
         }
         const client = clientAddress(socket.remoteAddress ?? '', parsed.head.headers['x-forwarded-for'], this.config.trustProxy);
+        // Refused here, before a shard spends a token verification and an answer on it.
+        const waitMs = this.handshakes.take(addressKey(normalize(client)), Date.now());
+        if (waitMs > 0) {
+          this.pool.primaryMetrics.add(Metric.REFUSED_ADDRESS_RATE);
+          this.reject(socket, Rejections.TOO_MANY_HANDSHAKES_FROM_ADDRESS, { retryAfterS: Math.ceil(waitMs / 1000) });
+          return;
+        }
         const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, client);
         if (sent === 'unavailable') {
           this.reject(socket, Rejections.SHARD_UNAVAILABLE, {

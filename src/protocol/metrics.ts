@@ -88,8 +88,10 @@ export const Metric = {
   REFUSED_HANDSHAKES_IN_FLIGHT: 43,
   /** Bytes read from sessions' sockets (every frame: messages, fragments, control frames). */
   INBOUND_BYTES: 44,
+  /** Handshakes refused by --handshake-rate-per-address (primary). */
+  REFUSED_ADDRESS_RATE: 45,
   /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
-  PERMISSION_BUCKET_0: 45,
+  PERMISSION_BUCKET_0: 46,
 } as const;
 
 export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;

@@ -44,6 +44,8 @@ export const Rejections = {
   /** Give the seconds until the user's next connect with the refusal. */
   TOO_MANY_CONNECTS_FOR_USER: { status: 429, reason: 'too_many_connects_for_user', retryAfterS: 1 },
   TOO_MANY_HANDSHAKES_FOR_USER: { status: 429, reason: 'too_many_handshakes_for_user', retryAfterS: 1 },
+  /** Give the seconds until the address's next handshake with the refusal. */
+  TOO_MANY_HANDSHAKES_FROM_ADDRESS: { status: 429, reason: 'too_many_handshakes_from_address', retryAfterS: 1 },
   INTERNAL_ERROR: { status: 500, reason: 'internal_error' },
   TOO_MANY_PENDING_FROM_ADDRESS: { status: 503, reason: 'too_many_pending_from_address', retryAfterS: 1 },
   SHUTTING_DOWN: { status: 503, reason: 'shutting_down', retryAfterS: 1 },
