@@ -26,10 +26,13 @@ import type { Identity } from './token.ts';
 export const NEGATIVE_TTL_MS = 5000;
 /** Most answers kept per worker; the oldest go first. */
 export const MAX_CACHED_ANSWERS = 100_000;
+/** Expired answers are swept out at most this often (on a lookup). */
+export const SWEEP_EVERY_MS = 10_000;
 
 interface Entry {
-  /** The permission, or the denial to throw again. */
-  answer: Permission | PermissionError;
+  /** The permission, or the message of a denial to throw again (kept as a string: an Error holds a stack). */
+  permission: Permission | null;
+  denial: string;
   expiresAt: number;
 }
 
@@ -49,6 +52,7 @@ export class CachingPermissionSource implements PermissionSource {
   private readonly now: () => number;
   private readonly answers = new Map<string, Entry>();
   private readonly inFlight = new Map<string, Promise<Permission>>();
+  private sweptAt = 0;
 
   constructor(inner: PermissionSource, options: PermissionCacheOptions) {
     this.inner = inner;
@@ -61,11 +65,13 @@ export class CachingPermissionSource implements PermissionSource {
   check(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
     const digest = cookieHeader === undefined ? '' : createHash('sha256').update(cookieHeader).digest('base64');
     const key = `${identity.userId}\0${desktopId}\0${digest}`;
+    const now = this.now();
+    if (now - this.sweptAt >= SWEEP_EVERY_MS) this.sweep(now);
     const cached = this.answers.get(key);
     if (cached !== undefined) {
-      if (cached.expiresAt > this.now()) {
+      if (cached.expiresAt > now) {
         this.metrics.add(Metric.PERMISSION_CACHE_HITS);
-        return typeof cached.answer === 'string' ? Promise.resolve(cached.answer) : Promise.reject(cached.answer);
+        return cached.permission !== null ? Promise.resolve(cached.permission) : Promise.reject(new PermissionError(PermissionErrorCode.DENIED, cached.denial));
       }
       this.answers.delete(key);
     }
@@ -76,11 +82,11 @@ export class CachingPermissionSource implements PermissionSource {
     }
     const lookup = this.inner.check(desktopId, identity, cookieHeader).then(
       (permission) => {
-        this.remember(key, permission, this.ttlMs);
+        this.remember(key, permission, '', this.ttlMs);
         return permission;
       },
       (err: unknown) => {
-        if (err instanceof PermissionError && err.code === PermissionErrorCode.DENIED) this.remember(key, err, this.negativeTtlMs);
+        if (err instanceof PermissionError && err.code === PermissionErrorCode.DENIED) this.remember(key, null, err.message, this.negativeTtlMs);
         throw err;
       },
     );
@@ -90,10 +96,21 @@ export class CachingPermissionSource implements PermissionSource {
     return lookup;
   }
 
-  private remember(key: string, answer: Permission | PermissionError, ttlMs: number): void {
+  private remember(key: string, permission: Permission | null, denial: string, ttlMs: number): void {
     if (ttlMs <= 0) return;
     if (this.answers.size >= MAX_CACHED_ANSWERS) this.answers.delete(this.answers.keys().next().value!);
-    this.answers.set(key, { answer, expiresAt: this.now() + ttlMs });
+    this.answers.set(key, { permission, denial, expiresAt: this.now() + ttlMs });
+  }
+
+  /** Drop expired answers, so that a burst of distinct lookups does not stay in memory for good. */
+  private sweep(now: number): void {
+    this.sweptAt = now;
+    for (const [key, entry] of this.answers) if (entry.expiresAt <= now) this.answers.delete(key);
+  }
+
+  /** Answers held (for tests). */
+  get size(): number {
+    return this.answers.size;
   }
 
   close(): Promise<void> {
