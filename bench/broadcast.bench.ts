@@ -68,11 +68,19 @@ function build(rooms: number, perRoom: number): Built {
     log,
   );
   backpressure.stop();
-  const relay = new Relay(index, out, log, new RateLimiter(limits), metrics, backpressure, new Set(['asset_dragging']));
+  const relay = new Relay({ rooms: index, out, log, limiter: new RateLimiter(limits), metrics, backpressure, transientTypes: new Set(['asset_dragging']) });
   const sessions: Session[] = [];
   for (let r = 0; r < rooms; r++) {
     for (let m = 0; m < perRoom; m++) {
-      const s = new Session(`room-${r}`, { userId: `user-${r}-${m}-0000`, firstName: 'Bench', email: 'bench@example.com' }, 'editor', wsStub, socketStub, newRateState(limits, 0));
+      const s = new Session({
+        desktopId: `room-${r}`,
+        identity: { userId: `user-${r}-${m}-0000`, firstName: 'Bench', email: 'bench@example.com' },
+        permission: 'editor',
+        ws: wsStub,
+        socket: socketStub,
+        rate: newRateState(limits, 0),
+        pace: out.newPaceState(),
+      });
       index.join(s);
       sessions.push(s);
     }

@@ -13,7 +13,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
 import { PACE_MIN_MS } from '../src/shard/pace-control.ts';
-import { newPaceState, WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
+import { WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -36,7 +36,7 @@ async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffe
   return { local, reads, ended };
 }
 
-const target = (socket: Socket): CoalescedTarget & { open: boolean } => ({ socket, open: true, single: null, outbox: null, queuedBytes: 0, pace: newPaceState() });
+const target = (socket: Socket, out: WriteCoalescer): CoalescedTarget & { open: boolean } => ({ socket, open: true, single: null, outbox: null, queuedBytes: 0, pace: out.newPaceState() });
 const frame = (text: string) => Buffer.from(text, 'latin1');
 /** Turn batching alone, as a shard whose pacing is off. */
 const UNPACED = { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 } as const;
@@ -62,8 +62,8 @@ test('frames queued in one turn go out in order, as one write per socket', async
   const out = new WriteCoalescer(metrics, UNPACED);
   const a = await socketPair(t);
   const b = await socketPair(t);
-  const ta = target(a.local);
-  const tb = target(b.local);
+  const ta = target(a.local, out);
+  const tb = target(b.local, out);
   const writes: string[] = [];
   for (const s of [a.local, b.local]) {
     const write = s.write.bind(s);
@@ -89,7 +89,7 @@ test('frames queued in one turn go out in order, as one write per socket', async
 test('flushNow puts the queue ahead of a close in the same turn; later frames never reach the wire', async (t) => {
   const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), UNPACED);
   const pair = await socketPair(t);
-  const session = target(pair.local);
+  const session = target(pair.local, out);
   out.write(session, frame('A'));
   out.write(session, frame('B'));
   // What the relay does before it closes a session itself: flush, then the close frame.
@@ -110,8 +110,8 @@ test('pacing: a fast socket is written once per interval, a slow one still once 
   t.after(() => out.stop());
   const fast = await socketPair(t);
   const slow = await socketPair(t);
-  const tf = target(fast.local);
-  const ts = target(slow.local);
+  const tf = target(fast.local, out);
+  const ts = target(slow.local, out);
   const fastWrites = recordWrites(fast.local);
   const slowWrites = recordWrites(slow.local);
   const fastFrames = numbered('f', 600);
@@ -142,7 +142,7 @@ test('pacing: held bytes wait past the end of the turn; flushAll writes them at 
   const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), { pacing: 'always', paceIntervalMs: 1000, paceAbove: 100, rateWindowMs: 20 });
   t.after(() => out.stop());
   const pair = await socketPair(t);
-  const session = target(pair.local);
+  const session = target(pair.local, out);
   const writes = recordWrites(pair.local);
   let sent = '';
   // Until a rate window has judged the socket fast, frames go out per turn.
@@ -167,7 +167,7 @@ test('auto pacing leaves a quiet loop alone, starts short when the loop saturate
   const out = new WriteCoalescer(metrics, { pacing: 'auto', paceIntervalMs: 40, paceAbove: 100, rateWindowMs: 20 });
   t.after(() => out.stop());
   const pair = await socketPair(t);
-  const session = target(pair.local);
+  const session = target(pair.local, out);
   const writes = recordWrites(pair.local);
   // Quiet: a fast stream (3 frames a tick), every turn's frames written at the end of that turn.
   for (let i = 0; i < 100; i++) {

@@ -24,6 +24,17 @@ import type { Session } from './session.ts';
 import { closeAndCut, pauseReads } from './socket-reads.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
+export interface RelayOptions {
+  rooms: RoomIndex;
+  out: WriteCoalescer;
+  log: Logger;
+  limiter: RateLimiter;
+  metrics: MetricsSlot;
+  backpressure: Backpressure;
+  /** Types a recipient over its budget only needs the newest of (asset_dragging, --coalesce-types). */
+  transientTypes: ReadonlySet<string>;
+}
+
 export class Relay {
   private readonly rooms: RoomIndex;
   private readonly out: WriteCoalescer;
@@ -33,22 +44,14 @@ export class Relay {
   private readonly backpressure: Backpressure;
   private readonly transientTypes: ReadonlySet<string>;
 
-  constructor(
-    rooms: RoomIndex,
-    out: WriteCoalescer,
-    log: Logger,
-    limiter: RateLimiter,
-    metrics: MetricsSlot,
-    backpressure: Backpressure,
-    transientTypes: ReadonlySet<string>,
-  ) {
-    this.rooms = rooms;
-    this.out = out;
-    this.log = log;
-    this.limiter = limiter;
-    this.metrics = metrics;
-    this.backpressure = backpressure;
-    this.transientTypes = transientTypes;
+  constructor(options: RelayOptions) {
+    this.rooms = options.rooms;
+    this.out = options.out;
+    this.log = options.log;
+    this.limiter = options.limiter;
+    this.metrics = options.metrics;
+    this.backpressure = options.backpressure;
+    this.transientTypes = options.transientTypes;
   }
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */

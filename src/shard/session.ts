@@ -8,7 +8,19 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Permission } from '../protocol/events.ts';
 import type { RateState } from './rate-limiter.ts';
-import { newPaceState } from './write-coalescer.ts';
+import type { PaceState } from './write-coalescer.ts';
+
+export interface SessionOptions {
+  desktopId: string;
+  identity: { userId: string; firstName: string; email: string };
+  permission: Permission;
+  ws: WebSocket;
+  socket: Socket;
+  /** The user's rate-limit bucket (rate-limiter.ts). */
+  rate: RateState;
+  /** From the shard's write coalescer. */
+  pace: PaceState;
+}
 
 export class Session {
   readonly id: string;
@@ -31,7 +43,8 @@ export class Session {
   single: Buffer | null = null;
   outbox: Buffer | null = null;
   queuedBytes = 0;
-  readonly pace = newPaceState();
+  /** Pacing bookkeeping, made and owned by the write coalescer. */
+  readonly pace: PaceState;
   /** Heard from (pong or message) since the last liveness ping. */
   alive = true;
   /** Inbound rate-limit bucket, shared with the user's other sessions on this shard (rate-limiter.ts). */
@@ -45,23 +58,18 @@ export class Session {
   /** Newest transient frame per (sender, type), held while over budget. */
   coalesced: Map<string, Buffer> | null = null;
 
-  constructor(
-    desktopId: string,
-    identity: { userId: string; firstName: string; email: string },
-    permission: Permission,
-    ws: WebSocket,
-    socket: Socket,
-    rate: RateState,
-  ) {
-    this.rate = rate;
+  constructor(options: SessionOptions) {
+    const { identity } = options;
+    this.rate = options.rate;
+    this.pace = options.pace;
     this.id = `session_${randomUUID()}`;
-    this.desktopId = desktopId;
+    this.desktopId = options.desktopId;
     this.userId = identity.userId;
     this.firstName = identity.firstName;
     this.email = identity.email;
-    this.permission = permission;
-    this.ws = ws;
-    this.socket = socket;
+    this.permission = options.permission;
+    this.ws = options.ws;
+    this.socket = options.socket;
     this.connectedAt = Date.now();
     this.stamp =
       `,"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)}` +

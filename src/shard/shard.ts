@@ -107,7 +107,7 @@ export class Shard {
     );
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     this.limiter = new RateLimiter(this.rateLimit);
-    this.relay = new Relay(this.rooms, out, log, this.limiter, metrics, this.backpressure, transient);
+    this.relay = new Relay({ rooms: this.rooms, out, log, limiter: this.limiter, metrics, backpressure: this.backpressure, transientTypes: transient });
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -132,7 +132,15 @@ export class Shard {
   }
 
   private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
-    const session = new Session(desktopId, identity, permission, ws, socket, this.limiter.acquire(identity.userId, Date.now()));
+    const session = new Session({
+      desktopId,
+      identity,
+      permission,
+      ws,
+      socket,
+      rate: this.limiter.acquire(identity.userId, Date.now()),
+      pace: this.out.newPaceState(),
+    });
     this.users.add(session.userId, 1);
     this.relay.join(session);
     this.metrics.handshake(101);

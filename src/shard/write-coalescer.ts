@@ -42,10 +42,12 @@
  * {@link WriteCoalescer.flushNow} first.
  */
 import type { Socket } from 'node:net';
-import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+import { performance } from 'node:perf_hooks';
 import type { PacingMode } from '../config.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import { LoadSampler } from './load-sampler.ts';
 import { PaceControl } from './pace-control.ts';
+import { PaceWheel, WHEEL_BUCKETS } from './pace-wheel.ts';
 import { SlabPool } from './slab-pool.ts';
 
 /** The pacing options come from the server's configuration (src/config.ts holds their defaults). */
@@ -93,12 +95,7 @@ export interface PaceState {
   readonly bucket: number;
 }
 
-export const WHEEL_BUCKETS = 8;
-let nextBucket = 0;
-export function newPaceState(): PaceState {
-  nextBucket = (nextBucket + 1) % WHEEL_BUCKETS;
-  return { windowStart: 0, windowFrames: 0, fast: false, lastBytes: 0, bucket: nextBucket };
-}
+export { WHEEL_BUCKETS };
 
 export class WriteCoalescer {
   private dirty: CoalescedTarget[] = [];
@@ -110,18 +107,11 @@ export class WriteCoalescer {
   private readonly fastFrames: number;
   /** Whether fast sockets are paced, and how far apart their writes (pace-control.ts). */
   private readonly control: PaceControl;
-  /** Wheel slot of the interval in force. */
-  private slotMs: number;
-  /** Paced targets with bytes waiting, by wheel bucket. */
-  private readonly wheel: CoalescedTarget[][] = Array.from({ length: WHEEL_BUCKETS }, () => []);
-  private wheelCount = 0;
-  /** Last wheel slot (clock / slotMs) whose bucket was written. */
-  private lastSlot: number;
-  private wheelTimer: NodeJS.Timeout | null = null;
+  /** Paced targets with bytes waiting, until their slot (pace-wheel.ts). */
+  private readonly wheel: PaceWheel<CoalescedTarget>;
   /** Coarse clock (ms), read once per turn rather than per frame. */
   private now = performance.now();
-  private elu: EventLoopUtilization;
-  private loadTimer: NodeJS.Timeout | null = null;
+  private readonly sampler: LoadSampler | null;
   private readonly onBacklog: (target: CoalescedTarget) => void;
   private readonly decayTimer: NodeJS.Timeout;
 
@@ -131,16 +121,21 @@ export class WriteCoalescer {
     this.rateWindowMs = options.rateWindowMs ?? RATE_WINDOW_MS;
     this.fastFrames = Math.max(1, Math.ceil((options.paceAbove * this.rateWindowMs) / 1000));
     this.control = new PaceControl(options.pacing, options.paceIntervalMs);
-    this.slotMs = options.paceIntervalMs / WHEEL_BUCKETS;
-    this.lastSlot = Math.floor(this.now / this.slotMs);
+    this.wheel = new PaceWheel<CoalescedTarget>(
+      options.paceIntervalMs,
+      this.now,
+      (target) => this.writeOut(target, Metric.PACED_WRITES),
+      () => (this.now = performance.now()),
+    );
     if (this.control.intervalMs > 0) this.applyInterval(this.control.intervalMs);
-    this.elu = performance.eventLoopUtilization();
     this.decayTimer = setInterval(() => this.slabs.decay(), SLAB_DECAY_MS);
     this.decayTimer.unref();
-    if (options.pacing === 'auto') {
-      this.loadTimer = setInterval(() => this.sampleLoad(), this.rateWindowMs);
-      this.loadTimer.unref();
-    }
+    this.sampler = options.pacing === 'auto' ? new LoadSampler(this.rateWindowMs, (load) => this.sampleLoad(load)) : null;
+  }
+
+  /** Pacing state for a new target: its rate window, and its wheel bucket for life. */
+  newPaceState(): PaceState {
+    return { windowStart: 0, windowFrames: 0, fast: false, lastBytes: 0, bucket: this.wheel.assignBucket() };
   }
 
   /** Queue a copy of `frame` for `target`: written at the end of this turn, or at its wheel slot when paced. */
@@ -160,8 +155,7 @@ export class WriteCoalescer {
       // socket at light load, and then nothing is copied.
       target.single = frame;
       if (pace.fast && this.control.intervalMs > 0) {
-        this.wheel[pace.bucket]!.push(target);
-        if (this.wheelCount++ === 0 && this.wheelTimer === null) this.armWheel();
+        this.wheel.add(target, pace.bucket);
       } else {
         this.dirty.push(target);
         if (!this.scheduled) {
@@ -213,47 +207,19 @@ export class WriteCoalescer {
     for (let i = 0; i < dirty.length; i++) this.writeOut(dirty[i]!, Metric.OUTBOUND_WRITES);
     dirty.length = 0;
     this.spare = dirty;
-    if (this.wheelCount > 0) this.turnWheel();
+    if (this.wheel.size > 0) this.wheel.turn(this.now);
   };
 
   /** Write everything held, paced or not (shutdown). */
   flushAll(): void {
     this.flush();
-    for (let b = 0; b < WHEEL_BUCKETS; b++) this.writeBucket(b);
+    this.wheel.flushAll();
   }
 
   stop(): void {
     clearInterval(this.decayTimer);
-    if (this.loadTimer !== null) clearInterval(this.loadTimer);
-    this.loadTimer = null;
-    if (this.wheelTimer !== null) clearTimeout(this.wheelTimer);
-    this.wheelTimer = null;
-  }
-
-  /** Write the buckets of every slot passed since the last turn (at most one round of the wheel). */
-  private turnWheel(): void {
-    const slot = Math.floor(this.now / this.slotMs);
-    const from = Math.max(this.lastSlot + 1, slot - WHEEL_BUCKETS + 1);
-    for (let s = from; s <= slot; s++) this.writeBucket(s % WHEEL_BUCKETS);
-    this.lastSlot = slot;
-  }
-
-  private writeBucket(b: number): void {
-    const bucket = this.wheel[b]!;
-    if (bucket.length === 0) return;
-    this.wheelCount -= bucket.length;
-    for (let i = 0; i < bucket.length; i++) this.writeOut(bucket[i]!, Metric.PACED_WRITES);
-    bucket.length = 0;
-  }
-
-  /** A shard with no other I/O still writes paced bytes on time: a timer per slot while any wait. */
-  private armWheel(): void {
-    this.wheelTimer = setTimeout(() => {
-      this.wheelTimer = null;
-      this.now = performance.now();
-      this.turnWheel();
-      if (this.wheelCount > 0) this.armWheel();
-    }, this.slotMs);
+    this.sampler?.stop();
+    this.wheel.stop();
   }
 
   /** True while fast sockets are paced. */
@@ -269,20 +235,13 @@ export class WriteCoalescer {
   /** Put a new pace interval (ms; 0 = stop pacing) in force. */
   private applyInterval(intervalMs: number): void {
     this.metrics.values[Metric.PACE_INTERVAL]! = intervalMs / 1000;
-    if (intervalMs === 0) {
-      // Held bytes go out now rather than at slots of an interval no longer in force.
-      for (let b = 0; b < WHEEL_BUCKETS; b++) this.writeBucket(b);
-      return;
-    }
-    this.slotMs = intervalMs / WHEEL_BUCKETS;
-    this.lastSlot = Math.floor(this.now / this.slotMs);
+    // Held bytes go out now rather than at slots of an interval no longer in force.
+    if (intervalMs === 0) this.wheel.flushAll();
+    else this.wheel.setInterval(intervalMs, this.now);
   }
 
   /** `auto`: one load sample per rate window; pace-control.ts decides, this applies. */
-  private sampleLoad(): void {
-    const sample = performance.eventLoopUtilization();
-    const load = performance.eventLoopUtilization(sample, this.elu).utilization;
-    this.elu = sample;
+  private sampleLoad(load: number): void {
     this.now = performance.now();
     const before = this.control.intervalMs;
     const after = this.control.sample(load);
