@@ -52,7 +52,7 @@ function build(rooms: number, perRoom: number): Built {
   const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
   const log = createLogger({ level: 'silent', format: 'json', worker: 0 });
   // Relay cost alone: pacing off (a busy benchmark loop would otherwise start it).
-  const out = new WriteCoalescer(metrics, { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 });
+  const out = new WriteCoalescer<Session>(metrics, { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 });
   const backpressure = new Backpressure(
     {
       maxBufferedBytes: 1 << 20,
@@ -79,7 +79,8 @@ function build(rooms: number, perRoom: number): Built {
         ws: wsStub,
         socket: socketStub,
         rate: newRateState(limits, 0),
-        pace: out.newPaceState(),
+        outbound: (self) => out.newOutbound(self),
+        budget: backpressure.newBudget(),
       });
       index.join(s);
       sessions.push(s);

@@ -23,19 +23,34 @@ async function serve(t: TestContext, args: string[]): Promise<ServerProcess> {
   return startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--rate-limit', '0', '--slow-consumer-timeout', '60s', ...args] });
 }
 
-/** Read `count` asset_moved events, which must come in order, and the session_left of `leaverId` somewhere among them. */
-async function readAllAndLeave(reader: TestClient, count: number, leaverId: string): Promise<void> {
+/**
+ * Send `count` asset_moved events in steps of `step`, the fast member reading
+ * each step before the next is sent: its own backlog stays small (the test
+ * process parses JSON slower than the server writes), while the member that
+ * stopped reading takes all of it. The fast member must get every event in
+ * order, and the session_left of `leaverId` somewhere among them.
+ */
+async function streamPast(sender: TestClient, reader: TestClient, count: number, leaverId: string, step = 50): Promise<void> {
   let next = 0;
   let left = false;
-  while (next < count || !left) {
-    const frame = await reader.next();
-    if (frame.type === 'session_left') {
-      assert.equal(frame.sessionId, leaverId);
-      left = true;
-    } else {
-      assert.equal(frame.type, 'asset_moved');
-      assert.equal(frame.payload.i, next++, 'the fast member loses nothing');
+  for (let sent = 0; sent < count; ) {
+    const until = Math.min(count, sent + step);
+    for (; sent < until; sent++) sender.send({ type: 'asset_moved', payload: { i: sent, pad: PAD } });
+    while (next < until) {
+      const frame = await reader.next();
+      if (frame.type === 'session_left') {
+        assert.equal(frame.sessionId, leaverId);
+        left = true;
+      } else {
+        assert.equal(frame.type, 'asset_moved');
+        assert.equal(frame.payload.i, next++, 'the fast member loses nothing');
+      }
     }
+  }
+  while (!left) {
+    const frame = await reader.next();
+    assert.deepEqual([frame.type, frame.sessionId], ['session_left', leaverId]);
+    left = true;
   }
 }
 
@@ -56,8 +71,7 @@ test('a backlog over --max-session-backlog is cut at once with 4008, long before
   const server = await serve(t, ['--max-buffered-bytes', '65536', '--max-session-backlog', '262144']);
   const { sender, fast, slow, slowId } = await room(t, server);
   // ~7 MB: more than loopback's kernel buffers take, so the server's own backlog grows.
-  for (let i = 0; i < 2000; i++) sender.send({ type: 'asset_moved', payload: { i, pad: PAD } });
-  await readAllAndLeave(fast, 2000, slowId);
+  await streamPast(sender, fast, 2000, slowId);
   const line = await server.waitForLog((l) => l.event === 'slow_consumer_close' && l.sessionId === slowId);
   assert.equal(line.reason, 'backlog_cap');
   assert.ok((line.overForMs as number) < 5000, `cut after ${line.overForMs} ms over budget, not at the 60 s timeout`);
@@ -81,8 +95,7 @@ test('over --max-outbound-memory the largest backlog is cut first; a smaller one
   // A few frames that the kernel takes whole: the small room's slow member holds (almost) nothing.
   for (let i = 0; i < 5; i++) small.sender.send({ type: 'asset_moved', payload: { i } });
   for (let i = 0; i < 5; i++) assert.equal((await small.fast.expect('asset_moved')).payload.i, i);
-  for (let i = 0; i < 2000; i++) big.sender.send({ type: 'asset_moved', payload: { i, pad: PAD } });
-  await readAllAndLeave(big.fast, 2000, big.slowId);
+  await streamPast(big.sender, big.fast, 2000, big.slowId);
   const line = await server.waitForLog((l) => l.event === 'slow_consumer_close' && l.sessionId === big.slowId);
   assert.equal(line.reason, 'memory_cap');
   const { metrics } = await scrape(server.port);
@@ -139,8 +152,7 @@ test('after a cut the shard gives its buffers back once things settle, without w
   const before = await arrayBuffers();
   const { sender, fast, slowId } = await room(t, server);
   // ~35 MB through the shard: its frames and slabs are garbage once written.
-  for (let i = 0; i < 10_000; i++) sender.send({ type: 'asset_moved', payload: { i, pad: PAD } });
-  await readAllAndLeave(fast, 10_000, slowId);
+  await streamPast(sender, fast, 10_000, slowId, 200);
   const during = await arrayBuffers();
   assert.ok(during > before + 16 * 1024 * 1024, `the attack left ${during - before} bytes of array buffers`);
   // The shard is idle from here on: only its own release (3 s after the cut) can free them.

@@ -13,7 +13,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
 import { PACE_MIN_MS } from '../src/shard/pace-control.ts';
-import { WriteCoalescer, type CoalescedTarget } from '../src/shard/write-coalescer.ts';
+import { WriteCoalescer, type OutboundOwner } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -36,7 +36,8 @@ async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffe
   return { local, reads, ended };
 }
 
-const target = (socket: Socket, out: WriteCoalescer): CoalescedTarget & { open: boolean } => ({ socket, open: true, single: null, outbox: null, queuedBytes: 0, pace: out.newPaceState() });
+/** A socket's outbound queue, with an owner whose `open` the test can flip. */
+const target = (socket: Socket, out: WriteCoalescer<OutboundOwner & { open: boolean }>) => out.newOutbound({ socket, open: true });
 const frame = (text: string) => Buffer.from(text, 'latin1');
 /** Turn batching alone, as a shard whose pacing is off. */
 const UNPACED = { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 } as const;
@@ -95,7 +96,7 @@ test('flushNow puts the queue ahead of a close in the same turn; later frames ne
   // What the relay does before it closes a session itself: flush, then the close frame.
   out.flushNow(session);
   pair.local.write(frame('<close>'));
-  session.open = false;
+  session.owner.open = false;
   // Frames produced later in the same turn (say, a broadcast to its room) are dropped.
   out.write(session, frame('C'));
   await nextTurn();

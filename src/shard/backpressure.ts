@@ -64,13 +64,23 @@ const CUT_METRIC: Record<CutReason, number> = {
   memory_cap: Metric.CLOSED_MEMORY_CAP,
 };
 
+/** A session's standing against its outbound budget, made by {@link Backpressure.newBudget} and touched by it alone. */
+export interface BudgetState {
+  /** When the session's socket went over its outbound budget (0 = within it). */
+  overBudgetSince: number;
+  /** A 'drain' listener is attached. */
+  awaitingDrain: boolean;
+  /** Newest transient frame per (sender, type), held while over budget. */
+  coalesced: Map<string, Buffer> | null;
+}
+
 function backlogOf(session: Session): number {
-  return session.socket.writableLength + session.queuedBytes;
+  return session.socket.writableLength + session.out.queuedBytes;
 }
 
 export class Backpressure {
   private readonly options: BackpressureOptions;
-  private readonly out: WriteCoalescer;
+  private readonly out: WriteCoalescer<Session>;
   private readonly metrics: MetricsSlot;
   private readonly log: Logger;
   /** Sessions currently over the soft budget. */
@@ -81,13 +91,18 @@ export class Backpressure {
   /** The shard's backlog reached LARGE_BACKLOG_BYTES since memory was last let go. */
   private wasLarge = false;
 
-  constructor(options: BackpressureOptions, out: WriteCoalescer, metrics: MetricsSlot, log: Logger) {
+  constructor(options: BackpressureOptions, out: WriteCoalescer<Session>, metrics: MetricsSlot, log: Logger) {
     this.options = options;
     this.out = out;
     this.metrics = metrics;
     this.log = log;
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
+  }
+
+  /** The budget state of a new session. */
+  newBudget(): BudgetState {
+    return { overBudgetSince: 0, awaitingDrain: false, coalesced: null };
   }
 
   /** The coalescer wrote to `session` and its socket kept some of the bytes. */
@@ -101,7 +116,7 @@ export class Backpressure {
    */
   deliver(member: Session, frame: Buffer, transientKey: string | undefined): void {
     const unwritten = member.socket.writableLength;
-    const backlog = unwritten + member.queuedBytes;
+    const backlog = unwritten + member.out.queuedBytes;
     if (backlog > this.options.maxBufferedBytes) {
       // The hard cap looks at what the socket still holds from earlier turns:
       // a turn's own queue can be large for a healthy reader (libuv reads up
@@ -110,38 +125,40 @@ export class Backpressure {
         this.cut(member, 'backlog_cap', backlog);
         return;
       }
-      if (member.overBudgetSince === 0) this.markOver(member);
+      if (member.budget.overBudgetSince === 0) this.markOver(member);
       if (transientKey !== undefined) {
-        const held = (member.coalesced ??= new Map());
+        const held = (member.budget.coalesced ??= new Map());
         if (held.has(transientKey)) this.metrics.add(Metric.DROPPED_COALESCED);
         held.set(transientKey, frame);
         return;
       }
     }
-    this.out.write(member, frame);
+    this.out.write(member.out, frame);
   }
 
   private markOver(member: Session): void {
-    member.overBudgetSince = Date.now();
+    const budget = member.budget;
+    budget.overBudgetSince = Date.now();
     this.over.add(member);
     // 'drain' comes only after a write that returned false; the sweep also
     // notices a session back within budget, so one listener at a time is enough.
-    if (!member.awaitingDrain) {
-      member.awaitingDrain = true;
+    if (!budget.awaitingDrain) {
+      budget.awaitingDrain = true;
       member.socket.once('drain', () => {
-        member.awaitingDrain = false;
+        budget.awaitingDrain = false;
         this.drained(member);
       });
     }
   }
 
   private drained(member: Session): void {
-    if (member.overBudgetSince === 0) return;
-    member.overBudgetSince = 0;
+    const budget = member.budget;
+    if (budget.overBudgetSince === 0) return;
+    budget.overBudgetSince = 0;
     this.over.delete(member);
-    const held = member.coalesced;
-    member.coalesced = null;
-    if (held !== null && member.open) for (const frame of held.values()) this.out.write(member, frame);
+    const held = budget.coalesced;
+    budget.coalesced = null;
+    if (held !== null && member.open) for (const frame of held.values()) this.out.write(member.out, frame);
   }
 
   /**
@@ -153,18 +170,18 @@ export class Backpressure {
     if (!member.open) return;
     this.over.delete(member);
     this.backlogged.delete(member);
-    member.coalesced = null;
+    member.budget.coalesced = null;
     this.metrics.add(CUT_METRIC[reason]);
     this.log.warn('slow_consumer_close', {
       sessionId: member.id,
       desktopId: member.desktopId,
       reason,
       backlogBytes: backlog,
-      ...(member.overBudgetSince === 0 ? {} : { overForMs: Date.now() - member.overBudgetSince }),
+      ...(member.budget.overBudgetSince === 0 ? {} : { overForMs: Date.now() - member.budget.overBudgetSince }),
     });
     this.options.onCut(member);
     this.options.onRelease();
-    if (reason === 'slow_consumer') this.out.flushNow(member);
+    if (reason === 'slow_consumer') this.out.flushNow(member.out);
     // Closing makes the session not open, so the coalescer drops what it still holds for it.
     closeAndCut(member, CloseCode.SLOW_CONSUMER, 'slow consumer');
   }
@@ -177,7 +194,7 @@ export class Backpressure {
         this.over.delete(member);
       } else if (backlogOf(member) <= this.options.maxBufferedBytes) {
         this.drained(member);
-      } else if (now - member.overBudgetSince >= this.options.slowConsumerTimeoutMs) {
+      } else if (now - member.budget.overBudgetSince >= this.options.slowConsumerTimeoutMs) {
         this.cut(member, 'slow_consumer', backlogOf(member));
       }
     }

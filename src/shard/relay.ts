@@ -26,7 +26,7 @@ import type { WriteCoalescer } from './write-coalescer.ts';
 
 export interface RelayOptions {
   rooms: RoomIndex;
-  out: WriteCoalescer;
+  out: WriteCoalescer<Session>;
   log: Logger;
   limiter: RateLimiter;
   metrics: MetricsSlot;
@@ -37,7 +37,7 @@ export interface RelayOptions {
 
 export class Relay {
   private readonly rooms: RoomIndex;
-  private readonly out: WriteCoalescer;
+  private readonly out: WriteCoalescer<Session>;
   private readonly log: Logger;
   private readonly limiter: RateLimiter;
   private readonly metrics: MetricsSlot;
@@ -59,7 +59,7 @@ export class Relay {
     const existing = this.rooms.get(session.desktopId)?.members ?? [];
     let sessions = '';
     for (let i = 0; i < existing.length; i++) sessions += (i === 0 ? '' : ',') + existing[i]!.infoJson;
-    this.out.write(session, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`));
+    this.out.write(session.out, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`));
     this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
@@ -137,7 +137,7 @@ export class Relay {
         if (!session.open) return false;
         this.log.warn('rate_limit_close', { sessionId: session.id, desktopId: session.desktopId });
         this.metrics.add(Metric.CLOSED_RATE_LIMIT);
-        this.out.flushNow(session);
+        this.out.flushNow(session.out);
         closeAndCut(session, CloseCode.POLICY_VIOLATION, 'rate limit exceeded');
         return false;
     }

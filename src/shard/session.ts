@@ -2,13 +2,20 @@
  * One connected tab: its identity, permission, room and sockets. Identity
  * JSON is serialized once at join, since it is stamped on every event the
  * session sends.
+ *
+ * The state other modules keep per session lives in objects those modules
+ * make and alone touch: `out` (write-coalescer.ts), `budget`
+ * (backpressure.ts), `rate` (rate-limiter.ts, shared by the user's sessions
+ * on the shard). The session writes only its own fields; `index` is the
+ * room index's bookkeeping and `resumeTimer` socket-reads.ts's.
  */
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Permission } from '../protocol/events.ts';
 import type { RateState } from './rate-limiter.ts';
-import type { PaceState } from './write-coalescer.ts';
+import type { BudgetState } from './backpressure.ts';
+import type { Outbound } from './write-coalescer.ts';
 
 export interface SessionOptions {
   desktopId: string;
@@ -18,8 +25,10 @@ export interface SessionOptions {
   socket: Socket;
   /** The user's rate-limit bucket (rate-limiter.ts). */
   rate: RateState;
-  /** From the shard's write coalescer. */
-  pace: PaceState;
+  /** Makes the session's outbound queue (the shard's write coalescer). */
+  outbound: (session: Session) => Outbound<Session>;
+  /** The session's outbound budget state (the shard's backpressure policy). */
+  budget: BudgetState;
 }
 
 export class Session {
@@ -39,29 +48,21 @@ export class Session {
   readonly infoJson: string;
   /** Position in its room's member array (swap-remove bookkeeping). */
   index = -1;
-  /** Bytes the write coalescer holds for this socket (write-coalescer.ts). */
-  single: Buffer | null = null;
-  outbox: Buffer | null = null;
-  queuedBytes = 0;
-  /** Pacing bookkeeping, made and owned by the write coalescer. */
-  readonly pace: PaceState;
+  /** What the write coalescer holds for this socket. */
+  readonly out: Outbound<Session>;
+  /** Where this session stands against its outbound budget (backpressure.ts). */
+  readonly budget: BudgetState;
   /** Heard from (pong or message) since the last liveness ping. */
   alive = true;
   /** Inbound rate-limit bucket, shared with the user's other sessions on this shard (rate-limiter.ts). */
-  rate: RateState;
+  readonly rate: RateState;
   /** Set while reads are paused for the rate limit: the timer that resumes them. */
   resumeTimer: NodeJS.Timeout | null = null;
-  /** When this session's socket went over its outbound budget (0 = within it). */
-  overBudgetSince = 0;
-  /** A 'drain' listener is attached (backpressure). */
-  awaitingDrain = false;
-  /** Newest transient frame per (sender, type), held while over budget. */
-  coalesced: Map<string, Buffer> | null = null;
 
   constructor(options: SessionOptions) {
     const { identity } = options;
     this.rate = options.rate;
-    this.pace = options.pace;
+    this.budget = options.budget;
     this.id = `session_${randomUUID()}`;
     this.desktopId = options.desktopId;
     this.userId = identity.userId;
@@ -75,6 +76,7 @@ export class Session {
       `,"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)}` +
       `,"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)}`;
     this.infoJson = `{"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)},"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)},"permission":"${this.permission}"}`;
+    this.out = options.outbound(this);
   }
 
   /** True while frames may be written (not closing or closed). */

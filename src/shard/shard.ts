@@ -37,7 +37,7 @@ export class Shard {
   private draining = false;
   private onEmpty: (() => void) | null = null;
   private readonly pinger: NodeJS.Timeout;
-  private readonly out: WriteCoalescer;
+  private readonly out: WriteCoalescer<Session>;
   private readonly rateLimit: RateLimitOptions;
   private readonly limiter: RateLimiter;
   private readonly metrics: MetricsSlot;
@@ -81,11 +81,11 @@ export class Shard {
     };
     // The coalescer reports backlogs to the backpressure policy, which writes through the coalescer.
     let backpressure: Backpressure | null = null;
-    const out = (this.out = new WriteCoalescer(metrics, {
+    const out = (this.out = new WriteCoalescer<Session>(metrics, {
       pacing: config.pacing,
       paceIntervalMs: config.paceIntervalMs,
       paceAbove: config.paceAbove,
-      onBacklog: (target) => backpressure!.noteBacklog(target as Session),
+      onBacklog: (session) => backpressure!.noteBacklog(session),
     }));
     backpressure = this.backpressure = new Backpressure(
       {
@@ -139,7 +139,8 @@ export class Shard {
       ws,
       socket,
       rate: this.limiter.acquire(identity.userId, Date.now()),
-      pace: this.out.newPaceState(),
+      outbound: (self) => this.out.newOutbound(self),
+      budget: this.backpressure.newBudget(),
     });
     this.users.add(session.userId, 1);
     this.relay.join(session);

@@ -51,7 +51,7 @@ import { PaceWheel, WHEEL_BUCKETS } from './pace-wheel.ts';
 import { SlabPool } from './slab-pool.ts';
 
 /** The pacing options come from the server's configuration (src/config.ts holds their defaults). */
-export interface CoalescerOptions {
+export interface CoalescerOptions<O extends OutboundOwner = OutboundOwner> {
   pacing: PacingMode;
   /** A paced socket is written once per this many ms (`always`), or at most this far apart (`auto`). */
   paceIntervalMs: number;
@@ -60,25 +60,31 @@ export interface CoalescerOptions {
   /** Length of the rate window a socket's speed is judged on, and of `auto`'s load samples (tests shorten it). */
   rateWindowMs?: number;
   /** Called after a write that the socket could not hand to the kernel whole (backpressure.ts counts those backlogs). */
-  onBacklog?: (target: CoalescedTarget) => void;
+  onBacklog?: (owner: O) => void;
 }
 
 export const RATE_WINDOW_MS = 100;
 /** How often the slab pool lets go of size classes it did not use (slab-pool.ts `decay`). */
 export const SLAB_DECAY_MS = 1000;
 
-export interface CoalescedTarget {
+/** Whom an outbound queue serves: the socket it is written to, and whether frames may still be written. */
+export interface OutboundOwner {
   readonly socket: Socket;
   /** True while data frames may still be written. */
   readonly open: boolean;
-  /**
-   * What waits to be written: nothing (queuedBytes 0), one frame by
-   * reference (`single`), or the bytes of two or more in `outbox[0, queuedBytes)`.
-   */
+}
+
+/**
+ * What waits to be written for one socket, made by
+ * {@link WriteCoalescer.newOutbound} and touched by the coalescer alone:
+ * nothing (queuedBytes 0), one frame by reference (`single`), or the bytes
+ * of two or more in `outbox[0, queuedBytes)`.
+ */
+export interface Outbound<O extends OutboundOwner = OutboundOwner> {
+  readonly owner: O;
   single: Buffer | null;
   outbox: Buffer | null;
   queuedBytes: number;
-  /** Pacing bookkeeping, owned by the coalescer. */
   readonly pace: PaceState;
 }
 
@@ -97,9 +103,9 @@ export interface PaceState {
 
 export { WHEEL_BUCKETS };
 
-export class WriteCoalescer {
-  private dirty: CoalescedTarget[] = [];
-  private spare: CoalescedTarget[] = [];
+export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
+  private dirty: Outbound<O>[] = [];
+  private spare: Outbound<O>[] = [];
   private scheduled = false;
   private readonly slabs = new SlabPool();
   private readonly metrics: MetricsSlot;
@@ -108,20 +114,20 @@ export class WriteCoalescer {
   /** Whether fast sockets are paced, and how far apart their writes (pace-control.ts). */
   private readonly control: PaceControl;
   /** Paced targets with bytes waiting, until their slot (pace-wheel.ts). */
-  private readonly wheel: PaceWheel<CoalescedTarget>;
+  private readonly wheel: PaceWheel<Outbound<O>>;
   /** Coarse clock (ms), read once per turn rather than per frame. */
   private now = performance.now();
   private readonly sampler: LoadSampler | null;
-  private readonly onBacklog: (target: CoalescedTarget) => void;
+  private readonly onBacklog: (owner: O) => void;
   private readonly decayTimer: NodeJS.Timeout;
 
-  constructor(metrics: MetricsSlot, options: CoalescerOptions) {
+  constructor(metrics: MetricsSlot, options: CoalescerOptions<O>) {
     this.metrics = metrics;
     this.onBacklog = options.onBacklog ?? (() => {});
     this.rateWindowMs = options.rateWindowMs ?? RATE_WINDOW_MS;
     this.fastFrames = Math.max(1, Math.ceil((options.paceAbove * this.rateWindowMs) / 1000));
     this.control = new PaceControl(options.pacing, options.paceIntervalMs);
-    this.wheel = new PaceWheel<CoalescedTarget>(
+    this.wheel = new PaceWheel<Outbound<O>>(
       options.paceIntervalMs,
       this.now,
       (target) => this.writeOut(target, Metric.PACED_WRITES),
@@ -133,13 +139,19 @@ export class WriteCoalescer {
     this.sampler = options.pacing === 'auto' ? new LoadSampler(this.rateWindowMs, (load) => this.sampleLoad(load)) : null;
   }
 
-  /** Pacing state for a new target: its rate window, and its wheel bucket for life. */
-  newPaceState(): PaceState {
-    return { windowStart: 0, windowFrames: 0, fast: false, lastBytes: 0, bucket: this.wheel.assignBucket() };
+  /** The outbound queue of a new socket, with its rate window and its wheel bucket for life. */
+  newOutbound(owner: O): Outbound<O> {
+    return {
+      owner,
+      single: null,
+      outbox: null,
+      queuedBytes: 0,
+      pace: { windowStart: 0, windowFrames: 0, fast: false, lastBytes: 0, bucket: this.wheel.assignBucket() },
+    };
   }
 
   /** Queue a copy of `frame` for `target`: written at the end of this turn, or at its wheel slot when paced. */
-  write(target: CoalescedTarget, frame: Buffer): void {
+  write(target: Outbound<O>, frame: Buffer): void {
     const length = frame.length;
     const used = target.queuedBytes;
     const pace = target.pace;
@@ -193,7 +205,7 @@ export class WriteCoalescer {
   }
 
   /** Write `target`'s bytes now (before closing it, say). A list that still holds it finds it empty later. */
-  flushNow(target: CoalescedTarget): void {
+  flushNow(target: Outbound<O>): void {
     this.writeOut(target, Metric.OUTBOUND_WRITES);
   }
 
@@ -248,10 +260,11 @@ export class WriteCoalescer {
     if (after !== before) this.applyInterval(after);
   }
 
-  private writeOut(target: CoalescedTarget, metric: number): void {
+  private writeOut(target: Outbound<O>, metric: number): void {
     const bytes = target.queuedBytes;
     if (bytes === 0) return;
-    const socket = target.socket;
+    const owner = target.owner;
+    const socket = owner.socket;
     const single = target.single;
     const outbox = target.outbox;
     target.single = null;
@@ -260,21 +273,21 @@ export class WriteCoalescer {
     target.pace.lastBytes = bytes;
     if (single !== null) {
       // One frame: written as is (it is shared with the other recipients and never mutated).
-      if (target.open) {
+      if (owner.open) {
         socket.write(single);
         this.metrics.values[metric]! += 1;
-        if (socket.writableLength !== 0) this.onBacklog(target);
+        if (socket.writableLength !== 0) this.onBacklog(owner);
       }
       return;
     }
-    if (target.open) {
+    if (owner.open) {
       socket.write(outbox!.subarray(0, bytes));
       this.metrics.values[metric]! += 1;
       // Nothing left in the socket's buffer means libuv wrote it all inside
       // write() (uv_try_write): the kernel has the bytes and the slab is free.
       // Otherwise the stream still references it, and it leaves with the write.
       if (socket.writableLength === 0) this.slabs.give(outbox!);
-      else this.onBacklog(target);
+      else this.onBacklog(owner);
     } else {
       this.slabs.give(outbox!);
     }
