@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { CloseCode, ErrorCode } from '../src/protocol/events.ts';
-import { MAX_PAUSE_MS, MIN_PAUSE_MS, RateLimiter, STREAK_GAP_MS } from '../src/shard/rate-limiter.ts';
+import { MIN_PAUSE_MS } from '../src/shard/rate-limiter.ts';
 import { join } from './helpers/client.ts';
 import { scrape } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
@@ -153,32 +153,6 @@ test('reconnecting does not refill the bucket: the limit is kept per user', asyn
   const notice = await second.client.next();
   assert.equal(notice.type, 'error');
   assert.equal(notice.code, ErrorCode.RATE_LIMITED);
-});
-
-test('the limiter: burst, then the rate; pauses double through a streak, even with frames passing between them, and reset after a quiet spell', () => {
-  const limiter = new RateLimiter({ perSecond: 100, burst: 5, closeAfterMs: 60_000, messageBytes: 4096 });
-  let now = 10_000;
-  const state = limiter.acquire('user-x', now);
-  const kinds = Array.from({ length: 7 }, () => limiter.take(state, now).kind);
-  assert.deepEqual(kinds, ['pass', 'pass', 'pass', 'pass', 'pass', 'notify', 'drop']);
-  const pauses: number[] = [];
-  for (let i = 0; i < 4; i++) {
-    pauses.push(limiter.pauseMs(state));
-    state.pauses++; // as the relay does when it pauses
-    now += pauses.at(-1)!;
-    // During the pause the bucket refilled: a frame passes, the next ones are dropped again.
-    assert.equal(limiter.take(state, now).kind, 'pass');
-    while (limiter.take(state, now).kind === 'pass');
-  }
-  assert.deepEqual(pauses, [MIN_PAUSE_MS, 2 * MIN_PAUSE_MS, MAX_PAUSE_MS, MAX_PAUSE_MS]);
-  // A quiet spell longer than STREAK_GAP_MS: the next streak starts from the shortest pause.
-  now += STREAK_GAP_MS + 1;
-  assert.equal(limiter.take(state, now).kind, 'pass');
-  while (limiter.take(state, now).kind === 'pass');
-  assert.equal(limiter.pauseMs(state), MIN_PAUSE_MS);
-  // The user's state is shared by its sessions and kept across a reconnect.
-  limiter.release('user-x', now);
-  assert.equal(limiter.acquire('user-x', now + 10), state);
 });
 
 test('after a 1008 the server reads nothing more from the session, and cuts it within the grace', async (t) => {

@@ -24,7 +24,7 @@ export const STREAK_GAP_MS = NOTICE_WINDOW_MS + MAX_PAUSE_MS;
 export interface RateState {
   tokens: number;
   refilledAt: number;
-  /** Start of the current streak of drops (0 = not over the limit). */
+  /** Start of the current (or last) streak of drops: drops no more than STREAK_GAP_MS apart. */
   overSince: number;
   lastDropAt: number;
   lastNoticeAt: number;
@@ -81,7 +81,7 @@ interface UserEntry {
 }
 
 /** Sweep forgotten users at most this often (on acquire). */
-const FORGET_EVERY_MS = 5000;
+export const FORGET_EVERY_MS = 5000;
 
 export class RateLimiter {
   private readonly perMs: number;
@@ -164,17 +164,12 @@ export class RateLimiter {
     }
     if (state.tokens >= 1) {
       state.tokens -= 1;
-      // A quiet spell longer than a window ends the streak.
-      // A quiet spell ends the streak, and with it the growing pauses; a
-      // frame that passes between two pauses does not (a flooder gets a few
-      // tokens back during each pause).
-      if (state.overSince !== 0 && now - state.lastDropAt > STREAK_GAP_MS) {
-        state.overSince = 0;
-        state.pauses = 0;
-      }
       return PASS;
     }
-    if (state.overSince === 0 || now - state.lastDropAt > STREAK_GAP_MS) {
+    // A drop more than STREAK_GAP_MS after the previous one starts a new
+    // streak, and the pauses start short again. Frames that pass between two
+    // pauses do not end a streak: a flooder gets a few tokens back each pause.
+    if (now - state.lastDropAt > STREAK_GAP_MS) {
       state.overSince = now;
       state.pauses = 0;
     }
