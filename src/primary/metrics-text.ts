@@ -87,7 +87,7 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{outcome="queue_full"}', Metric.PERMISSION_QUEUE_FULL],
   ]);
   counter('moodio_rt_rate_limit_pauses_total', 'Times a session stopped being read because its user was over --rate-limit.', [['', Metric.RATE_PAUSES]]);
-  counter('moodio_rt_handshakes_refused_total', 'Handshakes refused by a per-user limit, by limit.', [
+  counter('moodio_rt_handshakes_refused_total', 'Handshakes refused with 429 by a per-user or per-address limit, by limit.', [
     ['{limit="connect_rate"}', Metric.REFUSED_CONNECT_RATE],
     ['{limit="in_flight"}', Metric.REFUSED_HANDSHAKES_IN_FLIGHT],
     ['{limit="address_rate"}', Metric.REFUSED_ADDRESS_RATE],
