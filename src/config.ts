@@ -51,6 +51,8 @@ export interface ServeConfig {
   maxConnectionsPerUser: number;
   /** Handshakes of one user being authenticated at once (0 = no limit). */
   maxHandshakesPerUser: number;
+  /** Sessions one room (desktop) may hold (0 = no limit). */
+  maxRoomSize: number;
   /** Connects per second one user may make, and the burst (0 = no limit). */
   connectRate: number;
   connectBurst: number;
@@ -277,6 +279,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: '16',
     description: 'handshakes of one userId waiting for the permission API at once, per worker; more are answered 429 (0 = no limit)',
     parse: intIn(0, 1_000_000),
+  },
+  {
+    key: 'maxRoomSize',
+    flags: '--max-room-size <n>',
+    env: 'MOODIO_RT_MAX_ROOM_SIZE',
+    default: '200',
+    description: 'sessions one desktop may hold; more are answered 503 with Retry-After (0 = no limit): every event is written to each member, and room_joined lists them all',
+    parse: intIn(0, 10_000_000),
   },
   {
     key: 'connectRate',

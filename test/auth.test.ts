@@ -13,7 +13,7 @@ import { connect, HandshakeRejected, join } from './helpers/client.ts';
 import { startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
-import { noneToken, nowSeconds, rawToken, token } from './helpers/tokens.ts';
+import { noneToken, nowSeconds, rawToken, token, user } from './helpers/tokens.ts';
 
 const cleanup = new Cleanup();
 let server: ServerProcess;
@@ -168,4 +168,12 @@ test('an identity claim with a lone surrogate → 401, not 500', async (t) => {
   await expect401(t, cookie(rawToken({ alg: 'HS256' }, { ...valid(), userId: 'user-\ud800-0001', exp: inTenMinutes() })));
   await expect401(t, cookie(rawToken({ alg: 'HS256' }, { ...valid(), firstName: 'Ann\udc00', exp: inTenMinutes() })));
   await expect401(t, cookie(rawToken({ alg: 'HS256' }, { ...valid(), email: '\ud83d@example.com', exp: inTenMinutes() })));
+});
+
+test('an identity claim that is small in characters but large once JSON-encoded (control characters) is refused with 401', async (t) => {
+  const escaped = '\u0001'.repeat(200); // 200 characters, 1,200 once encoded: stamped on every event
+  assert.throws(() => verifyAccessToken(token(user('Esc', { firstName: escaped })), TEST_SECRET), { code: AuthErrorCode.BAD_CLAIMS });
+  assert.throws(() => verifyAccessToken(token({ userId: 'u'.repeat(10) + '\u0002'.repeat(100) }), TEST_SECRET), { code: AuthErrorCode.BAD_CLAIMS });
+  assert.equal(verifyAccessToken(token(user('Ok', { firstName: 'é'.repeat(256) })), TEST_SECRET).firstName.length, 256, 'non-ASCII is not escaped: allowed');
+  void t;
 });

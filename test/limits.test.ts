@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { clientAddress } from '../src/primary/primary.ts';
 import { shardFor } from '../src/primary/router.ts';
-import { connect, HandshakeRejected, rawRequest, type ConnectOptions } from './helpers/client.ts';
+import { connect, HandshakeRejected, join, rawRequest, type ConnectOptions } from './helpers/client.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
@@ -96,4 +96,19 @@ test('client addresses: X-Forwarded-For is believed only from --trust-proxy peer
   const { sessionId } = await client.expect('room_joined');
   const open = await server.waitForLog((l) => l.event === 'session_open' && l.sessionId === sessionId);
   assert.equal(open.remote, '203.0.113.7');
+});
+
+test('--max-room-size: a full room refuses the next session with 503 room_full; other rooms are open', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--max-room-size', '2'] });
+  const room = desktop();
+  await join(t, server.wsUrl(room), { token: token(user('Ro1')) });
+  await join(t, server.wsUrl(room), { token: token(user('Ro2')) });
+  const refused = await connect(t, server.wsUrl(room), { token: token(user('Ro3')) }).catch((e: HandshakeRejected) => e);
+  assert.ok(refused instanceof HandshakeRejected);
+  assert.equal(refused.status, 503);
+  assert.equal(refused.headers['retry-after'], '5');
+  await server.waitForLog((l) => l.event === 'handshake_rejected' && l.reason === 'room_full');
+  const { joined } = await join(t, server.wsUrl(desktop()), { token: token(user('Ro4')) });
+  assert.equal(joined.type, 'room_joined');
 });

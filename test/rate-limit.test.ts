@@ -5,9 +5,10 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { CloseCode, ErrorCode } from '../src/protocol/events.ts';
+import { ACCESS_TOKEN_COOKIE, CloseCode, ErrorCode } from '../src/protocol/events.ts';
 import { MIN_PAUSE_MS } from '../src/shard/rate-limiter.ts';
-import { join } from './helpers/client.ts';
+import { connect as netConnect } from 'node:net';
+import { join, upgradeHead } from './helpers/client.ts';
 import { scrape } from './helpers/metrics.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
@@ -204,4 +205,29 @@ test('a message in more than 64 fragments closes the sender with 1008', async (t
   for (let i = 0; i < 65; i++) client.ws.send('x', { fin: false });
   client.ws.send('x', { fin: true });
   assert.equal((await client.closed).code, CloseCode.POLICY_VIOLATION);
+});
+
+test('a peer that closes and then floods junk is cut as soon as it is over its byte budget, not at the close timeout', async (t) => {
+  // A raw client that keeps its side open after the server's FIN, as an attacker's does.
+  const socket = netConnect({ port: server.port, host: '127.0.0.1', allowHalfOpen: true });
+  t.after(() => socket.destroy());
+  socket.on('error', () => {});
+  let closedAt = 0;
+  socket.once('close', () => (closedAt = Date.now()));
+  let received = '';
+  socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write(upgradeHead(`/ws/desktop/${desktop()}`, { Cookie: `${ACCESS_TOKEN_COOKIE}=${token(user('Clo'))}` }));
+  while (!received.includes('room_joined')) await sleep(10);
+  // A masked close frame (code 1000), then junk as fast as the socket takes it: ws answers the close and reads on, discarding, until its close timeout (10 s).
+  socket.write(Buffer.from([0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2]));
+  const started = Date.now();
+  const junk = Buffer.alloc(64 * 1024, 0x61);
+  const flood = setInterval(() => {
+    if (!socket.destroyed && socket.writableLength < 1 << 20) socket.write(junk);
+  }, 2);
+  t.after(() => clearInterval(flood));
+  while (closedAt === 0 && Date.now() - started < 8000) await sleep(20);
+  clearInterval(flood);
+  assert.ok(closedAt > 0 && closedAt - started < 5000, `cut after ${closedAt ? closedAt - started : 'more than 8000'} ms (ws's close timeout is 10 s)`);
 });

@@ -21,6 +21,12 @@ export interface Identity {
 
 /** Longest accepted identity claim; they are stamped on every relayed event. */
 export const MAX_CLAIM_LENGTH = 256;
+/**
+ * Longest identity claim once JSON-encoded, as it is stamped: a claim of 256
+ * control characters would encode to 1.5 KB, sent with every event its
+ * sessions cause and listed in every room_joined.
+ */
+export const MAX_ENCODED_CLAIM_LENGTH = 384;
 /** Tolerated clock skew for `iat` in the future. */
 export const IAT_SKEW_SECONDS = 60;
 
@@ -31,6 +37,7 @@ function optionalString(claims: Record<string, unknown>, name: string): string {
     throw new AuthError(AuthErrorCode.BAD_CLAIMS, `claim ${name} must be a string of at most ${MAX_CLAIM_LENGTH} characters`);
   }
   wellFormed(value, name);
+  compactWhenEncoded(value, name);
   return value;
 }
 
@@ -41,6 +48,13 @@ function optionalString(claims: Record<string, unknown>, name: string): string {
  */
 function wellFormed(value: string, name: string): void {
   if (!value.isWellFormed()) throw new AuthError(AuthErrorCode.BAD_CLAIMS, `claim ${name} is not well-formed Unicode (lone surrogate)`);
+}
+
+/** A claim must stay small once JSON-encoded (escapes included), as it is stamped on every event. */
+function compactWhenEncoded(value: string, name: string): void {
+  if (JSON.stringify(value).length - 2 > MAX_ENCODED_CLAIM_LENGTH) {
+    throw new AuthError(AuthErrorCode.BAD_CLAIMS, `claim ${name} takes more than ${MAX_ENCODED_CLAIM_LENGTH} characters once JSON-encoded`);
+  }
 }
 
 /**
@@ -96,6 +110,7 @@ export function verifyAccessToken(token: string, secret: string | KeyObject, now
     throw new AuthError(AuthErrorCode.BAD_CLAIMS, 'token has no valid userId claim');
   }
   wellFormed(userId, 'userId');
+  compactWhenEncoded(userId, 'userId');
   const permission = claims.permission;
   return {
     userId,

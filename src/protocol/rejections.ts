@@ -52,6 +52,7 @@ export const Rejections = {
   /** Give the seconds until the shard's restart with the refusal. */
   SHARD_UNAVAILABLE: { status: 503, reason: 'shard_unavailable', retryAfterS: 1 },
   WORKER_FULL: { status: 503, reason: 'worker_full', retryAfterS: 5 },
+  ROOM_FULL: { status: 503, reason: 'room_full', retryAfterS: 5 },
   /** The permission API cannot answer: an outage, so clients retry rather than conclude they lost access. */
   PERMISSION_UNAVAILABLE: { status: 503, reason: 'permission_unavailable', retryAfterS: 2, body: 'permission service unavailable' },
   PERMISSION_BUSY: { status: 503, reason: 'permission_busy', retryAfterS: 1, body: 'permission service busy' },

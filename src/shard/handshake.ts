@@ -41,7 +41,7 @@ export interface HandshakeOptions {
   /** False once the shard drains: new connections get 503. */
   accepting: () => boolean;
   /** Connection limits for an authenticated user: null = admit. */
-  admit: (identity: Identity) => Rejection | null;
+  admit: (identity: Identity, desktopId: string) => Rejection | null;
   /** Per-user connect rate and handshakes in flight (429). */
   users: UserAdmission;
 }
@@ -141,7 +141,7 @@ export class Handshake {
 
   /** Answer 429/503 when `identity` is over a connection limit; true when refused. */
   private refuseOverLimit(socket: Socket, identity: Identity, remote: string, desktopId: string): boolean {
-    const refusal = this.options.admit(identity);
+    const refusal = this.options.admit(identity, desktopId);
     if (refusal === null) return false;
     this.reject(socket, refusal, remote, desktopId);
     return true;

@@ -158,9 +158,12 @@ export class Relay {
    */
   onBytes(session: Session, bytes: number): void {
     this.metrics.values[Metric.INBOUND_BYTES]! += bytes;
-    if (!this.limiter.enabled) return;
-    const now = Date.now();
-    if (!this.limiter.takeBytes(session.rate, bytes, now)) this.pause(session, this.limiter.bytePauseMs(session.rate));
+    if (!this.limiter.enabled || this.limiter.takeBytes(session.rate, bytes, Date.now())) return;
+    // Over the budget. Once the session is closing, `ws` reads on (and
+    // resumes the socket itself after a client's close frame) until the
+    // closing handshake ends: a peer that keeps sending then is cut.
+    if (session.open) this.pause(session, this.limiter.bytePauseMs(session.rate));
+    else session.ws.terminate();
   }
 
   /** A control frame (ping or pong) from `session`: it costs a message token, and is never relayed. */

@@ -118,7 +118,7 @@ export class Shard {
       log,
       metrics,
       accepting: () => !this.draining,
-      admit: (identity) => this.checkLimits(identity.userId, config),
+      admit: (identity, desktopId) => this.checkLimits(identity.userId, desktopId, config),
       users: new UserAdmission({ connectRate: config.connectRate, connectBurst: config.connectBurst, maxInFlight: config.maxHandshakesPerUser }),
     });
   }
@@ -186,9 +186,12 @@ export class Shard {
   }
 
   /** Connection limits at admission: null = admit, else the refusal. */
-  private checkLimits(userId: string, config: ServeConfig): Rejection | null {
+  private checkLimits(userId: string, desktopId: string, config: ServeConfig): Rejection | null {
     if (config.maxConnectionsPerWorker > 0 && this.rooms.sessionCount >= config.maxConnectionsPerWorker) {
       return Rejections.WORKER_FULL;
+    }
+    if (config.maxRoomSize > 0 && (this.rooms.get(desktopId)?.members.length ?? 0) >= config.maxRoomSize) {
+      return Rejections.ROOM_FULL;
     }
     if (config.maxConnectionsPerUser > 0 && this.users.count(userId) >= config.maxConnectionsPerUser) {
       return Rejections.TOO_MANY_CONNECTIONS_FOR_USER;
