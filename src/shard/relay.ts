@@ -59,7 +59,8 @@ export class Relay {
     const existing = this.rooms.get(session.desktopId)?.members ?? [];
     let sessions = '';
     for (let i = 0; i < existing.length; i++) sessions += (i === 0 ? '' : ',') + existing[i]!.infoJson;
-    this.out.write(session.out, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`));
+    // Through the budget like any ordered frame: in a large room it is a large frame.
+    this.backpressure.deliver(session, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`), undefined);
     this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
