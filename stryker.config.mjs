@@ -12,7 +12,7 @@ export const SCOPES = {
   'rate-limiter': { mutate: ['src/shard/rate-limiter.ts'], tests: ['test/rate-limiter.test.ts', 'test/rate-limit.test.ts'] },
   relay: { mutate: ['src/shard/relay.ts'], tests: ['test/protocol.test.ts', 'test/bad-frames.test.ts', 'test/rate-limit.test.ts', 'test/outbound-memory.test.ts'] },
   backpressure: { mutate: ['src/shard/backpressure.ts'], tests: ['test/backpressure.test.ts', 'test/outbound-memory.test.ts'] },
-  token: { mutate: ['src/auth/token.ts', 'src/auth/credentials.ts'], tests: ['test/auth.test.ts'] },
+  token: { mutate: ['src/auth/token.ts', 'src/auth/credentials.ts'], tests: ['test/token.test.ts', 'test/auth.test.ts'] },
   handshake: { mutate: ['src/shard/handshake.ts'], tests: ['test/auth.test.ts', 'test/permission.test.ts', 'test/limits.test.ts', 'test/permission-storm.test.ts'] },
   router: { mutate: ['src/primary/router.ts'], tests: ['test/routing.test.ts', 'test/units.test.ts', 'test/origins.test.ts'] },
   'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.test.ts', 'test/slow-heads.test.ts'] },

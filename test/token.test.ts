@@ -1,0 +1,64 @@
+/**
+ * verifyAccessToken on its own: the exact boundaries of every identity and
+ * time rule, so that a limit off by one, or a check that stopped running,
+ * fails here (test/auth.test.ts checks the same rules through the server).
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { IAT_SKEW_SECONDS, MAX_CLAIM_LENGTH, MAX_ENCODED_CLAIM_LENGTH, verifyAccessToken } from '../src/auth/token.ts';
+import { AuthErrorCode } from '../src/errors.ts';
+import { TEST_SECRET } from './helpers/server.ts';
+import { rawToken } from './helpers/tokens.ts';
+
+const NOW = 1_800_000_000_000;
+const nowS = NOW / 1000;
+const HS256 = { alg: 'HS256', typ: 'JWT' };
+const verify = (payload: Record<string, unknown>) => verifyAccessToken(rawToken(HS256, { exp: nowS + 60, ...payload }), TEST_SECRET, NOW);
+const refused = (payload: Record<string, unknown>, code: string) => assert.throws(() => verify(payload), { code }, JSON.stringify(payload).slice(0, 80));
+
+test('optional claims: absent or null read as empty; anything but a string is refused', () => {
+  assert.deepEqual(verify({ userId: 'u' }), { userId: 'u', firstName: '', email: '', permissionClaim: undefined });
+  assert.deepEqual(verify({ userId: 'u', firstName: null, email: null }), { userId: 'u', firstName: '', email: '', permissionClaim: undefined });
+  refused({ userId: 'u', firstName: 7 }, AuthErrorCode.BAD_CLAIMS);
+  refused({ userId: 'u', email: {} }, AuthErrorCode.BAD_CLAIMS);
+  assert.equal(verify({ userId: 'u', permission: 'viewer' }).permissionClaim, 'viewer');
+  assert.equal(verify({ userId: 'u', permission: 3 }).permissionClaim, undefined);
+});
+
+test('claim lengths: exactly the limit passes, one more is refused, in characters and once encoded', () => {
+  assert.equal(verify({ userId: 'u'.repeat(MAX_CLAIM_LENGTH) }).userId.length, MAX_CLAIM_LENGTH);
+  refused({ userId: 'u'.repeat(MAX_CLAIM_LENGTH + 1) }, AuthErrorCode.BAD_CLAIMS);
+  refused({ userId: '' }, AuthErrorCode.BAD_CLAIMS);
+  assert.equal(verify({ userId: 'u', firstName: 'f'.repeat(MAX_CLAIM_LENGTH) }).firstName.length, MAX_CLAIM_LENGTH);
+  refused({ userId: 'u', firstName: 'f'.repeat(MAX_CLAIM_LENGTH + 1) }, AuthErrorCode.BAD_CLAIMS);
+  // "\n" encodes to 2 characters: 192 of them are exactly the encoded limit, 193 one more.
+  const at = '\n'.repeat(MAX_ENCODED_CLAIM_LENGTH / 2);
+  assert.equal(verify({ userId: 'u', email: at }).email, at);
+  refused({ userId: 'u', email: at + '\n' }, AuthErrorCode.BAD_CLAIMS);
+  refused({ userId: at + '\n' }, AuthErrorCode.BAD_CLAIMS);
+  refused({ userId: 'u\ud800' }, AuthErrorCode.BAD_CLAIMS);
+  refused({ userId: 'u', firstName: '\udc00x' }, AuthErrorCode.BAD_CLAIMS);
+});
+
+test('time claims: iat up to the skew ahead passes, a second more is refused; non-numbers are refused', () => {
+  assert.equal(verify({ userId: 'u', iat: nowS + IAT_SKEW_SECONDS }).userId, 'u');
+  refused({ userId: 'u', iat: nowS + IAT_SKEW_SECONDS + 1 }, AuthErrorCode.INVALID_TOKEN);
+  refused({ userId: 'u', iat: '1' }, AuthErrorCode.BAD_CLAIMS);
+});
+
+test('an expired token is ERR_AUTH_EXPIRED; a bad signature or a payload that is not an object is invalid', () => {
+  assert.throws(() => verifyAccessToken(rawToken(HS256, { userId: 'u', exp: nowS - 1 }), TEST_SECRET, NOW), { code: AuthErrorCode.EXPIRED });
+  assert.throws(() => verifyAccessToken(rawToken(HS256, { userId: 'u', exp: nowS + 60 }, 'another-secret-0123456789-abcdefghijk'), TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN });
+  assert.throws(() => verifyAccessToken(rawToken({ ...HS256, crit: ['exp'] }, { userId: 'u', exp: nowS + 60 }), TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN });
+});
+
+test('credentials: the cookie wins over a Bearer header; a Bearer header alone is used; anything else is no token', async () => {
+  const { extractCredentials } = await import('../src/auth/credentials.ts');
+  assert.deepEqual(extractCredentials({ cookie: 'a=1; moodio_access_token=tok.c; b=2', authorization: 'Bearer tok.b' }), { token: 'tok.c' });
+  assert.deepEqual(extractCredentials({ authorization: 'Bearer tok.b' }), { token: 'tok.b' });
+  assert.deepEqual(extractCredentials({ cookie: 'other=1', authorization: 'bearer tok.b' }), { token: 'tok.b' });
+  assert.deepEqual(extractCredentials({ cookie: 'moodio_access_token=' }), null);
+  assert.deepEqual(extractCredentials({ cookie: 'x=moodio_access_token' }), null);
+  assert.deepEqual(extractCredentials({ authorization: 'Basic abc' }), null);
+  assert.deepEqual(extractCredentials({}), null);
+});
