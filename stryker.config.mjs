@@ -30,7 +30,8 @@ export default {
     testFiles: [...new Set(chosen.flatMap((s) => s.tests))],
     // TAP for the runner to read (Node 26's default reporter is spec, piped or not).
     nodeArgs: ['--import', 'tsx', '--test-reporter=tap', '-r', '{{hookFile}}', '{{testFile}}'],
-    forceBail: true,
+    // Let a failing test file end normally: a hard exit would skip its t.after() and leave its servers running.
+    forceBail: false,
   },
   // No type checking of mutants: TypeScript 7's native compiler has no JavaScript API for Stryker's
   // checker (nor for its tsconfig rewriting, skipped by naming no tsconfig). A mutant that would not
