@@ -44,11 +44,6 @@ export class KeyedBuckets {
     return 0;
   }
 
-  /** Keys tracked. */
-  get size(): number {
-    return this.buckets.size;
-  }
-
   private forget(now: number): void {
     this.forgotAt = now;
     for (const [key, bucket] of this.buckets) if (now - bucket.refilledAt >= this.refillMs) this.buckets.delete(key);

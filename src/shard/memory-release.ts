@@ -37,8 +37,6 @@ export class MemoryRelease {
   private timer: NodeJS.Timeout | null = null;
   private firstAt = 0;
   private lastAt = 0;
-  /** Full GCs run (for tests and logs). */
-  runs = 0;
 
   /** Ask for a full GC once the shard has been free of new requests for {@link SETTLE_MS}. */
   request(now = Date.now()): void {
@@ -62,7 +60,6 @@ export class MemoryRelease {
       this.arm(SETTLE_MS - quietFor);
       return;
     }
-    this.runs++;
     this.gc!();
   };
 
