@@ -211,7 +211,7 @@ if (want('loopback')) {
   results.loopback = JSON.parse(execFileSync(process.execPath, [here('./loopback.ts'), '--json'], { encoding: 'utf8' }));
 }
 
-// Output: JSON for machines, markdown for the README.
+// Output: JSON for machines, markdown for docs/performance.md.
 const md: string[] = [`# moodio-rt benchmarks — ${results.date as string}`, '', `Machine: ${describeMachine()}. Pinned: ${pin ? 'server core 0, generator core 1' : 'no'}.`, `Command: \`${results.command as string}\``, ''];
 if (results.micro) {
   md.push('## Micro (relay only, sockets stubbed)', '', '| benchmark | ns/op | deliveries/op |', '|---|---|---|');

@@ -34,7 +34,7 @@
  * up to `paceIntervalMs` (pace-control.ts); `always`
  * paces at `paceIntervalMs` whatever the load. Measured at the extreme
  * preset: target-room p99 from ~31 ms to ~8 ms, the streaming rooms' p99
- * about the same (~35 ms); see README.
+ * about the same (~35 ms); see docs/performance.md.
  *
  * Bytes still waiting when a session's WebSocket stops being open are
  * dropped: after a close frame nothing may follow, and a closing peer reads
