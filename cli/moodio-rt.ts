@@ -75,10 +75,8 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   // First: the allocator reads its settings at process start, so this may start the process again.
   ensureAllocatorEnv();
   const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
-  const server = await startServer(config);
-  if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
-
   let stopping = false;
+  let exitCode = 0;
   const stop = (signal: string) => {
     if (stopping) {
       server.log.warn('forced_exit', { signal });
@@ -87,13 +85,19 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
     stopping = true;
     server.log.info('signal', { signal });
     server.shutdown().then(
-      () => process.exit(0),
+      () => process.exit(exitCode),
       (err: unknown) => {
         server.log.error('shutdown_failed', { err });
         process.exit(1);
       },
     );
   };
+  const server = await startServer(config, (code) => {
+    // A start-up error found after start (a duplicate node id): stop as a misconfigured start would.
+    exitCode = EXIT_USAGE;
+    stop(code);
+  });
+  if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 });

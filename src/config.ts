@@ -7,7 +7,9 @@
  * Precedence (commander's): default < environment variable < flag.
  */
 import { isIP } from 'node:net';
-import { availableParallelism, tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { availableParallelism, hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
@@ -81,6 +83,19 @@ export interface ServeConfig {
   allowedOrigins: string[];
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** NATS servers for federation; empty = one node, no bus. */
+  natsUrls: string[];
+  /** A NATS credentials file (JWT + nkey seed); read at start. */
+  natsCreds: string;
+  /** This node's id on the bus (unique per process). */
+  nodeId: string;
+  /** A label for logs and metrics. */
+  region: string;
+  federationHeartbeatMs: number;
+  /** Random per process, made at resolve time: tells two processes that claim one node id apart. */
+  processInstance: string;
+  /** When this process started (ms since the epoch). */
+  startedAt: number;
 }
 
 export type OptionSpec = TableSpec<keyof ServeConfig>;
@@ -124,6 +139,31 @@ function originList(raw: string, option: string): string[] {
     return url.origin;
   });
 }
+/** `nats://a:4222,tls://b:4222` → server URLs for the NATS client (nats, tls, ws and wss schemes, or bare host:port). */
+function natsUrlList(raw: string, option: string): string[] {
+  if (raw.trim() === '') return [];
+  return raw.split(',').map((part) => {
+    const value = part.trim();
+    const withScheme = /^[a-z]+:\/\//.test(value) ? value : `nats://${value}`;
+    let url: URL;
+    try {
+      url = new URL(withScheme);
+    } catch {
+      throw new ConfigError(option, `${JSON.stringify(value)} is not a NATS URL such as nats://127.0.0.1:4222`);
+    }
+    if (!['nats:', 'tls:', 'ws:', 'wss:'].includes(url.protocol) || url.hostname === '') {
+      throw new ConfigError(option, `${JSON.stringify(value)} is not a NATS URL such as nats://127.0.0.1:4222`);
+    }
+    return value;
+  });
+}
+
+/** Node ids travel in every bus envelope and log line: printable, no spaces, at most 128 characters. */
+function nodeId(raw: string, option: string): string {
+  if (!/^[\x21-\x7e]{1,128}$/.test(raw)) throw new ConfigError(option, `must be 1 to 128 printable characters without spaces, got ${JSON.stringify(raw)}`);
+  return raw;
+}
+
 const flag = (raw: string): boolean => raw === 'true';
 const LIST = { unset: [] as string[] };
 
@@ -426,6 +466,35 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: originList,
     ...LIST,
   },
+  {
+    key: 'natsUrls',
+    flags: '--nats-url <urls>',
+    env: 'NATS_URL',
+    description: 'NATS server(s), comma-separated, to federate with other nodes (tls:// for TLS; user:pass@ in the URL for a password); unset = one node',
+    parse: natsUrlList,
+    ...LIST,
+  },
+  { key: 'natsCreds', flags: '--nats-creds <file>', env: 'MOODIO_RT_NATS_CREDS', description: 'NATS credentials file (JWT and nkey seed)', parse: text },
+  {
+    key: 'nodeId',
+    flags: '--node-id <id>',
+    env: 'MOODIO_RT_NODE_ID',
+    description: 'this node\'s id on the bus, unique per process (default: hostname-pid-random)',
+    parse: nodeId,
+  },
+  { key: 'region', flags: '--region <label>', env: 'REGION_ID', default: '', description: 'region label for logs and metrics', parse: text },
+  {
+    key: 'federationHeartbeatMs',
+    flags: '--federation-heartbeat <duration>',
+    env: 'MOODIO_RT_FEDERATION_HEARTBEAT',
+    default: '1s',
+    description: 'how often each shard tells other nodes it is alive; a node silent for 3 intervals loses its sessions',
+    parse: (raw, option) => {
+      const ms = parseDuration(raw, option);
+      if (ms < 50 || ms > 60_000) throw new ConfigError(option, `must be from 50ms to 60s, got ${JSON.stringify(raw)}`);
+      return ms;
+    },
+  },
   { key: 'logLevel', flags: '--log-level <level>', env: 'MOODIO_RT_LOG_LEVEL', default: 'info', description: `one of ${LOG_LEVELS.join(', ')}`, parse: oneOf(LOG_LEVELS) },
   { key: 'logFormat', flags: '--log-format <format>', env: 'MOODIO_RT_LOG_FORMAT', default: 'json', description: `one of ${LOG_FORMATS.join(', ')}`, parse: oneOf(LOG_FORMATS) },
 ];
@@ -439,6 +508,16 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
  */
 export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string | boolean | number>>): ServeConfig {
   const config = resolveTable(SERVE_OPTIONS, raw) as unknown as ServeConfig;
+  if (config.nodeId === '') config.nodeId = `${hostname()}-${process.pid}-${randomBytes(3).toString('hex')}`;
+  config.processInstance = randomBytes(8).toString('hex');
+  config.startedAt = Date.now();
+  if (config.natsCreds !== '') {
+    try {
+      readFileSync(config.natsCreds);
+    } catch (err) {
+      throw new ConfigError('--nats-creds', `cannot read ${JSON.stringify(config.natsCreds)}: ${(err as Error).message}`);
+    }
+  }
   if (config.maxSessionBacklogBytes < config.maxBufferedBytes) {
     throw new ConfigError('--max-session-backlog', `must be at least --max-buffered-bytes (${config.maxBufferedBytes})`);
   }

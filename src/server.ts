@@ -16,11 +16,17 @@ export interface RunningServer {
 
 const SHARD_WORKER_URL = new URL('./shard/worker.ts', import.meta.url);
 
-/** Start the primary and its shards from a finished configuration ({@link resolveServeConfig}); resolves once listening. */
-export async function startServer(config: ServeConfig): Promise<RunningServer> {
+/**
+ * Start the primary and its shards from a finished configuration
+ * ({@link resolveServeConfig}); resolves once listening. `onFatal` hears
+ * when the server cannot go on as configured (its federation node id is
+ * taken by an older process): the caller should shut it down and exit.
+ */
+export async function startServer(config: ServeConfig, onFatal?: (code: string, message: string) => void): Promise<RunningServer> {
   const log = createLogger({ level: config.logLevel, format: config.logFormat, worker: 'primary' });
   for (const { event, fields } of configWarnings(config)) log.warn(event, fields);
-  const primary = new Primary({ config, shardWorkerUrl: SHARD_WORKER_URL, log });
+  if (config.natsUrls.length > 0) log.info('federation', { nodeId: config.nodeId, region: config.region, nats: config.natsUrls.length });
+  const primary = new Primary({ config, shardWorkerUrl: SHARD_WORKER_URL, log, onFatal });
   const address = await primary.start();
   return { address, config, log, shutdown: () => primary.shutdown() };
 }

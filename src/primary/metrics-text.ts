@@ -3,6 +3,7 @@
  * text exposition format. Counters are summed over shards and the primary;
  * gauges are given per thread (`shard="0"…`, `shard="primary"`).
  */
+import { DROP_REASONS } from '../protocol/bus.ts';
 import { Metric, PERMISSION_BUCKETS, SLOT_SIZE } from '../protocol/metrics.ts';
 
 function label(slot: number, shards: number): string {
@@ -92,6 +93,23 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{limit="in_flight"}', Metric.REFUSED_HANDSHAKES_IN_FLIGHT],
     ['{limit="address_rate"}', Metric.REFUSED_ADDRESS_RATE],
   ]);
+  perShard('moodio_rt_federation_connected', Metric.FEDERATION_CONNECTED, 'Whether the shard\'s NATS connection is up (1) or not (0; also 0 without --nats-url), per shard.');
+  counter('moodio_rt_federation_messages_total', 'Room messages on the bus, by direction (published, received, unpublished: not sent while the bus was down).', [
+    ['{direction="published"}', Metric.BUS_PUBLISHED],
+    ['{direction="received"}', Metric.BUS_RECEIVED],
+    ['{direction="unpublished"}', Metric.BUS_UNPUBLISHED],
+  ]);
+  counter('moodio_rt_federation_bytes_total', 'Bytes of room messages on the bus, by direction.', [
+    ['{direction="published"}', Metric.BUS_BYTES_OUT],
+    ['{direction="received"}', Metric.BUS_BYTES_IN],
+  ]);
+  counter(
+    'moodio_rt_federation_dropped_total',
+    'Bus messages dropped as untrusted input, by reason.',
+    DROP_REASONS.map((reason, i) => [`{reason="${reason}"}`, Metric.BUS_DROPPED_0 + i]),
+  );
+  perShard('moodio_rt_federation_remote_sessions', Metric.REMOTE_SESSIONS, 'Sessions of other nodes in this shard\'s rooms, per shard.');
+  perShard('moodio_rt_federation_peer_nodes', Metric.PEER_NODES, 'Other moodio-rt nodes heard from and not expired, as seen by each shard.');
   counter('moodio_rt_shard_restarts_total', 'Shard workers restarted after dying.', [['', Metric.SHARD_RESTARTS]]);
   counter('moodio_rt_permission_errors_total', 'Permission API answers that did not admit, by kind.', [
     ['{kind="unavailable"}', Metric.PERMISSION_ERRORS_UNAVAILABLE],

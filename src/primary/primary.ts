@@ -18,13 +18,15 @@ import { demoResponse } from './demo.ts';
 import { renderMetrics } from './metrics-text.ts';
 import { PendingTable } from './pending-table.ts';
 import { route } from './router.ts';
-import { ShardPool } from './shard-pool.ts';
+import { ShardPool, type ShardStats } from './shard-pool.ts';
 
 export interface PrimaryOptions {
   config: ServeConfig;
   /** Entry module of the shard worker threads. */
   shardWorkerUrl: URL;
   log: Logger;
+  /** A shard reported that the process cannot go on as configured. */
+  onFatal?: (code: string, message: string) => void;
 }
 
 function swallow(): void {}
@@ -85,7 +87,7 @@ export class Primary {
   constructor(options: PrimaryOptions) {
     this.config = options.config;
     this.log = options.log;
-    this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log });
+    this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log, onFatal: options.onFatal });
     this.handshakes = new KeyedBuckets(this.config.handshakeRatePerAddress, this.config.handshakeRatePerAddress * HANDSHAKE_BURST_SECONDS);
     reportLingeringTo(this.pool.primaryMetrics);
     // pauseOnConnect: libuv must never read these sockets, or they could not
@@ -296,6 +298,7 @@ export class Primary {
       shards,
       topRooms,
       memory: process.memoryUsage(),
+      federation: federationSummary(this.config, shards),
     };
     endWithResponse(socket, httpResponse(200, JSON.stringify(body, null, 2) + '\n', {}, 'application/json'));
   }
@@ -312,4 +315,28 @@ export class Primary {
     this.logRejection('info', { status, reason, ...(details.detail ? { detail: details.detail } : {}), remote: socket.remoteAddress });
     endWithResponse(socket, rejectionResponse(rejection, details));
   }
+}
+
+/**
+ * /stats' federation block: this node, and every peer node any shard hears,
+ * with the freshest heartbeat over shards (null without --nats-url).
+ */
+function federationSummary(config: ServeConfig, shards: ShardStats[]): object | null {
+  if (config.natsUrls.length === 0) return null;
+  const peers = new Map<string, { nodeId: string; region: string; lastHeartbeatMsAgo: number }>();
+  let connectedShards = 0;
+  let remoteSessions = 0;
+  for (const shard of shards) {
+    const fed = shard.federation;
+    if (fed === null) continue;
+    if (fed.connected) connectedShards++;
+    remoteSessions += fed.remoteSessions;
+    for (const peer of fed.peers) {
+      const known = peers.get(peer.nodeId);
+      if (known === undefined || peer.lastHeartbeatMsAgo < known.lastHeartbeatMsAgo) {
+        peers.set(peer.nodeId, { nodeId: peer.nodeId, region: peer.region, lastHeartbeatMsAgo: peer.lastHeartbeatMsAgo });
+      }
+    }
+  }
+  return { nodeId: config.nodeId, region: config.region, connectedShards, remoteSessions, peers: [...peers.values()] };
 }

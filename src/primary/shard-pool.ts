@@ -63,6 +63,8 @@ export interface ShardPoolOptions {
   /** The shard worker entry module. */
   workerUrl: URL;
   log: Logger;
+  /** A shard reported that the process cannot go on (FatalMessage). */
+  onFatal?: (code: string, message: string) => void;
 }
 
 export type DispatchResult = 'sent' | 'unavailable';
@@ -76,6 +78,7 @@ export interface ShardStats {
   topRooms: RoomSize[];
   /** The shard isolate's memory (heap in use, external, array buffers), null when it did not answer. */
   memory: StatsReply['memory'] | null;
+  federation: StatsReply['federation'];
 }
 
 export class ShardPool {
@@ -154,6 +157,9 @@ export class ShardPool {
         const waiter = shard.statsWaiters.get(msg.id);
         shard.statsWaiters.delete(msg.id);
         waiter?.(msg);
+      } else if (msg.type === 'fatal') {
+        log.error('fatal', { shard: shard.id, code: msg.code, message: msg.message });
+        this.options.onFatal?.(msg.code, msg.message);
       } else if (msg.type === 'drained') {
         log.info('shard_drained', { shard: shard.id, closed: msg.closed });
         const cb = shard.onDrained;
@@ -241,7 +247,7 @@ export class ShardPool {
   async stats(timeoutMs = 1000): Promise<ShardStats[]> {
     return Promise.all(
       this.shards.map(async (shard) => {
-        const base: ShardStats = { shard: shard.id, state: shard.state, restarts: shard.restarts, connections: null, rooms: null, topRooms: [], memory: null };
+        const base: ShardStats = { shard: shard.id, state: shard.state, restarts: shard.restarts, connections: null, rooms: null, topRooms: [], memory: null, federation: null };
         const worker = shard.worker;
         if (shard.state !== 'ready' || worker === null) return base;
         const id = this.nextStatsId++;
@@ -256,7 +262,7 @@ export class ShardPool {
           });
           worker.postMessage({ type: 'stats', id });
         });
-        return reply === null ? base : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms, memory: reply.memory };
+        return reply === null ? base : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms, memory: reply.memory, federation: reply.federation };
       }),
     );
   }

@@ -37,8 +37,15 @@ export const LOGGED_TYPES: ReadonlySet<string> = new Set([
   ClientEvent.ASSET_REMOVED,
 ]);
 
+/**
+ * Node → node on the federation bus (protocol/bus.ts): "who is in this
+ * room?". A client may not send it: relayed to other nodes, it would make
+ * each of them publish its whole room.
+ */
+export const PRESENCE_SYNC_REQUEST = 'presence_sync_request';
+
 /** Types reserved for the server; a client frame carrying one is answered with an error. */
-export const RESERVED_TYPES: ReadonlySet<string> = new Set(Object.values(ServerEvent));
+export const RESERVED_TYPES: ReadonlySet<string> = new Set([...Object.values(ServerEvent), PRESENCE_SYNC_REQUEST]);
 
 /** Longest accepted `type` string, in UTF-16 code units. */
 export const MAX_TYPE_LENGTH = 64;

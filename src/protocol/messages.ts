@@ -59,6 +59,16 @@ export interface RoomSize {
   sessions: number;
 }
 
+/** One shard's view of the federation (shard/federation.ts), for /stats. */
+export interface FederationStats {
+  nodeId: string;
+  region: string;
+  connected: boolean;
+  server: string | null;
+  remoteSessions: number;
+  peers: { nodeId: string; region: string; shards: number; lastHeartbeatMsAgo: number }[];
+}
+
 /** Shard → primary: answer to a {@link StatsRequest}. */
 export interface StatsReply {
   type: 'stats';
@@ -69,9 +79,18 @@ export interface StatsReply {
   topRooms: RoomSize[];
   /** This shard's isolate: V8 heap in use, and memory outside it (Buffers' backing stores). */
   memory: { heapUsed: number; external: number; arrayBuffers: number };
+  /** The shard's link to other nodes (null without federation). */
+  federation: FederationStats | null;
 }
 
-export type ShardToPrimary = ReadyMessage | DrainedMessage | StatsReply;
+/** Shard → primary: the process cannot go on as configured (e.g. its federation node id is taken); it should stop. */
+export interface FatalMessage {
+  type: 'fatal';
+  code: string;
+  message: string;
+}
+
+export type ShardToPrimary = ReadyMessage | DrainedMessage | StatsReply | FatalMessage;
 
 /** `workerData` given to each shard worker. */
 export interface ShardWorkerData {

@@ -10,6 +10,8 @@
  * counters (they stay monotonic); the primary zeroes its gauges on exit.
  */
 
+import { DROP_REASONS } from './bus.ts';
+
 /** Upper bounds (seconds) of the permission-API latency histogram buckets. */
 export const PERMISSION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const;
 
@@ -90,8 +92,25 @@ export const Metric = {
   INBOUND_BYTES: 44,
   /** Handshakes refused by --handshake-rate-per-address (primary). */
   REFUSED_ADDRESS_RATE: 45,
+  // federation (shard/federation.ts)
+  /** Gauge: 1 while this shard's NATS connection is up. */
+  FEDERATION_CONNECTED: 46,
+  /** Messages published on the bus (events, presence, sync answers; not heartbeats). */
+  BUS_PUBLISHED: 47,
+  /** Room messages received from the bus. */
+  BUS_RECEIVED: 48,
+  /** Events not published because the bus was down (local members still got them). */
+  BUS_UNPUBLISHED: 49,
+  BUS_BYTES_OUT: 50,
+  BUS_BYTES_IN: 51,
+  /** Gauge: sessions of other nodes in this shard's rooms. */
+  REMOTE_SESSIONS: 52,
+  /** Gauge: other nodes heard from (heartbeats) and not expired. */
+  PEER_NODES: 53,
+  /** BUS_DROP_REASONS.length counters: bus messages dropped, by reason (protocol/bus.ts DropReason). */
+  BUS_DROPPED_0: 54,
   /** PERMISSION_BUCKETS.length + 1 (the +Inf bucket) non-cumulative counts. */
-  PERMISSION_BUCKET_0: 46,
+  PERMISSION_BUCKET_0: 54 + DROP_REASONS.length,
 } as const;
 
 export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;
@@ -107,6 +126,9 @@ export const GAUGES: readonly number[] = [
   Metric.OUTBOUND_BUFFERED,
   Metric.PENDING_HANDSHAKES,
   Metric.LINGERING,
+  Metric.FEDERATION_CONNECTED,
+  Metric.REMOTE_SESSIONS,
+  Metric.PEER_NODES,
 ];
 
 /** The buffer for `shards` shard slots plus the primary's (the last slot). */

@@ -33,6 +33,18 @@ export interface RelayOptions {
   backpressure: Backpressure;
   /** Types a recipient over its budget only needs the newest of (asset_dragging, --coalesce-types). */
   transientTypes: ReadonlySet<string>;
+  /** Other nodes (shard/federation.ts), when federation is on. */
+  bus?: RelayBus;
+}
+
+/** What the relay needs of the federation link: its sessions in room_joined, and every event it delivers published. */
+export interface RelayBus {
+  /** Comma-separated SessionInfo JSON of the room's sessions on other nodes, or ''. */
+  remoteSessionsJson(desktopId: string): string;
+  /** Publish an event's exact frame text to the other nodes. */
+  publish(desktopId: string, eventJson: string): void;
+  /** The room's last local session left. */
+  roomEmptied(desktopId: string): void;
 }
 
 export class Relay {
@@ -43,6 +55,7 @@ export class Relay {
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
   private readonly transientTypes: ReadonlySet<string>;
+  private readonly bus: RelayBus | undefined;
 
   constructor(options: RelayOptions) {
     this.rooms = options.rooms;
@@ -52,6 +65,7 @@ export class Relay {
     this.metrics = options.metrics;
     this.backpressure = options.backpressure;
     this.transientTypes = options.transientTypes;
+    this.bus = options.bus;
   }
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
@@ -59,6 +73,10 @@ export class Relay {
     const existing = this.rooms.get(session.desktopId)?.members ?? [];
     let sessions = '';
     for (let i = 0; i < existing.length; i++) sessions += (i === 0 ? '' : ',') + existing[i]!.infoJson;
+    if (this.bus !== undefined) {
+      const remote = this.bus.remoteSessionsJson(session.desktopId);
+      if (remote !== '') sessions += (sessions === '' ? '' : ',') + remote;
+    }
     // Through the budget like any ordered frame: in a large room it is a large frame.
     this.backpressure.deliver(session, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`), undefined);
     this.presence(this.rooms.join(session), session, 'session_joined');
@@ -67,13 +85,26 @@ export class Relay {
   /** Remove `session` and tell the rest of its room with `session_left`. */
   leave(session: Session): void {
     const room = this.rooms.leave(session);
-    if (room !== null) this.presence(room, session, 'session_left');
+    if (room === null) return;
+    this.presence(room, session, 'session_left');
+    if (room.members.length === 0) this.bus?.roomEmptied(room.id);
   }
 
   private presence(room: Room, session: Session, type: 'session_joined' | 'session_left'): void {
-    if (room.members.length === 0 || (room.members.length === 1 && room.members[0] === session)) return;
-    const frame = encodeTextFrame(`{"type":"${type}"${session.stamp},"timestamp":${Date.now()},"payload":${session.infoJson}}`);
-    this.broadcast(room, session, frame);
+    const alone = room.members.length === 0 || (room.members.length === 1 && room.members[0] === session);
+    if (alone && this.bus === undefined) return;
+    const text = `{"type":"${type}"${session.stamp},"timestamp":${Date.now()},"payload":${session.infoJson}}`;
+    if (!alone) this.broadcast(room, session, encodeTextFrame(text));
+    this.bus?.publish(room.id, text);
+  }
+
+  /** An event from another node: to every local member of `room` (the sender is elsewhere). */
+  deliverRemote(room: Room, frame: Buffer, transientKey?: string): void {
+    const members = room.members;
+    for (let i = 0; i < members.length; i++) {
+      const member = members[i]!;
+      if (member.open) this.backpressure.deliver(member, frame, transientKey);
+    }
   }
 
   /**
@@ -206,7 +237,8 @@ export class Relay {
       return;
     }
     const room = this.rooms.get(session.desktopId);
-    if (room === undefined || room.members.length < 2) return;
+    // Alone on this node, an event still goes to the other nodes.
+    if (room === undefined || (room.members.length < 2 && this.bus === undefined)) return;
 
     // Identity fields a client may have put in the frame are ignored: only
     // `type` and `payload` are read, the rest comes from the session. The
@@ -215,8 +247,11 @@ export class Relay {
     let text = `{"type":${JSON.stringify(type)}${session.stamp},"timestamp":${Date.now()}`;
     if (Object.hasOwn(frame, 'payload')) text += `,"payload":${memberText(json, 'payload')}`;
     text += '}';
-    const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
-    this.broadcast(room, session, encodeTextFrame(text), transientKey);
+    if (room.members.length > 1) {
+      const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
+      this.broadcast(room, session, encodeTextFrame(text), transientKey);
+    }
+    this.bus?.publish(session.desktopId, text);
     this.metrics.add(Metric.MESSAGES_RELAYED);
 
     if (LOGGED_TYPES.has(type) && this.log.enabled('debug')) {

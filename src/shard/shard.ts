@@ -9,7 +9,7 @@ import { CachingPermissionSource } from '../auth/permission-cache.ts';
 import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } from '../auth/permission-client.ts';
 import type { Logger } from '../log.ts';
 import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
-import type { ConnectionMessage } from '../protocol/messages.ts';
+import type { ConnectionMessage, FederationStats } from '../protocol/messages.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
 import { Metric, sumOverShards, type MetricsSlot } from '../protocol/metrics.ts';
 import type { UserConnections } from '../protocol/user-connections.ts';
@@ -23,9 +23,24 @@ import { withDeadline } from '../deadline.ts';
 import { MemoryRelease } from './memory-release.ts';
 import { UserAdmission } from './user-admission.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
+import { Federation } from './federation.ts';
 
 /** Fragments one message may come in (ws's default is 16,384). */
 export const MAX_FRAGMENTS = 64;
+
+export interface ShardOptions {
+  id: number;
+  config: ServeConfig;
+  log: Logger;
+  /** This shard's slot of the shared metrics. */
+  metrics: MetricsSlot;
+  /** Sessions per user across shards. */
+  users: UserConnections;
+  /** Every thread's metrics (the process-wide outbound cap reads them). */
+  allMetrics: SharedArrayBuffer;
+  /** The process must stop: it cannot run as configured (e.g. its node id is taken). */
+  onFatal: (code: string, message: string) => void;
+}
 
 export class Shard {
   readonly id: number;
@@ -44,8 +59,9 @@ export class Shard {
   private readonly backpressure: Backpressure;
   private readonly users: UserConnections;
   private readonly memory = new MemoryRelease();
+  private readonly federation: Federation | null;
 
-  constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot, users: UserConnections, allMetrics: SharedArrayBuffer) {
+  constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
     this.users = users;
     this.log = log;
@@ -107,7 +123,29 @@ export class Shard {
     );
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     this.limiter = new RateLimiter(this.rateLimit);
-    this.relay = new Relay({ rooms: this.rooms, out, log, limiter: this.limiter, metrics, backpressure: this.backpressure, transientTypes: transient });
+    this.federation =
+      config.natsUrls.length === 0
+        ? null
+        : new Federation({
+            config,
+            shardId: id,
+            log,
+            metrics,
+            rooms: this.rooms,
+            deliver: (room, frame, transientKey) => this.relay.deliverRemote(room, frame, transientKey),
+            transientTypes: transient,
+            onFatal,
+          });
+    this.relay = new Relay({
+      rooms: this.rooms,
+      out,
+      log,
+      limiter: this.limiter,
+      metrics,
+      backpressure: this.backpressure,
+      transientTypes: transient,
+      bus: this.federation ?? undefined,
+    });
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -143,17 +181,28 @@ export class Shard {
       budget: this.backpressure.newBudget(),
     });
     this.users.add(session.userId, 1);
-    this.relay.join(session);
     this.metrics.handshake(101);
-    this.updateGauges();
-    this.log.info('session_open', {
-      sessionId: session.id,
-      desktopId,
-      userId: session.userId,
-      permission,
-      remote: remoteAddress,
-      roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
-    });
+    const join = () => {
+      // It may have gone while its room asked the other nodes who is there.
+      if (!session.open) return;
+      if (ws.isPaused) ws.resume();
+      this.relay.join(session);
+      this.updateGauges();
+      this.log.info('session_open', {
+        sessionId: session.id,
+        desktopId,
+        userId: session.userId,
+        permission,
+        remote: remoteAddress,
+        roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
+      });
+    };
+    if (this.federation === null) join();
+    else {
+      // Nothing it sends is read before it is in its room.
+      ws.pause();
+      this.federation.admit(desktopId, join);
+    }
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       session.alive = true;
       this.relay.onMessage(session, data, isBinary);
@@ -232,6 +281,8 @@ export class Shard {
    */
   async drain(timeoutMs: number, code: number = CloseCode.GOING_AWAY, reason = 'server shutting down'): Promise<number> {
     this.draining = true;
+    // Other nodes hear that every session here left before the sessions are even closed.
+    const bus = this.federation?.close(Math.min(timeoutMs, 2000));
     clearInterval(this.pinger);
     this.backpressure.stop();
     this.memory.stop();
@@ -247,7 +298,13 @@ export class Shard {
       await withDeadline(empty, timeoutMs);
       for (const session of [...this.rooms.allSessions()]) session.ws.terminate();
     }
+    await bus;
     await this.permissions.close();
     return open;
+  }
+
+  /** Peer nodes and the bus connection, for /stats (null without federation). */
+  federationStats(): FederationStats | null {
+    return this.federation?.stats() ?? null;
   }
 }

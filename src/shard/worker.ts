@@ -21,7 +21,15 @@ const metrics = new MetricsSlot(data.metrics, data.shardId);
 sampleThreadStats(metrics);
 reportLingeringTo(metrics);
 const users = new UserConnections(data.userConnections, config.workers, data.shardId);
-const shard = new Shard(data.shardId, config, log, metrics, users, data.metrics);
+const shard = new Shard({
+  id: data.shardId,
+  config,
+  log,
+  metrics,
+  users,
+  allMetrics: data.metrics,
+  onFatal: (code, message) => send({ type: 'fatal', code, message }),
+});
 
 function isolateMemory(): { heapUsed: number; external: number; arrayBuffers: number } {
   const { heapUsed, external, arrayBuffers } = process.memoryUsage();
@@ -45,6 +53,7 @@ port.on('message', (message: PrimaryToShard) => {
         rooms: shard.rooms.roomCount,
         topRooms: shard.rooms.topRooms(10),
         memory: isolateMemory(),
+        federation: shard.federationStats(),
       });
       break;
     case 'drain':

@@ -1,0 +1,200 @@
+/**
+ * The federation wire format on NATS, shared with the Go relay
+ * `moodio-realtime` so that a fleet can mix both:
+ *
+ *   subject  room.{desktopId}
+ *   payload  {"r": <origin node id>, "p": <event>}
+ *
+ * `<event>` is the event exactly as delivered to local clients
+ * (`session_joined`, `session_left`, stamped relayed events), or
+ * `{"type":"presence_sync_request"}`, which every other node answers with a
+ * `session_joined` per local session of the room.
+ *
+ * Heartbeats (ours only; the Go relay never subscribes to them) go on
+ * {@link HEARTBEAT_SUBJECT}, outside `room.*`.
+ *
+ * Everything parsed here comes from the bus and is untrusted: the parser
+ * checks size before it parses, and shape after, and answers a reason code
+ * for each refusal (counted as `moodio_rt_federation_dropped_total{reason}`).
+ */
+import { PRESENCE_SYNC_REQUEST, ServerEvent } from './events.ts';
+import { memberText } from './json-member.ts';
+
+export const ROOM_SUBJECT_PREFIX = 'room.';
+/** Per-shard liveness beacons of moodio-rt nodes. */
+export const HEARTBEAT_SUBJECT = 'moodio-rt.heartbeat';
+export { PRESENCE_SYNC_REQUEST };
+
+/** Bytes a bus message may have beyond --max-message-size: the stamp and the envelope. */
+export const BUS_OVERHEAD_BYTES = 2048;
+
+export function roomSubject(desktopId: string): string {
+  return ROOM_SUBJECT_PREFIX + desktopId;
+}
+
+/** `{"r":…,"p":<eventJson>}`: `eventJson` is spliced in as is (it is already the frame's text). */
+export function envelope(nodeJson: string, eventJson: string): string {
+  return `{"r":${nodeJson},"p":${eventJson}}`;
+}
+
+/** Why a bus message was dropped (the `reason` label). */
+export const DropReason = {
+  TOO_LARGE: 'too_large',
+  MALFORMED: 'malformed',
+  INVALID_EVENT: 'invalid_event',
+  RESERVED_TYPE: 'reserved_type',
+  ROOM_MISMATCH: 'room_mismatch',
+  FORGED: 'forged',
+  VIEWER: 'viewer',
+  ROOM_FULL: 'room_full',
+} as const;
+export type DropReasonValue = (typeof DropReason)[keyof typeof DropReason];
+export const DROP_REASONS: readonly DropReasonValue[] = Object.values(DropReason);
+
+/** A session as presence events describe it (protocol/events.ts SessionInfo). */
+export interface BusSessionInfo {
+  sessionId: string;
+  userId: string;
+  firstName: string;
+  email: string;
+  permission: 'editor' | 'viewer';
+}
+
+export type BusEvent =
+  | { kind: 'sync_request' }
+  | { kind: 'joined' | 'left'; info: BusSessionInfo; text: string }
+  | { kind: 'relayed'; type: string; sessionId: string; text: string };
+
+export type Parsed<T> = { ok: true; node: string; value: T } | { ok: false; reason: DropReasonValue };
+
+/** Types a remote node may not relay as a client event (the server's own). */
+const NOT_RELAYABLE: ReadonlySet<string> = new Set<string>([ServerEvent.ROOM_JOINED, ServerEvent.ERROR, 'permission_changed', 'session_updated']);
+
+const MAX_ID = 256;
+const MAX_NAME = 1024;
+
+function isShortString(value: unknown, max: number): value is string {
+  return typeof value === 'string' && value.length <= max;
+}
+
+function sessionInfo(value: unknown): BusSessionInfo | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
+  const v = value as Record<string, unknown>;
+  if (!isShortString(v.sessionId, MAX_ID) || v.sessionId.length === 0) return null;
+  if (!isShortString(v.userId, MAX_ID) || v.userId.length === 0) return null;
+  if (!isShortString(v.firstName, MAX_NAME) || !isShortString(v.email, MAX_NAME)) return null;
+  if (v.permission !== 'editor' && v.permission !== 'viewer') return null;
+  return { sessionId: v.sessionId, userId: v.userId, firstName: v.firstName, email: v.email, permission: v.permission };
+}
+
+/** The JSON a presence list carries for `info`, in the server's own member order. */
+export function sessionInfoJson(info: BusSessionInfo): string {
+  return `{"sessionId":${JSON.stringify(info.sessionId)},"userId":${JSON.stringify(info.userId)},"firstName":${JSON.stringify(info.firstName)},"email":${JSON.stringify(info.email)},"permission":"${info.permission}"}`;
+}
+
+/** `session_left` for a remote session the server removes itself (its node went silent, or a resync did not confirm it). */
+export function sessionLeftJson(info: BusSessionInfo, now: number): string {
+  return (
+    `{"type":"session_left","sessionId":${JSON.stringify(info.sessionId)},"userId":${JSON.stringify(info.userId)}` +
+    `,"firstName":${JSON.stringify(info.firstName)},"email":${JSON.stringify(info.email)},"timestamp":${now},"payload":${sessionInfoJson(info)}}`
+  );
+}
+
+function decode(data: Uint8Array): string {
+  return Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString('utf8');
+}
+
+/**
+ * Parse a message from `room.{desktopId}`. `maxBytes` is checked before any
+ * parsing. Presence events must carry a whole session description whose id
+ * matches the stamp; relayed events a string `type` and `sessionId`, and no
+ * type of the server's own. An event naming a `desktopId` other than the
+ * subject's is refused.
+ */
+export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: number): Parsed<BusEvent> {
+  if (data.byteLength > maxBytes) return { ok: false, reason: DropReason.TOO_LARGE };
+  const text = decode(data);
+  let message: unknown;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    return { ok: false, reason: DropReason.MALFORMED };
+  }
+  if (typeof message !== 'object' || message === null || Array.isArray(message)) return { ok: false, reason: DropReason.MALFORMED };
+  const { r, p } = message as Record<string, unknown>;
+  if (!isShortString(r, MAX_ID) || r.length === 0) return { ok: false, reason: DropReason.MALFORMED };
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) return { ok: false, reason: DropReason.INVALID_EVENT };
+  const event = p as Record<string, unknown>;
+  const type = event.type;
+  if (typeof type !== 'string' || type.length === 0 || type.length > 64) return { ok: false, reason: DropReason.INVALID_EVENT };
+  if (Object.hasOwn(event, 'desktopId') && event.desktopId !== desktopId) return { ok: false, reason: DropReason.ROOM_MISMATCH };
+  if (type === PRESENCE_SYNC_REQUEST) return { ok: true, node: r, value: { kind: 'sync_request' } };
+  if (type === ServerEvent.SESSION_JOINED || type === ServerEvent.SESSION_LEFT) {
+    const info = sessionInfo(event.payload);
+    if (info === null || event.sessionId !== info.sessionId || event.userId !== info.userId) return { ok: false, reason: DropReason.INVALID_EVENT };
+    // The frame local members get is rebuilt from the checked fields: nothing else a peer put in it reaches them.
+    const now = typeof event.timestamp === 'number' && Number.isFinite(event.timestamp) ? event.timestamp : Date.now();
+    const text =
+      type === ServerEvent.SESSION_LEFT
+        ? sessionLeftJson(info, now)
+        : `{"type":"session_joined"${stampOf(info)},"timestamp":${now},"payload":${sessionInfoJson(info)}}`;
+    return { ok: true, node: r, value: { kind: type === ServerEvent.SESSION_LEFT ? 'left' : 'joined', info, text } };
+  }
+  if (NOT_RELAYABLE.has(type)) return { ok: false, reason: DropReason.RESERVED_TYPE };
+  if (!isShortString(event.sessionId, MAX_ID) || !isShortString(event.userId, MAX_ID)) return { ok: false, reason: DropReason.INVALID_EVENT };
+  if (typeof event.timestamp !== 'number') return { ok: false, reason: DropReason.INVALID_EVENT };
+  if (Object.hasOwn(event, 'firstName') && !isShortString(event.firstName, MAX_NAME)) return { ok: false, reason: DropReason.INVALID_EVENT };
+  if (Object.hasOwn(event, 'email') && !isShortString(event.email, MAX_NAME)) return { ok: false, reason: DropReason.INVALID_EVENT };
+  // Delivered as the text the origin built, which JSON.parse just accepted and the size check bounds.
+  const eventText = memberText(text, 'p');
+  if (eventText === undefined) return { ok: false, reason: DropReason.MALFORMED };
+  return { ok: true, node: r, value: { kind: 'relayed', type, sessionId: event.sessionId, text: eventText } };
+}
+
+function stampOf(info: BusSessionInfo): string {
+  return `,"sessionId":${JSON.stringify(info.sessionId)},"userId":${JSON.stringify(info.userId)},"firstName":${JSON.stringify(info.firstName)},"email":${JSON.stringify(info.email)}`;
+}
+
+/** A heartbeat: one per shard of a moodio-rt node, every --federation-heartbeat. */
+export interface Heartbeat {
+  /** Node id. */
+  r: string;
+  /** Process instance: random per process; two processes claiming one node id differ here. */
+  i: string;
+  /** The process's start time (ms since the epoch): of two duplicates, the later one stops. */
+  t: number;
+  /** Shard index and worker count: a peer maps a room to the shard that owns it (fnv1a32 mod w). */
+  s: number;
+  w: number;
+  /** Shard incarnation: random per worker start; a new one means the shard restarted and forgot its sessions. */
+  k: string;
+  /** Heartbeat interval in ms. */
+  h: number;
+  /** Region label. */
+  g: string;
+}
+
+export function encodeHeartbeat(beat: Heartbeat): string {
+  return JSON.stringify(beat);
+}
+
+export function parseHeartbeat(data: Uint8Array): Parsed<Heartbeat> {
+  if (data.byteLength > 1024) return { ok: false, reason: DropReason.TOO_LARGE };
+  let v: unknown;
+  try {
+    v = JSON.parse(decode(data));
+  } catch {
+    return { ok: false, reason: DropReason.MALFORMED };
+  }
+  if (typeof v !== 'object' || v === null) return { ok: false, reason: DropReason.MALFORMED };
+  const b = v as Record<string, unknown>;
+  if (!isShortString(b.r, MAX_ID) || b.r.length === 0 || !isShortString(b.i, MAX_ID) || !isShortString(b.k, MAX_ID) || !isShortString(b.g, MAX_ID)) {
+    return { ok: false, reason: DropReason.MALFORMED };
+  }
+  const ints = [b.t, b.s, b.w, b.h];
+  if (!ints.every((n) => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) return { ok: false, reason: DropReason.MALFORMED };
+  if ((b.w as number) < 1 || (b.w as number) > 1024 || (b.s as number) >= (b.w as number) || (b.h as number) < 10 || (b.h as number) > 600_000) {
+    return { ok: false, reason: DropReason.MALFORMED };
+  }
+  return { ok: true, node: b.r, value: b as unknown as Heartbeat };
+}

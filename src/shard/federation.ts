@@ -1,0 +1,663 @@
+/**
+ * One shard's link to the other nodes of a fleet, over NATS. Each shard
+ * worker holds its own connection and subscribes to `room.{desktopId}` for
+ * the rooms it owns while they have a local session, so rooms never cross
+ * threads and the primary stays off the message path. The wire format is
+ * the Go relay's (protocol/bus.ts).
+ *
+ * What it keeps, per room: the sessions of other nodes, learnt from their
+ * `session_joined` / `session_left` (and from the answers to a
+ * `presence_sync_request`); the table dies with the room. Per peer node and
+ * shard: the last heartbeat. A peer shard silent for 3 intervals (or back
+ * under a new incarnation) loses its sessions, and local members hear
+ * `session_left` for each. Sessions of a node that never sent a heartbeat
+ * (a Go relay) stay until that node says they left.
+ *
+ * While NATS is down, rooms keep relaying locally; nothing is buffered for
+ * the bus. After a reconnect each room announces its local sessions again,
+ * asks for everyone else's, and forgets the remote sessions nobody
+ * confirmed.
+ */
+import { connect, credsAuthenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import type { ServeConfig } from '../config.ts';
+import { withDeadline } from '../deadline.ts';
+import type { Logger } from '../log.ts';
+import { LogBudget } from '../log.ts';
+import {
+  BUS_OVERHEAD_BYTES,
+  DROP_REASONS,
+  DropReason,
+  encodeHeartbeat,
+  envelope,
+  HEARTBEAT_SUBJECT,
+  parseHeartbeat,
+  parseRoomMessage,
+  PRESENCE_SYNC_REQUEST,
+  roomSubject,
+  sessionInfoJson,
+  sessionLeftJson,
+  type BusSessionInfo,
+  type DropReasonValue,
+  type Heartbeat,
+} from '../protocol/bus.ts';
+import { MUTATION_TYPES } from '../protocol/events.ts';
+import { encodeTextFrame } from '../protocol/frame.ts';
+import { fnv1a32 } from '../protocol/hash.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import type { FederationStats } from '../protocol/messages.ts';
+import type { Room, RoomIndex } from './room-index.ts';
+import type { Session } from './session.ts';
+
+/** A sync waits this long after the last answer for more, */
+const SYNC_STALL_MS = 50;
+/** and never longer than this in all (a Go relay answers but never says it is done). */
+const SYNC_MAX_WAIT_MS = 500;
+/** A room answers sync requests at most once per this interval; requests within it share the next answer. */
+const SYNC_ANSWER_INTERVAL_MS = 100;
+/** Wait between attempts to reach NATS before the first connection (the client reconnects by itself after). */
+const FIRST_CONNECT_RETRY_MS = 1000;
+/** A peer shard silent for this many heartbeat intervals is gone. */
+const SILENT_INTERVALS = 3;
+
+export interface FederationOptions {
+  config: Pick<
+    ServeConfig,
+    'natsUrls' | 'natsCreds' | 'nodeId' | 'region' | 'federationHeartbeatMs' | 'processInstance' | 'startedAt' | 'workers' | 'maxMessageSize' | 'maxRoomSize'
+  >;
+  shardId: number;
+  log: Logger;
+  metrics: MetricsSlot;
+  rooms: RoomIndex;
+  /** Write `frame` to every local member of `room` (through the backpressure policy). */
+  deliver: (room: Room, frame: Buffer, transientKey?: string) => void;
+  /** Event types a slow recipient only needs the newest of. */
+  transientTypes: ReadonlySet<string>;
+  /** This process must stop (another process runs under the same node id and started first). */
+  onFatal: (code: string, message: string) => void;
+}
+
+interface RemoteSession {
+  node: string;
+  info: BusSessionInfo;
+  infoJson: string;
+  /** The sync generation that last confirmed it. */
+  seen: number;
+}
+
+interface FedRoom {
+  readonly desktopId: string;
+  readonly subject: string;
+  sub: Subscription | null;
+  readonly remote: Map<string, RemoteSession>;
+  /** Sessions waiting for the first sync to end before they join (room_joined must list the others). */
+  waiters: (() => void)[] | null;
+  lastAnswerAt: number;
+  answerTimer: NodeJS.Timeout | null;
+  pendingReplies: string[];
+}
+
+interface PeerShard {
+  seen: number;
+  incarnation: string;
+  workers: number;
+  intervalMs: number;
+}
+
+interface Peer {
+  region: string;
+  shards: Map<number, PeerShard>;
+}
+
+
+export class Federation {
+  private readonly config: FederationOptions['config'];
+  private readonly shardId: number;
+  private readonly log: Logger;
+  private readonly metrics: MetricsSlot;
+  private readonly localRooms: RoomIndex;
+  private readonly deliver: FederationOptions['deliver'];
+  private readonly transientTypes: ReadonlySet<string>;
+  private readonly onFatal: FederationOptions['onFatal'];
+  private readonly nodeJson: string;
+  private readonly incarnation = randomBytes(6).toString('hex');
+  private readonly maxBytes: number;
+  private readonly rooms = new Map<string, FedRoom>();
+  private readonly peers = new Map<string, Peer>();
+  /** Nodes whose sessions were expired for silence: hearing one again triggers a resync. */
+  private readonly expiredNodes = new Map<string, number>();
+  private readonly dropLog = new LogBudget(10);
+  private nc: NatsConnection | null = null;
+  private connected = false;
+  private closing = false;
+  private generation = 0;
+  private remoteCount = 0;
+  private readonly heartbeat: NodeJS.Timeout;
+  private readonly sweeper: NodeJS.Timeout;
+  private retry: NodeJS.Timeout | null = null;
+  private unreachableLogged = false;
+
+  constructor(options: FederationOptions) {
+    this.config = options.config;
+    this.shardId = options.shardId;
+    this.log = options.log;
+    this.metrics = options.metrics;
+    this.localRooms = options.rooms;
+    this.deliver = options.deliver;
+    this.transientTypes = options.transientTypes;
+    this.onFatal = options.onFatal;
+    this.nodeJson = JSON.stringify(this.config.nodeId);
+    this.maxBytes = this.config.maxMessageSize + BUS_OVERHEAD_BYTES;
+    const interval = this.config.federationHeartbeatMs;
+    this.heartbeat = setInterval(() => this.sendHeartbeat(), interval);
+    this.heartbeat.unref();
+    this.sweeper = setInterval(() => this.expireSilentPeers(Date.now()), Math.max(10, Math.min(250, interval / 4)));
+    this.sweeper.unref();
+    this.metrics.set(Metric.FEDERATION_CONNECTED, 0);
+    void this.connectFirst();
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  private connectionOptions(): NodeConnectionOptions {
+    const servers: string[] = [];
+    let user: string | undefined;
+    let pass: string | undefined;
+    let tls = false;
+    for (const raw of this.config.natsUrls) {
+      const url = new URL(/^[a-z]+:\/\//.test(raw) ? raw : `nats://${raw}`);
+      if (url.username !== '') {
+        user = decodeURIComponent(url.username);
+        pass = decodeURIComponent(url.password);
+      }
+      if (url.protocol === 'tls:') tls = true;
+      servers.push(`${url.protocol === 'tls:' ? 'tls' : 'nats'}://${url.host}`);
+    }
+    const options: NodeConnectionOptions = {
+      servers,
+      name: `moodio-rt ${this.config.nodeId} shard ${this.shardId}`,
+      // Our own messages never come back: a room's subject has one subscriber per node.
+      noEcho: true,
+      reconnect: true,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 500,
+      reconnectJitter: 250,
+      pingInterval: 5000,
+      maxPingOut: 2,
+      timeout: 2000,
+    };
+    if (user !== undefined) Object.assign(options, { user, pass });
+    if (tls) options.tls = {};
+    if (this.config.natsCreds !== '') {
+      const creds = readFileSync(this.config.natsCreds);
+      options.authenticator = credsAuthenticator(new Uint8Array(creds));
+    }
+    return options;
+  }
+
+  /** Until NATS is first reached, try every second (the client's own reconnect loop takes over after). */
+  private async connectFirst(): Promise<void> {
+    if (this.closing) return;
+    let nc: NatsConnection;
+    try {
+      nc = await connect(this.connectionOptions());
+    } catch (err) {
+      if (!this.unreachableLogged) {
+        this.unreachableLogged = true;
+        this.log.warn('federation_unreachable', { servers: this.config.natsUrls.join(','), message: (err as Error).message, retryMs: FIRST_CONNECT_RETRY_MS });
+      }
+      this.retry = setTimeout(() => void this.connectFirst(), FIRST_CONNECT_RETRY_MS);
+      return;
+    }
+    if (this.closing) {
+      await nc.close();
+      return;
+    }
+    this.nc = nc;
+    nc.subscribe(HEARTBEAT_SUBJECT, { callback: (err, msg) => {
+        if (err === null) this.onHeartbeat(msg);
+      },
+    });
+    for (const room of this.rooms.values()) this.subscribe(room);
+    this.setConnected(true);
+    // Peers learn of this shard now rather than an interval from now (and a duplicate node id shows at once).
+    this.sendHeartbeat();
+    this.log.info('federation_connected', { server: nc.getServer(), nodeId: this.config.nodeId, region: this.config.region });
+    this.resyncAll();
+    void this.watch(nc);
+  }
+
+  private async watch(nc: NatsConnection): Promise<void> {
+    for await (const status of nc.status()) {
+      switch (status.type) {
+        case 'disconnect':
+          if (this.connected) this.log.warn('federation_disconnected', { server: status.server });
+          this.setConnected(false);
+          break;
+        case 'reconnect':
+          this.setConnected(true);
+          this.log.info('federation_reconnected', { server: status.server });
+          // Peers could not be heard meanwhile: give each a fresh grace period, then ask everyone again.
+          this.touchPeers(Date.now());
+          this.resyncAll();
+          break;
+        case 'error':
+          this.log.warn('federation_error', { message: String((status as { error?: unknown }).error ?? '') });
+          break;
+        default:
+          break;
+      }
+    }
+  }
+
+  private setConnected(up: boolean): void {
+    this.connected = up;
+    this.metrics.set(Metric.FEDERATION_CONNECTED, up ? 1 : 0);
+  }
+
+  // ---------------------------------------------------------------- rooms
+
+  /**
+   * A local session wants to join `desktopId`. `join` runs at once, unless
+   * this is the room's first local session and the bus is up: then the room
+   * subscribes and asks the other nodes who is there, and `join` runs once
+   * they answered (at most {@link SYNC_MAX_WAIT_MS}), so that `room_joined`
+   * lists them.
+   */
+  admit(desktopId: string, join: () => void): void {
+    let room = this.rooms.get(desktopId);
+    if (room === undefined) {
+      room = {
+        desktopId,
+        subject: roomSubject(desktopId),
+        sub: null,
+        remote: new Map(),
+        waiters: null,
+        lastAnswerAt: -Infinity,
+        answerTimer: null,
+        pendingReplies: [],
+      };
+      this.rooms.set(desktopId, room);
+      if (this.nc !== null) {
+        this.subscribe(room);
+        if (this.connected) {
+          room.waiters = [];
+          void this.sync(room, false);
+        }
+      }
+    }
+    if (room.waiters !== null) room.waiters.push(join);
+    else join();
+  }
+
+  /** The last local session of `desktopId` left: stop listening, and forget its remote sessions. */
+  roomEmptied(desktopId: string): void {
+    const room = this.rooms.get(desktopId);
+    if (room === undefined || room.waiters !== null) return;
+    this.dropRoom(room);
+  }
+
+  private dropRoom(room: FedRoom): void {
+    this.rooms.delete(room.desktopId);
+    try {
+      room.sub?.unsubscribe();
+    } catch {
+      // The connection is closing: the subscription goes with it.
+    }
+    if (room.answerTimer !== null) clearTimeout(room.answerTimer);
+    this.remoteCount -= room.remote.size;
+    this.metrics.set(Metric.REMOTE_SESSIONS, this.remoteCount);
+  }
+
+  private subscribe(room: FedRoom): void {
+    room.sub = this.nc!.subscribe(room.subject, { callback: (err, msg) => {
+        if (err === null) this.onRoomMessage(room, msg);
+      },
+    });
+  }
+
+  /** The remote sessions of `desktopId` as comma-separated SessionInfo JSON (for room_joined), or ''. */
+  remoteSessionsJson(desktopId: string): string {
+    const room = this.rooms.get(desktopId);
+    if (room === undefined || room.remote.size === 0) return '';
+    let out = '';
+    for (const remote of room.remote.values()) out += (out === '' ? '' : ',') + remote.infoJson;
+    return out;
+  }
+
+  /** Publish a local event (presence or relayed, its exact frame text) to the other nodes. */
+  publish(desktopId: string, eventJson: string): void {
+    if (this.closing) return;
+    if (!this.connected) {
+      this.metrics.add(Metric.BUS_UNPUBLISHED);
+      return;
+    }
+    this.send(roomSubject(desktopId), envelope(this.nodeJson, eventJson));
+  }
+
+  private send(subject: string, data: string, reply?: string): void {
+    try {
+      if (reply === undefined) this.nc!.publish(subject, data);
+      else this.nc!.publish(subject, data, { reply });
+      this.metrics.add(Metric.BUS_PUBLISHED);
+      this.metrics.add(Metric.BUS_BYTES_OUT, data.length);
+    } catch (err) {
+      // Closed or draining connection: the event stays local.
+      this.metrics.add(Metric.BUS_UNPUBLISHED);
+      const fields = this.dropLog.take({ subject, message: (err as Error).message });
+      if (fields !== null) this.log.warn('federation_publish_failed', fields);
+    }
+  }
+
+  // ---------------------------------------------------------------- presence sync
+
+  /**
+   * Ask the other nodes who is in `room`, and wait for their answers: the
+   * request carries a reply subject, and each moodio-rt node that has the
+   * room answers it once it has published its `session_joined` events (so
+   * they arrive first). With no other subscriber, NATS says so at once.
+   * With `reconcile`, local sessions are announced again first, and remote
+   * sessions that no answer confirmed are removed afterwards.
+   */
+  private async sync(room: FedRoom, reconcile: boolean): Promise<void> {
+    const generation = ++this.generation;
+    try {
+      if (reconcile) this.announce(room, 'session_joined');
+      const request = envelope(this.nodeJson, `{"type":"${PRESENCE_SYNC_REQUEST}"}`);
+      this.metrics.add(Metric.BUS_PUBLISHED);
+      this.metrics.add(Metric.BUS_BYTES_OUT, request.length);
+      const answers = await this.nc!.requestMany(room.subject, request, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS });
+      for await (const answer of answers) void answer;
+    } catch {
+      // No responders (no other node has the room), or the bus went down: what was heard is what there is.
+    }
+    if (reconcile && this.rooms.get(room.desktopId) === room) {
+      const now = Date.now();
+      for (const [id, remote] of room.remote) {
+        if (remote.seen < generation) this.removeRemote(room, id, remote, now);
+      }
+    }
+    const waiters = room.waiters;
+    room.waiters = null;
+    if (waiters !== null) for (const join of waiters) join();
+    // Every waiter left before the answers came: nothing local holds the room.
+    if (this.rooms.get(room.desktopId) === room && this.localRooms.get(room.desktopId) === undefined) this.dropRoom(room);
+  }
+
+  private resyncAll(): void {
+    for (const room of this.rooms.values()) if (room.waiters === null) void this.sync(room, true);
+  }
+
+  /** Publish `type` (session_joined or session_left) for every local session of `room`. */
+  private announce(room: FedRoom, type: 'session_joined' | 'session_left'): void {
+    const members = this.localRooms.get(room.desktopId)?.members;
+    if (members === undefined) return;
+    const now = Date.now();
+    for (const session of members) this.publishPresence(room.desktopId, session, type, now);
+  }
+
+  private publishPresence(desktopId: string, session: Session, type: 'session_joined' | 'session_left', now: number): void {
+    this.send(roomSubject(desktopId), envelope(this.nodeJson, `{"type":"${type}"${session.stamp},"timestamp":${now},"payload":${session.infoJson}}`));
+  }
+
+  /** Answer a sync request, at most once per {@link SYNC_ANSWER_INTERVAL_MS} per room; later requests share the next answer. */
+  private answerSync(room: FedRoom, reply: string | undefined): void {
+    if (reply !== undefined && room.pendingReplies.length < 64) room.pendingReplies.push(reply);
+    if (room.answerTimer !== null) return;
+    const wait = room.lastAnswerAt + SYNC_ANSWER_INTERVAL_MS - Date.now();
+    if (wait <= 0) {
+      this.answerNow(room);
+      return;
+    }
+    room.answerTimer = setTimeout(() => {
+      room.answerTimer = null;
+      if (this.rooms.get(room.desktopId) === room) this.answerNow(room);
+    }, wait);
+  }
+
+  private answerNow(room: FedRoom): void {
+    room.lastAnswerAt = Date.now();
+    if (!this.connected) return;
+    this.announce(room, 'session_joined');
+    const done = `{"r":${this.nodeJson},"n":${this.localRooms.get(room.desktopId)?.members.length ?? 0}}`;
+    for (const reply of room.pendingReplies) this.send(reply, done);
+    room.pendingReplies = [];
+  }
+
+  // ---------------------------------------------------------------- inbound
+
+  private drop(reason: DropReasonValue, subject: string, node?: string): void {
+    this.metrics.add(Metric.BUS_DROPPED_0 + DROP_REASONS.indexOf(reason));
+    const fields = this.dropLog.take({ reason, subject, node });
+    if (fields !== null) this.log.warn('federation_message_dropped', fields);
+  }
+
+  private onRoomMessage(room: FedRoom, msg: Msg): void {
+    this.metrics.add(Metric.BUS_RECEIVED);
+    this.metrics.add(Metric.BUS_BYTES_IN, msg.data.byteLength);
+    try {
+      this.handleRoomMessage(room, msg);
+    } catch (err) {
+      // A bug here must not take the shard down with the message that found it.
+      this.log.error('federation_message_failed', { subject: msg.subject, err });
+    }
+  }
+
+  private handleRoomMessage(room: FedRoom, msg: Msg): void {
+    if (this.rooms.get(room.desktopId) !== room) return;
+    const parsed = parseRoomMessage(msg.data, room.desktopId, this.maxBytes);
+    if (!parsed.ok) {
+      this.drop(parsed.reason, msg.subject);
+      return;
+    }
+    const node = parsed.node;
+    // noEcho means our own connection never hands us our messages: this id is someone else's claim to be us.
+    if (node === this.config.nodeId) {
+      this.drop(DropReason.FORGED, msg.subject, node);
+      return;
+    }
+    const event = parsed.value;
+    const local = this.localRooms.get(room.desktopId);
+    switch (event.kind) {
+      case 'sync_request':
+        this.answerSync(room, msg.reply === '' ? undefined : msg.reply);
+        return;
+      case 'joined': {
+        const id = event.info.sessionId;
+        if (local !== undefined && isLocal(local, id)) {
+          this.drop(DropReason.FORGED, msg.subject, node);
+          return;
+        }
+        const known = room.remote.get(id);
+        if (known !== undefined) {
+          // An answer to a sync, or an announcement after a reconnect: confirmed, not news.
+          if (known.node === node) known.seen = this.generation;
+          return;
+        }
+        if (this.config.maxRoomSize > 0 && room.remote.size + (local?.members.length ?? 0) >= this.config.maxRoomSize * 4) {
+          this.drop(DropReason.ROOM_FULL, msg.subject, node);
+          return;
+        }
+        room.remote.set(id, { node, info: event.info, infoJson: sessionInfoJson(event.info), seen: this.generation });
+        this.remoteCount++;
+        this.metrics.set(Metric.REMOTE_SESSIONS, this.remoteCount);
+        if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
+        return;
+      }
+      case 'left': {
+        const known = room.remote.get(event.info.sessionId);
+        if (known === undefined && local !== undefined && isLocal(local, event.info.sessionId)) {
+          this.drop(DropReason.FORGED, msg.subject, node);
+          return;
+        }
+        // Only the node that announced a session may say it left.
+        if (known === undefined || known.node !== node) return;
+        room.remote.delete(event.info.sessionId);
+        this.remoteCount--;
+        this.metrics.set(Metric.REMOTE_SESSIONS, this.remoteCount);
+        if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
+        return;
+      }
+      case 'relayed': {
+        const sender = room.remote.get(event.sessionId);
+        // Defence in depth: the origin drops viewers' mutations; a session we know as a viewer cannot pass one here either.
+        if (sender !== undefined && sender.info.permission === 'viewer' && MUTATION_TYPES.has(event.type)) {
+          this.drop(DropReason.VIEWER, msg.subject, node);
+          return;
+        }
+        if (local === undefined) return;
+        const transientKey = this.transientTypes.has(event.type) ? `${event.sessionId}\n${event.type}` : undefined;
+        this.deliver(local, encodeTextFrame(event.text), transientKey);
+        return;
+      }
+    }
+  }
+
+  private removeRemote(room: FedRoom, id: string, remote: RemoteSession, now: number): void {
+    room.remote.delete(id);
+    this.remoteCount--;
+    this.metrics.set(Metric.REMOTE_SESSIONS, this.remoteCount);
+    const local = this.localRooms.get(room.desktopId);
+    if (local !== undefined) this.deliver(local, encodeTextFrame(sessionLeftJson(remote.info, now)));
+  }
+
+  // ---------------------------------------------------------------- peers
+
+  private sendHeartbeat(): void {
+    if (!this.connected || this.closing) return;
+    const beat: Heartbeat = {
+      r: this.config.nodeId,
+      i: this.config.processInstance,
+      t: this.config.startedAt,
+      s: this.shardId,
+      w: this.config.workers,
+      k: this.incarnation,
+      h: this.config.federationHeartbeatMs,
+      g: this.config.region,
+    };
+    try {
+      this.nc!.publish(HEARTBEAT_SUBJECT, encodeHeartbeat(beat));
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+
+  private onHeartbeat(msg: Msg): void {
+    const parsed = parseHeartbeat(msg.data);
+    if (!parsed.ok) {
+      this.drop(parsed.reason, msg.subject);
+      return;
+    }
+    const beat = parsed.value;
+    const now = Date.now();
+    if (beat.r === this.config.nodeId) {
+      if (beat.i !== this.config.processInstance) this.duplicateNode(beat);
+      return;
+    }
+    let peer = this.peers.get(beat.r);
+    if (peer === undefined) {
+      peer = { region: beat.g, shards: new Map() };
+      this.peers.set(beat.r, peer);
+      this.metrics.set(Metric.PEER_NODES, this.peers.size);
+      this.log.info('federation_peer_up', { peer: beat.r, region: beat.g });
+      // It was declared gone: it may hold sessions we forgot, and it may have forgotten ours.
+      if (this.expiredNodes.delete(beat.r)) this.resyncAll();
+    }
+    const known = peer.shards.get(beat.s);
+    if (known !== undefined && known.incarnation !== beat.k) {
+      // The shard restarted: the sessions it had are gone with its old worker.
+      this.log.info('federation_peer_shard_restarted', { peer: beat.r, shard: beat.s });
+      this.expireShard(beat.r, beat.s, known.workers, now);
+    }
+    peer.region = beat.g;
+    peer.shards.set(beat.s, { seen: now, incarnation: beat.k, workers: beat.w, intervalMs: beat.h });
+  }
+
+  private duplicateNode(beat: Heartbeat): void {
+    const weAreNewer = this.config.startedAt > beat.t || (this.config.startedAt === beat.t && this.config.processInstance > beat.i);
+    this.log.error('federation_duplicate_node_id', {
+      nodeId: this.config.nodeId,
+      otherStartedAt: new Date(beat.t).toISOString(),
+      action: weAreNewer ? 'this process stops' : 'the other process stops',
+    });
+    if (weAreNewer) {
+      this.onFatal('ERR_DUPLICATE_NODE_ID', `another process already runs as node ${JSON.stringify(this.config.nodeId)}; give each process its own --node-id`);
+    }
+  }
+
+  private touchPeers(now: number): void {
+    for (const peer of this.peers.values()) for (const shard of peer.shards.values()) shard.seen = now;
+  }
+
+  private expireSilentPeers(now: number): void {
+    if (!this.connected) return;
+    for (const [node, peer] of this.peers) {
+      for (const [shardId, shard] of peer.shards) {
+        const limit = SILENT_INTERVALS * Math.max(this.config.federationHeartbeatMs, shard.intervalMs);
+        if (now - shard.seen <= limit) continue;
+        peer.shards.delete(shardId);
+        this.log.warn('federation_peer_shard_silent', { peer: node, shard: shardId, silentMs: now - shard.seen });
+        this.expireShard(node, shardId, shard.workers, now);
+      }
+      if (peer.shards.size === 0) {
+        this.peers.delete(node);
+        this.metrics.set(Metric.PEER_NODES, this.peers.size);
+        this.expiredNodes.set(node, now);
+        if (this.expiredNodes.size > 10_000) this.expiredNodes.delete(this.expiredNodes.keys().next().value!);
+        this.log.warn('federation_peer_down', { peer: node });
+      }
+    }
+  }
+
+  /** Remove the sessions `node` had in the rooms its shard `shardId` (of `workers`) owns, telling local members. */
+  private expireShard(node: string, shardId: number, workers: number, now: number): void {
+    for (const room of this.rooms.values()) {
+      if (room.remote.size === 0 || fnv1a32(room.desktopId) % workers !== shardId) continue;
+      for (const [id, remote] of room.remote) if (remote.node === node) this.removeRemote(room, id, remote, now);
+    }
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  stats(): FederationStats {
+    const now = Date.now();
+    const peers = [...this.peers].map(([nodeId, peer]) => {
+      let last = 0;
+      for (const shard of peer.shards.values()) last = Math.max(last, shard.seen);
+      return { nodeId, region: peer.region, shards: peer.shards.size, lastHeartbeatMsAgo: now - last };
+    });
+    return {
+      nodeId: this.config.nodeId,
+      region: this.config.region,
+      connected: this.connected,
+      server: this.connected ? this.nc!.getServer() : null,
+      remoteSessions: this.remoteCount,
+      peers,
+    };
+  }
+
+  /**
+   * Shutting down: tell the other nodes that every local session left (they
+   * need not wait for the heartbeat to lapse), then flush and close.
+   */
+  async close(timeoutMs: number): Promise<void> {
+    if (this.closing) return;
+    if (this.connected) for (const room of this.rooms.values()) this.announce(room, 'session_left');
+    this.closing = true;
+    clearInterval(this.heartbeat);
+    clearInterval(this.sweeper);
+    if (this.retry !== null) clearTimeout(this.retry);
+    const nc = this.nc;
+    if (nc === null) return;
+    await withDeadline(nc.drain().catch(() => undefined), timeoutMs);
+    if (!nc.isClosed()) await nc.close().catch(() => undefined);
+    this.setConnected(false);
+  }
+}
+
+function isLocal(room: Room, sessionId: string): boolean {
+  const members = room.members;
+  for (let i = 0; i < members.length; i++) if (members[i]!.id === sessionId) return true;
+  return false;
+}
