@@ -205,14 +205,17 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const payloadPad = 'x'.repeat(Math.max(0, plan.payloadBytes - 50));
 
   // Connect, paced, without waiting for each handshake before starting the next.
-  const url = new URL(`ws://${plan.host}:${plan.port}`);
   const pending: Promise<void>[] = [];
+  let roomIndex = 0;
   let connected = 0;
   let failed = 0;
   for (const room of rooms) {
     const onText = onTextFor(room);
+    const offset = roomIndex++;
     for (let i = 0; i < room.plan.tokens.length; i++) {
       const token = room.plan.tokens[i]!;
+      // Round-robin over the servers, shifted per room: with two nodes, a sender and half its receivers are on different nodes.
+      const target = plan.targets[(i + offset) % plan.targets.length]!;
       const isSender = i < room.plan.senders;
       const started = nowUs();
       let joined: () => void = () => {};
@@ -221,8 +224,8 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
       pending.push(
         RawWebSocket.connect({
           meter,
-          host: url.hostname,
-          port: plan.port,
+          host: target.host,
+          port: target.port,
           path: `/ws/desktop/${room.plan.desktopId}`,
           headers: { Cookie: `moodio_access_token=${token}` },
           onText: (buf, start, end) => {

@@ -22,6 +22,7 @@ export const PRESET = {
 } as const;
 
 export interface LoadtestOptions {
+  /** One ws:// URL, or several joined with commas (nodes of one fleet). */
   url: string;
   secret: string;
   tokenFile: string;
@@ -64,8 +65,21 @@ function wsUrl(raw: string, option: string): string {
   return `ws://${url.host}`;
 }
 
+/** One URL, or several (`--url A --url B`, or `A,B`): normalized and joined with commas. */
+function wsUrls(raw: string, option: string): string {
+  const urls = raw.split(',').map((part) => part.trim()).filter((part) => part !== '');
+  if (urls.length === 0) throw new ConfigError(option, 'must be a ws:// URL');
+  return urls.map((url) => wsUrl(url, option)).join(',');
+}
+
 export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
-  { key: 'url', flags: '--url <url>', default: 'ws://127.0.0.1:8081', description: 'server to load (ws://host:port)', parse: wsUrl },
+  {
+    key: 'url',
+    flags: '--url <url...>',
+    default: 'ws://127.0.0.1:8081',
+    description: 'server to load (ws://host:port); give it several times for federated nodes: each room\'s sessions are spread round-robin over them, so senders and receivers sit on different nodes',
+    parse: wsUrls,
+  },
   { key: 'secret', flags: '--secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)', parse: text },
   { key: 'tokenFile', flags: '--token-file <path>', description: 'file with one token per line, used round-robin instead of --secret', parse: text },
   {

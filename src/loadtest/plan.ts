@@ -21,8 +21,8 @@ export interface RoomPlan {
 
 export interface ThreadPlan {
   thread: number;
-  host: string;
-  port: number;
+  /** The servers: a room's n-th session connects to targets[(n + room) % targets.length]. */
+  targets: { host: string; port: number }[];
   rooms: RoomPlan[];
   /** Pause between two connection attempts of this thread. */
   connectIntervalMs: number;

@@ -100,13 +100,15 @@ const PRESET_DURATION_MS = (PRESET.targetMessages / PRESET.targetRate) * 1000 + 
 
 export async function runLoadtest(options: LoadtestOptions, hooks: RunHooks = {}): Promise<LoadtestReport> {
   const durationMs = options.preset !== null ? PRESET_DURATION_MS : options.durationMs;
-  const url = new URL(options.url);
+  const targets = options.url.split(',').map((raw) => {
+    const url = new URL(raw);
+    return { host: url.hostname, port: Number(url.port || 80) };
+  });
   const rooms = planRooms(options, tokenSource(options, Math.ceil((durationMs + options.warmupMs) / 1000) + 3600));
   const threads = Math.min(options.threads, rooms.length);
   const plans: ThreadPlan[] = Array.from({ length: threads }, (_, thread) => ({
     thread,
-    host: url.hostname,
-    port: Number(url.port || 80),
+    targets,
     rooms: [],
     connectIntervalMs: (1000 * threads) / options.connectRate,
     payloadBytes: options.payloadBytes,
