@@ -1,0 +1,110 @@
+/**
+ * The federation wire format (src/protocol/bus.ts) in process: what a bus
+ * message must look like to be delivered, and the reason each refusal is
+ * counted under. The real-server side is test/federation.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { envelope, parseHeartbeat, parseRoomMessage, roomSubject, sessionInfoJson, sessionLeftJson, type BusSessionInfo } from '../src/protocol/bus.ts';
+
+const DESK = 'desk-1';
+const MAX = 4096 + 2048;
+const info: BusSessionInfo = { sessionId: 'session_1', userId: 'user-1', firstName: 'Ann', email: 'ann@example.com', permission: 'editor' };
+const stamp = { sessionId: 'session_1', userId: 'user-1', firstName: 'Ann', email: 'ann@example.com', timestamp: 5 };
+const bytes = (value: unknown) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value));
+const parse = (value: unknown, desk = DESK, max = MAX) => parseRoomMessage(bytes(value), desk, max);
+const reason = (value: unknown) => {
+  const parsed = parse(value);
+  return parsed.ok ? 'ok' : parsed.reason;
+};
+
+test('subjects and envelopes are the Go relay\'s', () => {
+  assert.equal(roomSubject('abc_-1'), 'room.abc_-1');
+  assert.equal(envelope('"node-a"', '{"type":"x"}'), '{"r":"node-a","p":{"type":"x"}}');
+  assert.deepEqual(JSON.parse(sessionInfoJson(info)), info);
+  assert.deepEqual(Object.keys(JSON.parse(sessionInfoJson(info))), ['sessionId', 'userId', 'firstName', 'email', 'permission']);
+  const left = JSON.parse(sessionLeftJson(info, 42));
+  assert.deepEqual(left, { type: 'session_left', ...stamp, timestamp: 42, payload: info });
+});
+
+test('a sync request, presence and a relayed event are accepted, and presence is rebuilt from checked fields', () => {
+  const sync = parse({ r: 'n1', p: { type: 'presence_sync_request' } });
+  assert.deepEqual(sync, { ok: true, node: 'n1', value: { kind: 'sync_request' } });
+
+  const joined = parse({ r: 'n1', p: { type: 'session_joined', ...stamp, extra: '<script>', payload: { ...info, more: 1 } } });
+  assert.ok(joined.ok && joined.value.kind === 'joined');
+  assert.deepEqual(joined.value.info, info);
+  assert.deepEqual(JSON.parse(joined.value.text), { type: 'session_joined', ...stamp, payload: info }, 'nothing unchecked reaches clients');
+
+  const left = parse({ r: 'n1', p: { type: 'session_left', ...stamp, payload: info } });
+  assert.ok(left.ok && left.value.kind === 'left');
+
+  const text = '{"r":"n1","p":{"type":"asset_moved","sessionId":"session_1","userId":"user-1","firstName":"Ann","email":"a@x","timestamp":5,"payload":{"x":1e3}}}';
+  const relayed = parseRoomMessage(bytes(text), DESK, MAX);
+  assert.ok(relayed.ok && relayed.value.kind === 'relayed');
+  assert.equal(relayed.value.type, 'asset_moved');
+  assert.equal(relayed.value.sessionId, 'session_1');
+  assert.equal(relayed.value.text, text.slice('{"r":"n1","p":'.length, -1), 'the event travels as the origin wrote it');
+});
+
+test('each refusal has its reason', () => {
+  assert.equal(reason('nope'), 'malformed');
+  assert.equal(reason('[]'), 'malformed');
+  assert.equal(reason('null'), 'malformed');
+  assert.equal(reason({ p: { type: 'x', ...stamp } }), 'malformed', 'no origin');
+  assert.equal(reason({ r: '', p: { type: 'x', ...stamp } }), 'malformed', 'empty origin');
+  assert.equal(reason({ r: 7, p: { type: 'x', ...stamp } }), 'malformed');
+  assert.equal(reason({ r: 'x'.repeat(257), p: { type: 'x', ...stamp } }), 'malformed', 'origin too long');
+  assert.equal(reason({ r: 'n', p: [1] }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: 'text' }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: null }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { ...stamp } }), 'invalid_event', 'no type');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: '' } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'x'.repeat(65) } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'x'.repeat(64) } }), 'ok', '64 characters is the limit, inclusive');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'room_joined' } }), 'reserved_type');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'error' } }), 'reserved_type');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'asset_moved', desktopId: 'other' } }), 'room_mismatch');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'asset_moved', desktopId: DESK } }), 'ok');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'asset_moved', sessionId: 3 } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'asset_moved', userId: null } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'asset_moved', timestamp: '5' } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'asset_moved', firstName: 1 } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { ...stamp, type: 'asset_moved', email: {} } }), 'invalid_event');
+  // Presence must describe the whole session, under the same id as its stamp.
+  assert.equal(reason({ r: 'n', p: { type: 'session_joined', ...stamp } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { type: 'session_joined', ...stamp, payload: { ...info, permission: 'owner' } } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { type: 'session_joined', ...stamp, payload: { ...info, sessionId: 'session_2' } } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { type: 'session_left', ...stamp, userId: 'user-2', payload: info } }), 'invalid_event');
+  assert.equal(reason({ r: 'n', p: { type: 'session_joined', ...stamp, payload: { ...info, sessionId: '' }, sessionId: '' } }), 'invalid_event');
+});
+
+test('size is checked before parsing', () => {
+  const big = JSON.stringify({ r: 'n', p: { ...stamp, type: 'asset_moved', payload: 'x'.repeat(MAX) } });
+  assert.equal(parseRoomMessage(bytes(big), DESK, MAX).ok, false);
+  assert.deepEqual(parseRoomMessage(bytes(big), DESK, MAX), { ok: false, reason: 'too_large' });
+  assert.equal(parseRoomMessage(bytes(big), DESK, big.length).ok, true, 'exactly the limit passes');
+  assert.deepEqual(parseRoomMessage(bytes(big), DESK, big.length - 1), { ok: false, reason: 'too_large' });
+});
+
+test('heartbeats are checked field by field', () => {
+  const beat = { r: 'n1', i: 'abc', t: 1, s: 0, w: 2, k: 'k1', h: 1000, g: '' };
+  const ok = parseHeartbeat(bytes(beat));
+  assert.ok(ok.ok);
+  assert.equal(ok.node, 'n1');
+  for (const broken of [
+    { ...beat, r: '' },
+    { ...beat, i: 5 },
+    { ...beat, w: 0 },
+    { ...beat, s: 2 },
+    { ...beat, h: 5 },
+    { ...beat, h: 600_001 },
+    { ...beat, t: -1 },
+    { ...beat, t: 1.5 },
+    { ...beat, g: null },
+  ]) {
+    assert.equal(parseHeartbeat(bytes(broken)).ok, false, JSON.stringify(broken));
+  }
+  assert.equal(parseHeartbeat(bytes('x'.repeat(1025))).ok, false);
+  assert.equal(parseHeartbeat(bytes('{')).ok, false);
+});
