@@ -47,6 +47,8 @@ export const DropReason = {
   FORGED: 'forged',
   VIEWER: 'viewer',
   ROOM_FULL: 'room_full',
+  /** A heartbeat from a node past the number of peers a node keeps track of. */
+  TOO_MANY_PEERS: 'too_many_peers',
 } as const;
 export type DropReasonValue = (typeof DropReason)[keyof typeof DropReason];
 export const DROP_REASONS: readonly DropReasonValue[] = Object.values(DropReason);

@@ -60,6 +60,10 @@ const SYNC_ANSWER_INTERVAL_MS = 100;
 const FIRST_CONNECT_RETRY_MS = 1000;
 /** A peer shard silent for this many heartbeat intervals is gone. */
 const SILENT_INTERVALS = 3;
+/** Peer nodes a shard keeps track of: heartbeats from more (forged ids) are dropped. */
+const MAX_PEERS = 1024;
+/** Remote sessions one room may hold when --max-room-size is 0 (else 4 × it). */
+const MAX_REMOTE_PER_ROOM = 10_000;
 
 export interface FederationOptions {
   config: Pick<
@@ -123,6 +127,7 @@ export class Federation {
   private readonly nodeJson: string;
   private readonly incarnation = randomBytes(6).toString('hex');
   private readonly maxBytes: number;
+  private readonly maxRemotePerRoom: number;
   private readonly rooms = new Map<string, FedRoom>();
   private readonly peers = new Map<string, Peer>();
   /** Nodes whose sessions were expired for silence: hearing one again triggers a resync. */
@@ -149,6 +154,7 @@ export class Federation {
     this.onFatal = options.onFatal;
     this.nodeJson = JSON.stringify(this.config.nodeId);
     this.maxBytes = this.config.maxMessageSize + BUS_OVERHEAD_BYTES;
+    this.maxRemotePerRoom = this.config.maxRoomSize > 0 ? 4 * this.config.maxRoomSize : MAX_REMOTE_PER_ROOM;
     const interval = this.config.federationHeartbeatMs;
     this.heartbeat = setInterval(() => this.sendHeartbeat(), interval);
     this.heartbeat.unref();
@@ -475,7 +481,7 @@ export class Federation {
           if (known.node === node) known.seen = this.generation;
           return;
         }
-        if (this.config.maxRoomSize > 0 && room.remote.size + (local?.members.length ?? 0) >= this.config.maxRoomSize * 4) {
+        if (room.remote.size >= this.maxRemotePerRoom) {
           this.drop(DropReason.ROOM_FULL, msg.subject, node);
           return;
         }
@@ -557,6 +563,10 @@ export class Federation {
     }
     let peer = this.peers.get(beat.r);
     if (peer === undefined) {
+      if (this.peers.size >= MAX_PEERS) {
+        this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
+        return;
+      }
       peer = { region: beat.g, shards: new Map() };
       this.peers.set(beat.r, peer);
       this.metrics.set(Metric.PEER_NODES, this.peers.size);
