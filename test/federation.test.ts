@@ -249,6 +249,23 @@ describe('the wire format, read and forged with a raw NATS client', () => {
       assert.equal(dropped(afterScrape.metrics, reason) - dropped(before.metrics, reason), count, `dropped{reason="${reason}"}`);
     }
     assert.ok(a.logs.some((l) => l.event === 'federation_message_dropped'), 'drops are logged');
+
+    // 1,100 forged peers: each shard keeps at most 1,024, drops the rest, and logs at most 20 peer lines a second.
+    const peerLines = a.logs.filter((l) => l.event === 'federation_peer_up').length;
+    const forgedAt = Date.now();
+    for (let i = 0; i < 1100; i++) {
+      raw.publish('moodio-rt.heartbeat', JSON.stringify({ r: `forged-${i}`, i: 'x', t: 1, s: 0, w: 1, k: 'k', h: 10, g: '' }));
+    }
+    await raw.flush();
+    const peersDropped = async () => sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="too_many_peers"}');
+    while ((await peersDropped()) < 2 * 76) await new Promise((r) => setTimeout(r, 20));
+    const peers = await scrape(a.port);
+    for (const shard of ['0', '1']) assert.ok(peers.metrics.get(`moodio_rt_federation_peer_nodes{shard="${shard}"}`)! <= 1024);
+    const seconds = Math.max(1, Math.ceil((Date.now() - forgedAt) / 1000));
+    assert.ok(a.logs.filter((l) => l.event === 'federation_peer_up').length - peerLines <= 2 * 20 * (seconds + 1), 'peer lines are rate-limited');
+    // Silent after one beat, they expire (3 intervals), and real peers have room again.
+    const peerGauge = async () => sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_peer_nodes');
+    while ((await peerGauge()) > 2 * 8) await new Promise((r) => setTimeout(r, 50));
     // Still serving, both shards: Alice's room relays, and a new room on each shard opens.
     const bob = await open(a, desk, 'Bob');
     bob.client.send({ type: 'still_up' });

@@ -23,8 +23,7 @@ import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { ServeConfig } from '../config.ts';
 import { withDeadline } from '../deadline.ts';
-import type { Logger } from '../log.ts';
-import { LogBudget } from '../log.ts';
+import { LogBudget, type LogFields, type Logger } from '../log.ts';
 import {
   BUS_OVERHEAD_BYTES,
   DROP_REASONS,
@@ -133,6 +132,7 @@ export class Federation {
   /** Nodes whose sessions were expired for silence: hearing one again triggers a resync. */
   private readonly expiredNodes = new Map<string, number>();
   private readonly dropLog = new LogBudget(10);
+  private readonly peerLogBudget = new LogBudget(20);
   private nc: NatsConnection | null = null;
   private connected = false;
   private closing = false;
@@ -570,14 +570,14 @@ export class Federation {
       peer = { region: beat.g, shards: new Map() };
       this.peers.set(beat.r, peer);
       this.metrics.set(Metric.PEER_NODES, this.peers.size);
-      this.log.info('federation_peer_up', { peer: beat.r, region: beat.g });
+      this.peerLog('info', 'federation_peer_up', { peer: beat.r, region: beat.g });
       // It was declared gone: it may hold sessions we forgot, and it may have forgotten ours.
       if (this.expiredNodes.delete(beat.r)) this.resyncAll();
     }
     const known = peer.shards.get(beat.s);
     if (known !== undefined && known.incarnation !== beat.k) {
       // The shard restarted: the sessions it had are gone with its old worker.
-      this.log.info('federation_peer_shard_restarted', { peer: beat.r, shard: beat.s });
+      this.peerLog('info', 'federation_peer_shard_restarted', { peer: beat.r, shard: beat.s });
       this.expireShard(beat.r, beat.s, known.workers, now);
     }
     peer.region = beat.g;
@@ -596,6 +596,12 @@ export class Federation {
     }
   }
 
+  /** Peer events, at most 20 lines a second: forged heartbeats must not flood the log. */
+  private peerLog(level: 'info' | 'warn', event: string, fields: LogFields): void {
+    const kept = this.peerLogBudget.take(fields);
+    if (kept !== null) this.log[level](event, kept);
+  }
+
   private touchPeers(now: number): void {
     for (const peer of this.peers.values()) for (const shard of peer.shards.values()) shard.seen = now;
   }
@@ -607,7 +613,7 @@ export class Federation {
         const limit = SILENT_INTERVALS * Math.max(this.config.federationHeartbeatMs, shard.intervalMs);
         if (now - shard.seen <= limit) continue;
         peer.shards.delete(shardId);
-        this.log.warn('federation_peer_shard_silent', { peer: node, shard: shardId, silentMs: now - shard.seen });
+        this.peerLog('warn', 'federation_peer_shard_silent', { peer: node, shard: shardId, silentMs: now - shard.seen });
         this.expireShard(node, shardId, shard.workers, now);
       }
       if (peer.shards.size === 0) {
@@ -615,7 +621,7 @@ export class Federation {
         this.metrics.set(Metric.PEER_NODES, this.peers.size);
         this.expiredNodes.set(node, now);
         if (this.expiredNodes.size > 10_000) this.expiredNodes.delete(this.expiredNodes.keys().next().value!);
-        this.log.warn('federation_peer_down', { peer: node });
+        this.peerLog('warn', 'federation_peer_down', { peer: node });
       }
     }
   }
