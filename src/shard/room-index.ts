@@ -5,6 +5,15 @@
  */
 import type { Session } from './session.ts';
 
+/** What the room index keeps per session (`session.slot`): its position in its room's member array. */
+export interface RoomSlot {
+  index: number;
+}
+
+export function newRoomSlot(): RoomSlot {
+  return { index: -1 };
+}
+
 export class Room {
   readonly id: string;
   readonly members: Session[] = [];
@@ -24,7 +33,7 @@ export class RoomIndex {
       room = new Room(session.desktopId);
       this.rooms.set(room.id, room);
     }
-    session.index = room.members.length;
+    session.slot.index = room.members.length;
     room.members.push(session);
     this.sessions++;
     return room;
@@ -33,13 +42,14 @@ export class RoomIndex {
   /** Remove `session`; drops the room when it empties. Returns the room, or null if not a member. */
   leave(session: Session): Room | null {
     const room = this.rooms.get(session.desktopId);
-    if (room === undefined || room.members[session.index] !== session) return null;
+    const slot = session.slot;
+    if (room === undefined || room.members[slot.index] !== session) return null;
     const last = room.members.pop()!;
     if (last !== session) {
-      room.members[session.index] = last;
-      last.index = session.index;
+      room.members[slot.index] = last;
+      last.slot.index = slot.index;
     }
-    session.index = -1;
+    slot.index = -1;
     this.sessions--;
     if (room.members.length === 0) this.rooms.delete(room.id);
     return room;

@@ -6,14 +6,16 @@
  * The state other modules keep per session lives in objects those modules
  * make and alone touch: `out` (write-coalescer.ts), `budget`
  * (backpressure.ts), `rate` (rate-limiter.ts, shared by the user's sessions
- * on the shard). The session writes only its own fields; `index` is the
- * room index's bookkeeping and `resumeTimer` socket-reads.ts's.
+ * on the shard), `slot` (room-index.ts) and `reads` (socket-reads.ts). The
+ * session writes only its own fields.
  */
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { Permission } from '../protocol/events.ts';
 import type { RateState } from './rate-limiter.ts';
+import { newRoomSlot, type RoomSlot } from './room-index.ts';
+import { newReadState, type ReadState } from './socket-reads.ts';
 import type { BudgetState } from './backpressure.ts';
 import type { Outbound } from './write-coalescer.ts';
 
@@ -46,8 +48,8 @@ export class Session {
   readonly stamp: string;
   /** JSON of this session's SessionInfo (protocol/events.ts). */
   readonly infoJson: string;
-  /** Position in its room's member array (swap-remove bookkeeping). */
-  index = -1;
+  /** Its place in its room (room-index.ts). */
+  readonly slot: RoomSlot = newRoomSlot();
   /** What the write coalescer holds for this socket. */
   readonly out: Outbound<Session>;
   /** Where this session stands against its outbound budget (backpressure.ts). */
@@ -56,8 +58,8 @@ export class Session {
   alive = true;
   /** Inbound rate-limit bucket, shared with the user's other sessions on this shard (rate-limiter.ts). */
   readonly rate: RateState;
-  /** Set while reads are paused for the rate limit: the timer that resumes them. */
-  resumeTimer: NodeJS.Timeout | null = null;
+  /** Whether its socket is being read (socket-reads.ts). */
+  readonly reads: ReadState = newReadState();
 
   constructor(options: SessionOptions) {
     const { identity } = options;

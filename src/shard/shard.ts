@@ -21,6 +21,7 @@ import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
 import { MemoryRelease } from './memory-release.ts';
+import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 import { Federation } from './federation.ts';
@@ -220,7 +221,7 @@ export class Shard {
     ws.once('close', (code: number, reason: Buffer) => {
       this.users.add(session.userId, -1);
       this.limiter.release(session.userId, Date.now());
-      if (session.resumeTimer !== null) clearTimeout(session.resumeTimer);
+      cancelPause(session);
       this.relay.leave(session);
       this.updateGauges();
       this.log.info('session_close', {

@@ -11,6 +11,24 @@
  */
 import type { Session } from './session.ts';
 
+/** What this module keeps per session (`session.reads`): the timer that resumes a paused session. */
+export interface ReadState {
+  resumeTimer: NodeJS.Timeout | null;
+}
+
+export function newReadState(): ReadState {
+  return { resumeTimer: null };
+}
+
+/** The session is gone: a pending resume has nothing left to do. */
+export function cancelPause(session: Session): void {
+  const reads = session.reads;
+  if (reads.resumeTimer !== null) {
+    clearTimeout(reads.resumeTimer);
+    reads.resumeTimer = null;
+  }
+}
+
 /** How long a session closed by the server may take to read its close frame before its socket is destroyed. */
 export const CUT_GRACE_MS = 2000;
 
@@ -40,7 +58,7 @@ export function stopReading(session: Session): void {
 }
 
 function resumeReads(session: Session): void {
-  session.resumeTimer = null;
+  session.reads.resumeTimer = null;
   // A session closed meanwhile stays unread (closeAndCut).
   if (!session.open) return;
   session.ws.resume();
@@ -55,9 +73,9 @@ function resumeReads(session: Session): void {
 
 /** Stop reading `session` for `ms`, unless a pause is already running. True when this call paused it. */
 export function pauseReads(session: Session, ms: number): boolean {
-  if (session.resumeTimer !== null || !session.open) return false;
+  if (session.reads.resumeTimer !== null || !session.open) return false;
   stopReading(session);
-  session.resumeTimer = setTimeout(resumeReads, ms, session);
+  session.reads.resumeTimer = setTimeout(resumeReads, ms, session);
   return true;
 }
 
