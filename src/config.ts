@@ -204,8 +204,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: 'maxHeadBytes',
     flags: '--max-head-size <bytes>',
     env: 'MOODIO_RT_MAX_HEAD_SIZE',
-    default: '8192',
-    description: 'largest HTTP request head; larger is answered 431',
+    default: String(16 * 1024),
+    description: "largest HTTP request head, as Node's own default; larger is answered 431",
     parse: intIn(256, 65536),
   },
   {

@@ -139,7 +139,7 @@ describe('config', () => {
     assert.equal(config.port, 8081);
     assert.equal(config.host, '0.0.0.0');
     assert.equal(config.maxMessageSize, 4096);
-    assert.equal(config.maxHeadBytes, 8192);
+    assert.equal(config.maxHeadBytes, 16 * 1024, "Node's own limit: nginx forwards heads up to its own, shared with Next.js");
     assert.equal(config.handshakeTimeoutMs, 10_000);
     assert.equal(config.drainTimeoutMs, 10_000);
     assert.equal(config.permissionTimeoutMs, 5_000);
