@@ -37,8 +37,11 @@ const program = new Command('moodio-rt')
 
 /**
  * Add an option table (src/config.ts, src/loadtest/options.ts) to a command.
- * Returns what maps commander's parsed values back to the table's keys, as
- * raw strings for the table's own validation.
+ * Returns what maps the values the user gave (flag or environment) back to
+ * the table's keys, as raw strings for the table's own validation. Defaults
+ * are left out: commander shows them in --help, the table applies them, and
+ * the table can tell an option given from one defaulted (`serve --dev` listens
+ * on 127.0.0.1 unless --host is given).
  */
 function addOptionTable<K extends string>(command: Command, specs: readonly TableSpec<K>[]) {
   const attributes = new Map<K, string>();
@@ -53,7 +56,7 @@ function addOptionTable<K extends string>(command: Command, specs: readonly Tabl
     const raw: Partial<Record<K, string | boolean>> = {};
     for (const [key, attribute] of attributes) {
       const value = opts[attribute];
-      if (value !== undefined) raw[key] = value;
+      if (value !== undefined && command.getOptionValueSource(attribute) !== 'default') raw[key] = value;
     }
     return raw;
   };
@@ -98,14 +101,24 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   process.on('SIGINT', () => stop('SIGINT'));
 });
 
+/** True for an address only this machine can reach. */
+function isLoopback(host: string): boolean {
+  return host === '::1' || host.startsWith('127.') || host === 'localhost';
+}
+
 function printDevBanner(host: string, port: number, secret: string): void {
   const token = signAccessToken({ userId: 'dev-user-0001', firstName: 'Dev', email: 'dev@example.com', permission: 'editor' }, secret, 12 * 3600);
   const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
   const url = `ws://${reachable}:${port}/ws/desktop/demo`;
+  const hostPort = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const where = isLoopback(host)
+    ? `moodio-rt dev mode, listening on ${hostPort}: this machine only (--host 0.0.0.0 opens it to the network).`
+    : `moodio-rt dev mode, listening on ${hostPort}. WARNING: anyone who can reach it can mint a token at /demo/token; drop --host to listen on 127.0.0.1 only.`;
   process.stderr.write(
     [
       '',
-      'moodio-rt dev mode: no permission API; the token\'s "permission" claim decides (default editor).',
+      where,
+      'No permission API: the token\'s "permission" claim decides (default editor).',
       `  connect:  websocat -H 'Cookie: moodio_access_token=${token}' ${url}`,
       `       or:  npx wscat -c ${url} -H 'Authorization: Bearer ${token}'`,
       `  then send: {"type":"asset_moved","payload":{"id":"asset-1","x":100,"y":200}}`,
