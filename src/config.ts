@@ -440,8 +440,9 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
  * Validate raw option values (strings, as from flags or environment; booleans
  * for switches) into a finished {@link ServeConfig}. Missing keys take their
  * default; in dev mode the host is {@link DEV_HOST} unless given, and the
- * secret is loaded from (or created in) `--dev-secret-file`. Throws {@link ConfigError} naming the first invalid
- * option, or the dev secret file it will not trust.
+ * secret is loaded from (or created in) `--dev-secret-file`. Throws
+ * {@link ConfigError} naming the first invalid option, or the dev secret file
+ * it will not trust.
  */
 export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string | boolean | number>>): ServeConfig {
   const config = resolveTable(SERVE_OPTIONS, raw) as unknown as ServeConfig;
