@@ -16,9 +16,9 @@ import { DEV_SECRET_FILE, parseDuration, resolveServeConfig, SERVE_OPTIONS, type
 import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
 import { ensureAllocatorEnv } from '../src/allocator.ts';
-import { loadOrCreateDevSecret } from '../src/auth/dev-secret.ts';
+import { readDevSecret } from '../src/auth/dev-secret.ts';
 import { startServer } from '../src/server.ts';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { LOADTEST_OPTIONS, resolveLoadtestOptions, type LoadtestOptions } from '../src/loadtest/options.ts';
 import { formatReport } from '../src/loadtest/report.ts';
 import { latencyHistogram, runLoadtest } from '../src/loadtest/runner.ts';
@@ -150,13 +150,10 @@ program
     } catch (err) {
       fail((err as Error).message);
     }
-    let secret = opts.secret;
-    if (!secret) {
-      if (!existsSync(opts.devSecretFile)) {
-        fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
-      }
-      secret = resolveOrExit(() => loadOrCreateDevSecret(opts.devSecretFile));
-    }
+    const secret =
+      opts.secret ||
+      resolveOrExit(() => readDevSecret(opts.devSecretFile)) ||
+      fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
     const claims = {
       userId: opts.user,
       firstName: opts.name,

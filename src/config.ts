@@ -7,13 +7,12 @@
  * Precedence (commander's): default < environment variable < flag.
  */
 import { isIP } from 'node:net';
-import { availableParallelism, tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { loadOrCreateDevSecret } from './auth/dev-secret.ts';
+import { availableParallelism } from 'node:os';
+import { DEV_SECRET_FILE, loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
 import { httpUrl, intIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
-export { optionName, parseDuration };
+export { DEV_SECRET_FILE, optionName, parseDuration };
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -126,9 +125,6 @@ function originList(raw: string, option: string): string[] {
 }
 const flag = (raw: string): boolean => raw === 'true';
 const LIST = { unset: [] as string[] };
-
-/** Where dev mode keeps its secret unless told otherwise (`serve --dev` and `token` both read it). */
-export const DEV_SECRET_FILE = join(tmpdir(), 'moodio-rt-dev-secret');
 
 /**
  * Where `serve --dev` listens unless `--host` (or HOST) says otherwise: dev mode
