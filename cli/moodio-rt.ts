@@ -4,12 +4,12 @@
  * token, `loadtest` loads a server. Flags come from the option tables in
  * src/config.ts and src/loadtest/options.ts.
  *
- * The shebang caps the primary isolate's semi-spaces at 4 MiB (shards get the
- * same through Worker resourceLimits, see primary/shard-pool.ts): under a
- * connect burst V8 otherwise grows them to 16 MiB and keeps them, which made
- * up ~6 KiB of the RSS per idle session. Running `node cli/moodio-rt.ts`
- * directly skips it; pass --max-semi-space-size=4 yourself then.
+ * The `moodio-rt` binary is cli/moodio-rt.mjs, which checks the Node version
+ * in plain JavaScript before loading this file; its shebang (the same as this
+ * one's) is explained there. Run directly, this file checks the version too:
+ * node-version.mjs is its first import, so it is evaluated before the others.
  */
+import './node-version.mjs';
 import { Command, Option } from 'commander';
 import { signAccessToken } from '../src/auth/token.ts';
 import { DEV_SECRET_FILE, parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
