@@ -115,7 +115,7 @@ async function withServer<T>(options: ServerOptions, fn: (port: number, pid: num
   }
 }
 
-// The bin's shebang flag (see cli/moodio-rt.ts): run the server as `npx moodio-rt` would.
+// The bin's shebang flag (see cli/moodio-rt.mjs): run the server as `npx moodio-rt` would.
 const BIN_NODE_ARGS = ['--max-semi-space-size=4'];
 
 const SERVERS: { name: string; options: ServerOptions }[] = [

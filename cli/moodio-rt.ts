@@ -4,21 +4,21 @@
  * token, `loadtest` loads a server. Flags come from the option tables in
  * src/config.ts and src/loadtest/options.ts.
  *
- * The shebang caps the primary isolate's semi-spaces at 4 MiB (shards get the
- * same through Worker resourceLimits, see primary/shard-pool.ts): under a
- * connect burst V8 otherwise grows them to 16 MiB and keeps them, which made
- * up ~6 KiB of the RSS per idle session. Running `node cli/moodio-rt.ts`
- * directly skips it; pass --max-semi-space-size=4 yourself then.
+ * The `moodio-rt` binary is cli/moodio-rt.mjs, which checks the Node version
+ * in plain JavaScript before loading this file; its shebang (the same as this
+ * one's) is explained there. Run directly, this file checks the version too:
+ * node-version.mjs is its first import, so it is evaluated before the others.
  */
+import './node-version.mjs';
 import { Command, Option } from 'commander';
 import { signAccessToken } from '../src/auth/token.ts';
 import { DEV_SECRET_FILE, parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
 import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
 import { ensureAllocatorEnv } from '../src/allocator.ts';
-import { loadOrCreateDevSecret } from '../src/auth/dev-secret.ts';
+import { readDevSecret } from '../src/auth/dev-secret.ts';
 import { startServer } from '../src/server.ts';
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { LOADTEST_OPTIONS, resolveLoadtestOptions, type LoadtestOptions } from '../src/loadtest/options.ts';
 import { formatReport } from '../src/loadtest/report.ts';
 import { latencyHistogram, runLoadtest } from '../src/loadtest/runner.ts';
@@ -37,8 +37,11 @@ const program = new Command('moodio-rt')
 
 /**
  * Add an option table (src/config.ts, src/loadtest/options.ts) to a command.
- * Returns what maps commander's parsed values back to the table's keys, as
- * raw strings for the table's own validation.
+ * Returns what maps the values the user gave (flag or environment) back to
+ * the table's keys, as raw strings for the table's own validation. Defaults
+ * are left out: commander shows them in --help, the table applies them, and
+ * the table can tell an option given from one defaulted (`serve --dev` listens
+ * on 127.0.0.1 unless --host is given).
  */
 function addOptionTable<K extends string>(command: Command, specs: readonly TableSpec<K>[]) {
   const attributes = new Map<K, string>();
@@ -53,7 +56,7 @@ function addOptionTable<K extends string>(command: Command, specs: readonly Tabl
     const raw: Partial<Record<K, string | boolean>> = {};
     for (const [key, attribute] of attributes) {
       const value = opts[attribute];
-      if (value !== undefined) raw[key] = value;
+      if (value !== undefined && command.getOptionValueSource(attribute) !== 'default') raw[key] = value;
     }
     return raw;
   };
@@ -102,14 +105,24 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   process.on('SIGINT', () => stop('SIGINT'));
 });
 
+/** True for an address only this machine can reach. */
+function isLoopback(host: string): boolean {
+  return host === '::1' || host.startsWith('127.') || host === 'localhost';
+}
+
 function printDevBanner(host: string, port: number, secret: string): void {
   const token = signAccessToken({ userId: 'dev-user-0001', firstName: 'Dev', email: 'dev@example.com', permission: 'editor' }, secret, 12 * 3600);
   const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
   const url = `ws://${reachable}:${port}/ws/desktop/demo`;
+  const hostPort = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const where = isLoopback(host)
+    ? `moodio-rt dev mode, listening on ${hostPort}: this machine only (--host 0.0.0.0 opens it to the network).`
+    : `moodio-rt dev mode, listening on ${hostPort}. WARNING: anyone who can reach it can mint a token at /demo/token; drop --host to listen on 127.0.0.1 only.`;
   process.stderr.write(
     [
       '',
-      'moodio-rt dev mode: no permission API; the token\'s "permission" claim decides (default editor).',
+      where,
+      'No permission API: the token\'s "permission" claim decides (default editor).',
       `  connect:  websocat -H 'Cookie: moodio_access_token=${token}' ${url}`,
       `       or:  npx wscat -c ${url} -H 'Authorization: Bearer ${token}'`,
       `  then send: {"type":"asset_moved","payload":{"id":"asset-1","x":100,"y":200}}`,
@@ -141,13 +154,10 @@ program
     } catch (err) {
       fail((err as Error).message);
     }
-    let secret = opts.secret;
-    if (!secret) {
-      if (!existsSync(opts.devSecretFile)) {
-        fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
-      }
-      secret = resolveOrExit(() => loadOrCreateDevSecret(opts.devSecretFile));
-    }
+    const secret =
+      opts.secret ||
+      resolveOrExit(() => readDevSecret(opts.devSecretFile)) ||
+      fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
     const claims = {
       userId: opts.user,
       firstName: opts.name,

@@ -9,13 +9,12 @@
 import { isIP } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { availableParallelism, hostname, tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { loadOrCreateDevSecret } from './auth/dev-secret.ts';
+import { availableParallelism, hostname } from 'node:os';
+import { DEV_SECRET_FILE, loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
 import { httpUrl, intIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
-export { optionName, parseDuration };
+export { DEV_SECRET_FILE, optionName, parseDuration };
 
 export const LOG_LEVELS = ['debug', 'info', 'warn', 'error', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -167,12 +166,15 @@ function nodeId(raw: string, option: string): string {
 const flag = (raw: string): boolean => raw === 'true';
 const LIST = { unset: [] as string[] };
 
-/** Where dev mode keeps its secret unless told otherwise (`serve --dev` and `token` both read it). */
-export const DEV_SECRET_FILE = join(tmpdir(), 'moodio-rt-dev-secret');
+/**
+ * Where `serve --dev` listens unless `--host` (or HOST) says otherwise: dev mode
+ * hands a token to anyone who asks (/demo/token), so only this machine may ask.
+ */
+export const DEV_HOST = '127.0.0.1';
 
 /** The options of `moodio-rt serve`, with their defaults. */
 export const SERVE_OPTIONS: readonly OptionSpec[] = [
-  { key: 'host', flags: '--host <host>', env: 'HOST', default: '0.0.0.0', description: 'address to listen on', parse: text },
+  { key: 'host', flags: '--host <host>', env: 'HOST', default: '0.0.0.0', description: `address to listen on (with --dev: ${DEV_HOST})`, parse: text },
   { key: 'port', flags: '-p, --port <port>', env: 'PORT', default: '8081', description: 'TCP port (0 = any free port)', parse: intIn(0, 65535) },
   {
     key: 'workers',
@@ -244,8 +246,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: 'maxHeadBytes',
     flags: '--max-head-size <bytes>',
     env: 'MOODIO_RT_MAX_HEAD_SIZE',
-    default: '8192',
-    description: 'largest HTTP request head; larger is answered 431',
+    default: String(16 * 1024),
+    description: "largest HTTP request head, as Node's own default; larger is answered 431",
     parse: intIn(256, 65536),
   },
   {
@@ -502,9 +504,10 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
 /**
  * Validate raw option values (strings, as from flags or environment; booleans
  * for switches) into a finished {@link ServeConfig}. Missing keys take their
- * default; in dev mode the secret is loaded from (or created in)
- * `--dev-secret-file`. Throws {@link ConfigError} naming the first invalid
- * option, or the dev secret file it will not trust.
+ * default; in dev mode the host is {@link DEV_HOST} unless given, and the
+ * secret is loaded from (or created in) `--dev-secret-file`. Throws
+ * {@link ConfigError} naming the first invalid option, or the dev secret file
+ * it will not trust.
  */
 export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string | boolean | number>>): ServeConfig {
   const config = resolveTable(SERVE_OPTIONS, raw) as unknown as ServeConfig;
@@ -533,6 +536,7 @@ export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string
       );
     }
     config.jwtSecret = loadOrCreateDevSecret(config.devSecretFile);
+    if (raw.host === undefined) config.host = DEV_HOST;
   } else if (config.jwtSecret === '') {
     throw new ConfigError('JWT_ACCESS_SECRET', 'is required (set the environment variable or --jwt-secret; --dev generates one)');
   }

@@ -58,6 +58,18 @@ test('serve --dev + token work end to end with no secret and no permission API',
   assert.deepEqual([moved.userId, moved.firstName, moved.email], ['alice-0001', 'Alice', 'alice@example.com']);
 });
 
+test('serve --dev listens on 127.0.0.1 unless --host says otherwise, and says so', async (t) => {
+  const env = { MOODIO_RT_DEV_SECRET_FILE: pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-dev-')), 'secret'), JWT_ACCESS_SECRET: undefined, HOST: undefined };
+  // As a user would start it: no --host (the helper's default adds one).
+  const local = await startServer(t, { script: [CLI, 'serve', '--dev', '--port', '0', '--workers', '1'], env });
+  assert.equal((await local.waitForLog((l) => l.event === 'listening')).host, '127.0.0.1');
+  assert.match(await local.waitForStderr(/listening on .*\n/), new RegExp(`listening on 127\\.0\\.0\\.1:${local.port}: this machine only`));
+  // A --host given wins (another loopback address, so that the test stays on this machine).
+  const given = await startServer(t, { script: [CLI, 'serve', '--dev', '--host', '127.0.0.2', '--port', '0', '--workers', '1'], env });
+  assert.equal((await given.waitForLog((l) => l.event === 'listening')).host, '127.0.0.2');
+  assert.match(await given.waitForStderr(/websocat .*\n/), new RegExp(`ws://127\\.0\\.0\\.2:${given.port}/ws/desktop/demo`));
+});
+
 test('token without any secret fails and says how to get one', async () => {
   const missing = pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-dev-')), 'none');
   const { code, stderr } = await cliFails(['token', '--user', 'u-00000001'], { MOODIO_RT_DEV_SECRET_FILE: missing });

@@ -1,6 +1,8 @@
 /**
  * `moodio-rt loadtest` against the real server: delivery, percentiles, the
- * JSON report's fields, the exit-status gates, and exact histogram merging.
+ * JSON report's fields, the exit-status gates, the dev server's secret, the
+ * server's rate limit named in plain words, the progress line, and exact
+ * histogram merging.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -18,19 +20,29 @@ const exec = promisify(execFile);
 const cleanup = new Cleanup();
 let server: ServerProcess;
 const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-loadtest-'));
+const devEnv = devSecretEnv();
 
 before(async () => {
   // Dev mode: the token's permission claim decides, no permission API needed.
-  server = await startServer(cleanup, { workers: 1, args: ['--dev', '--rate-limit', '0'], env: devSecretEnv() });
+  server = await startServer(cleanup, { workers: 1, args: ['--dev', '--rate-limit', '0'], env: devEnv });
 });
 after(() => cleanup.run());
 
-async function loadtest(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, JWT_ACCESS_SECRET: TEST_SECRET };
-  delete env.NODE_OPTIONS;
+interface LoadtestRun {
+  /** Another server than the file's. */
+  port?: number;
+  /** Replaces JWT_ACCESS_SECRET=TEST_SECRET (undefined: unset). */
+  env?: Record<string, string | undefined>;
+  progress?: boolean;
+}
+
+async function loadtest(args: string[], run: LoadtestRun = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const env: Record<string, string | undefined> = { ...process.env, NODE_OPTIONS: undefined, ...(run.env ?? { JWT_ACCESS_SECRET: TEST_SECRET }) };
+  for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
+  const flags = ['--url', `ws://127.0.0.1:${run.port ?? server.port}`, '--threads', '2', ...(run.progress ? [] : ['--no-progress'])];
   try {
-    const { stdout, stderr } = await exec(process.execPath, [CLI, 'loadtest', '--url', `ws://127.0.0.1:${server.port}`, '--threads', '2', '--no-progress', ...args], {
-      env,
+    const { stdout, stderr } = await exec(process.execPath, [CLI, 'loadtest', ...flags, ...args], {
+      env: env as NodeJS.ProcessEnv,
       maxBuffer: 16 * 1024 * 1024,
     });
     return { code: 0, stdout, stderr };
@@ -126,6 +138,54 @@ test('invalid options fail with exit 2 naming the option', async () => {
   assert.match(bad.stderr, /--rooms: must be an integer from 1/);
   const url = await loadtest(['--url', 'http://x']);
   assert.match(url.stderr, /--url: must be a ws:\/\/ URL/);
+});
+
+test("with no secret given, it signs with the dev server's secret file, as `token` does", async () => {
+  const { code, stdout, stderr } = await loadtest([...SMALL, '--json'], { env: { ...devEnv, JWT_ACCESS_SECRET: undefined } });
+  assert.equal(code, 0, stderr);
+  const report = JSON.parse(stdout);
+  assert.equal(report.connected, 12);
+  assert.equal(report.deliveryRatio, 1);
+
+  const missing = await loadtest(SMALL, { env: { JWT_ACCESS_SECRET: undefined, MOODIO_RT_DEV_SECRET_FILE: join(dir, 'no-such-secret') } });
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /--secret: a --secret \(or JWT_ACCESS_SECRET\) or a --token-file is required; against a `moodio-rt serve --dev` server, start it first/);
+});
+
+test("a server's rate limit is named in plain words, with how to run the server for a benchmark", async (t) => {
+  // The defaults a user's server has: --rate-limit 100/s after a burst of 200.
+  const limited = await startServer(t, { workers: 1, args: ['--dev'], env: devEnv });
+  const args = ['--rooms', '1', '--users-per-room', '2', '--senders-per-room', '1', '--rate', '500', '--duration', '1s', '--warmup', '200ms'];
+  const human = await loadtest(args, { port: limited.port });
+  assert.equal(human.code, 1, 'delivery below 100% fails the run');
+  assert.match(human.stdout, /errors: .*server_rate_limited ×\d+/);
+  assert.match(human.stdout, /SERVER LIMIT: The server rate-limited the generator \(\d+ rate_limited errors?.*\): its --rate-limit \(100 messages\/s per user by default.*each sender here sends 500\/s/);
+  assert.match(human.stdout, /For a benchmark, run the server under test with `moodio-rt serve --rate-limit 0 --max-pending-per-address 0 --handshake-rate-per-address 0`/);
+  assert.match(human.stdout, /result: FAIL — delivery [\d.]+% < --min-delivery 100\.00% \(the server's --rate-limit dropped messages, see above\)/);
+
+  const json = JSON.parse((await loadtest([...args, '--json'], { port: limited.port })).stdout);
+  assert.deepEqual(json.serverLimits.map((n: { options: string[] }) => n.options[0]), ['--rate-limit']);
+  assert.ok(json.serverLimits[0].count >= json.errors.server_rate_limited);
+
+  // The file's server runs with --rate-limit 0: no note.
+  const free = await loadtest([...args, '--json']);
+  assert.equal(free.code, 0, free.stderr);
+  assert.deepEqual(JSON.parse(free.stdout).serverLimits, []);
+});
+
+test('the progress line counts measured sends only, and its last line is the report\'s', async () => {
+  // Ticks at 1 s (warm-up) and 2 s (0.5 s into the window, 2 s of sending): a count that
+  // included the warm-up would pass the report's 1 s of measured sends there.
+  const args = ['--rooms', '2', '--users-per-room', '2', '--rate', '200', '--warmup', '1500ms', '--duration', '1s', '--json'];
+  const { code, stdout, stderr } = await loadtest(args, { progress: true });
+  assert.equal(code, 0, stderr);
+  const report = JSON.parse(stdout);
+  const lines = stderr.split('\n').filter((l) => /^\[\d+s\] /.test(l));
+  assert.match(lines[0]!, /^\[\d+s\] warm-up \(not measured\)$/);
+  const counts = lines.map((l) => /measured sends (\d+), deliveries (\d+)/.exec(l)).filter((m) => m !== null);
+  assert.ok(counts.length >= 2, stderr);
+  for (const m of counts) assert.ok(Number(m[1]) <= report.sends, `progress ${m[0]} > report ${report.sends}`);
+  assert.match(lines.at(-1)!, new RegExp(`^\\[\\d+s\\] measured sends ${report.sends}, deliveries ${report.deliveries} \\(done\\)$`));
 });
 
 test('merging per-thread histograms equals one histogram of all the samples', () => {

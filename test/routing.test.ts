@@ -118,11 +118,11 @@ test('an upgrade without Connection: upgrade → 426; the token may sit in a lis
   assert.equal(listed.status, 101);
 });
 
-test('a head larger than 8 KiB → 431; one just under is accepted', async () => {
-  const big = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { 'X-Pad': 'p'.repeat(9000) })]);
+test('a head larger than 16 KiB (the default, as Node\'s) → 431; one of exactly 16 KiB is accepted', async () => {
+  const big = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { 'X-Pad': 'p'.repeat(16 * 1024) })]);
   assert.equal(big.status, 431);
   const base = upgradeHead(`/ws/desktop/${desktop()}`, { ...authHeader(), 'X-Pad': '' }).length;
-  const fits = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { ...authHeader(), 'X-Pad': 'p'.repeat(8192 - base) })], {
+  const fits = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { ...authHeader(), 'X-Pad': 'p'.repeat(16 * 1024 - base) })], {
     until: untilJoined,
   });
   assert.equal(fits.status, 101);

@@ -1,5 +1,5 @@
 /**
- * SIGTERM: stop accepting, close every session with 1001, exit within
+ * SIGTERM: stop accepting, close every session with 1001, shards exit 0, exit within
  * --drain-timeout even when a client never completes the closing handshake.
  */
 import assert from 'node:assert/strict';
@@ -36,6 +36,9 @@ test('SIGTERM closes every session with 1001 and exits 0', async (t) => {
   }
   assert.deepEqual(await server.exited, { code: 0, signal: null });
   assert.ok(server.logs.some((l) => l.event === 'shutdown'));
+  // A drained shard ends its thread itself: code 0, logged as info, not a crash's code 1.
+  const exits = server.logs.filter((l) => l.event === 'shard_exit');
+  assert.deepEqual(exits.map((l) => [l.shard, l.code, l.level]).sort(), [[0, 0, 'info'], [1, 0, 'info']]);
 });
 
 test('a client that ignores the close frame does not hold the exit past --drain-timeout', async (t) => {

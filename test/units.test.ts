@@ -3,6 +3,9 @@
  * own receiver), the shard hash, and option validation.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import * as wsModule from 'ws';
 import { parseDuration, resolveServeConfig } from '../src/config.ts';
@@ -139,12 +142,20 @@ describe('config', () => {
     assert.equal(config.port, 8081);
     assert.equal(config.host, '0.0.0.0');
     assert.equal(config.maxMessageSize, 4096);
-    assert.equal(config.maxHeadBytes, 8192);
+    assert.equal(config.maxHeadBytes, 16 * 1024, "Node's own limit: nginx forwards heads up to its own, shared with Next.js");
     assert.equal(config.handshakeTimeoutMs, 10_000);
     assert.equal(config.drainTimeoutMs, 10_000);
     assert.equal(config.permissionTimeoutMs, 5_000);
     assert.equal(config.permissionApiBase, 'http://localhost:3000');
     assert.equal(config.dev, false);
+  });
+
+  test('dev mode listens on 127.0.0.1 unless the host is given', () => {
+    assert.equal(resolveServeConfig({ jwtSecret: 's' }).host, '0.0.0.0');
+    const devSecretFile = join(mkdtempSync(join(tmpdir(), 'moodio-rt-dev-')), 'secret');
+    assert.equal(resolveServeConfig({ dev: true, devSecretFile }).host, '127.0.0.1');
+    assert.equal(resolveServeConfig({ dev: true, devSecretFile, host: '0.0.0.0' }).host, '0.0.0.0');
+    assert.equal(resolveServeConfig({ dev: true, devSecretFile, host: '::1' }).host, '::1');
   });
 
   test('durations accept ms, s, m, h', () => {

@@ -7,20 +7,24 @@
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants, fstatSync, linkSync, mkdirSync, openSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { ConfigError } from '../errors.ts';
 
 const OPTION = '--dev-secret-file';
+
+/** Where dev mode keeps its secret unless told otherwise (`serve --dev` writes it; `token` and `loadtest` read it). */
+export const DEV_SECRET_FILE = join(tmpdir(), 'moodio-rt-dev-secret');
 
 function refuse(file: string, problem: string, fix: string): never {
   throw new ConfigError(OPTION, `${file} ${problem}; ${fix}`);
 }
 
 /**
- * The secret in `file`, or null when there is none.
+ * The secret in `file`, or null when there is none (no dev server has run).
  * @throws {ConfigError} when the file exists but is not to be trusted.
  */
-function readDevSecret(file: string): string | null {
+export function readDevSecret(file: string): string | null {
   let fd: number;
   try {
     // O_NOFOLLOW: a link planted at the path (say in /tmp) is refused, not followed.

@@ -356,8 +356,9 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   };
   counting = true;
   loop();
+  // Measured counts only, as the report has them: warm-up sends are discarded.
   const progress = setInterval(
-    () => post({ type: 'progress', thread: plan.thread, sends: warm.sends + measured.sends, deliveries: warm.deliveries + measured.deliveries }),
+    () => post({ type: 'progress', thread: plan.thread, warmingUp: nowUs() < measureFrom, sends: measured.sends, deliveries: measured.deliveries }),
     1000,
   );
   await sleep(start.warmupMs + start.durationMs);

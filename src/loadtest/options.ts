@@ -3,6 +3,7 @@
  * the server's, every option is validated once here and named in its error.
  */
 import { availableParallelism } from 'node:os';
+import { DEV_SECRET_FILE, readDevSecret } from '../auth/dev-secret.ts';
 import { ConfigError } from '../errors.ts';
 import { intIn, numberIn, oneOf, parseDuration, resolveTable, type TableSpec } from '../option-parsers.ts';
 
@@ -24,7 +25,11 @@ export const PRESET = {
 export interface LoadtestOptions {
   /** One ws:// URL, or several joined with commas (nodes of one fleet). */
   url: string;
+  /** Signs one token per session: --secret, JWT_ACCESS_SECRET, or else a dev server's secret file. */
   secret: string;
+  /** How sessions authenticate: tokens signed with --secret, with the dev server's secret, or read from --token-file. */
+  auth: 'secret' | 'dev-secret-file' | 'token-file';
+  devSecretFile: string;
   tokenFile: string;
   preset: PresetName | null;
   rooms: number;
@@ -81,6 +86,14 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
     parse: wsUrls,
   },
   { key: 'secret', flags: '--secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)', parse: text },
+  {
+    key: 'devSecretFile',
+    flags: '--dev-secret-file <path>',
+    env: 'MOODIO_RT_DEV_SECRET_FILE',
+    default: DEV_SECRET_FILE,
+    description: 'with neither --secret nor --token-file: the secret of a `serve --dev` server, as `moodio-rt token` reads it',
+    parse: text,
+  },
   { key: 'tokenFile', flags: '--token-file <path>', description: 'file with one token per line, used round-robin instead of --secret', parse: text },
   {
     key: 'preset',
@@ -112,10 +125,25 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
   { key: 'progress', flags: '--no-progress', description: 'no progress line on stderr', parse: flag, unset: true },
 ];
 
-/** Validate raw values (strings, booleans for switches) into options; missing keys take defaults. */
+/**
+ * Validate raw values (strings, booleans for switches) into options; missing
+ * keys take defaults. With neither a secret nor a token file, the secret of a
+ * dev server is read from `--dev-secret-file`, as `moodio-rt token` does.
+ */
 export function resolveLoadtestOptions(raw: Partial<Record<keyof LoadtestOptions, string | boolean>>): LoadtestOptions {
   const options = resolveTable(LOADTEST_OPTIONS, raw) as unknown as LoadtestOptions;
-  if (options.secret === '' && options.tokenFile === '') throw new ConfigError('--secret', 'a --secret (or JWT_ACCESS_SECRET) or a --token-file is required');
+  options.auth = options.tokenFile !== '' ? 'token-file' : 'secret';
+  if (options.secret === '' && options.tokenFile === '') {
+    const dev = readDevSecret(options.devSecretFile);
+    if (dev === null) {
+      throw new ConfigError(
+        '--secret',
+        `a --secret (or JWT_ACCESS_SECRET) or a --token-file is required; against a \`moodio-rt serve --dev\` server, start it first and its secret is read from ${options.devSecretFile}`,
+      );
+    }
+    options.secret = dev;
+    options.auth = 'dev-secret-file';
+  }
   if (options.sendersPerRoom > options.usersPerRoom) throw new ConfigError('--senders-per-room', 'cannot exceed --users-per-room');
   return options;
 }

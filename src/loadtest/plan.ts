@@ -40,7 +40,8 @@ export interface StartCommand {
 
 export type ThreadEvent =
   | { type: 'connected'; thread: number; connected: number; failed: number }
-  | { type: 'progress'; thread: number; sends: number; deliveries: number };
+  /** Once a second: the measured window's counts so far (0 during the warm-up), as the report counts them. */
+  | { type: 'progress'; thread: number; warmingUp: boolean; sends: number; deliveries: number };
 
 export interface ThreadResult {
   thread: number;

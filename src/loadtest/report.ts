@@ -1,6 +1,7 @@
 /** Human-readable load-test report. */
 import type { LatencySummary } from './histogram.ts';
 import { SATURATED_LAG_MS, SATURATED_PERCENT, type LoadtestReport } from './runner.ts';
+import { benchmarkAdvice } from './server-limits.ts';
 
 const n = (value: number): string => value.toLocaleString('en-US');
 const pct = (ratio: number): string => `${(ratio * 100).toFixed(2)}%`;
@@ -37,6 +38,12 @@ export function formatReport(report: LoadtestReport): string {
   }
   const errors = Object.entries(report.errors);
   lines.push(`errors: ${errors.length === 0 ? 'none' : errors.map(([k, v]) => `${k} ×${n(v)}`).join(', ')}`);
+  if (report.serverLimits.length > 0) {
+    lines.push('');
+    for (const note of report.serverLimits) lines.push(`SERVER LIMIT: ${note.text}`);
+    lines.push(benchmarkAdvice());
+    lines.push('');
+  }
   const g = report.generator;
   lines.push(
     `generator: ${report.threads} thread(s), busy ${g.busyPercent.map((c) => `${c}%`).join(' / ')}, ` +

@@ -11,6 +11,7 @@ import { signAccessToken } from '../auth/token.ts';
 import { mergeHistograms, summarize, type Histogram, type LatencySummary } from './histogram.ts';
 import { PRESET, PRESET_ROOMS, type LoadtestOptions } from './options.ts';
 import type { RoomPlan, StartCommand, ThreadEvent, ThreadPlan, ThreadResult } from './plan.ts';
+import { serverLimitNotes, type ServerLimitNote } from './server-limits.ts';
 
 export interface LoadtestReport {
   url: string;
@@ -37,6 +38,8 @@ export interface LoadtestReport {
   /** Preset mode: the other rooms. */
   pressure: { sends: number; expectedDeliveries: number; deliveries: number; deliveriesPerSecond: number } | null;
   errors: Record<string, number>;
+  /** The server's own limits that the errors show, in plain words (empty when none). */
+  serverLimits: ServerLimitNote[];
   generator: { cpuPercent: number[]; busyPercent: number[]; saturated: boolean; framesReceived: number; sendLagMs: LatencySummary };
   gates: { minDelivery: number; maxP99Ms: number; passed: boolean; failures: string[] };
 }
@@ -121,7 +124,7 @@ export async function runLoadtest(options: LoadtestOptions, hooks: RunHooks = {}
     maxThreads: threads,
     idleTimeout: 1000,
   });
-  const progress = new Map<number, { sends: number; deliveries: number }>();
+  const progress = new Map<number, { warmingUp: boolean; sends: number; deliveries: number }>();
   let connectedThreads = 0;
   const ports: import('node:worker_threads').MessagePort[] = [];
   const startAt = Date.now();
@@ -135,14 +138,16 @@ export async function runLoadtest(options: LoadtestOptions, hooks: RunHooks = {}
       if (event.type === 'connected') {
         if (++connectedThreads === threads) announce();
       } else {
-        progress.set(event.thread, { sends: event.sends, deliveries: event.deliveries });
+        progress.set(event.thread, { warmingUp: event.warmingUp, sends: event.sends, deliveries: event.deliveries });
         let sends = 0;
         let deliveries = 0;
+        let warmingUp = false;
         for (const p of progress.values()) {
           sends += p.sends;
           deliveries += p.deliveries;
+          warmingUp ||= p.warmingUp;
         }
-        hooks.onProgress?.(`[${((Date.now() - startAt) / 1000).toFixed(0)}s] measured sends ${sends}, deliveries ${deliveries}`);
+        hooks.onProgress?.(progressLine(startAt, warmingUp && sends === 0 ? 'warm-up (not measured)' : `measured sends ${sends}, deliveries ${deliveries}`));
       }
     });
     // piscina types its transfer list as DOM-style options; a worker_threads MessagePort is what it transfers.
@@ -160,7 +165,14 @@ export async function runLoadtest(options: LoadtestOptions, hooks: RunHooks = {}
     for (const port of ports) port.close();
     await pool.destroy();
   }
-  return buildReport(options, durationMs, threads, results);
+  const report = buildReport(options, durationMs, threads, results);
+  // The last line has the report's own totals (sends in the window, deliveries up to the grace period).
+  hooks.onProgress?.(progressLine(startAt, `measured sends ${report.sends}, deliveries ${report.deliveries} (done)`));
+  return report;
+}
+
+function progressLine(startAt: number, text: string): string {
+  return `[${((Date.now() - startAt) / 1000).toFixed(0)}s] ${text}`;
 }
 
 function sum(results: ThreadResult[], key: keyof ThreadResult): number {
@@ -237,6 +249,7 @@ export function buildReport(options: LoadtestOptions, durationMs: number, thread
         }
       : null,
     errors,
+    serverLimits: serverLimitNotes(errors, preset ? PRESET.pressureRate : options.rate),
     generator: {
       cpuPercent,
       busyPercent,
@@ -249,7 +262,11 @@ export function buildReport(options: LoadtestOptions, durationMs: number, thread
   const failures = report.gates.failures;
   if (report.connectFailed > 0) failures.push(`${report.connectFailed} of ${report.sessions} sessions failed to connect`);
   if (report.deliveryRatio < options.minDelivery) {
-    failures.push(`delivery ${(report.deliveryRatio * 100).toFixed(2)}% < --min-delivery ${(options.minDelivery * 100).toFixed(2)}%`);
+    const limited = report.serverLimits.some((note) => note.options.includes('--rate-limit'));
+    failures.push(
+      `delivery ${(report.deliveryRatio * 100).toFixed(2)}% < --min-delivery ${(options.minDelivery * 100).toFixed(2)}%` +
+        (limited ? " (the server's --rate-limit dropped messages, see above)" : ''),
+    );
   }
   if (options.maxP99Ms > 0 && report.latencyMs.p99 > options.maxP99Ms) failures.push(`p99 ${report.latencyMs.p99} ms > --max-p99 ${options.maxP99Ms} ms`);
   report.gates.passed = failures.length === 0;

@@ -303,12 +303,16 @@ export class ShardPool {
   }
 
   /**
-   * Ask every shard to close its sessions with 1001 and wait up to
-   * `timeoutMs` for them to report; then stop all workers.
+   * Ask every shard to close its sessions with 1001, and wait up to
+   * `timeoutMs` for each to end its thread (exit code 0); then terminate the
+   * ones still running (their exit is logged with code 1: they did not drain).
+   *
+   * It waits for 'exit', not for 'drained': terminating a worker that is
+   * already on its way out could replace its exit code 0 with 1.
    */
   async drain(timeoutMs: number): Promise<void> {
     this.stopping = true;
-    const waits: Promise<void>[] = [];
+    const exits: Promise<unknown>[] = [];
     for (const shard of this.shards) {
       if (shard.restartTimer) clearTimeout(shard.restartTimer);
       shard.restartTimer = null;
@@ -318,17 +322,14 @@ export class ShardPool {
         continue;
       }
       shard.state = 'stopping';
-      waits.push(
-        new Promise<void>((resolve) => {
-          shard.onDrained = resolve;
-          // Being terminated: it is closing its sessions already, and its exit resolves this.
-          if (shard.terminating) return;
-          const message: DrainMessage = { type: 'drain', timeoutMs };
-          worker.postMessage(message);
-        }),
-      );
+      // Not events.once: it would reject on the 'error' that precedes a crashed worker's exit.
+      exits.push(new Promise((resolve) => worker.once('exit', resolve)));
+      // Being terminated: it is closing its sessions already, and exits when stopped.
+      if (shard.terminating) continue;
+      const message: DrainMessage = { type: 'drain', timeoutMs };
+      worker.postMessage(message);
     }
-    await withDeadline(Promise.all(waits), timeoutMs + 250);
+    await withDeadline(Promise.all(exits), timeoutMs + 250);
     await Promise.all(this.shards.map((s) => s.worker?.terminate()));
   }
 }

@@ -17,7 +17,10 @@ export interface ConnectionMessage {
   remoteAddress: string;
 }
 
-/** Primary → shard: stop taking connections, close every session with 1001. */
+/**
+ * Primary → shard (shutdown): stop taking connections, close every session
+ * with 1001, report `drained`, then end the thread with exit code 0.
+ */
 export interface DrainMessage {
   type: 'drain';
   /** How long the shard may wait for closing handshakes before cutting sockets. */

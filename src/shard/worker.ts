@@ -57,7 +57,13 @@ port.on('message', (message: PrimaryToShard) => {
       });
       break;
     case 'drain':
-      void shard.drain(message.timeoutMs).then((closed) => send({ type: 'drained', closed }));
+      // Shutdown: end the thread ourselves once drained. A worker the primary terminates
+      // exits with code 1, and a clean shutdown then read like a crash in the logs.
+      // The primary's 'exit' comes after every message posted before it ('drained').
+      void shard.drain(message.timeoutMs).then((closed) => {
+        send({ type: 'drained', closed });
+        process.exit(0);
+      });
       break;
     case 'restart':
       void shard.drain(message.timeoutMs, CloseCode.SERVICE_RESTART, 'service restart').then((closed) => send({ type: 'drained', closed }));
