@@ -18,7 +18,7 @@
  * asks for everyone else's, and forgets the remote sessions nobody
  * confirmed.
  */
-import { connect, credsAuthenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, headers, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { ServeConfig } from '../config.ts';
@@ -49,6 +49,8 @@ import type { FederationStats } from '../protocol/messages.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
 
+/** The NATS header of a sync request listing the requesting node's sessions of the room. */
+const ROSTER_HEADER = 'Moodio-Sessions';
 /** A sync waits this long after the last answer for more, */
 const SYNC_STALL_MS = 50;
 /** and never longer than this in all (a Go relay answers but never says it is done). */
@@ -85,8 +87,6 @@ interface RemoteSession {
   node: string;
   info: BusSessionInfo;
   infoJson: string;
-  /** The sync generation that last confirmed it. */
-  seen: number;
 }
 
 interface FedRoom {
@@ -136,7 +136,6 @@ export class Federation {
   private nc: NatsConnection | null = null;
   private connected = false;
   private closing = false;
-  private generation = 0;
   private remoteCount = 0;
   private readonly heartbeat: NodeJS.Timeout;
   private readonly sweeper: NodeJS.Timeout;
@@ -359,36 +358,72 @@ export class Federation {
   // ---------------------------------------------------------------- presence sync
 
   /**
-   * Ask the other nodes who is in `room`, and wait for their answers: the
-   * request carries a reply subject, and each moodio-rt node that has the
-   * room answers it once it has published its `session_joined` events (so
-   * they arrive first). With no other subscriber, NATS says so at once.
-   * With `reconcile`, local sessions are announced again first, and remote
-   * sessions that no answer confirmed are removed afterwards.
+   * Ask the other nodes who is in `room`, and wait for their answers.
+   *
+   * The request is the Go relay's `presence_sync_request`, plus two things a
+   * Go relay ignores: a NATS reply subject, and a `Moodio-Sessions` header
+   * listing this node's sessions of the room. A moodio-rt node that has the
+   * room publishes its `session_joined` events, then answers the reply
+   * subject with its own list (so the events arrive first). Each side then
+   * removes the other's sessions that the list does not name: sessions that
+   * left while the bus was down, whose `session_left` never went out. With
+   * no other subscriber, NATS says so at once. With `announce`, local
+   * sessions are published again first (after a reconnect, for nodes that
+   * forgot them).
    */
-  private async sync(room: FedRoom, reconcile: boolean): Promise<void> {
-    const generation = ++this.generation;
+  private async sync(room: FedRoom, announce: boolean): Promise<void> {
     try {
-      if (reconcile) this.announce(room, 'session_joined');
+      if (announce) this.announce(room, 'session_joined');
       const request = envelope(this.nodeJson, `{"type":"${PRESENCE_SYNC_REQUEST}"}`);
+      const roster = headers();
+      roster.set(ROSTER_HEADER, this.localIds(room));
       this.metrics.add(Metric.BUS_PUBLISHED);
       this.metrics.add(Metric.BUS_BYTES_OUT, request.length);
-      const answers = await this.nc!.requestMany(room.subject, request, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS });
-      for await (const answer of answers) void answer;
+      const answers = await this.nc!.requestMany(room.subject, request, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: roster });
+      for await (const answer of answers) this.onSyncAnswer(room, answer);
     } catch {
       // No responders (no other node has the room), or the bus went down: what was heard is what there is.
-    }
-    if (reconcile && this.rooms.get(room.desktopId) === room) {
-      const now = Date.now();
-      for (const [id, remote] of room.remote) {
-        if (remote.seen < generation) this.removeRemote(room, id, remote, now);
-      }
     }
     const waiters = room.waiters;
     room.waiters = null;
     if (waiters !== null) for (const join of waiters) join();
     // Every waiter left before the answers came: nothing local holds the room.
     if (this.rooms.get(room.desktopId) === room && this.localRooms.get(room.desktopId) === undefined) this.dropRoom(room);
+  }
+
+  /** This node's session ids in `room`, comma-separated ('' when none). */
+  private localIds(room: FedRoom): string {
+    const members = this.localRooms.get(room.desktopId)?.members;
+    if (members === undefined) return '';
+    let ids = '';
+    for (let i = 0; i < members.length; i++) ids += (i === 0 ? '' : ',') + members[i]!.id;
+    return ids;
+  }
+
+  /** A node's answer to our sync: `{"r": node, "s": [its session ids in the room]}`. */
+  private onSyncAnswer(room: FedRoom, answer: Msg): void {
+    if (this.rooms.get(room.desktopId) !== room || answer.data.byteLength > 64 * 1024) return;
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(answer.string());
+    } catch {
+      this.drop(DropReason.MALFORMED, answer.subject);
+      return;
+    }
+    const { r, s } = (parsed ?? {}) as { r?: unknown; s?: unknown };
+    if (typeof r !== 'string' || !Array.isArray(s) || !s.every((id) => typeof id === 'string')) {
+      this.drop(DropReason.MALFORMED, answer.subject);
+      return;
+    }
+    if (r !== this.config.nodeId) this.applyRoster(room, r, new Set(s as string[]));
+  }
+
+  /** `node` says these are all its sessions in `room`: forget the others we hold for it. */
+  private applyRoster(room: FedRoom, node: string, ids: ReadonlySet<string>): void {
+    const now = Date.now();
+    for (const [id, remote] of room.remote) {
+      if (remote.node === node && !ids.has(id)) this.removeRemote(room, id, remote, now);
+    }
   }
 
   private resyncAll(): void {
@@ -426,7 +461,8 @@ export class Federation {
     room.lastAnswerAt = Date.now();
     if (!this.connected) return;
     this.announce(room, 'session_joined');
-    const done = `{"r":${this.nodeJson},"n":${this.localRooms.get(room.desktopId)?.members.length ?? 0}}`;
+    const members = this.localRooms.get(room.desktopId)?.members ?? [];
+    const done = `{"r":${this.nodeJson},"s":${JSON.stringify(members.map((m) => m.id))}}`;
     for (const reply of room.pendingReplies) this.send(reply, done);
     room.pendingReplies = [];
   }
@@ -466,26 +502,32 @@ export class Federation {
     const event = parsed.value;
     const local = this.localRooms.get(room.desktopId);
     switch (event.kind) {
-      case 'sync_request':
+      case 'sync_request': {
+        // A moodio-rt node lists its sessions of the room (a Go relay sends no list).
+        const roster = msg.headers?.get(ROSTER_HEADER);
+        if (msg.headers?.has(ROSTER_HEADER) && roster !== undefined) {
+          if (roster.length > 64 * 1024) {
+            this.drop(DropReason.TOO_LARGE, msg.subject, node);
+            return;
+          }
+          this.applyRoster(room, node, new Set(roster === '' ? [] : roster.split(',')));
+        }
         this.answerSync(room, msg.reply === '' ? undefined : msg.reply);
         return;
+      }
       case 'joined': {
         const id = event.info.sessionId;
         if (local !== undefined && isLocal(local, id)) {
           this.drop(DropReason.FORGED, msg.subject, node);
           return;
         }
-        const known = room.remote.get(id);
-        if (known !== undefined) {
-          // An answer to a sync, or an announcement after a reconnect: confirmed, not news.
-          if (known.node === node) known.seen = this.generation;
-          return;
-        }
+        // An answer to a sync, or an announcement after a reconnect: not news.
+        if (room.remote.has(id)) return;
         if (room.remote.size >= this.maxRemotePerRoom) {
           this.drop(DropReason.ROOM_FULL, msg.subject, node);
           return;
         }
-        room.remote.set(id, { node, info: event.info, infoJson: sessionInfoJson(event.info), seen: this.generation });
+        room.remote.set(id, { node, info: event.info, infoJson: sessionInfoJson(event.info) });
         this.remoteCount++;
         this.metrics.set(Metric.REMOTE_SESSIONS, this.remoteCount);
         if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
