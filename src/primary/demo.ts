@@ -12,9 +12,9 @@ import { ACCESS_TOKEN_COOKIE } from '../protocol/events.ts';
 import { httpResponse, type RequestHead } from '../protocol/http.ts';
 
 const ASSETS: Record<string, URL> = {
-  '/demo/client/client/index.js': new URL('../../dist/client/index.js', import.meta.url),
-  '/demo/client/client/backoff.js': new URL('../../dist/client/backoff.js', import.meta.url),
-  '/demo/client/protocol/events.js': new URL('../../dist/protocol/events.js', import.meta.url),
+  '/demo/client/client/index.js': new URL('../../dist/moodio-rt-client/client/index.js', import.meta.url),
+  '/demo/client/client/backoff.js': new URL('../../dist/moodio-rt-client/client/backoff.js', import.meta.url),
+  '/demo/client/protocol/events.js': new URL('../../dist/moodio-rt-client/protocol/events.js', import.meta.url),
 };
 const PAGE = new URL('../demo/index.html', import.meta.url);
 
