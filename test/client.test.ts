@@ -192,7 +192,7 @@ test('retryNow() opens at once while a retry waits, restarts the backoff, and do
   assert.throws(() => client.retryNow(), { code: 'ERR_CLOSED' });
 });
 
-test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Bearer when asked; without one nothing is offered', () => {
+test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Bearer when asked; without one nothing is offered; a token function is asked per attempt', () => {
   FakeSocket.all = [];
   const make = (extra: object) => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock(), ...extra });
   make({ token: 'a.b.c' }).close();
@@ -202,6 +202,16 @@ test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Beare
     FakeSocket.all.map((socket) => socket.options),
     [['moodio.v1', 'moodio.token.a.b.c'], { headers: { Authorization: 'Bearer a.b.c' } }, undefined],
   );
+  // A function is asked again before every attempt: a reconnect carries the freshest token.
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  let current = 'first';
+  const client = make({ token: () => current, ...clock });
+  FakeSocket.all[0]!.fail();
+  current = 'second';
+  clock.fire();
+  assert.deepEqual(FakeSocket.all.map((socket) => (socket.options as string[])[1]), ['moodio.token.first', 'moodio.token.second']);
+  client.close();
   assert.throws(() => make({ token: 'a.b.c', tokenVia: 'cookie' }), { code: 'ERR_INVALID_OPTION', message: /options\.tokenVia/ });
 });
 

@@ -105,9 +105,11 @@ export interface ConnectOptions {
   /**
    * Access token. Offered as the WebSocket protocols `moodio.v1` and
    * `moodio.token.<token>` (browsers and `ws`), so each window can be its own
-   * user whatever cookie the site holds. Without it, a browser's cookie authenticates.
+   * user whatever cookie the site holds. Without it, a browser's cookie
+   * authenticates. A function is called before every attempt, so that a
+   * reconnect carries the app's freshest token.
    */
-  token?: string;
+  token?: string | (() => string | null | undefined);
   /** How `token` travels: `protocol` (default) or `bearer` (`Authorization: Bearer`, the `ws` package only). */
   tokenVia?: 'protocol' | 'bearer';
   /** Default: `globalThis.WebSocket`. Node older than 22 has none: pass the `ws` package. */
@@ -322,7 +324,8 @@ export class MoodioClient {
     this.timer = null;
     this.nextRetryInMs = null;
     const url = `${this.options.url}/ws/desktop/${encodeURIComponent(this.options.desktopId)}`;
-    const { token, tokenVia } = this.options;
+    const { tokenVia } = this.options;
+    const token = typeof this.options.token === 'function' ? this.options.token() : this.options.token;
     const socket = !token
       ? new this.WebSocketImpl(url)
       : tokenVia === 'bearer'
