@@ -28,7 +28,7 @@ const FAVICON =
 const DEMO_TOKEN_TTL_SECONDS = 12 * 3600;
 
 /** The demo user of a name: the same name is the same user (and colour) in every window and after a reload. */
-export function demoUserId(firstName: string): string {
+function demoUserId(firstName: string): string {
   const slug = firstName.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
   return `demo-${slug || 'guest'}`;
 }
