@@ -1,6 +1,8 @@
 /**
  * Handshake authentication: every bad token is a 401 before the permission
- * API is asked; a good one is accepted from the cookie or a Bearer header.
+ * API is asked; a good one is accepted from Sec-WebSocket-Protocol, the
+ * cookie or a Bearer header, in that order, and a protocol token is never
+ * echoed nor logged.
  * verifyAccessToken's own checks (crit, time claims, well-formed identity
  * claims) are also asserted directly, by error code.
  */
@@ -9,7 +11,7 @@ import { after, before, test, type TestContext } from 'node:test';
 import { verifyAccessToken } from '../src/auth/token.ts';
 import { AuthErrorCode, type AuthErrorCodeValue } from '../src/errors.ts';
 import { ACCESS_TOKEN_COOKIE } from '../src/protocol/events.ts';
-import { connect, HandshakeRejected, join } from './helpers/client.ts';
+import { connect, HandshakeRejected, join, rawRequest, untilJoined, upgradeHead } from './helpers/client.ts';
 import { startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
@@ -114,6 +116,47 @@ test('the token cookie is found among other cookies, and takes precedence over B
   assert.equal(stub.requests.at(-1)!.userId, claims.userId);
 });
 
+
+/** No log line, stdout or stderr of the server holds `secret`. */
+function assertNotLogged(secret: string): void {
+  const output = JSON.stringify(server.logs) + server.stdout + server.stderr;
+  assert.ok(!output.includes(secret), 'a token reached the server log');
+}
+
+test('a token in Sec-WebSocket-Protocol beside moodio.v1 is accepted; the answer is moodio.v1, never the token, and it is not logged', async (t) => {
+  const claims = valid();
+  const jwt = token(claims);
+  // Offered first: ws's default would answer the first offered protocol, the token.
+  const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { 'Sec-WebSocket-Protocol': `moodio.token.${jwt}, moodio.v1` })], { until: untilJoined });
+  assert.equal(res.status, 101, res.head);
+  assert.equal(res.headers['sec-websocket-protocol'], 'moodio.v1');
+  assert.ok(!res.raw.includes(jwt), 'the token is not echoed');
+  assert.equal(stub.requests.at(-1)!.userId, claims.userId);
+
+  // A real client accepts that answer (ws refuses a handshake whose protocol it did not offer).
+  const { client } = await join(t, server.wsUrl(desktop()), { token: jwt, via: 'protocol' });
+  assert.equal(client.ws.protocol, 'moodio.v1');
+
+  const forged = token(valid(), 'wrong-secret-wrong-secret-wrong-secret');
+  await expect401(t, { 'sec-websocket-protocol': `moodio.v1, moodio.token.${forged}` });
+  assertNotLogged(jwt);
+  assertNotLogged(forged);
+});
+
+test('the protocol token wins over the cookie; without moodio.v1 beside it, it is no credential', async (t) => {
+  const claims = valid();
+  const client = await connect(t, server.wsUrl(desktop()), { token: token(claims), via: 'protocol', headers: cookie(token(valid())) });
+  await client.expect('room_joined');
+  assert.equal(stub.requests.at(-1)!.userId, claims.userId);
+
+  await expect401(t, { 'sec-websocket-protocol': `moodio.token.${token(valid())}` });
+});
+
+test('a cookie client offering other protocols gets no protocol answered', async () => {
+  const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { ...cookie(token(valid())), 'Sec-WebSocket-Protocol': 'chat, superchat' })], { until: untilJoined });
+  assert.equal(res.status, 101, res.head);
+  assert.equal(res.headers['sec-websocket-protocol'], undefined);
+});
 
 /** verifyAccessToken refuses `jwt` with `code`. */
 function refused(jwt: string, code: AuthErrorCodeValue, message?: string): void {

@@ -1,58 +1,94 @@
 /// <reference lib="dom" />
 /**
  * The demo desktop in a real browser (Debian's Chromium through
- * playwright-core): two windows see each other, a drag in one moves the card
- * in the other, the server drops a viewer's forced move, and closing a
- * window removes it from the other's presence bar. Screenshots land in
- * test-artifacts/ (not committed). Waits are on conditions, with generous
- * limits: Chromium shares 2 cores with the server and other tests.
+ * playwright-core):
+ * - two windows see each other, a drag in one moves the card in the other
+ *   and names the dragger, the server drops a viewer's forced move, closing
+ *   a window removes it from the other's presence bar; colours are per user,
+ *   the help line and the icon are there;
+ * - three windows of one browser (one cookie jar) keep their identities and
+ *   roles across a server restart, a drag that ends while the server is down
+ *   ends where it was dropped for everyone, and a late joiner sees every
+ *   moved card;
+ * - at 420 px the header stays on one line, the presence bar shows everyone,
+ *   and a card moved far right in a wide window can be scrolled to.
+ * Screenshots land in test-artifacts/ (not committed). Waits are on
+ * conditions, with generous limits: Chromium shares 2 cores with the server
+ * and other tests.
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join as pathJoin } from 'node:path';
 import { after, before, test } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { Cleanup } from './helpers/scope.ts';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { launchChromium } from './helpers/chromium.ts';
+import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const ARTIFACTS = new URL('../test-artifacts/', import.meta.url);
 const cleanup = new Cleanup();
+const secretFile = pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-demo-')), 'secret');
 let browser: Browser;
 let server: ServerProcess;
+/** Page errors and failed responses (any status ≥ 400, a favicon's 404 included) of every page. */
+const failures: string[] = [];
+
+/** Start the dev server, on `port` when given (a restart keeps the pages' origin). */
+async function serve(port = 0): Promise<void> {
+  server = await startServer(cleanup, {
+    workers: 1,
+    args: ['--dev', ...(port ? ['--port', String(port)] : [])],
+    env: { JWT_ACCESS_SECRET: undefined, MOODIO_RT_DEV_SECRET_FILE: secretFile },
+  });
+}
 
 before(async () => {
-  try {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
-  } catch (err) {
-    throw new Error(
-      `Chromium could not start from ${CHROMIUM}: ${(err as Error).message.split('\n')[0]}\n` +
-        'Install it with `apt-get install -y chromium` (.ci/run does this), or set CHROMIUM_PATH to a Chromium binary.',
-    );
-  }
-  cleanup.after(() => browser.close());
-  const secretFile = pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-demo-')), 'secret');
-  server = await startServer(cleanup, { workers: 1, args: ['--dev'], env: { JWT_ACCESS_SECRET: undefined, MOODIO_RT_DEV_SECRET_FILE: secretFile } });
+  browser = await launchChromium(cleanup);
+  await serve();
 });
 after(() => cleanup.run());
 
-async function open(name: string, as = 'editor'): Promise<Page> {
-  const context = await browser.newContext({ viewport: { width: 900, height: 500 } });
-  const page = await context.newPage();
-  await page.goto(`http://127.0.0.1:${server.port}/demo?name=${name}${as === 'viewer' ? '&as=viewer' : ''}`);
-  await page.waitForFunction(() => document.body.dataset.state === 'open');
+interface OpenOptions {
+  desk: string;
+  as?: 'editor' | 'viewer';
+  /** A window of this browser context (shared cookies and all); a new context by default. */
+  context?: BrowserContext;
+  width?: number;
+}
+
+async function open(name: string, { desk, as = 'editor', context, width = 900 }: OpenOptions): Promise<Page> {
+  const ctx = context ?? (await browser.newContext({ viewport: { width, height: 500 } }));
+  const page = await ctx.newPage();
+  if (context) await page.setViewportSize({ width, height: 500 });
+  page.on('pageerror', (err) => failures.push(`${name}: ${err.message}`));
+  page.on('response', (res) => res.status() >= 400 && failures.push(`${name}: ${res.status()} ${res.url()}`));
+  await page.goto(`http://127.0.0.1:${server.port}/demo?name=${name}&desk=${desk}${as === 'viewer' ? '&as=viewer' : ''}`);
+  await waitOpen(page);
   return page;
 }
+
+const waitOpen = (page: Page) => page.waitForFunction(() => document.body.dataset.state === 'open', undefined, { timeout: 30_000 });
 
 const position = (page: Page, id: string) =>
   page.$eval(`#${id}`, (el) => [(el as HTMLElement).style.left, (el as HTMLElement).style.top] as [string, string]);
 
+const waitPosition = (page: Page, id: string, [x, y]: [string, string]) =>
+  page.waitForFunction(
+    ([id, x, y]) => {
+      const el = document.getElementById(id!) as HTMLElement;
+      return el.style.left === x && el.style.top === y;
+    },
+    [id, x, y],
+    { timeout: 15_000 },
+  );
+
+/**
+ * Pointer input goes to the window in front: one in the back of a shared
+ * context acknowledges each event only about once a second.
+ */
 async function drag(page: Page, id: string, dx: number, dy: number): Promise<void> {
+  await page.bringToFront();
   const box = (await page.locator(`#${id}`).boundingBox())!;
   await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
   await page.mouse.down();
@@ -60,9 +96,16 @@ async function drag(page: Page, id: string, dx: number, dy: number): Promise<voi
   await page.mouse.up();
 }
 
-test('two windows share a desktop: presence, live drags, viewers, leaving', async () => {
-  const alice = await open('Alice');
-  const bob = await open('Bob');
+/** Names and permissions in a page's presence bar, this window first. */
+const presence = (page: Page) =>
+  page.$$eval('#presence .person[data-name]', (items) => items.map((el) => `${(el as HTMLElement).dataset.name}:${(el as HTMLElement).dataset.permission}`));
+
+const dotColour = (page: Page, name: string) => page.$eval(`#presence .person[data-name="${name}"] .dot`, (el) => getComputedStyle(el).backgroundColor);
+
+test('two windows share a desktop: presence, live drags with the dragger named, viewers, leaving, colours, help and icon', async () => {
+  const desk = desktop('demo');
+  const alice = await open('Alice', { desk });
+  const bob = await open('Bob', { desk });
   await alice.locator('#presence .person[data-name="Bob"]').waitFor();
   await bob.locator('#presence .person[data-name="Alice"]').waitFor();
 
@@ -72,20 +115,24 @@ test('two windows share a desktop: presence, live drags, viewers, leaving', asyn
     w.seen = [];
     w.moodio.onAnyEvent((e) => w.seen.push(e as never));
   });
-  // A drag in Alice's window moves the card in Bob's.
+  // Mid-drag, Bob's card has a dashed outline naming Alice; her drop moves it in Bob's window and clears the outline.
   const start = await position(bob, 'asset-1');
-  await drag(alice, 'asset-1', 160, 90);
+  const box = (await alice.locator('#asset-1').boundingBox())!;
+  await alice.mouse.move(box.x + 60, box.y + 40);
+  await alice.mouse.down();
+  await alice.mouse.move(box.x + 140, box.y + 90, { steps: 8 });
+  await bob.waitForFunction(() => document.querySelector('#asset-1.remote')?.getAttribute('data-dragger') === 'Alice', undefined, { timeout: 10_000 });
+  assert.match(await bob.$eval('#asset-1', (el) => getComputedStyle(el, '::after').content), /Alice is dragging/);
+  await alice.mouse.move(box.x + 220, box.y + 130, { steps: 8 });
+  await alice.mouse.up();
   const moved = await position(alice, 'asset-1');
   assert.notDeepEqual(moved, start);
-  await bob.waitForFunction(
-    ([x, y]) => (document.getElementById('asset-1') as HTMLElement).style.left === x && (document.getElementById('asset-1') as HTMLElement).style.top === y,
-    moved,
-    { timeout: 10_000 },
-  );
+  await waitPosition(bob, 'asset-1', moved);
+  await bob.waitForFunction(() => !document.querySelector('#asset-1.remote'), undefined, { timeout: 10_000 });
 
   // A viewer is listed as such; its page does not move cards, and the server
   // drops a move the page is made to send anyway.
-  const vic = await open('Vic', 'viewer');
+  const vic = await open('Vic', { desk, as: 'viewer' });
   await alice.locator('#presence .person[data-name="Vic"][data-permission="viewer"]').waitFor();
   const before2 = await position(alice, 'asset-2');
   await drag(vic, 'asset-2', 200, 120);
@@ -99,9 +146,27 @@ test('two windows share a desktop: presence, live drags, viewers, leaving', asyn
     client.send('cursor', { marker: true });
   });
   await bob.waitForFunction(() => (window as unknown as { seen: { type: string }[] }).seen.some((e) => e.type === 'cursor'), undefined, { timeout: 10_000 });
-  const fromVic = await bob.evaluate(() => (window as unknown as { seen: { type: string; firstName?: string }[] }).seen.filter((e) => e.firstName === 'Vic').map((e) => e.type));
+  const fromVic = await bob.evaluate(() =>
+    (window as unknown as { seen: { type: string; firstName?: string }[] }).seen.filter((e) => e.firstName === 'Vic' && !e.type.startsWith('desktop_state')).map((e) => e.type),
+  );
   assert.deepEqual(fromVic, ['cursor'], "the viewer's forced move was dropped by the server");
   assert.deepEqual(await position(bob, 'asset-2'), before2, 'nothing moved asset-2 for the others');
+
+  // Help: what to do, for an editor and for a viewer.
+  assert.match(await alice.textContent('#help') ?? '', /Drag a card.*another window.*as=viewer.*read-only/s);
+  assert.match(await vic.textContent('#help') ?? '', /viewer: read-only/);
+  // A colour per user: Alice's dot is the same in her window, in Bob's, and in a new window of hers.
+  const aliceColour = await dotColour(alice, 'Alice');
+  assert.equal(await dotColour(bob, 'Alice'), aliceColour);
+  assert.notEqual(await dotColour(bob, 'Bob'), aliceColour);
+  const alice2 = await open('Alice', { desk });
+  assert.equal(await dotColour(alice2, 'Alice'), aliceColour);
+  await alice2.context().close();
+  // The icon is served (no 404 for it, nor for anything else: see `failures`).
+  const icon = await alice.$eval('link[rel=icon]', (el) => (el as HTMLLinkElement).href);
+  const answer = await alice.request.get(icon);
+  assert.equal(answer.status(), 200);
+  assert.equal(answer.headers()['content-type'], 'image/svg+xml');
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await alice.screenshot({ path: new URL('demo-alice.png', ARTIFACTS).pathname });
@@ -110,5 +175,153 @@ test('two windows share a desktop: presence, live drags, viewers, leaving', asyn
   // Closing Bob's window removes him from Alice's presence bar.
   await bob.context().close();
   await alice.locator('#presence .person[data-name="Bob"]').waitFor({ state: 'detached' });
-  assert.equal(await alice.locator('#presence .person').count(), 2, 'Alice herself and Vic');
+  assert.deepEqual(await presence(alice), ['Alice:editor', 'Vic:viewer']);
+  await Promise.all([alice.context().close(), vic.context().close()]);
+  assert.deepEqual(failures, []);
+});
+
+test('three windows of one browser keep their identities and roles across a server restart; a drag dropped while the server is down ends there for everyone; a late joiner sees every moved card', async () => {
+  const desk = desktop('demo');
+  // One context: the three windows share one cookie jar, as windows of one browser do.
+  const context = await browser.newContext({ viewport: { width: 900, height: 500 } });
+  const alice = await open('Alice', { desk, context });
+  const bob = await open('Bob', { desk, context });
+  const vic = await open('Vic', { desk, context, as: 'viewer' });
+  const windows = { alice, bob, vic };
+  const everyone = ['Alice:editor', 'Bob:editor', 'Vic:viewer'];
+  const expected = (self: string) => [self, ...everyone.filter((p) => p !== self)];
+  const waitPresence = (page: Page, self: string) =>
+    page.waitForFunction((want) => [...document.querySelectorAll('#presence .person[data-name]')].map((el) => `${(el as HTMLElement).dataset.name}:${(el as HTMLElement).dataset.permission}`).sort().join() === want, [...expected(self)].sort().join(), { timeout: 30_000 });
+  await Promise.all([waitPresence(alice, 'Alice:editor'), waitPresence(bob, 'Bob:editor'), waitPresence(vic, 'Vic:viewer')]);
+
+  // Bob moves asset-2 while connected.
+  await drag(bob, 'asset-2', 150, 100);
+  const bobMoved = await position(bob, 'asset-2');
+  await waitPosition(alice, 'asset-2', bobMoved);
+
+  // Alice starts dragging asset-3 while connected...
+  await alice.bringToFront();
+  const box = (await alice.locator('#asset-3').boundingBox())!;
+  let x = box.x + 60;
+  let y = box.y + 40;
+  await alice.mouse.move(x, y);
+  await alice.mouse.down();
+  await alice.mouse.move((x -= 40), (y += 30), { steps: 5 });
+  await bob.waitForFunction(() => document.querySelector('#asset-3')?.getAttribute('data-dragger') === 'Alice', undefined, { timeout: 10_000 });
+
+  // ...the server goes down: each window says so, presence is unknown, cards are frozen.
+  const port = server.port;
+  await server.stop();
+  for (const page of Object.values(windows)) {
+    await page.locator('#banner').waitFor({ state: 'visible', timeout: 15_000 });
+    assert.match((await page.textContent('#banner')) ?? '', /Disconnected/);
+    await page.locator('#banner button', { hasText: 'Retry now' }).waitFor();
+    assert.equal(await page.$eval('#presence', (el) => el.hasAttribute('data-unknown')), true);
+    assert.equal(await page.locator('#presence .person[data-name]').count(), 1, 'only this window is known');
+  }
+  const bobBefore = await position(bob, 'asset-1');
+  await drag(bob, 'asset-1', 120, 80);
+  assert.deepEqual(await position(bob, 'asset-1'), bobBefore, 'a card cannot be picked up while disconnected');
+
+  // Alice's drag goes on offline (a hundred pointer moves) and is dropped: no error, no backlog.
+  await alice.bringToFront();
+  for (let i = 0; i < 10; i++) await alice.mouse.move((x += 12), (y += 7), { steps: 10 });
+  await alice.mouse.up();
+  const dropped = await position(alice, 'asset-3');
+  assert.equal(await alice.evaluate(() => (window as unknown as { moodio: { queued: number } }).moodio.queued), 2, 'the newest asset_dragging and the asset_moved, nothing more');
+
+  // "Retry now" starts an attempt at once (clicked while a retry is scheduled).
+  const clicked = await alice.waitForFunction(() => {
+    const w = window as unknown as { moodio: { nextRetryInMs: number | null }; moodioRetries: unknown[] };
+    if (w.moodio.nextRetryInMs === null) return false;
+    const before = w.moodioRetries.length;
+    (document.getElementById('retry') as HTMLButtonElement).click();
+    return { before };
+  }, undefined, { timeout: 15_000 });
+  const { before } = (await clicked.jsonValue()) as { before: number };
+  assert.equal(await alice.evaluate((i) => (window as unknown as { moodioRetries: { inMs: number }[] }).moodioRetries[i]?.inMs, before), 0, 'the click asked for an attempt at once');
+
+  // The server comes back on the same port: every window finds it, as itself, in sync.
+  await serve(port);
+  for (const page of Object.values(windows)) {
+    await waitOpen(page);
+    await page.locator('#banner').waitFor({ state: 'hidden' });
+    await page.waitForFunction(() => document.body.hasAttribute('data-synced'), undefined, { timeout: 15_000 });
+  }
+  await Promise.all([waitPresence(alice, 'Alice:editor'), waitPresence(bob, 'Bob:editor'), waitPresence(vic, 'Vic:viewer')]);
+  for (const [name, page] of Object.entries(windows)) {
+    assert.equal(await page.textContent('#me'), name === 'vic' ? 'Vic (viewer)' : `${name[0]!.toUpperCase()}${name.slice(1)} (editor)`);
+  }
+  assert.equal(await vic.evaluate(() => document.body.classList.contains('viewer')), true);
+
+  // The card dropped offline is where Alice dropped it, for everyone, without a stale outline.
+  for (const page of [bob, vic]) {
+    await waitPosition(page, 'asset-3', dropped);
+    await page.waitForFunction(() => !document.querySelector('#asset-3.remote'), undefined, { timeout: 10_000 });
+  }
+  assert.deepEqual(await position(alice, 'asset-3'), dropped);
+
+  const positions = async (page: Page) => Promise.all(['asset-1', 'asset-2', 'asset-3', 'asset-4'].map((id) => position(page, id)));
+  const final = await positions(alice);
+  assert.deepEqual(final[1], bobMoved);
+
+  // A window that joins late asks the room and shows every card where the others have it.
+  const dan = await open('Dan', { desk, context });
+  await dan.waitForFunction(() => document.body.hasAttribute('data-synced'), undefined, { timeout: 15_000 });
+  assert.deepEqual(await positions(dan), final);
+  assert.deepEqual(await positions(bob), final);
+  assert.deepEqual(await positions(vic), final);
+
+  for (const page of [alice, bob, vic, dan]) {
+    assert.deepEqual(await page.evaluate(() => (window as unknown as { moodioErrors: string[] }).moodioErrors), [], 'no error frame (rate_limited…) after the reconnect');
+  }
+  await context.close();
+  assert.deepEqual(failures.filter((f) => !f.includes('/ws/desktop/')), []);
+});
+
+test('at 420 px the header keeps one line, the presence bar shows everyone, and a card moved past the edge can be reached', async () => {
+  const desk = desktop('demo');
+  const wide = await open('Ana', { desk });
+  const others = await Promise.all(['Bartholomew', 'Cordelia', 'Dmitri'].map((name) => open(name, { desk, as: 'viewer' })));
+  await drag(wide, 'asset-4', 600, 150);
+  const far = await position(wide, 'asset-4');
+
+  const narrow = await open('Maximiliana', { desk, width: 420 });
+  await narrow.waitForFunction(() => document.querySelectorAll('#presence .person[data-name]').length === 5, undefined, { timeout: 15_000 });
+  await narrow.waitForFunction(() => document.body.hasAttribute('data-synced'), undefined, { timeout: 15_000 });
+  await waitPosition(narrow, 'asset-4', far);
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await narrow.screenshot({ path: new URL('demo-narrow.png', ARTIFACTS).pathname });
+
+  const layout = await narrow.evaluate(() => {
+    const line = ['header h1', '#me', '#state'].map((s) => document.querySelector(s)!.getBoundingClientRect());
+    const people = [...document.querySelectorAll('#presence .person')].map((el) => el.getBoundingClientRect());
+    const bar = document.getElementById('presence')!;
+    return {
+      oneLine: Math.max(...line.map((r) => r.top)) < Math.min(...line.map((r) => r.bottom)) && line.every((r) => r.height < 30),
+      heights: line.map((r) => Math.round(r.height)),
+      pageOverflow: document.documentElement.scrollWidth - window.innerWidth,
+      barOverflow: bar.scrollWidth - bar.clientWidth,
+      peopleInside: people.every((r) => r.left >= 0 && r.right <= window.innerWidth && r.width > 0),
+    };
+  });
+  assert.ok(layout.oneLine, `title, name and state side by side, each on one line (heights ${layout.heights})`);
+  assert.ok(layout.pageOverflow <= 0, 'the page does not scroll sideways');
+  assert.ok(layout.barOverflow <= 0, 'the presence bar clips nobody');
+  assert.ok(layout.peopleInside, 'every person is inside the window');
+
+  // asset-4 sits past the right edge: the desktop scrolls to it, and it can be grabbed there.
+  await narrow.locator('#asset-4').scrollIntoViewIfNeeded();
+  const reachable = await narrow.$eval('#asset-4', (el) => {
+    const r = el.getBoundingClientRect();
+    return r.right <= window.innerWidth && document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2) === el;
+  });
+  assert.ok(reachable, 'asset-4 can be scrolled to and grabbed');
+  await drag(narrow, 'asset-4', -80, 0);
+  const back = await position(narrow, 'asset-4');
+  assert.notDeepEqual(back, far);
+  await waitPosition(wide, 'asset-4', back);
+
+  for (const page of [wide, narrow, ...others]) await page.context().close();
+  assert.deepEqual(failures.filter((f) => !f.includes('/ws/desktop/')), []);
 });

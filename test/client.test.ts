@@ -1,14 +1,15 @@
 /**
- * moodio-rt/client: backoff and states with a fake clock and a fake socket,
- * then the built package against the real server: presence, lifecycle and
- * relayed events kept apart, a forced reconnect, and no reconnect after
- * 401/403.
+ * The client SDK (src/client): backoff, states, the offline queue and
+ * "retry now" with a fake clock and a fake socket, then against the real
+ * server: the token's two ways in, presence, lifecycle and relayed events
+ * kept apart, a forced reconnect, and no reconnect after 401/403. The packed
+ * package, installed as an app would, is test/client-package.test.ts.
  */
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { test } from 'node:test';
 import WebSocket from 'ws';
-import { CLIENT_EVENTS, connect, type ClientState, type PresenceChange, type StampedEvent, type WebSocketConstructor } from 'moodio-rt/client';
+import { CLIENT_EVENTS, connect, type ClientState, type PresenceChange, type StampedEvent, type WebSocketConstructor } from '../src/client/index.ts';
 import { join, rawRequest } from './helpers/client.ts';
 import { grant, startPermissionStub } from './helpers/permission-stub.ts';
 import { ErrorCode } from '../src/protocol/events.ts';
@@ -27,8 +28,10 @@ class FakeSocket {
   onclose: ((e: { code: number; reason: string }) => void) | null = null;
   onerror: ((e: unknown) => void) | null = null;
   readonly url: string;
-  constructor(url: string) {
+  readonly options: unknown;
+  constructor(url: string, options?: unknown) {
     this.url = url;
+    this.options = options;
     FakeSocket.all.push(this);
   }
   send(data: string) {
@@ -106,6 +109,110 @@ test('backoff: full jitter doubling to the cap, a distinct failing state, quick 
   client.close();
   assert.equal(client.state, 'closed');
   assert.throws(() => client.send('x'), { code: 'ERR_CLOSED' });
+});
+
+test('the default backoff is capped at 4 s, so a returning server is found within a few seconds', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, random: () => 0.9999, ...clock });
+  for (let i = 0; i < 7; i++) {
+    FakeSocket.all.at(-1)!.fail();
+    clock.fire();
+  }
+  assert.deepEqual(clock.delays(), [499, 999, 1999, 3999, 3999, 3999, 3999]);
+  client.close();
+});
+
+test('while away, a transient type keeps only its newest event per asset, behind what was sent since; other types queue in order', () => {
+  FakeSocket.all = [];
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, maxQueue: 4, ...fakeClock() });
+  // A long drag of two cards while offline: hundreds of sends, never ERR_QUEUE_FULL.
+  for (let i = 1; i <= 300; i++) {
+    client.send('asset_dragging', { id: 'asset-1', x: i });
+    client.send('asset_dragging', { id: 'asset-2', x: i });
+  }
+  assert.equal(client.queued, 2);
+  client.send('asset_moved', { id: 'asset-1', x: 300 });
+  client.send('asset_dragging', { id: 'asset-2', x: 301 });
+  client.send('asset_moved', { id: 'asset-1', x: 301 });
+  assert.equal(client.queued, 4, 'asset_moved is not transient: both stay');
+  assert.throws(() => client.send('asset_added', { id: 'asset-9' }), { code: 'ERR_QUEUE_FULL' });
+  client.send('asset_dragging', { id: 'asset-1', x: 302 });
+  assert.equal(client.queued, 4, 'a transient event replacing a queued one fits a full queue');
+  FakeSocket.all[0]!.join('me');
+  const sent = FakeSocket.all[0]!.sent.map((text) => JSON.parse(text) as { type: string; payload: { id: string; x: number } });
+  assert.deepEqual(
+    sent.map((e) => `${e.type} ${e.payload.id} ${e.payload.x}`),
+    ['asset_moved asset-1 300', 'asset_dragging asset-2 301', 'asset_moved asset-1 301', 'asset_dragging asset-1 302'],
+  );
+  assert.equal(client.queued, 0);
+  client.close();
+});
+
+test('transientTypes is configurable; a transient event without an asset id is keyed by its type alone', () => {
+  FakeSocket.all = [];
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, transientTypes: ['cursor', 'asset_moved'], ...fakeClock() });
+  client.send('cursor', { x: 1 });
+  client.send('asset_dragging', { id: 'a', x: 1 });
+  client.send('asset_dragging', { id: 'a', x: 2 });
+  client.send('asset_moved', { id: 'a', x: 2 });
+  client.send('cursor', { x: 2 });
+  client.send('asset_moved', { id: 'a', x: 3 });
+  FakeSocket.all[0]!.join('me');
+  assert.deepEqual(
+    FakeSocket.all[0]!.sent.map((text) => { const e = JSON.parse(text); return `${e.type} ${e.payload.x}`; }),
+    ['asset_dragging 1', 'asset_dragging 2', 'cursor 2', 'asset_moved 3'],
+  );
+  client.close();
+});
+
+test('retryNow() opens at once while a retry waits, restarts the backoff, and does nothing while an attempt is in flight', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const retries: { inMs: number; attempt: number }[] = [];
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, random: () => 0.999, ...clock });
+  client.on('retry', (r) => retries.push(r));
+  FakeSocket.all[0]!.fail();
+  clock.fire();
+  FakeSocket.all[1]!.fail();
+  assert.equal(client.nextRetryInMs, 999);
+  client.retryNow();
+  assert.equal(FakeSocket.all.length, 3, 'a new attempt at once');
+  assert.equal(client.nextRetryInMs, null);
+  client.retryNow();
+  assert.equal(FakeSocket.all.length, 3, 'not while that attempt is in flight');
+  FakeSocket.all[2]!.fail();
+  assert.equal(client.nextRetryInMs, 499, 'the backoff starts again from its floor');
+  assert.deepEqual(retries, [{ inMs: 499, attempt: 1 }, { inMs: 999, attempt: 2 }, { inMs: 0, attempt: 2 }, { inMs: 499, attempt: 3 }]);
+  clock.fire();
+  FakeSocket.all[3]!.join('me');
+  client.retryNow();
+  assert.equal(FakeSocket.all.length, 4, 'nothing while open');
+  client.close();
+  assert.throws(() => client.retryNow(), { code: 'ERR_CLOSED' });
+});
+
+test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Bearer when asked; without one nothing is offered; a token function is asked per attempt', () => {
+  FakeSocket.all = [];
+  const make = (extra: object) => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock(), ...extra });
+  make({ token: 'a.b.c' }).close();
+  make({ token: 'a.b.c', tokenVia: 'bearer' }).close();
+  make({}).close();
+  assert.deepEqual(
+    FakeSocket.all.map((socket) => socket.options),
+    [['moodio.v1', 'moodio.token.a.b.c'], { headers: { Authorization: 'Bearer a.b.c' } }, undefined],
+  );
+  // A function is asked again before every attempt: a reconnect carries the freshest token.
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  let current = 'first';
+  const client = make({ token: () => current, ...clock });
+  FakeSocket.all[0]!.fail();
+  current = 'second';
+  clock.fire();
+  assert.deepEqual(FakeSocket.all.map((socket) => (socket.options as string[])[1]), ['moodio.token.first', 'moodio.token.second']);
+  client.close();
+  assert.throws(() => make({ token: 'a.b.c', tokenVia: 'cookie' }), { code: 'ERR_INVALID_OPTION', message: /options\.tokenVia/ });
 });
 
 test('the queue is bounded', () => {
@@ -228,6 +335,26 @@ test('after a forced reconnect, presence is rebuilt and the app hears who left a
   assert.equal(client.state, 'open');
   assert.notEqual(client.sessionId, firstSession);
   assert.deepEqual([...client.sessions.values()].map((s) => s.firstName), ['Cat']);
+});
+
+test('against the real server, the token is accepted from the protocol (answered moodio.v1) and from Bearer', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base });
+  const sockets: WebSocket[] = [];
+  class Recorded extends WebSocket {
+    constructor(...args: ConstructorParameters<typeof WebSocket>) {
+      super(...args);
+      sockets.push(this);
+    }
+  }
+  for (const [name, tokenVia] of [['Pat', 'protocol'], ['Bea', 'bearer']] as const) {
+    const claims = user(name);
+    const client = connect({ url: `ws://127.0.0.1:${server.port}`, desktopId: desktop(), token: token(claims), tokenVia, WebSocket: Recorded as unknown as WebSocketConstructor });
+    t.after(() => client.close());
+    while (client.state !== 'open') await new Promise((resolve) => client.on('state', resolve));
+    assert.equal(stub.requests.at(-1)!.userId, claims.userId);
+    assert.equal(sockets.at(-1)!.protocol, tokenVia === 'protocol' ? 'moodio.v1' : '');
+  }
 });
 
 test('in Node, a 401 or 403 handshake ends the client instead of retrying', async (t) => {

@@ -52,13 +52,34 @@ test('an expired token is ERR_AUTH_EXPIRED; a bad signature or a payload that is
   assert.throws(() => verifyAccessToken(rawToken({ ...HS256, crit: ['exp'] }, { userId: 'u', exp: nowS + 60 }), TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN });
 });
 
-test('credentials: the cookie wins over a Bearer header; a Bearer header alone is used; anything else is no token', async () => {
+test('credentials: a protocol token wins, then the cookie, then a Bearer header; anything else is no token', async () => {
   const { extractCredentials } = await import('../src/auth/credentials.ts');
-  assert.deepEqual(extractCredentials({ cookie: 'a=1; moodio_access_token=tok.c; b=2', authorization: 'Bearer tok.b' }), { token: 'tok.c' });
-  assert.deepEqual(extractCredentials({ authorization: 'Bearer tok.b' }), { token: 'tok.b' });
-  assert.deepEqual(extractCredentials({ cookie: 'other=1', authorization: 'bearer tok.b' }), { token: 'tok.b' });
+  const protocol = 'moodio.token.tok.p, moodio.v1';
+  assert.deepEqual(extractCredentials({ 'sec-websocket-protocol': protocol, cookie: 'moodio_access_token=tok.c', authorization: 'Bearer tok.b' }), { token: 'tok.p', source: 'protocol' });
+  assert.deepEqual(extractCredentials({ cookie: 'a=1; moodio_access_token=tok.c; b=2', authorization: 'Bearer tok.b' }), { token: 'tok.c', source: 'cookie' });
+  assert.deepEqual(extractCredentials({ authorization: 'Bearer tok.b' }), { token: 'tok.b', source: 'bearer' });
+  assert.deepEqual(extractCredentials({ cookie: 'other=1', authorization: 'bearer tok.b' }), { token: 'tok.b', source: 'bearer' });
+  // A token protocol without moodio.v1 beside it does not count: the cookie is used.
+  assert.deepEqual(extractCredentials({ 'sec-websocket-protocol': 'moodio.token.tok.p', cookie: 'moodio_access_token=tok.c' }), { token: 'tok.c', source: 'cookie' });
   assert.deepEqual(extractCredentials({ cookie: 'moodio_access_token=' }), null);
   assert.deepEqual(extractCredentials({ cookie: 'x=moodio_access_token' }), null);
   assert.deepEqual(extractCredentials({ authorization: 'Basic abc' }), null);
   assert.deepEqual(extractCredentials({}), null);
+});
+
+test('credentials: the protocol token is the first moodio.token.<jwt> offered with moodio.v1, in any order and header line', async () => {
+  const { protocolToken, selectProtocol } = await import('../src/auth/credentials.ts');
+  assert.equal(protocolToken('moodio.v1, moodio.token.a.b.c'), 'a.b.c');
+  assert.equal(protocolToken('moodio.token.a.b.c,moodio.v1'), 'a.b.c');
+  assert.equal(protocolToken('chat, moodio.token.first, moodio.token.second, moodio.v1'), 'first');
+  assert.equal(protocolToken('moodio.v1, moodio.token., moodio.token.x'), 'x', 'an empty token is skipped');
+  assert.equal(protocolToken('moodio.token.a.b.c'), null, 'without moodio.v1');
+  assert.equal(protocolToken('moodio.v1'), null);
+  assert.equal(protocolToken('moodio.v2, moodio.token.a'), null);
+  assert.equal(protocolToken('moodio.v1x, moodio.token.a'), null);
+  assert.equal(protocolToken(undefined), null);
+  // The answer is moodio.v1 or nothing, never the token.
+  assert.equal(selectProtocol(new Set(['moodio.token.a.b.c', 'moodio.v1'])), 'moodio.v1');
+  assert.equal(selectProtocol(new Set(['moodio.token.a.b.c'])), false);
+  assert.equal(selectProtocol(new Set(['chat'])), false);
 });

@@ -1,5 +1,5 @@
 /**
- * moodio-rt/client — a client for the Moodio desktop protocol, for browsers
+ * moodio-rt-client — a client for the Moodio desktop protocol, for browsers
  * and Node. It connects in the background, reconnects by itself, keeps the
  * room's presence, and queues sends while it is away.
  *
@@ -15,13 +15,23 @@
  * peer can send `{"type":"presence"}`; it reaches `onEvent('presence', …)`,
  * never a `presence` lifecycle handler.
  *
- * Authentication: in a browser the `moodio_access_token` cookie goes with
- * the handshake by itself (same site, through nginx). In Node, pass `token`
- * and a WebSocket that takes headers (the `ws` package): it is sent as
- * `Authorization: Bearer`. Browsers cannot set that header, so `token` is
- * ignored there: use the cookie.
+ * Authentication: without `token`, a browser's `moodio_access_token` cookie
+ * goes with the handshake by itself (same site, through nginx). With
+ * `token`, the client offers `moodio.v1` and `moodio.token.<token>` as
+ * WebSocket protocols, the one header browsers let a page set: it works
+ * across origins and per window, and in Node with the `ws` package too.
+ * `tokenVia: 'bearer'` sends `Authorization: Bearer` instead (`ws` only).
  */
-import type { ClientEvent, ErrorEvent as ServerErrorEvent, RoomJoinedEvent, SessionInfo, StampedEvent } from '../protocol/events.ts';
+import {
+  DEFAULT_TRANSIENT_TYPES,
+  SUBPROTOCOL,
+  TOKEN_SUBPROTOCOL_PREFIX,
+  type ClientEvent,
+  type ErrorEvent as ServerErrorEvent,
+  type RoomJoinedEvent,
+  type SessionInfo,
+  type StampedEvent,
+} from '../protocol/events.ts';
 import { backoffDelay, type BackoffOptions } from './backoff.ts';
 
 export type { SessionInfo, StampedEvent } from '../protocol/events.ts';
@@ -81,27 +91,44 @@ export interface ClientEvents {
   error: ServerErrorEvent;
   /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
   rejected: { status: number };
+  /** A reconnect attempt is scheduled in `inMs` (0 after {@link MoodioClient.retryNow}); `attempt` counts from 1 since the last join. */
+  retry: { inMs: number; attempt: number };
 }
 
 /** The names `on()` accepts. */
-export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'error', 'rejected'];
+export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'error', 'rejected', 'retry'];
 
 export interface ConnectOptions {
   /** Server base URL, e.g. `wss://moodio.example.com` (the path is added). */
   url: string;
   desktopId: string;
-  /** Node: sent as `Authorization: Bearer`. Browsers: ignored (the cookie authenticates). */
-  token?: string;
-  /** Default: `globalThis.WebSocket`. In Node pass the `ws` package to send `token`. */
+  /**
+   * Access token. Offered as the WebSocket protocols `moodio.v1` and
+   * `moodio.token.<token>` (browsers and `ws`), so each window can be its own
+   * user whatever cookie the site holds. Without it, a browser's cookie
+   * authenticates. A function is called before every attempt, so that a
+   * reconnect carries the app's freshest token.
+   */
+  token?: string | (() => string | null | undefined);
+  /** How `token` travels: `protocol` (default) or `bearer` (`Authorization: Bearer`, the `ws` package only). */
+  tokenVia?: 'protocol' | 'bearer';
+  /** Default: `globalThis.WebSocket`. Node older than 22 has none: pass the `ws` package. */
   WebSocket?: WebSocketConstructor;
   /** Backoff floor, ms. Default 500. */
   minDelayMs?: number;
-  /** Backoff cap, ms. Default 30,000. */
+  /** Backoff cap, ms: a returning server is found within about this long. Default 4,000. */
   maxDelayMs?: number;
   /** Consecutive failed opens before the state becomes `failing`. Default 5. */
   failingAfter?: number;
-  /** Sends kept while not open; one more throws ERR_QUEUE_FULL. Default 256. */
+  /** Sends kept while not open, transient ones included; one more throws ERR_QUEUE_FULL. Default 256. */
   maxQueue?: number;
+  /**
+   * Types of which only the newest per type and `payload.id` is kept while
+   * not open: a later one replaces the queued one (and goes to the back of
+   * the queue), so a drag while offline queues one event per card, not a
+   * backlog. Default `['asset_dragging']`.
+   */
+  transientTypes?: readonly string[];
   /** Injectable for tests. */
   random?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;
@@ -109,7 +136,7 @@ export interface ConnectOptions {
 }
 
 export class ClientError extends Error {
-  readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET' | 'ERR_UNKNOWN_CLIENT_EVENT';
+  readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET' | 'ERR_UNKNOWN_CLIENT_EVENT' | 'ERR_INVALID_OPTION';
   constructor(code: ClientError['code'], message: string) {
     super(message);
     this.name = 'ClientError';
@@ -123,6 +150,12 @@ const QUICK_RETRY = new Set([1001, 1012]);
 
 type Handler<T> = (value: T) => void;
 
+/** A send waiting for the connection; `key` is set for a transient type (type and asset id). */
+interface Queued {
+  text: string;
+  key: string | null;
+}
+
 export class MoodioClient {
   state: ClientState = 'connecting';
   /** This connection's sessionId (changes on every reconnect). */
@@ -132,15 +165,18 @@ export class MoodioClient {
   /** Delay of the scheduled reconnect, or null when none is scheduled. */
   nextRetryInMs: number | null = null;
 
-  private readonly options: Required<Omit<ConnectOptions, 'token' | 'WebSocket'>> & Pick<ConnectOptions, 'token'>;
+  private readonly options: Required<Omit<ConnectOptions, 'token' | 'WebSocket' | 'transientTypes'>> & Pick<ConnectOptions, 'token'>;
+  private readonly transient: ReadonlySet<string>;
   private readonly WebSocketImpl: WebSocketConstructor;
   private readonly backoff: BackoffOptions;
   private socket: WebSocketLike | null = null;
   private attempt = 0;
+  /** Attempts since the last join, for the `retry` event. */
+  private retries = 0;
   private failedOpens = 0;
   private everJoined = false;
   private timer: unknown = null;
-  private readonly queue: string[] = [];
+  private readonly queue: Queued[] = [];
   /** Lifecycle handlers, by {@link ClientEvents} name. */
   private readonly lifecycle = new Map<keyof ClientEvents, Set<Handler<never>>>();
   /** Relayed-event handlers, by the event's type: any string a peer sends. */
@@ -151,18 +187,22 @@ export class MoodioClient {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketImpl) throw new ClientError('ERR_NO_WEBSOCKET', 'no WebSocket implementation: pass options.WebSocket');
     this.WebSocketImpl = WebSocketImpl;
+    const tokenVia = options.tokenVia ?? 'protocol';
+    if (tokenVia !== 'protocol' && tokenVia !== 'bearer') throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
     this.options = {
       url: options.url.replace(/\/+$/, ''),
       desktopId: options.desktopId,
       token: options.token,
+      tokenVia,
       minDelayMs: options.minDelayMs ?? 500,
-      maxDelayMs: options.maxDelayMs ?? 30_000,
+      maxDelayMs: options.maxDelayMs ?? 4_000,
       failingAfter: options.failingAfter ?? 5,
       maxQueue: options.maxQueue ?? 256,
       random: options.random ?? Math.random,
       setTimeout: options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms)),
       clearTimeout: options.clearTimeout ?? ((t) => clearTimeout(t as ReturnType<typeof setTimeout>)),
     };
+    this.transient = new Set(options.transientTypes ?? DEFAULT_TRANSIENT_TYPES);
     this.backoff = { minDelayMs: this.options.minDelayMs, maxDelayMs: this.options.maxDelayMs, random: this.options.random };
     this.open();
   }
@@ -194,8 +234,9 @@ export class MoodioClient {
 
   /**
    * Send `{type, payload}` to the room. While not open, the message is queued
-   * (up to `maxQueue`) and sent on (re)connection, in order.
-   * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_QUEUE_FULL when the queue is full.
+   * and sent on (re)connection, in order; of a transient type (`transientTypes`)
+   * only the newest per type and `payload.id` is kept, so it never fills the queue.
+   * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_QUEUE_FULL when `maxQueue` other messages wait.
    */
   send(type: DesktopEventType, payload: AssetPayload): void;
   send(type: string, payload?: unknown): void;
@@ -206,8 +247,35 @@ export class MoodioClient {
       this.socket.send(text);
       return;
     }
+    const key = this.transient.has(type) ? transientKey(type, payload) : null;
+    if (key !== null) {
+      // The queued one is stale: drop it, and queue the newest behind whatever was sent since.
+      const stale = this.queue.findIndex((queued) => queued.key === key);
+      if (stale !== -1) this.queue.splice(stale, 1);
+    }
     if (this.queue.length >= this.options.maxQueue) throw new ClientError('ERR_QUEUE_FULL', `more than ${this.options.maxQueue} messages queued while disconnected`);
-    this.queue.push(text);
+    this.queue.push({ text, key });
+  }
+
+  /** Messages waiting for the connection. */
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  /**
+   * Reconnect at once instead of waiting for the scheduled attempt (a
+   * "retry now" button, the browser's `online` event); the backoff starts
+   * again from its floor. Does nothing while open or while an attempt is in
+   * flight.
+   * @throws {ClientError} ERR_CLOSED after close() or a refusal.
+   */
+  retryNow(): void {
+    if (this.state === 'closed') throw new ClientError('ERR_CLOSED', 'client is closed');
+    if (this.timer === null) return;
+    this.stopTimer();
+    this.attempt = 0;
+    this.emit('retry', { inMs: 0, attempt: this.retries });
+    this.open();
   }
 
   /** Close for good: no reconnect; queued messages are dropped. */
@@ -256,8 +324,13 @@ export class MoodioClient {
     this.timer = null;
     this.nextRetryInMs = null;
     const url = `${this.options.url}/ws/desktop/${encodeURIComponent(this.options.desktopId)}`;
-    const headers = this.options.token ? { headers: { Authorization: `Bearer ${this.options.token}` } } : undefined;
-    const socket = new this.WebSocketImpl(url, headers);
+    const { tokenVia } = this.options;
+    const token = typeof this.options.token === 'function' ? this.options.token() : this.options.token;
+    const socket = !token
+      ? new this.WebSocketImpl(url)
+      : tokenVia === 'bearer'
+        ? new this.WebSocketImpl(url, { headers: { Authorization: `Bearer ${token}` } })
+        : new this.WebSocketImpl(url, [SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX + token]);
     this.socket = socket;
     let opened = false;
     let done = false;
@@ -298,9 +371,11 @@ export class MoodioClient {
     }
     const delay = opened && QUICK_RETRY.has(code) ? Math.floor(this.options.random() * this.options.minDelayMs) : backoffDelay(this.attempt, this.backoff);
     this.attempt++;
+    this.retries++;
     this.setState(this.failedOpens >= this.options.failingAfter ? 'failing' : this.everJoined ? 'reconnecting' : 'connecting');
     this.nextRetryInMs = delay;
     this.timer = this.options.setTimeout(() => this.open(), delay);
+    this.emit('retry', { inMs: delay, attempt: this.retries });
   }
 
   private onFrame(data: unknown): void {
@@ -351,14 +426,23 @@ export class MoodioClient {
     this.sessionId = event.sessionId;
     this.everJoined = true;
     this.attempt = 0;
+    this.retries = 0;
     this.failedOpens = 0;
+    // What was queued while away goes first, in order, before any handler
+    // below can send something newer.
+    const socket = this.socket;
+    if (socket?.readyState === OPEN) for (const { text } of this.queue.splice(0)) socket.send(text);
     this.setState('open');
     const joined = event.sessions.filter((s) => !before.has(s.sessionId));
     const left = [...before.values()].filter((s) => !this.sessions.has(s.sessionId));
     if (joined.length > 0 || left.length > 0 || reconnected) this.emit('presence', { joined, left, reconnected } satisfies PresenceChange);
-    // Flush what was queued while away, in order.
-    while (this.queue.length > 0 && this.socket?.readyState === OPEN) this.socket.send(this.queue.shift()!);
   }
+}
+
+/** The queue key of a transient event: its type and asset id (`payload.id`), or its type alone. */
+function transientKey(type: string, payload: unknown): string {
+  const id = payload !== null && typeof payload === 'object' ? (payload as { id?: unknown }).id : undefined;
+  return typeof id === 'string' || typeof id === 'number' ? `${type}\u0000${id}` : type;
 }
 
 /** A session's info as the server sends it (presence frames, room_joined). */

@@ -131,5 +131,13 @@ export const WS_PATH_PREFIX = '/ws/desktop/';
 export const DESKTOP_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 /** Cookie carrying the access token, as set by the Next.js app. */
 export const ACCESS_TOKEN_COOKIE = 'moodio_access_token';
+/**
+ * The one `Sec-WebSocket-Protocol` the server answers with, when a client
+ * offers it. A client that carries its token in the header offers it beside
+ * `moodio.token.<jwt>`, so the answer never has to echo the token.
+ */
+export const SUBPROTOCOL = 'moodio.v1';
+/** An offered protocol `moodio.token.<jwt>` carries the access token (a JWT is an HTTP token: base64url and dots). */
+export const TOKEN_SUBPROTOCOL_PREFIX = 'moodio.token.';
 /** Response header on every handshake answer from a shard: the shard's index. */
 export const SHARD_HEADER = 'x-moodio-shard';

@@ -96,7 +96,7 @@ export class Handshake {
     let permission: Permission;
     try {
       const credentials = extractCredentials(head.headers);
-      if (credentials === null) throw new AuthError(AuthErrorCode.MISSING_TOKEN, 'no access token in cookie or Authorization header');
+      if (credentials === null) throw new AuthError(AuthErrorCode.MISSING_TOKEN, 'no access token in Sec-WebSocket-Protocol, cookie or Authorization header');
       identity = verifyAccessToken(credentials.token, this.key);
       // A user already at a connection limit must not cost the app a permission request.
       if (this.refuseOverLimit(socket, identity, remoteAddress, desktopId)) return;

@@ -5,6 +5,7 @@
  */
 import { WebSocketServer } from 'ws';
 import type { ServeConfig } from '../config.ts';
+import { selectProtocol } from '../auth/credentials.ts';
 import { CachingPermissionSource } from '../auth/permission-cache.ts';
 import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } from '../auth/permission-client.ts';
 import type { Logger } from '../log.ts';
@@ -83,6 +84,8 @@ export class Shard {
       noServer: true,
       clientTracking: false,
       perMessageDeflate: false,
+      // Answer moodio.v1 or nothing: never echo an offered moodio.token.<jwt>.
+      handleProtocols: selectProtocol,
       maxPayload: config.maxMessageSize,
       // A message of more fragments than this closes with 1008: each fragment is a frame to parse, and one token pays for the message.
       maxFragments: MAX_FRAGMENTS,

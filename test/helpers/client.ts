@@ -5,7 +5,7 @@
 import { connect as netConnect } from 'node:net';
 import type { Scope } from './scope.ts';
 import WebSocket from 'ws';
-import { ACCESS_TOKEN_COOKIE, SHARD_HEADER } from '../../src/protocol/events.ts';
+import { ACCESS_TOKEN_COOKIE, SHARD_HEADER, SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from '../../src/protocol/events.ts';
 
 export interface Frame {
   type: string;
@@ -14,8 +14,10 @@ export interface Frame {
 
 export interface ConnectOptions {
   token?: string;
-  /** How the token travels (default cookie, as browsers do). */
-  via?: 'cookie' | 'bearer';
+  /** How the token travels (default cookie, as browsers do); `protocol` offers `moodio.token.<jwt>` first, then `moodio.v1`. */
+  via?: 'cookie' | 'bearer' | 'protocol';
+  /** Sec-WebSocket-Protocol values to offer (added after a `via: 'protocol'` token). */
+  protocols?: string[];
   headers?: Record<string, string>;
   /** Extra `ws` client options (e.g. `autoPong: false`). */
   wsOptions?: WebSocket.ClientOptions;
@@ -101,11 +103,13 @@ export class TestClient {
 /** Open a session; resolves after the upgrade, rejects with {@link HandshakeRejected}. */
 export function connect(t: Scope, url: string, options: ConnectOptions = {}): Promise<TestClient> {
   const headers: Record<string, string> = { ...options.headers };
+  const protocols = [...(options.protocols ?? [])];
   if (options.token !== undefined) {
     if (options.via === 'bearer') headers.authorization = `Bearer ${options.token}`;
+    else if (options.via === 'protocol') protocols.unshift(TOKEN_SUBPROTOCOL_PREFIX + options.token, SUBPROTOCOL);
     else headers.cookie = `${ACCESS_TOKEN_COOKIE}=${options.token}`;
   }
-  const ws = new WebSocket(url, { headers, perMessageDeflate: false, ...options.wsOptions });
+  const ws = new WebSocket(url, protocols, { headers, perMessageDeflate: false, ...options.wsOptions });
   return new Promise((resolve, reject) => {
     let shard = -1;
     ws.once('upgrade', (res) => {

@@ -1,0 +1,113 @@
+/**
+ * Builds the client SDK as a package of its own, `moodio-rt-client`, from
+ * src/client (and the wire types it imports from src/protocol), into
+ * dist/moodio-rt-client/ with a generated package.json; `--pack DIR` also
+ * packs it into DIR with `npm pack` and prints the tarball's path.
+ *
+ *   node scripts/client-package.ts              # npm run build
+ *   node scripts/client-package.ts --pack dist  # npm run pack:client
+ *
+ * Why a package apart from the server's: the server's package.json pins the
+ * Node 26 runtime (the `node` package, 219 MB, which also becomes the app's
+ * node_modules/.bin/node) and the server's dependencies. An app needs none
+ * of that: this package is browser-safe ESM with types, with no dependencies
+ * and no Node binary, like socket.io-client beside socket.io. Its name says
+ * so the same way.
+ */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+/** The package's name on a registry and in an app's package.json. */
+export const CLIENT_PACKAGE_NAME = 'moodio-rt-client';
+/** Where the package is built (tsconfig.client.json's outDir). */
+export const CLIENT_PACKAGE_DIR = join(ROOT, 'dist', CLIENT_PACKAGE_NAME);
+
+const README = `# ${CLIENT_PACKAGE_NAME}
+
+The client SDK of moodio-rt, the Moodio desktop real-time relay: it connects
+in the background, reconnects with a capped backoff, keeps the room's presence,
+types the events, and queues sends while away (only the newest drag per card).
+ESM with types, no dependencies; browsers and Node (Node before 22: pass the
+\`ws\` package as \`WebSocket\`).
+
+\`\`\`js
+import { connect } from '${CLIENT_PACKAGE_NAME}';
+
+const client = connect({ url: 'wss://moodio.example.com', desktopId: 'desk-1' });
+client.on('state', (state) => console.log(state));
+client.onEvent('asset_moved', (e) => console.log(e.firstName, e.payload));
+client.send('asset_moved', { id: 'asset-1', x: 100, y: 200 });
+\`\`\`
+
+Without \`token\`, a browser's \`moodio_access_token\` cookie authenticates; with
+\`token\`, it travels as the WebSocket protocol \`moodio.token.<token>\` beside
+\`moodio.v1\`. The whole guide, with a Next.js example, is docs/client.md in the
+moodio-rt repository.
+`;
+
+/** Build dist/moodio-rt-client/ afresh; returns its directory. */
+export function buildClientPackage(): string {
+  rmSync(CLIENT_PACKAGE_DIR, { recursive: true, force: true });
+  const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
+  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.client.json')], { stdio: 'inherit' });
+  // tsc rewrites `.ts` specifiers in the JavaScript it emits, but not in
+  // declarations: name the files the package ships (TypeScript before 5.0
+  // refuses a `.ts` specifier, and resolves `.js` to the `.d.ts` beside it).
+  for (const file of listFiles(CLIENT_PACKAGE_DIR)) {
+    if (!file.endsWith('.d.ts')) continue;
+    const text = readFileSync(file, 'utf8');
+    writeFileSync(file, text.replace(/(from\s+'\.{1,2}\/[^']+)\.ts'/g, "$1.js'"));
+  }
+  const root = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string; license: string };
+  const manifest = {
+    name: CLIENT_PACKAGE_NAME,
+    version: root.version,
+    description: 'Browser and Node client for moodio-rt, the Moodio desktop real-time relay: reconnects, presence, typed events.',
+    type: 'module',
+    license: root.license,
+    sideEffects: false,
+    exports: {
+      '.': { types: './client/index.d.ts', default: './client/index.js' },
+      './package.json': './package.json',
+    },
+    types: './client/index.d.ts',
+    files: ['client', 'protocol'],
+    keywords: ['moodio', 'websocket', 'realtime', 'client'],
+  };
+  writeFileSync(join(CLIENT_PACKAGE_DIR, 'package.json'), JSON.stringify(manifest, null, 2) + '\n');
+  writeFileSync(join(CLIENT_PACKAGE_DIR, 'README.md'), README);
+  return CLIENT_PACKAGE_DIR;
+}
+
+/** `npm pack` the built package into `destination`; returns the tarball's path. */
+export function packClientPackage(destination: string): string {
+  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', resolve(destination)], { cwd: CLIENT_PACKAGE_DIR, encoding: 'utf8', env: npmEnv() });
+  const [packed] = JSON.parse(out) as { filename: string }[];
+  return join(resolve(destination), packed!.filename);
+}
+
+/**
+ * The environment for a child npm: without the `npm_*` variables of an
+ * enclosing `npm run`, which would point it at this repository's config and prefix.
+ */
+export function npmEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [key, value] of Object.entries(process.env)) if (!key.toLowerCase().startsWith('npm_')) env[key] = value;
+  return env;
+}
+
+function listFiles(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((entry) => entry.isFile())
+    .map((entry) => join(entry.parentPath, entry.name));
+}
+
+if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const dir = buildClientPackage();
+  const at = process.argv.indexOf('--pack');
+  if (at === -1) console.log(`built ${dir}`);
+  else console.log(packClientPackage(process.argv[at + 1] ?? '.'));
+}
