@@ -10,6 +10,7 @@ import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } fr
 import type { Logger } from '../log.ts';
 import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
+import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
 import { Metric, sumOverShards, type MetricsSlot } from '../protocol/metrics.ts';
 import type { UserConnections } from '../protocol/user-connections.ts';
@@ -22,6 +23,7 @@ import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
 import { MemoryRelease } from './memory-release.ts';
 import { UserAdmission } from './user-admission.ts';
+import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 
 /** Fragments one message may come in (ws's default is 16,384). */
@@ -44,24 +46,24 @@ export class Shard {
   private readonly backpressure: Backpressure;
   private readonly users: UserConnections;
   private readonly memory = new MemoryRelease();
+  /** The server API and live grants (issue 13). */
+  private readonly api: ShardApi;
 
   constructor(id: number, config: ServeConfig, log: Logger, metrics: MetricsSlot, users: UserConnections, allMetrics: SharedArrayBuffer) {
     this.id = id;
     this.users = users;
     this.log = log;
     this.metrics = metrics;
-    this.permissions = config.dev
+    const permissionApi = config.dev
       ? new ClaimPermissionSource()
-      : new CachingPermissionSource(
-          new HttpPermissionSource({
-            base: config.permissionApiBase,
-            timeoutMs: config.permissionTimeoutMs,
-            concurrency: config.permissionConcurrency,
-            queue: config.permissionQueue,
-            metrics,
-          }),
-          { ttlMs: config.permissionCacheTtlMs, metrics },
-        );
+      : new HttpPermissionSource({
+          base: config.permissionApiBase,
+          timeoutMs: config.permissionTimeoutMs,
+          concurrency: config.permissionConcurrency,
+          queue: config.permissionQueue,
+          metrics,
+        });
+    this.permissions = config.dev ? permissionApi : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
     const wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -108,6 +110,7 @@ export class Shard {
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     this.limiter = new RateLimiter(this.rateLimit);
     this.relay = new Relay({ rooms: this.rooms, out, log, limiter: this.limiter, metrics, backpressure: this.backpressure, transientTypes: transient });
+    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, metrics, log });
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -131,7 +134,12 @@ export class Shard {
     });
   }
 
-  private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
+  /** Apply a server API request (protocol/api.ts) to this shard's sessions. */
+  applyApi(request: ApiRequest): ApiOutcome {
+    return this.api.apply(request);
+  }
+
+  private open({ ws, socket, desktopId, identity, permission, remoteAddress, cookie }: Admitted): void {
     const session = new Session({
       desktopId,
       identity,
@@ -144,6 +152,7 @@ export class Shard {
     });
     this.users.add(session.userId, 1);
     this.relay.join(session);
+    this.api.opened(session, identity, cookie);
     this.metrics.handshake(101);
     this.updateGauges();
     this.log.info('session_open', {
@@ -172,6 +181,7 @@ export class Shard {
       this.users.add(session.userId, -1);
       this.limiter.release(session.userId, Date.now());
       if (session.resumeTimer !== null) clearTimeout(session.resumeTimer);
+      this.api.closed(session);
       this.relay.leave(session);
       this.updateGauges();
       this.log.info('session_close', {
@@ -235,6 +245,7 @@ export class Shard {
     clearInterval(this.pinger);
     this.backpressure.stop();
     this.memory.stop();
+    this.api.stop();
     // Frames already queued go out ahead of the close frames.
     this.out.flushAll();
     this.out.stop();

@@ -47,6 +47,9 @@ port.on('message', (message: PrimaryToShard) => {
         memory: isolateMemory(),
       });
       break;
+    case 'api':
+      send({ type: 'api', id: message.request.id, outcome: shard.applyApi(message.request) });
+      break;
     case 'drain':
       void shard.drain(message.timeoutMs).then((closed) => send({ type: 'drained', closed }));
       break;
