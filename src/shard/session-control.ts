@@ -11,7 +11,9 @@
  *   even one already waiting in its socket;
  * - an end: the session leaves its room at once (the others get
  *   `session_left`), frames already queued for it go out, then the close
- *   frame (4003 or 4001); nothing more is read from it.
+ *   frame (4003 or 4001); nothing it sends afterwards is relayed (the relay
+ *   drops frames of sessions that are not open), and its socket is cut if
+ *   the closing handshake has not ended 2 s later.
  *
  * It also keeps the shard's sessions by user, for the calls that address a
  * user rather than a desktop.
@@ -25,7 +27,7 @@ import type { Backpressure } from './backpressure.ts';
 import type { Relay } from './relay.ts';
 import type { RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
-import { closeAndCut } from './socket-reads.ts';
+import { closeWithGrace } from './socket-reads.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
 export interface SessionControlOptions {
@@ -122,7 +124,7 @@ export class SessionControl {
     const { out, relay, metrics, log } = this.options;
     out.flushNow(session.out);
     relay.leave(session);
-    closeAndCut(session, END_CODE[why], reason);
+    closeWithGrace(session, END_CODE[why], reason);
     metrics.add(END_METRIC[why]);
     log.info('session_ended', { sessionId: session.id, desktopId: session.desktopId, userId: session.userId, why, code: END_CODE[why] });
     return true;
