@@ -9,10 +9,11 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { SERVER_SENDER } from '../src/protocol/events.ts';
 import { api, API_KEY, desktopOnShard, fill, type Member } from './helpers/api.ts';
-import type { Frame } from './helpers/client.ts';
+import { join, type Frame } from './helpers/client.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup } from './helpers/scope.ts';
-import { startServer, type ServerProcess } from './helpers/server.ts';
+import { startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
+import { signAccessToken } from '../src/auth/token.ts';
 import { user } from './helpers/tokens.ts';
 
 const cleanup = new Cleanup();
@@ -146,6 +147,17 @@ test("a user's sessions are gathered from every shard: desktop, shard, node, per
     assert.ok(s.node.length > 0);
   }
   assert.deepEqual((await api(server, 'GET', `users/${encodeURIComponent(user('Zed').userId)}/sessions`)).body.sessions, []);
+});
+
+test('without --enforce-token-expiry a session outlives its token, as the reference server does', async (t) => {
+  const room = desktopOnShard(0);
+  const shortLived = signAccessToken(user('Sho'), TEST_SECRET, 2);
+  const exp = (JSON.parse(Buffer.from(shortLived.split('.')[1]!, 'base64url').toString()) as { exp: number }).exp;
+  const { client } = await join(t, server.wsUrl(room), { token: shortLived });
+  // Wait out the token's life (the condition is the clock itself), then the session still gets its room's events.
+  while (Date.now() <= exp * 1000 + 100) await new Promise((resolve) => setTimeout(resolve, exp * 1000 + 101 - Date.now()));
+  assert.equal((await api(server, 'POST', `desktops/${room}/events`, { type: 'still_here' })).body.delivered, 1);
+  await client.expect('still_here');
 });
 
 test('server events and calls are counted in /metrics', async () => {
