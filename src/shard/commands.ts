@@ -45,7 +45,8 @@ export class Commands {
   /** Apply `request` to this shard's sessions, once per id; what it did. */
   apply(request: ApiRequest): ApiOutcome {
     if (!this.applied.add(request.id)) {
-      this.log.info('api_duplicate', { id: request.id, kind: request.kind });
+      // With federation every call a node publishes comes back to it: routine, so not logged above debug.
+      if (this.log.enabled('debug')) this.log.debug('api_duplicate', { id: request.id, kind: request.kind });
       return DUPLICATE;
     }
     switch (request.kind) {
