@@ -17,6 +17,8 @@ export const SCOPES = {
   router: { mutate: ['src/primary/router.ts'], tests: ['test/routing.test.ts', 'test/units.test.ts', 'test/origins.test.ts'] },
   'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.test.ts', 'test/slow-heads.test.ts'] },
   'user-connections': { mutate: ['src/protocol/user-connections.ts'], tests: ['test/limits.test.ts'] },
+  // Server API (issue 13): request validation, the recheck's schedule, the ids a shard applied.
+  'api-request': { mutate: ['src/primary/api-request.ts', 'src/shard/permission-recheck.ts', 'src/shard/recent-ids.ts'], tests: ['test/api-units.test.ts'] },
 };
 
 const scope = process.env.MUTANTS_SCOPE;

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { DEV_SECRET_FILE, loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
-import { httpUrl, intIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
+import { httpUrl, intIn, numberIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
 export { DEV_SECRET_FILE, optionName, parseDuration };
 
@@ -95,6 +95,15 @@ export interface ServeConfig {
   processInstance: string;
   /** When this process started (ms since the epoch). */
   startedAt: number;
+  // Server API and live grants (issue 13).
+  /** Bearer key of /api/v1/; empty = the API is off (404). */
+  apiKey: string;
+  /** POST /api/v1/broadcast calls per second (0 = no limit). */
+  apiBroadcastRate: number;
+  /** Re-ask the permission API for every live session this often (0 = never). */
+  permissionRecheckMs: number;
+  /** Close a session with 4001 when its token's exp passes. */
+  enforceTokenExpiry: boolean;
 }
 
 export type OptionSpec = TableSpec<keyof ServeConfig>;
@@ -497,6 +506,37 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
       return ms;
     },
   },
+  // Server API and live grants (issue 13).
+  {
+    key: 'apiKey',
+    flags: '--api-key <key>',
+    env: 'MOODIO_RT_API_KEY',
+    description: `bearer key of the server API under /api/v1/ (at least 16 characters; the API is off, 404, when unset)`,
+    parse: text,
+  },
+  {
+    key: 'apiBroadcastRate',
+    flags: '--api-broadcast-rate <per-second>',
+    env: 'MOODIO_RT_API_BROADCAST_RATE',
+    default: '1',
+    description: 'POST /api/v1/broadcast calls per second; more are answered 429 with Retry-After (0 = no limit)',
+    parse: numberIn(0, 100_000),
+  },
+  {
+    key: 'permissionRecheckMs',
+    flags: '--permission-recheck <duration>',
+    env: 'MOODIO_RT_PERMISSION_RECHECK',
+    default: 'off',
+    description: 'ask the permission API again for every live session this often, staggered over the interval (off by default)',
+    parse: (raw, option) => (raw.trim() === 'off' || raw.trim() === '0' ? 0 : parseDuration(raw, option)),
+  },
+  {
+    key: 'enforceTokenExpiry',
+    flags: '--enforce-token-expiry',
+    description: "close a session with 4001 when its token's exp passes (the client reconnects with its refreshed cookie)",
+    parse: flag,
+    unset: false,
+  },
   { key: 'logLevel', flags: '--log-level <level>', env: 'MOODIO_RT_LOG_LEVEL', default: 'info', description: `one of ${LOG_LEVELS.join(', ')}`, parse: oneOf(LOG_LEVELS) },
   { key: 'logFormat', flags: '--log-format <format>', env: 'MOODIO_RT_LOG_FORMAT', default: 'json', description: `one of ${LOG_FORMATS.join(', ')}`, parse: oneOf(LOG_FORMATS) },
 ];
@@ -524,6 +564,12 @@ export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string
   if (config.maxSessionBacklogBytes < config.maxBufferedBytes) {
     throw new ConfigError('--max-session-backlog', `must be at least --max-buffered-bytes (${config.maxBufferedBytes})`);
   }
+  if (config.apiKey !== '') {
+    if (config.apiKey.length < MIN_API_KEY_LENGTH) throw new ConfigError('--api-key', `must be at least ${MIN_API_KEY_LENGTH} characters`);
+    if (config.apiKey === config.adminToken || config.apiKey === config.metricsToken) {
+      throw new ConfigError('--api-key', 'must differ from --admin-token and --metrics-token: the app holds the API key, operators the others');
+    }
+  }
   if (config.dev) {
     // Dev mode hands a 12-hour token to anyone who asks (/demo/token), prints one, and lets
     // the token's permission claim replace the permission API. With the production secret
@@ -542,6 +588,9 @@ export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string
   }
   return config;
 }
+
+/** Shortest --api-key accepted. */
+export const MIN_API_KEY_LENGTH = 16;
 
 /** A secret shorter than this is accepted (compatibility) with a warning. */
 export const RECOMMENDED_SECRET_BYTES = 32;

@@ -52,8 +52,11 @@ export type PermissionErrorCodeValue = (typeof PermissionErrorCode)[keyof typeof
 /** The permission check did not admit the session → HTTP 403. */
 export class PermissionError extends RelayError {
   declare readonly code: PermissionErrorCodeValue;
-  constructor(code: PermissionErrorCodeValue, message: string, options?: ErrorOptions) {
+  /** The permission API's HTTP status, when it answered with one (a recheck tells a revocation, 403/404, from an expired cookie, 401). */
+  readonly status: number | undefined;
+  constructor(code: PermissionErrorCodeValue, message: string, options?: ErrorOptions & { status?: number }) {
     super(code, message, options);
+    this.status = options?.status;
   }
 }
 

@@ -11,7 +11,7 @@ import { PermissionError, PermissionErrorCode } from '../src/errors.ts';
 import type { Permission } from '../src/protocol/events.ts';
 import { createMetricsBuffer, MetricsSlot } from '../src/protocol/metrics.ts';
 
-const identity = (userId: string) => ({ userId, firstName: '', email: '', permissionClaim: undefined });
+const identity = (userId: string) => ({ userId, firstName: '', email: '', permissionClaim: undefined, expiresAt: 0 });
 
 function setup(ttlMs: number) {
   let now = 1_000_000;

@@ -17,8 +17,9 @@ const verify = (payload: Record<string, unknown>) => verifyAccessToken(rawToken(
 const refused = (payload: Record<string, unknown>, code: string) => assert.throws(() => verify(payload), { code }, JSON.stringify(payload).slice(0, 80));
 
 test('optional claims: absent or null read as empty; anything but a string is refused', () => {
-  assert.deepEqual(verify({ userId: 'u' }), { userId: 'u', firstName: '', email: '', permissionClaim: undefined });
-  assert.deepEqual(verify({ userId: 'u', firstName: null, email: null }), { userId: 'u', firstName: '', email: '', permissionClaim: undefined });
+  const expiresAt = (nowS + 60) * 1000;
+  assert.deepEqual(verify({ userId: 'u' }), { userId: 'u', firstName: '', email: '', permissionClaim: undefined, expiresAt });
+  assert.deepEqual(verify({ userId: 'u', firstName: null, email: null }), { userId: 'u', firstName: '', email: '', permissionClaim: undefined, expiresAt });
   refused({ userId: 'u', firstName: 7 }, AuthErrorCode.BAD_CLAIMS);
   refused({ userId: 'u', email: {} }, AuthErrorCode.BAD_CLAIMS);
   assert.equal(verify({ userId: 'u', permission: 'viewer' }).permissionClaim, 'viewer');

@@ -92,7 +92,7 @@ export class HttpPermissionSource implements PermissionSource {
       if (status !== 200) {
         await res.body.dump();
         const code = status >= 500 ? PermissionErrorCode.UNAVAILABLE : PermissionErrorCode.DENIED;
-        throw new PermissionError(code, `permission API answered ${status}`);
+        throw new PermissionError(code, `permission API answered ${status}`, { status });
       }
       text = await readLimited(res.body, MAX_PERMISSION_BODY);
     } catch (err) {

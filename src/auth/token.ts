@@ -17,6 +17,8 @@ export interface Identity {
   email: string;
   /** The `permission` claim, consulted only in dev mode. */
   permissionClaim: string | undefined;
+  /** When the token expires, in ms since the epoch (its `exp`): `--enforce-token-expiry` closes the session then. */
+  expiresAt: number;
 }
 
 /** Longest accepted identity claim; they are stamped on every relayed event. */
@@ -117,6 +119,7 @@ export function verifyAccessToken(token: string, secret: string | KeyObject, now
     firstName: optionalString(claims, 'firstName'),
     email: optionalString(claims, 'email'),
     permissionClaim: typeof permission === 'string' ? permission : undefined,
+    expiresAt: (claims.exp as number) * 1000,
   };
 }
 

@@ -4,7 +4,7 @@
  * gauges are given per thread (`shard="0"…`, `shard="primary"`).
  */
 import { DROP_REASONS } from '../protocol/bus.ts';
-import { Metric, PERMISSION_BUCKETS, SLOT_SIZE } from '../protocol/metrics.ts';
+import { ApiMetric, Metric, PERMISSION_BUCKETS, SLOT_SIZE } from '../protocol/metrics.ts';
 
 function label(slot: number, shards: number): string {
   return slot === shards ? 'primary' : String(slot);
@@ -111,6 +111,45 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
   perShard('moodio_rt_federation_remote_sessions', Metric.REMOTE_SESSIONS, 'Sessions of other nodes in this shard\'s rooms, per shard.');
   perShard('moodio_rt_federation_peer_nodes', Metric.PEER_NODES, 'Other moodio-rt nodes heard from and not expired, as seen by each shard.');
   counter('moodio_rt_shard_restarts_total', 'Shard workers restarted after dying.', [['', Metric.SHARD_RESTARTS]]);
+  // Server API (issue 13).
+  counter('moodio_rt_api_requests_total', 'Server API calls answered 2xx, by endpoint.', [
+    ['{endpoint="publish"}', ApiMetric.PUBLISH],
+    ['{endpoint="user_event"}', ApiMetric.USER_EVENT],
+    ['{endpoint="broadcast"}', ApiMetric.BROADCAST],
+    ['{endpoint="set_permission"}', ApiMetric.SET_PERMISSION],
+    ['{endpoint="disconnect"}', ApiMetric.DISCONNECT],
+    ['{endpoint="presence"}', ApiMetric.PRESENCE],
+    ['{endpoint="user_sessions"}', ApiMetric.USER_SESSIONS],
+  ]);
+  counter('moodio_rt_api_refused_total', 'Server API calls refused, by status (other: 408, 411, 431, 500).', [
+    ['{status="400"}', ApiMetric.REFUSED_400],
+    ['{status="401"}', ApiMetric.REFUSED_401],
+    ['{status="404"}', ApiMetric.REFUSED_404],
+    ['{status="405"}', ApiMetric.REFUSED_405],
+    ['{status="413"}', ApiMetric.REFUSED_413],
+    ['{status="429"}', ApiMetric.REFUSED_429],
+    ['{status="503"}', ApiMetric.REFUSED_503],
+    ['{status="504"}', ApiMetric.REFUSED_504],
+    ['{status="other"}', ApiMetric.REFUSED_OTHER],
+  ]);
+  family('moodio_rt_api_connections', 'gauge', 'Open server API connections (kept alive or with a request underway).');
+  out.push(`moodio_rt_api_connections ${value(shards, ApiMetric.CONNECTIONS)}`);
+  counter('moodio_rt_api_deliveries_total', 'Sessions a server API event (publish, user event, broadcast) was queued to.', [['', ApiMetric.DELIVERIES]]);
+  counter('moodio_rt_permission_changes_total', 'Sessions whose permission changed while open, by cause.', [
+    ['{cause="api"}', ApiMetric.CHANGED_BY_API],
+    ['{cause="recheck"}', ApiMetric.CHANGED_BY_RECHECK],
+  ]);
+  counter('moodio_rt_server_closes_total', 'Sessions the server closed for the user\'s sake, by reason: revoked (4003), disconnected and token_expired (4001).', [
+    ['{reason="revoked"}', ApiMetric.CLOSED_REVOKED],
+    ['{reason="disconnected"}', ApiMetric.CLOSED_DISCONNECTED],
+    ['{reason="token_expired"}', ApiMetric.CLOSED_TOKEN_EXPIRED],
+  ]);
+  counter('moodio_rt_permission_rechecks_total', 'Permission rechecks of live sessions (--permission-recheck), by outcome.', [
+    ['{outcome="unchanged"}', ApiMetric.RECHECK_UNCHANGED],
+    ['{outcome="changed"}', ApiMetric.RECHECK_CHANGED],
+    ['{outcome="revoked"}', ApiMetric.RECHECK_REVOKED],
+    ['{outcome="failed"}', ApiMetric.RECHECK_FAILED],
+  ]);
   counter('moodio_rt_permission_errors_total', 'Permission API answers that did not admit, by kind.', [
     ['{kind="unavailable"}', Metric.PERMISSION_ERRORS_UNAVAILABLE],
     ['{kind="denied"}', Metric.PERMISSION_ERRORS_DENIED],

@@ -8,12 +8,13 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import type { ServeConfig } from '../config.ts';
 import { KeyedBuckets } from '../keyed-buckets.ts';
 import { LogBudget, REJECTION_LOG_PER_SECOND, type LogFields, type Logger } from '../log.ts';
-import { endWithResponse, httpResponse, parseRequestHead } from '../protocol/http.ts';
+import { endWithResponse, httpResponse, parseRequestHead, type RequestHead } from '../protocol/http.ts';
 import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } from '../protocol/rejections.ts';
 import { reportLingeringTo } from '../protocol/linger.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
+import { ApiServer } from './api-server.ts';
 import { demoResponse } from './demo.ts';
 import { renderMetrics } from './metrics-text.ts';
 import { PendingTable } from './pending-table.ts';
@@ -83,6 +84,8 @@ export class Primary {
   private readonly rejections = new LogBudget(REJECTION_LOG_PER_SECOND);
   /** WebSocket handshakes by client address (--handshake-rate-per-address). */
   private readonly handshakes: KeyedBuckets;
+  /** The server API, when --api-key is set. */
+  private readonly api: ApiServer | null;
 
   constructor(options: PrimaryOptions) {
     this.config = options.config;
@@ -90,6 +93,10 @@ export class Primary {
     this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log, onFatal: options.onFatal });
     this.handshakes = new KeyedBuckets(this.config.handshakeRatePerAddress, this.config.handshakeRatePerAddress * HANDSHAKE_BURST_SECONDS);
     reportLingeringTo(this.pool.primaryMetrics);
+    this.api =
+      this.config.apiKey === ''
+        ? null
+        : new ApiServer({ config: this.config, pool: this.pool, log: this.log, elsewhere: (socket, head) => this.serve(socket, head, null, 0) });
     // pauseOnConnect: libuv must never read these sockets, or they could not
     // be transferred to a shard afterwards.
     this.server = createServer({ pauseOnConnect: true, noDelay: true }, (socket) => this.onConnection(socket));
@@ -127,6 +134,7 @@ export class Primary {
       socket.destroy();
     }
     this.pending.clear();
+    this.api?.shutdown();
     this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, 0);
     await this.pool.drain(this.config.drainTimeoutMs);
     this.log.info('stopped');
@@ -228,16 +236,28 @@ export class Primary {
       this.reject(socket, rejection, { detail: parsed.reason });
       return;
     }
-    const decision = route(parsed.head, {
+    this.serve(socket, parsed.head, result.bytes, result.headLength);
+  }
+
+  /**
+   * Answer or dispatch a parsed request. `bytes` is everything read from the
+   * socket (the head and what followed); null when the socket has been read
+   * the ordinary way (a later request of a kept-alive API connection), so it
+   * can no longer be handed to a shard.
+   */
+  private serve(socket: Socket, head: RequestHead, bytes: Buffer | null, headLength: number): void {
+    const remote = socket.remoteAddress;
+    const decision = route(head, {
       workers: this.pool.size,
       adminToken: this.config.adminToken,
       allowedOrigins: this.config.allowedOrigins,
       metricsToken: this.config.metricsToken,
       dev: this.config.dev,
+      api: this.api !== null,
     });
     switch (decision.kind) {
       case 'health':
-        endWithResponse(socket, httpResponse(200, parsed.head.method === 'HEAD' ? '' : 'ok'));
+        endWithResponse(socket, httpResponse(200, head.method === 'HEAD' ? '' : 'ok'));
         return;
       case 'metrics':
         endWithResponse(
@@ -248,8 +268,12 @@ export class Primary {
       case 'stats':
         void this.answerStats(socket);
         return;
+      case 'api':
+        if (bytes === null) this.reject(socket, Rejections.NOT_FOUND, {}, false);
+        else this.api!.accept(socket, head, bytes.subarray(headLength));
+        return;
       case 'demo':
-        endWithResponse(socket, demoResponse(parsed.head, this.config.jwtSecret));
+        endWithResponse(socket, demoResponse(head, this.config.jwtSecret));
         return;
       case 'reject':
         this.reject(socket, decision.rejection, { headers: decision.headers }, decision.handshake);
@@ -265,7 +289,11 @@ export class Primary {
           this.reject(socket, Rejections.SHUTTING_DOWN);
           return;
         }
-        const client = clientAddress(socket.remoteAddress ?? '', parsed.head.headers['x-forwarded-for'], this.config.trustProxy);
+        if (bytes === null) {
+          this.reject(socket, Rejections.UPGRADE_ON_USED_CONNECTION);
+          return;
+        }
+        const client = clientAddress(socket.remoteAddress ?? '', head.headers['x-forwarded-for'], this.config.trustProxy);
         // Refused here, before a shard spends a token verification and an answer on it.
         const waitMs = this.handshakes.take(addressKey(normalize(client)), Date.now());
         if (waitMs > 0) {
@@ -273,7 +301,7 @@ export class Primary {
           this.reject(socket, Rejections.TOO_MANY_HANDSHAKES_FROM_ADDRESS, { retryAfterS: Math.ceil(waitMs / 1000) });
           return;
         }
-        const sent = this.pool.dispatch(decision.shard, socket, result.bytes, result.headLength, client);
+        const sent = this.pool.dispatch(decision.shard, socket, bytes, headLength, client);
         if (sent === 'unavailable') {
           this.reject(socket, Rejections.SHARD_UNAVAILABLE, {
             detail: `shard ${decision.shard} is restarting`,

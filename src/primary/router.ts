@@ -5,6 +5,7 @@
  */
 import { timingSafeEqual } from 'node:crypto';
 import { fnv1a32 } from '../protocol/hash.ts';
+import { API_PREFIX } from '../protocol/api.ts';
 import { bearerToken, headerHasToken, type RequestHead } from '../protocol/http.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
 import { HEALTH_PATH, METRICS_PATH, parseDesktopPath, STATS_PATH } from '../protocol/paths.ts';
@@ -16,6 +17,8 @@ export type Route =
   | { kind: 'demo' }
   | { kind: 'shard'; desktopId: string; shard: number }
   | { kind: 'terminate-shard'; shard: number }
+  /** The server API (/api/v1/, with --api-key): api-server.ts takes the connection. */
+  | { kind: 'api' }
   | {
       kind: 'reject';
       rejection: Rejection;
@@ -52,6 +55,8 @@ export interface RouterOptions {
   metricsToken: string;
   /** Dev mode: /demo is served. */
   dev?: boolean;
+  /** --api-key is set: /api/v1/ is the server API (else 404 like any unknown path). */
+  api?: boolean;
 }
 
 /**
@@ -115,6 +120,7 @@ export function route(head: RequestHead, options: RouterOptions): Route {
     }
     return { kind: 'stats' };
   }
+  if (options.api && head.path.startsWith(API_PREFIX)) return { kind: 'api' };
   const admin = options.adminToken === '' ? null : ADMIN_TERMINATE.exec(head.path);
   if (admin) {
     if (head.method !== 'POST') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'POST' }, handshake: false };

@@ -12,7 +12,8 @@ import type { ServeConfig } from '../config.ts';
 import { withDeadline } from '../deadline.ts';
 import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { ConnectionMessage, DrainMessage, RestartMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
+import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
+import type { ApiRequestMessage, ConnectionMessage, DrainMessage, RestartMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
 import { createMetricsBuffer, GAUGES, Metric, MetricsSlot } from '../protocol/metrics.ts';
 import { createUserConnectionsBuffer, UserConnections } from '../protocol/user-connections.ts';
 
@@ -56,6 +57,8 @@ interface Shard {
   onReady: (() => void) | null;
   onDrained: (() => void) | null;
   statsWaiters: Map<number, (reply: StatsReply) => void>;
+  /** Server API requests sent to this worker, by id, waiting for its reply. */
+  apiWaiters: Map<string, (reply: ApiOutcome | 'exited') => void>;
 }
 
 export interface ShardPoolOptions {
@@ -68,6 +71,13 @@ export interface ShardPoolOptions {
 }
 
 export type DispatchResult = 'sent' | 'unavailable';
+
+/**
+ * What became of a server API request sent to a shard: its outcome; `exited`
+ * when the worker died first (its sessions went with it); `timeout` when it
+ * did not answer in time (it may have applied the request).
+ */
+export type ApiResult = ApiOutcome | 'exited' | 'timeout';
 
 export interface ShardStats {
   shard: number;
@@ -112,6 +122,7 @@ export class ShardPool {
       onReady: null,
       onDrained: null,
       statsWaiters: new Map(),
+      apiWaiters: new Map(),
     }));
   }
 
@@ -160,6 +171,10 @@ export class ShardPool {
       } else if (msg.type === 'fatal') {
         log.error('fatal', { shard: shard.id, code: msg.code, message: msg.message });
         this.options.onFatal?.(msg.code, msg.message);
+      } else if (msg.type === 'api') {
+        const waiter = shard.apiWaiters.get(msg.id);
+        shard.apiWaiters.delete(msg.id);
+        waiter?.(msg.outcome);
       } else if (msg.type === 'drained') {
         log.info('shard_drained', { shard: shard.id, closed: msg.closed });
         const cb = shard.onDrained;
@@ -179,6 +194,8 @@ export class ShardPool {
       const slot = new MetricsSlot(this.metrics, shard.id);
       for (const gauge of GAUGES) slot.set(gauge, 0);
       this.users.clearShard(shard.id);
+      for (const waiter of shard.apiWaiters.values()) waiter('exited');
+      shard.apiWaiters.clear();
       const wasReady = shard.onReady === null;
       const drained = shard.onDrained;
       shard.onDrained = null;
@@ -265,6 +282,34 @@ export class ShardPool {
         return reply === null ? base : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms, memory: reply.memory, federation: reply.federation };
       }),
     );
+  }
+
+  /** True while the shard takes connections and API requests. */
+  isReady(shardId: number): boolean {
+    const shard = this.shards[shardId]!;
+    return shard.state === 'ready' && shard.worker !== null;
+  }
+
+  /**
+   * Send a server API request to a shard that {@link isReady} and wait for
+   * what it did, at most `timeoutMs`.
+   */
+  api(shardId: number, request: ApiRequest, timeoutMs: number): Promise<ApiResult> {
+    const shard = this.shards[shardId]!;
+    const worker = shard.worker;
+    if (shard.state !== 'ready' || worker === null) return Promise.resolve('exited');
+    return new Promise<ApiResult>((resolve) => {
+      const timer = setTimeout(() => {
+        shard.apiWaiters.delete(request.id);
+        resolve('timeout');
+      }, timeoutMs);
+      shard.apiWaiters.set(request.id, (reply) => {
+        clearTimeout(timer);
+        resolve(reply);
+      });
+      const message: ApiRequestMessage = { type: 'api', request };
+      worker.postMessage(message);
+    });
   }
 
   /** Seconds a client should wait before retrying a shard that is down. */

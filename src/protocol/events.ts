@@ -10,6 +10,10 @@ export const ServerEvent = {
   SESSION_JOINED: 'session_joined',
   SESSION_LEFT: 'session_left',
   ERROR: 'error',
+  /** To a session whose permission the server API (or a recheck) changed: `{"type":"permission_changed","permission":…}`. */
+  PERMISSION_CHANGED: 'permission_changed',
+  /** To the rest of the room when a session's info changed (its permission): shaped like `session_joined`, plus `permission`. */
+  SESSION_UPDATED: 'session_updated',
 } as const;
 
 /** Client → server → room events named by the seed's event table. */
@@ -54,7 +58,7 @@ export const MAX_TYPE_LENGTH = 64;
 export const ErrorCode = {
   /** Not JSON, not an object, or `type` not a non-empty string of at most 64 characters. */
   INVALID_MESSAGE: 'invalid_message',
-  /** A client sent a server-only type (`room_joined`, `session_joined`, `session_left`, `error`). */
+  /** A client sent a server-only type (`room_joined`, `session_joined`, `session_left`, `session_updated`, `permission_changed`, `error`). */
   RESERVED_TYPE: 'reserved_type',
   /** A binary frame; the protocol is JSON text only. */
   UNSUPPORTED_BINARY: 'unsupported_binary',
@@ -81,10 +85,28 @@ export const CloseCode = {
    * process is over `--max-outbound-memory`: reconnect and resync.
    */
   SLOW_CONSUMER: 4008,
+  /**
+   * Ended by the server for the user's sake: the server API disconnected the
+   * user (logout, password change), or the token's `exp` passed
+   * (`--enforce-token-expiry`). Reconnect now: the browser's refreshed cookie
+   * decides whether the user gets back in.
+   */
+  DISCONNECTED: 4001,
+  /** The user's permission on the desktop was revoked (server API `none`, or a recheck): final, do not reconnect. */
+  PERMISSION_REVOKED: 4003,
 } as const;
 
 export type Permission = 'editor' | 'viewer';
 export const PERMISSIONS: ReadonlySet<string> = new Set<Permission>(['editor', 'viewer']);
+
+/**
+ * `sessionId` and `userId` of events the server sends itself (the server
+ * API's publish, user events and broadcasts). No session has this id (they
+ * are `session_<uuid>`), so a client can tell them from relayed events by
+ * `sessionId === "server"`; a relayed event's identity comes from its
+ * sender's session, never from the frame.
+ */
+export const SERVER_SENDER = 'server';
 
 /** What every other session learns about a session (the seed's session info). */
 export interface SessionInfo {
@@ -116,6 +138,25 @@ export interface StampedEvent<T extends string = string, P = unknown> {
 
 export type SessionJoinedEvent = StampedEvent<'session_joined', SessionInfo>;
 export type SessionLeftEvent = StampedEvent<'session_left', SessionInfo>;
+
+/** `session_updated`: a session's info changed (its permission); `permission` is repeated at the top level. */
+export type SessionUpdatedEvent = StampedEvent<'session_updated', SessionInfo> & { permission: Permission };
+
+/** `permission_changed`, to the session whose permission changed; it applies from the session's next frame. */
+export interface PermissionChangedEvent {
+  type: 'permission_changed';
+  permission: Permission;
+}
+
+/** An event from the server itself (server API): no `firstName` or `email`. */
+export interface ServerStampedEvent<T extends string = string, P = unknown> {
+  type: T;
+  sessionId: typeof SERVER_SENDER;
+  userId: typeof SERVER_SENDER;
+  /** Milliseconds since the epoch, when the API call was accepted. */
+  timestamp: number;
+  payload?: P;
+}
 
 export interface ErrorEvent {
   type: 'error';

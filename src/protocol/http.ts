@@ -180,16 +180,21 @@ const STATUS_TEXT: Record<number, string> = {
   403: 'Forbidden',
   404: 'Not Found',
   405: 'Method Not Allowed',
+  408: 'Request Timeout',
+  411: 'Length Required',
+  413: 'Content Too Large',
   426: 'Upgrade Required',
   429: 'Too Many Requests',
   431: 'Request Header Fields Too Large',
   500: 'Internal Server Error',
   503: 'Service Unavailable',
+  504: 'Gateway Timeout',
   505: 'HTTP Version Not Supported',
 };
 
 /**
- * A complete HTTP/1.1 response with a text body and `Connection: close`.
+ * A complete HTTP/1.1 response with a text body and `Connection: close`
+ * (`keep-alive` only for the server API's connections, api-connection.ts).
  * Used for every answer that is not a WebSocket upgrade.
  */
 export function httpResponse(
@@ -197,9 +202,10 @@ export function httpResponse(
   body: string,
   headers: Record<string, string | number> = {},
   contentType = 'text/plain; charset=utf-8',
+  keepAlive = false,
 ): string {
   let out = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Unknown'}\r\n`;
   for (const name of Object.keys(headers)) out += `${name}: ${headers[name]}\r\n`;
-  out += `Content-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n`;
+  out += `Content-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n`;
   return out + body;
 }

@@ -3,6 +3,7 @@
  * (structured clone), except the transferred socket.
  */
 import type { Socket } from 'node:net';
+import type { ApiOutcome, ApiRequest } from './api.ts';
 
 /** Primary → shard: a connection whose request head has been read. */
 export interface ConnectionMessage {
@@ -44,7 +45,13 @@ export interface StatsRequest {
   id: number;
 }
 
-export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage | StatsRequest;
+/** Primary → shard: a server API request to apply (protocol/api.ts); answered with an {@link ApiReply} of the same id. */
+export interface ApiRequestMessage {
+  type: 'api';
+  request: ApiRequest;
+}
+
+export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage | StatsRequest | ApiRequestMessage;
 
 /** Shard → primary: the shard is listening for connections. */
 export interface ReadyMessage {
@@ -93,7 +100,15 @@ export interface FatalMessage {
   message: string;
 }
 
-export type ShardToPrimary = ReadyMessage | DrainedMessage | StatsReply | FatalMessage;
+
+/** Shard → primary: what the shard did with an {@link ApiRequestMessage}. */
+export interface ApiReply {
+  type: 'api';
+  id: string;
+  outcome: ApiOutcome;
+}
+
+export type ShardToPrimary = ReadyMessage | DrainedMessage | StatsReply | FatalMessage | ApiReply;
 
 /** `workerData` given to each shard worker. */
 export interface ShardWorkerData {

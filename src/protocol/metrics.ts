@@ -113,7 +113,50 @@ export const Metric = {
   PERMISSION_BUCKET_0: 54 + DROP_REASONS.length,
 } as const;
 
-export const SLOT_SIZE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;
+/** Server API metrics (issue 13), after the permission buckets; `_Count` ends the block. */
+const API_BASE = Metric.PERMISSION_BUCKET_0 + PERMISSION_BUCKETS.length + 1;
+export const ApiMetric = {
+  // primary: answered 2xx, by endpoint
+  PUBLISH: API_BASE,
+  USER_EVENT: API_BASE + 1,
+  BROADCAST: API_BASE + 2,
+  SET_PERMISSION: API_BASE + 3,
+  DISCONNECT: API_BASE + 4,
+  PRESENCE: API_BASE + 5,
+  USER_SESSIONS: API_BASE + 6,
+  // primary: refused, by status
+  REFUSED_400: API_BASE + 7,
+  REFUSED_401: API_BASE + 8,
+  REFUSED_404: API_BASE + 9,
+  REFUSED_405: API_BASE + 10,
+  REFUSED_413: API_BASE + 11,
+  REFUSED_429: API_BASE + 12,
+  REFUSED_503: API_BASE + 13,
+  REFUSED_504: API_BASE + 14,
+  /** 408, 411, 431, 500. */
+  REFUSED_OTHER: API_BASE + 15,
+  /** Gauge (primary): open API connections. */
+  CONNECTIONS: API_BASE + 16,
+  // shards
+  /** Sessions an API event (publish, user event, broadcast) was queued to. */
+  DELIVERIES: API_BASE + 17,
+  /** Sessions whose permission changed, by cause. */
+  CHANGED_BY_API: API_BASE + 18,
+  CHANGED_BY_RECHECK: API_BASE + 19,
+  /** Sessions closed by the server for the user's sake, by reason. */
+  CLOSED_REVOKED: API_BASE + 20,
+  CLOSED_DISCONNECTED: API_BASE + 21,
+  CLOSED_TOKEN_EXPIRED: API_BASE + 22,
+  /** Permission rechecks by outcome. */
+  RECHECK_UNCHANGED: API_BASE + 23,
+  RECHECK_CHANGED: API_BASE + 24,
+  RECHECK_REVOKED: API_BASE + 25,
+  /** The API could not answer (outage, nonsense, 401, busy): nothing was changed. */
+  RECHECK_FAILED: API_BASE + 26,
+  _COUNT: 27,
+} as const;
+
+export const SLOT_SIZE = API_BASE + ApiMetric._COUNT;
 
 /** Values that describe the present (reset when a shard exits), not totals. */
 export const GAUGES: readonly number[] = [

@@ -29,6 +29,8 @@ export const Rejections = {
   HEAD_TOO_LARGE: { status: 431, reason: 'head_too_large' },
   HTTP_VERSION: { status: 505, reason: 'http_version_not_supported' },
   BODY_NOT_ALLOWED: { status: 400, reason: 'body_not_allowed' },
+  /** An upgrade after another request on the same connection (a kept-alive API connection): only a connection's first request can be handed to a shard. */
+  UPGRADE_ON_USED_CONNECTION: { status: 400, reason: 'upgrade_on_used_connection' },
   INVALID_DESKTOP_ID: { status: 400, reason: 'invalid_desktop_id' },
   UNAUTHORIZED: { status: 401, reason: 'unauthorized', body: 'unauthorized' },
   METRICS_UNAUTHORIZED: { status: 401, reason: 'metrics_unauthorized', headers: BEARER_CHALLENGE },

@@ -29,6 +29,8 @@ export interface Admitted {
   identity: Identity;
   permission: Permission;
   remoteAddress: string;
+  /** The handshake's Cookie header, which a permission recheck forwards again. */
+  cookie: string | undefined;
 }
 
 export interface HandshakeOptions {
@@ -135,7 +137,7 @@ export class Handshake {
     const early = bytes.subarray(message.headLength);
     this.options.wss.handleUpgrade(req, socket as Duplex, early, (ws) => {
       socket.off('error', onSocketError);
-      onOpen({ ws, socket, desktopId, identity, permission, remoteAddress });
+      onOpen({ ws, socket, desktopId, identity, permission, remoteAddress, cookie: head.headers.cookie });
     });
   }
 

@@ -135,6 +135,8 @@ export class Relay {
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
   onMessage(session: Session, data: Buffer, isBinary: boolean): void {
     this.metrics.add(Metric.MESSAGES_RECEIVED);
+    // Closed by the server (revoked, disconnected, shutting down) while frames were on their way: none of them is relayed.
+    if (!session.open) return;
     if (this.limiter.enabled && !this.admit(session)) {
       this.metrics.add(Metric.DROPPED_RATE_LIMIT);
       return;

@@ -1,7 +1,7 @@
 /**
  * One connected tab: its identity, permission, room and sockets. Identity
- * JSON is serialized once at join, since it is stamped on every event the
- * session sends.
+ * JSON is serialized once at join (the session info again when its
+ * permission changes), since it is stamped on every event the session sends.
  *
  * The state other modules keep per session lives in objects those modules
  * make and alone touch: `out` (write-coalescer.ts), `budget`
@@ -39,15 +39,14 @@ export class Session {
   readonly userId: string;
   readonly firstName: string;
   readonly email: string;
-  readonly permission: Permission;
+  private role: Permission;
   readonly ws: WebSocket;
   /** The raw socket under `ws`; broadcasts write pre-built frames to it. */
   readonly socket: Socket;
   readonly connectedAt: number;
   /** `,"sessionId":…,"userId":…,"firstName":…,"email":…` — spliced into every event this session causes. */
   readonly stamp: string;
-  /** JSON of this session's SessionInfo (protocol/events.ts). */
-  readonly infoJson: string;
+  private info: string;
   /** Its place in its room (room-index.ts). */
   readonly slot: RoomSlot = newRoomSlot();
   /** What the write coalescer holds for this socket. */
@@ -70,15 +69,35 @@ export class Session {
     this.userId = identity.userId;
     this.firstName = identity.firstName;
     this.email = identity.email;
-    this.permission = options.permission;
+    this.role = options.permission;
     this.ws = options.ws;
     this.socket = options.socket;
     this.connectedAt = Date.now();
     this.stamp =
       `,"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)}` +
       `,"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)}`;
-    this.infoJson = `{"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)},"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)},"permission":"${this.permission}"}`;
+    this.info = this.describe();
     this.out = options.outbound(this);
+  }
+
+  /** editor or viewer. The relay reads it on every frame, so a change applies from the session's next frame. */
+  get permission(): Permission {
+    return this.role;
+  }
+
+  /** JSON of this session's SessionInfo (protocol/events.ts), current permission included. */
+  get infoJson(): string {
+    return this.info;
+  }
+
+  /** Change the permission (server API, permission recheck): only session-control.ts calls this, and tells the session and its room. */
+  setPermission(permission: Permission): void {
+    this.role = permission;
+    this.info = this.describe();
+  }
+
+  private describe(): string {
+    return `{"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)},"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)},"permission":"${this.role}"}`;
   }
 
   /** True while frames may be written (not closing or closed). */

@@ -11,6 +11,7 @@ import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } fr
 import type { Logger } from '../log.ts';
 import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage, FederationStats } from '../protocol/messages.ts';
+import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
 import { Metric, sumOverShards, type MetricsSlot } from '../protocol/metrics.ts';
 import type { UserConnections } from '../protocol/user-connections.ts';
@@ -24,6 +25,7 @@ import { withDeadline } from '../deadline.ts';
 import { MemoryRelease } from './memory-release.ts';
 import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
+import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 import { Federation } from './federation.ts';
 
@@ -62,24 +64,24 @@ export class Shard {
   private readonly users: UserConnections;
   private readonly memory = new MemoryRelease();
   private readonly federation: Federation | null;
+  /** The server API and live grants (issue 13). */
+  private readonly api: ShardApi;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
     this.users = users;
     this.log = log;
     this.metrics = metrics;
-    this.permissions = config.dev
+    const permissionApi = config.dev
       ? new ClaimPermissionSource()
-      : new CachingPermissionSource(
-          new HttpPermissionSource({
-            base: config.permissionApiBase,
-            timeoutMs: config.permissionTimeoutMs,
-            concurrency: config.permissionConcurrency,
-            queue: config.permissionQueue,
-            metrics,
-          }),
-          { ttlMs: config.permissionCacheTtlMs, metrics },
-        );
+      : new HttpPermissionSource({
+          base: config.permissionApiBase,
+          timeoutMs: config.permissionTimeoutMs,
+          concurrency: config.permissionConcurrency,
+          queue: config.permissionQueue,
+          metrics,
+        });
+    this.permissions = config.dev ? permissionApi : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
     const wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -150,6 +152,7 @@ export class Shard {
       transientTypes: transient,
       bus: this.federation ?? undefined,
     });
+    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, metrics, log });
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -173,7 +176,12 @@ export class Shard {
     });
   }
 
-  private open({ ws, socket, desktopId, identity, permission, remoteAddress }: Admitted): void {
+  /** Apply a server API request (protocol/api.ts) to this shard's sessions. */
+  applyApi(request: ApiRequest): ApiOutcome {
+    return this.api.apply(request);
+  }
+
+  private open({ ws, socket, desktopId, identity, permission, remoteAddress, cookie }: Admitted): void {
     const session = new Session({
       desktopId,
       identity,
@@ -191,6 +199,7 @@ export class Shard {
       if (!session.open) return;
       if (ws.isPaused) ws.resume();
       this.relay.join(session);
+      this.api.opened(session, identity, cookie);
       this.updateGauges();
       this.log.info('session_open', {
         sessionId: session.id,
@@ -225,6 +234,7 @@ export class Shard {
       this.users.add(session.userId, -1);
       this.limiter.release(session.userId, Date.now());
       cancelPause(session);
+      this.api.closed(session);
       this.relay.leave(session);
       this.updateGauges();
       this.log.info('session_close', {
@@ -290,6 +300,7 @@ export class Shard {
     clearInterval(this.pinger);
     this.backpressure.stop();
     this.memory.stop();
+    this.api.stop();
     // Frames already queued go out ahead of the close frames.
     this.out.flushAll();
     this.out.stop();

@@ -1,5 +1,6 @@
 /**
- * Reading a session's socket, or not. Two things stop it:
+ * Reading a session's socket, or not. Two things stop it (and a close made
+ * for the user's sake keeps it, {@link closeWithGrace}):
  *
  * - the rate limit: a user over its bucket is not read for a while, so what
  *   it sends waits in TCP (which pushes back on it) instead of costing this
@@ -91,5 +92,18 @@ function terminateIfOpen(session: Session): void {
 export function closeAndCut(session: Session, code: number, reason: string): void {
   session.ws.close(code, reason);
   stopReading(session);
+  setTimeout(terminateIfOpen, CUT_GRACE_MS, session).unref();
+}
+
+/**
+ * Close `session` with `code`, go on reading so that the peer's close frame
+ * ends the closing handshake at once (the relay drops anything else it
+ * sends: it is no longer open), and destroy the socket {@link CUT_GRACE_MS}
+ * later if it has not. For sessions ended for the user's sake (revoked,
+ * logged out, token expired), whose clients are not abusive and should
+ * learn of the close without waiting for the cut.
+ */
+export function closeWithGrace(session: Session, code: number, reason: string): void {
+  session.ws.close(code, reason);
   setTimeout(terminateIfOpen, CUT_GRACE_MS, session).unref();
 }

@@ -56,6 +56,9 @@ port.on('message', (message: PrimaryToShard) => {
         federation: shard.federationStats(),
       });
       break;
+    case 'api':
+      send({ type: 'api', id: message.request.id, outcome: shard.applyApi(message.request) });
+      break;
     case 'drain':
       // Shutdown: end the thread ourselves once drained. A worker the primary terminates
       // exits with code 1, and a clean shutdown then read like a crash in the logs.

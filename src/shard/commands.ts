@@ -1,0 +1,107 @@
+/**
+ * Server API requests on a shard: one function, {@link Commands.apply}, for
+ * a request object from this node's primary today and from the bus with
+ * federation (the same object, protocol/api.ts). Each request id is applied
+ * once. Everything here is synchronous: a request is applied between two
+ * frames of any session, and the primary answers the API call only once the
+ * shard reported it applied, so a frame the shard reads after that call was
+ * answered is judged by the new permission.
+ *
+ * Events the server sends itself are encoded once per request and the same
+ * bytes queued to each recipient, like a relayed event.
+ */
+import type { Logger } from '../log.ts';
+import { CloseReason, type ApiOutcome, type ApiRequest } from '../protocol/api.ts';
+import { encodeTextFrame } from '../protocol/frame.ts';
+import { ApiMetric, type MetricsSlot } from '../protocol/metrics.ts';
+import { RecentIds } from './recent-ids.ts';
+import type { RoomIndex } from './room-index.ts';
+import type { Session } from './session.ts';
+import type { SessionControl } from './session-control.ts';
+
+export interface CommandsOptions {
+  rooms: RoomIndex;
+  control: SessionControl;
+  metrics: MetricsSlot;
+  log: Logger;
+}
+
+const DUPLICATE: ApiOutcome = { duplicate: true, reached: 0, changed: 0 };
+
+export class Commands {
+  private readonly rooms: RoomIndex;
+  private readonly control: SessionControl;
+  private readonly metrics: MetricsSlot;
+  private readonly log: Logger;
+  private readonly applied = new RecentIds();
+
+  constructor(options: CommandsOptions) {
+    this.rooms = options.rooms;
+    this.control = options.control;
+    this.metrics = options.metrics;
+    this.log = options.log;
+  }
+
+  /** Apply `request` to this shard's sessions, once per id; what it did. */
+  apply(request: ApiRequest): ApiOutcome {
+    if (!this.applied.add(request.id)) {
+      // With federation every call a node publishes comes back to it: routine, so not logged above debug.
+      if (this.log.enabled('debug')) this.log.debug('api_duplicate', { id: request.id, kind: request.kind });
+      return DUPLICATE;
+    }
+    switch (request.kind) {
+      case 'publish': {
+        const room = this.rooms.get(request.desktopId);
+        const except = request.exceptUserId;
+        const to = room === undefined ? [] : room.members.filter((s) => s.userId !== except);
+        return this.send(to, request.event);
+      }
+      case 'user_event':
+        return this.send(this.control.sessionsOf(request.userId), request.event);
+      case 'broadcast':
+        return this.send(this.rooms.allSessions(), request.event);
+      case 'set_permission': {
+        const room = this.rooms.get(request.desktopId);
+        const targets = room === undefined ? [] : room.members.filter((s) => s.userId === request.userId && s.open);
+        let changed = 0;
+        for (const session of targets) {
+          const done =
+            request.permission === 'none'
+              ? this.control.end(session, 'revoked', CloseReason.PERMISSION_REVOKED)
+              : this.control.setPermission(session, request.permission, 'api');
+          if (done) changed++;
+        }
+        return { duplicate: false, reached: targets.length, changed };
+      }
+      case 'disconnect': {
+        const targets = this.control.sessionsOf(request.userId).filter((s) => s.open);
+        let changed = 0;
+        for (const session of targets) if (this.control.end(session, 'disconnected', request.reason)) changed++;
+        return { duplicate: false, reached: targets.length, changed };
+      }
+      case 'presence': {
+        const members = this.rooms.get(request.desktopId)?.members ?? [];
+        const sessions = members.filter((s) => s.open).map((s) => this.control.view(s));
+        return { duplicate: false, reached: sessions.length, changed: 0, sessions };
+      }
+      case 'user_sessions': {
+        const sessions = this.control.sessionsOf(request.userId).filter((s) => s.open).map((s) => this.control.view(s));
+        return { duplicate: false, reached: sessions.length, changed: 0, sessions };
+      }
+    }
+  }
+
+  /** Queue the server event `event` (finished JSON) to every open session of `to`; the frame is built once, if anyone gets it. */
+  private send(to: Iterable<Session>, event: string): ApiOutcome {
+    let frame: Buffer | null = null;
+    let reached = 0;
+    for (const session of to) {
+      if (!session.open) continue;
+      frame ??= encodeTextFrame(event);
+      this.control.deliver(session, frame);
+      reached++;
+    }
+    this.metrics.add(ApiMetric.DELIVERIES, reached);
+    return { duplicate: false, reached, changed: 0 };
+  }
+}
