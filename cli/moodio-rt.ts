@@ -97,6 +97,8 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   };
   const server = await startServer(config, (code) => {
     // A start-up error found after start (a duplicate node id): stop as a misconfigured start would.
+    // Every shard may report it: the first report stops the server, the others are the same news.
+    if (stopping) return;
     exitCode = EXIT_USAGE;
     stop(code);
   });

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
+import { api, API_KEY } from './helpers/api.ts';
 import { join, type Frame, type TestClient } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
 import { startNats, type NatsServer } from './helpers/nats.ts';
@@ -41,7 +42,7 @@ async function startNode(t: Scope, nodeId: string, natsUrl: string, extra: strin
   const server = await startServer(t, {
     workers: 2,
     permissionApiBase: stubBase,
-    args: ['--nats-url', natsUrl, '--node-id', nodeId, '--federation-heartbeat', `${HEARTBEAT_MS}ms`, '--rate-limit', '0', '--admin-token', ADMIN, ...extra],
+    args: ['--nats-url', natsUrl, '--node-id', nodeId, '--federation-heartbeat', `${HEARTBEAT_MS}ms`, '--rate-limit', '0', '--admin-token', ADMIN, '--api-key', API_KEY, '--api-broadcast-rate', '100', ...extra],
   });
   if (waitConnected) await connectedShards(server, 2);
   return server;
@@ -409,6 +410,79 @@ describe('NATS outage', () => {
     assert.equal((await zoe.client.expect('session_joined')).sessionId, wes.joined.sessionId);
     assert.equal((await stats(z)).federation.nodeId, 'node-z');
     await knowsPeer(w, 'node-z');
+  });
+});
+
+describe('the server API across nodes', () => {
+  test('a call made on one node reaches the sessions of every node, once', async () => {
+    const desk = desktop();
+    const other = desktop();
+    const alice = await open(a, desk, 'Alice');
+    const bob = await open(b, desk, 'Bob');
+    await alice.client.expect('session_joined');
+    const carl = await open(b, other, 'Carl');
+
+    // Publish on A: Alice (A) and Bob (B) get it; Carl (another desktop, on B) does not.
+    const published = await api(a, 'POST', `desktops/${desk}/events`, { type: 'export_ready', payload: { n: 1 } });
+    assert.equal(published.status, 202);
+    assert.equal(published.body.delivered, 1, "delivered counts this node's sessions");
+    for (const c of [alice, bob]) {
+      const frame = await c.client.expect('export_ready');
+      assert.deepEqual([frame.sessionId, frame.userId, frame.payload], ['server', 'server', { n: 1 }]);
+    }
+    // A broadcast from B reaches all three, once: a marker published after it must come next everywhere.
+    assert.equal((await api(b, 'POST', 'broadcast', { type: 'maintenance' })).status, 202);
+    for (const c of [alice, bob, carl]) assert.equal((await c.client.next()).type, 'maintenance');
+    assert.equal((await api(a, 'POST', `desktops/${desk}/events`, { type: 'marker' })).status, 202);
+    for (const c of [alice, bob]) assert.equal((await c.client.next()).type, 'marker', 'nothing twice');
+
+    // A user event from A reaches Carl's session on B.
+    assert.equal((await api(a, 'POST', `users/${encodeURIComponent(carl.userId)}/events`, { type: 'note' })).status, 202);
+    assert.equal((await carl.client.next()).type, 'note');
+
+    // Presence and a user's sessions, asked on A, list both nodes' sessions with their node ids.
+    const presence = await api(a, 'GET', `desktops/${desk}/presence`);
+    assert.equal(presence.status, 200);
+    const listed = (presence.body.sessions as { sessionId: string; node: string }[]).map((s) => `${s.node}:${s.sessionId}`).sort();
+    assert.deepEqual(listed, [`node-a:${alice.joined.sessionId}`, `node-b:${bob.joined.sessionId}`].sort());
+    const sessions = await api(a, 'GET', `users/${encodeURIComponent(carl.userId)}/sessions`);
+    assert.deepEqual(
+      (sessions.body.sessions as { sessionId: string; node: string; desktopId: string }[]).map((s) => [s.node, s.sessionId, s.desktopId]),
+      [['node-b', carl.joined.sessionId, other]],
+    );
+
+    // Bob (on B) made a viewer through A's API: he is told, the room sees the new role, and his next mutation is dropped.
+    const changed = await api(a, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(bob.userId)}`, { permission: 'viewer' });
+    assert.equal(changed.status, 202);
+    assert.deepEqual(await bob.client.expect('permission_changed'), { type: 'permission_changed', permission: 'viewer' });
+    bob.client.send({ type: 'asset_moved', payload: { x: 1 } });
+    bob.client.send({ type: 'cursor_moved', payload: { x: 2 } });
+    assert.equal((await alice.client.next()).type, 'cursor_moved', "the viewer's mutation was dropped on B");
+
+    // Alice (on A) logged out through B's API: 4001.
+    assert.equal((await api(b, 'POST', `users/${encodeURIComponent(alice.userId)}/disconnect`)).status, 202);
+    assert.equal((await alice.client.closed).code, 4001);
+  });
+
+  test('API calls forged on the bus are dropped and counted', async () => {
+    const desk = desktop();
+    const alice = await open(a, desk, 'Alice');
+    const before = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total');
+    const event = (type: string, sender = 'server') => JSON.stringify({ type, sessionId: sender, userId: sender, timestamp: 1 });
+    const forged = [
+      { r: 'evil', q: { kind: 'publish', id: 'f1', desktopId: desk, type: 'x', event: event('room_joined') } },
+      { r: 'evil', q: { kind: 'publish', id: 'f2', desktopId: desk, type: 'x', event: event('asset_moved', 'session_someone') } },
+      { r: 'evil', q: { kind: 'publish', id: 'f3', desktopId: desk, type: 'x', event: 'not json' } },
+      { r: 'evil', q: { kind: 'set_permission', id: 'f4', desktopId: desk, userId: alice.userId, permission: 'owner' } },
+      { r: 'evil', q: { kind: 'publish', id: 'f5', desktopId: 'other-desk', type: 'x', event: event('hello') } },
+    ];
+    for (const message of forged) raw.publish(`api.desktop.${desk}`, JSON.stringify(message));
+    raw.publish(`api.desktop.${desk}`, '{broken');
+    raw.publish(`api.desktop.${desk}`, JSON.stringify({ r: 'evil', q: { kind: 'publish', id: 'ok-1', desktopId: desk, type: 'marker', event: event('marker') } }));
+    assert.equal((await alice.client.next()).type, 'marker', 'nothing forged reached Alice');
+    // Every shard of A hears desktop calls; each drops the forged ones (the owner and the others alike).
+    const dropped = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total') - before;
+    assert.equal(dropped, 2 * 6);
   });
 });
 

@@ -25,7 +25,8 @@ import {
   type ApiRefusal,
   type ApiRequest,
 } from '../protocol/api.ts';
-import { DESKTOP_ID_PATTERN, MAX_TYPE_LENGTH, RESERVED_TYPES, SERVER_SENDER } from '../protocol/events.ts';
+import { isReservedApiType } from '../protocol/api.ts';
+import { DESKTOP_ID_PATTERN, MAX_TYPE_LENGTH, SERVER_SENDER } from '../protocol/events.ts';
 import { memberText } from '../protocol/json-member.ts';
 
 export type Endpoint =
@@ -126,14 +127,7 @@ export function matchEndpoint(method: string, path: string): Matched<Endpoint> {
   return { ok: true, value: route.make(ids) };
 }
 
-/**
- * Types the API may not send: the server's own events (`room_joined`,
- * `session_joined`, `session_left`, `session_updated`, `permission_changed`,
- * `error`), and anything else named `session_…`, kept for presence.
- */
-export function isReservedApiType(type: string): boolean {
-  return RESERVED_TYPES.has(type) || type.startsWith('session_');
-}
+export { isReservedApiType };
 
 function parseObject(text: string): Matched<Record<string, unknown>> {
   let value: unknown;

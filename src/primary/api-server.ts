@@ -18,7 +18,6 @@
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
-import { hostname } from 'node:os';
 import type { ServeConfig } from '../config.ts';
 import { KeyedBuckets } from '../keyed-buckets.ts';
 import type { Logger } from '../log.ts';
@@ -83,7 +82,6 @@ export class ApiServer implements ApiHandler {
   private readonly connections = new Set<ApiConnection>();
   private readonly broadcasts: KeyedBuckets;
   /** The name this node gives itself in the sessions it reports. */
-  private readonly node = hostname();
   private closing = false;
 
   constructor(options: ApiServerOptions) {
@@ -203,7 +201,7 @@ export class ApiServer implements ApiHandler {
 
   private success(request: ApiRequest, outcomes: ApiOutcome[], reached: number, changed: number): ApiAnswer {
     const sessions = (): LiveSession[] =>
-      outcomes.flatMap((o) => o.sessions ?? []).map((s) => ({ ...s, node: this.node }));
+      outcomes.flatMap((o) => o.sessions ?? []);
     switch (request.kind) {
       case 'publish':
       case 'user_event':

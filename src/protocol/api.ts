@@ -19,7 +19,16 @@
  *   put in subjects (any string may be one; subjects may not hold `.`, `*`,
  *   `>` or spaces).
  */
-import type { Permission } from './events.ts';
+import { DESKTOP_ID_PATTERN, MAX_TYPE_LENGTH, RESERVED_TYPES, SERVER_SENDER, type Permission } from './events.ts';
+
+/**
+ * Types the API may not send: the server's own events (`room_joined`,
+ * `session_joined`, `session_left`, `session_updated`, `permission_changed`,
+ * `error`), and anything else named `session_…`, kept for presence.
+ */
+export function isReservedApiType(type: string): boolean {
+  return RESERVED_TYPES.has(type) || type.startsWith('session_');
+}
 
 /** Every endpoint is under this prefix. */
 export const API_PREFIX = '/api/v1/';
@@ -139,8 +148,8 @@ export interface ApiOutcome {
   reached: number;
   /** Sessions whose state a command changed (permission changed, closed). */
   changed: number;
-  /** A query's answer (`node` is filled in by the primary). */
-  sessions?: Omit<LiveSession, 'node'>[];
+  /** A query's answer: this shard's sessions and, from the shard that asked the bus, other nodes'. */
+  sessions?: LiveSession[];
 }
 
 /** `code` of an API error body `{"code", "message"}`, with its HTTP status. */
@@ -187,3 +196,69 @@ export const ApiRefusals = {
   /** A shard took the request and did not answer in time: it may have been applied in part. */
   SHARD_TIMEOUT: { status: 504, code: 'shard_timeout' },
 } as const satisfies Record<string, ApiRefusal>;
+
+/** Longest id, user id or reason a request from the bus may carry. */
+const MAX_BUS_FIELD = 1024;
+const isText = (value: unknown, max = MAX_BUS_FIELD): value is string => typeof value === 'string' && value.length > 0 && value.length <= max;
+
+/**
+ * A server event's finished text from the bus: a JSON object whose `type`
+ * is not one of the server's own and whose sender is the server, as the
+ * primary builds it (api-request.ts). A forged event cannot speak for a user.
+ */
+function isServerEvent(event: unknown): event is string {
+  if (typeof event !== 'string' || event.length > 2 * MAX_API_BODY_BYTES) return false;
+  let value: unknown;
+  try {
+    value = JSON.parse(event);
+  } catch {
+    return false;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  const { type, sessionId, userId } = value as Record<string, unknown>;
+  return isText(type, MAX_TYPE_LENGTH) && !isReservedApiType(type) && sessionId === SERVER_SENDER && userId === SERVER_SENDER;
+}
+
+/**
+ * A request another node published (federation): the same object its
+ * primary made, checked field by field since the bus is untrusted. Null
+ * when anything is off.
+ */
+export function parseBusRequest(value: unknown): ApiRequest | null {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
+  const r = value as Record<string, unknown>;
+  if (!isText(r.id, 64)) return null;
+  const id = r.id;
+  const desktop = (): string | null => (typeof r.desktopId === 'string' && DESKTOP_ID_PATTERN.test(r.desktopId) ? r.desktopId : null);
+  switch (r.kind) {
+    case 'publish': {
+      const desktopId = desktop();
+      if (desktopId === null || !isServerEvent(r.event) || (r.exceptUserId !== undefined && !isText(r.exceptUserId))) return null;
+      const event = r.event;
+      const type = (JSON.parse(event) as { type: string }).type;
+      return { kind: 'publish', id, desktopId, type, event, ...(r.exceptUserId === undefined ? {} : { exceptUserId: r.exceptUserId as string }) };
+    }
+    case 'user_event':
+      if (!isText(r.userId) || !isServerEvent(r.event)) return null;
+      return { kind: 'user_event', id, userId: r.userId, type: (JSON.parse(r.event) as { type: string }).type, event: r.event };
+    case 'broadcast':
+      if (!isServerEvent(r.event)) return null;
+      return { kind: 'broadcast', id, type: (JSON.parse(r.event) as { type: string }).type, event: r.event };
+    case 'set_permission': {
+      const desktopId = desktop();
+      if (desktopId === null || !isText(r.userId) || typeof r.permission !== 'string' || !API_PERMISSIONS.has(r.permission)) return null;
+      return { kind: 'set_permission', id, desktopId, userId: r.userId, permission: r.permission as ApiPermission };
+    }
+    case 'disconnect':
+      if (!isText(r.userId) || typeof r.reason !== 'string' || Buffer.byteLength(r.reason) > MAX_CLOSE_REASON_BYTES) return null;
+      return { kind: 'disconnect', id, userId: r.userId, reason: r.reason };
+    case 'presence': {
+      const desktopId = desktop();
+      return desktopId === null ? null : { kind: 'presence', id, desktopId };
+    }
+    case 'user_sessions':
+      return isText(r.userId) ? { kind: 'user_sessions', id, userId: r.userId } : null;
+    default:
+      return null;
+  }
+}

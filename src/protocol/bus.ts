@@ -17,13 +17,18 @@
  * checks size before it parses, and shape after, and answers a reason code
  * for each refusal (counted as `moodio_rt_federation_dropped_total{reason}`).
  */
-import { PRESENCE_SYNC_REQUEST, ServerEvent } from './events.ts';
+import type { LiveSession } from './api.ts';
+import { DESKTOP_ID_PATTERN, PRESENCE_SYNC_REQUEST, ServerEvent } from './events.ts';
 import { memberText } from './json-member.ts';
 
 export const ROOM_SUBJECT_PREFIX = 'room.';
 /** Per-shard liveness beacons of moodio-rt nodes. */
 export const HEARTBEAT_SUBJECT = 'moodio-rt.heartbeat';
 export { PRESENCE_SYNC_REQUEST };
+
+/** Server API calls (protocol/api.ts): `api.desktop.{desktopId}` and `api.users`, payload `{"r": node, "q": request}`. */
+export const API_DESKTOP_PREFIX = 'api.desktop.';
+export const API_USERS_SUBJECT = 'api.users';
 
 /** Bytes a bus message may have beyond --max-message-size: the stamp and the envelope. */
 export const BUS_OVERHEAD_BYTES = 2048;
@@ -199,4 +204,32 @@ export function parseHeartbeat(data: Uint8Array): Parsed<Heartbeat> {
     return { ok: false, reason: DropReason.MALFORMED };
   }
   return { ok: true, node: b.r, value: b as unknown as Heartbeat };
+}
+
+/**
+ * Another node's answer to a server API query: `{"r": node, "s": [sessions]}`
+ * (protocol/api.ts LiveSession), checked field by field. Null when off.
+ */
+export function parseQueryAnswer(data: Uint8Array): { node: string; sessions: LiveSession[] } | null {
+  if (data.byteLength > 1024 * 1024) return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(decode(data));
+  } catch {
+    return null;
+  }
+  if (typeof value !== 'object' || value === null) return null;
+  const { r, s } = value as { r?: unknown; s?: unknown };
+  if (!isShortString(r, MAX_ID) || r.length === 0 || !Array.isArray(s) || s.length > 10_000) return null;
+  const sessions: LiveSession[] = [];
+  for (const item of s) {
+    if (typeof item !== 'object' || item === null) return null;
+    const v = item as Record<string, unknown>;
+    const info = sessionInfo(v);
+    if (info === null || typeof v.desktopId !== 'string' || !DESKTOP_ID_PATTERN.test(v.desktopId)) return null;
+    if (typeof v.connectedAt !== 'number' || !Number.isFinite(v.connectedAt) || !Number.isSafeInteger(v.shard) || (v.shard as number) < 0) return null;
+    // The node is the one that answered: a node speaks for its own sessions only.
+    sessions.push({ ...info, desktopId: v.desktopId, connectedAt: v.connectedAt, node: r, shard: v.shard as number });
+  }
+  return { node: r, sessions };
 }

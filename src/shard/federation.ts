@@ -25,7 +25,10 @@ import type { ServeConfig } from '../config.ts';
 import { withDeadline } from '../deadline.ts';
 import { LogBudget, type LogFields, type Logger } from '../log.ts';
 import {
+  API_DESKTOP_PREFIX,
+  API_USERS_SUBJECT,
   BUS_OVERHEAD_BYTES,
+  parseQueryAnswer,
   DROP_REASONS,
   DropReason,
   encodeHeartbeat,
@@ -41,6 +44,7 @@ import {
   type DropReasonValue,
   type Heartbeat,
 } from '../protocol/bus.ts';
+import { apiSubject, desktopOf, MAX_API_BODY_BYTES, parseBusRequest, type ApiOutcome, type ApiRequest, type LiveSession } from '../protocol/api.ts';
 import { MUTATION_TYPES } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
@@ -81,6 +85,8 @@ export interface FederationOptions {
   transientTypes: ReadonlySet<string>;
   /** This process must stop (another process runs under the same node id and started first). */
   onFatal: (code: string, message: string) => void;
+  /** Apply a server API request another node published to this shard's sessions (shard/commands.ts). */
+  applyApi: (request: ApiRequest) => ApiOutcome;
 }
 
 interface RemoteSession {
@@ -123,6 +129,7 @@ export class Federation {
   private readonly deliver: FederationOptions['deliver'];
   private readonly transientTypes: ReadonlySet<string>;
   private readonly onFatal: FederationOptions['onFatal'];
+  private readonly applyApi: FederationOptions['applyApi'];
   private readonly nodeJson: string;
   private readonly incarnation = randomBytes(6).toString('hex');
   private readonly maxBytes: number;
@@ -141,6 +148,7 @@ export class Federation {
   private readonly sweeper: NodeJS.Timeout;
   private retry: NodeJS.Timeout | null = null;
   private unreachableLogged = false;
+  private duplicateSeen = false;
 
   constructor(options: FederationOptions) {
     this.config = options.config;
@@ -151,6 +159,7 @@ export class Federation {
     this.deliver = options.deliver;
     this.transientTypes = options.transientTypes;
     this.onFatal = options.onFatal;
+    this.applyApi = options.applyApi;
     this.nodeJson = JSON.stringify(this.config.nodeId);
     this.maxBytes = this.config.maxMessageSize + BUS_OVERHEAD_BYTES;
     this.maxRemotePerRoom = this.config.maxRoomSize > 0 ? 4 * this.config.maxRoomSize : MAX_REMOTE_PER_ROOM;
@@ -220,6 +229,11 @@ export class Federation {
       return;
     }
     this.nc = nc;
+    const onApi = (err: Error | null, msg: Msg) => {
+      if (err === null) this.onApiMessage(msg);
+    };
+    nc.subscribe(API_USERS_SUBJECT, { callback: onApi });
+    nc.subscribe(`${API_DESKTOP_PREFIX}*`, { callback: onApi });
     nc.subscribe(HEARTBEAT_SUBJECT, { callback: (err, msg) => {
         if (err === null) this.onHeartbeat(msg);
       },
@@ -570,6 +584,93 @@ export class Federation {
     if (local !== undefined) this.deliver(local, encodeTextFrame(sessionLeftJson(remote.info, now)));
   }
 
+  // ---------------------------------------------------------------- server API
+
+  /**
+   * A server API call this node's primary took: the other nodes apply it to
+   * their own sessions. A desktop call is published by the shard that owns
+   * the desktop, a user-wide one by shard 0 alone (every local shard got it).
+   */
+  publishApi(request: ApiRequest): void {
+    if (this.closing || !this.publishesApi(request)) return;
+    if (!this.connected) {
+      this.metrics.add(Metric.BUS_UNPUBLISHED);
+      return;
+    }
+    this.send(apiSubject(request), `{"r":${this.nodeJson},"q":${JSON.stringify(request)}}`);
+  }
+
+  private publishesApi(request: ApiRequest): boolean {
+    return desktopOf(request) !== null || this.shardId === 0;
+  }
+
+  /** A query's answers from the other nodes (their sessions), or [] when the bus is down or no other node answers in time. */
+  async gatherApi(request: ApiRequest): Promise<LiveSession[]> {
+    if (this.closing || !this.connected || !this.publishesApi(request)) return [];
+    const sessions: LiveSession[] = [];
+    try {
+      const data = `{"r":${this.nodeJson},"q":${JSON.stringify(request)}}`;
+      this.metrics.add(Metric.BUS_PUBLISHED);
+      this.metrics.add(Metric.BUS_BYTES_OUT, data.length);
+      const answers = await this.nc!.requestMany(apiSubject(request), data, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS });
+      for await (const answer of answers) {
+        const parsed = parseQueryAnswer(answer.data);
+        if (parsed === null) this.drop(DropReason.MALFORMED, answer.subject);
+        else if (parsed.node !== this.config.nodeId) sessions.push(...parsed.sessions);
+      }
+    } catch {
+      // No other node answered (NATS says so at once), or the bus went down: this node's sessions are what there is.
+    }
+    return sessions;
+  }
+
+  private onApiMessage(msg: Msg): void {
+    this.metrics.add(Metric.BUS_RECEIVED);
+    this.metrics.add(Metric.BUS_BYTES_IN, msg.data.byteLength);
+    try {
+      this.handleApiMessage(msg);
+    } catch (err) {
+      this.log.error('federation_message_failed', { subject: msg.subject, err });
+    }
+  }
+
+  private handleApiMessage(msg: Msg): void {
+    if (msg.data.byteLength > 4 * MAX_API_BODY_BYTES) {
+      this.drop(DropReason.TOO_LARGE, msg.subject);
+      return;
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(msg.string());
+    } catch {
+      this.drop(DropReason.MALFORMED, msg.subject);
+      return;
+    }
+    const { r, q } = (typeof value === 'object' && value !== null ? value : {}) as { r?: unknown; q?: unknown };
+    if (typeof r !== 'string' || r.length === 0) {
+      this.drop(DropReason.MALFORMED, msg.subject);
+      return;
+    }
+    // Another shard of this node published it: the primary gave it to every shard that needs it already.
+    if (r === this.config.nodeId) return;
+    const request = parseBusRequest(q);
+    if (request === null) {
+      this.drop(DropReason.INVALID_EVENT, msg.subject, r);
+      return;
+    }
+    if (apiSubject(request) !== msg.subject) {
+      this.drop(DropReason.ROOM_MISMATCH, msg.subject, r);
+      return;
+    }
+    // Every shard hears every desktop's calls; the one that owns the desktop applies them.
+    const desktopId = desktopOf(request);
+    if (desktopId !== null && fnv1a32(desktopId) % this.config.workers !== this.shardId) return;
+    const outcome = this.applyApi(request);
+    if (outcome.sessions !== undefined && msg.reply !== '' && msg.reply !== undefined) {
+      this.send(msg.reply, JSON.stringify({ r: this.config.nodeId, s: outcome.sessions }));
+    }
+  }
+
   // ---------------------------------------------------------------- peers
 
   private sendHeartbeat(): void {
@@ -627,6 +728,9 @@ export class Federation {
   }
 
   private duplicateNode(beat: Heartbeat): void {
+    // Each of the other process's shards beats: say it once.
+    if (this.duplicateSeen) return;
+    this.duplicateSeen = true;
     const weAreNewer = this.config.startedAt > beat.t || (this.config.startedAt === beat.t && this.config.processInstance > beat.i);
     this.log.error('federation_duplicate_node_id', {
       nodeId: this.config.nodeId,

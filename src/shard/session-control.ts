@@ -32,6 +32,8 @@ import type { WriteCoalescer } from './write-coalescer.ts';
 
 export interface SessionControlOptions {
   shardId: number;
+  /** This node's id (--node-id), reported with each session. */
+  nodeId: string;
   rooms: RoomIndex;
   relay: Relay;
   backpressure: Backpressure;
@@ -131,7 +133,7 @@ export class SessionControl {
   }
 
   /** `session` as the API reports it (the primary adds the node). */
-  view(session: Session): Omit<LiveSession, 'node'> {
+  view(session: Session): LiveSession {
     return {
       sessionId: session.id,
       userId: session.userId,
@@ -140,6 +142,7 @@ export class SessionControl {
       desktopId: session.desktopId,
       permission: session.permission,
       connectedAt: session.connectedAt,
+      node: this.options.nodeId,
       shard: this.options.shardId,
     };
   }

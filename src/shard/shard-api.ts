@@ -43,7 +43,7 @@ export class ShardApi {
 
   constructor(options: ShardApiOptions) {
     const { config, rooms, metrics, log } = options;
-    this.control = new SessionControl(options);
+    this.control = new SessionControl({ ...options, nodeId: config.nodeId });
     this.commands = new Commands({ rooms, control: this.control, metrics, log });
     this.recheck =
       config.permissionRecheckMs > 0

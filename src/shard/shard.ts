@@ -141,6 +141,7 @@ export class Shard {
             deliver: (room, frame, transientKey) => this.relay.deliverRemote(room, frame, transientKey),
             transientTypes: transient,
             onFatal,
+            applyApi: (request) => this.api.apply(request),
           });
     this.relay = new Relay({
       rooms: this.rooms,
@@ -177,8 +178,20 @@ export class Shard {
   }
 
   /** Apply a server API request (protocol/api.ts) to this shard's sessions. */
-  applyApi(request: ApiRequest): ApiOutcome {
-    return this.api.apply(request);
+  /**
+   * Apply a server API request from this node's primary. With federation,
+   * a command is also published for the other nodes, and a query's answer
+   * gathers their sessions too.
+   */
+  async applyApi(request: ApiRequest): Promise<ApiOutcome> {
+    const outcome = this.api.apply(request);
+    if (this.federation === null || outcome.duplicate) return outcome;
+    if (outcome.sessions === undefined) {
+      this.federation.publishApi(request);
+      return outcome;
+    }
+    const remote = await this.federation.gatherApi(request);
+    return remote.length === 0 ? outcome : { ...outcome, reached: outcome.reached + remote.length, sessions: [...outcome.sessions, ...remote] };
   }
 
   private open({ ws, socket, desktopId, identity, permission, remoteAddress, cookie }: Admitted): void {

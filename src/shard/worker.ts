@@ -57,7 +57,7 @@ port.on('message', (message: PrimaryToShard) => {
       });
       break;
     case 'api':
-      send({ type: 'api', id: message.request.id, outcome: shard.applyApi(message.request) });
+      void shard.applyApi(message.request).then((outcome) => send({ type: 'api', id: message.request.id, outcome }));
       break;
     case 'drain':
       // Shutdown: end the thread ourselves once drained. A worker the primary terminates
