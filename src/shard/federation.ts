@@ -116,6 +116,9 @@ interface PeerShard {
 
 interface Peer {
   region: string;
+  /** The process heard under this node id, and when it started. */
+  instance: string;
+  startedAt: number;
   shards: Map<number, PeerShard>;
 }
 
@@ -710,12 +713,24 @@ export class Federation {
         this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
         return;
       }
-      peer = { region: beat.g, shards: new Map() };
+      peer = { region: beat.g, instance: beat.i, startedAt: beat.t, shards: new Map() };
       this.peers.set(beat.r, peer);
       this.metrics.set(Metric.PEER_NODES, this.peers.size);
       this.peerLog('info', 'federation_peer_up', { peer: beat.r, region: beat.g });
       // It was declared gone: it may hold sessions we forgot, and it may have forgotten ours.
       if (this.expiredNodes.delete(beat.r)) this.resyncAll();
+    }
+    if (beat.i !== peer.instance) {
+      // Two processes under one node id: the older one stays (the newer stops itself, see duplicateNode).
+      const older = beat.t < peer.startedAt || (beat.t === peer.startedAt && beat.i < peer.instance);
+      // A newer one is ignored until the process we follow falls silent and is expired: a restart
+      // is then adopted (and resynced) after at most 3 intervals, and a duplicate never flaps.
+      if (!older) return;
+      this.peerLog('warn', 'federation_peer_duplicate', { peer: beat.r });
+      peer.instance = beat.i;
+      peer.startedAt = beat.t;
+      peer.shards.clear();
+      this.resyncAll();
     }
     const known = peer.shards.get(beat.s);
     if (known !== undefined && known.incarnation !== beat.k) {
