@@ -28,8 +28,10 @@ export const CLIENT_PACKAGE_DIR = join(ROOT, 'dist', CLIENT_PACKAGE_NAME);
 const README = `# ${CLIENT_PACKAGE_NAME}
 
 The client SDK of moodio-rt, the Moodio desktop real-time relay: it connects
-in the background, reconnects with a capped backoff, keeps the room's presence,
-types the events, and queues sends while away (only the newest drag per card).
+in the background, reconnects with a capped backoff, keeps the room's presence
+(roles included, as the server changes them), types the events, and queues
+sends while away (only the newest drag per card). A revoked permission (close
+4003) ends it; a logout (4001) brings it back at once.
 ESM with types, no dependencies; browsers and Node (Node before 22: pass the
 \`ws\` package as \`WebSocket\`).
 

@@ -11,7 +11,11 @@
  *   ends where it was dropped for everyone, and a late joiner sees every
  *   moved card;
  * - at 420 px the header stays on one line, the presence bar shows everyone,
- *   and a card moved far right in a wide window can be scrolled to.
+ *   and a card moved far right in a wide window can be scrolled to;
+ * - a role changed through the server API shows in every window's presence
+ *   bar at once: a viewer turned editor drags a card and the others see it
+ *   move, an editor turned viewer cannot pick one up, and a revoked window
+ *   says so while the others see it leave.
  * Screenshots land in test-artifacts/ (not committed). Waits are on
  * conditions, with generous limits: Chromium shares 2 cores with the server
  * and other tests.
@@ -22,6 +26,7 @@ import { tmpdir } from 'node:os';
 import { join as pathJoin } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { api, API_KEY } from './helpers/api.ts';
 import { launchChromium } from './helpers/chromium.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
@@ -38,7 +43,7 @@ const failures: string[] = [];
 async function serve(port = 0): Promise<void> {
   server = await startServer(cleanup, {
     workers: 1,
-    args: ['--dev', ...(port ? ['--port', String(port)] : [])],
+    args: ['--dev', '--api-key', API_KEY, ...(port ? ['--port', String(port)] : [])],
     env: { JWT_ACCESS_SECRET: undefined, MOODIO_RT_DEV_SECRET_FILE: secretFile },
   });
 }
@@ -323,5 +328,80 @@ test('at 420 px the header keeps one line, the presence bar shows everyone, and 
   await waitPosition(wide, 'asset-4', back);
 
   for (const page of [wide, narrow, ...others]) await page.context().close();
+  assert.deepEqual(failures.filter((f) => !f.includes('/ws/desktop/')), []);
+});
+
+test('a role changed through the server API shows live: a viewer turned editor drags at once, an editor turned viewer cannot, a revoked window says so', async () => {
+  const desk = desktop('demo');
+  const alice = await open('Alice', { desk });
+  const bob = await open('Bob', { desk });
+  const vic = await open('Vic', { desk, as: 'viewer' });
+  const windows = [alice, bob, vic];
+  /** Every window's presence bar lists exactly `want` (name:permission), in any order. */
+  const everywhere = (want: string[]) =>
+    Promise.all(
+      windows.map((page) =>
+        page.waitForFunction(
+          (want) => [...document.querySelectorAll('#presence .person[data-name]')].map((el) => `${(el as HTMLElement).dataset.name}:${(el as HTMLElement).dataset.permission}`).sort().join() === want,
+          [...want].sort().join(),
+          { timeout: 15_000 },
+        ),
+      ),
+    );
+  await everywhere(['Alice:editor', 'Bob:editor', 'Vic:viewer']);
+  for (const page of windows) await page.waitForFunction(() => document.body.hasAttribute('data-synced'), undefined, { timeout: 15_000 });
+  /** A user's id, as Alice's SDK knows it from presence. */
+  const userIdOf = (name: string) =>
+    alice.evaluate((name) => [...(window as unknown as { moodio: { sessions: Map<string, { firstName: string; userId: string }> } }).moodio.sessions.values()].find((s) => s.firstName === name)!.userId, name);
+  const setRole = async (name: string, permission: string) => {
+    const res = await api(server, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(await userIdOf(name))}`, { permission });
+    assert.equal(res.status, 202, JSON.stringify(res.body));
+  };
+
+  // Vic, a viewer, cannot move a card...
+  const start = await position(vic, 'asset-2');
+  await drag(vic, 'asset-2', 160, 90);
+  assert.deepEqual(await position(vic, 'asset-2'), start);
+  // ...until the API makes Vic an editor: every window shows it, and Vic's next drag moves the card for the others.
+  await setRole('Vic', 'editor');
+  await everywhere(['Alice:editor', 'Bob:editor', 'Vic:editor']);
+  assert.equal(await vic.textContent('#me'), 'Vic (editor)');
+  assert.equal(await vic.evaluate(() => document.body.classList.contains('viewer')), false);
+  assert.match((await vic.textContent('#help')) ?? '', /Drag a card/);
+  await drag(vic, 'asset-2', 160, 90);
+  const moved = await position(vic, 'asset-2');
+  assert.notDeepEqual(moved, start);
+  await waitPosition(alice, 'asset-2', moved);
+  await waitPosition(bob, 'asset-2', moved);
+
+  // Bob, turned viewer, can no longer pick a card up.
+  await setRole('Bob', 'viewer');
+  await everywhere(['Alice:editor', 'Bob:viewer', 'Vic:editor']);
+  assert.equal(await bob.textContent('#me'), 'Bob (viewer)');
+  const bobStart = await position(bob, 'asset-3');
+  await drag(bob, 'asset-3', 120, 60);
+  assert.deepEqual(await position(bob, 'asset-3'), bobStart, "a viewer's page does not move it");
+
+  // Vic's access is revoked: Vic's window says so, the others see Vic leave.
+  await setRole('Vic', 'none');
+  await vic.waitForFunction(() => document.body.classList.contains('revoked') && document.body.dataset.state === 'closed', undefined, { timeout: 15_000 });
+  assert.equal(await vic.isVisible('#banner'), true);
+  assert.match((await vic.textContent('#banner')) ?? '', /Access revoked/);
+  assert.equal(await vic.isVisible('#retry'), false, 'no "Retry now": the revocation is final');
+  assert.equal(await vic.textContent('#state'), 'revoked');
+  assert.deepEqual(await presence(vic), ['Vic:none']);
+  for (const page of [alice, bob]) {
+    await page.waitForFunction(() => !document.querySelector('#presence .person[data-name="Vic"]'), undefined, { timeout: 15_000 });
+  }
+  assert.deepEqual((await presence(alice)).sort(), ['Alice:editor', 'Bob:viewer']);
+  const vicBefore = await position(vic, 'asset-1');
+  await drag(vic, 'asset-1', 100, 100);
+  assert.deepEqual(await position(vic, 'asset-1'), vicBefore, 'a revoked window moves nothing');
+  assert.equal(await vic.evaluate(() => (window as unknown as { moodio: { state: string; nextRetryInMs: number | null } }).moodio.nextRetryInMs), null, 'and does not reconnect');
+
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await vic.screenshot({ path: new URL('demo-revoked.png', ARTIFACTS).pathname });
+  await alice.screenshot({ path: new URL('demo-roles.png', ARTIFACTS).pathname });
+  for (const page of windows) await page.context().close();
   assert.deepEqual(failures.filter((f) => !f.includes('/ws/desktop/')), []);
 });

@@ -1,15 +1,18 @@
 /**
- * The client SDK (src/client): backoff, states, the offline queue and
- * "retry now" with a fake clock and a fake socket, then against the real
- * server: the token's two ways in, presence, lifecycle and relayed events
- * kept apart, a forced reconnect, and no reconnect after 401/403. The packed
- * package, installed as an app would, is test/client-package.test.ts.
+ * The client SDK (src/client): backoff, states, the offline queue,
+ * "retry now", its own role (`permission_changed`), roles in presence
+ * (`session_updated`), 4003 as final and 4001 as reconnect-now, with a fake
+ * clock and a fake socket; then against the real server: the token's two
+ * ways in, presence, lifecycle and relayed events kept apart, a forced
+ * reconnect, and no reconnect after 401/403. The server API's calls through
+ * the SDK are test/client-grants.test.ts; the packed package, installed as
+ * an app would, is test/client-package.test.ts.
  */
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { test } from 'node:test';
 import WebSocket from 'ws';
-import { CLIENT_EVENTS, connect, type ClientState, type PresenceChange, type StampedEvent, type WebSocketConstructor } from '../src/client/index.ts';
+import { CLIENT_EVENTS, connect, type ClientState, type PermissionChange, type PresenceChange, type Revocation, type StampedEvent, type WebSocketConstructor } from '../src/client/index.ts';
 import { join, rawRequest } from './helpers/client.ts';
 import { grant, startPermissionStub } from './helpers/permission-stub.ts';
 import { ErrorCode } from '../src/protocol/events.ts';
@@ -47,9 +50,13 @@ class FakeSocket {
     this.onopen?.({});
     this.onmessage?.({ data: JSON.stringify({ type: 'room_joined', sessionId, sessions }) });
   }
-  drop(code: number) {
+  drop(code: number, reason = '') {
     this.readyState = 3;
-    this.onclose?.({ code, reason: '' });
+    this.onclose?.({ code, reason });
+  }
+  /** A frame from the server. */
+  receive(frame: unknown) {
+    this.onmessage?.({ data: JSON.stringify(frame) });
   }
 }
 
@@ -415,12 +422,145 @@ test('server frames of the wrong shape are dropped, not handed to the app', () =
     { type: 'session_joined', payload: { ...ann, sessionId: 'b', permission: 'owner' } },
     { type: 'room_joined', sessionId: 'me2', sessions: [{}] },
     { type: 'error', code: 5 },
+    { type: 'session_updated', payload: { ...ann, permission: 'owner' } },
+    { type: 'session_updated', permission: 'viewer' },
+    { type: 'permission_changed' },
+    { type: 'permission_changed', permission: 'owner' },
+    { type: 'permission_changed', permission: ['editor'] },
     'not an object',
     null,
   ]) socket.onmessage!({ data: JSON.stringify(frame) });
   assert.deepEqual(presence, []);
   assert.deepEqual(errors, []);
   assert.deepEqual([...client.sessions.keys()], ['a']);
+  assert.equal(client.sessions.get('a')!.permission, 'editor');
   assert.equal(client.sessionId, 'me');
+  assert.equal(client.permission, null);
+  client.close();
+});
+
+const fakeClient = (extra: object = {}) =>
+  connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, random: () => 0.999, ...fakeClock(), ...extra });
+
+test('permission_changed sets client.permission and emits permission once per change; a join without a role makes it unknown again', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = fakeClient(clock);
+  const changes: PermissionChange[] = [];
+  client.on('permission', (c) => changes.push(c));
+  const socket = FakeSocket.all[0]!;
+  socket.join('me');
+  assert.equal(client.permission, null, "room_joined does not name the joiner's role");
+  socket.receive({ type: 'permission_changed', permission: 'editor' });
+  socket.receive({ type: 'permission_changed', permission: 'editor' });
+  assert.equal(client.permission, 'editor');
+  socket.receive({ type: 'permission_changed', permission: 'viewer' });
+  assert.equal(client.permission, 'viewer');
+  assert.deepEqual(changes, [{ permission: 'editor', previous: null }, { permission: 'viewer', previous: 'editor' }], 'the same role twice is one change');
+
+  // A reconnect is a new session: its role is whatever its room_joined says.
+  socket.drop(1006);
+  clock.fire();
+  FakeSocket.all[1]!.join('me2');
+  assert.equal(client.permission, null);
+  FakeSocket.all[1]!.drop(1006);
+  clock.fire();
+  FakeSocket.all[2]!.onopen?.({});
+  FakeSocket.all[2]!.readyState = 1;
+  FakeSocket.all[2]!.receive({ type: 'room_joined', sessionId: 'me3', sessions: [], permission: 'editor' });
+  assert.equal(client.permission, 'editor', 'a room_joined that names the role sets it');
+  assert.deepEqual(changes.at(-1), { permission: 'editor', previous: null });
+  assert.equal(changes.length, 3);
+  client.close();
+});
+
+test('session_updated keeps presence current and emits presence with the updated session; unknown or unchanged sessions change nothing', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = fakeClient(clock);
+  const ann = { sessionId: 'a', userId: 'u-a', firstName: 'Ann', email: 'a@x', permission: 'viewer' as const };
+  const ben = { sessionId: 'b', userId: 'u-b', firstName: 'Ben', email: 'b@x', permission: 'editor' as const };
+  const socket = FakeSocket.all[0]!;
+  socket.join('me', [ann, ben]);
+  const changes: PresenceChange[] = [];
+  client.on('presence', (c) => changes.push(c));
+  const stamp = { sessionId: 'a', userId: 'u-a', firstName: 'Ann', email: 'a@x', timestamp: 1 };
+  socket.receive({ type: 'session_updated', ...stamp, permission: 'editor', payload: { ...ann, permission: 'editor' } });
+  assert.equal(client.sessions.get('a')!.permission, 'editor');
+  socket.receive({ type: 'session_updated', ...stamp, permission: 'editor', payload: { ...ann, permission: 'editor' } });
+  socket.receive({ type: 'session_updated', ...stamp, sessionId: 'gone', permission: 'editor', payload: { ...ann, sessionId: 'gone', permission: 'editor' } });
+  assert.equal(client.sessions.has('gone'), false, 'a session that is not known (it left) is not brought back');
+  assert.deepEqual(changes, [{ joined: [], left: [], updated: [{ ...ann, permission: 'editor' }], reconnected: false }]);
+  assert.equal(client.permission, null, "another session's update is not this client's role");
+
+  // A role changed while away shows as updated in the reconnect's change.
+  socket.drop(1006);
+  clock.fire();
+  FakeSocket.all[1]!.join('me2', [{ ...ann, permission: 'viewer' }, ben]);
+  assert.deepEqual(changes.at(-1), { joined: [], left: [], updated: [{ ...ann, permission: 'viewer' }], reconnected: true });
+  client.close();
+});
+
+test('4003 is final: revoked, then closed, with no retry; send and retryNow throw', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = fakeClient(clock);
+  const seen: string[] = [];
+  let revocation: Revocation | null = null;
+  client.on('revoked', (r) => {
+    revocation = r;
+    seen.push(`revoked:${client.state}`);
+  });
+  client.on('state', (s) => seen.push(`state:${s}`));
+  client.on('retry', () => seen.push('retry'));
+  FakeSocket.all[0]!.join('me');
+  FakeSocket.all[0]!.receive({ type: 'permission_changed', permission: 'editor' });
+  FakeSocket.all[0]!.drop(4003, 'permission revoked');
+  assert.deepEqual(revocation, { code: 4003, reason: 'permission revoked' });
+  assert.deepEqual(seen, ['state:open', 'revoked:open', 'state:closed'], 'revoked comes just before closed');
+  assert.equal(client.state, 'closed');
+  assert.equal(client.permission, null);
+  assert.equal(client.nextRetryInMs, null);
+  assert.deepEqual(clock.delays(), [], 'nothing scheduled');
+  assert.equal(FakeSocket.all.length, 1);
+  assert.throws(() => client.send('asset_moved', { id: 'a' }), { code: 'ERR_CLOSED' });
+  assert.throws(() => client.retryNow(), { code: 'ERR_CLOSED' });
+});
+
+test('4001 reconnects at once with the backoff from its floor, asking the token function again; other codes keep backing off', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  let asked = 0;
+  const client = fakeClient({ ...clock, token: () => `t${++asked}` });
+  const retries: { inMs: number; attempt: number }[] = [];
+  client.on('retry', (r) => retries.push(r));
+  // Three failed opens grow the backoff...
+  for (let i = 0; i < 3; i++) {
+    FakeSocket.all.at(-1)!.fail();
+    clock.fire();
+  }
+  FakeSocket.all.at(-1)!.join('me');
+  FakeSocket.all.at(-1)!.drop(4008);
+  assert.equal(clock.delays().at(-1), 499, 'a join resets the backoff');
+  clock.fire();
+  FakeSocket.all.at(-1)!.fail();
+  assert.equal(clock.delays().at(-1), 999);
+  clock.fire();
+  FakeSocket.all.at(-1)!.join('me2');
+  // ...then the server logs the user out.
+  FakeSocket.all.at(-1)!.drop(4001, 'disconnected');
+  assert.equal(client.state, 'reconnecting');
+  assert.equal(client.nextRetryInMs, 0);
+  assert.deepEqual(retries.at(-1), { inMs: 0, attempt: 1 });
+  const before = asked;
+  clock.fire();
+  assert.equal(asked, before + 1, 'the token function is asked for the new attempt');
+  assert.deepEqual((FakeSocket.all.at(-1)!.options as string[])[1], `moodio.token.t${asked}`);
+  FakeSocket.all.at(-1)!.fail();
+  assert.equal(clock.delays().at(-1), 499, 'a failed attempt after it starts the backoff from its floor');
+  // A 4001 on a socket that never opened is not the server's word: back off as usual.
+  clock.fire();
+  FakeSocket.all.at(-1)!.drop(4001);
+  assert.equal(clock.delays().at(-1), 999);
   client.close();
 });

@@ -9,9 +9,9 @@
  *   client.send('asset_moved', { id: 'asset-1', x: 10, y: 20 });
  *
  * Two namespaces, so that a peer cannot impersonate the client: `on()` takes
- * only the client's own lifecycle events (`state`, `presence`, `error`,
- * `rejected`), and `onEvent(type, …)` / `onAnyEvent(…)` only events relayed
- * from other sessions. The relay passes any type it does not reserve, so a
+ * only the client's own lifecycle events (`state`, `presence`, `permission`,
+ * `revoked`, `error`, `rejected`, `retry`), and `onEvent(type, …)` /
+ * `onAnyEvent(…)` only events relayed from other sessions. The relay passes any type it does not reserve, so a
  * peer can send `{"type":"presence"}`; it reaches `onEvent('presence', …)`,
  * never a `presence` lifecycle handler.
  *
@@ -21,119 +21,42 @@
  * WebSocket protocols, the one header browsers let a page set: it works
  * across origins and per window, and in Node with the `ws` package too.
  * `tokenVia: 'bearer'` sends `Authorization: Bearer` instead (`ws` only).
+ *
+ * The server's hand on the session: `permission_changed` sets
+ * `client.permission` (a `permission` event); a close with 4003 (permission
+ * revoked) is final (a `revoked` event, then `closed`); a close with 4001
+ * (logged out, token expired) reconnects at once, with the credential asked
+ * for again.
  */
 import {
   DEFAULT_TRANSIENT_TYPES,
   SUBPROTOCOL,
   TOKEN_SUBPROTOCOL_PREFIX,
-  type ClientEvent,
-  type ErrorEvent as ServerErrorEvent,
-  type RoomJoinedEvent,
+  type Permission,
   type SessionInfo,
   type StampedEvent,
 } from '../protocol/events.ts';
-import { backoffDelay, type BackoffOptions } from './backoff.ts';
+import { afterClose, backoffDelay, type BackoffOptions } from './backoff.ts';
+import { isPermission, isSessionInfo, Presence } from './presence.ts';
+import type { AssetPayload, ClientEvents, ClientState, ConnectOptions, DesktopEventType, WebSocketConstructor, WebSocketLike } from './types.ts';
 
-export type { SessionInfo, StampedEvent } from '../protocol/events.ts';
-
-/** The seed's client event types: asset_moved, asset_resized, asset_added, asset_removed, asset_dragging, asset_selected, asset_deselected. */
-export type DesktopEventType = (typeof ClientEvent)[keyof typeof ClientEvent];
-
-/** Payload of the demo's and the product's asset events (the seed's example: `{ id, x, y }`); other fields pass through. */
-export interface AssetPayload {
-  id: string;
-  x?: number;
-  y?: number;
-  [field: string]: unknown;
-}
-export { backoffCeiling, backoffDelay } from './backoff.ts';
-
-/** The part of a WebSocket this client uses: browsers' and the `ws` package's both fit. */
-export interface WebSocketLike {
-  readonly readyState: number;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: ((event: unknown) => void) | null;
-  onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string }) => void) | null;
-  onerror: ((event: unknown) => void) | null;
-  /** `ws` only: lets Node see the HTTP status of a refused handshake. */
-  on?: (event: 'unexpected-response', listener: (req: { destroy(): void }, res: { statusCode?: number }) => void) => unknown;
-}
-export type WebSocketConstructor = new (url: string, options?: unknown) => WebSocketLike;
-
-export type ClientState =
-  /** First connection in progress. */
-  | 'connecting'
-  /** Joined: `sessions` is current. */
-  | 'open'
-  /** Lost the connection; retrying with backoff. */
-  | 'reconnecting'
-  /** `failingAfter` attempts in a row failed to open; still retrying at the capped delay. */
-  | 'failing'
-  /** Closed by `close()`, or refused with 401/403 (Node). No more attempts. */
-  | 'closed';
-
-export interface PresenceChange {
-  /** Sessions that arrived (or, after a reconnect, that came while this client was away). */
-  joined: SessionInfo[];
-  /** Sessions that left (or left while this client was away). */
-  left: SessionInfo[];
-  /** True for the change computed from a reconnect's `room_joined`. */
-  reconnected: boolean;
-}
-
-/** The client's lifecycle events, for `on()`. Relayed events never reach these handlers. */
-export interface ClientEvents {
-  state: ClientState;
-  presence: PresenceChange;
-  /** `{"type":"error"}` frames from the server (`code`: invalid_message, rate_limited, …). */
-  error: ServerErrorEvent;
-  /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
-  rejected: { status: number };
-  /** A reconnect attempt is scheduled in `inMs` (0 after {@link MoodioClient.retryNow}); `attempt` counts from 1 since the last join. */
-  retry: { inMs: number; attempt: number };
-}
+export type { Permission, SessionInfo, StampedEvent } from '../protocol/events.ts';
+export type { PresenceChange } from './presence.ts';
+export type {
+  AssetPayload,
+  ClientEvents,
+  ClientState,
+  ConnectOptions,
+  DesktopEventType,
+  PermissionChange,
+  Revocation,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './types.ts';
+export { afterClose, backoffCeiling, backoffDelay, type AfterClose } from './backoff.ts';
 
 /** The names `on()` accepts. */
-export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'error', 'rejected', 'retry'];
-
-export interface ConnectOptions {
-  /** Server base URL, e.g. `wss://moodio.example.com` (the path is added). */
-  url: string;
-  desktopId: string;
-  /**
-   * Access token. Offered as the WebSocket protocols `moodio.v1` and
-   * `moodio.token.<token>` (browsers and `ws`), so each window can be its own
-   * user whatever cookie the site holds. Without it, a browser's cookie
-   * authenticates. A function is called before every attempt, so that a
-   * reconnect carries the app's freshest token.
-   */
-  token?: string | (() => string | null | undefined);
-  /** How `token` travels: `protocol` (default) or `bearer` (`Authorization: Bearer`, the `ws` package only). */
-  tokenVia?: 'protocol' | 'bearer';
-  /** Default: `globalThis.WebSocket`. Node older than 22 has none: pass the `ws` package. */
-  WebSocket?: WebSocketConstructor;
-  /** Backoff floor, ms. Default 500. */
-  minDelayMs?: number;
-  /** Backoff cap, ms: a returning server is found within about this long. Default 4,000. */
-  maxDelayMs?: number;
-  /** Consecutive failed opens before the state becomes `failing`. Default 5. */
-  failingAfter?: number;
-  /** Sends kept while not open, transient ones included; one more throws ERR_QUEUE_FULL. Default 256. */
-  maxQueue?: number;
-  /**
-   * Types of which only the newest per type and `payload.id` is kept while
-   * not open: a later one replaces the queued one (and goes to the back of
-   * the queue), so a drag while offline queues one event per card, not a
-   * backlog. Default `['asset_dragging']`.
-   */
-  transientTypes?: readonly string[];
-  /** Injectable for tests. */
-  random?: () => number;
-  setTimeout?: (fn: () => void, ms: number) => unknown;
-  clearTimeout?: (timer: unknown) => void;
-}
+export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'permission', 'revoked', 'error', 'rejected', 'retry'];
 
 export class ClientError extends Error {
   readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET' | 'ERR_UNKNOWN_CLIENT_EVENT' | 'ERR_INVALID_OPTION';
@@ -145,8 +68,6 @@ export class ClientError extends Error {
 }
 
 const OPEN = 1;
-/** Close codes after which the server wants clients back soon (going away, restarting). */
-const QUICK_RETRY = new Set([1001, 1012]);
 
 type Handler<T> = (value: T) => void;
 
@@ -160,8 +81,15 @@ export class MoodioClient {
   state: ClientState = 'connecting';
   /** This connection's sessionId (changes on every reconnect). */
   sessionId: string | null = null;
+  /**
+   * This session's role, as the server last named it: by `permission_changed`
+   * (or a `room_joined` that carries it). Null while not known: the server's
+   * `room_joined` does not carry the joiner's own role, so after each join it
+   * is null until a change is announced; null again after `revoked`.
+   */
+  permission: Permission | null = null;
   /** The other sessions in the room, by sessionId. */
-  readonly sessions = new Map<string, SessionInfo>();
+  readonly sessions: Map<string, SessionInfo>;
   /** Delay of the scheduled reconnect, or null when none is scheduled. */
   nextRetryInMs: number | null = null;
 
@@ -169,6 +97,7 @@ export class MoodioClient {
   private readonly transient: ReadonlySet<string>;
   private readonly WebSocketImpl: WebSocketConstructor;
   private readonly backoff: BackoffOptions;
+  private readonly presence = new Presence();
   private socket: WebSocketLike | null = null;
   private attempt = 0;
   /** Attempts since the last join, for the `retry` event. */
@@ -187,6 +116,7 @@ export class MoodioClient {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketImpl) throw new ClientError('ERR_NO_WEBSOCKET', 'no WebSocket implementation: pass options.WebSocket');
     this.WebSocketImpl = WebSocketImpl;
+    this.sessions = this.presence.sessions;
     const tokenVia = options.tokenVia ?? 'protocol';
     if (tokenVia !== 'protocol' && tokenVia !== 'bearer') throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
     this.options = {
@@ -208,8 +138,8 @@ export class MoodioClient {
   }
 
   /**
-   * Listen to a lifecycle event of this client: `state`, `presence`, `error`
-   * or `rejected`. Returns an unsubscribe function.
+   * Listen to a lifecycle event of this client ({@link CLIENT_EVENTS}).
+   * Returns an unsubscribe function.
    * @throws {ClientError} ERR_UNKNOWN_CLIENT_EVENT for any other name: relayed events go to {@link onEvent}.
    */
   on<K extends keyof ClientEvents>(name: K, handler: Handler<ClientEvents[K]>): () => void {
@@ -334,22 +264,24 @@ export class MoodioClient {
     this.socket = socket;
     let opened = false;
     let done = false;
-    const finish = (code: number, refusedWith: number) => {
+    const finish = (code: number, reason: string, refusedWith: number) => {
       if (done || this.socket !== socket) return;
       done = true;
       this.socket = null;
       if (refusedWith !== 0) this.emit('rejected', { status: refusedWith });
-      if (refusedWith === 401 || refusedWith === 403) {
-        this.queue.length = 0;
-        this.setState('closed');
-        return;
+      if (refusedWith === 401 || refusedWith === 403) return this.end();
+      const next = afterClose(code, opened);
+      if (next === 'final') {
+        this.permission = null;
+        this.emit('revoked', { code, reason });
+        return this.end();
       }
-      this.scheduleReconnect(opened, code);
+      this.scheduleReconnect(opened, next);
     };
     // ws leaves aborting a refused handshake to whoever listens here.
     socket.on?.('unexpected-response', (req, res) => {
       req.destroy();
-      finish(1006, res.statusCode ?? 0);
+      finish(1006, '', res.statusCode ?? 0);
     });
     socket.onopen = () => {
       opened = true;
@@ -358,19 +290,25 @@ export class MoodioClient {
     socket.onmessage = (event) => {
       if (this.socket === socket) this.onFrame(event.data);
     };
-    socket.onclose = (event) => finish(event.code, 0);
+    socket.onclose = (event) => finish(event.code, event.reason, 0);
   }
 
-  private scheduleReconnect(opened: boolean, code: number): void {
-    if (opened) {
-      this.failedOpens = 0;
-      // The server asked clients back soon (shutdown, restart): a short jittered wait.
-      if (QUICK_RETRY.has(code)) this.attempt = 0;
-    } else {
-      this.failedOpens++;
-    }
-    const delay = opened && QUICK_RETRY.has(code) ? Math.floor(this.options.random() * this.options.minDelayMs) : backoffDelay(this.attempt, this.backoff);
-    this.attempt++;
+  /** No more attempts (a refusal, a revocation): what was queued is dropped. */
+  private end(): void {
+    this.queue.length = 0;
+    this.setState('closed');
+  }
+
+  private scheduleReconnect(opened: boolean, next: 'now' | 'soon' | 'backoff'): void {
+    if (opened) this.failedOpens = 0;
+    else this.failedOpens++;
+    // The server asked for the client back (logged out, token expired: at
+    // once; shutdown, restart: after a short jittered wait), so the backoff
+    // starts again from its floor.
+    if (next !== 'backoff') this.attempt = 0;
+    const delay = next === 'now' ? 0 : next === 'soon' ? Math.floor(this.options.random() * this.options.minDelayMs) : backoffDelay(this.attempt, this.backoff);
+    // Like retryNow(), an attempt at once is not a step of the backoff: if it fails, the wait is the floor's.
+    if (next !== 'now') this.attempt++;
     this.retries++;
     this.setState(this.failedOpens >= this.options.failingAfter ? 'failing' : this.everJoined ? 'reconnecting' : 'connecting');
     this.nextRetryInMs = delay;
@@ -392,24 +330,25 @@ export class MoodioClient {
     switch (frame.type) {
       case 'room_joined':
         if (typeof frame.sessionId !== 'string' || !Array.isArray(frame.sessions) || !frame.sessions.every(isSessionInfo)) return;
-        return this.onJoined(frame as unknown as RoomJoinedEvent);
-      case 'session_joined': {
+        return this.onJoined(frame.sessionId, frame.sessions, frame.permission);
+      case 'session_joined':
+        if (isSessionInfo(frame.payload)) this.emit('presence', this.presence.join(frame.payload));
+        return;
+      case 'session_left':
+        if (isSessionInfo(frame.payload)) this.emit('presence', this.presence.leave(frame.payload));
+        return;
+      case 'session_updated': {
         if (!isSessionInfo(frame.payload)) return;
-        const info = frame.payload;
-        this.sessions.set(info.sessionId, info);
-        this.emit('presence', { joined: [info], left: [], reconnected: false } satisfies PresenceChange);
+        const change = this.presence.update(frame.payload);
+        if (change !== null) this.emit('presence', change);
         return;
       }
-      case 'session_left': {
-        if (!isSessionInfo(frame.payload)) return;
-        const info = frame.payload;
-        this.sessions.delete(info.sessionId);
-        this.emit('presence', { joined: [], left: [info], reconnected: false } satisfies PresenceChange);
+      case 'permission_changed':
+        if (isPermission(frame.permission)) this.setPermission(frame.permission);
         return;
-      }
       case 'error':
         if (typeof frame.code !== 'string' || typeof frame.message !== 'string') return;
-        this.emit('error', frame as unknown as ServerErrorEvent);
+        this.emit('error', frame as unknown as ClientEvents['error']);
         return;
       default:
         // Whatever its type, a relayed event goes to the relayed namespace only.
@@ -418,12 +357,14 @@ export class MoodioClient {
     }
   }
 
-  private onJoined(event: RoomJoinedEvent): void {
+  /** `permission` is the joiner's own role if the server names it (a `room_joined` may not). */
+  private onJoined(sessionId: string, sessions: SessionInfo[], permission: unknown): void {
     const reconnected = this.everJoined;
-    const before = new Map(this.sessions);
-    this.sessions.clear();
-    for (const info of event.sessions) this.sessions.set(info.sessionId, info);
-    this.sessionId = event.sessionId;
+    const change = this.presence.reset(sessions, reconnected);
+    const previous = this.permission;
+    // A new session: its role is the one the server names now, or not known.
+    this.permission = isPermission(permission) ? permission : null;
+    this.sessionId = sessionId;
     this.everJoined = true;
     this.attempt = 0;
     this.retries = 0;
@@ -433,9 +374,16 @@ export class MoodioClient {
     const socket = this.socket;
     if (socket?.readyState === OPEN) for (const { text } of this.queue.splice(0)) socket.send(text);
     this.setState('open');
-    const joined = event.sessions.filter((s) => !before.has(s.sessionId));
-    const left = [...before.values()].filter((s) => !this.sessions.has(s.sessionId));
-    if (joined.length > 0 || left.length > 0 || reconnected) this.emit('presence', { joined, left, reconnected } satisfies PresenceChange);
+    if (change !== null) this.emit('presence', change);
+    if (this.permission !== null && this.permission !== previous) this.emit('permission', { permission: this.permission, previous });
+  }
+
+  /** `permission_changed`: the role applies from this session's next frame. */
+  private setPermission(permission: Permission): void {
+    const previous = this.permission;
+    if (previous === permission) return;
+    this.permission = permission;
+    this.emit('permission', { permission, previous });
   }
 }
 
@@ -443,19 +391,6 @@ export class MoodioClient {
 function transientKey(type: string, payload: unknown): string {
   const id = payload !== null && typeof payload === 'object' ? (payload as { id?: unknown }).id : undefined;
   return typeof id === 'string' || typeof id === 'number' ? `${type}\u0000${id}` : type;
-}
-
-/** A session's info as the server sends it (presence frames, room_joined). */
-function isSessionInfo(value: unknown): value is SessionInfo {
-  if (value === null || typeof value !== 'object') return false;
-  const info = value as Record<string, unknown>;
-  return (
-    typeof info.sessionId === 'string' &&
-    typeof info.userId === 'string' &&
-    typeof info.firstName === 'string' &&
-    typeof info.email === 'string' &&
-    (info.permission === 'editor' || info.permission === 'viewer')
-  );
 }
 
 function subscribe<K, V>(map: Map<K, Set<Handler<V>>>, key: K, handler: Handler<V>): () => void {

@@ -1,0 +1,112 @@
+/**
+ * The client SDK's public shapes: its options, states and lifecycle events,
+ * the socket it drives and the payload of the asset events. Types only:
+ * nothing here exists at run time (index.ts re-exports them).
+ */
+import type { ClientEvent, ErrorEvent as ServerErrorEvent, Permission } from '../protocol/events.ts';
+import type { PresenceChange } from './presence.ts';
+
+/** The seed's client event types: asset_moved, asset_resized, asset_added, asset_removed, asset_dragging, asset_selected, asset_deselected. */
+export type DesktopEventType = (typeof ClientEvent)[keyof typeof ClientEvent];
+
+/** Payload of the demo's and the product's asset events (the seed's example: `{ id, x, y }`); other fields pass through. */
+export interface AssetPayload {
+  id: string;
+  x?: number;
+  y?: number;
+  [field: string]: unknown;
+}
+
+/** The part of a WebSocket this client uses: browsers' and the `ws` package's both fit. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  /** `ws` only: lets Node see the HTTP status of a refused handshake. */
+  on?: (event: 'unexpected-response', listener: (req: { destroy(): void }, res: { statusCode?: number }) => void) => unknown;
+}
+export type WebSocketConstructor = new (url: string, options?: unknown) => WebSocketLike;
+
+export type ClientState =
+  /** First connection in progress. */
+  | 'connecting'
+  /** Joined: `sessions` is current. */
+  | 'open'
+  /** Lost the connection; retrying with backoff. */
+  | 'reconnecting'
+  /** `failingAfter` attempts in a row failed to open; still retrying at the capped delay. */
+  | 'failing'
+  /** Closed by `close()`, refused with 401/403 (Node), or the permission was revoked (4003). No more attempts. */
+  | 'closed';
+
+/** The `permission` event: the server gave this session a role. */
+export interface PermissionChange {
+  permission: Permission;
+  /** The role before, or null when it was not known. */
+  previous: Permission | null;
+}
+
+/** The `revoked` event: the user's permission on the desktop was taken away. */
+export interface Revocation {
+  /** 4003. */
+  code: number;
+  /** The close frame's reason (the server's is `permission revoked`). */
+  reason: string;
+}
+
+/** The client's lifecycle events, for `on()`. Relayed events never reach these handlers. */
+export interface ClientEvents {
+  state: ClientState;
+  presence: PresenceChange;
+  /** The server changed this session's role (`permission_changed`); `client.permission` is already the new one. */
+  permission: PermissionChange;
+  /** The server closed with 4003: permission revoked. Final: comes just before `state` `closed`; no retry. */
+  revoked: Revocation;
+  /** `{"type":"error"}` frames from the server (`code`: invalid_message, rate_limited, …). */
+  error: ServerErrorEvent;
+  /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
+  rejected: { status: number };
+  /** A reconnect attempt is scheduled in `inMs` (0 after `retryNow()`); `attempt` counts from 1 since the last join. */
+  retry: { inMs: number; attempt: number };
+}
+
+export interface ConnectOptions {
+  /** Server base URL, e.g. `wss://moodio.example.com` (the path is added). */
+  url: string;
+  desktopId: string;
+  /**
+   * Access token. Offered as the WebSocket protocols `moodio.v1` and
+   * `moodio.token.<token>` (browsers and `ws`), so each window can be its own
+   * user whatever cookie the site holds. Without it, a browser's cookie
+   * authenticates. A function is called before every attempt, so that a
+   * reconnect carries the app's freshest token.
+   */
+  token?: string | (() => string | null | undefined);
+  /** How `token` travels: `protocol` (default) or `bearer` (`Authorization: Bearer`, the `ws` package only). */
+  tokenVia?: 'protocol' | 'bearer';
+  /** Default: `globalThis.WebSocket`. Node older than 22 has none: pass the `ws` package. */
+  WebSocket?: WebSocketConstructor;
+  /** Backoff floor, ms. Default 500. */
+  minDelayMs?: number;
+  /** Backoff cap, ms: a returning server is found within about this long. Default 4,000. */
+  maxDelayMs?: number;
+  /** Consecutive failed opens before the state becomes `failing`. Default 5. */
+  failingAfter?: number;
+  /** Sends kept while not open, transient ones included; one more throws ERR_QUEUE_FULL. Default 256. */
+  maxQueue?: number;
+  /**
+   * Types of which only the newest per type and `payload.id` is kept while
+   * not open: a later one replaces the queued one (and goes to the back of
+   * the queue), so a drag while offline queues one event per card, not a
+   * backlog. Default `['asset_dragging']`.
+   */
+  transientTypes?: readonly string[];
+  /** Injectable for tests. */
+  random?: () => number;
+  setTimeout?: (fn: () => void, ms: number) => unknown;
+  clearTimeout?: (timer: unknown) => void;
+}
