@@ -39,6 +39,12 @@ test('a sync request, presence and a relayed event are accepted, and presence is
   const left = parse({ r: 'n1', p: { type: 'session_left', ...stamp, payload: info } });
   assert.ok(left.ok && left.value.kind === 'left');
 
+  const updated = parse({ r: 'n1', p: { type: 'session_updated', ...stamp, permission: 'viewer', payload: { ...info, permission: 'viewer' } } });
+  assert.ok(updated.ok && updated.value.kind === 'updated');
+  assert.equal(updated.value.info.permission, 'viewer');
+  assert.deepEqual(JSON.parse(updated.value.text), { type: 'session_updated', ...stamp, permission: 'viewer', payload: { ...info, permission: 'viewer' } });
+  assert.equal(reason({ r: 'n1', p: { type: 'session_updated', ...stamp, permission: 'editor', payload: { ...info, permission: 'viewer' } } }), 'invalid_event', 'the two roles must agree');
+
   const text = '{"r":"n1","p":{"type":"asset_moved","sessionId":"session_1","userId":"user-1","firstName":"Ann","email":"a@x","timestamp":5,"payload":{"x":1e3}}}';
   const relayed = parseRoomMessage(bytes(text), DESK, MAX);
   assert.ok(relayed.ok && relayed.value.kind === 'relayed');

@@ -455,6 +455,12 @@ describe('the server API across nodes', () => {
     const changed = await api(a, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(bob.userId)}`, { permission: 'viewer' });
     assert.equal(changed.status, 202);
     assert.deepEqual(await bob.client.expect('permission_changed'), { type: 'permission_changed', permission: 'viewer' });
+    const updated = await alice.client.expect('session_updated');
+    assert.deepEqual([updated.sessionId, updated.permission, updated.payload.permission], [bob.joined.sessionId, 'viewer', 'viewer'], 'A hears the new role');
+    const late = await open(a, desk, 'Late');
+    assert.equal(late.joined.permission, 'editor', 'room_joined tells the joiner its own role');
+    assert.equal(late.joined.sessions.find((s: { sessionId: string }) => s.sessionId === bob.joined.sessionId).permission, 'viewer', "A's table has Bob's new role");
+    assert.equal((await alice.client.expect('session_joined')).sessionId, late.joined.sessionId);
     bob.client.send({ type: 'asset_moved', payload: { x: 1 } });
     bob.client.send({ type: 'cursor_moved', payload: { x: 2 } });
     assert.equal((await alice.client.next()).type, 'cursor_moved', "the viewer's mutation was dropped on B");

@@ -69,13 +69,13 @@ export interface BusSessionInfo {
 
 export type BusEvent =
   | { kind: 'sync_request' }
-  | { kind: 'joined' | 'left'; info: BusSessionInfo; text: string }
+  | { kind: 'joined' | 'left' | 'updated'; info: BusSessionInfo; text: string }
   | { kind: 'relayed'; type: string; sessionId: string; text: string };
 
 export type Parsed<T> = { ok: true; node: string; value: T } | { ok: false; reason: DropReasonValue };
 
 /** Types a remote node may not relay as a client event (the server's own). */
-const NOT_RELAYABLE: ReadonlySet<string> = new Set<string>([ServerEvent.ROOM_JOINED, ServerEvent.ERROR, 'permission_changed', 'session_updated']);
+const NOT_RELAYABLE: ReadonlySet<string> = new Set<string>([ServerEvent.ROOM_JOINED, ServerEvent.ERROR, 'permission_changed']);
 
 const MAX_ID = 256;
 const MAX_NAME = 1024;
@@ -146,6 +146,16 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
         ? sessionLeftJson(info, now)
         : `{"type":"session_joined"${stampOf(info)},"timestamp":${now},"payload":${sessionInfoJson(info)}}`;
     return { ok: true, node: r, value: { kind: type === ServerEvent.SESSION_LEFT ? 'left' : 'joined', info, text } };
+  }
+  if (type === 'session_updated') {
+    // A role changed through the server API on the origin node.
+    const info = sessionInfo(event.payload);
+    if (info === null || event.sessionId !== info.sessionId || event.userId !== info.userId || event.permission !== info.permission) {
+      return { ok: false, reason: DropReason.INVALID_EVENT };
+    }
+    const now = typeof event.timestamp === 'number' && Number.isFinite(event.timestamp) ? event.timestamp : Date.now();
+    const text = `{"type":"session_updated"${stampOf(info)},"permission":"${info.permission}","timestamp":${now},"payload":${sessionInfoJson(info)}}`;
+    return { ok: true, node: r, value: { kind: 'updated', info, text } };
   }
   if (NOT_RELAYABLE.has(type)) return { ok: false, reason: DropReason.RESERVED_TYPE };
   if (!isShortString(event.sessionId, MAX_ID) || !isShortString(event.userId, MAX_ID)) return { ok: false, reason: DropReason.INVALID_EVENT };

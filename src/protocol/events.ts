@@ -121,6 +121,8 @@ export interface SessionInfo {
 export interface RoomJoinedEvent {
   type: 'room_joined';
   sessionId: string;
+  /** The joiner's own role (moodio-rt adds it; the reference server does not send it). */
+  permission?: Permission;
   sessions: SessionInfo[];
 }
 

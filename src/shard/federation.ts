@@ -564,6 +564,15 @@ export class Federation {
         if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
         return;
       }
+      case 'updated': {
+        const known = room.remote.get(event.info.sessionId);
+        // Only the node that holds a session may change what others know of it.
+        if (known === undefined || known.node !== node) return;
+        known.info = event.info;
+        known.infoJson = sessionInfoJson(event.info);
+        if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
+        return;
+      }
       case 'relayed': {
         const sender = room.remote.get(event.sessionId);
         // Defence in depth: the origin drops viewers' mutations; a session we know as a viewer cannot pass one here either.

@@ -78,7 +78,12 @@ export class Relay {
       if (remote !== '') sessions += (sessions === '' ? '' : ',') + remote;
     }
     // Through the budget like any ordered frame: in a large room it is a large frame.
-    this.backpressure.deliver(session, encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"sessions":[${sessions}]}`), undefined);
+    // `permission` (the joiner's own role) is an addition to the reference's frame: a client learns its role without waiting for a change.
+    this.backpressure.deliver(
+      session,
+      encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"permission":"${session.permission}","sessions":[${sessions}]}`),
+      undefined,
+    );
     this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
@@ -96,6 +101,11 @@ export class Relay {
     const text = `{"type":"${type}"${session.stamp},"timestamp":${Date.now()},"payload":${session.infoJson}}`;
     if (!alone) this.broadcast(room, session, encodeTextFrame(text));
     this.bus?.publish(room.id, text);
+  }
+
+  /** An event the server made about a session of this node (e.g. `session_updated`), for the other nodes' members of its room. */
+  publishToOtherNodes(desktopId: string, eventJson: string): void {
+    this.bus?.publish(desktopId, eventJson);
   }
 
   /** An event from another node: to every local member of `room` (the sender is elsewhere). */

@@ -105,12 +105,13 @@ export class SessionControl {
     session.setPermission(permission);
     this.deliver(session, encodeTextFrame(`{"type":"permission_changed","permission":"${permission}"}`));
     const room = this.options.rooms.get(session.desktopId);
+    const updated = `{"type":"session_updated"${session.stamp},"permission":"${permission}","timestamp":${Date.now()},"payload":${session.infoJson}}`;
     if (room !== undefined && room.members.length > 1) {
-      const frame = encodeTextFrame(
-        `{"type":"session_updated"${session.stamp},"permission":"${permission}","timestamp":${Date.now()},"payload":${session.infoJson}}`,
-      );
+      const frame = encodeTextFrame(updated);
       for (const member of room.members) if (member !== session && member.open) this.deliver(member, frame);
     }
+    // Members on other nodes see the new role too.
+    this.options.relay.publishToOtherNodes(session.desktopId, updated);
     this.options.metrics.add(cause === 'api' ? ApiMetric.CHANGED_BY_API : ApiMetric.CHANGED_BY_RECHECK);
     this.options.log.info('permission_changed', { sessionId: session.id, desktopId: session.desktopId, userId: session.userId, from, to: permission, cause });
     return true;
