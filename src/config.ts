@@ -91,6 +91,8 @@ export interface ServeConfig {
   /** A label for logs and metrics. */
   region: string;
   federationHeartbeatMs: number;
+  /** Shared key signing the fleet's bus messages; empty = unsigned (and the server API does not federate). */
+  federationKey: string;
   /** Random per process, made at resolve time: tells two processes that claim one node id apart. */
   processInstance: string;
   /** When this process started (ms since the epoch). */
@@ -492,6 +494,16 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_NODE_ID',
     description: 'this node\'s id on the bus, unique per process (default: hostname-pid-random)',
     parse: nodeId,
+  },
+  {
+    key: 'federationKey',
+    flags: '--federation-key <key>',
+    env: 'MOODIO_RT_FEDERATION_KEY',
+    description: 'shared key (at least 32 characters) signing the fleet\'s heartbeats, server API calls and presence lists on the bus; without it the server API does not federate',
+    parse: (raw, option) => {
+      if (raw.length < 32) throw new ConfigError(option, 'must be at least 32 characters (e.g. openssl rand -base64 48)');
+      return raw;
+    },
   },
   { key: 'region', flags: '--region <label>', env: 'REGION_ID', default: '', description: 'region label for logs and metrics', parse: text },
   {

@@ -25,7 +25,14 @@ const SHARD_WORKER_URL = new URL('./shard/worker.ts', import.meta.url);
 export async function startServer(config: ServeConfig, onFatal?: (code: string, message: string) => void): Promise<RunningServer> {
   const log = createLogger({ level: config.logLevel, format: config.logFormat, worker: 'primary' });
   for (const { event, fields } of configWarnings(config)) log.warn(event, fields);
-  if (config.natsUrls.length > 0) log.info('federation', { nodeId: config.nodeId, region: config.region, nats: config.natsUrls.length });
+  if (config.natsUrls.length > 0) {
+    log.info('federation', { nodeId: config.nodeId, region: config.region, nats: config.natsUrls.length, signed: config.federationKey !== '' });
+    if (config.federationKey === '') {
+      log.warn('federation_unsigned', {
+        message: 'no --federation-key: heartbeats and presence lists on the bus are taken from anyone who can publish on NATS, and the server API stays on this node',
+      });
+    }
+  }
   const primary = new Primary({ config, shardWorkerUrl: SHARD_WORKER_URL, log, onFatal });
   const address = await primary.start();
   return { address, config, log, shutdown: () => primary.shutdown() };

@@ -114,3 +114,52 @@ test('heartbeats are checked field by field', () => {
   assert.equal(parseHeartbeat(bytes('x'.repeat(1025))).ok, false);
   assert.equal(parseHeartbeat(bytes('{')).ok, false);
 });
+
+test('signatures cover the subject, the payload and the roster, and nothing else passes', async () => {
+  const { BusSigner } = await import('../src/protocol/bus-signature.ts');
+  const signer = new BusSigner('k'.repeat(32));
+  const data = Buffer.from('{"r":"n","p":{}}');
+  const signature = signer.sign('room.d', data, 'a,b');
+  assert.equal(signature.length, 43);
+  assert.ok(signer.verify('room.d', data, signature, 'a,b'));
+  assert.equal(signer.verify('room.e', data, signature, 'a,b'), false, 'another subject');
+  assert.equal(signer.verify('room.d', Buffer.from('{"r":"n","p":{ }}'), signature, 'a,b'), false, 'another payload');
+  assert.equal(signer.verify('room.d', data, signature, 'a'), false, 'another roster');
+  assert.equal(signer.verify('room.d', data, new BusSigner('j'.repeat(32)).sign('room.d', data, 'a,b'), 'a,b'), false, 'another key');
+  assert.equal(signer.verify('room.d', data, undefined, 'a,b'), false);
+  assert.equal(signer.verify('room.d', data, signature.slice(1), 'a,b'), false);
+});
+
+test('API requests from the bus are checked field by field', async () => {
+  const { parseBusRequest } = await import('../src/protocol/api.ts');
+  const event = (type: string, sender = 'server') => JSON.stringify({ type, sessionId: sender, userId: sender, timestamp: 1 });
+  const publish = { kind: 'publish', id: 'i1', desktopId: 'd-1', type: 'x', event: event('note') };
+  assert.deepEqual(parseBusRequest(publish), { kind: 'publish', id: 'i1', desktopId: 'd-1', type: 'note', event: event('note') }, 'the type is taken from the event itself');
+  for (const bad of [
+    null,
+    [],
+    { ...publish, id: '' },
+    { ...publish, id: 'x'.repeat(65) },
+    { ...publish, kind: 'drop_tables' },
+    { ...publish, desktopId: 'bad/id' },
+    { ...publish, event: event('room_joined') },
+    { ...publish, event: event('session_whatever') },
+    { ...publish, event: event('note', 'session_1') },
+    { ...publish, event: '[1]' },
+    { ...publish, exceptUserId: 5 },
+    { kind: 'set_permission', id: 'i', desktopId: 'd', userId: 'u', permission: 'owner' },
+    { kind: 'set_permission', id: 'i', desktopId: 'd', userId: '', permission: 'none' },
+    { kind: 'disconnect', id: 'i', userId: 'u', reason: 'r'.repeat(124) },
+    { kind: 'user_sessions', id: 'i', userId: 7 },
+  ]) {
+    assert.equal(parseBusRequest(bad), null, JSON.stringify(bad));
+  }
+  assert.deepEqual(parseBusRequest({ kind: 'disconnect', id: 'i', userId: 'u', reason: 'bye' }), { kind: 'disconnect', id: 'i', userId: 'u', reason: 'bye' });
+  assert.deepEqual(parseBusRequest({ kind: 'set_permission', id: 'i', desktopId: 'd', userId: 'u', permission: 'none' }), {
+    kind: 'set_permission',
+    id: 'i',
+    desktopId: 'd',
+    userId: 'u',
+    permission: 'none',
+  });
+});

@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { connect as natsConnect, type NatsConnection } from '@nats-io/transport-node';
+import { connect as natsConnect, headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
+import { BusSigner, SIGNATURE_HEADER } from '../src/protocol/bus-signature.ts';
 import { api, API_KEY } from './helpers/api.ts';
 import { join, type Frame, type TestClient } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
@@ -17,6 +18,16 @@ import { startServer, type ServerProcess } from './helpers/server.ts';
 import { token, user } from './helpers/tokens.ts';
 
 const HEARTBEAT_MS = 250;
+/** The fleet's --federation-key: the test signs with it what the fleet would, and leaves unsigned what a stranger would send. */
+const KEY = 'federation-test-key-0123456789-abcdefghij';
+const signer = new BusSigner(KEY);
+
+/** Publish `data` on `subject` signed as a node of the fleet would. */
+function publishSigned(subject: string, data: string): void {
+  const h = natsHeaders();
+  h.set(SIGNATURE_HEADER, signer.sign(subject, data));
+  raw.publish(subject, data, { headers: h });
+}
 const ADMIN = 'federation-test-admin-token';
 
 async function stats(server: ServerProcess): Promise<any> {
@@ -42,7 +53,7 @@ async function startNode(t: Scope, nodeId: string, natsUrl: string, extra: strin
   const server = await startServer(t, {
     workers: 2,
     permissionApiBase: stubBase,
-    args: ['--nats-url', natsUrl, '--node-id', nodeId, '--federation-heartbeat', `${HEARTBEAT_MS}ms`, '--rate-limit', '0', '--admin-token', ADMIN, '--api-key', API_KEY, '--api-broadcast-rate', '100', ...extra],
+    args: ['--nats-url', natsUrl, '--node-id', nodeId, '--federation-heartbeat', `${HEARTBEAT_MS}ms`, '--rate-limit', '0', '--admin-token', ADMIN, '--api-key', API_KEY, '--api-broadcast-rate', '100', '--federation-key', KEY, ...extra],
   });
   if (waitConnected) await connectedShards(server, 2);
   return server;
@@ -243,6 +254,8 @@ describe('the wire format, read and forged with a raw NATS client', () => {
       ['room_mismatch', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, desktopId: 'another-desk' } })],
       ['forged', JSON.stringify({ r: 'node-a', p: { type: 'asset_moved', ...stamp, payload: {} } })],
       ['forged', JSON.stringify({ r: 'evil', p: { type: 'session_left', ...stamp, sessionId: alice.joined.sessionId, payload: { ...info, sessionId: alice.joined.sessionId, userId: 'user-x-0001' } } })],
+      ['forged', JSON.stringify({ r: 'evil', p: { type: 'asset_removed', ...stamp, sessionId: alice.joined.sessionId, payload: {} } })],
+      ['unsigned', JSON.stringify({ r: 'node-b', p: { type: 'asset_moved', ...stamp, payload: {} } })],
       ['too_large', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, payload: 'x'.repeat(900_000) } })],
       ['malformed', new Uint8Array([0xff, 0xfe, 0x00, 0x7b])],
     ];
@@ -260,11 +273,18 @@ describe('the wire format, read and forged with a raw NATS client', () => {
     }
     assert.ok(a.logs.some((l) => l.event === 'federation_message_dropped'), 'drops are logged');
 
-    // 1,100 forged peers: each shard keeps at most 1,024, drops the rest, and logs at most 20 peer lines a second.
+    // A stranger's heartbeats (unsigned) count for nothing, even in node-a's own name with an older start.
+    const unsignedBefore = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="unsigned"}');
+    for (let i = 0; i < 50; i++) raw.publish('moodio-rt.heartbeat', JSON.stringify({ r: i === 0 ? 'node-a' : `stranger-${i}`, i: 'x', t: 0, s: 0, w: 1, k: 'k', h: 10, g: '' }));
+    await raw.flush();
+    const unsignedDropped = async () => sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="unsigned"}') - unsignedBefore;
+    while ((await unsignedDropped()) < 2 * 50) await new Promise((r) => setTimeout(r, 20));
+
+    // 1,100 peers signed with the fleet's key (a compromised node): each shard keeps at most 1,024, drops the rest, and logs at most 20 peer lines a second.
     const peerLines = a.logs.filter((l) => l.event === 'federation_peer_up').length;
     const forgedAt = Date.now();
     for (let i = 0; i < 1100; i++) {
-      raw.publish('moodio-rt.heartbeat', JSON.stringify({ r: `forged-${i}`, i: 'x', t: 1, s: 0, w: 1, k: 'k', h: 10, g: '' }));
+      publishSigned('moodio-rt.heartbeat', JSON.stringify({ r: `forged-${i}`, i: 'x', t: 1, s: 0, w: 1, k: 'k', h: 10, g: '' }));
     }
     await raw.flush();
     const peersDropped = async () => sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="too_many_peers"}');
@@ -367,6 +387,11 @@ describe('NATS outage', () => {
     assert.deepEqual((await alice2.client.expect('asset_moved')).payload, { during: 'outage' });
     const health = await fetch(`http://127.0.0.1:${x.port}/health`);
     assert.equal(health.status, 200);
+    // A revocation now would reach X's sessions only: refused, nothing applied.
+    const revoke = await api(x, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(bob.userId)}`, { permission: 'none' });
+    assert.equal(revoke.status, 503);
+    assert.equal(revoke.body.code, 'federation_unavailable');
+    assert.equal(revoke.headers.get('retry-after'), '1');
     // Meanwhile on Y: Bert leaves and Erin comes; X cannot hear it yet.
     await bert.client.close();
     const erin = await open(y, desk, 'Erin');
@@ -474,6 +499,7 @@ describe('the server API across nodes', () => {
     const desk = desktop();
     const alice = await open(a, desk, 'Alice');
     const before = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total');
+    const unsignedBefore = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="unsigned"}');
     const event = (type: string, sender = 'server') => JSON.stringify({ type, sessionId: sender, userId: sender, timestamp: 1 });
     const forged = [
       { r: 'evil', q: { kind: 'publish', id: 'f1', desktopId: desk, type: 'x', event: event('room_joined') } },
@@ -482,13 +508,19 @@ describe('the server API across nodes', () => {
       { r: 'evil', q: { kind: 'set_permission', id: 'f4', desktopId: desk, userId: alice.userId, permission: 'owner' } },
       { r: 'evil', q: { kind: 'publish', id: 'f5', desktopId: 'other-desk', type: 'x', event: event('hello') } },
     ];
-    for (const message of forged) raw.publish(`api.desktop.${desk}`, JSON.stringify(message));
-    raw.publish(`api.desktop.${desk}`, '{broken');
-    raw.publish(`api.desktop.${desk}`, JSON.stringify({ r: 'evil', q: { kind: 'publish', id: 'ok-1', desktopId: desk, type: 'marker', event: event('marker') } }));
-    assert.equal((await alice.client.next()).type, 'marker', 'nothing forged reached Alice');
+    // Signed with the fleet's key (a buggy node): each is still checked field by field.
+    for (const message of forged) publishSigned(`api.desktop.${desk}`, JSON.stringify(message));
+    publishSigned(`api.desktop.${desk}`, '{broken');
+    // Unsigned (anyone who can publish on NATS): a perfectly formed call is refused.
+    const valid = (id: string, type: string) => JSON.stringify({ r: 'evil', q: { kind: 'publish', id, desktopId: desk, type, event: event(type) } });
+    raw.publish(`api.desktop.${desk}`, valid('u-1', 'unsigned_call'));
+    raw.publish(`api.desktop.${desk}`, JSON.stringify({ r: 'evil', q: { kind: 'set_permission', id: 'u-2', desktopId: desk, userId: alice.userId, permission: 'none' } }));
+    publishSigned(`api.desktop.${desk}`, valid('ok-1', 'marker'));
+    assert.equal((await alice.client.next()).type, 'marker', 'nothing forged reached Alice, and she is still connected');
     // Every shard of A hears desktop calls; each drops the forged ones (the owner and the others alike).
-    const dropped = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total') - before;
-    assert.equal(dropped, 2 * 6);
+    const after = (await scrape(a.port)).metrics;
+    assert.equal(sumOf(after, 'moodio_rt_federation_dropped_total') - before, 2 * 8);
+    assert.equal(sumOf(after, 'moodio_rt_federation_dropped_total{reason="unsigned"}') - unsignedBefore, 2 * 2);
   });
 });
 

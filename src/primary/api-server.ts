@@ -72,6 +72,8 @@ export interface ApiServerOptions {
 
 export class ApiServer implements ApiHandler {
   private readonly config: ServeConfig;
+  /** Calls travel to other nodes (--nats-url with --federation-key). */
+  private readonly federates: boolean;
   private readonly pool: ShardPool;
   private readonly log: Logger;
   private readonly metrics: MetricsSlot;
@@ -86,6 +88,7 @@ export class ApiServer implements ApiHandler {
 
   constructor(options: ApiServerOptions) {
     this.config = options.config;
+    this.federates = this.config.natsUrls.length > 0 && this.config.federationKey !== '';
     this.pool = options.pool;
     this.log = options.log;
     this.metrics = options.pool.primaryMetrics;
@@ -160,6 +163,13 @@ export class ApiServer implements ApiHandler {
     if (down.length > 0) {
       const retryAfterS = Math.max(...down.map((s) => this.pool.retryAfterSeconds(s)));
       return refusalAnswer(ApiRefusals.SHARD_UNAVAILABLE, `shard ${down.join(', ')} is restarting; nothing was applied`, {}, retryAfterS);
+    }
+    // A command for the whole fleet while this node's bus is down would reach only its own sessions: refused, not half-applied.
+    if (this.federates && request.kind !== 'presence' && request.kind !== 'user_sessions') {
+      const cut = shards.filter((s) => !this.pool.federationConnected(s));
+      if (cut.length > 0) {
+        return refusalAnswer(ApiRefusals.FEDERATION_UNAVAILABLE, 'this node has lost the bus to the other nodes; nothing was applied', {}, 1);
+      }
     }
     if (request.kind === 'broadcast') {
       const waitMs = this.broadcasts.take('', Date.now());

@@ -312,6 +312,11 @@ export class ShardPool {
     });
   }
 
+  /** Whether `shardId`'s NATS connection is up (its FEDERATION_CONNECTED gauge in the shared metrics). */
+  federationConnected(shardId: number): boolean {
+    return new MetricsSlot(this.metrics, shardId).values[Metric.FEDERATION_CONNECTED] === 1;
+  }
+
   /** Seconds a client should wait before retrying a shard that is down. */
   retryAfterSeconds(shardId: number): number {
     const shard = this.shards[shardId]!;

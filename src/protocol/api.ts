@@ -193,6 +193,8 @@ export const ApiRefusals = {
   /** A shard the request needs is restarting: nothing was applied anywhere. */
   SHARD_UNAVAILABLE: { status: 503, code: 'shard_unavailable', retryAfterS: 1 },
   SHUTTING_DOWN: { status: 503, code: 'shutting_down', retryAfterS: 1 },
+  /** With federation, a shard the command needs has lost its NATS connection: nothing was applied anywhere. */
+  FEDERATION_UNAVAILABLE: { status: 503, code: 'federation_unavailable', retryAfterS: 1 },
   /** A shard took the request and did not answer in time: it may have been applied in part. */
   SHARD_TIMEOUT: { status: 504, code: 'shard_timeout' },
 } as const satisfies Record<string, ApiRefusal>;

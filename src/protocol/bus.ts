@@ -54,6 +54,10 @@ export const DropReason = {
   ROOM_FULL: 'room_full',
   /** A heartbeat from a node past the number of peers a node keeps track of. */
   TOO_MANY_PEERS: 'too_many_peers',
+  /** With --federation-key: a heartbeat, API call or session list without the fleet's signature, or an unsigned message in the name of a node known by its signed heartbeats. */
+  UNSIGNED: 'unsigned',
+  /** A broadcast from the bus over the fleet's rate. */
+  RATE_LIMITED: 'rate_limited',
 } as const;
 export type DropReasonValue = (typeof DropReason)[keyof typeof DropReason];
 export const DROP_REASONS: readonly DropReasonValue[] = Object.values(DropReason);
@@ -210,7 +214,7 @@ export function parseHeartbeat(data: Uint8Array): Parsed<Heartbeat> {
   }
   const ints = [b.t, b.s, b.w, b.h];
   if (!ints.every((n) => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) return { ok: false, reason: DropReason.MALFORMED };
-  if ((b.w as number) < 1 || (b.w as number) > 1024 || (b.s as number) >= (b.w as number) || (b.h as number) < 10 || (b.h as number) > 600_000) {
+  if ((b.w as number) < 1 || (b.w as number) > 256 || (b.s as number) >= (b.w as number) || (b.h as number) < 10 || (b.h as number) > 60_000) {
     return { ok: false, reason: DropReason.MALFORMED };
   }
   return { ok: true, node: b.r, value: b as unknown as Heartbeat };

@@ -18,10 +18,12 @@
  * asks for everyone else's, and forgets the remote sessions nobody
  * confirmed.
  */
-import { connect, credsAuthenticator, headers, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
+import { connect, credsAuthenticator, headers, type MsgHdrs, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { ServeConfig } from '../config.ts';
+import { KeyedBuckets } from '../keyed-buckets.ts';
+import { BusSigner, SIGNATURE_HEADER } from '../protocol/bus-signature.ts';
 import { withDeadline } from '../deadline.ts';
 import { LogBudget, type LogFields, type Logger } from '../log.ts';
 import {
@@ -67,13 +69,34 @@ const FIRST_CONNECT_RETRY_MS = 1000;
 const SILENT_INTERVALS = 3;
 /** Peer nodes a shard keeps track of: heartbeats from more (forged ids) are dropped. */
 const MAX_PEERS = 1024;
+/** Peer shards a shard keeps track of, all peers together. */
+const MAX_PEER_SHARDS = 8192;
+/** A room whose last local session left keeps its subscription and table this long: a quick rejoin needs no sync. */
+const ROOM_LINGER_MS = 10_000;
+/** Resyncs of every room (a peer back, a reconnect) at most this often; one more runs at the end of the wait. */
+const RESYNC_MIN_GAP_MS = 5_000;
+/** Broadcasts from the bus a shard takes per second: --api-broadcast-rate for each of this many nodes. */
+const BUS_BROADCAST_NODES = 16;
+/** Sessions a query gathers from other nodes, all answers together. */
+const MAX_GATHERED_SESSIONS = 10_000;
 /** Remote sessions one room may hold when --max-room-size is 0 (else 4 × it). */
 const MAX_REMOTE_PER_ROOM = 10_000;
 
 export interface FederationOptions {
   config: Pick<
     ServeConfig,
-    'natsUrls' | 'natsCreds' | 'nodeId' | 'region' | 'federationHeartbeatMs' | 'processInstance' | 'startedAt' | 'workers' | 'maxMessageSize' | 'maxRoomSize'
+    | 'natsUrls'
+    | 'natsCreds'
+    | 'nodeId'
+    | 'region'
+    | 'federationHeartbeatMs'
+    | 'federationKey'
+    | 'processInstance'
+    | 'startedAt'
+    | 'workers'
+    | 'maxMessageSize'
+    | 'maxRoomSize'
+    | 'apiBroadcastRate'
   >;
   shardId: number;
   log: Logger;
@@ -105,6 +128,8 @@ interface FedRoom {
   lastAnswerAt: number;
   answerTimer: NodeJS.Timeout | null;
   pendingReplies: string[];
+  /** Set while the room has no local session: when it fires, the room is dropped. */
+  lingerTimer: NodeJS.Timeout | null;
 }
 
 interface PeerShard {
@@ -152,6 +177,12 @@ export class Federation {
   private retry: NodeJS.Timeout | null = null;
   private unreachableLogged = false;
   private duplicateSeen = false;
+  private resyncTimer: NodeJS.Timeout | null = null;
+  private lastResyncAt = -Infinity;
+  private firstConnectedAt = 0;
+  private peerShardCount = 0;
+  private readonly signer: BusSigner | null;
+  private readonly busBroadcasts: KeyedBuckets;
 
   constructor(options: FederationOptions) {
     this.config = options.config;
@@ -163,6 +194,9 @@ export class Federation {
     this.transientTypes = options.transientTypes;
     this.onFatal = options.onFatal;
     this.applyApi = options.applyApi;
+    this.signer = this.config.federationKey === '' ? null : new BusSigner(this.config.federationKey);
+    const broadcasts = this.config.apiBroadcastRate === 0 ? 0 : this.config.apiBroadcastRate * BUS_BROADCAST_NODES;
+    this.busBroadcasts = new KeyedBuckets(broadcasts, broadcasts);
     this.nodeJson = JSON.stringify(this.config.nodeId);
     this.maxBytes = this.config.maxMessageSize + BUS_OVERHEAD_BYTES;
     this.maxRemotePerRoom = this.config.maxRoomSize > 0 ? 4 * this.config.maxRoomSize : MAX_REMOTE_PER_ROOM;
@@ -232,17 +266,20 @@ export class Federation {
       return;
     }
     this.nc = nc;
-    const onApi = (err: Error | null, msg: Msg) => {
-      if (err === null) this.onApiMessage(msg);
-    };
-    nc.subscribe(API_USERS_SUBJECT, { callback: onApi });
-    nc.subscribe(`${API_DESKTOP_PREFIX}*`, { callback: onApi });
+    if (this.signer !== null) {
+      const onApi = (err: Error | null, msg: Msg) => {
+        if (err === null) this.onApiMessage(msg);
+      };
+      nc.subscribe(API_USERS_SUBJECT, { callback: onApi });
+      nc.subscribe(`${API_DESKTOP_PREFIX}*`, { callback: onApi });
+    }
     nc.subscribe(HEARTBEAT_SUBJECT, { callback: (err, msg) => {
         if (err === null) this.onHeartbeat(msg);
       },
     });
     for (const room of this.rooms.values()) this.subscribe(room);
     this.setConnected(true);
+    this.firstConnectedAt = Date.now();
     // Peers learn of this shard now rather than an interval from now (and a duplicate node id shows at once).
     this.sendHeartbeat();
     this.log.info('federation_connected', { server: nc.getServer(), nodeId: this.config.nodeId, region: this.config.region });
@@ -299,6 +336,7 @@ export class Federation {
         lastAnswerAt: -Infinity,
         answerTimer: null,
         pendingReplies: [],
+        lingerTimer: null,
       };
       this.rooms.set(desktopId, room);
       if (this.nc !== null) {
@@ -309,18 +347,38 @@ export class Federation {
         }
       }
     }
+    if (room.lingerTimer !== null) {
+      // Back within the linger: the table was kept current meanwhile.
+      clearTimeout(room.lingerTimer);
+      room.lingerTimer = null;
+    }
     if (room.waiters !== null) room.waiters.push(join);
     else join();
   }
 
-  /** The last local session of `desktopId` left: stop listening, and forget its remote sessions. */
+  /**
+   * The last local session of `desktopId` left. The room keeps listening for
+   * {@link ROOM_LINGER_MS}, so that a tab that reconnects (or flaps) does not
+   * make every node answer a sync each time; then it unsubscribes and its
+   * remote sessions are forgotten.
+   */
   roomEmptied(desktopId: string): void {
     const room = this.rooms.get(desktopId);
-    if (room === undefined || room.waiters !== null) return;
-    this.dropRoom(room);
+    if (room === undefined || room.waiters !== null || room.lingerTimer !== null) return;
+    if (this.closing) {
+      this.dropRoom(room);
+      return;
+    }
+    room.lingerTimer = setTimeout(() => {
+      room.lingerTimer = null;
+      if (this.rooms.get(desktopId) === room && this.localRooms.get(desktopId) === undefined) this.dropRoom(room);
+    }, ROOM_LINGER_MS);
+    room.lingerTimer.unref();
   }
 
   private dropRoom(room: FedRoom): void {
+    if (room.lingerTimer !== null) clearTimeout(room.lingerTimer);
+    room.lingerTimer = null;
     this.rooms.delete(room.desktopId);
     try {
       room.sub?.unsubscribe();
@@ -358,10 +416,42 @@ export class Federation {
     this.send(roomSubject(desktopId), envelope(this.nodeJson, eventJson));
   }
 
+  /** Headers carrying this node's signature of a message (null without --federation-key). */
+  private signed(subject: string, data: string, roster?: string): MsgHdrs | undefined {
+    if (this.signer === null && roster === undefined) return undefined;
+    const h = headers();
+    if (roster !== undefined) h.set(ROSTER_HEADER, roster);
+    if (this.signer !== null) h.set(SIGNATURE_HEADER, this.signer.sign(subject, data, roster ?? ''));
+    return h;
+  }
+
+  /** Whether `msg` carries a valid signature of the fleet's key (false without a key). */
+  private verified(msg: Msg, roster = ''): boolean {
+    if (this.signer === null) return false;
+    let signature: string | undefined;
+    try {
+      signature = msg.headers?.get(SIGNATURE_HEADER);
+    } catch {
+      return false;
+    }
+    return this.signer.verify(msg.subject, msg.data, signature === '' ? undefined : signature, roster);
+  }
+
+  /** A header of `msg`, or undefined; a malformed header block reads as none (the client throws on it). */
+  private header(msg: Msg, name: string): string | undefined {
+    try {
+      if (msg.headers === undefined || !msg.headers.has(name)) return undefined;
+      return msg.headers.get(name);
+    } catch {
+      return undefined;
+    }
+  }
+
   private send(subject: string, data: string, reply?: string): void {
     try {
-      if (reply === undefined) this.nc!.publish(subject, data);
-      else this.nc!.publish(subject, data, { reply });
+      const h = this.signed(subject, data);
+      if (reply === undefined && h === undefined) this.nc!.publish(subject, data);
+      else this.nc!.publish(subject, data, { ...(reply === undefined ? {} : { reply }), ...(h === undefined ? {} : { headers: h }) });
       this.metrics.add(Metric.BUS_PUBLISHED);
       this.metrics.add(Metric.BUS_BYTES_OUT, data.length);
     } catch (err) {
@@ -392,8 +482,7 @@ export class Federation {
     try {
       if (announce) this.announce(room, 'session_joined');
       const request = envelope(this.nodeJson, `{"type":"${PRESENCE_SYNC_REQUEST}"}`);
-      const roster = headers();
-      roster.set(ROSTER_HEADER, this.localIds(room));
+      const roster = this.signed(room.subject, request, this.localIds(room))!;
       this.metrics.add(Metric.BUS_PUBLISHED);
       this.metrics.add(Metric.BUS_BYTES_OUT, request.length);
       const answers = await this.nc!.requestMany(room.subject, request, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: roster });
@@ -432,7 +521,17 @@ export class Federation {
       this.drop(DropReason.MALFORMED, answer.subject);
       return;
     }
-    if (r !== this.config.nodeId) this.applyRoster(room, r, new Set(s as string[]));
+    if (r !== this.config.nodeId && this.trustsRoster(answer, r)) this.applyRoster(room, r, new Set(s as string[]));
+  }
+
+  /**
+   * Whether `node`'s list of its sessions may remove what we hold for it:
+   * signed with the fleet's key, or, without a key, from a node whose
+   * heartbeats we follow. A list claiming to be from anyone else could
+   * otherwise make us forget live sessions for good.
+   */
+  private trustsRoster(msg: Msg, node: string, roster = ''): boolean {
+    return this.signer !== null ? this.verified(msg, roster) : this.peers.has(node);
   }
 
   /** `node` says these are all its sessions in `room`: forget the others we hold for it. */
@@ -443,7 +542,25 @@ export class Federation {
     }
   }
 
+  /**
+   * Announce and sync every room. At most once per {@link RESYNC_MIN_GAP_MS}:
+   * a request within the gap runs once at its end (peers coming and going, or
+   * forged heartbeats, cannot make a node republish every room in a loop).
+   */
   private resyncAll(): void {
+    const now = Date.now();
+    if (this.resyncTimer !== null) return;
+    const wait = this.lastResyncAt + RESYNC_MIN_GAP_MS - now;
+    if (wait > 0) {
+      this.resyncTimer = setTimeout(() => {
+        this.resyncTimer = null;
+        this.resyncAll();
+      }, wait);
+      this.resyncTimer.unref();
+      return;
+    }
+    this.lastResyncAt = now;
+    if (!this.connected) return;
     for (const room of this.rooms.values()) if (room.waiters === null) void this.sync(room, true);
   }
 
@@ -499,7 +616,8 @@ export class Federation {
       this.handleRoomMessage(room, msg);
     } catch (err) {
       // A bug here must not take the shard down with the message that found it.
-      this.log.error('federation_message_failed', { subject: msg.subject, err });
+      const fields = this.dropLog.take({ subject: msg.subject, err });
+      if (fields !== null) this.log.error('federation_message_failed', fields);
     }
   }
 
@@ -516,18 +634,24 @@ export class Federation {
       this.drop(DropReason.FORGED, msg.subject, node);
       return;
     }
+    // With a key, a node known by its signed heartbeats signs everything: an unsigned message in its name is forged.
+    const signedRoster = parsed.value.kind === 'sync_request' ? (this.header(msg, ROSTER_HEADER) ?? '') : '';
+    if (this.signer !== null && this.peers.has(node) && !this.verified(msg, signedRoster)) {
+      this.drop(DropReason.UNSIGNED, msg.subject, node);
+      return;
+    }
     const event = parsed.value;
     const local = this.localRooms.get(room.desktopId);
     switch (event.kind) {
       case 'sync_request': {
         // A moodio-rt node lists its sessions of the room (a Go relay sends no list).
-        const roster = msg.headers?.get(ROSTER_HEADER);
-        if (msg.headers?.has(ROSTER_HEADER) && roster !== undefined) {
+        const roster = this.header(msg, ROSTER_HEADER);
+        if (roster !== undefined) {
           if (roster.length > 64 * 1024) {
             this.drop(DropReason.TOO_LARGE, msg.subject, node);
             return;
           }
-          this.applyRoster(room, node, new Set(roster === '' ? [] : roster.split(',')));
+          if (this.trustsRoster(msg, node, roster)) this.applyRoster(room, node, new Set(roster === '' ? [] : roster.split(',')));
         }
         this.answerSync(room, msg.reply === '' ? undefined : msg.reply);
         return;
@@ -574,6 +698,10 @@ export class Federation {
         return;
       }
       case 'relayed': {
+        if (local !== undefined && isLocal(local, event.sessionId)) {
+          this.drop(DropReason.FORGED, msg.subject, node);
+          return;
+        }
         const sender = room.remote.get(event.sessionId);
         // Defence in depth: the origin drops viewers' mutations; a session we know as a viewer cannot pass one here either.
         if (sender !== undefined && sender.info.permission === 'viewer' && MUTATION_TYPES.has(event.type)) {
@@ -612,8 +740,9 @@ export class Federation {
     this.send(apiSubject(request), `{"r":${this.nodeJson},"q":${JSON.stringify(request)}}`);
   }
 
+  /** Server API calls federate only with --federation-key: unsigned, any NATS client could make them. */
   private publishesApi(request: ApiRequest): boolean {
-    return desktopOf(request) !== null || this.shardId === 0;
+    return this.signer !== null && (desktopOf(request) !== null || this.shardId === 0);
   }
 
   /** A query's answers from the other nodes (their sessions), or [] when the bus is down or no other node answers in time. */
@@ -624,11 +753,21 @@ export class Federation {
       const data = `{"r":${this.nodeJson},"q":${JSON.stringify(request)}}`;
       this.metrics.add(Metric.BUS_PUBLISHED);
       this.metrics.add(Metric.BUS_BYTES_OUT, data.length);
-      const answers = await this.nc!.requestMany(apiSubject(request), data, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS });
+      const subject = apiSubject(request);
+      const answers = await this.nc!.requestMany(subject, data, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: this.signed(subject, data) });
       for await (const answer of answers) {
+        if (!this.verified(answer)) {
+          this.drop(DropReason.UNSIGNED, answer.subject);
+          continue;
+        }
         const parsed = parseQueryAnswer(answer.data);
         if (parsed === null) this.drop(DropReason.MALFORMED, answer.subject);
-        else if (parsed.node !== this.config.nodeId) sessions.push(...parsed.sessions);
+        else if (parsed.node !== this.config.nodeId) {
+          // Bounded all answers together, whatever the peers claim.
+          const room = MAX_GATHERED_SESSIONS - sessions.length;
+          if (parsed.sessions.length > room) this.drop(DropReason.ROOM_FULL, answer.subject, parsed.node);
+          sessions.push(...parsed.sessions.slice(0, Math.max(0, room)));
+        }
       }
     } catch {
       // No other node answered (NATS says so at once), or the bus went down: this node's sessions are what there is.
@@ -642,13 +781,18 @@ export class Federation {
     try {
       this.handleApiMessage(msg);
     } catch (err) {
-      this.log.error('federation_message_failed', { subject: msg.subject, err });
+      const fields = this.dropLog.take({ subject: msg.subject, err });
+      if (fields !== null) this.log.error('federation_message_failed', fields);
     }
   }
 
   private handleApiMessage(msg: Msg): void {
     if (msg.data.byteLength > 4 * MAX_API_BODY_BYTES) {
       this.drop(DropReason.TOO_LARGE, msg.subject);
+      return;
+    }
+    if (!this.verified(msg)) {
+      this.drop(DropReason.UNSIGNED, msg.subject);
       return;
     }
     let value: unknown;
@@ -677,6 +821,11 @@ export class Federation {
     // Every shard hears every desktop's calls; the one that owns the desktop applies them.
     const desktopId = desktopOf(request);
     if (desktopId !== null && fnv1a32(desktopId) % this.config.workers !== this.shardId) return;
+    // The fleet's broadcasts, bounded here too: every node may send --api-broadcast-rate of them.
+    if (request.kind === 'broadcast' && this.busBroadcasts.take('', Date.now()) > 0) {
+      this.drop(DropReason.RATE_LIMITED, msg.subject, r);
+      return;
+    }
     const outcome = this.applyApi(request);
     if (outcome.sessions !== undefined && msg.reply !== '' && msg.reply !== undefined) {
       this.send(msg.reply, JSON.stringify({ r: this.config.nodeId, s: outcome.sessions }));
@@ -698,7 +847,9 @@ export class Federation {
       g: this.config.region,
     };
     try {
-      this.nc!.publish(HEARTBEAT_SUBJECT, encodeHeartbeat(beat));
+      const data = encodeHeartbeat(beat);
+      const h = this.signed(HEARTBEAT_SUBJECT, data);
+      this.nc!.publish(HEARTBEAT_SUBJECT, data, h === undefined ? undefined : { headers: h });
     } catch {
       // Closed meanwhile.
     }
@@ -708,6 +859,11 @@ export class Federation {
     const parsed = parseHeartbeat(msg.data);
     if (!parsed.ok) {
       this.drop(parsed.reason, msg.subject);
+      return;
+    }
+    // With a key, only the fleet's heartbeats count: anyone else's could expire peers, trigger resyncs or stop this node.
+    if (this.signer !== null && !this.verified(msg)) {
+      this.drop(DropReason.UNSIGNED, msg.subject, parsed.node);
       return;
     }
     const beat = parsed.value;
@@ -729,19 +885,18 @@ export class Federation {
       // It was declared gone: it may hold sessions we forgot, and it may have forgotten ours.
       if (this.expiredNodes.delete(beat.r)) this.resyncAll();
     }
-    if (beat.i !== peer.instance) {
-      // Two processes under one node id: the older one stays (the newer stops itself, see duplicateNode).
-      const older = beat.t < peer.startedAt || (beat.t === peer.startedAt && beat.i < peer.instance);
-      // A newer one is ignored until the process we follow falls silent and is expired: a restart
-      // is then adopted (and resynced) after at most 3 intervals, and a duplicate never flaps.
-      if (!older) return;
-      this.peerLog('warn', 'federation_peer_duplicate', { peer: beat.r });
-      peer.instance = beat.i;
-      peer.startedAt = beat.t;
-      peer.shards.clear();
-      this.resyncAll();
-    }
+    // Another process under a node id we follow (a duplicate, or a restart before the old one was
+    // declared dead): ignored until the one we follow falls silent and is expired. A restart is then
+    // adopted, with a resync, after at most 3 intervals, and a duplicate never makes the view flap.
+    if (beat.i !== peer.instance) return;
     const known = peer.shards.get(beat.s);
+    if (known === undefined) {
+      if (this.peerShardCount >= MAX_PEER_SHARDS) {
+        this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
+        return;
+      }
+      this.peerShardCount++;
+    }
     if (known !== undefined && known.incarnation !== beat.k) {
       // The shard restarted: the sessions it had are gone with its old worker.
       this.peerLog('info', 'federation_peer_shard_restarted', { peer: beat.r, shard: beat.s });
@@ -756,12 +911,16 @@ export class Federation {
     if (this.duplicateSeen) return;
     this.duplicateSeen = true;
     const weAreNewer = this.config.startedAt > beat.t || (this.config.startedAt === beat.t && this.config.processInstance > beat.i);
+    // A start-up error: only a process that has just joined the bus stops. Later, a heartbeat in our
+    // name is logged, never obeyed (without --federation-key, anyone who can publish could send one).
+    const starting = Date.now() - this.firstConnectedAt <= (SILENT_INTERVALS + 1) * this.config.federationHeartbeatMs;
+    const stops = weAreNewer && starting;
     this.log.error('federation_duplicate_node_id', {
       nodeId: this.config.nodeId,
       otherStartedAt: new Date(beat.t).toISOString(),
-      action: weAreNewer ? 'this process stops' : 'the other process stops',
+      action: stops ? 'this process stops' : weAreNewer ? 'not stopping: found after start-up; give each process its own --node-id' : 'the other process stops',
     });
-    if (weAreNewer) {
+    if (stops) {
       this.onFatal('ERR_DUPLICATE_NODE_ID', `another process already runs as node ${JSON.stringify(this.config.nodeId)}; give each process its own --node-id`);
     }
   }
@@ -783,6 +942,7 @@ export class Federation {
         const limit = SILENT_INTERVALS * Math.max(this.config.federationHeartbeatMs, shard.intervalMs);
         if (now - shard.seen <= limit) continue;
         peer.shards.delete(shardId);
+        this.peerShardCount--;
         this.peerLog('warn', 'federation_peer_shard_silent', { peer: node, shard: shardId, silentMs: now - shard.seen });
         this.expireShard(node, shardId, shard.workers, now);
       }
