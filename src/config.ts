@@ -609,7 +609,17 @@ export const RECOMMENDED_SECRET_BYTES = 32;
 
 /** What start-up logs about a finished configuration, as warning events with their fields. */
 export function configWarnings(config: ServeConfig): { event: string; fields: Record<string, unknown> }[] {
-  if (config.dev) return [{ event: 'dev_secret', fields: { file: config.devSecretFile } }];
+  if (config.dev) {
+    return [
+      {
+        event: 'dev_secret',
+        fields: {
+          file: config.devSecretFile,
+          message: 'dev mode signs tokens with the secret in this file, shared by every dev server of this machine user; anyone who can reach /demo/token gets one. Never use --dev in production',
+        },
+      },
+    ];
+  }
   const bytes = Buffer.byteLength(config.jwtSecret);
   return bytes < RECOMMENDED_SECRET_BYTES ? [{ event: 'weak_jwt_secret', fields: { bytes, recommended: RECOMMENDED_SECRET_BYTES } }] : [];
 }

@@ -85,7 +85,7 @@ test('a viewer turned editor learns its role, the room sees it, and its next mov
   const updated = next(ed.client, 'presence', (c) => c.updated.length > 0);
   const res = await api(server, 'PUT', permissionPath(desk, vi.userId), { permission: 'editor' });
   assert.equal(res.status, 202);
-  assert.deepEqual(await changed, { permission: 'editor', previous: null });
+  assert.deepEqual(await changed, { permission: 'editor', previous: 'viewer' }, 'room_joined told the client its role');
   assert.equal(vi.client.permission, 'editor');
   const change = await updated;
   assert.deepEqual(change.updated.map((s) => [s.sessionId, s.permission]), [[vi.client.sessionId, 'editor']]);

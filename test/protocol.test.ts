@@ -123,7 +123,7 @@ describe('presence', () => {
 
     const { client: a, joined: aJoined } = await join(t, server.wsUrl(room), { token: token(ann) });
     assert.match(aJoined.sessionId, SESSION_ID);
-    assert.deepEqual(aJoined, { type: 'room_joined', sessionId: aJoined.sessionId, sessions: [] });
+    assert.deepEqual(aJoined, { type: 'room_joined', sessionId: aJoined.sessionId, permission: 'editor', sessions: [] });
     const annInfo = { sessionId: aJoined.sessionId, userId: ann.userId, firstName: 'Ann', email: ann.email, permission: 'editor' };
 
     const before = Date.now();
