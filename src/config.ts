@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { DEV_SECRET_FILE, loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
-import { httpUrl, intIn, numberIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
+import { durationIn, httpUrl, intIn, numberIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
 export { DEV_SECRET_FILE, optionName, parseDuration };
 
@@ -419,11 +419,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_PACE_INTERVAL',
     default: '32ms',
     description: 'the longest pace interval (auto), or the interval (always); 8 ms to 1 s',
-    parse: (raw, option) => {
-      const ms = parseDuration(raw, option);
-      if (ms < 8 || ms > 1000) throw new ConfigError(option, `must be from 8ms to 1s, got ${JSON.stringify(raw)}`);
-      return ms;
-    },
+    parse: durationIn(8, 1000, '8ms to 1s'),
   },
   {
     key: 'paceAbove',
@@ -512,11 +508,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_FEDERATION_HEARTBEAT',
     default: '1s',
     description: 'how often each shard tells other nodes it is alive; a node silent for 3 intervals loses its sessions',
-    parse: (raw, option) => {
-      const ms = parseDuration(raw, option);
-      if (ms < 50 || ms > 60_000) throw new ConfigError(option, `must be from 50ms to 60s, got ${JSON.stringify(raw)}`);
-      return ms;
-    },
+    parse: durationIn(50, 60_000, '50ms to 60s'),
   },
   // Server API and live grants (issue 13).
   {

@@ -15,6 +15,15 @@ export function parseDuration(raw: string, option: string): number {
   return ms;
 }
 
+/** A duration from `min` to `max` ms; `range` says them as a user would (`8ms to 1s`). */
+export function durationIn(minMs: number, maxMs: number, range: string) {
+  return (raw: string, option: string): number => {
+    const ms = parseDuration(raw, option);
+    if (ms < minMs || ms > maxMs) throw new ConfigError(option, `must be from ${range}, got ${JSON.stringify(raw)}`);
+    return ms;
+  };
+}
+
 export function intIn(min: number, max: number) {
   return (raw: string, option: string): number => {
     const n = /^-?\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;

@@ -437,6 +437,16 @@ export class Federation {
     return this.signer.verify(msg.subject, msg.data, signature === '' ? undefined : signature, roster);
   }
 
+  /** `msg`'s payload as JSON, or undefined (dropped as malformed) when it is not. */
+  private json(msg: Msg): unknown {
+    try {
+      return JSON.parse(msg.string()) as unknown;
+    } catch {
+      this.drop(DropReason.MALFORMED, msg.subject);
+      return undefined;
+    }
+  }
+
   /** A header of `msg`, or undefined; a malformed header block reads as none (the client throws on it). */
   private header(msg: Msg, name: string): string | undefined {
     try {
@@ -509,13 +519,8 @@ export class Federation {
   /** A node's answer to our sync: `{"r": node, "s": [its session ids in the room]}`. */
   private onSyncAnswer(room: FedRoom, answer: Msg): void {
     if (this.rooms.get(room.desktopId) !== room || answer.data.byteLength > 64 * 1024) return;
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(answer.string());
-    } catch {
-      this.drop(DropReason.MALFORMED, answer.subject);
-      return;
-    }
+    const parsed = this.json(answer);
+    if (parsed === undefined) return;
     const { r, s } = (parsed ?? {}) as { r?: unknown; s?: unknown };
     if (typeof r !== 'string' || !Array.isArray(s) || !s.every((id) => typeof id === 'string')) {
       this.drop(DropReason.MALFORMED, answer.subject);
@@ -795,13 +800,8 @@ export class Federation {
       this.drop(DropReason.UNSIGNED, msg.subject);
       return;
     }
-    let value: unknown;
-    try {
-      value = JSON.parse(msg.string());
-    } catch {
-      this.drop(DropReason.MALFORMED, msg.subject);
-      return;
-    }
+    const value = this.json(msg);
+    if (value === undefined) return;
     const { r, q } = (typeof value === 'object' && value !== null ? value : {}) as { r?: unknown; q?: unknown };
     if (typeof r !== 'string' || r.length === 0) {
       this.drop(DropReason.MALFORMED, msg.subject);
