@@ -10,7 +10,7 @@
 export const SCOPES = {
   'json-member': { mutate: ['src/protocol/json-member.ts'], tests: ['test/json-member.test.ts'] },
   'rate-limiter': { mutate: ['src/shard/rate-limiter.ts'], tests: ['test/rate-limiter.test.ts', 'test/rate-limit.test.ts'] },
-  relay: { mutate: ['src/shard/relay.ts'], tests: ['test/protocol.test.ts', 'test/bad-frames.test.ts', 'test/rate-limit.test.ts', 'test/outbound-memory.test.ts'] },
+  relay: { mutate: ['src/shard/relay.ts'], tests: ['test/relay.unit.test.ts', 'test/protocol.test.ts', 'test/bad-frames.test.ts', 'test/rate-limit.test.ts', 'test/outbound-memory.test.ts'] },
   backpressure: { mutate: ['src/shard/backpressure.ts'], tests: ['test/backpressure.test.ts', 'test/outbound-memory.test.ts'] },
   token: { mutate: ['src/auth/token.ts', 'src/auth/credentials.ts'], tests: ['test/token.test.ts', 'test/auth.test.ts'] },
   handshake: { mutate: ['src/shard/handshake.ts'], tests: ['test/auth.test.ts', 'test/permission.test.ts', 'test/limits.test.ts', 'test/permission-storm.test.ts'] },
