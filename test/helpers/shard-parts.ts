@@ -18,7 +18,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 import type { LogLevel } from '../../src/config.ts';
 import type { LogFields, Logger } from '../../src/log.ts';
 import type { Permission } from '../../src/protocol/events.ts';
-import { createMetricsBuffer, MetricsSlot } from '../../src/protocol/metrics.ts';
+import { createMetricsBuffer, Metric, MetricsSlot, sumOverShards } from '../../src/protocol/metrics.ts';
 import { Backpressure, type BackpressureOptions } from '../../src/shard/backpressure.ts';
 import { RateLimiter, type RateLimitOptions } from '../../src/shard/rate-limiter.ts';
 import { Relay } from '../../src/shard/relay.ts';
@@ -123,7 +123,7 @@ export interface OpenOptions {
 export interface PartsOptions {
   /** Defaults: no limit (perSecond 0), burst 10, closeAfterMs 10 s, messageBytes 4096. */
   rateLimit?: Partial<RateLimitOptions>;
-  /** Defaults: the server's (1 MiB soft budget, 10 s timeout, 4 MiB hard cap, 256 MiB process cap, this shard alone). */
+  /** Defaults: the server's (1 MiB soft budget, 10 s timeout, 4 MiB hard cap, 256 MiB process cap), the process being this shard and {@link Parts.otherShard}. */
   backpressure?: Partial<Omit<BackpressureOptions, 'onCut' | 'onRelease'>>;
   transientTypes?: string[];
   /** Whether the logger has debug on (default false). */
@@ -137,6 +137,8 @@ export interface Parts {
   limiter: RateLimiter;
   relay: Relay;
   metrics: MetricsSlot;
+  /** The metrics slot of another shard of the same process (its OUTBOUND_BUFFERED counts against the process cap). */
+  otherShard: MetricsSlot;
   log: Logger & { entries: LogEntry[] };
   /** Sessions the backpressure policy cut, in order. */
   cuts: Session[];
@@ -151,7 +153,9 @@ export interface Parts {
 let users = 0;
 
 export async function shardParts(t: TestContext, options: PartsOptions = {}): Promise<Parts> {
-  const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
+  const allMetrics = createMetricsBuffer(2);
+  const metrics = new MetricsSlot(allMetrics, 0);
+  const otherShard = new MetricsSlot(allMetrics, 1);
   const log = recordingLogger(options.debug ?? false);
   const cuts: Session[] = [];
   const releases = { count: 0 };
@@ -170,7 +174,7 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
       slowConsumerTimeoutMs: 10_000,
       maxSessionBacklogBytes: 4 * 1024 * 1024,
       maxOutboundBytes: 256 * 1024 * 1024,
-      processOutbound: () => 0,
+      processOutbound: () => sumOverShards(allMetrics, 2, Metric.OUTBOUND_BUFFERED),
       ...options.backpressure,
       onCut: (session) => {
         cuts.push(session);
@@ -234,5 +238,5 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
     return { ...member, joined: await member.client.json() };
   }
 
-  return { rooms, out, backpressure, limiter, relay, metrics, log, cuts, releases, open, join };
+  return { rooms, out, backpressure, limiter, relay, metrics, otherShard, log, cuts, releases, open, join };
 }
