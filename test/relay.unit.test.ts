@@ -118,15 +118,15 @@ test('members that are closing get nothing; a member alone, or no longer in a ro
   p.relay.leave(c.session);
   assert.equal(await a.client.next(), presence('session_left', b.session));
   assert.equal(await a.client.next(), presence('session_left', c.session));
+  const z = await p.open('Zed', { desktopId: 'desk-9' }); // never joined: its desktop has no room
   const relayed = metric(p, Metric.MESSAGES_RELAYED);
   send(p, a, { type: 'asset_moved' }); // alone in its room
-  send(p, b, { type: 'asset_moved' }); // in no room
+  send(p, b, { type: 'asset_moved' }); // no longer in the room it left
+  send(p, z, { type: 'asset_moved' });
   assert.equal(metric(p, Metric.MESSAGES_RELAYED), relayed);
-  assert.equal(metric(p, Metric.MESSAGES_RECEIVED), 3);
-  p.relay.sendError(a.session, 'invalid_message', 'marker');
-  p.relay.sendError(b.session, 'invalid_message', 'marker');
-  assert.equal(await a.client.next(), errorFrame('invalid_message', 'marker'));
-  assert.equal(await b.client.next(), errorFrame('invalid_message', 'marker'));
+  assert.equal(metric(p, Metric.MESSAGES_RECEIVED), 4);
+  for (const m of [a, b, z]) p.relay.sendError(m.session, 'invalid_message', 'marker');
+  for (const m of [a, b, z]) assert.equal(await m.client.next(), errorFrame('invalid_message', 'marker'));
   assert.deepEqual(p.log.entries, []);
 });
 

@@ -69,7 +69,7 @@ export class RawClient {
   }
 
   /** The next frame's text; rejects if the connection closes or nothing comes within `timeoutMs`. */
-  next(timeoutMs = 5000): Promise<string> {
+  next(timeoutMs = 2000): Promise<string> {
     const queued = this.inbox.shift();
     if (queued !== undefined) return Promise.resolve(queued);
     return new Promise((resolve, reject) => {
