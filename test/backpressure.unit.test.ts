@@ -11,10 +11,11 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
-import { Metric } from '../src/protocol/metrics.ts';
-import { LARGE_BACKLOG_BYTES, SWEEP_MS } from '../src/shard/backpressure.ts';
+import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
+import { Backpressure, LARGE_BACKLOG_BYTES, SWEEP_MS } from '../src/shard/backpressure.ts';
+import { WriteCoalescer } from '../src/shard/write-coalescer.ts';
 import type { Session } from '../src/shard/session.ts';
-import { shardParts, type Member, type Parts, type PartsOptions } from './helpers/shard-parts.ts';
+import { recordingLogger, shardParts, type Member, type Parts, type PartsOptions } from './helpers/shard-parts.ts';
 
 const NOW = 1_800_000_000_000;
 /** Date and setInterval (the sweep) are the test's; setImmediate (the coalescer's turn) and sockets are real. */
@@ -145,7 +146,9 @@ test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves it
   await written(p, b!, big);
   const o1 = frame('o1', 30);
   p.backpressure.deliver(b!.session, o1, undefined); // over since NOW
-  sweep(t, 9);
+  sweep(t);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 30, 'over budget and backlogged: counted once');
+  sweep(t, 8);
   assert.equal(b!.session.open, true, 'not cut at 900 ms');
   assert.deepEqual(p.cuts, []);
   const o2 = frame('o2', 30);
@@ -153,6 +156,7 @@ test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves it
   sweep(t);
   assert.deepEqual(names(p.cuts), ['Bob']);
   assert.equal(b!.session.open, false);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), socket.writableLength, 'what its socket still holds (the queue flushed, then the 4008) counts until it is destroyed');
   assert.deepEqual(warnOf(p), [{ sessionId: b!.session.id, desktopId: 'desk-1', reason: 'slow_consumer', backlogBytes: big.length + 60, overForMs: 1000 }]);
   assert.deepEqual([metric(p, Metric.CLOSED_SLOW_CONSUMER), metric(p, Metric.CLOSED_BACKLOG_CAP), metric(p, Metric.CLOSED_MEMORY_CAP), p.releases.count], [1, 0, 0, 1]);
   assert.equal(await a!.client.next(), `{"type":"session_left","sessionId":"${b!.session.id}","userId":"${b!.session.userId}","firstName":"Bob","email":"bob@example.com","timestamp":${NOW + 1000},"payload":${b!.session.infoJson}}`);
@@ -251,8 +255,8 @@ test('process cap: while every shard together is over it, this shard cuts its la
   sweep(t, 2);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 6000 + dBacklog);
   assert.deepEqual(p.cuts, []);
-  // 13,000 elsewhere: b (3000), then a (2000) are cut, which brings the process under 20,000.
-  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 13_000);
+  // Elsewhere, what brings the process exactly to 20,000 once b (3000) and then a (2000) are cut.
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 19_000 - dBacklog);
   sweep(t);
   assert.deepEqual(names(p.cuts), ['Bob', 'Ann']);
   assert.deepEqual(
@@ -265,7 +269,7 @@ test('process cap: while every shard together is over it, this shard cuts its la
   assert.deepEqual(names(p.cuts), ['Bob', 'Ann']);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 1000 + dBacklog);
   // Over again: c is the only open backlog left; the closing d is not cut though the process stays over.
-  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 15_000);
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 20_000);
   sweep(t);
   assert.deepEqual(names(p.cuts), ['Bob', 'Ann', 'Cat']);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), dBacklog);
@@ -318,22 +322,81 @@ test('process cap: a member over budget by its queue alone is a candidate too', 
   assert.deepEqual(names(p.cuts), ['Ann']);
   assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.backlogBytes]), [['memory_cap', 900]]);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 800);
+  assert.deepEqual(await a!.client.closed, { code: 4008, reason: 'slow consumer' });
+  assert.equal(a!.client.pending, 0, 'over a cap, what was queued for it is dropped, not sent');
   b!.session.socket.uncork();
 });
 
-test(`a backlog of ${LARGE_BACKLOG_BYTES} bytes, once back under the budget, asks once for memory to be released; one byte less never does`, async (t) => {
-  const { p, members: [a, b] } = await setup(t, {});
-  a!.session.socket.cork();
-  b!.session.socket.cork();
+test('process cap: a session both backlogged and over budget is one candidate; one that has drained is none', async (t) => {
+  const { p, members: [a, b, c] } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 10_000 }, ['Ann', 'Bob', 'Cat'], 'own');
+  await backlog(t, p, a!, 2000);
+  p.backpressure.deliver(a!.session, frame('a-over', 30), undefined); // a: over budget too
+  await turn();
+  await backlog(t, p, b!, 1000);
+  await backlog(t, p, c!, 500);
+  c!.session.socket.uncork();
+  await received(c!, 1);
+  sweep(t, 2); // c holds nothing now
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3030);
+  // 10,000 elsewhere: cutting a (2030) is not enough, b (1000) goes too; c, holding nothing, stays.
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 10_000);
+  sweep(t);
+  assert.deepEqual(names(p.cuts), ['Ann', 'Bob']);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0);
+  a!.session.socket.uncork();
+  b!.session.socket.uncork();
+});
+
+test('a session over budget that closes by itself leaves the count at the next sweep', async (t) => {
+  const { p, members: [a] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
+  p.backpressure.deliver(a!.session, frame('a1', 900), undefined);
+  p.backpressure.deliver(a!.session, frame('a2', 30), 'k');
+  sweep(t);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 900);
+  a!.session.ws.close(1000); // what is queued for it will be dropped
+  sweep(t);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0);
+  assert.deepEqual(p.cuts, []);
+});
+
+test('stop() ends the sweeps; the sweep timer never keeps the process alive', async (t) => {
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
+  const out = new WriteCoalescer<Session>(metrics, { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 });
+  t.after(() => out.stop());
+  const options = { maxBufferedBytes: 100, slowConsumerTimeoutMs: 1000, maxSessionBacklogBytes: 1000, maxOutboundBytes: 1000, processOutbound: () => 0, onCut: () => {}, onRelease: () => {} };
+  const before = timers();
+  const real = new Backpressure(options, out, metrics, recordingLogger(false));
+  assert.equal(timers(), before, "unref'd");
+  real.stop();
+  freeze(t);
+  const mocked = new Backpressure(options, out, metrics, recordingLogger(false));
+  metrics.set(Metric.OUTBOUND_BUFFERED, 123);
+  sweep(t);
+  assert.equal(metrics.values[Metric.OUTBOUND_BUFFERED], 0, 'a sweep ran');
+  metrics.set(Metric.OUTBOUND_BUFFERED, 123);
+  mocked.stop();
+  sweep(t, 3);
+  assert.equal(metrics.values[Metric.OUTBOUND_BUFFERED], 123, 'no sweep after stop()');
+});
+
+test('a backlog of 32 MiB, once back under the budget (not merely at it), asks once for memory to be released; one byte less never does', async (t) => {
+  assert.equal(LARGE_BACKLOG_BYTES, 32 * 1024 * 1024);
+  const { p, members: [a, b, c] } = await setup(t, { maxBufferedBytes: 4096 }, ['Ann', 'Bob', 'Cat'], 'own');
+  for (const m of [a, b, c]) m!.session.socket.cork();
   await written(p, a!, frame('a', LARGE_BACKLOG_BYTES - 1));
   sweep(t);
   a!.session.socket.destroy();
   sweep(t, 2);
   assert.equal(p.releases.count, 0);
-  await written(p, b!, frame('b', LARGE_BACKLOG_BYTES));
+  await written(p, b!, frame('b', LARGE_BACKLOG_BYTES - 4096));
+  await written(p, c!, frame('c', 4096));
   sweep(t);
   assert.equal(p.releases.count, 0, 'not while it is large');
   b!.session.socket.destroy();
+  sweep(t);
+  assert.equal(p.releases.count, 0, 'exactly the budget is not under it');
+  c!.session.socket.destroy();
   sweep(t);
   assert.equal(p.releases.count, 1);
   sweep(t, 3);
