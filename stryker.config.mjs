@@ -15,6 +15,38 @@
 // list the files that call their module in process, unit tests first (a
 // killed mutant stops at the first failing file).
 
+import { readFileSync } from 'node:fs';
+
+const linesOf = (file) => readFileSync(new URL(file, import.meta.url), 'utf8').split('\n');
+
+/**
+ * `file:first-last`, the lines of one part of a larger file, found by its
+ * text so that the range follows the file as it changes: the first line
+ * matching `start`, through the first later line at its indentation that
+ * closes it (`}`, `})`, `},`).
+ */
+function part(file, start) {
+  const lines = linesOf(file);
+  const first = lines.findIndex((line) => start.test(line));
+  if (first === -1) throw new Error(`${file}: no line matches ${start}`);
+  const indent = /^ */.exec(lines[first])[0];
+  const last = lines.findIndex((line, i) => i > first && line.startsWith(`${indent}}`));
+  return `${file}:${first + 1}-${last + 1}`;
+}
+
+/** `file:n-n` for each line of the option-table entry of `key` in src/config.ts whose field is one of `fields`. */
+function optionLines(key, fields) {
+  const file = 'src/config.ts';
+  const lines = linesOf(file);
+  const at = lines.findIndex((line) => line === `    key: '${key}',`);
+  if (at === -1) throw new Error(`${file}: no option ${key}`);
+  const end = lines.findIndex((line, i) => i > at && line === '  },');
+  const ranges = [];
+  for (let i = at; i < end; i++) if (fields.some((field) => lines[i].startsWith(`    ${field}: `))) ranges.push(`${file}:${i + 1}-${i + 1}`);
+  if (ranges.length !== fields.length) throw new Error(`${file}: option ${key} lacks one of ${fields.join(', ')}`);
+  return ranges;
+}
+
 /** Each module where a silent bug is a security or protocol bug, with the in-process tests that must catch it. */
 export const SCOPES = {
   'json-member': { mutate: ['src/protocol/json-member.ts'], tests: ['test/json-member.test.ts'] },
@@ -22,10 +54,19 @@ export const SCOPES = {
   relay: { mutate: ['src/shard/relay.ts'], tests: ['test/relay.unit.test.ts'] },
   backpressure: { mutate: ['src/shard/backpressure.ts'], tests: ['test/backpressure.unit.test.ts', 'test/relay.unit.test.ts'] },
   token: { mutate: ['src/auth/token.ts', 'src/auth/credentials.ts'], tests: ['test/token.test.ts', 'test/auth.test.ts'] },
-  handshake: { mutate: ['src/shard/handshake.ts'], tests: ['test/auth.test.ts', 'test/permission.test.ts', 'test/limits.test.ts', 'test/permission-storm.test.ts'] },
-  router: { mutate: ['src/primary/router.ts'], tests: ['test/routing.test.ts', 'test/units.test.ts', 'test/origins.test.ts'] },
-  'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.test.ts', 'test/slow-heads.test.ts'] },
-  'user-connections': { mutate: ['src/protocol/user-connections.ts'], tests: ['test/limits.test.ts'] },
+  handshake: { mutate: ['src/shard/handshake.ts', 'src/shard/user-admission.ts'], tests: ['test/handshake.unit.test.ts'] },
+  router: { mutate: ['src/primary/router.ts'], tests: ['test/router.unit.test.ts', 'test/units.test.ts'] },
+  'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.test.ts'] },
+  // The sketch, and the shard's admission check that reads it (with the per-worker and per-room limits beside it).
+  'user-connections': {
+    mutate: ['src/protocol/user-connections.ts', part('src/shard/shard.ts', /^  private checkLimits\(/)],
+    tests: ['test/user-connections.unit.test.ts'],
+  },
+  // The seed's 4096-byte limit: its default and bounds in the option table (the flag, env and wording are the CLI's), and the shard's ws server built with it.
+  'max-message-size': {
+    mutate: [...optionLines('maxMessageSize', ['default', 'parse']), part('src/shard/shard.ts', /^    const wss = new WebSocketServer\(\{$/)],
+    tests: ['test/max-message-size.unit.test.ts', 'test/units.test.ts'],
+  },
 };
 
 const scope = process.env.MUTANTS_SCOPE;
