@@ -56,7 +56,7 @@ export const SCOPES = {
   token: { mutate: ['src/auth/token.ts', 'src/auth/credentials.ts'], tests: ['test/token.test.ts', 'test/auth.test.ts'] },
   handshake: { mutate: ['src/shard/handshake.ts', 'src/shard/user-admission.ts'], tests: ['test/handshake.unit.test.ts'] },
   router: { mutate: ['src/primary/router.ts'], tests: ['test/router.unit.test.ts', 'test/units.test.ts'] },
-  'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.test.ts'] },
+  'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.unit.test.ts', 'test/head-reader.test.ts'] },
   // The sketch, and the shard's admission check that reads it (with the per-worker and per-room limits beside it).
   'user-connections': {
     mutate: ['src/protocol/user-connections.ts', part('src/shard/shard.ts', /^  private checkLimits\(/)],
