@@ -17,6 +17,7 @@ import type { PermissionSource } from '../src/auth/permission-client.ts';
 import type { Identity } from '../src/auth/token.ts';
 import { AuthErrorCode, PermissionError, PermissionErrorCode } from '../src/errors.ts';
 import type { Permission } from '../src/protocol/events.ts';
+import { reportLingeringTo } from '../src/protocol/linger.ts';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
 import { Rejections, type Rejection } from '../src/protocol/rejections.ts';
 import { Handshake, type Admitted } from '../src/shard/handshake.ts';
@@ -101,6 +102,7 @@ async function harness(t: TestContext, users: Partial<UserAdmissionOptions> = {}
   await once(server, 'listening');
   const { port } = server.address() as { port: number };
   const sockets: Socket[] = [];
+  let lastClient: Socket | null = null;
   t.after(() => {
     for (const s of sockets) s.destroy();
     server.close();
@@ -110,7 +112,9 @@ async function harness(t: TestContext, users: Partial<UserAdmissionOptions> = {}
   async function attempt(head: string, early: Buffer = Buffer.alloc(0)): Promise<Attempt> {
     const accepted = once(server, 'connection') as Promise<[Socket]>;
     const client = connect(port, '127.0.0.1');
+    client.on('error', () => {});
     sockets.push(client);
+    lastClient = client;
     const [socket] = await accepted;
     sockets.push(socket);
     const chunks: Buffer[] = [];
@@ -139,7 +143,7 @@ async function harness(t: TestContext, users: Partial<UserAdmissionOptions> = {}
   }
 
   const rejected = () => log.entries.filter((e) => e.event === 'handshake_rejected').map((e) => e.fields);
-  return { handshake, log, metrics, calls, limitChecks, state, attempt, rejected };
+  return { handshake, log, metrics, calls, limitChecks, state, attempt, rejected, lastClient: () => lastClient! };
 }
 
 const claims = (name: string) => user(name);
@@ -352,4 +356,71 @@ test('refusal log lines: at most 100 a second, and the next one says how many we
   await refuse();
   assert.deepEqual(h.rejected().at(-1), { status: 503, reason: 'shutting_down', remote: REMOTE, desktopId: 'desk-1', suppressed: 2 });
   assert.equal(h.metrics.values[Metric.HANDSHAKE_503], 103);
+});
+
+test('a client that resets while the permission API answers: its refusal meets a dead socket, and nothing throws', async (t) => {
+  const h = await harness(t);
+  let answer: (err: Error) => void = () => {};
+  h.state.permission = () => new Promise((_resolve, reject) => (answer = reject));
+  const uncaught: unknown[] = [];
+  const onUncaught = (err: unknown) => uncaught.push(err);
+  process.on('uncaughtException', onUncaught);
+  t.after(() => process.off('uncaughtException', onUncaught));
+  // Answered sockets are counted while they linger (protocol/linger.ts): the count tells when this one is gone.
+  const lingering = new MetricsSlot(createMetricsBuffer(1), 0);
+  reportLingeringTo(lingering);
+  const settled = async () => {
+    while (lingering.values[Metric.LINGERING] !== 0) await new Promise((resolve) => setImmediate(resolve));
+  };
+  await settled(); // earlier tests' answered sockets
+  const a = await h.attempt(withToken(token(claims('Ann'))));
+  const client = h.lastClient();
+  client.resetAndDestroy();
+  await once(client, 'close');
+  answer(new PermissionError(PermissionErrorCode.DENIED, 'denied'));
+  await a.done;
+  assert.equal(lingering.values[Metric.LINGERING], 1);
+  // The refusal's write fails (EPIPE or ECONNRESET): the socket errors and closes.
+  await settled();
+  assert.equal(lingering.values[Metric.LINGER_CUT], 0, 'closed by its error, not cut at the linger deadline');
+  assert.deepEqual(uncaught, []);
+  assert.deepEqual(h.rejected().map((f) => f!.reason), ['forbidden']);
+});
+
+test('UserAdmission on its own: in flight per user up to the limit, released one by one; a user leaves the map with its last handshake', () => {
+  const admission = new UserAdmission({ connectRate: 0, connectBurst: 1, maxInFlight: 2 });
+  const inFlight = () => (admission as unknown as { inFlight: Map<string, number> }).inFlight;
+  assert.equal(admission.enter('ann', NOW), null);
+  assert.equal(admission.enter('ann', NOW), null);
+  assert.deepEqual(admission.enter('ann', NOW), { limit: 'in_flight', retryAfterSeconds: 1 });
+  assert.equal(admission.enter('bob', NOW), null);
+  admission.leave('ann');
+  assert.deepEqual([...inFlight()], [['ann', 1], ['bob', 1]]);
+  assert.equal(admission.enter('ann', NOW), null);
+  assert.deepEqual(admission.enter('ann', NOW), { limit: 'in_flight', retryAfterSeconds: 1 });
+  admission.leave('ann');
+  admission.leave('ann');
+  admission.leave('bob');
+  assert.deepEqual([...inFlight()], []);
+  // A leave without an enter changes nothing.
+  admission.leave('carol');
+  assert.deepEqual([...inFlight()], []);
+  assert.equal(admission.enter('carol', NOW), null);
+  assert.equal(admission.enter('carol', NOW), null);
+  assert.deepEqual(admission.enter('carol', NOW), { limit: 'in_flight', retryAfterSeconds: 1 });
+  // 0 = no limit.
+  const open = new UserAdmission({ connectRate: 0, connectBurst: 1, maxInFlight: 0 });
+  for (let i = 0; i < 100; i++) assert.equal(open.enter('ann', NOW), null);
+});
+
+test('UserAdmission connect rate: the burst, then a token per 1/rate; Retry-After rounds up to whole seconds, at least 1', () => {
+  const admission = new UserAdmission({ connectRate: 0.5, connectBurst: 2, maxInFlight: 0 });
+  assert.equal(admission.enter('ann', NOW), null);
+  assert.equal(admission.enter('ann', NOW), null);
+  assert.deepEqual(admission.enter('ann', NOW), { limit: 'connect_rate', retryAfterSeconds: 2 });
+  assert.deepEqual(admission.enter('ann', NOW + 1999), { limit: 'connect_rate', retryAfterSeconds: 1 });
+  assert.equal(admission.enter('ann', NOW + 2000), null);
+  const fast = new UserAdmission({ connectRate: 100, connectBurst: 1, maxInFlight: 0 });
+  assert.equal(fast.enter('ann', NOW), null);
+  assert.deepEqual(fast.enter('ann', NOW), { limit: 'connect_rate', retryAfterSeconds: 1 });
 });

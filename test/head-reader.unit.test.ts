@@ -11,7 +11,10 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { connect, createServer, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { HEAD_RATE_GRACE_MS, MIN_HEAD_BYTES_PER_SECOND, readHead, type HeadReadResult, type PendingHead } from '../src/primary/head-reader.ts';
+import { adoptSocket } from '../src/shard/adopt-socket.ts';
 
 const T0 = 1_000_000;
 const HEAD = 'GET /ws/desktop/abc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n';
@@ -187,7 +190,7 @@ test('closed: the peer ends or resets, or the socket is destroyed; pollNow reads
   reset.client.resetAndDestroy();
   await new Promise((resolve) => reset.client.once('close', resolve));
   await reset.to(500, true);
-  assert.deepEqual(reset.result()?.value, { kind: 'closed', received: 8 });
+  assert.deepEqual(reset.result(), { at: 2, value: { kind: 'closed', received: 8 } }, 'at the next poll');
 
   const destroyed = await reading(t);
   await destroyed.to(3);
@@ -215,4 +218,108 @@ test('cancel() stops the polls: no call back, even at the deadline', async (t) =
   assert.equal(r.result(), null);
   r.pending.pollNow();
   assert.equal(r.result(), null);
+});
+
+test('what the kernel answers a read: EAGAIN polls on; reset, broken pipe, not connected, timed out or a bad descriptor is closed; anything else is an error', async (t) => {
+  const real = fs.readSync;
+  const answer = (code: string | null) => {
+    fs.readSync = code === null ? real : ((() => { throw Object.assign(new Error(`injected ${code}`), { code }); }) as typeof fs.readSync);
+    syncBuiltinESMExports();
+  };
+  t.after(() => answer(null));
+  for (const code of ['ECONNRESET', 'EPIPE', 'ENOTCONN', 'ETIMEDOUT', 'EBADF']) {
+    const r = await reading(t); // readHead's own read found nothing
+    answer(code);
+    await r.to(10, true);
+    answer(null);
+    assert.deepEqual(r.result(), { at: 0, value: { kind: 'closed', received: 0 } }, code);
+  }
+  for (const code of ['EAGAIN', 'EWOULDBLOCK']) {
+    const r = await reading(t);
+    answer(code);
+    await r.to(10);
+    answer(null);
+    assert.equal(r.result(), null, code);
+    r.client.write(HEAD);
+    await r.to(100, true);
+    assert.equal(r.result()?.value.kind, 'head', code);
+  }
+  const r = await reading(t);
+  answer('EIO');
+  await r.to(10, true);
+  answer(null);
+  const result = r.result();
+  assert.equal(result?.value.kind, 'error');
+  assert.equal((result?.value as { error: NodeJS.ErrnoException }).error.code, 'EIO');
+});
+
+test('pollNow right after readHead takes the place of its next-turn poll: the schedule goes on as before, not twice', async (t) => {
+  const r = await reading(t);
+  r.pending.pollNow();
+  await r.to(140);
+  r.client.write(HEAD);
+  await r.to(1000, true);
+  assert.deepEqual(r.result(), { at: 232, value: { kind: 'head', bytes: Buffer.from(HEAD), headLength: HEAD.length, polls: 15 } });
+});
+
+test('a socket whose handle was handed on reads nothing more: closed, and the bytes are the new owner\'s', async (t) => {
+  const r = await reading(t);
+  await r.to(5);
+  r.client.write(HEAD);
+  const adopted = adoptSocket(r.accepted);
+  t.after(() => adopted.destroy());
+  r.pending.pollNow();
+  assert.deepEqual(r.result(), { at: 5, value: { kind: 'closed', received: 0 } });
+  adopted.resume();
+  const [data] = (await once(adopted, 'data')) as [Buffer];
+  assert.equal(data.toString(), HEAD);
+});
+
+test('the reader never takes more than maxBytes from the socket: what follows stays for whoever reads next', async (t) => {
+  const extra = 'early-frame-bytes-0123456789';
+  const r = await reading(t, { maxBytes: HEAD.length + 10 });
+  r.client.write(HEAD.slice(0, 5));
+  await r.to(1);
+  assert.equal(r.pending.received, 5);
+  r.client.write(HEAD.slice(5) + extra);
+  await r.to(100, true);
+  assert.deepEqual(r.result()?.value, { kind: 'head', bytes: Buffer.from(HEAD + extra.slice(0, 10)), headLength: HEAD.length, polls: (r.result()?.value as { polls: number }).polls });
+  const next = readHead(r.accepted, { maxBytes: 100, timeoutMs: 1000 }, () => {});
+  assert.equal(next.received, extra.length - 10);
+  next.cancel();
+});
+
+test('the minimum rate counts from the first byte of the head, not from its latest piece', async (t) => {
+  const r = await reading(t);
+  await r.to(140);
+  r.client.write('GET / HTTP/1.1\r\n');
+  for (let at = 400; at < 3000 && r.result() === null; at += 300) {
+    await r.to(at, true);
+    if (r.result() === null) r.client.write('X');
+  }
+  await r.to(3000, true);
+  const result = r.result();
+  assert.equal(result?.value.kind, 'too-slow');
+  assert.ok(result!.at >= 2232 && result!.at <= 2332, `cut at ${result!.at} ms`);
+});
+
+test('cancel() leaves no timer behind', async (t) => {
+  const server = createServer({ pauseOnConnect: true });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const accepted = once(server, 'connection') as Promise<[Socket]>;
+  const client = connect((server.address() as { port: number }).port, '127.0.0.1');
+  const [socket] = await accepted;
+  t.after(() => {
+    client.destroy();
+    socket.destroy();
+    server.close();
+  });
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = timers();
+  const pending = readHead(socket, { maxBytes: 8192, timeoutMs: 10_000 }, () => assert.fail('called back'));
+  // Past its next-turn polls, the reader waits on a timer.
+  while (timers() === before) await new Promise((resolve) => setImmediate(resolve));
+  pending.cancel();
+  assert.equal(timers(), before);
 });

@@ -143,3 +143,11 @@ test('under the default limits (50 per user, 200 per room, none per worker), a f
   for (let i = 0; i < 4; i++) await join(t, server.wsUrl(room), { token: token(alice) });
   assert.equal(server.users.count(alice.userId), 4);
 });
+
+test('0 turns a limit off: --max-connections-per-user 0 and --max-room-size 0 admit every session', async (t) => {
+  const server = await inProcessServer(t, { maxConnectionsPerUser: '0', maxRoomSize: '0' }, 1);
+  const alice = user('Ali');
+  const room = server.desktopOn(0);
+  for (let i = 0; i < 3; i++) await join(t, server.wsUrl(room), { token: token(alice) });
+  assert.equal(server.users.count(alice.userId), 3);
+});
