@@ -338,8 +338,8 @@ test('process cap: a session both backlogged and over budget is one candidate; o
   await received(c!, 1);
   sweep(t, 2); // c holds nothing now
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3030);
-  // 10,000 elsewhere: cutting a (2030) is not enough, b (1000) goes too; c, holding nothing, stays.
-  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 10_000);
+  // 10,001 elsewhere: cutting a (2030) is not enough, b (1000) goes too; the process stays a byte over, but c holds nothing and stays.
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 10_001);
   sweep(t);
   assert.deepEqual(names(p.cuts), ['Ann', 'Bob']);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0);
