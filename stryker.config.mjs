@@ -1,24 +1,76 @@
 // Mutation testing (issue 15): `npm run mutants`. Too slow for every CI run
-// (each mutant runs the test files that exercise its module, most of them
-// against the real server), so it is incremental: reports/ keeps what was
-// killed, and a run only tries mutants whose code or tests changed.
+// (each mutant runs the test files that exercise its module), so it is
+// incremental: reports/ keeps what was killed, and a run only tries mutants
+// whose code or tests changed.
 //
 // MUTANTS_SCOPE=<name> narrows a run to one entry of SCOPES (its module and
 // its tests), e.g. `MUTANTS_SCOPE=rate-limiter npm run mutants`.
+//
+// A mutant only ever runs the test files that reached it *in the test
+// process* during the dry run: the TAP runner reports per-test coverage even
+// with coverageAnalysis 'off', and Stryker then filters by it. Code reached
+// only inside a real server's child process counts as not covered, so a
+// file that only talks to a real server never runs against a mutant (it
+// would catch it: the child inherits the active mutant). Scopes therefore
+// list the files that call their module in process, unit tests first (a
+// killed mutant stops at the first failing file).
 
-/** Each module where a silent bug is a security or protocol bug, with the tests that must catch it. */
+import { readFileSync } from 'node:fs';
+
+const linesOf = (file) => readFileSync(new URL(file, import.meta.url), 'utf8').split('\n');
+
+/**
+ * `file:first-last`, the lines of one part of a larger file, found by its
+ * text so that the range follows the file as it changes: the first line
+ * matching `start`, through the first later line at its indentation that
+ * closes it (`}`, `})`, `},`).
+ */
+function part(file, start) {
+  const lines = linesOf(file);
+  const first = lines.findIndex((line) => start.test(line));
+  if (first === -1) throw new Error(`${file}: no line matches ${start}`);
+  const indent = /^ */.exec(lines[first])[0];
+  const last = lines.findIndex((line, i) => i > first && line.startsWith(`${indent}}`));
+  return `${file}:${first + 1}-${last + 1}`;
+}
+
+/** `file:n-n` for each line of the option-table entry of `key` in src/config.ts whose field is one of `fields`. */
+function optionLines(key, fields) {
+  const file = 'src/config.ts';
+  const lines = linesOf(file);
+  const at = lines.findIndex((line) => line === `    key: '${key}',`);
+  if (at === -1) throw new Error(`${file}: no option ${key}`);
+  const end = lines.findIndex((line, i) => i > at && line === '  },');
+  const ranges = [];
+  for (let i = at; i < end; i++) if (fields.some((field) => lines[i].startsWith(`    ${field}: `))) ranges.push(`${file}:${i + 1}-${i + 1}`);
+  if (ranges.length !== fields.length) throw new Error(`${file}: option ${key} lacks one of ${fields.join(', ')}`);
+  return ranges;
+}
+
+/** Each module where a silent bug is a security or protocol bug, with the in-process tests that must catch it. */
 export const SCOPES = {
   'json-member': { mutate: ['src/protocol/json-member.ts'], tests: ['test/json-member.test.ts'] },
   'rate-limiter': { mutate: ['src/shard/rate-limiter.ts'], tests: ['test/rate-limiter.test.ts', 'test/rate-limit.test.ts'] },
-  relay: { mutate: ['src/shard/relay.ts'], tests: ['test/protocol.test.ts', 'test/bad-frames.test.ts', 'test/rate-limit.test.ts', 'test/outbound-memory.test.ts'] },
-  backpressure: { mutate: ['src/shard/backpressure.ts'], tests: ['test/backpressure.test.ts', 'test/outbound-memory.test.ts'] },
+  relay: { mutate: ['src/shard/relay.ts'], tests: ['test/relay.unit.test.ts'] },
+  backpressure: { mutate: ['src/shard/backpressure.ts'], tests: ['test/backpressure.unit.test.ts', 'test/relay.unit.test.ts'] },
   token: { mutate: ['src/auth/token.ts', 'src/auth/credentials.ts'], tests: ['test/token.test.ts', 'test/auth.test.ts'] },
-  handshake: { mutate: ['src/shard/handshake.ts'], tests: ['test/auth.test.ts', 'test/permission.test.ts', 'test/limits.test.ts', 'test/permission-storm.test.ts'] },
-  router: { mutate: ['src/primary/router.ts'], tests: ['test/routing.test.ts', 'test/units.test.ts', 'test/origins.test.ts'] },
-  'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.test.ts', 'test/slow-heads.test.ts'] },
-  'user-connections': { mutate: ['src/protocol/user-connections.ts'], tests: ['test/limits.test.ts'] },
+  handshake: { mutate: ['src/shard/handshake.ts', 'src/shard/user-admission.ts'], tests: ['test/handshake.unit.test.ts'] },
+  router: { mutate: ['src/primary/router.ts'], tests: ['test/router.unit.test.ts', 'test/units.test.ts'] },
+  'head-reader': { mutate: ['src/primary/head-reader.ts'], tests: ['test/head-reader.unit.test.ts', 'test/head-reader.test.ts'] },
+  // The sketch, and the shard's admission check that reads it (with the per-worker and per-room limits beside it).
+  'user-connections': {
+    mutate: ['src/protocol/user-connections.ts', part('src/shard/shard.ts', /^  private checkLimits\(/)],
+    tests: ['test/user-connections.unit.test.ts'],
+  },
+  // The seed's 4096-byte limit: its default and bounds in the option table (the flag, env and wording are the CLI's), and the shard's ws server built with it.
+  'max-message-size': {
+    mutate: [...optionLines('maxMessageSize', ['default', 'parse']), part('src/shard/shard.ts', /^    const wss = new WebSocketServer\(\{$/)],
+    tests: ['test/max-message-size.unit.test.ts', 'test/units.test.ts'],
+  },
   // Server API (issue 13): request validation, the recheck's schedule, the ids a shard applied.
   'api-request': { mutate: ['src/primary/api-request.ts', 'src/shard/permission-recheck.ts', 'src/shard/recent-ids.ts'], tests: ['test/api-units.test.ts'] },
+  // Federation (issue 12): the bus wire format, its signatures, and API requests from the bus.
+  bus: { mutate: ['src/protocol/bus.ts', 'src/protocol/bus-signature.ts'], tests: ['test/bus.test.ts'] },
 };
 
 const scope = process.env.MUTANTS_SCOPE;
@@ -39,10 +91,11 @@ export default {
   // checker (nor for its tsconfig rewriting, skipped by naming no tsconfig). A mutant that would not
   // compile runs as plain JavaScript (Node strips the types), and the tests judge it like any other.
   tsconfigFile: 'no-tsconfig-for-stryker.json',
-  // Each test file starts real servers: coverage from their processes does not reach Stryker, so every mutant runs its scope's tests.
+  // Named, but the TAP runner filters by the coverage it collects anyway (see the top of this file).
   coverageAnalysis: 'off',
   concurrency: 2,
-  timeoutMS: 60_000,
+  // Beyond 1.5 × the covering files' own time: a unit file runs in seconds, so a mutant 20 s over that hangs.
+  timeoutMS: 20_000,
   incremental: true,
   incrementalFile: `reports/mutants/${scope ?? 'all'}.incremental.json`,
   reporters: ['clear-text', 'json', 'progress'],

@@ -84,3 +84,14 @@ test('credentials: the protocol token is the first moodio.token.<jwt> offered wi
   assert.equal(selectProtocol(new Set(['moodio.token.a.b.c'])), false);
   assert.equal(selectProtocol(new Set(['chat'])), false);
 });
+
+test('the algorithm is pinned to HS256: tokens properly signed with HS384 or HS512 under the same secret, and alg none, are refused', async () => {
+  const { default: jwt } = await import('jsonwebtoken');
+  const claims = { userId: 'u', exp: nowS + 60 };
+  assert.equal(verifyAccessToken(jwt.sign(claims, TEST_SECRET, { algorithm: 'HS256' }), TEST_SECRET, NOW).userId, 'u');
+  for (const algorithm of ['HS384', 'HS512'] as const) {
+    assert.throws(() => verifyAccessToken(jwt.sign(claims, TEST_SECRET, { algorithm }), TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN }, algorithm);
+  }
+  const none = `${Buffer.from('{"alg":"none","typ":"JWT"}').toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.`;
+  assert.throws(() => verifyAccessToken(none, TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN });
+});

@@ -205,7 +205,8 @@ export class Backpressure {
       total += backlog;
     }
     for (const member of this.over) if (!this.backlogged.has(member)) total += backlogOf(member);
-    const published = this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
+    // The other shards' backlogs, read before this shard publishes its own new total (else a rise counts twice).
+    const others = this.options.processOutbound() - this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
     this.metrics.set(Metric.OUTBOUND_BUFFERED, total);
     if (total >= LARGE_BACKLOG_BYTES) {
       this.wasLarge = true;
@@ -213,7 +214,7 @@ export class Backpressure {
       this.wasLarge = false;
       this.options.onRelease();
     }
-    const processTotal = this.options.processOutbound() - published + total;
+    const processTotal = others + total;
     if (processTotal > this.options.maxOutboundBytes) this.shed(processTotal, total);
   }
 

@@ -1,0 +1,128 @@
+/**
+ * The primary's routing decision on its own: `route()` for every kind of
+ * request, with the exact Route each gets (rejection, Allow header, whether
+ * it counts as a refused handshake), the origin check with origins parsed
+ * as `--allowed-origins` parses them, and the admin and metrics tokens.
+ * test/routing.test.ts and test/origins.test.ts check the same answers
+ * through the real server.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { resolveServeConfig } from '../src/config.ts';
+import { fnv1a32 } from '../src/protocol/hash.ts';
+import { parseRequestHead, type RequestHead } from '../src/protocol/http.ts';
+import { Rejections } from '../src/protocol/rejections.ts';
+import { route, shardFor, type Route, type RouterOptions } from '../src/primary/router.ts';
+
+function head(method: string, path: string, headers: Record<string, string> = {}): RequestHead {
+  const text = `${method} ${path} HTTP/1.1\r\nHost: x\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
+  const parsed = parseRequestHead(Buffer.from(text, 'latin1'));
+  assert.ok(parsed.ok, text);
+  return parsed.head;
+}
+
+const UPGRADE = { Upgrade: 'websocket', Connection: 'Upgrade' };
+const OPTIONS: RouterOptions = { workers: 20, adminToken: 'admin-secret', allowedOrigins: [], metricsToken: '', dev: false };
+const reject = (rejection: (typeof Rejections)[keyof typeof Rejections], handshake: boolean, headers?: Record<string, string>): Route =>
+  headers === undefined ? { kind: 'reject', rejection, handshake } : { kind: 'reject', rejection, headers, handshake };
+const toShard = (desktopId: string, workers = OPTIONS.workers): Route => ({ kind: 'shard', desktopId, shard: fnv1a32(desktopId) % workers });
+
+test('shardFor is fnv1a32 of the id modulo the workers', () => {
+  assert.equal(shardFor('foobar', 7), 0xbf9cf968 % 7);
+  assert.equal(shardFor('foobar', 1), 0);
+  assert.equal(shardFor('desk-42', 20), fnv1a32('desk-42') % 20);
+});
+
+test('the WebSocket path: a GET upgrade goes to its shard; a body, another method, or no upgrade is refused as a handshake', () => {
+  const cases: [RequestHead, Route][] = [
+    [head('GET', '/ws/desktop/desk-42', UPGRADE), toShard('desk-42')],
+    [head('GET', '/ws/desktop/desk-42', { Upgrade: 'WebSocket', Connection: 'keep-alive, Upgrade' }), toShard('desk-42')],
+    [head('GET', '/ws/desktop/desk-42', { ...UPGRADE, 'Content-Length': '0' }), toShard('desk-42')],
+    [head('POST', '/ws/desktop/desk-42', UPGRADE), reject(Rejections.METHOD_NOT_ALLOWED, true, { Allow: 'GET' })],
+    [head('GET', '/ws/desktop/desk-42', { ...UPGRADE, 'Content-Length': '5' }), reject(Rejections.BODY_NOT_ALLOWED, true)],
+    [head('GET', '/ws/desktop/desk-42', { ...UPGRADE, 'Transfer-Encoding': 'chunked' }), reject(Rejections.BODY_NOT_ALLOWED, true)],
+    [head('GET', '/ws/desktop/desk-42'), reject(Rejections.UPGRADE_REQUIRED, true)],
+    [head('GET', '/ws/desktop/desk-42', { Upgrade: 'websocket' }), reject(Rejections.UPGRADE_REQUIRED, true)],
+    [head('GET', '/ws/desktop/desk-42', { Connection: 'Upgrade' }), reject(Rejections.UPGRADE_REQUIRED, true)],
+    [head('GET', '/ws/desktop/desk-42', { Upgrade: 'h2c', Connection: 'Upgrade' }), reject(Rejections.UPGRADE_REQUIRED, true)],
+    [head('GET', '/ws/desktop/a.b', UPGRADE), reject(Rejections.INVALID_DESKTOP_ID, true)],
+    [head('GET', '/ws/desktop/', UPGRADE), reject(Rejections.INVALID_DESKTOP_ID, true)],
+  ];
+  for (const [h, expected] of cases) assert.deepEqual(route(h, OPTIONS), expected, `${h.method} ${h.path} ${JSON.stringify(h.headers)}`);
+});
+
+test('origin check: with --allowed-origins, a browser from a listed origin (any case) passes, any other is refused; no Origin is no browser', () => {
+  const { allowedOrigins } = resolveServeConfig({ jwtSecret: 's', allowedOrigins: 'https://Moodio.example.com, http://localhost:3000' });
+  const options = { ...OPTIONS, allowedOrigins };
+  const upgrade = (origin?: string) => head('GET', '/ws/desktop/desk-1', origin === undefined ? UPGRADE : { ...UPGRADE, Origin: origin });
+  for (const origin of ['https://moodio.example.com', 'HTTPS://MOODIO.EXAMPLE.COM', 'http://localhost:3000', undefined]) {
+    assert.deepEqual(route(upgrade(origin), options), toShard('desk-1'), String(origin));
+  }
+  for (const origin of ['https://evil.example', 'https://moodio.example.com.evil.example', 'http://moodio.example.com', 'https://moodio.example.com:443', 'null', '']) {
+    assert.deepEqual(route(upgrade(origin), options), reject(Rejections.ORIGIN_NOT_ALLOWED, true), origin);
+  }
+  // Without the option, any origin may connect.
+  assert.deepEqual(route(upgrade('https://evil.example'), OPTIONS), toShard('desk-1'));
+  // The origin check comes after the upgrade check: a plain GET from a bad origin is still a 426.
+  assert.deepEqual(route(head('GET', '/ws/desktop/desk-1', { Origin: 'https://evil.example' }), options), reject(Rejections.UPGRADE_REQUIRED, true));
+});
+
+test('/health: GET and HEAD; anything else is 405 with Allow, not a handshake', () => {
+  assert.deepEqual(route(head('GET', '/health'), OPTIONS), { kind: 'health' });
+  assert.deepEqual(route(head('HEAD', '/health'), OPTIONS), { kind: 'health' });
+  assert.deepEqual(route(head('POST', '/health'), OPTIONS), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'GET, HEAD' }));
+  assert.deepEqual(route(head('GET', '/health/'), OPTIONS), reject(Rejections.NOT_FOUND, false));
+});
+
+test('/demo only in dev mode, GET only, for /demo and what is under it', () => {
+  const dev = { ...OPTIONS, dev: true };
+  assert.deepEqual(route(head('GET', '/demo'), dev), { kind: 'demo' });
+  assert.deepEqual(route(head('GET', '/demo/app.js'), dev), { kind: 'demo' });
+  assert.deepEqual(route(head('POST', '/demo'), dev), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'GET' }));
+  assert.deepEqual(route(head('GET', '/demonstration'), dev), reject(Rejections.NOT_FOUND, false));
+  assert.deepEqual(route(head('GET', '/demo'), OPTIONS), reject(Rejections.NOT_FOUND, false));
+  assert.deepEqual(route(head('GET', '/demo/app.js'), { ...OPTIONS, dev: undefined }), reject(Rejections.NOT_FOUND, false));
+});
+
+test('/metrics: open without a token; with one, only the exact bearer token', () => {
+  assert.deepEqual(route(head('GET', '/metrics'), OPTIONS), { kind: 'metrics' });
+  assert.deepEqual(route(head('POST', '/metrics'), OPTIONS), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'GET' }));
+  const options = { ...OPTIONS, metricsToken: 'metrics-secret' };
+  assert.deepEqual(route(head('GET', '/metrics', { Authorization: 'Bearer metrics-secret' }), options), { kind: 'metrics' });
+  assert.deepEqual(route(head('GET', '/metrics', { Authorization: 'bearer metrics-secret' }), options), { kind: 'metrics' });
+  for (const authorization of [undefined, 'Bearer metrics-secreT', 'Bearer metrics-secret2', 'Bearer metrics', 'Bearer admin-secret', 'Basic metrics-secret']) {
+    const h = head('GET', '/metrics', authorization === undefined ? {} : { Authorization: authorization });
+    assert.deepEqual(route(h, options), reject(Rejections.METRICS_UNAUTHORIZED, false), String(authorization));
+  }
+});
+
+test('/stats: only with an admin token configured, GET, and the exact bearer token', () => {
+  const bearer = (token: string) => ({ Authorization: `Bearer ${token}` });
+  assert.deepEqual(route(head('GET', '/stats', bearer('admin-secret')), OPTIONS), { kind: 'stats' });
+  assert.deepEqual(route(head('GET', '/stats', bearer('admin-secreT')), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
+  assert.deepEqual(route(head('GET', '/stats'), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
+  assert.deepEqual(route(head('POST', '/stats', bearer('admin-secret')), OPTIONS), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'GET' }));
+  assert.deepEqual(route(head('GET', '/stats', bearer('')), { ...OPTIONS, adminToken: '' }), reject(Rejections.NOT_FOUND, false));
+});
+
+test('admin terminate: POST /admin/shards/<0-999>/terminate with the admin token, for a shard that exists', () => {
+  const post = (path: string, token = 'admin-secret') => head('POST', path, { Authorization: `Bearer ${token}` });
+  assert.deepEqual(route(post('/admin/shards/0/terminate'), OPTIONS), { kind: 'terminate-shard', shard: 0 });
+  assert.deepEqual(route(post('/admin/shards/19/terminate'), OPTIONS), { kind: 'terminate-shard', shard: 19 });
+  assert.deepEqual(route(post('/admin/shards/123/terminate'), { ...OPTIONS, workers: 124 }), { kind: 'terminate-shard', shard: 123 });
+  assert.deepEqual(route(post('/admin/shards/20/terminate'), OPTIONS), reject(Rejections.NO_SUCH_SHARD, false));
+  assert.deepEqual(route(post('/admin/shards/19/terminate', 'admin-secreT'), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
+  assert.deepEqual(route(post('/admin/shards/19/terminate', 'admin'), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
+  assert.deepEqual(route(head('POST', '/admin/shards/19/terminate'), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
+  assert.deepEqual(route(head('GET', '/admin/shards/1/terminate', { Authorization: 'Bearer admin-secret' }), OPTIONS), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'POST' }));
+  for (const path of ['/admin/shards/1234/terminate', '/admin/shards//terminate', '/admin/shards/x/terminate', '/admin/shards/1/terminate/', '/x/admin/shards/1/terminate', '/admin/shards/1/terminatex']) {
+    assert.deepEqual(route(post(path), { ...OPTIONS, workers: 2000 }), reject(Rejections.NOT_FOUND, false), path);
+  }
+  assert.deepEqual(route(post('/admin/shards/1/terminate', ''), { ...OPTIONS, adminToken: '' }), reject(Rejections.NOT_FOUND, false));
+});
+
+test('anything else is 404, not a handshake', () => {
+  for (const path of ['/', '/nope', '/ws', '/ws/desktop/a/b', '/ws/desktopx/a']) {
+    assert.deepEqual(route(head('GET', path, UPGRADE), OPTIONS), reject(Rejections.NOT_FOUND, false), path);
+  }
+});
