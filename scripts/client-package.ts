@@ -50,15 +50,19 @@ Without \`token\`, a browser's \`moodio_access_token\` cookie authenticates; wit
 moodio-rt repository.
 `;
 
-/** Build dist/moodio-rt-client/ afresh; returns its directory. */
-export function buildClientPackage(): string {
-  rmSync(CLIENT_PACKAGE_DIR, { recursive: true, force: true });
+/**
+ * Build the package afresh into `dir` (default dist/moodio-rt-client/, which
+ * the demo serves); returns it. Tests build into a directory of their own,
+ * so that a running demo never reads a half-built SDK.
+ */
+export function buildClientPackage(dir = CLIENT_PACKAGE_DIR): string {
+  rmSync(dir, { recursive: true, force: true });
   const tsc = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc');
-  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.client.json')], { stdio: 'inherit' });
+  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.client.json'), '--outDir', dir], { stdio: 'inherit' });
   // tsc rewrites `.ts` specifiers in the JavaScript it emits, but not in
   // declarations: name the files the package ships (TypeScript before 5.0
   // refuses a `.ts` specifier, and resolves `.js` to the `.d.ts` beside it).
-  for (const file of listFiles(CLIENT_PACKAGE_DIR)) {
+  for (const file of listFiles(dir)) {
     if (!file.endsWith('.d.ts')) continue;
     const text = readFileSync(file, 'utf8');
     writeFileSync(file, text.replace(/(from\s+'\.{1,2}\/[^']+)\.ts'/g, "$1.js'"));
@@ -79,14 +83,14 @@ export function buildClientPackage(): string {
     files: ['client', 'protocol'],
     keywords: ['moodio', 'websocket', 'realtime', 'client'],
   };
-  writeFileSync(join(CLIENT_PACKAGE_DIR, 'package.json'), JSON.stringify(manifest, null, 2) + '\n');
-  writeFileSync(join(CLIENT_PACKAGE_DIR, 'README.md'), README);
-  return CLIENT_PACKAGE_DIR;
+  writeFileSync(join(dir, 'package.json'), JSON.stringify(manifest, null, 2) + '\n');
+  writeFileSync(join(dir, 'README.md'), README);
+  return dir;
 }
 
-/** `npm pack` the built package into `destination`; returns the tarball's path. */
-export function packClientPackage(destination: string): string {
-  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', resolve(destination)], { cwd: CLIENT_PACKAGE_DIR, encoding: 'utf8', env: npmEnv() });
+/** `npm pack` the package built in `dir` into `destination`; returns the tarball's path. */
+export function packClientPackage(destination: string, dir = CLIENT_PACKAGE_DIR): string {
+  const out = execFileSync('npm', ['pack', '--json', '--pack-destination', resolve(destination)], { cwd: dir, encoding: 'utf8', env: npmEnv() });
   const [packed] = JSON.parse(out) as { filename: string }[];
   return join(resolve(destination), packed!.filename);
 }

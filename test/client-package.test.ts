@@ -36,8 +36,9 @@ let server: ServerProcess;
 
 before(async () => {
   const work = mkdtempSync(join(tmpdir(), 'moodio-rt-client-app-'));
-  buildClientPackage();
-  const tarball = packClientPackage(work);
+  // Built apart from dist/: the browser test's demo reads the SDK there while this runs beside it.
+  const built = buildClientPackage(join(work, CLIENT_PACKAGE_NAME));
+  const tarball = packClientPackage(work, built);
   app = join(work, 'app');
   mkdirSync(app);
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'scratch-app', private: true, type: 'module' }));
