@@ -94,8 +94,9 @@ export default {
   // Named, but the TAP runner filters by the coverage it collects anyway (see the top of this file).
   coverageAnalysis: 'off',
   concurrency: 2,
-  // Beyond 1.5 × the covering files' own time: a unit file runs in seconds, so a mutant 20 s over that hangs.
-  timeoutMS: 20_000,
+  // Beyond 1.5 × the covering files' own time. A unit file runs in seconds, but one whose every test
+  // waits out a 2 s frame timeout (a mutant that stops all delivery) takes about 30: that is a kill, not a hang.
+  timeoutMS: 45_000,
   incremental: true,
   incrementalFile: `reports/mutants/${scope ?? 'all'}.incremental.json`,
   reporters: ['clear-text', 'json', 'progress'],

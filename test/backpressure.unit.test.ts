@@ -162,7 +162,7 @@ test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves it
   assert.equal(await a!.client.next(), `{"type":"session_left","sessionId":"${b!.session.id}","userId":"${b!.session.userId}","firstName":"Bob","email":"bob@example.com","timestamp":${NOW + 1000},"payload":${b!.session.infoJson}}`);
   socket.uncork();
   assert.deepEqual(await received(b!, 3), [big, o1, o2].map(textOf));
-  assert.deepEqual(await b!.client.closed, { code: 4008, reason: 'slow consumer' });
+  assert.deepEqual(await b!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
   assert.equal(b!.client.pending, 0);
   sweep(t, 20);
   assert.equal(metric(p, Metric.CLOSED_SLOW_CONSUMER), 1, 'cut once');
@@ -215,7 +215,7 @@ test('hard cap: a socket holding more than maxSessionBacklogBytes from earlier t
   assert.deepEqual([metric(p, Metric.CLOSED_BACKLOG_CAP), p.cuts.length, metric(p, Metric.DELIVERIES)], [1, 1, deliveries]);
   socket.uncork();
   assert.deepEqual(await received(b!, 2), [fill, x].map(textOf));
-  assert.deepEqual(await b!.client.closed, { code: 4008, reason: 'slow consumer' });
+  assert.deepEqual(await b!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
   assert.match(await a!.client.next(), /^\{"type":"session_left"/);
 });
 
@@ -322,7 +322,7 @@ test('process cap: a member over budget by its queue alone is a candidate too', 
   assert.deepEqual(names(p.cuts), ['Ann']);
   assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.backlogBytes]), [['memory_cap', 900]]);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 800);
-  assert.deepEqual(await a!.client.closed, { code: 4008, reason: 'slow consumer' });
+  assert.deepEqual(await a!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
   assert.equal(a!.client.pending, 0, 'over a cap, what was queued for it is dropped, not sent');
   b!.session.socket.uncork();
 });

@@ -139,11 +139,22 @@ async function harness(t: TestContext, users: Partial<UserAdmissionOptions> = {}
       sockets.push(admitted.socket);
       admitted.ws.once('message', (data: Buffer) => first(data.toString()));
     });
-    return { done, reply, opened: () => opened, firstMessage };
+    return { done: within(done, 'admit() to end'), reply: within(reply, 'the reply'), opened: () => opened, firstMessage: within(firstMessage, 'the first message') };
   }
 
   const rejected = () => log.entries.filter((e) => e.event === 'handshake_rejected').map((e) => e.fields);
   return { handshake, log, metrics, calls, limitChecks, state, attempt, rejected, lastClient: () => lastClient! };
+}
+
+/** `promise`, or a rejection naming `what` if it has not settled within 5 s (every answer here comes within milliseconds). */
+function within<T>(promise: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`no ${what} within 5 s`)), 5000).unref();
+  });
+  const bounded = Promise.race([promise, late]).finally(() => clearTimeout(timer));
+  bounded.catch(() => {}); // awaited where it matters; a test need not await all three
+  return bounded;
 }
 
 const claims = (name: string) => user(name);

@@ -228,7 +228,7 @@ test('rate limit close: the sender gets what was queued for it, then 1008; it is
   send(p, a, { type: 'asset_moved', payload: { i: 1 } });
   send(p, a, { type: 'asset_moved', payload: { i: 2 } });
   assert.equal(await a.client.next(), errorFrame('invalid_message', 'message is not valid JSON'));
-  assert.deepEqual(await a.client.closed, { code: 1008, reason: 'rate limit exceeded' });
+  assert.deepEqual(await a.client.waitClosed(), { code: 1008, reason: 'rate limit exceeded' });
   assert.equal(a.client.pending, 0);
   assert.equal(await b.client.next(), event('asset_moved', a.session, '{"i":0}'));
   p.relay.leave(a.session);

@@ -90,6 +90,15 @@ export class RawClient {
     });
   }
 
+  /** The close, once it comes; rejects if it has not within `timeoutMs` (a server close waits out a 2 s grace at most). */
+  waitClosed(timeoutMs = 5000): Promise<{ code: number; reason: string }> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`not closed within ${timeoutMs} ms`)), timeoutMs);
+    });
+    return Promise.race([this.closed, late]).finally(() => clearTimeout(timer));
+  }
+
   /** The next frame, parsed. */
   async json(): Promise<Record<string, unknown>> {
     return JSON.parse(await this.next()) as Record<string, unknown>;
