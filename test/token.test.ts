@@ -95,3 +95,39 @@ test('the algorithm is pinned to HS256: tokens properly signed with HS384 or HS5
   const none = `${Buffer.from('{"alg":"none","typ":"JWT"}').toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.`;
   assert.throws(() => verifyAccessToken(none, TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN });
 });
+
+test('refusals say why, for the log line an operator reads (the client gets the same 401 whatever the detail)', async () => {
+  const { default: jwt } = await import('jsonwebtoken');
+  const message = (payload: Record<string, unknown>, text: string) => assert.throws(() => verify(payload), { message: text }, text);
+  message({ userId: 'u', firstName: 7 }, `claim firstName must be a string of at most ${MAX_CLAIM_LENGTH} characters`);
+  message({ userId: 'u\ud800' }, 'claim userId is not well-formed Unicode (lone surrogate)');
+  message({ userId: 'u', email: '\n'.repeat(MAX_ENCODED_CLAIM_LENGTH / 2 + 1) }, `claim email takes more than ${MAX_ENCODED_CLAIM_LENGTH} characters once JSON-encoded`);
+  message({ userId: 'u', iat: '1' }, 'claim iat must be a number of seconds');
+  message({ userId: 'u', iat: nowS + IAT_SKEW_SECONDS + 1 }, 'token issued in the future');
+  message({ userId: '' }, 'token has no valid userId claim');
+  assert.throws(() => verifyAccessToken(rawToken(HS256, { userId: 'u' }), TEST_SECRET, NOW), { message: 'token has no exp claim' });
+  assert.throws(() => verifyAccessToken(rawToken({ ...HS256, crit: ['exp'] }, { userId: 'u', exp: nowS + 60 }), TEST_SECRET, NOW), {
+    message: 'token header has crit: no JWS extension is supported',
+  });
+  // jsonwebtoken's own error is kept as the cause.
+  const expired = (() => {
+    try {
+      verifyAccessToken(rawToken(HS256, { userId: 'u', exp: nowS - 1 }), TEST_SECRET, NOW);
+    } catch (err) {
+      return err as Error;
+    }
+    return null;
+  })();
+  assert.equal(expired?.message, 'token expired');
+  assert.ok(expired?.cause instanceof jwt.TokenExpiredError);
+  const forged = (() => {
+    try {
+      verifyAccessToken(rawToken(HS256, { userId: 'u', exp: nowS + 60 }, 'another-secret-0123456789-abcdefghijk'), TEST_SECRET, NOW);
+    } catch (err) {
+      return err as Error;
+    }
+    return null;
+  })();
+  assert.equal(forged?.message, 'invalid token: invalid signature');
+  assert.ok(forged?.cause instanceof jwt.JsonWebTokenError);
+});
