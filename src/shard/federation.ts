@@ -141,9 +141,8 @@ interface PeerShard {
 
 interface Peer {
   region: string;
-  /** The process heard under this node id, and when it started. */
+  /** The process followed under this node id (another one's heartbeats are ignored until this one falls silent). */
   instance: string;
-  startedAt: number;
   shards: Map<number, PeerShard>;
 }
 
@@ -878,7 +877,7 @@ export class Federation {
         this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
         return;
       }
-      peer = { region: beat.g, instance: beat.i, startedAt: beat.t, shards: new Map() };
+      peer = { region: beat.g, instance: beat.i, shards: new Map() };
       this.peers.set(beat.r, peer);
       this.metrics.set(Metric.PEER_NODES, this.peers.size);
       this.peerLog('info', 'federation_peer_up', { peer: beat.r, region: beat.g });
