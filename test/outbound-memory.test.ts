@@ -88,6 +88,61 @@ test('a backlog over --max-session-backlog is cut at once with 4008, long before
   assert.equal(buffered, 0);
 });
 
+test('a member cut by --max-session-backlog in the middle of a relay: every other member, the last joined included, gets every event exactly once', async (t) => {
+  const server = await serve(t, ['--max-buffered-bytes', '65536', '--max-session-backlog', '262144']);
+  const id = desktop();
+  // Joined in this order: the silent member is neither first nor last, so a
+  // relay that walked the live member list would skip the member swapped
+  // into its slot when it is cut (the last joined).
+  const people = ['Sen', 'One', 'Sil', 'Two', 'Thr'];
+  const clients: TestClient[] = [];
+  let silentId = '';
+  for (const name of people) {
+    const { client, joined } = await join(t, server.wsUrl(id), { token: token(user(name)) });
+    for (const earlier of clients) await earlier.expect('session_joined');
+    if (name === 'Sil') silentId = joined.sessionId as string;
+    clients.push(client);
+  }
+  const [sender, one, silent, two, last] = clients as [TestClient, TestClient, TestClient, TestClient, TestClient];
+  socketOf(silent).pause();
+  const readers = [one, two, last];
+  const events = readers.map(() => 0);
+  const lefts = readers.map(() => 0);
+  // ~7 MB in steps of 20 events (~70 KB), each reader reading every step before the next is sent.
+  const count = 2000;
+  for (let sent = 0; sent < count; ) {
+    const until = Math.min(count, sent + 20);
+    for (; sent < until; sent++) sender.send({ type: 'asset_moved', payload: { i: sent, pad: PAD } });
+    for (const [r, reader] of readers.entries()) {
+      while (events[r]! < until) {
+        const frame = await reader.next();
+        if (frame.type === 'session_left') {
+          assert.equal(frame.sessionId, silentId);
+          lefts[r]!++;
+          continue;
+        }
+        assert.equal(frame.type, 'asset_moved');
+        assert.equal(frame.payload.i, events[r], `reader ${r + 1} of 3 got event ${frame.payload.i} when ${events[r]} was next`);
+        events[r]!++;
+      }
+    }
+  }
+  const line = await server.waitForLog((l) => l.event === 'slow_consumer_close' && l.sessionId === silentId);
+  assert.equal(line.reason, 'backlog_cap');
+  // A marker proves nothing more was on its way: each reader has had every event once, and one session_left.
+  sender.send({ type: 'marker' });
+  for (const [r, reader] of readers.entries()) {
+    let frame = await reader.next();
+    if (frame.type === 'session_left' && lefts[r] === 0) {
+      lefts[r]!++;
+      frame = await reader.next();
+    }
+    assert.equal(frame.type, 'marker');
+  }
+  assert.deepEqual(events, [count, count, count]);
+  assert.deepEqual(lefts, [1, 1, 1]);
+});
+
 test('over --max-outbound-memory the largest backlog is cut first; a smaller one stays', async (t) => {
   const server = await serve(t, ['--max-buffered-bytes', String(64 << 20), '--max-session-backlog', String(64 << 20), '--max-outbound-memory', String(1 << 20)]);
   const big = await room(t, server);

@@ -110,11 +110,13 @@ export class Relay {
 
   /** An event from another node: to every local member of `room` (the sender is elsewhere). */
   deliverRemote(room: Room, frame: Buffer, transientKey?: string): void {
-    const members = room.members;
+    // Pinned: a member this cuts leaves the room without making the loop skip another (room-index.ts).
+    const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
       if (member.open) this.backpressure.deliver(member, frame, transientKey);
     }
+    this.rooms.unpin(room, members);
   }
 
   /**
@@ -122,11 +124,15 @@ export class Relay {
    * backpressure policy; `transientKey` marks an event a slow member only needs the newest of.
    */
   private broadcast(room: Room, sender: Session, frame: Buffer, transientKey?: string): void {
-    const members = room.members;
+    // Pinned, not copied: the hot path allocates nothing, and a member cut by
+    // its delivery leaves the room without making the loop skip the member
+    // swapped into its slot (room-index.ts).
+    const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
       if (member !== sender && member.open) this.backpressure.deliver(member, frame, transientKey);
     }
+    this.rooms.unpin(room, members);
   }
 
   /** Send `{"type":"error"}` to one session; the frame was not relayed. */

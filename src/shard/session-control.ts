@@ -108,7 +108,10 @@ export class SessionControl {
     const updated = `{"type":"session_updated"${session.stamp},"permission":"${permission}","timestamp":${Date.now()},"payload":${session.infoJson}}`;
     if (room !== undefined && room.members.length > 1) {
       const frame = encodeTextFrame(updated);
-      for (const member of room.members) if (member !== session && member.open) this.deliver(member, frame);
+      // Pinned: a member this cuts leaves the room without making the loop skip another (room-index.ts).
+      const members = this.options.rooms.pin(room);
+      for (const member of members) if (member !== session && member.open) this.deliver(member, frame);
+      this.options.rooms.unpin(room, members);
     }
     // Members on other nodes see the new role too.
     this.options.relay.publishToOtherNodes(session.desktopId, updated);
