@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { connect as natsConnect, headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
 import { BusSigner, SIGNATURE_HEADER } from '../src/protocol/bus-signature.ts';
 import { api, API_KEY } from './helpers/api.ts';
-import { join, type Frame, type TestClient } from './helpers/client.ts';
+import { connect, HandshakeRejected, join, type Frame, type TestClient } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
 import { startNats, type NatsServer } from './helpers/nats.ts';
 import { startPermissionStub, type PermissionHandler } from './helpers/permission-stub.ts';
@@ -42,10 +42,18 @@ let a: ServerProcess;
 let b: ServerProcess;
 let raw: NatsConnection;
 
-// Users whose name contains "viewer" are viewers.
+/** The app's answers that a test changed: `${userId} ${desktopId}` → a role, or `none` (403). */
+const changedRoles = new Map<string, string>();
+// Otherwise, users whose name contains "viewer" are viewers.
 const byName: PermissionHandler = (req, res) => {
+  const changed = changedRoles.get(`${req.userId} ${req.desktopId}`);
+  if (changed === 'none') {
+    res.statusCode = 403;
+    res.end('{"error":"forbidden"}');
+    return;
+  }
   res.setHeader('content-type', 'application/json');
-  res.end(JSON.stringify({ permission: req.userId?.includes('viewer') ? 'viewer' : 'editor' }));
+  res.end(JSON.stringify({ permission: changed ?? (req.userId?.includes('viewer') ? 'viewer' : 'editor') }));
 };
 
 /** A federated node on `natsUrl`, with every shard connected to the bus. */
@@ -493,6 +501,39 @@ describe('the server API across nodes', () => {
     // Alice (on A) logged out through B's API: 4001.
     assert.equal((await api(b, 'POST', `users/${encodeURIComponent(alice.userId)}/disconnect`)).status, 202);
     assert.equal((await alice.client.closed).code, 4001);
+  });
+
+  test("a role set through A's API replaces B's cached answer: a reconnect on B at once gets the new role (viewer, then none: 403)", async () => {
+    const desk = desktop();
+    const alice = await open(a, desk, 'Alice');
+    const bob = user('Bob');
+    const jwt = token(bob);
+    const { client: first } = await join(cleanup, b.wsUrl(desk), { token: jwt });
+    await alice.client.expect('session_joined');
+
+    changedRoles.set(`${bob.userId} ${desk}`, 'viewer');
+    assert.equal((await api(a, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(bob.userId)}`, { permission: 'viewer' })).status, 202);
+    // B applied the call from the bus: its session is told, and with it B's cache.
+    assert.deepEqual(await first.next(), { type: 'permission_changed', permission: 'viewer' });
+    assert.equal((await alice.client.expect('session_updated')).permission, 'viewer');
+    await first.close();
+    await alice.client.expect('session_left');
+    const { client: again, joined } = await join(cleanup, b.wsUrl(desk), { token: jwt });
+    assert.equal(joined.permission, 'viewer', 'room_joined on B gives the new role');
+    assert.equal((await alice.client.expect('session_joined')).payload.permission, 'viewer');
+    again.send({ type: 'asset_moved', payload: { x: 1 } });
+    again.send({ type: 'marker' });
+    assert.deepEqual([(await alice.client.next()).type], ['marker'], "the viewer's mutation was dropped");
+
+    changedRoles.set(`${bob.userId} ${desk}`, 'none');
+    assert.equal((await api(a, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(bob.userId)}`, { permission: 'none' })).status, 202);
+    assert.equal((await again.closed).code, 4003);
+    const err = await connect(cleanup, b.wsUrl(desk), { token: jwt }).then(
+      () => assert.fail('the handshake on B was accepted'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof HandshakeRejected, String(err));
+    assert.equal(err.status, 403);
   });
 
   test('API calls forged on the bus are dropped and counted', async () => {

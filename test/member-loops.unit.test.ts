@@ -92,7 +92,7 @@ test('an API broadcast and an API publish reach every session but the one their 
     await t.test(kind, async (t) => {
       const { p, ann, bob, cat, dan, eve } = await roomWithStalledBob(t);
       const sessionControl = control(p);
-      const commands = new Commands({ rooms: p.rooms, control: sessionControl, metrics: p.metrics, log: p.log });
+      const commands = new Commands({ rooms: p.rooms, control: sessionControl, metrics: p.metrics, log: p.log, grants: null });
       const event = '{"type":"notice","sessionId":"server","userId":"server"}';
       const request: ApiRequest =
         kind === 'broadcast' ? { kind, id: `id-${kind}`, type: 'notice', event } : { kind, id: `id-${kind}`, desktopId: 'desk-1', type: 'notice', event };

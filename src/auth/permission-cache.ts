@@ -6,17 +6,36 @@
  * The key is (userId, desktopId, cookie): the app answers from the cookie
  * too, so a different cookie is a different question. The cookie enters the
  * key as a SHA-256 digest, so an entry costs ~150 bytes however large the
- * cookie is.
+ * cookie is. Each worker has its own cache, and only the shard that owns a
+ * desktop (the router's hash) ever looks up permissions on it.
  *
  * Staleness is the price: a grant withdrawn in the app still admits new
  * sessions of that user on that desktop until the entry expires (30 s by
- * default), and a denial is remembered for at most {@link NEGATIVE_TTL_MS}
- * (so a user just invited waits that long at most). Sessions already open
- * are unaffected either way. Outages (503) and nonsense answers are never
- * cached.
+ * default), unless the app says so through the server API (below); a
+ * denial is remembered for at most {@link NEGATIVE_TTL_MS} (so a user just
+ * invited waits that long at most). Outages (503) and nonsense answers are
+ * never cached.
+ *
+ * The server API is the newest word (commands.ts calls {@link GrantUpdates}
+ * on the desktop's shard, whether the call came from this node's primary or
+ * from another node over the bus):
+ *
+ * - a role set for (user, desktop) replaces the cached answer of every
+ *   cookie of that user on that desktop, for the TTL from the change; `none`
+ *   replaces them with a denial, kept like one (5 s at most). A cookie the
+ *   cache holds nothing for is still a question for the app;
+ * - a user logged out (disconnect) has every cached answer dropped, on
+ *   every desktop, so that the next connect asks the app again;
+ * - a lookup already in flight when either happens asked an older question:
+ *   its answer must not undo the change. After a role change it answers
+ *   (and is cached) as the new role, whatever the app answers, an outage
+ *   included; after a logout the app is asked again, at most
+ *   {@link MAX_ASKS} times in all (then 503, as for an outage). The newest
+ *   of the two wins when both happen during one lookup.
  */
 import { createHash } from 'node:crypto';
 import { PermissionError, PermissionErrorCode } from '../errors.ts';
+import type { ApiPermission } from '../protocol/api.ts';
 import type { Permission } from '../protocol/events.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { PermissionSource } from './permission-client.ts';
@@ -28,6 +47,19 @@ export const NEGATIVE_TTL_MS = 5000;
 export const MAX_CACHED_ANSWERS = 100_000;
 /** Expired answers are swept out at most this often (on a lookup). */
 export const SWEEP_EVERY_MS = 10_000;
+/** Times one lookup asks the app when the user keeps being logged out while it waits. */
+export const MAX_ASKS = 3;
+
+/** The denial a revocation through the server API is cached as (its message is logged with the 403). */
+export const REVOKED_BY_API = 'permission revoked through the server API';
+
+/** What the server API tells the cache of the shard that applies it (shard/commands.ts). */
+export interface GrantUpdates {
+  /** The app set `permission` for `userId` on `desktopId`. */
+  setGrant(userId: string, desktopId: string, permission: ApiPermission): void;
+  /** The app logged `userId` out. */
+  forgetUser(userId: string): void;
+}
 
 interface Entry {
   /** The permission, or the message of a denial to throw again (kept as a string: an Error holds a stack). */
@@ -35,6 +67,16 @@ interface Entry {
   denial: string;
   expiresAt: number;
 }
+
+/** A lookup waiting for the app. */
+interface Lookup {
+  readonly userId: string;
+  readonly desktopId: string;
+  /** What the server API said since it asked: a role, `null` (revoked), `ASK_AGAIN` (logged out), or undefined (nothing). */
+  newer: Permission | null | typeof ASK_AGAIN | undefined;
+}
+
+const ASK_AGAIN = 'ask-again';
 
 export interface PermissionCacheOptions {
   /** How long a grant is reused, in ms; 0 = no cache (single-flight still applies). */
@@ -44,14 +86,16 @@ export interface PermissionCacheOptions {
   now?: () => number;
 }
 
-export class CachingPermissionSource implements PermissionSource {
+export class CachingPermissionSource implements PermissionSource, GrantUpdates {
   private readonly inner: PermissionSource;
   private readonly ttlMs: number;
   private readonly negativeTtlMs: number;
   private readonly metrics: MetricsSlot;
   private readonly now: () => number;
-  private readonly answers = new Map<string, Entry>();
-  private readonly inFlight = new Map<string, Promise<Permission>>();
+  /** userId → desktopId → cookie digest → answer: a user's answers are found at once for a logout, a desktop's for a role change. */
+  private readonly answers = new Map<string, Map<string, Map<string, Entry>>>();
+  private count = 0;
+  private readonly inFlight = new Map<string, { lookup: Lookup; promise: Promise<Permission> }>();
   private sweptAt = 0;
 
   constructor(inner: PermissionSource, options: PermissionCacheOptions) {
@@ -64,57 +108,149 @@ export class CachingPermissionSource implements PermissionSource {
 
   check(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
     const digest = cookieHeader === undefined ? '' : createHash('sha256').update(cookieHeader).digest('base64');
-    const key = `${identity.userId}\0${desktopId}\0${digest}`;
+    const userId = identity.userId;
     const now = this.now();
     if (now - this.sweptAt >= SWEEP_EVERY_MS) this.sweep(now);
-    const cached = this.answers.get(key);
+    const cached = this.answers.get(userId)?.get(desktopId)?.get(digest);
     if (cached !== undefined) {
       if (cached.expiresAt > now) {
         this.metrics.add(Metric.PERMISSION_CACHE_HITS);
-        return cached.permission !== null ? Promise.resolve(cached.permission) : Promise.reject(new PermissionError(PermissionErrorCode.DENIED, cached.denial));
+        return answer(cached.permission, cached.denial);
       }
-      this.answers.delete(key);
+      this.forget(userId, desktopId, digest);
     }
+    const key = `${userId}\0${desktopId}\0${digest}`;
     const pending = this.inFlight.get(key);
     if (pending !== undefined) {
       this.metrics.add(Metric.PERMISSION_SHARED);
-      return pending;
+      return pending.promise;
     }
-    const lookup = this.inner.check(desktopId, identity, cookieHeader).then(
-      (permission) => {
-        this.remember(key, permission, '', this.ttlMs);
-        return permission;
-      },
-      (err: unknown) => {
-        if (err instanceof PermissionError && err.code === PermissionErrorCode.DENIED) this.remember(key, null, err.message, this.negativeTtlMs);
-        throw err;
-      },
-    );
-    this.inFlight.set(key, lookup);
-    const forget = () => this.inFlight.delete(key);
-    lookup.then(forget, forget);
-    return lookup;
+    const lookup: Lookup = { userId, desktopId, newer: undefined };
+    const promise = this.ask(lookup, digest, identity, cookieHeader);
+    this.inFlight.set(key, { lookup, promise });
+    const done = () => this.inFlight.delete(key);
+    promise.then(done, done);
+    return promise;
   }
 
-  private remember(key: string, permission: Permission | null, denial: string, ttlMs: number): void {
+  /** Ask the app, and keep its answer unless the server API spoke while it was asked (see the module comment). */
+  private async ask(lookup: Lookup, digest: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
+    const { userId, desktopId } = lookup;
+    for (let asks = 1; ; asks++) {
+      lookup.newer = undefined;
+      let permission: Permission | null = null;
+      let failure: unknown = null;
+      try {
+        permission = await this.inner.check(desktopId, identity, cookieHeader);
+      } catch (err) {
+        failure = err;
+      }
+      const newer = lookup.newer as Lookup['newer'];
+      if (newer === ASK_AGAIN) {
+        if (asks < MAX_ASKS) continue;
+        throw new PermissionError(PermissionErrorCode.UNAVAILABLE, `the user was logged out while each of ${MAX_ASKS} permission lookups waited`);
+      }
+      if (newer !== undefined) {
+        // The change was applied to the entries that existed; this one did not yet.
+        if (newer === null) this.remember(userId, desktopId, digest, null, REVOKED_BY_API, this.negativeTtlMs);
+        else this.remember(userId, desktopId, digest, newer, '', this.ttlMs);
+        return answer(newer, REVOKED_BY_API);
+      }
+      if (failure === null) {
+        this.remember(userId, desktopId, digest, permission, '', this.ttlMs);
+        return permission!;
+      }
+      if (failure instanceof PermissionError && failure.code === PermissionErrorCode.DENIED) {
+        this.remember(userId, desktopId, digest, null, failure.message, this.negativeTtlMs);
+      }
+      throw failure;
+    }
+  }
+
+  setGrant(userId: string, desktopId: string, permission: ApiPermission): void {
+    const role = permission === 'none' ? null : permission;
+    const entries = this.answers.get(userId)?.get(desktopId);
+    if (entries !== undefined) {
+      const ttlMs = role === null ? this.negativeTtlMs : this.ttlMs;
+      const expiresAt = this.now() + ttlMs;
+      for (const entry of entries.values()) {
+        entry.permission = role;
+        entry.denial = role === null ? REVOKED_BY_API : '';
+        entry.expiresAt = expiresAt;
+      }
+    }
+    // Lookups in flight are few (at most --permission-concurrency + --permission-queue): a scan is cheaper than an index.
+    for (const { lookup } of this.inFlight.values()) if (lookup.userId === userId && lookup.desktopId === desktopId) lookup.newer = role;
+  }
+
+  forgetUser(userId: string): void {
+    const desktops = this.answers.get(userId);
+    if (desktops !== undefined) {
+      for (const entries of desktops.values()) this.count -= entries.size;
+      this.answers.delete(userId);
+    }
+    for (const { lookup } of this.inFlight.values()) if (lookup.userId === userId) lookup.newer = ASK_AGAIN;
+  }
+
+  private remember(userId: string, desktopId: string, digest: string, permission: Permission | null, denial: string, ttlMs: number): void {
     if (ttlMs <= 0) return;
-    if (this.answers.size >= MAX_CACHED_ANSWERS) this.answers.delete(this.answers.keys().next().value!);
-    this.answers.set(key, { permission, denial, expiresAt: this.now() + ttlMs });
+    const expiresAt = this.now() + ttlMs;
+    const entry = this.answers.get(userId)?.get(desktopId)?.get(digest);
+    if (entry !== undefined) {
+      entry.permission = permission;
+      entry.denial = denial;
+      entry.expiresAt = expiresAt;
+      return;
+    }
+    // Before the maps are looked up: evicting may empty and drop the very ones this answer goes in.
+    if (this.count >= MAX_CACHED_ANSWERS) this.evictOldest();
+    let desktops = this.answers.get(userId);
+    if (desktops === undefined) this.answers.set(userId, (desktops = new Map()));
+    let entries = desktops.get(desktopId);
+    if (entries === undefined) desktops.set(desktopId, (entries = new Map()));
+    entries.set(digest, { permission, denial, expiresAt });
+    this.count++;
+  }
+
+  private forget(userId: string, desktopId: string, digest: string): void {
+    const desktops = this.answers.get(userId);
+    const entries = desktops?.get(desktopId);
+    if (entries === undefined || !entries.delete(digest)) return;
+    this.count--;
+    if (entries.size > 0) return;
+    desktops!.delete(desktopId);
+    if (desktops!.size === 0) this.answers.delete(userId);
+  }
+
+  /** Drop the answer of the user whose answers were first stored (Maps keep insertion order). */
+  private evictOldest(): void {
+    const [userId, desktops] = this.answers.entries().next().value!;
+    const [desktopId, entries] = desktops.entries().next().value!;
+    this.forget(userId, desktopId, entries.keys().next().value!);
   }
 
   /** Drop expired answers, so that a burst of distinct lookups does not stay in memory for good. */
   private sweep(now: number): void {
     this.sweptAt = now;
-    for (const [key, entry] of this.answers) if (entry.expiresAt <= now) this.answers.delete(key);
+    for (const [userId, desktops] of this.answers) {
+      for (const [desktopId, entries] of desktops) {
+        for (const [digest, entry] of entries) if (entry.expiresAt <= now) this.forget(userId, desktopId, digest);
+      }
+    }
   }
 
   /** Answers held (for tests). */
   get size(): number {
-    return this.answers.size;
+    return this.count;
   }
 
   close(): Promise<void> {
     this.answers.clear();
+    this.count = 0;
     return this.inner.close();
   }
+}
+
+function answer(permission: Permission | null, denial: string): Promise<Permission> {
+  return permission !== null ? Promise.resolve(permission) : Promise.reject(new PermissionError(PermissionErrorCode.DENIED, denial));
 }

@@ -9,7 +9,15 @@
  *
  * Events the server sends itself are encoded once per request and the same
  * bytes queued to each recipient, like a relayed event.
+ *
+ * A permission change or a logout is also the newest word for the shard's
+ * permission cache (auth/permission-cache.ts), so that a reconnect right
+ * after it cannot get the old role back. A desktop call is applied by the
+ * shard that owns the desktop, the one whose cache holds that desktop's
+ * answers (its handshakes all come to it); a user-wide one by every shard.
+ * Applying it here makes it hold for calls from the bus too.
  */
+import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { Logger } from '../log.ts';
 import { CloseReason, type ApiOutcome, type ApiRequest } from '../protocol/api.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
@@ -24,6 +32,8 @@ export interface CommandsOptions {
   control: SessionControl;
   metrics: MetricsSlot;
   log: Logger;
+  /** The handshake's permission cache, told of role changes and logouts (null when there is none: dev mode). */
+  grants: GrantUpdates | null;
 }
 
 const DUPLICATE: ApiOutcome = { duplicate: true, reached: 0, changed: 0 };
@@ -33,6 +43,7 @@ export class Commands {
   private readonly control: SessionControl;
   private readonly metrics: MetricsSlot;
   private readonly log: Logger;
+  private readonly grants: GrantUpdates | null;
   private readonly applied = new RecentIds();
 
   constructor(options: CommandsOptions) {
@@ -40,6 +51,7 @@ export class Commands {
     this.control = options.control;
     this.metrics = options.metrics;
     this.log = options.log;
+    this.grants = options.grants;
   }
 
   /** Apply `request` to this shard's sessions, once per id; what it did. */
@@ -61,6 +73,8 @@ export class Commands {
       case 'broadcast':
         return this.send(this.rooms.allSessions(), request.event);
       case 'set_permission': {
+        // Before the sessions: a reconnect of one closed here must find the new word.
+        this.grants?.setGrant(request.userId, request.desktopId, request.permission);
         const room = this.rooms.get(request.desktopId);
         const targets = room === undefined ? [] : room.members.filter((s) => s.userId === request.userId && s.open);
         let changed = 0;
@@ -74,6 +88,8 @@ export class Commands {
         return { duplicate: false, reached: targets.length, changed };
       }
       case 'disconnect': {
+        // A logged-out user's next connect asks the app again.
+        this.grants?.forgetUser(request.userId);
         const targets = this.control.sessionsOf(request.userId).filter((s) => s.open);
         let changed = 0;
         for (const session of targets) if (this.control.end(session, 'disconnected', request.reason)) changed++;

@@ -6,6 +6,7 @@
  * commands.ts (the API), permission-recheck.ts (`--permission-recheck`) and
  * token-expiry.ts (`--enforce-token-expiry`).
  */
+import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { PermissionSource } from '../auth/permission-client.ts';
 import type { Identity } from '../auth/token.ts';
 import type { ServeConfig } from '../config.ts';
@@ -31,6 +32,8 @@ export interface ShardApiOptions {
   out: WriteCoalescer<Session>;
   /** The permission API without the cache, for rechecks. */
   permissions: PermissionSource;
+  /** The handshake's permission cache, which the API's role changes and logouts update (null in dev mode). */
+  grants: GrantUpdates | null;
   metrics: MetricsSlot;
   log: Logger;
 }
@@ -44,7 +47,7 @@ export class ShardApi {
   constructor(options: ShardApiOptions) {
     const { config, rooms, metrics, log } = options;
     this.control = new SessionControl({ ...options, nodeId: config.nodeId });
-    this.commands = new Commands({ rooms, control: this.control, metrics, log });
+    this.commands = new Commands({ rooms, control: this.control, metrics, log, grants: options.grants });
     this.recheck =
       config.permissionRecheckMs > 0
         ? new PermissionRecheck({

@@ -81,7 +81,8 @@ export class Shard {
           queue: config.permissionQueue,
           metrics,
         });
-    this.permissions = config.dev ? permissionApi : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
+    const cache = config.dev ? null : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
+    this.permissions = cache ?? permissionApi;
     const wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
@@ -153,7 +154,7 @@ export class Shard {
       transientTypes: transient,
       bus: this.federation ?? undefined,
     });
-    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, metrics, log });
+    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants: cache, metrics, log });
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
