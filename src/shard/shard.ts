@@ -72,8 +72,9 @@ export class Shard {
     this.users = users;
     this.log = log;
     this.metrics = metrics;
-    const permissionApi = config.dev
-      ? new ClaimPermissionSource()
+    const fromToken = config.dev || config.permissionsFromToken;
+    const permissionApi = fromToken
+      ? new ClaimPermissionSource(config.dev ? 'editor' : null)
       : new HttpPermissionSource({
           base: config.permissionApiBase,
           timeoutMs: config.permissionTimeoutMs,
@@ -81,7 +82,7 @@ export class Shard {
           queue: config.permissionQueue,
           metrics,
         });
-    this.permissions = config.dev ? permissionApi : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
+    this.permissions = fromToken ? permissionApi : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
     const wss = new WebSocketServer({
       noServer: true,
       clientTracking: false,
