@@ -137,37 +137,69 @@ function printDevBanner(host: string, port: number, secret: string): void {
 
 program
   .command('token')
-  .description('mint an HS256 access token and print it on stdout')
-  .requiredOption('--user <id>', 'userId claim')
+  .description('mint HS256 access tokens and print them on stdout, one per line')
+  .option('--user <id>', 'userId claim (with --count: the prefix of the userIds)')
   .option('--name <firstName>', 'firstName claim', '')
   .option('--email <email>', 'email claim', '')
-  .addOption(new Option('--permission <permission>', 'permission claim (dev mode only)').choices(['editor', 'viewer']))
+  .addOption(new Option('--permission <permission>', 'permission claim (dev mode, or serve --permissions-from-token)').choices(['editor', 'viewer']))
+  .option('--desktops <json>', 'desktops claim, e.g. \'{"desk-1":"editor","*":"viewer"}\' (serve --permissions-from-token)')
   .option('--ttl <duration>', 'lifetime, e.g. 15m or 1h', '1h')
+  .option('--count <n>', 'how many tokens, one per line (for loadtest --token-file)', '1')
+  .option('--users <k>', 'with --count: distinct users among them, round-robin (default: one per token)')
   .addOption(new Option('--secret <secret>', 'signing secret').env('JWT_ACCESS_SECRET'))
   .addOption(
     new Option('--dev-secret-file <path>', 'dev-mode secret used when no secret is given')
       .env('MOODIO_RT_DEV_SECRET_FILE')
       .default(DEV_SECRET_FILE),
   )
-  .action((opts: { user: string; name: string; email: string; permission?: string; ttl: string; secret?: string; devSecretFile: string }) => {
-    let ttlMs: number;
-    try {
-      ttlMs = parseDuration(opts.ttl, '--ttl');
-    } catch (err) {
-      fail((err as Error).message);
-    }
-    const secret =
-      opts.secret ||
-      resolveOrExit(() => readDevSecret(opts.devSecretFile)) ||
-      fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
-    const claims = {
-      userId: opts.user,
-      firstName: opts.name,
-      email: opts.email,
-      ...(opts.permission ? { permission: opts.permission } : {}),
-    };
-    process.stdout.write(signAccessToken(claims, secret, Math.max(1, Math.round(ttlMs / 1000))) + '\n');
-  });
+  .action(
+    (opts: { user?: string; name: string; email: string; permission?: string; desktops?: string; ttl: string; count: string; users?: string; secret?: string; devSecretFile: string }) => {
+      let ttlMs: number;
+      try {
+        ttlMs = parseDuration(opts.ttl, '--ttl');
+      } catch (err) {
+        fail((err as Error).message);
+      }
+      const count = wholeNumber(opts.count, '--count', 1, 1_000_000);
+      const users = opts.users === undefined ? count : wholeNumber(opts.users, '--users', 1, count);
+      if (count === 1 && opts.user === undefined) fail("required option '--user <id>' not specified");
+      let desktops: Record<string, string> | undefined;
+      if (opts.desktops !== undefined) {
+        try {
+          desktops = JSON.parse(opts.desktops) as Record<string, string>;
+        } catch {
+          fail('--desktops must be a JSON object, e.g. \'{"desk-1":"editor","*":"viewer"}\'');
+        }
+        if (typeof desktops !== 'object' || desktops === null || Array.isArray(desktops)) fail('--desktops must be a JSON object of desktop ids to editor or viewer');
+      }
+      const secret =
+        opts.secret ||
+        resolveOrExit(() => readDevSecret(opts.devSecretFile)) ||
+        fail('JWT_ACCESS_SECRET is required (or --secret), or start `moodio-rt serve --dev` first to create the dev secret');
+      const ttlSeconds = Math.max(1, Math.round(ttlMs / 1000));
+      const lines: string[] = [];
+      for (let i = 0; i < count; i++) {
+        // One token: the claims as given. Several: user <prefix>-0001 … <prefix>-<users>, round-robin.
+        const n = String((i % users) + 1).padStart(4, '0');
+        const claims = {
+          userId: count === 1 ? opts.user! : `${opts.user ?? 'load'}-${n}`,
+          firstName: count === 1 || opts.name === '' ? opts.name || (count === 1 ? '' : `Load ${n}`) : `${opts.name} ${n}`,
+          email: count === 1 || opts.email === '' ? opts.email : opts.email.replace('@', `+${n}@`),
+          ...(opts.permission ? { permission: opts.permission } : {}),
+          ...(desktops ? { desktops } : {}),
+        };
+        lines.push(signAccessToken(claims, secret, ttlSeconds));
+      }
+      process.stdout.write(lines.join('\n') + '\n');
+    },
+  );
+
+/** A whole number in [min, max] given to `option`, or exit 2 naming it. */
+function wholeNumber(raw: string, option: string, min: number, max: number): number {
+  const value = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || value < min || value > max) fail(`${option} must be a whole number from ${min} to ${max}`);
+  return value;
+}
 
 const loadtest = program
   .command('loadtest')

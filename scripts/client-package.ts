@@ -15,7 +15,7 @@
  * so the same way.
  */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -111,7 +111,19 @@ function listFiles(dir: string): string[] {
     .map((entry) => join(entry.parentPath, entry.name));
 }
 
+/** Whether the SDK's compiler is installed: it is a dev dependency, absent from a production install (`npm ci --omit=dev`). */
+export function compilerInstalled(): boolean {
+  return existsSync(join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc'));
+}
+
 if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  // `--if-compiler` (the `prepare` script): a production install has no
+  // TypeScript and needs no SDK (the server runs its sources as they are), so
+  // it skips the build instead of failing the install.
+  if (process.argv.includes('--if-compiler') && !compilerInstalled()) {
+    console.log('moodio-rt: client SDK not built (TypeScript is a dev dependency; a production install does not need the SDK). `npm install` with dev dependencies builds it.');
+    process.exit(0);
+  }
   const dir = buildClientPackage();
   const at = process.argv.indexOf('--pack');
   if (at === -1) console.log(`built ${dir}`);

@@ -29,6 +29,8 @@ export interface ServeConfig {
   port: number;
   workers: number;
   dev: boolean;
+  /** The token's `desktops` (or `permission`) claim decides instead of the permission API. */
+  permissionsFromToken: boolean;
   jwtSecret: string;
   devSecretFile: string;
   permissionApiBase: string;
@@ -533,6 +535,13 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: 'off',
     description: 'ask the permission API again for every live session this often, staggered over the interval (off by default)',
     parse: (raw, option) => (raw.trim() === 'off' || raw.trim() === '0' ? 0 : parseDuration(raw, option)),
+  },
+  {
+    key: 'permissionsFromToken',
+    flags: '--permissions-from-token',
+    description: "take each session's permission from its token (the `desktops` claim, or `permission`) instead of asking the permission API",
+    parse: flag,
+    unset: false,
   },
   {
     key: 'enforceTokenExpiry',

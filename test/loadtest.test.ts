@@ -7,10 +7,13 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
+import { formatReport } from '../src/loadtest/report.ts';
 import { createHistogram, encodeHistogram, mergeHistograms, percentileDistribution, recordUs } from '../src/loadtest/histogram.ts';
 import { Cleanup } from './helpers/scope.ts';
 import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
@@ -173,6 +176,44 @@ test("a server's rate limit is named in plain words, with how to run the server 
   assert.deepEqual(JSON.parse(free.stdout).serverLimits, []);
 });
 
+test('an unreachable permission API is named as such, not as a full room; a run where nothing connected measures no delivery', async (t) => {
+  // A production server (no --dev) whose permission API is a closed port: every connect is refused 503 permission_unavailable.
+  const closed = await new Promise<number>((resolve) => {
+    const probe = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = probe.address() as AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
+  const down = await startServer(t, { workers: 1, permissionApiBase: `http://127.0.0.1:${closed}`, args: ['--permission-timeout', '500ms'] });
+  const args = ['--rooms', '1', '--users-per-room', '2', '--rate', '10', '--duration', '300ms', '--warmup', '100ms'];
+  const human = await loadtest(args, { port: down.port });
+  assert.equal(human.code, 1);
+  assert.match(human.stdout, /errors: .*connect_503 ×2.*refused_permission_unavailable ×2/);
+  assert.match(human.stdout, /SERVER LIMIT: The server could not ask its permission API \(2 connections refused with 503 permission_unavailable or permission_busy/);
+  assert.doesNotMatch(human.stdout, /full room or worker/, 'the 503s are all explained');
+  assert.match(human.stdout, /deliveries: none measured \(no session connected\)/);
+  assert.doesNotMatch(human.stdout, /0\/0 \(100\.00%\)/);
+  assert.match(human.stdout, /result: FAIL — 2 of 2 sessions failed to connect/);
+  const json = JSON.parse((await loadtest([...args, '--json'], { port: down.port })).stdout);
+  assert.deepEqual(json.serverLimits.map((n: { options: string[] }) => n.options[0]), ['--permission-api-base']);
+  assert.equal(json.serverLimits[0].count, 2);
+});
+
+test('`token --count N --users K` writes a --token-file: N tokens of K users, which loadtest uses', async () => {
+  const env = { ...process.env, NODE_OPTIONS: undefined, JWT_ACCESS_SECRET: undefined, ...devEnv } as Record<string, string | undefined>;
+  for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
+  const { stdout } = await exec(process.execPath, [CLI, 'token', '--count', '6', '--users', '3', '--permission', 'editor'], { env: env as NodeJS.ProcessEnv });
+  const tokens = stdout.trim().split('\n');
+  assert.equal(tokens.length, 6);
+  const users = tokens.map((tok) => JSON.parse(Buffer.from(tok.split('.')[1]!, 'base64url').toString()).userId as string);
+  assert.deepEqual(users, ['load-0001', 'load-0002', 'load-0003', 'load-0001', 'load-0002', 'load-0003']);
+  const file = join(dir, 'tokens.txt');
+  writeFileSync(file, stdout);
+  const run = await loadtest(['--token-file', file, '--rooms', '2', '--users-per-room', '3', '--rate', '20', '--duration', '500ms', '--warmup', '100ms', '--json'], { env: devEnv });
+  assert.equal(run.code, 0, run.stdout + run.stderr);
+  assert.equal(JSON.parse(run.stdout).connected, 6);
+});
+
 test('the progress line counts measured sends only, and its last line is the report\'s', async () => {
   // Ticks at 1 s (warm-up) and 2 s (0.5 s into the window, 2 s of sending): a count that
   // included the warm-up would pass the report's 1 s of measured sends there.
@@ -186,6 +227,25 @@ test('the progress line counts measured sends only, and its last line is the rep
   assert.ok(counts.length >= 2, stderr);
   for (const m of counts) assert.ok(Number(m[1]) <= report.sends, `progress ${m[0]} > report ${report.sends}`);
   assert.match(lines.at(-1)!, new RegExp(`^\\[\\d+s\\] measured sends ${report.sends}, deliveries ${report.deliveries} \\(done\\)$`));
+});
+
+test('the saturation warning says which sign fired: a busy thread, or late sends while the threads idled', async () => {
+  const { code, stdout } = await loadtest([...SMALL, '--json']);
+  assert.equal(code, 0);
+  const report = JSON.parse(stdout);
+  const lag = { ...report.generator.sendLagMs, p99: 7.5 };
+  const idle = formatReport({ ...report, generator: { ...report.generator, busyPercent: [9.9, 4], saturated: true, sendLagMs: lag } });
+  assert.match(idle, /WARNING: the generator's sends ran late \(send lag p99 7\.5 ms > 2 ms\) though its threads were at most 9\.9% busy/);
+  assert.doesNotMatch(idle, /is saturated/);
+  const busy = formatReport({ ...report, generator: { ...report.generator, busyPercent: [95, 40], saturated: true } });
+  assert.match(busy, /WARNING: the generator is saturated \(a thread 95% busy, ≥ 90%\)/);
+  assert.doesNotMatch(formatReport(report), /WARNING/, 'an unsaturated run warns of nothing');
+});
+
+test('--threads help names its default once', async () => {
+  const { stdout } = await exec(process.execPath, [CLI, 'loadtest', '--help'], { env: { ...process.env, NODE_OPTIONS: '' } });
+  const entry = /--threads <n>([\s\S]*?)\n\s+--/.exec(stdout)![1]!;
+  assert.equal(entry.match(/default/g)?.length, 1, entry);
 });
 
 test('merging per-thread histograms equals one histogram of all the samples', () => {

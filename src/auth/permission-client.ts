@@ -130,16 +130,44 @@ async function readLimited(body: AsyncIterable<Uint8Array> & { destroy(): unknow
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** Most entries a token's `desktops` claim may hold; a larger claim is refused, not searched. */
+export const MAX_DESKTOPS_CLAIM_ENTRIES = 1000;
+
 /**
- * Dev mode: no permission API. The token's `permission` claim decides
- * (default `editor`); any other value is refused.
+ * No permission API: the token decides (dev mode, and `--permissions-from-token`).
+ *
+ * - A `desktops` claim, an object from desktop id to role with `"*"` for any
+ *   other desktop, gives the role on each desktop; a desktop it does not
+ *   name (and no `"*"`) is refused (403).
+ * - Otherwise the flat `permission` claim applies to every desktop.
+ * - A token with neither gets `fallback`: `editor` in dev mode, nothing (403)
+ *   with `--permissions-from-token`.
+ *
+ * Any role other than editor or viewer is refused.
  */
 export class ClaimPermissionSource implements PermissionSource {
-  async check(_desktopId: string, identity: Identity): Promise<Permission> {
-    const claim = identity.permissionClaim ?? 'editor';
-    if (!PERMISSIONS.has(claim)) throw new PermissionError(PermissionErrorCode.DENIED, `unknown permission claim ${JSON.stringify(claim)}`);
+  private readonly fallback: Permission | null;
+
+  constructor(fallback: Permission | null = 'editor') {
+    this.fallback = fallback;
+  }
+
+  async check(desktopId: string, identity: Identity): Promise<Permission> {
+    const claim = identity.desktopsClaim !== undefined ? desktopRole(identity.desktopsClaim, desktopId) : (identity.permissionClaim ?? this.fallback);
+    if (claim === null) throw new PermissionError(PermissionErrorCode.DENIED, 'the token grants no permission on this desktop');
+    if (!PERMISSIONS.has(claim)) throw new PermissionError(PermissionErrorCode.DENIED, `unknown permission claim ${JSON.stringify(claim.slice(0, 32))}`);
     return claim as Permission;
   }
 
   async close(): Promise<void> {}
+}
+
+/** The role a `desktops` claim gives on `desktopId` (null: none); a claim of the wrong shape gives none. */
+function desktopRole(claim: unknown, desktopId: string): string | null {
+  if (typeof claim !== 'object' || claim === null || Array.isArray(claim)) return null;
+  const entries = claim as Record<string, unknown>;
+  // Own properties only: `__proto__` or `toString` as a desktop id must not find Object.prototype's.
+  if (Object.keys(entries).length > MAX_DESKTOPS_CLAIM_ENTRIES) return null;
+  const role = Object.hasOwn(entries, desktopId) ? entries[desktopId] : Object.hasOwn(entries, '*') ? entries['*'] : undefined;
+  return typeof role === 'string' ? role : null;
 }

@@ -15,8 +15,14 @@ export interface Identity {
   userId: string;
   firstName: string;
   email: string;
-  /** The `permission` claim, consulted only in dev mode. */
+  /** The `permission` claim, consulted only in dev mode and with `--permissions-from-token`. */
   permissionClaim: string | undefined;
+  /**
+   * The `desktops` claim as the token carries it (validated where it is
+   * used, ClaimPermissionSource), present only when the token has one:
+   * consulted only with `--permissions-from-token`.
+   */
+  desktopsClaim?: unknown;
   /** When the token expires, in ms since the epoch (its `exp`): `--enforce-token-expiry` closes the session then. */
   expiresAt: number;
 }
@@ -114,13 +120,15 @@ export function verifyAccessToken(token: string, secret: string | KeyObject, now
   wellFormed(userId, 'userId');
   compactWhenEncoded(userId, 'userId');
   const permission = claims.permission;
-  return {
+  const identity: Identity = {
     userId,
     firstName: optionalString(claims, 'firstName'),
     email: optionalString(claims, 'email'),
     permissionClaim: typeof permission === 'string' ? permission : undefined,
     expiresAt: (claims.exp as number) * 1000,
   };
+  if (claims.desktops !== undefined) identity.desktopsClaim = claims.desktops;
+  return identity;
 }
 
 export interface TokenClaims {
@@ -128,6 +136,8 @@ export interface TokenClaims {
   firstName?: string;
   email?: string;
   permission?: string;
+  /** Permission per desktop id, `"*"` for any other: read with `--permissions-from-token`. */
+  desktops?: Record<string, string>;
 }
 
 /** Mint an HS256 access token (used by `moodio-rt token`, dev mode, tests and the load generator). */

@@ -259,7 +259,12 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
           },
           (err: unknown) => {
             failed++;
-            countError(err instanceof HandshakeError ? `connect_${err.status}` : 'connect_error');
+            if (!(err instanceof HandshakeError)) countError('connect_error');
+            else {
+              countError(`connect_${err.status}`);
+              // moodio-rt names why: a full room and a permission API outage are both 503s.
+              if (err.reason !== '') countError(`refused_${err.reason}`);
+            }
           },
         ),
       );

@@ -115,7 +115,7 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
     key: 'threads',
     flags: '--threads <n>',
     default: String(Math.max(1, availableParallelism() - 1)),
-    description: 'generator worker threads (default: cores - 1)',
+    description: 'generator worker threads (one fewer than the cores, at least 1)',
     parse: intIn(1, 256),
   },
   { key: 'minDelivery', flags: '--min-delivery <percent>', default: '100', description: 'exit 1 when fewer deliveries arrive', parse: percent },

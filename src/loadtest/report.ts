@@ -27,7 +27,11 @@ export function formatReport(report: LoadtestReport): string {
   lines.push(latencyRow('connect (to room_joined)', report.connectMs));
   lines.push(latencyRow('generator send lag', report.generator.sendLagMs));
   lines.push('');
-  lines.push(`sends: ${n(report.sends)} (${n(report.sendsPerSecond)}/s)   deliveries: ${n(report.deliveries)}/${n(report.expectedDeliveries)} (${pct(report.deliveryRatio)}), ${n(report.deliveriesPerSecond)}/s`);
+  lines.push(
+    report.connected === 0
+      ? `sends: ${n(report.sends)}   deliveries: none measured (no session connected)`
+      : `sends: ${n(report.sends)} (${n(report.sendsPerSecond)}/s)   deliveries: ${n(report.deliveries)}/${n(report.expectedDeliveries)} (${pct(report.deliveryRatio)}), ${n(report.deliveriesPerSecond)}/s`,
+  );
   if (report.target) {
     const t = report.target;
     lines.push(`target room: ${t.complete}/${t.messages} messages reached every receiver, deliveries ${n(t.deliveries)}/${n(t.expectedDeliveries)}`);
@@ -50,9 +54,12 @@ export function formatReport(report: LoadtestReport): string {
       `CPU ${g.cpuPercent.map((c) => `${c}%`).join(' / ')} (includes spinning for send precision)`,
   );
   if (g.saturated) {
+    const busiest = Math.max(0, ...g.busyPercent);
     lines.push(
-      `WARNING: the generator is saturated (a thread busy ≥ ${SATURATED_PERCENT}% or send lag p99 > ${SATURATED_LAG_MS} ms); ` +
-        'latencies include generator delay. Add --threads or cores.',
+      busiest >= SATURATED_PERCENT
+        ? `WARNING: the generator is saturated (a thread ${busiest}% busy, ≥ ${SATURATED_PERCENT}%); latencies include generator delay. Add --threads or cores.`
+        : `WARNING: the generator's sends ran late (send lag p99 ${g.sendLagMs.p99} ms > ${SATURATED_LAG_MS} ms) though its threads were at most ${busiest}% busy: ` +
+            'something else on this machine held its cores (the server under test on the same cores? pin them apart, e.g. with taskset); latencies include that delay.',
     );
   }
   lines.push(report.gates.passed ? 'result: PASS' : `result: FAIL — ${report.gates.failures.join('; ')}`);

@@ -58,14 +58,45 @@ export function serverLimitNotes(errors: Readonly<Record<string, number>>, sende
   }
   const refused503 = errors.connect_503 ?? 0;
   if (refused503 > 0) {
-    notes.push({
-      errors: ['connect_503'],
-      count: refused503,
-      options: ['--max-pending-per-address', '--max-room-size', '--max-connections-per-worker'],
-      text:
-        `The server refused ${refused503} connection${refused503 === 1 ? '' : 's'} with 503: its --max-pending-per-address ` +
-        '(64 request heads being read from one address by default) or a full room or worker (--max-room-size, --max-connections-per-worker).',
-    });
+    // A moodio-rt server names each refusal's reason (refused_<reason>); another server leaves the general note.
+    const permission = (errors.refused_permission_unavailable ?? 0) + (errors.refused_permission_busy ?? 0);
+    if (permission > 0) {
+      notes.push({
+        errors: ['refused_permission_unavailable', 'refused_permission_busy'].filter((kind) => (errors[kind] ?? 0) > 0),
+        count: permission,
+        options: ['--permission-api-base', '--permission-concurrency', '--permission-queue'],
+        text:
+          `The server could not ask its permission API (${permission} connection${permission === 1 ? '' : 's'} refused with 503 ` +
+          'permission_unavailable or permission_busy; its log says so): the app at its --permission-api-base did not answer in time, ' +
+          'failed, or had more lookups waiting than --permission-queue allows. This is not a full room. Start the permission API, ' +
+          'or run the server under test with --permissions-from-token (the token decides) or --dev.',
+      });
+    }
+    const named: [string, string][] = [
+      ['refused_too_many_pending_from_address', '--max-pending-per-address (request heads being read from one address)'],
+      ['refused_room_full', '--max-room-size (a full room)'],
+      ['refused_worker_full', '--max-connections-per-worker (a full worker)'],
+    ];
+    const seen = named.filter(([kind]) => (errors[kind] ?? 0) > 0);
+    const explained = permission + seen.reduce((sum, [kind]) => sum + errors[kind]!, 0);
+    if (seen.length > 0) {
+      notes.push({
+        errors: seen.map(([kind]) => kind),
+        count: explained - permission,
+        options: seen.map(([, text]) => text.split(' ')[0]!),
+        text: `The server refused ${explained - permission} connection${explained - permission === 1 ? '' : 's'} with 503 because of its ${seen.map(([kind, text]) => `${text}: ${errors[kind]}`).join('; ')}.`,
+      });
+    }
+    if (explained < refused503) {
+      notes.push({
+        errors: ['connect_503'],
+        count: refused503 - explained,
+        options: ['--max-pending-per-address', '--max-room-size', '--max-connections-per-worker'],
+        text:
+          `The server refused ${refused503 - explained} connection${refused503 - explained === 1 ? '' : 's'} with 503: its --max-pending-per-address ` +
+          '(64 request heads being read from one address by default) or a full room or worker (--max-room-size, --max-connections-per-worker).',
+      });
+    }
   }
   return notes;
 }

@@ -20,9 +20,12 @@ export type TextHandler = (data: Buffer, start: number, end: number) => void;
 export class HandshakeError extends Error {
   readonly code = 'ERR_LOADTEST_HANDSHAKE';
   readonly status: number;
-  constructor(status: number, message: string) {
+  /** The refusal's reason as a moodio-rt server names it (its `Moodio-Reason` header); '' from other servers. */
+  readonly reason: string;
+  constructor(status: number, message: string, reason = '') {
     super(message);
     this.status = status;
+    this.reason = reason;
   }
 }
 
@@ -147,7 +150,10 @@ export class RawWebSocket {
         const rest = head.subarray(end + 4);
         head = null;
         const status = Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0);
-        if (status !== 101) return fail(new HandshakeError(status, `handshake answered ${status || 'garbage'}`));
+        if (status !== 101) {
+          const reason = /\r\nmoodio-reason:[ \t]*([a-z0-9_]{1,64})/i.exec(text)?.[1] ?? '';
+          return fail(new HandshakeError(status, `handshake answered ${status || 'garbage'}${reason ? ` (${reason})` : ''}`, reason));
+        }
         const accept = /\r\nsec-websocket-accept:\s*(\S+)/i.exec(text)?.[1];
         if (accept !== expected) return fail(new HandshakeError(101, 'bad Sec-WebSocket-Accept'));
         client.open = true;

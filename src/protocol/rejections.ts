@@ -68,10 +68,17 @@ export interface RejectionDetails {
   headers?: Record<string, string>;
 }
 
+/**
+ * The header that names a refusal's `reason` (as in the log line), so that a
+ * client or a load generator can tell a full room from a permission API
+ * outage without parsing the body's words.
+ */
+export const REASON_HEADER = 'Moodio-Reason';
+
 /** The complete HTTP response for a refusal. */
 export function rejectionResponse(rejection: Rejection, details: RejectionDetails = {}): string {
   const retryAfterS = details.retryAfterS ?? rejection.retryAfterS;
-  const headers: Record<string, string> = { ...rejection.headers, ...details.headers };
+  const headers: Record<string, string> = { ...rejection.headers, ...details.headers, [REASON_HEADER]: rejection.reason };
   if (retryAfterS !== undefined) headers['Retry-After'] = String(retryAfterS);
   const body = rejection.body ?? details.detail ?? rejection.reason.replaceAll('_', ' ');
   return httpResponse(rejection.status, `${body}\n`, headers);

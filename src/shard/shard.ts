@@ -72,8 +72,9 @@ export class Shard {
     this.users = users;
     this.log = log;
     this.metrics = metrics;
-    const permissionApi = config.dev
-      ? new ClaimPermissionSource()
+    const fromToken = config.dev || config.permissionsFromToken;
+    const permissionApi = fromToken
+      ? new ClaimPermissionSource(config.dev ? 'editor' : null)
       : new HttpPermissionSource({
           base: config.permissionApiBase,
           timeoutMs: config.permissionTimeoutMs,
@@ -81,6 +82,7 @@ export class Shard {
           queue: config.permissionQueue,
           metrics,
         });
+    // Also with --permissions-from-token: the server API's word on a role (set, revoked) is kept here.
     const cache = config.dev ? null : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
     this.permissions = cache ?? permissionApi;
     const wss = new WebSocketServer({
