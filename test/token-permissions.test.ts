@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ClaimPermissionSource, MAX_DESKTOPS_CLAIM_ENTRIES } from '../src/auth/permission-client.ts';
 import { PermissionError } from '../src/errors.ts';
+import { api, API_KEY } from './helpers/api.ts';
 import { connect, HandshakeRejected, join } from './helpers/client.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
@@ -49,6 +50,18 @@ test('--permissions-from-token: the desktops claim gives each desktop its role, 
   assert.equal(flatJoined.permission, 'viewer', 'the flat permission claim applies to every desktop');
 
   assert.equal(stub.requests.length, 0, 'no request reached the permission API');
+});
+
+test('--permissions-from-token: a revocation through the server API is not undone by reconnecting with the same token', async (t) => {
+  const server = await startServer(t, { workers: 2, args: ['--permissions-from-token', '--api-key', API_KEY] });
+  const room = desktop();
+  const claims = user('Rene', { desktops: { '*': 'editor' } });
+  const held = token(claims);
+  const { client } = await join(t, server.wsUrl(room), { token: held });
+  const res = await api(server, 'PUT', `desktops/${room}/permissions/${encodeURIComponent(claims.userId)}`, { permission: 'none' });
+  assert.equal(res.status, 202);
+  assert.equal((await client.closed).code, 4003);
+  assert.equal(await refusedWith(connect(t, server.wsUrl(room), { token: held })), 403, 'the token still says editor; the API said none');
 });
 
 test('ClaimPermissionSource: own properties only, a bounded claim, the fallback', async () => {
