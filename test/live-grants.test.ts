@@ -10,11 +10,11 @@ import { after, before, test } from 'node:test';
 import { signAccessToken } from '../src/auth/token.ts';
 import { ClientEvent, CloseCode } from '../src/protocol/events.ts';
 import { desktopOnShard, fill, type Member } from './helpers/api.ts';
-import { join } from './helpers/client.ts';
+import { connect, HandshakeRejected, join } from './helpers/client.ts';
 import { grant, startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup } from './helpers/scope.ts';
 import { startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
-import { user } from './helpers/tokens.ts';
+import { token, user } from './helpers/tokens.ts';
 
 const cleanup = new Cleanup();
 let server: ServerProcess;
@@ -57,6 +57,17 @@ test('a recheck applies a revocation made in the app: 4003 and session_left; oth
   await markerIsNext(c!, d!);
   await markerIsNext(d!, c!);
   assert.ok(stub.requests.some((r) => r.userId === ann.userId && r.cookie?.includes('moodio_access_token=')), 'the recheck forwarded the cookie');
+});
+
+test('a revocation a recheck found is not undone by reconnecting with the same cookie (the handshake cache holds the new word)', async (t) => {
+  const gil = user('Gil');
+  const held = token(gil);
+  const room = desktopOnShard(1);
+  const { client } = await join(t, server.wsUrl(room), { token: held });
+  answers.set(gil.userId, 403);
+  assert.equal((await client.closed).code, CloseCode.PERMISSION_REVOKED);
+  // The handshake cached "editor" for this cookie moments ago, for 30 s; the app now says 403 and the recheck learnt it.
+  await assert.rejects(connect(t, server.wsUrl(room), { token: held }), (err: unknown) => err instanceof HandshakeRejected && err.status === 403);
 });
 
 test('a recheck applies a new role: permission_changed, session_updated, and the next mutation is judged by it', async (t) => {

@@ -25,6 +25,7 @@
  * A session is first rechecked in the round after the one it joined in: its
  * handshake has just asked.
  */
+import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { PermissionSource } from '../auth/permission-client.ts';
 import type { Identity } from '../auth/token.ts';
 import { PermissionError, PermissionErrorCode } from '../errors.ts';
@@ -41,6 +42,8 @@ export interface PermissionRecheckOptions {
   /** The permission API itself, without the cache. */
   source: PermissionSource;
   control: SessionControl;
+  /** The handshake's permission cache, told of what a recheck changed (null or absent: none). */
+  grants?: GrantUpdates | null;
   metrics: MetricsSlot;
   log: Logger;
 }
@@ -123,12 +126,18 @@ export class PermissionRecheck {
     try {
       const permission = await source.check(session.desktopId, grant.identity, grant.cookie);
       if (!this.current(session, asked)) return;
-      if (control.setPermission(session, permission, 'recheck')) metrics.add(ApiMetric.RECHECK_CHANGED);
-      else metrics.add(ApiMetric.RECHECK_UNCHANGED);
+      if (control.setPermission(session, permission, 'recheck')) {
+        metrics.add(ApiMetric.RECHECK_CHANGED);
+        // The app's newest word: a reconnect must not find the old role in the handshake's cache.
+        this.options.grants?.setGrant(session.userId, session.desktopId, permission);
+      } else metrics.add(ApiMetric.RECHECK_UNCHANGED);
     } catch (err) {
       const revoked = err instanceof PermissionError && err.code === PermissionErrorCode.DENIED && REVOKING_STATUSES.has(err.status ?? 0);
       if (revoked) {
-        if (this.current(session, asked) && control.end(session, 'revoked', CloseReason.PERMISSION_REVOKED)) metrics.add(ApiMetric.RECHECK_REVOKED);
+        if (this.current(session, asked) && control.end(session, 'revoked', CloseReason.PERMISSION_REVOKED)) {
+          metrics.add(ApiMetric.RECHECK_REVOKED);
+          this.options.grants?.setGrant(session.userId, session.desktopId, 'none');
+        }
         return;
       }
       metrics.add(ApiMetric.RECHECK_FAILED);

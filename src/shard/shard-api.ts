@@ -55,6 +55,7 @@ export class ShardApi {
             concurrency: config.permissionConcurrency,
             source: options.permissions,
             control: this.control,
+            grants: options.grants,
             metrics,
             log,
           })
