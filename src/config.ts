@@ -503,7 +503,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
       return raw;
     },
   },
-  { key: 'region', flags: '--region <label>', env: 'REGION_ID', default: '', description: 'region label for logs and metrics', parse: text },
+  { key: 'region', flags: '--region <label>', env: 'REGION_ID', default: '', description: "this node's region: a free label in its logs, /stats and peers' logs (not in metrics), never read from cloud metadata", parse: text },
   {
     key: 'federationHeartbeatMs',
     flags: '--federation-heartbeat <duration>',

@@ -1,8 +1,9 @@
 /// <reference lib="dom" />
 /**
  * The SDK as an app gets it: scripts/client-package.ts packs
- * `moodio-rt-client`, the tarball is installed with `ws` into a scratch
- * project in the temp dir (npm --offline: the cache only), and then
+ * `moodio-rt-client`, the tarball is installed with `ws` (packed from this
+ * repository's node_modules) into a scratch project in the temp dir (npm
+ * --offline, with an empty cache of its own: no network, no machine state), and then
  * - the install holds the two packages and no Node runtime;
  * - the package has no dependencies and imports nothing but its own files;
  * - TypeScript resolves its types from the app, as Node and as a bundler;
@@ -42,17 +43,30 @@ before(async () => {
   app = join(work, 'app');
   mkdirSync(app);
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'scratch-app', private: true, type: 'module' }));
-  await run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', tarball, `ws@${WS_VERSION}`], { cwd: app, env: npmEnv() });
+  // ws comes packed from this repository's own node_modules, and npm gets a cache of its
+  // own, empty: the install needs neither the network nor whatever this machine cached
+  // (`ws@<version>` from the cache failed with ENOTCACHED on a fresh machine).
+  const env = { ...npmEnv(), npm_config_cache: join(work, 'npm-cache') };
+  const ws = await packFolder(join(ROOT, 'node_modules', 'ws'), work, env);
+  await run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', tarball, ws], { cwd: app, env });
   const stub = await startPermissionStub(cleanup);
   server = await startServer(cleanup, { workers: 1, permissionApiBase: stub.base });
 });
 after(() => cleanup.run());
+
+/** `npm pack` an installed package's folder into `destination`; returns the tarball's path. */
+async function packFolder(folder: string, destination: string, env: NodeJS.ProcessEnv): Promise<string> {
+  const { stdout } = await run('npm', ['pack', '--offline', '--json', '--ignore-scripts', '--pack-destination', destination, folder], { cwd: destination, env });
+  const [packed] = JSON.parse(stdout) as { filename: string }[];
+  return join(destination, packed!.filename);
+}
 
 const installed = () => join(app, 'node_modules', CLIENT_PACKAGE_NAME);
 
 test('the install holds the SDK and ws only: no Node runtime, no .bin/node', () => {
   const modules = readdirSync(join(app, 'node_modules')).filter((name) => !name.startsWith('.'));
   assert.deepEqual(modules.sort(), [CLIENT_PACKAGE_NAME, 'ws']);
+  assert.equal(JSON.parse(readFileSync(join(app, 'node_modules', 'ws', 'package.json'), 'utf8')).version, WS_VERSION, "the project's own ws");
   assert.equal(existsSync(join(app, 'node_modules', '.bin', 'node')), false);
 });
 

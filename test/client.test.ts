@@ -62,16 +62,23 @@ class FakeSocket {
 
 function fakeClock() {
   const timers: { fn: () => void; ms: number }[] = [];
+  let time = 0;
   return {
     delays: () => timers.map((t) => t.ms),
     setTimeout: (fn: () => void, ms: number) => timers.push({ fn, ms }),
     clearTimeout: () => {},
     /** Fire the latest scheduled timer. */
     fire: () => timers.at(-1)!.fn(),
+    now: () => time,
+    /** Let `ms` pass (for `stableAfterMs`; timers fire only by fire()). */
+    advance: (ms: number) => void (time += ms),
   };
 }
 
-test('backoff: full jitter doubling to the cap, a distinct failing state, quick retry on 1001/1012, reconnect after 4008', () => {
+/** The client's default `stableAfterMs`: a session that stayed joined this long resets the backoff. */
+const STABLE_MS = 5_000;
+
+test('backoff: jittered doubling to the cap, a distinct failing state, quick retry on 1001/1012 after a stable session, reconnect after 4008', () => {
   FakeSocket.all = [];
   const clock = fakeClock();
   const states: ClientState[] = [];
@@ -85,6 +92,7 @@ test('backoff: full jitter doubling to the cap, a distinct failing state, quick 
     random: () => 0.999,
     setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout,
+    now: clock.now,
   });
   client.on('state', (s) => states.push(s));
   assert.equal(FakeSocket.all[0]!.url, 'ws://example.invalid/ws/desktop/d%201');
@@ -103,12 +111,19 @@ test('backoff: full jitter doubling to the cap, a distinct failing state, quick 
   assert.equal(client.state, 'open');
   assert.deepEqual(FakeSocket.all.at(-1)!.sent.map((s) => JSON.parse(s).payload.n), [1, 2]);
 
+  clock.advance(STABLE_MS);
   FakeSocket.all.at(-1)!.drop(1012);
   assert.equal(client.state, 'reconnecting');
-  assert.equal(clock.delays().at(-1), 99, 'server restart: a short jittered wait (≤ minDelay), not the backed-off one');
+  assert.equal(clock.delays().at(-1), 99, 'server restart after a stable session: a short jittered wait (≤ minDelay), not the backed-off one');
   clock.fire();
   FakeSocket.all.at(-1)!.join('session_b');
+  clock.advance(STABLE_MS - 1);
+  FakeSocket.all.at(-1)!.drop(1012);
+  assert.equal(clock.delays().at(-1), 199, 'a restart again before the session was stable: the backoff goes on');
+  clock.fire();
+  FakeSocket.all.at(-1)!.join('session_c');
   FakeSocket.all.at(-1)!.drop(4008);
+  assert.equal(clock.delays().at(-1), 399, 'so does a slow consumer cut at once');
   assert.equal(client.state, 'reconnecting', 'a slow consumer reconnects and resyncs');
   const before = FakeSocket.all.length;
   clock.fire();
@@ -127,6 +142,18 @@ test('the default backoff is capped at 4 s, so a returning server is found withi
     clock.fire();
   }
   assert.deepEqual(clock.delays(), [499, 999, 1999, 3999, 3999, 3999, 3999]);
+  client.close();
+});
+
+test('no draw of the jitter makes a tight loop: each delay is at least half its ceiling', () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, random: () => 0, ...clock });
+  for (let i = 0; i < 6; i++) {
+    FakeSocket.all.at(-1)!.fail();
+    clock.fire();
+  }
+  assert.deepEqual(clock.delays(), [250, 500, 1000, 2000, 2000, 2000], 'at the 4 s cap, an attempt at most every 2 s');
   client.close();
 });
 
@@ -527,7 +554,7 @@ test('4003 is final: revoked, then closed, with no retry; send and retryNow thro
   assert.throws(() => client.retryNow(), { code: 'ERR_CLOSED' });
 });
 
-test('4001 reconnects at once with the backoff from its floor, asking the token function again; other codes keep backing off', () => {
+test('4001 after a stable session reconnects at once, asking the token function again; a repeated 4001 and other codes back off', () => {
   FakeSocket.all = [];
   const clock = fakeClock();
   let asked = 0;
@@ -540,14 +567,16 @@ test('4001 reconnects at once with the backoff from its floor, asking the token 
     clock.fire();
   }
   FakeSocket.all.at(-1)!.join('me');
+  clock.advance(STABLE_MS);
   FakeSocket.all.at(-1)!.drop(4008);
-  assert.equal(clock.delays().at(-1), 499, 'a join resets the backoff');
+  assert.equal(clock.delays().at(-1), 499, 'a session that stayed joined for stableAfterMs resets the backoff');
   clock.fire();
   FakeSocket.all.at(-1)!.fail();
   assert.equal(clock.delays().at(-1), 999);
   clock.fire();
   FakeSocket.all.at(-1)!.join('me2');
-  // ...then the server logs the user out.
+  clock.advance(60 * 60_000);
+  // ...then, after a long healthy session, the server logs the user out.
   FakeSocket.all.at(-1)!.drop(4001, 'disconnected');
   assert.equal(client.state, 'reconnecting');
   assert.equal(client.nextRetryInMs, 0);
@@ -562,5 +591,17 @@ test('4001 reconnects at once with the backoff from its floor, asking the token 
   clock.fire();
   FakeSocket.all.at(-1)!.drop(4001);
   assert.equal(clock.delays().at(-1), 999);
+  // The new credential gets in, and is logged out again at once: no second retry at once.
+  clock.fire();
+  FakeSocket.all.at(-1)!.join('me3');
+  clock.advance(STABLE_MS - 1);
+  FakeSocket.all.at(-1)!.drop(4001);
+  assert.equal(clock.delays().at(-1), 1999, 'a repeated 4001 takes the backoff\'s next delay');
+  // Once a session is stable again, a 4001 is again retried at once.
+  clock.fire();
+  FakeSocket.all.at(-1)!.join('me4');
+  clock.advance(STABLE_MS);
+  FakeSocket.all.at(-1)!.drop(4001);
+  assert.equal(clock.delays().at(-1), 0);
   client.close();
 });

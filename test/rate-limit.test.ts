@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { ACCESS_TOKEN_COOKIE, CloseCode, ErrorCode } from '../src/protocol/events.ts';
 import { MIN_PAUSE_MS } from '../src/shard/rate-limiter.ts';
+import { CUT_GRACE_MS } from '../src/shard/socket-reads.ts';
 import { connect as netConnect } from 'node:net';
 import { join, upgradeHead } from './helpers/client.ts';
 import { scrape } from './helpers/metrics.ts';
@@ -167,22 +168,27 @@ test('after a 1008 the server reads nothing more from the session, and cuts it w
   const frame = Buffer.from([0x81, 0x82, 1, 2, 3, 4, 0x7b ^ 1, 0x7d ^ 2]);
   const burst = Buffer.concat(Array.from({ length: 2000 }, () => frame));
   const socket = (abuser.ws as unknown as { _socket: import('node:net').Socket })._socket;
-  let closedAt = 0;
-  socket.once('close', () => (closedAt = Date.now()));
+  const closed = new Promise<number>((resolve) => socket.once('close', () => resolve(Date.now())));
   const flood = setInterval(() => {
     if (!socket.destroyed && socket.writableLength < 1 << 20) socket.write(burst);
   }, 5);
   t.after(() => clearInterval(flood));
   const left = await peer.expect('session_left', 10_000);
+  // The session leaves its room when the 1008 is sent: the grace runs from here at the latest.
+  const leftAt = Date.now();
   assert.equal(left.sessionId, joined.sessionId);
   const atClose = (await scrape(server.port)).metrics.get('moodio_rt_messages_received_total')!;
   await sleep(1000);
   const later = (await scrape(server.port)).metrics.get('moodio_rt_messages_received_total')!;
   clearInterval(flood);
   assert.ok(later - atClose < 20_000, `${later - atClose} frames read in the second after the 1008`);
-  // Cut within the grace (2 s) whatever the peer does.
-  while (closedAt === 0) await sleep(50);
+  // Cut within the grace (CUT_GRACE_MS, 2 s) whatever the peer does; ws's own close
+  // timeout (10 s) would be the cut without it. The wait is bounded: a socket never cut fails here.
+  const bound = 8000;
+  const closedAt = await Promise.race([closed, sleep(Math.max(0, leftAt + bound - Date.now()), 0, { ref: false })]);
   clearInterval(flood);
+  assert.ok(closedAt > 0, `not cut ${bound} ms after the 1008`);
+  assert.ok(closedAt - leftAt < CUT_GRACE_MS + 3000, `cut ${closedAt - leftAt} ms after the 1008 (grace ${CUT_GRACE_MS} ms, ws's close timeout 10 s)`);
 });
 
 test('unsolicited pongs count against the byte budget: a pong flood is not read', async (t) => {
@@ -218,7 +224,11 @@ test('a peer that closes and then floods junk is cut as soon as it is over its b
   socket.on('data', (c: Buffer) => (received += c.toString('latin1')));
   await new Promise((resolve) => socket.once('connect', resolve));
   socket.write(upgradeHead(`/ws/desktop/${desktop()}`, { Cookie: `${ACCESS_TOKEN_COOKIE}=${token(user('Clo'))}` }));
-  while (!received.includes('room_joined')) await sleep(10);
+  const joinBy = Date.now() + 10_000;
+  while (!received.includes('room_joined')) {
+    assert.ok(Date.now() < joinBy, `no room_joined within 10 s: ${JSON.stringify(received.slice(0, 200))}`);
+    await sleep(10);
+  }
   // A masked close frame (code 1000), then junk as fast as the socket takes it: ws answers the close and reads on, discarding, until its close timeout (10 s).
   socket.write(Buffer.from([0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2]));
   const started = Date.now();

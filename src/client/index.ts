@@ -26,7 +26,12 @@
  * `client.permission` (a `permission` event); a close with 4003 (permission
  * revoked) is final (a `revoked` event, then `closed`); a close with 4001
  * (logged out, token expired) reconnects at once, with the credential asked
- * for again.
+ * for again (once: a repeated 4001 backs off until a session is stable).
+ *
+ * Reconnects back off exponentially (equal jitter, 500 ms to 4 s), and only
+ * a session that stayed joined for `stableAfterMs` (5 s) resets the backoff,
+ * so a server that accepts and closes at once is retried at most every 2 s.
+ * In Node with `ws`, a refused handshake's `Retry-After` is honoured.
  */
 import {
   DEFAULT_TRANSIENT_TYPES,
@@ -36,7 +41,7 @@ import {
   type SessionInfo,
   type StampedEvent,
 } from '../protocol/events.ts';
-import { afterClose, backoffDelay, type BackoffOptions } from './backoff.ts';
+import { afterClose, backoffDelay, retryAfterMs, type BackoffOptions } from './backoff.ts';
 import { isPermission, isSessionInfo, Presence } from './presence.ts';
 import type { AssetPayload, ClientEvents, ClientState, ConnectOptions, DesktopEventType, WebSocketConstructor, WebSocketLike } from './types.ts';
 
@@ -99,7 +104,12 @@ export class MoodioClient {
   private readonly backoff: BackoffOptions;
   private readonly presence = new Presence();
   private socket: WebSocketLike | null = null;
+  /** The backoff's step: the next delay's ceiling is minDelayMs·2^attempt. Back to 0 only after a stable session or retryNow(). */
   private attempt = 0;
+  /** When the open socket's room_joined came (options.now), or null while not joined. */
+  private joinedAt: number | null = null;
+  /** A 4001 has had its retry at once; the next one backs off, until a session is stable again. */
+  private immediateSpent = false;
   /** Attempts since the last join, for the `retry` event. */
   private retries = 0;
   private failedOpens = 0;
@@ -128,7 +138,9 @@ export class MoodioClient {
       maxDelayMs: options.maxDelayMs ?? 4_000,
       failingAfter: options.failingAfter ?? 5,
       maxQueue: options.maxQueue ?? 256,
+      stableAfterMs: options.stableAfterMs ?? 5_000,
       random: options.random ?? Math.random,
+      now: options.now ?? Date.now,
       setTimeout: options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms)),
       clearTimeout: options.clearTimeout ?? ((t) => clearTimeout(t as ReturnType<typeof setTimeout>)),
     };
@@ -264,7 +276,7 @@ export class MoodioClient {
     this.socket = socket;
     let opened = false;
     let done = false;
-    const finish = (code: number, reason: string, refusedWith: number) => {
+    const finish = (code: number, reason: string, refusedWith: number, retryAfter: number | null) => {
       if (done || this.socket !== socket) return;
       done = true;
       this.socket = null;
@@ -276,12 +288,14 @@ export class MoodioClient {
         this.emit('revoked', { code, reason });
         return this.end();
       }
-      this.scheduleReconnect(opened, next);
+      this.scheduleReconnect(opened, next, retryAfter);
     };
-    // ws leaves aborting a refused handshake to whoever listens here.
+    // ws leaves aborting a refused handshake to whoever listens here. Only
+    // here (Node with ws) can the client see the status and Retry-After: a
+    // browser's WebSocket shows a refusal as a close 1006 and nothing more.
     socket.on?.('unexpected-response', (req, res) => {
       req.destroy();
-      finish(1006, '', res.statusCode ?? 0);
+      finish(1006, '', res.statusCode ?? 0, retryAfterMs(res.headers?.['retry-after'], Date.now()));
     });
     socket.onopen = () => {
       opened = true;
@@ -290,7 +304,7 @@ export class MoodioClient {
     socket.onmessage = (event) => {
       if (this.socket === socket) this.onFrame(event.data);
     };
-    socket.onclose = (event) => finish(event.code, event.reason, 0);
+    socket.onclose = (event) => finish(event.code, event.reason, 0, null);
   }
 
   /** No more attempts (a refusal, a revocation): what was queued is dropped. */
@@ -299,16 +313,38 @@ export class MoodioClient {
     this.setState('closed');
   }
 
-  private scheduleReconnect(opened: boolean, next: 'now' | 'soon' | 'backoff'): void {
+  /**
+   * Schedule the next attempt. The backoff is reset by a session that stayed
+   * joined for `stableAfterMs`, never by a socket merely opening: a server
+   * that accepts and closes at once (with 4001, 1012, 4008…) would otherwise
+   * bring the client back at the floor's pace forever.
+   */
+  private scheduleReconnect(opened: boolean, next: 'now' | 'soon' | 'backoff', retryAfter: number | null): void {
     if (opened) this.failedOpens = 0;
     else this.failedOpens++;
-    // The server asked for the client back (logged out, token expired: at
-    // once; shutdown, restart: after a short jittered wait), so the backoff
-    // starts again from its floor.
-    if (next !== 'backoff') this.attempt = 0;
-    const delay = next === 'now' ? 0 : next === 'soon' ? Math.floor(this.options.random() * this.options.minDelayMs) : backoffDelay(this.attempt, this.backoff);
-    // Like retryNow(), an attempt at once is not a step of the backoff: if it fails, the wait is the floor's.
-    if (next !== 'now') this.attempt++;
+    const { minDelayMs, random } = this.options;
+    if (this.joinedAt !== null && this.options.now() - this.joinedAt >= this.options.stableAfterMs) {
+      this.attempt = 0;
+      this.immediateSpent = false;
+    }
+    this.joinedAt = null;
+    let delay: number;
+    if (next === 'now' && !this.immediateSpent) {
+      // Logged out, token expired: at once, with the credential asked for
+      // again. Not a step of the backoff, but spent until a stable session.
+      delay = 0;
+      this.immediateSpent = true;
+    } else if (next === 'soon' && this.attempt === 0) {
+      // Shutdown, restart after a stable session: a short wait, jittered
+      // over the whole floor so that a node's clients come back spread out.
+      delay = Math.floor(random() * minDelayMs);
+      this.attempt++;
+    } else {
+      delay = backoffDelay(this.attempt++, this.backoff);
+    }
+    // A refusal that said when to come back (429/503, seen in Node only):
+    // not before, and jittered so that the refused do not return together.
+    if (retryAfter !== null) delay = Math.max(delay, retryAfter + Math.floor(random() * minDelayMs));
     this.retries++;
     this.setState(this.failedOpens >= this.options.failingAfter ? 'failing' : this.everJoined ? 'reconnecting' : 'connecting');
     this.nextRetryInMs = delay;
@@ -366,7 +402,8 @@ export class MoodioClient {
     this.permission = isPermission(permission) ? permission : null;
     this.sessionId = sessionId;
     this.everJoined = true;
-    this.attempt = 0;
+    // The backoff is not reset here, only once this session proves stable (scheduleReconnect).
+    this.joinedAt = this.options.now();
     this.retries = 0;
     this.failedOpens = 0;
     // What was queued while away goes first, in order, before any handler

@@ -27,7 +27,7 @@ export interface WebSocketLike {
   onclose: ((event: { code: number; reason: string }) => void) | null;
   onerror: ((event: unknown) => void) | null;
   /** `ws` only: lets Node see the HTTP status of a refused handshake. */
-  on?: (event: 'unexpected-response', listener: (req: { destroy(): void }, res: { statusCode?: number }) => void) => unknown;
+  on?: (event: 'unexpected-response', listener: (req: { destroy(): void }, res: { statusCode?: number; headers?: Record<string, string | string[] | undefined> }) => void) => unknown;
 }
 export type WebSocketConstructor = new (url: string, options?: unknown) => WebSocketLike;
 
@@ -70,7 +70,7 @@ export interface ClientEvents {
   error: ServerErrorEvent;
   /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
   rejected: { status: number };
-  /** A reconnect attempt is scheduled in `inMs` (0 after `retryNow()`); `attempt` counts from 1 since the last join. */
+  /** A reconnect attempt is scheduled in `inMs` (0 after `retryNow()` and a first 4001); `attempt` counts from 1 since the last join. */
   retry: { inMs: number; attempt: number };
 }
 
@@ -94,6 +94,12 @@ export interface ConnectOptions {
   minDelayMs?: number;
   /** Backoff cap, ms: a returning server is found within about this long. Default 4,000. */
   maxDelayMs?: number;
+  /**
+   * How long a session must stay joined before its close resets the backoff
+   * to its floor (and a 4001 may again retry at once), ms. A session that
+   * closes sooner counts as a failed attempt: the next delay grows. Default 5,000.
+   */
+  stableAfterMs?: number;
   /** Consecutive failed opens before the state becomes `failing`. Default 5. */
   failingAfter?: number;
   /** Sends kept while not open, transient ones included; one more throws ERR_QUEUE_FULL. Default 256. */
@@ -107,6 +113,8 @@ export interface ConnectOptions {
   transientTypes?: readonly string[];
   /** Injectable for tests. */
   random?: () => number;
+  /** Clock for `stableAfterMs`, ms; injectable for tests. Default Date.now. */
+  now?: () => number;
   setTimeout?: (fn: () => void, ms: number) => unknown;
   clearTimeout?: (timer: unknown) => void;
 }
