@@ -239,7 +239,7 @@ test('the saturation warning says which sign fired: a busy thread, or late sends
   assert.doesNotMatch(idle, /is saturated/);
   const busy = formatReport({ ...report, generator: { ...report.generator, busyPercent: [95, 40], saturated: true } });
   assert.match(busy, /WARNING: the generator is saturated \(a thread 95% busy, ≥ 90%\)/);
-  assert.doesNotMatch(formatReport(report), /WARNING/, 'an unsaturated run warns of nothing');
+  assert.doesNotMatch(formatReport({ ...report, generator: { ...report.generator, saturated: false } }), /WARNING/, 'an unsaturated run warns of nothing');
 });
 
 test('--threads help names its default once', async () => {
