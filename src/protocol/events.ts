@@ -27,8 +27,38 @@ export const ClientEvent = {
   ASSET_DESELECTED: 'asset_deselected',
 } as const;
 
-/** The seven mutation types a viewer may not send; they are dropped server-side. */
-export const MUTATION_TYPES: ReadonlySet<string> = new Set(Object.values(ClientEvent));
+/**
+ * The default mutation table: types a viewer may not send, dropped
+ * server-side on every route. The upstream relay's list (issue 20): the
+ * seed's seven asset types are a subset, then the rest of the desktop's
+ * assets and cells, and the production tables' `pt_*` events.
+ * `--mutation-types` replaces it; the table in force is the shard's
+ * (`config.mutationTypes`), this module keeps no state.
+ */
+export const DEFAULT_MUTATION_TYPES: readonly string[] = [
+  ...Object.values(ClientEvent),
+  'asset_resizing',
+  'asset_z_changed',
+  'cell_selected',
+  'cell_deselected',
+  'cell_updated',
+  'table_generating',
+  'pt_cell_selected',
+  'pt_cell_deselected',
+  'pt_cell_updated',
+  'pt_cell_comment_updated',
+  'pt_media_asset_added',
+  'pt_media_asset_removed',
+  'pt_column_added',
+  'pt_column_removed',
+  'pt_column_renamed',
+  'pt_column_resized',
+  'pt_columns_reordered',
+  'pt_row_added',
+  'pt_row_removed',
+  'pt_row_resized',
+  'pt_rows_reordered',
+];
 
 /** Events that only the newest matters of: coalesced for a recipient over its outbound budget. */
 export const DEFAULT_TRANSIENT_TYPES: readonly string[] = [ClientEvent.ASSET_DRAGGING];

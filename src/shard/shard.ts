@@ -131,6 +131,8 @@ export class Shard {
       log,
     );
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
+    // The mutation table in force, built once: the relay's hot path is one lookup in it.
+    const mutations: ReadonlySet<string> = new Set(config.mutationTypes);
     this.limiter = new RateLimiter(this.rateLimit);
     this.federation =
       config.natsUrls.length === 0
@@ -143,6 +145,7 @@ export class Shard {
             rooms: this.rooms,
             deliver: (room, frame, transientKey) => this.relay.deliverRemote(room, frame, transientKey),
             transientTypes: transient,
+            mutationTypes: mutations,
             onFatal,
             applyApi: (request) => this.api.apply(request),
           });
@@ -154,6 +157,7 @@ export class Shard {
       metrics,
       backpressure: this.backpressure,
       transientTypes: transient,
+      mutationTypes: mutations,
       bus: this.federation ?? undefined,
     });
     this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants: cache, metrics, log });
