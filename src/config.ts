@@ -51,6 +51,10 @@ export interface ServeConfig {
   handshakeRatePerAddress: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
+  /** /ws/ping sockets open at once in the process. */
+  maxPingSockets: number;
+  /** /ws/ping sockets open at once from one client address (an IPv6 /64). */
+  maxPingPerAddress: number;
   maxConnectionsPerWorker: number;
   maxConnectionsPerUser: number;
   /** Handshakes of one user being authenticated at once (0 = no limit). */
@@ -328,6 +332,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: '30s',
     description: 'ping every session this often; one that has not answered by the next ping is closed',
     parse: parseDuration,
+  },
+  {
+    key: 'maxPingSockets',
+    flags: '--max-ping-sockets <n>',
+    env: 'MOODIO_RT_MAX_PING_SOCKETS',
+    default: '1000',
+    description: '/ws/ping sockets open at once in the process; more are answered 503 with Retry-After',
+    parse: intIn(1, 1_000_000),
+  },
+  {
+    key: 'maxPingPerAddress',
+    flags: '--max-ping-per-address <n>',
+    env: 'MOODIO_RT_MAX_PING_PER_ADDRESS',
+    default: '16',
+    description: '/ws/ping sockets open at once from one client address (an IPv6 /64); more are answered 429 with Retry-After',
+    parse: intIn(1, 1_000_000),
   },
   {
     key: 'maxConnectionsPerWorker',

@@ -103,9 +103,11 @@ export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 export const CloseCode = {
   /** Server shutting down (SIGTERM/SIGINT drain). */
   GOING_AWAY: 1001,
-  /** Over the rate limit for `--rate-limit-close-after`. */
+  /** A binary frame on `/ws/ping`, which echoes text only. */
+  UNSUPPORTED_DATA: 1003,
+  /** Over the rate limit for `--rate-limit-close-after`; on `/ws/ping`, over its frame rate. */
   POLICY_VIOLATION: 1008,
-  /** Frame larger than `--max-message-size` (sent by `ws` itself). */
+  /** Frame larger than `--max-message-size`, or than 512 bytes on `/ws/ping` (sent by `ws` itself). */
   MESSAGE_TOO_BIG: 1009,
   /** The shard is being restarted (admin terminate): reconnect. */
   SERVICE_RESTART: 1012,
@@ -202,6 +204,12 @@ export interface ErrorEvent {
 export const WS_PATH_PREFIX = '/ws/desktop/';
 /** Accepted desktop ids. */
 export const DESKTOP_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+/** Largest text frame `/ws/ping` echoes; a larger one closes with 1009. */
+export const PING_MAX_MESSAGE_BYTES = 512;
+/** Frames (text or ping) one `/ws/ping` socket may send at once; then {@link PING_FRAMES_PER_SECOND}. */
+export const PING_FRAME_BURST = 20;
+/** Frames per second one `/ws/ping` socket may send after its burst; faster closes with 1008. */
+export const PING_FRAMES_PER_SECOND = 10;
 /** Cookie carrying the access token, as set by the Next.js app. */
 export const ACCESS_TOKEN_COOKIE = 'moodio_access_token';
 /**
