@@ -72,7 +72,6 @@ export function isPingHead(bytes: Uint8Array): boolean {
 class PingSocket {
   readonly ws: WebSocket;
   readonly socket: Socket;
-  readonly address: string;
   /** Heard from (a frame or a pong) since the last liveness ping. */
   alive = true;
   tokens = PING_FRAME_BURST;
@@ -80,10 +79,9 @@ class PingSocket {
   /** Not read until its echoes drain. */
   held = false;
 
-  constructor(ws: WebSocket, socket: Socket, address: string) {
+  constructor(ws: WebSocket, socket: Socket) {
     this.ws = ws;
     this.socket = socket;
-    this.address = address;
   }
 
   /** Take a frame's token; false when the socket is over its rate. */
@@ -105,7 +103,10 @@ function terminateIfOpen(ping: PingSocket): void {
 export class PingRoute {
   private readonly options: PingRouteOptions;
   private readonly wss: WebSocketServer;
+  /** Upgraded ping sockets (for the liveness ping and the drain). */
   private readonly sockets = new Set<PingSocket>();
+  /** Ping sockets admitted and not yet closed, upgrading ones included. */
+  private admitted = 0;
   private readonly perAddress = new Map<string, number>();
   private readonly pinger: NodeJS.Timeout;
   /** Refusals are caused at will by peers: logged at a bounded rate. */
@@ -128,9 +129,9 @@ export class PingRoute {
     this.pinger.unref();
   }
 
-  /** Open ping sockets of this shard. */
+  /** Ping sockets of this shard, upgrading ones included. */
   get size(): number {
-    return this.sockets.size;
+    return this.admitted;
   }
 
   /** A `/ws/ping` connection handed over by the primary: refuse it or upgrade it, synchronously. */
@@ -153,21 +154,31 @@ export class PingRoute {
       return this.reject(socket, Rejections.PING_FULL, message.remoteAddress);
     }
     const { head } = parsed;
+    // Counted before the 101 is written: a client that opens its next ping
+    // the moment this one opens must find it counted, on any shard. The
+    // socket's close (an aborted upgrade too) gives the place back.
+    this.count(address, 1);
+    socket.once('close', () => this.count(address, -1));
     // `ws` reads method, url and headers; nothing else of an IncomingMessage.
     const req = { method: head.method, url: head.url, headers: head.headers, socket } as unknown as IncomingMessage;
-    // ws answers the upgrade and calls back in this same turn, so no other
-    // handshake of this shard passes the checks above before the count grows.
     this.wss.handleUpgrade(req, socket as Duplex, bytes.subarray(message.headLength), (ws) => {
       socket.off('error', swallow);
-      this.open(new PingSocket(ws, socket, address));
+      this.open(new PingSocket(ws, socket));
     });
+  }
+
+  /** Ping sockets of `address` and of this shard (the gauge the process-wide bound sums). */
+  private count(address: string, delta: 1 | -1): void {
+    const left = (this.perAddress.get(address) ?? 0) + delta;
+    if (left === 0) this.perAddress.delete(address);
+    else this.perAddress.set(address, left);
+    this.admitted += delta;
+    this.options.metrics.set(PingMetric.SOCKETS, this.admitted);
   }
 
   private open(ping: PingSocket): void {
     const { ws } = ping;
     this.sockets.add(ping);
-    this.perAddress.set(ping.address, (this.perAddress.get(ping.address) ?? 0) + 1);
-    this.options.metrics.set(PingMetric.SOCKETS, this.sockets.size);
     this.options.metrics.handshake(101);
     ws.on('message', (data: Buffer, isBinary: boolean) => this.onMessage(ping, data, isBinary));
     ws.on('ping', () => this.onFrame(ping));
@@ -181,7 +192,7 @@ export class PingRoute {
       ping.held = false;
       ws.resume();
     });
-    ws.once('close', () => this.closed(ping));
+    ws.once('close', () => this.sockets.delete(ping));
   }
 
   /** A frame from the client: true when it may be answered. */
@@ -209,14 +220,6 @@ export class PingRoute {
       ping.held = true;
       ping.ws.pause();
     }
-  }
-
-  private closed(ping: PingSocket): void {
-    if (!this.sockets.delete(ping)) return;
-    const left = this.perAddress.get(ping.address)! - 1;
-    if (left === 0) this.perAddress.delete(ping.address);
-    else this.perAddress.set(ping.address, left);
-    this.options.metrics.set(PingMetric.SOCKETS, this.sockets.size);
   }
 
   /** As for sessions: a ping socket that answered nothing since the previous ping is terminated. */
