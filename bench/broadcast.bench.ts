@@ -16,6 +16,7 @@
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import { createLogger } from '../src/log.ts';
+import { DEFAULT_MUTATION_TYPES } from '../src/protocol/events.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
 import { Backpressure } from '../src/shard/backpressure.ts';
@@ -68,7 +69,7 @@ function build(rooms: number, perRoom: number): Built {
     log,
   );
   backpressure.stop();
-  const relay = new Relay({ rooms: index, out, log, limiter: new RateLimiter(limits), metrics, backpressure, transientTypes: new Set(['asset_dragging']) });
+  const relay = new Relay({ rooms: index, out, log, limiter: new RateLimiter(limits), metrics, backpressure, transientTypes: new Set(['asset_dragging']), mutationTypes: new Set(DEFAULT_MUTATION_TYPES) });
   const sessions: Session[] = [];
   for (let r = 0; r < rooms; r++) {
     for (let m = 0; m < perRoom; m++) {

@@ -14,7 +14,9 @@ import type { AddressInfo } from 'node:net';
 import { parseCookie } from 'cookie';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { verifyAccessToken } from '../src/auth/token.ts';
-import { MUTATION_TYPES } from '../src/protocol/events.ts';
+import { DEFAULT_MUTATION_TYPES } from '../src/protocol/events.ts';
+
+const MUTATION_TYPES: ReadonlySet<string> = new Set(DEFAULT_MUTATION_TYPES);
 
 interface NaiveSession {
   ws: WebSocket;

@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { DEV_SECRET_FILE, loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
+import { DEFAULT_MUTATION_TYPES, RESERVED_TYPES } from './protocol/events.ts';
 import { durationIn, httpUrl, intIn, numberIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
 export { DEV_SECRET_FILE, optionName, parseDuration };
@@ -50,6 +51,10 @@ export interface ServeConfig {
   handshakeRatePerAddress: number;
   drainTimeoutMs: number;
   pingIntervalMs: number;
+  /** /ws/ping sockets open at once in the process. */
+  maxPingSockets: number;
+  /** /ws/ping sockets open at once from one client address (an IPv6 /64). */
+  maxPingPerAddress: number;
   maxConnectionsPerWorker: number;
   maxConnectionsPerUser: number;
   /** Handshakes of one user being authenticated at once (0 = no limit). */
@@ -68,6 +73,8 @@ export interface ServeConfig {
   maxOutboundBytes: number;
   /** Added to asset_dragging. */
   coalesceTypes: string[];
+  /** Types a viewer may not send, dropped on every route (default: the protocol's DEFAULT_MUTATION_TYPES). */
+  mutationTypes: string[];
   slowConsumerTimeoutMs: number;
   /** When sockets that receive fast are written once per pace interval instead of once per turn (write-coalescer.ts). */
   pacing: PacingMode;
@@ -132,6 +139,21 @@ function typeList(raw: string, option: string): string[] {
     if (type.length === 0 || type.length > 64) throw new ConfigError(option, `${JSON.stringify(type)} is not an event type`);
     return type;
   });
+}
+
+/**
+ * `asset_moved, pt_cell_updated` → the mutation table. It replaces the
+ * default, so it may not be empty (that would let viewers send anything:
+ * say so with a type no client sends), nor name a server-only type, which
+ * no client can send anyway.
+ */
+function mutationTypeList(raw: string, option: string): string[] {
+  const types = typeList(raw, option);
+  if (types.length === 0) throw new ConfigError(option, 'must list at least one event type');
+  for (const type of types) {
+    if (RESERVED_TYPES.has(type)) throw new ConfigError(option, `${JSON.stringify(type)} is sent by the server only`);
+  }
+  return [...new Set(types)];
 }
 
 /** `https://a.example, http://localhost:3000` → normalized origins (scheme://host[:port]). */
@@ -312,6 +334,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: parseDuration,
   },
   {
+    key: 'maxPingSockets',
+    flags: '--max-ping-sockets <n>',
+    env: 'MOODIO_RT_MAX_PING_SOCKETS',
+    default: '1000',
+    description: '/ws/ping sockets open at once in the process; more are answered 503 with Retry-After',
+    parse: intIn(1, 1_000_000),
+  },
+  {
+    key: 'maxPingPerAddress',
+    flags: '--max-ping-per-address <n>',
+    env: 'MOODIO_RT_MAX_PING_PER_ADDRESS',
+    default: '16',
+    description: '/ws/ping sockets open at once from one client address (an IPv6 /64); more are answered 429 with Retry-After',
+    parse: intIn(1, 1_000_000),
+  },
+  {
     key: 'maxConnectionsPerWorker',
     flags: '--max-connections-per-worker <n>',
     env: 'MOODIO_RT_MAX_CONNECTIONS_PER_WORKER',
@@ -398,6 +436,14 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     description: 'comma-separated event types, besides asset_dragging, of which a slow recipient only gets the newest',
     parse: typeList,
     ...LIST,
+  },
+  {
+    key: 'mutationTypes',
+    flags: '--mutation-types <list>',
+    env: 'MOODIO_RT_MUTATION_TYPES',
+    default: DEFAULT_MUTATION_TYPES.join(','),
+    description: 'comma-separated event types a viewer may not send (dropped on every route); replaces the default list (asset_*, cell_*, table_generating, pt_*)',
+    parse: mutationTypeList,
   },
   {
     key: 'slowConsumerTimeoutMs',

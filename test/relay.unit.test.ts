@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
-import { MAX_TYPE_LENGTH, MUTATION_TYPES } from '../src/protocol/events.ts';
+import { DEFAULT_MUTATION_TYPES, MAX_TYPE_LENGTH } from '../src/protocol/events.ts';
 import { Metric } from '../src/protocol/metrics.ts';
 import type { Session } from '../src/shard/session.ts';
 import { FAULT_TYPE } from './helpers/fault-hook.ts';
@@ -168,20 +168,33 @@ test('bad frames are answered to the sender alone with their exact error, counte
   assert.deepEqual([metric(p, Metric.DROPPED_INVALID), metric(p, Metric.MESSAGES_RELAYED)], [cases.length + 2, 1]);
 });
 
-test('a viewer: the seven mutation types are dropped silently, other types relayed; an editor sends all seven', async (t) => {
+test('a viewer: every type of the mutation table is dropped silently, other types relayed; an editor sends them all', async (t) => {
   freeze(t);
   const p = await shardParts(t);
   const viewer = await p.join('Vic', { permission: 'viewer' });
   const editor = await p.join('Eve');
   await viewer.client.next(); // session_joined
-  assert.equal(MUTATION_TYPES.size, 7);
-  for (const type of MUTATION_TYPES) send(p, viewer, { type, payload: { from: 'viewer' } });
+  const table = DEFAULT_MUTATION_TYPES;
+  assert.equal(table.length, 28, "the issue's list: 9 asset, 3 cell, table_generating, 15 pt_*");
+  for (const type of table) send(p, viewer, { type, payload: { from: 'viewer' } });
   send(p, viewer, { type: 'cursor_moved', payload: { x: 1 } });
-  assert.equal(await editor.client.next(), event('cursor_moved', viewer.session, '{"x":1}'), 'none of the seven reached the editor');
-  for (const type of MUTATION_TYPES) send(p, editor, { type, payload: { from: 'editor' } });
-  for (const type of MUTATION_TYPES) assert.equal(await viewer.client.next(), event(type, editor.session, '{"from":"editor"}'), 'no error before it: the drops were silent');
-  assert.deepEqual([metric(p, Metric.DROPPED_VIEWER), metric(p, Metric.MESSAGES_RELAYED), metric(p, Metric.DROPPED_INVALID)], [7, 8, 0]);
+  assert.equal(await editor.client.next(), event('cursor_moved', viewer.session, '{"x":1}'), 'none of the mutations reached the editor');
+  for (const type of table) send(p, editor, { type, payload: { from: 'editor' } });
+  for (const type of table) assert.equal(await viewer.client.next(), event(type, editor.session, '{"from":"editor"}'), 'no error before it: the drops were silent');
+  assert.deepEqual([metric(p, Metric.DROPPED_VIEWER), metric(p, Metric.MESSAGES_RELAYED), metric(p, Metric.DROPPED_INVALID)], [table.length, table.length + 1, 0]);
   assert.deepEqual(p.log.entries, [], 'with debug off nothing is logged, and nothing built for debug');
+});
+
+test('a configured mutation table replaces the default: its types are dropped, the default\'s relayed', async (t) => {
+  freeze(t);
+  const p = await shardParts(t, { mutationTypes: ['cursor_moved'] });
+  const viewer = await p.join('Vic', { permission: 'viewer' });
+  const editor = await p.join('Eve');
+  await viewer.client.next(); // session_joined
+  send(p, viewer, { type: 'cursor_moved', payload: { x: 1 } });
+  send(p, viewer, { type: 'pt_cell_updated', payload: { cell: 'A1' } });
+  assert.equal(await editor.client.next(), event('pt_cell_updated', viewer.session, '{"cell":"A1"}'), 'cursor_moved was dropped, pt_cell_updated relayed');
+  assert.deepEqual([metric(p, Metric.DROPPED_VIEWER), metric(p, Metric.MESSAGES_RELAYED)], [1, 1]);
 });
 
 test('with debug on: a dropped viewer mutation and the logged event types are logged, nothing else', async (t) => {

@@ -126,3 +126,30 @@ test('anything else is 404, not a handshake', () => {
     assert.deepEqual(route(head('GET', path, UPGRADE), OPTIONS), reject(Rejections.NOT_FOUND, false), path);
   }
 });
+
+test('/ws/ping: the same upgrade checks as every WebSocket route (origin included), then the primary picks the shard', () => {
+  const withOrigins: RouterOptions = { ...OPTIONS, allowedOrigins: resolveServeConfig({ jwtSecret: 's', allowedOrigins: 'https://app.example' }).allowedOrigins };
+  const cases: [RequestHead, Route, RouterOptions?][] = [
+    [head('GET', '/ws/ping', UPGRADE), { kind: 'ping' }],
+    [head('GET', '/ws/ping?x=1', UPGRADE), { kind: 'ping' }],
+    [head('POST', '/ws/ping', UPGRADE), reject(Rejections.METHOD_NOT_ALLOWED, true, { Allow: 'GET' })],
+    [head('GET', '/ws/ping'), reject(Rejections.UPGRADE_REQUIRED, true)],
+    [head('GET', '/ws/ping', { ...UPGRADE, 'Content-Length': '3' }), reject(Rejections.BODY_NOT_ALLOWED, true)],
+    [head('GET', '/ws/ping', { ...UPGRADE, Origin: 'https://evil.example' }), reject(Rejections.ORIGIN_NOT_ALLOWED, true), withOrigins],
+    [head('GET', '/ws/ping', { ...UPGRADE, Origin: 'https://app.example' }), { kind: 'ping' }, withOrigins],
+    [head('GET', '/ws/ping/x', UPGRADE), reject(Rejections.NOT_FOUND, false)],
+  ];
+  for (const [h, expected, options] of cases) assert.deepEqual(route(h, options ?? OPTIONS), expected, `${h.method} ${h.url}`);
+});
+
+test('/check: GET and OPTIONS are answered with CORS headers, the Origin reflected; other methods 405 with them', () => {
+  const cors = { 'Access-Control-Allow-Origin': 'https://any.example', 'Access-Control-Allow-Methods': 'GET, OPTIONS', 'Access-Control-Allow-Headers': 'Content-Type', Vary: 'Origin' };
+  const origin = { Origin: 'https://any.example' };
+  const withOrigins: RouterOptions = { ...OPTIONS, allowedOrigins: ['https://app.example'] };
+  assert.deepEqual(route(head('GET', '/check', origin), withOrigins), { kind: 'check', preflight: false, headers: cors }, '--allowed-origins is for WebSocket routes');
+  assert.deepEqual(route(head('OPTIONS', '/check', origin), OPTIONS), { kind: 'check', preflight: true, headers: cors });
+  assert.deepEqual(route(head('DELETE', '/check', origin), OPTIONS), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'GET, OPTIONS', ...cors }));
+  const { 'Access-Control-Allow-Origin': _, ...withoutOrigin } = cors;
+  assert.deepEqual(route(head('GET', '/check'), OPTIONS), { kind: 'check', preflight: false, headers: withoutOrigin });
+  assert.deepEqual(route(head('GET', '/check/'), OPTIONS), reject(Rejections.NOT_FOUND, false));
+});

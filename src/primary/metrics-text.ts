@@ -4,7 +4,7 @@
  * gauges are given per thread (`shard="0"…`, `shard="primary"`).
  */
 import { DROP_REASONS } from '../protocol/bus.ts';
-import { ApiMetric, Metric, PERMISSION_BUCKETS, SLOT_SIZE } from '../protocol/metrics.ts';
+import { ApiMetric, Metric, PERMISSION_BUCKETS, PingMetric, SLOT_SIZE } from '../protocol/metrics.ts';
 
 function label(slot: number, shards: number): string {
   return slot === shards ? 'primary' : String(slot);
@@ -93,6 +93,12 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{limit="in_flight"}', Metric.REFUSED_HANDSHAKES_IN_FLIGHT],
     ['{limit="address_rate"}', Metric.REFUSED_ADDRESS_RATE],
   ]);
+  perShard('moodio_rt_ping_sockets', PingMetric.SOCKETS, 'Open /ws/ping sockets, per shard (--max-ping-sockets bounds their sum).');
+  counter('moodio_rt_ping_refused_total', 'Handshakes on /ws/ping refused, by limit (process: --max-ping-sockets, address: --max-ping-per-address).', [
+    ['{limit="process"}', PingMetric.REFUSED_PROCESS],
+    ['{limit="address"}', PingMetric.REFUSED_ADDRESS],
+  ]);
+  counter('moodio_rt_ping_echoed_total', 'Text frames echoed on /ws/ping.', [['', PingMetric.ECHOED]]);
   perShard('moodio_rt_federation_connected', Metric.FEDERATION_CONNECTED, 'Whether the shard\'s NATS connection is up (1) or not (0; also 0 without --nats-url), per shard.');
   counter('moodio_rt_federation_messages_total', 'Room messages on the bus, by direction (published, received, unpublished: not sent while the bus was down).', [
     ['{direction="published"}', Metric.BUS_PUBLISHED],

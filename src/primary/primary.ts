@@ -11,6 +11,8 @@ import { LogBudget, REJECTION_LOG_PER_SECOND, type LogFields, type Logger } from
 import { endWithResponse, httpResponse, parseRequestHead, type RequestHead } from '../protocol/http.ts';
 import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } from '../protocol/rejections.ts';
 import { reportLingeringTo } from '../protocol/linger.ts';
+import { addressKey, normalizeAddress } from '../protocol/address.ts';
+import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
@@ -42,22 +44,9 @@ const SHED_CANDIDATES = 4;
 /** --handshake-rate-per-address lets an address start this many seconds' worth at once. */
 export const HANDSHAKE_BURST_SECONDS = 5;
 
-/** An IPv4-mapped IPv6 address as plain IPv4. */
-const normalize = (a: string): string => (a.startsWith('::ffff:') ? a.slice(7) : a);
+const normalize = normalizeAddress;
 
-/**
- * What --max-pending-per-address counts: an IPv4 address, or the /64 of an
- * IPv6 one. A subscriber usually gets a whole /64 and may use any address in
- * it, so a per-address limit on IPv6 would be a limit on nothing.
- */
-export function addressKey(address: string): string {
-  if (!address.includes(':')) return address;
-  const plain = address.split('%', 1)[0]!.toLowerCase();
-  const gap = plain.indexOf('::');
-  const left = gap === -1 ? plain.split(':') : plain.slice(0, gap).split(':').filter(Boolean);
-  const groups = gap === -1 || left.length >= 4 ? left : [...left, ...Array(4 - left.length).fill('0')];
-  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
-}
+export { addressKey };
 
 /**
  * The client's address: the peer's, unless the peer is a trusted proxy; then
@@ -284,32 +273,53 @@ export class Primary {
         endWithResponse(socket, httpResponse(ok ? 202 : 503, ok ? 'terminating' : 'shard is not running'));
         return;
       }
-      case 'shard': {
-        if (this.closing) {
-          this.reject(socket, Rejections.SHUTTING_DOWN);
-          return;
-        }
-        if (bytes === null) {
-          this.reject(socket, Rejections.UPGRADE_ON_USED_CONNECTION);
-          return;
-        }
-        const client = clientAddress(socket.remoteAddress ?? '', head.headers['x-forwarded-for'], this.config.trustProxy);
-        // Refused here, before a shard spends a token verification and an answer on it.
-        const waitMs = this.handshakes.take(addressKey(normalize(client)), Date.now());
-        if (waitMs > 0) {
-          this.pool.primaryMetrics.add(Metric.REFUSED_ADDRESS_RATE);
-          this.reject(socket, Rejections.TOO_MANY_HANDSHAKES_FROM_ADDRESS, { retryAfterS: Math.ceil(waitMs / 1000) });
-          return;
-        }
-        const sent = this.pool.dispatch(decision.shard, socket, bytes, headLength, client);
-        if (sent === 'unavailable') {
-          this.reject(socket, Rejections.SHARD_UNAVAILABLE, {
-            detail: `shard ${decision.shard} is restarting`,
-            retryAfterS: this.pool.retryAfterSeconds(decision.shard),
-          });
-        }
+      case 'check':
+        endWithResponse(
+          socket,
+          decision.preflight
+            ? httpResponse(204, '', decision.headers)
+            : httpResponse(200, JSON.stringify({ status: 'ok', region: this.config.region }), decision.headers, 'application/json'),
+        );
         return;
-      }
+      case 'shard':
+        this.handOver(socket, head, bytes, headLength, () => decision.shard);
+        return;
+      case 'ping':
+        // By the client's address: its probes meet the same shard each time, and that
+        // shard alone counts the address's ping sockets (shard/ping-route.ts).
+        this.handOver(socket, head, bytes, headLength, (client) => fnv1a32(addressKey(normalize(client))) % this.pool.size);
+        return;
+    }
+  }
+
+  /**
+   * Hand a WebSocket handshake to the shard `shardOf` picks for the client's
+   * address, unless the address is over --handshake-rate-per-address.
+   */
+  private handOver(socket: Socket, head: RequestHead, bytes: Buffer | null, headLength: number, shardOf: (client: string) => number): void {
+    if (this.closing) {
+      this.reject(socket, Rejections.SHUTTING_DOWN);
+      return;
+    }
+    if (bytes === null) {
+      this.reject(socket, Rejections.UPGRADE_ON_USED_CONNECTION);
+      return;
+    }
+    const client = clientAddress(socket.remoteAddress ?? '', head.headers['x-forwarded-for'], this.config.trustProxy);
+    // Refused here, before a shard spends a token verification and an answer on it.
+    const waitMs = this.handshakes.take(addressKey(normalize(client)), Date.now());
+    if (waitMs > 0) {
+      this.pool.primaryMetrics.add(Metric.REFUSED_ADDRESS_RATE);
+      this.reject(socket, Rejections.TOO_MANY_HANDSHAKES_FROM_ADDRESS, { retryAfterS: Math.ceil(waitMs / 1000) });
+      return;
+    }
+    const shard = shardOf(client);
+    const sent = this.pool.dispatch(shard, socket, bytes, headLength, client);
+    if (sent === 'unavailable') {
+      this.reject(socket, Rejections.SHARD_UNAVAILABLE, {
+        detail: `shard ${shard} is restarting`,
+        retryAfterS: this.pool.retryAfterSeconds(shard),
+      });
     }
   }
 

@@ -8,7 +8,7 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import { API_PREFIX } from '../protocol/api.ts';
 import { bearerToken, headerHasToken, type RequestHead } from '../protocol/http.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
-import { HEALTH_PATH, METRICS_PATH, parseDesktopPath, STATS_PATH } from '../protocol/paths.ts';
+import { CHECK_PATH, HEALTH_PATH, METRICS_PATH, parseDesktopPath, PING_PATH, STATS_PATH } from '../protocol/paths.ts';
 
 export type Route =
   | { kind: 'health' }
@@ -16,6 +16,10 @@ export type Route =
   | { kind: 'stats' }
   | { kind: 'demo' }
   | { kind: 'shard'; desktopId: string; shard: number }
+  /** `/ws/ping`: to a shard chosen by the client's address (the primary knows it, the head alone does not). */
+  | { kind: 'ping' }
+  /** `/check`: `GET` answers 200 with the region, `OPTIONS` 204; `headers` are its CORS headers. */
+  | { kind: 'check'; preflight: boolean; headers: Record<string, string> }
   | { kind: 'terminate-shard'; shard: number }
   /** The server API (/api/v1/, with --api-key): api-server.ts takes the connection. */
   | { kind: 'api' }
@@ -80,22 +84,51 @@ function hasBody(head: RequestHead): boolean {
   return (length !== undefined && length !== '0') || head.headers['transfer-encoding'] !== undefined;
 }
 
+/**
+ * The CORS headers of every `/check` answer. The request's Origin is
+ * reflected whatever it is: the answer is public (a status and the region
+ * label), it never allows credentials, and it reads the same for everyone, so
+ * reflecting is `*` for a browser while still naming the page (as the
+ * upstream relay does). `Vary: Origin` keeps a cache from serving one page's
+ * answer to another. The strict head parser refused control bytes, so the
+ * reflected value cannot split the response.
+ */
+export function checkHeaders(origin: string | undefined): Record<string, string> {
+  return {
+    ...(origin === undefined ? {} : { 'Access-Control-Allow-Origin': origin }),
+    'Access-Control-Allow-Methods': 'GET, OPTIONS',
+    'Access-Control-Allow-Headers': 'Content-Type',
+    Vary: 'Origin',
+  };
+}
+
+/** The checks every WebSocket route shares; null = go on. */
+function upgradeRefusal(head: RequestHead, options: RouterOptions): Route | null {
+  if (head.method !== 'GET') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET' }, handshake: true };
+  if (hasBody(head)) return { kind: 'reject', rejection: Rejections.BODY_NOT_ALLOWED, handshake: true };
+  // RFC 6455 §4.1 asks for both. A sender of Upgrade must list it in Connection
+  // (RFC 9110 §7.8); without that, the request is no upgrade, only a plain GET, and
+  // gets the plain GET's answer.
+  if (!headerHasToken(head.headers.upgrade, 'websocket') || !headerHasToken(head.headers.connection, 'upgrade')) {
+    return { kind: 'reject', rejection: Rejections.UPGRADE_REQUIRED, handshake: true };
+  }
+  if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', rejection: Rejections.ORIGIN_NOT_ALLOWED, handshake: true };
+  return null;
+}
+
 /** Decide what to do with a parsed request head. */
 export function route(head: RequestHead, options: RouterOptions): Route {
   const path = parseDesktopPath(head.path);
   if (path.kind === 'desktop') {
-    if (head.method !== 'GET') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET' }, handshake: true };
-    if (hasBody(head)) return { kind: 'reject', rejection: Rejections.BODY_NOT_ALLOWED, handshake: true };
-    // RFC 6455 §4.1 asks for both. A sender of Upgrade must list it in Connection
-    // (RFC 9110 §7.8); without that, the request is no upgrade, only a plain GET, and
-    // gets the plain GET's answer.
-    if (!headerHasToken(head.headers.upgrade, 'websocket') || !headerHasToken(head.headers.connection, 'upgrade')) {
-      return { kind: 'reject', rejection: Rejections.UPGRADE_REQUIRED, handshake: true };
-    }
-    if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', rejection: Rejections.ORIGIN_NOT_ALLOWED, handshake: true };
-    return { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
+    return upgradeRefusal(head, options) ?? { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
   }
   if (path.kind === 'bad-id') return { kind: 'reject', rejection: Rejections.INVALID_DESKTOP_ID, handshake: true };
+  if (head.path === PING_PATH) return upgradeRefusal(head, options) ?? { kind: 'ping' };
+  if (head.path === CHECK_PATH) {
+    const headers = checkHeaders(head.headers.origin);
+    if (head.method === 'GET' || head.method === 'OPTIONS') return { kind: 'check', preflight: head.method === 'OPTIONS', headers };
+    return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET, OPTIONS', ...headers }, handshake: false };
+  }
   if (head.path === HEALTH_PATH) {
     if (head.method !== 'GET' && head.method !== 'HEAD') {
       return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET, HEAD' }, handshake: false };

@@ -27,8 +27,38 @@ export const ClientEvent = {
   ASSET_DESELECTED: 'asset_deselected',
 } as const;
 
-/** The seven mutation types a viewer may not send; they are dropped server-side. */
-export const MUTATION_TYPES: ReadonlySet<string> = new Set(Object.values(ClientEvent));
+/**
+ * The default mutation table: types a viewer may not send, dropped
+ * server-side on every route. The upstream relay's list (issue 20): the
+ * seed's seven asset types are a subset, then the rest of the desktop's
+ * assets and cells, and the production tables' `pt_*` events.
+ * `--mutation-types` replaces it; the table in force is the shard's
+ * (`config.mutationTypes`), this module keeps no state.
+ */
+export const DEFAULT_MUTATION_TYPES: readonly string[] = [
+  ...Object.values(ClientEvent),
+  'asset_resizing',
+  'asset_z_changed',
+  'cell_selected',
+  'cell_deselected',
+  'cell_updated',
+  'table_generating',
+  'pt_cell_selected',
+  'pt_cell_deselected',
+  'pt_cell_updated',
+  'pt_cell_comment_updated',
+  'pt_media_asset_added',
+  'pt_media_asset_removed',
+  'pt_column_added',
+  'pt_column_removed',
+  'pt_column_renamed',
+  'pt_column_resized',
+  'pt_columns_reordered',
+  'pt_row_added',
+  'pt_row_removed',
+  'pt_row_resized',
+  'pt_rows_reordered',
+];
 
 /** Events that only the newest matters of: coalesced for a recipient over its outbound budget. */
 export const DEFAULT_TRANSIENT_TYPES: readonly string[] = [ClientEvent.ASSET_DRAGGING];
@@ -73,9 +103,11 @@ export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 export const CloseCode = {
   /** Server shutting down (SIGTERM/SIGINT drain). */
   GOING_AWAY: 1001,
-  /** Over the rate limit for `--rate-limit-close-after`. */
+  /** A binary frame on `/ws/ping`, which echoes text only. */
+  UNSUPPORTED_DATA: 1003,
+  /** Over the rate limit for `--rate-limit-close-after`; on `/ws/ping`, over its frame rate. */
   POLICY_VIOLATION: 1008,
-  /** Frame larger than `--max-message-size` (sent by `ws` itself). */
+  /** Frame larger than `--max-message-size`, or than 512 bytes on `/ws/ping` (sent by `ws` itself). */
   MESSAGE_TOO_BIG: 1009,
   /** The shard is being restarted (admin terminate): reconnect. */
   SERVICE_RESTART: 1012,
@@ -172,6 +204,12 @@ export interface ErrorEvent {
 export const WS_PATH_PREFIX = '/ws/desktop/';
 /** Accepted desktop ids. */
 export const DESKTOP_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+/** Largest text frame `/ws/ping` echoes; a larger one closes with 1009. */
+export const PING_MAX_MESSAGE_BYTES = 512;
+/** Frames (text or ping) one `/ws/ping` socket may send at once; then {@link PING_FRAMES_PER_SECOND}. */
+export const PING_FRAME_BURST = 20;
+/** Frames per second one `/ws/ping` socket may send after its burst; faster closes with 1008. */
+export const PING_FRAMES_PER_SECOND = 10;
 /** Cookie carrying the access token, as set by the Next.js app. */
 export const ACCESS_TOKEN_COOKIE = 'moodio_access_token';
 /**

@@ -175,6 +175,7 @@ export function endWithResponse(socket: Socket, response: string): void {
 const STATUS_TEXT: Record<number, string> = {
   200: 'OK',
   202: 'Accepted',
+  204: 'No Content',
   400: 'Bad Request',
   401: 'Unauthorized',
   403: 'Forbidden',
@@ -206,6 +207,8 @@ export function httpResponse(
 ): string {
   let out = `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Unknown'}\r\n`;
   for (const name of Object.keys(headers)) out += `${name}: ${headers[name]}\r\n`;
+  // A 204 has no content, and may not say how long it is (RFC 9110 §8.6).
+  if (status === 204) return `${out}Connection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n`;
   out += `Content-Type: ${contentType}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: ${keepAlive ? 'keep-alive' : 'close'}\r\n\r\n`;
   return out + body;
 }

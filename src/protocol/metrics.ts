@@ -156,7 +156,21 @@ export const ApiMetric = {
   _COUNT: 27,
 } as const;
 
-export const SLOT_SIZE = API_BASE + ApiMetric._COUNT;
+/** /ws/ping metrics (issue 20, shard/ping-route.ts), after the server API's; `_COUNT` ends the block. */
+const PING_BASE = API_BASE + ApiMetric._COUNT;
+export const PingMetric = {
+  /** Gauge: open /ws/ping sockets of this shard (summed over shards for --max-ping-sockets). */
+  SOCKETS: PING_BASE,
+  /** Ping sockets refused by --max-ping-sockets. */
+  REFUSED_PROCESS: PING_BASE + 1,
+  /** Ping sockets refused by --max-ping-per-address. */
+  REFUSED_ADDRESS: PING_BASE + 2,
+  /** Text frames echoed. */
+  ECHOED: PING_BASE + 3,
+  _COUNT: 4,
+} as const;
+
+export const SLOT_SIZE = PING_BASE + PingMetric._COUNT;
 
 /** Values that describe the present (reset when a shard exits), not totals. */
 export const GAUGES: readonly number[] = [
@@ -172,6 +186,7 @@ export const GAUGES: readonly number[] = [
   Metric.FEDERATION_CONNECTED,
   Metric.REMOTE_SESSIONS,
   Metric.PEER_NODES,
+  PingMetric.SOCKETS,
 ];
 
 /** The buffer for `shards` shard slots plus the primary's (the last slot). */

@@ -22,3 +22,7 @@ export function parseDesktopPath(path: string): DesktopPath {
 export const HEALTH_PATH = '/health';
 export const METRICS_PATH = '/metrics';
 export const STATS_PATH = '/stats';
+/** The region probe (issue 20): `{"status":"ok","region":…}`, readable cross-origin. */
+export const CHECK_PATH = '/check';
+/** Unauthenticated WebSocket echo for latency probes (issue 20; shard/ping-route.ts). */
+export const PING_PATH = '/ws/ping';

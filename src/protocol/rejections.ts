@@ -48,6 +48,8 @@ export const Rejections = {
   TOO_MANY_HANDSHAKES_FOR_USER: { status: 429, reason: 'too_many_handshakes_for_user', retryAfterS: 1 },
   /** Give the seconds until the address's next handshake with the refusal. */
   TOO_MANY_HANDSHAKES_FROM_ADDRESS: { status: 429, reason: 'too_many_handshakes_from_address', retryAfterS: 1 },
+  /** The client address already holds --max-ping-per-address /ws/ping sockets. */
+  TOO_MANY_PINGS_FROM_ADDRESS: { status: 429, reason: 'too_many_pings_from_address', retryAfterS: 5 },
   INTERNAL_ERROR: { status: 500, reason: 'internal_error' },
   TOO_MANY_PENDING_FROM_ADDRESS: { status: 503, reason: 'too_many_pending_from_address', retryAfterS: 1 },
   SHUTTING_DOWN: { status: 503, reason: 'shutting_down', retryAfterS: 1 },
@@ -55,6 +57,8 @@ export const Rejections = {
   SHARD_UNAVAILABLE: { status: 503, reason: 'shard_unavailable', retryAfterS: 1 },
   WORKER_FULL: { status: 503, reason: 'worker_full', retryAfterS: 5 },
   ROOM_FULL: { status: 503, reason: 'room_full', retryAfterS: 5 },
+  /** The process already holds --max-ping-sockets /ws/ping sockets. */
+  PING_FULL: { status: 503, reason: 'ping_full', retryAfterS: 5 },
   /** The permission API cannot answer: an outage, so clients retry rather than conclude they lost access. */
   PERMISSION_UNAVAILABLE: { status: 503, reason: 'permission_unavailable', retryAfterS: 2, body: 'permission service unavailable' },
   PERMISSION_BUSY: { status: 503, reason: 'permission_busy', retryAfterS: 1, body: 'permission service busy' },

@@ -47,7 +47,6 @@ import {
   type Heartbeat,
 } from '../protocol/bus.ts';
 import { apiSubject, desktopOf, MAX_API_BODY_BYTES, parseBusRequest, type ApiOutcome, type ApiRequest, type LiveSession } from '../protocol/api.ts';
-import { MUTATION_TYPES } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
@@ -106,6 +105,8 @@ export interface FederationOptions {
   deliver: (room: Room, frame: Buffer, transientKey?: string) => void;
   /** Event types a slow recipient only needs the newest of. */
   transientTypes: ReadonlySet<string>;
+  /** Types a viewer may not send (`--mutation-types`), the relay's table. */
+  mutationTypes: ReadonlySet<string>;
   /** This process must stop (another process runs under the same node id and started first). */
   onFatal: (code: string, message: string) => void;
   /** Apply a server API request another node published to this shard's sessions (shard/commands.ts). */
@@ -155,6 +156,7 @@ export class Federation {
   private readonly localRooms: RoomIndex;
   private readonly deliver: FederationOptions['deliver'];
   private readonly transientTypes: ReadonlySet<string>;
+  private readonly mutationTypes: ReadonlySet<string>;
   private readonly onFatal: FederationOptions['onFatal'];
   private readonly applyApi: FederationOptions['applyApi'];
   private readonly nodeJson: string;
@@ -191,6 +193,7 @@ export class Federation {
     this.localRooms = options.rooms;
     this.deliver = options.deliver;
     this.transientTypes = options.transientTypes;
+    this.mutationTypes = options.mutationTypes;
     this.onFatal = options.onFatal;
     this.applyApi = options.applyApi;
     this.signer = this.config.federationKey === '' ? null : new BusSigner(this.config.federationKey);
@@ -708,7 +711,7 @@ export class Federation {
         }
         const sender = room.remote.get(event.sessionId);
         // Defence in depth: the origin drops viewers' mutations; a session we know as a viewer cannot pass one here either.
-        if (sender !== undefined && sender.info.permission === 'viewer' && MUTATION_TYPES.has(event.type)) {
+        if (sender !== undefined && sender.info.permission === 'viewer' && this.mutationTypes.has(event.type)) {
           this.drop(DropReason.VIEWER, msg.subject, node);
           return;
         }

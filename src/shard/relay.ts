@@ -10,7 +10,6 @@ import {
   ErrorCode,
   LOGGED_TYPES,
   MAX_TYPE_LENGTH,
-  MUTATION_TYPES,
   RESERVED_TYPES,
   type ErrorCodeValue,
 } from '../protocol/events.ts';
@@ -33,6 +32,8 @@ export interface RelayOptions {
   backpressure: Backpressure;
   /** Types a recipient over its budget only needs the newest of (asset_dragging, --coalesce-types). */
   transientTypes: ReadonlySet<string>;
+  /** Types a viewer may not send (`--mutation-types`): dropped with one Set lookup. */
+  mutationTypes: ReadonlySet<string>;
   /** Other nodes (shard/federation.ts), when federation is on. */
   bus?: RelayBus;
 }
@@ -55,6 +56,7 @@ export class Relay {
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
   private readonly transientTypes: ReadonlySet<string>;
+  private readonly mutationTypes: ReadonlySet<string>;
   private readonly bus: RelayBus | undefined;
 
   constructor(options: RelayOptions) {
@@ -65,6 +67,7 @@ export class Relay {
     this.metrics = options.metrics;
     this.backpressure = options.backpressure;
     this.transientTypes = options.transientTypes;
+    this.mutationTypes = options.mutationTypes;
     this.bus = options.bus;
   }
 
@@ -248,7 +251,7 @@ export class Relay {
       this.sendError(session, ErrorCode.RESERVED_TYPE, `"${type}" is sent by the server only`);
       return;
     }
-    if (session.permission === 'viewer' && MUTATION_TYPES.has(type)) {
+    if (session.permission === 'viewer' && this.mutationTypes.has(type)) {
       // Silently dropped, as the reference server does: viewers' UIs should not send these.
       this.metrics.add(Metric.DROPPED_VIEWER);
       if (this.log.enabled('debug')) this.log.debug('viewer_mutation_dropped', { sessionId: session.id, type });

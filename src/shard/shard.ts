@@ -28,6 +28,7 @@ import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 import { Federation } from './federation.ts';
+import { isPingHead, PingRoute } from './ping-route.ts';
 
 /** Fragments one message may come in (ws's default is 16,384). */
 export const MAX_FRAGMENTS = 64;
@@ -66,6 +67,8 @@ export class Shard {
   private readonly federation: Federation | null;
   /** The server API and live grants (issue 13). */
   private readonly api: ShardApi;
+  /** `/ws/ping` (issue 20). */
+  private readonly ping: PingRoute;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
@@ -131,6 +134,8 @@ export class Shard {
       log,
     );
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
+    // The mutation table in force, built once: the relay's hot path is one lookup in it.
+    const mutations: ReadonlySet<string> = new Set(config.mutationTypes);
     this.limiter = new RateLimiter(this.rateLimit);
     this.federation =
       config.natsUrls.length === 0
@@ -143,6 +148,7 @@ export class Shard {
             rooms: this.rooms,
             deliver: (room, frame, transientKey) => this.relay.deliverRemote(room, frame, transientKey),
             transientTypes: transient,
+            mutationTypes: mutations,
             onFatal,
             applyApi: (request) => this.api.apply(request),
           });
@@ -154,9 +160,21 @@ export class Shard {
       metrics,
       backpressure: this.backpressure,
       transientTypes: transient,
+      mutationTypes: mutations,
       bus: this.federation ?? undefined,
     });
     this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants: cache, metrics, log });
+    this.ping = new PingRoute({
+      shardId: id,
+      workers: config.workers,
+      log,
+      metrics,
+      allMetrics,
+      maxSockets: config.maxPingSockets,
+      maxPerAddress: config.maxPingPerAddress,
+      pingIntervalMs: config.pingIntervalMs,
+      accepting: () => !this.draining,
+    });
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -174,6 +192,15 @@ export class Shard {
 
   /** A connection handed over by the primary. */
   accept(message: ConnectionMessage): void {
+    if (isPingHead(message.bytes)) {
+      try {
+        this.ping.accept(message);
+      } catch (err) {
+        // accept() answers every expected failure itself; this is a bug path.
+        this.log.error('ping_failed', { err });
+      }
+      return;
+    }
     this.handshake.admit(message, (admitted) => this.open(admitted)).catch((err: unknown) => {
       // admit() answers every expected failure itself; this is a bug path.
       this.log.error('handshake_failed', { err });
@@ -314,6 +341,7 @@ export class Shard {
     // Other nodes hear that every session here left before the sessions are even closed.
     const bus = this.federation?.close(Math.min(timeoutMs, 2000));
     clearInterval(this.pinger);
+    this.ping.close(code, reason);
     this.backpressure.stop();
     this.memory.stop();
     this.api.stop();

@@ -17,7 +17,7 @@ import type { TestContext } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
 import type { LogLevel } from '../../src/config.ts';
 import type { LogFields, Logger } from '../../src/log.ts';
-import type { Permission } from '../../src/protocol/events.ts';
+import { DEFAULT_MUTATION_TYPES, type Permission } from '../../src/protocol/events.ts';
 import { createMetricsBuffer, Metric, MetricsSlot, sumOverShards } from '../../src/protocol/metrics.ts';
 import { Backpressure, type BackpressureOptions } from '../../src/shard/backpressure.ts';
 import { RateLimiter, type RateLimitOptions } from '../../src/shard/rate-limiter.ts';
@@ -135,6 +135,8 @@ export interface PartsOptions {
   /** Defaults: the server's (1 MiB soft budget, 10 s timeout, 4 MiB hard cap, 256 MiB process cap), the process being this shard and {@link Parts.otherShard}. */
   backpressure?: Partial<Omit<BackpressureOptions, 'onCut' | 'onRelease'>>;
   transientTypes?: string[];
+  /** The mutation table (default: the protocol's default list, as the server's). */
+  mutationTypes?: readonly string[];
   /** Whether the logger has debug on (default false). */
   debug?: boolean;
 }
@@ -196,7 +198,9 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
     log,
   );
   const limiter = new RateLimiter({ perSecond: 0, burst: 10, closeAfterMs: 10_000, messageBytes: 4096, ...options.rateLimit });
-  relay = new Relay({ rooms, out, log, limiter, metrics, backpressure, transientTypes: new Set(options.transientTypes ?? ['asset_dragging']) });
+  relay = new Relay({ rooms, out, log, limiter, metrics, backpressure, transientTypes: new Set(options.transientTypes ?? ['asset_dragging']),
+    mutationTypes: new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES),
+  });
 
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false });
   const accepted: ((pair: [WebSocket, Socket]) => void)[] = [];
