@@ -15,6 +15,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import WebSocket from 'ws';
 import { ACCESS_TOKEN_COOKIE } from '../src/protocol/events.ts';
@@ -113,4 +114,39 @@ test('200 publishes of 64 KB to 200 reading members: every 202 reaches every mem
   // The bound was what took the 429s: its burst (1 MiB, 16 of these) passes at once, and 200 are more than it allows.
   assert.ok(accepted.length >= 16, `${accepted.length} accepted`);
   assert.ok(refused.length > 0, 'more than the bound allows was sent');
+});
+
+test('a member that does not read is still cut, by the slow-consumer timeout rather than the hard cap, while the reader beside it gets every publish', async (t) => {
+  const stub = await startPermissionStub(t);
+  const server = await startServer(t, {
+    workers: 1,
+    permissionApiBase: stub.base,
+    // A hard cap of 128 KiB, which the idle member's socket passes many times over.
+    args: ['--api-key', API_KEY, '--api-publish-rate', '0', '--slow-consumer-timeout', '2s', '--max-buffered-bytes', '65536', '--max-session-backlog', '131072'],
+  });
+  const desktopId = desktop('mem');
+  const [good, idle] = [await reader(server.wsUrl(desktopId)), await reader(server.wsUrl(desktopId))];
+  t.after(() => {
+    good!.ws.terminate();
+    idle!.ws.terminate();
+  });
+  const idleSocket = (idle!.ws as unknown as { _socket: Socket })._socket;
+  idleSocket.pause();
+  // 100 × 64 KB: far more than the kernel takes for a peer that reads nothing.
+  const count = 100;
+  for (let seq = 0; seq < count; seq++) {
+    const head = `{"type":"big","payload":{"seq":${seq},"pad":"`;
+    const res = await api(server, 'POST', `desktops/${desktopId}/events`, undefined, { raw: head + 'x'.repeat(BODY_BYTES - head.length - 3) + '"}}' });
+    assert.equal(res.status, 202);
+  }
+  const line = await server.waitForLog((l) => l.event === 'slow_consumer_close');
+  assert.equal(line.reason, 'slow_consumer', 'the server\'s frames do not trip the hard cap; the timeout takes it');
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && good!.got.some((n, seq) => seq < count && n === 0)) await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.ok(good!.got.subarray(0, count).every((n) => n === 1), 'the reader got each publish once');
+  assert.equal(good!.closed, null);
+  assert.equal(server.logs.filter((l) => l.event === 'slow_consumer_close').length, 1);
+  idleSocket.resume();
+  while (idle!.closed === null) await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.ok([4008, 1006].includes(idle!.closed.code), `the idle member closed with ${idle!.closed.code}`);
 });
