@@ -254,7 +254,7 @@ test('the shard publishes what it counts: the bytes sockets hold, and every byte
   p.backpressure.deliver(b!.session, frame('b1', 101), undefined);
   p.backpressure.deliver(b!.session, frame('b2', 90), 'k');
   p.backpressure.deliver(c!.session, frame('c', 90), undefined);
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3191, 'counted as queued, before any sweep');
+  assert.equal(p.backpressure.outboundBytes, 3191, 'counted as queued, before any sweep');
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3191, 'a, b and c; not the held b2');
   await received(b!, 1);
@@ -283,14 +283,16 @@ test('process cap as frames are queued: the figure rises with each frame, and th
   // Cat reads; three frames for it in one turn, no sweep: 9,400, 9,800, then 10,200 over the cap.
   const frames = [frame('c1', 400), frame('c2', 400), frame('c3', 400)];
   p.backpressure.deliver(c!.session, frames[0]!, undefined, 'server');
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4400, 'counted as it is queued');
+  assert.equal(p.backpressure.outboundBytes, 4400, 'counted as it is queued');
   p.backpressure.deliver(c!.session, frames[1]!, undefined, 'server');
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4800);
+  assert.equal(p.backpressure.outboundBytes, 4800);
   assert.deepEqual(p.cuts, [], 'exactly at the cap');
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4000, 'published at the end of the turn');
   p.backpressure.deliver(c!.session, frames[2]!, undefined, 'server');
   assert.deepEqual(names(p.cuts), ['Ann'], 'cut at once: its peer reads nothing, and it holds the most');
   assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.sessionId, f!.backlogBytes]), [['memory_cap', a!.session.id, 3000]]);
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 2200, 'Bob and what is queued for Cat');
+  assert.equal(p.backpressure.outboundBytes, 2200, 'Bob and what is queued for Cat');
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 2200, 'a cut publishes the figure at once');
   assert.deepEqual(await received(c!, 3), frames.map(textOf), 'the reader gets every frame');
   assert.equal(c!.session.open, true);
   // A sweep after the turn finds the process under the cap: nothing more is cut.
@@ -305,10 +307,11 @@ test('process cap: a large frame delivered to many counts once, whatever the soc
   for (const m of members) m.session.socket.cork();
   const big = frame('big', 64 * 1024);
   for (const m of members) p.backpressure.deliver(m.session, big, undefined, 'server');
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length, 'one buffer, held by three sockets');
+  assert.equal(p.backpressure.outboundBytes, big.length, 'one buffer, held by three sockets');
   p.backpressure.deliver(members[0]!.session, frame('small', 100), undefined);
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100);
+  assert.equal(p.backpressure.outboundBytes, big.length + 100);
   await turn();
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100, 'published at the end of the turn');
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100, 'recounted by the sweep: the same');
   assert.deepEqual(members.map((m) => m.session.socket.writableLength - (m === members[0] ? 100 : 0)), [big.length, big.length, big.length], 'what each budget sees');

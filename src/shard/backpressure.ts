@@ -29,12 +29,14 @@
  *   (counted at each write that leaves some, recounted exactly at most once
  *   a turn and at every sweep), plus the bytes queued in the coalescer,
  *   plus the shared frames (shared-frames.ts) that sockets hold, each
- *   counted once. Every frame queued adds to it at once and publishes it in
- *   the shared metrics buffer; the other shards' figures are read from
- *   there once a turn. When a frame takes the process over the cap, the
- *   shard recounts, and if still over cuts its own largest backlogs first
- *   (by what their sockets hold: the peers that are not reading) until
- *   the sum, as it knows it, is below. The 100 ms sweep does the same.
+ *   counted once. Every frame queued adds to it at once; the shard
+ *   publishes it in the shared metrics buffer at the end of each turn
+ *   that queued anything (and at each recount), and reads the other
+ *   shards' figures from there once a turn. When a frame takes the process
+ *   over the cap, the shard recounts, and if still over cuts its own
+ *   largest backlogs first (by what their sockets hold: the peers that are
+ *   not reading) until the sum, as it knows it, is below. The 100 ms sweep
+ *   does the same.
  *
  * A cut session leaves its room at once (session_left). Its coalesced
  * frames are dropped, a 4008 close frame is queued behind what the socket
@@ -173,20 +175,23 @@ export class Backpressure {
     this.queued();
   }
 
+  /** This shard's figure toward the process cap, current as of the last frame queued (published at the end of the turn). */
+  get outboundBytes(): number {
+    return this.shardTotal();
+  }
+
   /** This shard's figure: socket bytes, queued bytes, shared frames once. */
   private shardTotal(): number {
     return this.socketBytes + this.out.queuedBytes + this.out.sharedBytes;
   }
 
-  /** A frame was queued (or written, if shared): publish the new figure, and hold the process cap now. */
+  /** A frame was queued (or written, if shared): hold the process cap now. */
   private queued(): void {
     if (!this.turnOpen) this.openTurn();
-    const total = this.shardTotal();
-    this.metrics.values[Metric.OUTBOUND_BUFFERED] = total;
-    if (total + this.others > this.options.maxOutboundBytes) this.holdCap();
+    if (this.shardTotal() + this.others > this.options.maxOutboundBytes) this.holdCap();
   }
 
-  /** The first frame of a turn: read the other shards' figures, once. */
+  /** The first frame of a turn: read the other shards' figures, once, and publish this one at the turn's end. */
   private openTurn(): void {
     this.turnOpen = true;
     this.others = this.options.processOutbound() - this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
@@ -197,6 +202,7 @@ export class Backpressure {
     this.turnOpen = false;
     this.recountedThisTurn = false;
     this.exhaustedThisTurn = false;
+    this.metrics.values[Metric.OUTBOUND_BUFFERED] = this.shardTotal();
   };
 
   /**
