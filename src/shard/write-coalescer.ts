@@ -202,7 +202,11 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
     if (target.shared !== null) this.sharedFrames.release(target.shared);
   }
 
-  /** Queue a copy of `frame` for `target`: written at the end of this turn, or at its wheel slot when paced. */
+  /**
+   * Queue a copy of `frame` for `target`: written at the end of this turn, or
+   * at its wheel slot when paced. A frame of {@link SHARED_FRAME_BYTES} or
+   * more is written now, by reference, behind what `target` has queued.
+   */
   write(target: Outbound<O>, frame: Buffer): void {
     const length = frame.length;
     const used = target.queuedBytes;
