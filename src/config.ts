@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { DEV_SECRET_FILE, loadOrCreateDevSecret } from './auth/dev-secret.ts';
 import { ConfigError } from './errors.ts';
+import { MAX_API_BODY_BYTES } from './protocol/api.ts';
 import { DEFAULT_MUTATION_TYPES, RESERVED_TYPES } from './protocol/events.ts';
 import { durationIn, httpUrl, intIn, numberIn, oneOf, optionName, parseDuration, resolveTable, type TableSpec } from './option-parsers.ts';
 
@@ -111,6 +112,9 @@ export interface ServeConfig {
   apiKey: string;
   /** POST /api/v1/broadcast calls per second (0 = no limit). */
   apiBroadcastRate: number;
+  /** Bytes of API publishes one desktop may be sent per second (0 = no limit), and at once. */
+  apiPublishRate: number;
+  apiPublishBurst: number;
   /** Re-ask the permission API for every live session this often (0 = never). */
   permissionRecheckMs: number;
   /** Close a session with 4001 when its token's exp passes. */
@@ -206,6 +210,9 @@ const LIST = { unset: [] as string[] };
  * hands a token to anyone who asks (/demo/token), so only this machine may ask.
  */
 export const DEV_HOST = '127.0.0.1';
+
+/** Smallest --api-publish-burst: two of the largest publishes (a body of 64 KiB, plus the server's stamp), so that any valid one can pass. */
+export const MIN_API_PUBLISH_BURST = 2 * MAX_API_BODY_BYTES;
 
 /** The options of `moodio-rt serve`, with their defaults. */
 export const SERVE_OPTIONS: readonly OptionSpec[] = [
@@ -573,6 +580,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: '1',
     description: 'POST /api/v1/broadcast calls per second; more are answered 429 with Retry-After (0 = no limit)',
     parse: numberIn(0, 100_000),
+  },
+  {
+    key: 'apiPublishRate',
+    flags: '--api-publish-rate <bytes/s>',
+    env: 'MOODIO_RT_API_PUBLISH_RATE',
+    default: String(256 * 1024),
+    description: 'bytes of POST /api/v1/desktops/{id}/events one desktop may be sent per second, after --api-publish-burst; more get 429 with Retry-After (0 = no limit)',
+    parse: intIn(0, 1024 * 1024 * 1024),
+  },
+  {
+    key: 'apiPublishBurst',
+    flags: '--api-publish-burst <bytes>',
+    env: 'MOODIO_RT_API_PUBLISH_BURST',
+    default: String(1024 * 1024),
+    description: `bytes of API publishes one desktop may be sent at once (at least ${MIN_API_PUBLISH_BURST}, two of the largest)`,
+    parse: intIn(MIN_API_PUBLISH_BURST, 1024 * 1024 * 1024),
   },
   {
     key: 'permissionRecheckMs',

@@ -1,8 +1,9 @@
 /**
- * Token buckets by key (a user, an address), for rates of events a peer can
- * cause at will: `rate` a second, `burst` at once. A key whose bucket has
- * refilled is forgotten at the next sweep, so the map holds only the keys
- * seen in the last burst/rate seconds.
+ * Token buckets by key (a user, an address, a desktop), for rates of events
+ * a peer can cause at will: `rate` a second, `burst` at once. A take may
+ * cost more than one token (the bytes of an API publish). A key whose
+ * bucket has refilled is forgotten at the next sweep, so the map holds only
+ * the keys seen in the last burst/rate seconds.
  */
 
 /** Sweep forgotten keys at most this often (on take). */
@@ -27,8 +28,11 @@ export class KeyedBuckets {
     this.refillMs = rate > 0 ? burst / this.perMs : 0;
   }
 
-  /** Take a token for `key` at `now` (ms): 0 when taken, else the ms until one is back. */
-  take(key: string, now: number): number {
+  /**
+   * Take `cost` tokens (at most `burst`) for `key` at `now` (ms): 0 when
+   * taken, else the ms until that many are back; nothing is taken then.
+   */
+  take(key: string, now: number, cost = 1): number {
     if (this.perMs === 0) return 0;
     if (now - this.forgotAt >= FORGET_EVERY_MS) this.forget(now);
     let bucket = this.buckets.get(key);
@@ -39,8 +43,8 @@ export class KeyedBuckets {
       bucket.tokens = Math.min(this.burst, bucket.tokens + (now - bucket.refilledAt) * this.perMs);
       bucket.refilledAt = now;
     }
-    if (bucket.tokens < 1) return Math.ceil((1 - bucket.tokens) / this.perMs);
-    bucket.tokens -= 1;
+    if (bucket.tokens < cost) return Math.ceil((cost - bucket.tokens) / this.perMs);
+    bucket.tokens -= cost;
     return 0;
   }
 

@@ -7,11 +7,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { PermissionSource } from '../src/auth/permission-client.ts';
-import { MIN_API_KEY_LENGTH, resolveServeConfig } from '../src/config.ts';
+import { MIN_API_KEY_LENGTH, MIN_API_PUBLISH_BURST, resolveServeConfig } from '../src/config.ts';
 import { PermissionError, PermissionErrorCode } from '../src/errors.ts';
+import { KeyedBuckets } from '../src/keyed-buckets.ts';
 import { createLogger } from '../src/log.ts';
 import { isReservedApiType, isUserId, matchEndpoint, parseRequest } from '../src/primary/api-request.ts';
-import { apiSubject, type ApiRequest } from '../src/protocol/api.ts';
+import { apiSubject, MAX_API_BODY_BYTES, type ApiRequest } from '../src/protocol/api.ts';
 import { ApiMetric, createMetricsBuffer, MetricsSlot } from '../src/protocol/metrics.ts';
 import { PermissionRecheck, tickMs } from '../src/shard/permission-recheck.ts';
 import { RecentIds } from '../src/shard/recent-ids.ts';
@@ -133,6 +134,29 @@ test('options: the API is off by default, 1 broadcast/s, recheck off, expiry not
   assert.throws(() => resolveServeConfig({ ...base, apiKey: 'k'.repeat(20), adminToken: 'k'.repeat(20) }), { option: '--api-key' });
   assert.throws(() => resolveServeConfig({ ...base, apiBroadcastRate: '-1' }), { option: '--api-broadcast-rate' });
   assert.throws(() => resolveServeConfig({ ...base, permissionRecheckMs: 'soon' }), { option: '--permission-recheck' });
+});
+
+test('options: a desktop may be sent 256 KiB/s of API publishes after a burst of 1 MiB; the burst holds two of the largest', () => {
+  const base = { jwtSecret: 's'.repeat(32) };
+  const config = resolveServeConfig(base);
+  assert.deepEqual([config.apiPublishRate, config.apiPublishBurst], [256 * 1024, 1024 * 1024]);
+  assert.equal(MIN_API_PUBLISH_BURST, 2 * MAX_API_BODY_BYTES);
+  assert.equal(resolveServeConfig({ ...base, apiPublishRate: '0' }).apiPublishRate, 0);
+  assert.equal(resolveServeConfig({ ...base, apiPublishBurst: String(MIN_API_PUBLISH_BURST) }).apiPublishBurst, MIN_API_PUBLISH_BURST);
+  assert.throws(() => resolveServeConfig({ ...base, apiPublishBurst: String(MIN_API_PUBLISH_BURST - 1) }), { option: '--api-publish-burst' });
+  assert.throws(() => resolveServeConfig({ ...base, apiPublishRate: '-1' }), { option: '--api-publish-rate' });
+  assert.throws(() => resolveServeConfig({ ...base, apiPublishRate: '1.5' }), { option: '--api-publish-rate' });
+});
+
+test('KeyedBuckets: a take may cost many tokens; one that does not fit takes nothing and says how long until it would', () => {
+  const bytes = new KeyedBuckets(1000, 5000); // 1,000 a second, 5,000 at once
+  assert.equal(bytes.take('d1', 0, 3000), 0);
+  assert.equal(bytes.take('d1', 0, 2000), 0);
+  assert.equal(bytes.take('d1', 0, 1500), 1500, '1,500 short at 1 a ms');
+  assert.equal(bytes.take('d1', 1000, 1), 0, 'the refused take took nothing: 1,000 back after 1 s');
+  assert.equal(bytes.take('d2', 1000, 5000), 0, 'each key has its own');
+  assert.equal(bytes.take('d1', 1000, 1000), 1, 'one short');
+  assert.equal(new KeyedBuckets(0, 1).take('d', 0, 1e9), 0, 'rate 0: no limit');
 });
 
 describe('PermissionRecheck', () => {

@@ -156,10 +156,15 @@ test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves it
   sweep(t);
   assert.deepEqual(names(p.cuts), ['Bob']);
   assert.equal(b!.session.open, false);
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), socket.writableLength, 'what its socket still holds (the queue flushed, then the 4008) counts until it is destroyed');
+  const left = `{"type":"session_left","sessionId":"${b!.session.id}","userId":"${b!.session.userId}","firstName":"Bob","email":"bob@example.com","timestamp":${NOW + 1000},"payload":${b!.session.infoJson}}`;
+  assert.equal(
+    metric(p, Metric.OUTBOUND_BUFFERED),
+    socket.writableLength + encodeTextFrame(left).length,
+    'what its socket still holds (the queue flushed, then the 4008) counts until it is destroyed, and so does the session_left queued for Ann',
+  );
   assert.deepEqual(warnOf(p), [{ sessionId: b!.session.id, desktopId: 'desk-1', reason: 'slow_consumer', backlogBytes: big.length + 60, overForMs: 1000 }]);
   assert.deepEqual([metric(p, Metric.CLOSED_SLOW_CONSUMER), metric(p, Metric.CLOSED_BACKLOG_CAP), metric(p, Metric.CLOSED_MEMORY_CAP), p.releases.count], [1, 0, 0, 1]);
-  assert.equal(await a!.client.next(), `{"type":"session_left","sessionId":"${b!.session.id}","userId":"${b!.session.userId}","firstName":"Bob","email":"bob@example.com","timestamp":${NOW + 1000},"payload":${b!.session.infoJson}}`);
+  assert.equal(await a!.client.next(), left);
   socket.uncork();
   assert.deepEqual(await received(b!, 3), [big, o1, o2].map(textOf));
   assert.deepEqual(await b!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
@@ -219,24 +224,47 @@ test('hard cap: a socket holding more than maxSessionBacklogBytes from earlier t
   assert.match(await a!.client.next(), /^\{"type":"session_left"/);
 });
 
-test('the sweep publishes the backlog it counts: socket bytes and queued bytes, of the backlogged and of the over-budget', async (t) => {
+test('hard cap: a frame of the server never cuts the member, however much its socket holds; the next frame of a client does', async (t) => {
+  const { p, members: [a, b] } = await setup(t, { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 });
+  const socket = b!.session.socket;
+  socket.cork();
+  const fill = frame('fill', 1001);
+  await written(p, b!, fill);
+  const server = frame('server', 30);
+  p.backpressure.deliver(b!.session, server, undefined, 'server');
+  await turn();
+  assert.deepEqual(p.cuts, [], 'an API publish (or a role change) is not the member\'s doing');
+  assert.equal(b!.session.budget.overBudgetSince, NOW, 'over budget all the same: the timeout still applies');
+  p.backpressure.deliver(b!.session, frame('client', 30), undefined);
+  assert.deepEqual(names(p.cuts), ['Bob']);
+  assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.backlogBytes]), [['backlog_cap', 1031]]);
+  socket.uncork();
+  assert.deepEqual(await received(b!, 2), [fill, server].map(textOf));
+  assert.deepEqual(await b!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
+  assert.match(await a!.client.next(), /^\{"type":"session_left"/);
+});
+
+test('the shard publishes what it counts: the bytes sockets hold, and every byte queued in the coalescer, over budget or not', async (t) => {
   const { p, members: [a, b, c] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann', 'Bob', 'Cat']);
   a!.session.socket.cork();
   await written(p, a!, frame('a', 3000));
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3000);
-  // b over budget by what is queued for it in this turn alone; c within it.
+  // b over budget by what is queued for it in this turn alone (b2 held back); c within it, queued too.
   p.backpressure.deliver(b!.session, frame('b1', 101), undefined);
   p.backpressure.deliver(b!.session, frame('b2', 90), 'k');
   p.backpressure.deliver(c!.session, frame('c', 90), undefined);
+  assert.equal(p.backpressure.outboundBytes, 3191, 'counted as queued, before any sweep');
   sweep(t);
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3101, 'a, and b over budget; not c within it');
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3191, 'a, b and c; not the held b2');
   await received(b!, 1);
   await received(c!, 1);
   a!.session.socket.destroy();
   sweep(t);
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0, 'a destroyed socket holds nothing');
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 90, 'a destroyed socket holds nothing; b2, let go by that sweep (b is back within budget), is queued');
   assert.equal(await b!.client.next(), textOf(frame('b2', 90)));
+  sweep(t);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0);
 });
 
 /** Cork `m`'s socket and have `bytes` written into it, then let a sweep publish the new figure and another see it settled. */
@@ -245,6 +273,55 @@ async function backlog(t: TestContext, p: Parts, m: Member, bytes: number): Prom
   await written(p, m, frame(m.session.firstName, bytes));
   sweep(t, 2);
 }
+
+test('process cap as frames are queued: the figure rises with each frame, and the frame that takes the process over has the largest socket backlog cut at once, before any sweep', async (t) => {
+  const { p, members: [a, b, c] } = await setup(t, { maxOutboundBytes: 10_000 }, ['Ann', 'Bob', 'Cat'], 'own');
+  await backlog(t, p, a!, 3000);
+  await backlog(t, p, b!, 1000);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4000);
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 5000);
+  // Cat reads; three frames for it in one turn, no sweep: 9,400, 9,800, then 10,200 over the cap.
+  const frames = [frame('c1', 400), frame('c2', 400), frame('c3', 400)];
+  p.backpressure.deliver(c!.session, frames[0]!, undefined, 'server');
+  assert.equal(p.backpressure.outboundBytes, 4400, 'counted as it is queued');
+  p.backpressure.deliver(c!.session, frames[1]!, undefined, 'server');
+  assert.equal(p.backpressure.outboundBytes, 4800);
+  assert.deepEqual(p.cuts, [], 'exactly at the cap');
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4000, 'published at the end of the turn');
+  p.backpressure.deliver(c!.session, frames[2]!, undefined, 'server');
+  assert.deepEqual(names(p.cuts), ['Ann'], 'cut at once: its peer reads nothing, and it holds the most');
+  assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.sessionId, f!.backlogBytes]), [['memory_cap', a!.session.id, 3000]]);
+  assert.equal(p.backpressure.outboundBytes, 2200, 'Bob and what is queued for Cat');
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 2200, 'a cut publishes the figure at once');
+  assert.deepEqual(await received(c!, 3), frames.map(textOf), 'the reader gets every frame');
+  assert.equal(c!.session.open, true);
+  // A sweep after the turn finds the process under the cap: nothing more is cut.
+  sweep(t);
+  assert.deepEqual(names(p.cuts), ['Ann']);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 1000);
+  b!.session.socket.uncork();
+});
+
+test('process cap: a large frame delivered to many counts once, whatever the sockets that hold it; each member\'s budget counts it whole', async (t) => {
+  const { p, members } = await setup(t, { maxBufferedBytes: 4096, maxOutboundBytes: 100_000 }, ['Ann', 'Bob', 'Cat']);
+  for (const m of members) m.session.socket.cork();
+  const big = frame('big', 64 * 1024);
+  for (const m of members) p.backpressure.deliver(m.session, big, undefined, 'server');
+  assert.equal(p.backpressure.outboundBytes, big.length, 'one buffer, held by three sockets');
+  p.backpressure.deliver(members[0]!.session, frame('small', 100), undefined);
+  assert.equal(p.backpressure.outboundBytes, big.length + 100);
+  await turn();
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100, 'published at the end of the turn');
+  sweep(t);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100, 'recounted by the sweep: the same');
+  assert.deepEqual(members.map((m) => m.session.socket.writableLength - (m === members[0] ? 100 : 0)), [big.length, big.length, big.length], 'what each budget sees');
+  assert.deepEqual(p.cuts, [], '3 × 64 KiB would be over the cap; one is not');
+  for (const m of members) m.session.socket.uncork();
+  for (const m of members) assert.equal(await m.client.next(), textOf(big));
+  assert.equal(await members[0]!.client.next(), textOf(frame('small', 100)));
+  sweep(t);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0);
+});
 
 test('process cap: while every shard together is over it, this shard cuts its largest open backlogs first, just enough', async (t) => {
   const { p, members } = await setup(t, { maxOutboundBytes: 20_000 }, ['Ann', 'Bob', 'Cat', 'Dan'], 'own');
@@ -308,7 +385,7 @@ test('process cap: the sweep after a backlog grows counts it once', async (t) =>
   }
 });
 
-test('process cap: a member over budget by its queue alone is a candidate too', async (t) => {
+test('process cap: sockets holding bytes go first, however large a turn\'s queue; a member over budget by its queue alone is a candidate after them', async (t) => {
   const { p, members: [a, b] } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 3000 }, ['Ann', 'Bob'], 'own');
   await backlog(t, p, b!, 800);
   // In one turn: a over budget, its 900 bytes only queued; then another shard's figure puts the process 1 byte over.
@@ -319,9 +396,14 @@ test('process cap: a member over budget by its queue alone is a candidate too', 
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 1700);
   p.otherShard.set(Metric.OUTBOUND_BUFFERED, 1301);
   sweep(t);
-  assert.deepEqual(names(p.cuts), ['Ann']);
-  assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.backlogBytes]), [['memory_cap', 900]]);
-  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 800);
+  assert.deepEqual(names(p.cuts), ['Bob'], 'its peer is not reading; what is queued for a goes to the kernel at the end of the turn');
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 900);
+  // Over again with only a left: its queue alone makes it a candidate.
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 2101);
+  sweep(t);
+  assert.deepEqual(names(p.cuts), ['Bob', 'Ann']);
+  assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.backlogBytes]), [['memory_cap', 800], ['memory_cap', 900]]);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0, "the cut ones' queued and held bytes are no longer counted");
   assert.deepEqual(await a!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
   assert.equal(a!.client.pending, 0, 'over a cap, what was queued for it is dropped, not sent');
   b!.session.socket.uncork();
@@ -347,13 +429,16 @@ test('process cap: a session both backlogged and over budget is one candidate; o
   b!.session.socket.uncork();
 });
 
-test('a session over budget that closes by itself leaves the count at the next sweep', async (t) => {
+test('a session over budget that closes by itself leaves the count once its queue is dropped, at the end of the turn', async (t) => {
   const { p, members: [a] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
   p.backpressure.deliver(a!.session, frame('a1', 900), undefined);
   p.backpressure.deliver(a!.session, frame('a2', 30), 'k');
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 900);
   a!.session.ws.close(1000); // what is queued for it will be dropped
+  sweep(t);
+  assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 900, 'still queued until the turn ends');
+  await turn();
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0);
   assert.deepEqual(p.cuts, []);

@@ -13,6 +13,7 @@ import { createServer, connect, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
 import { PACE_MIN_MS } from '../src/shard/pace-control.ts';
+import { SHARED_FRAME_BYTES } from '../src/shard/shared-frames.ts';
 import { WriteCoalescer, type OutboundOwner } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
@@ -103,6 +104,47 @@ test('flushNow puts the queue ahead of a close in the same turn; later frames ne
   assert.equal(session.queuedBytes, 0, 'the dropped frame is not kept either');
   pair.local.end();
   assert.equal((await pair.ended).toString('latin1'), 'AB<close>');
+});
+
+test('a frame of SHARED_FRAME_BYTES or more goes out at once, by reference, behind what was queued; its bytes count once until every socket has handed it to the kernel', async (t) => {
+  assert.equal(SHARED_FRAME_BYTES, 16 * 1024);
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), UNPACED);
+  const pairs = [await socketPair(t), await socketPair(t), await socketPair(t)];
+  const targets = pairs.map((pair) => target(pair.local, out));
+  const chunks: Buffer[][] = pairs.map(() => []);
+  pairs.forEach((pair, i) => {
+    const write = pair.local.write.bind(pair.local);
+    pair.local.write = ((chunk: Buffer, ...rest: never[]) => {
+      chunks[i]!.push(chunk);
+      return write(chunk, ...rest);
+    }) as typeof pair.local.write;
+    pair.local.cork(); // the peer takes nothing: every byte stays in the socket
+  });
+  const big = frame('B'.repeat(SHARED_FRAME_BYTES));
+  const small = frame('s'.repeat(SHARED_FRAME_BYTES - 1));
+  out.write(targets[0]!, frame('q'));
+  for (const each of targets) out.write(each, big);
+  assert.equal(chunks[0]!.length, 2, 'the queued frame first, then the large one, before the end of the turn');
+  assert.equal(chunks[0]![0]!.toString('latin1'), 'q');
+  for (const c of chunks) assert.equal(c.at(-1), big, 'the very buffer, not a copy');
+  assert.deepEqual([out.queuedBytes, out.sharedBytes], [0, big.length], 'three sockets hold it: counted once');
+  assert.deepEqual(targets.map((each) => out.sharedHeldBy(each)), [big.length, big.length, big.length]);
+  out.write(targets[1]!, small);
+  assert.equal(chunks[1]!.length, 1, 'one byte less is queued for the end of the turn');
+  assert.deepEqual([out.queuedBytes, out.sharedBytes], [small.length, big.length]);
+  await nextTurn();
+  assert.equal(out.queuedBytes, 0);
+  // Released as each socket hands it over: still counted while one holds it.
+  pairs[0]!.local.uncork();
+  pairs[1]!.local.uncork();
+  await tick();
+  assert.deepEqual([out.sharedBytes, out.sharedHeldBy(targets[0]!), out.sharedHeldBy(targets[2]!)], [big.length, 0, big.length]);
+  pairs[2]!.local.destroy(); // a socket destroyed with it unwritten lets go of it too
+  await tick();
+  assert.equal(out.sharedBytes, 0);
+  for (const pair of pairs.slice(0, 2)) pair.local.end();
+  assert.equal((await pairs[0]!.ended).toString('latin1'), 'q' + big.toString('latin1'));
+  assert.equal((await pairs[1]!.ended).toString('latin1'), big.toString('latin1') + small.toString('latin1'));
 });
 
 test('pacing: a fast socket is written once per interval, a slow one still once per turn, every byte in order', async (t) => {

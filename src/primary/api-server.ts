@@ -83,6 +83,8 @@ export class ApiServer implements ApiHandler {
   /** Open connections, oldest first. */
   private readonly connections = new Set<ApiConnection>();
   private readonly broadcasts: KeyedBuckets;
+  /** Bytes of publishes by desktop: why here, see {@link publishWait}. */
+  private readonly publishes: KeyedBuckets;
   /** The name this node gives itself in the sessions it reports. */
   private closing = false;
 
@@ -95,6 +97,7 @@ export class ApiServer implements ApiHandler {
     this.other = options.elsewhere;
     this.keyDigest = sha256(options.config.apiKey);
     this.broadcasts = new KeyedBuckets(options.config.apiBroadcastRate, 1);
+    this.publishes = new KeyedBuckets(options.config.apiPublishRate, options.config.apiPublishBurst);
   }
 
   /** A connection whose first head (`head`, followed by `rest`) the router sent to the API. */
@@ -177,6 +180,10 @@ export class ApiServer implements ApiHandler {
         return refusalAnswer(ApiRefusals.RATE_LIMITED, `at most ${this.config.apiBroadcastRate} broadcast(s) a second`, {}, Math.max(1, Math.ceil(waitMs / 1000)));
       }
     }
+    if (request.kind === 'publish') {
+      const refused = this.publishWait(request.desktopId, request.event);
+      if (refused !== null) return refused;
+    }
 
     const results = await Promise.all(shards.map((s) => this.pool.api(s, request, API_SHARD_TIMEOUT_MS)));
     const late = shards.filter((_, i) => results[i] === 'timeout');
@@ -201,6 +208,34 @@ export class ApiServer implements ApiHandler {
     else if (this.log.enabled('debug')) this.log.debug('api_request', fields);
     this.metrics.add(ANSWERED[request.kind]);
     return this.success(request, outcomes, reached, changed);
+  }
+
+  /**
+   * The bound on what the API sends one desktop (`--api-publish-rate` bytes a
+   * second after `--api-publish-burst`): null when `event` fits, else the
+   * 429 to answer, and then nothing is sent anywhere.
+   *
+   * It lives here, in the primary, because the primary knows each call's
+   * size before routing it: a call over the bound is refused before it
+   * crosses to a shard (no shard work, nothing half-applied), every call of
+   * this node passes this one place, and the caller learns at once how long
+   * to wait. Each shard's own defence is the process cap; this keeps what
+   * reaches the members of a desktop at a pace they can drain, so that the
+   * server's own publishes do not make readers slow consumers. With several
+   * nodes each applies its own bound to the calls it takes; a publish from
+   * the bus was bounded by the node that took it.
+   */
+  private publishWait(desktopId: string, event: string): ApiAnswer | null {
+    const bytes = Buffer.byteLength(event);
+    const waitMs = this.publishes.take(desktopId, Date.now(), bytes);
+    if (waitMs === 0) return null;
+    const { apiPublishRate: rate, apiPublishBurst: burst } = this.config;
+    return refusalAnswer(
+      ApiRefusals.DESKTOP_RATE_LIMITED,
+      `desktop ${desktopId} may be sent ${rate} bytes a second by the API (${burst} at once); this event is ${bytes} bytes`,
+      {},
+      Math.max(1, Math.ceil(waitMs / 1000)),
+    );
   }
 
   /** A shard that died after taking a request is logged: its sessions are gone, and the others applied the request. */

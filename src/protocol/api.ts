@@ -188,6 +188,8 @@ export const ApiRefusals = {
   HEAD_TOO_LARGE: { status: 431, code: 'head_too_large' },
   /** Broadcasts over `--api-broadcast-rate`. */
   RATE_LIMITED: { status: 429, code: 'rate_limited', retryAfterS: 1 },
+  /** Publishes to one desktop over `--api-publish-rate` bytes a second (after `--api-publish-burst`). */
+  DESKTOP_RATE_LIMITED: { status: 429, code: 'desktop_rate_limited' },
   /** Too many API requests in flight at once. */
   BUSY: { status: 503, code: 'busy', retryAfterS: 1 },
   /** A shard the request needs is restarting: nothing was applied anywhere. */

@@ -14,14 +14,29 @@
  *   budget for `--slow-consumer-timeout` is taken out of its room and
  *   closed with 4008, so its client reconnects and resyncs.
  * - **Hard cap** (`--max-session-backlog`). Once the bytes a socket still
- *   holds from earlier turns are over it, the next frame for it is not
- *   queued: the recipient is cut at once (4008).
+ *   holds from earlier turns are over it, the next frame a client sent for
+ *   it is not queued: the recipient is cut at once (4008).
  *   Without it, one user with a few sessions that never read could make
- *   the process buffer hundreds of MB per second until the timeout.
- * - **Process cap** (`--max-outbound-memory`). Every shard publishes its
- *   total backlog in the shared metrics buffer each sweep; while the sum
- *   over all shards is above the cap, each shard cuts its own largest
- *   backlogs first until the sum, as it knows it, is below.
+ *   the process buffer hundreds of MB per second until the timeout. The
+ *   server's own frames (API publishes and user events, from this node or
+ *   the bus, and role changes) never trigger it: they are not the
+ *   member's doing, and the API bounds what a desktop is sent
+ *   (`--api-publish-rate`, in the primary), so a member that reads drains
+ *   them. One that does not read still goes, by the timeout or the
+ *   process cap.
+ * - **Process cap** (`--max-outbound-memory`), held as frames are queued.
+ *   The shard's figure is the bytes its sockets hold from earlier writes
+ *   (counted at each write that leaves some, recounted exactly at most once
+ *   a turn and at every sweep), plus the bytes queued in the coalescer,
+ *   plus the shared frames (shared-frames.ts) that sockets hold, each
+ *   counted once. Every frame queued adds to it at once; the shard
+ *   publishes it in the shared metrics buffer at the end of each turn
+ *   that queued anything (and at each recount), and reads the other
+ *   shards' figures from there once a turn. When a frame takes the process
+ *   over the cap, the shard recounts, and if still over cuts its own
+ *   largest backlogs first (by what their sockets hold: the peers that are
+ *   not reading) until the sum, as it knows it, is below. The 100 ms sweep
+ *   does the same.
  *
  * A cut session leaves its room at once (session_left). Its coalesced
  * frames are dropped, a 4008 close frame is queued behind what the socket
@@ -37,7 +52,7 @@ import type { Session } from './session.ts';
 import { closeAndCut } from './socket-reads.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
-/** How often backlogs are summed and the slow-consumer deadline checked. */
+/** How often backlogs are recounted and the slow-consumer deadline checked. */
 export const SWEEP_MS = 100;
 
 export interface BackpressureOptions {
@@ -78,6 +93,15 @@ function backlogOf(session: Session): number {
   return session.socket.writableLength + session.out.queuedBytes;
 }
 
+/** Who sent a frame: a client (through the relay or the bus), or the server itself (commands, role changes). */
+export type FrameSource = 'client' | 'server';
+
+/** What `session`'s socket holds beyond the shared frames (those count once, in the coalescer). */
+function ownSocketBytes(session: Session): number {
+  const own = session.socket.writableLength - (session.out.shared === null ? 0 : session.out.shared.bytes);
+  return own > 0 ? own : 0;
+}
+
 export class Backpressure {
   private readonly options: BackpressureOptions;
   private readonly out: WriteCoalescer<Session>;
@@ -90,6 +114,18 @@ export class Backpressure {
   private readonly sweeper: NodeJS.Timeout;
   /** The shard's backlog reached LARGE_BACKLOG_BYTES since memory was last let go. */
   private wasLarge = false;
+  /**
+   * Bytes the sockets of this shard hold from earlier writes, shared frames
+   * apart: exact after a recount, then raised by each write that leaves
+   * bytes (the kernel taking them is seen at the next recount).
+   */
+  private socketBytes = 0;
+  /** The other shards' figures, read from the shared metrics once a turn. */
+  private others = 0;
+  /** This turn has read {@link others}; recounted; found no one left to cut (reset by {@link endTurn}). */
+  private turnOpen = false;
+  private recountedThisTurn = false;
+  private exhaustedThisTurn = false;
 
   constructor(options: BackpressureOptions, out: WriteCoalescer<Session>, metrics: MetricsSlot, log: Logger) {
     this.options = options;
@@ -105,23 +141,25 @@ export class Backpressure {
     return { overBudgetSince: 0, awaitingDrain: false, coalesced: null };
   }
 
-  /** The coalescer wrote to `session` and its socket kept some of the bytes. */
-  readonly noteBacklog = (session: Session): void => {
+  /** The coalescer wrote to `session` and its socket kept `keptBytes` of that write (0 for a shared frame). */
+  readonly noteBacklog = (session: Session, keptBytes: number): void => {
     this.backlogged.add(session);
+    this.socketBytes += keptBytes;
   };
 
   /**
    * Deliver `frame` to `member`. `transientKey` (sender + type) marks a
    * transient event, which is held back while `member` is over budget.
+   * A `server` frame never gets the member cut by the hard cap.
    */
-  deliver(member: Session, frame: Buffer, transientKey: string | undefined): void {
+  deliver(member: Session, frame: Buffer, transientKey: string | undefined, source: FrameSource = 'client'): void {
     const unwritten = member.socket.writableLength;
     const backlog = unwritten + member.out.queuedBytes;
     if (backlog > this.options.maxBufferedBytes) {
       // The hard cap looks at what the socket still holds from earlier turns:
       // a turn's own queue can be large for a healthy reader (libuv reads up
       // to 2 MB per socket per turn) and is handed to the kernel at its end.
-      if (unwritten > this.options.maxSessionBacklogBytes) {
+      if (unwritten > this.options.maxSessionBacklogBytes && source === 'client') {
         this.cut(member, 'backlog_cap', backlog);
         return;
       }
@@ -134,6 +172,54 @@ export class Backpressure {
       }
     }
     this.out.write(member.out, frame);
+    this.queued();
+  }
+
+  /** This shard's figure toward the process cap, current as of the last frame queued (published at the end of the turn). */
+  get outboundBytes(): number {
+    return this.shardTotal();
+  }
+
+  /** This shard's figure: socket bytes, queued bytes, shared frames once. */
+  private shardTotal(): number {
+    return this.socketBytes + this.out.queuedBytes + this.out.sharedBytes;
+  }
+
+  /** A frame was queued (or written, if shared): hold the process cap now. */
+  private queued(): void {
+    if (!this.turnOpen) this.openTurn();
+    if (this.shardTotal() + this.others > this.options.maxOutboundBytes) this.holdCap();
+  }
+
+  /** The first frame of a turn: read the other shards' figures, once, and publish this one at the turn's end. */
+  private openTurn(): void {
+    this.turnOpen = true;
+    this.others = this.options.processOutbound() - this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
+    setImmediate(this.endTurn);
+  }
+
+  private readonly endTurn = (): void => {
+    this.turnOpen = false;
+    this.recountedThisTurn = false;
+    this.exhaustedThisTurn = false;
+    this.metrics.values[Metric.OUTBOUND_BUFFERED] = this.shardTotal();
+  };
+
+  /**
+   * Queueing took the process over the cap: recount (once a turn; within a
+   * turn the figure only grows by what is queued, which it counts exactly),
+   * and cut this shard's largest backlogs while it is still over. Once no
+   * candidate is left, the rest of the turn goes on without looking again:
+   * what is over is this turn's own queue, written at its end.
+   */
+  private holdCap(): void {
+    if (this.exhaustedThisTurn) return;
+    if (!this.recountedThisTurn) {
+      this.recountedThisTurn = true;
+      this.recount();
+      if (this.shardTotal() + this.others <= this.options.maxOutboundBytes) return;
+    }
+    if (!this.shed()) this.exhaustedThisTurn = true;
   }
 
   private markOver(member: Session): void {
@@ -168,8 +254,8 @@ export class Backpressure {
    */
   private cut(member: Session, reason: CutReason, backlog: number): void {
     if (!member.open) return;
-    this.over.delete(member);
-    this.backlogged.delete(member);
+    const counted = this.backlogged.delete(member);
+    if (this.over.delete(member) || counted) this.socketBytes = Math.max(0, this.socketBytes - ownSocketBytes(member));
     member.budget.coalesced = null;
     this.metrics.add(CUT_METRIC[reason]);
     this.log.warn('slow_consumer_close', {
@@ -182,11 +268,34 @@ export class Backpressure {
     this.options.onCut(member);
     this.options.onRelease();
     if (reason === 'slow_consumer') this.out.flushNow(member.out);
-    // Closing makes the session not open, so the coalescer drops what it still holds for it.
+    // Nothing it still holds is counted from here: its queue is dropped, and
+    // its socket, shared frames and all, is destroyed within the cut's grace.
+    this.out.release(member.out);
     closeAndCut(member, CloseCode.SLOW_CONSUMER, 'slow consumer');
+    this.metrics.values[Metric.OUTBOUND_BUFFERED] = this.shardTotal();
   }
 
-  /** Sum the backlogs, publish them, and apply the timeout and the process cap. */
+  /**
+   * Count exactly what this shard's sockets hold (shared frames apart, the
+   * coalescer counts those), forget the sessions that hold nothing, read the
+   * other shards' figures and publish this one.
+   */
+  private recount(): void {
+    let total = 0;
+    for (const member of this.backlogged) {
+      if (member.socket.destroyed) this.out.release(member.out);
+      const backlog = member.socket.destroyed ? 0 : backlogOf(member);
+      if (backlog === 0) this.backlogged.delete(member);
+      else total += ownSocketBytes(member);
+    }
+    for (const member of this.over) if (!this.backlogged.has(member)) total += ownSocketBytes(member);
+    this.socketBytes = total;
+    // The other shards' figures, read before this shard publishes its own new one (else a rise counts twice).
+    this.others = this.options.processOutbound() - this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
+    this.metrics.values[Metric.OUTBOUND_BUFFERED] = this.shardTotal();
+  }
+
+  /** Recount, publish, and apply the timeout and the process cap. */
   private sweep(): void {
     const now = Date.now();
     for (const member of this.over) {
@@ -198,39 +307,36 @@ export class Backpressure {
         this.cut(member, 'slow_consumer', backlogOf(member));
       }
     }
-    let total = 0;
-    for (const member of this.backlogged) {
-      const backlog = member.socket.destroyed ? 0 : backlogOf(member);
-      if (backlog === 0) this.backlogged.delete(member);
-      total += backlog;
-    }
-    for (const member of this.over) if (!this.backlogged.has(member)) total += backlogOf(member);
-    // The other shards' backlogs, read before this shard publishes its own new total (else a rise counts twice).
-    const others = this.options.processOutbound() - this.metrics.values[Metric.OUTBOUND_BUFFERED]!;
-    this.metrics.set(Metric.OUTBOUND_BUFFERED, total);
+    this.recount();
+    const total = this.shardTotal();
     if (total >= LARGE_BACKLOG_BYTES) {
       this.wasLarge = true;
     } else if (this.wasLarge && total < this.options.maxBufferedBytes) {
       this.wasLarge = false;
       this.options.onRelease();
     }
-    const processTotal = others + total;
-    if (processTotal > this.options.maxOutboundBytes) this.shed(processTotal, total);
+    if (total + this.others > this.options.maxOutboundBytes) this.shed();
   }
 
-  /** The process is over its cap: cut this shard's largest backlogs until it is not. */
-  private shed(processTotal: number, shardTotal: number): void {
-    const largest: { member: Session; backlog: number }[] = [];
-    for (const member of this.backlogged) if (member.open) largest.push({ member, backlog: backlogOf(member) });
-    for (const member of this.over) if (member.open && !this.backlogged.has(member)) largest.push({ member, backlog: backlogOf(member) });
-    largest.sort((a, b) => b.backlog - a.backlog);
-    for (const { member, backlog } of largest) {
-      if (processTotal <= this.options.maxOutboundBytes) break;
-      this.cut(member, 'memory_cap', backlog);
-      processTotal -= backlog;
-      shardTotal -= backlog;
+  /**
+   * The process is over its cap: cut this shard's largest backlogs until it
+   * is not, those whose sockets hold the most first (their peers are not
+   * reading; a turn's queue goes to the kernel at its end). False when
+   * candidates ran out while it was still over.
+   */
+  private shed(): boolean {
+    const largest: { member: Session; held: number; backlog: number }[] = [];
+    for (const member of this.backlogged) if (member.open) largest.push({ member, held: member.socket.writableLength, backlog: backlogOf(member) });
+    for (const member of this.over) {
+      if (member.open && !this.backlogged.has(member)) largest.push({ member, held: member.socket.writableLength, backlog: backlogOf(member) });
     }
-    this.metrics.set(Metric.OUTBOUND_BUFFERED, shardTotal);
+    largest.sort((a, b) => b.held - a.held || b.backlog - a.backlog);
+    for (const { member, backlog } of largest) {
+      if (this.shardTotal() + this.others <= this.options.maxOutboundBytes) return true;
+      if (backlog === 0) break;
+      this.cut(member, 'memory_cap', backlog);
+    }
+    return this.shardTotal() + this.others <= this.options.maxOutboundBytes;
   }
 
   stop(): void {

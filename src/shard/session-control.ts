@@ -90,9 +90,13 @@ export class SessionControl {
     return sessions === undefined ? [] : [...sessions];
   }
 
-  /** Queue `frame` to `session` through its outbound budget, like any ordered event. */
+  /**
+   * Queue the server's `frame` to `session` through its outbound budget, like
+   * any ordered event; being the server's, it never gets the session cut by
+   * the hard cap (backpressure.ts).
+   */
   deliver(session: Session, frame: Buffer): void {
-    this.options.backpressure.deliver(session, frame, undefined);
+    this.options.backpressure.deliver(session, frame, undefined, 'server');
   }
 
   /**

@@ -113,7 +113,7 @@ export class Shard {
       pacing: config.pacing,
       paceIntervalMs: config.paceIntervalMs,
       paceAbove: config.paceAbove,
-      onBacklog: (session) => backpressure!.noteBacklog(session),
+      onBacklog: (session, kept) => backpressure!.noteBacklog(session, kept),
     }));
     backpressure = this.backpressure = new Backpressure(
       {

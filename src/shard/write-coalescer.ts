@@ -36,6 +36,17 @@
  * preset: target-room p99 from ~31 ms to ~8 ms, the streaming rooms' p99
  * about the same (~35 ms); see docs/performance.md.
  *
+ * Large frames (at least SHARED_FRAME_BYTES, shared-frames.ts) skip the
+ * gathering: what the session has queued is written first, then the frame
+ * itself, by reference and at once, so that no socket ever holds a copy of
+ * it.
+ *
+ * The coalescer keeps two totals for the process cap (backpressure.ts):
+ * the bytes queued for all its sessions ({@link WriteCoalescer.queuedBytes})
+ * and the bytes of the shared frames their sockets hold
+ * ({@link WriteCoalescer.sharedBytes}), each kept current as frames are
+ * queued and written.
+ *
  * Bytes still waiting when a session's WebSocket stops being open are
  * dropped: after a close frame nothing may follow, and a closing peer reads
  * nothing more. Code that closes a session itself calls
@@ -48,6 +59,7 @@ import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { LoadSampler } from './load-sampler.ts';
 import { PaceControl } from './pace-control.ts';
 import { PaceWheel, WHEEL_BUCKETS } from './pace-wheel.ts';
+import { SHARED_FRAME_BYTES, SharedFrames, type SharedQueue } from './shared-frames.ts';
 import { SlabPool } from './slab-pool.ts';
 
 /** The pacing options come from the server's configuration (src/config.ts holds their defaults). */
@@ -59,8 +71,12 @@ export interface CoalescerOptions<O extends OutboundOwner = OutboundOwner> {
   paceAbove: number;
   /** Length of the rate window a socket's speed is judged on, and of `auto`'s load samples (tests shorten it). */
   rateWindowMs?: number;
-  /** Called after a write that the socket could not hand to the kernel whole (backpressure.ts counts those backlogs). */
-  onBacklog?: (owner: O) => void;
+  /**
+   * Called after a write that the socket could not hand to the kernel whole
+   * (backpressure.ts counts those backlogs), with the bytes of that write
+   * the socket kept (0 for a shared frame, which is counted once, here).
+   */
+  onBacklog?: (owner: O, keptBytes: number) => void;
 }
 
 export const RATE_WINDOW_MS = 100;
@@ -86,6 +102,8 @@ export interface Outbound<O extends OutboundOwner = OutboundOwner> {
   outbox: Buffer | null;
   queuedBytes: number;
   readonly pace: PaceState;
+  /** Shared frames its socket holds (made at the first). */
+  shared: SharedQueue | null;
 }
 
 /** A target's rate window and wheel slot. */
@@ -118,8 +136,10 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
   /** Coarse clock (ms), read once per turn rather than per frame. */
   private now = performance.now();
   private readonly sampler: LoadSampler | null;
-  private readonly onBacklog: (owner: O) => void;
+  private readonly onBacklog: (owner: O, keptBytes: number) => void;
   private readonly decayTimer: NodeJS.Timeout;
+  private readonly sharedFrames = new SharedFrames();
+  private queued = 0;
 
   constructor(metrics: MetricsSlot, options: CoalescerOptions<O>) {
     this.metrics = metrics;
@@ -147,10 +167,46 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
       outbox: null,
       queuedBytes: 0,
       pace: { windowStart: 0, windowFrames: 0, fast: false, lastBytes: 0, bucket: this.wheel.assignBucket() },
+      shared: null,
     };
   }
 
-  /** Queue a copy of `frame` for `target`: written at the end of this turn, or at its wheel slot when paced. */
+  /** Bytes queued for every target and not written yet (each target's own, copies included). */
+  get queuedBytes(): number {
+    return this.queued;
+  }
+
+  /** Bytes of the distinct shared frames that sockets hold: each counted once, however many hold it. */
+  get sharedBytes(): number {
+    return this.sharedFrames.bytes;
+  }
+
+  /** Bytes of shared frames `target`'s socket holds (they are in its `writableLength` too). */
+  sharedHeldBy(target: Outbound<O>): number {
+    return target.shared === null ? 0 : target.shared.bytes;
+  }
+
+  /**
+   * `target` was cut: drop what is queued for it, and stop counting the
+   * shared frames its socket holds (its socket is destroyed within the cut's
+   * grace, and with it the last references).
+   */
+  release(target: Outbound<O>): void {
+    if (target.queuedBytes > 0) {
+      this.queued -= target.queuedBytes;
+      if (target.outbox !== null) this.slabs.give(target.outbox);
+      target.single = null;
+      target.outbox = null;
+      target.queuedBytes = 0;
+    }
+    if (target.shared !== null) this.sharedFrames.release(target.shared);
+  }
+
+  /**
+   * Queue a copy of `frame` for `target`: written at the end of this turn, or
+   * at its wheel slot when paced. A frame of {@link SHARED_FRAME_BYTES} or
+   * more is written now, by reference, behind what `target` has queued.
+   */
   write(target: Outbound<O>, frame: Buffer): void {
     const length = frame.length;
     const used = target.queuedBytes;
@@ -162,6 +218,11 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
       pace.windowFrames = 0;
     }
     pace.windowFrames++;
+    if (length >= SHARED_FRAME_BYTES) {
+      this.writeShared(target, frame);
+      return;
+    }
+    this.queued += length;
     if (used === 0) {
       // First frame: kept by reference. Most turns carry one frame per
       // socket at light load, and then nothing is copied.
@@ -196,6 +257,19 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
     outbox.set(frame, used);
     target.queuedBytes = used + length;
     this.count(length);
+  }
+
+  /** A large frame: what `target` has queued goes first, then the frame by reference, now. */
+  private writeShared(target: Outbound<O>, frame: Buffer): void {
+    this.count(frame.length);
+    if (target.queuedBytes > 0) this.writeOut(target, Metric.OUTBOUND_WRITES);
+    const owner = target.owner;
+    if (!owner.open) return;
+    const queue = (target.shared ??= this.sharedFrames.newQueue());
+    this.sharedFrames.hold(queue, frame);
+    owner.socket.write(frame, queue.done);
+    this.metrics.values[Metric.OUTBOUND_WRITES]! += 1;
+    if (owner.socket.writableLength !== 0) this.onBacklog(owner, 0);
   }
 
   private count(bytes: number): void {
@@ -271,23 +345,26 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
     target.outbox = null;
     target.queuedBytes = 0;
     target.pace.lastBytes = bytes;
+    this.queued -= bytes;
     if (single !== null) {
       // One frame: written as is (it is shared with the other recipients and never mutated).
       if (owner.open) {
+        const before = socket.writableLength;
         socket.write(single);
         this.metrics.values[metric]! += 1;
-        if (socket.writableLength !== 0) this.onBacklog(owner);
+        if (socket.writableLength !== 0) this.onBacklog(owner, socket.writableLength - before);
       }
       return;
     }
     if (owner.open) {
+      const before = socket.writableLength;
       socket.write(outbox!.subarray(0, bytes));
       this.metrics.values[metric]! += 1;
       // Nothing left in the socket's buffer means libuv wrote it all inside
       // write() (uv_try_write): the kernel has the bytes and the slab is free.
       // Otherwise the stream still references it, and it leaves with the write.
       if (socket.writableLength === 0) this.slabs.give(outbox!);
-      else this.onBacklog(owner);
+      else this.onBacklog(owner, socket.writableLength - before);
     } else {
       this.slabs.give(outbox!);
     }

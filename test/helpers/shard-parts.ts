@@ -176,7 +176,7 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
     pacing: 'off',
     paceIntervalMs: 32,
     paceAbove: 200,
-    onBacklog: (session) => backpressure!.noteBacklog(session),
+    onBacklog: (session, kept) => backpressure!.noteBacklog(session, kept),
   });
   let relay: Relay | null = null;
   backpressure = new Backpressure(
