@@ -14,6 +14,7 @@ import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import type { ApiRequest } from '../src/protocol/api.ts';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
+import { Metric } from '../src/protocol/metrics.ts';
 import { Commands } from '../src/shard/commands.ts';
 import { SessionControl } from '../src/shard/session-control.ts';
 import { shardParts, type Member, type Parts } from './helpers/shard-parts.ts';
@@ -33,7 +34,27 @@ async function nextOf(m: Member): Promise<[string, unknown]> {
  * next frame for Bob cuts him.
  */
 async function roomWithStalledBob(t: TestContext) {
-  const p = await shardParts(t, { backpressure: { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 } });
+  // The other shards' bytes toward the process cap, as the test sets them (see armCap).
+  let othersBytes = 0;
+  let parts: Parts | undefined;
+  const p = await shardParts(t, {
+    backpressure: {
+      maxBufferedBytes: 100,
+      maxSessionBacklogBytes: 1000,
+      maxOutboundBytes: CAP,
+      processOutbound: () => parts!.metrics.values[Metric.OUTBOUND_BUFFERED]! + othersBytes,
+    },
+  });
+  parts = p;
+  /**
+   * The server's own frames never trip a member's hard cap (issue 19): they
+   * cut through the process cap, at the frame that takes the process over.
+   * Set the other shards' figure so that `room` more bytes may be queued
+   * and the next frame crosses the cap.
+   */
+  const armCap = (room: number) => {
+    othersBytes = CAP - p.backpressure.outboundBytes - room;
+  };
   const names = ['Ann', 'Bob', 'Cat', 'Dan', 'Eve'];
   const members: Member[] = [];
   for (const name of names) members.push(await p.join(name));
@@ -44,8 +65,10 @@ async function roomWithStalledBob(t: TestContext) {
   await turn();
   assert.ok(bob.session.socket.writableLength > 1000);
   assert.deepEqual(p.cuts, []);
-  return { p, ann, bob, cat, dan, eve };
+  return { p, ann, bob, cat, dan, eve, armCap };
 }
+
+const CAP = 1_000_000;
 
 /** Bob was cut by the loop: he left the room, and each of `others` got his session_left, then `expected`, then the marker `ann` sends. */
 async function everyoneElseGot(p: Parts, parts: { ann: Member; bob: Member; others: Member[] }, expected: [string, unknown]): Promise<void> {
@@ -80,7 +103,9 @@ function control(p: Parts): SessionControl {
 }
 
 test("a role change's session_updated reaches every member but the one its delivery cut", async (t) => {
-  const { p, ann, bob, cat, dan, eve } = await roomWithStalledBob(t);
+  const { p, ann, bob, cat, dan, eve, armCap } = await roomWithStalledBob(t);
+  // Ann's permission_changed fits; the loop's first frame, session_updated for Bob, takes the process over.
+  armCap(encodeTextFrame('{"type":"permission_changed","permission":"viewer"}').length + 10);
   assert.equal(control(p).setPermission(ann.session, 'viewer', 'api'), true);
   assert.deepEqual(await ann.client.json(), { type: 'permission_changed', permission: 'viewer' });
   assert.deepEqual(await nextOf(ann), ['session_left', bob.session.id]);
@@ -90,12 +115,14 @@ test("a role change's session_updated reaches every member but the one its deliv
 test('an API broadcast and an API publish reach every session but the one their delivery cut', async (t) => {
   for (const kind of ['broadcast', 'publish'] as const) {
     await t.test(kind, async (t) => {
-      const { p, ann, bob, cat, dan, eve } = await roomWithStalledBob(t);
+      const { p, ann, bob, cat, dan, eve, armCap } = await roomWithStalledBob(t);
       const sessionControl = control(p);
       const commands = new Commands({ rooms: p.rooms, control: sessionControl, metrics: p.metrics, log: p.log, grants: null });
       const event = '{"type":"notice","sessionId":"server","userId":"server"}';
       const request: ApiRequest =
         kind === 'broadcast' ? { kind, id: `id-${kind}`, type: 'notice', event } : { kind, id: `id-${kind}`, desktopId: 'desk-1', type: 'notice', event };
+      // Ann's frame fits; the next, Bob's, takes the process over and cuts him, the largest backlog.
+      armCap(encodeTextFrame(event).length + 10);
       // Bob counts: he was open when his turn came (the frame meant for him cut him).
       assert.equal(commands.apply(request).reached, 5);
       assert.deepEqual(await nextOf(ann), ['notice', 'server']);
