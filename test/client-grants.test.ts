@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { connect, type ClientEvents, type MoodioClient, type WebSocketConstructor } from '../src/client/index.ts';
+import { ClientError, connect, type ClientEvents, type MoodioClient, type WebSocketConstructor } from '../src/client/index.ts';
 import { CloseCode } from '../src/protocol/events.ts';
 import { api, API_KEY } from './helpers/api.ts';
 import { rolesByUser, startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
@@ -148,4 +148,49 @@ test('a user disconnect (4001) brings the client back at once, with the token as
   assert.equal(out.counter.tokens, 2, 'the token function was asked for the new handshake');
   // The room saw the old session leave and the new one join.
   await presenceUntil(ed.client, () => !ed.client.sessions.has(firstSession) && ed.client.sessions.has(out.client.sessionId!));
+});
+
+test('an async token function against the real server: a failed refresh is ERR_TOKEN and a retry, then it joins; a user disconnect (4001) asks it again', async (t) => {
+  const desk = desktop('async-token');
+  const claims = user('Ava');
+  roles[claims.userId] = 'editor';
+  const asked: string[] = [];
+  let refuse = true;
+  const client = connect({
+    url: `ws://127.0.0.1:${server.port}`,
+    desktopId: desk,
+    // A refresh call: the first one fails, the next ones answer a fresh token a turn later.
+    token: async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      asked.push(refuse ? 'refused' : 'token');
+      if (refuse) {
+        refuse = false;
+        throw new Error('refresh endpoint down');
+      }
+      return token(claims);
+    },
+    WebSocket: WS,
+    minDelayMs: 50,
+  });
+  t.after(() => client.close());
+  const errors: unknown[] = [];
+  client.on('error', (e) => errors.push(e));
+  const opened = next(client, 'state', (s) => s === 'open');
+  const retry = await next(client, 'retry');
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof ClientError);
+  assert.equal(errors[0].code, 'ERR_TOKEN');
+  assert.equal((errors[0].cause as Error).message, 'refresh endpoint down');
+  assert.ok(retry.inMs >= 25, `the backoff's delay, not a tight loop (${retry.inMs} ms)`);
+  await opened;
+  assert.equal(client.permission, 'editor');
+  const firstSession = client.sessionId;
+
+  const reopened = next(client, 'state', (s) => s === 'open');
+  const res = await api(server, 'POST', `users/${encodeURIComponent(claims.userId)}/disconnect`, { reason: 'token rotated' });
+  assert.deepEqual([res.status, res.body.disconnected], [202, 1]);
+  await reopened;
+  assert.notEqual(client.sessionId, firstSession);
+  assert.deepEqual(asked, ['refused', 'token', 'token']);
+  assert.equal(errors.length, 1);
 });

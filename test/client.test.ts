@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { test } from 'node:test';
 import WebSocket from 'ws';
-import { CLIENT_EVENTS, connect, type ClientState, type PermissionChange, type PresenceChange, type Revocation, type StampedEvent, type WebSocketConstructor } from '../src/client/index.ts';
+import { CLIENT_EVENTS, ClientError, connect, type ClientState, type PermissionChange, type PresenceChange, type Revocation, type StampedEvent, type WebSocketConstructor } from '../src/client/index.ts';
 import { join, rawRequest } from './helpers/client.ts';
 import { grant, startPermissionStub } from './helpers/permission-stub.ts';
 import { ErrorCode } from '../src/protocol/events.ts';
@@ -248,6 +248,88 @@ test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Beare
   client.close();
   assert.throws(() => make({ token: 'a.b.c', tokenVia: 'cookie' }), { code: 'ERR_INVALID_OPTION', message: /options\.tokenVia/ });
 });
+
+test('a token function may answer with a Promise: the attempt waits for it, and each attempt (a 4001 too) asks again', async () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  let calls = 0;
+  const client = connect({
+    url: 'ws://x',
+    desktopId: 'd',
+    WebSocket: FakeSocket as unknown as WebSocketConstructor,
+    random: () => 0.999,
+    ...clock,
+    token: async () => `tok${++calls}`,
+  });
+  assert.equal(FakeSocket.all.length, 0, 'no socket before the token is known');
+  await until(() => FakeSocket.all.length === 1);
+  assert.deepEqual(FakeSocket.all[0]!.options, ['moodio.v1', 'moodio.token.tok1']);
+  FakeSocket.all[0]!.join('me');
+  FakeSocket.all[0]!.drop(4001);
+  assert.equal(clock.delays().at(-1), 0, 'logged out: at once');
+  clock.fire();
+  await until(() => FakeSocket.all.length === 2);
+  assert.deepEqual(FakeSocket.all[1]!.options, ['moodio.v1', 'moodio.token.tok2'], 'the token function was asked again');
+  // Closed while the token is pending: its answer opens nothing.
+  FakeSocket.all[1]!.fail();
+  let settle!: (token: string) => void;
+  const pending = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock(), token: () => new Promise<string>((resolve) => (settle = resolve)) });
+  pending.close();
+  settle('late');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(FakeSocket.all.length, 2);
+  client.close();
+});
+
+test('a token function that throws, rejects or answers no token: an error event ERR_TOKEN, then the backoff, never an unhandled rejection', async (t) => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
+  t.after(() => process.off('unhandledRejection', onUnhandled));
+  const refresh = new Error('refresh failed');
+  const answers: (() => unknown)[] = [
+    () => {
+      throw refresh;
+    },
+    () => Promise.reject(refresh),
+    () => Promise.resolve(42),
+    () => 'not a token',
+    () => Promise.resolve('good.token'),
+  ];
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = connect({
+    url: 'ws://x',
+    desktopId: 'd',
+    WebSocket: FakeSocket as unknown as WebSocketConstructor,
+    random: () => 0.999,
+    ...clock,
+    token: () => answers.shift()!() as string,
+  });
+  const events: string[] = [];
+  client.on('error', (e) => events.push(e instanceof ClientError ? `${e.code} ${e.cause === refresh}` : `server ${e.code}`));
+  client.on('retry', (r) => events.push(`retry ${r.inMs}`));
+  for (let i = 0; i < 4; i++) {
+    await until(() => events.length === 2 * (i + 1));
+    clock.fire();
+  }
+  await until(() => FakeSocket.all.length === 1);
+  assert.deepEqual(events, ['ERR_TOKEN true', 'retry 499', 'ERR_TOKEN true', 'retry 999', 'ERR_TOKEN false', 'retry 1999', 'ERR_TOKEN false', 'retry 3998']);
+  assert.equal(client.state, 'connecting', 'still trying; no attempt reached a socket until the good token');
+  assert.deepEqual(FakeSocket.all[0]!.options, ['moodio.v1', 'moodio.token.good.token']);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(unhandled, []);
+  client.close();
+  // A static token is checked once, at connect().
+  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 'a b' }), { code: 'ERR_INVALID_OPTION', message: /options\.token/ });
+  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 7 as unknown as string }), { code: 'ERR_INVALID_OPTION', message: /options\.token/ });
+});
+
+/** Wait until `ok()` holds, one macrotask at a time (the token's promise settles in between); bounded. */
+async function until(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 100 && !ok(); i++) await new Promise((resolve) => setImmediate(resolve));
+  assert.ok(ok(), 'condition not reached');
+}
 
 test('the queue is bounded', () => {
   FakeSocket.all = [];

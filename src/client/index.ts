@@ -21,6 +21,8 @@
  * WebSocket protocols, the one header browsers let a page set: it works
  * across origins and per window, and in Node with the `ws` package too.
  * `tokenVia: 'bearer'` sends `Authorization: Bearer` instead (`ws` only).
+ * `token` may be a function, sync or async, asked before every attempt; if
+ * it fails, `error` carries a ClientError `ERR_TOKEN` and the backoff goes on.
  *
  * The server's hand on the session: `permission_changed` sets
  * `client.permission` (a `permission` event); a close with 4003 (permission
@@ -42,6 +44,7 @@ import {
   type StampedEvent,
 } from '../protocol/events.ts';
 import { afterClose, backoffDelay, retryAfterMs, type BackoffOptions } from './backoff.ts';
+import { ClientError, describe, isThenable, tokenProblem } from './errors.ts';
 import { isPermission, isSessionInfo, Presence } from './presence.ts';
 import type { AssetPayload, ClientEvents, ClientState, ConnectOptions, DesktopEventType, WebSocketConstructor, WebSocketLike } from './types.ts';
 
@@ -58,19 +61,11 @@ export type {
   WebSocketConstructor,
   WebSocketLike,
 } from './types.ts';
+export { ClientError, type ClientErrorCode } from './errors.ts';
 export { afterClose, backoffCeiling, backoffDelay, type AfterClose } from './backoff.ts';
 
 /** The names `on()` accepts. */
 export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'permission', 'revoked', 'error', 'rejected', 'retry'];
-
-export class ClientError extends Error {
-  readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET' | 'ERR_UNKNOWN_CLIENT_EVENT' | 'ERR_INVALID_OPTION';
-  constructor(code: ClientError['code'], message: string) {
-    super(message);
-    this.name = 'ClientError';
-    this.code = code;
-  }
-}
 
 const OPEN = 1;
 
@@ -129,6 +124,12 @@ export class MoodioClient {
     this.sessions = this.presence.sessions;
     const tokenVia = options.tokenVia ?? 'protocol';
     if (tokenVia !== 'protocol' && tokenVia !== 'bearer') throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
+    const { token } = options;
+    if (token !== undefined && token !== null && typeof token !== 'function') {
+      if (typeof token !== 'string') throw new ClientError('ERR_INVALID_OPTION', `options.token must be a string or a function, not ${describe(token)}`);
+      const problem = tokenProblem(token, tokenVia);
+      if (problem !== null) throw new ClientError('ERR_INVALID_OPTION', `options.token is ${problem}`);
+    }
     this.options = {
       url: options.url.replace(/\/+$/, ''),
       desktopId: options.desktopId,
@@ -262,12 +263,57 @@ export class MoodioClient {
     this.nextRetryInMs = null;
   }
 
+  /**
+   * One attempt: ask for the token (a function is asked every time, and may
+   * answer with a Promise), then dial. A token that cannot be had (the
+   * function throws or rejects, or answers what is not a token) is an `error`
+   * event with `ERR_TOKEN`, and the attempt counts as one that failed to open.
+   */
   private open(): void {
     this.timer = null;
     this.nextRetryInMs = null;
+    const { token } = this.options;
+    if (typeof token !== 'function') return this.dial(token);
+    let answer: unknown;
+    try {
+      answer = token();
+    } catch (err) {
+      // Reported a microtask later, as a rejection would be: the first attempt
+      // runs inside connect(), before the app could listen to `error`.
+      answer = Promise.reject(err);
+    }
+    if (!isThenable(answer)) return this.dialOrFail(answer);
+    // While it is pending no timer is set, so retryNow() waits for it; after close() its answer is dropped.
+    answer.then(
+      (value) => {
+        if (this.state !== 'closed') this.dialOrFail(value);
+      },
+      (err: unknown) => {
+        if (this.state !== 'closed') this.tokenFailed(new ClientError('ERR_TOKEN', `options.token failed: ${describe(err)}`, { cause: err }));
+      },
+    );
+  }
+
+  /** Dial with what the token function answered, if it is a token (or nothing, for the cookie). */
+  private dialOrFail(value: unknown): void {
+    if (value === null || value === undefined || typeof value === 'string') {
+      const problem = typeof value === 'string' ? tokenProblem(value, this.options.tokenVia) : null;
+      if (problem === null) return this.dial(value);
+      return this.tokenFailed(new ClientError('ERR_TOKEN', `options.token answered ${problem}`));
+    }
+    this.tokenFailed(new ClientError('ERR_TOKEN', `options.token must answer a string (or a Promise of one), not ${describe(value)}`));
+  }
+
+  /** No token for this attempt: said, then the backoff as for a connection that never opened. */
+  private tokenFailed(error: ClientError): void {
+    this.emit('error', error);
+    if (this.state === 'closed') return; // an error handler closed the client
+    this.scheduleReconnect(false, 'backoff', null);
+  }
+
+  private dial(token: string | null | undefined): void {
     const url = `${this.options.url}/ws/desktop/${encodeURIComponent(this.options.desktopId)}`;
     const { tokenVia } = this.options;
-    const token = typeof this.options.token === 'function' ? this.options.token() : this.options.token;
     const socket = !token
       ? new this.WebSocketImpl(url)
       : tokenVia === 'bearer'

@@ -4,6 +4,7 @@
  * nothing here exists at run time (index.ts re-exports them).
  */
 import type { ClientEvent, ErrorEvent as ServerErrorEvent, Permission } from '../protocol/events.ts';
+import type { ClientError } from './errors.ts';
 import type { PresenceChange } from './presence.ts';
 
 /** The seed's client event types: asset_moved, asset_resized, asset_added, asset_removed, asset_dragging, asset_selected, asset_deselected. */
@@ -66,8 +67,13 @@ export interface ClientEvents {
   permission: PermissionChange;
   /** The server closed with 4003: permission revoked. Final: comes just before `state` `closed`; no retry. */
   revoked: Revocation;
-  /** `{"type":"error"}` frames from the server (`code`: invalid_message, rate_limited, …). */
-  error: ServerErrorEvent;
+  /**
+   * `{"type":"error"}` frames from the server (`code`: invalid_message,
+   * rate_limited, …), or a {@link ClientError} for what failed in the
+   * background (`ERR_TOKEN`: the token function threw or rejected; the
+   * attempt is retried with backoff). `e instanceof ClientError` tells them apart.
+   */
+  error: ServerErrorEvent | ClientError;
   /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
   rejected: { status: number };
   /** A reconnect attempt is scheduled in `inMs` (0 after `retryNow()` and a first 4001); `attempt` counts from 1 since the last join. */
@@ -82,10 +88,13 @@ export interface ConnectOptions {
    * Access token. Offered as the WebSocket protocols `moodio.v1` and
    * `moodio.token.<token>` (browsers and `ws`), so each window can be its own
    * user whatever cookie the site holds. Without it, a browser's cookie
-   * authenticates. A function is called before every attempt, so that a
-   * reconnect carries the app's freshest token.
+   * authenticates. A function is called before every attempt (a 4001 asks
+   * again), so that a reconnect carries the app's freshest token; it may
+   * return a Promise (a refresh call). If it throws or rejects, the client
+   * emits `error` with a {@link ClientError} `ERR_TOKEN` and retries with
+   * backoff. Null, undefined or '' means no token for that attempt.
    */
-  token?: string | (() => string | null | undefined);
+  token?: string | (() => string | null | undefined | PromiseLike<string | null | undefined>);
   /** How `token` travels: `protocol` (default) or `bearer` (`Authorization: Bearer`, the `ws` package only). */
   tokenVia?: 'protocol' | 'bearer';
   /** Default: `globalThis.WebSocket`. Node older than 22 has none: pass the `ws` package. */
