@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { ClientError, connect, type ClientEvents, type MoodioClient, type WebSocketConstructor } from '../src/client/index.ts';
+import { ClientError, connect, isServerEvent, type ClientEvents, type MoodioClient, type RelayedEvent, type WebSocketConstructor } from '../src/client/index.ts';
 import { CloseCode } from '../src/protocol/events.ts';
 import { api, API_KEY } from './helpers/api.ts';
 import { rolesByUser, startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
@@ -74,6 +74,7 @@ test('a viewer turned editor learns its role, the room sees it, and its next mov
   const vi = await member(t, desk, 'Vi', 'viewer');
   await presenceUntil(ed.client, () => ed.client.sessions.has(vi.client.sessionId!));
   assert.equal(ed.client.sessions.get(vi.client.sessionId!)!.permission, 'viewer');
+  assert.deepEqual([ed.client.permission, vi.client.permission], ['editor', 'viewer'], "room_joined names each joiner's own role");
 
   // As a viewer, Vi's move is dropped: the marker after it is the next event Ed gets.
   const firstFromVi = new Promise<string>((resolve) => ed.client.onAnyEvent((e) => e.sessionId === vi.client.sessionId && resolve(e.type)));
@@ -193,4 +194,24 @@ test('an async token function against the real server: a failed refresh is ERR_T
   assert.notEqual(client.sessionId, firstSession);
   assert.deepEqual(asked, ['refused', 'token', 'token']);
   assert.equal(errors.length, 1);
+});
+
+test("a server API publish reaches onEvent as the server's own event: sessionId and userId 'server', no firstName or email; a peer's is stamped", async (t) => {
+  const desk = desktop('server-event');
+  const ann = await member(t, desk, 'Ann', 'editor');
+  const bob = await member(t, desk, 'Bob', 'editor');
+  await presenceUntil(ann.client, () => ann.client.sessions.has(bob.client.sessionId!));
+  const got: RelayedEvent<'table_generated', { rows: number }>[] = [];
+  const typed = ann.client as unknown as MoodioClient<{ table_generated: { rows: number } }>;
+  const both = new Promise<void>((resolve) => typed.onEvent('table_generated', (e) => got.push(e) === 2 && resolve()));
+  const res = await api(server, 'POST', `desktops/${desk}/events`, { type: 'table_generated', payload: { rows: 3 } });
+  assert.equal(res.status, 202);
+  bob.client.send('table_generated', { rows: 4 });
+  await both;
+  const [fromServer, fromPeer] = got;
+  assert.ok(isServerEvent(fromServer!));
+  assert.deepEqual(Object.keys(fromServer!).sort(), ['payload', 'sessionId', 'timestamp', 'type', 'userId']);
+  assert.deepEqual([fromServer!.sessionId, fromServer!.userId, fromServer!.payload.rows], ['server', 'server', 3]);
+  assert.ok(!isServerEvent(fromPeer!));
+  assert.deepEqual([fromPeer.firstName, fromPeer.sessionId, fromPeer.payload.rows], ['Bob', bob.client.sessionId, 4]);
 });

@@ -87,16 +87,37 @@ test('the package has no dependencies and its modules import only each other', (
 test("TypeScript finds the package's types from the app, with Node's resolution and a bundler's", async () => {
   writeFileSync(
     join(app, 'check.ts'),
-    `import { connect, ClientError, type AssetPayload, type StampedEvent } from '${CLIENT_PACKAGE_NAME}';
+    `import { connect, isServerEvent, ClientError, type AssetPayload, type RelayedEvent } from '${CLIENT_PACKAGE_NAME}';
 const client = connect({ url: 'wss://example.invalid', desktopId: 'd', token: 't' });
-client.onEvent('asset_moved', (e: StampedEvent<'asset_moved', AssetPayload>) => {
+client.onEvent('asset_moved', (e: RelayedEvent<'asset_moved', AssetPayload | undefined>) => {
   const x: number | undefined = e.payload?.x;
   void x;
+  // A server API publish has no firstName: the type says so, and isServerEvent narrows it away.
+  // @ts-expect-error firstName is not on a server-sent event
+  void e.firstName;
+  if (!isServerEvent(e)) void e.firstName.toUpperCase();
 });
 client.on('retry', ({ inMs }) => inMs.toFixed());
+client.on('error', (e) => void (e instanceof ClientError ? e.code satisfies string : e.retryAfterMs));
 // @ts-expect-error a relayed type is not a lifecycle event
 client.on('asset_moved', () => {});
-void ClientError;
+const role: 'editor' | 'viewer' | null = client.permission;
+void role;
+// The token may come from an async refresh.
+connect({ url: 'wss://example.invalid', desktopId: 'd', token: async () => 'fresh' }).close();
+// An app's own events, checked; the built-in seven keep their types.
+interface MyEvents { cursor: { x: number; y: number } }
+const typed = connect<MyEvents>({ url: 'wss://example.invalid', desktopId: 'd' });
+typed.onEvent('cursor', (e) => e.payload.x.toFixed());
+typed.send('cursor', { x: 1, y: 2 });
+// @ts-expect-error x must be a number
+typed.send('cursor', { x: 'left', y: 2 });
+// @ts-expect-error a cursor has no z
+typed.onEvent('cursor', (e) => e.payload.z);
+typed.onEvent('asset_moved', (e) => e.payload?.id.toUpperCase());
+// @ts-expect-error an asset event needs its id
+typed.send('asset_moved', { x: 1 });
+typed.send('anything_else', 42);
 `,
   );
   const tsc = join(ROOT, 'node_modules/typescript/bin/tsc');

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { test } from 'node:test';
 import WebSocket from 'ws';
-import { CLIENT_EVENTS, ClientError, connect, type ClientState, type PermissionChange, type PresenceChange, type Revocation, type StampedEvent, type WebSocketConstructor } from '../src/client/index.ts';
+import { CLIENT_EVENTS, ClientError, connect, type ClientState, type PermissionChange, type PresenceChange, type RelayedEvent, type Revocation, type WebSocketConstructor } from '../src/client/index.ts';
 import { join, rawRequest } from './helpers/client.ts';
 import { grant, startPermissionStub } from './helpers/permission-stub.ts';
 import { ErrorCode } from '../src/protocol/events.ts';
@@ -105,8 +105,8 @@ test('backoff: jittered doubling to the cap, a distinct failing state, quick ret
   assert.deepEqual(states, ['failing'], 'connecting until the third failed open, then failing');
 
   // Sends while away are queued and flushed in order on join.
-  client.send('asset_moved', { n: 1 });
-  client.send('asset_moved', { n: 2 });
+  client.send('asset_moved', { id: 'asset-1', n: 1 });
+  client.send('asset_moved', { id: 'asset-1', n: 2 });
   FakeSocket.all.at(-1)!.join('session_a');
   assert.equal(client.state, 'open');
   assert.deepEqual(FakeSocket.all.at(-1)!.sent.map((s) => JSON.parse(s).payload.n), [1, 2]);
@@ -394,11 +394,11 @@ test('a peer sending the lifecycle names as event types reaches onEvent, never t
   client.on('error', (e) => lifecycle.push(`error:${e.code.toUpperCase()}`));
   client.on('rejected', ({ status }) => lifecycle.push(`rejected:${status.toFixed()}`));
   const byType: string[] = [];
-  const any: StampedEvent[] = [];
+  const any: RelayedEvent[] = [];
   const names = [...CLIENT_EVENTS, 'event'];
   for (const name of names) client.onEvent(name, (e) => byType.push(e.type));
   client.onAnyEvent((e) => any.push(e));
-  const last = new Promise<StampedEvent>((resolve) => client.onEvent('asset_moved', resolve));
+  const last = new Promise<RelayedEvent>((resolve) => client.onEvent('asset_moved', resolve));
 
   for (const name of names) peer.send({ type: name, payload: { joined: 'x', code: 7, status: 'y' } });
   peer.send({ type: 'asset_moved', payload: { id: 'asset-1' } });
@@ -511,7 +511,7 @@ test('after close(), nothing from the old socket reopens the client: a room_join
   socket.readyState = 1;
   inFlight({ data: JSON.stringify({ type: 'room_joined', sessionId: 's1', sessions: [] }) });
   assert.equal(client.state, 'closed');
-  assert.throws(() => client.send('asset_moved', {}), { code: 'ERR_CLOSED' });
+  assert.throws(() => client.send('asset_moved', { id: 'asset-1' }), { code: 'ERR_CLOSED' });
 });
 
 test('server frames of the wrong shape are dropped, not handed to the app', () => {

@@ -37,18 +37,18 @@
  */
 import {
   DEFAULT_TRANSIENT_TYPES,
+  SERVER_SENDER,
   SUBPROTOCOL,
   TOKEN_SUBPROTOCOL_PREFIX,
   type Permission,
   type SessionInfo,
-  type StampedEvent,
 } from '../protocol/events.ts';
 import { afterClose, backoffDelay, retryAfterMs, type BackoffOptions } from './backoff.ts';
 import { ClientError, describe, isThenable, tokenProblem } from './errors.ts';
 import { isPermission, isSessionInfo, Presence } from './presence.ts';
-import type { AssetPayload, ClientEvents, ClientState, ConnectOptions, DesktopEventType, WebSocketConstructor, WebSocketLike } from './types.ts';
+import type { ClientEvents, ClientState, ConnectOptions, EventMap, PeerEvent, ReceivedPayload, RelayedEvent, SendArgs, ServerSentEvent, WebSocketConstructor, WebSocketLike } from './types.ts';
 
-export type { Permission, SessionInfo, StampedEvent } from '../protocol/events.ts';
+export type { Permission, SessionInfo } from '../protocol/events.ts';
 export type { PresenceChange } from './presence.ts';
 export type {
   AssetPayload,
@@ -56,12 +56,20 @@ export type {
   ClientState,
   ConnectOptions,
   DesktopEventType,
+  EventMap,
+  PeerEvent,
   PermissionChange,
+  ReceivedPayload,
+  RelayedEvent,
+  SendArgs,
+  ServerSentEvent,
   Revocation,
   WebSocketConstructor,
   WebSocketLike,
 } from './types.ts';
 export { ClientError, type ClientErrorCode } from './errors.ts';
+/** @deprecated An event from a peer: use {@link PeerEvent}, or {@link RelayedEvent} for what `onEvent()` gets (the server's own events have no `firstName`). */
+export type StampedEvent<T extends string = string, P = unknown> = PeerEvent<T, P>;
 export { afterClose, backoffCeiling, backoffDelay, type AfterClose } from './backoff.ts';
 
 /** The names `on()` accepts. */
@@ -77,15 +85,22 @@ interface Queued {
   key: string | null;
 }
 
-export class MoodioClient {
+/**
+ * A connection to one desktop. `E` is the app's own event map (see
+ * {@link EventMap}): `connect<MyEvents>(…)` checks `onEvent` and `send` of
+ * those types; without it, any type is allowed and its payload is unknown.
+ */
+export class MoodioClient<E extends EventMap = Record<never, never>> {
   state: ClientState = 'connecting';
   /** This connection's sessionId (changes on every reconnect). */
   sessionId: string | null = null;
   /**
-   * This session's role, as the server last named it: by `permission_changed`
-   * (or a `room_joined` that carries it). Null while not known: the server's
-   * `room_joined` does not carry the joiner's own role, so after each join it
-   * is null until a change is announced; null again after `revoked`.
+   * This session's role, as the server last named it. moodio-rt's
+   * `room_joined` names the joiner's own role, so it is set from the first
+   * `open` (each reconnect is a new session, whose role is named again), and
+   * `permission_changed` changes it. Null while not known: before the first
+   * join, against a server whose `room_joined` does not name it (the Go
+   * relay) until a change is announced, and after `revoked`.
    */
   permission: Permission | null = null;
   /** The other sessions in the room, by sessionId. */
@@ -114,8 +129,8 @@ export class MoodioClient {
   /** Lifecycle handlers, by {@link ClientEvents} name. */
   private readonly lifecycle = new Map<keyof ClientEvents, Set<Handler<never>>>();
   /** Relayed-event handlers, by the event's type: any string a peer sends. */
-  private readonly relayed = new Map<string, Set<Handler<StampedEvent>>>();
-  private readonly anyRelayed = new Set<Handler<StampedEvent>>();
+  private readonly relayed = new Map<string, Set<Handler<RelayedEvent>>>();
+  private readonly anyRelayed = new Set<Handler<RelayedEvent>>();
 
   constructor(options: ConnectOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
@@ -163,14 +178,12 @@ export class MoodioClient {
   }
 
   /** Listen to events of one `type` relayed from other sessions, stamped with the sender. Returns an unsubscribe function. */
-  onEvent<T extends DesktopEventType>(type: T, handler: Handler<StampedEvent<T, AssetPayload>>): () => void;
-  onEvent(type: string, handler: Handler<StampedEvent>): () => void;
-  onEvent(type: string, handler: Handler<never>): () => void {
-    return subscribe(this.relayed, type, handler as Handler<StampedEvent>);
+  onEvent<K extends string>(type: K, handler: Handler<RelayedEvent<K, ReceivedPayload<E, K>>>): () => void {
+    return subscribe(this.relayed, type, handler as Handler<RelayedEvent>);
   }
 
   /** Listen to every event relayed from other sessions, whatever its type. Returns an unsubscribe function. */
-  onAnyEvent(handler: Handler<StampedEvent>): () => void {
+  onAnyEvent(handler: Handler<RelayedEvent>): () => void {
     this.anyRelayed.add(handler);
     return () => this.anyRelayed.delete(handler);
   }
@@ -181,9 +194,8 @@ export class MoodioClient {
    * only the newest per type and `payload.id` is kept, so it never fills the queue.
    * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_QUEUE_FULL when `maxQueue` other messages wait.
    */
-  send(type: DesktopEventType, payload: AssetPayload): void;
-  send(type: string, payload?: unknown): void;
-  send(type: string, payload?: unknown): void {
+  send<K extends string>(type: K, ...args: SendArgs<E, K>): void {
+    const payload: unknown = args[0];
     if (this.state === 'closed') throw new ClientError('ERR_CLOSED', 'client is closed');
     const text = JSON.stringify(payload === undefined ? { type } : { type, payload });
     if (this.state === 'open' && this.socket?.readyState === OPEN) {
@@ -245,7 +257,7 @@ export class MoodioClient {
     if (set) for (const handler of [...set]) (handler as Handler<ClientEvents[K]>)(value);
   }
 
-  private emitRelayed(event: StampedEvent): void {
+  private emitRelayed(event: RelayedEvent): void {
     for (const handler of [...this.anyRelayed]) handler(event);
     const set = this.relayed.get(event.type);
     if (set) for (const handler of [...set]) handler(event);
@@ -435,7 +447,7 @@ export class MoodioClient {
       default:
         // Whatever its type, a relayed event goes to the relayed namespace only.
         if (typeof frame.type !== 'string') return;
-        this.emitRelayed(frame as unknown as StampedEvent);
+        this.emitRelayed(frame as unknown as RelayedEvent);
     }
   }
 
@@ -483,8 +495,17 @@ function subscribe<K, V>(map: Map<K, Set<Handler<V>>>, key: K, handler: Handler<
   return () => set.delete(handler);
 }
 
+/**
+ * Whether a relayed event was sent by the server itself (the server API's
+ * publish: `sessionId` `"server"`, no `firstName` or `email`). Its `false`
+ * branch narrows to a {@link PeerEvent}, stamped with the sender's identity.
+ */
+export function isServerEvent<T extends string, P>(event: RelayedEvent<T, P>): event is ServerSentEvent<T, P> {
+  return event.sessionId === SERVER_SENDER;
+}
+
 /** Start a client; it connects in the background. */
-export function connect(options: ConnectOptions): MoodioClient {
-  return new MoodioClient(options);
+export function connect<E extends EventMap = Record<never, never>>(options: ConnectOptions): MoodioClient<E> {
+  return new MoodioClient<E>(options);
 }
 

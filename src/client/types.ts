@@ -18,6 +18,56 @@ export interface AssetPayload {
   [field: string]: unknown;
 }
 
+/**
+ * An event relayed from another session, stamped by the server with its
+ * sender's identity (never taken from the frame).
+ */
+export interface PeerEvent<T extends string = string, P = unknown> {
+  type: T;
+  sessionId: string;
+  userId: string;
+  firstName: string;
+  email: string;
+  /** Milliseconds since the epoch, set by the server. */
+  timestamp: number;
+  /** As the sender sent it: the server does not check it. */
+  payload: P;
+}
+
+/**
+ * An event the server sent itself: what the app publishes through the server
+ * API (to a desktop, a user, everyone). `sessionId` and `userId` are
+ * `"server"`, and it has no `firstName` or `email`.
+ */
+export interface ServerSentEvent<T extends string = string, P = unknown> {
+  type: T;
+  sessionId: 'server';
+  userId: 'server';
+  /** Milliseconds since the epoch, when the API call was accepted. */
+  timestamp: number;
+  payload: P;
+}
+
+/**
+ * What `onEvent()` and `onAnyEvent()` get: from a peer or from the server.
+ * `e.sessionId !== 'server'` narrows it to a {@link PeerEvent} (no session has
+ * that id), whose `firstName` and `email` are then there.
+ */
+export type RelayedEvent<T extends string = string, P = unknown> = PeerEvent<T, P> | ServerSentEvent<T, P>;
+
+/**
+ * An app's own event types and their payloads, for `connect<MyEvents>()`:
+ * `interface MyEvents { cursor: { x: number; y: number } }`. The seven
+ * built-in types keep {@link AssetPayload} whatever the map says.
+ */
+export type EventMap = object;
+
+/** The payload `onEvent(type)` gets: a built-in type's may be absent (a peer may omit it); a mapped type's is as declared; any other is unknown. */
+export type ReceivedPayload<E extends EventMap, K extends string> = K extends DesktopEventType ? AssetPayload | undefined : K extends keyof E ? E[K] : unknown;
+
+/** The arguments `send(type, …)` takes after the type: a built-in type's `AssetPayload`, a mapped type's payload, anything for another type. */
+export type SendArgs<E extends EventMap, K extends string> = K extends DesktopEventType ? [payload: AssetPayload] : K extends keyof E ? [payload: E[K]] : [payload?: unknown];
+
 /** The part of a WebSocket this client uses: browsers' and the `ws` package's both fit. */
 export interface WebSocketLike {
   readonly readyState: number;
