@@ -76,9 +76,11 @@ test('a viewer turned editor learns its role, the room sees it, and its next mov
   assert.equal(ed.client.sessions.get(vi.client.sessionId!)!.permission, 'viewer');
   assert.deepEqual([ed.client.permission, vi.client.permission], ['editor', 'viewer'], "room_joined names each joiner's own role");
 
-  // As a viewer, Vi's move is dropped: the marker after it is the next event Ed gets.
+  // As a viewer, Vi's move is refused by the SDK itself (the server would drop it without a word), and never queued:
+  // the marker after it is the next event Ed gets.
   const firstFromVi = new Promise<string>((resolve) => ed.client.onAnyEvent((e) => e.sessionId === vi.client.sessionId && resolve(e.type)));
-  vi.client.send('asset_moved', { id: 'asset-1', x: 1, y: 1 });
+  assert.throws(() => vi.client.send('asset_moved', { id: 'asset-1', x: 1, y: 1 }), { name: 'ClientError', code: 'ERR_VIEWER_MUTATION' });
+  assert.equal(vi.client.queued, 0);
   vi.client.send('marker', {});
   assert.equal(await firstFromVi, 'marker');
 

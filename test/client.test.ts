@@ -583,6 +583,65 @@ test('permission_changed sets client.permission and emits permission once per ch
   client.close();
 });
 
+test("a viewer's mutation is refused by send() (ERR_VIEWER_MUTATION) and never queued; unknown role: sent, and queued ones are checked when the join names it", () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = fakeClient(clock);
+  const errors: unknown[] = [];
+  client.on('error', (e) => errors.push(e));
+  const joinAs = (socket: FakeSocket, sessionId: string, permission?: string) => {
+    socket.readyState = 1;
+    socket.onopen?.({});
+    socket.receive({ type: 'room_joined', sessionId, sessions: [], permission });
+  };
+  const sentTypes = (socket: FakeSocket) => socket.sent.map((text) => JSON.parse(text).type as string);
+
+  // Joined as a viewer: every mutation type is refused at once; other types go.
+  joinAs(FakeSocket.all[0]!, 'me', 'viewer');
+  for (const type of ['asset_moved', 'asset_resized', 'asset_added', 'asset_removed', 'asset_dragging', 'asset_selected', 'asset_deselected']) {
+    assert.throws(() => client.send(type as 'asset_moved', { id: 'a' }), { name: 'ClientError', code: 'ERR_VIEWER_MUTATION', message: new RegExp(type) });
+  }
+  client.send('cursor', { x: 1 });
+  assert.deepEqual(sentTypes(FakeSocket.all[0]!), ['cursor']);
+  // Made editor: mutations go.
+  FakeSocket.all[0]!.receive({ type: 'permission_changed', permission: 'editor' });
+  client.send('asset_moved', { id: 'a', x: 1 });
+  assert.deepEqual(sentTypes(FakeSocket.all[0]!), ['cursor', 'asset_moved']);
+  // Made viewer again, then away: refused, not queued.
+  FakeSocket.all[0]!.receive({ type: 'permission_changed', permission: 'viewer' });
+  FakeSocket.all[0]!.drop(1006);
+  assert.throws(() => client.send('asset_moved', { id: 'a', x: 2 }), { code: 'ERR_VIEWER_MUTATION' });
+  assert.equal(client.queued, 0);
+  clock.fire();
+  // Rejoined as editor (a new session's role), then away again: mutations queue while the last known role is editor.
+  joinAs(FakeSocket.all[1]!, 'me2', 'editor');
+  FakeSocket.all[1]!.drop(1006);
+  client.send('asset_moved', { id: 'a', x: 3 });
+  client.send('marker');
+  client.send('asset_dragging', { id: 'a', x: 4 });
+  assert.equal(client.queued, 3);
+  clock.fire();
+  // The new session is a viewer: the queued mutations are dropped, the rest is sent, and an error says so.
+  joinAs(FakeSocket.all[2]!, 'me3', 'viewer');
+  assert.deepEqual(sentTypes(FakeSocket.all[2]!), ['marker']);
+  assert.equal(client.queued, 0);
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof ClientError);
+  assert.equal(errors[0].code, 'ERR_VIEWER_MUTATION');
+  assert.match(errors[0].message, /2 queued .*asset_moved, asset_dragging/);
+  client.close();
+
+  // The role not known (a server whose room_joined does not name it): a mutation is sent; the server decides.
+  FakeSocket.all = [];
+  const unknown = fakeClient();
+  unknown.send('asset_moved', { id: 'a', x: 5 });
+  joinAs(FakeSocket.all[0]!, 'me');
+  assert.equal(unknown.permission, null);
+  unknown.send('asset_moved', { id: 'a', x: 6 });
+  assert.deepEqual(FakeSocket.all[0]!.sent.map((text) => JSON.parse(text).payload.x), [5, 6]);
+  unknown.close();
+});
+
 test('session_updated keeps presence current and emits presence with the updated session; unknown or unchanged sessions change nothing', () => {
   FakeSocket.all = [];
   const clock = fakeClock();

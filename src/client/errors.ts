@@ -17,6 +17,12 @@ export type ClientErrorCode =
   | 'ERR_UNKNOWN_CLIENT_EVENT'
   /** An option of `connect()` is not valid; the message names it. */
   | 'ERR_INVALID_OPTION'
+  /**
+   * `send()` of a mutation type (`asset_moved`, …) while `permission` is
+   * `viewer`: the server would drop it silently. As an `error` event: the
+   * mutations queued while the role was unknown, dropped when the join named it viewer.
+   */
+  | 'ERR_VIEWER_MUTATION'
   /** `error` event: the `token` function threw, rejected, or answered what is not a token; the attempt is retried with backoff. */
   | 'ERR_TOKEN';
 

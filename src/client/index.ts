@@ -24,6 +24,9 @@
  * `token` may be a function, sync or async, asked before every attempt; if
  * it fails, `error` carries a ClientError `ERR_TOKEN` and the backoff goes on.
  *
+ * A viewer's mutation (the seven asset types) is refused by `send()` with
+ * ERR_VIEWER_MUTATION, where the server would drop it without a word.
+ *
  * The server's hand on the session: `permission_changed` sets
  * `client.permission` (a `permission` event); a close with 4003 (permission
  * revoked) is final (a `revoked` event, then `closed`); a close with 4001
@@ -37,6 +40,7 @@
  */
 import {
   DEFAULT_TRANSIENT_TYPES,
+  MUTATION_TYPES,
   SERVER_SENDER,
   SUBPROTOCOL,
   TOKEN_SUBPROTOCOL_PREFIX,
@@ -81,6 +85,7 @@ type Handler<T> = (value: T) => void;
 
 /** A send waiting for the connection; `key` is set for a transient type (type and asset id). */
 interface Queued {
+  type: string;
   text: string;
   key: string | null;
 }
@@ -192,11 +197,17 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
    * Send `{type, payload}` to the room. While not open, the message is queued
    * and sent on (re)connection, in order; of a transient type (`transientTypes`)
    * only the newest per type and `payload.id` is kept, so it never fills the queue.
-   * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_QUEUE_FULL when `maxQueue` other messages wait.
+   * One of the seven mutation types is refused while `permission` is
+   * `viewer`; while the role is not known it is sent (or queued), and what is
+   * queued is checked again when the join names the role.
+   * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_VIEWER_MUTATION for a mutation while a viewer; ERR_QUEUE_FULL when `maxQueue` other messages wait.
    */
   send<K extends string>(type: K, ...args: SendArgs<E, K>): void {
     const payload: unknown = args[0];
     if (this.state === 'closed') throw new ClientError('ERR_CLOSED', 'client is closed');
+    // The server drops a viewer's mutation without a word (as the Go relay
+    // does): refused here instead, where the app can hear it.
+    if (this.permission === 'viewer' && MUTATION_TYPES.has(type)) throw viewerMutation(type);
     const text = JSON.stringify(payload === undefined ? { type } : { type, payload });
     if (this.state === 'open' && this.socket?.readyState === OPEN) {
       this.socket.send(text);
@@ -209,7 +220,7 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
       if (stale !== -1) this.queue.splice(stale, 1);
     }
     if (this.queue.length >= this.options.maxQueue) throw new ClientError('ERR_QUEUE_FULL', `more than ${this.options.maxQueue} messages queued while disconnected`);
-    this.queue.push({ text, key });
+    this.queue.push({ type, text, key });
   }
 
   /** Messages waiting for the connection. */
@@ -466,11 +477,26 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     this.failedOpens = 0;
     // What was queued while away goes first, in order, before any handler
     // below can send something newer.
+    // Mutations queued while the role was not known are dropped if it is viewer.
+    const refused = this.permission === 'viewer' ? this.dropQueued((queued) => MUTATION_TYPES.has(queued.type)) : [];
     const socket = this.socket;
     if (socket?.readyState === OPEN) for (const { text } of this.queue.splice(0)) socket.send(text);
     this.setState('open');
     if (change !== null) this.emit('presence', change);
     if (this.permission !== null && this.permission !== previous) this.emit('permission', { permission: this.permission, previous });
+    if (refused.length > 0) this.emit('error', viewerMutation([...new Set(refused)].join(', '), refused.length));
+  }
+
+  /** Remove the queued sends `drop` picks; returns their types. */
+  private dropQueued(drop: (queued: Queued) => boolean): string[] {
+    const types: string[] = [];
+    let kept = 0;
+    for (const queued of this.queue) {
+      if (drop(queued)) types.push(queued.type);
+      else this.queue[kept++] = queued;
+    }
+    this.queue.length = kept;
+    return types;
   }
 
   /** `permission_changed`: the role applies from this session's next frame. */
@@ -480,6 +506,12 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     this.permission = permission;
     this.emit('permission', { permission, previous });
   }
+}
+
+/** A viewer's mutation, refused: `send()` throws it, or an `error` event reports `count` dropped from the queue. */
+function viewerMutation(types: string, count = 0): ClientError {
+  const what = count === 0 ? types : `${count} queued message(s) (${types})`;
+  return new ClientError('ERR_VIEWER_MUTATION', `${what} not sent: this session is a viewer, and the server drops a viewer's changes to the desktop`);
 }
 
 /** The queue key of a transient event: its type and asset id (`payload.id`), or its type alone. */
