@@ -4,6 +4,8 @@
  * `moodio-rt-client`, the tarball is installed with `ws` (packed from this
  * repository's node_modules) into a scratch project in the temp dir (npm
  * --offline, with an empty cache of its own: no network, no machine state), and then
+ * - the publish command of docs/client.md, with --dry-run --offline,
+ *   packs the built folder and contacts no registry;
  * - the install holds the two packages and no Node runtime;
  * - the package has no dependencies and imports nothing but its own files;
  * - TypeScript resolves its types from the app, as Node and as a bundler;
@@ -14,7 +16,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { extname, join, normalize } from 'node:path';
@@ -33,12 +35,15 @@ const ROOT = new URL('..', import.meta.url).pathname;
 const WS_VERSION = (JSON.parse(readFileSync(join(ROOT, 'node_modules/ws/package.json'), 'utf8')) as { version: string }).version;
 const cleanup = new Cleanup();
 let app: string;
+/** The built package (dist/moodio-rt-client/, built apart) and the folder that holds it. */
+let built: string;
+let work: string;
 let server: ServerProcess;
 
 before(async () => {
-  const work = mkdtempSync(join(tmpdir(), 'moodio-rt-client-app-'));
+  work = mkdtempSync(join(tmpdir(), 'moodio-rt-client-app-'));
   // Built apart from dist/: the browser test's demo reads the SDK there while this runs beside it.
-  const built = buildClientPackage(join(work, CLIENT_PACKAGE_NAME));
+  built = buildClientPackage(join(work, CLIENT_PACKAGE_NAME));
   const tarball = packClientPackage(work, built);
   app = join(work, 'app');
   mkdirSync(app);
@@ -62,6 +67,42 @@ async function packFolder(folder: string, destination: string, env: NodeJS.Proce
 }
 
 const installed = () => join(app, 'node_modules', CLIENT_PACKAGE_NAME);
+
+test('the documented publish command names the built folder: with --dry-run --offline it packs it and contacts no registry', async (t) => {
+  const lines = [...readFileSync(join(ROOT, 'docs/client.md'), 'utf8').matchAll(/^npm (publish [^#\n]*?)\s*(?:#|$)/gm)].map((m) => m[1]!.split(/\s+/));
+  assert.equal(lines.length, 2, 'docs/client.md shows the publish command and its dry run');
+  for (const args of lines) {
+    // npm reads `dist/moodio-rt-client` as the GitHub repository dist/moodio-rt-client, and runs git.
+    assert.match(args.at(-1)!, /^\.{0,2}\//, `${args.join(' ')}: a path npm takes as a folder`);
+  }
+  const dryRun = lines.find((args) => args.includes('--dry-run'));
+  assert.ok(dryRun?.includes('--offline'), 'the dry run says --offline');
+  // Run where the docs run it: a checkout whose dist/ holds the built package.
+  const checkout = mkdtempSync(join(work, 'checkout-'));
+  cpSync(built, join(checkout, 'dist', CLIENT_PACKAGE_NAME), { recursive: true });
+  // The registry is a loopback server that notes every request: the dry run must make none. (npm 11's
+  // --dry-run alone still GETs the package's document, to see whether the version exists: --offline stops that.)
+  const requests: string[] = [];
+  const registry = createServer((req, res) => {
+    requests.push(`${req.method} ${req.url}`);
+    res.writeHead(404, { 'content-type': 'application/json' }).end('{}');
+  });
+  await new Promise<void>((resolve) => registry.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => registry.close(resolve)));
+  const env = {
+    ...npmEnv(),
+    npm_config_registry: `http://127.0.0.1:${(registry.address() as { port: number }).port}/`,
+    npm_config_cache: join(checkout, 'npm-cache'),
+    npm_config_userconfig: join(checkout, 'npmrc'),
+    // npm's own weekly check for a newer npm (GET /npm, with an empty cache) is not the publish's doing.
+    npm_config_update_notifier: 'false',
+  };
+  const { stdout, stderr } = await run('npm', dryRun, { cwd: checkout, env, timeout: 60_000 });
+  assert.match(stdout, new RegExp(`^\\+ ${CLIENT_PACKAGE_NAME}@\\d+\\.\\d+\\.\\d+$`, 'm'));
+  assert.match(stderr, /npm notice .*client\/index\.js/, 'the built files are in the tarball');
+  assert.match(stderr, /\(dry-run\)/);
+  assert.deepEqual(requests, []);
+});
 
 test('the install holds the SDK and ws only: no Node runtime, no .bin/node', () => {
   const modules = readdirSync(join(app, 'node_modules')).filter((name) => !name.startsWith('.'));
