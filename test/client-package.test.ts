@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { extname, join, normalize } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
-import { buildClientPackage, CLIENT_PACKAGE_NAME, npmEnv, packClientPackage } from '../scripts/client-package.ts';
+import { buildClientPackage, CLIENT_PACKAGE_NAME, npmEnv, packClientPackage, REACT_RANGE } from '../scripts/client-package.ts';
 import { launchChromium } from './helpers/chromium.ts';
 import { join as joinRoom } from './helpers/client.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
@@ -111,16 +111,21 @@ test('the install holds the SDK and ws only: no Node runtime, no .bin/node', () 
   assert.equal(existsSync(join(app, 'node_modules', '.bin', 'node')), false);
 });
 
-test('the package has no dependencies and its modules import only each other', () => {
+test('the package has no dependencies (React is an optional peer, of the /react entry only) and its modules import only each other', () => {
   const manifest = JSON.parse(readFileSync(join(installed(), 'package.json'), 'utf8')) as Record<string, unknown>;
-  for (const field of ['dependencies', 'peerDependencies', 'optionalDependencies', 'bin', 'scripts', 'engines']) assert.equal(manifest[field], undefined, field);
+  for (const field of ['dependencies', 'optionalDependencies', 'bin', 'scripts', 'engines']) assert.equal(manifest[field], undefined, field);
+  assert.deepEqual(manifest.peerDependencies, { react: REACT_RANGE });
+  assert.deepEqual(manifest.peerDependenciesMeta, { react: { optional: true } });
+  assert.deepEqual((manifest.exports as Record<string, unknown>)['./react'], { types: './client/react.d.ts', default: './client/react.js' });
   assert.equal(manifest.type, 'module');
   const files = readdirSync(installed(), { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(installed().length + 1));
   assert.deepEqual(files.filter((f) => !/\.(js|d\.ts)$/.test(f)).sort(), ['README.md', 'package.json']);
   for (const file of files.filter((f) => f.endsWith('.js') || f.endsWith('.d.ts'))) {
     const text = readFileSync(join(installed(), file), 'utf8');
     const specifiers = [...text.matchAll(/(?:from|import)\s*\(?\s*'([^']+)'/g)].map((m) => m[1]!);
-    for (const specifier of specifiers) assert.match(specifier, /^\.{1,2}\/.*\.js$/, `${file} imports ${specifier}`);
+    // The React entry imports React; nothing else does, so the core entry needs no install of it.
+    const outside = file.startsWith('client/react.') ? ['react'] : [];
+    for (const specifier of specifiers) if (!outside.includes(specifier)) assert.match(specifier, /^\.{1,2}\/.*\.js$/, `${file} imports ${specifier}`);
     assert.doesNotMatch(text, /\bprocess\.|require\(/, `${file} uses Node`);
   }
 });
