@@ -48,8 +48,9 @@ import {
   type SessionInfo,
 } from '../protocol/events.ts';
 import { afterClose, backoffDelay, retryAfterMs, type BackoffOptions } from './backoff.ts';
-import { ClientError, describe, isThenable, tokenProblem } from './errors.ts';
+import { ClientError } from './errors.ts';
 import { isPermission, isSessionInfo, Presence } from './presence.ts';
+import { askToken, checkTokenOption } from './token.ts';
 import type { ClientEvents, ClientState, ConnectOptions, EventMap, PeerEvent, ReceivedPayload, RelayedEvent, SendArgs, ServerSentEvent, WebSocketConstructor, WebSocketLike } from './types.ts';
 
 export type { Permission, SessionInfo } from '../protocol/events.ts';
@@ -65,9 +66,9 @@ export type {
   PermissionChange,
   ReceivedPayload,
   RelayedEvent,
+  Revocation,
   SendArgs,
   ServerSentEvent,
-  Revocation,
   WebSocketConstructor,
   WebSocketLike,
 } from './types.ts';
@@ -144,12 +145,7 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     this.sessions = this.presence.sessions;
     const tokenVia = options.tokenVia ?? 'protocol';
     if (tokenVia !== 'protocol' && tokenVia !== 'bearer') throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
-    const { token } = options;
-    if (token !== undefined && token !== null && typeof token !== 'function') {
-      if (typeof token !== 'string') throw new ClientError('ERR_INVALID_OPTION', `options.token must be a string or a function, not ${describe(token)}`);
-      const problem = tokenProblem(token, tokenVia);
-      if (problem !== null) throw new ClientError('ERR_INVALID_OPTION', `options.token is ${problem}`);
-    }
+    checkTokenOption(options.token, tokenVia);
     this.options = {
       url: options.url.replace(/\/+$/, ''),
       desktopId: options.desktopId,
@@ -288,43 +284,24 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
 
   /**
    * One attempt: ask for the token (a function is asked every time, and may
-   * answer with a Promise), then dial. A token that cannot be had (the
-   * function throws or rejects, or answers what is not a token) is an `error`
-   * event with `ERR_TOKEN`, and the attempt counts as one that failed to open.
+   * answer with a Promise), then dial. A token that cannot be had is an
+   * `error` event with `ERR_TOKEN`, and the attempt counts as one that failed
+   * to open. While the answer is pending no timer is set, so retryNow() waits
+   * for it; after close() it is dropped.
    */
   private open(): void {
     this.timer = null;
     this.nextRetryInMs = null;
-    const { token } = this.options;
-    if (typeof token !== 'function') return this.dial(token);
-    let answer: unknown;
-    try {
-      answer = token();
-    } catch (err) {
-      // Reported a microtask later, as a rejection would be: the first attempt
-      // runs inside connect(), before the app could listen to `error`.
-      answer = Promise.reject(err);
-    }
-    if (!isThenable(answer)) return this.dialOrFail(answer);
-    // While it is pending no timer is set, so retryNow() waits for it; after close() its answer is dropped.
-    answer.then(
-      (value) => {
-        if (this.state !== 'closed') this.dialOrFail(value);
+    askToken(
+      this.options.token,
+      this.options.tokenVia,
+      (token) => {
+        if (this.state !== 'closed') this.dial(token);
       },
-      (err: unknown) => {
-        if (this.state !== 'closed') this.tokenFailed(new ClientError('ERR_TOKEN', `options.token failed: ${describe(err)}`, { cause: err }));
+      (error) => {
+        if (this.state !== 'closed') this.tokenFailed(error);
       },
     );
-  }
-
-  /** Dial with what the token function answered, if it is a token (or nothing, for the cookie). */
-  private dialOrFail(value: unknown): void {
-    if (value === null || value === undefined || typeof value === 'string') {
-      const problem = typeof value === 'string' ? tokenProblem(value, this.options.tokenVia) : null;
-      if (problem === null) return this.dial(value);
-      return this.tokenFailed(new ClientError('ERR_TOKEN', `options.token answered ${problem}`));
-    }
-    this.tokenFailed(new ClientError('ERR_TOKEN', `options.token must answer a string (or a Promise of one), not ${describe(value)}`));
   }
 
   /** No token for this attempt: said, then the backoff as for a connection that never opened. */
@@ -475,10 +452,10 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     this.joinedAt = this.options.now();
     this.retries = 0;
     this.failedOpens = 0;
-    // What was queued while away goes first, in order, before any handler
-    // below can send something newer.
     // Mutations queued while the role was not known are dropped if it is viewer.
     const refused = this.permission === 'viewer' ? this.dropQueued((queued) => MUTATION_TYPES.has(queued.type)) : [];
+    // What was queued while away goes first, in order, before any handler
+    // below can send something newer.
     const socket = this.socket;
     if (socket?.readyState === OPEN) for (const { text } of this.queue.splice(0)) socket.send(text);
     this.setState('open');

@@ -6,6 +6,7 @@
 import type { ClientEvent, ErrorEvent as ServerErrorEvent, Permission } from '../protocol/events.ts';
 import type { ClientError } from './errors.ts';
 import type { PresenceChange } from './presence.ts';
+import type { TokenOption } from './token.ts';
 
 /** The seed's client event types: asset_moved, asset_resized, asset_added, asset_removed, asset_dragging, asset_selected, asset_deselected. */
 export type DesktopEventType = (typeof ClientEvent)[keyof typeof ClientEvent];
@@ -144,7 +145,7 @@ export interface ConnectOptions {
    * emits `error` with a {@link ClientError} `ERR_TOKEN` and retries with
    * backoff. Null, undefined or '' means no token for that attempt.
    */
-  token?: string | (() => string | null | undefined | PromiseLike<string | null | undefined>);
+  token?: TokenOption;
   /** How `token` travels: `protocol` (default) or `bearer` (`Authorization: Bearer`, the `ws` package only). */
   tokenVia?: 'protocol' | 'bearer';
   /** Default: `globalThis.WebSocket`. Node older than 22 has none: pass the `ws` package. */
