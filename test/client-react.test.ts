@@ -1,14 +1,15 @@
 /**
  * `moodio-rt-client/react` (src/client/react.ts) rendered for real, with
  * react-test-renderer, against the real server and permission stub: the
- * hook connects on mount and renders the state, the role and the others;
+ * hook connects on mount (once for good in strict mode) and renders the
+ * state, the role and the others;
  * `send` reaches a peer; an effect on `client` hears the peer; a viewer's
  * mutation is refused; a new `desktopId` moves the session to that room;
  * unmounting closes it.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { createElement, useEffect, useState } from 'react';
+import { createElement, StrictMode, useEffect, useState } from 'react';
 import TestRenderer from 'react-test-renderer';
 import WebSocket from 'ws';
 import type { ConnectOptions, WebSocketConstructor } from '../src/client/index.ts';
@@ -66,7 +67,9 @@ function render(t: Scope, props: Omit<Props, 'seen'>) {
     latest = desk;
     if (texts.at(-1) !== text) texts.push(text);
   };
-  const renderer = TestRenderer.create(createElement(Desk, { ...props, seen }));
+  // Strict mode, as in an app's development build: the effect runs, is cleaned up, and runs again.
+  const element = (next: Omit<Props, 'seen'>) => createElement(StrictMode, null, createElement(Desk, { ...next, seen }));
+  const renderer = TestRenderer.create(element(props));
   let mounted = true;
   const unmount = () => {
     if (mounted) renderer.unmount();
@@ -82,7 +85,7 @@ function render(t: Scope, props: Omit<Props, 'seen'>) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
   };
-  return { texts, until, unmount, desk: () => latest!, rerender: (next: Omit<Props, 'seen'>) => renderer.update(createElement(Desk, { ...next, seen })) };
+  return { texts, until, unmount, desk: () => latest!, rerender: (next: Omit<Props, 'seen'>) => renderer.update(element(next)) };
 }
 
 test('useDesktop connects on mount and renders state, role and the others; send reaches a peer, the peer reaches an effect on client; unmount closes', async (t) => {
@@ -91,7 +94,8 @@ test('useDesktop connects on mount and renders state, role and the others; send 
   await view.until(/^open editor \[\] -$/);
   assert.deepEqual(view.texts, ['connecting null [] -', 'open editor [] -'], 'connecting first, then joined with the role room_joined named');
 
-  const { client: peer } = await join(t, server.wsUrl(room), { token: member('Pia', 'editor') });
+  const { client: peer, joined } = await join(t, server.wsUrl(room), { token: member('Pia', 'editor') });
+  assert.deepEqual(joined.sessions.map((s: { firstName: string }) => s.firstName), ['Rea'], "strict mode's first client closed: one session in the room");
   await view.until(/^open editor \[Pia\] -$/);
 
   view.desk().send('asset_moved', { id: 'card', x: 7 });
