@@ -22,6 +22,8 @@ import { fileURLToPath } from 'node:url';
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** The package's name on a registry and in an app's package.json. */
 export const CLIENT_PACKAGE_NAME = 'moodio-rt-client';
+/** The React versions `moodio-rt-client/react` works with: it uses hooks only (useState, useEffect, useRef, useCallback). */
+export const REACT_RANGE = '>=16.8.0';
 /** Where the package is built (tsconfig.client.json's outDir). */
 export const CLIENT_PACKAGE_DIR = join(ROOT, 'dist', CLIENT_PACKAGE_NAME);
 
@@ -32,7 +34,7 @@ in the background, reconnects with a capped backoff, keeps the room's presence
 (roles included, as the server changes them), types the events, and queues
 sends while away (only the newest drag per card). A revoked permission (close
 4003) ends it; a logout (4001) brings it back at once.
-ESM with types, no dependencies; browsers and Node (Node before 22: pass the
+ESM with types, no dependencies (React only for \`/react\`); browsers and Node (Node before 22: pass the
 \`ws\` package as \`WebSocket\`).
 
 \`\`\`js
@@ -40,8 +42,16 @@ import { connect } from '${CLIENT_PACKAGE_NAME}';
 
 const client = connect({ url: 'wss://moodio.example.com', desktopId: 'desk-1' });
 client.on('state', (state) => console.log(state));
-client.onEvent('asset_moved', (e) => console.log(e.firstName, e.payload));
+client.onEvent('asset_moved', (e) => console.log(e.sessionId, e.payload));
 client.send('asset_moved', { id: 'asset-1', x: 100, y: 200 });
+\`\`\`
+
+In React (an optional peer dependency, for this entry only):
+
+\`\`\`js
+import { useDesktop } from '${CLIENT_PACKAGE_NAME}/react';
+
+const { state, others, permission, send } = useDesktop({ url, desktopId, token: () => accessToken });
 \`\`\`
 
 Without \`token\`, a browser's \`moodio_access_token\` cookie authenticates; with
@@ -77,8 +87,12 @@ export function buildClientPackage(dir = CLIENT_PACKAGE_DIR): string {
     sideEffects: false,
     exports: {
       '.': { types: './client/index.d.ts', default: './client/index.js' },
+      './react': { types: './client/react.d.ts', default: './client/react.js' },
       './package.json': './package.json',
     },
+    // Only the `./react` entry imports React; the core entry has no dependency at all.
+    peerDependencies: { react: REACT_RANGE },
+    peerDependenciesMeta: { react: { optional: true } },
     types: './client/index.d.ts',
     files: ['client', 'protocol'],
     keywords: ['moodio', 'websocket', 'realtime', 'client'],

@@ -3,7 +3,7 @@
  * The demo desktop in a real browser (Debian's Chromium through
  * playwright-core):
  * - two windows see each other, a drag in one moves the card in the other
- *   and names the dragger, the server drops a viewer's forced move, closing
+ *   and names the dragger, the SDK refuses a viewer's forced move, closing
  *   a window removes it from the other's presence bar; colours are per user,
  *   the help line and the icon are there;
  * - three windows of one browser (one cookie jar) keep their identities and
@@ -135,8 +135,8 @@ test('two windows share a desktop: presence, live drags with the dragger named, 
   await waitPosition(bob, 'asset-1', moved);
   await bob.waitForFunction(() => !document.querySelector('#asset-1.remote'), undefined, { timeout: 10_000 });
 
-  // A viewer is listed as such; its page does not move cards, and the server
-  // drops a move the page is made to send anyway.
+  // A viewer is listed as such; its page does not move cards, and the SDK
+  // refuses a move the page is made to send anyway (the server would drop it).
   const vic = await open('Vic', { desk, as: 'viewer' });
   await alice.locator('#presence .person[data-name="Vic"][data-permission="viewer"]').waitFor();
   const before2 = await position(alice, 'asset-2');
@@ -144,17 +144,24 @@ test('two windows share a desktop: presence, live drags with the dragger named, 
   assert.deepEqual(await position(vic, 'asset-2'), before2, "the viewer's page does not move it");
   // Forced through the SDK, then a type viewers may send, on the same socket:
   // the server handles a socket's frames in order, so once Bob has the
-  // marker, the move before it was either relayed already or dropped.
-  await vic.evaluate(() => {
+  // marker, the move before it would have been relayed already.
+  const refused = await vic.evaluate(() => {
     const client = (window as unknown as { moodio: { send(type: string, payload: unknown): void } }).moodio;
-    client.send('asset_moved', { id: 'asset-2', x: 999, y: 999 });
+    let code = 'sent';
+    try {
+      client.send('asset_moved', { id: 'asset-2', x: 999, y: 999 });
+    } catch (err) {
+      code = (err as { code: string }).code;
+    }
     client.send('cursor', { marker: true });
+    return code;
   });
+  assert.equal(refused, 'ERR_VIEWER_MUTATION');
   await bob.waitForFunction(() => (window as unknown as { seen: { type: string }[] }).seen.some((e) => e.type === 'cursor'), undefined, { timeout: 10_000 });
   const fromVic = await bob.evaluate(() =>
     (window as unknown as { seen: { type: string; firstName?: string }[] }).seen.filter((e) => e.firstName === 'Vic' && !e.type.startsWith('desktop_state')).map((e) => e.type),
   );
-  assert.deepEqual(fromVic, ['cursor'], "the viewer's forced move was dropped by the server");
+  assert.deepEqual(fromVic, ['cursor'], "the viewer's forced move never reached the room");
   assert.deepEqual(await position(bob, 'asset-2'), before2, 'nothing moved asset-2 for the others');
 
   // Help: what to do, for an editor and for a viewer.

@@ -10,7 +10,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { connect, type ClientEvents, type MoodioClient, type WebSocketConstructor } from '../src/client/index.ts';
+import { ClientError, connect, isServerEvent, type ClientEvents, type MoodioClient, type RelayedEvent, type WebSocketConstructor } from '../src/client/index.ts';
 import { CloseCode } from '../src/protocol/events.ts';
 import { api, API_KEY } from './helpers/api.ts';
 import { rolesByUser, startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
@@ -74,10 +74,13 @@ test('a viewer turned editor learns its role, the room sees it, and its next mov
   const vi = await member(t, desk, 'Vi', 'viewer');
   await presenceUntil(ed.client, () => ed.client.sessions.has(vi.client.sessionId!));
   assert.equal(ed.client.sessions.get(vi.client.sessionId!)!.permission, 'viewer');
+  assert.deepEqual([ed.client.permission, vi.client.permission], ['editor', 'viewer'], "room_joined names each joiner's own role");
 
-  // As a viewer, Vi's move is dropped: the marker after it is the next event Ed gets.
+  // As a viewer, Vi's move is refused by the SDK itself (the server would drop it without a word), and never queued:
+  // the marker after it is the next event Ed gets.
   const firstFromVi = new Promise<string>((resolve) => ed.client.onAnyEvent((e) => e.sessionId === vi.client.sessionId && resolve(e.type)));
-  vi.client.send('asset_moved', { id: 'asset-1', x: 1, y: 1 });
+  assert.throws(() => vi.client.send('asset_moved', { id: 'asset-1', x: 1, y: 1 }), { name: 'ClientError', code: 'ERR_VIEWER_MUTATION' });
+  assert.equal(vi.client.queued, 0);
   vi.client.send('marker', {});
   assert.equal(await firstFromVi, 'marker');
 
@@ -148,4 +151,69 @@ test('a user disconnect (4001) brings the client back at once, with the token as
   assert.equal(out.counter.tokens, 2, 'the token function was asked for the new handshake');
   // The room saw the old session leave and the new one join.
   await presenceUntil(ed.client, () => !ed.client.sessions.has(firstSession) && ed.client.sessions.has(out.client.sessionId!));
+});
+
+test('an async token function against the real server: a failed refresh is ERR_TOKEN and a retry, then it joins; a user disconnect (4001) asks it again', async (t) => {
+  const desk = desktop('async-token');
+  const claims = user('Ava');
+  roles[claims.userId] = 'editor';
+  const asked: string[] = [];
+  let refuse = true;
+  const client = connect({
+    url: `ws://127.0.0.1:${server.port}`,
+    desktopId: desk,
+    // A refresh call: the first one fails, the next ones answer a fresh token a turn later.
+    token: async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      asked.push(refuse ? 'refused' : 'token');
+      if (refuse) {
+        refuse = false;
+        throw new Error('refresh endpoint down');
+      }
+      return token(claims);
+    },
+    WebSocket: WS,
+    minDelayMs: 50,
+  });
+  t.after(() => client.close());
+  const errors: unknown[] = [];
+  client.on('error', (e) => errors.push(e));
+  const opened = next(client, 'state', (s) => s === 'open');
+  const retry = await next(client, 'retry');
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof ClientError);
+  assert.equal(errors[0].code, 'ERR_TOKEN');
+  assert.equal((errors[0].cause as Error).message, 'refresh endpoint down');
+  assert.ok(retry.inMs >= 25, `the backoff's delay, not a tight loop (${retry.inMs} ms)`);
+  await opened;
+  assert.equal(client.permission, 'editor');
+  const firstSession = client.sessionId;
+
+  const reopened = next(client, 'state', (s) => s === 'open');
+  const res = await api(server, 'POST', `users/${encodeURIComponent(claims.userId)}/disconnect`, { reason: 'token rotated' });
+  assert.deepEqual([res.status, res.body.disconnected], [202, 1]);
+  await reopened;
+  assert.notEqual(client.sessionId, firstSession);
+  assert.deepEqual(asked, ['refused', 'token', 'token']);
+  assert.equal(errors.length, 1);
+});
+
+test("a server API publish reaches onEvent as the server's own event: sessionId and userId 'server', no firstName or email; a peer's is stamped", async (t) => {
+  const desk = desktop('server-event');
+  const ann = await member(t, desk, 'Ann', 'editor');
+  const bob = await member(t, desk, 'Bob', 'editor');
+  await presenceUntil(ann.client, () => ann.client.sessions.has(bob.client.sessionId!));
+  const got: RelayedEvent<'table_generated', { rows: number }>[] = [];
+  const typed = ann.client as unknown as MoodioClient<{ table_generated: { rows: number } }>;
+  const both = new Promise<void>((resolve) => typed.onEvent('table_generated', (e) => got.push(e) === 2 && resolve()));
+  const res = await api(server, 'POST', `desktops/${desk}/events`, { type: 'table_generated', payload: { rows: 3 } });
+  assert.equal(res.status, 202);
+  bob.client.send('table_generated', { rows: 4 });
+  await both;
+  const [fromServer, fromPeer] = got;
+  assert.ok(isServerEvent(fromServer!));
+  assert.deepEqual(Object.keys(fromServer!).sort(), ['payload', 'sessionId', 'timestamp', 'type', 'userId']);
+  assert.deepEqual([fromServer!.sessionId, fromServer!.userId, fromServer!.payload.rows], ['server', 'server', 3]);
+  assert.ok(!isServerEvent(fromPeer!));
+  assert.deepEqual([fromPeer.firstName, fromPeer.sessionId, fromPeer.payload.rows], ['Bob', bob.client.sessionId, 4]);
 });

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { test } from 'node:test';
 import WebSocket from 'ws';
-import { CLIENT_EVENTS, connect, type ClientState, type PermissionChange, type PresenceChange, type Revocation, type StampedEvent, type WebSocketConstructor } from '../src/client/index.ts';
+import { CLIENT_EVENTS, ClientError, connect, type ClientState, type PermissionChange, type PresenceChange, type RelayedEvent, type Revocation, type WebSocketConstructor } from '../src/client/index.ts';
 import { join, rawRequest } from './helpers/client.ts';
 import { grant, startPermissionStub } from './helpers/permission-stub.ts';
 import { ErrorCode } from '../src/protocol/events.ts';
@@ -105,8 +105,8 @@ test('backoff: jittered doubling to the cap, a distinct failing state, quick ret
   assert.deepEqual(states, ['failing'], 'connecting until the third failed open, then failing');
 
   // Sends while away are queued and flushed in order on join.
-  client.send('asset_moved', { n: 1 });
-  client.send('asset_moved', { n: 2 });
+  client.send('asset_moved', { id: 'asset-1', n: 1 });
+  client.send('asset_moved', { id: 'asset-1', n: 2 });
   FakeSocket.all.at(-1)!.join('session_a');
   assert.equal(client.state, 'open');
   assert.deepEqual(FakeSocket.all.at(-1)!.sent.map((s) => JSON.parse(s).payload.n), [1, 2]);
@@ -249,6 +249,88 @@ test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Beare
   assert.throws(() => make({ token: 'a.b.c', tokenVia: 'cookie' }), { code: 'ERR_INVALID_OPTION', message: /options\.tokenVia/ });
 });
 
+test('a token function may answer with a Promise: the attempt waits for it, and each attempt (a 4001 too) asks again', async () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  let calls = 0;
+  const client = connect({
+    url: 'ws://x',
+    desktopId: 'd',
+    WebSocket: FakeSocket as unknown as WebSocketConstructor,
+    random: () => 0.999,
+    ...clock,
+    token: async () => `tok${++calls}`,
+  });
+  assert.equal(FakeSocket.all.length, 0, 'no socket before the token is known');
+  await until(() => FakeSocket.all.length === 1);
+  assert.deepEqual(FakeSocket.all[0]!.options, ['moodio.v1', 'moodio.token.tok1']);
+  FakeSocket.all[0]!.join('me');
+  FakeSocket.all[0]!.drop(4001);
+  assert.equal(clock.delays().at(-1), 0, 'logged out: at once');
+  clock.fire();
+  await until(() => FakeSocket.all.length === 2);
+  assert.deepEqual(FakeSocket.all[1]!.options, ['moodio.v1', 'moodio.token.tok2'], 'the token function was asked again');
+  // Closed while the token is pending: its answer opens nothing.
+  FakeSocket.all[1]!.fail();
+  let settle!: (token: string) => void;
+  const pending = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock(), token: () => new Promise<string>((resolve) => (settle = resolve)) });
+  pending.close();
+  settle('late');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(FakeSocket.all.length, 2);
+  client.close();
+});
+
+test('a token function that throws, rejects or answers no token: an error event ERR_TOKEN, then the backoff, never an unhandled rejection', async (t) => {
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => unhandled.push(reason);
+  process.on('unhandledRejection', onUnhandled);
+  t.after(() => process.off('unhandledRejection', onUnhandled));
+  const refresh = new Error('refresh failed');
+  const answers: (() => unknown)[] = [
+    () => {
+      throw refresh;
+    },
+    () => Promise.reject(refresh),
+    () => Promise.resolve(42),
+    () => 'not a token',
+    () => Promise.resolve('good.token'),
+  ];
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = connect({
+    url: 'ws://x',
+    desktopId: 'd',
+    WebSocket: FakeSocket as unknown as WebSocketConstructor,
+    random: () => 0.999,
+    ...clock,
+    token: () => answers.shift()!() as string,
+  });
+  const events: string[] = [];
+  client.on('error', (e) => events.push(e instanceof ClientError ? `${e.code} ${e.cause === refresh}` : `server ${e.code}`));
+  client.on('retry', (r) => events.push(`retry ${r.inMs}`));
+  for (let i = 0; i < 4; i++) {
+    await until(() => events.length === 2 * (i + 1));
+    clock.fire();
+  }
+  await until(() => FakeSocket.all.length === 1);
+  assert.deepEqual(events, ['ERR_TOKEN true', 'retry 499', 'ERR_TOKEN true', 'retry 999', 'ERR_TOKEN false', 'retry 1999', 'ERR_TOKEN false', 'retry 3998']);
+  assert.equal(client.state, 'connecting', 'still trying; no attempt reached a socket until the good token');
+  assert.deepEqual(FakeSocket.all[0]!.options, ['moodio.v1', 'moodio.token.good.token']);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.deepEqual(unhandled, []);
+  client.close();
+  // A static token is checked once, at connect().
+  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 'a b' }), { code: 'ERR_INVALID_OPTION', message: /options\.token/ });
+  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 7 as unknown as string }), { code: 'ERR_INVALID_OPTION', message: /options\.token/ });
+});
+
+/** Wait until `ok()` holds, one macrotask at a time (the token's promise settles in between); bounded. */
+async function until(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 100 && !ok(); i++) await new Promise((resolve) => setImmediate(resolve));
+  assert.ok(ok(), 'condition not reached');
+}
+
 test('the queue is bounded', () => {
   FakeSocket.all = [];
   const clock = fakeClock();
@@ -312,11 +394,11 @@ test('a peer sending the lifecycle names as event types reaches onEvent, never t
   client.on('error', (e) => lifecycle.push(`error:${e.code.toUpperCase()}`));
   client.on('rejected', ({ status }) => lifecycle.push(`rejected:${status.toFixed()}`));
   const byType: string[] = [];
-  const any: StampedEvent[] = [];
+  const any: RelayedEvent[] = [];
   const names = [...CLIENT_EVENTS, 'event'];
   for (const name of names) client.onEvent(name, (e) => byType.push(e.type));
   client.onAnyEvent((e) => any.push(e));
-  const last = new Promise<StampedEvent>((resolve) => client.onEvent('asset_moved', resolve));
+  const last = new Promise<RelayedEvent>((resolve) => client.onEvent('asset_moved', resolve));
 
   for (const name of names) peer.send({ type: name, payload: { joined: 'x', code: 7, status: 'y' } });
   peer.send({ type: 'asset_moved', payload: { id: 'asset-1' } });
@@ -429,7 +511,7 @@ test('after close(), nothing from the old socket reopens the client: a room_join
   socket.readyState = 1;
   inFlight({ data: JSON.stringify({ type: 'room_joined', sessionId: 's1', sessions: [] }) });
   assert.equal(client.state, 'closed');
-  assert.throws(() => client.send('asset_moved', {}), { code: 'ERR_CLOSED' });
+  assert.throws(() => client.send('asset_moved', { id: 'asset-1' }), { code: 'ERR_CLOSED' });
 });
 
 test('server frames of the wrong shape are dropped, not handed to the app', () => {
@@ -499,6 +581,65 @@ test('permission_changed sets client.permission and emits permission once per ch
   assert.deepEqual(changes.at(-1), { permission: 'editor', previous: null });
   assert.equal(changes.length, 3);
   client.close();
+});
+
+test("a viewer's mutation is refused by send() (ERR_VIEWER_MUTATION) and never queued; unknown role: sent, and queued ones are checked when the join names it", () => {
+  FakeSocket.all = [];
+  const clock = fakeClock();
+  const client = fakeClient(clock);
+  const errors: unknown[] = [];
+  client.on('error', (e) => errors.push(e));
+  const joinAs = (socket: FakeSocket, sessionId: string, permission?: string) => {
+    socket.readyState = 1;
+    socket.onopen?.({});
+    socket.receive({ type: 'room_joined', sessionId, sessions: [], permission });
+  };
+  const sentTypes = (socket: FakeSocket) => socket.sent.map((text) => JSON.parse(text).type as string);
+
+  // Joined as a viewer: every mutation type is refused at once; other types go.
+  joinAs(FakeSocket.all[0]!, 'me', 'viewer');
+  for (const type of ['asset_moved', 'asset_resized', 'asset_added', 'asset_removed', 'asset_dragging', 'asset_selected', 'asset_deselected']) {
+    assert.throws(() => client.send(type as 'asset_moved', { id: 'a' }), { name: 'ClientError', code: 'ERR_VIEWER_MUTATION', message: new RegExp(type) });
+  }
+  client.send('cursor', { x: 1 });
+  assert.deepEqual(sentTypes(FakeSocket.all[0]!), ['cursor']);
+  // Made editor: mutations go.
+  FakeSocket.all[0]!.receive({ type: 'permission_changed', permission: 'editor' });
+  client.send('asset_moved', { id: 'a', x: 1 });
+  assert.deepEqual(sentTypes(FakeSocket.all[0]!), ['cursor', 'asset_moved']);
+  // Made viewer again, then away: refused, not queued.
+  FakeSocket.all[0]!.receive({ type: 'permission_changed', permission: 'viewer' });
+  FakeSocket.all[0]!.drop(1006);
+  assert.throws(() => client.send('asset_moved', { id: 'a', x: 2 }), { code: 'ERR_VIEWER_MUTATION' });
+  assert.equal(client.queued, 0);
+  clock.fire();
+  // Rejoined as editor (a new session's role), then away again: mutations queue while the last known role is editor.
+  joinAs(FakeSocket.all[1]!, 'me2', 'editor');
+  FakeSocket.all[1]!.drop(1006);
+  client.send('asset_moved', { id: 'a', x: 3 });
+  client.send('marker');
+  client.send('asset_dragging', { id: 'a', x: 4 });
+  assert.equal(client.queued, 3);
+  clock.fire();
+  // The new session is a viewer: the queued mutations are dropped, the rest is sent, and an error says so.
+  joinAs(FakeSocket.all[2]!, 'me3', 'viewer');
+  assert.deepEqual(sentTypes(FakeSocket.all[2]!), ['marker']);
+  assert.equal(client.queued, 0);
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof ClientError);
+  assert.equal(errors[0].code, 'ERR_VIEWER_MUTATION');
+  assert.match(errors[0].message, /2 queued .*asset_moved, asset_dragging/);
+  client.close();
+
+  // The role not known (a server whose room_joined does not name it): a mutation is sent; the server decides.
+  FakeSocket.all = [];
+  const unknown = fakeClient();
+  unknown.send('asset_moved', { id: 'a', x: 5 });
+  joinAs(FakeSocket.all[0]!, 'me');
+  assert.equal(unknown.permission, null);
+  unknown.send('asset_moved', { id: 'a', x: 6 });
+  assert.deepEqual(FakeSocket.all[0]!.sent.map((text) => JSON.parse(text).payload.x), [5, 6]);
+  unknown.close();
 });
 
 test('session_updated keeps presence current and emits presence with the updated session; unknown or unchanged sessions change nothing', () => {

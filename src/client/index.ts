@@ -21,6 +21,11 @@
  * WebSocket protocols, the one header browsers let a page set: it works
  * across origins and per window, and in Node with the `ws` package too.
  * `tokenVia: 'bearer'` sends `Authorization: Bearer` instead (`ws` only).
+ * `token` may be a function, sync or async, asked before every attempt; if
+ * it fails, `error` carries a ClientError `ERR_TOKEN` and the backoff goes on.
+ *
+ * A viewer's mutation (the seven asset types) is refused by `send()` with
+ * ERR_VIEWER_MUTATION, where the server would drop it without a word.
  *
  * The server's hand on the session: `permission_changed` sets
  * `client.permission` (a `permission` event); a close with 4003 (permission
@@ -35,17 +40,20 @@
  */
 import {
   DEFAULT_TRANSIENT_TYPES,
+  DEFAULT_MUTATION_TYPES,
+  SERVER_SENDER,
   SUBPROTOCOL,
   TOKEN_SUBPROTOCOL_PREFIX,
   type Permission,
   type SessionInfo,
-  type StampedEvent,
 } from '../protocol/events.ts';
 import { afterClose, backoffDelay, retryAfterMs, type BackoffOptions } from './backoff.ts';
+import { ClientError } from './errors.ts';
 import { isPermission, isSessionInfo, Presence } from './presence.ts';
-import type { AssetPayload, ClientEvents, ClientState, ConnectOptions, DesktopEventType, WebSocketConstructor, WebSocketLike } from './types.ts';
+import { askToken, checkTokenOption } from './token.ts';
+import type { ClientEvents, ClientState, ConnectOptions, EventMap, PeerEvent, ReceivedPayload, RelayedEvent, SendArgs, ServerSentEvent, WebSocketConstructor, WebSocketLike } from './types.ts';
 
-export type { Permission, SessionInfo, StampedEvent } from '../protocol/events.ts';
+export type { Permission, SessionInfo } from '../protocol/events.ts';
 export type { PresenceChange } from './presence.ts';
 export type {
   AssetPayload,
@@ -53,24 +61,24 @@ export type {
   ClientState,
   ConnectOptions,
   DesktopEventType,
+  EventMap,
+  PeerEvent,
   PermissionChange,
+  ReceivedPayload,
+  RelayedEvent,
   Revocation,
+  SendArgs,
+  ServerSentEvent,
   WebSocketConstructor,
   WebSocketLike,
 } from './types.ts';
+export { ClientError, type ClientErrorCode } from './errors.ts';
+/** @deprecated An event from a peer: use {@link PeerEvent}, or {@link RelayedEvent} for what `onEvent()` gets (the server's own events have no `firstName`). */
+export type StampedEvent<T extends string = string, P = unknown> = PeerEvent<T, P>;
 export { afterClose, backoffCeiling, backoffDelay, type AfterClose } from './backoff.ts';
 
 /** The names `on()` accepts. */
 export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'permission', 'revoked', 'error', 'rejected', 'retry'];
-
-export class ClientError extends Error {
-  readonly code: 'ERR_CLOSED' | 'ERR_QUEUE_FULL' | 'ERR_NO_WEBSOCKET' | 'ERR_UNKNOWN_CLIENT_EVENT' | 'ERR_INVALID_OPTION';
-  constructor(code: ClientError['code'], message: string) {
-    super(message);
-    this.name = 'ClientError';
-    this.code = code;
-  }
-}
 
 const OPEN = 1;
 
@@ -78,19 +86,27 @@ type Handler<T> = (value: T) => void;
 
 /** A send waiting for the connection; `key` is set for a transient type (type and asset id). */
 interface Queued {
+  type: string;
   text: string;
   key: string | null;
 }
 
-export class MoodioClient {
+/**
+ * A connection to one desktop. `E` is the app's own event map (see
+ * {@link EventMap}): `connect<MyEvents>(…)` checks `onEvent` and `send` of
+ * those types; without it, any type is allowed and its payload is unknown.
+ */
+export class MoodioClient<E extends EventMap = Record<never, never>> {
   state: ClientState = 'connecting';
   /** This connection's sessionId (changes on every reconnect). */
   sessionId: string | null = null;
   /**
-   * This session's role, as the server last named it: by `permission_changed`
-   * (or a `room_joined` that carries it). Null while not known: the server's
-   * `room_joined` does not carry the joiner's own role, so after each join it
-   * is null until a change is announced; null again after `revoked`.
+   * This session's role, as the server last named it. moodio-rt's
+   * `room_joined` names the joiner's own role, so it is set from the first
+   * `open` (each reconnect is a new session, whose role is named again), and
+   * `permission_changed` changes it. Null while not known: before the first
+   * join, against a server whose `room_joined` does not name it (the Go
+   * relay) until a change is announced, and after `revoked`.
    */
   permission: Permission | null = null;
   /** The other sessions in the room, by sessionId. */
@@ -98,8 +114,9 @@ export class MoodioClient {
   /** Delay of the scheduled reconnect, or null when none is scheduled. */
   nextRetryInMs: number | null = null;
 
-  private readonly options: Required<Omit<ConnectOptions, 'token' | 'WebSocket' | 'transientTypes'>> & Pick<ConnectOptions, 'token'>;
+  private readonly options: Required<Omit<ConnectOptions, 'token' | 'WebSocket' | 'transientTypes' | 'mutationTypes'>> & Pick<ConnectOptions, 'token'>;
   private readonly transient: ReadonlySet<string>;
+  private readonly mutations: ReadonlySet<string>;
   private readonly WebSocketImpl: WebSocketConstructor;
   private readonly backoff: BackoffOptions;
   private readonly presence = new Presence();
@@ -119,8 +136,8 @@ export class MoodioClient {
   /** Lifecycle handlers, by {@link ClientEvents} name. */
   private readonly lifecycle = new Map<keyof ClientEvents, Set<Handler<never>>>();
   /** Relayed-event handlers, by the event's type: any string a peer sends. */
-  private readonly relayed = new Map<string, Set<Handler<StampedEvent>>>();
-  private readonly anyRelayed = new Set<Handler<StampedEvent>>();
+  private readonly relayed = new Map<string, Set<Handler<RelayedEvent>>>();
+  private readonly anyRelayed = new Set<Handler<RelayedEvent>>();
 
   constructor(options: ConnectOptions) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
@@ -129,6 +146,7 @@ export class MoodioClient {
     this.sessions = this.presence.sessions;
     const tokenVia = options.tokenVia ?? 'protocol';
     if (tokenVia !== 'protocol' && tokenVia !== 'bearer') throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
+    checkTokenOption(options.token, tokenVia);
     this.options = {
       url: options.url.replace(/\/+$/, ''),
       desktopId: options.desktopId,
@@ -145,6 +163,7 @@ export class MoodioClient {
       clearTimeout: options.clearTimeout ?? ((t) => clearTimeout(t as ReturnType<typeof setTimeout>)),
     };
     this.transient = new Set(options.transientTypes ?? DEFAULT_TRANSIENT_TYPES);
+    this.mutations = new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES);
     this.backoff = { minDelayMs: this.options.minDelayMs, maxDelayMs: this.options.maxDelayMs, random: this.options.random };
     this.open();
   }
@@ -162,14 +181,12 @@ export class MoodioClient {
   }
 
   /** Listen to events of one `type` relayed from other sessions, stamped with the sender. Returns an unsubscribe function. */
-  onEvent<T extends DesktopEventType>(type: T, handler: Handler<StampedEvent<T, AssetPayload>>): () => void;
-  onEvent(type: string, handler: Handler<StampedEvent>): () => void;
-  onEvent(type: string, handler: Handler<never>): () => void {
-    return subscribe(this.relayed, type, handler as Handler<StampedEvent>);
+  onEvent<K extends string>(type: K, handler: Handler<RelayedEvent<K, ReceivedPayload<E, K>>>): () => void {
+    return subscribe(this.relayed, type, handler as Handler<RelayedEvent>);
   }
 
   /** Listen to every event relayed from other sessions, whatever its type. Returns an unsubscribe function. */
-  onAnyEvent(handler: Handler<StampedEvent>): () => void {
+  onAnyEvent(handler: Handler<RelayedEvent>): () => void {
     this.anyRelayed.add(handler);
     return () => this.anyRelayed.delete(handler);
   }
@@ -178,12 +195,17 @@ export class MoodioClient {
    * Send `{type, payload}` to the room. While not open, the message is queued
    * and sent on (re)connection, in order; of a transient type (`transientTypes`)
    * only the newest per type and `payload.id` is kept, so it never fills the queue.
-   * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_QUEUE_FULL when `maxQueue` other messages wait.
+   * One of the seven mutation types is refused while `permission` is
+   * `viewer`; while the role is not known it is sent (or queued), and what is
+   * queued is checked again when the join names the role.
+   * @throws {ClientError} ERR_CLOSED after close() or a refusal; ERR_VIEWER_MUTATION for a mutation while a viewer; ERR_QUEUE_FULL when `maxQueue` other messages wait.
    */
-  send(type: DesktopEventType, payload: AssetPayload): void;
-  send(type: string, payload?: unknown): void;
-  send(type: string, payload?: unknown): void {
+  send<K extends string>(type: K, ...args: SendArgs<E, K>): void {
+    const payload: unknown = args[0];
     if (this.state === 'closed') throw new ClientError('ERR_CLOSED', 'client is closed');
+    // The server drops a viewer's mutation without a word (as the Go relay
+    // does): refused here instead, where the app can hear it.
+    if (this.permission === 'viewer' && this.mutations.has(type)) throw viewerMutation(type);
     const text = JSON.stringify(payload === undefined ? { type } : { type, payload });
     if (this.state === 'open' && this.socket?.readyState === OPEN) {
       this.socket.send(text);
@@ -196,7 +218,7 @@ export class MoodioClient {
       if (stale !== -1) this.queue.splice(stale, 1);
     }
     if (this.queue.length >= this.options.maxQueue) throw new ClientError('ERR_QUEUE_FULL', `more than ${this.options.maxQueue} messages queued while disconnected`);
-    this.queue.push({ text, key });
+    this.queue.push({ type, text, key });
   }
 
   /** Messages waiting for the connection. */
@@ -244,7 +266,7 @@ export class MoodioClient {
     if (set) for (const handler of [...set]) (handler as Handler<ClientEvents[K]>)(value);
   }
 
-  private emitRelayed(event: StampedEvent): void {
+  private emitRelayed(event: RelayedEvent): void {
     for (const handler of [...this.anyRelayed]) handler(event);
     const set = this.relayed.get(event.type);
     if (set) for (const handler of [...set]) handler(event);
@@ -262,12 +284,38 @@ export class MoodioClient {
     this.nextRetryInMs = null;
   }
 
+  /**
+   * One attempt: ask for the token (a function is asked every time, and may
+   * answer with a Promise), then dial. A token that cannot be had is an
+   * `error` event with `ERR_TOKEN`, and the attempt counts as one that failed
+   * to open. While the answer is pending no timer is set, so retryNow() waits
+   * for it; after close() it is dropped.
+   */
   private open(): void {
     this.timer = null;
     this.nextRetryInMs = null;
+    askToken(
+      this.options.token,
+      this.options.tokenVia,
+      (token) => {
+        if (this.state !== 'closed') this.dial(token);
+      },
+      (error) => {
+        if (this.state !== 'closed') this.tokenFailed(error);
+      },
+    );
+  }
+
+  /** No token for this attempt: said, then the backoff as for a connection that never opened. */
+  private tokenFailed(error: ClientError): void {
+    this.emit('error', error);
+    if (this.state === 'closed') return; // an error handler closed the client
+    this.scheduleReconnect(false, 'backoff', null);
+  }
+
+  private dial(token: string | null | undefined): void {
     const url = `${this.options.url}/ws/desktop/${encodeURIComponent(this.options.desktopId)}`;
     const { tokenVia } = this.options;
-    const token = typeof this.options.token === 'function' ? this.options.token() : this.options.token;
     const socket = !token
       ? new this.WebSocketImpl(url)
       : tokenVia === 'bearer'
@@ -389,7 +437,7 @@ export class MoodioClient {
       default:
         // Whatever its type, a relayed event goes to the relayed namespace only.
         if (typeof frame.type !== 'string') return;
-        this.emitRelayed(frame as unknown as StampedEvent);
+        this.emitRelayed(frame as unknown as RelayedEvent);
     }
   }
 
@@ -406,6 +454,8 @@ export class MoodioClient {
     this.joinedAt = this.options.now();
     this.retries = 0;
     this.failedOpens = 0;
+    // Mutations queued while the role was not known are dropped if it is viewer.
+    const refused = this.permission === 'viewer' ? this.dropQueued((queued) => this.mutations.has(queued.type)) : [];
     // What was queued while away goes first, in order, before any handler
     // below can send something newer.
     const socket = this.socket;
@@ -413,6 +463,19 @@ export class MoodioClient {
     this.setState('open');
     if (change !== null) this.emit('presence', change);
     if (this.permission !== null && this.permission !== previous) this.emit('permission', { permission: this.permission, previous });
+    if (refused.length > 0) this.emit('error', viewerMutation([...new Set(refused)].join(', '), refused.length));
+  }
+
+  /** Remove the queued sends `drop` picks; returns their types. */
+  private dropQueued(drop: (queued: Queued) => boolean): string[] {
+    const types: string[] = [];
+    let kept = 0;
+    for (const queued of this.queue) {
+      if (drop(queued)) types.push(queued.type);
+      else this.queue[kept++] = queued;
+    }
+    this.queue.length = kept;
+    return types;
   }
 
   /** `permission_changed`: the role applies from this session's next frame. */
@@ -422,6 +485,12 @@ export class MoodioClient {
     this.permission = permission;
     this.emit('permission', { permission, previous });
   }
+}
+
+/** A viewer's mutation, refused: `send()` throws it, or an `error` event reports `count` dropped from the queue. */
+function viewerMutation(types: string, count = 0): ClientError {
+  const what = count === 0 ? types : `${count} queued message(s) (${types})`;
+  return new ClientError('ERR_VIEWER_MUTATION', `${what} not sent: this session is a viewer, and the server drops a viewer's changes to the desktop`);
 }
 
 /** The queue key of a transient event: its type and asset id (`payload.id`), or its type alone. */
@@ -437,8 +506,17 @@ function subscribe<K, V>(map: Map<K, Set<Handler<V>>>, key: K, handler: Handler<
   return () => set.delete(handler);
 }
 
+/**
+ * Whether a relayed event was sent by the server itself (the server API's
+ * publish: `sessionId` `"server"`, no `firstName` or `email`). Its `false`
+ * branch narrows to a {@link PeerEvent}, stamped with the sender's identity.
+ */
+export function isServerEvent<T extends string, P>(event: RelayedEvent<T, P>): event is ServerSentEvent<T, P> {
+  return event.sessionId === SERVER_SENDER;
+}
+
 /** Start a client; it connects in the background. */
-export function connect(options: ConnectOptions): MoodioClient {
-  return new MoodioClient(options);
+export function connect<E extends EventMap = Record<never, never>>(options: ConnectOptions): MoodioClient<E> {
+  return new MoodioClient<E>(options);
 }
 

@@ -4,7 +4,9 @@
  * nothing here exists at run time (index.ts re-exports them).
  */
 import type { ClientEvent, ErrorEvent as ServerErrorEvent, Permission } from '../protocol/events.ts';
+import type { ClientError } from './errors.ts';
 import type { PresenceChange } from './presence.ts';
+import type { TokenOption } from './token.ts';
 
 /** The seed's client event types: asset_moved, asset_resized, asset_added, asset_removed, asset_dragging, asset_selected, asset_deselected. */
 export type DesktopEventType = (typeof ClientEvent)[keyof typeof ClientEvent];
@@ -16,6 +18,56 @@ export interface AssetPayload {
   y?: number;
   [field: string]: unknown;
 }
+
+/**
+ * An event relayed from another session, stamped by the server with its
+ * sender's identity (never taken from the frame).
+ */
+export interface PeerEvent<T extends string = string, P = unknown> {
+  type: T;
+  sessionId: string;
+  userId: string;
+  firstName: string;
+  email: string;
+  /** Milliseconds since the epoch, set by the server. */
+  timestamp: number;
+  /** As the sender sent it: the server does not check it. */
+  payload: P;
+}
+
+/**
+ * An event the server sent itself: what the app publishes through the server
+ * API (to a desktop, a user, everyone). `sessionId` and `userId` are
+ * `"server"`, and it has no `firstName` or `email`.
+ */
+export interface ServerSentEvent<T extends string = string, P = unknown> {
+  type: T;
+  sessionId: 'server';
+  userId: 'server';
+  /** Milliseconds since the epoch, when the API call was accepted. */
+  timestamp: number;
+  payload: P;
+}
+
+/**
+ * What `onEvent()` and `onAnyEvent()` get: from a peer or from the server.
+ * `e.sessionId !== 'server'` narrows it to a {@link PeerEvent} (no session has
+ * that id), whose `firstName` and `email` are then there.
+ */
+export type RelayedEvent<T extends string = string, P = unknown> = PeerEvent<T, P> | ServerSentEvent<T, P>;
+
+/**
+ * An app's own event types and their payloads, for `connect<MyEvents>()`:
+ * `interface MyEvents { cursor: { x: number; y: number } }`. The seven
+ * built-in types keep {@link AssetPayload} whatever the map says.
+ */
+export type EventMap = object;
+
+/** The payload `onEvent(type)` gets: a built-in type's may be absent (a peer may omit it); a mapped type's is as declared; any other is unknown. */
+export type ReceivedPayload<E extends EventMap, K extends string> = K extends DesktopEventType ? AssetPayload | undefined : K extends keyof E ? E[K] : unknown;
+
+/** The arguments `send(type, …)` takes after the type: a built-in type's `AssetPayload`, a mapped type's payload, anything for another type. */
+export type SendArgs<E extends EventMap, K extends string> = K extends DesktopEventType ? [payload: AssetPayload] : K extends keyof E ? [payload: E[K]] : [payload?: unknown];
 
 /** The part of a WebSocket this client uses: browsers' and the `ws` package's both fit. */
 export interface WebSocketLike {
@@ -66,8 +118,13 @@ export interface ClientEvents {
   permission: PermissionChange;
   /** The server closed with 4003: permission revoked. Final: comes just before `state` `closed`; no retry. */
   revoked: Revocation;
-  /** `{"type":"error"}` frames from the server (`code`: invalid_message, rate_limited, …). */
-  error: ServerErrorEvent;
+  /**
+   * `{"type":"error"}` frames from the server (`code`: invalid_message,
+   * rate_limited, …), or a {@link ClientError} for what failed in the
+   * background (`ERR_TOKEN`: the token function threw or rejected; the
+   * attempt is retried with backoff). `e instanceof ClientError` tells them apart.
+   */
+  error: ServerErrorEvent | ClientError;
   /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
   rejected: { status: number };
   /** A reconnect attempt is scheduled in `inMs` (0 after `retryNow()` and a first 4001); `attempt` counts from 1 since the last join. */
@@ -82,10 +139,13 @@ export interface ConnectOptions {
    * Access token. Offered as the WebSocket protocols `moodio.v1` and
    * `moodio.token.<token>` (browsers and `ws`), so each window can be its own
    * user whatever cookie the site holds. Without it, a browser's cookie
-   * authenticates. A function is called before every attempt, so that a
-   * reconnect carries the app's freshest token.
+   * authenticates. A function is called before every attempt (a 4001 asks
+   * again), so that a reconnect carries the app's freshest token; it may
+   * return a Promise (a refresh call). If it throws or rejects, the client
+   * emits `error` with a {@link ClientError} `ERR_TOKEN` and retries with
+   * backoff. Null, undefined or '' means no token for that attempt.
    */
-  token?: string | (() => string | null | undefined);
+  token?: TokenOption;
   /** How `token` travels: `protocol` (default) or `bearer` (`Authorization: Bearer`, the `ws` package only). */
   tokenVia?: 'protocol' | 'bearer';
   /** Default: `globalThis.WebSocket`. Node older than 22 has none: pass the `ws` package. */
@@ -111,6 +171,12 @@ export interface ConnectOptions {
    * backlog. Default `['asset_dragging']`.
    */
   transientTypes?: readonly string[];
+  /**
+   * The types a viewer may not send, as the server is configured
+   * (`--mutation-types`): `send()` of one as a viewer throws
+   * ERR_VIEWER_MUTATION. Default: the server's default table.
+   */
+  mutationTypes?: readonly string[];
   /** Injectable for tests. */
   random?: () => number;
   /** Clock for `stableAfterMs`, ms; injectable for tests. Default Date.now. */

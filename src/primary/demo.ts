@@ -18,7 +18,9 @@ const SDK = new URL('../../dist/moodio-rt-client/', import.meta.url);
 const ASSETS: Record<string, URL> = {
   '/demo/client/client/index.js': new URL('client/index.js', SDK),
   '/demo/client/client/backoff.js': new URL('client/backoff.js', SDK),
+  '/demo/client/client/errors.js': new URL('client/errors.js', SDK),
   '/demo/client/client/presence.js': new URL('client/presence.js', SDK),
+  '/demo/client/client/token.js': new URL('client/token.js', SDK),
   '/demo/client/protocol/events.js': new URL('protocol/events.js', SDK),
 };
 const PAGE = new URL('../demo/index.html', import.meta.url);

@@ -1,0 +1,36 @@
+/**
+ * The SDK's own failures: one class with a stable `code`, thrown by misuse
+ * (`send()` after close, a full queue, a bad option) and emitted as the
+ * `error` event for what goes wrong in the background (a token that could
+ * not be had). Apps test the code, not the wording.
+ */
+
+/** The codes of {@link ClientError}. */
+export type ClientErrorCode =
+  /** `send()` or `retryNow()` after `close()`, a refusal or a revocation. */
+  | 'ERR_CLOSED'
+  /** `send()` while away with `maxQueue` messages waiting. */
+  | 'ERR_QUEUE_FULL'
+  /** No `WebSocket` in this runtime and none passed. */
+  | 'ERR_NO_WEBSOCKET'
+  /** `on()` with a name that is not a lifecycle event. */
+  | 'ERR_UNKNOWN_CLIENT_EVENT'
+  /** An option of `connect()` is not valid; the message names it. */
+  | 'ERR_INVALID_OPTION'
+  /**
+   * `send()` of a mutation type (`asset_moved`, …) while `permission` is
+   * `viewer`: the server would drop it silently. As an `error` event: the
+   * mutations queued while the role was unknown, dropped when the join named it viewer.
+   */
+  | 'ERR_VIEWER_MUTATION'
+  /** `error` event: the `token` function threw, rejected, or answered what is not a token; the attempt is retried with backoff. */
+  | 'ERR_TOKEN';
+
+export class ClientError extends Error {
+  readonly code: ClientErrorCode;
+  constructor(code: ClientErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ClientError';
+    this.code = code;
+  }
+}
