@@ -17,13 +17,18 @@
  * the bus. After a reconnect each room announces its local sessions again,
  * asks for everyone else's, and forgets the remote sessions nobody
  * confirmed.
+ *
+ * With --federation-key every message is signed and stamped, and every
+ * message taken must be signed, fresh and new (shard/bus-replay.ts);
+ * `--federation-unsigned-rooms admit` takes room events unsigned from nodes
+ * that never signed, never in the name of a session a signed node holds.
  */
 import { connect, credsAuthenticator, headers, type MsgHdrs, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { ServeConfig } from '../config.ts';
 import { KeyedBuckets } from '../keyed-buckets.ts';
-import { BusSigner, SIGNATURE_HEADER } from '../protocol/bus-signature.ts';
+import { BusSigner, formatStamp, parseStamp, SIGNATURE_HEADER, STAMP_HEADER } from '../protocol/bus-signature.ts';
 import { withDeadline } from '../deadline.ts';
 import { LogBudget, type LogFields, type Logger } from '../log.ts';
 import {
@@ -52,6 +57,7 @@ import { encodeTextFrame } from '../protocol/frame.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { FederationStats } from '../protocol/messages.ts';
+import { beatOrder, nextHistory, ReplayGuard, type BeatHistory } from './bus-replay.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
 
@@ -81,6 +87,8 @@ const BUS_BROADCAST_NODES = 16;
 const MAX_GATHERED_SESSIONS = 10_000;
 /** Remote sessions one room may hold when --max-room-size is 0 (else 4 × it). */
 const MAX_REMOTE_PER_ROOM = 10_000;
+/** Nodes a shard remembers as signing (their unsigned room events are forged), oldest forgotten first. */
+const MAX_SIGNED_NODES = 10_000;
 
 export interface FederationOptions {
   config: Pick<
@@ -91,6 +99,8 @@ export interface FederationOptions {
     | 'region'
     | 'federationHeartbeatMs'
     | 'federationKey'
+    | 'federationUnsignedRooms'
+    | 'federationReplayWindowMs'
     | 'processInstance'
     | 'startedAt'
     | 'workers'
@@ -132,9 +142,8 @@ interface FedRoom {
   lingerTimer: NodeJS.Timeout | null;
 }
 
-interface PeerShard {
+interface PeerShard extends BeatHistory {
   seen: number;
-  incarnation: string;
   workers: number;
   intervalMs: number;
 }
@@ -145,6 +154,9 @@ interface Peer {
   instance: string;
   shards: Map<number, PeerShard>;
 }
+
+/** Whether a message carries the fleet's signature and a stamp not taken before, or why not. */
+type Authenticity = 'signed' | 'unsigned' | typeof DropReason.STALE | typeof DropReason.REPLAYED;
 
 
 export class Federation {
@@ -181,6 +193,13 @@ export class Federation {
   private firstConnectedAt = 0;
   private peerShardCount = 0;
   private readonly signer: BusSigner | null;
+  private readonly replay: ReplayGuard;
+  /** Stamps this shard signed: with the incarnation, a message id no other sender has. */
+  private stamps = 0;
+  /** Heartbeats this shard incarnation sent (their sequence). */
+  private beats = 0;
+  /** Nodes heard signing (heartbeats or room events): their room events, and their sessions', must be signed. */
+  private readonly signedNodes = new Map<string, true>();
   private readonly busBroadcasts: KeyedBuckets;
 
   constructor(options: FederationOptions) {
@@ -194,6 +213,7 @@ export class Federation {
     this.onFatal = options.onFatal;
     this.applyApi = options.applyApi;
     this.signer = this.config.federationKey === '' ? null : new BusSigner(this.config.federationKey);
+    this.replay = new ReplayGuard(this.config.federationReplayWindowMs);
     const broadcasts = this.config.apiBroadcastRate === 0 ? 0 : this.config.apiBroadcastRate * BUS_BROADCAST_NODES;
     this.busBroadcasts = new KeyedBuckets(broadcasts, broadcasts);
     this.nodeJson = JSON.stringify(this.config.nodeId);
@@ -415,25 +435,40 @@ export class Federation {
     this.send(roomSubject(desktopId), envelope(this.nodeJson, eventJson));
   }
 
-  /** Headers carrying this node's signature of a message (null without --federation-key). */
+  /** Headers carrying this node's stamp and signature of a message (undefined without --federation-key, unless there is a roster). */
   private signed(subject: string, data: string, roster?: string): MsgHdrs | undefined {
     if (this.signer === null && roster === undefined) return undefined;
     const h = headers();
     if (roster !== undefined) h.set(ROSTER_HEADER, roster);
-    if (this.signer !== null) h.set(SIGNATURE_HEADER, this.signer.sign(subject, data, roster ?? ''));
+    if (this.signer !== null) {
+      const stamp = formatStamp(Date.now(), this.incarnation + (this.stamps++).toString(36));
+      h.set(STAMP_HEADER, stamp);
+      h.set(SIGNATURE_HEADER, this.signer.sign(subject, data, stamp, roster ?? ''));
+    }
     return h;
   }
 
-  /** Whether `msg` carries a valid signature of the fleet's key (false without a key). */
-  private verified(msg: Msg, roster = ''): boolean {
-    if (this.signer === null) return false;
-    let signature: string | undefined;
-    try {
-      signature = msg.headers?.get(SIGNATURE_HEADER);
-    } catch {
-      return false;
-    }
-    return this.signer.verify(msg.subject, msg.data, signature === '' ? undefined : signature, roster);
+  /**
+   * Whether `msg` carries the fleet's signature of its subject, stamp,
+   * `roster` and payload (`unsigned` without a key, or with a signature
+   * that does not check), and if so whether its stamp is within the window
+   * and new. A signed stamp is remembered from here on.
+   */
+  private authenticate(msg: Msg, roster = ''): Authenticity {
+    if (this.signer === null) return 'unsigned';
+    const signature = this.header(msg, SIGNATURE_HEADER);
+    const stampText = this.header(msg, STAMP_HEADER);
+    const stamp = parseStamp(stampText);
+    if (stamp === null || !this.signer.verify(msg.subject, msg.data, signature, stampText!, roster)) return 'unsigned';
+    const freshness = this.replay.check(stamp, Date.now());
+    return freshness === 'fresh' ? 'signed' : freshness === 'stale' ? DropReason.STALE : DropReason.REPLAYED;
+  }
+
+  /** `node` signs: from now on its room events, and those naming its sessions, count only signed. */
+  private markSigned(node: string): void {
+    if (this.signedNodes.has(node)) return;
+    this.signedNodes.set(node, true);
+    if (this.signedNodes.size > MAX_SIGNED_NODES) this.signedNodes.delete(this.signedNodes.keys().next().value!);
   }
 
   /** `msg`'s payload as JSON, or undefined (dropped as malformed) when it is not. */
@@ -518,6 +553,11 @@ export class Federation {
   /** A node's answer to our sync: `{"r": node, "s": [its session ids in the room]}`. */
   private onSyncAnswer(room: FedRoom, answer: Msg): void {
     if (this.rooms.get(room.desktopId) !== room || answer.data.byteLength > 64 * 1024) return;
+    const auth = this.authenticate(answer);
+    if (auth === DropReason.STALE || auth === DropReason.REPLAYED) {
+      this.drop(auth, answer.subject);
+      return;
+    }
     const parsed = this.json(answer);
     if (parsed === undefined) return;
     const { r, s } = (parsed ?? {}) as { r?: unknown; s?: unknown };
@@ -525,7 +565,7 @@ export class Federation {
       this.drop(DropReason.MALFORMED, answer.subject);
       return;
     }
-    if (r !== this.config.nodeId && this.trustsRoster(answer, r)) this.applyRoster(room, r, new Set(s as string[]));
+    if (r !== this.config.nodeId && this.trustsRoster(auth, r)) this.applyRoster(room, r, new Set(s as string[]));
   }
 
   /**
@@ -534,8 +574,8 @@ export class Federation {
    * heartbeats we follow. A list claiming to be from anyone else could
    * otherwise make us forget live sessions for good.
    */
-  private trustsRoster(msg: Msg, node: string, roster = ''): boolean {
-    return this.signer !== null ? this.verified(msg, roster) : this.peers.has(node);
+  private trustsRoster(auth: Authenticity, node: string): boolean {
+    return this.signer !== null ? auth === 'signed' : this.peers.has(node);
   }
 
   /** `node` says these are all its sessions in `room`: forget the others we hold for it. */
@@ -638,25 +678,29 @@ export class Federation {
       this.drop(DropReason.FORGED, msg.subject, node);
       return;
     }
-    // With a key, a node known by its signed heartbeats signs everything: an unsigned message in its name is forged.
-    const signedRoster = parsed.value.kind === 'sync_request' ? (this.header(msg, ROSTER_HEADER) ?? '') : '';
-    if (this.signer !== null && this.peers.has(node) && !this.verified(msg, signedRoster)) {
+    const event = parsed.value;
+    // A moodio-rt node's sync request lists its sessions of the room (a Go relay sends no list); the signature covers it.
+    const roster = event.kind === 'sync_request' ? this.header(msg, ROSTER_HEADER) : undefined;
+    if (roster !== undefined && roster.length > 64 * 1024) {
+      this.drop(DropReason.TOO_LARGE, msg.subject, node);
+      return;
+    }
+    const auth = this.authenticate(msg, roster);
+    if (auth === DropReason.STALE || auth === DropReason.REPLAYED) {
+      this.drop(auth, msg.subject, node);
+      return;
+    }
+    const signed = auth === 'signed';
+    if (signed) this.markSigned(node);
+    else if (this.signer !== null && (this.config.federationUnsignedRooms !== 'admit' || this.signedNodes.has(node))) {
+      // With a key, room events are signed; unsigned ones are let in only by choice, and never in the name of a node heard signing.
       this.drop(DropReason.UNSIGNED, msg.subject, node);
       return;
     }
-    const event = parsed.value;
     const local = this.localRooms.get(room.desktopId);
     switch (event.kind) {
       case 'sync_request': {
-        // A moodio-rt node lists its sessions of the room (a Go relay sends no list).
-        const roster = this.header(msg, ROSTER_HEADER);
-        if (roster !== undefined) {
-          if (roster.length > 64 * 1024) {
-            this.drop(DropReason.TOO_LARGE, msg.subject, node);
-            return;
-          }
-          if (this.trustsRoster(msg, node, roster)) this.applyRoster(room, node, new Set(roster === '' ? [] : roster.split(',')));
-        }
+        if (roster !== undefined && this.trustsRoster(auth, node)) this.applyRoster(room, node, new Set(roster === '' ? [] : roster.split(',')));
         this.answerSync(room, msg.reply === '' ? undefined : msg.reply);
         return;
       }
@@ -664,6 +708,10 @@ export class Federation {
         const id = event.info.sessionId;
         if (local !== undefined && isLocal(local, id)) {
           this.drop(DropReason.FORGED, msg.subject, node);
+          return;
+        }
+        if (!signed && this.heldBySigner(room, id)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
           return;
         }
         // An answer to a sync, or an announcement after a reconnect: not news.
@@ -684,6 +732,10 @@ export class Federation {
           this.drop(DropReason.FORGED, msg.subject, node);
           return;
         }
+        if (!signed && this.heldBySigner(room, event.info.sessionId)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
+          return;
+        }
         // Only the node that announced a session may say it left.
         if (known === undefined || known.node !== node) return;
         room.remote.delete(event.info.sessionId);
@@ -693,6 +745,10 @@ export class Federation {
         return;
       }
       case 'updated': {
+        if (!signed && this.heldBySigner(room, event.info.sessionId)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
+          return;
+        }
         const known = room.remote.get(event.info.sessionId);
         // Only the node that holds a session may change what others know of it.
         if (known === undefined || known.node !== node) return;
@@ -704,6 +760,10 @@ export class Federation {
       case 'relayed': {
         if (local !== undefined && isLocal(local, event.sessionId)) {
           this.drop(DropReason.FORGED, msg.subject, node);
+          return;
+        }
+        if (!signed && this.heldBySigner(room, event.sessionId)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
           return;
         }
         const sender = room.remote.get(event.sessionId);
@@ -718,6 +778,12 @@ export class Federation {
         return;
       }
     }
+  }
+
+  /** Whether `sessionId` is, as far as `room` knows, a session of a node heard signing: only that node's signature speaks for it. */
+  private heldBySigner(room: FedRoom, sessionId: string): boolean {
+    const known = room.remote.get(sessionId);
+    return known !== undefined && this.signedNodes.has(known.node);
   }
 
   private removeRemote(room: FedRoom, id: string, remote: RemoteSession, now: number): void {
@@ -760,8 +826,9 @@ export class Federation {
       const subject = apiSubject(request);
       const answers = await this.nc!.requestMany(subject, data, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: this.signed(subject, data) });
       for await (const answer of answers) {
-        if (!this.verified(answer)) {
-          this.drop(DropReason.UNSIGNED, answer.subject);
+        const auth = this.authenticate(answer);
+        if (auth !== 'signed') {
+          this.drop(auth === 'unsigned' ? DropReason.UNSIGNED : auth, answer.subject);
           continue;
         }
         const parsed = parseQueryAnswer(answer.data);
@@ -795,8 +862,9 @@ export class Federation {
       this.drop(DropReason.TOO_LARGE, msg.subject);
       return;
     }
-    if (!this.verified(msg)) {
-      this.drop(DropReason.UNSIGNED, msg.subject);
+    const auth = this.authenticate(msg);
+    if (auth !== 'signed') {
+      this.drop(auth === 'unsigned' ? DropReason.UNSIGNED : auth, msg.subject);
       return;
     }
     const value = this.json(msg);
@@ -844,6 +912,7 @@ export class Federation {
       k: this.incarnation,
       h: this.config.federationHeartbeatMs,
       g: this.config.region,
+      q: this.beats++,
     };
     try {
       const data = encodeHeartbeat(beat);
@@ -861,9 +930,13 @@ export class Federation {
       return;
     }
     // With a key, only the fleet's heartbeats count: anyone else's could expire peers, trigger resyncs or stop this node.
-    if (this.signer !== null && !this.verified(msg)) {
-      this.drop(DropReason.UNSIGNED, msg.subject, parsed.node);
-      return;
+    if (this.signer !== null) {
+      const auth = this.authenticate(msg);
+      if (auth !== 'signed') {
+        this.drop(auth === 'unsigned' ? DropReason.UNSIGNED : auth, msg.subject, parsed.node);
+        return;
+      }
+      this.markSigned(parsed.node);
     }
     const beat = parsed.value;
     const now = Date.now();
@@ -889,6 +962,11 @@ export class Federation {
     // adopted, with a resync, after at most 3 intervals, and a duplicate never makes the view flap.
     if (beat.i !== peer.instance) return;
     const known = peer.shards.get(beat.s);
+    const order = beatOrder(known, beat.k, beat.q);
+    if (order === 'replayed') {
+      this.drop(DropReason.REPLAYED, msg.subject, beat.r);
+      return;
+    }
     if (known === undefined) {
       if (this.peerShardCount >= MAX_PEER_SHARDS) {
         this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
@@ -896,13 +974,13 @@ export class Federation {
       }
       this.peerShardCount++;
     }
-    if (known !== undefined && known.incarnation !== beat.k) {
+    if (order === 'restarted') {
       // The shard restarted: the sessions it had are gone with its old worker.
       this.peerLog('info', 'federation_peer_shard_restarted', { peer: beat.r, shard: beat.s });
-      this.expireShard(beat.r, beat.s, known.workers, now);
+      this.expireShard(beat.r, beat.s, known!.workers, now);
     }
     peer.region = beat.g;
-    peer.shards.set(beat.s, { seen: now, incarnation: beat.k, workers: beat.w, intervalMs: beat.h });
+    peer.shards.set(beat.s, { ...nextHistory(known, beat.k, beat.q), seen: now, workers: beat.w, intervalMs: beat.h });
   }
 
   private duplicateNode(beat: Heartbeat): void {
