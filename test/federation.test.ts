@@ -16,6 +16,7 @@ import { startNats, type NatsServer } from './helpers/nats.ts';
 import { startPermissionStub, type PermissionHandler } from './helpers/permission-stub.ts';
 import { Cleanup, desktop, type Scope } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
+import { TcpProxy } from './helpers/tcp-proxy.ts';
 import { token, user } from './helpers/tokens.ts';
 
 const HEARTBEAT_MS = 250;
@@ -718,6 +719,86 @@ describe('trust: unsigned room traffic and replays, from a raw NATS client witho
     assert.equal(left.sessionId, carol.joined.sessionId);
     assert.ok(Date.now() - started <= budget, `session_left after ${Date.now() - started} ms`);
     assert.ok((await droppedFor(a, 'replayed')) > 0, 'the replays were counted');
+  });
+});
+
+describe('lifecycle: shutdown, reconnect and restart', () => {
+  test('a sync request that reaches a node during its shutdown drain is refused: no session is announced again after its session_left', async (t) => {
+    const proxy = await TcpProxy.start(t, nats.port);
+    const d = await startNode(t, 'node-d5', proxy.url, ['--drain-timeout', '3s']);
+    const desk = desktop();
+    const dan = await open(d, desk, 'Dan');
+    const alice = await open(a, desk, 'Alice');
+    assert.equal((await dan.client.expect('session_joined')).sessionId, alice.joined.sessionId);
+    // Dan reads nothing more: his session stays in its room through the drain, as a slow tab's would.
+    (dan.client.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    // The bus holds what D sends from now on: its drain cannot finish until released.
+    const up = proxy.mark('up');
+    const down = proxy.mark('down');
+    proxy.hold('up');
+    d.child.kill('SIGTERM');
+    // Dan's session_left is the first thing D's closing sends: from then on it is closing, and its subscriptions stay on the server until released.
+    await proxy.waitFor('up', 'session_left', up);
+    // A fleet node asks who is in the room, while D drains.
+    const request = JSON.stringify({ r: 'node-t', p: { type: 'presence_sync_request' } });
+    publishSigned(`room.${desk}`, request);
+    await proxy.waitFor('down', 'presence_sync_request', down);
+    proxy.release('up');
+    await d.exited;
+    await proxy.idle();
+    const sent = proxy.text('up', up);
+    assert.equal(sent.includes('session_joined'), false, `D announced Dan again after his session_left: ${JSON.stringify(sent.slice(sent.indexOf('session_joined') - 200, sent.indexOf('session_joined') + 50))}`);
+    assert.equal((await alice.client.expect('session_left')).sessionId, dan.joined.sessionId);
+  });
+
+  test("a room whose first sync spans a reconnect is synced again: it learns the other node's sessions", async (t) => {
+    const proxy = await TcpProxy.start(t, nats.port);
+    const n = await startNode(t, 'node-n6', proxy.url);
+    const connectedAt = Date.now();
+    const desk = desktop();
+    const pat = await open(a, desk, 'Pat');
+    // A resync of every room runs at most once per 5 s: the one N ran on connecting must be that far behind.
+    const resyncGap = connectedAt + 5000 + 100;
+    while (Date.now() < resyncGap) await new Promise((r) => setTimeout(r, resyncGap - Date.now()));
+    // The moment N asks who is in the room, its connections drop (the request and its answers are lost); it reconnects at once.
+    proxy.when('up', 'presence_sync_request', () => proxy.cut());
+    const nina = await open(n, desk, 'Nina');
+    assert.deepEqual(ids(nina.joined), [], 'the first sync heard nobody');
+    const joined = await nina.client.expect('session_joined', 5000);
+    assert.equal(joined.sessionId, pat.joined.sessionId);
+    assert.equal((await pat.client.expect('session_joined')).sessionId, nina.joined.sessionId);
+  });
+
+  test('a node restarted under the same id before its peers expired it keeps the sessions of its new process', async (t) => {
+    // A 2 s heartbeat: peers wait 6 s before they declare the old process gone, and the new one is up well before.
+    const args = ['--federation-heartbeat', '2s'];
+    let e = await startNode(t, 'node-e7', nats.url, args);
+    const desk = desktop();
+    const alice = await open(a, desk, 'Alice');
+    const eve = await open(e, desk, 'Eve');
+    assert.equal((await alice.client.expect('session_joined')).sessionId, eve.joined.sessionId);
+    await knowsPeer(a, 'node-e7');
+    e.child.kill('SIGKILL');
+    const killedAt = Date.now();
+    e = await startNode(t, 'node-e7', nats.url, args);
+    const erin = await open(e, desk, 'Erin');
+    assert.ok(Date.now() - killedAt < 6000, 'the new process was up before the old one expired');
+    assert.deepEqual(ids(erin.joined), [alice.joined.sessionId]);
+    // The new process's first sync listed its sessions of the room (none yet): Eve, the old process's, is gone at once.
+    assert.equal((await alice.client.expect('session_left')).sessionId, eve.joined.sessionId);
+    assert.equal((await alice.client.expect('session_joined')).sessionId, erin.joined.sessionId);
+    // Then the old process falls silent for 3 of its intervals, on every shard of A.
+    const silent = new Set<unknown>();
+    const deadline = killedAt + 15_000;
+    while (silent.size < 2) {
+      const line = await a.waitForLog((l) => l.event === 'federation_peer_down' && l.peer === 'node-e7' && !silent.has(l.worker), Math.max(1, deadline - Date.now()));
+      silent.add(line.worker);
+    }
+    erin.client.send({ type: 'marker' });
+    const next = await alice.client.next();
+    assert.equal(next.type, 'marker', `Erin stayed, got ${JSON.stringify(next)}`);
+    const late = await open(a, desk, 'Late');
+    assert.deepEqual(ids(late.joined), [alice.joined.sessionId, erin.joined.sessionId].sort());
   });
 });
 

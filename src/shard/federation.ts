@@ -126,6 +126,8 @@ interface RemoteSession {
   node: string;
   info: BusSessionInfo;
   infoJson: string;
+  /** When it was learnt, in the order of {@link Federation.learnt}: a restarted node's new sessions are told from its old ones by it. */
+  learnt: number;
 }
 
 interface FedRoom {
@@ -140,6 +142,8 @@ interface FedRoom {
   pendingReplies: string[];
   /** Set while the room has no local session: when it fires, the room is dropped. */
   lingerTimer: NodeJS.Timeout | null;
+  /** A resync of every room came while the first sync was under way (it may have asked before the bus went down): sync again once it ends. */
+  resyncPending: boolean;
 }
 
 interface PeerShard extends BeatHistory {
@@ -153,6 +157,12 @@ interface Peer {
   /** The process followed under this node id (another one's heartbeats are ignored until this one falls silent). */
   instance: string;
   shards: Map<number, PeerShard>;
+  /**
+   * Another process beating under this node id, most likely the node restarted before the one followed
+   * was declared dead. The sessions learnt from the node since its first heartbeat are its own: when
+   * the process followed falls silent, they stay.
+   */
+  successor: { instance: string; since: number; seen: number } | null;
 }
 
 /** Whether a message carries the fleet's signature and a stamp not taken before, or why not. */
@@ -198,6 +208,8 @@ export class Federation {
   private stamps = 0;
   /** Heartbeats this shard incarnation sent (their sequence). */
   private beats = 0;
+  /** Remote sessions learnt so far (each one's {@link RemoteSession.learnt}). */
+  private learnt = 0;
   /** Nodes heard signing (heartbeats or room events): their room events, and their sessions', must be signed. */
   private readonly signedNodes = new Map<string, true>();
   private readonly busBroadcasts: KeyedBuckets;
@@ -356,6 +368,7 @@ export class Federation {
         answerTimer: null,
         pendingReplies: [],
         lingerTimer: null,
+        resyncPending: false,
       };
       this.rooms.set(desktopId, room);
       if (this.nc !== null) {
@@ -537,8 +550,17 @@ export class Federation {
     const waiters = room.waiters;
     room.waiters = null;
     if (waiters !== null) for (const join of waiters) join();
+    if (this.rooms.get(room.desktopId) !== room) return;
     // Every waiter left before the answers came: nothing local holds the room.
-    if (this.rooms.get(room.desktopId) === room && this.localRooms.get(room.desktopId) === undefined) this.dropRoom(room);
+    if (this.localRooms.get(room.desktopId) === undefined) {
+      this.dropRoom(room);
+      return;
+    }
+    if (room.resyncPending) {
+      room.resyncPending = false;
+      // Down again meanwhile: the next reconnect resyncs every room.
+      if (this.connected && !this.closing) void this.sync(room, true);
+    }
   }
 
   /** This node's session ids in `room`, comma-separated ('' when none). */
@@ -552,7 +574,7 @@ export class Federation {
 
   /** A node's answer to our sync: `{"r": node, "s": [its session ids in the room]}`. */
   private onSyncAnswer(room: FedRoom, answer: Msg): void {
-    if (this.rooms.get(room.desktopId) !== room || answer.data.byteLength > 64 * 1024) return;
+    if (this.closing || this.rooms.get(room.desktopId) !== room || answer.data.byteLength > 64 * 1024) return;
     const auth = this.authenticate(answer);
     if (auth === DropReason.STALE || auth === DropReason.REPLAYED) {
       this.drop(auth, answer.subject);
@@ -593,7 +615,7 @@ export class Federation {
    */
   private resyncAll(): void {
     const now = Date.now();
-    if (this.resyncTimer !== null) return;
+    if (this.closing || this.resyncTimer !== null) return;
     const wait = this.lastResyncAt + RESYNC_MIN_GAP_MS - now;
     if (wait > 0) {
       this.resyncTimer = setTimeout(() => {
@@ -605,7 +627,10 @@ export class Federation {
     }
     this.lastResyncAt = now;
     if (!this.connected) return;
-    for (const room of this.rooms.values()) if (room.waiters === null) void this.sync(room, true);
+    for (const room of this.rooms.values()) {
+      if (room.waiters === null) void this.sync(room, true);
+      else room.resyncPending = true;
+    }
   }
 
   /** Publish `type` (session_joined or session_left) for every local session of `room`. */
@@ -622,6 +647,7 @@ export class Federation {
 
   /** Answer a sync request, at most once per {@link SYNC_ANSWER_INTERVAL_MS} per room; later requests share the next answer. */
   private answerSync(room: FedRoom, reply: string | undefined): void {
+    if (this.closing) return;
     if (reply !== undefined && room.pendingReplies.length < 64) room.pendingReplies.push(reply);
     if (room.answerTimer !== null) return;
     const wait = room.lastAnswerAt + SYNC_ANSWER_INTERVAL_MS - Date.now();
@@ -637,7 +663,8 @@ export class Federation {
 
   private answerNow(room: FedRoom): void {
     room.lastAnswerAt = Date.now();
-    if (!this.connected) return;
+    // Closing: the sessions were announced as gone; announcing them again would bring them back on every peer.
+    if (!this.connected || this.closing) return;
     this.announce(room, 'session_joined');
     const members = this.localRooms.get(room.desktopId)?.members ?? [];
     const done = `{"r":${this.nodeJson},"s":${JSON.stringify(members.map((m) => m.id))}}`;
@@ -654,6 +681,8 @@ export class Federation {
   }
 
   private onRoomMessage(room: FedRoom, msg: Msg): void {
+    // Closing: the local sessions were announced as gone, and nothing heard now may bring them back.
+    if (this.closing) return;
     this.metrics.add(Metric.BUS_RECEIVED);
     this.metrics.add(Metric.BUS_BYTES_IN, msg.data.byteLength);
     try {
@@ -720,7 +749,7 @@ export class Federation {
           this.drop(DropReason.ROOM_FULL, msg.subject, node);
           return;
         }
-        room.remote.set(id, { node, info: event.info, infoJson: sessionInfoJson(event.info) });
+        room.remote.set(id, { node, info: event.info, infoJson: sessionInfoJson(event.info), learnt: this.learnt++ });
         this.remoteCount++;
         this.metrics.set(Metric.REMOTE_SESSIONS, this.remoteCount);
         if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
@@ -826,6 +855,7 @@ export class Federation {
       const subject = apiSubject(request);
       const answers = await this.nc!.requestMany(subject, data, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: this.signed(subject, data) });
       for await (const answer of answers) {
+        if (this.closing) break;
         const auth = this.authenticate(answer);
         if (auth !== 'signed') {
           this.drop(auth === 'unsigned' ? DropReason.UNSIGNED : auth, answer.subject);
@@ -847,6 +877,7 @@ export class Federation {
   }
 
   private onApiMessage(msg: Msg): void {
+    if (this.closing) return;
     this.metrics.add(Metric.BUS_RECEIVED);
     this.metrics.add(Metric.BUS_BYTES_IN, msg.data.byteLength);
     try {
@@ -924,6 +955,7 @@ export class Federation {
   }
 
   private onHeartbeat(msg: Msg): void {
+    if (this.closing) return;
     const parsed = parseHeartbeat(msg.data);
     if (!parsed.ok) {
       this.drop(parsed.reason, msg.subject);
@@ -950,7 +982,7 @@ export class Federation {
         this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
         return;
       }
-      peer = { region: beat.g, instance: beat.i, shards: new Map() };
+      peer = { region: beat.g, instance: beat.i, shards: new Map(), successor: null };
       this.peers.set(beat.r, peer);
       this.metrics.set(Metric.PEER_NODES, this.peers.size);
       this.peerLog('info', 'federation_peer_up', { peer: beat.r, region: beat.g });
@@ -960,7 +992,12 @@ export class Federation {
     // Another process under a node id we follow (a duplicate, or a restart before the old one was
     // declared dead): ignored until the one we follow falls silent and is expired. A restart is then
     // adopted, with a resync, after at most 3 intervals, and a duplicate never makes the view flap.
-    if (beat.i !== peer.instance) return;
+    // Meanwhile the sessions the node announces are the new process's: they outlive the old one.
+    if (beat.i !== peer.instance) {
+      if (peer.successor?.instance === beat.i) peer.successor.seen = now;
+      else peer.successor = { instance: beat.i, since: this.learnt, seen: now };
+      return;
+    }
     const known = peer.shards.get(beat.s);
     const order = beatOrder(known, beat.k, beat.q);
     if (order === 'replayed') {
@@ -1021,7 +1058,10 @@ export class Federation {
         peer.shards.delete(shardId);
         this.peerShardCount--;
         this.peerLog('warn', 'federation_peer_shard_silent', { peer: node, shard: shardId, silentMs: now - shard.seen });
-        this.expireShard(node, shardId, shard.workers, now);
+        // A process beating under the node id now (a restart) keeps the sessions learnt since it first did.
+        const successor = peer.successor;
+        const keepFrom = successor !== null && now - successor.seen <= limit ? successor.since : Infinity;
+        this.expireShard(node, shardId, shard.workers, now, keepFrom);
       }
       if (peer.shards.size === 0) {
         this.peers.delete(node);
@@ -1033,11 +1073,14 @@ export class Federation {
     }
   }
 
-  /** Remove the sessions `node` had in the rooms its shard `shardId` (of `workers`) owns, telling local members. */
-  private expireShard(node: string, shardId: number, workers: number, now: number): void {
+  /**
+   * Remove the sessions `node` had in the rooms its shard `shardId` (of `workers`) owns, telling local
+   * members; those learnt at `keepFrom` or later (from the node's new process) stay.
+   */
+  private expireShard(node: string, shardId: number, workers: number, now: number, keepFrom = Infinity): void {
     for (const room of this.rooms.values()) {
       if (room.remote.size === 0 || fnv1a32(room.desktopId) % workers !== shardId) continue;
-      for (const [id, remote] of room.remote) if (remote.node === node) this.removeRemote(room, id, remote, now);
+      for (const [id, remote] of room.remote) if (remote.node === node && remote.learnt < keepFrom) this.removeRemote(room, id, remote, now);
     }
   }
 
@@ -1067,10 +1110,22 @@ export class Federation {
   async close(timeoutMs: number): Promise<void> {
     if (this.closing) return;
     if (this.connected) for (const room of this.rooms.values()) this.announce(room, 'session_left');
+    // From here nothing heard is taken and nothing is announced (onRoomMessage, answerNow): the drain
+    // below still hands over what arrives before the server has our unsubscriptions, and a sync answered
+    // then would announce the sessions again after their session_left.
     this.closing = true;
     clearInterval(this.heartbeat);
     clearInterval(this.sweeper);
     if (this.retry !== null) clearTimeout(this.retry);
+    if (this.resyncTimer !== null) clearTimeout(this.resyncTimer);
+    this.resyncTimer = null;
+    for (const room of this.rooms.values()) {
+      if (room.lingerTimer !== null) clearTimeout(room.lingerTimer);
+      if (room.answerTimer !== null) clearTimeout(room.answerTimer);
+      room.lingerTimer = null;
+      room.answerTimer = null;
+      room.pendingReplies = [];
+    }
     const nc = this.nc;
     if (nc === null) return;
     await withDeadline(nc.drain().catch(() => undefined), timeoutMs);
