@@ -24,6 +24,8 @@ export const LOG_FORMATS = ['json', 'pretty'] as const;
 export type LogFormat = (typeof LOG_FORMATS)[number];
 export const PACING_MODES = ['auto', 'always', 'off'] as const;
 export type PacingMode = (typeof PACING_MODES)[number];
+export const UNSIGNED_ROOMS_POLICIES = ['drop', 'admit'] as const;
+export type UnsignedRoomsPolicy = (typeof UNSIGNED_ROOMS_POLICIES)[number];
 
 /** The validated configuration of a running server. Plain data: it is cloned into every shard. */
 export interface ServeConfig {
@@ -103,6 +105,10 @@ export interface ServeConfig {
   federationHeartbeatMs: number;
   /** Shared key signing the fleet's bus messages; empty = unsigned (and the server API does not federate). */
   federationKey: string;
+  /** With a key: drop unsigned room events (`drop`), or take them from nodes that never signed (`admit`, a fleet mixed with Go relays). */
+  federationUnsignedRooms: UnsignedRoomsPolicy;
+  /** A signed bus message is taken only if its stamp is within this many ms of the receiver's clock, either way. */
+  federationReplayWindowMs: number;
   /** Random per process, made at resolve time: tells two processes that claim one node id apart. */
   processInstance: string;
   /** When this process started (ms since the epoch). */
@@ -555,6 +561,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
       if (raw.length < 32) throw new ConfigError(option, 'must be at least 32 characters (e.g. openssl rand -base64 48)');
       return raw;
     },
+  },
+  {
+    key: 'federationUnsignedRooms',
+    flags: '--federation-unsigned-rooms <policy>',
+    env: 'MOODIO_RT_FEDERATION_UNSIGNED_ROOMS',
+    default: 'drop',
+    description: `with --federation-key, what to do with unsigned room events: ${UNSIGNED_ROOMS_POLICIES.join(' or ')} (admit takes them from nodes that never signed, such as Go relays in a mixed fleet)`,
+    parse: oneOf(UNSIGNED_ROOMS_POLICIES),
+  },
+  {
+    key: 'federationReplayWindowMs',
+    flags: '--federation-replay-window <duration>',
+    env: 'MOODIO_RT_FEDERATION_REPLAY_WINDOW',
+    default: '30s',
+    description: "a signed bus message is refused when its time is further than this from the receiver's clock (1s to 10m); node clocks must agree well within it",
+    parse: durationIn(1000, 600_000, '1s to 10m'),
   },
   { key: 'region', flags: '--region <label>', env: 'REGION_ID', default: '', description: "this node's region: a free label in its logs, /stats and peers' logs (not in metrics), never read from cloud metadata", parse: text },
   {

@@ -6,6 +6,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { envelope, parseHeartbeat, parseRoomMessage, roomSubject, sessionInfoJson, sessionLeftJson, type BusSessionInfo } from '../src/protocol/bus.ts';
+import { formatStamp, parseStamp } from '../src/protocol/bus-signature.ts';
+import { beatOrder, MAX_REMEMBERED_IDS, nextHistory, ReplayGuard, RETIRED_INCARNATIONS, type BeatHistory } from '../src/shard/bus-replay.ts';
 
 const DESK = 'desk-1';
 const MAX = 4096 + 2048;
@@ -94,7 +96,7 @@ test('size is checked before parsing', () => {
 });
 
 test('heartbeats are checked field by field', () => {
-  const beat = { r: 'n1', i: 'abc', t: 1, s: 0, w: 2, k: 'k1', h: 1000, g: '' };
+  const beat = { r: 'n1', i: 'abc', t: 1, s: 0, w: 2, k: 'k1', h: 1000, g: '', q: 0 };
   const ok = parseHeartbeat(bytes(beat));
   assert.ok(ok.ok);
   assert.equal(ok.node, 'n1');
@@ -108,6 +110,10 @@ test('heartbeats are checked field by field', () => {
     { ...beat, t: -1 },
     { ...beat, t: 1.5 },
     { ...beat, g: null },
+    { ...beat, q: undefined },
+    { ...beat, q: -1 },
+    { ...beat, q: 1.5 },
+    { ...beat, q: '2' },
   ]) {
     assert.equal(parseHeartbeat(bytes(broken)).ok, false, JSON.stringify(broken));
   }
@@ -119,15 +125,93 @@ test('signatures cover the subject, the payload and the roster, and nothing else
   const { BusSigner } = await import('../src/protocol/bus-signature.ts');
   const signer = new BusSigner('k'.repeat(32));
   const data = Buffer.from('{"r":"n","p":{}}');
-  const signature = signer.sign('room.d', data, 'a,b');
+  const stamp = formatStamp(1_700_000_000_000, 'abc1');
+  const signature = signer.sign('room.d', data, stamp, 'a,b');
   assert.equal(signature.length, 43);
-  assert.ok(signer.verify('room.d', data, signature, 'a,b'));
-  assert.equal(signer.verify('room.e', data, signature, 'a,b'), false, 'another subject');
-  assert.equal(signer.verify('room.d', Buffer.from('{"r":"n","p":{ }}'), signature, 'a,b'), false, 'another payload');
-  assert.equal(signer.verify('room.d', data, signature, 'a'), false, 'another roster');
-  assert.equal(signer.verify('room.d', data, new BusSigner('j'.repeat(32)).sign('room.d', data, 'a,b'), 'a,b'), false, 'another key');
-  assert.equal(signer.verify('room.d', data, undefined, 'a,b'), false);
-  assert.equal(signer.verify('room.d', data, signature.slice(1), 'a,b'), false);
+  assert.ok(signer.verify('room.d', data, signature, stamp, 'a,b'));
+  assert.equal(signer.verify('room.e', data, signature, stamp, 'a,b'), false, 'another subject');
+  assert.equal(signer.verify('room.d', Buffer.from('{"r":"n","p":{ }}'), signature, stamp, 'a,b'), false, 'another payload');
+  assert.equal(signer.verify('room.d', data, signature, stamp, 'a'), false, 'another roster');
+  assert.equal(signer.verify('room.d', data, signature, formatStamp(1_700_000_000_001, 'abc1'), 'a,b'), false, 'another time');
+  assert.equal(signer.verify('room.d', data, signature, formatStamp(1_700_000_000_000, 'abc2'), 'a,b'), false, 'another id');
+  assert.equal(signer.verify('room.d', data, new BusSigner('j'.repeat(32)).sign('room.d', data, stamp, 'a,b'), stamp, 'a,b'), false, 'another key');
+  assert.equal(signer.verify('room.d', data, undefined, stamp, 'a,b'), false);
+  assert.equal(signer.verify('room.d', data, signature.slice(1), stamp, 'a,b'), false);
+});
+
+test('stamps: a time and an id, read back exactly, and nothing else', () => {
+  assert.equal(formatStamp(1_700_000_000_123, 'a1b2c3-x_9'), '1700000000123.a1b2c3-x_9');
+  assert.deepEqual(parseStamp('1700000000123.a1b2c3-x_9'), { time: 1_700_000_000_123, id: 'a1b2c3-x_9' });
+  assert.deepEqual(parseStamp(`1.${'i'.repeat(64)}`), { time: 1, id: 'i'.repeat(64) });
+  for (const bad of [undefined, '', '1700000000123', '.abc', '1700000000123.', '-5.abc', '1.5.abc', 'x.abc', '1.a b', '1.a/b', `1.${'i'.repeat(65)}`, `${'9'.repeat(16)}.abc`]) {
+    assert.equal(parseStamp(bad), null, String(bad));
+  }
+});
+
+test('the replay window: a stamp further than the window from now, either way, is stale', () => {
+  const now = 1_700_000_000_000;
+  const guard = new ReplayGuard(30_000);
+  assert.equal(guard.check({ time: now - 30_001, id: 'a' }, now), 'stale', 'a millisecond too old');
+  assert.equal(guard.check({ time: now + 30_001, id: 'b' }, now), 'stale', 'a millisecond too far ahead (a clock ahead of ours)');
+  assert.equal(guard.check({ time: now - 30_000, id: 'c' }, now), 'fresh', 'the window is inclusive');
+  assert.equal(guard.check({ time: now + 30_000, id: 'd' }, now), 'fresh');
+  assert.equal(guard.check({ time: now, id: 'e' }, now), 'fresh');
+  assert.equal(guard.size, 3, 'stale stamps are not remembered');
+  // The window follows the receiver's clock: what was fresh is stale once its time is out of it.
+  assert.equal(guard.check({ time: now, id: 'f' }, now + 30_001), 'stale');
+});
+
+test('the replay memory: each id is taken once while its time is in the window, and forgotten after', () => {
+  const now = 1_700_000_000_000;
+  const guard = new ReplayGuard(30_000);
+  assert.equal(guard.check({ time: now, id: 'x1' }, now), 'fresh');
+  assert.equal(guard.check({ time: now, id: 'x1' }, now), 'replayed', 'the same stamp again');
+  assert.equal(guard.check({ time: now, id: 'x1' }, now + 29_999), 'replayed', 'until the end of the window');
+  assert.equal(guard.check({ time: now, id: 'x2' }, now + 10), 'fresh', 'another id of the same time');
+  // Once their times are out of the window, the window refuses them, and the memory lets them go.
+  assert.equal(guard.check({ time: now, id: 'x1' }, now + 30_001), 'stale');
+  assert.equal(guard.check({ time: now + 60_000, id: 'y' }, now + 60_000), 'fresh');
+  assert.equal(guard.size, 1, 'only the id still in the window is remembered');
+});
+
+test('the replay memory is bounded: over capacity the oldest ids go, and stamps as old are refused, never taken twice', () => {
+  const now = 1_700_000_000_000;
+  const guard = new ReplayGuard(30_000, 100);
+  // 100 ids spread over the last 20 s, oldest first.
+  for (let i = 0; i < 100; i++) assert.equal(guard.check({ time: now - 20_000 + i * 200, id: `id${i}` }, now), 'fresh');
+  assert.equal(guard.size, 100);
+  assert.equal(guard.check({ time: now, id: 'new' }, now), 'fresh', 'room is made');
+  assert.ok(guard.size <= 100, `${guard.size} ids remembered`);
+  assert.equal(guard.check({ time: now - 20_000, id: 'id0' }, now), 'stale', 'a forgotten id is refused by its age, not taken again');
+  assert.equal(guard.check({ time: now - 20_000, id: 'other' }, now), 'stale', 'and so is anything as old');
+  assert.equal(guard.check({ time: now - 20_000 + 99 * 200, id: 'id99' }, now), 'replayed', 'a recent id is still remembered');
+  // A flood of ids all of one time: each is taken once or refused, and the memory stays within its bound.
+  for (let i = 0; i < 1000; i++) {
+    const verdict = guard.check({ time: now, id: `flood${i}` }, now);
+    assert.notEqual(verdict, 'replayed');
+    assert.ok(guard.size <= 100);
+  }
+  for (let i = 0; i < 1000; i++) assert.notEqual(guard.check({ time: now, id: `flood${i}` }, now), 'fresh', `flood${i} taken twice`);
+  assert.ok(MAX_REMEMBERED_IDS >= 100_000, 'the real bound holds minutes of heavy traffic');
+});
+
+test('heartbeat sequences: each must grow within its incarnation, and a past incarnation is a replay', () => {
+  assert.equal(beatOrder(undefined, 'k1', 7), 'first');
+  let h: BeatHistory = nextHistory(undefined, 'k1', 7);
+  assert.deepEqual(h, { incarnation: 'k1', seq: 7, retired: [] });
+  assert.equal(beatOrder(h, 'k1', 8), 'next');
+  assert.equal(beatOrder(h, 'k1', 7), 'replayed', 'the same sequence again');
+  assert.equal(beatOrder(h, 'k1', 3), 'replayed', 'an older one');
+  assert.equal(beatOrder(h, 'k1', 100), 'next', 'gaps are fine (a beat lost on the bus)');
+  h = nextHistory(h, 'k1', 100);
+  assert.equal(beatOrder(h, 'k2', 0), 'restarted', 'a new incarnation starts its own sequence');
+  h = nextHistory(h, 'k2', 0);
+  assert.deepEqual(h, { incarnation: 'k2', seq: 0, retired: ['k1'] });
+  assert.equal(beatOrder(h, 'k1', 101), 'replayed', 'the old incarnation, whatever its sequence');
+  assert.equal(beatOrder(h, 'k2', 1), 'next');
+  for (let i = 3; i < 3 + RETIRED_INCARNATIONS + 2; i++) h = nextHistory(h, `k${i}`, 0);
+  assert.equal(h.retired.length, RETIRED_INCARNATIONS, 'bounded');
+  assert.ok(!h.retired.includes('k1') && h.retired.includes(`k${RETIRED_INCARNATIONS + 3}`), 'the oldest forgotten first');
 });
 
 test('API requests from the bus are checked field by field', async () => {

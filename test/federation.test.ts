@@ -6,8 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { connect as natsConnect, headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
-import { BusSigner, SIGNATURE_HEADER } from '../src/protocol/bus-signature.ts';
+import { connect as natsConnect, headers as natsHeaders, type Msg, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
+import type { TokenClaims } from '../src/auth/token.ts';
+import { BusSigner, formatStamp, SIGNATURE_HEADER, STAMP_HEADER } from '../src/protocol/bus-signature.ts';
 import { api, API_KEY } from './helpers/api.ts';
 import { connect, HandshakeRejected, join, type Frame, type TestClient } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
@@ -15,6 +16,7 @@ import { startNats, type NatsServer } from './helpers/nats.ts';
 import { startPermissionStub, type PermissionHandler } from './helpers/permission-stub.ts';
 import { Cleanup, desktop, type Scope } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
+import { TcpProxy } from './helpers/tcp-proxy.ts';
 import { token, user } from './helpers/tokens.ts';
 
 const HEARTBEAT_MS = 250;
@@ -22,10 +24,13 @@ const HEARTBEAT_MS = 250;
 const KEY = 'federation-test-key-0123456789-abcdefghij';
 const signer = new BusSigner(KEY);
 
-/** Publish `data` on `subject` signed as a node of the fleet would. */
-function publishSigned(subject: string, data: string): void {
+let stamps = 0;
+/** Publish `data` on `subject` signed as a node of the fleet would: stamped now (or at `time`), with an id of its own (or `id`). */
+function publishSigned(subject: string, data: string | Uint8Array, time = Date.now(), id = `test-${process.pid}-${stamps++}`): void {
   const h = natsHeaders();
-  h.set(SIGNATURE_HEADER, signer.sign(subject, data));
+  const stamp = formatStamp(time, id);
+  h.set(STAMP_HEADER, stamp);
+  h.set(SIGNATURE_HEADER, signer.sign(subject, data, stamp));
   raw.publish(subject, data, { headers: h });
 }
 const ADMIN = 'federation-test-admin-token';
@@ -86,10 +91,38 @@ async function knowsPeer(server: ServerProcess, peer: string): Promise<void> {
   }
 }
 
-async function open(server: ServerProcess, desk: string, name: string): Promise<{ client: TestClient; joined: Frame; userId: string }> {
-  const claims = user(name);
+async function open(server: ServerProcess, desk: string, name: string | TokenClaims): Promise<{ client: TestClient; joined: Frame; userId: string }> {
+  const claims = typeof name === 'string' ? user(name) : name;
   const { client, joined } = await join(cleanup, server.wsUrl(desk), { token: token(claims) });
   return { client, joined, userId: claims.userId };
+}
+
+/** `server`'s count of bus messages dropped for `reason`, all shards together. */
+async function droppedFor(server: ServerProcess, reason: string): Promise<number> {
+  return sumOf((await scrape(server.port)).metrics, `moodio_rt_federation_dropped_total{reason="${reason}"}`);
+}
+
+/** Until `server`'s count for `reason` reaches `count` (bounded), then that count. */
+async function droppedReaches(server: ServerProcess, reason: string, count: number, timeoutMs = 5000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let n = await droppedFor(server, reason);
+  while (n < count && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+    n = await droppedFor(server, reason);
+  }
+  return n;
+}
+
+/** A relayed event as a node publishes it: `{"r": node, "p": stamped event}`. */
+function relayed(node: string, type: string, session: { sessionId: string; userId: string; firstName?: string }, payload: unknown = {}): string {
+  const { sessionId, userId, firstName = 'X' } = session;
+  return JSON.stringify({ r: node, p: { type, sessionId, userId, firstName, email: 'x@example.com', timestamp: 1, payload } });
+}
+
+/** A presence event (`session_joined`, `session_left`, `session_updated`) as a node publishes it. */
+function presence(node: string, type: string, info: { sessionId: string; userId: string; firstName: string; email: string; permission: string }): string {
+  const extra = type === 'session_updated' ? { permission: info.permission } : {};
+  return JSON.stringify({ r: node, p: { type, sessionId: info.sessionId, userId: info.userId, firstName: info.firstName, email: info.email, ...extra, timestamp: 1, payload: info } });
 }
 
 const ids = (joined: Frame): string[] => (joined.sessions as { sessionId: string }[]).map((s) => s.sessionId).sort();
@@ -194,8 +227,8 @@ describe('two nodes, one desktop', () => {
 describe('the wire format, read and forged with a raw NATS client', () => {
   test('subject, envelope, presence_sync_request and its answers', async () => {
     const desk = desktop();
-    const seen: { subject: string; data: string }[] = [];
-    const sub = raw.subscribe(`room.${desk}`, { callback: (_e, m) => void seen.push({ subject: m.subject, data: m.string() }) });
+    const seen: { subject: string; data: string; headers?: MsgHdrs; raw: Uint8Array }[] = [];
+    const sub = raw.subscribe(`room.${desk}`, { callback: (_e, m) => void seen.push({ subject: m.subject, data: m.string(), headers: m.headers, raw: m.data }) });
     await raw.flush();
     const alice = await open(a, desk, 'Alice');
     alice.client.send('{"type":"asset_moved","payload":{"x":1.5e3,"y":"y"}}');
@@ -217,29 +250,16 @@ describe('the wire format, read and forged with a raw NATS client', () => {
     assert.deepEqual(Object.keys(moved.p), ['type', 'sessionId', 'userId', 'firstName', 'email', 'timestamp', 'payload']);
     assert.ok(seen[2]!.data.includes('"payload":{"x":1.5e3,"y":"y"}'), 'the payload travels as the client sent it');
 
-    // A Go relay's sync request (no reply subject): node A answers with a session_joined per local session.
-    const before = seen.length;
-    raw.publish(`room.${desk}`, JSON.stringify({ r: 'go-relay-1', p: { type: 'presence_sync_request' } }));
-    await waitFor(before + 2);
-    const answer = JSON.parse(seen[before + 1]!.data);
-    assert.equal(answer.r, 'node-a');
-    assert.equal(answer.p.type, 'session_joined');
-    assert.equal(answer.p.sessionId, alice.joined.sessionId);
+    // Each is stamped and signed in NATS headers, which the Go relay ignores: the stamp (time.id) is inside what is signed.
+    for (const m of seen.slice(0, 3)) {
+      const stamp = m.headers!.get(STAMP_HEADER);
+      assert.match(stamp, /^\d+\.[A-Za-z0-9_-]+$/);
+      assert.ok(Math.abs(Number(stamp.split('.')[0]) - Date.now()) < 10_000);
+      const roster = m.headers!.has('Moodio-Sessions') ? m.headers!.get('Moodio-Sessions') : '';
+      assert.ok(signer.verify(m.subject, m.raw, m.headers!.get(SIGNATURE_HEADER), stamp, roster), 'signed with the fleet key');
+    }
+    assert.equal(new Set(seen.slice(0, 3).map((m) => m.headers!.get(STAMP_HEADER).split('.')[1])).size, 3, 'each with an id of its own');
     sub.unsubscribe();
-
-    // A Go relay's session and event reach the local member; its node never heartbeats, so it stays until it leaves.
-    const goSession = { sessionId: 'session_go-1', userId: 'user-go-0001', firstName: 'Gopher', email: 'go@example.com', permission: 'editor' };
-    raw.publish(`room.${desk}`, JSON.stringify({ r: 'go-relay-1', p: { type: 'session_joined', ...goSession, timestamp: 1, payload: goSession } }));
-    const goJoined = await alice.client.expect('session_joined');
-    assert.equal(goJoined.sessionId, 'session_go-1');
-    raw.publish(`room.${desk}`, JSON.stringify({ r: 'go-relay-1', p: { type: 'asset_moved', sessionId: 'session_go-1', userId: 'user-go-0001', firstName: 'Gopher', email: 'go@example.com', timestamp: 2, payload: { x: 9 } } }));
-    const goMoved = await alice.client.expect('asset_moved');
-    assert.deepEqual(goMoved.payload, { x: 9 });
-    const late = await open(a, desk, 'Late');
-    assert.ok(ids(late.joined).includes('session_go-1'), 'the Go session is listed in room_joined');
-    raw.publish(`room.${desk}`, JSON.stringify({ r: 'go-relay-1', p: { type: 'session_left', ...goSession, timestamp: 3, payload: goSession } }));
-    assert.equal((await alice.client.expect('session_joined')).sessionId, late.joined.sessionId);
-    assert.equal((await alice.client.expect('session_left')).sessionId, 'session_go-1');
   });
 
   test('hostile bus messages are dropped and counted, and the shards stay up', async () => {
@@ -261,15 +281,28 @@ describe('the wire format, read and forged with a raw NATS client', () => {
       ['reserved_type', JSON.stringify({ r: 'evil', p: { type: 'room_joined', ...stamp, sessions: [] } })],
       ['room_mismatch', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, desktopId: 'another-desk' } })],
       ['forged', JSON.stringify({ r: 'node-a', p: { type: 'asset_moved', ...stamp, payload: {} } })],
-      ['forged', JSON.stringify({ r: 'evil', p: { type: 'session_left', ...stamp, sessionId: alice.joined.sessionId, payload: { ...info, sessionId: alice.joined.sessionId, userId: 'user-x-0001' } } })],
-      ['forged', JSON.stringify({ r: 'evil', p: { type: 'asset_removed', ...stamp, sessionId: alice.joined.sessionId, payload: {} } })],
       ['unsigned', JSON.stringify({ r: 'node-b', p: { type: 'asset_moved', ...stamp, payload: {} } })],
+      ['unsigned', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, payload: {} } })],
       ['too_large', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, payload: 'x'.repeat(900_000) } })],
       ['malformed', new Uint8Array([0xff, 0xfe, 0x00, 0x7b])],
     ];
     for (const [, data] of hostile) raw.publish(subject, data);
+    // Signed with the fleet's key (a compromised node): still no local session's id, and no stamp out of the window or taken before.
+    const signedHostile: [string, string, number?, string?][] = [
+      ['forged', JSON.stringify({ r: 'evil', p: { type: 'session_left', ...stamp, sessionId: alice.joined.sessionId, payload: { ...info, sessionId: alice.joined.sessionId, userId: 'user-x-0001' } } })],
+      ['forged', JSON.stringify({ r: 'evil', p: { type: 'asset_removed', ...stamp, sessionId: alice.joined.sessionId, payload: {} } })],
+      ['stale', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, payload: {} } }), Date.now() - 60_000],
+      ['stale', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, payload: {} } }), Date.now() + 60_000],
+    ];
+    for (const [, data, time] of signedHostile) publishSigned(subject, data, time);
+    const once = JSON.stringify({ r: 'evil', p: { type: 'once', ...stamp, payload: {} } });
+    const onceAt = Date.now();
+    publishSigned(subject, once, onceAt, `once-${process.pid}`);
+    assert.equal((await alice.client.next()).type, 'once');
+    publishSigned(subject, once, onceAt, `once-${process.pid}`);
+    hostile.push(...signedHostile.map(([reason, data]): [string, string] => [reason, data]), ['replayed', once]);
     // A valid event from a peer, published last: if anything hostile had reached Alice, it would come before it.
-    raw.publish(subject, JSON.stringify({ r: 'peer-z', p: { type: 'marker', ...stamp, payload: { ok: true } } }));
+    publishSigned(subject, JSON.stringify({ r: 'peer-z', p: { type: 'marker', ...stamp, payload: { ok: true } } }));
     const next = await alice.client.next();
     assert.equal(next.type, 'marker', `nothing hostile was delivered, got ${JSON.stringify(next)}`);
     assert.deepEqual(next.payload, { ok: true });
@@ -283,7 +316,7 @@ describe('the wire format, read and forged with a raw NATS client', () => {
 
     // A stranger's heartbeats (unsigned) count for nothing, even in node-a's own name with an older start.
     const unsignedBefore = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="unsigned"}');
-    for (let i = 0; i < 50; i++) raw.publish('moodio-rt.heartbeat', JSON.stringify({ r: i === 0 ? 'node-a' : `stranger-${i}`, i: 'x', t: 0, s: 0, w: 1, k: 'k', h: 10, g: '' }));
+    for (let i = 0; i < 50; i++) raw.publish('moodio-rt.heartbeat', JSON.stringify({ r: i === 0 ? 'node-a' : `stranger-${i}`, i: 'x', t: 0, s: 0, w: 1, k: 'k', h: 10, g: '', q: 1 }));
     await raw.flush();
     const unsignedDropped = async () => sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="unsigned"}') - unsignedBefore;
     while ((await unsignedDropped()) < 2 * 50) await new Promise((r) => setTimeout(r, 20));
@@ -292,7 +325,7 @@ describe('the wire format, read and forged with a raw NATS client', () => {
     const peerLines = a.logs.filter((l) => l.event === 'federation_peer_up').length;
     const forgedAt = Date.now();
     for (let i = 0; i < 1100; i++) {
-      publishSigned('moodio-rt.heartbeat', JSON.stringify({ r: `forged-${i}`, i: 'x', t: 1, s: 0, w: 1, k: 'k', h: 10, g: '' }));
+      publishSigned('moodio-rt.heartbeat', JSON.stringify({ r: `forged-${i}`, i: 'x', t: 1, s: 0, w: 1, k: 'k', h: 10, g: '', q: 1 }));
     }
     await raw.flush();
     const peersDropped = async () => sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="too_many_peers"}');
@@ -339,7 +372,7 @@ describe('node failure', () => {
     const d = await startServer(t, {
       workers: 2,
       permissionApiBase: stubBase,
-      args: ['--nats-url', nats.url, '--node-id', 'node-d', '--federation-heartbeat', '10s'],
+      args: ['--nats-url', nats.url, '--node-id', 'node-d', '--federation-heartbeat', '10s', '--federation-key', KEY],
     });
     await connectedShards(d, 2);
     const desk = desktop();
@@ -568,6 +601,245 @@ describe('the server API across nodes', () => {
     }
     assert.equal(sumOf(after, 'moodio_rt_federation_dropped_total') - before, 2 * 8);
     assert.equal(sumOf(after, 'moodio_rt_federation_dropped_total{reason="unsigned"}') - unsignedBefore, 2 * 2);
+  });
+});
+
+describe('trust: unsigned room traffic and replays, from a raw NATS client without the key', () => {
+  test('unsigned room events are dropped by default, under a new node id too, and nothing of them reaches a member or presence', async () => {
+    const desk = desktop();
+    const subject = `room.${desk}`;
+    const alice = await open(a, desk, 'Alice');
+    const bob = await open(b, desk, 'Bob');
+    await alice.client.expect('session_joined');
+    const unsignedBefore = await droppedFor(a, 'unsigned');
+    // Bob's live session id under a node id nobody knows: a removal "from Bob", and a made-up session.
+    raw.publish(subject, relayed('rogue-1', 'asset_removed', { sessionId: bob.joined.sessionId, userId: bob.userId, firstName: 'Bob' }, { id: 'a1' }));
+    const fake = { sessionId: 'session_fake-1', userId: 'user-fake-0001', firstName: 'Mallory', email: 'm@example.com', permission: 'editor' };
+    raw.publish(subject, presence('rogue-1', 'session_joined', fake));
+    // A Go relay's sync request, unsigned too: A would answer it with its sessions.
+    raw.publish(subject, JSON.stringify({ r: 'rogue-1', p: { type: 'presence_sync_request' } }));
+    publishSigned(subject, relayed('node-t', 'marker', { sessionId: 'session_t', userId: 'user-t-0001' }));
+    const next = await alice.client.next();
+    assert.equal(next.type, 'marker', `nothing unsigned reached Alice, got ${JSON.stringify(next)}`);
+    // Only the shard that owns the room hears it.
+    assert.equal((await droppedFor(a, 'unsigned')) - unsignedBefore, 3);
+    const late = await open(a, desk, 'Late');
+    assert.deepEqual(ids(late.joined), [alice.joined.sessionId, bob.joined.sessionId].sort(), 'no made-up session in presence');
+  });
+
+  test('with --federation-unsigned-rooms admit, a Go relay is taken unsigned, but a signed peer and its sessions speak only signed', async (t) => {
+    const admit = ['--federation-unsigned-rooms', 'admit'];
+    const [p, q] = await Promise.all([startNode(t, 'node-p', nats.url, admit), startNode(t, 'node-q', nats.url, admit)]);
+    const desk = desktop();
+    const subject = `room.${desk}`;
+    const carol = await open(p, desk, 'Carol');
+    const dan = await open(q, desk, 'Dan');
+    assert.equal((await carol.client.expect('session_joined')).sessionId, dan.joined.sessionId);
+    const danInfo = { sessionId: dan.joined.sessionId, userId: dan.userId, firstName: 'Dan', email: 'dan@example.com', permission: 'editor' };
+    // A Go relay (it never signs) asks who is there, with no reply subject: each node answers with a session_joined per local session.
+    const answers: { r: string; p: { type: string; sessionId: string } }[] = [];
+    const sub = raw.subscribe(subject, { callback: (_e, m) => void answers.push(JSON.parse(m.string())) });
+    t.after(() => sub.unsubscribe());
+    await raw.flush();
+    raw.publish(subject, JSON.stringify({ r: 'go-relay-2', p: { type: 'presence_sync_request' } }));
+    const deadline = Date.now() + 5000;
+    while (answers.filter((m) => m.p.type === 'session_joined').length < 2 && Date.now() < deadline) await raw.flush();
+    assert.deepEqual(
+      answers.filter((m) => m.p.type === 'session_joined').map((m) => `${m.r}:${m.p.sessionId}`).sort(),
+      [`node-p:${carol.joined.sessionId}`, `node-q:${dan.joined.sessionId}`].sort(),
+    );
+    // Its session and its events reach Carol; its node never heartbeats, so the session stays until it leaves.
+    const goSession = { sessionId: 'session_go-2', userId: 'user-go-0002', firstName: 'Gopher', email: 'go@example.com', permission: 'editor' };
+    raw.publish(subject, presence('go-relay-2', 'session_joined', goSession));
+    assert.equal((await carol.client.expect('session_joined')).sessionId, goSession.sessionId);
+    raw.publish(subject, relayed('go-relay-2', 'asset_moved', goSession, { x: 1 }));
+    assert.deepEqual((await carol.client.expect('asset_moved')).payload, { x: 1 });
+    const unsignedBefore = await droppedFor(p, 'unsigned');
+    // Unsigned, in the name of Dan's session (node-q signs): an event, a leave, a role change, a second join; and anything in node-q's own name.
+    raw.publish(subject, relayed('rogue-2', 'asset_removed', danInfo, { id: 'a1' }));
+    raw.publish(subject, presence('rogue-2', 'session_left', danInfo));
+    raw.publish(subject, presence('rogue-2', 'session_updated', { ...danInfo, permission: 'viewer' }));
+    raw.publish(subject, presence('rogue-2', 'session_joined', danInfo));
+    raw.publish(subject, relayed('node-q', 'asset_removed', danInfo, { id: 'a2' }));
+    raw.publish(subject, relayed('go-relay-2', 'marker', goSession));
+    const next = await carol.client.next();
+    assert.equal(next.type, 'marker', `nothing in Dan's name reached Carol, got ${JSON.stringify(next)}`);
+    assert.equal((await droppedFor(p, 'unsigned')) - unsignedBefore, 5);
+    const late = await open(p, desk, 'Late');
+    assert.deepEqual(ids(late.joined), [carol.joined.sessionId, dan.joined.sessionId, goSession.sessionId].sort());
+    assert.equal(late.joined.sessions.find((s: { sessionId: string }) => s.sessionId === dan.joined.sessionId).permission, 'editor');
+    // Dan still speaks, signed; the Go session leaves when its relay says so.
+    dan.client.send({ type: 'from_dan' });
+    assert.equal((await nextEvent(carol.client)).type, 'from_dan');
+    raw.publish(subject, presence('go-relay-2', 'session_left', goSession));
+    assert.equal((await carol.client.expect('session_left')).sessionId, goSession.sessionId);
+  });
+
+  test('a captured API call replayed on the bus closes nobody: not at once, and not after the node restarts', async (t) => {
+    const window = 2000;
+    const x = await startNode(t, 'node-x3', nats.url);
+    let y = await startNode(t, 'node-y3', nats.url, ['--federation-replay-window', `${window}ms`]);
+    const desk = desktop();
+    const captured: { subject: string; data: Uint8Array; headers?: MsgHdrs; at: number }[] = [];
+    const sub = raw.subscribe('api.>', { callback: (_e, m) => void captured.push({ subject: m.subject, data: m.data, headers: m.headers, at: Date.now() }) });
+    t.after(() => sub.unsubscribe());
+    await raw.flush();
+    const captureOf = async (subject: string) => {
+      const deadline = Date.now() + 5000;
+      for (;;) {
+        const found = captured.find((c) => c.subject === subject);
+        if (found !== undefined) return found;
+        if (Date.now() > deadline) throw new Error(`nothing captured on ${subject}`);
+        await raw.flush();
+      }
+    };
+    const ursula = user('Ursula');
+    let session = await open(y, desk, ursula);
+    // Logged out through X (4001), then revoked through X (4003): each reaches Y over the bus, signed.
+    assert.equal((await api(x, 'POST', `users/${encodeURIComponent(ursula.userId)}/disconnect`)).status, 202);
+    assert.equal((await session.client.closed).code, 4001);
+    const disconnect = await captureOf('api.users');
+    session = await open(y, desk, ursula);
+    assert.equal((await api(x, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(ursula.userId)}`, { permission: 'none' })).status, 202);
+    assert.equal((await session.client.closed).code, 4003);
+    const revoke = await captureOf(`api.desktop.${desk}`);
+    const replayBoth = () => {
+      for (const c of [disconnect, revoke]) raw.publish(c.subject, c.data, c.headers === undefined ? undefined : { headers: c.headers });
+    };
+    const marker = (type: string) => publishSigned(`api.desktop.${desk}`, JSON.stringify({ r: 'node-t', q: { kind: 'publish', id: `m-${type}`, desktopId: desk, type, event: JSON.stringify({ type, sessionId: 'server', userId: 'server', timestamp: 1 }) } }));
+
+    // At once, to the same process: it remembers their ids.
+    session = await open(y, desk, ursula);
+    const replayedBefore = await droppedFor(y, 'replayed');
+    replayBoth();
+    marker('marker_1');
+    assert.equal((await session.client.next()).type, 'marker_1', 'the replays closed nothing');
+    // Every shard hears both calls and drops both.
+    assert.equal((await droppedReaches(y, 'replayed', replayedBefore + 4)) - replayedBefore, 4);
+
+    // After Y restarts, its memory is new: the replays are older than the window.
+    y.child.kill('SIGKILL');
+    await y.exited;
+    y = await startNode(t, 'node-y3', nats.url, ['--federation-replay-window', `${window}ms`]);
+    session = await open(y, desk, ursula);
+    const outside = Math.max(disconnect.at, revoke.at) + window + 100;
+    while (Date.now() < outside) await new Promise((r) => setTimeout(r, outside - Date.now()));
+    replayBoth();
+    marker('marker_2');
+    assert.equal((await session.client.next()).type, 'marker_2', 'the replays closed nothing after the restart');
+    assert.equal(await droppedReaches(y, 'stale', 4), 4);
+  });
+
+  test("replaying a killed node's heartbeats does not keep its sessions: they leave within 3 heartbeats + 1 s", async (t) => {
+    const c = await startNode(t, 'node-c4', nats.url);
+    const beats: Msg[] = [];
+    let capturing = true;
+    const sub = raw.subscribe('moodio-rt.heartbeat', { callback: (_e, m) => {
+        // Until the kill: the replays come back to this subscription too.
+        if (capturing && (JSON.parse(m.string()) as { r: string }).r === 'node-c4') beats.push(m);
+      },
+    });
+    t.after(() => sub.unsubscribe());
+    const desk = desktop();
+    const alice = await open(a, desk, 'Alice');
+    const carol = await open(c, desk, 'Carol');
+    assert.equal((await alice.client.expect('session_joined')).sessionId, carol.joined.sessionId);
+    await knowsPeer(a, 'node-c4');
+    // A few beats of each shard captured.
+    while (beats.length < 6) await new Promise((r) => setTimeout(r, 20));
+    capturing = false;
+    c.child.kill('SIGKILL');
+    const started = Date.now();
+    const replay = setInterval(() => {
+      for (const m of beats) raw.publish(m.subject, m.data, m.headers === undefined ? undefined : { headers: m.headers });
+    }, 50);
+    t.after(() => clearInterval(replay));
+    const budget = 3 * HEARTBEAT_MS + 1000;
+    const left = await alice.client.expect('session_left', budget);
+    clearInterval(replay);
+    assert.equal(left.sessionId, carol.joined.sessionId);
+    assert.ok(Date.now() - started <= budget, `session_left after ${Date.now() - started} ms`);
+    assert.ok((await droppedFor(a, 'replayed')) > 0, 'the replays were counted');
+  });
+});
+
+describe('lifecycle: shutdown, reconnect and restart', () => {
+  test('a sync request that reaches a node during its shutdown drain is refused: no session is announced again after its session_left', async (t) => {
+    const proxy = await TcpProxy.start(t, nats.port);
+    const d = await startNode(t, 'node-d5', proxy.url, ['--drain-timeout', '3s']);
+    const desk = desktop();
+    const dan = await open(d, desk, 'Dan');
+    const alice = await open(a, desk, 'Alice');
+    assert.equal((await dan.client.expect('session_joined')).sessionId, alice.joined.sessionId);
+    // Dan reads nothing more: his session stays in its room through the drain, as a slow tab's would.
+    (dan.client.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    // The bus holds what D sends from now on: its drain cannot finish until released.
+    const up = proxy.mark('up');
+    const down = proxy.mark('down');
+    proxy.hold('up');
+    d.child.kill('SIGTERM');
+    // Dan's session_left is the first thing D's closing sends: from then on it is closing, and its subscriptions stay on the server until released.
+    await proxy.waitFor('up', 'session_left', up);
+    // A fleet node asks who is in the room, while D drains.
+    const request = JSON.stringify({ r: 'node-t', p: { type: 'presence_sync_request' } });
+    publishSigned(`room.${desk}`, request);
+    await proxy.waitFor('down', 'presence_sync_request', down);
+    proxy.release('up');
+    await d.exited;
+    await proxy.idle();
+    const sent = proxy.text('up', up);
+    assert.equal(sent.includes('session_joined'), false, `D announced Dan again after his session_left: ${JSON.stringify(sent.slice(sent.indexOf('session_joined') - 200, sent.indexOf('session_joined') + 50))}`);
+    assert.equal((await alice.client.expect('session_left')).sessionId, dan.joined.sessionId);
+  });
+
+  test("a room whose first sync spans a reconnect is synced again: it learns the other node's sessions", async (t) => {
+    const proxy = await TcpProxy.start(t, nats.port);
+    const n = await startNode(t, 'node-n6', proxy.url);
+    const connectedAt = Date.now();
+    const desk = desktop();
+    const pat = await open(a, desk, 'Pat');
+    // A resync of every room runs at most once per 5 s: the one N ran on connecting must be that far behind.
+    const resyncGap = connectedAt + 5000 + 100;
+    while (Date.now() < resyncGap) await new Promise((r) => setTimeout(r, resyncGap - Date.now()));
+    // The moment N asks who is in the room, its connections drop (the request and its answers are lost); it reconnects at once.
+    proxy.when('up', 'presence_sync_request', () => proxy.cut());
+    const nina = await open(n, desk, 'Nina');
+    assert.deepEqual(ids(nina.joined), [], 'the first sync heard nobody');
+    const joined = await nina.client.expect('session_joined', 5000);
+    assert.equal(joined.sessionId, pat.joined.sessionId);
+    assert.equal((await pat.client.expect('session_joined')).sessionId, nina.joined.sessionId);
+  });
+
+  test('a node restarted under the same id before its peers expired it keeps the sessions of its new process', async (t) => {
+    // A 2 s heartbeat: peers wait 6 s before they declare the old process gone, and the new one is up well before.
+    const args = ['--federation-heartbeat', '2s'];
+    let e = await startNode(t, 'node-e7', nats.url, args);
+    const desk = desktop();
+    const alice = await open(a, desk, 'Alice');
+    const eve = await open(e, desk, 'Eve');
+    assert.equal((await alice.client.expect('session_joined')).sessionId, eve.joined.sessionId);
+    await knowsPeer(a, 'node-e7');
+    e.child.kill('SIGKILL');
+    const killedAt = Date.now();
+    e = await startNode(t, 'node-e7', nats.url, args);
+    const erin = await open(e, desk, 'Erin');
+    assert.ok(Date.now() - killedAt < 6000, 'the new process was up before the old one expired');
+    assert.deepEqual(ids(erin.joined), [alice.joined.sessionId]);
+    // The new process's first sync listed its sessions of the room (none yet): Eve, the old process's, is gone at once.
+    assert.equal((await alice.client.expect('session_left')).sessionId, eve.joined.sessionId);
+    assert.equal((await alice.client.expect('session_joined')).sessionId, erin.joined.sessionId);
+    // Then the old process falls silent for 3 of its intervals, on every shard of A.
+    const silent = new Set<unknown>();
+    const deadline = killedAt + 15_000;
+    while (silent.size < 2) {
+      const line = await a.waitForLog((l) => l.event === 'federation_peer_down' && l.peer === 'node-e7' && !silent.has(l.worker), Math.max(1, deadline - Date.now()));
+      silent.add(line.worker);
+    }
+    erin.client.send({ type: 'marker' });
+    const next = await alice.client.next();
+    assert.equal(next.type, 'marker', `Erin stayed, got ${JSON.stringify(next)}`);
+    const late = await open(a, desk, 'Late');
+    assert.deepEqual(ids(late.joined), [alice.joined.sessionId, erin.joined.sessionId].sort());
   });
 });
 

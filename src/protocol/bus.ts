@@ -54,8 +54,15 @@ export const DropReason = {
   ROOM_FULL: 'room_full',
   /** A heartbeat from a node past the number of peers a node keeps track of. */
   TOO_MANY_PEERS: 'too_many_peers',
-  /** With --federation-key: a heartbeat, API call or session list without the fleet's signature, or an unsigned message in the name of a node known by its signed heartbeats. */
+  /**
+   * With --federation-key: a message without the fleet's signature (with `--federation-unsigned-rooms admit`,
+   * a room event is taken unsigned, unless its node or the session it names is known to sign).
+   */
   UNSIGNED: 'unsigned',
+  /** A signed message whose stamp is out of the receiver's window (--federation-replay-window): an old capture, or clocks too far apart. */
+  STALE: 'stale',
+  /** A signed message heard before (its stamp's id), or a heartbeat whose sequence does not grow: a capture played again. */
+  REPLAYED: 'replayed',
   /** A broadcast from the bus over the fleet's rate. */
   RATE_LIMITED: 'rate_limited',
 } as const;
@@ -193,6 +200,8 @@ export interface Heartbeat {
   h: number;
   /** Region label. */
   g: string;
+  /** Sequence: grows by one per heartbeat of the shard incarnation, so a receiver refuses one it heard before. */
+  q: number;
 }
 
 export function encodeHeartbeat(beat: Heartbeat): string {
@@ -212,7 +221,7 @@ export function parseHeartbeat(data: Uint8Array): Parsed<Heartbeat> {
   if (!isShortString(b.r, MAX_ID) || b.r.length === 0 || !isShortString(b.i, MAX_ID) || !isShortString(b.k, MAX_ID) || !isShortString(b.g, MAX_ID)) {
     return { ok: false, reason: DropReason.MALFORMED };
   }
-  const ints = [b.t, b.s, b.w, b.h];
+  const ints = [b.t, b.s, b.w, b.h, b.q];
   if (!ints.every((n) => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0)) return { ok: false, reason: DropReason.MALFORMED };
   if ((b.w as number) < 1 || (b.w as number) > 256 || (b.s as number) >= (b.w as number) || (b.h as number) < 10 || (b.h as number) > 60_000) {
     return { ok: false, reason: DropReason.MALFORMED };

@@ -17,13 +17,18 @@
  * the bus. After a reconnect each room announces its local sessions again,
  * asks for everyone else's, and forgets the remote sessions nobody
  * confirmed.
+ *
+ * With --federation-key every message is signed and stamped, and every
+ * message taken must be signed, fresh and new (shard/bus-replay.ts);
+ * `--federation-unsigned-rooms admit` takes room events unsigned from nodes
+ * that never signed, never in the name of a session a signed node holds.
  */
 import { connect, credsAuthenticator, headers, type MsgHdrs, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { ServeConfig } from '../config.ts';
 import { KeyedBuckets } from '../keyed-buckets.ts';
-import { BusSigner, SIGNATURE_HEADER } from '../protocol/bus-signature.ts';
+import { BusSigner, formatStamp, parseStamp, SIGNATURE_HEADER, STAMP_HEADER } from '../protocol/bus-signature.ts';
 import { withDeadline } from '../deadline.ts';
 import { LogBudget, type LogFields, type Logger } from '../log.ts';
 import {
@@ -51,6 +56,7 @@ import { encodeTextFrame } from '../protocol/frame.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { FederationStats } from '../protocol/messages.ts';
+import { beatOrder, nextHistory, ReplayGuard, type BeatHistory } from './bus-replay.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
 
@@ -80,6 +86,8 @@ const BUS_BROADCAST_NODES = 16;
 const MAX_GATHERED_SESSIONS = 10_000;
 /** Remote sessions one room may hold when --max-room-size is 0 (else 4 × it). */
 const MAX_REMOTE_PER_ROOM = 10_000;
+/** Nodes a shard remembers as signing (their unsigned room events are forged), oldest forgotten first. */
+const MAX_SIGNED_NODES = 10_000;
 
 export interface FederationOptions {
   config: Pick<
@@ -90,6 +98,8 @@ export interface FederationOptions {
     | 'region'
     | 'federationHeartbeatMs'
     | 'federationKey'
+    | 'federationUnsignedRooms'
+    | 'federationReplayWindowMs'
     | 'processInstance'
     | 'startedAt'
     | 'workers'
@@ -117,6 +127,8 @@ interface RemoteSession {
   node: string;
   info: BusSessionInfo;
   infoJson: string;
+  /** When it was learnt, in the order of {@link Federation.learnt}: a restarted node's new sessions are told from its old ones by it. */
+  learnt: number;
 }
 
 interface FedRoom {
@@ -131,11 +143,12 @@ interface FedRoom {
   pendingReplies: string[];
   /** Set while the room has no local session: when it fires, the room is dropped. */
   lingerTimer: NodeJS.Timeout | null;
+  /** A resync of every room came while the first sync was under way (it may have asked before the bus went down): sync again once it ends. */
+  resyncPending: boolean;
 }
 
-interface PeerShard {
+interface PeerShard extends BeatHistory {
   seen: number;
-  incarnation: string;
   workers: number;
   intervalMs: number;
 }
@@ -145,7 +158,16 @@ interface Peer {
   /** The process followed under this node id (another one's heartbeats are ignored until this one falls silent). */
   instance: string;
   shards: Map<number, PeerShard>;
+  /**
+   * Another process beating under this node id, most likely the node restarted before the one followed
+   * was declared dead. The sessions learnt from the node since its first heartbeat are its own: when
+   * the process followed falls silent, they stay.
+   */
+  successor: { instance: string; since: number; seen: number } | null;
 }
+
+/** Whether a message carries the fleet's signature and a stamp not taken before, or why not. */
+type Authenticity = 'signed' | 'unsigned' | typeof DropReason.STALE | typeof DropReason.REPLAYED;
 
 
 export class Federation {
@@ -183,6 +205,15 @@ export class Federation {
   private firstConnectedAt = 0;
   private peerShardCount = 0;
   private readonly signer: BusSigner | null;
+  private readonly replay: ReplayGuard;
+  /** Stamps this shard signed: with the incarnation, a message id no other sender has. */
+  private stamps = 0;
+  /** Heartbeats this shard incarnation sent (their sequence). */
+  private beats = 0;
+  /** Remote sessions learnt so far (each one's {@link RemoteSession.learnt}). */
+  private learnt = 0;
+  /** Nodes heard signing (heartbeats or room events): their room events, and their sessions', must be signed. */
+  private readonly signedNodes = new Map<string, true>();
   private readonly busBroadcasts: KeyedBuckets;
 
   constructor(options: FederationOptions) {
@@ -197,6 +228,7 @@ export class Federation {
     this.onFatal = options.onFatal;
     this.applyApi = options.applyApi;
     this.signer = this.config.federationKey === '' ? null : new BusSigner(this.config.federationKey);
+    this.replay = new ReplayGuard(this.config.federationReplayWindowMs);
     const broadcasts = this.config.apiBroadcastRate === 0 ? 0 : this.config.apiBroadcastRate * BUS_BROADCAST_NODES;
     this.busBroadcasts = new KeyedBuckets(broadcasts, broadcasts);
     this.nodeJson = JSON.stringify(this.config.nodeId);
@@ -339,6 +371,7 @@ export class Federation {
         answerTimer: null,
         pendingReplies: [],
         lingerTimer: null,
+        resyncPending: false,
       };
       this.rooms.set(desktopId, room);
       if (this.nc !== null) {
@@ -418,25 +451,40 @@ export class Federation {
     this.send(roomSubject(desktopId), envelope(this.nodeJson, eventJson));
   }
 
-  /** Headers carrying this node's signature of a message (null without --federation-key). */
+  /** Headers carrying this node's stamp and signature of a message (undefined without --federation-key, unless there is a roster). */
   private signed(subject: string, data: string, roster?: string): MsgHdrs | undefined {
     if (this.signer === null && roster === undefined) return undefined;
     const h = headers();
     if (roster !== undefined) h.set(ROSTER_HEADER, roster);
-    if (this.signer !== null) h.set(SIGNATURE_HEADER, this.signer.sign(subject, data, roster ?? ''));
+    if (this.signer !== null) {
+      const stamp = formatStamp(Date.now(), this.incarnation + (this.stamps++).toString(36));
+      h.set(STAMP_HEADER, stamp);
+      h.set(SIGNATURE_HEADER, this.signer.sign(subject, data, stamp, roster ?? ''));
+    }
     return h;
   }
 
-  /** Whether `msg` carries a valid signature of the fleet's key (false without a key). */
-  private verified(msg: Msg, roster = ''): boolean {
-    if (this.signer === null) return false;
-    let signature: string | undefined;
-    try {
-      signature = msg.headers?.get(SIGNATURE_HEADER);
-    } catch {
-      return false;
-    }
-    return this.signer.verify(msg.subject, msg.data, signature === '' ? undefined : signature, roster);
+  /**
+   * Whether `msg` carries the fleet's signature of its subject, stamp,
+   * `roster` and payload (`unsigned` without a key, or with a signature
+   * that does not check), and if so whether its stamp is within the window
+   * and new. A signed stamp is remembered from here on.
+   */
+  private authenticate(msg: Msg, roster = ''): Authenticity {
+    if (this.signer === null) return 'unsigned';
+    const signature = this.header(msg, SIGNATURE_HEADER);
+    const stampText = this.header(msg, STAMP_HEADER);
+    const stamp = parseStamp(stampText);
+    if (stamp === null || !this.signer.verify(msg.subject, msg.data, signature, stampText!, roster)) return 'unsigned';
+    const freshness = this.replay.check(stamp, Date.now());
+    return freshness === 'fresh' ? 'signed' : freshness === 'stale' ? DropReason.STALE : DropReason.REPLAYED;
+  }
+
+  /** `node` signs: from now on its room events, and those naming its sessions, count only signed. */
+  private markSigned(node: string): void {
+    if (this.signedNodes.has(node)) return;
+    this.signedNodes.set(node, true);
+    if (this.signedNodes.size > MAX_SIGNED_NODES) this.signedNodes.delete(this.signedNodes.keys().next().value!);
   }
 
   /** `msg`'s payload as JSON, or undefined (dropped as malformed) when it is not. */
@@ -505,8 +553,17 @@ export class Federation {
     const waiters = room.waiters;
     room.waiters = null;
     if (waiters !== null) for (const join of waiters) join();
+    if (this.rooms.get(room.desktopId) !== room) return;
     // Every waiter left before the answers came: nothing local holds the room.
-    if (this.rooms.get(room.desktopId) === room && this.localRooms.get(room.desktopId) === undefined) this.dropRoom(room);
+    if (this.localRooms.get(room.desktopId) === undefined) {
+      this.dropRoom(room);
+      return;
+    }
+    if (room.resyncPending) {
+      room.resyncPending = false;
+      // Down again meanwhile: the next reconnect resyncs every room.
+      if (this.connected && !this.closing) void this.sync(room, true);
+    }
   }
 
   /** This node's session ids in `room`, comma-separated ('' when none). */
@@ -520,7 +577,12 @@ export class Federation {
 
   /** A node's answer to our sync: `{"r": node, "s": [its session ids in the room]}`. */
   private onSyncAnswer(room: FedRoom, answer: Msg): void {
-    if (this.rooms.get(room.desktopId) !== room || answer.data.byteLength > 64 * 1024) return;
+    if (this.closing || this.rooms.get(room.desktopId) !== room || answer.data.byteLength > 64 * 1024) return;
+    const auth = this.authenticate(answer);
+    if (auth === DropReason.STALE || auth === DropReason.REPLAYED) {
+      this.drop(auth, answer.subject);
+      return;
+    }
     const parsed = this.json(answer);
     if (parsed === undefined) return;
     const { r, s } = (parsed ?? {}) as { r?: unknown; s?: unknown };
@@ -528,7 +590,7 @@ export class Federation {
       this.drop(DropReason.MALFORMED, answer.subject);
       return;
     }
-    if (r !== this.config.nodeId && this.trustsRoster(answer, r)) this.applyRoster(room, r, new Set(s as string[]));
+    if (r !== this.config.nodeId && this.trustsRoster(auth, r)) this.applyRoster(room, r, new Set(s as string[]));
   }
 
   /**
@@ -537,8 +599,8 @@ export class Federation {
    * heartbeats we follow. A list claiming to be from anyone else could
    * otherwise make us forget live sessions for good.
    */
-  private trustsRoster(msg: Msg, node: string, roster = ''): boolean {
-    return this.signer !== null ? this.verified(msg, roster) : this.peers.has(node);
+  private trustsRoster(auth: Authenticity, node: string): boolean {
+    return this.signer !== null ? auth === 'signed' : this.peers.has(node);
   }
 
   /** `node` says these are all its sessions in `room`: forget the others we hold for it. */
@@ -556,7 +618,7 @@ export class Federation {
    */
   private resyncAll(): void {
     const now = Date.now();
-    if (this.resyncTimer !== null) return;
+    if (this.closing || this.resyncTimer !== null) return;
     const wait = this.lastResyncAt + RESYNC_MIN_GAP_MS - now;
     if (wait > 0) {
       this.resyncTimer = setTimeout(() => {
@@ -568,7 +630,10 @@ export class Federation {
     }
     this.lastResyncAt = now;
     if (!this.connected) return;
-    for (const room of this.rooms.values()) if (room.waiters === null) void this.sync(room, true);
+    for (const room of this.rooms.values()) {
+      if (room.waiters === null) void this.sync(room, true);
+      else room.resyncPending = true;
+    }
   }
 
   /** Publish `type` (session_joined or session_left) for every local session of `room`. */
@@ -585,6 +650,7 @@ export class Federation {
 
   /** Answer a sync request, at most once per {@link SYNC_ANSWER_INTERVAL_MS} per room; later requests share the next answer. */
   private answerSync(room: FedRoom, reply: string | undefined): void {
+    if (this.closing) return;
     if (reply !== undefined && room.pendingReplies.length < 64) room.pendingReplies.push(reply);
     if (room.answerTimer !== null) return;
     const wait = room.lastAnswerAt + SYNC_ANSWER_INTERVAL_MS - Date.now();
@@ -600,7 +666,8 @@ export class Federation {
 
   private answerNow(room: FedRoom): void {
     room.lastAnswerAt = Date.now();
-    if (!this.connected) return;
+    // Closing: the sessions were announced as gone; announcing them again would bring them back on every peer.
+    if (!this.connected || this.closing) return;
     this.announce(room, 'session_joined');
     const members = this.localRooms.get(room.desktopId)?.members ?? [];
     const done = `{"r":${this.nodeJson},"s":${JSON.stringify(members.map((m) => m.id))}}`;
@@ -617,6 +684,8 @@ export class Federation {
   }
 
   private onRoomMessage(room: FedRoom, msg: Msg): void {
+    // Closing: the local sessions were announced as gone, and nothing heard now may bring them back.
+    if (this.closing) return;
     this.metrics.add(Metric.BUS_RECEIVED);
     this.metrics.add(Metric.BUS_BYTES_IN, msg.data.byteLength);
     try {
@@ -641,25 +710,29 @@ export class Federation {
       this.drop(DropReason.FORGED, msg.subject, node);
       return;
     }
-    // With a key, a node known by its signed heartbeats signs everything: an unsigned message in its name is forged.
-    const signedRoster = parsed.value.kind === 'sync_request' ? (this.header(msg, ROSTER_HEADER) ?? '') : '';
-    if (this.signer !== null && this.peers.has(node) && !this.verified(msg, signedRoster)) {
+    const event = parsed.value;
+    // A moodio-rt node's sync request lists its sessions of the room (a Go relay sends no list); the signature covers it.
+    const roster = event.kind === 'sync_request' ? this.header(msg, ROSTER_HEADER) : undefined;
+    if (roster !== undefined && roster.length > 64 * 1024) {
+      this.drop(DropReason.TOO_LARGE, msg.subject, node);
+      return;
+    }
+    const auth = this.authenticate(msg, roster);
+    if (auth === DropReason.STALE || auth === DropReason.REPLAYED) {
+      this.drop(auth, msg.subject, node);
+      return;
+    }
+    const signed = auth === 'signed';
+    if (signed) this.markSigned(node);
+    else if (this.signer !== null && (this.config.federationUnsignedRooms !== 'admit' || this.signedNodes.has(node))) {
+      // With a key, room events are signed; unsigned ones are let in only by choice, and never in the name of a node heard signing.
       this.drop(DropReason.UNSIGNED, msg.subject, node);
       return;
     }
-    const event = parsed.value;
     const local = this.localRooms.get(room.desktopId);
     switch (event.kind) {
       case 'sync_request': {
-        // A moodio-rt node lists its sessions of the room (a Go relay sends no list).
-        const roster = this.header(msg, ROSTER_HEADER);
-        if (roster !== undefined) {
-          if (roster.length > 64 * 1024) {
-            this.drop(DropReason.TOO_LARGE, msg.subject, node);
-            return;
-          }
-          if (this.trustsRoster(msg, node, roster)) this.applyRoster(room, node, new Set(roster === '' ? [] : roster.split(',')));
-        }
+        if (roster !== undefined && this.trustsRoster(auth, node)) this.applyRoster(room, node, new Set(roster === '' ? [] : roster.split(',')));
         this.answerSync(room, msg.reply === '' ? undefined : msg.reply);
         return;
       }
@@ -669,13 +742,17 @@ export class Federation {
           this.drop(DropReason.FORGED, msg.subject, node);
           return;
         }
+        if (!signed && this.heldBySigner(room, id)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
+          return;
+        }
         // An answer to a sync, or an announcement after a reconnect: not news.
         if (room.remote.has(id)) return;
         if (room.remote.size >= this.maxRemotePerRoom) {
           this.drop(DropReason.ROOM_FULL, msg.subject, node);
           return;
         }
-        room.remote.set(id, { node, info: event.info, infoJson: sessionInfoJson(event.info) });
+        room.remote.set(id, { node, info: event.info, infoJson: sessionInfoJson(event.info), learnt: this.learnt++ });
         this.remoteCount++;
         this.metrics.set(Metric.REMOTE_SESSIONS, this.remoteCount);
         if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
@@ -687,6 +764,10 @@ export class Federation {
           this.drop(DropReason.FORGED, msg.subject, node);
           return;
         }
+        if (!signed && this.heldBySigner(room, event.info.sessionId)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
+          return;
+        }
         // Only the node that announced a session may say it left.
         if (known === undefined || known.node !== node) return;
         room.remote.delete(event.info.sessionId);
@@ -696,6 +777,10 @@ export class Federation {
         return;
       }
       case 'updated': {
+        if (!signed && this.heldBySigner(room, event.info.sessionId)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
+          return;
+        }
         const known = room.remote.get(event.info.sessionId);
         // Only the node that holds a session may change what others know of it.
         if (known === undefined || known.node !== node) return;
@@ -707,6 +792,10 @@ export class Federation {
       case 'relayed': {
         if (local !== undefined && isLocal(local, event.sessionId)) {
           this.drop(DropReason.FORGED, msg.subject, node);
+          return;
+        }
+        if (!signed && this.heldBySigner(room, event.sessionId)) {
+          this.drop(DropReason.UNSIGNED, msg.subject, node);
           return;
         }
         const sender = room.remote.get(event.sessionId);
@@ -721,6 +810,12 @@ export class Federation {
         return;
       }
     }
+  }
+
+  /** Whether `sessionId` is, as far as `room` knows, a session of a node heard signing: only that node's signature speaks for it. */
+  private heldBySigner(room: FedRoom, sessionId: string): boolean {
+    const known = room.remote.get(sessionId);
+    return known !== undefined && this.signedNodes.has(known.node);
   }
 
   private removeRemote(room: FedRoom, id: string, remote: RemoteSession, now: number): void {
@@ -763,8 +858,10 @@ export class Federation {
       const subject = apiSubject(request);
       const answers = await this.nc!.requestMany(subject, data, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: this.signed(subject, data) });
       for await (const answer of answers) {
-        if (!this.verified(answer)) {
-          this.drop(DropReason.UNSIGNED, answer.subject);
+        if (this.closing) break;
+        const auth = this.authenticate(answer);
+        if (auth !== 'signed') {
+          this.drop(auth === 'unsigned' ? DropReason.UNSIGNED : auth, answer.subject);
           continue;
         }
         const parsed = parseQueryAnswer(answer.data);
@@ -783,6 +880,7 @@ export class Federation {
   }
 
   private onApiMessage(msg: Msg): void {
+    if (this.closing) return;
     this.metrics.add(Metric.BUS_RECEIVED);
     this.metrics.add(Metric.BUS_BYTES_IN, msg.data.byteLength);
     try {
@@ -798,8 +896,9 @@ export class Federation {
       this.drop(DropReason.TOO_LARGE, msg.subject);
       return;
     }
-    if (!this.verified(msg)) {
-      this.drop(DropReason.UNSIGNED, msg.subject);
+    const auth = this.authenticate(msg);
+    if (auth !== 'signed') {
+      this.drop(auth === 'unsigned' ? DropReason.UNSIGNED : auth, msg.subject);
       return;
     }
     const value = this.json(msg);
@@ -847,6 +946,7 @@ export class Federation {
       k: this.incarnation,
       h: this.config.federationHeartbeatMs,
       g: this.config.region,
+      q: this.beats++,
     };
     try {
       const data = encodeHeartbeat(beat);
@@ -858,15 +958,20 @@ export class Federation {
   }
 
   private onHeartbeat(msg: Msg): void {
+    if (this.closing) return;
     const parsed = parseHeartbeat(msg.data);
     if (!parsed.ok) {
       this.drop(parsed.reason, msg.subject);
       return;
     }
     // With a key, only the fleet's heartbeats count: anyone else's could expire peers, trigger resyncs or stop this node.
-    if (this.signer !== null && !this.verified(msg)) {
-      this.drop(DropReason.UNSIGNED, msg.subject, parsed.node);
-      return;
+    if (this.signer !== null) {
+      const auth = this.authenticate(msg);
+      if (auth !== 'signed') {
+        this.drop(auth === 'unsigned' ? DropReason.UNSIGNED : auth, msg.subject, parsed.node);
+        return;
+      }
+      this.markSigned(parsed.node);
     }
     const beat = parsed.value;
     const now = Date.now();
@@ -880,7 +985,7 @@ export class Federation {
         this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
         return;
       }
-      peer = { region: beat.g, instance: beat.i, shards: new Map() };
+      peer = { region: beat.g, instance: beat.i, shards: new Map(), successor: null };
       this.peers.set(beat.r, peer);
       this.metrics.set(Metric.PEER_NODES, this.peers.size);
       this.peerLog('info', 'federation_peer_up', { peer: beat.r, region: beat.g });
@@ -890,8 +995,18 @@ export class Federation {
     // Another process under a node id we follow (a duplicate, or a restart before the old one was
     // declared dead): ignored until the one we follow falls silent and is expired. A restart is then
     // adopted, with a resync, after at most 3 intervals, and a duplicate never makes the view flap.
-    if (beat.i !== peer.instance) return;
+    // Meanwhile the sessions the node announces are the new process's: they outlive the old one.
+    if (beat.i !== peer.instance) {
+      if (peer.successor?.instance === beat.i) peer.successor.seen = now;
+      else peer.successor = { instance: beat.i, since: this.learnt, seen: now };
+      return;
+    }
     const known = peer.shards.get(beat.s);
+    const order = beatOrder(known, beat.k, beat.q);
+    if (order === 'replayed') {
+      this.drop(DropReason.REPLAYED, msg.subject, beat.r);
+      return;
+    }
     if (known === undefined) {
       if (this.peerShardCount >= MAX_PEER_SHARDS) {
         this.drop(DropReason.TOO_MANY_PEERS, msg.subject, beat.r);
@@ -899,13 +1014,13 @@ export class Federation {
       }
       this.peerShardCount++;
     }
-    if (known !== undefined && known.incarnation !== beat.k) {
+    if (order === 'restarted') {
       // The shard restarted: the sessions it had are gone with its old worker.
       this.peerLog('info', 'federation_peer_shard_restarted', { peer: beat.r, shard: beat.s });
-      this.expireShard(beat.r, beat.s, known.workers, now);
+      this.expireShard(beat.r, beat.s, known!.workers, now);
     }
     peer.region = beat.g;
-    peer.shards.set(beat.s, { seen: now, incarnation: beat.k, workers: beat.w, intervalMs: beat.h });
+    peer.shards.set(beat.s, { ...nextHistory(known, beat.k, beat.q), seen: now, workers: beat.w, intervalMs: beat.h });
   }
 
   private duplicateNode(beat: Heartbeat): void {
@@ -946,7 +1061,10 @@ export class Federation {
         peer.shards.delete(shardId);
         this.peerShardCount--;
         this.peerLog('warn', 'federation_peer_shard_silent', { peer: node, shard: shardId, silentMs: now - shard.seen });
-        this.expireShard(node, shardId, shard.workers, now);
+        // A process beating under the node id now (a restart) keeps the sessions learnt since it first did.
+        const successor = peer.successor;
+        const keepFrom = successor !== null && now - successor.seen <= limit ? successor.since : Infinity;
+        this.expireShard(node, shardId, shard.workers, now, keepFrom);
       }
       if (peer.shards.size === 0) {
         this.peers.delete(node);
@@ -958,11 +1076,14 @@ export class Federation {
     }
   }
 
-  /** Remove the sessions `node` had in the rooms its shard `shardId` (of `workers`) owns, telling local members. */
-  private expireShard(node: string, shardId: number, workers: number, now: number): void {
+  /**
+   * Remove the sessions `node` had in the rooms its shard `shardId` (of `workers`) owns, telling local
+   * members; those learnt at `keepFrom` or later (from the node's new process) stay.
+   */
+  private expireShard(node: string, shardId: number, workers: number, now: number, keepFrom = Infinity): void {
     for (const room of this.rooms.values()) {
       if (room.remote.size === 0 || fnv1a32(room.desktopId) % workers !== shardId) continue;
-      for (const [id, remote] of room.remote) if (remote.node === node) this.removeRemote(room, id, remote, now);
+      for (const [id, remote] of room.remote) if (remote.node === node && remote.learnt < keepFrom) this.removeRemote(room, id, remote, now);
     }
   }
 
@@ -992,10 +1113,22 @@ export class Federation {
   async close(timeoutMs: number): Promise<void> {
     if (this.closing) return;
     if (this.connected) for (const room of this.rooms.values()) this.announce(room, 'session_left');
+    // From here nothing heard is taken and nothing is announced (onRoomMessage, answerNow): the drain
+    // below still hands over what arrives before the server has our unsubscriptions, and a sync answered
+    // then would announce the sessions again after their session_left.
     this.closing = true;
     clearInterval(this.heartbeat);
     clearInterval(this.sweeper);
     if (this.retry !== null) clearTimeout(this.retry);
+    if (this.resyncTimer !== null) clearTimeout(this.resyncTimer);
+    this.resyncTimer = null;
+    for (const room of this.rooms.values()) {
+      if (room.lingerTimer !== null) clearTimeout(room.lingerTimer);
+      if (room.answerTimer !== null) clearTimeout(room.answerTimer);
+      room.lingerTimer = null;
+      room.answerTimer = null;
+      room.pendingReplies = [];
+    }
     const nc = this.nc;
     if (nc === null) return;
     await withDeadline(nc.drain().catch(() => undefined), timeoutMs);
