@@ -708,6 +708,8 @@ describe('trust: unsigned room traffic and replays, from a raw NATS client witho
     };
     const marker = (type: string) => publishSigned(`api.desktop.${desk}`, JSON.stringify({ r: 'node-t', q: { kind: 'publish', id: `m-${type}`, desktopId: desk, type, event: JSON.stringify({ type, sessionId: 'server', userId: 'server', timestamp: 1 }) } }));
 
+    // The revocation is now the permission cache's newest word (a reconnect gets 403 for a while): the app gives the role back.
+    assert.equal((await api(x, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(ursula.userId)}`, { permission: 'editor' })).status, 202);
     // At once, to the same process: it remembers their ids.
     session = await open(y, desk, ursula);
     const replayedBefore = await droppedFor(y, 'replayed');
