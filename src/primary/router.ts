@@ -8,13 +8,16 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import { API_PREFIX } from '../protocol/api.ts';
 import { bearerToken, headerHasToken, type RequestHead } from '../protocol/http.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
-import { HEALTH_PATH, METRICS_PATH, parseDesktopPath, STATS_PATH } from '../protocol/paths.ts';
+import { HEALTH_PATH, METRICS_PATH, parseWsPath, STATS_PATH } from '../protocol/paths.ts';
+import { extractCredentials } from '../auth/credentials.ts';
+import { unverifiedUserId } from '../auth/token.ts';
 
 export type Route =
   | { kind: 'health' }
   | { kind: 'metrics' }
   | { kind: 'stats' }
   | { kind: 'demo' }
+  /** `desktopId`: the room key of a legacy route, '' for the multiplexed connection. */
   | { kind: 'shard'; desktopId: string; shard: number }
   | { kind: 'terminate-shard'; shard: number }
   /** The server API (/api/v1/, with --api-key): api-server.ts takes the connection. */
@@ -29,9 +32,22 @@ export type Route =
 
 export { fnv1a32 };
 
-/** The shard that owns `desktopId`: `fnv1a32(desktopId) mod workers`. */
+/** The shard that owns `desktopId`: `fnv1a32(desktopId) mod workers`. A production table's room key is `production-table:{id}`. */
 export function shardFor(desktopId: string, workers: number): number {
   return fnv1a32(desktopId) % workers;
+}
+
+/**
+ * The shard of a multiplexed connection: the hash of its user, read from
+ * the token without verifying it (the shard verifies it; a forged userId
+ * only picks a shard). Every connection of a user then shares one shard:
+ * its authorize cache, its rate-limit bucket and its connect limits. No
+ * token: shard 0, which answers 401.
+ */
+export function connectionShardFor(headers: Record<string, string>, workers: number): number {
+  const credentials = extractCredentials(headers);
+  const userId = credentials === null ? null : unverifiedUserId(credentials.token);
+  return userId === null ? 0 : fnv1a32(userId) % workers;
 }
 
 const ADMIN_TERMINATE = /^\/admin\/shards\/(\d{1,3})\/terminate$/;
@@ -82,8 +98,8 @@ function hasBody(head: RequestHead): boolean {
 
 /** Decide what to do with a parsed request head. */
 export function route(head: RequestHead, options: RouterOptions): Route {
-  const path = parseDesktopPath(head.path);
-  if (path.kind === 'desktop') {
+  const path = parseWsPath(head.path);
+  if (path.kind === 'room' || path.kind === 'connection') {
     if (head.method !== 'GET') return { kind: 'reject', rejection: Rejections.METHOD_NOT_ALLOWED, headers: { Allow: 'GET' }, handshake: true };
     if (hasBody(head)) return { kind: 'reject', rejection: Rejections.BODY_NOT_ALLOWED, handshake: true };
     // RFC 6455 §4.1 asks for both. A sender of Upgrade must list it in Connection
@@ -93,7 +109,8 @@ export function route(head: RequestHead, options: RouterOptions): Route {
       return { kind: 'reject', rejection: Rejections.UPGRADE_REQUIRED, handshake: true };
     }
     if (!originAllowed(head.headers.origin, options.allowedOrigins)) return { kind: 'reject', rejection: Rejections.ORIGIN_NOT_ALLOWED, handshake: true };
-    return { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
+    if (path.kind === 'connection') return { kind: 'shard', desktopId: '', shard: connectionShardFor(head.headers, options.workers) };
+    return { kind: 'shard', desktopId: path.roomKey, shard: shardFor(path.roomKey, options.workers) };
   }
   if (path.kind === 'bad-id') return { kind: 'reject', rejection: Rejections.INVALID_DESKTOP_ID, handshake: true };
   if (head.path === HEALTH_PATH) {
