@@ -28,6 +28,15 @@ import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 import { Federation } from './federation.ts';
+import { secretKey } from '../auth/token.ts';
+import { ClaimTopicAuthority, HttpTopicAuthority, TopicAuthorizer } from '../auth/topic-authorizer.ts';
+import type { GrantUpdates } from '../auth/permission-cache.ts';
+import type { MessagePort } from 'node:worker_threads';
+import { ConnectionLimit } from '../protocol/topics.ts';
+import { TopicConnection } from './connection.ts';
+import { ShardLink } from './shard-link.ts';
+import { TopicOps } from './topic-ops.ts';
+import { TopicRooms } from './topic-rooms.ts';
 
 /** Fragments one message may come in (ws's default is 16,384). */
 export const MAX_FRAGMENTS = 64;
@@ -66,6 +75,13 @@ export class Shard {
   private readonly federation: Federation | null;
   /** The server API and live grants (issue 13). */
   private readonly api: ShardApi;
+  /** Multiplexed connections (/ws/connection) open on this shard. */
+  private readonly connections = new Set<TopicConnection>();
+  private readonly topicRooms: TopicRooms;
+  private readonly topicOps: TopicOps;
+  private readonly authorizer: TopicAuthorizer;
+  /** The other shards of this process (null with one worker). */
+  private readonly link: ShardLink | null;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
@@ -85,19 +101,25 @@ export class Shard {
     // Also with --permissions-from-token: the server API's word on a role (set, revoked) is kept here.
     const cache = config.dev ? null : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
     this.permissions = cache ?? permissionApi;
-    const wss = new WebSocketServer({
-      noServer: true,
-      clientTracking: false,
-      perMessageDeflate: false,
-      // Answer moodio.v1 or nothing: never echo an offered moodio.token.<jwt>.
-      handleProtocols: selectProtocol,
-      maxPayload: config.maxMessageSize,
-      // A message of more fragments than this closes with 1008: each fragment is a frame to parse, and one token pays for the message.
-      maxFragments: MAX_FRAGMENTS,
-      // ws ≥ 8.19 option (missing from @types/ws 8.18): how long close() waits for the peer's close frame.
-      ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
-    });
-    wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
+    const server = (maxPayload: number): WebSocketServer => {
+      const wss = new WebSocketServer({
+        noServer: true,
+        clientTracking: false,
+        perMessageDeflate: false,
+        // Answer moodio.v1 or nothing: never echo an offered moodio.token.<jwt>.
+        handleProtocols: selectProtocol,
+        maxPayload,
+        // A message of more fragments than this closes with 1008: each fragment is a frame to parse, and one token pays for the message.
+        maxFragments: MAX_FRAGMENTS,
+        // ws ≥ 8.19 option (missing from @types/ws 8.18): how long close() waits for the peer's close frame.
+        ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
+      });
+      wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
+      return wss;
+    };
+    const wss = server(config.maxMessageSize);
+    // The multiplexed route carries larger messages (a production table's rows), as the upstream relay does.
+    const connectionWss = server(ConnectionLimit.MAX_MESSAGE_BYTES);
     this.rateLimit = {
       perSecond: config.rateLimit,
       burst: config.rateLimitBurst,
@@ -121,7 +143,8 @@ export class Shard {
         processOutbound: () => sumOverShards(allMetrics, config.workers, Metric.OUTBOUND_BUFFERED),
         // A cut session leaves its room at once (session_left), not when its socket finally closes.
         onCut: (session) => {
-          this.relay.leave(session);
+          if (session instanceof TopicConnection) this.topicOps.closed(session);
+          else this.relay.leave(session);
           this.updateGauges();
         },
         onRelease: () => this.memory.request(),
@@ -146,6 +169,37 @@ export class Shard {
             onFatal,
             applyApi: (request) => this.api.apply(request),
           });
+    const federation = this.federation;
+    this.topicRooms = new TopicRooms({
+      shardId: id,
+      workers: config.workers,
+      rooms: this.rooms,
+      backpressure,
+      log,
+      transientTypes: transient,
+      remoteSessionsJson: federation === null ? undefined : (roomKey) => federation.remoteSessionsJson(roomKey),
+    });
+    this.link =
+      config.workers === 1
+        ? null
+        : new ShardLink({
+            shardId: id,
+            log,
+            onMessage: (from, message) => this.topicRooms.onLinkMessage(from, message),
+            onPeerGone: (peer) => this.topicRooms.onPeerGone(peer),
+          });
+    if (this.link !== null) this.topicRooms.useLink(this.link);
+    this.authorizer = new TopicAuthorizer(
+      fromToken
+        ? new ClaimTopicAuthority(new ClaimPermissionSource(config.dev ? 'editor' : null))
+        : new HttpTopicAuthority({
+            base: config.permissionApiBase,
+            secret: secretKey(config.jwtSecret),
+            timeoutMs: config.permissionTimeoutMs,
+            concurrency: config.permissionConcurrency,
+          }),
+    );
+    this.topicOps = new TopicOps({ rooms: this.topicRooms, authorizer: this.authorizer, backpressure, limiter: this.limiter, metrics, log });
     this.relay = new Relay({
       rooms: this.rooms,
       out,
@@ -155,8 +209,22 @@ export class Shard {
       backpressure: this.backpressure,
       transientTypes: transient,
       bus: this.federation ?? undefined,
+      topics: this.topicRooms,
     });
-    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants: cache, metrics, log });
+    // The server API's word on a role or a logout also evicts the user's authorize answers.
+    const authorizer = this.authorizer;
+    const grants: GrantUpdates = {
+      setGrant: (userId, desktopId, permission) => {
+        cache?.setGrant(userId, desktopId, permission);
+        authorizer.evict(userId, `desktop:${desktopId}`);
+        this.topicOps.permissionChanged(this.connections, userId, `desktop:${desktopId}`, permission);
+      },
+      forgetUser: (userId) => {
+        cache?.forgetUser(userId);
+        authorizer.evictUser(userId);
+      },
+    };
+    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants, metrics, log });
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -164,6 +232,7 @@ export class Shard {
       jwtSecret: config.jwtSecret,
       permissions: this.permissions,
       wss,
+      connectionWss,
       log,
       metrics,
       accepting: () => !this.draining,
@@ -197,7 +266,18 @@ export class Shard {
     return remote.length === 0 ? outcome : { ...outcome, reached: outcome.reached + remote.length, sessions: [...outcome.sessions, ...remote] };
   }
 
-  private open({ ws, socket, desktopId, identity, permission, remoteAddress, cookie }: Admitted): void {
+  /** A port to shard `peer` (the primary's LinkPortMessage). */
+  linkPort(peer: number, port: MessagePort): void {
+    if (this.link === null || this.draining) port.close();
+    else this.link.attach(peer, port);
+  }
+
+  private open(admitted: Admitted): void {
+    if (admitted.multiplexed) {
+      this.openConnection(admitted);
+      return;
+    }
+    const { ws, socket, desktopId, identity, permission, remoteAddress, cookie } = admitted;
     const session = new Session({
       desktopId,
       identity,
@@ -260,16 +340,64 @@ export class Shard {
         reason: reason.toString(),
         durationMs: Date.now() - session.connectedAt,
       });
-      if (this.onEmpty !== null && this.rooms.sessionCount === 0) this.onEmpty();
+      if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
     });
+  }
+
+  /** A multiplexed connection: no room until its first subscribe, and nothing sent before its first op. */
+  private openConnection({ ws, socket, identity, remoteAddress }: Admitted): void {
+    const conn = new TopicConnection({
+      identity,
+      ws,
+      socket,
+      rate: this.limiter.acquire(identity.userId, Date.now()),
+      outbound: (self) => this.out.newOutbound(self),
+      budget: this.backpressure.newBudget(),
+    });
+    this.connections.add(conn);
+    this.users.add(conn.userId, 1);
+    this.metrics.handshake(101);
+    this.api.openedConnection(conn, identity);
+    this.updateGauges();
+    this.log.info('connection_open', { sessionId: conn.id, userId: conn.userId, remote: remoteAddress });
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      conn.alive = true;
+      this.topicOps.onMessage(conn, data, isBinary);
+    });
+    ws.on('pong', () => {
+      conn.alive = true;
+      this.relay.onControlFrame(conn);
+    });
+    ws.on('ping', () => this.relay.onControlFrame(conn));
+    socket.on('data', (chunk: Buffer) => this.relay.onBytes(conn, chunk.length));
+    ws.on('error', (err: Error & { code?: string }) => {
+      this.log.info('session_protocol_error', { sessionId: conn.id, code: err.code, message: err.message });
+    });
+    ws.once('close', (code: number, reason: Buffer) => {
+      this.connections.delete(conn);
+      this.users.add(conn.userId, -1);
+      this.limiter.release(conn.userId, Date.now());
+      cancelPause(conn);
+      this.api.closed(conn);
+      const topics = conn.topics.size;
+      this.topicOps.closed(conn);
+      this.updateGauges();
+      this.log.info('connection_close', { sessionId: conn.id, userId: conn.userId, code, reason: reason.toString(), topics, durationMs: Date.now() - conn.connectedAt });
+      if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
+    });
+  }
+
+  /** Legacy sessions and multiplexed connections open on this shard. */
+  private get openCount(): number {
+    return this.rooms.sessionCount + this.connections.size;
   }
 
   /** Connection limits at admission: null = admit, else the refusal. */
   private checkLimits(userId: string, desktopId: string, config: ServeConfig): Rejection | null {
-    if (config.maxConnectionsPerWorker > 0 && this.rooms.sessionCount >= config.maxConnectionsPerWorker) {
+    if (config.maxConnectionsPerWorker > 0 && this.openCount >= config.maxConnectionsPerWorker) {
       return Rejections.WORKER_FULL;
     }
-    if (config.maxRoomSize > 0 && (this.rooms.get(desktopId)?.members.length ?? 0) >= config.maxRoomSize) {
+    if (desktopId !== '' && config.maxRoomSize > 0 && (this.rooms.get(desktopId)?.size ?? 0) >= config.maxRoomSize) {
       return Rejections.ROOM_FULL;
     }
     if (config.maxConnectionsPerUser > 0 && this.users.count(userId) >= config.maxConnectionsPerUser) {
@@ -279,7 +407,7 @@ export class Shard {
   }
 
   private updateGauges(): void {
-    this.metrics.set(Metric.CONNECTIONS, this.rooms.sessionCount);
+    this.metrics.set(Metric.CONNECTIONS, this.openCount);
     this.metrics.set(Metric.ROOMS, this.rooms.roomCount);
   }
 
@@ -290,7 +418,7 @@ export class Shard {
    * forwards pings) stay open indefinitely.
    */
   private checkLiveness(): void {
-    for (const session of [...this.rooms.allSessions()]) {
+    for (const session of [...this.rooms.allSessions(), ...this.connections]) {
       if (!session.open) continue;
       if (!session.alive) {
         this.log.info('session_timeout', { sessionId: session.id, desktopId: session.desktopId });
@@ -320,17 +448,19 @@ export class Shard {
     // Frames already queued go out ahead of the close frames.
     this.out.flushAll();
     this.out.stop();
-    const open = this.rooms.sessionCount;
+    this.link?.close();
+    const open = this.openCount;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      for (const session of [...this.rooms.allSessions()]) session.ws.close(code, reason);
+      for (const session of [...this.rooms.allSessions(), ...this.connections]) session.ws.close(code, reason);
       await withDeadline(empty, timeoutMs);
-      for (const session of [...this.rooms.allSessions()]) session.ws.terminate();
+      for (const session of [...this.rooms.allSessions(), ...this.connections]) session.ws.terminate();
     }
     await bus;
     await this.permissions.close();
+    await this.authorizer.close();
     return open;
   }
 
