@@ -38,6 +38,7 @@ export class ShardLink {
     const old = this.ports.get(peer);
     if (old !== undefined) this.detach(peer, old);
     this.ports.set(peer, port);
+    this.options.log.info('shard_link_up', { peer });
     port.on('message', (message: LinkMessage) => {
       if (this.ports.get(peer) === port) this.options.onMessage(peer, message);
     });
