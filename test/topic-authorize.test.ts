@@ -169,4 +169,20 @@ describe('the cache', () => {
     const lefts = [await bob.next(), await bob.next()];
     assert.deepEqual(lefts.map((f) => f.type), ['session_left', 'session_left']);
   });
+
+  test("a logout through the server API closes the user's connections with 4001 and evicts their answers; a user event is not sent in the legacy framing", async (t) => {
+    const topic = `desktop:${desktop()}`;
+    const ann = user('Ann');
+    const conn = await connectTopics(t, server, token(ann));
+    await subscribe(conn, topic);
+    const delivered = await api(server, 'POST', `users/${ann.userId}/events`, { type: 'export_ready' });
+    assert.deepEqual([delivered.status, delivered.body.delivered], [202, 0]);
+    const out = await api(server, 'POST', `users/${ann.userId}/disconnect`, {});
+    assert.deepEqual([out.status, out.body.disconnected], [202, 1]);
+    assert.equal((await conn.closed).code, 4001);
+    assert.equal(conn.pending, 0, 'no legacy frame before the close');
+    const again = await connectTopics(t, server, token(ann));
+    await subscribe(again, topic);
+    assert.equal(authorizeCalls(topic).length, 2);
+  });
 });

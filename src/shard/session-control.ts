@@ -90,6 +90,15 @@ export class SessionControl {
     return sessions === undefined ? [] : [...sessions];
   }
 
+  /**
+   * The user's legacy sessions on this shard (a desktop or a production
+   * table), as a copy: not its multiplexed connections, whose frames have
+   * another framing (`desktopId` '').
+   */
+  legacySessionsOf(userId: string): Session[] {
+    return this.sessionsOf(userId).filter((s) => s.desktopId !== '');
+  }
+
   /** Queue `frame` to `session` through its outbound budget, like any ordered event. */
   deliver(session: Session, frame: Buffer): void {
     this.options.backpressure.deliver(session, frame, undefined);

@@ -366,9 +366,9 @@ export class Shard {
     });
     ws.on('pong', () => {
       conn.alive = true;
-      this.relay.onControlFrame(conn);
+      this.topicOps.onControlFrame(conn);
     });
-    ws.on('ping', () => this.relay.onControlFrame(conn));
+    ws.on('ping', () => this.topicOps.onControlFrame(conn));
     socket.on('data', (chunk: Buffer) => this.relay.onBytes(conn, chunk.length));
     ws.on('error', (err: Error & { code?: string }) => {
       this.log.info('session_protocol_error', { sessionId: conn.id, code: err.code, message: err.message });

@@ -91,6 +91,11 @@ export class TopicOps {
     }
   }
 
+  /** A ping or pong from `conn`: it costs a message token, as on the legacy route. */
+  onControlFrame(conn: TopicConnection): void {
+    if (this.options.limiter.enabled && !this.admit(conn)) this.options.metrics.add(Metric.DROPPED_RATE_LIMIT);
+  }
+
   /** The connection closed: waiting ops are dropped, and it leaves every topic it holds. */
   closed(conn: TopicConnection): void {
     conn.busy.clear();
