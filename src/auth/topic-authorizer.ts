@@ -188,6 +188,7 @@ export class TopicAuthorizer {
     this.inFlight.set(key, { promise, epoch });
     const done = (): void => {
       this.inFlight.delete(key);
+      if (this.epochs.has(userId) && !this.waiting(userId)) this.epochs.delete(userId);
     };
     promise.then(done, done);
     return promise;
@@ -210,12 +211,15 @@ export class TopicAuthorizer {
   }
 
   private bump(userId: string): void {
-    this.epochs.set(userId, (this.epochs.get(userId) ?? 0) + 1);
-    // Only lookups in flight read the epoch: keep it while one of the user's is.
+    // Only lookups in flight read the epoch: it is kept while one of the user's is.
+    if (this.waiting(userId)) this.epochs.set(userId, (this.epochs.get(userId) ?? 0) + 1);
+  }
+
+  /** Whether a lookup of `userId` is in flight (they are few: a scan is cheaper than an index). */
+  private waiting(userId: string): boolean {
     const prefix = `${userId}\0`;
-    let waiting = false;
-    for (const key of this.inFlight.keys()) if (key.startsWith(prefix)) waiting = true;
-    if (!waiting) this.epochs.delete(userId);
+    for (const key of this.inFlight.keys()) if (key.startsWith(prefix)) return true;
+    return false;
   }
 
   private remember(userId: string, topic: string, permission: Permission): void {
