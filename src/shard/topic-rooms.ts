@@ -267,11 +267,11 @@ export class TopicRooms {
   onPeerGone(peer: number): void {
     for (const room of [...this.rooms.values()]) {
       if (room.remote === null || room.peers?.has(peer) !== true) continue;
-      for (const member of [...room.remote.values()]) {
-        if (member.shard !== peer) continue;
-        this.dropRemote(room, member.sessionId, peer);
-        this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: Date.now(), payload: member.infoJson }, member.sessionId, '');
-      }
+      // All out first, so that no session_left is addressed to the shard that is gone.
+      const gone = [...room.remote.values()].filter((member) => member.shard === peer);
+      for (const member of gone) this.dropRemote(room, member.sessionId, peer);
+      const now = Date.now();
+      for (const member of gone) this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: now, payload: member.infoJson }, member.sessionId, '');
       this.rooms.dropIfEmpty(room);
     }
     for (const [key, sub] of [...this.joining]) {

@@ -1,0 +1,96 @@
+/**
+ * The owner's side of the in-process link, in process: a room owned here
+ * whose subscribers all live on other shards (so no socket is needed), and
+ * a link that records what it is asked to send. Each event goes once to
+ * each interested shard, however many subscribers it has there, never to a
+ * shard whose only subscriber sent it; a shard that goes away takes its
+ * subscribers out of the room.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import type { LinkMessage } from '../src/protocol/messages.ts';
+import type { Backpressure } from '../src/shard/backpressure.ts';
+import { RoomIndex } from '../src/shard/room-index.ts';
+import type { ShardLink } from '../src/shard/shard-link.ts';
+import { TopicRooms } from '../src/shard/topic-rooms.ts';
+import { recordingLogger } from './helpers/shard-parts.ts';
+
+const TOPIC = 'desktop:room-1';
+
+function owner(): { topics: TopicRooms; rooms: RoomIndex; sent: [number, LinkMessage][] } {
+  const rooms = new RoomIndex();
+  const sent: [number, LinkMessage][] = [];
+  const link = { send: (peer: number, message: LinkMessage) => (sent.push([peer, message]), true) } as unknown as ShardLink;
+  // No member is on this shard: nothing is written to a socket here.
+  const topics = new TopicRooms({ shardId: 0, workers: 3, rooms, backpressure: null as unknown as Backpressure, log: recordingLogger(false), transientTypes: new Set(['asset_dragging']) });
+  topics.useLink(link);
+  return { topics, rooms, sent };
+}
+
+const info = (sid: string): string => `{"sessionId":"${sid}","userId":"u-${sid}","firstName":"","email":"","permission":"editor"}`;
+const stamp = (sid: string): string => `,"sessionId":"${sid}","userId":"u-${sid}","firstName":"","email":""`;
+
+function join(topics: TopicRooms, from: number, sid: string): void {
+  topics.onLinkMessage(from, { k: 'join', topic: TOPIC, sid, info: info(sid), stamp: stamp(sid) });
+}
+
+test('each event goes once to each interested shard, not to a shard whose only subscriber sent it', () => {
+  const { topics, rooms, sent } = owner();
+  join(topics, 1, 'a');
+  join(topics, 1, 'b');
+  join(topics, 2, 'c');
+  const answers = sent.filter(([, m]) => m.k === 'joined').map(([peer, m]) => [peer, (m as { sessions: string }).sessions]);
+  assert.deepEqual(answers, [
+    [1, ''],
+    [1, info('a')],
+    [2, `${info('a')},${info('b')}`],
+  ]);
+  assert.equal(rooms.get('room-1')!.size, 3);
+  sent.length = 0;
+
+  topics.onLinkMessage(1, { k: 'pub', topic: TOPIC, sid: 'a', type: 'asset_dragging', payload: '{"x":1}', ts: 5 });
+  assert.deepEqual(
+    sent.map(([peer, m]) => [peer, m.k, (m as { except: string }).except, (m as { transient: string }).transient]),
+    [
+      [1, 'ev', 'a', 'a\nasset_dragging'],
+      [2, 'ev', 'a', 'a\nasset_dragging'],
+    ],
+  );
+  assert.deepEqual(JSON.parse((sent[0]![1] as { text: string }).text), {
+    op: 'event',
+    topic: TOPIC,
+    type: 'asset_dragging',
+    sessionId: 'a',
+    userId: 'u-a',
+    firstName: '',
+    email: '',
+    timestamp: 5,
+    payload: { x: 1 },
+  });
+  assert.equal((sent[0]![1] as { text: string }).text, (sent[1]![1] as { text: string }).text, 'framed once');
+  sent.length = 0;
+
+  // Shard 2's only subscriber is the sender: shard 2 gets nothing.
+  topics.onLinkMessage(2, { k: 'pub', topic: TOPIC, sid: 'c', type: 'cursor', payload: undefined, ts: 6 });
+  assert.deepEqual(sent.map(([peer]) => peer), [1]);
+  assert.equal(JSON.parse((sent[0]![1] as { text: string }).text).payload, null);
+});
+
+test('a publish from a session the room does not hold is ignored; leave and a gone shard say session_left once per shard', () => {
+  const { topics, rooms, sent } = owner();
+  join(topics, 1, 'a');
+  join(topics, 1, 'b');
+  join(topics, 2, 'c');
+  sent.length = 0;
+  topics.onLinkMessage(1, { k: 'pub', topic: TOPIC, sid: 'ghost', type: 'cursor', payload: undefined, ts: 1 });
+  assert.equal(sent.length, 0);
+
+  topics.onLinkMessage(2, { k: 'leave', topic: TOPIC, sid: 'c' });
+  assert.deepEqual(sent.map(([peer, m]) => [peer, JSON.parse((m as { text: string }).text).type]), [[1, 'session_left']]);
+  sent.length = 0;
+
+  // Shard 1 restarts: its two subscribers leave; nobody is left to tell, and the room is gone.
+  topics.onPeerGone(1);
+  assert.equal(sent.length, 0);
+  assert.equal(rooms.get('room-1'), undefined);
+});
