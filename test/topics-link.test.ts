@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { fnv1a32 } from '../src/protocol/hash.ts';
 import { TopicErrorCode } from '../src/protocol/topics.ts';
 import type { TokenClaims } from '../src/auth/token.ts';
-import { desktopOnShard } from './helpers/api.ts';
+import { api, API_KEY, desktopOnShard } from './helpers/api.ts';
 import { join, rawRequest, type Frame, type TestClient } from './helpers/client.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup } from './helpers/scope.ts';
@@ -25,7 +25,7 @@ let server: ServerProcess;
 
 before(async () => {
   const stub = await startPermissionStub(cleanup);
-  server = await startServer(cleanup, { workers: WORKERS, permissionApiBase: stub.base, args: ['--admin-token', ADMIN] });
+  server = await startServer(cleanup, { workers: WORKERS, permissionApiBase: stub.base, args: ['--admin-token', ADMIN, '--api-key', API_KEY] });
 });
 after(() => cleanup.run());
 
@@ -126,6 +126,39 @@ describe('a connection whose topics live on both shards', () => {
       [topicThere, 'session_left', annHere.sessionId],
     ]));
     assert.equal((await expectEvent(cid, topicThere, 'session_left')).sessionId, annHere.sessionId);
+  });
+});
+
+describe('the server API', () => {
+  test("an event published to a desktop reaches its subscribers on both shards in their framing, but the excepted user's", async (t) => {
+    const id = desktopOnShard(0, WORKERS, 'apipub');
+    const topic = `desktop:${id}`;
+    const { client: legacy } = await join(t, server.wsUrl(id), { token: token(user('Leo')) });
+    const near = await connectTopics(t, server, token(userOnShard('Nea', 0)));
+    const farUser = userOnShard('Far', 1);
+    const far = await connectTopics(t, server, token(farUser));
+    const skipped = await connectTopics(t, server, token(userOnShard('Ski', 1)));
+    for (const conn of [near, far, skipped]) await subscribe(conn, topic);
+    for (let i = 0; i < 3; i++) await legacy.expect('session_joined');
+    await expectEvent(near, topic, 'session_joined');
+    await expectEvent(near, topic, 'session_joined');
+    await expectEvent(far, topic, 'session_joined');
+
+    const res = await api(server, 'POST', `desktops/${id}/events`, { type: 'desktop_updated', payload: { v: 2 } });
+    assert.equal(res.status, 202);
+    const seen = await legacy.expect('desktop_updated');
+    assert.deepEqual(seen, { type: 'desktop_updated', sessionId: 'server', userId: 'server', timestamp: seen.timestamp, payload: { v: 2 } });
+    for (const conn of [near, far, skipped]) {
+      assert.deepEqual(await expectEvent(conn, topic, 'desktop_updated'), { op: 'event', topic, type: 'desktop_updated', sessionId: 'server', userId: 'server', timestamp: seen.timestamp, payload: { v: 2 } });
+    }
+    const skippedUser = (await api(server, 'POST', `desktops/${id}/events`, { type: 'not_for_far', exceptUserId: farUser.userId })).status;
+    assert.equal(skippedUser, 202);
+    await legacy.expect('not_for_far');
+    await expectEvent(near, topic, 'not_for_far');
+    await expectEvent(skipped, topic, 'not_for_far');
+    // Far's next frame is a later event: the excepted one never came.
+    legacy.send({ type: 'marker' });
+    await expectEvent(far, topic, 'marker');
   });
 });
 

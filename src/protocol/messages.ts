@@ -84,8 +84,12 @@ export type LinkMessage =
   | { k: 'leave'; topic: string; sid: string }
   /** Follower → owner: `sid` publishes (already checked against its permission). */
   | { k: 'pub'; topic: string; sid: string; type: string; payload: string | undefined; ts: number }
-  /** Owner → follower: an event in the topic framing, for every subscriber there but `except`; `transient`: its coalescing key, or ''. */
-  | { k: 'ev'; topic: string; except: string; text: string; transient: string };
+  /**
+   * Owner → follower: an event in the topic framing, for every subscriber
+   * there but session `except`, and but the sessions of user `exceptUser`
+   * when set (the server API's publish); `transient`: its coalescing key, or ''.
+   */
+  | { k: 'ev'; topic: string; except: string; text: string; transient: string; exceptUser?: string };
 
 /** Shard → primary: the shard is listening for connections. */
 export interface ReadyMessage {

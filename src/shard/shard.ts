@@ -167,7 +167,7 @@ export class Shard {
             deliver: (room, frame, transientKey) => this.relay.deliverRemote(room, frame, transientKey),
             transientTypes: transient,
             onFatal,
-            applyApi: (request) => this.api.apply(request),
+            applyApi: (request) => this.applyLocally(request),
           });
     const federation = this.federation;
     this.topicRooms = new TopicRooms({
@@ -249,14 +249,24 @@ export class Shard {
     });
   }
 
-  /** Apply a server API request (protocol/api.ts) to this shard's sessions. */
+  /**
+   * Apply a server API request to this shard's sessions (commands.ts); an
+   * event published to a desktop also reaches the room's multiplexed
+   * subscribers, in their framing.
+   */
+  private applyLocally(request: ApiRequest): ApiOutcome {
+    const outcome = this.api.apply(request);
+    if (request.kind === 'publish' && !outcome.duplicate) this.topicRooms.serverEvent(request.desktopId, request.event, request.exceptUserId);
+    return outcome;
+  }
+
   /**
    * Apply a server API request from this node's primary. With federation,
    * a command is also published for the other nodes, and a query's answer
    * gathers their sessions too.
    */
   async applyApi(request: ApiRequest): Promise<ApiOutcome> {
-    const outcome = this.api.apply(request);
+    const outcome = this.applyLocally(request);
     if (this.federation === null || outcome.duplicate) return outcome;
     if (outcome.sessions === undefined) {
       this.federation.publishApi(request);

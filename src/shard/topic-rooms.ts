@@ -19,7 +19,7 @@ import type { Logger } from '../log.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import type { LinkMessage } from '../protocol/messages.ts';
-import { legacyEventText, roomKeyOf, topicEventText, type RoomEvent } from '../protocol/topics.ts';
+import { legacyEventText, legacyToTopicText, roomKeyOf, topicEventText, type RoomEvent } from '../protocol/topics.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { Subscription } from './connection.ts';
 import type { Room, RoomIndex } from './room-index.ts';
@@ -169,6 +169,31 @@ export class TopicRooms {
     }
   }
 
+  /**
+   * An event of the server API (`publish` to a desktop: finished legacy
+   * JSON, `sessionId` "server") for the room's multiplexed subscribers, here
+   * and on other shards, but the sessions of `exceptUserId`; the legacy
+   * sockets had it from commands.ts.
+   */
+  serverEvent(roomKey: string, legacyText: string, exceptUserId: string | undefined): void {
+    const room = this.rooms.get(roomKey);
+    if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
+    const text = legacyToTopicText(room.topic, legacyText);
+    let frame: Buffer | null = null;
+    const subs = this.rooms.pinSubs(room);
+    for (let i = 0; i < subs.length; i++) {
+      const conn = subs[i]!.conn;
+      if (conn.userId === exceptUserId || !conn.open) continue;
+      frame ??= encodeTextFrame(text);
+      this.options.backpressure.deliver(conn, frame, undefined);
+    }
+    this.rooms.unpinSubs(room, subs);
+    if (room.peers === null || this.link === null) return;
+    for (const peer of room.peers.keys()) {
+      this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: '', ...(exceptUserId === undefined ? {} : { exceptUser: exceptUserId }) });
+    }
+  }
+
   /** The coalescing key of an event, or '' when its type is not transient. */
   transientKey(senderId: string, type: string): string {
     return this.options.transientTypes.has(type) ? `${senderId}\n${type}` : '';
@@ -218,7 +243,7 @@ export class TopicRooms {
         if (subs === undefined) return;
         let frame: Buffer | null = null;
         for (const sub of [...subs]) {
-          if (sub.conn.id === message.except || !sub.conn.open) continue;
+          if (sub.conn.id === message.except || sub.conn.userId === message.exceptUser || !sub.conn.open) continue;
           frame ??= encodeTextFrame(message.text);
           this.options.backpressure.deliver(sub.conn, frame, message.transient === '' ? undefined : message.transient);
         }
