@@ -14,6 +14,7 @@ import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, TEST_SECRET, type ServerProcess } from './helpers/server.ts';
 import { nowSeconds, token, user } from './helpers/tokens.ts';
 import { connectTopics, expectOp, subscribe } from './helpers/topics.ts';
+import { join } from './helpers/client.ts';
 
 const cleanup = new Cleanup();
 let server: ServerProcess;
@@ -184,5 +185,19 @@ describe('the cache', () => {
     const again = await connectTopics(t, server, token(ann));
     await subscribe(again, topic);
     assert.equal(authorizeCalls(topic).length, 2);
+  });
+
+  test("a legacy session's role change reaches the room's subscribers as session_updated, in their framing", async (t) => {
+    const id = desktop();
+    const topic = `desktop:${id}`;
+    const leo = user('Leo');
+    const { client: legacy, joined } = await join(t, server.wsUrl(id), { token: token(leo) });
+    const conn = await connectTopics(t, server, token(user('Sue')));
+    await subscribe(conn, topic);
+    await legacy.expect('session_joined');
+    assert.equal((await api(server, 'PUT', `desktops/${id}/permissions/${leo.userId}`, { permission: 'viewer' })).status, 202);
+    await legacy.expect('permission_changed');
+    const updated = await expectOp(conn, 'event', { topic, type: 'session_updated', sessionId: joined.sessionId, permission: 'viewer' });
+    assert.deepEqual(updated.payload, { sessionId: joined.sessionId, userId: leo.userId, firstName: 'Leo', email: 'leo@example.com', permission: 'viewer' });
   });
 });

@@ -46,6 +46,8 @@ export interface TopicFanout {
   sessionsJson(room: Room, exceptId: string): string;
   /** `event` to the room's multiplexed subscribers but `exceptId`; `transientKey` '' for an ordered event. */
   fanOut(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void;
+  /** An event the server made (finished legacy JSON) for the room's multiplexed subscribers, in their framing. */
+  serverEvent(roomKey: string, legacyText: string, exceptUserId: string | undefined): void;
 }
 
 /** What the relay needs of the federation link: its sessions in room_joined, and every event it delivers published. */
@@ -121,6 +123,11 @@ export class Relay {
       if (room.subs.length > 0 || room.peers !== null) this.topics?.fanOut(room, event, session.id, '');
     }
     this.bus?.publish(room.id, text);
+  }
+
+  /** An event the server made about a room (e.g. `session_updated`), for its multiplexed subscribers on every shard. */
+  toSubscribers(roomKey: string, eventJson: string): void {
+    this.topics?.serverEvent(roomKey, eventJson, undefined);
   }
 
   /** An event the server made about a session of this node (e.g. `session_updated`), for the other nodes' members of its room. */

@@ -122,8 +122,9 @@ export class SessionControl {
       for (const member of members) if (member !== session && member.open) this.deliver(member, frame);
       this.options.rooms.unpin(room, members);
     }
-    // Members on other nodes see the new role too.
+    // Members on other nodes, and the room's multiplexed subscribers, see the new role too.
     this.options.relay.publishToOtherNodes(session.desktopId, updated);
+    this.options.relay.toSubscribers(session.desktopId, updated);
     this.options.metrics.add(cause === 'api' ? ApiMetric.CHANGED_BY_API : ApiMetric.CHANGED_BY_RECHECK);
     this.options.log.info('permission_changed', { sessionId: session.id, desktopId: session.desktopId, userId: session.userId, from, to: permission, cause });
     return true;
