@@ -313,7 +313,8 @@ export class TopicOps {
 
   private error(conn: TopicConnection, code: TopicErrorCodeValue, message: string | undefined, topic: string | undefined, ref: string | undefined): void {
     this.options.metrics.add(Metric.DROPPED_INVALID);
-    this.send(conn, errorText(code, message, topic, ref));
+    // An op without a string topic is queued under '' (never a topic): its error names none.
+    this.send(conn, errorText(code, message, topic === '' ? undefined : topic, ref));
   }
 
   /** Through the outbound budget like any ordered frame. */
