@@ -18,7 +18,7 @@ import type { UserConnections } from '../protocol/user-connections.ts';
 import { Handshake, type Admitted } from './handshake.ts';
 import { Backpressure } from './backpressure.ts';
 import { RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
-import { Relay } from './relay.ts';
+import { Relay, type RelayBus } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
@@ -208,7 +208,7 @@ export class Shard {
       metrics,
       backpressure: this.backpressure,
       transientTypes: transient,
-      bus: this.federation ?? undefined,
+      bus: federation === null ? undefined : desktopsOnly(federation),
       topics: this.topicRooms,
     });
     // The server API's word on a role or a logout also evicts the user's authorize answers.
@@ -316,7 +316,8 @@ export class Shard {
         roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
       });
     };
-    if (this.federation === null) join();
+    // Production tables do not federate yet (federation.ts speaks desktops; `room.production-table:{id}` is the upstream's subject for the topic).
+    if (this.federation === null || isTopicKey(desktopId)) join();
     else {
       // Nothing it sends is read before it is in its room.
       ws.pause();
@@ -478,4 +479,27 @@ export class Shard {
   federationStats(): FederationStats | null {
     return this.federation?.stats() ?? null;
   }
+}
+
+/** A room key that is a topic (`production-table:{id}`), not a bare desktop id. */
+function isTopicKey(roomKey: string): boolean {
+  return roomKey.includes(':');
+}
+
+/**
+ * The federation as the relay sees it, for desktop rooms only: a legacy
+ * production-table room stays on its node. Its flat events on
+ * `room.production-table:{id}` would land on the subject where the upstream
+ * relay federates that topic in the multiplexed framing.
+ */
+function desktopsOnly(bus: RelayBus): RelayBus {
+  return {
+    remoteSessionsJson: (roomKey) => (isTopicKey(roomKey) ? '' : bus.remoteSessionsJson(roomKey)),
+    publish: (roomKey, eventJson) => {
+      if (!isTopicKey(roomKey)) bus.publish(roomKey, eventJson);
+    },
+    roomEmptied: (roomKey) => {
+      if (!isTopicKey(roomKey)) bus.roomEmptied(roomKey);
+    },
+  };
 }
