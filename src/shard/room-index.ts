@@ -184,11 +184,11 @@ export class RoomIndex {
     return this.sessions;
   }
 
-  /** The `n` largest rooms, largest first. */
+  /** The `n` largest rooms, largest first, every kind of member counted (legacy sockets, subscribers here and on other shards). */
   topRooms(n: number): { desktopId: string; sessions: number }[] {
     const top: { desktopId: string; sessions: number }[] = [];
     for (const room of this.rooms.values()) {
-      const size = room.members.length;
+      const size = room.size;
       if (top.length === n && size <= top[n - 1]!.sessions) continue;
       top.push({ desktopId: room.id, sessions: size });
       top.sort((a, b) => b.sessions - a.sessions);
