@@ -4,7 +4,8 @@
  * a link that records what it is asked to send. Each event goes once to
  * each interested shard, however many subscribers it has there, never to a
  * shard whose only subscriber sent it; a shard that goes away takes its
- * subscribers out of the room.
+ * subscribers out of the room. And a connection's subscribe budget, on a
+ * clock the test sets.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -13,6 +14,7 @@ import type { Backpressure } from '../src/shard/backpressure.ts';
 import { RoomIndex } from '../src/shard/room-index.ts';
 import type { ShardLink } from '../src/shard/shard-link.ts';
 import { TopicRooms } from '../src/shard/topic-rooms.ts';
+import { SubscribeBudget } from '../src/shard/connection.ts';
 import { recordingLogger } from './helpers/shard-parts.ts';
 
 const TOPIC = 'desktop:room-1';
@@ -93,4 +95,20 @@ test('a publish from a session the room does not hold is ignored; leave and a go
   topics.onPeerGone(1);
   assert.equal(sent.length, 0);
   assert.equal(rooms.get('room-1'), undefined);
+});
+
+test('the subscribe budget: 20 at once, then one every 500 ms, never more than 20 saved up', () => {
+  const budget = new SubscribeBudget(0);
+  for (let i = 0; i < 20; i++) assert.equal(budget.take(0), true, `token ${i}`);
+  assert.equal(budget.take(0), false);
+  assert.equal(budget.take(499), false);
+  assert.equal(budget.take(500), true);
+  assert.equal(budget.take(500), false);
+  assert.equal(budget.take(1500), true);
+  assert.equal(budget.take(1500), true);
+  assert.equal(budget.take(1500), false);
+  // An hour idle saves up 20, not 7,200.
+  let taken = 0;
+  while (budget.take(3_600_000)) taken++;
+  assert.equal(taken, 20);
 });

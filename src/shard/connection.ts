@@ -69,8 +69,7 @@ export class TopicConnection extends Session {
   /** Ops waiting in `busy` over all topics. */
   queued = 0;
   /** The subscribe budget: a bucket of 20, refilled at 2/s. */
-  private subscribeTokens: number = ConnectionLimit.SUBSCRIBE_BURST;
-  private refilledAt = Date.now();
+  private readonly subscribes = new SubscribeBudget(Date.now());
 
   constructor(options: TopicConnectionOptions) {
     // No room of its own: each topic has its own permission (Subscription).
@@ -85,13 +84,28 @@ export class TopicConnection extends Session {
 
   /** Spend a subscribe token; false when the bucket is empty. */
   takeSubscribeToken(now: number): boolean {
+    return this.subscribes.take(now);
+  }
+}
+
+/** A connection's subscribe budget: a bucket of {@link ConnectionLimit.SUBSCRIBE_BURST}, refilled continuously at {@link ConnectionLimit.SUBSCRIBES_PER_SECOND}. */
+export class SubscribeBudget {
+  private tokens: number = ConnectionLimit.SUBSCRIBE_BURST;
+  private refilledAt: number;
+
+  constructor(now: number) {
+    this.refilledAt = now;
+  }
+
+  /** Spend a token at `now` (ms); false when none is left. */
+  take(now: number): boolean {
     const elapsed = now - this.refilledAt;
     if (elapsed > 0) {
-      this.subscribeTokens = Math.min(ConnectionLimit.SUBSCRIBE_BURST, this.subscribeTokens + (elapsed * ConnectionLimit.SUBSCRIBES_PER_SECOND) / 1000);
+      this.tokens = Math.min(ConnectionLimit.SUBSCRIBE_BURST, this.tokens + (elapsed * ConnectionLimit.SUBSCRIBES_PER_SECOND) / 1000);
       this.refilledAt = now;
     }
-    if (this.subscribeTokens < 1) return false;
-    this.subscribeTokens--;
+    if (this.tokens < 1) return false;
+    this.tokens--;
     return true;
   }
 }
