@@ -5,7 +5,8 @@
  * publish its flat events on `room.production-table:{id}`, the subject
  * where the upstream relay federates that topic in the multiplexed framing.
  * The legacy desktop room still federates as before. A raw NATS client
- * reads the bus.
+ * reads the bus. And a role change through one node's server API reaches
+ * the user's multiplexed subscriptions on another node.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -16,7 +17,10 @@ import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop } from './helpers/scope.ts';
 import { startServer } from './helpers/server.ts';
 import { token, user } from './helpers/tokens.ts';
-import { connectTopics, expectEvent, subscribe } from './helpers/topics.ts';
+import { connectTopics, expectEvent, expectOp, subscribe } from './helpers/topics.ts';
+import { api, API_KEY, desktopOnShard } from './helpers/api.ts';
+import { fnv1a32 } from '../src/protocol/hash.ts';
+import { TopicErrorCode } from '../src/protocol/topics.ts';
 
 test('a production-table room and a subscriber stay off the bus; the legacy desktop room federates as before', async (t) => {
   const nats = await startNats(t);
@@ -56,4 +60,27 @@ test('a production-table room and a subscriber stay off the bus; the legacy desk
     ['presence_sync_request', 'session_joined', 'marker'],
     "the legacy socket's presence and event only: nothing of the subscriber's",
   );
+});
+
+test("a role change made through one node's server API reaches a subscription on another node, on the user's shard", async (t) => {
+  const nats = await startNats(t);
+  const stub = await startPermissionStub(t);
+  // With a federation key, the server API's calls travel the bus.
+  const args = (node: string) => ['--nats-url', nats.url, '--node-id', node, '--rate-limit', '0', '--api-key', API_KEY, '--federation-key', 'topics-bus-test-key-0123456789-abcdefghij'];
+  const [a, b] = await Promise.all(['node-a', 'node-b'].map((node) => startServer(t, { workers: 2, permissionApiBase: stub.base, args: args(node) })));
+  for (const node of [a!, b!]) for (const worker of [0, 1]) await node.waitForLog((l) => l.event === 'federation_connected' && l.worker === worker, 15_000);
+  // The desktop on shard 0, the user's connections on shard 1: the change must reach a shard that holds no session of the desktop.
+  const id = desktopOnShard(0, 2, 'busrole');
+  const topic = `desktop:${id}`;
+  let ann = user('Ann');
+  while (fnv1a32(ann.userId) % 2 !== 1) ann = user('Ann');
+  const conn = await connectTopics(t, b!, token(ann));
+  const peer = await connectTopics(t, b!, token(user('Bob')));
+  assert.equal(conn.shard, 1);
+  await subscribe(conn, topic);
+  await subscribe(peer, topic);
+  await expectEvent(conn, topic, 'session_joined');
+  assert.equal((await api(a!, 'PUT', `desktops/${id}/permissions/${ann.userId}`, { permission: 'none' })).status, 202);
+  await expectOp(conn, 'error', { code: TopicErrorCode.FORBIDDEN, topic });
+  assert.equal((await expectEvent(peer, topic, 'session_left')).userId, ann.userId);
 });
