@@ -141,12 +141,14 @@ async function openMany(count: number, make: (i: number) => Promise<WebSocket>):
 }
 
 /**
- * RSS growth per socket while `count` of them sit idle, read once it has
- * settled (as bench/connections.ts measures a legacy session): multiplexed
- * connections holding 5 topics each (desktops spread over both shards, 10
- * subscribers a room), and legacy sessions in rooms of 10 for comparison.
+ * RSS growth per socket while `connections` of them sit idle on a fresh
+ * server, read once it has settled (as bench/connections.ts measures a
+ * legacy session): `multiplexed`, connections holding 5 topics each
+ * (desktops spread over both shards, 10 subscribers a room), or `legacy`,
+ * sessions in rooms of 10. Each kind gets its own server: on a shared one
+ * the second kind reused the heap the first had grown.
  */
-async function memory(server: ServerProcess): Promise<{ multiplexed: number; legacy: number }> {
+async function memory(server: ServerProcess, kind: 'multiplexed' | 'legacy'): Promise<number> {
   const connUrl = `ws://127.0.0.1:${server.port}/ws/connection`;
   const desktops = Array.from({ length: Math.ceil((connections * 5) / 10) }, (_, i) => desktopOnShard(i % WORKERS, WORKERS, 'mem'));
   const multiplexed = async (i: number): Promise<WebSocket> => {
@@ -155,19 +157,16 @@ async function memory(server: ServerProcess): Promise<{ multiplexed: number; leg
     return ws;
   };
   const legacy = (i: number): Promise<WebSocket> => open(server.wsUrl(desktops[Math.floor(i / 10)]!), token(user('Leg')));
-  const perSocket = async (make: (i: number) => Promise<WebSocket>): Promise<number> => {
-    // Warm the code paths so that start-up allocations do not count.
-    for (const ws of await openMany(200, make)) ws.terminate();
-    await new Promise((resolve) => setTimeout(resolve, 1000));
-    const before = rss(server);
-    const sockets = await openMany(connections, make);
-    await settle();
-    const grown = rss(server) - before;
-    for (const ws of sockets) ws.terminate();
-    await new Promise((resolve) => setTimeout(resolve, 2000));
-    return grown / connections;
-  };
-  return { multiplexed: await perSocket(multiplexed), legacy: await perSocket(legacy) };
+  const make = kind === 'multiplexed' ? multiplexed : legacy;
+  // Warm the code paths so that start-up allocations do not count.
+  for (const ws of await openMany(200, make)) ws.terminate();
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const before = rss(server);
+  const sockets = await openMany(connections, make);
+  await settle();
+  const grown = rss(server) - before;
+  for (const ws of sockets) ws.terminate();
+  return grown / connections;
 }
 
 const cleanup = new Cleanup();
@@ -182,9 +181,15 @@ try {
     rows.push(...(await probe(server, preset)));
     await run.run();
   }
-  const server = await startServer(cleanup, { workers: WORKERS, args: SERVER_ARGS, env, prefix: pin ? ['taskset', '-c', '0'] : [] });
-  log(`# memory, ${connections} connections × 5 topics`);
-  mem = await memory(server);
+  const measured: Record<string, number> = {};
+  for (const kind of ['multiplexed', 'legacy'] as const) {
+    const run = new Cleanup();
+    const server = await startServer(run, { workers: WORKERS, args: SERVER_ARGS, env, prefix: pin ? ['taskset', '-c', '0'] : [] });
+    log(`# memory, ${connections} ${kind} sockets`);
+    measured[kind] = await memory(server, kind);
+    await run.run();
+  }
+  mem = { multiplexed: measured.multiplexed!, legacy: measured.legacy! };
 } finally {
   await cleanup.run();
 }
