@@ -28,15 +28,11 @@ import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 import { Federation } from './federation.ts';
-import { secretKey } from '../auth/token.ts';
-import { ClaimTopicAuthority, HttpTopicAuthority, TopicAuthorizer } from '../auth/topic-authorizer.ts';
 import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { MessagePort } from 'node:worker_threads';
 import { ConnectionLimit } from '../protocol/topics.ts';
 import { TopicConnection } from './connection.ts';
-import { ShardLink } from './shard-link.ts';
-import { TopicOps } from './topic-ops.ts';
-import { TopicRooms } from './topic-rooms.ts';
+import { Multiplexed } from './multiplexed.ts';
 
 /** Fragments one message may come in (ws's default is 16,384). */
 export const MAX_FRAGMENTS = 64;
@@ -75,13 +71,8 @@ export class Shard {
   private readonly federation: Federation | null;
   /** The server API and live grants (issue 13). */
   private readonly api: ShardApi;
-  /** Multiplexed connections (/ws/connection) open on this shard. */
-  private readonly connections = new Set<TopicConnection>();
-  private readonly topicRooms: TopicRooms;
-  private readonly topicOps: TopicOps;
-  private readonly authorizer: TopicAuthorizer;
-  /** The other shards of this process (null with one worker). */
-  private readonly link: ShardLink | null;
+  /** The multiplexed route (/ws/connection) on this shard. */
+  private readonly multiplexed: Multiplexed;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
@@ -143,7 +134,7 @@ export class Shard {
         processOutbound: () => sumOverShards(allMetrics, config.workers, Metric.OUTBOUND_BUFFERED),
         // A cut session leaves its room at once (session_left), not when its socket finally closes.
         onCut: (session) => {
-          if (session instanceof TopicConnection) this.topicOps.closed(session);
+          if (session instanceof TopicConnection) this.multiplexed.cut(session);
           else this.relay.leave(session);
           this.updateGauges();
         },
@@ -170,36 +161,27 @@ export class Shard {
             applyApi: (request) => this.applyLocally(request),
           });
     const federation = this.federation;
-    this.topicRooms = new TopicRooms({
+    this.multiplexed = new Multiplexed({
       shardId: id,
-      workers: config.workers,
+      config,
       rooms: this.rooms,
       backpressure,
+      out,
+      limiter: this.limiter,
+      metrics,
       log,
+      users,
       transientTypes: transient,
+      claims: fromToken ? new ClaimPermissionSource(config.dev ? 'editor' : null) : null,
       remoteSessionsJson: federation === null ? undefined : (roomKey) => federation.remoteSessionsJson(roomKey),
+      opened: (conn, identity) => this.api.openedConnection(conn, identity),
+      closed: (conn) => this.api.closed(conn),
+      changed: () => {
+        this.updateGauges();
+        if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
+      },
+      onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
     });
-    this.link =
-      config.workers === 1
-        ? null
-        : new ShardLink({
-            shardId: id,
-            log,
-            onMessage: (from, message) => this.topicRooms.onLinkMessage(from, message),
-            onPeerGone: (peer) => this.topicRooms.onPeerGone(peer),
-          });
-    if (this.link !== null) this.topicRooms.useLink(this.link);
-    this.authorizer = new TopicAuthorizer(
-      fromToken
-        ? new ClaimTopicAuthority(new ClaimPermissionSource(config.dev ? 'editor' : null))
-        : new HttpTopicAuthority({
-            base: config.permissionApiBase,
-            secret: secretKey(config.jwtSecret),
-            timeoutMs: config.permissionTimeoutMs,
-            concurrency: config.permissionConcurrency,
-          }),
-    );
-    this.topicOps = new TopicOps({ rooms: this.topicRooms, authorizer: this.authorizer, backpressure, limiter: this.limiter, metrics, log });
     this.relay = new Relay({
       rooms: this.rooms,
       out,
@@ -209,19 +191,18 @@ export class Shard {
       backpressure: this.backpressure,
       transientTypes: transient,
       bus: federation === null ? undefined : desktopsOnly(federation),
-      topics: this.topicRooms,
+      topics: this.multiplexed.topics,
     });
-    // The server API's word on a role or a logout also evicts the user's authorize answers.
-    const authorizer = this.authorizer;
+    // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
+    const multiplexed = this.multiplexed;
     const grants: GrantUpdates = {
       setGrant: (userId, desktopId, permission) => {
         cache?.setGrant(userId, desktopId, permission);
-        authorizer.evict(userId, `desktop:${desktopId}`);
-        this.topicOps.permissionChanged(this.connections, userId, `desktop:${desktopId}`, permission);
+        multiplexed.setGrant(userId, desktopId, permission);
       },
       forgetUser: (userId) => {
         cache?.forgetUser(userId);
-        authorizer.evictUser(userId);
+        multiplexed.forgetUser(userId);
       },
     };
     this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants, metrics, log });
@@ -256,7 +237,7 @@ export class Shard {
    */
   private applyLocally(request: ApiRequest): ApiOutcome {
     const outcome = this.api.apply(request);
-    if (request.kind === 'publish' && !outcome.duplicate) this.topicRooms.serverEvent(request.desktopId, request.event, request.exceptUserId);
+    if (request.kind === 'publish' && !outcome.duplicate) this.multiplexed.serverEvent(request.desktopId, request.event, request.exceptUserId);
     return outcome;
   }
 
@@ -278,13 +259,12 @@ export class Shard {
 
   /** A port to shard `peer` (the primary's LinkPortMessage). */
   linkPort(peer: number, port: MessagePort): void {
-    if (this.link === null || this.draining) port.close();
-    else this.link.attach(peer, port);
+    this.multiplexed.linkPort(peer, port, this.draining);
   }
 
   private open(admitted: Admitted): void {
     if (admitted.multiplexed) {
-      this.openConnection(admitted);
+      this.multiplexed.open(admitted);
       return;
     }
     const { ws, socket, desktopId, identity, permission, remoteAddress, cookie } = admitted;
@@ -355,52 +335,9 @@ export class Shard {
     });
   }
 
-  /** A multiplexed connection: no room until its first subscribe, and nothing sent before its first op. */
-  private openConnection({ ws, socket, identity, remoteAddress }: Admitted): void {
-    const conn = new TopicConnection({
-      identity,
-      ws,
-      socket,
-      rate: this.limiter.acquire(identity.userId, Date.now()),
-      outbound: (self) => this.out.newOutbound(self),
-      budget: this.backpressure.newBudget(),
-    });
-    this.connections.add(conn);
-    this.users.add(conn.userId, 1);
-    this.metrics.handshake(101);
-    this.api.openedConnection(conn, identity);
-    this.updateGauges();
-    this.log.info('connection_open', { sessionId: conn.id, userId: conn.userId, remote: remoteAddress });
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
-      conn.alive = true;
-      this.topicOps.onMessage(conn, data, isBinary);
-    });
-    ws.on('pong', () => {
-      conn.alive = true;
-      this.topicOps.onControlFrame(conn);
-    });
-    ws.on('ping', () => this.topicOps.onControlFrame(conn));
-    socket.on('data', (chunk: Buffer) => this.relay.onBytes(conn, chunk.length));
-    ws.on('error', (err: Error & { code?: string }) => {
-      this.log.info('session_protocol_error', { sessionId: conn.id, code: err.code, message: err.message });
-    });
-    ws.once('close', (code: number, reason: Buffer) => {
-      this.connections.delete(conn);
-      this.users.add(conn.userId, -1);
-      this.limiter.release(conn.userId, Date.now());
-      cancelPause(conn);
-      this.api.closed(conn);
-      const topics = conn.topics.size;
-      this.topicOps.closed(conn);
-      this.updateGauges();
-      this.log.info('connection_close', { sessionId: conn.id, userId: conn.userId, code, reason: reason.toString(), topics, durationMs: Date.now() - conn.connectedAt });
-      if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
-    });
-  }
-
   /** Legacy sessions and multiplexed connections open on this shard. */
   private get openCount(): number {
-    return this.rooms.sessionCount + this.connections.size;
+    return this.rooms.sessionCount + this.multiplexed.connections.size;
   }
 
   /** Connection limits at admission: null = admit, else the refusal. */
@@ -429,7 +366,7 @@ export class Shard {
    * forwards pings) stay open indefinitely.
    */
   private checkLiveness(): void {
-    for (const session of [...this.rooms.allSessions(), ...this.connections]) {
+    for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) {
       if (!session.open) continue;
       if (!session.alive) {
         this.log.info('session_timeout', { sessionId: session.id, desktopId: session.desktopId });
@@ -459,19 +396,19 @@ export class Shard {
     // Frames already queued go out ahead of the close frames.
     this.out.flushAll();
     this.out.stop();
-    this.link?.close();
+    this.multiplexed.closeLink();
     const open = this.openCount;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      for (const session of [...this.rooms.allSessions(), ...this.connections]) session.ws.close(code, reason);
+      for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.close(code, reason);
       await withDeadline(empty, timeoutMs);
-      for (const session of [...this.rooms.allSessions(), ...this.connections]) session.ws.terminate();
+      for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.terminate();
     }
     await bus;
     await this.permissions.close();
-    await this.authorizer.close();
+    await this.multiplexed.close();
     return open;
   }
 
