@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import type { ServerResponse } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { ConnectionLimit, TopicErrorCode } from '../src/protocol/topics.ts';
-import type { Frame, TestClient } from './helpers/client.ts';
+import { HandshakeRejected, join, type Frame, type TestClient } from './helpers/client.ts';
 import { startPermissionStub, type PermissionRequest, type PermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
@@ -161,5 +161,29 @@ describe('the op queue', () => {
     assert.equal(frames.length, 1);
     assert.equal(frames[0]!.firstName, 'Cid');
     assert.equal(stub.requests.filter((r) => r.topic === on && r.userId === annUser.userId).length, 1);
+  });
+});
+
+describe('room size', () => {
+  test('--max-room-size counts every kind of member: a subscribe to a full room is rate_limited with its topic, as a handshake would get 503', async (t) => {
+    const small = await startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--max-room-size', '2'] });
+    const id = desktop();
+    const on = `desktop:${id}`;
+    const { client: legacy } = await join(t, small.wsUrl(id), { token: token(user('Leo')) });
+    const ann = await connectTopics(t, small, token(user('Ann')));
+    await subscribe(ann, on);
+    await legacy.expect('session_joined');
+    const bob = await connectTopics(t, small, token(user('Bob')));
+    bob.send({ op: 'subscribe', topic: on, ref: 'full' });
+    await expectOp(bob, 'error', { code: TopicErrorCode.RATE_LIMITED, topic: on, ref: 'full', message: 'the room is full' });
+    await assert.rejects(join(t, small.wsUrl(id), { token: token(user('Cid')) }), (err: unknown) => err instanceof HandshakeRejected && err.status === 503);
+    // Ann leaves: Bob gets in.
+    ann.send({ op: 'unsubscribe', topic: on });
+    await expectOp(ann, 'unsubscribed');
+    await subscribe(bob, on);
+    bob.send({ op: 'publish', topic: on, type: 'in' });
+    await legacy.expect('session_left');
+    await legacy.expect('session_joined');
+    await legacy.expect('in');
   });
 });

@@ -19,12 +19,12 @@ import { recordingLogger } from './helpers/shard-parts.ts';
 
 const TOPIC = 'desktop:room-1';
 
-function owner(): { topics: TopicRooms; rooms: RoomIndex; sent: [number, LinkMessage][] } {
+function owner(maxRoomSize = 0): { topics: TopicRooms; rooms: RoomIndex; sent: [number, LinkMessage][] } {
   const rooms = new RoomIndex();
   const sent: [number, LinkMessage][] = [];
   const link = { send: (peer: number, message: LinkMessage) => (sent.push([peer, message]), true) } as unknown as ShardLink;
   // No member is on this shard: nothing is written to a socket here.
-  const topics = new TopicRooms({ shardId: 0, workers: 3, rooms, backpressure: null as unknown as Backpressure, log: recordingLogger(false), transientTypes: new Set(['asset_dragging']) });
+  const topics = new TopicRooms({ shardId: 0, workers: 3, rooms, backpressure: null as unknown as Backpressure, log: recordingLogger(false), transientTypes: new Set(['asset_dragging']), maxRoomSize });
   topics.useLink(link);
   return { topics, rooms, sent };
 }
@@ -111,4 +111,20 @@ test('the subscribe budget: 20 at once, then one every 500 ms, never more than 2
   let taken = 0;
   while (budget.take(3_600_000)) taken++;
   assert.equal(taken, 20);
+});
+
+test('--max-room-size: a join from another shard into a full room is refused, and nobody hears of it', () => {
+  const { topics, rooms, sent } = owner(2);
+  join(topics, 1, 'a');
+  join(topics, 2, 'b');
+  sent.length = 0;
+  join(topics, 1, 'c');
+  assert.deepEqual(sent, [[1, { k: 'joined', topic: TOPIC, sid: 'c', sessions: '', full: true }]]);
+  assert.equal(rooms.get('room-1')!.size, 2);
+  // Someone leaves: there is room again.
+  topics.onLinkMessage(2, { k: 'leave', topic: TOPIC, sid: 'b' });
+  sent.length = 0;
+  join(topics, 1, 'c');
+  assert.deepEqual(sent.map(([peer, m]) => [peer, m.k]), [[1, 'joined'], [1, 'ev']]);
+  assert.equal(Object.hasOwn(sent[0]![1], 'full'), false);
 });

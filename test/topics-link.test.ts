@@ -198,3 +198,22 @@ describe('a shard restarts', () => {
     assert.equal((await expectEvent(ann, topicThere, 'back')).payload, true);
   });
 });
+
+describe('room size across the link', () => {
+  test("a subscribe from the other shard into a full room is refused by its owner: rate_limited with the topic and the ref, and the connection's later ops on it run", async (t) => {
+    const stub = await startPermissionStub(t);
+    const small = await startServer(t, { workers: WORKERS, permissionApiBase: stub.base, args: ['--max-room-size', '1'] });
+    const id = desktopOnShard(0, WORKERS, 'full');
+    const topic = `desktop:${id}`;
+    const { client: legacy } = await join(t, small.wsUrl(id), { token: token(user('Leo')) });
+    const far = await connectTopics(t, small, token(userOnShard('Far', 1)));
+    assert.equal(far.shard, 1);
+    far.send({ op: 'subscribe', topic, ref: 'in?' });
+    far.send({ op: 'publish', topic, type: 'never', ref: 'p' });
+    await expectOp(far, 'error', { code: TopicErrorCode.RATE_LIMITED, topic, ref: 'in?', message: 'the room is full' });
+    await expectOp(far, 'error', { code: TopicErrorCode.NOT_SUBSCRIBED, topic, ref: 'p' });
+    await legacy.close();
+    await small.waitForLog((l) => l.event === 'session_close' && l.desktopId === id);
+    await subscribe(far, topic);
+  });
+});

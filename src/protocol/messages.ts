@@ -78,8 +78,8 @@ export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage |
 export type LinkMessage =
   /** Follower → owner: `sid` subscribes (again: a fresh `joined`, nothing broadcast). */
   | { k: 'join'; topic: string; sid: string; info: string; stamp: string }
-  /** Owner → follower: `sid` is in; `sessions` are the others' SessionInfo JSON, comma-separated. */
-  | { k: 'joined'; topic: string; sid: string; sessions: string }
+  /** Owner → follower: `sid` is in, `sessions` being the others' SessionInfo JSON, comma-separated; or, with `full`, refused (--max-room-size). */
+  | { k: 'joined'; topic: string; sid: string; sessions: string; full?: true }
   /** Follower → owner: `sid` left. */
   | { k: 'leave'; topic: string; sid: string }
   /** Follower → owner: `sid` publishes (already checked against its permission). */

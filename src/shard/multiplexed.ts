@@ -67,7 +67,16 @@ export class Multiplexed {
   constructor(options: MultiplexedOptions) {
     this.options = options;
     const { shardId, config, rooms, backpressure, limiter, metrics, log } = options;
-    this.topics = new TopicRooms({ shardId, workers: config.workers, rooms, backpressure, log, transientTypes: options.transientTypes, remoteSessionsJson: options.remoteSessionsJson });
+    this.topics = new TopicRooms({
+      shardId,
+      workers: config.workers,
+      rooms,
+      backpressure,
+      log,
+      transientTypes: options.transientTypes,
+      remoteSessionsJson: options.remoteSessionsJson,
+      maxRoomSize: config.maxRoomSize,
+    });
     this.link =
       config.workers === 1
         ? null

@@ -72,6 +72,11 @@ export class TopicOps {
     this.rooms = options.rooms;
     this.rooms.onJoined = (sub, sessions) => this.joined(sub, sessions);
     this.rooms.onLost = (sub) => this.lost(sub);
+    this.rooms.onFull = (sub) => {
+      this.full(sub, sub.ref);
+      sub.ref = undefined;
+      this.next(sub.conn, sub.topic);
+    };
   }
 
   /** One frame from `conn`. Never throws: a failure is answered to it alone. */
@@ -233,6 +238,10 @@ export class TopicOps {
       if (!sub.conn.busy.has(sub.topic)) sub.conn.busy.set(sub.topic, []);
       return 'waiting';
     }
+    if (result === 'full') {
+      this.full(sub, ref);
+      return 'done';
+    }
     if (result === 'unavailable') {
       if (sub.state !== 'joined') sub.conn.topics.delete(sub.topic);
       this.error(sub.conn, TopicErrorCode.INTERNAL, "the topic's shard is restarting; subscribe again", sub.topic, ref);
@@ -247,6 +256,13 @@ export class TopicOps {
     this.send(sub.conn, subscribedText(sub.topic, sub.permission, sub.conn.id, sessions, sub.ref));
     sub.ref = undefined;
     this.next(sub.conn, sub.topic);
+  }
+
+  /** The room is full (--max-room-size): the subscribe is refused, as a legacy handshake would be. */
+  private full(sub: Subscription, ref: string | undefined): void {
+    const conn = sub.conn;
+    if (conn.topics.get(sub.topic) === sub) conn.topics.delete(sub.topic);
+    this.error(conn, TopicErrorCode.RATE_LIMITED, 'the room is full', sub.topic, ref);
   }
 
   /** The shard that owns `sub`'s room restarted: the subscription is gone, and its client is told so. */

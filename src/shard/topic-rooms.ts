@@ -35,10 +35,12 @@ export interface TopicRoomsOptions {
   transientTypes: ReadonlySet<string>;
   /** The room's legacy sessions on other nodes (federation), as comma-separated SessionInfo JSON. */
   remoteSessionsJson?: (roomKey: string) => string;
+  /** Most sessions a room holds, every kind counted (--max-room-size; 0 = no limit). */
+  maxRoomSize: number;
 }
 
-/** What a join came to: the room's other sessions (now), the owner's answer to wait for, or no owner to ask (it is restarting). */
-export type JoinResult = { sessions: string } | 'pending' | 'unavailable';
+/** What a join came to: the room's other sessions (now), the owner's answer to wait for, a full room, or no owner to ask (it is restarting). */
+export type JoinResult = { sessions: string } | 'pending' | 'full' | 'unavailable';
 
 export class TopicRooms {
   private readonly options: TopicRoomsOptions;
@@ -52,6 +54,8 @@ export class TopicRooms {
   onJoined: (sub: Subscription, sessions: string) => void = () => {};
   /** The owner of a room `sub` holds or is joining restarted: the subscription is gone. */
   onLost: (sub: Subscription) => void = () => {};
+  /** The owner refused a join: the room is full. */
+  onFull: (sub: Subscription) => void = () => {};
 
   constructor(options: TopicRoomsOptions) {
     this.options = options;
@@ -76,6 +80,10 @@ export class TopicRooms {
       const room = this.rooms.ensure(sub.roomKey);
       const sessions = this.sessionsJson(room, sub.conn.id);
       if (sub.state === 'joined') return { sessions };
+      if (this.full(room)) {
+        this.rooms.dropIfEmpty(room);
+        return 'full';
+      }
       this.rooms.addSub(sub);
       sub.state = 'joined';
       this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
@@ -116,6 +124,11 @@ export class TopicRooms {
   }
 
   // ---- the owner's side ----
+
+  /** Whether `room` holds --max-room-size sessions already, every kind counted, as for a legacy handshake. */
+  private full(room: Room): boolean {
+    return this.options.maxRoomSize > 0 && room.size >= this.options.maxRoomSize;
+  }
 
   /** Comma-separated SessionInfo JSON of everyone in `room` but `exceptId`, every framing, every shard, every node. */
   sessionsJson(room: Room, exceptId: string): string {
@@ -226,7 +239,11 @@ export class TopicRooms {
         this.joining.delete(key);
         if (sub === undefined || !sub.conn.open || sub.conn.topics.get(sub.topic) !== sub) {
           // The connection closed while its owner answered: it leaves at once.
-          this.link?.send(from, { k: 'leave', topic: message.topic, sid: message.sid });
+          if (message.full !== true) this.link?.send(from, { k: 'leave', topic: message.topic, sid: message.sid });
+          return;
+        }
+        if (message.full === true) {
+          this.onFull(sub);
           return;
         }
         if (sub.state === 'joining') {
@@ -254,9 +271,14 @@ export class TopicRooms {
 
   private remoteJoin(from: number, topic: string, sid: string, info: string, stamp: string): void {
     const room = this.rooms.ensure(roomKeyOf(topic));
+    const again = room.remote?.has(sid) === true;
+    if (!again && this.full(room)) {
+      this.rooms.dropIfEmpty(room);
+      this.link?.send(from, { k: 'joined', topic, sid, sessions: '', full: true });
+      return;
+    }
     const remote = (room.remote ??= new Map());
     const sessions = this.sessionsJson(room, sid);
-    const again = remote.has(sid);
     if (!again) {
       remote.set(sid, { sessionId: sid, infoJson: info, stamp, shard: from });
       const peers = (room.peers ??= new Map());
