@@ -66,3 +66,23 @@ export class HeadReaderUnsupportedError extends RelayError {
     super('ERR_HEAD_READER_UNSUPPORTED', 'socket has no readable file descriptor on this platform');
   }
 }
+
+export const AuthorizeErrorCode = {
+  /** The app answered 400: the topic is malformed for it. */
+  BAD_REQUEST: 'ERR_AUTHORIZE_BAD_REQUEST',
+  /** The app answered 401 or 403. */
+  FORBIDDEN: 'ERR_AUTHORIZE_FORBIDDEN',
+  /** The app answered 404: no such desktop or table. */
+  NOT_FOUND: 'ERR_AUTHORIZE_NOT_FOUND',
+  /** Anything else: another status, a timeout, a bad body, an unknown permission. */
+  INTERNAL: 'ERR_AUTHORIZE_INTERNAL',
+} as const;
+export type AuthorizeErrorCodeValue = (typeof AuthorizeErrorCode)[keyof typeof AuthorizeErrorCode];
+
+/** A topic subscription the authorize call did not accept (auth/topic-authorizer.ts); the client gets the matching error code. */
+export class AuthorizeError extends RelayError {
+  declare readonly code: AuthorizeErrorCodeValue;
+  constructor(code: AuthorizeErrorCodeValue, message: string, options?: ErrorOptions) {
+    super(code, message, options);
+  }
+}

@@ -3,7 +3,8 @@
  *  - the request-head parser and router, in process (20,000 inputs);
  *  - the real primary over raw TCP (2,000 hostile requests);
  *  - the message handler over a real WebSocket (3,000 hostile frames),
- *    each checked against an oracle of the protocol's rules.
+ *    each checked against an oracle of the protocol's rules;
+ *  - the multiplexed route's ops (3,000 hostile ops), the same way.
  * The server must answer every case as documented and stay up.
  */
 import assert from 'node:assert/strict';
@@ -16,6 +17,10 @@ import { startPermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
 import { token, user } from './helpers/tokens.ts';
+import { desktopOnShard } from './helpers/api.ts';
+import { fnv1a32 } from '../src/protocol/hash.ts';
+import { SERVER_ONLY_TOPIC_TYPES, TopicErrorCode } from '../src/protocol/topics.ts';
+import { connectTopics, expectOp, subscribe } from './helpers/topics.ts';
 
 // A fixed default keeps CI reproducible; set FUZZ_SEED to explore other inputs.
 const SEED = Number(process.env.FUZZ_SEED ?? 20261122);
@@ -210,3 +215,93 @@ test('3,000 hostile frames: each relayed or answered exactly as the protocol say
   assert.equal((await peer.next()).type, 'marker');
   assert.equal(sender.pending + peer.pending, 0);
 });
+
+/** A hostile op on the multiplexed route, for a sender holding `held` only, and what the protocol prescribes: relayed, silence, or its answer. */
+function hostileOp(r: Rng, held: string): { text: string; expect: { relay: true } | { silent: true } | { op: string; code?: string; ref?: unknown } } {
+  const kind = r.int(10);
+  let text: string;
+  if (kind === 0) text = r.pick(['', '{', '{"op":', 'nul', '[1,', '{"op":"publish",}', "{'op':'publish'}", '"\\ud800"', '1e999']);
+  else if (kind === 1) text = JSON.stringify(value(r, 3));
+  else {
+    const frame: Record<string, unknown> = {
+      op: r.pick(['publish', 'publish', 'publish', 'subscribe', 'unsubscribe', 'join', '', 1, null]),
+      topic: r.pick([held, held, held, ` ${held}`, `${held} `, held.toUpperCase(), 'desktop:', 'canvas:x', `desktop:${'a'.repeat(129)}`, 'desktop:other-topic', 7, null]),
+      type: r.pick(['asset_moved', 'cursor', 'session_joined', 'session_left', 'presence_sync_request', 'room_joined', '', 't'.repeat(64), 't'.repeat(65), 2]),
+      payload: value(r, 3),
+    };
+    // One valid topic besides the held one, only where it changes nothing: an unsubscribe of a topic never held.
+    if (frame.op === 'unsubscribe' && frame.topic === held) frame.topic = 'desktop:other-topic';
+    if (frame.op === 'subscribe' && frame.topic === 'desktop:other-topic') frame.topic = 'desktop:other topic';
+    if (r.next() < 0.5) frame.ref = r.pick(['r1', '', '漢', 1, null, { a: 1 }]);
+    if (r.next() < 0.2) frame.sessionId = 'session_forged';
+    if (r.next() < 0.2) Object.defineProperty(frame, '__proto__', { value: { op: 'publish', topic: held }, enumerable: true });
+    text = JSON.stringify(frame);
+  }
+  // The oracle: the route's rules as docs/protocol.md states them, written independently of topic-ops.ts.
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST } };
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST } };
+  const own = (key: string): unknown => Object.getOwnPropertyDescriptor(parsed, key)?.value;
+  const ref = own('ref');
+  if (ref !== undefined && typeof ref !== 'string') return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST } };
+  const op = own('op');
+  const topic = own('topic');
+  if (op !== 'publish' && op !== 'subscribe' && op !== 'unsubscribe') return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST, ref } };
+  if (op === 'subscribe') {
+    // The only valid topic here is the one held: a fresh ack, no authorize call, nothing to the room.
+    if (topic === held) return { text, expect: { op: 'subscribed', ref } };
+    if (typeof topic === 'string' && /^(desktop|production-table):[A-Za-z0-9_-]{1,128}$/.test(topic)) throw new Error('the generator made a valid topic other than the held one');
+    return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST, ref } };
+  }
+  if (op === 'unsubscribe') {
+    if (topic === held) throw new Error('the generator never unsubscribes the held topic');
+    return { text, expect: { op: 'error', code: TopicErrorCode.NOT_SUBSCRIBED, ref } };
+  }
+  const type = own('type');
+  if (typeof type !== 'string' || type.length === 0 || type.length > MAX_TYPE_LENGTH || SERVER_ONLY_TOPIC_TYPES.has(type)) {
+    return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST, ref } };
+  }
+  if (topic !== held) return ref === undefined ? { text, expect: { silent: true } } : { text, expect: { op: 'error', code: TopicErrorCode.NOT_SUBSCRIBED, ref } };
+  return { text, expect: { relay: true } };
+}
+
+test('3,000 hostile ops on the multiplexed route: each relayed, answered or ignored exactly as the protocol says; the topic survives', async (t) => {
+  const r = rng(SEED + 3);
+  // The topic's room on the sender's own shard: every answer is synchronous, so they come in the order sent.
+  let sender: TokenClaimsLike;
+  do sender = user('Fuz');
+  while (fnv1a32(sender.userId) % 2 !== 0);
+  const held = `desktop:${desktopOnShard(0, 2, 'fuzz')}`;
+  const peer = await connectTopics(t, server, token(user('Pee')));
+  const conn = await connectTopics(t, server, token(sender));
+  await subscribe(peer, held);
+  const ack = await subscribe(conn, held);
+  await expectOp(peer, 'event', { type: 'session_joined' });
+  const ops = Array.from({ length: 3000 }, () => hostileOp(r, held));
+  for (const o of ops) conn.send(o.text);
+  for (const [i, o] of ops.entries()) {
+    const what = `op ${i}: ${JSON.stringify(o.text).slice(0, 120)}`;
+    if ('silent' in o.expect) continue;
+    if ('relay' in o.expect) {
+      const got = await peer.next();
+      const sent = JSON.parse(o.text) as { type: string; payload?: unknown };
+      assert.deepEqual([got.op, got.topic, got.type, got.sessionId], ['event', held, sent.type, ack.sessionId], what);
+      assert.deepEqual(got.payload, 'payload' in sent ? JSON.parse(JSON.stringify(sent.payload)) : null, what);
+      continue;
+    }
+    const got = await conn.next();
+    assert.equal(got.op, o.expect.op, what);
+    if (o.expect.code !== undefined) assert.equal(got.code, o.expect.code, what);
+    assert.equal(got.ref, o.expect.ref, what);
+  }
+  conn.send({ op: 'publish', topic: held, type: 'marker', ref: 'last' });
+  assert.equal((await peer.next()).type, 'marker');
+  assert.equal(conn.ws.readyState, conn.ws.OPEN);
+  assert.equal(conn.pending + peer.pending, 0);
+});
+
+type TokenClaimsLike = ReturnType<typeof user>;

@@ -194,7 +194,7 @@ test('a valid token and a granted permission upgrade the socket; onOpen gets who
   const reply = await a.reply;
   assert.equal(reply.status, 101);
   const opened = a.opened()!;
-  assert.deepEqual({ ...opened, ws: null, socket: null }, { ws: null, socket: null, desktopId: 'desk-1', identity: identityOf(ann, tok), permission: 'viewer', remoteAddress: REMOTE, cookie: `moodio_access_token=${tok}; theme=dark` });
+  assert.deepEqual({ ...opened, ws: null, socket: null }, { ws: null, socket: null, desktopId: 'desk-1', multiplexed: false, identity: identityOf(ann, tok), permission: 'viewer', remoteAddress: REMOTE, cookie: `moodio_access_token=${tok}; theme=dark` });
   assert.equal(opened.ws.readyState, 1);
   assert.equal(await a.firstMessage, '{"type":"early"}');
   assert.deepEqual(h.calls, [{ desktopId: 'desk-1', identity: identityOf(ann, tok), cookie: `moodio_access_token=${tok}; theme=dark` }]);

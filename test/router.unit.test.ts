@@ -51,6 +51,28 @@ test('the WebSocket path: a GET upgrade goes to its shard; a body, another metho
   for (const [h, expected] of cases) assert.deepEqual(route(h, OPTIONS), expected, `${h.method} ${h.path} ${JSON.stringify(h.headers)}`);
 });
 
+test('the production-table route goes to the shard of its room key; the multiplexed route to the shard of its user, read from the token unverified', () => {
+  const jwt = (claims: unknown) => `${Buffer.from('{"alg":"HS256"}').toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}.sig`;
+  const userShard = (userId: string): Route => ({ kind: 'shard', desktopId: '', shard: fnv1a32(userId) % OPTIONS.workers });
+  const cases: [RequestHead, Route][] = [
+    [head('GET', '/ws/production-table/tab-7', UPGRADE), toShard('production-table:tab-7')],
+    [head('GET', '/ws/production-table/a.b', UPGRADE), reject(Rejections.INVALID_DESKTOP_ID, true)],
+    [head('GET', '/ws/production-table/tab-7/x', UPGRADE), reject(Rejections.NOT_FOUND, false)],
+    [head('POST', '/ws/production-table/tab-7', UPGRADE), reject(Rejections.METHOD_NOT_ALLOWED, true, { Allow: 'GET' })],
+    [head('GET', '/ws/connection', { ...UPGRADE, Cookie: `moodio_access_token=${jwt({ userId: 'user-ann-0001' })}` }), userShard('user-ann-0001')],
+    [head('GET', '/ws/connection', { ...UPGRADE, Authorization: `Bearer ${jwt({ userId: 'user-bob-0002' })}` }), userShard('user-bob-0002')],
+    [head('GET', '/ws/connection', { ...UPGRADE, 'Sec-WebSocket-Protocol': `moodio.token.${jwt({ userId: 'user-cid-0003' })}, moodio.v1` }), userShard('user-cid-0003')],
+    // No token, or none readable: shard 0, which answers 401.
+    [head('GET', '/ws/connection', UPGRADE), { kind: 'shard', desktopId: '', shard: 0 }],
+    [head('GET', '/ws/connection', { ...UPGRADE, Cookie: 'moodio_access_token=not-a-jwt' }), { kind: 'shard', desktopId: '', shard: 0 }],
+    [head('GET', '/ws/connection', { ...UPGRADE, Cookie: `moodio_access_token=${jwt({ userId: 7 })}` }), { kind: 'shard', desktopId: '', shard: 0 }],
+    [head('GET', '/ws/connection'), reject(Rejections.UPGRADE_REQUIRED, true)],
+    [head('PUT', '/ws/connection', UPGRADE), reject(Rejections.METHOD_NOT_ALLOWED, true, { Allow: 'GET' })],
+    [head('GET', '/ws/connection/x', UPGRADE), reject(Rejections.NOT_FOUND, false)],
+  ];
+  for (const [h, expected] of cases) assert.deepEqual(route(h, OPTIONS), expected, `${h.method} ${h.path} ${JSON.stringify(h.headers)}`);
+});
+
 test('origin check: with --allowed-origins, a browser from a listed origin (any case) passes, any other is refused; no Origin is no browser', () => {
   const { allowedOrigins } = resolveServeConfig({ jwtSecret: 's', allowedOrigins: 'https://Moodio.example.com, http://localhost:3000' });
   const options = { ...OPTIONS, allowedOrigins };

@@ -1,6 +1,7 @@
 /**
  * Asks the Next.js app what a user may do on a desktop:
- * `GET {base}/api/desktop/{desktopId}/permission?userId={userId}`, forwarding
+ * `GET {base}/api/desktop/{desktopId}/permission?userId={userId}` (on a
+ * production table: `/api/production-table/{tableId}/permission`), forwarding
  * the handshake's cookies. One keep-alive `undici` pool per shard, bounded by
  * `--permission-concurrency`, each request bounded by `--permission-timeout`.
  */
@@ -8,6 +9,7 @@ import { Pool } from 'undici';
 import { PermissionError, PermissionErrorCode } from '../errors.ts';
 import { PERMISSIONS, type Permission } from '../protocol/events.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import { TopicNamespace } from '../protocol/topics.ts';
 import type { Identity } from './token.ts';
 
 /** Decides the permission of a session at handshake time. */
@@ -15,6 +17,13 @@ export interface PermissionSource {
   /** @throws {PermissionError} when the session must not be admitted. */
   check(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission>;
   close(): Promise<void>;
+}
+
+/** The app's permission endpoint for a legacy room key: `/api/desktop/{id}/permission`, or `/api/production-table/{id}/permission` for `production-table:{id}`. */
+export function permissionPath(roomKey: string): string {
+  const table = `${TopicNamespace.PRODUCTION_TABLE}:`;
+  if (roomKey.startsWith(table)) return `/api/production-table/${encodeURIComponent(roomKey.slice(table.length))}/permission`;
+  return `/api/desktop/${encodeURIComponent(roomKey)}/permission`;
 }
 
 /** Largest permission response body read. */
@@ -81,7 +90,7 @@ export class HttpPermissionSource implements PermissionSource {
   }
 
   private async ask(desktopId: string, identity: Identity, cookieHeader: string | undefined): Promise<Permission> {
-    const path = `${this.basePath}/api/desktop/${encodeURIComponent(desktopId)}/permission?userId=${encodeURIComponent(identity.userId)}`;
+    const path = `${this.basePath}${permissionPath(desktopId)}?userId=${encodeURIComponent(identity.userId)}`;
     const headers: Record<string, string> = { accept: 'application/json' };
     if (cookieHeader !== undefined) headers.cookie = cookieHeader;
     let text: string;

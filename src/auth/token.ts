@@ -131,6 +131,30 @@ export function verifyAccessToken(token: string, secret: string | KeyObject, now
   return identity;
 }
 
+/**
+ * The `userId` claim of a token, read without verifying it (null when
+ * unreadable): the primary places a multiplexed connection by it, and the
+ * shard verifies the token.
+ */
+export function unverifiedUserId(token: string): string | null {
+  const first = token.indexOf('.');
+  const second = token.indexOf('.', first + 1);
+  if (first < 0 || second < 0 || second - first > 8192) return null;
+  try {
+    const claims = JSON.parse(Buffer.from(token.slice(first + 1, second), 'base64url').toString('utf8')) as { userId?: unknown } | null;
+    return typeof claims?.userId === 'string' ? claims.userId : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The JWT the relay mints for each authorize call: HS256, claims exactly `{userId, aud, iat, exp: iat + ttl}`. */
+export function signInternalToken(userId: string, audience: string, ttlSeconds: number, secret: string | KeyObject, nowMs = Date.now()): string {
+  const iat = Math.floor(nowMs / 1000);
+  // jsonwebtoken keeps a given `iat` (and `noTimestamp` would drop it).
+  return jwt.sign({ userId, aud: audience, iat, exp: iat + ttlSeconds }, secret, { algorithm: 'HS256' });
+}
+
 export interface TokenClaims {
   userId: string;
   firstName?: string;

@@ -162,6 +162,11 @@ export class ApiServer implements ApiHandler {
 
     const desktopId = desktopOf(request);
     const shards = desktopId === null ? [...Array(this.pool.size).keys()] : [shardFor(desktopId, this.pool.size)];
+    // A role change also reaches the user's multiplexed connections and authorize answers, on the user's shard (router.ts connectionShardFor).
+    if (request.kind === 'set_permission') {
+      const userShard = shardFor(request.userId, this.pool.size);
+      if (!shards.includes(userShard)) shards.push(userShard);
+    }
     const down = shards.filter((s) => !this.pool.isReady(s));
     if (down.length > 0) {
       const retryAfterS = Math.max(...down.map((s) => this.pool.retryAfterSeconds(s)));

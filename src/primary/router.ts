@@ -8,13 +8,16 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import { API_PREFIX } from '../protocol/api.ts';
 import { bearerToken, headerHasToken, type RequestHead } from '../protocol/http.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
-import { CHECK_PATH, HEALTH_PATH, METRICS_PATH, parseDesktopPath, PING_PATH, STATS_PATH } from '../protocol/paths.ts';
+import { CHECK_PATH, HEALTH_PATH, METRICS_PATH, parseWsPath, PING_PATH, STATS_PATH } from '../protocol/paths.ts';
+import { extractCredentials } from '../auth/credentials.ts';
+import { unverifiedUserId } from '../auth/token.ts';
 
 export type Route =
   | { kind: 'health' }
   | { kind: 'metrics' }
   | { kind: 'stats' }
   | { kind: 'demo' }
+  /** `desktopId`: the room key of a legacy route, '' for the multiplexed connection. */
   | { kind: 'shard'; desktopId: string; shard: number }
   /** `/ws/ping`: to a shard chosen by the client's address (the primary knows it, the head alone does not). */
   | { kind: 'ping' }
@@ -33,9 +36,22 @@ export type Route =
 
 export { fnv1a32 };
 
-/** The shard that owns `desktopId`: `fnv1a32(desktopId) mod workers`. */
+/** The shard that owns `desktopId`: `fnv1a32(desktopId) mod workers`. A production table's room key is `production-table:{id}`. */
 export function shardFor(desktopId: string, workers: number): number {
   return fnv1a32(desktopId) % workers;
+}
+
+/**
+ * The shard of a multiplexed connection: the hash of its user, read from
+ * the token without verifying it (the shard verifies it; a forged userId
+ * only picks a shard). Every connection of a user then shares one shard:
+ * its authorize cache, its rate-limit bucket and its connect limits. No
+ * token: shard 0, which answers 401.
+ */
+export function connectionShardFor(headers: Record<string, string>, workers: number): number {
+  const credentials = extractCredentials(headers);
+  const userId = credentials === null ? null : unverifiedUserId(credentials.token);
+  return userId === null ? 0 : fnv1a32(userId) % workers;
 }
 
 const ADMIN_TERMINATE = /^\/admin\/shards\/(\d{1,3})\/terminate$/;
@@ -118,9 +134,12 @@ function upgradeRefusal(head: RequestHead, options: RouterOptions): Route | null
 
 /** Decide what to do with a parsed request head. */
 export function route(head: RequestHead, options: RouterOptions): Route {
-  const path = parseDesktopPath(head.path);
-  if (path.kind === 'desktop') {
-    return upgradeRefusal(head, options) ?? { kind: 'shard', desktopId: path.desktopId, shard: shardFor(path.desktopId, options.workers) };
+  const path = parseWsPath(head.path);
+  if (path.kind === 'room' || path.kind === 'connection') {
+    const refused = upgradeRefusal(head, options);
+    if (refused !== null) return refused;
+    if (path.kind === 'connection') return { kind: 'shard', desktopId: '', shard: connectionShardFor(head.headers, options.workers) };
+    return { kind: 'shard', desktopId: path.roomKey, shard: shardFor(path.roomKey, options.workers) };
   }
   if (path.kind === 'bad-id') return { kind: 'reject', rejection: Rejections.INVALID_DESKTOP_ID, handshake: true };
   if (head.path === PING_PATH) return upgradeRefusal(head, options) ?? { kind: 'ping' };

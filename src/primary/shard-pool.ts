@@ -7,13 +7,13 @@
  * with 503 + Retry-After instead of waiting, so clients retry on their own.
  */
 import type { Socket } from 'node:net';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
 import { withDeadline } from '../deadline.ts';
 import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
-import type { ApiRequestMessage, ConnectionMessage, DrainMessage, RestartMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
+import type { ApiRequestMessage, ConnectionMessage, DrainMessage, LinkPortMessage, RestartMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
 import { createMetricsBuffer, GAUGES, Metric, MetricsSlot } from '../protocol/metrics.ts';
 import { createUserConnectionsBuffer, UserConnections } from '../protocol/user-connections.ts';
 
@@ -156,6 +156,7 @@ export class ShardPool {
     shard.state = 'starting';
     shard.startedAt = Date.now();
     shard.onReady = onReady ?? null;
+    this.link(shard, worker);
 
     worker.on('message', (msg: ShardToPrimary) => {
       if (msg.type === 'ready') {
@@ -212,6 +213,24 @@ export class ShardPool {
       }
       this.scheduleRestart(shard, code);
     });
+  }
+
+  /**
+   * The in-process link (shard/shard-link.ts): a MessageChannel between the
+   * new worker and every other running one, each end transferred to its
+   * shard. A restarted shard thus gets fresh ports, and its peers, handed a
+   * new port for it, drop the old one and what they learnt through it.
+   * Messages posted to a worker that is still starting wait for it.
+   */
+  private link(shard: Shard, worker: Worker): void {
+    for (const peer of this.shards) {
+      if (peer === shard || peer.worker === null) continue;
+      const { port1, port2 } = new MessageChannel();
+      const toPeer: LinkPortMessage = { type: 'link', peer: shard.id, port: port1 };
+      const toShard: LinkPortMessage = { type: 'link', peer: peer.id, port: port2 };
+      peer.worker.postMessage(toPeer, [port1]);
+      worker.postMessage(toShard, [port2]);
+    }
   }
 
   private scheduleRestart(shard: Shard, code: number): void {

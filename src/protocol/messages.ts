@@ -3,6 +3,7 @@
  * (structured clone), except the transferred socket.
  */
 import type { Socket } from 'node:net';
+import type { MessagePort } from 'node:worker_threads';
 import type { ApiOutcome, ApiRequest } from './api.ts';
 
 /** Primary → shard: a connection whose request head has been read. */
@@ -51,7 +52,44 @@ export interface ApiRequestMessage {
   request: ApiRequest;
 }
 
-export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage | StatsRequest | ApiRequestMessage;
+/**
+ * Primary → shard: a port to shard `peer` (one end of a MessageChannel the
+ * primary made; the peer got the other end). Sent for every pair of running
+ * shards when one starts, so a restarted shard's peers get a new port: the
+ * old one, and everything learnt through it, is dropped.
+ */
+export interface LinkPortMessage {
+  type: 'link';
+  peer: number;
+  /** Transferred in the transfer list. */
+  port: MessagePort;
+}
+
+export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage | StatsRequest | ApiRequestMessage | LinkPortMessage;
+
+/**
+ * Shard ↔ shard, over the in-process link (shard/shard-link.ts), for a
+ * multiplexed connection's topics whose room another shard owns. The
+ * follower (the connection's shard) joins, leaves and publishes; the owner
+ * answers a join with the room's sessions and sends every event of the room
+ * once to each follower, which fans it out to its own subscribers. SessionInfo
+ * and stamps are JSON text, spliced as is.
+ */
+export type LinkMessage =
+  /** Follower → owner: `sid` subscribes (again: a fresh `joined`, nothing broadcast). */
+  | { k: 'join'; topic: string; sid: string; info: string; stamp: string }
+  /** Owner → follower: `sid` is in, `sessions` being the others' SessionInfo JSON, comma-separated; or, with `full`, refused (--max-room-size). */
+  | { k: 'joined'; topic: string; sid: string; sessions: string; full?: true }
+  /** Follower → owner: `sid` left. */
+  | { k: 'leave'; topic: string; sid: string }
+  /** Follower → owner: `sid` publishes (already checked against its permission). */
+  | { k: 'pub'; topic: string; sid: string; type: string; payload: string | undefined; ts: number }
+  /**
+   * Owner → follower: an event in the topic framing, for every subscriber
+   * there but session `except`, and but the sessions of user `exceptUser`
+   * when set (the server API's publish); `transient`: its coalescing key, or ''.
+   */
+  | { k: 'ev'; topic: string; except: string; text: string; transient: string; exceptUser?: string };
 
 /** Shard → primary: the shard is listening for connections. */
 export interface ReadyMessage {

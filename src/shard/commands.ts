@@ -20,6 +20,7 @@
 import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { Logger } from '../log.ts';
 import { CloseReason, type ApiOutcome, type ApiRequest } from '../protocol/api.ts';
+import { DESKTOP_ID_PATTERN } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { ApiMetric, type MetricsSlot } from '../protocol/metrics.ts';
 import { RecentIds } from './recent-ids.ts';
@@ -69,7 +70,7 @@ export class Commands {
         return this.send(to, request.event);
       }
       case 'user_event':
-        return this.send(this.control.sessionsOf(request.userId), request.event);
+        return this.send(this.control.legacySessionsOf(request.userId), request.event);
       case 'broadcast':
         return this.send(this.rooms.allSessions(), request.event);
       case 'set_permission': {
@@ -101,7 +102,8 @@ export class Commands {
         return { duplicate: false, reached: sessions.length, changed: 0, sessions };
       }
       case 'user_sessions': {
-        const sessions = this.control.sessionsOf(request.userId).filter((s) => s.open).map((s) => this.control.view(s));
+        // Desktop sessions: what LiveSession describes (and what other nodes accept in an answer).
+        const sessions = this.control.legacySessionsOf(request.userId).filter((s) => s.open && DESKTOP_ID_PATTERN.test(s.desktopId)).map((s) => this.control.view(s));
         return { duplicate: false, reached: sessions.length, changed: 0, sessions };
       }
     }

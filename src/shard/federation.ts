@@ -919,9 +919,10 @@ export class Federation {
       this.drop(DropReason.ROOM_MISMATCH, msg.subject, r);
       return;
     }
-    // Every shard hears every desktop's calls; the one that owns the desktop applies them.
+    // Every shard hears every desktop's calls; the one that owns the desktop applies them (a role change also the user's, where its multiplexed connections live).
     const desktopId = desktopOf(request);
-    if (desktopId !== null && fnv1a32(desktopId) % this.config.workers !== this.shardId) return;
+    const userShard = request.kind === 'set_permission' ? fnv1a32(request.userId) % this.config.workers : -1;
+    if (desktopId !== null && fnv1a32(desktopId) % this.config.workers !== this.shardId && userShard !== this.shardId) return;
     // The fleet's broadcasts, bounded here too: every node may send --api-broadcast-rate of them.
     if (request.kind === 'broadcast' && this.busBroadcasts.take('', Date.now()) > 0) {
       this.drop(DropReason.RATE_LIMITED, msg.subject, r);

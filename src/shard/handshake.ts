@@ -18,14 +18,17 @@ import { endWithResponse, parseRequestHead } from '../protocol/http.ts';
 import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } from '../protocol/rejections.ts';
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
-import { parseDesktopPath } from '../protocol/paths.ts';
+import { parseWsPath } from '../protocol/paths.ts';
 import { adoptSocket } from './adopt-socket.ts';
 import type { UserAdmission } from './user-admission.ts';
 
 export interface Admitted {
   ws: WebSocket;
   socket: Socket;
+  /** The room key of a legacy route (a desktop id, or `production-table:{id}`); '' for a multiplexed connection. */
   desktopId: string;
+  /** `/ws/connection`: no room, no permission of its own (each topic is authorized on subscribe). */
+  multiplexed: boolean;
   identity: Identity;
   permission: Permission;
   remoteAddress: string;
@@ -38,6 +41,8 @@ export interface HandshakeOptions {
   jwtSecret: string;
   permissions: PermissionSource;
   wss: WebSocketServer;
+  /** The multiplexed route's server (its own message size limit); `wss` when absent. */
+  connectionWss?: WebSocketServer;
   log: Logger;
   metrics: MetricsSlot;
   /** False once the shard drains: new connections get 503. */
@@ -81,14 +86,15 @@ export class Handshake {
     socket.on('error', onSocketError);
     const bytes = Buffer.from(message.bytes.buffer, message.bytes.byteOffset, message.bytes.byteLength);
     const parsed = parseRequestHead(bytes, message.headLength);
-    const path = parsed.ok ? parseDesktopPath(parsed.head.path) : null;
-    if (!parsed.ok || path === null || path.kind !== 'desktop') {
+    const path = parsed.ok ? parseWsPath(parsed.head.path) : null;
+    if (!parsed.ok || path === null || (path.kind !== 'room' && path.kind !== 'connection')) {
       // The primary validated this head already; reaching here is a bug.
       this.reject(socket, Rejections.MALFORMED_HEAD, remoteAddress);
       return;
     }
     const { head } = parsed;
-    const desktopId = path.desktopId;
+    const multiplexed = path.kind === 'connection';
+    const desktopId = path.kind === 'room' ? path.roomKey : '';
     if (!this.options.accepting()) {
       this.reject(socket, Rejections.SHUTTING_DOWN, remoteAddress, desktopId);
       return;
@@ -111,7 +117,8 @@ export class Handshake {
         return;
       }
       try {
-        permission = await this.options.permissions.check(desktopId, identity, head.headers.cookie);
+        // A multiplexed connection has no room: each of its topics is authorized on subscribe.
+        permission = multiplexed ? 'viewer' : await this.options.permissions.check(desktopId, identity, head.headers.cookie);
       } finally {
         this.options.users.leave(userId);
       }
@@ -135,9 +142,10 @@ export class Handshake {
     // `ws` reads method, url and headers; nothing else of an IncomingMessage.
     const req = { method: head.method, url: head.url, headers: head.headers, socket } as unknown as IncomingMessage;
     const early = bytes.subarray(message.headLength);
-    this.options.wss.handleUpgrade(req, socket as Duplex, early, (ws) => {
+    const wss = multiplexed ? (this.options.connectionWss ?? this.options.wss) : this.options.wss;
+    wss.handleUpgrade(req, socket as Duplex, early, (ws) => {
       socket.off('error', onSocketError);
-      onOpen({ ws, socket, desktopId, identity, permission, remoteAddress, cookie: head.headers.cookie });
+      onOpen({ ws, socket, desktopId, multiplexed, identity, permission, remoteAddress, cookie: head.headers.cookie });
     });
   }
 

@@ -16,6 +16,7 @@ import {
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import { legacyEventText, type RoomEvent } from '../protocol/topics.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
@@ -36,6 +37,18 @@ export interface RelayOptions {
   mutationTypes: ReadonlySet<string>;
   /** Other nodes (shard/federation.ts), when federation is on. */
   bus?: RelayBus;
+  /** The rooms' multiplexed subscribers (shard/topic-rooms.ts), here and on other shards. */
+  topics?: TopicFanout;
+}
+
+/** What the relay needs of a room's multiplexed subscribers: listed in room_joined, and every event fanned out to them in their framing. */
+export interface TopicFanout {
+  /** Comma-separated SessionInfo JSON of everyone in `room` but `exceptId` (legacy members, subscribers, other nodes' sessions). */
+  sessionsJson(room: Room, exceptId: string): string;
+  /** `event` to the room's multiplexed subscribers but `exceptId`; `transientKey` '' for an ordered event. */
+  fanOut(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void;
+  /** An event the server made (finished legacy JSON) for the room's multiplexed subscribers, in their framing. */
+  serverEvent(roomKey: string, legacyText: string, exceptUserId: string | undefined): void;
 }
 
 /** What the relay needs of the federation link: its sessions in room_joined, and every event it delivers published. */
@@ -58,8 +71,10 @@ export class Relay {
   private readonly transientTypes: ReadonlySet<string>;
   private readonly mutationTypes: ReadonlySet<string>;
   private readonly bus: RelayBus | undefined;
+  private readonly topics: TopicFanout | undefined;
 
   constructor(options: RelayOptions) {
+    this.topics = options.topics;
     this.rooms = options.rooms;
     this.out = options.out;
     this.log = options.log;
@@ -73,10 +88,13 @@ export class Relay {
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
   join(session: Session): void {
-    const existing = this.rooms.get(session.desktopId)?.members ?? [];
+    const room = this.rooms.get(session.desktopId);
+    const existing = room?.members ?? [];
     let sessions = '';
-    for (let i = 0; i < existing.length; i++) sessions += (i === 0 ? '' : ',') + existing[i]!.infoJson;
-    if (this.bus !== undefined) {
+    if (this.topics !== undefined) sessions = room === undefined ? '' : this.topics.sessionsJson(room, session.id);
+    else for (let i = 0; i < existing.length; i++) sessions += (i === 0 ? '' : ',') + existing[i]!.infoJson;
+    // sessionsJson lists other nodes' sessions too.
+    if (this.bus !== undefined && (this.topics === undefined || room === undefined)) {
       const remote = this.bus.remoteSessionsJson(session.desktopId);
       if (remote !== '') sessions += (sessions === '' ? '' : ',') + remote;
     }
@@ -99,11 +117,20 @@ export class Relay {
   }
 
   private presence(room: Room, session: Session, type: 'session_joined' | 'session_left'): void {
-    const alone = room.members.length === 0 || (room.members.length === 1 && room.members[0] === session);
+    const alone = room.size === 0 || (room.size === 1 && room.members[0] === session);
     if (alone && this.bus === undefined) return;
-    const text = `{"type":"${type}"${session.stamp},"timestamp":${Date.now()},"payload":${session.infoJson}}`;
-    if (!alone) this.broadcast(room, session, encodeTextFrame(text));
+    const event: RoomEvent = { type, stamp: session.stamp, timestamp: Date.now(), payload: session.infoJson };
+    const text = legacyEventText(event);
+    if (!alone) {
+      if (room.members.length > 1 || (room.members.length === 1 && room.members[0] !== session)) this.broadcast(room, session, encodeTextFrame(text));
+      if (room.subs.length > 0 || room.peers !== null) this.topics?.fanOut(room, event, session.id, '');
+    }
     this.bus?.publish(room.id, text);
+  }
+
+  /** An event the server made about a room (e.g. `session_updated`), for its multiplexed subscribers on every shard. */
+  toSubscribers(roomKey: string, eventJson: string): void {
+    this.topics?.serverEvent(roomKey, eventJson, undefined);
   }
 
   /** An event the server made about a session of this node (e.g. `session_updated`), for the other nodes' members of its room. */
@@ -259,19 +286,21 @@ export class Relay {
     }
     const room = this.rooms.get(session.desktopId);
     // Alone on this node, an event still goes to the other nodes.
-    if (room === undefined || (room.members.length < 2 && this.bus === undefined)) return;
+    if (room === undefined || (room.size < 2 && this.bus === undefined)) return;
 
     // Identity fields a client may have put in the frame are ignored: only
     // `type` and `payload` are read, the rest comes from the session. The
     // payload is forwarded as the text the client sent (JSON.parse above
     // validated it): re-serializing could make it larger (`1e20`).
-    let text = `{"type":${JSON.stringify(type)}${session.stamp},"timestamp":${Date.now()}`;
-    if (Object.hasOwn(frame, 'payload')) text += `,"payload":${memberText(json, 'payload')}`;
+    const timestamp = Date.now();
+    const payload = Object.hasOwn(frame, 'payload') ? memberText(json, 'payload') : undefined;
+    let text = `{"type":${JSON.stringify(type)}${session.stamp},"timestamp":${timestamp}`;
+    if (payload !== undefined) text += `,"payload":${payload}`;
     text += '}';
-    if (room.members.length > 1) {
-      const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
-      this.broadcast(room, session, encodeTextFrame(text), transientKey);
-    }
+    const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
+    if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(text), transientKey);
+    // Multiplexed subscribers of the room get it in their framing (encoded there, once).
+    if (room.subs.length > 0 || room.peers !== null) this.topics?.fanOut(room, { type, stamp: session.stamp, timestamp, payload }, session.id, transientKey ?? '');
     this.bus?.publish(session.desktopId, text);
     this.metrics.add(Metric.MESSAGES_RELAYED);
 

@@ -15,6 +15,18 @@
  * only a leave during a loop pays for one copy.
  */
 import type { Session } from './session.ts';
+import type { Subscription } from './connection.ts';
+import { topicOfRoom } from '../protocol/topics.ts';
+
+/** A subscriber of the room whose connection lives on another shard of this process (shard/shard-link.ts). */
+export interface RemoteMember {
+  sessionId: string;
+  /** Its SessionInfo JSON, its permission on this topic included. */
+  infoJson: string;
+  /** Its identity as spliced into events (session.ts `stamp`). */
+  stamp: string;
+  shard: number;
+}
 
 /** What the room index keeps per session (`session.slot`): its position in its room's member array. */
 export interface RoomSlot {
@@ -26,13 +38,34 @@ export function newRoomSlot(): RoomSlot {
 }
 
 export class Room {
+  /** The room key: a desktop id, or `production-table:{id}`. */
   readonly id: string;
-  /** The members, in join order but for swap-removes. Only RoomIndex changes it, and never while it is pinned. */
+  /** Its topic on the multiplexed route (`desktop:{id}`, `production-table:{id}`). */
+  readonly topic: string;
+  /** The legacy sockets, in join order but for swap-removes. Only RoomIndex changes it, and never while it is pinned. */
   members: Session[] = [];
   /** Loops running over `members` (this very array): pins taken and not yet released. */
   pins = 0;
+  /** Multiplexed subscribers whose connection is on this shard (each knows its index); pinned like `members`. */
+  subs: Subscription[] = [];
+  subPins = 0;
+  /** Multiplexed subscribers on other shards, by sessionId (null while there are none). */
+  remote: Map<string, RemoteMember> | null = null;
+  /** The other shards with subscribers here, and how many each has: each gets every event once. */
+  peers: Map<number, number> | null = null;
   constructor(id: string) {
     this.id = id;
+    this.topic = topicOfRoom(id);
+  }
+
+  /** Nobody left: no legacy socket, no subscriber here or on another shard. */
+  get empty(): boolean {
+    return this.members.length === 0 && this.subs.length === 0 && (this.remote === null || this.remote.size === 0);
+  }
+
+  /** Sessions in the room on this process, every framing. */
+  get size(): number {
+    return this.members.length + this.subs.length + (this.remote?.size ?? 0);
   }
 }
 
@@ -42,11 +75,7 @@ export class RoomIndex {
 
   /** Add `session` to the room of its desktop, creating the room if needed. */
   join(session: Session): Room {
-    let room = this.rooms.get(session.desktopId);
-    if (room === undefined) {
-      room = new Room(session.desktopId);
-      this.rooms.set(room.id, room);
-    }
+    const room = this.ensure(session.desktopId);
     const members = writable(room);
     session.slot.index = members.length;
     members.push(session);
@@ -67,8 +96,62 @@ export class RoomIndex {
     }
     slot.index = -1;
     this.sessions--;
-    if (room.members.length === 0) this.rooms.delete(room.id);
+    if (room.empty) this.rooms.delete(room.id);
     return room;
+  }
+
+  /** The room of `roomKey`, created if needed. */
+  ensure(roomKey: string): Room {
+    let room = this.rooms.get(roomKey);
+    if (room === undefined) {
+      room = new Room(roomKey);
+      this.rooms.set(roomKey, room);
+    }
+    return room;
+  }
+
+  /** Add a local multiplexed subscriber to its room. */
+  addSub(sub: Subscription): Room {
+    const room = this.ensure(sub.roomKey);
+    const subs = writableSubs(room);
+    sub.index = subs.length;
+    subs.push(sub);
+    return room;
+  }
+
+  /** Remove a local multiplexed subscriber; the room, or null if it was not in it. */
+  removeSub(sub: Subscription): Room | null {
+    const room = this.rooms.get(sub.roomKey);
+    if (room === undefined || room.subs[sub.index] !== sub) return null;
+    const subs = writableSubs(room);
+    const last = subs.pop()!;
+    if (last !== sub) {
+      subs[sub.index] = last;
+      last.index = sub.index;
+    }
+    sub.index = -1;
+    this.dropIfEmpty(room);
+    return room;
+  }
+
+  /** Forget `room` once nobody is in it (after a change to its remote members). */
+  dropIfEmpty(room: Room): void {
+    if (room.empty && this.rooms.get(room.id) === room) this.rooms.delete(room.id);
+  }
+
+  /** `room`'s local subscribers for a delivering loop (see {@link pin}). */
+  pinSubs(room: Room): readonly Subscription[] {
+    room.subPins++;
+    return room.subs;
+  }
+
+  unpinSubs(room: Room, subs: readonly Subscription[]): void {
+    if (room.subs === subs) room.subPins--;
+  }
+
+  /** Every room (for a peer shard's restart). */
+  values(): IterableIterator<Room> {
+    return this.rooms.values();
   }
 
   /**
@@ -101,11 +184,11 @@ export class RoomIndex {
     return this.sessions;
   }
 
-  /** The `n` largest rooms, largest first. */
+  /** The `n` largest rooms, largest first, every kind of member counted (legacy sockets, subscribers here and on other shards). */
   topRooms(n: number): { desktopId: string; sessions: number }[] {
     const top: { desktopId: string; sessions: number }[] = [];
     for (const room of this.rooms.values()) {
-      const size = room.members.length;
+      const size = room.size;
       if (top.length === n && size <= top[n - 1]!.sessions) continue;
       top.push({ desktopId: room.id, sessions: size });
       top.sort((a, b) => b.sessions - a.sessions);
@@ -129,6 +212,15 @@ export class RoomIndex {
       }
     }
   }
+}
+
+/** `room.subs` to change in place: a fresh copy while loops hold the current array. */
+function writableSubs(room: Room): Subscription[] {
+  if (room.subPins > 0) {
+    room.subs = room.subs.slice();
+    room.subPins = 0;
+  }
+  return room.subs;
 }
 
 /** `room.members` to change in place: a fresh copy while loops hold the current array (the pins stay with it). */

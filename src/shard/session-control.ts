@@ -91,6 +91,15 @@ export class SessionControl {
   }
 
   /**
+   * The user's legacy sessions on this shard (a desktop or a production
+   * table), as a copy: not its multiplexed connections, whose frames have
+   * another framing (`desktopId` '').
+   */
+  legacySessionsOf(userId: string): Session[] {
+    return this.sessionsOf(userId).filter((s) => s.desktopId !== '');
+  }
+
+  /**
    * Queue the server's `frame` to `session` through its outbound budget, like
    * any ordered event; being the server's, it never gets the session cut by
    * the hard cap (backpressure.ts).
@@ -117,8 +126,9 @@ export class SessionControl {
       for (const member of members) if (member !== session && member.open) this.deliver(member, frame);
       this.options.rooms.unpin(room, members);
     }
-    // Members on other nodes see the new role too.
+    // Members on other nodes, and the room's multiplexed subscribers, see the new role too.
     this.options.relay.publishToOtherNodes(session.desktopId, updated);
+    this.options.relay.toSubscribers(session.desktopId, updated);
     this.options.metrics.add(cause === 'api' ? ApiMetric.CHANGED_BY_API : ApiMetric.CHANGED_BY_RECHECK);
     this.options.log.info('permission_changed', { sessionId: session.id, desktopId: session.desktopId, userId: session.userId, from, to: permission, cause });
     return true;

@@ -70,6 +70,12 @@ export class ShardApi {
     this.expiry?.track(session, identity.expiresAt);
   }
 
+  /** A multiplexed connection opened: the server API reaches it by user (a logout), and its token's expiry applies. */
+  openedConnection(session: Session, identity: Identity): void {
+    this.control.add(session);
+    this.expiry?.track(session, identity.expiresAt);
+  }
+
   closed(session: Session): void {
     this.control.remove(session);
     this.recheck?.untrack(session);

@@ -18,7 +18,7 @@ import type { UserConnections } from '../protocol/user-connections.ts';
 import { Handshake, type Admitted } from './handshake.ts';
 import { Backpressure } from './backpressure.ts';
 import { RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
-import { Relay } from './relay.ts';
+import { Relay, type RelayBus } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
@@ -29,6 +29,11 @@ import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 import { Federation } from './federation.ts';
 import { isPingHead, PingRoute } from './ping-route.ts';
+import type { GrantUpdates } from '../auth/permission-cache.ts';
+import type { MessagePort } from 'node:worker_threads';
+import { ConnectionLimit } from '../protocol/topics.ts';
+import { TopicConnection } from './connection.ts';
+import { Multiplexed } from './multiplexed.ts';
 
 /** Fragments one message may come in (ws's default is 16,384). */
 export const MAX_FRAGMENTS = 64;
@@ -69,6 +74,8 @@ export class Shard {
   private readonly api: ShardApi;
   /** `/ws/ping` (issue 20). */
   private readonly ping: PingRoute;
+  /** The multiplexed route (/ws/connection) on this shard. */
+  private readonly multiplexed: Multiplexed;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
@@ -88,19 +95,25 @@ export class Shard {
     // Also with --permissions-from-token: the server API's word on a role (set, revoked) is kept here.
     const cache = config.dev ? null : new CachingPermissionSource(permissionApi, { ttlMs: config.permissionCacheTtlMs, metrics });
     this.permissions = cache ?? permissionApi;
-    const wss = new WebSocketServer({
-      noServer: true,
-      clientTracking: false,
-      perMessageDeflate: false,
-      // Answer moodio.v1 or nothing: never echo an offered moodio.token.<jwt>.
-      handleProtocols: selectProtocol,
-      maxPayload: config.maxMessageSize,
-      // A message of more fragments than this closes with 1008: each fragment is a frame to parse, and one token pays for the message.
-      maxFragments: MAX_FRAGMENTS,
-      // ws ≥ 8.19 option (missing from @types/ws 8.18): how long close() waits for the peer's close frame.
-      ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
-    });
-    wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
+    const server = (maxPayload: number): WebSocketServer => {
+      const wss = new WebSocketServer({
+        noServer: true,
+        clientTracking: false,
+        perMessageDeflate: false,
+        // Answer moodio.v1 or nothing: never echo an offered moodio.token.<jwt>.
+        handleProtocols: selectProtocol,
+        maxPayload,
+        // A message of more fragments than this closes with 1008: each fragment is a frame to parse, and one token pays for the message.
+        maxFragments: MAX_FRAGMENTS,
+        // ws ≥ 8.19 option (missing from @types/ws 8.18): how long close() waits for the peer's close frame.
+        ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
+      });
+      wss.on('headers', (headers: string[]) => headers.push(`${SHARD_HEADER}: ${id}`));
+      return wss;
+    };
+    const wss = server(config.maxMessageSize);
+    // The multiplexed route carries larger messages (a production table's rows), as the upstream relay does.
+    const connectionWss = server(ConnectionLimit.MAX_MESSAGE_BYTES);
     this.rateLimit = {
       perSecond: config.rateLimit,
       burst: config.rateLimitBurst,
@@ -124,7 +137,8 @@ export class Shard {
         processOutbound: () => sumOverShards(allMetrics, config.workers, Metric.OUTBOUND_BUFFERED),
         // A cut session leaves its room at once (session_left), not when its socket finally closes.
         onCut: (session) => {
-          this.relay.leave(session);
+          if (session instanceof TopicConnection) this.multiplexed.cut(session);
+          else this.relay.leave(session);
           this.updateGauges();
         },
         onRelease: () => this.memory.request(),
@@ -150,8 +164,31 @@ export class Shard {
             transientTypes: transient,
             mutationTypes: mutations,
             onFatal,
-            applyApi: (request) => this.api.apply(request),
+            applyApi: (request) => this.applyLocally(request),
           });
+    const federation = this.federation;
+    this.multiplexed = new Multiplexed({
+      shardId: id,
+      config,
+      rooms: this.rooms,
+      backpressure,
+      out,
+      limiter: this.limiter,
+      metrics,
+      log,
+      users,
+      transientTypes: transient,
+      mutationTypes: mutations,
+      claims: fromToken ? new ClaimPermissionSource(config.dev ? 'editor' : null) : null,
+      remoteSessionsJson: federation === null ? undefined : (roomKey) => federation.remoteSessionsJson(roomKey),
+      opened: (conn, identity) => this.api.openedConnection(conn, identity),
+      closed: (conn) => this.api.closed(conn),
+      changed: () => {
+        this.updateGauges();
+        if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
+      },
+      onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
+    });
     this.relay = new Relay({
       rooms: this.rooms,
       out,
@@ -161,9 +198,22 @@ export class Shard {
       backpressure: this.backpressure,
       transientTypes: transient,
       mutationTypes: mutations,
-      bus: this.federation ?? undefined,
+      bus: federation === null ? undefined : desktopsOnly(federation),
+      topics: this.multiplexed.topics,
     });
-    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants: cache, metrics, log });
+    // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
+    const multiplexed = this.multiplexed;
+    const grants: GrantUpdates = {
+      setGrant: (userId, desktopId, permission) => {
+        cache?.setGrant(userId, desktopId, permission);
+        multiplexed.setGrant(userId, desktopId, permission);
+      },
+      forgetUser: (userId) => {
+        cache?.forgetUser(userId);
+        multiplexed.forgetUser(userId);
+      },
+    };
+    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants, metrics, log });
     this.ping = new PingRoute({
       shardId: id,
       workers: config.workers,
@@ -182,6 +232,7 @@ export class Shard {
       jwtSecret: config.jwtSecret,
       permissions: this.permissions,
       wss,
+      connectionWss,
       log,
       metrics,
       accepting: () => !this.draining,
@@ -207,14 +258,24 @@ export class Shard {
     });
   }
 
-  /** Apply a server API request (protocol/api.ts) to this shard's sessions. */
+  /**
+   * Apply a server API request to this shard's sessions (commands.ts); an
+   * event published to a desktop also reaches the room's multiplexed
+   * subscribers, in their framing.
+   */
+  private applyLocally(request: ApiRequest): ApiOutcome {
+    const outcome = this.api.apply(request);
+    if (request.kind === 'publish' && !outcome.duplicate) this.multiplexed.serverEvent(request.desktopId, request.event, request.exceptUserId);
+    return outcome;
+  }
+
   /**
    * Apply a server API request from this node's primary. With federation,
    * a command is also published for the other nodes, and a query's answer
    * gathers their sessions too.
    */
   async applyApi(request: ApiRequest): Promise<ApiOutcome> {
-    const outcome = this.api.apply(request);
+    const outcome = this.applyLocally(request);
     if (this.federation === null || outcome.duplicate) return outcome;
     if (outcome.sessions === undefined) {
       this.federation.publishApi(request);
@@ -224,7 +285,17 @@ export class Shard {
     return remote.length === 0 ? outcome : { ...outcome, reached: outcome.reached + remote.length, sessions: [...outcome.sessions, ...remote] };
   }
 
-  private open({ ws, socket, desktopId, identity, permission, remoteAddress, cookie }: Admitted): void {
+  /** A port to shard `peer` (the primary's LinkPortMessage). */
+  linkPort(peer: number, port: MessagePort): void {
+    this.multiplexed.linkPort(peer, port, this.draining);
+  }
+
+  private open(admitted: Admitted): void {
+    if (admitted.multiplexed) {
+      this.multiplexed.open(admitted);
+      return;
+    }
+    const { ws, socket, desktopId, identity, permission, remoteAddress, cookie } = admitted;
     const session = new Session({
       desktopId,
       identity,
@@ -253,7 +324,8 @@ export class Shard {
         roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
       });
     };
-    if (this.federation === null) join();
+    // Production tables do not federate yet (federation.ts speaks desktops; `room.production-table:{id}` is the upstream's subject for the topic).
+    if (this.federation === null || isTopicKey(desktopId)) join();
     else {
       // Nothing it sends is read before it is in its room.
       ws.pause();
@@ -287,16 +359,21 @@ export class Shard {
         reason: reason.toString(),
         durationMs: Date.now() - session.connectedAt,
       });
-      if (this.onEmpty !== null && this.rooms.sessionCount === 0) this.onEmpty();
+      if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
     });
+  }
+
+  /** Legacy sessions and multiplexed connections open on this shard. */
+  private get openCount(): number {
+    return this.rooms.sessionCount + this.multiplexed.connections.size;
   }
 
   /** Connection limits at admission: null = admit, else the refusal. */
   private checkLimits(userId: string, desktopId: string, config: ServeConfig): Rejection | null {
-    if (config.maxConnectionsPerWorker > 0 && this.rooms.sessionCount >= config.maxConnectionsPerWorker) {
+    if (config.maxConnectionsPerWorker > 0 && this.openCount >= config.maxConnectionsPerWorker) {
       return Rejections.WORKER_FULL;
     }
-    if (config.maxRoomSize > 0 && (this.rooms.get(desktopId)?.members.length ?? 0) >= config.maxRoomSize) {
+    if (desktopId !== '' && config.maxRoomSize > 0 && (this.rooms.get(desktopId)?.size ?? 0) >= config.maxRoomSize) {
       return Rejections.ROOM_FULL;
     }
     if (config.maxConnectionsPerUser > 0 && this.users.count(userId) >= config.maxConnectionsPerUser) {
@@ -306,7 +383,7 @@ export class Shard {
   }
 
   private updateGauges(): void {
-    this.metrics.set(Metric.CONNECTIONS, this.rooms.sessionCount);
+    this.metrics.set(Metric.CONNECTIONS, this.openCount);
     this.metrics.set(Metric.ROOMS, this.rooms.roomCount);
   }
 
@@ -317,7 +394,7 @@ export class Shard {
    * forwards pings) stay open indefinitely.
    */
   private checkLiveness(): void {
-    for (const session of [...this.rooms.allSessions()]) {
+    for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) {
       if (!session.open) continue;
       if (!session.alive) {
         this.log.info('session_timeout', { sessionId: session.id, desktopId: session.desktopId });
@@ -348,17 +425,19 @@ export class Shard {
     // Frames already queued go out ahead of the close frames.
     this.out.flushAll();
     this.out.stop();
-    const open = this.rooms.sessionCount;
+    this.multiplexed.closeLink();
+    const open = this.openCount;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      for (const session of [...this.rooms.allSessions()]) session.ws.close(code, reason);
+      for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.close(code, reason);
       await withDeadline(empty, timeoutMs);
-      for (const session of [...this.rooms.allSessions()]) session.ws.terminate();
+      for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.terminate();
     }
     await bus;
     await this.permissions.close();
+    await this.multiplexed.close();
     return open;
   }
 
@@ -366,4 +445,27 @@ export class Shard {
   federationStats(): FederationStats | null {
     return this.federation?.stats() ?? null;
   }
+}
+
+/** A room key that is a topic (`production-table:{id}`), not a bare desktop id. */
+function isTopicKey(roomKey: string): boolean {
+  return roomKey.includes(':');
+}
+
+/**
+ * The federation as the relay sees it, for desktop rooms only: a legacy
+ * production-table room stays on its node. Its flat events on
+ * `room.production-table:{id}` would land on the subject where the upstream
+ * relay federates that topic in the multiplexed framing.
+ */
+function desktopsOnly(bus: RelayBus): RelayBus {
+  return {
+    remoteSessionsJson: (roomKey) => (isTopicKey(roomKey) ? '' : bus.remoteSessionsJson(roomKey)),
+    publish: (roomKey, eventJson) => {
+      if (!isTopicKey(roomKey)) bus.publish(roomKey, eventJson);
+    },
+    roomEmptied: (roomKey) => {
+      if (!isTopicKey(roomKey)) bus.roomEmptied(roomKey);
+    },
+  };
 }

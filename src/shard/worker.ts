@@ -45,6 +45,9 @@ port.on('message', (message: PrimaryToShard) => {
     case 'connection':
       shard.accept(message);
       break;
+    case 'link':
+      shard.linkPort(message.peer, message.port);
+      break;
     case 'stats':
       send({
         type: 'stats',

@@ -1,0 +1,189 @@
+/**
+ * The multiplexed route on one shard, behind the few calls the shard makes:
+ * a connection opened, a port to a peer shard, the server API's word on a
+ * user, the counts and sockets liveness and drain need. It wires the parts:
+ * the connections ({@link TopicConnection}), their ops (topic-ops.ts), the
+ * rooms as subscribers see them (topic-rooms.ts, which the relay also uses
+ * for its legacy members' events), the link to the other shards
+ * (shard-link.ts) and the authorize call with its cache
+ * (auth/topic-authorizer.ts).
+ */
+import type { MessagePort } from 'node:worker_threads';
+import type { PermissionSource } from '../auth/permission-client.ts';
+import { secretKey, type Identity } from '../auth/token.ts';
+import { ClaimTopicAuthority, HttpTopicAuthority, TopicAuthorizer } from '../auth/topic-authorizer.ts';
+import type { ServeConfig } from '../config.ts';
+import type { Logger } from '../log.ts';
+import type { ApiPermission } from '../protocol/api.ts';
+import type { MetricsSlot } from '../protocol/metrics.ts';
+import type { UserConnections } from '../protocol/user-connections.ts';
+import type { Backpressure } from './backpressure.ts';
+import { TopicConnection } from './connection.ts';
+import type { Admitted } from './handshake.ts';
+import type { RateLimiter } from './rate-limiter.ts';
+import type { RoomIndex } from './room-index.ts';
+import type { Session } from './session.ts';
+import { ShardLink } from './shard-link.ts';
+import { cancelPause } from './socket-reads.ts';
+import { TopicOps } from './topic-ops.ts';
+import { TopicRooms } from './topic-rooms.ts';
+import type { WriteCoalescer } from './write-coalescer.ts';
+
+export interface MultiplexedOptions {
+  shardId: number;
+  config: ServeConfig;
+  rooms: RoomIndex;
+  backpressure: Backpressure;
+  out: WriteCoalescer<Session>;
+  limiter: RateLimiter;
+  metrics: MetricsSlot;
+  log: Logger;
+  users: UserConnections;
+  transientTypes: ReadonlySet<string>;
+  /** The types a viewer may not send (--mutation-types). */
+  mutationTypes: ReadonlySet<string>;
+  /** The permission claims of the token (dev mode, --permissions-from-token), or null: ask the app's authorize endpoint. */
+  claims: PermissionSource | null;
+  /** The room's legacy sessions on other nodes (federation), as SessionInfo JSON. */
+  remoteSessionsJson?: (roomKey: string) => string;
+  /** A connection opened or closed: the server API reaches it by user, token expiry applies (shard-api.ts). */
+  opened: (conn: TopicConnection, identity: Identity) => void;
+  closed: (conn: TopicConnection) => void;
+  /** The number of open sockets changed (gauges, and a drain waiting for none). */
+  changed: () => void;
+  /** Bytes read from a connection's socket: the relay's byte budget, shared with the user's legacy sessions. */
+  onBytes: (conn: TopicConnection, bytes: number) => void;
+}
+
+export class Multiplexed {
+  private readonly options: MultiplexedOptions;
+  /** Open connections. */
+  readonly connections = new Set<TopicConnection>();
+  /** The rooms as subscribers see them; the relay fans its legacy members' events out through it. */
+  readonly topics: TopicRooms;
+  private readonly ops: TopicOps;
+  private readonly authorizer: TopicAuthorizer;
+  /** The other shards of this process (null with one worker). */
+  private readonly link: ShardLink | null;
+
+  constructor(options: MultiplexedOptions) {
+    this.options = options;
+    const { shardId, config, rooms, backpressure, limiter, metrics, log } = options;
+    this.topics = new TopicRooms({
+      shardId,
+      workers: config.workers,
+      rooms,
+      backpressure,
+      log,
+      transientTypes: options.transientTypes,
+      remoteSessionsJson: options.remoteSessionsJson,
+      maxRoomSize: config.maxRoomSize,
+    });
+    this.link =
+      config.workers === 1
+        ? null
+        : new ShardLink({
+            shardId,
+            log,
+            onMessage: (from, message) => this.topics.onLinkMessage(from, message),
+            onPeerGone: (peer) => this.topics.onPeerGone(peer),
+          });
+    if (this.link !== null) this.topics.useLink(this.link);
+    this.authorizer = new TopicAuthorizer(
+      options.claims !== null
+        ? new ClaimTopicAuthority(options.claims)
+        : new HttpTopicAuthority({
+            base: config.permissionApiBase,
+            secret: secretKey(config.jwtSecret),
+            timeoutMs: config.permissionTimeoutMs,
+            concurrency: config.permissionConcurrency,
+          }),
+    );
+    this.ops = new TopicOps({ rooms: this.topics, authorizer: this.authorizer, backpressure, limiter, mutationTypes: this.options.mutationTypes, metrics, log });
+  }
+
+  /** A port to shard `peer` (the primary's LinkPortMessage); closed at once when there is no link or the shard drains. */
+  linkPort(peer: number, port: MessagePort, draining: boolean): void {
+    if (this.link === null || draining) port.close();
+    else this.link.attach(peer, port);
+  }
+
+  /** A connection the handshake admitted: no room until its first subscribe, and nothing sent before its first op. */
+  open({ ws, socket, identity, remoteAddress }: Admitted): void {
+    const { limiter, out, backpressure, users, metrics, log } = this.options;
+    const conn = new TopicConnection({
+      identity,
+      ws,
+      socket,
+      rate: limiter.acquire(identity.userId, Date.now()),
+      outbound: (self) => out.newOutbound(self),
+      budget: backpressure.newBudget(),
+    });
+    this.connections.add(conn);
+    users.add(conn.userId, 1);
+    metrics.handshake(101);
+    this.options.opened(conn, identity);
+    this.options.changed();
+    log.info('connection_open', { sessionId: conn.id, userId: conn.userId, remote: remoteAddress });
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      conn.alive = true;
+      this.ops.onMessage(conn, data, isBinary);
+    });
+    ws.on('pong', () => {
+      conn.alive = true;
+      this.ops.onControlFrame(conn);
+    });
+    ws.on('ping', () => this.ops.onControlFrame(conn));
+    // Every byte read counts against the user's byte budget, as on the legacy route.
+    socket.on('data', (chunk: Buffer) => this.options.onBytes(conn, chunk.length));
+    ws.on('error', (err: Error & { code?: string }) => {
+      log.info('session_protocol_error', { sessionId: conn.id, code: err.code, message: err.message });
+    });
+    ws.once('close', (code: number, reason: Buffer) => {
+      this.connections.delete(conn);
+      users.add(conn.userId, -1);
+      limiter.release(conn.userId, Date.now());
+      cancelPause(conn);
+      this.options.closed(conn);
+      const topics = conn.topics.size;
+      this.ops.closed(conn);
+      log.info('connection_close', { sessionId: conn.id, userId: conn.userId, code, reason: reason.toString(), topics, durationMs: Date.now() - conn.connectedAt });
+      this.options.changed();
+    });
+  }
+
+  /** A connection cut by the backpressure policy: it leaves every topic at once. */
+  cut(conn: TopicConnection): void {
+    this.ops.closed(conn);
+  }
+
+  /**
+   * The server API set `userId`'s role on `desktopId`: the answer is asked
+   * again, and the user's live subscriptions of `desktop:{id}` on this shard
+   * take the new role (`none` ends them with `forbidden`).
+   */
+  setGrant(userId: string, desktopId: string, permission: ApiPermission): void {
+    const topic = `desktop:${desktopId}`;
+    this.authorizer.evict(userId, topic);
+    this.ops.permissionChanged(this.connections, userId, topic, permission);
+  }
+
+  /** The server API logged `userId` out: every answer of theirs is asked again (the logout itself closes their connections). */
+  forgetUser(userId: string): void {
+    this.authorizer.evictUser(userId);
+  }
+
+  /** An event of the server API published to a desktop, for the room's subscribers (commands.ts gave it to the legacy sockets). */
+  serverEvent(desktopId: string, legacyText: string, exceptUserId: string | undefined): void {
+    this.topics.serverEvent(desktopId, legacyText, exceptUserId);
+  }
+
+  /** Drain: the link closes first (the peers drop what they learnt through it), then the sockets close. */
+  closeLink(): void {
+    this.link?.close();
+  }
+
+  close(): Promise<void> {
+    return this.authorizer.close();
+  }
+}

@@ -1,0 +1,339 @@
+/**
+ * Rooms as multiplexed connections see them. A room has three kinds of
+ * members: legacy sockets (`room.members`, the legacy framing), subscribers
+ * whose connection is on this shard (`room.subs`, the topic framing), and
+ * subscribers on other shards (`room.remote`, reached through the
+ * in-process link). Each event of the room is framed at most once per
+ * framing, and only if someone gets it; another shard gets it once however
+ * many subscribers it has there, and fans it out itself.
+ *
+ * Owner side: the shard that owns a room (the router's hash of its key)
+ * holds its state. A follower's join, leave and publish arrive over the
+ * link and are applied here like local ones; room state never crosses
+ * threads, only frames' text does.
+ *
+ * Follower side: this shard's subscribers of rooms other shards own, by
+ * topic, and the joins waiting for their owner's answer.
+ */
+import type { Logger } from '../log.ts';
+import { encodeTextFrame } from '../protocol/frame.ts';
+import { fnv1a32 } from '../protocol/hash.ts';
+import type { LinkMessage } from '../protocol/messages.ts';
+import { legacyEventText, legacyToTopicText, roomKeyOf, topicEventText, type RoomEvent } from '../protocol/topics.ts';
+import type { Backpressure } from './backpressure.ts';
+import type { Subscription } from './connection.ts';
+import type { Room, RoomIndex } from './room-index.ts';
+import type { ShardLink } from './shard-link.ts';
+
+export interface TopicRoomsOptions {
+  shardId: number;
+  workers: number;
+  rooms: RoomIndex;
+  backpressure: Backpressure;
+  log: Logger;
+  /** Types only the newest of matters to a slow recipient. */
+  transientTypes: ReadonlySet<string>;
+  /** The room's legacy sessions on other nodes (federation), as comma-separated SessionInfo JSON. */
+  remoteSessionsJson?: (roomKey: string) => string;
+  /** Most sessions a room holds, every kind counted (--max-room-size; 0 = no limit). */
+  maxRoomSize: number;
+}
+
+/** What a join came to: the room's other sessions (now), the owner's answer to wait for, a full room, or no owner to ask (it is restarting). */
+export type JoinResult = { sessions: string } | 'pending' | 'full' | 'unavailable';
+
+export class TopicRooms {
+  private readonly options: TopicRoomsOptions;
+  private readonly rooms: RoomIndex;
+  private link: ShardLink | null = null;
+  /** Topic → this shard's joined subscribers of a room another shard owns. */
+  private readonly followers = new Map<string, Set<Subscription>>();
+  /** `sessionId\0topic` → a join sent to another shard, not answered yet. */
+  private readonly joining = new Map<string, Subscription>();
+  /** The owner answered a join (`sessions`: the others). */
+  onJoined: (sub: Subscription, sessions: string) => void = () => {};
+  /** The owner of a room `sub` holds or is joining restarted: the subscription is gone. */
+  onLost: (sub: Subscription) => void = () => {};
+  /** The owner refused a join: the room is full. */
+  onFull: (sub: Subscription) => void = () => {};
+
+  constructor(options: TopicRoomsOptions) {
+    this.options = options;
+    this.rooms = options.rooms;
+  }
+
+  /** The link to the other shards (absent with one worker). */
+  useLink(link: ShardLink): void {
+    this.link = link;
+  }
+
+  /** The shard that owns `roomKey`'s room: the router's hash, also federation's. */
+  ownerOf(roomKey: string): number {
+    return fnv1a32(roomKey) % this.options.workers;
+  }
+
+  // ---- the connection's side ----
+
+  /** Put `sub` in its room (here, or through its owner); on a fresh ack of a held topic, ask again for the list. */
+  join(sub: Subscription): JoinResult {
+    if (sub.owner === this.options.shardId) {
+      const room = this.rooms.ensure(sub.roomKey);
+      const sessions = this.sessionsJson(room, sub.conn.id);
+      if (sub.state === 'joined') return { sessions };
+      if (this.full(room)) {
+        this.rooms.dropIfEmpty(room);
+        return 'full';
+      }
+      this.rooms.addSub(sub);
+      sub.state = 'joined';
+      this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
+      return { sessions };
+    }
+    const message: LinkMessage = { k: 'join', topic: sub.topic, sid: sub.conn.id, info: sub.infoJson, stamp: sub.conn.stamp };
+    if (this.link === null || !this.link.send(sub.owner, message)) return 'unavailable';
+    this.joining.set(`${sub.conn.id}\0${sub.topic}`, sub);
+    return 'pending';
+  }
+
+  /** Take `sub` out of its room (session_left to the others). */
+  leave(sub: Subscription): void {
+    if (sub.state !== 'joined') return;
+    sub.state = 'joining';
+    if (sub.owner === this.options.shardId) {
+      const room = this.rooms.removeSub(sub);
+      if (room !== null) this.broadcast(room, this.presence(sub, 'session_left'), sub.conn.id, '');
+      return;
+    }
+    const subs = this.followers.get(sub.topic);
+    if (subs !== undefined) {
+      subs.delete(sub);
+      if (subs.size === 0) this.followers.delete(sub.topic);
+    }
+    this.link?.send(sub.owner, { k: 'leave', topic: sub.topic, sid: sub.conn.id });
+  }
+
+  /** `sub` publishes `type` (its permission already checked). */
+  publish(sub: Subscription, type: string, payload: string | undefined, timestamp: number): void {
+    if (sub.owner !== this.options.shardId) {
+      this.link?.send(sub.owner, { k: 'pub', topic: sub.topic, sid: sub.conn.id, type, payload, ts: timestamp });
+      return;
+    }
+    const room = this.rooms.get(sub.roomKey);
+    if (room === undefined || room.size < 2) return;
+    this.broadcast(room, { type, stamp: sub.conn.stamp, timestamp, payload }, sub.conn.id, this.transientKey(sub.conn.id, type));
+  }
+
+  // ---- the owner's side ----
+
+  /** Whether `room` holds --max-room-size sessions already, every kind counted, as for a legacy handshake. */
+  private full(room: Room): boolean {
+    return this.options.maxRoomSize > 0 && room.size >= this.options.maxRoomSize;
+  }
+
+  /** Comma-separated SessionInfo JSON of everyone in `room` but `exceptId`, every framing, every shard, every node. */
+  sessionsJson(room: Room, exceptId: string): string {
+    const parts: string[] = [];
+    for (const member of room.members) if (member.id !== exceptId) parts.push(member.infoJson);
+    for (const sub of room.subs) if (sub.conn.id !== exceptId) parts.push(sub.infoJson);
+    if (room.remote !== null) for (const member of room.remote.values()) if (member.sessionId !== exceptId) parts.push(member.infoJson);
+    const nodes = this.options.remoteSessionsJson?.(room.id) ?? '';
+    if (nodes !== '') parts.push(nodes);
+    return parts.join(',');
+  }
+
+  /** `event` to everyone in `room` but `exceptId`: legacy sockets, subscribers here, and once to each other shard. */
+  broadcast(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void {
+    if (room.members.length > 0) {
+      let frame: Buffer | null = null;
+      const members = this.rooms.pin(room);
+      for (let i = 0; i < members.length; i++) {
+        const member = members[i]!;
+        if (member.id === exceptId || !member.open) continue;
+        frame ??= encodeTextFrame(legacyEventText(event));
+        this.options.backpressure.deliver(member, frame, transientKey === '' ? undefined : transientKey);
+      }
+      this.rooms.unpin(room, members);
+    }
+    this.fanOut(room, event, exceptId, transientKey);
+  }
+
+  /** `event` to the room's multiplexed subscribers only (here and on other shards): the legacy relay delivered to the legacy sockets. */
+  fanOut(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void {
+    let text: string | null = null;
+    if (room.subs.length > 0) {
+      let frame: Buffer | null = null;
+      const subs = this.rooms.pinSubs(room);
+      for (let i = 0; i < subs.length; i++) {
+        const conn = subs[i]!.conn;
+        if (conn.id === exceptId || !conn.open) continue;
+        text ??= topicEventText(room.topic, event);
+        frame ??= encodeTextFrame(text);
+        this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
+      }
+      this.rooms.unpinSubs(room, subs);
+    }
+    if (room.peers !== null && this.link !== null) {
+      for (const [peer, count] of room.peers) {
+        // A shard whose only subscriber is the sender gets nothing.
+        if (count === 1 && room.remote!.get(exceptId)?.shard === peer) continue;
+        text ??= topicEventText(room.topic, event);
+        this.link.send(peer, { k: 'ev', topic: room.topic, except: exceptId, text, transient: transientKey });
+      }
+    }
+  }
+
+  /**
+   * An event of the server API (`publish` to a desktop: finished legacy
+   * JSON, `sessionId` "server") for the room's multiplexed subscribers, here
+   * and on other shards, but the sessions of `exceptUserId`; the legacy
+   * sockets had it from commands.ts.
+   */
+  serverEvent(roomKey: string, legacyText: string, exceptUserId: string | undefined): void {
+    const room = this.rooms.get(roomKey);
+    if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
+    const text = legacyToTopicText(room.topic, legacyText);
+    let frame: Buffer | null = null;
+    const subs = this.rooms.pinSubs(room);
+    for (let i = 0; i < subs.length; i++) {
+      const conn = subs[i]!.conn;
+      if (conn.userId === exceptUserId || !conn.open) continue;
+      frame ??= encodeTextFrame(text);
+      this.options.backpressure.deliver(conn, frame, undefined);
+    }
+    this.rooms.unpinSubs(room, subs);
+    if (room.peers === null || this.link === null) return;
+    for (const peer of room.peers.keys()) {
+      this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: '', ...(exceptUserId === undefined ? {} : { exceptUser: exceptUserId }) });
+    }
+  }
+
+  /** The coalescing key of an event, or '' when its type is not transient. */
+  transientKey(senderId: string, type: string): string {
+    return this.options.transientTypes.has(type) ? `${senderId}\n${type}` : '';
+  }
+
+  private presence(sub: Subscription, type: 'session_joined' | 'session_left'): RoomEvent {
+    return { type, stamp: sub.conn.stamp, timestamp: Date.now(), payload: sub.infoJson };
+  }
+
+  // ---- the link ----
+
+  /** A message from shard `from`. */
+  onLinkMessage(from: number, message: LinkMessage): void {
+    switch (message.k) {
+      case 'join':
+        return this.remoteJoin(from, message.topic, message.sid, message.info, message.stamp);
+      case 'leave':
+        return this.remoteLeave(message.topic, message.sid);
+      case 'pub': {
+        const room = this.rooms.get(roomKeyOf(message.topic));
+        const member = room?.remote?.get(message.sid);
+        if (room === undefined || member === undefined) return;
+        const event: RoomEvent = { type: message.type, stamp: member.stamp, timestamp: message.ts, payload: message.payload };
+        this.broadcast(room, event, message.sid, this.transientKey(message.sid, message.type));
+        return;
+      }
+      case 'joined': {
+        const key = `${message.sid}\0${message.topic}`;
+        const sub = this.joining.get(key);
+        this.joining.delete(key);
+        if (sub === undefined || !sub.conn.open || sub.conn.topics.get(sub.topic) !== sub) {
+          // The connection closed while its owner answered: it leaves at once.
+          if (message.full !== true) this.link?.send(from, { k: 'leave', topic: message.topic, sid: message.sid });
+          return;
+        }
+        if (message.full === true) {
+          this.onFull(sub);
+          return;
+        }
+        if (sub.state === 'joining') {
+          sub.state = 'joined';
+          let subs = this.followers.get(sub.topic);
+          if (subs === undefined) this.followers.set(sub.topic, (subs = new Set()));
+          subs.add(sub);
+        }
+        this.onJoined(sub, message.sessions);
+        return;
+      }
+      case 'ev': {
+        const subs = this.followers.get(message.topic);
+        if (subs === undefined) return;
+        let frame: Buffer | null = null;
+        for (const sub of [...subs]) {
+          if (sub.conn.id === message.except || sub.conn.userId === message.exceptUser || !sub.conn.open) continue;
+          frame ??= encodeTextFrame(message.text);
+          this.options.backpressure.deliver(sub.conn, frame, message.transient === '' ? undefined : message.transient);
+        }
+        return;
+      }
+    }
+  }
+
+  private remoteJoin(from: number, topic: string, sid: string, info: string, stamp: string): void {
+    const room = this.rooms.ensure(roomKeyOf(topic));
+    const again = room.remote?.has(sid) === true;
+    if (!again && this.full(room)) {
+      this.rooms.dropIfEmpty(room);
+      this.link?.send(from, { k: 'joined', topic, sid, sessions: '', full: true });
+      return;
+    }
+    const remote = (room.remote ??= new Map());
+    const sessions = this.sessionsJson(room, sid);
+    if (!again) {
+      remote.set(sid, { sessionId: sid, infoJson: info, stamp, shard: from });
+      const peers = (room.peers ??= new Map());
+      peers.set(from, (peers.get(from) ?? 0) + 1);
+    }
+    this.link?.send(from, { k: 'joined', topic, sid, sessions });
+    if (!again) this.broadcast(room, { type: 'session_joined', stamp, timestamp: Date.now(), payload: info }, sid, '');
+  }
+
+  private remoteLeave(topic: string, sid: string): void {
+    const room = this.rooms.get(roomKeyOf(topic));
+    const member = room?.remote?.get(sid);
+    if (room === undefined || member === undefined) return;
+    this.dropRemote(room, member.sessionId, member.shard);
+    this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: Date.now(), payload: member.infoJson }, sid, '');
+    this.rooms.dropIfEmpty(room);
+  }
+
+  private dropRemote(room: Room, sid: string, shard: number): void {
+    room.remote!.delete(sid);
+    if (room.remote!.size === 0) room.remote = null;
+    const count = room.peers!.get(shard)! - 1;
+    if (count > 0) room.peers!.set(shard, count);
+    else room.peers!.delete(shard);
+    if (room.peers!.size === 0) room.peers = null;
+  }
+
+  /**
+   * Shard `peer` stopped. Its subscribers leave the rooms owned here (the
+   * others hear `session_left`); this shard's subscribers of rooms it owned,
+   * or joining them, lose the topic (onLost).
+   */
+  onPeerGone(peer: number): void {
+    for (const room of [...this.rooms.values()]) {
+      if (room.remote === null || room.peers?.has(peer) !== true) continue;
+      // All out first, so that no session_left is addressed to the shard that is gone.
+      const gone = [...room.remote.values()].filter((member) => member.shard === peer);
+      for (const member of gone) this.dropRemote(room, member.sessionId, peer);
+      const now = Date.now();
+      for (const member of gone) this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: now, payload: member.infoJson }, member.sessionId, '');
+      this.rooms.dropIfEmpty(room);
+    }
+    for (const [key, sub] of [...this.joining]) {
+      if (sub.owner !== peer) continue;
+      this.joining.delete(key);
+      this.onLost(sub);
+    }
+    for (const [topic, subs] of [...this.followers]) {
+      const first = subs.values().next().value;
+      if (first === undefined || first.owner !== peer) continue;
+      this.followers.delete(topic);
+      for (const sub of subs) {
+        sub.state = 'joining';
+        this.onLost(sub);
+      }
+    }
+  }
+}
