@@ -64,7 +64,7 @@ export function serverLimitNotes(errors: Readonly<Record<string, number>>, sende
       options: ['--max-pending-per-address', '--max-room-size', '--max-connections-per-worker'],
       text:
         `The server refused ${refused503} connection${refused503 === 1 ? '' : 's'} with 503: its --max-pending-per-address ` +
-        '(64 request heads being read from one address by default) or a full room or worker (--max-room-size, --max-connections-per-worker).',
+        '(64 request heads still being read 1 s after their connect, from one address, by default) or a full room or worker (--max-room-size, --max-connections-per-worker).',
     });
   }
   return notes;

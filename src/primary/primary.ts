@@ -39,6 +39,19 @@ function swallow(): void {}
  */
 const SHED_CANDIDATES = 4;
 
+/**
+ * A connection whose head is still being read this long after its accept
+ * counts against --max-pending-per-address. A client's head follows its TCP
+ * handshake within a round trip, and the primary reads it within one poll
+ * (at most 100 ms apart), so a burst of clients behind one address is read
+ * long before this; what is still pending here is slow (a head segment
+ * lost on a lossy link waits a 1 s retransmission timeout, and is then
+ * counted, but admitted unless its address holds the limit's worth).
+ */
+export const PENDING_SLOW_AFTER_MS = 1000;
+/** Connections turning slow are counted in batches at most this often. */
+const AGE_BATCH_MS = 10;
+
 /** --handshake-rate-per-address lets an address start this many seconds' worth at once. */
 export const HANDSHAKE_BURST_SECONDS = 5;
 
@@ -76,8 +89,10 @@ export class Primary {
   private readonly log: Logger;
   private readonly pool: ShardPool;
   private readonly server: Server;
-  /** Heads being read: shed when full, cancelled and closed on shutdown. */
-  private readonly pending = new PendingTable<Socket, PendingHead>();
+  /** Heads being read: shed when full, slow ones counted per address, cancelled and closed on shutdown. */
+  private readonly pending: PendingTable<Socket, PendingHead>;
+  /** Counts the pending connections that turn slow (PENDING_SLOW_AFTER_MS); null when none waits. */
+  private agingTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private stopSampling: () => void = () => {};
   /** Refusals are caused at will by peers: logged at a bounded rate. */
@@ -91,6 +106,7 @@ export class Primary {
     this.config = options.config;
     this.log = options.log;
     this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log, onFatal: options.onFatal });
+    this.pending = new PendingTable({ slowAfterMs: PENDING_SLOW_AFTER_MS, maxSlowPerAddress: this.config.maxPendingPerAddress });
     this.handshakes = new KeyedBuckets(this.config.handshakeRatePerAddress, this.config.handshakeRatePerAddress * HANDSHAKE_BURST_SECONDS);
     reportLingeringTo(this.pool.primaryMetrics);
     this.api =
@@ -129,6 +145,8 @@ export class Primary {
     this.log.info('shutdown', { drainTimeoutMs: this.config.drainTimeoutMs });
     this.server.close();
     this.stopSampling();
+    if (this.agingTimer !== null) clearTimeout(this.agingTimer);
+    this.agingTimer = null;
     for (const [socket, read] of this.pending.entries()) {
       read.cancel();
       socket.destroy();
@@ -150,7 +168,8 @@ export class Primary {
     // nginx buffers request heads itself, so a trusted proxy's connections are not limited.
     const limited = this.config.maxPendingPerAddress > 0 && !this.config.trustProxy.includes(peer);
     const address = addressKey(peer);
-    if (limited && this.pending.fromAddress(address) >= this.config.maxPendingPerAddress) {
+    // Only slow connections count: an address already holding its limit's worth gets no more.
+    if (limited && this.pending.addressFull(address)) {
       this.pool.primaryMetrics.add(Metric.PENDING_REFUSED_ADDRESS);
       this.reject(socket, Rejections.TOO_MANY_PENDING_FROM_ADDRESS, {}, false);
       return;
@@ -174,9 +193,34 @@ export class Primary {
     }
     // The first read attempt is synchronous and may already have finished.
     if (finished) return;
-    this.pending.add(socket, read, limited ? address : null);
+    this.pending.add(socket, read, limited ? address : null, acceptedAt);
     this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
+    if (limited) this.armAging();
   }
+
+  private armAging(): void {
+    if (this.agingTimer !== null) return;
+    const due = this.pending.nextSlowAt();
+    if (due === undefined) return;
+    this.agingTimer = setTimeout(this.agePending, Math.max(AGE_BATCH_MS, due - Date.now()));
+    this.agingTimer.unref();
+  }
+
+  /**
+   * Count the connections that turned slow against their addresses; those
+   * past their address's limit are refused as a newcomer from it would be.
+   */
+  private readonly agePending = (): void => {
+    this.agingTimer = null;
+    const over = this.pending.age(Date.now());
+    for (const [socket, read] of over) {
+      read.cancel();
+      this.pool.primaryMetrics.add(Metric.PENDING_REFUSED_ADDRESS);
+      this.reject(socket, Rejections.TOO_MANY_PENDING_FROM_ADDRESS, {}, false);
+    }
+    if (over.length > 0) this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
+    this.armAging();
+  };
 
   /**
    * Close the pending connection that has sent the fewest bytes for longest,
