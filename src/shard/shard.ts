@@ -29,6 +29,18 @@ import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
 import { Federation } from './federation.ts';
 
+/**
+ * On a drain, how long a session's socket has to hand its close frame (and
+ * what it holds before it) to the kernel before it is cut. A healthy reader
+ * takes microseconds; one that stopped reading never does.
+ */
+export const CLOSE_FLUSH_MS = 250;
+
+/** Bytes wait in the session's socket that the kernel has not taken. */
+function holdsUnsentBytes(session: Session): boolean {
+  return !session.socket.destroyed && session.socket.writableLength > 0;
+}
+
 /** Fragments one message may come in (ws's default is 16,384). */
 export const MAX_FRAGMENTS = 64;
 
@@ -322,13 +334,33 @@ export class Shard {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      for (const session of [...this.rooms.allSessions()]) session.ws.close(code, reason);
-      await withDeadline(empty, timeoutMs);
+      const sessions = [...this.rooms.allSessions()];
+      for (const session of sessions) session.ws.close(code, reason);
+      const started = Date.now();
+      // A socket that cannot take its close frame (it waits behind a backlog
+      // the peer does not read) would hold the drain to its deadline, and
+      // the process's exit with it: cut it once the others had a moment.
+      const backlogged = sessions.filter(holdsUnsentBytes);
+      if (backlogged.length > 0 && !(await withDeadline(empty, Math.min(CLOSE_FLUSH_MS, timeoutMs)))) this.cutUnflushed(backlogged);
+      await withDeadline(empty, Math.max(0, timeoutMs - (Date.now() - started)));
       for (const session of [...this.rooms.allSessions()]) session.ws.terminate();
     }
     await bus;
     await this.permissions.close();
     return open;
+  }
+
+  /** Cut the draining sessions whose sockets still hold bytes the kernel would not take, their close frame among them. */
+  private cutUnflushed(sessions: Session[]): void {
+    let cut = 0;
+    let bytes = 0;
+    for (const session of sessions) {
+      if (!holdsUnsentBytes(session)) continue;
+      cut++;
+      bytes += session.socket.writableLength;
+      session.ws.terminate();
+    }
+    if (cut > 0) this.log.info('drain_cut', { sessions: cut, bytes });
   }
 
   /** Peer nodes and the bus connection, for /stats (null without federation). */
