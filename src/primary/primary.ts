@@ -13,6 +13,7 @@ import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } 
 import { reportLingeringTo } from '../protocol/linger.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
+import { CROWD, MemoryRelease, releasedFields } from '../memory-release.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
 import { ApiServer } from './api-server.ts';
 import { demoResponse } from './demo.ts';
@@ -101,11 +102,16 @@ export class Primary {
   private readonly handshakes: KeyedBuckets;
   /** The server API, when --api-key is set. */
   private readonly api: ApiServer | null;
+  /** A burst of connects grows this thread's heap, which V8 gives back late (memory-release.ts). */
+  private readonly memory: MemoryRelease;
+  /** Connections accepted since the last request for a collection. */
+  private acceptedSinceRelease = 0;
 
   constructor(options: PrimaryOptions) {
     this.config = options.config;
     this.log = options.log;
     this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log, onFatal: options.onFatal });
+    this.memory = new MemoryRelease({ onReleased: (released) => this.log.info('memory_released', releasedFields(released)) });
     this.pending = new PendingTable({ slowAfterMs: PENDING_SLOW_AFTER_MS, maxSlowPerAddress: this.config.maxPendingPerAddress });
     this.handshakes = new KeyedBuckets(this.config.handshakeRatePerAddress, this.config.handshakeRatePerAddress * HANDSHAKE_BURST_SECONDS);
     reportLingeringTo(this.pool.primaryMetrics);
@@ -145,6 +151,7 @@ export class Primary {
     this.log.info('shutdown', { drainTimeoutMs: this.config.drainTimeoutMs });
     this.server.close();
     this.stopSampling();
+    this.memory.stop();
     if (this.agingTimer !== null) clearTimeout(this.agingTimer);
     this.agingTimer = null;
     for (const [socket, read] of this.pending.entries()) {
@@ -163,6 +170,10 @@ export class Primary {
     if (this.closing) {
       socket.destroy();
       return;
+    }
+    if (++this.acceptedSinceRelease >= CROWD) {
+      this.acceptedSinceRelease = 0;
+      this.memory.request('heap');
     }
     const peer = normalize(socket.remoteAddress ?? '');
     // nginx buffers request heads itself, so a trusted proxy's connections are not limited.

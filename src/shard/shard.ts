@@ -22,7 +22,7 @@ import { Relay } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
-import { MemoryRelease } from './memory-release.ts';
+import { MemoryRelease, Peak, releasedFields } from '../memory-release.ts';
 import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
@@ -74,7 +74,9 @@ export class Shard {
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
   private readonly users: UserConnections;
-  private readonly memory = new MemoryRelease();
+  private readonly memory: MemoryRelease;
+  /** Tells when a crowd of sessions has left (memory-release.ts). */
+  private readonly sessionPeak = new Peak();
   private readonly federation: Federation | null;
   /** The server API and live grants (issue 13). */
   private readonly api: ShardApi;
@@ -84,6 +86,7 @@ export class Shard {
     this.users = users;
     this.log = log;
     this.metrics = metrics;
+    this.memory = new MemoryRelease({ onReleased: (released) => log.info('memory_released', releasedFields(released)) });
     const permissionApi = config.dev
       ? new ClaimPermissionSource()
       : new HttpPermissionSource({
@@ -290,6 +293,8 @@ export class Shard {
   private updateGauges(): void {
     this.metrics.set(Metric.CONNECTIONS, this.rooms.sessionCount);
     this.metrics.set(Metric.ROOMS, this.rooms.roomCount);
+    // The crowd's sessions took heap that V8 gives back late (memory-release.ts).
+    if (this.sessionPeak.update(this.rooms.sessionCount)) this.memory.request('heap');
   }
 
   /**
