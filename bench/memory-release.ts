@@ -164,7 +164,7 @@ try {
     trimmed = ['', 'glibc `malloc_stats()` before and after `malloc_trim(0)`:', '', '```', arenas[0]!.trim(), '--- malloc_trim(0) ---', (arenas[1] ?? '').split('\n').slice(4).join('\n').trim(), '```', ''].join('\n');
   }
   const mib = (b: number) => (b / MiB).toFixed(0);
-  const iso = (m: IsolateMemory | null) => (m === null ? '—' : `${mib(m.heapUsed)}/${mib(m.heapTotal)}, ${mib(m.external)}`);
+  const iso = (m: IsolateMemory | null) => (m === null ? '—' : `${mib(m.heapUsed)}/${m.heapTotal === undefined ? '?' : mib(m.heapTotal)}, ${mib(m.external)}`);
   const lines = [
     `# Memory after ${SESSIONS} idle sessions`,
     '',
