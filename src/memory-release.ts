@@ -21,13 +21,15 @@
  *   (bench/memory-release.ts), but a shard that still relayed one busy room
  *   kept 93 MiB committed for 21 MiB in use, for good, and the primary's
  *   heap stayed at twice its fresh size. A regular full GC frees the
- *   objects and keeps the pages. So once a crowd has gone (sessions fell to
- *   a quarter of their peak, {@link Peak}) or a thousand connects came, the
- *   thread asks for a *memory-reducing* collection (`'heap'`): V8's
- *   last-resort GC, which compacts and releases free pages. It is made
- *   only if the heap grew by {@link HEAP_SLACK_BYTES} since the last one,
- *   and it pauses the thread once per crowd: 60–70 ms for a shard that
- *   held 2,500 sessions, 0.3–0.5 s for one that held 9,750.
+ *   objects and keeps the pages. So once a crowd has gone (a shard's
+ *   sessions fell to a quarter of their peak, {@link Peak}), or handshakes
+ *   stopped for {@link SETTLE_MS} after a thousand came (the primary, which
+ *   should not pause during a storm), the thread asks for a
+ *   *memory-reducing* collection (`'heap'`): V8's last-resort GC, which
+ *   compacts and releases free pages. It is made only if the heap grew by
+ *   {@link HEAP_SLACK_BYTES} since the last one, and it pauses the thread
+ *   once per crowd: 35–250 ms for a shard that held 2,500 sessions,
+ *   0.1–0.5 s for one that held 9,750, 35–200 ms for the primary.
  *
  * The `gc` function comes from `--expose-gc`, set at run time for this
  * isolate (a flag change made once, before any use; Node documents such
@@ -42,7 +44,7 @@ import { runInNewContext } from 'node:vm';
 export const SETTLE_MS = 3000;
 /** Collect at most this long after the first request, even if requests keep coming. */
 export const MAX_WAIT_MS = 30_000;
-/** A crowd: this many sessions gone (and 3/4 of the peak, {@link Peak}), or connects accepted. */
+/** A crowd: this many sessions gone (and 3/4 of the peak, {@link Peak}), or handshakes handed to shards. */
 export const CROWD = 1000;
 /**
  * A memory-reducing collection is made only when the heap has grown by at
@@ -79,6 +81,12 @@ export interface MemoryReleaseOptions {
   collect?: Collector | null;
   /** The isolate's heap committed, in bytes (default: V8's total_heap_size). */
   heapSize?: () => number;
+  /**
+   * Collect at most this long after the first request, even if requests
+   * keep coming (default {@link MAX_WAIT_MS}); `Infinity`: only once they
+   * stop for {@link SETTLE_MS}.
+   */
+  maxWaitMs?: number;
 }
 
 function exposeGc(): Collector | null {
@@ -97,6 +105,7 @@ export class MemoryRelease {
   private readonly collect: Collector | null;
   private readonly onReleased: ((released: Released) => void) | undefined;
   private readonly heapSize: () => number;
+  private readonly maxWaitMs: number;
   /** The heap committed after the last memory-reducing collection (or at the start). */
   private baseline: number;
   private timer: NodeJS.Timeout | null = null;
@@ -109,12 +118,13 @@ export class MemoryRelease {
     this.collect = options.collect === undefined ? exposeGc() : options.collect;
     this.onReleased = options.onReleased;
     this.heapSize = options.heapSize ?? v8HeapSize;
+    this.maxWaitMs = options.maxWaitMs ?? MAX_WAIT_MS;
     this.baseline = this.heapSize();
   }
 
   /**
    * Ask for a collection once the thread has been free of new requests for
-   * {@link SETTLE_MS} (at most {@link MAX_WAIT_MS} after the first). A
+   * {@link SETTLE_MS} (at most `maxWaitMs` after the first). A
    * `'heap'` request makes it a memory-reducing one, if the heap has grown
    * by {@link HEAP_SLACK_BYTES} since the last.
    */
@@ -137,7 +147,7 @@ export class MemoryRelease {
     this.timer = null;
     const now = Date.now();
     const quietFor = now - this.lastAt;
-    if (quietFor < SETTLE_MS && now - this.firstAt < MAX_WAIT_MS) {
+    if (quietFor < SETTLE_MS && now - this.firstAt < this.maxWaitMs) {
       this.arm(SETTLE_MS - quietFor);
       return;
     }

@@ -55,6 +55,20 @@ test('requests that keep coming are collected MAX_WAIT_MS after the first', (t) 
   assert.deepEqual(collections, ['regular']);
 });
 
+test('with a longer maxWaitMs (the primary), requests that keep coming wait for it, or for a pause of SETTLE_MS', (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
+  const collections: string[] = [];
+  const memory = new MemoryRelease({ maxWaitMs: 4 * MAX_WAIT_MS, heapSize: () => 0, collect: (o) => collections.push(o.flavor) });
+  t.after(() => memory.stop());
+  for (let waited = 0; waited < 3 * MAX_WAIT_MS; waited += 1000) {
+    memory.request('buffers', Date.now());
+    t.mock.timers.tick(1000);
+  }
+  assert.deepEqual(collections, []);
+  t.mock.timers.tick(SETTLE_MS);
+  assert.deepEqual(collections, ['regular']);
+});
+
 test('a heap request is a memory-reducing collection when the heap grew by HEAP_SLACK_BYTES, and nothing otherwise', (t) => {
   const { memory, collections, released, grow, tick } = setup(t);
   grow(HEAP_SLACK_BYTES - 1);

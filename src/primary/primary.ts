@@ -53,6 +53,13 @@ export const PENDING_SLOW_AFTER_MS = 1000;
 /** Connections turning slow are counted in batches at most this often. */
 const AGE_BATCH_MS = 10;
 
+/**
+ * After a burst of handshakes the primary collects once they have stopped
+ * for a few seconds (memory-release.ts), or at the latest this long after
+ * the burst passed CROWD, if they never stop.
+ */
+export const PRIMARY_RELEASE_MAX_WAIT_MS = 5 * 60_000;
+
 /** --handshake-rate-per-address lets an address start this many seconds' worth at once. */
 export const HANDSHAKE_BURST_SECONDS = 5;
 
@@ -104,14 +111,21 @@ export class Primary {
   private readonly api: ApiServer | null;
   /** A burst of connects grows this thread's heap, which V8 gives back late (memory-release.ts). */
   private readonly memory: MemoryRelease;
-  /** Connections accepted since the last request for a collection. */
-  private acceptedSinceRelease = 0;
+  /** Handshakes handed to shards since the last collection (counted up to CROWD; past it, each asks for one). */
+  private handshakesSinceRelease = 0;
 
   constructor(options: PrimaryOptions) {
     this.config = options.config;
     this.log = options.log;
     this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log, onFatal: options.onFatal });
-    this.memory = new MemoryRelease({ onReleased: (released) => this.log.info('memory_released', releasedFields(released)) });
+    this.memory = new MemoryRelease({
+      // Once handshakes stop: a pause here delays every handshake of a storm.
+      maxWaitMs: PRIMARY_RELEASE_MAX_WAIT_MS,
+      onReleased: (released) => {
+        this.handshakesSinceRelease = 0;
+        this.log.info('memory_released', releasedFields(released));
+      },
+    });
     this.pending = new PendingTable({ slowAfterMs: PENDING_SLOW_AFTER_MS, maxSlowPerAddress: this.config.maxPendingPerAddress });
     this.handshakes = new KeyedBuckets(this.config.handshakeRatePerAddress, this.config.handshakeRatePerAddress * HANDSHAKE_BURST_SECONDS);
     reportLingeringTo(this.pool.primaryMetrics);
@@ -170,10 +184,6 @@ export class Primary {
     if (this.closing) {
       socket.destroy();
       return;
-    }
-    if (++this.acceptedSinceRelease >= CROWD) {
-      this.acceptedSinceRelease = 0;
-      this.memory.request('heap');
     }
     const peer = normalize(socket.remoteAddress ?? '');
     // nginx buffers request heads itself, so a trusted proxy's connections are not limited.
@@ -357,6 +367,8 @@ export class Primary {
           return;
         }
         const sent = this.pool.dispatch(decision.shard, socket, bytes, headLength, client);
+        if (this.handshakesSinceRelease < CROWD) this.handshakesSinceRelease++;
+        else this.memory.request('heap');
         if (sent === 'unavailable') {
           this.reject(socket, Rejections.SHARD_UNAVAILABLE, {
             detail: `shard ${decision.shard} is restarting`,
