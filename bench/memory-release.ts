@@ -191,7 +191,8 @@ try {
   const info = machineInfo();
   const dir = fileURLToPath(new URL('./results/', import.meta.url));
   mkdirSync(dir, { recursive: true });
-  writeFileSync(`${dir}memory-${new Date().toISOString().slice(0, 10)}-${info.commit}-${SESSIONS}${DEV ? '-dev' : ''}.md`, report);
+  const variant = `${DEV ? '-dev' : ''}${ABRUPT ? '-abrupt' : ''}${BUSY_RATE ? '-busy' : ''}`;
+  writeFileSync(`${dir}memory-${new Date().toISOString().slice(0, 10)}-${info.commit}-${SESSIONS}${variant}.md`, report);
 } finally {
   busy?.stop();
   await cleanup.run();
