@@ -28,8 +28,8 @@
  *   *memory-reducing* collection (`'heap'`): V8's last-resort GC, which
  *   compacts and releases free pages. It is made only if the heap grew by
  *   {@link HEAP_SLACK_BYTES} since the last one, and it pauses the thread
- *   once per crowd: 35–250 ms for a shard that held 2,500 sessions,
- *   0.1–0.5 s for one that held 9,750, 35–200 ms for the primary.
+ *   once per crowd: 60–250 ms for a shard that held 2,500–9,750 sessions
+ *   (0.5 s in one run), 30–175 ms for the primary.
  *
  * The `gc` function comes from `--expose-gc`, set at run time for this
  * isolate (a flag change made once, before any use; Node documents such
