@@ -48,7 +48,7 @@ export interface ServeConfig {
   maxHeadBytes: number;
   handshakeTimeoutMs: number;
   maxPendingHandshakes: number;
-  /** Heads pending from one address (0 = no limit); --trust-proxy peers are exempt. */
+  /** Heads pending over 1 s from one address (0 = no limit); --trust-proxy peers are exempt. */
   maxPendingPerAddress: number;
   /** WebSocket handshakes per second one client address may start (5 s worth at once; 0 = no limit). */
   handshakeRatePerAddress: number;
@@ -319,7 +319,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--max-pending-per-address <n>',
     env: 'MOODIO_RT_MAX_PENDING_PER_ADDRESS',
     default: '64',
-    description: 'request heads being read from one client address; more are answered 503 (0 = no limit; --trust-proxy peers are exempt)',
+    description: 'slow request heads (still being read 1 s after the connect) from one client address; more are answered 503 (0 = no limit; --trust-proxy peers are exempt)',
     parse: intIn(0, 1_000_000),
   },
   {

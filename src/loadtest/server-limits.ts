@@ -94,7 +94,7 @@ export function serverLimitNotes(errors: Readonly<Record<string, number>>, sende
         options: ['--max-pending-per-address', '--max-room-size', '--max-connections-per-worker'],
         text:
           `The server refused ${refused503 - explained} connection${refused503 - explained === 1 ? '' : 's'} with 503: its --max-pending-per-address ` +
-          '(64 request heads being read from one address by default) or a full room or worker (--max-room-size, --max-connections-per-worker).',
+          '(64 request heads still being read 1 s after their connect, from one address, by default) or a full room or worker (--max-room-size, --max-connections-per-worker).',
       });
     }
   }

@@ -2,7 +2,12 @@
  * The connections whose request heads the primary is reading, kept so that a
  * flood of idle connections is answered cheaply:
  *
- * - how many are pending from one address (--max-pending-per-address), and
+ * - how many are *slow* from one address (--max-pending-per-address): a
+ *   connection counts against its address only once its head has been pending
+ *   for the table's `slowAfterMs`. A burst of complete heads from one address
+ *   (an office behind one NAT opening its tabs) is never counted: each head
+ *   is read within milliseconds. Counting every pending connection, as we
+ *   did, refused 18–136 of 200 such tabs though none was slow;
  * - which one to shed when the table is full (--max-pending-handshakes): the
  *   one that has sent the fewest bytes for longest. Refusing the newcomer
  *   instead, as we did, let 1,000 connections that never send a byte turn
@@ -13,6 +18,9 @@
  * oldest silent one. Entries that have since received bytes are dropped from
  * it lazily, when they reach its front; each is dropped at most once. Only
  * when no pending connection is silent does a victim cost a scan.
+ *
+ * Connections not yet slow wait in a third insertion-ordered map, so that
+ * {@link PendingTable.age} finds those that turned slow from its front.
  */
 
 /** What the table needs to know of a read in progress. */
@@ -23,16 +31,37 @@ export interface Progress {
 
 interface Entry<V> {
   value: V;
-  /** Counted against this address, or null (not limited). */
+  /** Counted against this address once slow, or null (not limited). */
   address: string | null;
+  /** When it was added (ms, the caller's clock). */
+  addedAt: number;
+  /** Counted in its address's slow connections. */
+  counted: boolean;
+}
+
+export interface PendingTableOptions {
+  /** A connection pending this long (ms) counts against its address. */
+  slowAfterMs: number;
+  /** Slow connections one address may hold (0 = no limit). */
+  maxSlowPerAddress: number;
 }
 
 export class PendingTable<K, V extends Progress> {
+  private readonly slowAfterMs: number;
+  private readonly maxSlowPerAddress: number;
   /** Every pending connection, oldest first. */
   private readonly all = new Map<K, Entry<V>>();
   /** Pending connections that had sent nothing when last looked at, oldest first. */
   private readonly silent = new Map<K, V>();
+  /** Limited connections not yet slow, oldest first. */
+  private readonly young = new Map<K, Entry<V>>();
+  /** Slow connections per address. */
   private readonly perAddress = new Map<string, number>();
+
+  constructor(options: PendingTableOptions) {
+    this.slowAfterMs = options.slowAfterMs;
+    this.maxSlowPerAddress = options.maxSlowPerAddress;
+  }
 
   get size(): number {
     return this.all.size;
@@ -46,11 +75,12 @@ export class PendingTable<K, V extends Progress> {
     return this.all.get(key)?.value;
   }
 
-  /** Add a connection; `address` = count it against that address (null = exempt). */
-  add(key: K, value: V, address: string | null): void {
-    this.all.set(key, { value, address });
+  /** Add a connection at `now`; `address` = count it against that address once slow (null = exempt). */
+  add(key: K, value: V, address: string | null, now: number): void {
+    const entry: Entry<V> = { value, address, addedAt: now, counted: false };
+    this.all.set(key, entry);
     if (value.received === 0) this.silent.set(key, value);
-    if (address !== null) this.perAddress.set(address, (this.perAddress.get(address) ?? 0) + 1);
+    if (address !== null) this.young.set(key, entry);
   }
 
   /** Remove a connection; returns its value, or undefined if it was not pending. */
@@ -59,17 +89,51 @@ export class PendingTable<K, V extends Progress> {
     if (entry === undefined) return undefined;
     this.all.delete(key);
     this.silent.delete(key);
-    if (entry.address !== null) {
-      const left = this.perAddress.get(entry.address)! - 1;
-      if (left === 0) this.perAddress.delete(entry.address);
-      else this.perAddress.set(entry.address, left);
+    this.young.delete(key);
+    if (entry.counted) {
+      const left = this.perAddress.get(entry.address!)! - 1;
+      if (left === 0) this.perAddress.delete(entry.address!);
+      else this.perAddress.set(entry.address!, left);
     }
     return entry.value;
   }
 
-  /** Connections pending from `address` (only those added with it). */
+  /** Slow connections pending from `address` (only those added with it). */
   fromAddress(address: string): number {
     return this.perAddress.get(address) ?? 0;
+  }
+
+  /** Whether `address` holds as many slow connections as it may: a newcomer from it is refused. */
+  addressFull(address: string): boolean {
+    return this.maxSlowPerAddress > 0 && this.fromAddress(address) >= this.maxSlowPerAddress;
+  }
+
+  /**
+   * Count the connections pending for `slowAfterMs` at `now` against their
+   * addresses, oldest first. Those that find their address full are removed
+   * from the table and returned, for the caller to refuse.
+   */
+  age(now: number): [K, V][] {
+    const over: [K, V][] = [];
+    for (const [key, entry] of this.young) {
+      if (now - entry.addedAt < this.slowAfterMs) break;
+      this.young.delete(key);
+      const address = entry.address!;
+      if (this.addressFull(address)) {
+        this.delete(key);
+        over.push([key, entry.value]);
+        continue;
+      }
+      entry.counted = true;
+      this.perAddress.set(address, this.fromAddress(address) + 1);
+    }
+    return over;
+  }
+
+  /** When the oldest connection not yet slow turns slow (the caller's clock), or undefined if none waits. */
+  nextSlowAt(): number | undefined {
+    for (const entry of this.young.values()) return entry.addedAt + this.slowAfterMs;
+    return undefined;
   }
 
   /**
@@ -100,6 +164,7 @@ export class PendingTable<K, V extends Progress> {
   clear(): void {
     this.all.clear();
     this.silent.clear();
+    this.young.clear();
     this.perAddress.clear();
   }
 }

@@ -15,6 +15,7 @@ import { addressKey, normalizeAddress } from '../protocol/address.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
+import { CROWD, MemoryRelease, releasedFields } from '../memory-release.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
 import { ApiServer } from './api-server.ts';
 import { demoResponse } from './demo.ts';
@@ -41,6 +42,26 @@ function swallow(): void {}
  */
 const SHED_CANDIDATES = 4;
 
+/**
+ * A connection whose head is still being read this long after its accept
+ * counts against --max-pending-per-address. A client's head follows its TCP
+ * handshake within a round trip, and the primary reads it within one poll
+ * (at most 100 ms apart), so a burst of clients behind one address is read
+ * long before this; what is still pending here is slow (a head segment
+ * lost on a lossy link waits a 1 s retransmission timeout, and is then
+ * counted, but admitted unless its address holds the limit's worth).
+ */
+export const PENDING_SLOW_AFTER_MS = 1000;
+/** Connections turning slow are counted in batches at most this often. */
+const AGE_BATCH_MS = 10;
+
+/**
+ * After a burst of handshakes the primary collects once they have stopped
+ * for a few seconds (memory-release.ts), or at the latest this long after
+ * the burst passed CROWD, if they never stop.
+ */
+export const PRIMARY_RELEASE_MAX_WAIT_MS = 5 * 60_000;
+
 /** --handshake-rate-per-address lets an address start this many seconds' worth at once. */
 export const HANDSHAKE_BURST_SECONDS = 5;
 
@@ -65,8 +86,10 @@ export class Primary {
   private readonly log: Logger;
   private readonly pool: ShardPool;
   private readonly server: Server;
-  /** Heads being read: shed when full, cancelled and closed on shutdown. */
-  private readonly pending = new PendingTable<Socket, PendingHead>();
+  /** Heads being read: shed when full, slow ones counted per address, cancelled and closed on shutdown. */
+  private readonly pending: PendingTable<Socket, PendingHead>;
+  /** Counts the pending connections that turn slow (PENDING_SLOW_AFTER_MS); null when none waits. */
+  private agingTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private stopSampling: () => void = () => {};
   /** Refusals are caused at will by peers: logged at a bounded rate. */
@@ -75,11 +98,24 @@ export class Primary {
   private readonly handshakes: KeyedBuckets;
   /** The server API, when --api-key is set. */
   private readonly api: ApiServer | null;
+  /** A burst of connects grows this thread's heap, which V8 gives back late (memory-release.ts). */
+  private readonly memory: MemoryRelease;
+  /** Handshakes handed to shards since the last collection (counted up to CROWD; past it, each asks for one). */
+  private handshakesSinceRelease = 0;
 
   constructor(options: PrimaryOptions) {
     this.config = options.config;
     this.log = options.log;
     this.pool = new ShardPool({ config: options.config, workerUrl: options.shardWorkerUrl, log: options.log, onFatal: options.onFatal });
+    this.memory = new MemoryRelease({
+      // Once handshakes stop: a pause here delays every handshake of a storm.
+      maxWaitMs: PRIMARY_RELEASE_MAX_WAIT_MS,
+      onReleased: (released) => {
+        this.handshakesSinceRelease = 0;
+        this.log.info('memory_released', releasedFields(released));
+      },
+    });
+    this.pending = new PendingTable({ slowAfterMs: PENDING_SLOW_AFTER_MS, maxSlowPerAddress: this.config.maxPendingPerAddress });
     this.handshakes = new KeyedBuckets(this.config.handshakeRatePerAddress, this.config.handshakeRatePerAddress * HANDSHAKE_BURST_SECONDS);
     reportLingeringTo(this.pool.primaryMetrics);
     this.api =
@@ -118,6 +154,9 @@ export class Primary {
     this.log.info('shutdown', { drainTimeoutMs: this.config.drainTimeoutMs });
     this.server.close();
     this.stopSampling();
+    this.memory.stop();
+    if (this.agingTimer !== null) clearTimeout(this.agingTimer);
+    this.agingTimer = null;
     for (const [socket, read] of this.pending.entries()) {
       read.cancel();
       socket.destroy();
@@ -139,7 +178,8 @@ export class Primary {
     // nginx buffers request heads itself, so a trusted proxy's connections are not limited.
     const limited = this.config.maxPendingPerAddress > 0 && !this.config.trustProxy.includes(peer);
     const address = addressKey(peer);
-    if (limited && this.pending.fromAddress(address) >= this.config.maxPendingPerAddress) {
+    // Only slow connections count: an address already holding its limit's worth gets no more.
+    if (limited && this.pending.addressFull(address)) {
       this.pool.primaryMetrics.add(Metric.PENDING_REFUSED_ADDRESS);
       this.reject(socket, Rejections.TOO_MANY_PENDING_FROM_ADDRESS, {}, false);
       return;
@@ -163,9 +203,34 @@ export class Primary {
     }
     // The first read attempt is synchronous and may already have finished.
     if (finished) return;
-    this.pending.add(socket, read, limited ? address : null);
+    this.pending.add(socket, read, limited ? address : null, acceptedAt);
     this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
+    if (limited) this.armAging();
   }
+
+  private armAging(): void {
+    if (this.agingTimer !== null) return;
+    const due = this.pending.nextSlowAt();
+    if (due === undefined) return;
+    this.agingTimer = setTimeout(this.agePending, Math.max(AGE_BATCH_MS, due - Date.now()));
+    this.agingTimer.unref();
+  }
+
+  /**
+   * Count the connections that turned slow against their addresses; those
+   * past their address's limit are refused as a newcomer from it would be.
+   */
+  private readonly agePending = (): void => {
+    this.agingTimer = null;
+    const over = this.pending.age(Date.now());
+    for (const [socket, read] of over) {
+      read.cancel();
+      this.pool.primaryMetrics.add(Metric.PENDING_REFUSED_ADDRESS);
+      this.reject(socket, Rejections.TOO_MANY_PENDING_FROM_ADDRESS, {}, false);
+    }
+    if (over.length > 0) this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, this.pending.size);
+    this.armAging();
+  };
 
   /**
    * Close the pending connection that has sent the fewest bytes for longest,
@@ -315,6 +380,8 @@ export class Primary {
     }
     const shard = shardOf(client);
     const sent = this.pool.dispatch(shard, socket, bytes, headLength, client);
+    if (this.handshakesSinceRelease < CROWD) this.handshakesSinceRelease++;
+    else this.memory.request('heap');
     if (sent === 'unavailable') {
       this.reject(socket, Rejections.SHARD_UNAVAILABLE, {
         detail: `shard ${shard} is restarting`,

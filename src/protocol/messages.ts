@@ -125,8 +125,8 @@ export interface StatsReply {
   rooms: number;
   /** Largest rooms first, at most 10. */
   topRooms: RoomSize[];
-  /** This shard's isolate: V8 heap in use, and memory outside it (Buffers' backing stores). */
-  memory: { heapUsed: number; external: number; arrayBuffers: number };
+  /** This shard's isolate: V8 heap in use and committed, and memory outside it (Buffers' backing stores). */
+  memory: { heapUsed: number; heapTotal: number; external: number; arrayBuffers: number };
   /** The shard's link to other nodes (null without federation). */
   federation: FederationStats | null;
 }

@@ -68,7 +68,7 @@ export const Metric = {
   PENDING_HANDSHAKES: 33,
   /** Pending connections closed to make room for a newcomer (the one with the least progress). */
   PENDING_SHED: 34,
-  /** Connections refused because their address already had --max-pending-per-address heads pending. */
+  /** Connections refused because their address already had --max-pending-per-address slow heads pending (at the connect, or once slow themselves). */
   PENDING_REFUSED_ADDRESS: 35,
   // answered sockets (protocol/http.ts endWithResponse)
   /** Gauge: answered sockets still flushing or draining, per thread. */

@@ -22,7 +22,7 @@ import { Relay, type RelayBus } from './relay.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
-import { MemoryRelease } from './memory-release.ts';
+import { MemoryRelease, Peak, releasedFields } from '../memory-release.ts';
 import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
@@ -34,6 +34,18 @@ import type { MessagePort } from 'node:worker_threads';
 import { ConnectionLimit } from '../protocol/topics.ts';
 import { TopicConnection } from './connection.ts';
 import { Multiplexed } from './multiplexed.ts';
+
+/**
+ * On a drain, how long a session's socket has to hand its close frame (and
+ * what it holds before it) to the kernel before it is cut. A healthy reader
+ * takes microseconds; one that stopped reading never does.
+ */
+export const CLOSE_FLUSH_MS = 250;
+
+/** Bytes wait in the session's socket that the kernel has not taken. */
+function holdsUnsentBytes(session: Session): boolean {
+  return !session.socket.destroyed && session.socket.writableLength > 0;
+}
 
 /** Fragments one message may come in (ws's default is 16,384). */
 export const MAX_FRAGMENTS = 64;
@@ -68,7 +80,9 @@ export class Shard {
   private readonly metrics: MetricsSlot;
   private readonly backpressure: Backpressure;
   private readonly users: UserConnections;
-  private readonly memory = new MemoryRelease();
+  private readonly memory: MemoryRelease;
+  /** Tells when a crowd of sessions has left (memory-release.ts). */
+  private readonly sessionPeak = new Peak();
   private readonly federation: Federation | null;
   /** The server API and live grants (issue 13). */
   private readonly api: ShardApi;
@@ -82,6 +96,7 @@ export class Shard {
     this.users = users;
     this.log = log;
     this.metrics = metrics;
+    this.memory = new MemoryRelease({ onReleased: (released) => log.info('memory_released', releasedFields(released)) });
     const fromToken = config.dev || config.permissionsFromToken;
     const permissionApi = fromToken
       ? new ClaimPermissionSource(config.dev ? 'editor' : null)
@@ -385,6 +400,8 @@ export class Shard {
   private updateGauges(): void {
     this.metrics.set(Metric.CONNECTIONS, this.openCount);
     this.metrics.set(Metric.ROOMS, this.rooms.roomCount);
+    // The crowd's sessions took heap that V8 gives back late (memory-release.ts).
+    if (this.sessionPeak.update(this.rooms.sessionCount)) this.memory.request('heap');
   }
 
   /**
@@ -431,14 +448,34 @@ export class Shard {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.close(code, reason);
-      await withDeadline(empty, timeoutMs);
+      const sessions = [...this.rooms.allSessions(), ...this.multiplexed.connections];
+      for (const session of sessions) session.ws.close(code, reason);
+      const started = Date.now();
+      // A socket that cannot take its close frame (it waits behind a backlog
+      // the peer does not read) would hold the drain to its deadline, and
+      // the process's exit with it: cut it once the others had a moment.
+      const backlogged = sessions.filter(holdsUnsentBytes);
+      if (backlogged.length > 0 && !(await withDeadline(empty, Math.min(CLOSE_FLUSH_MS, timeoutMs)))) this.cutUnflushed(backlogged);
+      await withDeadline(empty, Math.max(0, timeoutMs - (Date.now() - started)));
       for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.terminate();
     }
     await bus;
     await this.permissions.close();
     await this.multiplexed.close();
     return open;
+  }
+
+  /** Cut the draining sessions whose sockets still hold bytes the kernel would not take, their close frame among them. */
+  private cutUnflushed(sessions: Session[]): void {
+    let cut = 0;
+    let bytes = 0;
+    for (const session of sessions) {
+      if (!holdsUnsentBytes(session)) continue;
+      cut++;
+      bytes += session.socket.writableLength;
+      session.ws.terminate();
+    }
+    if (cut > 0) this.log.info('drain_cut', { sessions: cut, bytes });
   }
 
   /** Peer nodes and the bus connection, for /stats (null without federation). */

@@ -7,7 +7,7 @@ import type { ServeConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
 import { CloseCode } from '../protocol/events.ts';
 import { reportLingeringTo } from '../protocol/linger.ts';
-import type { PrimaryToShard, ShardToPrimary, ShardWorkerData } from '../protocol/messages.ts';
+import type { PrimaryToShard, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
 import { MetricsSlot } from '../protocol/metrics.ts';
 import { UserConnections } from '../protocol/user-connections.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
@@ -31,9 +31,9 @@ const shard = new Shard({
   onFatal: (code, message) => send({ type: 'fatal', code, message }),
 });
 
-function isolateMemory(): { heapUsed: number; external: number; arrayBuffers: number } {
-  const { heapUsed, external, arrayBuffers } = process.memoryUsage();
-  return { heapUsed, external, arrayBuffers };
+function isolateMemory(): StatsReply['memory'] {
+  const { heapUsed, heapTotal, external, arrayBuffers } = process.memoryUsage();
+  return { heapUsed, heapTotal, external, arrayBuffers };
 }
 
 function send(message: ShardToPrimary): void {

@@ -22,3 +22,23 @@ export function sumOf(metrics: Metrics, name: string): number {
   for (const [key, value] of metrics) if (key === name || key.startsWith(`${name}{`)) sum += value;
   return sum;
 }
+
+/**
+ * Scrape until `predicate` holds for the metrics (one scrape per loop turn
+ * after the previous answer); rejects after `timeoutMs`, naming `what`.
+ */
+export async function untilMetrics(
+  port: number,
+  predicate: (metrics: Metrics) => boolean,
+  timeoutMs: number,
+  what: string,
+  localAddress?: string,
+): Promise<Metrics> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const { metrics } = await scrape(port, undefined, localAddress);
+    if (predicate(metrics)) return metrics;
+    if (performance.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
