@@ -226,29 +226,34 @@ test('auto pacing leaves a quiet loop alone, starts short when the loop saturate
   assert.equal((await pair.ended).toString('latin1'), 'q;'.repeat(300) + 'b;'.repeat(burned), 'every frame arrived, in order, across the changes of mode');
 });
 
-test('a burst that outgrows its slab moves to a large enough one at once, every byte kept in order; the smaller slab goes back to the pool', async (t) => {
+test('a burst that outgrows its slab moves to a large enough one at once, every byte kept in order; the smaller slab goes back to the pool; the next outbox is sized for the last write', async (t) => {
   const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
   const out = new WriteCoalescer(metrics, UNPACED);
   t.after(() => out.stop());
   const pair = await socketPair(t);
   const session = target(pair.local, out);
   const writes = recordWrites(pair.local);
-  const frames = [3000, 3000, 11_000, 1000].map((size, i) => Buffer.alloc(size, 0x61 + i));
+  const frames = [5000, 5000, 24_000, 1000].map((size, i) => Buffer.alloc(size, 0x61 + i));
   out.write(session, frames[0]!);
   out.write(session, frames[1]!);
-  assert.equal(session.outbox?.length, MIN_SLAB_BYTES, 'two frames: the smallest slab');
-  // 6,000 bytes queued and 11,000 more: past twice the slab, so the next one must hold them all.
+  assert.equal(session.outbox?.length, 16 * 1024, 'two frames: a slab that holds both');
+  // 10,000 bytes queued and 24,000 more: past twice the slab, so the next one must hold them all.
   out.write(session, frames[2]!);
-  assert.equal(session.outbox?.length, 32 * 1024);
-  assert.equal(slabsOf(out).spareBytes, MIN_SLAB_BYTES, 'the outgrown slab is back in the pool');
+  assert.equal(session.outbox?.length, 64 * 1024);
+  assert.equal(slabsOf(out).spareBytes, 16 * 1024, 'the outgrown slab is back in the pool');
   out.write(session, frames[3]!);
-  assert.equal(session.queuedBytes, 18_000);
+  assert.equal(session.queuedBytes, 35_000);
   await nextTurn();
   assert.equal(writes.length, 1, 'one write for the whole burst');
   assert.ok(writes[0]!.equals(Buffer.concat(frames)));
-  assert.equal(metrics.values[Metric.OUTBOUND_BYTES], 18_000);
+  assert.equal(metrics.values[Metric.OUTBOUND_BYTES], 35_000);
+  // The next turn's outbox is as large as the last write, so that a steady stream does not grow one each time.
+  out.write(session, frame('x;'));
+  out.write(session, frame('y;'));
+  assert.equal(session.outbox?.length, 64 * 1024);
+  await nextTurn();
   pair.local.end();
-  assert.ok((await pair.ended).equals(Buffer.concat(frames)));
+  assert.ok((await pair.ended).equals(Buffer.concat([...frames, frame('x;y;')])));
 });
 
 test('a slab goes back to the pool once the kernel has its bytes; while the socket still holds them it stays out, and the backlog is reported', async (t) => {
@@ -399,7 +404,9 @@ test('auto pacing on a load the test sets: the wheel follows the interval in for
   t.mock.method(performance, 'now', () => clock.now);
   // The load sampler reads the loop's utilization from here (perf_hooks' performance is the global one).
   t.mock.method(performance as unknown as { eventLoopUtilization: () => unknown }, 'eventLoopUtilization', () => ({ idle: 0, active: 0, utilization: load }));
-  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
+  // The sampler's interval only: the wheel's own timer is left real, and never gets a turn, since what follows is synchronous
+  // (a mocked one would fire within a sample's tick and write what the test means to see held).
+  t.mock.timers.enable({ apis: ['setInterval'] });
   const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
   const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(metrics, { pacing: 'auto', paceIntervalMs: 40, paceAbove: 100, rateWindowMs: 50 });
   t.after(() => out.stop());
