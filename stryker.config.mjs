@@ -17,34 +17,61 @@
 
 import { readFileSync } from 'node:fs';
 
-const linesOf = (file) => readFileSync(new URL(file, import.meta.url), 'utf8').split('\n');
+const read = (file) => readFileSync(new URL(file, import.meta.url), 'utf8');
+
+// What a scope mutates: a whole file (its path), or a part of one found by its text, so that the
+// range follows the file as it changes: `{ file, what, lines(text) }`, where `lines` gives the part's
+// first and last line (1-based) in `text`, or null when `text` has no such part. Besides the
+// `mutate` patterns, test/mutation-reports.test.ts reads these to compare the code a report was
+// recorded on with today's (a part's own lines only: the rest of its file may change freely).
 
 /**
- * `file:first-last`, the lines of one part of a larger file, found by its
- * text so that the range follows the file as it changes: the first line
- * matching `start`, through the first later line at its indentation that
- * closes it (`}`, `})`, `},`).
+ * The lines of the part of `text` that begins at the first line matching
+ * `start` and ends at the first later line at its indentation that closes it
+ * (`}`, `})`, `},`); null when there is none.
  */
-function part(file, start) {
-  const lines = linesOf(file);
+export function partLines(text, start) {
+  const lines = text.split('\n');
   const first = lines.findIndex((line) => start.test(line));
-  if (first === -1) throw new Error(`${file}: no line matches ${start}`);
+  if (first === -1) return null;
   const indent = /^ */.exec(lines[first])[0];
   const last = lines.findIndex((line, i) => i > first && line.startsWith(`${indent}}`));
-  return `${file}:${first + 1}-${last + 1}`;
+  return last === -1 ? null : [first + 1, last + 1];
 }
 
-/** `file:n-n` for each line of the option-table entry of `key` in src/config.ts whose field is one of `fields`. */
-function optionLines(key, fields) {
-  const file = 'src/config.ts';
-  const lines = linesOf(file);
+/** The line of `field` in the option-table entry of `key` (src/config.ts's text); null when there is none. */
+export function optionFieldLine(text, key, field) {
+  const lines = text.split('\n');
   const at = lines.findIndex((line) => line === `    key: '${key}',`);
-  if (at === -1) throw new Error(`${file}: no option ${key}`);
+  if (at === -1) return null;
   const end = lines.findIndex((line, i) => i > at && line === '  },');
-  const ranges = [];
-  for (let i = at; i < end; i++) if (fields.some((field) => lines[i].startsWith(`    ${field}: `))) ranges.push(`${file}:${i + 1}-${i + 1}`);
-  if (ranges.length !== fields.length) throw new Error(`${file}: option ${key} lacks one of ${fields.join(', ')}`);
-  return ranges;
+  for (let i = at; i < end; i++) if (lines[i].startsWith(`    ${field}: `)) return [i + 1, i + 1];
+  return null;
+}
+
+/** A part of a larger file ({@link partLines}). */
+function part(file, start) {
+  return { file, what: `the part starting at ${start}`, lines: (text) => partLines(text, start) };
+}
+
+/** The lines of the option-table entry of `key` in src/config.ts whose field is one of `fields`. */
+function optionLines(key, fields) {
+  return fields.map((field) => ({ file: 'src/config.ts', what: `option ${key}'s ${field}`, lines: (text) => optionFieldLine(text, key, field) }));
+}
+
+/** The code of `text` that `spec` mutates: all of it for a whole file, the part's lines for a part (null when `text` lacks it). */
+export function codeOf(spec, text) {
+  if (typeof spec === 'string') return text;
+  const range = spec.lines(text);
+  return range === null ? null : text.split('\n').slice(range[0] - 1, range[1]).join('\n');
+}
+
+/** Stryker's `mutate` pattern for `spec`: the file, or `file:first-last` in today's text. */
+export function mutatePattern(spec) {
+  if (typeof spec === 'string') return spec;
+  const range = spec.lines(read(spec.file));
+  if (range === null) throw new Error(`${spec.file}: ${spec.what} is not there`);
+  return `${spec.file}:${range[0]}-${range[1]}`;
 }
 
 /** Each module where a silent bug is a security or protocol bug, with the in-process tests that must catch it. */
@@ -64,13 +91,26 @@ export const SCOPES = {
   },
   // The seed's 4096-byte limit: its default and bounds in the option table (the flag, env and wording are the CLI's), and the shard's ws server built with it.
   'max-message-size': {
-    mutate: [...optionLines('maxMessageSize', ['default', 'parse']), part('src/shard/shard.ts', /^    const wss = new WebSocketServer\(\{$/)],
+    mutate: [...optionLines('maxMessageSize', ['default', 'parse']), part('src/shard/shard.ts', /^      const wss = new WebSocketServer\(\{$/)],
     tests: ['test/max-message-size.unit.test.ts', 'test/units.test.ts'],
   },
   // Server API (issue 13): request validation, the recheck's schedule, the ids a shard applied.
   'api-request': { mutate: ['src/primary/api-request.ts', 'src/shard/permission-recheck.ts', 'src/shard/recent-ids.ts'], tests: ['test/api-units.test.ts'] },
   // Federation (issue 12): the bus wire format, its signatures, and API requests from the bus.
   bus: { mutate: ['src/protocol/bus.ts', 'src/protocol/bus-signature.ts'], tests: ['test/bus.test.ts'] },
+  // One write per socket per turn, flushNow before a close, pacing; the relay and backpressure unit tests write through it too.
+  'write-coalescer': {
+    mutate: ['src/shard/write-coalescer.ts'],
+    tests: ['test/write-coalescer.test.ts', 'test/backpressure.unit.test.ts', 'test/relay.unit.test.ts'],
+  },
+  // The one owner of a live session's permission, and the server's closes for the user's sake (revoked, logged out, expired).
+  'session-control': { mutate: ['src/shard/session-control.ts'], tests: ['test/session-control.unit.test.ts', 'test/commands.unit.test.ts'] },
+  // Server API requests on a shard: who each kind reaches, each id applied once.
+  commands: { mutate: ['src/shard/commands.ts'], tests: ['test/commands.unit.test.ts'] },
+  // The server API on the primary: the key, the shards a call needs, the answers; and its HTTP/1.1 connections.
+  'api-server': { mutate: ['src/primary/api-server.ts', 'src/primary/api-connection.ts'], tests: ['test/api-server.unit.test.ts'] },
+  // One shard's link to the other nodes, driven in process over a real nats-server the test starts.
+  federation: { mutate: ['src/shard/federation.ts'], tests: ['test/federation-shutdown.unit.test.ts', 'test/bus.test.ts'] },
 };
 
 const scope = process.env.MUTANTS_SCOPE;
@@ -78,7 +118,7 @@ const chosen = scope ? [SCOPES[scope]] : Object.values(SCOPES);
 if (chosen.includes(undefined)) throw new Error(`MUTANTS_SCOPE must be one of ${Object.keys(SCOPES).join(', ')}`);
 
 export default {
-  mutate: chosen.flatMap((s) => s.mutate),
+  mutate: chosen.flatMap((s) => s.mutate.map(mutatePattern)),
   testRunner: 'tap',
   tap: {
     testFiles: [...new Set(chosen.flatMap((s) => s.tests))],
@@ -93,7 +133,8 @@ export default {
   tsconfigFile: 'no-tsconfig-for-stryker.json',
   // Named, but the TAP runner filters by the coverage it collects anyway (see the top of this file).
   coverageAnalysis: 'off',
-  concurrency: 2,
+  // Two cores, shared: one mutant at a time (`npm run mutants -- --concurrency 2` on a machine of your own).
+  concurrency: 1,
   // Beyond 1.5 × the covering files' own time. A unit file runs in seconds, but one whose every test
   // waits out a 2 s frame timeout (a mutant that stops all delivery) takes about 30: that is a kill, not a hang.
   timeoutMS: 45_000,

@@ -12,9 +12,10 @@ import { once } from 'node:events';
 import { createServer, connect, type Socket } from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
-import { PACE_MIN_MS } from '../src/shard/pace-control.ts';
+import { PACE_MIN_MS, PACE_ON_SAMPLES } from '../src/shard/pace-control.ts';
 import { SHARED_FRAME_BYTES } from '../src/shard/shared-frames.ts';
-import { WriteCoalescer, type OutboundOwner } from '../src/shard/write-coalescer.ts';
+import { MIN_SLAB_BYTES, type SlabPool } from '../src/shard/slab-pool.ts';
+import { SLAB_DECAY_MS, WriteCoalescer, type OutboundOwner } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -56,6 +57,9 @@ function recordWrites(socket: Socket): Buffer[] {
   return writes;
 }
 
+/** The coalescer's slab pool (private: what it holds is what the tests check). */
+const slabsOf = (out: WriteCoalescer<never> | WriteCoalescer<OutboundOwner & { open: boolean }>) => (out as unknown as { slabs: SlabPool }).slabs;
+
 /** `count` numbered frames `<prefix><n>;` and the text they make together. */
 const numbered = (prefix: string, count: number) => Array.from({ length: count }, (_, i) => `${prefix}${i};`);
 
@@ -82,6 +86,8 @@ test('frames queued in one turn go out in order, as one write per socket', async
   await nextTurn();
   assert.deepEqual(writes, ['a:123', 'b:x']);
   assert.equal(metrics.values[Metric.DELIVERIES], 4);
+  assert.equal(metrics.values[Metric.OUTBOUND_BYTES], 4);
+  assert.equal(metrics.values[Metric.OUTBOUND_WRITES], 2);
   a.local.end();
   b.local.end();
   assert.equal((await a.ended).toString('latin1'), '123');
@@ -98,10 +104,16 @@ test('flushNow puts the queue ahead of a close in the same turn; later frames ne
   out.flushNow(session);
   pair.local.write(frame('<close>'));
   session.owner.open = false;
-  // Frames produced later in the same turn (say, a broadcast to its room) are dropped.
+  // Frames produced later in the same turn (say, a broadcast to its room) are dropped, one or several.
   out.write(session, frame('C'));
   await nextTurn();
   assert.equal(session.queuedBytes, 0, 'the dropped frame is not kept either');
+  const spare = slabsOf(out).spareBytes;
+  out.write(session, frame('D'));
+  out.write(session, frame('E'));
+  await nextTurn();
+  assert.equal(session.queuedBytes, 0);
+  assert.equal(slabsOf(out).spareBytes, spare, 'the slab they took went back to the pool');
   pair.local.end();
   assert.equal((await pair.ended).toString('latin1'), 'AB<close>');
 });
@@ -189,7 +201,9 @@ test('pacing: held bytes wait past the end of the turn; flushAll writes them at 
   const writes = recordWrites(pair.local);
   let sent = '';
   // Until a rate window has judged the socket fast, frames go out per turn.
+  const started = performance.now();
   for (let i = 0; !session.pace.fast; i++) {
+    assert.ok(performance.now() - started < 5000, 'the socket was not judged fast within 5 s');
     for (let j = 0; j < 5; j++) out.write(session, frame(`${i}.${j};`));
     sent += Array.from({ length: 5 }, (_, j) => `${i}.${j};`).join('');
     await tick();
@@ -252,4 +266,244 @@ test('auto pacing leaves a quiet loop alone, starts short when the loop saturate
   assert.equal(metrics.values[Metric.PACE_INTERVAL], 0);
   pair.local.end();
   assert.equal((await pair.ended).toString('latin1'), 'q;'.repeat(300) + 'b;'.repeat(burned), 'every frame arrived, in order, across the changes of mode');
+});
+
+test('a burst that outgrows its slab moves to a large enough one at once, every byte kept in order; the smaller slab goes back to the pool; the next outbox is sized for the last write', async (t) => {
+  const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
+  const out = new WriteCoalescer(metrics, UNPACED);
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local, out);
+  const writes = recordWrites(pair.local);
+  // Each under SHARED_FRAME_BYTES: a frame that large is written by reference, never copied into a slab.
+  const frames = [5000, 5000, 15_000, 1000].map((size, i) => Buffer.alloc(size, 0x61 + i));
+  assert.ok(frames.every((f) => f.length < SHARED_FRAME_BYTES));
+  out.write(session, frames[0]!);
+  out.write(session, frames[1]!);
+  assert.equal(session.outbox?.length, 16 * 1024, 'two frames: a slab that holds both');
+  // 10,000 bytes queued and 15,000 more: past the slab, so the next one must hold them all.
+  out.write(session, frames[2]!);
+  assert.equal(session.outbox?.length, 32 * 1024);
+  assert.equal(slabsOf(out).spareBytes, 16 * 1024, 'the outgrown slab is back in the pool');
+  out.write(session, frames[3]!);
+  assert.equal(session.queuedBytes, 26_000);
+  await nextTurn();
+  assert.equal(writes.length, 1, 'one write for the whole burst');
+  assert.ok(writes[0]!.equals(Buffer.concat(frames)));
+  assert.equal(metrics.values[Metric.OUTBOUND_BYTES], 26_000);
+  // The next turn's outbox is as large as the last write, so that a steady stream does not grow one each time.
+  out.write(session, frame('x;'));
+  out.write(session, frame('y;'));
+  assert.equal(session.outbox?.length, 32 * 1024);
+  await nextTurn();
+  pair.local.end();
+  assert.ok((await pair.ended).equals(Buffer.concat([...frames, frame('x;y;')])));
+});
+
+test('a slab goes back to the pool once the kernel has its bytes; while the socket still holds them it stays out, and the backlog is reported', async (t) => {
+  const backlogs: OutboundOwner[] = [];
+  const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(new MetricsSlot(createMetricsBuffer(0), 0), { ...UNPACED, onBacklog: (owner) => void backlogs.push(owner) });
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local, out);
+  out.write(session, frame('a;'));
+  out.write(session, frame('b;'));
+  await nextTurn();
+  assert.equal(slabsOf(out).spareBytes, MIN_SLAB_BYTES);
+  assert.deepEqual(backlogs, []);
+  // Corked, the socket keeps what it is given: the slab is still referenced.
+  pair.local.cork();
+  out.write(session, frame('c;'));
+  out.write(session, frame('d;'));
+  await nextTurn();
+  assert.equal(slabsOf(out).spareBytes, 0, 'the slab was taken again and not given back');
+  assert.deepEqual(backlogs, [session.owner]);
+  out.write(session, frame('e;'));
+  await nextTurn();
+  assert.deepEqual(backlogs, [session.owner, session.owner], 'a single frame left in the socket is a backlog too');
+  pair.local.uncork();
+  pair.local.end();
+  assert.equal((await pair.ended).toString('latin1'), 'a;b;c;d;e;');
+});
+
+test('flushAll writes what waits for the end of the turn too, at once', async (t) => {
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), UNPACED);
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local, out);
+  const writes = recordWrites(pair.local);
+  out.write(session, frame('x;'));
+  out.write(session, frame('y;'));
+  out.flushAll();
+  assert.deepEqual(writes.map((w) => w.toString('latin1')), ['x;y;']);
+});
+
+/** A coalescer on a clock the test sets (performance.now, and setTimeout/setInterval mocked), pacing always at 8 s: 1 s slots. */
+async function pacedOnClock(t: TestContext, start: number) {
+  const clock = { now: start };
+  t.mock.method(performance, 'now', () => clock.now);
+  t.mock.timers.enable({ apis: ['setTimeout', 'setInterval'] });
+  const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
+  // paceAbove 100/s over a 50 ms window: 5 frames in a window make a socket fast.
+  const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(metrics, { pacing: 'always', paceIntervalMs: 8000, paceAbove: 100, rateWindowMs: 50 });
+  t.after(() => out.stop());
+  const socket = async () => {
+    const pair = await socketPair(t);
+    return { pair, out: target(pair.local, out), writes: recordWrites(pair.local) };
+  };
+  return { clock, metrics, out, socket };
+}
+
+test('pacing on a set clock: fast means at least paceAbove frames/s over a whole rate window just ended; a paced socket waits for its slot, turned at the end of a turn or by the wheel\'s timer', async (t) => {
+  const { clock, metrics, out, socket } = await pacedOnClock(t, 1000);
+  assert.equal(metrics.values[Metric.PACE_INTERVAL], 8, 'the gauge shows the interval from the start');
+  const fast = await socket();
+  const stale = await socket();
+  const borderline = await socket();
+  for (let i = 0; i < 5; i++) out.write(fast.out, frame(`f${i};`));
+  for (let i = 0; i < 5; i++) out.write(stale.out, frame(`s${i};`));
+  for (let i = 0; i < 4; i++) out.write(borderline.out, frame(`b${i};`));
+  await nextTurn();
+  assert.deepEqual([fast.writes.length, stale.writes.length, borderline.writes.length], [1, 1, 1], 'a new socket is not paced');
+
+  // Exactly one window later: 5 frames made `fast` fast, 4 did not make `borderline`.
+  clock.now = 1050;
+  out.flush();
+  out.write(fast.out, frame('f5;'));
+  out.write(borderline.out, frame('b4;'));
+  await nextTurn();
+  assert.equal(fast.out.pace.fast, true);
+  assert.equal(borderline.out.pace.fast, false);
+  assert.deepEqual([fast.writes.length, fast.out.queuedBytes], [1, 3], 'held past the end of its turn');
+  assert.equal(borderline.writes.length, 2);
+
+  // Two windows after its frames: a window that ended long ago says nothing of the socket now.
+  clock.now = 1100;
+  out.flush();
+  out.write(stale.out, frame('s5;'));
+  await nextTurn();
+  assert.equal(stale.out.pace.fast, false);
+  assert.equal(stale.writes.length, 2);
+
+  // `fast` has bucket 1: its slot is second 9 of the 8-second wheel (9 mod 8 = 1).
+  clock.now = 8999;
+  out.flush();
+  assert.equal(fast.out.queuedBytes, 3, 'not before its slot');
+  clock.now = 9000;
+  out.flush();
+  assert.deepEqual([fast.writes.length, fast.out.queuedBytes], [2, 0], 'written by the turn at its slot');
+  assert.equal(fast.writes[1]!.toString('latin1'), 'f5;');
+  assert.equal(metrics.values[Metric.PACED_WRITES], 1);
+
+  // Fast again, held; with no turn at all, the wheel's timer writes it at its next slot (second 17).
+  for (let i = 6; i < 11; i++) out.write(fast.out, frame(`f${i};`));
+  await nextTurn();
+  clock.now = 9050;
+  out.flush();
+  out.write(fast.out, frame('f11;'));
+  assert.equal(fast.out.queuedBytes, 4);
+  clock.now = 17_000;
+  t.mock.timers.tick(1000);
+  assert.equal(fast.out.queuedBytes, 0, 'the timer turned the wheel on the clock it read');
+  assert.equal(fast.writes.at(-1)!.toString('latin1'), 'f11;');
+
+  // stop(): the wheel's timer is gone, and what is still held stays held.
+  for (let i = 12; i < 17; i++) out.write(fast.out, frame(`f${i};`));
+  await nextTurn();
+  clock.now = 17_050;
+  out.flush();
+  out.write(fast.out, frame('f17;'));
+  assert.equal(fast.out.queuedBytes, 4);
+  out.stop();
+  clock.now = 40_000;
+  t.mock.timers.tick(30_000);
+  assert.equal(fast.out.queuedBytes, 4);
+});
+
+test('a worker\'s clock starts near 0: a new socket is not paced before a rate window has judged it', async (t) => {
+  const { out, socket } = await pacedOnClock(t, 10);
+  const s = await socket();
+  out.flush();
+  out.write(s.out, frame('first;'));
+  await nextTurn();
+  assert.deepEqual([s.writes.length, s.out.queuedBytes], [1, 0]);
+});
+
+test('the slab pool lets go of unused slabs every second until the coalescer stops', async (t) => {
+  t.mock.timers.enable({ apis: ['setInterval', 'setTimeout'] });
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), UNPACED);
+  const decay = t.mock.method(slabsOf(out), 'decay');
+  t.mock.timers.tick(SLAB_DECAY_MS);
+  assert.equal(decay.mock.callCount(), 1);
+  t.mock.timers.tick(SLAB_DECAY_MS);
+  assert.equal(decay.mock.callCount(), 2);
+  out.stop();
+  t.mock.timers.tick(10 * SLAB_DECAY_MS);
+  assert.equal(decay.mock.callCount(), 2);
+});
+
+test('auto pacing on a load the test sets: the wheel follows the interval in force, a sample that changes nothing leaves it alone, and when pacing stops held bytes go out at once', async (t) => {
+  const clock = { now: 1000 };
+  let load = 1;
+  t.mock.method(performance, 'now', () => clock.now);
+  // The load sampler reads the loop's utilization from here (perf_hooks' performance is the global one).
+  t.mock.method(performance as unknown as { eventLoopUtilization: () => unknown }, 'eventLoopUtilization', () => ({ idle: 0, active: 0, utilization: load }));
+  // The sampler's interval only: the wheel's own timer is left real, and never gets a turn, since what follows is synchronous
+  // (a mocked one would fire within a sample's tick and write what the test means to see held).
+  t.mock.timers.enable({ apis: ['setInterval'] });
+  const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
+  const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(metrics, { pacing: 'auto', paceIntervalMs: 40, paceAbove: 100, rateWindowMs: 50 });
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const s = target(pair.local, out);
+  const writes = recordWrites(pair.local);
+  const sample = () => t.mock.timers.tick(50);
+  for (let i = 0; i < PACE_ON_SAMPLES; i++) sample();
+  assert.equal(out.paceIntervalMs, PACE_MIN_MS);
+
+  // Fast: 5 frames in the window that started at 1000, judged at 1050.
+  for (let i = 0; i < 5; i++) out.write(s, frame(`w${i};`));
+  await nextTurn();
+  clock.now = 1050;
+  out.flush();
+  /** Queue a frame: it is paced, and the wheel has just turned, so it is held. */
+  const hold = (text: string) => {
+    out.flush();
+    out.write(s, frame(text));
+    out.flush();
+    assert.ok(s.queuedBytes > 0, `${text} is held`);
+  };
+  out.write(s, frame('p0;'));
+  out.flush();
+  hold('p1;');
+  // A whole interval of the 4 ms in force later, every slot has come.
+  clock.now = 1054;
+  out.flush();
+  assert.equal(s.queuedBytes, 0, 'held no longer than the 4 ms interval');
+
+  // The load eases: the interval grows to 6 ms, then holds.
+  load = 0.8;
+  sample();
+  assert.equal(out.paceIntervalMs, PACE_MIN_MS * 1.5);
+  sample();
+  assert.equal(out.paceIntervalMs, 6);
+  hold('p2;');
+  clock.now = 1060;
+  sample();
+  assert.equal(out.paceIntervalMs, 6, 'unchanged');
+  out.flush();
+  assert.equal(s.queuedBytes, 0, 'a sample that changed nothing did not move the wheel past its slot');
+
+  // Quiet: the interval shrinks, then pacing stops, and what was held goes out with it.
+  load = 0;
+  sample();
+  assert.equal(out.paceIntervalMs, 4.8);
+  hold('p3;');
+  const before = writes.length;
+  sample();
+  assert.equal(out.pacing, false);
+  assert.equal(metrics.values[Metric.PACE_INTERVAL], 0);
+  assert.deepEqual([writes.length, s.queuedBytes], [before + 1, 0], 'written as pacing stopped');
+  pair.local.end();
+  assert.equal((await pair.ended).toString('latin1'), 'w0;w1;w2;w3;w4;p0;p1;p2;p3;');
 });

@@ -21,7 +21,7 @@ import { DEFAULT_MUTATION_TYPES, type Permission } from '../../src/protocol/even
 import { createMetricsBuffer, Metric, MetricsSlot, sumOverShards } from '../../src/protocol/metrics.ts';
 import { Backpressure, type BackpressureOptions } from '../../src/shard/backpressure.ts';
 import { RateLimiter, type RateLimitOptions } from '../../src/shard/rate-limiter.ts';
-import { Relay } from '../../src/shard/relay.ts';
+import { Relay, type RelayBus } from '../../src/shard/relay.ts';
 import { RoomIndex } from '../../src/shard/room-index.ts';
 import { Session } from '../../src/shard/session.ts';
 import { WriteCoalescer } from '../../src/shard/write-coalescer.ts';
@@ -139,6 +139,8 @@ export interface PartsOptions {
   mutationTypes?: readonly string[];
   /** Whether the logger has debug on (default false). */
   debug?: boolean;
+  /** The relay's link to other nodes (default none, as without --nats-url). */
+  bus?: RelayBus;
 }
 
 export interface Parts {
@@ -200,6 +202,7 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
   const limiter = new RateLimiter({ perSecond: 0, burst: 10, closeAfterMs: 10_000, messageBytes: 4096, ...options.rateLimit });
   relay = new Relay({ rooms, out, log, limiter, metrics, backpressure, transientTypes: new Set(options.transientTypes ?? ['asset_dragging']),
     mutationTypes: new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES),
+    bus: options.bus,
   });
 
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false });
