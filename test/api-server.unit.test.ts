@@ -19,7 +19,8 @@ import { API_SHARD_TIMEOUT_MS, ApiServer, MAX_API_CONNECTIONS } from '../src/pri
 import { shardFor } from '../src/primary/router.ts';
 import type { ApiResult, ShardPool } from '../src/primary/shard-pool.ts';
 import { MAX_API_BODY_BYTES, type ApiOutcome, type ApiRequest, type LiveSession } from '../src/protocol/api.ts';
-import { endWithResponse, findHeadEnd, httpResponse, parseRequestHead, type RequestHead } from '../src/protocol/http.ts';
+import { findHeadEnd, httpResponse, parseRequestHead, type RequestHead } from '../src/protocol/http.ts';
+import { endWithResponse } from '../src/linger.ts';
 import { ApiMetric, createMetricsBuffer, MetricsSlot } from '../src/protocol/metrics.ts';
 import { recordingLogger } from './helpers/shard-parts.ts';
 

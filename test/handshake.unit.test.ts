@@ -17,7 +17,7 @@ import type { PermissionSource } from '../src/auth/permission-client.ts';
 import type { Identity } from '../src/auth/token.ts';
 import { AuthErrorCode, PermissionError, PermissionErrorCode } from '../src/errors.ts';
 import type { Permission } from '../src/protocol/events.ts';
-import { reportLingeringTo } from '../src/protocol/linger.ts';
+import { reportLingeringTo } from '../src/linger.ts';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
 import { Rejections, type Rejection } from '../src/protocol/rejections.ts';
 import { Handshake, type Admitted } from '../src/shard/handshake.ts';
@@ -384,7 +384,7 @@ test('a client that resets while the permission API answers: its refusal meets a
   const onUncaught = (err: unknown) => uncaught.push(err);
   process.on('uncaughtException', onUncaught);
   t.after(() => process.off('uncaughtException', onUncaught));
-  // Answered sockets are counted while they linger (protocol/linger.ts): the count tells when this one is gone.
+  // Answered sockets are counted while they linger (src/linger.ts): the count tells when this one is gone.
   const lingering = new MetricsSlot(createMetricsBuffer(1), 0);
   reportLingeringTo(lingering);
   const settled = async () => {

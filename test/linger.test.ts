@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { LINGER_MS, MAX_LINGERING } from '../src/protocol/linger.ts';
+import { LINGER_MS, MAX_LINGERING } from '../src/linger.ts';
 import { rawRequest } from './helpers/client.ts';
 import { count, Crowd, type IdleSocket } from './helpers/idle.ts';
 import { scrape } from './helpers/metrics.ts';

@@ -16,7 +16,8 @@
  */
 import type { Socket } from 'node:net';
 import { API_PREFIX, ApiRefusals, MAX_API_BODY_BYTES, type ApiRefusal } from '../protocol/api.ts';
-import { endWithResponse, findHeadEnd, headerHasToken, httpResponse, parseRequestHead, type RequestHead } from '../protocol/http.ts';
+import { findHeadEnd, headerHasToken, httpResponse, parseRequestHead, type RequestHead } from '../protocol/http.ts';
+import { endWithResponse } from '../linger.ts';
 
 /** An idle keep-alive connection is closed after this long. */
 export const KEEP_ALIVE_IDLE_MS = 5000;

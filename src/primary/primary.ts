@@ -8,9 +8,9 @@ import { createServer, type AddressInfo, type Server, type Socket } from 'node:n
 import type { ServeConfig } from '../config.ts';
 import { KeyedBuckets } from '../keyed-buckets.ts';
 import { LogBudget, REJECTION_LOG_PER_SECOND, type LogFields, type Logger } from '../log.ts';
-import { endWithResponse, httpResponse, parseRequestHead, type RequestHead } from '../protocol/http.ts';
+import { httpResponse, parseRequestHead, type RequestHead } from '../protocol/http.ts';
 import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } from '../protocol/rejections.ts';
-import { reportLingeringTo } from '../protocol/linger.ts';
+import { endWithResponse, reportLingeringTo } from '../linger.ts';
 import { addressKey, normalizeAddress } from '../protocol/address.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric } from '../protocol/metrics.ts';

@@ -7,8 +7,6 @@
  * could read differently from us (bare LF, obs-fold, duplicated
  * routing-relevant headers, control bytes) is a 400, never a guess.
  */
-import type { Socket } from 'node:net';
-import { linger } from './linger.ts';
 
 /** A parsed request head. Header names are lower-case. */
 export interface RequestHead {
@@ -156,20 +154,6 @@ export function headerHasToken(value: string | undefined, token: string): boolea
     if (part.trim().toLowerCase() === token) return true;
   }
   return false;
-}
-
-/**
- * Write a final HTTP response and close. The socket is not going to be handed
- * on, so it may now be read: unread request bytes are drained, because closing
- * a socket with unread data makes the kernel send RST, which can destroy the
- * response before the client reads it. The draining ends at an absolute
- * deadline, whatever the client keeps sending (protocol/linger.ts).
- */
-export function endWithResponse(socket: Socket, response: string): void {
-  if (socket.destroyed) return;
-  socket.end(response);
-  socket.resume();
-  linger(socket);
 }
 
 const STATUS_TEXT: Record<number, string> = {

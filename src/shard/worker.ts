@@ -6,7 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
 import { CloseCode } from '../protocol/events.ts';
-import { reportLingeringTo } from '../protocol/linger.ts';
+import { reportLingeringTo } from '../linger.ts';
 import type { PrimaryToShard, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
 import { MetricsSlot } from '../protocol/metrics.ts';
 import { UserConnections } from '../protocol/user-connections.ts';

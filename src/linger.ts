@@ -1,5 +1,7 @@
 /**
- * Answered sockets, between the final HTTP response and their close.
+ * Answered sockets, between the final HTTP response and their close: the
+ * response written ({@link endWithResponse}), then the socket drained until
+ * the client closes or its deadline passes.
  *
  * After `endWithResponse` a socket is read and drained until the client
  * closes (see protocol/http.ts), but only until an absolute deadline,
@@ -21,7 +23,7 @@
  * own, and report it into their own metrics slot ({@link reportLingeringTo}).
  */
 import type { Socket } from 'node:net';
-import { Metric, type MetricsSlot } from './metrics.ts';
+import { Metric, type MetricsSlot } from './protocol/metrics.ts';
 
 /** How long an answered socket may take to flush and close, from the answer. */
 export const LINGER_MS = 2000;
@@ -88,4 +90,18 @@ export function linger(socket: Socket): void {
   socket.once('close', onLingerClose);
   if (timer === null) arm(LINGER_MS);
   publish();
+}
+
+/**
+ * Write a final HTTP response and close. The socket is not going to be handed
+ * on, so it may now be read: unread request bytes are drained, because closing
+ * a socket with unread data makes the kernel send RST, which can destroy the
+ * response before the client reads it. The draining ends at an absolute
+ * deadline, whatever the client keeps sending (below).
+ */
+export function endWithResponse(socket: Socket, response: string): void {
+  if (socket.destroyed) return;
+  socket.end(response);
+  socket.resume();
+  linger(socket);
 }
