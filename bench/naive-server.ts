@@ -37,7 +37,7 @@ const wss = new WebSocketServer({ server, perMessageDeflate: false, maxPayload: 
 wss.on('connection', (ws, req) => {
   const room = /^\/ws\/desktop\/([A-Za-z0-9_-]{1,128})$/.exec(req.url ?? '')?.[1];
   const token = parseCookie(req.headers.cookie ?? '').moodio_access_token;
-  let identity;
+  let identity: ReturnType<typeof verifyAccessToken>;
   try {
     if (!room || !token) throw new Error('no room or token');
     identity = verifyAccessToken(token, secret);

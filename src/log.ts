@@ -35,6 +35,7 @@ export interface LoggerOptions {
  * and paragraph separators: whatever a terminal, `less` or a log shipper may
  * take for a line break or an escape sequence.
  */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is this pattern's job (they are escaped in log lines).
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 
 function escapeControl(char: string): string {

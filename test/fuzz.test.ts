@@ -140,6 +140,7 @@ test('the real primary answers 2,000 hostile requests as documented and stays up
 function value(r: Rng, depth: number): unknown {
   switch (depth <= 0 ? r.int(4) : r.int(7)) {
     case 0:
+      // biome-ignore lint/suspicious/noApproximativeNumericConstant: any fraction will do, not π.
       return r.pick([0, -0, 1, -1, 1e308, -1e308, 5e-324, 2 ** 53 + 1, -(2 ** 53), 3.14159, 1e-7]);
     case 1:
       return r.pick(['', 'x', '__proto__', 'constructor', 'é漢😀', '\u0000\u001f', '</script>', '\\"', 's'.repeat(r.int(300))]);

@@ -250,7 +250,7 @@ test('what the kernel answers a read: EAGAIN polls on; reset, broken pipe, not c
   answer(null);
   const result = r.result();
   assert.equal(result?.value.kind, 'error');
-  assert.equal((result?.value as { error: NodeJS.ErrnoException }).error.code, 'EIO');
+  assert.equal((result!.value as { error: NodeJS.ErrnoException }).error.code, 'EIO');
 });
 
 test('pollNow right after readHead takes the place of its next-turn poll: the schedule goes on as before, not twice', async (t) => {
@@ -283,7 +283,7 @@ test('the reader never takes more than maxBytes from the socket: what follows st
   assert.equal(r.pending.received, 5);
   r.client.write(HEAD.slice(5) + extra);
   await r.to(100, true);
-  assert.deepEqual(r.result()?.value, { kind: 'head', bytes: Buffer.from(HEAD + extra.slice(0, 10)), headLength: HEAD.length, polls: (r.result()?.value as { polls: number }).polls });
+  assert.deepEqual(r.result()?.value, { kind: 'head', bytes: Buffer.from(HEAD + extra.slice(0, 10)), headLength: HEAD.length, polls: (r.result()!.value as { polls: number }).polls });
   const next = readHead(r.accepted, { maxBytes: 100, timeoutMs: 1000 }, () => {});
   assert.equal(next.received, extra.length - 10);
   next.cancel();

@@ -94,7 +94,7 @@ test('route: an upgrade with a body, or whose Connection does not list upgrade, 
 });
 
 /** Until-condition: a whole answer (head and the short body of a refusal), or a 101 head. */
-const answered = (raw: string): boolean => /\r\n\r\n[^]*\n$/.test(raw) || raw.startsWith('HTTP/1.1 101');
+const answered = (raw: string): boolean => /\r\n\r\n[\s\S]*\n$/.test(raw) || raw.startsWith('HTTP/1.1 101');
 
 test('an upgrade with Content-Length or Transfer-Encoding → 400; Content-Length: 0 is accepted', async () => {
   const path = () => `/ws/desktop/${desktop()}`;

@@ -58,6 +58,7 @@ export function useDesktop<E extends EventMap = Record<never, never>>(options: C
   const [snapshot, setSnapshot] = useState<Snapshot>(INITIAL);
   const { url, desktopId } = options;
 
+  // biome-ignore lint/correctness/useExhaustiveDependencies: a new connection only for another server or desktop; the rest is read through `latest`.
   useEffect(() => {
     const { token } = latest.current;
     const c = connect<E>({

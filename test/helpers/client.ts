@@ -171,7 +171,7 @@ export function rawRequest(port: number, writes: (string | Buffer)[], options: R
     const chunks: Buffer[] = [];
     socket.on('data', (c: Buffer) => {
       chunks.push(c);
-      if (until && until(Buffer.concat(chunks).toString('latin1'))) socket.destroy();
+      if (until?.(Buffer.concat(chunks).toString('latin1'))) socket.destroy();
     });
     socket.on('error', (err) => {
       if (chunks.length === 0) reject(err);
