@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { CloseCode, PING_FRAME_BURST, PING_MAX_MESSAGE_BYTES, SHARD_HEADER } from '../src/protocol/events.ts';
 import { PING_PATH } from '../src/protocol/paths.ts';
+import { PENDING_SLOW_AFTER_MS } from '../src/primary/primary.ts';
 import { REASON_HEADER } from '../src/protocol/rejections.ts';
 import { rawRequest, upgradeHead } from './helpers/client.ts';
 import { Crowd } from './helpers/idle.ts';
@@ -180,8 +181,19 @@ describe('bounds', () => {
   test('pending heads per address apply: with one silent connection pending, a ping from that address is 503', async (t) => {
     const crowd = new Crowd(t);
     await crowd.open(server.port, 1, { localAddress: '127.0.0.41' });
-    const refused = await rawRequest(server.port, [upgradeHead(PING_PATH)], { localAddress: '127.0.0.41' });
-    assert.deepEqual([refused.status, refused.headers[REASON_HEADER.toLowerCase()]], [503, 'too_many_pending_from_address']);
+    // A head counts against its address once it is slow: pending over PENDING_SLOW_AFTER_MS, a time the rule itself names.
+    await new Promise((resolve) => setTimeout(resolve, PENDING_SLOW_AFTER_MS));
+    const deadline = Date.now() + 5000;
+    for (let attempt = 0; ; attempt++) {
+      if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 100));
+      const answer = await rawRequest(server.port, [upgradeHead(PING_PATH)], { localAddress: '127.0.0.41' });
+      if (answer.status === 503) {
+        assert.equal(answer.headers[REASON_HEADER.toLowerCase()], 'too_many_pending_from_address');
+        break;
+      }
+      assert.equal(answer.status, 101, 'before it is slow, the silent connection does not count: the ping is admitted');
+      assert.ok(Date.now() < deadline, 'the silent connection never counted against its address');
+    }
   });
 });
 
