@@ -152,6 +152,18 @@ describe('the server API reaches multiplexed connections', () => {
     assert.ok(presence.body.sessions.every((s: { connectedAt: number }) => s.connectedAt > 0 && s.connectedAt <= Date.now()));
   });
 
+  test('a broadcast reaches the connections on both shards, with no topic', async (t) => {
+    const conns = await Promise.all([0, 1].map((shard) => connectTopics(t, server, token(userOnShard('Ann', shard)))));
+    assert.deepEqual(conns.map((c) => c.shard), [0, 1]);
+    const sent = await api(server, 'POST', 'broadcast', { type: 'maintenance', payload: { at: '02:00' } });
+    assert.equal(sent.status, 202);
+    assert.ok(sent.body.delivered >= 2, `delivered ${sent.body.delivered}`);
+    for (const conn of conns) {
+      const event = await conn.next();
+      assert.deepEqual(event, { op: 'event', type: 'maintenance', sessionId: 'server', userId: 'server', timestamp: event.timestamp, payload: { at: '02:00' } });
+    }
+  });
+
   test('--enforce-token-expiry ends a connection: every room it was in hears session_left, and it gets 4001 token expired', async (t) => {
     const { here, there } = topics('expiry');
     const ann = userOnShard('Ann', 0);

@@ -77,8 +77,11 @@ export class Commands {
         const topics = this.send(this.control.connectionsOf(request.userId), legacyToTopicText(undefined, request.event));
         return { duplicate: false, reached: legacy.reached + topics.reached, changed: 0 };
       }
-      case 'broadcast':
-        return this.send(this.rooms.allSessions(), request.event);
+      case 'broadcast': {
+        const legacy = this.send(this.rooms.allSessions(), request.event);
+        const topics = this.send(this.control.connections(), legacyToTopicText(undefined, request.event));
+        return { duplicate: false, reached: legacy.reached + topics.reached, changed: 0 };
+      }
       case 'set_permission': {
         // Before the sessions: a reconnect of one closed here must find the new word.
         this.grants?.setGrant(request.userId, request.desktopId, request.permission);

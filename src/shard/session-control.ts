@@ -94,6 +94,13 @@ export class SessionControl {
     return sessions === undefined ? [] : [...sessions];
   }
 
+  /** Every multiplexed connection on this shard, as a copy. */
+  connections(): TopicConnection[] {
+    const conns: TopicConnection[] = [];
+    for (const sessions of this.byUser.values()) for (const s of sessions) if (s instanceof TopicConnection) conns.push(s);
+    return conns;
+  }
+
   /** The user's multiplexed connections on this shard, as a copy. */
   connectionsOf(userId: string): TopicConnection[] {
     const sessions = this.byUser.get(userId);
