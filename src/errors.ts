@@ -82,7 +82,10 @@ export type AuthorizeErrorCodeValue = (typeof AuthorizeErrorCode)[keyof typeof A
 /** A topic subscription the authorize call did not accept (auth/topic-authorizer.ts); the client gets the matching error code. */
 export class AuthorizeError extends RelayError {
   declare readonly code: AuthorizeErrorCodeValue;
-  constructor(code: AuthorizeErrorCodeValue, message: string, options?: ErrorOptions) {
+  /** The app's HTTP status, when it answered one (a permission recheck tells 403 and 404 from 401). */
+  readonly status: number | undefined;
+  constructor(code: AuthorizeErrorCodeValue, message: string, options?: ErrorOptions & { status?: number }) {
     super(code, message, options);
+    this.status = options?.status;
   }
 }

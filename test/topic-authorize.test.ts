@@ -150,6 +150,8 @@ describe('the cache', () => {
     await expectOp(conn, 'event', { type: 'session_joined' });
     const changed = await api(server, 'PUT', `desktops/${id}/permissions/${ann.userId}`, { permission: 'viewer' });
     assert.equal(changed.status, 202);
+    await expectOp(conn, 'event', { topic, type: 'permission_changed', permission: 'viewer' });
+    await expectOp(bob, 'event', { topic, type: 'session_updated', permission: 'viewer' });
     // The live subscription is a viewer from now on: its mutation is dropped, the next event relayed.
     conn.send({ op: 'publish', topic, type: 'asset_moved', payload: {} });
     conn.send({ op: 'publish', topic, type: 'after', payload: {} });
@@ -171,13 +173,14 @@ describe('the cache', () => {
     assert.deepEqual(lefts.map((f) => f.type), ['session_left', 'session_left']);
   });
 
-  test("a logout through the server API closes the user's connections with 4001 and evicts their answers; a user event is not sent in the legacy framing", async (t) => {
+  test("a logout through the server API closes the user's connections with 4001 and evicts their answers; a user event reaches them in the topic framing", async (t) => {
     const topic = `desktop:${desktop()}`;
     const ann = user('Ann');
     const conn = await connectTopics(t, server, token(ann));
     await subscribe(conn, topic);
     const delivered = await api(server, 'POST', `users/${ann.userId}/events`, { type: 'export_ready' });
-    assert.deepEqual([delivered.status, delivered.body.delivered], [202, 0]);
+    assert.deepEqual([delivered.status, delivered.body.delivered], [202, 1]);
+    await expectOp(conn, 'event', { type: 'export_ready', sessionId: 'server' });
     const out = await api(server, 'POST', `users/${ann.userId}/disconnect`, {});
     assert.deepEqual([out.status, out.body.disconnected], [202, 1]);
     assert.equal((await conn.closed).code, 4001);

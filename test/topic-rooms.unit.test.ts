@@ -33,7 +33,7 @@ const info = (sid: string): string => `{"sessionId":"${sid}","userId":"u-${sid}"
 const stamp = (sid: string): string => `,"sessionId":"${sid}","userId":"u-${sid}","firstName":"","email":""`;
 
 function join(topics: TopicRooms, from: number, sid: string): void {
-  topics.onLinkMessage(from, { k: 'join', topic: TOPIC, sid, info: info(sid), stamp: stamp(sid) });
+  topics.onLinkMessage(from, { k: 'join', topic: TOPIC, sid, info: info(sid), stamp: stamp(sid), at: 0 });
 }
 
 test('each event goes once to each interested shard, not to a shard whose only subscriber sent it', () => {

@@ -91,7 +91,7 @@ export class HttpTopicAuthority implements TopicAuthority {
       });
       if (res.statusCode !== 200) {
         await res.body.dump();
-        throw new AuthorizeError(STATUS_CODES[res.statusCode] ?? AuthorizeErrorCode.INTERNAL, `authorize answered ${res.statusCode}`);
+        throw new AuthorizeError(STATUS_CODES[res.statusCode] ?? AuthorizeErrorCode.INTERNAL, `authorize answered ${res.statusCode}`, { status: res.statusCode });
       }
       text = await readLimited(res.body, MAX_AUTHORIZE_BODY);
     } catch (err) {

@@ -26,7 +26,8 @@ import {
   type ApiRequest,
 } from '../protocol/api.ts';
 import { isReservedApiType } from '../protocol/api.ts';
-import { DESKTOP_ID_PATTERN, MAX_TYPE_LENGTH, SERVER_SENDER } from '../protocol/events.ts';
+import { DESKTOP_ID_PATTERN, MAX_TYPE_LENGTH } from '../protocol/events.ts';
+import { legacyText, SERVER_STAMP } from '../protocol/event-frames.ts';
 import { memberText } from '../protocol/json-member.ts';
 
 export type Endpoint =
@@ -153,10 +154,7 @@ function serverEvent(body: Record<string, unknown>, text: string, now: number): 
     return fail(ApiRefusals.INVALID_TYPE, `"type" must be a non-empty string of at most ${MAX_TYPE_LENGTH} characters`);
   }
   if (isReservedApiType(type)) return fail(ApiRefusals.RESERVED_TYPE, `"${type}" is one of the server's own event types`);
-  let event = `{"type":${JSON.stringify(type)},"sessionId":"${SERVER_SENDER}","userId":"${SERVER_SENDER}","timestamp":${now}`;
-  const payload = memberText(text, 'payload');
-  if (payload !== undefined) event += `,"payload":${payload}`;
-  return { ok: true, value: { type, event: event + '}' } };
+  return { ok: true, value: { type, event: legacyText(type, SERVER_STAMP, now, memberText(text, 'payload')) } };
 }
 
 /**

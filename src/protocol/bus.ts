@@ -20,6 +20,7 @@
 import type { LiveSession } from './api.ts';
 import { DESKTOP_ID_PATTERN, PRESENCE_SYNC_REQUEST, ServerEvent } from './events.ts';
 import { memberText } from './json-member.ts';
+import { legacyEventText, legacyText, sessionUpdated } from './event-frames.ts';
 
 export const ROOM_SUBJECT_PREFIX = 'room.';
 /** Per-shard liveness beacons of moodio-rt nodes. */
@@ -112,10 +113,7 @@ export function sessionInfoJson(info: BusSessionInfo): string {
 
 /** `session_left` for a remote session the server removes itself (its node went silent, or a resync did not confirm it). */
 export function sessionLeftJson(info: BusSessionInfo, now: number): string {
-  return (
-    `{"type":"session_left","sessionId":${JSON.stringify(info.sessionId)},"userId":${JSON.stringify(info.userId)}` +
-    `,"firstName":${JSON.stringify(info.firstName)},"email":${JSON.stringify(info.email)},"timestamp":${now},"payload":${sessionInfoJson(info)}}`
-  );
+  return legacyText(ServerEvent.SESSION_LEFT, stampOf(info), now, sessionInfoJson(info));
 }
 
 function decode(data: Uint8Array): string {
@@ -155,7 +153,7 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
     const text =
       type === ServerEvent.SESSION_LEFT
         ? sessionLeftJson(info, now)
-        : `{"type":"session_joined"${stampOf(info)},"timestamp":${now},"payload":${sessionInfoJson(info)}}`;
+        : legacyText(ServerEvent.SESSION_JOINED, stampOf(info), now, sessionInfoJson(info));
     return { ok: true, node: r, value: { kind: type === ServerEvent.SESSION_LEFT ? 'left' : 'joined', info, text } };
   }
   if (type === 'session_updated') {
@@ -165,7 +163,7 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
       return { ok: false, reason: DropReason.INVALID_EVENT };
     }
     const now = typeof event.timestamp === 'number' && Number.isFinite(event.timestamp) ? event.timestamp : Date.now();
-    const text = `{"type":"session_updated"${stampOf(info)},"permission":"${info.permission}","timestamp":${now},"payload":${sessionInfoJson(info)}}`;
+    const text = legacyEventText(sessionUpdated(stampOf(info), info.permission, now, sessionInfoJson(info)));
     return { ok: true, node: r, value: { kind: 'updated', info, text } };
   }
   if (NOT_RELAYABLE.has(type)) return { ok: false, reason: DropReason.RESERVED_TYPE };

@@ -5,6 +5,7 @@
 import type { Socket } from 'node:net';
 import type { MessagePort } from 'node:worker_threads';
 import type { ApiOutcome, ApiRequest } from './api.ts';
+import type { Permission } from './events.ts';
 
 /** Primary → shard: a connection whose request head has been read. */
 export interface ConnectionMessage {
@@ -77,7 +78,9 @@ export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage |
  */
 export type LinkMessage =
   /** Follower → owner: `sid` subscribes (again: a fresh `joined`, nothing broadcast). */
-  | { k: 'join'; topic: string; sid: string; info: string; stamp: string }
+  | { k: 'join'; topic: string; sid: string; info: string; stamp: string; at: number }
+  /** Follower → owner: `sid`'s role on the topic changed (the server API, a recheck): `info` is its SessionInfo JSON with the new role. */
+  | { k: 'update'; topic: string; sid: string; info: string; perm: Permission }
   /** Owner → follower: `sid` is in, `sessions` being the others' SessionInfo JSON, comma-separated; or, with `full`, refused (--max-room-size). */
   | { k: 'joined'; topic: string; sid: string; sessions: string; full?: true }
   /** Follower → owner: `sid` left. */

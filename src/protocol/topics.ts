@@ -2,8 +2,8 @@
  * The multiplexed route, `GET /ws/connection`, as it appears on the wire:
  * one socket per browser tab, subscribed to many topics (`desktop:{id}`,
  * `production-table:{id}`), each authorized on its own. Ops, error codes,
- * limits and the encoders of every frame the route sends live here, so that
- * server and tests share them.
+ * limits and the encoders of the route's answers live here (its events are
+ * event-frames.ts's), so that server and tests share them.
  *
  * A topic's room is the same room a legacy socket joins: `desktop:x` is the
  * room of `/ws/desktop/x`, whose key stays the bare desktop id (federation
@@ -126,31 +126,4 @@ export function subscribedText(topic: string, permission: Permission, sessionId:
 /** `{op:"unsubscribed",topic,ref?}`. */
 export function unsubscribedText(topic: string, ref: string | undefined): string {
   return `{"op":"unsubscribed","topic":${JSON.stringify(topic)}${refMember(ref)}}`;
-}
-
-/**
- * An event of a room, before it is framed: its type, the sender's identity
- * stamp (`,"sessionId":…,"userId":…,"firstName":…,"email":…`), the time and
- * the payload's JSON text as sent (undefined when absent).
- */
-export interface RoomEvent {
-  type: string;
-  stamp: string;
-  timestamp: number;
-  payload: string | undefined;
-}
-
-/** The legacy routes' framing: `{"type":…,<stamp>,"timestamp":…,"payload":…}`, payload left out when absent. */
-export function legacyEventText(event: RoomEvent): string {
-  return `{"type":${JSON.stringify(event.type)}${event.stamp},"timestamp":${event.timestamp}${event.payload === undefined ? '' : `,"payload":${event.payload}`}}`;
-}
-
-/** The multiplexed route's framing: `{op:"event",topic,type,sessionId,userId,firstName,email,timestamp,payload}`, payload `null` when absent. */
-export function topicEventText(topic: string, event: RoomEvent): string {
-  return `{"op":"event","topic":${JSON.stringify(topic)},"type":${JSON.stringify(event.type)}${event.stamp},"timestamp":${event.timestamp},"payload":${event.payload ?? 'null'}}`;
-}
-
-/** A legacy frame's text (`{"type":…}`) in the topic framing: `{"op":"event","topic":…,"type":…}` (for the server's own events). */
-export function legacyToTopicText(topic: string, legacyText: string): string {
-  return `{"op":"event","topic":${JSON.stringify(topic)},${legacyText.slice(1)}`;
 }

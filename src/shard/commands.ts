@@ -21,7 +21,9 @@ import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { Logger } from '../log.ts';
 import { CloseReason, type ApiOutcome, type ApiRequest } from '../protocol/api.ts';
 import { DESKTOP_ID_PATTERN } from '../protocol/events.ts';
+import { legacyToTopicText } from '../protocol/event-frames.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
+import { parseTopic, TopicNamespace } from '../protocol/topics.ts';
 import { ApiMetric, type MetricsSlot } from '../protocol/metrics.ts';
 import { RecentIds } from './recent-ids.ts';
 import type { RoomIndex } from './room-index.ts';
@@ -69,10 +71,17 @@ export class Commands {
         const to = room === undefined ? [] : room.members.filter((s) => s.userId !== except);
         return this.send(to, request.event);
       }
-      case 'user_event':
-        return this.send(this.control.legacySessionsOf(request.userId), request.event);
-      case 'broadcast':
-        return this.send(this.rooms.allSessions(), request.event);
+      case 'user_event': {
+        // A multiplexed connection gets it in its framing, with no topic: it is about the user, not a room.
+        const legacy = this.send(this.control.legacySessionsOf(request.userId), request.event);
+        const topics = this.send(this.control.connectionsOf(request.userId), legacyToTopicText(undefined, request.event));
+        return { duplicate: false, reached: legacy.reached + topics.reached, changed: 0 };
+      }
+      case 'broadcast': {
+        const legacy = this.send(this.rooms.allSessions(), request.event);
+        const topics = this.send(this.control.connections(), legacyToTopicText(undefined, request.event));
+        return { duplicate: false, reached: legacy.reached + topics.reached, changed: 0 };
+      }
       case 'set_permission': {
         // Before the sessions: a reconnect of one closed here must find the new word.
         this.grants?.setGrant(request.userId, request.desktopId, request.permission);
@@ -97,13 +106,24 @@ export class Commands {
         return { duplicate: false, reached: targets.length, changed };
       }
       case 'presence': {
-        const members = this.rooms.get(request.desktopId)?.members ?? [];
-        const sessions = members.filter((s) => s.open).map((s) => this.control.view(s));
+        // Every member of the room: legacy sockets, subscribers of `desktop:{id}` here and on the other shards.
+        const room = this.rooms.get(request.desktopId);
+        if (room === undefined) return { duplicate: false, reached: 0, changed: 0, sessions: [] };
+        const sessions = room.members.filter((s) => s.open).map((s) => this.control.view(s));
+        for (const sub of room.subs) if (sub.conn.open) sessions.push(this.control.viewAs(sub.conn, request.desktopId, sub.permission));
+        if (room.remote !== null) for (const member of room.remote.values()) sessions.push(this.control.viewRemote(member, request.desktopId));
         return { duplicate: false, reached: sessions.length, changed: 0, sessions };
       }
       case 'user_sessions': {
-        // Desktop sessions: what LiveSession describes (and what other nodes accept in an answer).
+        // Desktop sessions, and subscriptions of desktop topics: what LiveSession describes (and what other nodes accept in an answer).
         const sessions = this.control.legacySessionsOf(request.userId).filter((s) => s.open && DESKTOP_ID_PATTERN.test(s.desktopId)).map((s) => this.control.view(s));
+        for (const conn of this.control.connectionsOf(request.userId)) {
+          if (!conn.open) continue;
+          for (const sub of conn.topics.values()) {
+            const topic = parseTopic(sub.topic);
+            if (sub.state === 'joined' && topic?.namespace === TopicNamespace.DESKTOP) sessions.push(this.control.viewAs(conn, topic.id, sub.permission));
+          }
+        }
         return { duplicate: false, reached: sessions.length, changed: 0, sessions };
       }
     }

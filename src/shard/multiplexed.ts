@@ -11,14 +11,16 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { PermissionSource } from '../auth/permission-client.ts';
 import { secretKey, type Identity } from '../auth/token.ts';
-import { ClaimTopicAuthority, HttpTopicAuthority, TopicAuthorizer } from '../auth/topic-authorizer.ts';
+import { ClaimTopicAuthority, HttpTopicAuthority, TopicAuthorizer, type TopicAuthority } from '../auth/topic-authorizer.ts';
 import type { ServeConfig } from '../config.ts';
 import type { Logger } from '../log.ts';
 import type { ApiPermission } from '../protocol/api.ts';
+import type { Permission } from '../protocol/events.ts';
 import type { MetricsSlot } from '../protocol/metrics.ts';
 import type { UserConnections } from '../protocol/user-connections.ts';
 import type { Backpressure } from './backpressure.ts';
-import { TopicConnection } from './connection.ts';
+import { TopicConnection, type Subscription } from './connection.ts';
+import type { RecheckTopics } from './permission-recheck.ts';
 import type { Admitted } from './handshake.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { RoomIndex } from './room-index.ts';
@@ -55,7 +57,7 @@ export interface MultiplexedOptions {
   onBytes: (conn: TopicConnection, bytes: number) => void;
 }
 
-export class Multiplexed {
+export class Multiplexed implements RecheckTopics {
   private readonly options: MultiplexedOptions;
   /** Open connections. */
   readonly connections = new Set<TopicConnection>();
@@ -63,6 +65,8 @@ export class Multiplexed {
   readonly topics: TopicRooms;
   private readonly ops: TopicOps;
   private readonly authorizer: TopicAuthorizer;
+  /** The authorize call itself, without the cache: what a permission recheck asks. */
+  private readonly authority: TopicAuthority;
   /** The other shards of this process (null with one worker). */
   private readonly link: ShardLink | null;
 
@@ -89,7 +93,7 @@ export class Multiplexed {
             onPeerGone: (peer) => this.topics.onPeerGone(peer),
           });
     if (this.link !== null) this.topics.useLink(this.link);
-    this.authorizer = new TopicAuthorizer(
+    this.authority =
       options.claims !== null
         ? new ClaimTopicAuthority(options.claims)
         : new HttpTopicAuthority({
@@ -97,8 +101,8 @@ export class Multiplexed {
             secret: secretKey(config.jwtSecret),
             timeoutMs: config.permissionTimeoutMs,
             concurrency: config.permissionConcurrency,
-          }),
-    );
+          });
+    this.authorizer = new TopicAuthorizer(this.authority);
     this.ops = new TopicOps({ rooms: this.topics, authorizer: this.authorizer, backpressure, limiter, mutationTypes: this.options.mutationTypes, metrics, log });
   }
 
@@ -166,6 +170,32 @@ export class Multiplexed {
     const topic = `desktop:${desktopId}`;
     this.authorizer.evict(userId, topic);
     this.ops.permissionChanged(this.connections, userId, topic, permission);
+  }
+
+  /** The joined subscriptions of this shard's connections (a permission recheck's round). */
+  subscriptions(): Subscription[] {
+    const subs: Subscription[] = [];
+    for (const conn of this.connections) for (const sub of conn.topics.values()) if (sub.state === 'joined') subs.push(sub);
+    return subs;
+  }
+
+  /** Ask the app for `sub`'s role again, as its subscribe did but past the cache. @throws {AuthorizeError} */
+  reauthorize(sub: Subscription): Promise<Permission> {
+    return this.authority.authorize(sub.conn.identity, sub.topic);
+  }
+
+  /** A recheck found another role: `sub` takes it (announced), and the cached answer is asked again next time. False when nothing changed. */
+  recheckedRole(sub: Subscription, permission: Permission): boolean {
+    if (!this.ops.setRole(sub, permission)) return false;
+    this.authorizer.evict(sub.conn.userId, sub.topic);
+    return true;
+  }
+
+  /** A recheck was refused (403, 404): `sub` ends with `forbidden`. False when it was not held. */
+  recheckedRevoked(sub: Subscription): boolean {
+    if (!this.ops.revoke(sub, 'permission revoked')) return false;
+    this.authorizer.evict(sub.conn.userId, sub.topic);
+    return true;
   }
 
   /** The server API logged `userId` out: every answer of theirs is asked again (the logout itself closes their connections). */

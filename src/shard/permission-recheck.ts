@@ -24,11 +24,23 @@
  *
  * A session is first rechecked in the round after the one it joined in: its
  * handshake has just asked.
+ *
+ * The subscriptions of multiplexed connections are rechecked in the same
+ * rounds, each one a check: the app's authorize endpoint is asked as the
+ * subscribe asked it (a JWT minted for the call, past the authorize cache).
+ * A different role is announced as the server API's is (`permission_changed`
+ * to the connection, `session_updated` to the room); a `403` or `404` ends
+ * the subscription with `forbidden` (the others hear `session_left`); the
+ * connection and its other topics go on. Any other failure, a `401`
+ * included (the relay's own token refused: a configuration error, no
+ * revocation), changes nothing.
  */
 import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { PermissionSource } from '../auth/permission-client.ts';
 import type { Identity } from '../auth/token.ts';
-import { PermissionError, PermissionErrorCode } from '../errors.ts';
+import { AuthorizeError, PermissionError, PermissionErrorCode } from '../errors.ts';
+import type { Permission } from '../protocol/events.ts';
+import { Subscription } from './connection.ts';
 import type { Logger } from '../log.ts';
 import { CloseReason } from '../protocol/api.ts';
 import { ApiMetric, type MetricsSlot } from '../protocol/metrics.ts';
@@ -46,6 +58,20 @@ export interface PermissionRecheckOptions {
   grants?: GrantUpdates | null;
   metrics: MetricsSlot;
   log: Logger;
+  /** The multiplexed connections' subscriptions (multiplexed.ts), rechecked in the same rounds; absent: none. */
+  topics?: RecheckTopics;
+}
+
+/** What a recheck needs of the multiplexed route. */
+export interface RecheckTopics {
+  /** The joined subscriptions now. */
+  subscriptions(): Subscription[];
+  /** Ask the authorize endpoint again, past the cache. @throws {AuthorizeError} */
+  reauthorize(sub: Subscription): Promise<Permission>;
+  /** Another role: applied and announced; false when it is the one held. */
+  recheckedRole(sub: Subscription, permission: Permission): boolean;
+  /** Refused: the subscription ends; false when it was not held. */
+  recheckedRevoked(sub: Subscription): boolean;
 }
 
 /** What a recheck needs to ask again as the handshake did. */
@@ -68,7 +94,7 @@ export class PermissionRecheck {
   private readonly grants = new Map<Session, Grant>();
   private readonly timer: NodeJS.Timeout;
   /** The current round: the sessions listed at its start, and how many were started. */
-  private round: Session[] = [];
+  private round: (Session | Subscription)[] = [];
   private next = 0;
   private roundStart = Date.now();
   private inFlight = 0;
@@ -100,13 +126,17 @@ export class PermissionRecheck {
     const { intervalMs, concurrency } = this.options;
     if (this.next >= this.round.length && now - this.roundStart >= intervalMs) {
       this.endRound();
-      this.round = [...this.grants.keys()];
+      this.round = [...this.grants.keys(), ...(this.options.topics?.subscriptions() ?? [])];
       this.next = 0;
       this.roundStart = now;
     }
     const due = Math.min(this.round.length, Math.ceil((this.round.length * (now - this.roundStart)) / intervalMs));
     while (this.next < due && this.inFlight < concurrency) {
       const session = this.round[this.next++]!;
+      if (session instanceof Subscription) {
+        if (session.conn.open) void this.checkTopic(session, this.options.topics!);
+        continue;
+      }
       const grant = this.grants.get(session);
       if (grant !== undefined && session.open) void this.check(session, grant);
     }
@@ -148,8 +178,34 @@ export class PermissionRecheck {
     }
   }
 
+  private async checkTopic(sub: Subscription, topics: RecheckTopics): Promise<void> {
+    const { metrics } = this.options;
+    const asked = sub.permission;
+    this.inFlight++;
+    try {
+      const permission = await topics.reauthorize(sub);
+      if (!subscriptionCurrent(sub, asked)) return;
+      metrics.add(topics.recheckedRole(sub, permission) ? ApiMetric.RECHECK_CHANGED : ApiMetric.RECHECK_UNCHANGED);
+    } catch (err) {
+      if (err instanceof AuthorizeError && REVOKING_STATUSES.has(err.status ?? 0)) {
+        if (subscriptionCurrent(sub, asked) && topics.recheckedRevoked(sub)) metrics.add(ApiMetric.RECHECK_REVOKED);
+        return;
+      }
+      metrics.add(ApiMetric.RECHECK_FAILED);
+      this.failed++;
+      this.lastFailure = err instanceof AuthorizeError ? `${err.code}: ${err.message}` : String(err);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
   /** Still open, still watched, and no one changed its permission while it was asked. */
   private current(session: Session, asked: string): boolean {
     return session.open && this.grants.has(session) && session.permission === asked;
   }
+}
+
+/** Still held and joined, and no one changed its role while it was asked. */
+function subscriptionCurrent(sub: Subscription, asked: Permission): boolean {
+  return sub.conn.open && sub.state === 'joined' && sub.conn.topics.get(sub.topic) === sub && sub.permission === asked;
 }

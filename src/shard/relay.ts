@@ -16,7 +16,7 @@ import {
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
-import { legacyEventText, type RoomEvent } from '../protocol/topics.ts';
+import { legacyErrorText, legacyEventText, legacyText, roomJoinedText, type RoomEvent } from '../protocol/event-frames.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
@@ -102,7 +102,7 @@ export class Relay {
     // `permission` (the joiner's own role) is an addition to the reference's frame: a client learns its role without waiting for a change.
     this.backpressure.deliver(
       session,
-      encodeTextFrame(`{"type":"room_joined","sessionId":${JSON.stringify(session.id)},"permission":"${session.permission}","sessions":[${sessions}]}`),
+      encodeTextFrame(roomJoinedText(session.id, session.permission, sessions)),
       undefined,
     );
     this.presence(this.rooms.join(session), session, 'session_joined');
@@ -128,9 +128,10 @@ export class Relay {
     this.bus?.publish(room.id, text);
   }
 
-  /** An event the server made about a room (e.g. `session_updated`), for its multiplexed subscribers on every shard. */
-  toSubscribers(roomKey: string, eventJson: string): void {
-    this.topics?.serverEvent(roomKey, eventJson, undefined);
+  /** An event the server made about a room (e.g. `session_updated`), for its multiplexed subscribers on every shard but `exceptId`. */
+  toSubscribers(roomKey: string, event: RoomEvent, exceptId: string): void {
+    const room = this.rooms.get(roomKey);
+    if (room !== undefined && (room.subs.length > 0 || room.peers !== null)) this.topics?.fanOut(room, event, exceptId, '');
   }
 
   /** An event the server made about a session of this node (e.g. `session_updated`), for the other nodes' members of its room. */
@@ -175,7 +176,7 @@ export class Relay {
   private writeError(session: Session, code: ErrorCodeValue, message: string, extra = ''): void {
     if (!session.open) return;
     // Through the outbound budget like any ordered event: a session that sends bad frames and never reads is cut, not buffered for.
-    this.backpressure.deliver(session, encodeTextFrame(`{"type":"error","code":"${code}","message":${JSON.stringify(message)}${extra}}`), undefined);
+    this.backpressure.deliver(session, encodeTextFrame(legacyErrorText(code, message, extra)), undefined);
   }
 
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
@@ -294,9 +295,7 @@ export class Relay {
     // validated it): re-serializing could make it larger (`1e20`).
     const timestamp = Date.now();
     const payload = Object.hasOwn(frame, 'payload') ? memberText(json, 'payload') : undefined;
-    let text = `{"type":${JSON.stringify(type)}${session.stamp},"timestamp":${timestamp}`;
-    if (payload !== undefined) text += `,"payload":${payload}`;
-    text += '}';
+    const text = legacyText(type, session.stamp, timestamp, payload);
     const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
     if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(text), transientKey);
     // Multiplexed subscribers of the room get it in their framing (encoded there, once).

@@ -26,6 +26,8 @@ export interface RemoteMember {
   /** Its identity as spliced into events (session.ts `stamp`). */
   stamp: string;
   shard: number;
+  /** When its connection opened (ms since the epoch), for the server API's presence. */
+  connectedAt: number;
 }
 
 /** What the room index keeps per session (`session.slot`): its position in its room's member array. */

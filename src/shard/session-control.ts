@@ -21,11 +21,13 @@
 import type { Logger } from '../log.ts';
 import type { LiveSession } from '../protocol/api.ts';
 import { CloseCode, type Permission } from '../protocol/events.ts';
+import { legacyEventText, permissionChangedText, sessionUpdated } from '../protocol/event-frames.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { ApiMetric, type MetricsSlot } from '../protocol/metrics.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { Relay } from './relay.ts';
-import type { RoomIndex } from './room-index.ts';
+import type { RemoteMember, RoomIndex } from './room-index.ts';
+import { TopicConnection } from './connection.ts';
 import type { Session } from './session.ts';
 import { closeWithGrace } from './socket-reads.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
@@ -40,6 +42,8 @@ export interface SessionControlOptions {
   out: WriteCoalescer<Session>;
   metrics: MetricsSlot;
   log: Logger;
+  /** A multiplexed connection the server ends leaves every topic at once (multiplexed.ts cut); absent: at its close. */
+  leaveTopics?: (conn: TopicConnection) => void;
 }
 
 /** Who asked for a change: the server API or a permission recheck. */
@@ -90,6 +94,21 @@ export class SessionControl {
     return sessions === undefined ? [] : [...sessions];
   }
 
+  /** Every multiplexed connection on this shard, as a copy. */
+  connections(): TopicConnection[] {
+    const conns: TopicConnection[] = [];
+    for (const sessions of this.byUser.values()) for (const s of sessions) if (s instanceof TopicConnection) conns.push(s);
+    return conns;
+  }
+
+  /** The user's multiplexed connections on this shard, as a copy. */
+  connectionsOf(userId: string): TopicConnection[] {
+    const sessions = this.byUser.get(userId);
+    const conns: TopicConnection[] = [];
+    if (sessions !== undefined) for (const s of sessions) if (s instanceof TopicConnection) conns.push(s);
+    return conns;
+  }
+
   /**
    * The user's legacy sessions on this shard (a desktop or a production
    * table), as a copy: not its multiplexed connections, whose frames have
@@ -116,9 +135,10 @@ export class SessionControl {
     if (!session.open || session.permission === permission) return false;
     const from = session.permission;
     session.setPermission(permission);
-    this.deliver(session, encodeTextFrame(`{"type":"permission_changed","permission":"${permission}"}`));
+    this.deliver(session, encodeTextFrame(permissionChangedText(permission)));
     const room = this.options.rooms.get(session.desktopId);
-    const updated = `{"type":"session_updated"${session.stamp},"permission":"${permission}","timestamp":${Date.now()},"payload":${session.infoJson}}`;
+    const event = sessionUpdated(session.stamp, permission, Date.now(), session.infoJson);
+    const updated = legacyEventText(event);
     if (room !== undefined && room.members.length > 1) {
       const frame = encodeTextFrame(updated);
       // Pinned: a member this cuts leaves the room without making the loop skip another (room-index.ts).
@@ -128,7 +148,7 @@ export class SessionControl {
     }
     // Members on other nodes, and the room's multiplexed subscribers, see the new role too.
     this.options.relay.publishToOtherNodes(session.desktopId, updated);
-    this.options.relay.toSubscribers(session.desktopId, updated);
+    this.options.relay.toSubscribers(session.desktopId, event, session.id);
     this.options.metrics.add(cause === 'api' ? ApiMetric.CHANGED_BY_API : ApiMetric.CHANGED_BY_RECHECK);
     this.options.log.info('permission_changed', { sessionId: session.id, desktopId: session.desktopId, userId: session.userId, from, to: permission, cause });
     return true;
@@ -143,11 +163,33 @@ export class SessionControl {
     if (!session.open) return false;
     const { out, relay, metrics, log } = this.options;
     out.flushNow(session.out);
-    relay.leave(session);
+    if (session instanceof TopicConnection) this.options.leaveTopics?.(session);
+    else relay.leave(session);
     closeWithGrace(session, END_CODE[why], reason);
     metrics.add(END_METRIC[why]);
     log.info('session_ended', { sessionId: session.id, desktopId: session.desktopId, userId: session.userId, why, code: END_CODE[why] });
     return true;
+  }
+
+  /** A multiplexed connection's subscription of `desktopId` as the API reports it: the connection, with its role on the topic. */
+  viewAs(conn: Session, desktopId: string, permission: Permission): LiveSession {
+    return { ...this.view(conn), desktopId, permission };
+  }
+
+  /** A subscriber of a room owned here whose connection is on another shard, from what its join told (room-index.ts RemoteMember). */
+  viewRemote(member: RemoteMember, desktopId: string): LiveSession {
+    const info = JSON.parse(member.infoJson) as { userId: string; firstName: string; email: string; permission: Permission };
+    return {
+      sessionId: member.sessionId,
+      userId: info.userId,
+      firstName: info.firstName,
+      email: info.email,
+      desktopId,
+      permission: info.permission,
+      connectedAt: member.connectedAt,
+      node: this.options.nodeId,
+      shard: member.shard,
+    };
   }
 
   /** `session` as the API reports it (the primary adds the node). */

@@ -15,8 +15,9 @@ import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
 import type { MetricsSlot } from '../protocol/metrics.ts';
 import type { Backpressure } from './backpressure.ts';
 import { Commands } from './commands.ts';
-import { PermissionRecheck } from './permission-recheck.ts';
+import { PermissionRecheck, type RecheckTopics } from './permission-recheck.ts';
 import type { Relay } from './relay.ts';
+import type { TopicConnection } from './connection.ts';
 import type { RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
 import { SessionControl } from './session-control.ts';
@@ -36,6 +37,10 @@ export interface ShardApiOptions {
   grants: GrantUpdates | null;
   metrics: MetricsSlot;
   log: Logger;
+  /** A multiplexed connection the server ends (a logout, its token expired) leaves its topics at once. */
+  leaveTopics?: (conn: TopicConnection) => void;
+  /** The multiplexed route's subscriptions, rechecked with the legacy sessions (--permission-recheck). */
+  topics?: RecheckTopics;
 }
 
 export class ShardApi {
@@ -58,6 +63,7 @@ export class ShardApi {
             grants: options.grants,
             metrics,
             log,
+            topics: options.topics,
           })
         : null;
     this.expiry = config.enforceTokenExpiry ? new TokenExpiry(this.control) : null;

@@ -228,7 +228,9 @@ export class Shard {
         multiplexed.forgetUser(userId);
       },
     };
-    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants, metrics, log });
+    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants, metrics, log, topics: multiplexed,
+      leaveTopics: (conn) => multiplexed.cut(conn),
+    });
     this.ping = new PingRoute({
       shardId: id,
       workers: config.workers,

@@ -21,6 +21,7 @@ import { AuthorizeError, AuthorizeErrorCode, type AuthorizeErrorCodeValue } from
 import type { TopicAuthorizer } from '../auth/topic-authorizer.ts';
 import type { Logger } from '../log.ts';
 import { CloseCode, MAX_TYPE_LENGTH, type Permission } from '../protocol/events.ts';
+import { topicPermissionChangedText } from '../protocol/event-frames.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
@@ -280,23 +281,41 @@ export class TopicOps {
 
   /**
    * The server API set `userId`'s role on `topic`: its subscriptions on
-   * this shard take it from their next publish; `none` ends them, each
-   * connection told with `forbidden` (the others hear session_left).
+   * this shard take it ({@link setRole}); `none` ends them ({@link revoke}).
    */
   permissionChanged(connections: Iterable<TopicConnection>, userId: string, topic: string, permission: Permission | 'none'): void {
     for (const conn of connections) {
       if (conn.userId !== userId) continue;
       const sub = conn.topics.get(topic);
       if (sub === undefined || sub.state !== 'joined') continue;
-      if (permission !== 'none') {
-        sub.permission = permission;
-        sub.infoJson = conn.describeAs(permission);
-        continue;
-      }
-      conn.topics.delete(topic);
-      this.rooms.leave(sub);
-      this.error(conn, TopicErrorCode.FORBIDDEN, 'permission revoked through the server API', topic, undefined);
+      if (permission === 'none') this.revoke(sub, 'permission revoked through the server API');
+      else this.setRole(sub, permission);
     }
+  }
+
+  /**
+   * Give `sub` `permission`, from its next publish: `permission_changed` to
+   * its connection (topic-framed), `session_updated` to the rest of its
+   * room in each framing. Setting the role it has changes and sends
+   * nothing; false then.
+   */
+  setRole(sub: Subscription, permission: Permission): boolean {
+    if (sub.state !== 'joined' || !sub.conn.open || sub.permission === permission) return false;
+    sub.permission = permission;
+    sub.infoJson = sub.conn.describeAs(permission);
+    this.send(sub.conn, topicPermissionChangedText(sub.topic, permission));
+    this.rooms.updated(sub);
+    return true;
+  }
+
+  /** End `sub`: it leaves its room (session_left to the others), and its connection gets `forbidden` with `message`. False when it was not held. */
+  revoke(sub: Subscription, message: string): boolean {
+    const conn = sub.conn;
+    if (conn.topics.get(sub.topic) !== sub || sub.state !== 'joined') return false;
+    conn.topics.delete(sub.topic);
+    this.rooms.leave(sub);
+    this.error(conn, TopicErrorCode.FORBIDDEN, message, sub.topic, undefined);
+    return true;
   }
 
   private unsubscribe(conn: TopicConnection, op: QueuedOp): void {

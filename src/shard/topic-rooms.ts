@@ -19,7 +19,8 @@ import type { Logger } from '../log.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import type { LinkMessage } from '../protocol/messages.ts';
-import { legacyEventText, legacyToTopicText, roomKeyOf, topicEventText, type RoomEvent } from '../protocol/topics.ts';
+import { legacyEventText, legacyToTopicText, sessionUpdated, topicEventText, type RoomEvent } from '../protocol/event-frames.ts';
+import { roomKeyOf } from '../protocol/topics.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { Subscription } from './connection.ts';
 import type { Room, RoomIndex } from './room-index.ts';
@@ -89,7 +90,7 @@ export class TopicRooms {
       this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
       return { sessions };
     }
-    const message: LinkMessage = { k: 'join', topic: sub.topic, sid: sub.conn.id, info: sub.infoJson, stamp: sub.conn.stamp };
+    const message: LinkMessage = { k: 'join', topic: sub.topic, sid: sub.conn.id, info: sub.infoJson, stamp: sub.conn.stamp, at: sub.conn.connectedAt };
     if (this.link === null || !this.link.send(sub.owner, message)) return 'unavailable';
     this.joining.set(`${sub.conn.id}\0${sub.topic}`, sub);
     return 'pending';
@@ -110,6 +111,21 @@ export class TopicRooms {
       if (subs.size === 0) this.followers.delete(sub.topic);
     }
     this.link?.send(sub.owner, { k: 'leave', topic: sub.topic, sid: sub.conn.id });
+  }
+
+  /**
+   * `sub`'s role changed (its `permission` and `infoJson` already set):
+   * `session_updated` to the rest of its room, in each framing; the owner,
+   * when another shard, lists the new role from now on.
+   */
+  updated(sub: Subscription): void {
+    if (sub.state !== 'joined') return;
+    if (sub.owner !== this.options.shardId) {
+      this.link?.send(sub.owner, { k: 'update', topic: sub.topic, sid: sub.conn.id, info: sub.infoJson, perm: sub.permission });
+      return;
+    }
+    const room = this.rooms.get(sub.roomKey);
+    if (room !== undefined) this.broadcast(room, sessionUpdated(sub.conn.stamp, sub.permission, Date.now(), sub.infoJson), sub.conn.id, '');
   }
 
   /** `sub` publishes `type` (its permission already checked). */
@@ -222,7 +238,15 @@ export class TopicRooms {
   onLinkMessage(from: number, message: LinkMessage): void {
     switch (message.k) {
       case 'join':
-        return this.remoteJoin(from, message.topic, message.sid, message.info, message.stamp);
+        return this.remoteJoin(from, message.topic, message.sid, message.info, message.stamp, message.at);
+      case 'update': {
+        const room = this.rooms.get(roomKeyOf(message.topic));
+        const member = room?.remote?.get(message.sid);
+        if (room === undefined || member === undefined) return;
+        member.infoJson = message.info;
+        this.broadcast(room, sessionUpdated(member.stamp, message.perm, Date.now(), message.info), message.sid, '');
+        return;
+      }
       case 'leave':
         return this.remoteLeave(message.topic, message.sid);
       case 'pub': {
@@ -269,7 +293,7 @@ export class TopicRooms {
     }
   }
 
-  private remoteJoin(from: number, topic: string, sid: string, info: string, stamp: string): void {
+  private remoteJoin(from: number, topic: string, sid: string, info: string, stamp: string, connectedAt: number): void {
     const room = this.rooms.ensure(roomKeyOf(topic));
     const again = room.remote?.has(sid) === true;
     if (!again && this.full(room)) {
@@ -280,7 +304,7 @@ export class TopicRooms {
     const remote = (room.remote ??= new Map());
     const sessions = this.sessionsJson(room, sid);
     if (!again) {
-      remote.set(sid, { sessionId: sid, infoJson: info, stamp, shard: from });
+      remote.set(sid, { sessionId: sid, infoJson: info, stamp, shard: from, connectedAt });
       const peers = (room.peers ??= new Map());
       peers.set(from, (peers.get(from) ?? 0) + 1);
     }
