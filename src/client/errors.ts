@@ -34,3 +34,9 @@ export class ClientError extends Error {
     this.code = code;
   }
 }
+
+/** A viewer's mutation, refused: `send()` throws it, or an `error` event reports `count` dropped from the queue. */
+export function viewerMutation(types: string, count = 0): ClientError {
+  const what = count === 0 ? types : `${count} queued message(s) (${types})`;
+  return new ClientError('ERR_VIEWER_MUTATION', `${what} not sent: this session is a viewer, and the server drops a viewer's changes`);
+}
