@@ -69,6 +69,9 @@ export { ClientError, type ClientErrorCode } from './errors.ts';
 /** @deprecated An event from a peer: use {@link PeerEvent}, or {@link RelayedEvent} for what `onEvent()` gets (the server's own events have no `firstName`). */
 export type StampedEvent<T extends string = string, P = unknown> = PeerEvent<T, P>;
 export { afterClose, backoffCeiling, backoffDelay, type AfterClose } from './backoff.ts';
+export { connectTopics, TopicConnection } from './topics.ts';
+export { Topic } from './topic.ts';
+export { CONNECTION_EVENTS, TOPIC_EVENTS, type ConnectionEvents, type TopicConnectOptions, type TopicError, type TopicEvent, type TopicEvents, type TopicState } from './topic-types.ts';
 
 /** The names `on()` accepts. */
 export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'permission', 'revoked', 'error', 'rejected', 'retry'];
