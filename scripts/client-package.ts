@@ -46,6 +46,18 @@ client.onEvent('asset_moved', (e) => console.log(e.sessionId, e.payload));
 client.send('asset_moved', { id: 'asset-1', x: 100, y: 200 });
 \`\`\`
 
+One socket per tab for many desktops and tables (the \`/ws/connection\` route):
+
+\`\`\`js
+import { connectTopics } from '${CLIENT_PACKAGE_NAME}';
+
+const conn = connectTopics({ url: 'wss://moodio.example.com', token: () => accessToken });
+const table = conn.subscribe('production-table:t1');
+table.onEvent('pt_cell_updated', (e) => setCell(e.payload));
+table.send('pt_cell_updated', { id: 'r1:c1', value: 'done' });
+table.unsubscribe();
+\`\`\`
+
 In React (an optional peer dependency, for this entry only):
 
 \`\`\`js

@@ -133,7 +133,7 @@ test('the package has no dependencies (React is an optional peer, of the /react 
 test("TypeScript finds the package's types from the app, with Node's resolution and a bundler's", async () => {
   writeFileSync(
     join(app, 'check.ts'),
-    `import { connect, isServerEvent, ClientError, type AssetPayload, type RelayedEvent } from '${CLIENT_PACKAGE_NAME}';
+    `import { connect, connectTopics, isServerEvent, ClientError, type AssetPayload, type RelayedEvent, type TopicEvent } from '${CLIENT_PACKAGE_NAME}';
 const client = connect({ url: 'wss://example.invalid', desktopId: 'd', token: 't' });
 client.onEvent('asset_moved', (e: RelayedEvent<'asset_moved', AssetPayload | undefined>) => {
   const x: number | undefined = e.payload?.x;
@@ -164,6 +164,15 @@ typed.onEvent('asset_moved', (e) => e.payload?.id.toUpperCase());
 // @ts-expect-error an asset event needs its id
 typed.send('asset_moved', { x: 1 });
 typed.send('anything_else', 42);
+// One socket, many topics: a topic handle takes the same event map.
+const conn = connectTopics({ url: 'wss://example.invalid', token: async () => 'fresh' });
+const table = conn.subscribe<MyEvents>('production-table:t1');
+table.onEvent('cursor', (e: TopicEvent<'cursor', { x: number; y: number }>) => e.payload.x.toFixed() + e.topic);
+// @ts-expect-error x must be a number
+table.send('cursor', { x: 'left', y: 2 });
+const topicState: 'subscribing' | 'subscribed' | 'refused' | 'unsubscribed' = table.state;
+void topicState;
+conn.close();
 `,
   );
   const tsc = join(ROOT, 'node_modules/typescript/bin/tsc');

@@ -1,7 +1,8 @@
 /**
  * `moodio-rt loadtest` against the real server: delivery, percentiles, the
  * JSON report's fields, the exit-status gates, the dev server's secret, the
- * server's rate limit named in plain words, the progress line, and exact
+ * server's rate limit named in plain words, the progress line, the
+ * multiplexed route (`--route connection`, on two shards), and exact
  * histogram merging.
  */
 import assert from 'node:assert/strict';
@@ -63,7 +64,7 @@ test('a small uniform run delivers everything, with sane percentiles, in JSON wi
   assert.equal(code, 0, stderr);
   const report = JSON.parse(stdout);
   for (const key of [
-    'url', 'preset', 'threads', 'workload', 'sessions', 'connected', 'connectFailed', 'connectMs', 'sends', 'sendsPerSecond',
+    'url', 'preset', 'threads', 'workload', 'sessions', 'connections', 'connected', 'connectFailed', 'connectMs', 'sends', 'sendsPerSecond',
     'expectedDeliveries', 'deliveries', 'deliveryRatio', 'deliveriesPerSecond', 'latencyMs', 'deliveryLatencyMs', 'target',
     'pressure', 'errors', 'generator', 'gates',
   ]) {
@@ -71,8 +72,9 @@ test('a small uniform run delivers everything, with sane percentiles, in JSON wi
   }
   for (const key of ['count', 'p50', 'p90', 'p95', 'p99', 'p999', 'max', 'mean']) assert.equal(typeof report.latencyMs[key], 'number', key);
   for (const key of ['cpuPercent', 'busyPercent', 'saturated', 'framesReceived', 'sendLagMs']) assert.ok(key in report.generator, key);
-  assert.deepEqual(report.workload, { rooms: 4, usersPerRoom: 3, sendersPerRoom: 2, rate: 50, durationMs: 1000, warmupMs: 200, messageType: 'asset_moved', payloadBytes: 64 });
+  assert.deepEqual(report.workload, { route: 'desktop', topicsPerConnection: 1, rooms: 4, usersPerRoom: 3, sendersPerRoom: 2, rate: 50, durationMs: 1000, warmupMs: 200, messageType: 'asset_moved', payloadBytes: 64 });
   assert.equal(report.sessions, 12);
+  assert.equal(report.connections, 12, 'a socket per session');
   assert.equal(report.connected, 12);
   assert.equal(report.threads, 2);
   // 4 rooms × 2 senders × 50/s × ~1 s, each delivered to the 2 other members.
@@ -140,7 +142,41 @@ test('invalid options fail with exit 2 naming the option', async () => {
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--rooms: must be an integer from 1/);
   const url = await loadtest(['--url', 'http://x']);
-  assert.match(url.stderr, /--url: must be a ws:\/\/ URL/);
+  assert.match(url.stderr, /--url: must be a ws:\/\/ URL/);  const route = await loadtest(['--route', 'room']);
+  assert.equal(route.code, 2);
+  assert.match(route.stderr, /--route: /);
+  const topics = await loadtest(['--topics-per-connection', '3']);
+  assert.equal(topics.code, 2);
+  assert.match(topics.stderr, /--topics-per-connection: needs --route connection/);
+  const many = await loadtest(['--route', 'connection', '--topics-per-connection', '21']);
+  assert.equal(many.code, 2);
+  assert.match(many.stderr, /--topics-per-connection: must be an integer from 1 to 20/);
+});
+
+test('--route connection drives /ws/connection: each user holds --topics-per-connection rooms on one socket, on both shards, and every delivery is measured like the legacy route\'s', async (t) => {
+  // Two shards, so that a connection's topics are owned by both (the in-process link carries half of them); dev mode authorizes topics from the token's claims.
+  const env = devSecretEnv();
+  const sharded = await startServer(t, { workers: 2, args: ['--dev', '--rate-limit', '0'], env });
+  const args = ['--route', 'connection', '--topics-per-connection', '3', '--rooms', '6', '--users-per-room', '3', '--senders-per-room', '2', '--rate', '50', '--duration', '1s', '--warmup', '200ms'];
+  const { code, stdout, stderr } = await loadtest([...args, '--json'], { port: sharded.port, env });
+  assert.equal(code, 0, stderr + stdout);
+  const report = JSON.parse(stdout);
+  assert.deepEqual([report.workload.route, report.workload.topicsPerConnection], ['connection', 3]);
+  // 6 rooms × 3 users = 18 sessions, held by 2 groups × 3 users = 6 sockets.
+  assert.deepEqual([report.sessions, report.connected, report.connectFailed, report.connections], [18, 18, 0, 6]);
+  assert.deepEqual(report.errors, {});
+  // 6 rooms × 2 senders × 50/s × ~1 s, each delivered to the 2 other members of its room, and counted by its room.
+  assert.ok(report.sends >= 500 && report.sends <= 700, `sends ${report.sends}`);
+  assert.equal(report.expectedDeliveries, report.sends * 2);
+  assert.equal(report.deliveries, report.expectedDeliveries);
+  assert.equal(report.latencyMs.count, report.deliveries, 'a latency per delivery, read from the frame');
+  assert.ok(report.latencyMs.p50 > 0 && report.latencyMs.p50 <= report.latencyMs.p99 && Number.isFinite(report.latencyMs.max));
+  assert.equal(report.connectMs.count, 6, 'one connect time per socket: until every topic is subscribed');
+
+  const human = await loadtest(args, { port: sharded.port, env });
+  assert.equal(human.code, 0);
+  assert.match(human.stdout, /sessions: 18\/18 connected, over 6 connections on \/ws\/connection \(3 topic\(s\) each\)/);
+  assert.match(human.stdout, /connect \(to subscribed\)/);
 });
 
 test("with no secret given, it signs with the dev server's secret file, as `token` does", async () => {

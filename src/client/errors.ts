@@ -24,7 +24,15 @@ export type ClientErrorCode =
    */
   | 'ERR_VIEWER_MUTATION'
   /** `error` event: the `token` function threw, rejected, or answered what is not a token; the attempt is retried with backoff. */
-  | 'ERR_TOKEN';
+  | 'ERR_TOKEN'
+  /** `connectTopics()`: `subscribe()` of a topic that is not `desktop:{id}` or `production-table:{id}` (nothing around it). */
+  | 'ERR_INVALID_TOPIC'
+  /** `connectTopics()`: `subscribe()` of a 51st topic; the server holds 50 per connection. */
+  | 'ERR_TOO_MANY_TOPICS'
+  /** `connectTopics()`: `send()` of a type that is empty, over 64 characters, or only the server sends (`session_joined`, …). */
+  | 'ERR_INVALID_TYPE'
+  /** `connectTopics()`: `send()` on a topic the server refused (`topic.refusal` says why), or through a handle after its `unsubscribe()`. */
+  | 'ERR_NOT_SUBSCRIBED';
 
 export class ClientError extends Error {
   readonly code: ClientErrorCode;
@@ -33,4 +41,10 @@ export class ClientError extends Error {
     this.name = 'ClientError';
     this.code = code;
   }
+}
+
+/** A viewer's mutation, refused: `send()` throws it, or an `error` event reports `count` dropped from the queue. */
+export function viewerMutation(types: string, count = 0): ClientError {
+  const what = count === 0 ? types : `${count} queued message(s) (${types})`;
+  return new ClientError('ERR_VIEWER_MUTATION', `${what} not sent: this session is a viewer, and the server drops a viewer's changes`);
 }

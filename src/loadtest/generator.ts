@@ -13,11 +13,14 @@
  * The server relays the payload with its keys in order, as the last field of
  * the event, so every relayed load frame ends with
  * `,"m":M,"s":"SSSSSS","t":"TTTTTTTTTTTTTTT"}}` and the receiver reads the
- * fields at fixed offsets from the frame's end: no search per frame.
+ * fields at fixed offsets from the frame's end: no search per frame. On
+ * `--route connection` the event frame (`{"op":"event","topic":…}`) has the
+ * payload last too, so the offsets hold; its topic picks the room.
  */
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import type { MessagePort } from 'node:worker_threads';
+import { CONNECTION_PATH, ServerOp } from '../protocol/topics.ts';
 import { createHistogram, encodeHistogram, recordUs, type Histogram } from './histogram.ts';
 import type { RoomPlan, StartCommand, ThreadEvent, ThreadPlan, ThreadResult } from './plan.ts';
 import { clientTextTemplate, HandshakeError, maskFrame, RawWebSocket } from './ws-client.ts';
@@ -42,6 +45,11 @@ const S_START = S_END + S_DIGITS;
 const M_AT = S_START + 7; // m digit, then `,"s":"` before the s digits
 const ERROR_PREFIX = Buffer.from('{"type":"error","code":"');
 const JOINED_PREFIX = Buffer.from('{"type":"room_joined"');
+// The multiplexed route's frames (--route connection).
+const EVENT_PREFIX = Buffer.from(`{"op":"${ServerOp.EVENT}","topic":"`);
+const SUBSCRIBED_PREFIX = Buffer.from(`{"op":"${ServerOp.SUBSCRIBED}"`);
+const TOPIC_ERROR_PREFIX = Buffer.from(`{"op":"${ServerOp.ERROR}"`);
+const CODE_KEY = Buffer.from('"code":"');
 
 /** The decimal digits in `buf[start, end)`. */
 function readDigits(buf: Buffer, start: number, end: number): number {
@@ -209,7 +217,117 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   let roomIndex = 0;
   let connected = 0;
   let failed = 0;
-  for (const room of rooms) {
+  let sockets = 0;
+  const pace = async (): Promise<void> => {
+    if (plan.connectIntervalMs > 0) await sleep(plan.connectIntervalMs);
+  };
+  /** A refused handshake, counted by status and, from moodio-rt, by its reason. */
+  const refused = (err: unknown) => {
+    if (!(err instanceof HandshakeError)) countError('connect_error');
+    else {
+      countError(`connect_${err.status}`);
+      // moodio-rt names why: a full room and a permission API outage are both 503s.
+      if (err.reason !== '') countError(`refused_${err.reason}`);
+    }
+  };
+  /** A sender's frame template: `{…,"payload":{"p":…,"m":0,"s":"000000","t":"000…"}}`, so the digits sit at the same offsets from the end on both routes. */
+  const payloadTemplate = (): string => `{"p":"${payloadPad}","m":0,"s":"${'0'.repeat(S_DIGITS)}","t":"${'0'.repeat(T_DIGITS)}"}`;
+  const addSender = (client: RawWebSocket, room: RoomState, text: string) => {
+    const { frame, header } = clientTextTemplate(text);
+    senders.push({ client, template: frame, header, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, sent: [0, 0], limit: [Infinity, room.plan.maxMessages > 0 ? room.plan.maxMessages : Infinity] });
+  };
+  /**
+   * --route connection: the `user`-th session of each room of `group`, on
+   * one socket to /ws/connection, subscribed to all of them. Its frames name
+   * their topic (`{"op":"event","topic":"desktop:…",…`), which picks the
+   * room whose tally counts it; the timestamp is read at the same offsets
+   * from the end as on the legacy route, the payload being last in both.
+   */
+  const connectTopics = async (group: RoomState[], user: number, groupIndex: number): Promise<void> => {
+    const members = group.filter((room) => user < room.plan.tokens.length);
+    const topics = members.map((room) => `desktop:${room.plan.desktopId}`);
+    // A topic with its closing quote, so that `…-1` never matches `…-10`.
+    const keys = topics.map((topic) => Buffer.from(`${topic}"`));
+    const handlers = members.map(onTextFor);
+    const target = plan.targets[(user + groupIndex) % plan.targets.length]!;
+    const started = nowUs();
+    let answered = 0;
+    let refusedTopics = 0;
+    let isJoined = false;
+    let joined: () => void = () => {};
+    const joinedP = new Promise<void>((resolve) => (joined = resolve));
+    const answer = () => {
+      if (++answered < members.length || isJoined) return;
+      isJoined = true;
+      recordUs(connectHist, nowUs() - started);
+      joined();
+    };
+    let client: RawWebSocket;
+    try {
+      client = await RawWebSocket.connect({
+        meter,
+        host: target.host,
+        port: target.port,
+        path: CONNECTION_PATH,
+        headers: { Cookie: `moodio_access_token=${members[0]!.plan.tokens[user]}` },
+        onText: (buf, start, end) => {
+          if (isLoadFrame(buf, start, end)) {
+            const at = start + EVENT_PREFIX.length;
+            for (let k = 0; k < keys.length; k++) {
+              const key = keys[k]!;
+              if (at + key.length <= end && buf.compare(key, 0, key.length, at, at + key.length) === 0) return handlers[k]!(buf, start, end);
+            }
+            return;
+          }
+          if (startsWith(buf, start, end, SUBSCRIBED_PREFIX)) return answer();
+          if (startsWith(buf, start, end, TOPIC_ERROR_PREFIX)) {
+            const codeAt = buf.indexOf(CODE_KEY, start);
+            const codeStart = codeAt === -1 || codeAt >= end ? -1 : codeAt + CODE_KEY.length;
+            const codeEnd = codeStart === -1 ? -1 : buf.indexOf(34, codeStart);
+            countError(codeStart === -1 ? 'server_error' : `server_${buf.toString('latin1', codeStart, codeEnd === -1 || codeEnd > end ? end : codeEnd)}`);
+            // Before every topic is answered, an error is a subscribe's (the ops carry no publish yet).
+            if (!isJoined) {
+              refusedTopics++;
+              answer();
+            }
+          }
+        },
+        onClose: (code) => {
+          if (!finished) countError(`closed_${code}`);
+          joined();
+        },
+      });
+    } catch (err) {
+      failed += members.length;
+      refused(err);
+      return;
+    }
+    clients.push(client);
+    for (const topic of topics) client.sendText(`{"op":"subscribe","topic":${JSON.stringify(topic)}}`);
+    await joinedP;
+    if (!client.isOpen) {
+      failed += members.length;
+      return;
+    }
+    connected += members.length - refusedTopics;
+    failed += refusedTopics;
+    members.forEach((room, k) => {
+      if (user < room.plan.senders) addSender(client, room, `{"op":"publish","topic":${JSON.stringify(topics[k])},"type":${JSON.stringify(room.plan.messageType)},"payload":${payloadTemplate()}}`);
+    });
+  };
+  if (plan.route === 'connection') {
+    for (let first = 0; first < rooms.length; first += plan.topicsPerConnection) {
+      const group = rooms.slice(first, first + plan.topicsPerConnection);
+      const users = Math.max(...group.map((room) => room.plan.tokens.length));
+      for (let i = 0; i < users; i++) {
+        sockets++;
+        pending.push(connectTopics(group, i, roomIndex));
+        await pace();
+      }
+      roomIndex++;
+    }
+  }
+  for (const room of plan.route === 'connection' ? [] : rooms) {
     const onText = onTextFor(room);
     const offset = roomIndex++;
     for (let i = 0; i < room.plan.tokens.length; i++) {
@@ -250,25 +368,16 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
               return;
             }
             connected++;
-            if (isSender) {
-              const { frame, header } = clientTextTemplate(
-                `{"type":${JSON.stringify(room.plan.messageType)},"payload":{"p":"${payloadPad}","m":0,"s":"${'0'.repeat(S_DIGITS)}","t":"${'0'.repeat(T_DIGITS)}"}}`,
-              );
-              senders.push({ client, template: frame, header, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, sent: [0, 0], limit: [Infinity, room.plan.maxMessages > 0 ? room.plan.maxMessages : Infinity] });
-            }
+            if (isSender) addSender(client, room, `{"type":${JSON.stringify(room.plan.messageType)},"payload":${payloadTemplate()}}`);
           },
           (err: unknown) => {
             failed++;
-            if (!(err instanceof HandshakeError)) countError('connect_error');
-            else {
-              countError(`connect_${err.status}`);
-              // moodio-rt names why: a full room and a permission API outage are both 503s.
-              if (err.reason !== '') countError(`refused_${err.reason}`);
-            }
+            refused(err);
           },
         ),
       );
-      if (plan.connectIntervalMs > 0) await sleep(plan.connectIntervalMs);
+      sockets++;
+      await pace();
     }
   }
   await Promise.all(pending);
@@ -386,6 +495,7 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   return {
     thread: plan.thread,
     sessions: rooms.reduce((n, r) => n + r.plan.tokens.length, 0),
+    connections: sockets,
     connected,
     connectFailed: failed,
     errors,

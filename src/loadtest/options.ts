@@ -5,9 +5,13 @@
 import { availableParallelism } from 'node:os';
 import { DEV_SECRET_FILE, readDevSecret } from '../auth/dev-secret.ts';
 import { ConfigError } from '../errors.ts';
+import { ConnectionLimit } from '../protocol/topics.ts';
 import { intIn, numberIn, oneOf, parseDuration, resolveTable, type TableSpec } from '../option-parsers.ts';
 
 export const PRESETS = ['light', 'medium', 'heavy', 'extreme'] as const;
+/** The routes the generator drives: one socket per desktop, or the multiplexed `/ws/connection`. */
+export const ROUTES = ['desktop', 'connection'] as const;
+export type RouteName = (typeof ROUTES)[number];
 export type PresetName = (typeof PRESETS)[number];
 
 /** Rooms per preset: the seed's "latency under pressure" levels, 10 users each. */
@@ -32,6 +36,10 @@ export interface LoadtestOptions {
   devSecretFile: string;
   tokenFile: string;
   preset: PresetName | null;
+  /** `desktop`: a socket per session on /ws/desktop/{id}; `connection`: a socket per user on /ws/connection, subscribed to `topicsPerConnection` rooms. */
+  route: RouteName;
+  /** On --route connection: the rooms (topics) each connection holds; each of them gets that connection's session. */
+  topicsPerConnection: number;
   rooms: number;
   usersPerRoom: number;
   sendersPerRoom: number;
@@ -102,6 +110,20 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
     parse: oneOf(PRESETS),
     unset: null,
   },
+  {
+    key: 'route',
+    flags: '--route <route>',
+    default: 'desktop',
+    description: `${ROUTES.join(' or ')}: a socket per session on /ws/desktop/{id}, or a socket per user on the multiplexed /ws/connection holding --topics-per-connection rooms`,
+    parse: oneOf(ROUTES),
+  },
+  {
+    key: 'topicsPerConnection',
+    flags: '--topics-per-connection <n>',
+    default: '1',
+    description: `with --route connection: rooms (topics desktop:{id}) per connection, at most ${ConnectionLimit.SUBSCRIBE_BURST} (the server's subscribe burst)`,
+    parse: intIn(1, ConnectionLimit.SUBSCRIBE_BURST),
+  },
   { key: 'rooms', flags: '--rooms <n>', default: '10', description: 'rooms (desktops)', parse: intIn(1, 100_000) },
   { key: 'usersPerRoom', flags: '--users-per-room <n>', default: '10', description: 'sessions per room', parse: intIn(2, 10_000) },
   { key: 'sendersPerRoom', flags: '--senders-per-room <n>', default: '1', description: 'sessions per room that send', parse: intIn(0, 10_000) },
@@ -145,5 +167,6 @@ export function resolveLoadtestOptions(raw: Partial<Record<keyof LoadtestOptions
     options.auth = 'dev-secret-file';
   }
   if (options.sendersPerRoom > options.usersPerRoom) throw new ConfigError('--senders-per-room', 'cannot exceed --users-per-room');
+  if (options.topicsPerConnection > 1 && options.route !== 'connection') throw new ConfigError('--topics-per-connection', 'needs --route connection');
   return options;
 }

@@ -24,6 +24,9 @@ export interface ThreadPlan {
   /** The servers: a room's n-th session connects to targets[(n + room) % targets.length]. */
   targets: { host: string; port: number }[];
   rooms: RoomPlan[];
+  /** `desktop`: a socket per session. `connection`: each run of `topicsPerConnection` rooms (in order) is held by one socket per user, subscribed to all of them. */
+  route: 'desktop' | 'connection';
+  topicsPerConnection: number;
   /** Pause between two connection attempts of this thread. */
   connectIntervalMs: number;
   payloadBytes: number;
@@ -45,7 +48,10 @@ export type ThreadEvent =
 
 export interface ThreadResult {
   thread: number;
+  /** Sessions: room memberships (a subscription on --route connection). */
   sessions: number;
+  /** Sockets opened: the sessions on --route desktop, fewer on --route connection. */
+  connections: number;
   connected: number;
   connectFailed: number;
   /** Errors by kind: `connect_<status>`, `closed_<code>`, `server_<code>`. */

@@ -19,12 +19,13 @@ export function formatReport(report: LoadtestReport): string {
     `workload: ${n(w.rooms)} rooms × ${w.usersPerRoom} users, ${w.sendersPerRoom} sender(s)/room at ${w.rate}/s, ` +
       `${w.durationMs / 1000}s measured after ${w.warmupMs / 1000}s warm-up, ${w.payloadBytes}-byte ${w.messageType}`,
   );
-  lines.push(`sessions: ${n(report.connected)}/${n(report.sessions)} connected` + (report.connectFailed ? `, ${n(report.connectFailed)} failed` : ''));
+  const route = w.route === 'connection' ? `, over ${n(report.connections)} connections on /ws/connection (${w.topicsPerConnection} topic(s) each)` : '';
+  lines.push(`sessions: ${n(report.connected)}/${n(report.sessions)} connected` + (report.connectFailed ? `, ${n(report.connectFailed)} failed` : '') + route);
   lines.push('');
   lines.push(`${'latency (ms)'.padEnd(24)}${['p50', 'p90', 'p99', 'p99.9', 'max'].map((h) => h.padStart(10)).join('')}`);
   if (report.target) lines.push(latencyRow('target message', report.target.latencyMs));
   lines.push(latencyRow(report.target ? 'pressure delivery' : 'delivery', report.deliveryLatencyMs));
-  lines.push(latencyRow('connect (to room_joined)', report.connectMs));
+  lines.push(latencyRow(w.route === 'connection' ? 'connect (to subscribed)' : 'connect (to room_joined)', report.connectMs));
   lines.push(latencyRow('generator send lag', report.generator.sendLagMs));
   lines.push('');
   lines.push(

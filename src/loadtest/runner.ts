@@ -17,8 +17,11 @@ export interface LoadtestReport {
   url: string;
   preset: string | null;
   threads: number;
-  workload: Pick<LoadtestOptions, 'rooms' | 'usersPerRoom' | 'sendersPerRoom' | 'rate' | 'durationMs' | 'warmupMs' | 'messageType' | 'payloadBytes'>;
+  workload: Pick<LoadtestOptions, 'route' | 'topicsPerConnection' | 'rooms' | 'usersPerRoom' | 'sendersPerRoom' | 'rate' | 'durationMs' | 'warmupMs' | 'messageType' | 'payloadBytes'>;
+  /** Room memberships: a socket each on --route desktop, a subscription each on --route connection. */
   sessions: number;
+  /** Sockets opened. */
+  connections: number;
   connected: number;
   connectFailed: number;
   connectMs: LatencySummary;
@@ -108,15 +111,20 @@ export async function runLoadtest(options: LoadtestOptions, hooks: RunHooks = {}
     return { host: url.hostname, port: Number(url.port || 80) };
   });
   const rooms = planRooms(options, tokenSource(options, Math.ceil((durationMs + options.warmupMs) / 1000) + 3600));
-  const threads = Math.min(options.threads, rooms.length);
+  // On --route connection a run of topicsPerConnection rooms is held by the same sockets: it stays on one thread.
+  const perSocket = options.route === 'connection' ? options.topicsPerConnection : 1;
+  const groups = Math.ceil(rooms.length / perSocket);
+  const threads = Math.min(options.threads, groups);
   const plans: ThreadPlan[] = Array.from({ length: threads }, (_, thread) => ({
     thread,
     targets,
     rooms: [],
+    route: options.route,
+    topicsPerConnection: perSocket,
     connectIntervalMs: (1000 * threads) / options.connectRate,
     payloadBytes: options.payloadBytes,
   }));
-  rooms.forEach((room, i) => plans[i % threads]!.rooms.push(room));
+  rooms.forEach((room, i) => plans[Math.floor(i / perSocket) % threads]!.rooms.push(room));
 
   const pool = new Piscina({
     filename: new URL('./generator.ts', import.meta.url).href,
@@ -208,6 +216,8 @@ export function buildReport(options: LoadtestOptions, durationMs: number, thread
     threads,
     workload: preset
       ? {
+          route: options.route,
+          topicsPerConnection: options.topicsPerConnection,
           rooms: PRESET_ROOMS[options.preset!],
           usersPerRoom: PRESET.usersPerRoom,
           sendersPerRoom: 1,
@@ -218,6 +228,8 @@ export function buildReport(options: LoadtestOptions, durationMs: number, thread
           payloadBytes: options.payloadBytes,
         }
       : {
+          route: options.route,
+          topicsPerConnection: options.topicsPerConnection,
           rooms: options.rooms,
           usersPerRoom: options.usersPerRoom,
           sendersPerRoom: options.sendersPerRoom,
@@ -228,6 +240,7 @@ export function buildReport(options: LoadtestOptions, durationMs: number, thread
           payloadBytes: options.payloadBytes,
         },
     sessions: sum(results, 'sessions'),
+    connections: sum(results, 'connections'),
     connected: sum(results, 'connected'),
     connectFailed: sum(results, 'connectFailed'),
     connectMs: summarize(connectHist),

@@ -15,14 +15,23 @@ import { signAccessToken } from '../auth/token.ts';
 import { httpResponse, type RequestHead } from '../protocol/http.ts';
 
 const SDK = new URL('../../dist/moodio-rt-client/', import.meta.url);
-const ASSETS: Record<string, URL> = {
-  '/demo/client/client/index.js': new URL('client/index.js', SDK),
-  '/demo/client/client/backoff.js': new URL('client/backoff.js', SDK),
-  '/demo/client/client/errors.js': new URL('client/errors.js', SDK),
-  '/demo/client/client/presence.js': new URL('client/presence.js', SDK),
-  '/demo/client/client/token.js': new URL('client/token.js', SDK),
-  '/demo/client/protocol/events.js': new URL('protocol/events.js', SDK),
-};
+/** The SDK's modules the page loads (index.js and what it imports), by their path under the built package. */
+const SDK_FILES = [
+  'client/index.js',
+  'client/backoff.js',
+  'client/errors.js',
+  'client/handlers.js',
+  'client/link.js',
+  'client/presence.js',
+  'client/send-queue.js',
+  'client/token.js',
+  'client/topic.js',
+  'client/topic-types.js',
+  'client/topics.js',
+  'protocol/events.js',
+  'protocol/topics.js',
+];
+const ASSETS: Record<string, URL> = Object.fromEntries(SDK_FILES.map((file) => [`/demo/client/${file}`, new URL(file, SDK)]));
 const PAGE = new URL('../demo/index.html', import.meta.url);
 /** A card of the demo, so that no request for an icon ends in a 404. */
 const FAVICON =
