@@ -35,7 +35,7 @@ export interface RelayOptions {
   transientTypes: ReadonlySet<string>;
   /** Types a viewer may not send (`--mutation-types`): dropped with one Set lookup. */
   mutationTypes: ReadonlySet<string>;
-  /** Other nodes (shard/federation.ts), when federation is on. */
+  /** Other nodes (shard/federation/), when federation is on. */
   bus?: RelayBus;
   /** The rooms' multiplexed subscribers (shard/topic-rooms.ts), here and on other shards. */
   topics?: TopicFanout;

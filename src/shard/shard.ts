@@ -27,7 +27,7 @@ import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
-import { Federation } from './federation.ts';
+import { Federation } from './federation/index.ts';
 import { isPingHead, PingRoute } from './ping-route.ts';
 import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { MessagePort } from 'node:worker_threads';
