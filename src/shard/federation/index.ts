@@ -1,9 +1,12 @@
 /**
  * One shard's link to the other nodes of a fleet, over NATS. Each shard
- * worker holds its own connection and subscribes to `room.{desktopId}` for
- * the rooms it owns while they have a local session, so rooms never cross
- * threads and the primary stays off the message path. The wire format is
- * the Go relay's (protocol/bus.ts).
+ * worker holds its own connection and subscribes to the subjects of the
+ * rooms it owns while they have a local session (a legacy socket or a
+ * subscriber), so rooms never cross threads and the primary stays off the
+ * message path. A desktop room speaks on `room.{desktopId}` in the Go
+ * relay's flat framing and, as a marked copy, on `room.desktop:{id}` in the
+ * upstream relay's topic framing; any other room (a production table) on
+ * `room.{topic}` in the topic framing alone (protocol/bus.ts).
  *
  * The parts, built in dependency order:
  *
@@ -27,7 +30,8 @@
  * that never signed, never in the name of a session a signed node holds.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { envelope, HEARTBEAT_SUBJECT, roomSubject } from '../../protocol/bus.ts';
+import { HEARTBEAT_SUBJECT } from '../../protocol/bus.ts';
+import type { RoomEvent } from '../../protocol/topics.ts';
 import type { ApiRequest, LiveSession } from '../../protocol/api.ts';
 import { Metric } from '../../protocol/metrics.ts';
 import type { FederationStats } from '../../protocol/messages.ts';
@@ -67,7 +71,7 @@ export class Federation {
     const link = this.link;
     this.api.subscribe();
     link.subscribe(HEARTBEAT_SUBJECT, (msg) => this.peers.onHeartbeat(msg));
-    for (const room of this.rooms.byId.values()) this.rooms.subscribe(room, (r, msg) => this.roomEvents.onRoomMessage(r, msg));
+    for (const room of this.rooms.byId.values()) this.rooms.subscribe(room, (r, msg, framing, mirror) => this.roomEvents.onRoomMessage(r, msg, framing, mirror));
     link.setConnected(true);
     this.peers.firstConnectedAt = Date.now();
     // Peers learn of this shard now rather than an interval from now (and a duplicate node id shows at once).
@@ -94,7 +98,7 @@ export class Federation {
   admit(desktopId: string, join: () => void): void {
     const { room, created } = this.rooms.open(desktopId);
     if (created && this.link.nc !== null) {
-      this.rooms.subscribe(room, (r, msg) => this.roomEvents.onRoomMessage(r, msg));
+      this.rooms.subscribe(room, (r, msg, framing, mirror) => this.roomEvents.onRoomMessage(r, msg, framing, mirror));
       if (this.link.connected) {
         room.waiters = [];
         void this.presence.sync(room, false);
@@ -123,15 +127,19 @@ export class Federation {
     return this.rooms.remoteSessionsJson(desktopId);
   }
 
-  /** Publish a local event (presence or relayed, its exact frame text) to the other nodes. */
-  publish(desktopId: string, eventJson: string): void {
+  /**
+   * Publish a local event (presence or relayed; `eventJson` its legacy frame
+   * text, `event` its parts when known) to the other nodes, on the room's
+   * subjects in their framings (rooms.ts).
+   */
+  publish(roomKey: string, eventJson: string, event?: RoomEvent): void {
     const link = this.link;
     if (link.closing) return;
     if (!link.connected) {
       link.metrics.add(Metric.BUS_UNPUBLISHED);
       return;
     }
-    link.send(roomSubject(desktopId), envelope(link.nodeJson, eventJson));
+    this.rooms.publish(roomKey, eventJson, event);
   }
 
   // ---------------------------------------------------------------- server API

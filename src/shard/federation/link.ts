@@ -12,7 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { BusSigner, formatStamp, parseStamp, SIGNATURE_HEADER, STAMP_HEADER } from '../../protocol/bus-signature.ts';
 import { withDeadline } from '../../deadline.ts';
 import { LogBudget, type Logger } from '../../log.ts';
-import { DROP_REASONS, DropReason, type DropReasonValue } from '../../protocol/bus.ts';
+import { COPY_HEADER, COPY_MARK, DROP_REASONS, DropReason, type DropReasonValue } from '../../protocol/bus.ts';
 import { Metric, type MetricsSlot } from '../../protocol/metrics.ts';
 import { ReplayGuard } from '../bus-replay.ts';
 import type { FederationConfig } from './types.ts';
@@ -227,9 +227,10 @@ export class NatsLink {
     }
   }
 
-  send(subject: string, data: string, reply?: string): void {
+  /** Publish `data` on `subject` (signed with a key); `copy` marks a desktop event's copy on its topic subject (protocol/bus.ts COPY_HEADER). */
+  send(subject: string, data: string, reply?: string, copy = false): void {
     try {
-      const h = this.signed(subject, data);
+      const h = copy ? this.signed(subject, data, COPY_MARK, COPY_HEADER) : this.signed(subject, data);
       if (reply === undefined && h === undefined) this.nc!.publish(subject, data);
       else this.nc!.publish(subject, data, { ...(reply === undefined ? {} : { reply }), ...(h === undefined ? {} : { headers: h }) });
       this.metrics.add(Metric.BUS_PUBLISHED);

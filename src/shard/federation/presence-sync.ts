@@ -5,11 +5,11 @@
  * at-most-once, so this is what makes presence heal.
  */
 import type { Msg } from '@nats-io/transport-node';
-import { DropReason, envelope, PRESENCE_SYNC_REQUEST, roomSubject } from '../../protocol/bus.ts';
+import { DropReason, envelope, PRESENCE_SYNC_REQUEST, topicSyncRequestJson } from '../../protocol/bus.ts';
 import { Metric } from '../../protocol/metrics.ts';
-import type { Session } from '../session.ts';
+import { legacyEventText } from '../../protocol/topics.ts';
 import type { Authenticity, NatsLink } from './link.ts';
-import type { RemoteRooms } from './rooms.ts';
+import { forEachLocal, type RemoteRooms } from './rooms.ts';
 import type { FedRoom } from './types.ts';
 
 /** The NATS header of a sync request listing the requesting node's sessions of the room. */
@@ -50,12 +50,17 @@ export class PresenceSync {
    * no other subscriber, NATS says so at once. With `announce`, local
    * sessions are published again first (after a reconnect, for nodes that
    * forgot them).
+   *
+   * A desktop room also asks on its topic subject, in the topic framing, for
+   * the upstream relay (which answers with a `session_joined` per session
+   * there, and no list); other moodio-rt nodes ignore that copy.
    */
   async sync(room: FedRoom, announce: boolean): Promise<void> {
     const link = this.link;
     try {
       if (announce) this.announce(room, 'session_joined');
-      const request = envelope(link.nodeJson, `{"type":"${PRESENCE_SYNC_REQUEST}"}`);
+      const request = envelope(link.nodeJson, room.framing === 'flat' ? `{"type":"${PRESENCE_SYNC_REQUEST}"}` : topicSyncRequestJson(room.topic));
+      if (room.mirror !== null) link.send(room.mirror, envelope(link.nodeJson, topicSyncRequestJson(room.topic)), undefined, true);
       const roster = link.signed(room.subject, request, this.rooms.localIds(room), ROSTER_HEADER)!;
       link.metrics.add(Metric.BUS_PUBLISHED);
       link.metrics.add(Metric.BUS_BYTES_OUT, request.length);
@@ -134,16 +139,15 @@ export class PresenceSync {
     }
   }
 
-  /** Publish `type` (session_joined or session_left) for every local session of `room`. */
+  /** Publish `type` (session_joined or session_left) for every local session of `room`, every framing. */
   announce(room: FedRoom, type: 'session_joined' | 'session_left'): void {
-    const members = this.rooms.localRoom(room)?.members;
-    if (members === undefined) return;
-    const now = Date.now();
-    for (const session of members) this.publishPresence(room.desktopId, session, type, now);
-  }
-
-  private publishPresence(desktopId: string, session: Session, type: 'session_joined' | 'session_left', now: number): void {
-    this.link.send(roomSubject(desktopId), envelope(this.link.nodeJson, `{"type":"${type}"${session.stamp},"timestamp":${now},"payload":${session.infoJson}}`));
+    const local = this.rooms.localRoom(room);
+    if (local === undefined) return;
+    const timestamp = Date.now();
+    forEachLocal(local, (_id, stamp, infoJson) => {
+      const event = { type, stamp, timestamp, payload: infoJson };
+      this.rooms.publish(room.desktopId, legacyEventText(event), event);
+    });
   }
 
   /** Answer a sync request, at most once per {@link SYNC_ANSWER_INTERVAL_MS} per room; later requests share the next answer. */
@@ -167,8 +171,8 @@ export class PresenceSync {
     // Closing: the sessions were announced as gone; announcing them again would bring them back on every peer.
     if (!this.link.connected || this.link.closing) return;
     this.announce(room, 'session_joined');
-    const members = this.rooms.localRoom(room)?.members ?? [];
-    const done = `{"r":${this.link.nodeJson},"s":${JSON.stringify(members.map((m) => m.id))}}`;
+    const ids = this.rooms.localIds(room);
+    const done = `{"r":${this.link.nodeJson},"s":${JSON.stringify(ids === '' ? [] : ids.split(','))}}`;
     for (const reply of room.pendingReplies) this.link.send(reply, done);
     room.pendingReplies = [];
   }

@@ -4,15 +4,21 @@
  * wire is protocol/bus.ts'; here are the rules of trust: a node speaks only
  * for its own sessions, never for ours, and with --federation-key a node
  * heard signing (and every session it holds) speaks only signed.
+ *
+ * A desktop room listens on two subjects: `room.{id}` (flat events: other
+ * moodio-rt nodes, Go relays of the 1379d3c generation) and
+ * `room.desktop:{id}` (the topic framing: the upstream relay). A moodio-rt
+ * node publishes on both, its topic copy marked with `Moodio-Copy`; that copy
+ * is ignored here, the flat original taken. Both framings are read into the
+ * same events and go through the same rules.
  */
 import type { Msg } from '@nats-io/transport-node';
-import { BUS_OVERHEAD_BYTES, DropReason, parseRoomMessage, sessionInfoJson } from '../../protocol/bus.ts';
-import { encodeTextFrame } from '../../protocol/frame.ts';
+import { BUS_OVERHEAD_BYTES, COPY_HEADER, DropReason, parseRoomMessage, parseTopicMessage, sessionInfoJson } from '../../protocol/bus.ts';
 import type { Room } from '../room-index.ts';
 import type { NatsLink } from './link.ts';
 import { ROSTER_HEADER, type PresenceSync } from './presence-sync.ts';
-import type { RemoteRooms } from './rooms.ts';
-import type { FederationOptions, FedRoom } from './types.ts';
+import { forEachLocal, type RemoteRooms } from './rooms.ts';
+import type { FederationOptions, FedRoom, Framing } from './types.ts';
 
 export class RoomEvents {
   private readonly link: NatsLink;
@@ -33,17 +39,19 @@ export class RoomEvents {
     this.maxBytes = link.config.maxMessageSize + BUS_OVERHEAD_BYTES;
   }
 
-  onRoomMessage(room: FedRoom, msg: Msg): void {
+  onRoomMessage(room: FedRoom, msg: Msg, framing: Framing, mirror: boolean): void {
     // Closing: the local sessions were announced as gone, and nothing heard now may bring them back.
     if (this.link.closing) return;
-    this.link.receive(msg, (m) => this.handle(room, m));
+    // A moodio-rt node's copy for the upstream relay: the original came on the room's own subject.
+    if (mirror && this.link.header(msg, COPY_HEADER) !== undefined) return;
+    this.link.receive(msg, (m) => this.handle(room, m, framing));
   }
 
-  private handle(room: FedRoom, msg: Msg): void {
+  private handle(room: FedRoom, msg: Msg, framing: Framing): void {
     const link = this.link;
     const rooms = this.rooms;
     if (!rooms.current(room)) return;
-    const parsed = parseRoomMessage(msg.data, room.desktopId, this.maxBytes);
+    const parsed = framing === 'flat' ? parseRoomMessage(msg.data, room.desktopId, this.maxBytes) : parseTopicMessage(msg.data, room.topic, this.maxBytes);
     if (!parsed.ok) {
       link.drop(parsed.reason, msg.subject);
       return;
@@ -97,7 +105,7 @@ export class RoomEvents {
           return;
         }
         rooms.add(room, id, { node, info: event.info, infoJson: sessionInfoJson(event.info) });
-        if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
+        if (local !== undefined) this.deliver(local, event.text);
         return;
       }
       case 'left': {
@@ -113,7 +121,7 @@ export class RoomEvents {
         // Only the node that announced a session may say it left.
         if (known === undefined || known.node !== node) return;
         rooms.forget(room, event.info.sessionId);
-        if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
+        if (local !== undefined) this.deliver(local, event.text);
         return;
       }
       case 'updated': {
@@ -126,7 +134,7 @@ export class RoomEvents {
         if (known === undefined || known.node !== node) return;
         known.info = event.info;
         known.infoJson = sessionInfoJson(event.info);
-        if (local !== undefined) this.deliver(local, encodeTextFrame(event.text));
+        if (local !== undefined) this.deliver(local, event.text);
         return;
       }
       case 'relayed': {
@@ -146,15 +154,18 @@ export class RoomEvents {
         }
         if (local === undefined) return;
         const transientKey = this.transientTypes.has(event.type) ? `${event.sessionId}\n${event.type}` : undefined;
-        this.deliver(local, encodeTextFrame(event.text), transientKey);
+        this.deliver(local, event.text, transientKey);
         return;
       }
     }
   }
 }
 
+/** Whether `sessionId` is a session of this node in `room`, in any framing. */
 function isLocal(room: Room, sessionId: string): boolean {
-  const members = room.members;
-  for (let i = 0; i < members.length; i++) if (members[i]!.id === sessionId) return true;
-  return false;
+  let found = false;
+  forEachLocal(room, (id) => {
+    if (id === sessionId) found = true;
+  });
+  return found;
 }

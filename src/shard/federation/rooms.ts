@@ -6,13 +6,13 @@
  * tab that reconnects needs no sync.
  */
 import type { Msg } from '@nats-io/transport-node';
-import { roomSubject, sessionLeftJson } from '../../protocol/bus.ts';
-import { encodeTextFrame } from '../../protocol/frame.ts';
+import { envelope, roomSubject, sessionLeftJson, topicSubject } from '../../protocol/bus.ts';
 import { fnv1a32 } from '../../protocol/hash.ts';
 import { Metric } from '../../protocol/metrics.ts';
+import { legacyToTopicText, topicEventText, topicOfRoom, type RoomEvent } from '../../protocol/topics.ts';
 import type { Room, RoomIndex } from '../room-index.ts';
 import type { NatsLink } from './link.ts';
-import type { FederationOptions, FedRoom, RemoteSession } from './types.ts';
+import type { FederationOptions, FedRoom, Framing, RemoteSession } from './types.ts';
 
 /** A room whose last local session left keeps its subscription and table this long: a quick rejoin needs no sync. */
 const ROOM_LINGER_MS = 10_000;
@@ -50,10 +50,16 @@ export class RemoteRooms {
   open(desktopId: string): { room: FedRoom; created: boolean } {
     const known = this.byId.get(desktopId);
     if (known !== undefined) return { room: known, created: false };
+    const topic = topicOfRoom(desktopId);
+    const desktop = topic !== desktopId;
     const room: FedRoom = {
       desktopId,
-      subject: roomSubject(desktopId),
+      topic,
+      subject: desktop ? roomSubject(desktopId) : topicSubject(topic),
+      framing: desktop ? 'flat' : 'topic',
+      mirror: desktop ? topicSubject(topic) : null,
       sub: null,
+      mirrorSub: null,
       remote: new Map(),
       waiters: null,
       lastAnswerAt: -Infinity,
@@ -66,9 +72,28 @@ export class RemoteRooms {
     return { room, created: true };
   }
 
-  /** Listen on the room's subject. */
-  subscribe(room: FedRoom, onMessage: (room: FedRoom, msg: Msg) => void): void {
-    room.sub = this.link.subscribe(room.subject, (msg) => onMessage(room, msg));
+  /** Listen on the room's subject, and on a desktop's topic subject (the upstream relay's). */
+  subscribe(room: FedRoom, onMessage: (room: FedRoom, msg: Msg, framing: Framing, mirror: boolean) => void): void {
+    room.sub = this.link.subscribe(room.subject, (msg) => onMessage(room, msg, room.framing, false));
+    if (room.mirror !== null) room.mirrorSub = this.link.subscribe(room.mirror, (msg) => onMessage(room, msg, 'topic', true));
+  }
+
+  /**
+   * Publish a room's event to the other nodes: on the room's subject in its
+   * framing, and for a desktop also on `room.desktop:{id}` in the topic
+   * framing, marked as a copy. `event`, when given, frames the topic text
+   * (`payload` null when absent); otherwise the legacy text is converted.
+   */
+  publish(roomKey: string, legacyText: string, event?: RoomEvent): void {
+    const link = this.link;
+    const topic = topicOfRoom(roomKey);
+    const topicText = event === undefined ? legacyToTopicText(topic, legacyText) : topicEventText(topic, event);
+    if (topic === roomKey) {
+      link.send(topicSubject(topic), envelope(link.nodeJson, topicText));
+      return;
+    }
+    link.send(roomSubject(roomKey), envelope(link.nodeJson, legacyText));
+    link.send(topicSubject(topic), envelope(link.nodeJson, topicText), undefined, true);
   }
 
   /** Whether `room` is still the one this shard federates under its id. */
@@ -103,6 +128,7 @@ export class RemoteRooms {
     this.byId.delete(room.desktopId);
     try {
       room.sub?.unsubscribe();
+      room.mirrorSub?.unsubscribe();
     } catch {
       // The connection is closing: the subscription goes with it.
     }
@@ -122,10 +148,12 @@ export class RemoteRooms {
 
   /** This node's session ids in `room`, comma-separated ('' when none). */
   localIds(room: FedRoom): string {
-    const members = this.local.get(room.desktopId)?.members;
-    if (members === undefined) return '';
+    const local = this.local.get(room.desktopId);
+    if (local === undefined) return '';
     let ids = '';
-    for (let i = 0; i < members.length; i++) ids += (i === 0 ? '' : ',') + members[i]!.id;
+    forEachLocal(local, (id) => {
+      ids += (ids === '' ? '' : ',') + id;
+    });
     return ids;
   }
 
@@ -147,7 +175,7 @@ export class RemoteRooms {
   remove(room: FedRoom, id: string, remote: RemoteSession, now: number): void {
     this.forget(room, id);
     const local = this.local.get(room.desktopId);
-    if (local !== undefined) this.deliver(local, encodeTextFrame(sessionLeftJson(remote.info, now)));
+    if (local !== undefined) this.deliver(local, sessionLeftJson(remote.info, now));
   }
 
   /** Whether `sessionId` is, as far as `room` knows, a session of a node heard signing: only that node's signature speaks for it. */
@@ -185,4 +213,15 @@ export class RemoteRooms {
       room.pendingReplies = [];
     }
   }
+}
+
+/**
+ * Every session of this node in `room`: legacy sockets, subscribers whose
+ * connection is on this shard, and subscribers on other shards (the owner
+ * holds their identity). `stamp` is the identity members of an event.
+ */
+export function forEachLocal(room: Room, fn: (id: string, stamp: string, infoJson: string) => void): void {
+  for (const member of room.members) fn(member.id, member.stamp, member.infoJson);
+  for (const sub of room.subs) fn(sub.conn.id, sub.conn.stamp, sub.infoJson);
+  if (room.remote !== null) for (const member of room.remote.values()) fn(member.sessionId, member.stamp, member.infoJson);
 }

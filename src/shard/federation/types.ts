@@ -31,8 +31,8 @@ export interface FederationOptions {
   log: Logger;
   metrics: MetricsSlot;
   rooms: RoomIndex;
-  /** Write `frame` to every local member of `room` (through the backpressure policy). */
-  deliver: (room: Room, frame: Buffer, transientKey?: string) => void;
+  /** Deliver an event from another node (`legacyText`: the legacy framing) to every local member of `room`, each in its framing (through the backpressure policy). */
+  deliver: (room: Room, legacyText: string, transientKey?: string) => void;
   /** Event types a slow recipient only needs the newest of. */
   transientTypes: ReadonlySet<string>;
   /** Types a viewer may not send (`--mutation-types`), the relay's table. */
@@ -51,10 +51,21 @@ export interface RemoteSession {
   learnt: number;
 }
 
+/** How a subject frames events: the legacy routes' `{"type":…}`, or the multiplexed route's `{"op":"event","topic":…}`. */
+export type Framing = 'flat' | 'topic';
+
 export interface FedRoom {
+  /** The room key: a desktop id, or a topic of another namespace (`production-table:{id}`). */
   readonly desktopId: string;
+  /** The room's topic (`desktop:{id}` for a desktop room). */
+  readonly topic: string;
+  /** The subject moodio-rt nodes speak on: `room.{desktopId}` (flat) for a desktop, `room.{topic}` (topic framing) otherwise. */
   readonly subject: string;
+  readonly framing: Framing;
+  /** A desktop's topic subject, `room.desktop:{id}`, where the upstream relay speaks; every event goes there too, marked as a copy. */
+  readonly mirror: string | null;
   sub: Subscription | null;
+  mirrorSub: Subscription | null;
   readonly remote: Map<string, RemoteSession>;
   /** Sessions waiting for the first sync to end before they join (room_joined must list the others). */
   waiters: (() => void)[] | null;
