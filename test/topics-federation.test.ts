@@ -12,6 +12,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { connect as natsConnect, headers as natsHeaders, type NatsConnection } from '@nats-io/transport-node';
 import { BusSigner, formatStamp, SIGNATURE_HEADER, STAMP_HEADER } from '../src/protocol/bus-signature.ts';
+import { fnv1a32 } from '../src/protocol/hash.ts';
+import { desktopOnShard } from './helpers/api.ts';
 import { join, type Frame } from './helpers/client.ts';
 import { scrape, sumOf } from './helpers/metrics.ts';
 import { startNats } from './helpers/nats.ts';
@@ -172,9 +174,13 @@ test('a subscriber on node A and a legacy socket on node B share a desktop room:
   const nats = await startNats(t);
   const stub = await startPermissionStub(t);
   const [a, b] = await Promise.all([node(t, nats.url, stub.base, 'node-a', 2), node(t, nats.url, stub.base, 'node-b', 2)]);
-  const id = desktop();
+  // The room owned by shard 0, Sue's connection on shard 1: her node's side goes through the link between shards too.
+  const id = desktopOnShard(0, 2, 'mixed');
   const topic = `desktop:${id}`;
-  const sue = await connectTopics(t, a!, token(user('Sue')));
+  let sueUser = user('Sue');
+  while (fnv1a32(sueUser.userId) % 2 !== 1) sueUser = user('Sue');
+  const sue = await connectTopics(t, a!, token(sueUser));
+  assert.equal(sue.shard, 1);
   const ack = await subscribe(sue, topic);
   const { client: leo, joined } = await join(t, b!.wsUrl(id), { token: token(user('Leo')) });
   assert.deepEqual((joined.sessions as Frame[]).map((s) => s.sessionId), [ack.sessionId], "Leo's room_joined lists the subscriber on the other node");
@@ -235,4 +241,26 @@ test('with --federation-key, unsigned topic traffic is dropped; with --federatio
   assert.deepEqual((await expectEvent(max, topic, 'asset_moved')).payload, { x: 1 });
   assert.equal((await max.next()).type, 'marker', "no session_left in Sue's name reached Max");
   assert.equal((await dropped(m!)) - mBefore, 1);
+
+  // Sue's copy for the upstream relay, played again with its Moodio-Copy header stripped: its signature no longer checks.
+  const copies: { data: Uint8Array; stamp: string; signature: string }[] = [];
+  const tap = raw.subscribe(subject, {
+    callback: (_e, msg) => {
+      if (msg.headers?.has('Moodio-Copy') === true) copies.push({ data: msg.data, stamp: msg.headers.get(STAMP_HEADER), signature: msg.headers.get(SIGNATURE_HEADER) });
+    },
+  });
+  t.after(() => tap.unsubscribe());
+  await raw.flush();
+  sue.send({ op: 'publish', topic, type: 'asset_moved', payload: { x: 2 } });
+  assert.deepEqual((await expectEvent(max, topic, 'asset_moved')).payload, { x: 2 });
+  const deadline = Date.now() + 5000;
+  while (copies.length === 0 && Date.now() < deadline) await raw.flush();
+  const stripped = natsHeaders();
+  stripped.set(STAMP_HEADER, copies[0]!.stamp);
+  stripped.set(SIGNATURE_HEADER, copies[0]!.signature);
+  const mStripped = await dropped(m!);
+  raw.publish(subject, copies[0]!.data, { headers: stripped });
+  publishSigned(subject, upstream('node-s', topic, 'marker', { sessionId: 'session_s', userId: 'user-s-0001', firstName: 'S', email: '' }, null));
+  assert.equal((await max.next()).type, 'marker', 'the stripped copy was not taken as a second event');
+  assert.equal((await dropped(m!)) - mStripped, 1);
 });
