@@ -24,7 +24,8 @@ import { memberText } from './json-member.ts';
 export const ROOM_SUBJECT_PREFIX = 'room.';
 /**
  * A moodio-rt node's copy of a desktop room's event on the topic subject
- * (`room.desktop:{id}`), for the upstream relay: other moodio-rt nodes take
+ * (`room.desktop:{id}`), for the upstream relay (sent once one was heard in
+ * the room): other moodio-rt nodes take
  * the event from `room.{id}` and ignore the copy. Its value is covered by the
  * signature, so a copy with the header stripped does not check.
  */

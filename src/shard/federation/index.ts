@@ -4,9 +4,10 @@
  * rooms it owns while they have a local session (a legacy socket or a
  * subscriber), so rooms never cross threads and the primary stays off the
  * message path. A desktop room speaks on `room.{desktopId}` in the Go
- * relay's flat framing and, as a marked copy, on `room.desktop:{id}` in the
- * upstream relay's topic framing; any other room (a production table) on
- * `room.{topic}` in the topic framing alone (protocol/bus.ts).
+ * relay's flat framing and, once an upstream relay was heard there, as a
+ * marked copy on `room.desktop:{id}` in the upstream relay's topic framing;
+ * any other room (a production table) on `room.{topic}` in the topic framing
+ * alone (protocol/bus.ts).
  *
  * The parts, built in dependency order:
  *

@@ -7,7 +7,7 @@
 import type { Msg } from '@nats-io/transport-node';
 import { DropReason, envelope, PRESENCE_SYNC_REQUEST, topicSyncRequestJson } from '../../protocol/bus.ts';
 import { Metric } from '../../protocol/metrics.ts';
-import { legacyEventText } from '../../protocol/topics.ts';
+import { legacyEventText, topicEventText } from '../../protocol/topics.ts';
 import type { Authenticity, NatsLink } from './link.ts';
 import { forEachLocal, type RemoteRooms } from './rooms.ts';
 import type { FedRoom } from './types.ts';
@@ -147,6 +147,16 @@ export class PresenceSync {
     forEachLocal(local, (_id, stamp, infoJson) => {
       const event = { type, stamp, timestamp, payload: infoJson };
       this.rooms.publish(room.desktopId, legacyEventText(event), event);
+    });
+  }
+
+  /** An upstream relay was first heard in a desktop room: it learns the room's local sessions (its own sync request, if that is what was heard, is answered as any). */
+  announceToUpstream(room: FedRoom): void {
+    const local = this.rooms.localRoom(room);
+    if (local === undefined || room.mirror === null || !this.link.connected) return;
+    const timestamp = Date.now();
+    forEachLocal(local, (_id, stamp, infoJson) => {
+      this.link.send(room.mirror!, envelope(this.link.nodeJson, topicEventText(room.topic, { type: 'session_joined', stamp, timestamp, payload: infoJson })), undefined, true);
     });
   }
 

@@ -7,10 +7,11 @@
  *
  * A desktop room listens on two subjects: `room.{id}` (flat events: other
  * moodio-rt nodes, Go relays of the 1379d3c generation) and
- * `room.desktop:{id}` (the topic framing: the upstream relay). A moodio-rt
- * node publishes on both, its topic copy marked with `Moodio-Copy`; that copy
- * is ignored here, the flat original taken. Both framings are read into the
- * same events and go through the same rules.
+ * `room.desktop:{id}` (the topic framing: the upstream relay). Once a room
+ * took a message from an upstream relay, its node publishes on both, the
+ * topic copy marked with `Moodio-Copy`; a copy is ignored here, the flat
+ * original taken. Both framings are read into the same events and go through
+ * the same rules.
  */
 import type { Msg } from '@nats-io/transport-node';
 import { BUS_OVERHEAD_BYTES, COPY_HEADER, DropReason, parseRoomMessage, parseTopicMessage, sessionInfoJson } from '../../protocol/bus.ts';
@@ -44,10 +45,10 @@ export class RoomEvents {
     if (this.link.closing) return;
     // A moodio-rt node's copy for the upstream relay: the original came on the room's own subject.
     if (mirror && this.link.header(msg, COPY_HEADER) !== undefined) return;
-    this.link.receive(msg, (m) => this.handle(room, m, framing));
+    this.link.receive(msg, (m) => this.handle(room, m, framing, mirror));
   }
 
-  private handle(room: FedRoom, msg: Msg, framing: Framing): void {
+  private handle(room: FedRoom, msg: Msg, framing: Framing, mirror: boolean): void {
     const link = this.link;
     const rooms = this.rooms;
     if (!rooms.current(room)) return;
@@ -80,6 +81,11 @@ export class RoomEvents {
       // With a key, room events are signed; unsigned ones are let in only by choice, and never in the name of a node heard signing.
       link.drop(DropReason.UNSIGNED, msg.subject, node);
       return;
+    }
+    if (mirror && !room.upstreamHeard) {
+      // An upstream relay serves this desktop: from now on the room's events go to its subject too, and it learns who is here.
+      room.upstreamHeard = true;
+      if (event.kind !== 'sync_request') this.presence.announceToUpstream(room);
     }
     const local = rooms.localRoom(room);
     switch (event.kind) {

@@ -58,6 +58,7 @@ export class RemoteRooms {
       subject: desktop ? roomSubject(desktopId) : topicSubject(topic),
       framing: desktop ? 'flat' : 'topic',
       mirror: desktop ? topicSubject(topic) : null,
+      upstreamHeard: false,
       sub: null,
       mirrorSub: null,
       remote: new Map(),
@@ -80,20 +81,21 @@ export class RemoteRooms {
 
   /**
    * Publish a room's event to the other nodes: on the room's subject in its
-   * framing, and for a desktop also on `room.desktop:{id}` in the topic
-   * framing, marked as a copy. `event`, when given, frames the topic text
-   * (`payload` null when absent); otherwise the legacy text is converted.
+   * framing, and for a desktop where an upstream relay was heard also on
+   * `room.desktop:{id}` in the topic framing, marked as a copy. `event`, when
+   * given, frames the topic text (`payload` null when absent); otherwise the
+   * legacy text is converted.
    */
   publish(roomKey: string, legacyText: string, event?: RoomEvent): void {
     const link = this.link;
     const topic = topicOfRoom(roomKey);
-    const topicText = event === undefined ? legacyToTopicText(topic, legacyText) : topicEventText(topic, event);
     if (topic === roomKey) {
-      link.send(topicSubject(topic), envelope(link.nodeJson, topicText));
+      link.send(topicSubject(topic), envelope(link.nodeJson, event === undefined ? legacyToTopicText(topic, legacyText) : topicEventText(topic, event)));
       return;
     }
     link.send(roomSubject(roomKey), envelope(link.nodeJson, legacyText));
-    link.send(topicSubject(topic), envelope(link.nodeJson, topicText), undefined, true);
+    if (this.byId.get(roomKey)?.upstreamHeard !== true) return;
+    link.send(topicSubject(topic), envelope(link.nodeJson, event === undefined ? legacyToTopicText(topic, legacyText) : topicEventText(topic, event)), undefined, true);
   }
 
   /** Whether `room` is still the one this shard federates under its id. */

@@ -62,8 +62,10 @@ export interface FedRoom {
   /** The subject moodio-rt nodes speak on: `room.{desktopId}` (flat) for a desktop, `room.{topic}` (topic framing) otherwise. */
   readonly subject: string;
   readonly framing: Framing;
-  /** A desktop's topic subject, `room.desktop:{id}`, where the upstream relay speaks; every event goes there too, marked as a copy. */
+  /** A desktop's topic subject, `room.desktop:{id}`, where the upstream relay speaks. */
   readonly mirror: string | null;
+  /** An upstream relay was heard on {@link mirror} (a message taken that is not a moodio-rt copy): from then on every event goes there too, marked as a copy. */
+  upstreamHeard: boolean;
   sub: Subscription | null;
   mirrorSub: Subscription | null;
   readonly remote: Map<string, RemoteSession>;
