@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { envelope, parseHeartbeat, parseRoomMessage, roomSubject, sessionInfoJson, sessionLeftJson, type BusSessionInfo } from '../src/protocol/bus.ts';
+import { envelope, parseHeartbeat, parseRoomMessage, parseTopicMessage, roomSubject, sessionInfoJson, sessionLeftJson, topicSubject, topicSyncRequestJson, type BusSessionInfo } from '../src/protocol/bus.ts';
 import { formatStamp, parseStamp } from '../src/protocol/bus-signature.ts';
 import { beatOrder, MAX_REMEMBERED_IDS, nextHistory, ReplayGuard, RETIRED_INCARNATIONS, type BeatHistory } from '../src/shard/bus-replay.ts';
 
@@ -246,4 +246,33 @@ test('API requests from the bus are checked field by field', async () => {
     userId: 'u',
     permission: 'none',
   });
+});
+
+test("topic subjects and messages are the upstream relay's: checked as the flat ones, read into the legacy framing", () => {
+  const topic = 'desktop:abc';
+  const enc = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));
+  assert.equal(topicSubject(topic), 'room.desktop:abc');
+  assert.equal(topicSyncRequestJson(topic), '{"op":"event","topic":"desktop:abc","type":"presence_sync_request"}');
+  const sync = parseTopicMessage(enc({ r: 'up', p: { op: 'event', topic, type: 'presence_sync_request' } }), topic, 4096);
+  assert.deepEqual(sync, { ok: true, node: 'up', value: { kind: 'sync_request' } });
+  const who = { sessionId: 'session_1', userId: 'user-1', firstName: 'Ann', email: 'a@example.com' };
+  const joined = parseTopicMessage(enc({ r: 'up', p: { op: 'event', topic, type: 'session_joined', ...who, timestamp: 5, payload: { ...who, permission: 'owner' } } }), topic, 4096);
+  assert.ok(joined.ok && joined.value.kind === 'joined');
+  assert.equal(joined.value.info.permission, 'editor', 'owner acts as editor');
+  assert.equal(joined.value.text, `{"type":"session_joined","sessionId":"session_1","userId":"user-1","firstName":"Ann","email":"a@example.com","timestamp":5,"payload":${sessionInfoJson({ ...who, permission: 'editor' })}}`);
+  const event = parseTopicMessage(new TextEncoder().encode(`{"r":"up","p":{"op":"event","topic":"desktop:abc","type":"asset_moved","sessionId":"session_1","userId":"user-1","timestamp":7,"payload":{"x":1e20}}}`), topic, 4096);
+  assert.ok(event.ok && event.value.kind === 'relayed');
+  assert.equal(event.value.text, '{"type":"asset_moved","sessionId":"session_1","userId":"user-1","firstName":"","email":"","timestamp":7,"payload":{"x":1e20}}', 'the payload as sent');
+  const bare = parseTopicMessage(enc({ r: 'up', p: { op: 'event', topic, type: 'cursor', ...who, timestamp: 7 } }), topic, 4096);
+  assert.ok(bare.ok && bare.value.kind === 'relayed' && bare.value.text.endsWith(',"payload":null}'));
+  const refused = (p: unknown, size = 4096) => {
+    const parsed = parseTopicMessage(enc({ r: 'up', p }), topic, size);
+    return parsed.ok ? 'ok' : parsed.reason;
+  };
+  assert.equal(refused({ op: 'event', topic: 'desktop:other', type: 'asset_moved', ...who, timestamp: 1 }), 'room_mismatch');
+  assert.equal(refused({ topic, type: 'asset_moved', ...who, timestamp: 1 }), 'invalid_event', 'no op');
+  assert.equal(refused({ type: 'asset_moved', ...who, timestamp: 1, op: 'event', topic: ' desktop:abc' }), 'room_mismatch');
+  assert.equal(refused({ op: 'event', topic, type: 'room_joined', ...who, timestamp: 1 }), 'reserved_type');
+  assert.equal(refused({ op: 'event', topic, type: 'session_joined', ...who, timestamp: 1, payload: { ...who, permission: 'admin' } }), 'invalid_event');
+  assert.equal(refused({ op: 'event', topic, type: 'asset_moved', ...who, timestamp: 1 }, 10), 'too_large');
 });

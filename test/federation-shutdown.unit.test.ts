@@ -14,7 +14,7 @@ import { connect as natsConnect, headers as natsHeaders, type NatsConnection } f
 import { BusSigner, formatStamp, SIGNATURE_HEADER, STAMP_HEADER } from '../src/protocol/bus-signature.ts';
 import { DROP_REASONS, DropReason } from '../src/protocol/bus.ts';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
-import { Federation } from '../src/shard/federation.ts';
+import { Federation } from '../src/shard/federation/index.ts';
 import { newRoomSlot, RoomIndex } from '../src/shard/room-index.ts';
 import type { Session } from '../src/shard/session.ts';
 import { startNats, type NatsServer } from './helpers/nats.ts';
@@ -53,7 +53,7 @@ async function until(condition: () => boolean, what: string, timeoutMs = 5000): 
   }
 }
 
-/** The timers set by src/shard/federation.ts itself (not by the NATS client) that are still pending. */
+/** The timers set by src/shard/federation/ itself (not by the NATS client) that are still pending. */
 function federationTimers() {
   const live = new Set<number>();
   const hook = createHook({
@@ -61,7 +61,7 @@ function federationTimers() {
       if (type !== 'Timeout') return;
       const frames = (new Error().stack ?? '').split('\n').slice(2);
       const caller = frames.find((f) => !f.includes('node:') && !f.includes('(<anonymous>)'));
-      if (caller?.includes('src/shard/federation.ts')) live.add(id);
+      if (caller?.includes('src/shard/federation/')) live.add(id);
     },
     destroy(id) {
       live.delete(id);
@@ -154,5 +154,5 @@ test('close() leaves no timer of its own behind: not a room linger, a deferred s
   assert.equal(timers.live.size, 5, 'the linger, the answer and the resync are pending');
   await fed.close(1000);
   closed = true;
-  assert.equal(timers.live.size, 0, `${timers.live.size} timers of federation.ts still pending after close()`);
+  assert.equal(timers.live.size, 0, `${timers.live.size} timers of src/shard/federation/ still pending after close()`);
 });

@@ -1,12 +1,13 @@
 /**
  * With federation on (a real nats-server, one node), what the multiplexed
- * route and the production-table route put on the bus today: nothing.
- * Topics do not federate yet, and a legacy production-table room must not
- * publish its flat events on `room.production-table:{id}`, the subject
- * where the upstream relay federates that topic in the multiplexed framing.
- * The legacy desktop room still federates as before. A raw NATS client
- * reads the bus. And a role change through one node's server API reaches
- * the user's multiplexed subscriptions on another node.
+ * route and the production-table route put on the bus: a production-table
+ * room speaks only on `room.production-table:{id}`, in the topic framing
+ * (never flat there, where the upstream relay federates that topic); a
+ * desktop room keeps its flat events on `room.{id}`, now with its
+ * subscribers' too (test/topics-federation.test.ts covers the topic
+ * subjects). A raw NATS client reads the bus. And a role change through one
+ * node's server API reaches the user's multiplexed subscriptions on another
+ * node.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -22,7 +23,7 @@ import { api, API_KEY, desktopOnShard } from './helpers/api.ts';
 import { fnv1a32 } from '../src/protocol/hash.ts';
 import { TopicErrorCode } from '../src/protocol/topics.ts';
 
-test('a production-table room and a subscriber stay off the bus; the legacy desktop room federates as before', async (t) => {
+test('a production-table room speaks in the topic framing on its topic subject alone; a desktop room keeps its flat events on room.{id}, its subscribers\' too', async (t) => {
   const nats = await startNats(t);
   const stub = await startPermissionStub(t);
   // One worker: one NATS connection, so the bus sees this shard's publications in the order made.
@@ -54,11 +55,14 @@ test('a production-table room and a subscriber stay off the bus; the legacy desk
   legacy.send({ type: 'marker' });
   const deadline = Date.now() + 5000;
   while (!seen.some((m) => m.data.includes('"marker"')) && Date.now() < deadline) await raw.flush();
-  assert.deepEqual([...new Set(seen.map((m) => m.subject))], [`room.${id}`], 'only the legacy desktop room is on the bus');
+  assert.deepEqual([...new Set(seen.map((m) => m.subject))].sort(), [`room.${id}`, `room.desktop:${id}`, `room.production-table:${tableId}`].sort());
+  const tableMessages = seen.filter((m) => m.subject === `room.production-table:${tableId}`).map((m) => JSON.parse(m.data) as { p: { op?: string; topic?: string; type: string } });
+  assert.ok(tableMessages.every((m) => m.p.op === 'event' && m.p.topic === `production-table:${tableId}`), 'the table room speaks in the topic framing only');
+  assert.ok(tableMessages.some((m) => m.p.type === 'pt_cell_updated') && tableMessages.some((m) => m.p.type === 'pt_cell_selected'), 'both framings\' events went out');
   assert.deepEqual(
-    seen.map((m) => (JSON.parse(m.data) as { p: { type: string } }).p.type),
-    ['presence_sync_request', 'session_joined', 'marker'],
-    "the legacy socket's presence and event only: nothing of the subscriber's",
+    seen.filter((m) => m.subject === `room.${id}`).map((m) => (JSON.parse(m.data) as { p: { op?: string; type: string } }).p).map((p) => `${p.op ?? 'flat'} ${p.type}`),
+    ['flat presence_sync_request', 'flat session_joined', 'flat session_joined', 'flat from_subscriber', 'flat marker'],
+    "the legacy socket's and the subscriber's presence and events, flat",
   );
 });
 

@@ -12,7 +12,7 @@
  * window and an id it has seen (shard/bus-replay.ts), so a captured message
  * cannot be played again.
  *
- * What a node requires a signature for (shard/federation.ts): everything,
+ * What a node requires a signature for (shard/federation/): everything,
  * unless `--federation-unsigned-rooms admit` lets room events in unsigned
  * from nodes that never signed (Go relays).
  */

@@ -23,6 +23,15 @@ import { memberText } from './json-member.ts';
 import { legacyEventText, legacyText, sessionUpdated } from './event-frames.ts';
 
 export const ROOM_SUBJECT_PREFIX = 'room.';
+/**
+ * A moodio-rt node's copy of a desktop room's event on the topic subject
+ * (`room.desktop:{id}`), for the upstream relay (sent once one was heard in
+ * the room): other moodio-rt nodes take
+ * the event from `room.{id}` and ignore the copy. Its value is covered by the
+ * signature, so a copy with the header stripped does not check.
+ */
+export const COPY_HEADER = 'Moodio-Copy';
+export const COPY_MARK = '1';
 /** Per-shard liveness beacons of moodio-rt nodes. */
 export const HEARTBEAT_SUBJECT = 'moodio-rt.heartbeat';
 export { PRESENCE_SYNC_REQUEST };
@@ -36,6 +45,16 @@ export const BUS_OVERHEAD_BYTES = 2048;
 
 export function roomSubject(desktopId: string): string {
   return ROOM_SUBJECT_PREFIX + desktopId;
+}
+
+/** `room.{topic}`: the subject of a topic in the upstream relay's framing (`room.desktop:abc`, `room.production-table:abc`). */
+export function topicSubject(topic: string): string {
+  return ROOM_SUBJECT_PREFIX + topic;
+}
+
+/** A sync request in the topic framing: `{"op":"event","topic":…,"type":"presence_sync_request"}`. */
+export function topicSyncRequestJson(topic: string): string {
+  return `{"op":"event","topic":${JSON.stringify(topic)},"type":"${PRESENCE_SYNC_REQUEST}"}`;
 }
 
 /** `{"r":…,"p":<eventJson>}`: `eventJson` is spliced in as is (it is already the frame's text). */
@@ -96,14 +115,16 @@ function isShortString(value: unknown, max: number): value is string {
   return typeof value === 'string' && value.length <= max;
 }
 
-function sessionInfo(value: unknown): BusSessionInfo | null {
+function sessionInfo(value: unknown, ownerAsEditor = false): BusSessionInfo | null {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return null;
   const v = value as Record<string, unknown>;
   if (!isShortString(v.sessionId, MAX_ID) || v.sessionId.length === 0) return null;
   if (!isShortString(v.userId, MAX_ID) || v.userId.length === 0) return null;
   if (!isShortString(v.firstName, MAX_NAME) || !isShortString(v.email, MAX_NAME)) return null;
-  if (v.permission !== 'editor' && v.permission !== 'viewer') return null;
-  return { sessionId: v.sessionId, userId: v.userId, firstName: v.firstName, email: v.email, permission: v.permission };
+  // The upstream relay describes a session with the permission its authorize call answered: `owner` acts as `editor`.
+  const permission = ownerAsEditor && v.permission === 'owner' ? 'editor' : v.permission;
+  if (permission !== 'editor' && permission !== 'viewer') return null;
+  return { sessionId: v.sessionId, userId: v.userId, firstName: v.firstName, email: v.email, permission };
 }
 
 /** The JSON a presence list carries for `info`, in the server's own member order. */
@@ -175,6 +196,59 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
   const eventText = memberText(text, 'p');
   if (eventText === undefined) return { ok: false, reason: DropReason.MALFORMED };
   return { ok: true, node: r, value: { kind: 'relayed', type, sessionId: event.sessionId, text: eventText } };
+}
+
+/**
+ * Parse a message from a topic's subject (`room.{topic}`), in the upstream
+ * relay's framing: `p` is `{"op":"event","topic":…,"type":…,"sessionId":…,
+ * "userId":…,"firstName":…,"email":…,"timestamp":…,"payload":…}`, or a sync
+ * request `{"op":"event","topic":…,"type":"presence_sync_request"}`. The
+ * same rules as {@link parseRoomMessage}; an event naming another topic is
+ * refused. The texts returned are in the legacy framing (the server's own
+ * form of a room event; local subscribers get it in theirs), with `payload`
+ * `null` when the event had none.
+ */
+export function parseTopicMessage(data: Uint8Array, topic: string, maxBytes: number): Parsed<BusEvent> {
+  if (data.byteLength > maxBytes) return { ok: false, reason: DropReason.TOO_LARGE };
+  const text = decode(data);
+  let message: unknown;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    return { ok: false, reason: DropReason.MALFORMED };
+  }
+  if (typeof message !== 'object' || message === null || Array.isArray(message)) return { ok: false, reason: DropReason.MALFORMED };
+  const { r, p } = message as Record<string, unknown>;
+  if (!isShortString(r, MAX_ID) || r.length === 0) return { ok: false, reason: DropReason.MALFORMED };
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) return { ok: false, reason: DropReason.INVALID_EVENT };
+  const event = p as Record<string, unknown>;
+  const type = event.type;
+  if (event.op !== 'event' || typeof type !== 'string' || type.length === 0 || type.length > 64) return { ok: false, reason: DropReason.INVALID_EVENT };
+  if (event.topic !== topic) return { ok: false, reason: DropReason.ROOM_MISMATCH };
+  if (type === PRESENCE_SYNC_REQUEST) return { ok: true, node: r, value: { kind: 'sync_request' } };
+  const now = typeof event.timestamp === 'number' && Number.isFinite(event.timestamp) ? event.timestamp : Date.now();
+  if (type === ServerEvent.SESSION_JOINED || type === ServerEvent.SESSION_LEFT || type === 'session_updated') {
+    const info = sessionInfo(event.payload, true);
+    if (info === null || event.sessionId !== info.sessionId || event.userId !== info.userId) return { ok: false, reason: DropReason.INVALID_EVENT };
+    if (type === ServerEvent.SESSION_LEFT) return { ok: true, node: r, value: { kind: 'left', info, text: sessionLeftJson(info, now) } };
+    if (type === ServerEvent.SESSION_JOINED) {
+      return { ok: true, node: r, value: { kind: 'joined', info, text: `{"type":"session_joined"${stampOf(info)},"timestamp":${now},"payload":${sessionInfoJson(info)}}` } };
+    }
+    const text = `{"type":"session_updated"${stampOf(info)},"permission":"${info.permission}","timestamp":${now},"payload":${sessionInfoJson(info)}}`;
+    return { ok: true, node: r, value: { kind: 'updated', info, text } };
+  }
+  if (NOT_RELAYABLE.has(type)) return { ok: false, reason: DropReason.RESERVED_TYPE };
+  if (!isShortString(event.sessionId, MAX_ID) || !isShortString(event.userId, MAX_ID)) return { ok: false, reason: DropReason.INVALID_EVENT };
+  if (typeof event.timestamp !== 'number') return { ok: false, reason: DropReason.INVALID_EVENT };
+  const firstName = event.firstName ?? '';
+  const email = event.email ?? '';
+  if (!isShortString(firstName, MAX_NAME) || !isShortString(email, MAX_NAME)) return { ok: false, reason: DropReason.INVALID_EVENT };
+  // The payload as the origin sent it, which JSON.parse just accepted and the size check bounds.
+  const eventText = memberText(text, 'p');
+  const payload = eventText === undefined ? undefined : memberText(eventText, 'payload');
+  const stamp = `,"sessionId":${JSON.stringify(event.sessionId)},"userId":${JSON.stringify(event.userId)},"firstName":${JSON.stringify(firstName)},"email":${JSON.stringify(email)}`;
+  const legacy = `{"type":${JSON.stringify(type)}${stamp},"timestamp":${event.timestamp},"payload":${payload ?? 'null'}}`;
+  return { ok: true, node: r, value: { kind: 'relayed', type, sessionId: event.sessionId, text: legacy } };
 }
 
 function stampOf(info: BusSessionInfo): string {

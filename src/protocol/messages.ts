@@ -110,7 +110,7 @@ export interface RoomSize {
   sessions: number;
 }
 
-/** One shard's view of the federation (shard/federation.ts), for /stats. */
+/** One shard's view of the federation (shard/federation/), for /stats. */
 export interface FederationStats {
   nodeId: string;
   region: string;

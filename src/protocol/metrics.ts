@@ -92,7 +92,7 @@ export const Metric = {
   INBOUND_BYTES: 44,
   /** Handshakes refused by --handshake-rate-per-address (primary). */
   REFUSED_ADDRESS_RATE: 45,
-  // federation (shard/federation.ts)
+  // federation (shard/federation/)
   /** Gauge: 1 while this shard's NATS connection is up. */
   FEDERATION_CONNECTED: 46,
   /** Messages published on the bus (events, presence, sync answers; not heartbeats). */

@@ -35,7 +35,7 @@ export interface RelayOptions {
   transientTypes: ReadonlySet<string>;
   /** Types a viewer may not send (`--mutation-types`): dropped with one Set lookup. */
   mutationTypes: ReadonlySet<string>;
-  /** Other nodes (shard/federation.ts), when federation is on. */
+  /** Other nodes (shard/federation/), when federation is on. */
   bus?: RelayBus;
   /** The rooms' multiplexed subscribers (shard/topic-rooms.ts), here and on other shards. */
   topics?: TopicFanout;
@@ -55,8 +55,8 @@ export interface TopicFanout {
 export interface RelayBus {
   /** Comma-separated SessionInfo JSON of the room's sessions on other nodes, or ''. */
   remoteSessionsJson(desktopId: string): string;
-  /** Publish an event's exact frame text to the other nodes. */
-  publish(desktopId: string, eventJson: string): void;
+  /** Publish an event's exact frame text (legacy framing) to the other nodes; `event`, its parts, frames the topic copy. */
+  publish(desktopId: string, eventJson: string, event?: RoomEvent): void;
   /** The room's last local session left. */
   roomEmptied(desktopId: string): void;
 }
@@ -125,7 +125,7 @@ export class Relay {
       if (room.members.length > 1 || (room.members.length === 1 && room.members[0] !== session)) this.broadcast(room, session, encodeTextFrame(text));
       if (room.subs.length > 0 || room.peers !== null) this.topics?.fanOut(room, event, session.id, '');
     }
-    this.bus?.publish(room.id, text);
+    this.bus?.publish(room.id, text, event);
   }
 
   /** An event the server made about a room (e.g. `session_updated`), for its multiplexed subscribers on every shard but `exceptId`. */
@@ -299,8 +299,9 @@ export class Relay {
     const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
     if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(text), transientKey);
     // Multiplexed subscribers of the room get it in their framing (encoded there, once).
-    if (room.subs.length > 0 || room.peers !== null) this.topics?.fanOut(room, { type, stamp: session.stamp, timestamp, payload }, session.id, transientKey ?? '');
-    this.bus?.publish(session.desktopId, text);
+    const event: RoomEvent | null = room.subs.length > 0 || room.peers !== null || this.bus !== undefined ? { type, stamp: session.stamp, timestamp, payload } : null;
+    if (event !== null && (room.subs.length > 0 || room.peers !== null)) this.topics?.fanOut(room, event, session.id, transientKey ?? '');
+    if (event !== null) this.bus?.publish(session.desktopId, text, event);
     this.metrics.add(Metric.MESSAGES_RELAYED);
 
     if (LOGGED_TYPES.has(type) && this.log.enabled('debug')) {

@@ -18,7 +18,8 @@ import type { UserConnections } from '../protocol/user-connections.ts';
 import { Handshake, type Admitted } from './handshake.ts';
 import { Backpressure } from './backpressure.ts';
 import { RateLimiter, type RateLimitOptions } from './rate-limiter.ts';
-import { Relay, type RelayBus } from './relay.ts';
+import { Relay } from './relay.ts';
+import { encodeTextFrame } from '../protocol/frame.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
@@ -27,7 +28,7 @@ import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
 import { WriteCoalescer } from './write-coalescer.ts';
-import { Federation } from './federation.ts';
+import { Federation } from './federation/index.ts';
 import { isPingHead, PingRoute } from './ping-route.ts';
 import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { MessagePort } from 'node:worker_threads';
@@ -175,7 +176,11 @@ export class Shard {
             log,
             metrics,
             rooms: this.rooms,
-            deliver: (room, frame, transientKey) => this.relay.deliverRemote(room, frame, transientKey),
+            // Each member in its framing: the legacy sockets from the relay, the subscribers (here and on other shards) from the topic rooms.
+            deliver: (room, text, transientKey) => {
+              if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(text), transientKey);
+              this.multiplexed.topics.fromOtherNode(room.id, text, transientKey ?? '');
+            },
             transientTypes: transient,
             mutationTypes: mutations,
             onFatal,
@@ -204,6 +209,14 @@ export class Shard {
       },
       onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
     });
+    if (federation !== null) {
+      // A subscriber's room listens to the other nodes as a legacy socket's does; it does not wait for the first sync (others arrive as session_joined).
+      this.multiplexed.topics.useBus({
+        admit: (roomKey) => federation.admit(roomKey, noop),
+        publish: (roomKey, text, event) => federation.publish(roomKey, text, event),
+        roomEmptied: (roomKey) => federation.roomEmptied(roomKey),
+      });
+    }
     this.relay = new Relay({
       rooms: this.rooms,
       out,
@@ -213,7 +226,7 @@ export class Shard {
       backpressure: this.backpressure,
       transientTypes: transient,
       mutationTypes: mutations,
-      bus: federation === null ? undefined : desktopsOnly(federation),
+      bus: federation ?? undefined,
       topics: this.multiplexed.topics,
     });
     // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
@@ -341,8 +354,7 @@ export class Shard {
         roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
       });
     };
-    // Production tables do not federate yet (federation.ts speaks desktops; `room.production-table:{id}` is the upstream's subject for the topic).
-    if (this.federation === null || isTopicKey(desktopId)) join();
+    if (this.federation === null) join();
     else {
       // Nothing it sends is read before it is in its room.
       ws.pause();
@@ -486,25 +498,4 @@ export class Shard {
   }
 }
 
-/** A room key that is a topic (`production-table:{id}`), not a bare desktop id. */
-function isTopicKey(roomKey: string): boolean {
-  return roomKey.includes(':');
-}
-
-/**
- * The federation as the relay sees it, for desktop rooms only: a legacy
- * production-table room stays on its node. Its flat events on
- * `room.production-table:{id}` would land on the subject where the upstream
- * relay federates that topic in the multiplexed framing.
- */
-function desktopsOnly(bus: RelayBus): RelayBus {
-  return {
-    remoteSessionsJson: (roomKey) => (isTopicKey(roomKey) ? '' : bus.remoteSessionsJson(roomKey)),
-    publish: (roomKey, eventJson) => {
-      if (!isTopicKey(roomKey)) bus.publish(roomKey, eventJson);
-    },
-    roomEmptied: (roomKey) => {
-      if (!isTopicKey(roomKey)) bus.roomEmptied(roomKey);
-    },
-  };
-}
+function noop(): void {}

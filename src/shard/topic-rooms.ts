@@ -40,6 +40,16 @@ export interface TopicRoomsOptions {
   maxRoomSize: number;
 }
 
+/** What the rooms need of the federation (shard/federation/): the room of a new subscriber listens to the other nodes, and every subscriber's event goes to them. */
+export interface TopicBus {
+  /** A subscriber joined the room (the first one subscribes it on the bus and asks who is there). */
+  admit(roomKey: string): void;
+  /** Publish an event of the room (`legacyText` its legacy framing) to the other nodes. */
+  publish(roomKey: string, legacyText: string, event: RoomEvent): void;
+  /** The room has no session of this node any more. */
+  roomEmptied(roomKey: string): void;
+}
+
 /** What a join came to: the room's other sessions (now), the owner's answer to wait for, a full room, or no owner to ask (it is restarting). */
 export type JoinResult = { sessions: string } | 'pending' | 'full' | 'unavailable';
 
@@ -47,6 +57,7 @@ export class TopicRooms {
   private readonly options: TopicRoomsOptions;
   private readonly rooms: RoomIndex;
   private link: ShardLink | null = null;
+  private bus: TopicBus | null = null;
   /** Topic → this shard's joined subscribers of a room another shard owns. */
   private readonly followers = new Map<string, Set<Subscription>>();
   /** `sessionId\0topic` → a join sent to another shard, not answered yet. */
@@ -68,6 +79,11 @@ export class TopicRooms {
     this.link = link;
   }
 
+  /** The other nodes (absent without federation). */
+  useBus(bus: TopicBus): void {
+    this.bus = bus;
+  }
+
   /** The shard that owns `roomKey`'s room: the router's hash, also federation's. */
   ownerOf(roomKey: string): number {
     return fnv1a32(roomKey) % this.options.workers;
@@ -87,6 +103,7 @@ export class TopicRooms {
       }
       this.rooms.addSub(sub);
       sub.state = 'joined';
+      this.bus?.admit(room.id);
       this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
       return { sessions };
     }
@@ -102,7 +119,10 @@ export class TopicRooms {
     sub.state = 'joining';
     if (sub.owner === this.options.shardId) {
       const room = this.rooms.removeSub(sub);
-      if (room !== null) this.broadcast(room, this.presence(sub, 'session_left'), sub.conn.id, '');
+      if (room !== null) {
+        this.broadcast(room, this.presence(sub, 'session_left'), sub.conn.id, '');
+        this.emptied(room);
+      }
       return;
     }
     const subs = this.followers.get(sub.topic);
@@ -135,7 +155,8 @@ export class TopicRooms {
       return;
     }
     const room = this.rooms.get(sub.roomKey);
-    if (room === undefined || room.size < 2) return;
+    // Alone on this node, an event still goes to the other nodes.
+    if (room === undefined || (room.size < 2 && this.bus === null)) return;
     this.broadcast(room, { type, stamp: sub.conn.stamp, timestamp, payload }, sub.conn.id, this.transientKey(sub.conn.id, type));
   }
 
@@ -171,6 +192,34 @@ export class TopicRooms {
       this.rooms.unpin(room, members);
     }
     this.fanOut(room, event, exceptId, transientKey);
+    this.bus?.publish(room.id, legacyEventText(event), event);
+  }
+
+  /** Tell the federation when `room` holds no session of this node any more. */
+  private emptied(room: Room): void {
+    if (this.bus !== null && this.rooms.get(room.id) !== room) this.bus.roomEmptied(room.id);
+  }
+
+  /**
+   * An event from another node (`legacyText`, the legacy framing) for the
+   * room's multiplexed subscribers, here and on other shards; the legacy
+   * sockets had it from the relay.
+   */
+  fromOtherNode(roomKey: string, legacyText: string, transientKey: string): void {
+    const room = this.rooms.get(roomKey);
+    if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
+    const text = legacyToTopicText(room.topic, legacyText);
+    let frame: Buffer | null = null;
+    const subs = this.rooms.pinSubs(room);
+    for (let i = 0; i < subs.length; i++) {
+      const conn = subs[i]!.conn;
+      if (!conn.open) continue;
+      frame ??= encodeTextFrame(text);
+      this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
+    }
+    this.rooms.unpinSubs(room, subs);
+    if (room.peers === null || this.link === null) return;
+    for (const peer of room.peers.keys()) this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: transientKey });
   }
 
   /** `event` to the room's multiplexed subscribers only (here and on other shards): the legacy relay delivered to the legacy sockets. */
@@ -307,6 +356,7 @@ export class TopicRooms {
       remote.set(sid, { sessionId: sid, infoJson: info, stamp, shard: from, connectedAt });
       const peers = (room.peers ??= new Map());
       peers.set(from, (peers.get(from) ?? 0) + 1);
+      this.bus?.admit(room.id);
     }
     this.link?.send(from, { k: 'joined', topic, sid, sessions });
     if (!again) this.broadcast(room, { type: 'session_joined', stamp, timestamp: Date.now(), payload: info }, sid, '');
@@ -319,6 +369,7 @@ export class TopicRooms {
     this.dropRemote(room, member.sessionId, member.shard);
     this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: Date.now(), payload: member.infoJson }, sid, '');
     this.rooms.dropIfEmpty(room);
+    this.emptied(room);
   }
 
   private dropRemote(room: Room, sid: string, shard: number): void {
@@ -344,6 +395,7 @@ export class TopicRooms {
       const now = Date.now();
       for (const member of gone) this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: now, payload: member.infoJson }, member.sessionId, '');
       this.rooms.dropIfEmpty(room);
+      this.emptied(room);
     }
     for (const [key, sub] of [...this.joining]) {
       if (sub.owner !== peer) continue;
