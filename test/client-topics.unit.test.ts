@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ClientError, connectTopics, type TopicConnection, type TopicState, type WebSocketConstructor } from '../src/client/index.ts';
+import { type ClientError, connectTopics, type TopicConnection, type TopicState, type WebSocketConstructor } from '../src/client/index.ts';
 import { ConnectionLimit } from '../src/protocol/topics.ts';
 
 class FakeSocket {

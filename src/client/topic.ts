@@ -8,7 +8,7 @@ import type { Permission, SessionInfo } from '../protocol/events.ts';
 import { ClientError, viewerMutation } from './errors.ts';
 import { addHandler, callHandlers, type Handler } from './handlers.ts';
 import { isPermission, Presence } from './presence.ts';
-import { SendQueue } from './send-queue.ts';
+import type { SendQueue } from './send-queue.ts';
 import { TOPIC_EVENTS, type TopicError, type TopicEvent, type TopicEvents, type TopicState } from './topic-types.ts';
 import type { EventMap, ReceivedPayload, SendArgs } from './types.ts';
 
