@@ -170,6 +170,12 @@ test('after a logout (4001) the connection comes back at once, with the token as
   const out = await api(server, 'POST', `users/${encodeURIComponent(ann.userId)}/disconnect`);
   assert.equal(out.status, 202);
   for (const topic of benTopics) await presenceUntil(topic, () => !topic.sessions.has(before));
+  // Ben may hear the leave before Ann's client has read its close: wait for her new session, then her topics.
+  const deadline = Date.now() + 10_000;
+  while (ann.conn.sessionId === before || !ann.conn.sessionId) {
+    assert.ok(Date.now() < deadline, 'the connection came back within 10 s');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
   for (const topic of annTopics) await stateOf(topic, 'subscribed');
   const after = ann.conn.sessionId!;
   assert.notEqual(after, before, 'a new session');
