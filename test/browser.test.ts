@@ -18,8 +18,7 @@
  *   and a card moved far right in a wide window can be scrolled to;
  * - a role changed through the server API shows in every window's presence
  *   bar at once: a viewer turned editor drags a card and the others see it
- *   move, an editor turned viewer cannot pick one up (a `todo` until
- *   /ws/connection announces a subscription's role change);
+ *   move, an editor turned viewer cannot pick one up;
  * - a revoked window says so and stops, while the others see it leave.
  * Screenshots land in test-artifacts/ (not committed). Waits are on
  * conditions, with generous limits: Chromium shares 2 cores with the server
@@ -441,7 +440,6 @@ async function threeWithRoles() {
 
 test(
   'a role changed through the server API shows live: a viewer turned editor drags at once, an editor turned viewer cannot',
-  { todo: 'needs the role-change announcements of /ws/connection (permission_changed, session_updated on a topic), being added to src/shard on another branch' },
   async () => {
     const { alice, bob, vic, windows, everywhere, setRole } = await threeWithRoles();
     // Vic, a viewer, cannot move a card...
