@@ -71,7 +71,7 @@ test('a small uniform run delivers everything, with sane percentiles, in JSON wi
     assert.ok(key in report, `missing ${key}`);
   }
   for (const key of ['count', 'p50', 'p90', 'p95', 'p99', 'p999', 'max', 'mean']) assert.equal(typeof report.latencyMs[key], 'number', key);
-  for (const key of ['cpuPercent', 'busyPercent', 'saturated', 'framesReceived', 'sendLagMs']) assert.ok(key in report.generator, key);
+  for (const key of ['cpuPercent', 'busyPercent', 'saturated', 'sendsLate', 'framesReceived', 'sendLagMs']) assert.ok(key in report.generator, key);
   assert.deepEqual(report.workload, { route: 'desktop', topicsPerConnection: 1, rooms: 4, usersPerRoom: 3, sendersPerRoom: 2, rate: 50, durationMs: 1000, warmupMs: 200, messageType: 'asset_moved', payloadBytes: 64 });
   assert.equal(report.sessions, 12);
   assert.equal(report.connections, 12, 'a socket per session');
@@ -228,6 +228,9 @@ test('an unreachable permission API is named as such, not as a full room; a run 
   assert.match(human.stdout, /SERVER LIMIT: The server could not ask its permission API \(2 connections refused with 503 permission_unavailable or permission_busy/);
   assert.doesNotMatch(human.stdout, /full room or worker/, 'the 503s are all explained');
   assert.match(human.stdout, /deliveries: none measured \(no session connected\)/);
+  assert.match(human.stdout, /latency: none measured \(no session connected\)/);
+  assert.doesNotMatch(human.stdout, /pressure: deliveries|p99\.9/, 'no table of zeros');
+  assert.doesNotMatch(human.stdout, /For a benchmark/, 'the benchmark flags would not help');
   assert.doesNotMatch(human.stdout, /0\/0 \(100\.00%\)/);
   assert.match(human.stdout, /result: FAIL — 2 of 2 sessions failed to connect/);
   const json = JSON.parse((await loadtest([...args, '--json'], { port: down.port })).stdout);
@@ -270,12 +273,12 @@ test('the saturation warning says which sign fired: a busy thread, or late sends
   assert.equal(code, 0);
   const report = JSON.parse(stdout);
   const lag = { ...report.generator.sendLagMs, p99: 7.5 };
-  const idle = formatReport({ ...report, generator: { ...report.generator, busyPercent: [9.9, 4], saturated: true, sendLagMs: lag } });
+  const idle = formatReport({ ...report, generator: { ...report.generator, busyPercent: [9.9, 4], saturated: false, sendsLate: true, sendLagMs: lag } });
   assert.match(idle, /WARNING: the generator's sends ran late \(send lag p99 7\.5 ms > 2 ms\) though its threads were at most 9\.9% busy/);
   assert.doesNotMatch(idle, /is saturated/);
   const busy = formatReport({ ...report, generator: { ...report.generator, busyPercent: [95, 40], saturated: true } });
   assert.match(busy, /WARNING: the generator is saturated \(a thread 95% busy, ≥ 90%\)/);
-  assert.doesNotMatch(formatReport({ ...report, generator: { ...report.generator, saturated: false } }), /WARNING/, 'an unsaturated run warns of nothing');
+  assert.doesNotMatch(formatReport({ ...report, generator: { ...report.generator, saturated: false, sendsLate: false } }), /WARNING/, 'an unsaturated run warns of nothing');
 });
 
 test('--threads help names its default once', async () => {

@@ -43,7 +43,8 @@ export interface LoadtestReport {
   errors: Record<string, number>;
   /** The server's own limits that the errors show, in plain words (empty when none). */
   serverLimits: ServerLimitNote[];
-  generator: { cpuPercent: number[]; busyPercent: number[]; saturated: boolean; framesReceived: number; sendLagMs: LatencySummary };
+  /** `saturated`: a thread was busy ≥ SATURATED_PERCENT; `sendsLate`: send lag p99 over SATURATED_LAG_MS (whatever the cause). */
+  generator: { cpuPercent: number[]; busyPercent: number[]; saturated: boolean; sendsLate: boolean; framesReceived: number; sendLagMs: LatencySummary };
   gates: { minDelivery: number; maxP99Ms: number; passed: boolean; failures: string[] };
 }
 
@@ -266,7 +267,8 @@ export function buildReport(options: LoadtestOptions, durationMs: number, thread
     generator: {
       cpuPercent,
       busyPercent,
-      saturated: busyPercent.some((c) => c >= SATURATED_PERCENT) || sendLagMs.p99 > SATURATED_LAG_MS,
+      saturated: busyPercent.some((c) => c >= SATURATED_PERCENT),
+      sendsLate: sendLagMs.p99 > SATURATED_LAG_MS,
       framesReceived: sum(results, 'framesReceived'),
       sendLagMs,
     },
