@@ -387,6 +387,28 @@ test('endpoint and body refusals reach no shard: 404, 405 with Allow, a GET with
   assert.equal(h.pool.metric(ApiMetric.REFUSED_405), 1);
 });
 
+test('a refusal that asks for no wait has no Retry-After; a connection its client closes gives its place back at once', async (t) => {
+  const h = await harness(t);
+  for (const [text, status] of [
+    [request('GET', '/api/v1/nope'), 404],
+    [request('GET', `/api/v1/desktops/${D0}/presence`, '', {}, null), 401],
+    [request('GET', `/api/v1/desktops/${D0}/presence`, 'x'), 400],
+  ] as const) {
+    const res = await h.call(text);
+    assert.equal(res.status, status);
+    assert.equal(res.headers['retry-after'], undefined, `${status}`);
+  }
+  await waitFor(() => h.pool.metric(ApiMetric.CONNECTIONS) === 0);
+  // The connection's timers stand still: only its client's close can give its place back.
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const kept = h.client();
+  kept.send(request('GET', `/api/v1/desktops/${D0}/presence`));
+  assert.equal((await kept.response()).status, 200);
+  assert.equal(h.pool.metric(ApiMetric.CONNECTIONS), 1);
+  kept.socket.end();
+  await waitFor(() => h.pool.metric(ApiMetric.CONNECTIONS) === 0);
+});
+
 test('a shard that is restarting: 503 with the longest Retry-After of the shards down, and nothing sent to any shard', async (t) => {
   const h = await harness(t);
   h.pool.ready = [true, false];

@@ -81,11 +81,17 @@ async function harness(t: TestContext, users: Partial<UserAdmissionOptions> = {}
     close: () => Promise.resolve(),
   };
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false });
+  // The multiplexed route's own server: its upgrades are counted by the headers it writes.
+  const connectionWss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false });
+  const upgrades = { legacy: 0, multiplexed: 0 };
+  wss.on('headers', () => upgrades.legacy++);
+  connectionWss.on('headers', () => upgrades.multiplexed++);
   const handshake = new Handshake({
     shardId: SHARD,
     jwtSecret: TEST_SECRET,
     permissions,
     wss,
+    connectionWss,
     log,
     metrics,
     accepting: () => state.accepting,
@@ -143,7 +149,7 @@ async function harness(t: TestContext, users: Partial<UserAdmissionOptions> = {}
   }
 
   const rejected = () => log.entries.filter((e) => e.event === 'handshake_rejected').map((e) => e.fields);
-  return { handshake, log, metrics, calls, limitChecks, state, attempt, rejected, lastClient: () => lastClient! };
+  return { handshake, log, metrics, calls, limitChecks, state, upgrades, attempt, rejected, lastClient: () => lastClient! };
 }
 
 /** `promise`, or a rejection naming `what` if it has not settled within 5 s (every answer here comes within milliseconds). */
@@ -201,6 +207,34 @@ test('a valid token and a granted permission upgrade the socket; onOpen gets who
   assert.deepEqual(h.limitChecks, [[ann.userId, 'desk-1'], [ann.userId, 'desk-1']], 'limits checked before the permission API and again after it');
   assert.deepEqual(h.rejected(), []);
   assert.equal(h.metrics.values[Metric.HANDSHAKE_OK], 0, 'the shard counts a 101 once the session exists');
+});
+
+test('/ws/connection: upgraded by its own ws server with no room and no permission API call (each topic is authorized on subscribe); the limits still apply', async (t) => {
+  const h = await harness(t);
+  const ann = claims('Ann');
+  const tok = token(ann);
+  const a = await h.attempt(upgradeHead('/ws/connection', { Cookie: `moodio_access_token=${tok}` }), maskedText('{"op":"ping"}'));
+  await a.done;
+  assert.equal((await a.reply).status, 101);
+  const opened = a.opened()!;
+  assert.deepEqual({ ...opened, ws: null, socket: null }, { ws: null, socket: null, desktopId: '', multiplexed: true, identity: identityOf(ann, tok), permission: 'viewer', remoteAddress: REMOTE, cookie: `moodio_access_token=${tok}` });
+  assert.equal(await a.firstMessage, '{"op":"ping"}');
+  assert.deepEqual(h.calls, [], 'no permission API call');
+  assert.deepEqual(h.limitChecks, [[ann.userId, ''], [ann.userId, '']]);
+  assert.deepEqual(h.upgrades, { legacy: 0, multiplexed: 1 });
+
+  // A legacy route goes through the other server.
+  const legacy = await h.attempt(withToken(tok));
+  await legacy.done;
+  assert.equal((await legacy.reply).status, 101);
+  assert.deepEqual(h.upgrades, { legacy: 1, multiplexed: 1 });
+
+  h.state.limit = () => Rejections.TOO_MANY_CONNECTIONS_FOR_USER;
+  const limited = await h.attempt(upgradeHead('/ws/connection', { Cookie: `moodio_access_token=${tok}` }));
+  await limited.done;
+  assertRefused(await limited.reply, 429, 'too many connections for user\n');
+  assert.deepEqual(h.rejected(), [{ status: 429, reason: 'too_many_connections_for_user', remote: REMOTE }]);
+  assert.deepEqual(h.upgrades, { legacy: 1, multiplexed: 1 });
 });
 
 test('a head that is not a desktop upgrade is a 400; while draining, 503; neither looks at the token', async (t) => {

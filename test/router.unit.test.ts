@@ -143,6 +143,21 @@ test('admin terminate: POST /admin/shards/<0-999>/terminate with the admin token
   assert.deepEqual(route(post('/admin/shards/1/terminate', ''), { ...OPTIONS, adminToken: '' }), reject(Rejections.NOT_FOUND, false));
 });
 
+test('/api/v1/ is the server API only with --api-key, whatever the method; without it, and for any other path, 404', () => {
+  const api = { ...OPTIONS, api: true };
+  for (const method of ['GET', 'POST', 'PUT', 'DELETE']) {
+    assert.deepEqual(route(head(method, '/api/v1/desktops/d1/events'), api), { kind: 'api' }, method);
+    assert.deepEqual(route(head(method, '/api/v1/desktops/d1/events'), OPTIONS), reject(Rejections.NOT_FOUND, false), `${method} without --api-key`);
+  }
+  assert.deepEqual(route(head('POST', '/api/v1/'), api), { kind: 'api' });
+  for (const path of ['/api/v1', '/api/v2/x', '/x/api/v1/', '/nope', '/']) {
+    assert.deepEqual(route(head('POST', path), api), reject(Rejections.NOT_FOUND, false), path);
+  }
+  // The other routes keep their answers with the API on.
+  assert.deepEqual(route(head('GET', '/health'), api), { kind: 'health' });
+  assert.deepEqual(route(head('POST', '/admin/shards/1/terminate', { Authorization: 'Bearer admin-secret' }), api), { kind: 'terminate-shard', shard: 1 });
+});
+
 test('anything else is 404, not a handshake', () => {
   for (const path of ['/', '/nope', '/ws', '/ws/desktop/a/b', '/ws/desktopx/a']) {
     assert.deepEqual(route(head('GET', path, UPGRADE), OPTIONS), reject(Rejections.NOT_FOUND, false), path);

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { IAT_SKEW_SECONDS, MAX_CLAIM_LENGTH, MAX_ENCODED_CLAIM_LENGTH, verifyAccessToken } from '../src/auth/token.ts';
+import { IAT_SKEW_SECONDS, MAX_CLAIM_LENGTH, MAX_ENCODED_CLAIM_LENGTH, secretKey, signInternalToken, unverifiedUserId, verifyAccessToken } from '../src/auth/token.ts';
 import { AuthErrorCode } from '../src/errors.ts';
 import { TEST_SECRET } from './helpers/server.ts';
 import { rawToken } from './helpers/tokens.ts';
@@ -105,6 +105,7 @@ test('refusals say why, for the log line an operator reads (the client gets the 
   message({ userId: 'u', iat: '1' }, 'claim iat must be a number of seconds');
   message({ userId: 'u', iat: nowS + IAT_SKEW_SECONDS + 1 }, 'token issued in the future');
   message({ userId: '' }, 'token has no valid userId claim');
+  message({ userId: '\n'.repeat(MAX_ENCODED_CLAIM_LENGTH / 2 + 1) }, `claim userId takes more than ${MAX_ENCODED_CLAIM_LENGTH} characters once JSON-encoded`);
   assert.throws(() => verifyAccessToken(rawToken(HS256, { userId: 'u' }), TEST_SECRET, NOW), { message: 'token has no exp claim' });
   assert.throws(() => verifyAccessToken(rawToken({ ...HS256, crit: ['exp'] }, { userId: 'u', exp: nowS + 60 }), TEST_SECRET, NOW), {
     message: 'token header has crit: no JWS extension is supported',
@@ -130,4 +131,45 @@ test('refusals say why, for the log line an operator reads (the client gets the 
   })();
   assert.equal(forged?.message, 'invalid token: invalid signature');
   assert.ok(forged?.cause instanceof jwt.JsonWebTokenError);
+});
+
+test('the desktops claim is passed on as the token carries it, only when it has one', () => {
+  assert.deepEqual(verify({ userId: 'u', desktops: { d1: 'editor' } }).desktopsClaim, { d1: 'editor' });
+  assert.deepEqual(verify({ userId: 'u', desktops: 'nonsense' }).desktopsClaim, 'nonsense');
+  assert.equal(Object.hasOwn(verify({ userId: 'u' }), 'desktopsClaim'), false);
+});
+
+test('unverifiedUserId: the userId of any token, signed or not (the primary only places by it); null when unreadable or its payload is over 8 KiB', () => {
+  assert.equal(unverifiedUserId(rawToken(HS256, { userId: 'ann', exp: nowS + 60 })), 'ann');
+  assert.equal(unverifiedUserId(rawToken(HS256, { userId: 'ann' }, 'another-secret-0123456789-abcdefghijk')), 'ann');
+  assert.equal(unverifiedUserId(`x.${Buffer.from('{"userId":"bob"}').toString('base64url')}.`), 'bob');
+  // Only the two dots matter: an empty header is read; a single dot is not (the payload cut short would still parse).
+  assert.equal(unverifiedUserId(`.${Buffer.from('{"userId":"bob"}').toString('base64url')}.`), 'bob');
+  assert.equal(unverifiedUserId(`x.${Buffer.from('{"userId":"bob"}  ').toString('base64url')}`), null);
+  for (const tok of ['', 'abc', `x.${Buffer.from('{"userId":"bob"}').toString('base64url')}`, '.e30', 'x.!!!.y']) assert.equal(unverifiedUserId(tok), null, tok);
+  for (const payload of ['null', '7', '{"userId":7}', '{"user":"ann"}', '{"userId":"ann"']) assert.equal(unverifiedUserId(rawToken(HS256, payload)), null, payload);
+  // A payload segment of 8191 characters is read, one of 8192 is not (the JSON is 6143 and 6144 bytes).
+  const padded = (bytes: number) => {
+    const json = `{"userId":"ann","pad":"${'x'.repeat(bytes - 25)}"}`;
+    assert.equal(json.length, bytes);
+    return rawToken(HS256, json);
+  };
+  assert.equal(unverifiedUserId(padded(6143)), 'ann');
+  assert.equal(unverifiedUserId(padded(6144)), null);
+});
+
+test('secretKey: the shard\'s key object verifies what the string secret verifies', () => {
+  const tok = rawToken(HS256, { userId: 'u', exp: nowS + 60 });
+  assert.deepEqual(verifyAccessToken(tok, secretKey(TEST_SECRET), NOW), verifyAccessToken(tok, TEST_SECRET, NOW));
+  assert.throws(() => verifyAccessToken(tok, secretKey(`${TEST_SECRET}x`), NOW), { code: AuthErrorCode.INVALID_TOKEN });
+});
+
+test('signInternalToken: HS256 with exactly userId, aud, iat (the second of now) and exp = iat + ttl', async () => {
+  const { default: jwt } = await import('jsonwebtoken');
+  for (const secret of [TEST_SECRET, secretKey(TEST_SECRET)]) {
+    const tok = signInternalToken('ann', 'moodio-authorize', 30, secret, NOW + 999);
+    const { header, payload } = jwt.verify(tok, TEST_SECRET, { algorithms: ['HS256'], audience: 'moodio-authorize', clockTimestamp: nowS, complete: true });
+    assert.deepEqual(header, { alg: 'HS256', typ: 'JWT' });
+    assert.deepEqual(payload, { userId: 'ann', aud: 'moodio-authorize', iat: nowS, exp: nowS + 30 });
+  }
 });
