@@ -103,7 +103,7 @@ export class HttpPermissionSource implements PermissionSource {
         const code = status >= 500 ? PermissionErrorCode.UNAVAILABLE : PermissionErrorCode.DENIED;
         throw new PermissionError(code, `permission API answered ${status}`, { status });
       }
-      text = await readLimited(res.body, MAX_PERMISSION_BODY);
+      text = await readLimited(res.body, MAX_PERMISSION_BODY, () => new PermissionError(PermissionErrorCode.BAD_RESPONSE, `permission API response larger than ${MAX_PERMISSION_BODY} bytes`));
     } catch (err) {
       if (err instanceof PermissionError) throw err;
       throw new PermissionError(PermissionErrorCode.UNAVAILABLE, `permission API unreachable: ${(err as Error).message}`, { cause: err });
@@ -125,14 +125,19 @@ export class HttpPermissionSource implements PermissionSource {
   }
 }
 
-async function readLimited(body: AsyncIterable<Uint8Array> & { destroy(): unknown }, limit: number): Promise<string> {
+/**
+ * An HTTP answer's body as text, read only up to `limit` bytes: past it the
+ * body is destroyed and `tooLarge()` thrown (the permission API and the
+ * authorize endpoint each throw their own typed error).
+ */
+export async function readLimited(body: AsyncIterable<Uint8Array> & { destroy(): unknown }, limit: number, tooLarge: () => Error): Promise<string> {
   const chunks: Uint8Array[] = [];
   let size = 0;
   for await (const chunk of body) {
     size += chunk.length;
     if (size > limit) {
       body.destroy();
-      throw new PermissionError(PermissionErrorCode.BAD_RESPONSE, `permission API response larger than ${limit} bytes`);
+      throw tooLarge();
     }
     chunks.push(chunk);
   }

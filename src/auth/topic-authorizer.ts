@@ -26,7 +26,7 @@ import { Pool } from 'undici';
 import { AuthorizeError, AuthorizeErrorCode, PermissionError, type AuthorizeErrorCodeValue } from '../errors.ts';
 import type { Permission } from '../protocol/events.ts';
 import { AUTHORIZE_AUDIENCE, AUTHORIZE_CACHE_TTL_MS, AUTHORIZE_PERMISSIONS, AUTHORIZE_TOKEN_TTL_S, roleOf, roomKeyOf } from '../protocol/topics.ts';
-import type { PermissionSource } from './permission-client.ts';
+import { readLimited, type PermissionSource } from './permission-client.ts';
 import { signInternalToken, type Identity } from './token.ts';
 
 /** Largest authorize answer read. */
@@ -93,7 +93,7 @@ export class HttpTopicAuthority implements TopicAuthority {
         await res.body.dump();
         throw new AuthorizeError(STATUS_CODES[res.statusCode] ?? AuthorizeErrorCode.INTERNAL, `authorize answered ${res.statusCode}`, { status: res.statusCode });
       }
-      text = await readLimited(res.body, MAX_AUTHORIZE_BODY);
+      text = await readLimited(res.body, MAX_AUTHORIZE_BODY, () => new AuthorizeError(AuthorizeErrorCode.INTERNAL, `authorize answer larger than ${MAX_AUTHORIZE_BODY} bytes`));
     } catch (err) {
       if (err instanceof AuthorizeError) throw err;
       throw new AuthorizeError(AuthorizeErrorCode.INTERNAL, `authorize failed: ${(err as Error).message}`, { cause: err });
@@ -256,18 +256,4 @@ export class TopicAuthorizer {
     this.count = 0;
     return this.authority.close();
   }
-}
-
-async function readLimited(body: AsyncIterable<Uint8Array> & { destroy(): unknown }, limit: number): Promise<string> {
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += chunk.length;
-    if (size > limit) {
-      body.destroy();
-      throw new AuthorizeError(AuthorizeErrorCode.INTERNAL, `authorize answer larger than ${limit} bytes`);
-    }
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }

@@ -142,13 +142,12 @@ function decode(data: Uint8Array): string {
 }
 
 /**
- * Parse a message from `room.{desktopId}`. `maxBytes` is checked before any
- * parsing. Presence events must carry a whole session description whose id
- * matches the stamp; relayed events a string `type` and `sessionId`, and no
- * type of the server's own. An event naming a `desktopId` other than the
- * subject's is refused.
+ * The envelope `{"r": node, "p": event}` of a room subject's message, as
+ * both framings have it: `maxBytes` checked before any parsing, `r` a short
+ * non-empty string, `p` an object; with the message's text, from which the
+ * callers take `p` as sent.
  */
-export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: number): Parsed<BusEvent> {
+function parseEnvelope(data: Uint8Array, maxBytes: number): Parsed<{ event: Record<string, unknown>; text: string }> {
   if (data.byteLength > maxBytes) return { ok: false, reason: DropReason.TOO_LARGE };
   const text = decode(data);
   let message: unknown;
@@ -161,7 +160,20 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
   const { r, p } = message as Record<string, unknown>;
   if (!isShortString(r, MAX_ID) || r.length === 0) return { ok: false, reason: DropReason.MALFORMED };
   if (typeof p !== 'object' || p === null || Array.isArray(p)) return { ok: false, reason: DropReason.INVALID_EVENT };
-  const event = p as Record<string, unknown>;
+  return { ok: true, node: r, value: { event: p as Record<string, unknown>, text } };
+}
+
+/**
+ * Parse a message from `room.{desktopId}`. `maxBytes` is checked before any
+ * parsing. Presence events must carry a whole session description whose id
+ * matches the stamp; relayed events a string `type` and `sessionId`, and no
+ * type of the server's own. An event naming a `desktopId` other than the
+ * subject's is refused.
+ */
+export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: number): Parsed<BusEvent> {
+  const envelope = parseEnvelope(data, maxBytes);
+  if (!envelope.ok) return envelope;
+  const { node: r, value: { event, text } } = envelope;
   const type = event.type;
   if (typeof type !== 'string' || type.length === 0 || type.length > 64) return { ok: false, reason: DropReason.INVALID_EVENT };
   if (Object.hasOwn(event, 'desktopId') && event.desktopId !== desktopId) return { ok: false, reason: DropReason.ROOM_MISMATCH };
@@ -209,19 +221,9 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
  * `null` when the event had none.
  */
 export function parseTopicMessage(data: Uint8Array, topic: string, maxBytes: number): Parsed<BusEvent> {
-  if (data.byteLength > maxBytes) return { ok: false, reason: DropReason.TOO_LARGE };
-  const text = decode(data);
-  let message: unknown;
-  try {
-    message = JSON.parse(text);
-  } catch {
-    return { ok: false, reason: DropReason.MALFORMED };
-  }
-  if (typeof message !== 'object' || message === null || Array.isArray(message)) return { ok: false, reason: DropReason.MALFORMED };
-  const { r, p } = message as Record<string, unknown>;
-  if (!isShortString(r, MAX_ID) || r.length === 0) return { ok: false, reason: DropReason.MALFORMED };
-  if (typeof p !== 'object' || p === null || Array.isArray(p)) return { ok: false, reason: DropReason.INVALID_EVENT };
-  const event = p as Record<string, unknown>;
+  const envelope = parseEnvelope(data, maxBytes);
+  if (!envelope.ok) return envelope;
+  const { node: r, value: { event, text } } = envelope;
   const type = event.type;
   if (event.op !== 'event' || typeof type !== 'string' || type.length === 0 || type.length > 64) return { ok: false, reason: DropReason.INVALID_EVENT };
   if (event.topic !== topic) return { ok: false, reason: DropReason.ROOM_MISMATCH };
