@@ -209,15 +209,7 @@ export class TopicRooms {
     const room = this.rooms.get(roomKey);
     if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
     const text = legacyToTopicText(room.topic, legacyText);
-    let frame: Buffer | null = null;
-    const subs = this.rooms.pinSubs(room);
-    for (let i = 0; i < subs.length; i++) {
-      const conn = subs[i]!.conn;
-      if (!conn.open) continue;
-      frame ??= encodeTextFrame(text);
-      this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
-    }
-    this.rooms.unpinSubs(room, subs);
+    this.toLocalSubs(room, text, '', undefined, transientKey);
     if (room.peers === null || this.link === null) return;
     for (const peer of room.peers.keys()) this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: transientKey });
   }
@@ -225,17 +217,10 @@ export class TopicRooms {
   /** `event` to the room's multiplexed subscribers only (here and on other shards): the legacy relay delivered to the legacy sockets. */
   fanOut(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void {
     let text: string | null = null;
-    if (room.subs.length > 0) {
-      let frame: Buffer | null = null;
-      const subs = this.rooms.pinSubs(room);
-      for (let i = 0; i < subs.length; i++) {
-        const conn = subs[i]!.conn;
-        if (conn.id === exceptId || !conn.open) continue;
-        text ??= topicEventText(room.topic, event);
-        frame ??= encodeTextFrame(text);
-        this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
-      }
-      this.rooms.unpinSubs(room, subs);
+    // Encoded only if a subscriber here gets it: a publisher alone in its room costs no string.
+    if (room.subs.length > 1 || (room.subs.length === 1 && room.subs[0]!.conn.id !== exceptId)) {
+      text = topicEventText(room.topic, event);
+      this.toLocalSubs(room, text, exceptId, undefined, transientKey);
     }
     if (room.peers !== null && this.link !== null) {
       for (const [peer, count] of room.peers) {
@@ -257,19 +242,29 @@ export class TopicRooms {
     const room = this.rooms.get(roomKey);
     if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
     const text = legacyToTopicText(room.topic, legacyText);
-    let frame: Buffer | null = null;
-    const subs = this.rooms.pinSubs(room);
-    for (let i = 0; i < subs.length; i++) {
-      const conn = subs[i]!.conn;
-      if (conn.userId === exceptUserId || !conn.open) continue;
-      frame ??= encodeTextFrame(text);
-      this.options.backpressure.deliver(conn, frame, undefined);
-    }
-    this.rooms.unpinSubs(room, subs);
+    this.toLocalSubs(room, text, '', exceptUserId, '');
     if (room.peers === null || this.link === null) return;
     for (const peer of room.peers.keys()) {
       this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: '', ...(exceptUserId === undefined ? {} : { exceptUser: exceptUserId }) });
     }
+  }
+
+  /**
+   * `text` (topic framing) to the room's open subscribers on this shard, but
+   * the connection `exceptId` and the connections of `exceptUserId`: framed
+   * once, and only if someone gets it. The subscribers are pinned, so a
+   * delivery that cuts one makes the loop skip no other (room-index.ts).
+   */
+  private toLocalSubs(room: Room, text: string, exceptId: string, exceptUserId: string | undefined, transientKey: string): void {
+    let frame: Buffer | null = null;
+    const subs = this.rooms.pinSubs(room);
+    for (let i = 0; i < subs.length; i++) {
+      const conn = subs[i]!.conn;
+      if (!conn.open || conn.id === exceptId || conn.userId === exceptUserId) continue;
+      frame ??= encodeTextFrame(text);
+      this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
+    }
+    this.rooms.unpinSubs(room, subs);
   }
 
   /** The coalescing key of an event, or '' when its type is not transient. */
