@@ -63,7 +63,12 @@ function optionLines(key, fields) {
 export function codeOf(spec, text) {
   if (typeof spec === 'string') return text;
   const range = spec.lines(text);
-  return range === null ? null : text.split('\n').slice(range[0] - 1, range[1]).join('\n');
+  return range === null
+    ? null
+    : text
+        .split('\n')
+        .slice(range[0] - 1, range[1])
+        .join('\n');
 }
 
 /** Stryker's `mutate` pattern for `spec`: the file, or `file:first-last` in today's text. */
@@ -110,7 +115,18 @@ export const SCOPES = {
   // The server API on the primary: the key, the shards a call needs, the answers; and its HTTP/1.1 connections.
   'api-server': { mutate: ['src/primary/api-server.ts', 'src/primary/api-connection.ts'], tests: ['test/api-server.unit.test.ts'] },
   // One shard's link to the other nodes, driven in process over a real nats-server the test starts.
-  federation: { mutate: ['src/shard/federation/bus-api.ts', 'src/shard/federation/index.ts', 'src/shard/federation/link.ts', 'src/shard/federation/peers.ts', 'src/shard/federation/presence-sync.ts', 'src/shard/federation/room-events.ts', 'src/shard/federation/rooms.ts'], tests: ['test/federation-shutdown.unit.test.ts', 'test/bus.test.ts'] },
+  federation: {
+    mutate: [
+      'src/shard/federation/bus-api.ts',
+      'src/shard/federation/index.ts',
+      'src/shard/federation/link.ts',
+      'src/shard/federation/peers.ts',
+      'src/shard/federation/presence-sync.ts',
+      'src/shard/federation/room-events.ts',
+      'src/shard/federation/rooms.ts',
+    ],
+    tests: ['test/federation-shutdown.unit.test.ts', 'test/bus.test.ts'],
+  },
 };
 
 const scope = process.env.MUTANTS_SCOPE;

@@ -241,7 +241,10 @@ async function storm(): Promise<string[]> {
   // Each desktop: 5 users with 2 tabs each, so 2 sessions share every (user, desktop) pair.
   const plan = Array.from({ length: sessions }, (_, i) => ({ desktop: `storm-${Math.floor(i / 10)}`, user: `storm-user-${Math.floor(i / 10) * 5 + (i % 5)}` }));
   const pairs = new Set(plan.map((p) => `${p.user}/${p.desktop}`)).size;
-  const rows = [`| permission cache | API calls, first connect | API calls, reconnect storm | storm: all back in their rooms | 429/503 retried |`, `|---|---|---|---|---|`];
+  const rows = [
+    `| permission cache | API calls, first connect | API calls, reconnect storm | storm: all back in their rooms | 429/503 retried |`,
+    `|---|---|---|---|---|`,
+  ];
   for (const ttl of ['30s', '0']) {
     const stub = await slowStub();
     const scope = new Cleanup();
@@ -270,12 +273,19 @@ async function storm(): Promise<string[]> {
     const first = await joinAll();
     const firstCalls = stub.calls();
     for (const ws of first) ws.terminate();
-    while ((await scrape(server.port)).metrics.get('moodio_rt_connections{shard="0"}')! + (await scrape(server.port)).metrics.get('moodio_rt_connections{shard="1"}')! > 0) await sleep(50);
+    while (
+      (await scrape(server.port)).metrics.get('moodio_rt_connections{shard="0"}')! +
+        (await scrape(server.port)).metrics.get('moodio_rt_connections{shard="1"}')! >
+      0
+    )
+      await sleep(50);
     retries = 0;
     const started = performance.now();
     const again = await joinAll();
     const took = performance.now() - started;
-    rows.push(`| ${ttl === '0' ? 'off (`--permission-cache-ttl 0`)' : `on (${ttl})`} | ${firstCalls} | ${stub.calls() - firstCalls} | ${(took / 1000).toFixed(2)} s | ${retries} |`);
+    rows.push(
+      `| ${ttl === '0' ? 'off (`--permission-cache-ttl 0`)' : `on (${ttl})`} | ${firstCalls} | ${stub.calls() - firstCalls} | ${(took / 1000).toFixed(2)} s | ${retries} |`,
+    );
     for (const ws of again) ws.terminate();
     await scope.run();
   }
@@ -319,7 +329,9 @@ if (run === undefined) {
 }
 try {
   const lines = await run();
-  process.stdout.write(`### ${scenario}\n\n\`node bench/abuse.ts ${process.argv.slice(2).join(' ')}\` on ${describeMachine()}, commit ${process.env.GIT_COMMIT ?? 'working tree'}\n\n${lines.join('\n')}\n`);
+  process.stdout.write(
+    `### ${scenario}\n\n\`node bench/abuse.ts ${process.argv.slice(2).join(' ')}\` on ${describeMachine()}, commit ${process.env.GIT_COMMIT ?? 'working tree'}\n\n${lines.join('\n')}\n`,
+  );
 } finally {
   await cleanup.run();
 }

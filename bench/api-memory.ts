@@ -127,7 +127,11 @@ try {
   const closes = new Map<number, number>();
   for (const m of members) if (m.closed !== null) closes.set(m.closed, (closes.get(m.closed) ?? 0) + 1);
   for (const m of members) m.ws.terminate();
-  const list = (map: Map<number, number>) => [...map].sort((a, b) => a[0] - b[0]).map(([k, v]) => `${v} × ${k}`).join(', ') || 'none';
+  const list = (map: Map<number, number>) =>
+    [...map]
+      .sort((a, b) => a[0] - b[0])
+      .map(([k, v]) => `${v} × ${k}`)
+      .join(', ') || 'none';
   const fmt = (bytes: number) => `${Math.round(bytes / MiB)} MiB`;
   console.log(
     [

@@ -128,7 +128,14 @@ async function run(port: number, room: Awaited<ReturnType<typeof openRoom>>, con
   await sleep(200);
   measuring = false;
   await pool.close();
-  return { concurrency, publishes: completed, perSecond: Math.round(completed / SECONDS), delivered, lastRecipient: summarize(lastRecipient), http: summarize(http) };
+  return {
+    concurrency,
+    publishes: completed,
+    perSecond: Math.round(completed / SECONDS),
+    delivered,
+    lastRecipient: summarize(lastRecipient),
+    http: summarize(http),
+  };
 }
 
 try {

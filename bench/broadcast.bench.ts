@@ -33,9 +33,20 @@ const ITERATIONS = iterArg > 0 ? Number(process.argv[iterArg + 1]) : 200_000;
 const JSON_OUTPUT = process.argv.includes('--json');
 
 let deliveries = 0;
-const socketStub = { writableLength: 0, write(_b: Buffer) { return true; } } as unknown as Socket;
+const socketStub = {
+  writableLength: 0,
+  write(_b: Buffer) {
+    return true;
+  },
+} as unknown as Socket;
 /** Counts what the naive baseline writes (one frame per write). */
-const naiveSocketStub = { writableLength: 0, write(_b: Buffer) { deliveries++; return true; } } as unknown as Socket;
+const naiveSocketStub = {
+  writableLength: 0,
+  write(_b: Buffer) {
+    deliveries++;
+    return true;
+  },
+} as unknown as Socket;
 const wsStub = { readyState: 1 } as unknown as WebSocket;
 
 interface Built {
@@ -69,7 +80,16 @@ function build(rooms: number, perRoom: number): Built {
     log,
   );
   backpressure.stop();
-  const relay = new Relay({ rooms: index, out, log, limiter: new RateLimiter(limits), metrics, backpressure, transientTypes: new Set(['asset_dragging']), mutationTypes: new Set(DEFAULT_MUTATION_TYPES) });
+  const relay = new Relay({
+    rooms: index,
+    out,
+    log,
+    limiter: new RateLimiter(limits),
+    metrics,
+    backpressure,
+    transientTypes: new Set(['asset_dragging']),
+    mutationTypes: new Set(DEFAULT_MUTATION_TYPES),
+  });
   const sessions: Session[] = [];
   for (let r = 0; r < rooms; r++) {
     for (let m = 0; m < perRoom; m++) {
@@ -99,7 +119,15 @@ function build(rooms: number, perRoom: number): Built {
 /** Naive relay: every session scanned, one JSON.stringify and one frame per recipient. */
 function naiveBroadcast(all: Session[], sender: Session, data: Buffer): void {
   const msg = JSON.parse(data.toString()) as { type: string; payload?: unknown };
-  const event = { type: msg.type, sessionId: sender.id, userId: sender.userId, firstName: sender.firstName, email: sender.email, timestamp: Date.now(), payload: msg.payload };
+  const event = {
+    type: msg.type,
+    sessionId: sender.id,
+    userId: sender.userId,
+    firstName: sender.firstName,
+    email: sender.email,
+    timestamp: Date.now(),
+    payload: msg.payload,
+  };
   for (const s of all) {
     if (s !== sender && s.desktopId === sender.desktopId) naiveSocketStub.write(encodeTextFrame(JSON.stringify(event)));
   }
@@ -116,7 +144,9 @@ function time(name: string, iterations: number, fn: (i: number) => void): void {
     console.log(JSON.stringify({ name: name.trim(), nsPerOp: Math.round(ns * 10) / 10, deliveriesPerOp: perOp }));
     return;
   }
-  console.log(`${name.padEnd(34)} ${ns.toFixed(1).padStart(10)} ns/op ${perOp.toFixed(2).padStart(8)} deliveries/op ${(perOp > 0 ? ns / perOp : 0).toFixed(1).padStart(8)} ns/delivery`);
+  console.log(
+    `${name.padEnd(34)} ${ns.toFixed(1).padStart(10)} ns/op ${perOp.toFixed(2).padStart(8)} deliveries/op ${(perOp > 0 ? ns / perOp : 0).toFixed(1).padStart(8)} ns/delivery`,
+  );
 }
 
 const message = Buffer.from(JSON.stringify({ type: 'asset_moved', payload: { id: 'asset-1', x: 100, y: 200 } }));

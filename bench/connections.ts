@@ -42,7 +42,14 @@ function openSession(port: number, desktopId: string, token: string): Promise<Ra
   });
 }
 
-export async function openMany(port: number, count: number, concurrency: number, secret: string, roomSize: number, latency?: ReturnType<typeof createHistogram>): Promise<RawWebSocket[]> {
+export async function openMany(
+  port: number,
+  count: number,
+  concurrency: number,
+  secret: string,
+  roomSize: number,
+  latency?: ReturnType<typeof createHistogram>,
+): Promise<RawWebSocket[]> {
   const clients: RawWebSocket[] = [];
   let next = 0;
   const runId = Math.random().toString(36).slice(2, 8);

@@ -53,7 +53,22 @@ function loadtest(urls: string[], preset: string): LoadtestReport {
   delete env.NODE_OPTIONS;
   const out = spawnSync(
     command!,
-    [...prefix, CLI, 'loadtest', ...urls.flatMap((u) => ['--url', u]), '--threads', '1', '--no-progress', '--json', '--min-delivery', '0', '--preset', preset, '--warmup', '1s'],
+    [
+      ...prefix,
+      CLI,
+      'loadtest',
+      ...urls.flatMap((u) => ['--url', u]),
+      '--threads',
+      '1',
+      '--no-progress',
+      '--json',
+      '--min-delivery',
+      '0',
+      '--preset',
+      preset,
+      '--warmup',
+      '1s',
+    ],
     { env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
   );
   if (out.status !== 0 && out.status !== 1) throw new Error(`loadtest failed (${out.status}): ${out.stderr}`);

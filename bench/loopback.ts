@@ -88,7 +88,9 @@ async function main(): Promise<void> {
   console.log(`# ${SOCKETS} sockets, ${FRAME_BYTES}-byte frames, writer ${pin ? 'on core 0, sink on core 1' : 'unpinned'}`);
   console.log('frames/write  writes/s   frames/s    CPU µs/write  kernel');
   for (const r of rows) {
-    console.log(`${String(r.framesPerWrite).padStart(12)}  ${String(r.writesPerSecond).padStart(8)}  ${String(r.framesPerSecond).padStart(9)}  ${String(r.cpuUsPerWrite).padStart(12)}  ${Math.round(r.kernelShare * 100)}%`);
+    console.log(
+      `${String(r.framesPerWrite).padStart(12)}  ${String(r.writesPerSecond).padStart(8)}  ${String(r.framesPerSecond).padStart(9)}  ${String(r.cpuUsPerWrite).padStart(12)}  ${Math.round(r.kernelShare * 100)}%`,
+    );
   }
 }
 

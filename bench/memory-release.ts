@@ -158,10 +158,24 @@ try {
   let trimmed = '';
   if (GDB_TRIM) {
     const stderrBefore = server.stderr.length;
-    execFileSync('gdb', ['-p', String(pid), '-batch', '-ex', 'call (void)malloc_stats()', '-ex', 'call (int)malloc_trim(0)', '-ex', 'call (void)malloc_stats()'], { stdio: 'ignore' });
+    execFileSync(
+      'gdb',
+      ['-p', String(pid), '-batch', '-ex', 'call (void)malloc_stats()', '-ex', 'call (int)malloc_trim(0)', '-ex', 'call (void)malloc_stats()'],
+      { stdio: 'ignore' },
+    );
     await sample('after malloc_trim(0)');
     const arenas = server.stderr.slice(stderrBefore).split('Total (incl. mmap):');
-    trimmed = ['', 'glibc `malloc_stats()` before and after `malloc_trim(0)`:', '', '```', arenas[0]!.trim(), '--- malloc_trim(0) ---', (arenas[1] ?? '').split('\n').slice(4).join('\n').trim(), '```', ''].join('\n');
+    trimmed = [
+      '',
+      'glibc `malloc_stats()` before and after `malloc_trim(0)`:',
+      '',
+      '```',
+      arenas[0]!.trim(),
+      '--- malloc_trim(0) ---',
+      (arenas[1] ?? '').split('\n').slice(4).join('\n').trim(),
+      '```',
+      '',
+    ].join('\n');
   }
   const mib = (b: number) => (b / MiB).toFixed(0);
   const iso = (m: IsolateMemory | null) => (m === null ? '—' : `${mib(m.heapUsed)}/${m.heapTotal === undefined ? '?' : mib(m.heapTotal)}, ${mib(m.external)}`);
@@ -183,7 +197,9 @@ try {
   lines.push(
     `Collections the server made (\`memory_released\` log lines): ${released.length === 0 ? 'none' : ''}`,
     '',
-    ...released.map((l) => `- ${l.worker === 'primary' ? 'primary' : `shard ${l.worker}`}: ${l.kind}, ${l.ms} ms, heap committed ${l.heapBeforeMiB} → ${l.heapAfterMiB} MiB`),
+    ...released.map(
+      (l) => `- ${l.worker === 'primary' ? 'primary' : `shard ${l.worker}`}: ${l.kind}, ${l.ms} ms, heap committed ${l.heapBeforeMiB} → ${l.heapAfterMiB} MiB`,
+    ),
     '',
   );
   const report = lines.join('\n') + trimmed;

@@ -48,7 +48,13 @@ wss.on('connection', (ws, req) => {
   const self: NaiveSession = {
     ws,
     room,
-    info: { sessionId: `session_${randomUUID()}`, userId: identity.userId, firstName: identity.firstName, email: identity.email, permission: identity.permissionClaim ?? 'editor' },
+    info: {
+      sessionId: `session_${randomUUID()}`,
+      userId: identity.userId,
+      firstName: identity.firstName,
+      email: identity.email,
+      permission: identity.permissionClaim ?? 'editor',
+    },
   };
   const others = [...sessions].filter((s) => s.room === room);
   ws.send(JSON.stringify({ type: 'room_joined', sessionId: self.info.sessionId, sessions: others.map((s) => s.info) }));

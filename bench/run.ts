@@ -79,18 +79,27 @@ interface PresetRow {
   p99Runs: number[];
 }
 
-const results: Record<string, unknown> = { machine: machineInfo(), date: new Date().toISOString(), pinned: pin, command: `node bench/run.ts ${process.argv.slice(2).join(' ')}`.trim() };
+const results: Record<string, unknown> = {
+  machine: machineInfo(),
+  date: new Date().toISOString(),
+  pinned: pin,
+  command: `node bench/run.ts ${process.argv.slice(2).join(' ')}`.trim(),
+};
 const log = (line: string) => process.stderr.write(line + '\n');
 
 function loadtest(port: number, args: string[]): LoadtestReport {
   const [command, ...prefix] = [...generatorPin, process.execPath];
   const env: NodeJS.ProcessEnv = { ...process.env, JWT_ACCESS_SECRET: secret };
   delete env.NODE_OPTIONS;
-  const out = spawnSync(command!, [...prefix, CLI, 'loadtest', '--url', `ws://127.0.0.1:${port}`, '--threads', '1', '--no-progress', '--json', '--min-delivery', '0', ...args], {
-    env,
-    encoding: 'utf8',
-    maxBuffer: 64 * 1024 * 1024,
-  });
+  const out = spawnSync(
+    command!,
+    [...prefix, CLI, 'loadtest', '--url', `ws://127.0.0.1:${port}`, '--threads', '1', '--no-progress', '--json', '--min-delivery', '0', ...args],
+    {
+      env,
+      encoding: 'utf8',
+      maxBuffer: 64 * 1024 * 1024,
+    },
+  );
   if (out.status !== 0 && out.status !== 1) throw new Error(`loadtest failed (${out.status}): ${out.stderr}`);
   return JSON.parse(out.stdout) as LoadtestReport;
 }
@@ -119,15 +128,35 @@ async function withServer<T>(options: ServerOptions, fn: (port: number, pid: num
 const BIN_NODE_ARGS = ['--max-semi-space-size=4'];
 
 const SERVERS: { name: string; options: ServerOptions }[] = [
-  { name: 'moodio-rt --workers 1', options: { workers: 1, args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'], env: devSecretEnv(secret), prefix: serverPin, nodeArgs: BIN_NODE_ARGS } },
-  { name: `moodio-rt --workers ${cores}`, options: { workers: cores, args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'], env: devSecretEnv(secret), nodeArgs: BIN_NODE_ARGS } },
+  {
+    name: 'moodio-rt --workers 1',
+    options: {
+      workers: 1,
+      args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'],
+      env: devSecretEnv(secret),
+      prefix: serverPin,
+      nodeArgs: BIN_NODE_ARGS,
+    },
+  },
+  {
+    name: `moodio-rt --workers ${cores}`,
+    options: {
+      workers: cores,
+      args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'],
+      env: devSecretEnv(secret),
+      nodeArgs: BIN_NODE_ARGS,
+    },
+  },
   { name: 'naive baseline (1 thread)', options: { script: [here('./naive-server.ts')], prefix: serverPin } },
 ];
 
 if (want('micro')) {
   log('# micro');
   const out = execFileSync(process.execPath, [here('./broadcast.bench.ts'), '--json', '--iterations', quick ? '50000' : '200000'], { encoding: 'utf8' });
-  results.micro = out.trim().split('\n').map((l) => JSON.parse(l));
+  results.micro = out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
 }
 
 if (want('presets')) {
@@ -147,7 +176,9 @@ if (want('presets')) {
           rooms: worst.workload.rooms,
           delivered: `${worst.target!.deliveries}/${worst.target!.expectedDeliveries}`,
           deliveryRatio: worst.deliveryRatio,
-          pressureDeliveryRatio: Math.min(...reports.map((r) => (r.pressure!.expectedDeliveries ? r.pressure!.deliveries / r.pressure!.expectedDeliveries : 1))),
+          pressureDeliveryRatio: Math.min(
+            ...reports.map((r) => (r.pressure!.expectedDeliveries ? r.pressure!.deliveries / r.pressure!.expectedDeliveries : 1)),
+          ),
           p50: of((r) => r.latencyMs.p50),
           p95: of((r) => r.latencyMs.p95),
           p99: of((r) => r.latencyMs.p99),
@@ -172,7 +203,18 @@ if (want('sweep')) {
   await withServer(SERVERS[0]!.options, async (port) => {
     for (const rate of quick ? [200, 600] : [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200]) {
       const reports = loadtestRuns(port, repeat, `sweep rate ${rate}/s per sender`, [
-        '--rooms', '50', '--users-per-room', '10', '--senders-per-room', '2', '--rate', String(rate), '--duration', quick ? '3s' : '5s', '--warmup', '2s',
+        '--rooms',
+        '50',
+        '--users-per-room',
+        '10',
+        '--senders-per-room',
+        '2',
+        '--rate',
+        String(rate),
+        '--duration',
+        quick ? '3s' : '5s',
+        '--warmup',
+        '2s',
       ]);
       // A step is sustained when every run delivers everything and the median p99 is within 50 ms.
       const step = {
@@ -188,7 +230,12 @@ if (want('sweep')) {
     }
   });
   const sustained = steps.filter((s) => s.deliveryRatio === 1 && s.p99 <= 50);
-  results.sweep = { workload: '500 sessions, 50 rooms of 10, 2 senders per room', runsPerStep: repeat, steps, bestSustainedDeliveriesPerSecond: Math.max(0, ...sustained.map((s) => s.deliveriesPerSecond)) };
+  results.sweep = {
+    workload: '500 sessions, 50 rooms of 10, 2 senders per room',
+    runsPerStep: repeat,
+    steps,
+    bestSustainedDeliveriesPerSecond: Math.max(0, ...sustained.map((s) => s.deliveriesPerSecond)),
+  };
 }
 
 if (want('connections')) {
@@ -212,7 +259,13 @@ if (want('loopback')) {
 }
 
 // Output: JSON for machines, markdown for docs/performance.md.
-const md: string[] = [`# moodio-rt benchmarks — ${results.date as string}`, '', `Machine: ${describeMachine()}. Pinned: ${pin ? 'server core 0, generator core 1' : 'no'}.`, `Command: \`${results.command as string}\``, ''];
+const md: string[] = [
+  `# moodio-rt benchmarks — ${results.date as string}`,
+  '',
+  `Machine: ${describeMachine()}. Pinned: ${pin ? 'server core 0, generator core 1' : 'no'}.`,
+  `Command: \`${results.command as string}\``,
+  '',
+];
 if (results.micro) {
   md.push('## Micro (relay only, sockets stubbed)', '', '| benchmark | ns/op | deliveries/op |', '|---|---|---|');
   for (const m of results.micro as { name: string; nsPerOp: number; deliveriesPerOp: number }[]) md.push(`| ${m.name} | ${m.nsPerOp} | ${m.deliveriesPerOp} |`);
@@ -222,31 +275,72 @@ if (results.presets) {
   md.push('## Latency under pressure (ms; latency of a target message = until all 9 receivers have it)', '');
   md.push(`Where runs > 1, latency and rate columns are medians over the runs and "p99 of each run" lists them; delivery columns show the worst run.`, '');
   md.push('The pressure p50/p99 columns are per delivery in the other rooms (each receiver, each message).', '');
-  md.push('| server | level | runs | sessions | rooms | target delivered | pressure delivered | p50 | p95 | p99 | p99 of each run | p99.9 | max | pressure p50 | pressure p99 | pressure deliveries/s | generator send-lag p99 |');
+  md.push(
+    '| server | level | runs | sessions | rooms | target delivered | pressure delivered | p50 | p95 | p99 | p99 of each run | p99.9 | max | pressure p50 | pressure p99 | pressure deliveries/s | generator send-lag p99 |',
+  );
   md.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const r of results.presets as PresetRow[]) {
-    md.push(`| ${r.server} | ${r.preset} | ${r.runs} | ${r.sessions} | ${r.rooms} | ${r.delivered} | ${(r.pressureDeliveryRatio * 100).toFixed(2)}% | ${r.p50} | ${r.p95} | ${r.p99} | ${r.p99Runs.join(' / ')} | ${r.p999} | ${r.max} | ${r.pressureP50} | ${r.pressureP99} | ${r.pressureDeliveriesPerSecond.toLocaleString('en-US')} | ${r.sendLagP99}${r.generatorSaturated ? ' (saturated)' : ''} |`);
+    md.push(
+      `| ${r.server} | ${r.preset} | ${r.runs} | ${r.sessions} | ${r.rooms} | ${r.delivered} | ${(r.pressureDeliveryRatio * 100).toFixed(2)}% | ${r.p50} | ${r.p95} | ${r.p99} | ${r.p99Runs.join(' / ')} | ${r.p999} | ${r.max} | ${r.pressureP50} | ${r.pressureP99} | ${r.pressureDeliveriesPerSecond.toLocaleString('en-US')} | ${r.sendLagP99}${r.generatorSaturated ? ' (saturated)' : ''} |`,
+    );
   }
   md.push('');
 }
 if (results.sweep) {
-  const s = results.sweep as { workload: string; runsPerStep: number; steps: { rate: number; deliveriesPerSecond: number; deliveryRatio: number; p99: number; p99Runs: number[] }[]; bestSustainedDeliveriesPerSecond: number };
-  md.push(`## Throughput sweep (${s.workload}; moodio-rt --workers 1; ${s.runsPerStep} run(s) per step)`, '', '| rate/sender | deliveries/s (median) | delivered (worst run) | p99 ms (median) | p99 of each run |', '|---|---|---|---|---|');
-  for (const step of s.steps) md.push(`| ${step.rate} | ${step.deliveriesPerSecond.toLocaleString('en-US')} | ${(step.deliveryRatio * 100).toFixed(2)}% | ${step.p99} | ${step.p99Runs.join(' / ')} |`);
-  md.push('', `Best sustained (100% delivered in every run, median p99 ≤ 50 ms): **${s.bestSustainedDeliveriesPerSecond.toLocaleString('en-US')} deliveries/s**`, '');
+  const s = results.sweep as {
+    workload: string;
+    runsPerStep: number;
+    steps: { rate: number; deliveriesPerSecond: number; deliveryRatio: number; p99: number; p99Runs: number[] }[];
+    bestSustainedDeliveriesPerSecond: number;
+  };
+  md.push(
+    `## Throughput sweep (${s.workload}; moodio-rt --workers 1; ${s.runsPerStep} run(s) per step)`,
+    '',
+    '| rate/sender | deliveries/s (median) | delivered (worst run) | p99 ms (median) | p99 of each run |',
+    '|---|---|---|---|---|',
+  );
+  for (const step of s.steps)
+    md.push(
+      `| ${step.rate} | ${step.deliveriesPerSecond.toLocaleString('en-US')} | ${(step.deliveryRatio * 100).toFixed(2)}% | ${step.p99} | ${step.p99Runs.join(' / ')} |`,
+    );
+  md.push(
+    '',
+    `Best sustained (100% delivered in every run, median p99 ≤ 50 ms): **${s.bestSustainedDeliveriesPerSecond.toLocaleString('en-US')} deliveries/s**`,
+    '',
+  );
 }
 if (results.idleMemory) {
   const m = results.idleMemory as { sessions: number; bytesPerSession: number; rssBeforeMiB: number; rssAfterMiB: number };
-  md.push('## Connections', '', `Idle memory: ${m.sessions.toLocaleString('en-US')} sessions took RSS from ${m.rssBeforeMiB} to ${m.rssAfterMiB} MiB: **${(m.bytesPerSession / 1024).toFixed(1)} KiB per session**.`);
+  md.push(
+    '## Connections',
+    '',
+    `Idle memory: ${m.sessions.toLocaleString('en-US')} sessions took RSS from ${m.rssBeforeMiB} to ${m.rssAfterMiB} MiB: **${(m.bytesPerSession / 1024).toFixed(1)} KiB per session**.`,
+  );
 }
 if (results.connectRate) {
   const c = results.connectRate as { handshakes: number; concurrency: number; perSecond: number; latencyMs: { p50: number; p99: number } };
-  md.push('', `Connect rate (TCP + upgrade + JWT + permission API stub + room_joined, ${c.concurrency} concurrent, ${c.handshakes} handshakes): **${c.perSecond.toLocaleString('en-US')} handshakes/s**, p50 ${c.latencyMs.p50} ms, p99 ${c.latencyMs.p99} ms.`);
+  md.push(
+    '',
+    `Connect rate (TCP + upgrade + JWT + permission API stub + room_joined, ${c.concurrency} concurrent, ${c.handshakes} handshakes): **${c.perSecond.toLocaleString('en-US')} handshakes/s**, p50 ${c.latencyMs.p50} ms, p99 ${c.latencyMs.p99} ms.`,
+  );
 }
 if (results.loopback) {
-  const l = results.loopback as { sockets: number; frameBytes: number; rows: { framesPerWrite: number; writesPerSecond: number; framesPerSecond: number; cpuUsPerWrite: number; kernelShare: number }[] };
-  md.push('', `## Loopback floor (bench/loopback.ts: ${l.sockets} sockets, ${l.frameBytes}-byte frames, one core writing)`, '', '| frames per write | writes/s | frames/s | CPU µs per write | kernel share |', '|---|---|---|---|---|');
-  for (const r of l.rows) md.push(`| ${r.framesPerWrite} | ${r.writesPerSecond.toLocaleString('en-US')} | ${r.framesPerSecond.toLocaleString('en-US')} | ${r.cpuUsPerWrite} | ${Math.round(r.kernelShare * 100)}% |`);
+  const l = results.loopback as {
+    sockets: number;
+    frameBytes: number;
+    rows: { framesPerWrite: number; writesPerSecond: number; framesPerSecond: number; cpuUsPerWrite: number; kernelShare: number }[];
+  };
+  md.push(
+    '',
+    `## Loopback floor (bench/loopback.ts: ${l.sockets} sockets, ${l.frameBytes}-byte frames, one core writing)`,
+    '',
+    '| frames per write | writes/s | frames/s | CPU µs per write | kernel share |',
+    '|---|---|---|---|---|',
+  );
+  for (const r of l.rows)
+    md.push(
+      `| ${r.framesPerWrite} | ${r.writesPerSecond.toLocaleString('en-US')} | ${r.framesPerSecond.toLocaleString('en-US')} | ${r.cpuUsPerWrite} | ${Math.round(r.kernelShare * 100)}% |`,
+    );
 }
 const dir = here('./results/');
 mkdirSync(dir, { recursive: true });

@@ -57,7 +57,11 @@ const room = () => roomBase + Math.floor(Math.random() * 60);
 
 async function joinOne(): Promise<void> {
   const r = room();
-  const token = signAccessToken({ userId: `soak-${joins}-${Math.random().toString(36).slice(2, 8)}`, firstName: 'Soak', email: 'soak@example.com' }, TEST_SECRET, 3600);
+  const token = signAccessToken(
+    { userId: `soak-${joins}-${Math.random().toString(36).slice(2, 8)}`, firstName: 'Soak', email: 'soak@example.com' },
+    TEST_SECRET,
+    3600,
+  );
   let entry: Live | null = null;
   try {
     const client = await RawWebSocket.connect({

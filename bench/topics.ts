@@ -43,7 +43,21 @@ const pin = availableParallelism() >= 2 && spawnSync('taskset', ['-c', '0', 'tru
 const machine = { info: machineInfo(), text: describeMachine() };
 if (pin) spawnSync('taskset', ['-cp', '1', String(process.pid)]);
 const log = (line: string) => process.stderr.write(line + '\n');
-const SERVER_ARGS = ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0', '--connect-rate', '0', '--admin-token', ADMIN, '--max-connections-per-user', '0'];
+const SERVER_ARGS = [
+  '--dev',
+  '--rate-limit',
+  '0',
+  '--max-pending-per-address',
+  '0',
+  '--handshake-rate-per-address',
+  '0',
+  '--connect-rate',
+  '0',
+  '--admin-token',
+  ADMIN,
+  '--max-connections-per-user',
+  '0',
+];
 
 function userOnShard(shard: number): ReturnType<typeof user> {
   for (;;) {
@@ -110,7 +124,25 @@ async function probe(server: ServerProcess, preset: string): Promise<ProbeRow[]>
   const [command, ...prefix] = [...(pin ? ['taskset', '-c', '1'] : []), process.execPath];
   const loadtest = spawn(
     command!,
-    [...prefix, CLI, 'loadtest', '--url', `ws://127.0.0.1:${server.port}`, '--threads', '1', '--no-progress', '--json', '--min-delivery', '0', '--preset', preset, '--warmup', '1s', '--duration', `${seconds + 3}s`],
+    [
+      ...prefix,
+      CLI,
+      'loadtest',
+      '--url',
+      `ws://127.0.0.1:${server.port}`,
+      '--threads',
+      '1',
+      '--no-progress',
+      '--json',
+      '--min-delivery',
+      '0',
+      '--preset',
+      preset,
+      '--warmup',
+      '1s',
+      '--duration',
+      `${seconds + 3}s`,
+    ],
     { env, stdio: ['ignore', 'ignore', 'ignore'] },
   );
   const exited = new Promise((resolve) => loadtest.once('exit', resolve));

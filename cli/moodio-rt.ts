@@ -31,9 +31,7 @@ function fail(message: string): never {
   process.exit(EXIT_USAGE);
 }
 
-const program = new Command('moodio-rt')
-  .description('Real-time collaboration relay for Moodio desktops')
-  .showHelpAfterError();
+const program = new Command('moodio-rt').description('Real-time collaboration relay for Moodio desktops').showHelpAfterError();
 
 /**
  * Add an option table (src/config.ts, src/loadtest/options.ts) to a command.
@@ -147,13 +145,20 @@ program
   .option('--count <n>', 'how many tokens, one per line (for loadtest --token-file)', '1')
   .option('--users <k>', 'with --count: distinct users among them, round-robin (default: one per token)')
   .addOption(new Option('--secret <secret>', 'signing secret').env('JWT_ACCESS_SECRET'))
-  .addOption(
-    new Option('--dev-secret-file <path>', 'dev-mode secret used when no secret is given')
-      .env('MOODIO_RT_DEV_SECRET_FILE')
-      .default(DEV_SECRET_FILE),
-  )
+  .addOption(new Option('--dev-secret-file <path>', 'dev-mode secret used when no secret is given').env('MOODIO_RT_DEV_SECRET_FILE').default(DEV_SECRET_FILE))
   .action(
-    (opts: { user?: string; name: string; email: string; permission?: string; desktops?: string; ttl: string; count: string; users?: string; secret?: string; devSecretFile: string }) => {
+    (opts: {
+      user?: string;
+      name: string;
+      email: string;
+      permission?: string;
+      desktops?: string;
+      ttl: string;
+      count: string;
+      users?: string;
+      secret?: string;
+      devSecretFile: string;
+    }) => {
       let ttlMs: number;
       try {
         ttlMs = parseDuration(opts.ttl, '--ttl');
@@ -170,7 +175,8 @@ program
         } catch {
           fail('--desktops must be a JSON object, e.g. \'{"desk-1":"editor","*":"viewer"}\'');
         }
-        if (typeof desktops !== 'object' || desktops === null || Array.isArray(desktops)) fail('--desktops must be a JSON object of desktop ids to editor or viewer');
+        if (typeof desktops !== 'object' || desktops === null || Array.isArray(desktops))
+          fail('--desktops must be a JSON object of desktop ids to editor or viewer');
       }
       const secret =
         opts.secret ||
@@ -201,9 +207,7 @@ function wholeNumber(raw: string, option: string, min: number, max: number): num
   return value;
 }
 
-const loadtest = program
-  .command('loadtest')
-  .description('load any Moodio desktop protocol server and report HDR latency percentiles');
+const loadtest = program.command('loadtest').description('load any Moodio desktop protocol server and report HDR latency percentiles');
 const loadtestOptions = addOptionTable(loadtest, LOADTEST_OPTIONS);
 loadtest.action(async (opts: Record<string, string | boolean | undefined>) => {
   const options: LoadtestOptions = resolveOrExit(() => resolveLoadtestOptions(loadtestOptions(opts)));

@@ -147,7 +147,9 @@ if (process.argv[1] !== undefined && resolve(process.argv[1]) === fileURLToPath(
   // TypeScript and needs no SDK (the server runs its sources as they are), so
   // it skips the build instead of failing the install.
   if (process.argv.includes('--if-compiler') && !compilerInstalled()) {
-    console.log('moodio-rt: client SDK not built (TypeScript is a dev dependency; a production install does not need the SDK). `npm install` with dev dependencies builds it.');
+    console.log(
+      'moodio-rt: client SDK not built (TypeScript is a dev dependency; a production install does not need the SDK). `npm install` with dev dependencies builds it.',
+    );
     process.exit(0);
   }
   const dir = buildClientPackage();

@@ -233,7 +233,13 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: intIn(1, 256),
   },
   { key: 'dev', flags: '--dev', description: 'dev mode: generated secret, permission from the token, example printed', parse: flag, unset: false },
-  { key: 'jwtSecret', flags: '--jwt-secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret of access tokens (required unless --dev)', parse: text },
+  {
+    key: 'jwtSecret',
+    flags: '--jwt-secret <secret>',
+    env: 'JWT_ACCESS_SECRET',
+    description: 'HS256 secret of access tokens (required unless --dev)',
+    parse: text,
+  },
   {
     key: 'devSecretFile',
     flags: '--dev-secret-file <path>',
@@ -319,7 +325,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--max-pending-per-address <n>',
     env: 'MOODIO_RT_MAX_PENDING_PER_ADDRESS',
     default: '64',
-    description: 'slow request heads (still being read 1 s after the connect) from one client address; more are answered 503 (0 = no limit; --trust-proxy peers are exempt)',
+    description:
+      'slow request heads (still being read 1 s after the connect) from one client address; more are answered 503 (0 = no limit; --trust-proxy peers are exempt)',
     parse: intIn(0, 1_000_000),
   },
   {
@@ -327,7 +334,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--handshake-rate-per-address <per-second>',
     env: 'MOODIO_RT_HANDSHAKE_RATE_PER_ADDRESS',
     default: '100',
-    description: 'WebSocket handshakes per second one client address may start, 5 s worth at once; more are answered 429 by the primary (0 = no limit; behind a proxy, list it in --trust-proxy so that its clients count apart)',
+    description:
+      'WebSocket handshakes per second one client address may start, 5 s worth at once; more are answered 429 by the primary (0 = no limit; behind a proxy, list it in --trust-proxy so that its clients count apart)',
     parse: intIn(0, 1_000_000),
   },
   {
@@ -391,7 +399,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--max-room-size <n>',
     env: 'MOODIO_RT_MAX_ROOM_SIZE',
     default: '200',
-    description: 'sessions one desktop may hold; more are answered 503 with Retry-After (0 = no limit): every event is written to each member, and room_joined lists them all',
+    description:
+      'sessions one desktop may hold; more are answered 503 with Retry-After (0 = no limit): every event is written to each member, and room_joined lists them all',
     parse: intIn(0, 10_000_000),
   },
   {
@@ -455,7 +464,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--mutation-types <list>',
     env: 'MOODIO_RT_MUTATION_TYPES',
     default: DEFAULT_MUTATION_TYPES.join(','),
-    description: 'comma-separated event types a viewer may not send (dropped on every route); replaces the default list (asset_*, cell_*, table_generating, pt_*)',
+    description:
+      'comma-separated event types a viewer may not send (dropped on every route); replaces the default list (asset_*, cell_*, table_generating, pt_*)',
     parse: mutationTypeList,
   },
   {
@@ -471,7 +481,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--pacing <mode>',
     env: 'MOODIO_RT_PACING',
     default: 'auto',
-    description: 'write sockets that receive fast once per pace interval: auto (while a shard is saturated, the interval following its load from 4 ms up to --pace-interval), always (at --pace-interval), off',
+    description:
+      'write sockets that receive fast once per pace interval: auto (while a shard is saturated, the interval following its load from 4 ms up to --pace-interval), always (at --pace-interval), off',
     parse: oneOf(PACING_MODES),
   },
   {
@@ -549,14 +560,15 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: 'nodeId',
     flags: '--node-id <id>',
     env: 'MOODIO_RT_NODE_ID',
-    description: 'this node\'s id on the bus, unique per process (default: hostname-pid-random)',
+    description: "this node's id on the bus, unique per process (default: hostname-pid-random)",
     parse: nodeId,
   },
   {
     key: 'federationKey',
     flags: '--federation-key <key>',
     env: 'MOODIO_RT_FEDERATION_KEY',
-    description: 'shared key (at least 32 characters) signing the fleet\'s heartbeats, server API calls and presence lists on the bus; without it the server API does not federate',
+    description:
+      "shared key (at least 32 characters) signing the fleet's heartbeats, server API calls and presence lists on the bus; without it the server API does not federate",
     parse: (raw, option) => {
       if (raw.length < 32) throw new ConfigError(option, 'must be at least 32 characters (e.g. openssl rand -base64 48)');
       return raw;
@@ -575,10 +587,18 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--federation-replay-window <duration>',
     env: 'MOODIO_RT_FEDERATION_REPLAY_WINDOW',
     default: '30s',
-    description: "a signed bus message is refused when its time is further than this from the receiver's clock (1s to 10m); node clocks must agree well within it",
+    description:
+      "a signed bus message is refused when its time is further than this from the receiver's clock (1s to 10m); node clocks must agree well within it",
     parse: durationIn(1000, 600_000, '1s to 10m'),
   },
-  { key: 'region', flags: '--region <label>', env: 'REGION_ID', default: '', description: "this node's region: a free label in its logs, /stats and peers' logs (not in metrics), never read from cloud metadata", parse: text },
+  {
+    key: 'region',
+    flags: '--region <label>',
+    env: 'REGION_ID',
+    default: '',
+    description: "this node's region: a free label in its logs, /stats and peers' logs (not in metrics), never read from cloud metadata",
+    parse: text,
+  },
   {
     key: 'federationHeartbeatMs',
     flags: '--federation-heartbeat <duration>',
@@ -608,7 +628,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--api-publish-rate <bytes/s>',
     env: 'MOODIO_RT_API_PUBLISH_RATE',
     default: String(256 * 1024),
-    description: 'bytes of POST /api/v1/desktops/{id}/events one desktop may be sent per second, after --api-publish-burst; more get 429 with Retry-After (0 = no limit)',
+    description:
+      'bytes of POST /api/v1/desktops/{id}/events one desktop may be sent per second, after --api-publish-burst; more get 429 with Retry-After (0 = no limit)',
     parse: intIn(0, 1024 * 1024 * 1024),
   },
   {
@@ -641,8 +662,22 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: flag,
     unset: false,
   },
-  { key: 'logLevel', flags: '--log-level <level>', env: 'MOODIO_RT_LOG_LEVEL', default: 'info', description: `one of ${LOG_LEVELS.join(', ')}`, parse: oneOf(LOG_LEVELS) },
-  { key: 'logFormat', flags: '--log-format <format>', env: 'MOODIO_RT_LOG_FORMAT', default: 'json', description: `one of ${LOG_FORMATS.join(', ')}`, parse: oneOf(LOG_FORMATS) },
+  {
+    key: 'logLevel',
+    flags: '--log-level <level>',
+    env: 'MOODIO_RT_LOG_LEVEL',
+    default: 'info',
+    description: `one of ${LOG_LEVELS.join(', ')}`,
+    parse: oneOf(LOG_LEVELS),
+  },
+  {
+    key: 'logFormat',
+    flags: '--log-format <format>',
+    env: 'MOODIO_RT_LOG_FORMAT',
+    default: 'json',
+    description: `one of ${LOG_FORMATS.join(', ')}`,
+    parse: oneOf(LOG_FORMATS),
+  },
 ];
 
 /**
@@ -707,7 +742,8 @@ export function configWarnings(config: ServeConfig): { event: string; fields: Re
         event: 'dev_secret',
         fields: {
           file: config.devSecretFile,
-          message: 'dev mode signs tokens with the secret in this file, shared by every dev server of this machine user; anyone who can reach /demo/token gets one. Never use --dev in production',
+          message:
+            'dev mode signs tokens with the secret in this file, shared by every dev server of this machine user; anyone who can reach /demo/token gets one. Never use --dev in production',
         },
       },
     ];

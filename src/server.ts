@@ -29,11 +29,13 @@ export async function startServer(config: ServeConfig, onFatal?: (code: string, 
     log.info('federation', { nodeId: config.nodeId, region: config.region, nats: config.natsUrls.length, signed: config.federationKey !== '' });
     if (config.federationKey === '') {
       log.warn('federation_unsigned', {
-        message: 'no --federation-key: heartbeats and presence lists on the bus are taken from anyone who can publish on NATS, and the server API stays on this node',
+        message:
+          'no --federation-key: heartbeats and presence lists on the bus are taken from anyone who can publish on NATS, and the server API stays on this node',
       });
     } else if (config.federationUnsignedRooms === 'admit') {
       log.warn('federation_unsigned_rooms', {
-        message: '--federation-unsigned-rooms admit: room events from nodes that never signed (Go relays) are taken unsigned; anyone who can publish on room.> can speak for such a node and its sessions',
+        message:
+          '--federation-unsigned-rooms admit: room events from nodes that never signed (Go relays) are taken unsigned; anyone who can publish on room.> can speak for such a node and its sessions',
       });
     }
   }

@@ -36,7 +36,9 @@ after(() => cleanup.run());
 function raw(method: string, path: string, body = '', headers: Record<string, string> = {}, auth: string | null = `Bearer ${API_KEY}`): string {
   const all: Record<string, string> = { Host: 'x', ...(auth === null ? {} : { Authorization: auth }), ...headers };
   if (body !== '' && all['Content-Length'] === undefined && all['Transfer-Encoding'] === undefined) all['Content-Length'] = String(Buffer.byteLength(body));
-  return `${method} ${path} HTTP/1.1\r\n${Object.entries(all).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`;
+  return `${method} ${path} HTTP/1.1\r\n${Object.entries(all)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')}\r\n${body}`;
 }
 
 /** Send one request on a fresh connection and parse the JSON body; `Connection: close` is added, so that the server closes after its answer. */
@@ -59,7 +61,11 @@ async function nothingDelivered(t: Parameters<typeof fill>[0], check: (desktops:
 
 test('the API is off without --api-key: every /api/v1/ path is a plain 404', async (t) => {
   const off = await startServer(t, { workers: 2, permissionApiBase: stub.base });
-  for (const request of [raw('POST', '/api/v1/broadcast', '{"type":"x"}'), raw('GET', `/api/v1/desktops/${desktopOnShard(0)}/presence`), raw('GET', '/api/v1/')]) {
+  for (const request of [
+    raw('POST', '/api/v1/broadcast', '{"type":"x"}'),
+    raw('GET', `/api/v1/desktops/${desktopOnShard(0)}/presence`),
+    raw('GET', '/api/v1/'),
+  ]) {
     const res = await rawRequest(off.port, [request]);
     assert.equal(res.status, 404);
     assert.equal(res.body, 'not found\n');
@@ -87,7 +93,15 @@ test('a missing or wrong key → 401 with WWW-Authenticate; the admin token is n
 });
 
 test('unknown endpoints → 404, a known one with another method → 405 with Allow', async () => {
-  for (const path of ['/api/v1/', '/api/v1/desktops', '/api/v1/desktops/abc', '/api/v1/desktops/abc/nothing', '/api/v1/users/u/events/x', '/api/v1/broadcast/', '/api/v1/desktops/abc/events/']) {
+  for (const path of [
+    '/api/v1/',
+    '/api/v1/desktops',
+    '/api/v1/desktops/abc',
+    '/api/v1/desktops/abc/nothing',
+    '/api/v1/users/u/events/x',
+    '/api/v1/broadcast/',
+    '/api/v1/desktops/abc/events/',
+  ]) {
     const res = await call(raw('POST', path, '{"type":"x"}'));
     assert.deepEqual([res.status, res.body.code], [404, 'not_found'], path);
   }
@@ -216,7 +230,10 @@ test('a kept-alive connection answers request after request, pipelined too; anyt
   // A WebSocket upgrade can only be a connection's first request: on a used one it is refused.
   const upgrade = upgradeHead(`/ws/desktop/${m!.desktopId}`, { Cookie: `${ACCESS_TOKEN_COOKIE}=${token(user('Upg'))}` });
   const refused = await rawRequest(server.port, [publish('three') + upgrade]);
-  assert.deepEqual([...refused.raw.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((x) => Number(x[1])), [202, 400]);
+  assert.deepEqual(
+    [...refused.raw.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((x) => Number(x[1])),
+    [202, 400],
+  );
   await m!.client.expect('three');
   // Connection: close is honoured.
   const closing = await rawRequest(server.port, [raw('GET', `/api/v1/desktops/${m!.desktopId}/presence`, '', { Connection: 'close' })]);

@@ -114,8 +114,28 @@ test('presence lists the sessions of a desktop as the room knows them', async (t
   assert.deepEqual(
     sessions.map((s: any) => ({ ...s, connectedAt: 0, node: '' })),
     [
-      { sessionId: a!.sessionId, userId: ann.userId, firstName: 'Ann', email: 'ann@example.com', desktopId, permission: 'editor', connectedAt: 0, node: '', shard: 1 },
-      { sessionId: b!.sessionId, userId: ben.userId, firstName: 'Ben', email: 'ben@example.com', desktopId, permission: 'editor', connectedAt: 0, node: '', shard: 1 },
+      {
+        sessionId: a!.sessionId,
+        userId: ann.userId,
+        firstName: 'Ann',
+        email: 'ann@example.com',
+        desktopId,
+        permission: 'editor',
+        connectedAt: 0,
+        node: '',
+        shard: 1,
+      },
+      {
+        sessionId: b!.sessionId,
+        userId: ben.userId,
+        firstName: 'Ben',
+        email: 'ben@example.com',
+        desktopId,
+        permission: 'editor',
+        connectedAt: 0,
+        node: '',
+        shard: 1,
+      },
     ],
   );
   for (const s of sessions) {
@@ -126,7 +146,10 @@ test('presence lists the sessions of a desktop as the room knows them', async (t
   await b!.client.close();
   await a!.client.expect('session_left');
   const after = await api(server, 'GET', `desktops/${desktopId}/presence`);
-  assert.deepEqual(after.body.sessions.map((s: any) => s.sessionId), [a!.sessionId]);
+  assert.deepEqual(
+    after.body.sessions.map((s: any) => s.sessionId),
+    [a!.sessionId],
+  );
   assert.deepEqual((await api(server, 'GET', `desktops/${desktopOnShard(0)}/presence`)).body.sessions, []);
 });
 

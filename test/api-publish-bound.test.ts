@@ -23,7 +23,7 @@ const body = (n: number, bytes: number) => {
   return head + 'x'.repeat(bytes - head.length - 3) + '"}}';
 };
 
-test('a publish beyond the desktop\'s bound is answered 429 with Retry-After and desktop_rate_limited, and reaches nobody; other desktops keep theirs', async (t) => {
+test("a publish beyond the desktop's bound is answered 429 with Retry-After and desktop_rate_limited, and reaches nobody; other desktops keep theirs", async (t) => {
   const stub = await startPermissionStub(t);
   const server = await startServer(t, {
     workers: 2,
@@ -59,9 +59,13 @@ test('a publish beyond the desktop\'s bound is answered 429 with Retry-After and
   assert.equal(metrics.get('moodio_rt_api_refused_total{status="429"}'), 1);
 });
 
-test('with --api-publish-rate 0 a desktop\'s publishes are not bounded', async (t) => {
+test("with --api-publish-rate 0 a desktop's publishes are not bounded", async (t) => {
   const stub = await startPermissionStub(t);
-  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--api-key', API_KEY, '--api-publish-rate', '0', '--api-publish-burst', String(BURST)] });
+  const server = await startServer(t, {
+    workers: 1,
+    permissionApiBase: stub.base,
+    args: ['--api-key', API_KEY, '--api-publish-rate', '0', '--api-publish-burst', String(BURST)],
+  });
   const desktopId = desktopOnShard(0, 1);
   const [member] = await fill(t, server, desktopId, [user('Ann')]);
   for (let n = 0; n < 4; n++) assert.equal((await api(server, 'POST', `desktops/${desktopId}/events`, undefined, { raw: body(n, 60_000) })).status, 202);

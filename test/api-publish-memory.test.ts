@@ -60,7 +60,9 @@ async function reader(url: string): Promise<Reader> {
   return r;
 }
 
-test('200 publishes of 64 KB to 200 reading members: every 202 reaches every member once, every 429 reaches nobody, nobody is cut', { timeout: 180_000 }, async (t) => {
+test('200 publishes of 64 KB to 200 reading members: every 202 reaches every member once, every 429 reaches nobody, nobody is cut', {
+  timeout: 180_000,
+}, async (t) => {
   const stub = await startPermissionStub(t);
   const server = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--api-key', API_KEY] });
   const pid = server.child.pid!;
@@ -102,13 +104,26 @@ test('200 publishes of 64 KB to 200 reading members: every 202 reaches every mem
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline && !readers.every((r) => r.closed !== null || complete(r))) await new Promise((resolve) => setTimeout(resolve, 20));
   clearInterval(sampler);
-  t.diagnostic(`${accepted.length} publishes answered 202, ${refused.length} answered 429; server RSS ${Math.round(baseline / MiB)} MiB before, peak +${Math.round((peak - baseline) / MiB)} MiB`);
+  t.diagnostic(
+    `${accepted.length} publishes answered 202, ${refused.length} answered 429; server RSS ${Math.round(baseline / MiB)} MiB before, peak +${Math.round((peak - baseline) / MiB)} MiB`,
+  );
 
-  assert.deepEqual(readers.filter((r) => r.closed !== null).map((r) => r.closed), [], 'nobody is closed');
+  assert.deepEqual(
+    readers.filter((r) => r.closed !== null).map((r) => r.closed),
+    [],
+    'nobody is closed',
+  );
   for (const [i, r] of readers.entries()) {
     const got = [...r.got.keys()].filter((seq) => r.got[seq]! > 0);
-    assert.deepEqual(got, [...accepted].sort((a, b) => a - b), `member ${i} got each accepted publish and nothing else`);
-    assert.ok(got.every((seq) => r.got[seq] === 1), `member ${i} got each once`);
+    assert.deepEqual(
+      got,
+      [...accepted].sort((a, b) => a - b),
+      `member ${i} got each accepted publish and nothing else`,
+    );
+    assert.ok(
+      got.every((seq) => r.got[seq] === 1),
+      `member ${i} got each once`,
+    );
   }
   assert.ok(peak - baseline < 512 * MiB, `RSS rose ${Math.round((peak - baseline) / MiB)} MiB`);
   // The bound was what took the 429s: its burst (1 MiB, 16 of these) passes at once, and 200 are more than it allows.
@@ -122,7 +137,18 @@ test('a member that does not read is still cut, by the slow-consumer timeout rat
     workers: 1,
     permissionApiBase: stub.base,
     // A hard cap of 128 KiB, which the idle member's socket passes many times over.
-    args: ['--api-key', API_KEY, '--api-publish-rate', '0', '--slow-consumer-timeout', '2s', '--max-buffered-bytes', '65536', '--max-session-backlog', '131072'],
+    args: [
+      '--api-key',
+      API_KEY,
+      '--api-publish-rate',
+      '0',
+      '--slow-consumer-timeout',
+      '2s',
+      '--max-buffered-bytes',
+      '65536',
+      '--max-session-backlog',
+      '131072',
+    ],
   });
   const desktopId = desktop('mem');
   const [good, idle] = [await reader(server.wsUrl(desktopId)), await reader(server.wsUrl(desktopId))];
@@ -140,10 +166,13 @@ test('a member that does not read is still cut, by the slow-consumer timeout rat
     assert.equal(res.status, 202);
   }
   const line = await server.waitForLog((l) => l.event === 'slow_consumer_close');
-  assert.equal(line.reason, 'slow_consumer', 'the server\'s frames do not trip the hard cap; the timeout takes it');
+  assert.equal(line.reason, 'slow_consumer', "the server's frames do not trip the hard cap; the timeout takes it");
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline && good!.got.some((n, seq) => seq < count && n === 0)) await new Promise((resolve) => setTimeout(resolve, 20));
-  assert.ok(good!.got.subarray(0, count).every((n) => n === 1), 'the reader got each publish once');
+  assert.ok(
+    good!.got.subarray(0, count).every((n) => n === 1),
+    'the reader got each publish once',
+  );
   assert.equal(good!.closed, null);
   assert.equal(server.logs.filter((l) => l.event === 'slow_consumer_close').length, 1);
   idleSocket.resume();

@@ -155,7 +155,9 @@ class Client {
   /** Fails unless the server closes the connection within 5 s; what was left unread must be nothing. */
   async waitClosed(): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.closed, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('not closed within 5 s')), 5000)))]).finally(() => clearTimeout(timer));
+    await Promise.race([this.closed, new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('not closed within 5 s')), 5000)))]).finally(() =>
+      clearTimeout(timer),
+    );
     assert.equal(this.buffered.length, 0, `unread after the close: ${this.buffered.toString('latin1')}`);
   }
 
@@ -167,7 +169,10 @@ class Client {
   private take(): Response | null {
     const end = findHeadEnd(this.buffered);
     if (end === -1) return null;
-    const lines = this.buffered.subarray(0, end - 4).toString('latin1').split('\r\n');
+    const lines = this.buffered
+      .subarray(0, end - 4)
+      .toString('latin1')
+      .split('\r\n');
     const headers: Record<string, string> = {};
     for (const line of lines.slice(1)) headers[line.slice(0, line.indexOf(':')).toLowerCase()] = line.slice(line.indexOf(':') + 1).trim();
     const status = Number(/^HTTP\/1\.1 (\d{3}) /.exec(lines[0]!)![1]);
@@ -189,7 +194,9 @@ class Client {
 function request(method: string, path: string, body = '', headers: Record<string, string> = {}, auth: string | null = `Bearer ${KEY}`): string {
   const all: Record<string, string> = { Host: 'x', ...(auth === null ? {} : { Authorization: auth }), ...headers };
   if (body !== '' && all['Content-Length'] === undefined && all['Transfer-Encoding'] === undefined) all['Content-Length'] = String(Buffer.byteLength(body));
-  return `${method} ${path} HTTP/1.1\r\n${Object.entries(all).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${body}`;
+  return `${method} ${path} HTTP/1.1\r\n${Object.entries(all)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')}\r\n${body}`;
 }
 
 interface Harness {
@@ -207,7 +214,10 @@ interface Harness {
   call(text: string): Promise<Response>;
 }
 
-async function harness(t: TestContext, options: { config?: Partial<Record<keyof ServeConfig, string | number | boolean>>; debug?: boolean } = {}): Promise<Harness> {
+async function harness(
+  t: TestContext,
+  options: { config?: Partial<Record<keyof ServeConfig, string | number | boolean>>; debug?: boolean } = {},
+): Promise<Harness> {
   const config = resolveServeConfig({ jwtSecret: 's'.repeat(32), apiKey: KEY, workers: 2, ...options.config });
   const pool = new FakePool();
   const log = recordingLogger(options.debug ?? false);
@@ -321,7 +331,15 @@ test('each call goes, as one request, to the shard that owns its desktop or to e
   assert.deepEqual([res.status, shardsOf(9)], [200, [0, 1]]);
   assert.deepEqual(res.json, { userId: 'u-1', sessions: [session(0), session(1)] });
 
-  for (const m of [ApiMetric.PUBLISH, ApiMetric.USER_EVENT, ApiMetric.BROADCAST, ApiMetric.SET_PERMISSION, ApiMetric.DISCONNECT, ApiMetric.PRESENCE, ApiMetric.USER_SESSIONS]) {
+  for (const m of [
+    ApiMetric.PUBLISH,
+    ApiMetric.USER_EVENT,
+    ApiMetric.BROADCAST,
+    ApiMetric.SET_PERMISSION,
+    ApiMetric.DISCONNECT,
+    ApiMetric.PRESENCE,
+    ApiMetric.USER_SESSIONS,
+  ]) {
     assert.equal(h.pool.metric(m), 1);
   }
   assert.equal(h.pool.metric(ApiMetric.CONNECTIONS), 1, 'one connection carried them all');
@@ -413,7 +431,11 @@ test('a shard that is restarting: 503 with the longest Retry-After of the shards
   const h = await harness(t);
   h.pool.ready = [true, false];
   h.pool.retryAfter = [1, 7];
-  for (const text of [request('POST', `/api/v1/desktops/${D1}/events`, '{"type":"x"}'), request('POST', '/api/v1/users/u/events', '{"type":"x"}'), request('GET', '/api/v1/users/u/sessions')]) {
+  for (const text of [
+    request('POST', `/api/v1/desktops/${D1}/events`, '{"type":"x"}'),
+    request('POST', '/api/v1/users/u/events', '{"type":"x"}'),
+    request('GET', '/api/v1/users/u/sessions'),
+  ]) {
     const res = await h.call(text);
     assert.deepEqual(refusal(res), [503, 'shard_unavailable', 'shard 1 is restarting; nothing was applied']);
     assert.equal(res.headers['retry-after'], '7');
@@ -441,7 +463,11 @@ test('with federation, a command while a shard it needs has lost the bus is 503 
   ];
   for (const text of commands) {
     const res = await h.call(text);
-    assert.deepEqual(refusal(res), [503, 'federation_unavailable', 'this node has lost the bus to the other nodes; nothing was applied'], text.split('\r\n')[0]);
+    assert.deepEqual(
+      refusal(res),
+      [503, 'federation_unavailable', 'this node has lost the bus to the other nodes; nothing was applied'],
+      text.split('\r\n')[0],
+    );
     assert.equal(res.headers['retry-after'], '1');
   }
   assert.equal(h.pool.calls.length, 0);
@@ -474,7 +500,10 @@ test('a shard that does not answer in time: 504 naming it, logged; one that exit
   const late = await h.call(request('POST', '/api/v1/users/u/events', '{"type":"x"}'));
   assert.deepEqual(refusal(late), [504, 'shard_timeout', `shard 1 did not answer within ${API_SHARD_TIMEOUT_MS} ms; the call may have been applied in part`]);
   const warned = logged(h, 'api_shard_timeout');
-  assert.deepEqual(warned.map(({ ms, ...rest }) => rest), [{ level: 'warn', id: h.pool.calls[0]!.request.id, kind: 'user_event', userId: 'u', reached: 4, changed: 0, shards: [1] }]);
+  assert.deepEqual(
+    warned.map(({ ms, ...rest }) => rest),
+    [{ level: 'warn', id: h.pool.calls[0]!.request.id, kind: 'user_event', userId: 'u', reached: 4, changed: 0, shards: [1] }],
+  );
   assert.equal(h.pool.metric(ApiMetric.REFUSED_504), 1);
   assert.equal(h.pool.metric(ApiMetric.USER_EVENT), 0);
 
@@ -676,8 +705,11 @@ test("a kept-alive connection's next head: too large 431, malformed 400; outside
   const res = await c.response();
   assert.deepEqual([res.status, res.body], [200, 'elsewhere\n']);
   await c.waitClosed();
-  assert.deepEqual(h.elsewhere.map((head) => head.path), ['/health']);
-  assert.equal(h.pool.metric(ApiMetric.CONNECTIONS), 0, 'the connection is no longer the API\'s');
+  assert.deepEqual(
+    h.elsewhere.map((head) => head.path),
+    ['/health'],
+  );
+  assert.equal(h.pool.metric(ApiMetric.CONNECTIONS), 0, "the connection is no longer the API's");
   assert.equal(h.pool.metric(ApiMetric.REFUSED_OTHER), 2, 'two 431s');
 });
 
@@ -711,7 +743,7 @@ test('deadlines: a request not all there within --handshake-timeout is 408; an i
   again.send('GET /api/v1/');
   await waitFor(() => idleConnections(h) === 0);
   t.mock.timers.tick(1999);
-  assert.equal(h.pool.metric(ApiMetric.REFUSED_OTHER), 1, 'the idle deadline is gone, the request\'s not reached yet');
+  assert.equal(h.pool.metric(ApiMetric.REFUSED_OTHER), 1, "the idle deadline is gone, the request's not reached yet");
   t.mock.timers.tick(1);
   assert.deepEqual(refusal(await again.response()).slice(0, 2), [408, 'body_timeout']);
 });

@@ -28,7 +28,11 @@ const code = (m: { ok: boolean; failure?: { refusal: { code: string } } }) => (m
 describe('matchEndpoint', () => {
   test('every endpoint, with its ids decoded', () => {
     assert.deepEqual(ok(matchEndpoint('POST', '/api/v1/desktops/d-1/events')), { name: 'publish', desktopId: 'd-1' });
-    assert.deepEqual(ok(matchEndpoint('PUT', '/api/v1/desktops/d_1/permissions/a%2Fb%20%C3%A9')), { name: 'set_permission', desktopId: 'd_1', userId: 'a/b é' });
+    assert.deepEqual(ok(matchEndpoint('PUT', '/api/v1/desktops/d_1/permissions/a%2Fb%20%C3%A9')), {
+      name: 'set_permission',
+      desktopId: 'd_1',
+      userId: 'a/b é',
+    });
     assert.deepEqual(ok(matchEndpoint('GET', '/api/v1/desktops/D/presence')), { name: 'presence', desktopId: 'D' });
     assert.deepEqual(ok(matchEndpoint('POST', '/api/v1/users/u1/events')), { name: 'user_event', userId: 'u1' });
     assert.deepEqual(ok(matchEndpoint('POST', '/api/v1/users/u1/disconnect')), { name: 'disconnect', userId: 'u1' });
@@ -76,7 +80,10 @@ describe('parseRequest', () => {
     });
     const bare = ok(parse({ name: 'broadcast' }, '{"type":"maintenance"}')) as Extract<ApiRequest, { kind: 'broadcast' }>;
     assert.equal(bare.event, `{"type":"maintenance","sessionId":"server","userId":"server","timestamp":${NOW}}`);
-    assert.equal((ok(parse({ name: 'user_event', userId: 'u' }, '{"type":"a\\"b","payload":null}')) as { event: string }).event, `{"type":"a\\"b","sessionId":"server","userId":"server","timestamp":${NOW},"payload":null}`);
+    assert.equal(
+      (ok(parse({ name: 'user_event', userId: 'u' }, '{"type":"a\\"b","payload":null}')) as { event: string }).event,
+      `{"type":"a\\"b","sessionId":"server","userId":"server","timestamp":${NOW},"payload":null}`,
+    );
   });
 
   test('refusals by code', () => {
@@ -101,7 +108,8 @@ describe('parseRequest', () => {
   });
 
   test("reserved types: the server's events and anything named session_", () => {
-    for (const type of ['room_joined', 'session_joined', 'session_left', 'session_updated', 'session_x', 'error', 'permission_changed']) assert.ok(isReservedApiType(type), type);
+    for (const type of ['room_joined', 'session_joined', 'session_left', 'session_updated', 'session_x', 'error', 'permission_changed'])
+      assert.ok(isReservedApiType(type), type);
     for (const type of ['asset_moved', 'sessions', 'errors', 'my_session_x']) assert.ok(!isReservedApiType(type), type);
   });
 });
@@ -116,7 +124,10 @@ test('bus subjects: desktop calls on api.desktop.<id>, user-wide ones on api.use
 
 test('RecentIds: an id is new once, and the oldest are forgotten past the capacity', () => {
   const ids = new RecentIds(3);
-  assert.deepEqual(['a', 'b', 'a', 'c', 'b'].map((id) => ids.add(id)), [true, true, false, true, false]);
+  assert.deepEqual(
+    ['a', 'b', 'a', 'c', 'b'].map((id) => ids.add(id)),
+    [true, true, false, true, false],
+  );
   assert.equal(ids.add('d'), true);
   assert.equal(ids.add('a'), true, 'a was the oldest of a, b, c and went when d came');
   assert.equal(ids.add('c'), false);
@@ -225,7 +236,10 @@ describe('PermissionRecheck', () => {
     }
     // One check per tick (10 sessions over 10 ticks), never a burst.
     assert.deepEqual(started, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
-    assert.deepEqual(h.asked.map((a) => a.desktopId), h.sessions.map((s) => s.desktopId));
+    assert.deepEqual(
+      h.asked.map((a) => a.desktopId),
+      h.sessions.map((s) => s.desktopId),
+    );
   });
 
   test('at most --permission-concurrency checks are in flight; the rest wait for a free one', async (t) => {
@@ -263,9 +277,15 @@ describe('PermissionRecheck', () => {
     advance(t, 1000);
     // They came in during the round that started as the first ended: it logs them as it ends.
     const lines = h.logs.map((l) => JSON.parse(l));
-    assert.deepEqual(lines.map((l) => [l.event, l.failed]), [['permission_recheck_failed', 3]]);
+    assert.deepEqual(
+      lines.map((l) => [l.event, l.failed]),
+      [['permission_recheck_failed', 3]],
+    );
     // The next round, which ran meanwhile, asked the sessions still open again (the revoked ones were closed).
-    assert.deepEqual(h.asked.slice(6).map((a) => a.desktopId), ['d0', 'd3', 'd4', 'd5']);
+    assert.deepEqual(
+      h.asked.slice(6).map((a) => a.desktopId),
+      ['d0', 'd3', 'd4', 'd5'],
+    );
   });
 
   test('an answer for a session whose permission changed meanwhile, or that closed, is dropped', async (t) => {

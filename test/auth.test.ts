@@ -116,7 +116,6 @@ test('the token cookie is found among other cookies, and takes precedence over B
   assert.equal(stub.requests.at(-1)!.userId, claims.userId);
 });
 
-
 /** No log line, stdout or stderr of the server holds `secret`. */
 function assertNotLogged(secret: string): void {
   const output = JSON.stringify(server.logs) + server.stdout + server.stderr;
@@ -127,7 +126,9 @@ test('a token in Sec-WebSocket-Protocol beside moodio.v1 is accepted; the answer
   const claims = valid();
   const jwt = token(claims);
   // Offered first: ws's default would answer the first offered protocol, the token.
-  const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { 'Sec-WebSocket-Protocol': `moodio.token.${jwt}, moodio.v1` })], { until: untilJoined });
+  const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { 'Sec-WebSocket-Protocol': `moodio.token.${jwt}, moodio.v1` })], {
+    until: untilJoined,
+  });
   assert.equal(res.status, 101, res.head);
   assert.equal(res.headers['sec-websocket-protocol'], 'moodio.v1');
   assert.ok(!res.raw.includes(jwt), 'the token is not echoed');
@@ -153,7 +154,11 @@ test('the protocol token wins over the cookie; without moodio.v1 beside it, it i
 });
 
 test('a cookie client offering other protocols gets no protocol answered', async () => {
-  const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { ...cookie(token(valid())), 'Sec-WebSocket-Protocol': 'chat, superchat' })], { until: untilJoined });
+  const res = await rawRequest(
+    server.port,
+    [upgradeHead(`/ws/desktop/${desktop()}`, { ...cookie(token(valid())), 'Sec-WebSocket-Protocol': 'chat, superchat' })],
+    { until: untilJoined },
+  );
   assert.equal(res.status, 101, res.head);
   assert.equal(res.headers['sec-websocket-protocol'], undefined);
 });

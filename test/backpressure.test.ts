@@ -19,7 +19,10 @@ const PAD = 'p'.repeat(3400);
 
 const socketOf = (client: TestClient) => (client.ws as unknown as { _socket: Socket })._socket;
 
-async function setup(t: TestContext, timeout: string): Promise<{ server: ServerProcess; sender: TestClient; fast: TestClient; slow: TestClient; slowId: string }> {
+async function setup(
+  t: TestContext,
+  timeout: string,
+): Promise<{ server: ServerProcess; sender: TestClient; fast: TestClient; slow: TestClient; slowId: string }> {
   const stub = await startPermissionStub(t);
   const server = await startServer(t, {
     workers: 1,
@@ -61,7 +64,10 @@ test('a member that stops reading is closed with 4008 after the timeout; the oth
     assert.equal(frame.type, 'asset_moved', `only the backlog precedes the close frame, got ${JSON.stringify(frame).slice(0, 80)}`);
     backlog.push((frame.payload as { i: number }).i);
   }
-  assert.deepEqual(backlog, Array.from({ length: BIG }, (_, i) => i));
+  assert.deepEqual(
+    backlog,
+    Array.from({ length: BIG }, (_, i) => i),
+  );
 });
 
 test('over budget, transient events are coalesced to the newest per sender and type; ordered ones all arrive', async (t) => {
@@ -76,10 +82,17 @@ test('over budget, transient events are coalesced to the newest per sender and t
   while (!(got.at(-1)?.type === 'asset_dragging')) got.push((await slow.next(10_000)) as never);
   const moved = got.filter((f) => f.type === 'asset_moved');
   assert.equal(moved.length, BIG + 1, 'no ordered event was dropped');
-  assert.deepEqual(moved.slice(0, BIG).map((f) => f.payload.i), Array.from({ length: BIG }, (_, i) => i));
+  assert.deepEqual(
+    moved.slice(0, BIG).map((f) => f.payload.i),
+    Array.from({ length: BIG }, (_, i) => i),
+  );
   assert.deepEqual(moved.at(-1)!.payload, { final: true });
   const drags = got.filter((f) => f.type === 'asset_dragging');
-  assert.deepEqual(drags.map((f) => f.payload.i), [299], 'only the newest drag, once the socket drained');
+  assert.deepEqual(
+    drags.map((f) => f.payload.i),
+    [299],
+    'only the newest drag, once the socket drained',
+  );
   const { metrics } = await scrape(server.port);
   assert.equal(metrics.get('moodio_rt_messages_dropped_total{reason="coalesced"}'), 299);
   assert.equal(metrics.get('moodio_rt_protective_closes_total{reason="slow_consumer"}'), 0);

@@ -66,7 +66,10 @@ const budgetOf = (s: Session) => ({ ...s.budget });
 const names = (sessions: Session[]) => sessions.map((session) => session.firstName);
 
 test('within the budget every frame goes out at once; a backlog exactly at the budget is within it', async (t) => {
-  const { p, members: [a] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
+  const {
+    p,
+    members: [a],
+  } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
   const [f1, f2, f3, f4] = [frame('f1', 50), frame('f2', 50), frame('f3', 20), frame('f4', 20)];
   p.backpressure.deliver(a!.session, f1, undefined);
   p.backpressure.deliver(a!.session, f2, 'k'); // backlog 50
@@ -83,7 +86,10 @@ test('within the budget every frame goes out at once; a backlog exactly at the b
 });
 
 test('over budget: the newest transient frame per key is held and ordered frames are written; all held go out, in key order, on drain', async (t) => {
-  const { p, members: [a] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
+  const {
+    p,
+    members: [a],
+  } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
   const socket = a!.session.socket;
   socket.cork();
   const big = frame('big', overHighWater(a!)); // its write asks for a drain
@@ -116,7 +122,10 @@ test('over budget: the newest transient frame per key is held and ordered frames
 });
 
 test('back within budget by the sweep (exactly at the budget counts), with no drain: one listener stays for the next time', async (t) => {
-  const { p, members: [a] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
+  const {
+    p,
+    members: [a],
+  } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
   const socket = a!.session.socket;
   socket.cork();
   await written(p, a!, frame('small', 150)); // under the high-water mark: no drain will come
@@ -128,7 +137,10 @@ test('back within budget by the sweep (exactly at the budget counts), with no dr
   p.backpressure.deliver(a!.session, frame('exact', 100), undefined); // queued: the backlog is exactly the budget
   sweep(t);
   assert.deepEqual(budgetOf(a!.session), { overBudgetSince: 0, awaitingDrain: true, coalesced: null });
-  assert.deepEqual(await received(a!, 3), ['small', 'exact', 'held'].map((l, i) => textOf(frame(l, [150, 100, 30][i]!))));
+  assert.deepEqual(
+    await received(a!, 3),
+    ['small', 'exact', 'held'].map((l, i) => textOf(frame(l, [150, 100, 30][i]!))),
+  );
   // Over again: the listener still waiting serves; no second one.
   socket.cork();
   await written(p, a!, frame('again', 150));
@@ -139,7 +151,10 @@ test('back within budget by the sweep (exactly at the budget counts), with no dr
 });
 
 test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves its room and gets what was queued for it, then 4008', async (t) => {
-  const { p, members: [a, b] } = await setup(t, { maxBufferedBytes: 100, slowConsumerTimeoutMs: 1000 });
+  const {
+    p,
+    members: [a, b],
+  } = await setup(t, { maxBufferedBytes: 100, slowConsumerTimeoutMs: 1000 });
   const socket = b!.session.socket;
   socket.cork();
   const big = frame('big', overHighWater(b!));
@@ -163,7 +178,10 @@ test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves it
     'what its socket still holds (the queue flushed, then the 4008) counts until it is destroyed, and so does the session_left queued for Ann',
   );
   assert.deepEqual(warnOf(p), [{ sessionId: b!.session.id, desktopId: 'desk-1', reason: 'slow_consumer', backlogBytes: big.length + 60, overForMs: 1000 }]);
-  assert.deepEqual([metric(p, Metric.CLOSED_SLOW_CONSUMER), metric(p, Metric.CLOSED_BACKLOG_CAP), metric(p, Metric.CLOSED_MEMORY_CAP), p.releases.count], [1, 0, 0, 1]);
+  assert.deepEqual(
+    [metric(p, Metric.CLOSED_SLOW_CONSUMER), metric(p, Metric.CLOSED_BACKLOG_CAP), metric(p, Metric.CLOSED_MEMORY_CAP), p.releases.count],
+    [1, 0, 0, 1],
+  );
   assert.equal(await a!.client.next(), left);
   socket.uncork();
   assert.deepEqual(await received(b!, 3), [big, o1, o2].map(textOf));
@@ -174,7 +192,10 @@ test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves it
 });
 
 test('a member back within budget before the timeout is not cut, and its next time over starts a new timeout', async (t) => {
-  const { p, members: [a] } = await setup(t, { maxBufferedBytes: 100, slowConsumerTimeoutMs: 1000 }, ['Ann']);
+  const {
+    p,
+    members: [a],
+  } = await setup(t, { maxBufferedBytes: 100, slowConsumerTimeoutMs: 1000 }, ['Ann']);
   const socket = a!.session.socket;
   socket.cork();
   await written(p, a!, frame('one', overHighWater(a!)));
@@ -196,12 +217,18 @@ test('a member back within budget before the timeout is not cut, and its next ti
 });
 
 test('hard cap: a socket holding more than maxSessionBacklogBytes from earlier turns is cut at the next frame, which is not queued', async (t) => {
-  const { p, members: [a, b] } = await setup(t, { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 });
+  const {
+    p,
+    members: [a, b],
+  } = await setup(t, { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 });
   const socket = b!.session.socket;
   // A turn's own queue is not held against the cap: it goes to the kernel at the end of the turn.
   for (let i = 0; i < 5; i++) p.backpressure.deliver(b!.session, frame(`q${i}`, 300), undefined);
   assert.deepEqual(p.cuts, []);
-  assert.deepEqual(await received(b!, 5), [0, 1, 2, 3, 4].map((i) => textOf(frame(`q${i}`, 300))));
+  assert.deepEqual(
+    await received(b!, 5),
+    [0, 1, 2, 3, 4].map((i) => textOf(frame(`q${i}`, 300))),
+  );
   socket.cork();
   const fill = frame('fill', 1000);
   await written(p, b!, fill);
@@ -225,7 +252,10 @@ test('hard cap: a socket holding more than maxSessionBacklogBytes from earlier t
 });
 
 test('hard cap: a frame of the server never cuts the member, however much its socket holds; the next frame of a client does', async (t) => {
-  const { p, members: [a, b] } = await setup(t, { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 });
+  const {
+    p,
+    members: [a, b],
+  } = await setup(t, { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 });
   const socket = b!.session.socket;
   socket.cork();
   const fill = frame('fill', 1001);
@@ -233,11 +263,14 @@ test('hard cap: a frame of the server never cuts the member, however much its so
   const server = frame('server', 30);
   p.backpressure.deliver(b!.session, server, undefined, 'server');
   await turn();
-  assert.deepEqual(p.cuts, [], 'an API publish (or a role change) is not the member\'s doing');
+  assert.deepEqual(p.cuts, [], "an API publish (or a role change) is not the member's doing");
   assert.equal(b!.session.budget.overBudgetSince, NOW, 'over budget all the same: the timeout still applies');
   p.backpressure.deliver(b!.session, frame('client', 30), undefined);
   assert.deepEqual(names(p.cuts), ['Bob']);
-  assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.backlogBytes]), [['backlog_cap', 1031]]);
+  assert.deepEqual(
+    warnOf(p).map((f) => [f!.reason, f!.backlogBytes]),
+    [['backlog_cap', 1031]],
+  );
   socket.uncork();
   assert.deepEqual(await received(b!, 2), [fill, server].map(textOf));
   assert.deepEqual(await b!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
@@ -245,7 +278,10 @@ test('hard cap: a frame of the server never cuts the member, however much its so
 });
 
 test('the shard publishes what it counts: the bytes sockets hold, and every byte queued in the coalescer, over budget or not', async (t) => {
-  const { p, members: [a, b, c] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann', 'Bob', 'Cat']);
+  const {
+    p,
+    members: [a, b, c],
+  } = await setup(t, { maxBufferedBytes: 100 }, ['Ann', 'Bob', 'Cat']);
   a!.session.socket.cork();
   await written(p, a!, frame('a', 3000));
   sweep(t);
@@ -275,7 +311,10 @@ async function backlog(t: TestContext, p: Parts, m: Member, bytes: number): Prom
 }
 
 test('process cap as frames are queued: the figure rises with each frame, and the frame that takes the process over has the largest socket backlog cut at once, before any sweep', async (t) => {
-  const { p, members: [a, b, c] } = await setup(t, { maxOutboundBytes: 10_000 }, ['Ann', 'Bob', 'Cat'], 'own');
+  const {
+    p,
+    members: [a, b, c],
+  } = await setup(t, { maxOutboundBytes: 10_000 }, ['Ann', 'Bob', 'Cat'], 'own');
   await backlog(t, p, a!, 3000);
   await backlog(t, p, b!, 1000);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4000);
@@ -290,7 +329,10 @@ test('process cap as frames are queued: the figure rises with each frame, and th
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4000, 'published at the end of the turn');
   p.backpressure.deliver(c!.session, frames[2]!, undefined, 'server');
   assert.deepEqual(names(p.cuts), ['Ann'], 'cut at once: its peer reads nothing, and it holds the most');
-  assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.sessionId, f!.backlogBytes]), [['memory_cap', a!.session.id, 3000]]);
+  assert.deepEqual(
+    warnOf(p).map((f) => [f!.reason, f!.sessionId, f!.backlogBytes]),
+    [['memory_cap', a!.session.id, 3000]],
+  );
   assert.equal(p.backpressure.outboundBytes, 2200, 'Bob and what is queued for Cat');
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 2200, 'a cut publishes the figure at once');
   assert.deepEqual(await received(c!, 3), frames.map(textOf), 'the reader gets every frame');
@@ -302,7 +344,7 @@ test('process cap as frames are queued: the figure rises with each frame, and th
   b!.session.socket.uncork();
 });
 
-test('process cap: a large frame delivered to many counts once, whatever the sockets that hold it; each member\'s budget counts it whole', async (t) => {
+test("process cap: a large frame delivered to many counts once, whatever the sockets that hold it; each member's budget counts it whole", async (t) => {
   const { p, members } = await setup(t, { maxBufferedBytes: 4096, maxOutboundBytes: 100_000 }, ['Ann', 'Bob', 'Cat']);
   for (const m of members) m.session.socket.cork();
   const big = frame('big', 64 * 1024);
@@ -314,7 +356,11 @@ test('process cap: a large frame delivered to many counts once, whatever the soc
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100, 'published at the end of the turn');
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100, 'recounted by the sweep: the same');
-  assert.deepEqual(members.map((m) => m.session.socket.writableLength - (m === members[0] ? 100 : 0)), [big.length, big.length, big.length], 'what each budget sees');
+  assert.deepEqual(
+    members.map((m) => m.session.socket.writableLength - (m === members[0] ? 100 : 0)),
+    [big.length, big.length, big.length],
+    'what each budget sees',
+  );
   assert.deepEqual(p.cuts, [], '3 × 64 KiB would be over the cap; one is not');
   for (const m of members) m.session.socket.uncork();
   for (const m of members) assert.equal(await m.client.next(), textOf(big));
@@ -326,7 +372,13 @@ test('process cap: a large frame delivered to many counts once, whatever the soc
 test('process cap: while every shard together is over it, this shard cuts its largest open backlogs first, just enough', async (t) => {
   const { p, members } = await setup(t, { maxOutboundBytes: 20_000 }, ['Ann', 'Bob', 'Cat', 'Dan'], 'own');
   const [a, b, c, d] = members as [Member, Member, Member, Member];
-  for (const [m, size] of [[a, 2000], [b, 3000], [c, 1000], [d, 5000]] as const) await backlog(t, p, m, size);
+  for (const [m, size] of [
+    [a, 2000],
+    [b, 3000],
+    [c, 1000],
+    [d, 5000],
+  ] as const)
+    await backlog(t, p, m, size);
   d.session.ws.close(); // closing (its close frame joins its backlog): counted, never a candidate
   const dBacklog = d.session.socket.writableLength;
   sweep(t, 2);
@@ -338,7 +390,10 @@ test('process cap: while every shard together is over it, this shard cuts its la
   assert.deepEqual(names(p.cuts), ['Bob', 'Ann']);
   assert.deepEqual(
     warnOf(p).map((f) => [f!.reason, f!.sessionId, f!.backlogBytes, 'overForMs' in f!]),
-    [['memory_cap', b.session.id, 3000, false], ['memory_cap', a.session.id, 2000, false]],
+    [
+      ['memory_cap', b.session.id, 3000, false],
+      ['memory_cap', a.session.id, 2000, false],
+    ],
   );
   assert.equal(metric(p, Metric.CLOSED_MEMORY_CAP), 2);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 1000 + dBacklog, 'c and the closing d; the cut ones no longer count');
@@ -354,7 +409,10 @@ test('process cap: while every shard together is over it, this shard cuts its la
 });
 
 test('process cap: exactly at the cap nothing is cut, one byte over it the largest goes; its own figure is replaced, not added', async (t) => {
-  const { p, members: [a, b] } = await setup(t, { maxOutboundBytes: 4000 }, ['Ann', 'Bob'], 'own');
+  const {
+    p,
+    members: [a, b],
+  } = await setup(t, { maxOutboundBytes: 4000 }, ['Ann', 'Bob'], 'own');
   await backlog(t, p, a!, 1500);
   await backlog(t, p, b!, 1000);
   p.otherShard.set(Metric.OUTBOUND_BUFFERED, 1500);
@@ -370,7 +428,10 @@ test('process cap: exactly at the cap nothing is cut, one byte over it the large
 });
 
 test('process cap: the sweep after a backlog grows counts it once', async (t) => {
-  const { p, members: [a, b] } = await setup(t, { maxOutboundBytes: 4000 }, ['Ann', 'Bob'], 'own');
+  const {
+    p,
+    members: [a, b],
+  } = await setup(t, { maxOutboundBytes: 4000 }, ['Ann', 'Bob'], 'own');
   a!.session.socket.cork();
   b!.session.socket.cork();
   await written(p, a!, frame('a', 1500));
@@ -385,8 +446,11 @@ test('process cap: the sweep after a backlog grows counts it once', async (t) =>
   }
 });
 
-test('process cap: sockets holding bytes go first, however large a turn\'s queue; a member over budget by its queue alone is a candidate after them', async (t) => {
-  const { p, members: [a, b] } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 3000 }, ['Ann', 'Bob'], 'own');
+test("process cap: sockets holding bytes go first, however large a turn's queue; a member over budget by its queue alone is a candidate after them", async (t) => {
+  const {
+    p,
+    members: [a, b],
+  } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 3000 }, ['Ann', 'Bob'], 'own');
   await backlog(t, p, b!, 800);
   // In one turn: a over budget, its 900 bytes only queued; then another shard's figure puts the process 1 byte over.
   p.backpressure.deliver(a!.session, frame('a1', 900), undefined);
@@ -402,7 +466,13 @@ test('process cap: sockets holding bytes go first, however large a turn\'s queue
   p.otherShard.set(Metric.OUTBOUND_BUFFERED, 2101);
   sweep(t);
   assert.deepEqual(names(p.cuts), ['Bob', 'Ann']);
-  assert.deepEqual(warnOf(p).map((f) => [f!.reason, f!.backlogBytes]), [['memory_cap', 800], ['memory_cap', 900]]);
+  assert.deepEqual(
+    warnOf(p).map((f) => [f!.reason, f!.backlogBytes]),
+    [
+      ['memory_cap', 800],
+      ['memory_cap', 900],
+    ],
+  );
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 0, "the cut ones' queued and held bytes are no longer counted");
   assert.deepEqual(await a!.client.waitClosed(), { code: 4008, reason: 'slow consumer' });
   assert.equal(a!.client.pending, 0, 'over a cap, what was queued for it is dropped, not sent');
@@ -410,7 +480,10 @@ test('process cap: sockets holding bytes go first, however large a turn\'s queue
 });
 
 test('process cap: a session both backlogged and over budget is one candidate; one that has drained is none', async (t) => {
-  const { p, members: [a, b, c] } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 10_000 }, ['Ann', 'Bob', 'Cat'], 'own');
+  const {
+    p,
+    members: [a, b, c],
+  } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 10_000 }, ['Ann', 'Bob', 'Cat'], 'own');
   await backlog(t, p, a!, 2000);
   p.backpressure.deliver(a!.session, frame('a-over', 30), undefined); // a: over budget too
   await turn();
@@ -430,7 +503,10 @@ test('process cap: a session both backlogged and over budget is one candidate; o
 });
 
 test('a session over budget that closes by itself leaves the count once its queue is dropped, at the end of the turn', async (t) => {
-  const { p, members: [a] } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
+  const {
+    p,
+    members: [a],
+  } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
   p.backpressure.deliver(a!.session, frame('a1', 900), undefined);
   p.backpressure.deliver(a!.session, frame('a2', 30), 'k');
   sweep(t);
@@ -449,7 +525,15 @@ test('stop() ends the sweeps; the sweep timer never keeps the process alive', as
   const metrics = new MetricsSlot(createMetricsBuffer(1), 0);
   const out = new WriteCoalescer<Session>(metrics, { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 });
   t.after(() => out.stop());
-  const options = { maxBufferedBytes: 100, slowConsumerTimeoutMs: 1000, maxSessionBacklogBytes: 1000, maxOutboundBytes: 1000, processOutbound: () => 0, onCut: () => {}, onRelease: () => {} };
+  const options = {
+    maxBufferedBytes: 100,
+    slowConsumerTimeoutMs: 1000,
+    maxSessionBacklogBytes: 1000,
+    maxOutboundBytes: 1000,
+    processOutbound: () => 0,
+    onCut: () => {},
+    onRelease: () => {},
+  };
   const before = timers();
   const real = new Backpressure(options, out, metrics, recordingLogger(false));
   assert.equal(timers(), before, "unref'd");
@@ -467,7 +551,10 @@ test('stop() ends the sweeps; the sweep timer never keeps the process alive', as
 
 test('a backlog of 32 MiB, once back under the budget (not merely at it), asks once for memory to be released; one byte less never does', async (t) => {
   assert.equal(LARGE_BACKLOG_BYTES, 32 * 1024 * 1024);
-  const { p, members: [a, b, c] } = await setup(t, { maxBufferedBytes: 4096 }, ['Ann', 'Bob', 'Cat'], 'own');
+  const {
+    p,
+    members: [a, b, c],
+  } = await setup(t, { maxBufferedBytes: 4096 }, ['Ann', 'Bob', 'Cat'], 'own');
   for (const m of [a, b, c]) m!.session.socket.cork();
   await written(p, a!, frame('a', LARGE_BACKLOG_BYTES - 1));
   sweep(t);

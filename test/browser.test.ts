@@ -79,8 +79,7 @@ async function open(name: string, { desk, as = 'editor', context, width = 900 }:
 
 const waitOpen = (page: Page) => page.waitForFunction(() => document.body.dataset.state === 'open', undefined, { timeout: 30_000 });
 
-const position = (page: Page, id: string) =>
-  page.$eval(`#${id}`, (el) => [(el as HTMLElement).style.left, (el as HTMLElement).style.top] as [string, string]);
+const position = (page: Page, id: string) => page.$eval(`#${id}`, (el) => [(el as HTMLElement).style.left, (el as HTMLElement).style.top] as [string, string]);
 
 const waitPosition = (page: Page, id: string, [x, y]: [string, string]) =>
   page.waitForFunction(
@@ -163,14 +162,16 @@ test('two windows share a desktop: presence, live drags with the dragger named, 
   assert.equal(refused, 'ERR_VIEWER_MUTATION');
   await bob.waitForFunction(() => (window as unknown as { seen: { type: string }[] }).seen.some((e) => e.type === 'cursor'), undefined, { timeout: 10_000 });
   const fromVic = await bob.evaluate(() =>
-    (window as unknown as { seen: { type: string; firstName?: string }[] }).seen.filter((e) => e.firstName === 'Vic' && !e.type.startsWith('desktop_state')).map((e) => e.type),
+    (window as unknown as { seen: { type: string; firstName?: string }[] }).seen
+      .filter((e) => e.firstName === 'Vic' && !e.type.startsWith('desktop_state'))
+      .map((e) => e.type),
   );
   assert.deepEqual(fromVic, ['cursor'], "the viewer's forced move never reached the room");
   assert.deepEqual(await position(bob, 'asset-2'), before2, 'nothing moved asset-2 for the others');
 
   // Help: what to do, for an editor and for a viewer.
-  assert.match(await alice.textContent('#help') ?? '', /Drag a card.*another window.*as=viewer.*read-only/s);
-  assert.match(await vic.textContent('#help') ?? '', /viewer: read-only/);
+  assert.match((await alice.textContent('#help')) ?? '', /Drag a card.*another window.*as=viewer.*read-only/s);
+  assert.match((await vic.textContent('#help')) ?? '', /viewer: read-only/);
   // A colour per user: Alice's dot is the same in her window, in Bob's, and in a new window of hers.
   const aliceColour = await dotColour(alice, 'Alice');
   assert.equal(await dotColour(bob, 'Alice'), aliceColour);
@@ -209,7 +210,11 @@ test('one connection per window holds the desktop and its production table: a ce
     page.on('response', (res) => res.status() >= 400 && failures.push(`${name}: ${res.status()} ${res.url()}`));
     await page.goto(`http://127.0.0.1:${server.port}/demo?name=${name}&desk=${desk}${as === 'viewer' ? '&as=viewer' : ''}`);
     await waitOpen(page);
-    await page.waitForFunction(() => document.getElementById('table-state')!.textContent === 'editor' || document.getElementById('table-state')!.textContent === 'viewer', undefined, { timeout: 15_000 });
+    await page.waitForFunction(
+      () => document.getElementById('table-state')!.textContent === 'editor' || document.getElementById('table-state')!.textContent === 'viewer',
+      undefined,
+      { timeout: 15_000 },
+    );
     return page;
   };
   const alice = await openCounted('Alice');
@@ -250,7 +255,10 @@ test('one connection per window holds the desktop and its production table: a ce
   // A late joiner gets the table as the editors have it.
   const dan = await openCounted('Dan');
   await dan.waitForFunction(() => document.body.hasAttribute('data-table-synced'), undefined, { timeout: 15_000 });
-  assert.deepEqual(await dan.$$eval('#sheet input', (els) => els.map((el) => (el as HTMLInputElement).value)), await alice.$$eval('#sheet input', (els) => els.map((el) => (el as HTMLInputElement).value)));
+  assert.deepEqual(
+    await dan.$$eval('#sheet input', (els) => els.map((el) => (el as HTMLInputElement).value)),
+    await alice.$$eval('#sheet input', (els) => els.map((el) => (el as HTMLInputElement).value)),
+  );
   assert.equal(await alice.$eval('#cell-r3-c2', (el) => (el as HTMLInputElement).value), 'draft', "the viewer's edit reached nobody");
 
   // One socket per window, on the multiplexed route, for both topics.
@@ -272,7 +280,15 @@ test('three windows of one browser keep their identities and roles across a serv
   const everyone = ['Alice:editor', 'Bob:editor', 'Vic:viewer'];
   const expected = (self: string) => [self, ...everyone.filter((p) => p !== self)];
   const waitPresence = (page: Page, self: string) =>
-    page.waitForFunction((want) => [...document.querySelectorAll('#presence .person[data-name]')].map((el) => `${(el as HTMLElement).dataset.name}:${(el as HTMLElement).dataset.permission}`).sort().join() === want, [...expected(self)].sort().join(), { timeout: 30_000 });
+    page.waitForFunction(
+      (want) =>
+        [...document.querySelectorAll('#presence .person[data-name]')]
+          .map((el) => `${(el as HTMLElement).dataset.name}:${(el as HTMLElement).dataset.permission}`)
+          .sort()
+          .join() === want,
+      [...expected(self)].sort().join(),
+      { timeout: 30_000 },
+    );
   await Promise.all([waitPresence(alice, 'Alice:editor'), waitPresence(bob, 'Bob:editor'), waitPresence(vic, 'Vic:viewer')]);
 
   // Bob moves asset-2 while connected.
@@ -309,18 +325,30 @@ test('three windows of one browser keep their identities and roles across a serv
   for (let i = 0; i < 10; i++) await alice.mouse.move((x += 12), (y += 7), { steps: 10 });
   await alice.mouse.up();
   const dropped = await position(alice, 'asset-3');
-  assert.equal(await alice.evaluate(() => (window as unknown as { moodioDesk: { queued: number } }).moodioDesk.queued), 2, 'the newest asset_dragging and the asset_moved, nothing more');
+  assert.equal(
+    await alice.evaluate(() => (window as unknown as { moodioDesk: { queued: number } }).moodioDesk.queued),
+    2,
+    'the newest asset_dragging and the asset_moved, nothing more',
+  );
 
   // "Retry now" starts an attempt at once (clicked while a retry is scheduled).
-  const clicked = await alice.waitForFunction(() => {
-    const w = window as unknown as { moodio: { nextRetryInMs: number | null }; moodioRetries: unknown[] };
-    if (w.moodio.nextRetryInMs === null) return false;
-    const before = w.moodioRetries.length;
-    (document.getElementById('retry') as HTMLButtonElement).click();
-    return { before };
-  }, undefined, { timeout: 15_000 });
+  const clicked = await alice.waitForFunction(
+    () => {
+      const w = window as unknown as { moodio: { nextRetryInMs: number | null }; moodioRetries: unknown[] };
+      if (w.moodio.nextRetryInMs === null) return false;
+      const before = w.moodioRetries.length;
+      (document.getElementById('retry') as HTMLButtonElement).click();
+      return { before };
+    },
+    undefined,
+    { timeout: 15_000 },
+  );
   const { before } = (await clicked.jsonValue()) as { before: number };
-  assert.equal(await alice.evaluate((i) => (window as unknown as { moodioRetries: { inMs: number }[] }).moodioRetries[i]?.inMs, before), 0, 'the click asked for an attempt at once');
+  assert.equal(
+    await alice.evaluate((i) => (window as unknown as { moodioRetries: { inMs: number }[] }).moodioRetries[i]?.inMs, before),
+    0,
+    'the click asked for an attempt at once',
+  );
 
   // The server comes back on the same port: every window finds it, as itself, in sync.
   await serve(port);
@@ -354,10 +382,17 @@ test('three windows of one browser keep their identities and roles across a serv
   assert.deepEqual(await positions(vic), final);
 
   for (const page of [alice, bob, vic, dan]) {
-    assert.deepEqual(await page.evaluate(() => (window as unknown as { moodioErrors: string[] }).moodioErrors), [], 'no error frame (rate_limited…) after the reconnect');
+    assert.deepEqual(
+      await page.evaluate(() => (window as unknown as { moodioErrors: string[] }).moodioErrors),
+      [],
+      'no error frame (rate_limited…) after the reconnect',
+    );
   }
   await context.close();
-  assert.deepEqual(failures.filter((f) => !f.includes('/ws/connection')), []);
+  assert.deepEqual(
+    failures.filter((f) => !f.includes('/ws/connection')),
+    [],
+  );
 });
 
 test('at 420 px the header keeps one line, the presence bar shows everyone, and a card moved past the edge can be reached', async () => {
@@ -404,7 +439,10 @@ test('at 420 px the header keeps one line, the presence bar shows everyone, and 
   await waitPosition(wide, 'asset-4', back);
 
   for (const page of [wide, narrow, ...others]) await page.context().close();
-  assert.deepEqual(failures.filter((f) => !f.includes('/ws/connection')), []);
+  assert.deepEqual(
+    failures.filter((f) => !f.includes('/ws/connection')),
+    [],
+  );
 });
 
 /** Alice and Bob (editors) and Vic (a viewer) in one desktop, in sync; `setRole` changes a role through the server API. */
@@ -419,7 +457,11 @@ async function threeWithRoles() {
     Promise.all(
       windows.map((page) =>
         page.waitForFunction(
-          (want) => [...document.querySelectorAll('#presence .person[data-name]')].map((el) => `${(el as HTMLElement).dataset.name}:${(el as HTMLElement).dataset.permission}`).sort().join() === want,
+          (want) =>
+            [...document.querySelectorAll('#presence .person[data-name]')]
+              .map((el) => `${(el as HTMLElement).dataset.name}:${(el as HTMLElement).dataset.permission}`)
+              .sort()
+              .join() === want,
           [...want].sort().join(),
           { timeout: 15_000 },
         ),
@@ -429,7 +471,13 @@ async function threeWithRoles() {
   for (const page of windows) await page.waitForFunction(() => document.body.hasAttribute('data-synced'), undefined, { timeout: 15_000 });
   /** A user's id, as Alice's SDK knows it from presence. */
   const userIdOf = (name: string) =>
-    alice.evaluate((name) => [...(window as unknown as { moodioDesk: { sessions: Map<string, { firstName: string; userId: string }> } }).moodioDesk.sessions.values()].find((s) => s.firstName === name)!.userId, name);
+    alice.evaluate(
+      (name) =>
+        [...(window as unknown as { moodioDesk: { sessions: Map<string, { firstName: string; userId: string }> } }).moodioDesk.sessions.values()].find(
+          (s) => s.firstName === name,
+        )!.userId,
+      name,
+    );
   const setRole = async (name: string, permission: string) => {
     const res = await api(server, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(await userIdOf(name))}`, { permission });
     assert.equal(res.status, 202, JSON.stringify(res.body));
@@ -438,36 +486,33 @@ async function threeWithRoles() {
   return { alice, bob, vic, windows, everywhere, setRole };
 }
 
-test(
-  'a role changed through the server API shows live: a viewer turned editor drags at once, an editor turned viewer cannot',
-  async () => {
-    const { alice, bob, vic, windows, everywhere, setRole } = await threeWithRoles();
-    // Vic, a viewer, cannot move a card...
-    const start = await position(vic, 'asset-2');
-    await drag(vic, 'asset-2', 160, 90);
-    assert.deepEqual(await position(vic, 'asset-2'), start);
-    // ...until the API makes Vic an editor: every window shows it, and Vic's next drag moves the card for the others.
-    await setRole('Vic', 'editor');
-    await everywhere(['Alice:editor', 'Bob:editor', 'Vic:editor']);
-    assert.equal(await vic.textContent('#me'), 'Vic (editor)');
-    assert.equal(await vic.evaluate(() => document.body.classList.contains('viewer')), false);
-    assert.match((await vic.textContent('#help')) ?? '', /Drag a card/);
-    await drag(vic, 'asset-2', 160, 90);
-    const moved = await position(vic, 'asset-2');
-    assert.notDeepEqual(moved, start);
-    await waitPosition(alice, 'asset-2', moved);
-    await waitPosition(bob, 'asset-2', moved);
+test('a role changed through the server API shows live: a viewer turned editor drags at once, an editor turned viewer cannot', async () => {
+  const { alice, bob, vic, windows, everywhere, setRole } = await threeWithRoles();
+  // Vic, a viewer, cannot move a card...
+  const start = await position(vic, 'asset-2');
+  await drag(vic, 'asset-2', 160, 90);
+  assert.deepEqual(await position(vic, 'asset-2'), start);
+  // ...until the API makes Vic an editor: every window shows it, and Vic's next drag moves the card for the others.
+  await setRole('Vic', 'editor');
+  await everywhere(['Alice:editor', 'Bob:editor', 'Vic:editor']);
+  assert.equal(await vic.textContent('#me'), 'Vic (editor)');
+  assert.equal(await vic.evaluate(() => document.body.classList.contains('viewer')), false);
+  assert.match((await vic.textContent('#help')) ?? '', /Drag a card/);
+  await drag(vic, 'asset-2', 160, 90);
+  const moved = await position(vic, 'asset-2');
+  assert.notDeepEqual(moved, start);
+  await waitPosition(alice, 'asset-2', moved);
+  await waitPosition(bob, 'asset-2', moved);
 
-    // Bob, turned viewer, can no longer pick a card up.
-    await setRole('Bob', 'viewer');
-    await everywhere(['Alice:editor', 'Bob:viewer', 'Vic:editor']);
-    assert.equal(await bob.textContent('#me'), 'Bob (viewer)');
-    const bobStart = await position(bob, 'asset-3');
-    await drag(bob, 'asset-3', 120, 60);
-    assert.deepEqual(await position(bob, 'asset-3'), bobStart, "a viewer's page does not move it");
-    for (const page of windows) await page.context().close();
-  },
-);
+  // Bob, turned viewer, can no longer pick a card up.
+  await setRole('Bob', 'viewer');
+  await everywhere(['Alice:editor', 'Bob:viewer', 'Vic:editor']);
+  assert.equal(await bob.textContent('#me'), 'Bob (viewer)');
+  const bobStart = await position(bob, 'asset-3');
+  await drag(bob, 'asset-3', 120, 60);
+  assert.deepEqual(await position(bob, 'asset-3'), bobStart, "a viewer's page does not move it");
+  for (const page of windows) await page.context().close();
+});
 
 test('a revoked window says so and stops; the others see it leave', async () => {
   const { alice, bob, vic, windows, setRole } = await threeWithRoles();
@@ -486,11 +531,18 @@ test('a revoked window says so and stops; the others see it leave', async () => 
   const vicBefore = await position(vic, 'asset-1');
   await drag(vic, 'asset-1', 100, 100);
   assert.deepEqual(await position(vic, 'asset-1'), vicBefore, 'a revoked window moves nothing');
-  assert.equal(await vic.evaluate(() => (window as unknown as { moodio: { state: string; nextRetryInMs: number | null } }).moodio.nextRetryInMs), null, 'and does not reconnect');
+  assert.equal(
+    await vic.evaluate(() => (window as unknown as { moodio: { state: string; nextRetryInMs: number | null } }).moodio.nextRetryInMs),
+    null,
+    'and does not reconnect',
+  );
 
   mkdirSync(ARTIFACTS, { recursive: true });
   await vic.screenshot({ path: new URL('demo-revoked.png', ARTIFACTS).pathname });
   await alice.screenshot({ path: new URL('demo-roles.png', ARTIFACTS).pathname });
   for (const page of windows) await page.context().close();
-  assert.deepEqual(failures.filter((f) => !f.includes('/ws/connection')), []);
+  assert.deepEqual(
+    failures.filter((f) => !f.includes('/ws/connection')),
+    [],
+  );
 });

@@ -5,7 +5,18 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { envelope, parseHeartbeat, parseRoomMessage, parseTopicMessage, roomSubject, sessionInfoJson, sessionLeftJson, topicSubject, topicSyncRequestJson, type BusSessionInfo } from '../src/protocol/bus.ts';
+import {
+  envelope,
+  parseHeartbeat,
+  parseRoomMessage,
+  parseTopicMessage,
+  roomSubject,
+  sessionInfoJson,
+  sessionLeftJson,
+  topicSubject,
+  topicSyncRequestJson,
+  type BusSessionInfo,
+} from '../src/protocol/bus.ts';
 import { formatStamp, parseStamp } from '../src/protocol/bus-signature.ts';
 import { beatOrder, MAX_REMEMBERED_IDS, nextHistory, ReplayGuard, RETIRED_INCARNATIONS, type BeatHistory } from '../src/shard/bus-replay.ts';
 
@@ -20,7 +31,7 @@ const reason = (value: unknown) => {
   return parsed.ok ? 'ok' : parsed.reason;
 };
 
-test('subjects and envelopes are the Go relay\'s', () => {
+test("subjects and envelopes are the Go relay's", () => {
   assert.equal(roomSubject('abc_-1'), 'room.abc_-1');
   assert.equal(envelope('"node-a"', '{"type":"x"}'), '{"r":"node-a","p":{"type":"x"}}');
   assert.deepEqual(JSON.parse(sessionInfoJson(info)), info);
@@ -45,9 +56,14 @@ test('a sync request, presence and a relayed event are accepted, and presence is
   assert.ok(updated.ok && updated.value.kind === 'updated');
   assert.equal(updated.value.info.permission, 'viewer');
   assert.deepEqual(JSON.parse(updated.value.text), { type: 'session_updated', ...stamp, permission: 'viewer', payload: { ...info, permission: 'viewer' } });
-  assert.equal(reason({ r: 'n1', p: { type: 'session_updated', ...stamp, permission: 'editor', payload: { ...info, permission: 'viewer' } } }), 'invalid_event', 'the two roles must agree');
+  assert.equal(
+    reason({ r: 'n1', p: { type: 'session_updated', ...stamp, permission: 'editor', payload: { ...info, permission: 'viewer' } } }),
+    'invalid_event',
+    'the two roles must agree',
+  );
 
-  const text = '{"r":"n1","p":{"type":"asset_moved","sessionId":"session_1","userId":"user-1","firstName":"Ann","email":"a@x","timestamp":5,"payload":{"x":1e3}}}';
+  const text =
+    '{"r":"n1","p":{"type":"asset_moved","sessionId":"session_1","userId":"user-1","firstName":"Ann","email":"a@x","timestamp":5,"payload":{"x":1e3}}}';
   const relayed = parseRoomMessage(bytes(text), DESK, MAX);
   assert.ok(relayed.ok && relayed.value.kind === 'relayed');
   assert.equal(relayed.value.type, 'asset_moved');
@@ -143,7 +159,20 @@ test('stamps: a time and an id, read back exactly, and nothing else', () => {
   assert.equal(formatStamp(1_700_000_000_123, 'a1b2c3-x_9'), '1700000000123.a1b2c3-x_9');
   assert.deepEqual(parseStamp('1700000000123.a1b2c3-x_9'), { time: 1_700_000_000_123, id: 'a1b2c3-x_9' });
   assert.deepEqual(parseStamp(`1.${'i'.repeat(64)}`), { time: 1, id: 'i'.repeat(64) });
-  for (const bad of [undefined, '', '1700000000123', '.abc', '1700000000123.', '-5.abc', '1.5.abc', 'x.abc', '1.a b', '1.a/b', `1.${'i'.repeat(65)}`, `${'9'.repeat(16)}.abc`]) {
+  for (const bad of [
+    undefined,
+    '',
+    '1700000000123',
+    '.abc',
+    '1700000000123.',
+    '-5.abc',
+    '1.5.abc',
+    'x.abc',
+    '1.a b',
+    '1.a/b',
+    `1.${'i'.repeat(65)}`,
+    `${'9'.repeat(16)}.abc`,
+  ]) {
     assert.equal(parseStamp(bad), null, String(bad));
   }
 });
@@ -218,7 +247,11 @@ test('API requests from the bus are checked field by field', async () => {
   const { parseBusRequest } = await import('../src/protocol/api.ts');
   const event = (type: string, sender = 'server') => JSON.stringify({ type, sessionId: sender, userId: sender, timestamp: 1 });
   const publish = { kind: 'publish', id: 'i1', desktopId: 'd-1', type: 'x', event: event('note') };
-  assert.deepEqual(parseBusRequest(publish), { kind: 'publish', id: 'i1', desktopId: 'd-1', type: 'note', event: event('note') }, 'the type is taken from the event itself');
+  assert.deepEqual(
+    parseBusRequest(publish),
+    { kind: 'publish', id: 'i1', desktopId: 'd-1', type: 'note', event: event('note') },
+    'the type is taken from the event itself',
+  );
   for (const bad of [
     null,
     [],
@@ -256,13 +289,30 @@ test("topic subjects and messages are the upstream relay's: checked as the flat 
   const sync = parseTopicMessage(enc({ r: 'up', p: { op: 'event', topic, type: 'presence_sync_request' } }), topic, 4096);
   assert.deepEqual(sync, { ok: true, node: 'up', value: { kind: 'sync_request' } });
   const who = { sessionId: 'session_1', userId: 'user-1', firstName: 'Ann', email: 'a@example.com' };
-  const joined = parseTopicMessage(enc({ r: 'up', p: { op: 'event', topic, type: 'session_joined', ...who, timestamp: 5, payload: { ...who, permission: 'owner' } } }), topic, 4096);
+  const joined = parseTopicMessage(
+    enc({ r: 'up', p: { op: 'event', topic, type: 'session_joined', ...who, timestamp: 5, payload: { ...who, permission: 'owner' } } }),
+    topic,
+    4096,
+  );
   assert.ok(joined.ok && joined.value.kind === 'joined');
   assert.equal(joined.value.info.permission, 'editor', 'owner acts as editor');
-  assert.equal(joined.value.text, `{"type":"session_joined","sessionId":"session_1","userId":"user-1","firstName":"Ann","email":"a@example.com","timestamp":5,"payload":${sessionInfoJson({ ...who, permission: 'editor' })}}`);
-  const event = parseTopicMessage(new TextEncoder().encode(`{"r":"up","p":{"op":"event","topic":"desktop:abc","type":"asset_moved","sessionId":"session_1","userId":"user-1","timestamp":7,"payload":{"x":1e20}}}`), topic, 4096);
+  assert.equal(
+    joined.value.text,
+    `{"type":"session_joined","sessionId":"session_1","userId":"user-1","firstName":"Ann","email":"a@example.com","timestamp":5,"payload":${sessionInfoJson({ ...who, permission: 'editor' })}}`,
+  );
+  const event = parseTopicMessage(
+    new TextEncoder().encode(
+      `{"r":"up","p":{"op":"event","topic":"desktop:abc","type":"asset_moved","sessionId":"session_1","userId":"user-1","timestamp":7,"payload":{"x":1e20}}}`,
+    ),
+    topic,
+    4096,
+  );
   assert.ok(event.ok && event.value.kind === 'relayed');
-  assert.equal(event.value.text, '{"type":"asset_moved","sessionId":"session_1","userId":"user-1","firstName":"","email":"","timestamp":7,"payload":{"x":1e20}}', 'the payload as sent');
+  assert.equal(
+    event.value.text,
+    '{"type":"asset_moved","sessionId":"session_1","userId":"user-1","firstName":"","email":"","timestamp":7,"payload":{"x":1e20}}',
+    'the payload as sent',
+  );
   const bare = parseTopicMessage(enc({ r: 'up', p: { op: 'event', topic, type: 'cursor', ...who, timestamp: 7 } }), topic, 4096);
   assert.ok(bare.ok && bare.value.kind === 'relayed' && bare.value.text.endsWith(',"payload":null}'));
   const refused = (p: unknown, size = 4096) => {

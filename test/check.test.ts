@@ -12,7 +12,9 @@ import { startServer } from './helpers/server.ts';
 const ORIGIN = 'https://app.moodio.example';
 
 function request(port: number, method: string, headers: Record<string, string> = {}): Promise<RawResponse> {
-  const lines = Object.entries({ Host: '127.0.0.1', ...headers }).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+  const lines = Object.entries({ Host: '127.0.0.1', ...headers })
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('');
   return rawRequest(port, [`${method} ${CHECK_PATH} HTTP/1.1\r\n${lines}\r\n`]);
 }
 

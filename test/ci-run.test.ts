@@ -39,7 +39,10 @@ echo "$*|$HOME|\${npm_config_cache:-}|$(ls -A "$HOME" 2>/dev/null | wc -l)|$(ls 
   const env = { PATH: `${bin}:/usr/bin:/bin`, HOME: home, TMPDIR: dir, npm_config_cache: join(home, '.npm') };
   await run('bash', [join(ROOT, '.ci', 'run')], { env, timeout: 30_000 });
 
-  const calls = readFileSync(log, 'utf8').trim().split('\n').map((line) => line.split('|'));
+  const calls = readFileSync(log, 'utf8')
+    .trim()
+    .split('\n')
+    .map((line) => line.split('|'));
   assert.deepEqual(
     calls.map(([args]) => args),
     ['ci --no-audit --no-fund', 'test'],

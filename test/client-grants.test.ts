@@ -10,7 +10,15 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { ClientError, connect, isServerEvent, type ClientEvents, type MoodioClient, type RelayedEvent, type WebSocketConstructor } from '../src/client/index.ts';
+import {
+  ClientError,
+  connect,
+  isServerEvent,
+  type ClientEvents,
+  type MoodioClient,
+  type RelayedEvent,
+  type WebSocketConstructor,
+} from '../src/client/index.ts';
 import { CloseCode } from '../src/protocol/events.ts';
 import { api, API_KEY } from './helpers/api.ts';
 import { rolesByUser, startPermissionStub, type PermissionStub } from './helpers/permission-stub.ts';
@@ -91,7 +99,10 @@ test('a viewer turned editor learns its role, the room sees it, and its next mov
   assert.deepEqual(await changed, { permission: 'editor', previous: 'viewer' }, 'room_joined told the client its role');
   assert.equal(vi.client.permission, 'editor');
   const change = await updated;
-  assert.deepEqual(change.updated.map((s) => [s.sessionId, s.permission]), [[vi.client.sessionId, 'editor']]);
+  assert.deepEqual(
+    change.updated.map((s) => [s.sessionId, s.permission]),
+    [[vi.client.sessionId, 'editor']],
+  );
   assert.deepEqual([change.joined, change.left], [[], []]);
   assert.equal(ed.client.sessions.get(vi.client.sessionId!)!.permission, 'editor');
 

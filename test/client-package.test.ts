@@ -61,7 +61,10 @@ after(() => cleanup.run());
 
 /** `npm pack` an installed package's folder into `destination`; returns the tarball's path. */
 async function packFolder(folder: string, destination: string, env: NodeJS.ProcessEnv): Promise<string> {
-  const { stdout } = await run('npm', ['pack', '--offline', '--json', '--ignore-scripts', '--pack-destination', destination, folder], { cwd: destination, env });
+  const { stdout } = await run('npm', ['pack', '--offline', '--json', '--ignore-scripts', '--pack-destination', destination, folder], {
+    cwd: destination,
+    env,
+  });
   const [packed] = JSON.parse(stdout) as { filename: string }[];
   return join(destination, packed!.filename);
 }
@@ -118,7 +121,9 @@ test('the package has no dependencies (React is an optional peer, of the /react 
   assert.deepEqual(manifest.peerDependenciesMeta, { react: { optional: true } });
   assert.deepEqual((manifest.exports as Record<string, unknown>)['./react'], { types: './client/react.d.ts', default: './client/react.js' });
   assert.equal(manifest.type, 'module');
-  const files = readdirSync(installed(), { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(installed().length + 1));
+  const files = readdirSync(installed(), { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name).slice(installed().length + 1));
   assert.deepEqual(files.filter((f) => !/\.(js|d\.ts)$/.test(f)).sort(), ['README.md', 'package.json']);
   for (const file of files.filter((f) => f.endsWith('.js') || f.endsWith('.d.ts'))) {
     const text = readFileSync(join(installed(), file), 'utf8');
@@ -176,10 +181,25 @@ conn.close();
 `,
   );
   const tsc = join(ROOT, 'node_modules/typescript/bin/tsc');
-  for (const [module, resolution] of [['nodenext', 'nodenext'], ['esnext', 'bundler']]) {
+  for (const [module, resolution] of [
+    ['nodenext', 'nodenext'],
+    ['esnext', 'bundler'],
+  ]) {
     writeFileSync(
       join(app, 'tsconfig.json'),
-      JSON.stringify({ compilerOptions: { module, moduleResolution: resolution, target: 'es2022', lib: ['es2022', 'dom'], types: [], strict: true, noEmit: true, skipLibCheck: false }, files: ['check.ts'] }),
+      JSON.stringify({
+        compilerOptions: {
+          module,
+          moduleResolution: resolution,
+          target: 'es2022',
+          lib: ['es2022', 'dom'],
+          types: [],
+          strict: true,
+          noEmit: true,
+          skipLibCheck: false,
+        },
+        files: ['check.ts'],
+      }),
     );
     const result = await run(process.execPath, [tsc, '-p', 'tsconfig.json'], { cwd: app }).then(
       () => '',
@@ -252,7 +272,9 @@ test("Chromium loads it from the app's node_modules on another origin and joins 
   await page.goto(`http://127.0.0.1:${port}/?${query}`);
   await page.waitForFunction(() => document.body.dataset.state === 'open', undefined, { timeout: 30_000 });
   assert.equal((await peer.expect('session_joined')).firstName, 'Brow');
-  await page.evaluate(() => (window as unknown as { client: { send(type: string, payload: unknown): void } }).client.send('asset_moved', { id: 'from-browser', x: 5 }));
+  await page.evaluate(() =>
+    (window as unknown as { client: { send(type: string, payload: unknown): void } }).client.send('asset_moved', { id: 'from-browser', x: 5 }),
+  );
   const sent = await peer.expect('asset_moved');
   assert.deepEqual([sent.firstName, sent.payload], ['Brow', { id: 'from-browser', x: 5 }]);
   peer.send({ type: 'asset_moved', payload: { id: 'from-peer', x: 6 } });

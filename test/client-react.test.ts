@@ -95,7 +95,11 @@ test('useDesktop connects on mount and renders state, role and the others; send 
   assert.deepEqual(view.texts, ['connecting null [] -', 'open editor [] -'], 'connecting first, then joined with the role room_joined named');
 
   const { client: peer, joined } = await join(t, server.wsUrl(room), { token: member('Pia', 'editor') });
-  assert.deepEqual(joined.sessions.map((s: { firstName: string }) => s.firstName), ['Rea'], "strict mode's first client closed: one session in the room");
+  assert.deepEqual(
+    joined.sessions.map((s: { firstName: string }) => s.firstName),
+    ['Rea'],
+    "strict mode's first client closed: one session in the room",
+  );
   await view.until(/^open editor \[Pia\] -$/);
 
   view.desk().send('asset_moved', { id: 'card', x: 7 });

@@ -128,7 +128,10 @@ describe('the reconnect rate against a server that keeps turning the client away
     await server.reached(7, 30_000);
     assertRate(server.arrivals, 2);
     assert.equal(delays[0], 0, 'the first 4001 retries at once');
-    assert.ok(delays.slice(1).every((ms) => ms > 0), `a repeated 4001 backs off: ${delays.join(', ')}`);
+    assert.ok(
+      delays.slice(1).every((ms) => ms > 0),
+      `a repeated 4001 backs off: ${delays.join(', ')}`,
+    );
     assert.ok(asked >= 7, 'the token function is asked for every attempt');
   });
 
@@ -147,9 +150,15 @@ describe('the reconnect rate against a server that keeps turning the client away
     client(t, tooMany).on('rejected', ({ status }) => rejected.push(status));
     client(t, unavailable).on('rejected', ({ status }) => rejected.push(status));
     await Promise.all([tooMany.reached(4, 20_000), unavailable.reached(4, 20_000)]);
-    for (const [server, seconds] of [[tooMany, 1], [unavailable, 2]] as const) {
+    for (const [server, seconds] of [
+      [tooMany, 1],
+      [unavailable, 2],
+    ] as const) {
       const seen = gaps(server.arrivals.slice(0, 4));
-      assert.ok(seen.every((gap) => gap >= seconds * 1000), `Retry-After: ${seconds}, gaps ${seen.join(', ')} ms`);
+      assert.ok(
+        seen.every((gap) => gap >= seconds * 1000),
+        `Retry-After: ${seconds}, gaps ${seen.join(', ')} ms`,
+      );
     }
     assert.ok(rejected.includes(429) && rejected.includes(503));
   });

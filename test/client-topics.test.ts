@@ -56,12 +56,22 @@ function next<V>(on: (handler: (value: V) => void) => () => void, ok: (value: V)
 
 /** Wait until `topic` is in `state`. */
 async function stateOf(topic: Topic, state: TopicEvents['state']): Promise<void> {
-  if (topic.state !== state) await next<TopicEvents['state']>((h) => topic.on('state', h), (s) => s === state, `${topic.topic} ${state}`);
+  if (topic.state !== state)
+    await next<TopicEvents['state']>(
+      (h) => topic.on('state', h),
+      (s) => s === state,
+      `${topic.topic} ${state}`,
+    );
 }
 
 /** Wait until `topic`'s presence satisfies `ok`. */
 async function presenceUntil(topic: Topic, ok: () => boolean): Promise<void> {
-  while (!ok()) await next((h) => topic.on('presence', h), () => true, `presence on ${topic.topic}`);
+  while (!ok())
+    await next(
+      (h) => topic.on('presence', h),
+      () => true,
+      `presence on ${topic.topic}`,
+    );
 }
 
 /** A multiplexed SDK connection of a fresh user named `name`; `tokens` counts the token function's calls. */
@@ -97,11 +107,18 @@ test('one connection holds desktops on both shards and a production table: prese
   assert.equal(annTopics[0]!.permission, 'editor');
 
   // Each sees the other on every topic, whichever shard owns it, and the legacy socket on its desktop.
-  for (const [i, topic] of annTopics.entries()) await presenceUntil(topic, () => topic.sessions.has(ben.conn.sessionId!) && (i !== 0 || topic.sessions.size === 2));
+  for (const [i, topic] of annTopics.entries())
+    await presenceUntil(topic, () => topic.sessions.has(ben.conn.sessionId!) && (i !== 0 || topic.sessions.size === 2));
   await legacy.expect('session_joined');
   await legacy.expect('session_joined');
 
-  const received = benTopics.map((topic) => next<TopicEvent>((h) => topic.onEvent('asset_moved', h), () => true, `asset_moved on ${topic.topic}`));
+  const received = benTopics.map((topic) =>
+    next<TopicEvent>(
+      (h) => topic.onEvent('asset_moved', h),
+      () => true,
+      `asset_moved on ${topic.topic}`,
+    ),
+  );
   for (const [i, topic] of annTopics.entries()) topic.send('asset_moved', { id: `card-${i}`, x: i, y: 2 });
   const events = await Promise.all(received);
   assert.deepEqual(

@@ -93,7 +93,17 @@ function start(): { conn: TopicConnection; clock: ReturnType<typeof fakeClock>; 
 
 const alice = { sessionId: 'session_a', userId: 'u-alice', firstName: 'Alice', email: 'a@example.com', permission: 'editor' };
 const bob = { sessionId: 'session_b', userId: 'u-bob', firstName: 'Bob', email: 'b@example.com', permission: 'viewer' };
-const event = (topic: string, type: string, payload: unknown = null) => ({ op: 'event', topic, type, sessionId: 'session_a', userId: 'u-alice', firstName: 'Alice', email: 'a@example.com', timestamp: 1, payload });
+const event = (topic: string, type: string, payload: unknown = null) => ({
+  op: 'event',
+  topic,
+  type,
+  sessionId: 'session_a',
+  userId: 'u-alice',
+  firstName: 'Alice',
+  email: 'a@example.com',
+  timestamp: 1,
+  payload,
+});
 
 test('one socket on /ws/connection; nothing is sent before the first subscribe', () => {
   const { conn, socket } = start();
@@ -124,7 +134,10 @@ test('subscriptions are counted: two holders share one subscribe; the first unsu
   a.unsubscribe(); // again: nothing
   assert.equal(a.state, 'unsubscribed');
   assert.deepEqual(socket().ops(), ['subscribe desktop:abc'], 'b still holds it');
-  assert.throws(() => a.send('cursor', {}), (e: ClientError) => e.code === 'ERR_NOT_SUBSCRIBED');
+  assert.throws(
+    () => a.send('cursor', {}),
+    (e: ClientError) => e.code === 'ERR_NOT_SUBSCRIBED',
+  );
   got.length = 0;
   socket().receive(event('desktop:abc', 'asset_moved', { id: 'y' }));
   assert.deepEqual(got, ['b desktop:abc {"id":"y"}'], "a's listener went with it");
@@ -157,9 +170,16 @@ test('a topic left before the socket opened is never asked for; sends before the
     table.send('pt_cell_updated', { id: 'r1:c3', value: 'c' });
   });
   socket().ack('production-table:t1');
-  assert.deepEqual(socket().ops(), ['subscribe production-table:t1', 'publish production-table:t1 pt_cell_updated', 'publish production-table:t1 pt_cell_updated', 'publish production-table:t1 pt_cell_updated']);
+  assert.deepEqual(socket().ops(), [
+    'subscribe production-table:t1',
+    'publish production-table:t1 pt_cell_updated',
+    'publish production-table:t1 pt_cell_updated',
+    'publish production-table:t1 pt_cell_updated',
+  ]);
   assert.deepEqual(
-    socket().sent.slice(1).map((f) => (f.payload as { id: string }).id),
+    socket()
+      .sent.slice(1)
+      .map((f) => (f.payload as { id: string }).id),
     ['r1:c1', 'r1:c2', 'r1:c3'],
   );
   assert.deepEqual(order, ['state subscribed after 3 frames']);
@@ -230,7 +250,10 @@ test('an error with a ref lands on the op that caused it: a refused subscribe re
   assert.deepEqual([ok.state, no.state], ['subscribed', 'refused']);
   assert.deepEqual(no.refusal, { code: 'forbidden', message: 'no', op: 'subscribe' });
   assert.deepEqual(errors, [{ code: 'forbidden', message: 'no', op: 'subscribe' }]);
-  assert.throws(() => no.send('cursor', {}), (e: ClientError) => e.code === 'ERR_NOT_SUBSCRIBED');
+  assert.throws(
+    () => no.send('cursor', {}),
+    (e: ClientError) => e.code === 'ERR_NOT_SUBSCRIBED',
+  );
 
   // Not an op's: an error naming no topic is the connection's.
   const connErrors: unknown[] = [];
@@ -287,7 +310,10 @@ test('a viewer: its mutations are refused by send(); queued ones are dropped at 
   assert.equal(errors.length, 1);
   assert.equal((errors[0] as ClientError).code, 'ERR_VIEWER_MUTATION');
   assert.deepEqual(roles, [{ permission: 'viewer', previous: null }]);
-  assert.throws(() => table.send('pt_cell_updated', { id: 'c1', value: 'x' }), (e: ClientError) => e.code === 'ERR_VIEWER_MUTATION');
+  assert.throws(
+    () => table.send('pt_cell_updated', { id: 'c1', value: 'x' }),
+    (e: ClientError) => e.code === 'ERR_VIEWER_MUTATION',
+  );
   socket().receive({ ...event('production-table:t1', 'permission_changed'), permission: 'editor' });
   table.send('pt_cell_updated', { id: 'c1', value: 'x' });
   assert.equal(socket().ops().at(-1), 'publish production-table:t1 pt_cell_updated');
@@ -297,25 +323,52 @@ test('refused before the server would: a bad topic, whitespace around it, a 51st
   const { conn, socket } = start();
   socket().open();
   for (const topic of ['desktop', 'desktop:', ' desktop:abc', 'desktop:abc ', 'room:abc', 'desktop:a/b', `desktop:${'x'.repeat(129)}`]) {
-    assert.throws(() => conn.subscribe(topic), (e: ClientError) => e.code === 'ERR_INVALID_TOPIC', topic);
+    assert.throws(
+      () => conn.subscribe(topic),
+      (e: ClientError) => e.code === 'ERR_INVALID_TOPIC',
+      topic,
+    );
   }
   const handles = [];
   for (let i = 0; i < ConnectionLimit.MAX_TOPICS; i++) handles.push(conn.subscribe(`production-table:t${i}`));
-  assert.throws(() => conn.subscribe('desktop:one-more'), (e: ClientError) => e.code === 'ERR_TOO_MANY_TOPICS');
+  assert.throws(
+    () => conn.subscribe('desktop:one-more'),
+    (e: ClientError) => e.code === 'ERR_TOO_MANY_TOPICS',
+  );
   conn.subscribe('production-table:t0'); // one already held is shared, not counted again
   handles[1]!.unsubscribe();
   conn.subscribe('desktop:one-more');
 
   const t0 = handles[0]!;
   for (const type of ['', 'x'.repeat(65), 'session_joined', 'session_left', 'presence_sync_request']) {
-    assert.throws(() => t0.send(type, {}), (e: ClientError) => e.code === 'ERR_INVALID_TYPE', type);
+    assert.throws(
+      () => t0.send(type, {}),
+      (e: ClientError) => e.code === 'ERR_INVALID_TYPE',
+      type,
+    );
   }
-  socket().receive({ op: 'subscribed', topic: 'production-table:t0', permission: 'root', sessionId: 's', sessions: [], ref: socket().ref('subscribe', 'production-table:t0') });
+  socket().receive({
+    op: 'subscribed',
+    topic: 'production-table:t0',
+    permission: 'root',
+    sessionId: 's',
+    sessions: [],
+    ref: socket().ref('subscribe', 'production-table:t0'),
+  });
   socket().receive({ op: 'event', topic: 'production-table:t0' });
   assert.equal(t0.state, 'subscribing', 'an ack with an unknown role is dropped');
-  assert.throws(() => t0.on('asset_moved' as 'state', () => {}), (e: ClientError) => e.code === 'ERR_UNKNOWN_CLIENT_EVENT');
+  assert.throws(
+    () => t0.on('asset_moved' as 'state', () => {}),
+    (e: ClientError) => e.code === 'ERR_UNKNOWN_CLIENT_EVENT',
+  );
   conn.close();
   assert.equal(conn.state, 'closed');
-  assert.throws(() => conn.subscribe('desktop:late'), (e: ClientError) => e.code === 'ERR_CLOSED');
-  assert.throws(() => t0.send('cursor', {}), (e: ClientError) => e.code === 'ERR_CLOSED');
+  assert.throws(
+    () => conn.subscribe('desktop:late'),
+    (e: ClientError) => e.code === 'ERR_CLOSED',
+  );
+  assert.throws(
+    () => t0.send('cursor', {}),
+    (e: ClientError) => e.code === 'ERR_CLOSED',
+  );
 });

@@ -12,7 +12,17 @@ import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import { test } from 'node:test';
 import WebSocket from 'ws';
-import { CLIENT_EVENTS, ClientError, connect, type ClientState, type PermissionChange, type PresenceChange, type RelayedEvent, type Revocation, type WebSocketConstructor } from '../src/client/index.ts';
+import {
+  CLIENT_EVENTS,
+  ClientError,
+  connect,
+  type ClientState,
+  type PermissionChange,
+  type PresenceChange,
+  type RelayedEvent,
+  type Revocation,
+  type WebSocketConstructor,
+} from '../src/client/index.ts';
 import { join, rawRequest } from './helpers/client.ts';
 import { grant, startPermissionStub } from './helpers/permission-stub.ts';
 import { ErrorCode } from '../src/protocol/events.ts';
@@ -109,7 +119,10 @@ test('backoff: jittered doubling to the cap, a distinct failing state, quick ret
   client.send('asset_moved', { id: 'asset-1', n: 2 });
   FakeSocket.all.at(-1)!.join('session_a');
   assert.equal(client.state, 'open');
-  assert.deepEqual(FakeSocket.all.at(-1)!.sent.map((s) => JSON.parse(s).payload.n), [1, 2]);
+  assert.deepEqual(
+    FakeSocket.all.at(-1)!.sent.map((s) => JSON.parse(s).payload.n),
+    [1, 2],
+  );
 
   clock.advance(STABLE_MS);
   FakeSocket.all.at(-1)!.drop(1012);
@@ -185,7 +198,13 @@ test('while away, a transient type keeps only its newest event per asset, behind
 
 test('transientTypes is configurable; a transient event without an asset id is keyed by its type alone', () => {
   FakeSocket.all = [];
-  const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, transientTypes: ['cursor', 'asset_moved'], ...fakeClock() });
+  const client = connect({
+    url: 'ws://x',
+    desktopId: 'd',
+    WebSocket: FakeSocket as unknown as WebSocketConstructor,
+    transientTypes: ['cursor', 'asset_moved'],
+    ...fakeClock(),
+  });
   client.send('cursor', { x: 1 });
   client.send('asset_dragging', { id: 'a', x: 1 });
   client.send('asset_dragging', { id: 'a', x: 2 });
@@ -194,7 +213,10 @@ test('transientTypes is configurable; a transient event without an asset id is k
   client.send('asset_moved', { id: 'a', x: 3 });
   FakeSocket.all[0]!.join('me');
   assert.deepEqual(
-    FakeSocket.all[0]!.sent.map((text) => { const e = JSON.parse(text); return `${e.type} ${e.payload.x}`; }),
+    FakeSocket.all[0]!.sent.map((text) => {
+      const e = JSON.parse(text);
+      return `${e.type} ${e.payload.x}`;
+    }),
     ['asset_dragging 1', 'asset_dragging 2', 'cursor 2', 'asset_moved 3'],
   );
   client.close();
@@ -217,7 +239,12 @@ test('retryNow() opens at once while a retry waits, restarts the backoff, and do
   assert.equal(FakeSocket.all.length, 3, 'not while that attempt is in flight');
   FakeSocket.all[2]!.fail();
   assert.equal(client.nextRetryInMs, 499, 'the backoff starts again from its floor');
-  assert.deepEqual(retries, [{ inMs: 499, attempt: 1 }, { inMs: 999, attempt: 2 }, { inMs: 0, attempt: 2 }, { inMs: 499, attempt: 3 }]);
+  assert.deepEqual(retries, [
+    { inMs: 499, attempt: 1 },
+    { inMs: 999, attempt: 2 },
+    { inMs: 0, attempt: 2 },
+    { inMs: 499, attempt: 3 },
+  ]);
   clock.fire();
   FakeSocket.all[3]!.join('me');
   client.retryNow();
@@ -228,7 +255,8 @@ test('retryNow() opens at once while a retry waits, restarts the backoff, and do
 
 test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Bearer when asked; without one nothing is offered; a token function is asked per attempt', () => {
   FakeSocket.all = [];
-  const make = (extra: object) => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock(), ...extra });
+  const make = (extra: object) =>
+    connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock(), ...extra });
   make({ token: 'a.b.c' }).close();
   make({ token: 'a.b.c', tokenVia: 'bearer' }).close();
   make({}).close();
@@ -244,7 +272,10 @@ test('the token is offered as moodio.v1 + moodio.token.<token>, or sent as Beare
   FakeSocket.all[0]!.fail();
   current = 'second';
   clock.fire();
-  assert.deepEqual(FakeSocket.all.map((socket) => (socket.options as string[])[1]), ['moodio.token.first', 'moodio.token.second']);
+  assert.deepEqual(
+    FakeSocket.all.map((socket) => (socket.options as string[])[1]),
+    ['moodio.token.first', 'moodio.token.second'],
+  );
   client.close();
   assert.throws(() => make({ token: 'a.b.c', tokenVia: 'cookie' }), { code: 'ERR_INVALID_OPTION', message: /options\.tokenVia/ });
 });
@@ -273,7 +304,13 @@ test('a token function may answer with a Promise: the attempt waits for it, and 
   // Closed while the token is pending: its answer opens nothing.
   FakeSocket.all[1]!.fail();
   let settle!: (token: string) => void;
-  const pending = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, ...fakeClock(), token: () => new Promise<string>((resolve) => (settle = resolve)) });
+  const pending = connect({
+    url: 'ws://x',
+    desktopId: 'd',
+    WebSocket: FakeSocket as unknown as WebSocketConstructor,
+    ...fakeClock(),
+    token: () => new Promise<string>((resolve) => (settle = resolve)),
+  });
   pending.close();
   settle('late');
   await new Promise((resolve) => setImmediate(resolve));
@@ -321,8 +358,14 @@ test('a token function that throws, rejects or answers no token: an error event 
   assert.deepEqual(unhandled, []);
   client.close();
   // A static token is checked once, at connect().
-  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 'a b' }), { code: 'ERR_INVALID_OPTION', message: /options\.token/ });
-  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 7 as unknown as string }), { code: 'ERR_INVALID_OPTION', message: /options\.token/ });
+  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 'a b' }), {
+    code: 'ERR_INVALID_OPTION',
+    message: /options\.token/,
+  });
+  assert.throws(() => connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, token: 7 as unknown as string }), {
+    code: 'ERR_INVALID_OPTION',
+    message: /options\.token/,
+  });
 });
 
 /** Wait until `ok()` holds, one macrotask at a time (the token's promise settles in between); bounded. */
@@ -363,8 +406,18 @@ test('presence is kept through joins and leaves; relayed events arrive typed and
   assert.deepEqual([event.sessionId, event.payload], [cJoined.sessionId, { id: 'asset-1', x: 3 }]);
   await b.close();
   while (client.sessions.size !== 1) await new Promise((resolve) => client.on('presence', resolve));
-  assert.deepEqual([...client.sessions.values()].map((s) => s.firstName), ['Cat']);
-  assert.deepEqual(changes.map((ch) => [ch.joined.map((s) => s.firstName), ch.left.map((s) => s.firstName)]), [[['Bob'], []], [['Cat'], []], [[], ['Bob']]]);
+  assert.deepEqual(
+    [...client.sessions.values()].map((s) => s.firstName),
+    ['Cat'],
+  );
+  assert.deepEqual(
+    changes.map((ch) => [ch.joined.map((s) => s.firstName), ch.left.map((s) => s.firstName)]),
+    [
+      [['Bob'], []],
+      [['Cat'], []],
+      [[], ['Bob']],
+    ],
+  );
   assert.equal((await c.expect('session_left')).firstName, 'Bob');
   client.send('asset_resized', { id: 'asset-1', w: 2 });
   assert.deepEqual((await c.expect('asset_resized')).payload, { id: 'asset-1', w: 2 });
@@ -407,8 +460,14 @@ test('a peer sending the lifecycle names as event types reaches onEvent, never t
   assert.deepEqual((await peer.expect('error')).code, ErrorCode.RESERVED_TYPE, '"error" is reserved: the relay refuses it from clients');
   const relayedNames = names.filter((n) => n !== 'error');
   assert.deepEqual(byType, relayedNames, 'each lifecycle name arrived as a relayed event, on onEvent');
-  assert.deepEqual(any.map((e) => e.type), [...relayedNames, 'asset_moved']);
-  assert.ok(any.every((e) => e.sessionId === peerJoined.sessionId), 'stamped with the sender');
+  assert.deepEqual(
+    any.map((e) => e.type),
+    [...relayedNames, 'asset_moved'],
+  );
+  assert.ok(
+    any.every((e) => e.sessionId === peerJoined.sessionId),
+    'stamped with the sender',
+  );
   assert.deepEqual(lifecycle, [], 'no lifecycle handler saw a relayed frame');
   assert.equal(client.state, 'open');
   assert.equal(client.sessions.size, 1);
@@ -446,11 +505,20 @@ test('after a forced reconnect, presence is rebuilt and the app hears who left a
   retries[0]!();
 
   const change = await reconnected;
-  assert.deepEqual(change.left.map((s) => s.firstName), ['Bob']);
-  assert.deepEqual(change.joined.map((s) => s.firstName), ['Cat']);
+  assert.deepEqual(
+    change.left.map((s) => s.firstName),
+    ['Bob'],
+  );
+  assert.deepEqual(
+    change.joined.map((s) => s.firstName),
+    ['Cat'],
+  );
   assert.equal(client.state, 'open');
   assert.notEqual(client.sessionId, firstSession);
-  assert.deepEqual([...client.sessions.values()].map((s) => s.firstName), ['Cat']);
+  assert.deepEqual(
+    [...client.sessions.values()].map((s) => s.firstName),
+    ['Cat'],
+  );
 });
 
 test('against the real server, the token is accepted from the protocol (answered moodio.v1) and from Bearer', async (t) => {
@@ -463,9 +531,18 @@ test('against the real server, the token is accepted from the protocol (answered
       sockets.push(this);
     }
   }
-  for (const [name, tokenVia] of [['Pat', 'protocol'], ['Bea', 'bearer']] as const) {
+  for (const [name, tokenVia] of [
+    ['Pat', 'protocol'],
+    ['Bea', 'bearer'],
+  ] as const) {
     const claims = user(name);
-    const client = connect({ url: `ws://127.0.0.1:${server.port}`, desktopId: desktop(), token: token(claims), tokenVia, WebSocket: Recorded as unknown as WebSocketConstructor });
+    const client = connect({
+      url: `ws://127.0.0.1:${server.port}`,
+      desktopId: desktop(),
+      token: token(claims),
+      tokenVia,
+      WebSocket: Recorded as unknown as WebSocketConstructor,
+    });
     t.after(() => client.close());
     while (client.state !== 'open') await new Promise((resolve) => client.on('state', resolve));
     assert.equal(stub.requests.at(-1)!.userId, claims.userId);
@@ -476,7 +553,10 @@ test('against the real server, the token is accepted from the protocol (answered
 test('in Node, a 401 or 403 handshake ends the client instead of retrying', async (t) => {
   const stub = await startPermissionStub(t);
   const server = await startServer(t, { workers: 1, permissionApiBase: stub.base });
-  for (const [jwt, status] of [['not-a-token', 401], [token(user('Den')), 403]] as const) {
+  for (const [jwt, status] of [
+    ['not-a-token', 401],
+    [token(user('Den')), 403],
+  ] as const) {
     if (status === 403) {
       stub.handle((_req, res) => {
         res.statusCode = 403;
@@ -538,7 +618,8 @@ test('server frames of the wrong shape are dropped, not handed to the app', () =
     { type: 'permission_changed', permission: ['editor'] },
     'not an object',
     null,
-  ]) socket.onmessage!({ data: JSON.stringify(frame) });
+  ])
+    socket.onmessage!({ data: JSON.stringify(frame) });
   assert.deepEqual(presence, []);
   assert.deepEqual(errors, []);
   assert.deepEqual([...client.sessions.keys()], ['a']);
@@ -565,7 +646,14 @@ test('permission_changed sets client.permission and emits permission once per ch
   assert.equal(client.permission, 'editor');
   socket.receive({ type: 'permission_changed', permission: 'viewer' });
   assert.equal(client.permission, 'viewer');
-  assert.deepEqual(changes, [{ permission: 'editor', previous: null }, { permission: 'viewer', previous: 'editor' }], 'the same role twice is one change');
+  assert.deepEqual(
+    changes,
+    [
+      { permission: 'editor', previous: null },
+      { permission: 'viewer', previous: 'editor' },
+    ],
+    'the same role twice is one change',
+  );
 
   // A reconnect is a new session: its role is whatever its room_joined says.
   socket.drop(1006);
@@ -638,7 +726,10 @@ test("a viewer's mutation is refused by send() (ERR_VIEWER_MUTATION) and never q
   joinAs(FakeSocket.all[0]!, 'me');
   assert.equal(unknown.permission, null);
   unknown.send('asset_moved', { id: 'a', x: 6 });
-  assert.deepEqual(FakeSocket.all[0]!.sent.map((text) => JSON.parse(text).payload.x), [5, 6]);
+  assert.deepEqual(
+    FakeSocket.all[0]!.sent.map((text) => JSON.parse(text).payload.x),
+    [5, 6],
+  );
   unknown.close();
 });
 
@@ -737,7 +828,7 @@ test('4001 after a stable session reconnects at once, asking the token function 
   FakeSocket.all.at(-1)!.join('me3');
   clock.advance(STABLE_MS - 1);
   FakeSocket.all.at(-1)!.drop(4001);
-  assert.equal(clock.delays().at(-1), 1999, 'a repeated 4001 takes the backoff\'s next delay');
+  assert.equal(clock.delays().at(-1), 1999, "a repeated 4001 takes the backoff's next delay");
   // Once a session is stable again, a 4001 is again retried at once.
   clock.fire();
   FakeSocket.all.at(-1)!.join('me4');

@@ -30,7 +30,16 @@ const serverEvent = (type: string, payload = '{"n":1}') => `{"type":"${type}","s
 async function setup(t: TestContext, debug = false) {
   t.mock.timers.enable({ apis: ['Date'], now: NOW });
   const p = await shardParts(t, { debug });
-  const control = new SessionControl({ shardId: 1, nodeId: 'node-a', rooms: p.rooms, relay: p.relay, backpressure: p.backpressure, out: p.out, metrics: p.metrics, log: p.log });
+  const control = new SessionControl({
+    shardId: 1,
+    nodeId: 'node-a',
+    rooms: p.rooms,
+    relay: p.relay,
+    backpressure: p.backpressure,
+    out: p.out,
+    metrics: p.metrics,
+    log: p.log,
+  });
   const commands = new Commands({ rooms: p.rooms, control, metrics: p.metrics, log: p.log, grants: null });
   const join = async (name: string, userId: string, desktopId: string) => {
     const m = await p.join(name, { userId, desktopId });
@@ -79,7 +88,7 @@ const view = (s: Session) => ({
   shard: 1,
 });
 
-test('publish: every open session of the desktop, the excepted user\'s left out; nothing for a desktop without a room', async (t) => {
+test("publish: every open session of the desktop, the excepted user's left out; nothing for a desktop without a room", async (t) => {
   const { p, commands, expect, ann1, bob, cat } = await setup(t);
   const event = serverEvent('note');
   assert.deepEqual(commands.apply({ kind: 'publish', id: id(), desktopId: 'desk-1', type: 'note', event }), { duplicate: false, reached: 2, changed: 0 });
@@ -87,12 +96,20 @@ test('publish: every open session of the desktop, the excepted user\'s left out;
   assert.equal(deliveries(p), 2);
 
   const except = serverEvent('note', '2');
-  assert.deepEqual(commands.apply({ kind: 'publish', id: id(), desktopId: 'desk-2', type: 'note', exceptUserId: 'u-ann', event: except }), { duplicate: false, reached: 1, changed: 0 });
+  assert.deepEqual(commands.apply({ kind: 'publish', id: id(), desktopId: 'desk-2', type: 'note', exceptUserId: 'u-ann', event: except }), {
+    duplicate: false,
+    reached: 1,
+    changed: 0,
+  });
   await expect(except, cat);
 
   bob.session.ws.close(1000, 'bye');
   const closing = serverEvent('note', '3');
-  assert.deepEqual(commands.apply({ kind: 'publish', id: id(), desktopId: 'desk-1', type: 'note', event: closing }), { duplicate: false, reached: 1, changed: 0 }, 'a closing session is not reached');
+  assert.deepEqual(
+    commands.apply({ kind: 'publish', id: id(), desktopId: 'desk-1', type: 'note', event: closing }),
+    { duplicate: false, reached: 1, changed: 0 },
+    'a closing session is not reached',
+  );
   assert.equal(await ann1.client.next(), closing);
 
   assert.deepEqual(commands.apply({ kind: 'publish', id: id(), desktopId: 'desk-9', type: 'note', event }), { duplicate: false, reached: 0, changed: 0 });
@@ -112,9 +129,15 @@ test('user_event: every session of the user on the shard, in any room; broadcast
   assert.equal(deliveries(p), 7);
 });
 
-test('set_permission: the user\'s open sessions on that desktop only; the same role again changes none; none ends them with 4003', async (t) => {
+test("set_permission: the user's open sessions on that desktop only; the same role again changes none; none ends them with 4003", async (t) => {
   const { p, commands, nothingFor, ann1, bob, ann2, cat, dan } = await setup(t);
-  const setAnn = (permission: 'editor' | 'viewer' | 'none', desktopId = 'desk-1'): ApiRequest => ({ kind: 'set_permission', id: id(), desktopId, userId: 'u-ann', permission });
+  const setAnn = (permission: 'editor' | 'viewer' | 'none', desktopId = 'desk-1'): ApiRequest => ({
+    kind: 'set_permission',
+    id: id(),
+    desktopId,
+    userId: 'u-ann',
+    permission,
+  });
   assert.deepEqual(commands.apply(setAnn('viewer')), { duplicate: false, reached: 1, changed: 1 });
   assert.equal(ann1.session.permission, 'viewer');
   assert.equal(ann2.session.permission, 'editor', 'her session on another desktop keeps its role');
@@ -123,7 +146,11 @@ test('set_permission: the user\'s open sessions on that desktop only; the same r
   await nothingFor(ann1, bob, ann2, cat, dan);
   assert.deepEqual(commands.apply(setAnn('viewer')), { duplicate: false, reached: 1, changed: 0 }, 'reached, not changed');
   assert.deepEqual(commands.apply(setAnn('viewer', 'desk-9')), { duplicate: false, reached: 0, changed: 0 });
-  assert.deepEqual(commands.apply({ kind: 'set_permission', id: id(), desktopId: 'desk-1', userId: 'u-nobody', permission: 'viewer' }), { duplicate: false, reached: 0, changed: 0 });
+  assert.deepEqual(commands.apply({ kind: 'set_permission', id: id(), desktopId: 'desk-1', userId: 'u-nobody', permission: 'viewer' }), {
+    duplicate: false,
+    reached: 0,
+    changed: 0,
+  });
   assert.equal(p.metrics.values[ApiMetric.CHANGED_BY_API], 1);
 
   assert.deepEqual(commands.apply(setAnn('none')), { duplicate: false, reached: 1, changed: 1 });
@@ -133,7 +160,11 @@ test('set_permission: the user\'s open sessions on that desktop only; the same r
   assert.deepEqual(commands.apply(setAnn('none')), { duplicate: false, reached: 0, changed: 0 }, 'a closed session is not reached');
   assert.equal(p.metrics.values[ApiMetric.CLOSED_REVOKED], 1);
   bob.session.ws.close(1000, 'bye');
-  assert.deepEqual(commands.apply({ kind: 'set_permission', id: id(), desktopId: 'desk-1', userId: 'u-bob', permission: 'viewer' }), { duplicate: false, reached: 0, changed: 0 }, 'nor a closing one');
+  assert.deepEqual(
+    commands.apply({ kind: 'set_permission', id: id(), desktopId: 'desk-1', userId: 'u-bob', permission: 'viewer' }),
+    { duplicate: false, reached: 0, changed: 0 },
+    'nor a closing one',
+  );
 });
 
 test('disconnect: every open session of the user on the shard closes with 4001 and the reason given', async (t) => {
@@ -151,13 +182,32 @@ test('disconnect: every open session of the user on the shard closes with 4001 a
 
 test('presence and user_sessions: the open sessions, as the API reports them', async (t) => {
   const { commands, ann1, bob, ann2 } = await setup(t);
-  assert.deepEqual(commands.apply({ kind: 'presence', id: id(), desktopId: 'desk-1' }), { duplicate: false, reached: 2, changed: 0, sessions: [view(ann1.session), view(bob.session)] });
-  assert.deepEqual(commands.apply({ kind: 'user_sessions', id: id(), userId: 'u-ann' }), { duplicate: false, reached: 2, changed: 0, sessions: [view(ann1.session), view(ann2.session)] });
+  assert.deepEqual(commands.apply({ kind: 'presence', id: id(), desktopId: 'desk-1' }), {
+    duplicate: false,
+    reached: 2,
+    changed: 0,
+    sessions: [view(ann1.session), view(bob.session)],
+  });
+  assert.deepEqual(commands.apply({ kind: 'user_sessions', id: id(), userId: 'u-ann' }), {
+    duplicate: false,
+    reached: 2,
+    changed: 0,
+    sessions: [view(ann1.session), view(ann2.session)],
+  });
   assert.deepEqual(commands.apply({ kind: 'presence', id: id(), desktopId: 'desk-9' }), { duplicate: false, reached: 0, changed: 0, sessions: [] });
   assert.deepEqual(commands.apply({ kind: 'user_sessions', id: id(), userId: 'u-nobody' }), { duplicate: false, reached: 0, changed: 0, sessions: [] });
   ann1.session.ws.close(1000, 'bye');
-  assert.deepEqual(commands.apply({ kind: 'presence', id: id(), desktopId: 'desk-1' }), { duplicate: false, reached: 1, changed: 0, sessions: [view(bob.session)] }, 'a closing session is not listed');
-  assert.deepEqual(commands.apply({ kind: 'user_sessions', id: id(), userId: 'u-ann' }), { duplicate: false, reached: 1, changed: 0, sessions: [view(ann2.session)] });
+  assert.deepEqual(
+    commands.apply({ kind: 'presence', id: id(), desktopId: 'desk-1' }),
+    { duplicate: false, reached: 1, changed: 0, sessions: [view(bob.session)] },
+    'a closing session is not listed',
+  );
+  assert.deepEqual(commands.apply({ kind: 'user_sessions', id: id(), userId: 'u-ann' }), {
+    duplicate: false,
+    reached: 1,
+    changed: 0,
+    sessions: [view(ann2.session)],
+  });
 });
 
 test('each id is applied once: the same request again is a duplicate that reaches no one, logged at debug only', async (t) => {
@@ -167,7 +217,11 @@ test('each id is applied once: the same request again is a duplicate that reache
   assert.deepEqual(commands.apply(request), { duplicate: false, reached: 1, changed: 0 });
   await expect(event, bob);
   assert.deepEqual(commands.apply(request), { duplicate: true, reached: 0, changed: 0 });
-  assert.deepEqual(commands.apply({ kind: 'disconnect', id: 'req-once', userId: 'u-bob', reason: 'x' }), { duplicate: true, reached: 0, changed: 0 }, 'by id, whatever the request');
+  assert.deepEqual(
+    commands.apply({ kind: 'disconnect', id: 'req-once', userId: 'u-bob', reason: 'x' }),
+    { duplicate: true, reached: 0, changed: 0 },
+    'by id, whatever the request',
+  );
   await nothingFor(ann1, bob, ann2, cat, dan);
   assert.equal(bob.session.open, true);
   assert.equal(deliveries(p), 1);
@@ -185,5 +239,8 @@ test('without debug on, a duplicate is not logged at all', async (t) => {
   const request: ApiRequest = { kind: 'broadcast', id: 'req-twice', type: 'x', event: serverEvent('x') };
   commands.apply(request);
   commands.apply(request);
-  assert.deepEqual(p.log.entries.filter((e) => e.event === 'api_duplicate'), []);
+  assert.deepEqual(
+    p.log.entries.filter((e) => e.event === 'api_duplicate'),
+    [],
+  );
 });

@@ -103,7 +103,16 @@ describe('subscribe', () => {
   test('a bad topic is bad_request, with the topic and the ref; surrounding whitespace included', async (t) => {
     const ann = await connectTopics(t, server, token(user('Ann')));
     const id = desktop();
-    for (const bad of [` desktop:${id}`, `desktop:${id} `, `desktop:${id}\n`, `canvas:${id}`, 'desktop:', `desktop:${id}/x`, `desktop:${'a'.repeat(129)}`, 'desktop']) {
+    for (const bad of [
+      ` desktop:${id}`,
+      `desktop:${id} `,
+      `desktop:${id}\n`,
+      `canvas:${id}`,
+      'desktop:',
+      `desktop:${id}/x`,
+      `desktop:${'a'.repeat(129)}`,
+      'desktop',
+    ]) {
       ann.send({ op: 'subscribe', topic: bad, ref: 'bad' });
       await expectOp(ann, 'error', { code: TopicErrorCode.BAD_REQUEST, topic: bad, ref: 'bad' });
     }
@@ -142,10 +151,13 @@ describe('unsubscribe', () => {
     await expectEvent(ann, two, 'session_joined');
     await bob.close();
     const lefts = [await ann.next(), await ann.next()];
-    assert.deepEqual(lefts.map((f) => [f.topic, f.type, f.sessionId]).sort(), [
-      [one, 'session_left', ack.sessionId],
-      [two, 'session_left', ack.sessionId],
-    ].sort());
+    assert.deepEqual(
+      lefts.map((f) => [f.topic, f.type, f.sessionId]).sort(),
+      [
+        [one, 'session_left', ack.sessionId],
+        [two, 'session_left', ack.sessionId],
+      ].sort(),
+    );
   });
 });
 
@@ -226,7 +238,8 @@ describe('publish', () => {
     const joined = await expectEvent(viewer, on, 'session_joined');
     assert.equal(joined.payload.permission, 'editor');
     // The relay's mutation table (the production table's pt_* types join it with the configurable table).
-    for (const type of [ClientEvent.ASSET_MOVED, ClientEvent.ASSET_ADDED, ClientEvent.ASSET_REMOVED]) viewer.send({ op: 'publish', topic: on, type, payload: {} });
+    for (const type of [ClientEvent.ASSET_MOVED, ClientEvent.ASSET_ADDED, ClientEvent.ASSET_REMOVED])
+      viewer.send({ op: 'publish', topic: on, type, payload: {} });
     viewer.send({ op: 'publish', topic: on, type: 'cursor_moved', payload: { x: 1 } });
     await expectEvent(owner, on, 'cursor_moved');
     owner.send({ op: 'publish', topic: on, type: ClientEvent.ASSET_MOVED, payload: { row: 1 } });

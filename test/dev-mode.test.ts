@@ -47,7 +47,10 @@ test('serve --dev + token work end to end with no secret and no permission API',
   const room = desktop();
   const { client: editor } = await join(t, server.wsUrl(room), { token: editorToken.trim() });
   const { client: viewer, joined } = await join(t, server.wsUrl(room), { token: viewerToken.trim() });
-  assert.deepEqual(joined.sessions.map((s: { userId: string; permission: string }) => [s.userId, s.permission]), [['alice-0001', 'editor']]);
+  assert.deepEqual(
+    joined.sessions.map((s: { userId: string; permission: string }) => [s.userId, s.permission]),
+    [['alice-0001', 'editor']],
+  );
   assert.equal((await editor.expect('session_joined')).payload.permission, 'viewer');
 
   viewer.send({ type: 'asset_moved', payload: { id: 'a' } });
@@ -59,7 +62,11 @@ test('serve --dev + token work end to end with no secret and no permission API',
 });
 
 test('serve --dev listens on 127.0.0.1 unless --host says otherwise, and says so', async (t) => {
-  const env = { MOODIO_RT_DEV_SECRET_FILE: pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-dev-')), 'secret'), JWT_ACCESS_SECRET: undefined, HOST: undefined };
+  const env = {
+    MOODIO_RT_DEV_SECRET_FILE: pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-dev-')), 'secret'),
+    JWT_ACCESS_SECRET: undefined,
+    HOST: undefined,
+  };
   // As a user would start it: no --host (the helper's default adds one).
   const local = await startServer(t, { script: [CLI, 'serve', '--dev', '--port', '0', '--workers', '1'], env });
   assert.equal((await local.waitForLog((l) => l.event === 'listening')).host, '127.0.0.1');
@@ -122,7 +129,9 @@ test('the dev secret file is created atomically with mode 0600, and trusted only
   const file = pathJoin(dir, 'nested', 'secret');
   const startAt = Date.now() + 1500;
   const script = `while (Date.now() < ${startAt}); const m = await import(${JSON.stringify(new URL('../src/auth/dev-secret.ts', import.meta.url).href)}); process.stdout.write(m.loadOrCreateDevSecret(${JSON.stringify(file)}));`;
-  const outputs = await Promise.all(Array.from({ length: 8 }, () => run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { timeout: 20_000 })));
+  const outputs = await Promise.all(
+    Array.from({ length: 8 }, () => run(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { timeout: 20_000 })),
+  );
   const secret = readFileSync(file, 'utf8').trim();
   assert.match(secret, /^[\w-]{43}$/, '32 random bytes, base64url');
   assert.deepEqual(new Set(outputs.map((o) => o.stdout)), new Set([secret]));
@@ -139,7 +148,11 @@ test('the dev secret file is created atomically with mode 0600, and trusted only
   ];
   if (process.getuid?.() === 0) {
     // Only root can give a file away; elsewhere the owner check cannot be staged.
-    bad.push(['owned by someone else', (p) => (writeFileSync(p, 'planted\n', { mode: 0o600 }), chownSync(p, 65534, 65534)), /is owned by uid 65534, not by this user/]);
+    bad.push([
+      'owned by someone else',
+      (p) => (writeFileSync(p, 'planted\n', { mode: 0o600 }), chownSync(p, 65534, 65534)),
+      /is owned by uid 65534, not by this user/,
+    ]);
   }
   for (const [what, make, pattern] of bad) {
     const path = pathJoin(freshDir(), 'secret');

@@ -89,7 +89,10 @@ test('members that vanish mid-stream are dropped quietly; the room keeps every e
     else if (frame.type === 'session_left') left.push(frame.sessionId as string);
     else assert.fail(`unexpected ${JSON.stringify(frame)}`);
   }
-  assert.deepEqual(moved, Array.from({ length: N }, (_, i) => i));
+  assert.deepEqual(
+    moved,
+    Array.from({ length: N }, (_, i) => i),
+  );
   assert.deepEqual(left.sort(), [quit.sessionId, drop.sessionId].sort());
 
   // Nothing was logged as a failure, the shard counts two sessions, and the room still works both ways.

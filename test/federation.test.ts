@@ -66,7 +66,25 @@ async function startNode(t: Scope, nodeId: string, natsUrl: string, extra: strin
   const server = await startServer(t, {
     workers: 2,
     permissionApiBase: stubBase,
-    args: ['--nats-url', natsUrl, '--node-id', nodeId, '--federation-heartbeat', `${HEARTBEAT_MS}ms`, '--rate-limit', '0', '--admin-token', ADMIN, '--api-key', API_KEY, '--api-broadcast-rate', '100', '--federation-key', KEY, ...extra],
+    args: [
+      '--nats-url',
+      natsUrl,
+      '--node-id',
+      nodeId,
+      '--federation-heartbeat',
+      `${HEARTBEAT_MS}ms`,
+      '--rate-limit',
+      '0',
+      '--admin-token',
+      ADMIN,
+      '--api-key',
+      API_KEY,
+      '--api-broadcast-rate',
+      '100',
+      '--federation-key',
+      KEY,
+      ...extra,
+    ],
   });
   if (waitConnected) await connectedShards(server, 2);
   return server;
@@ -75,7 +93,12 @@ async function startNode(t: Scope, nodeId: string, natsUrl: string, extra: strin
 async function connectedShards(server: ServerProcess, count: number, event = 'federation_connected', from = 0): Promise<void> {
   const deadline = Date.now() + 15_000;
   for (;;) {
-    const shards = new Set(server.logs.slice(from).filter((l) => l.event === event).map((l) => l.worker));
+    const shards = new Set(
+      server.logs
+        .slice(from)
+        .filter((l) => l.event === event)
+        .map((l) => l.worker),
+    );
     if (shards.size >= count) return;
     if (Date.now() > deadline) throw new Error(`${count} shards did not log ${event}`);
     await server.waitForLog((l) => l.event === event && !shards.has(l.worker), Math.max(1, deadline - Date.now())).catch(() => undefined);
@@ -122,7 +145,10 @@ function relayed(node: string, type: string, session: { sessionId: string; userI
 /** A presence event (`session_joined`, `session_left`, `session_updated`) as a node publishes it. */
 function presence(node: string, type: string, info: { sessionId: string; userId: string; firstName: string; email: string; permission: string }): string {
   const extra = type === 'session_updated' ? { permission: info.permission } : {};
-  return JSON.stringify({ r: node, p: { type, sessionId: info.sessionId, userId: info.userId, firstName: info.firstName, email: info.email, ...extra, timestamp: 1, payload: info } });
+  return JSON.stringify({
+    r: node,
+    p: { type, sessionId: info.sessionId, userId: info.userId, firstName: info.firstName, email: info.email, ...extra, timestamp: 1, payload: info },
+  });
 }
 
 const ids = (joined: Frame): string[] => (joined.sessions as { sessionId: string }[]).map((s) => s.sessionId).sort();
@@ -228,7 +254,9 @@ describe('the wire format, read and forged with a raw NATS client', () => {
   test('subject, envelope, presence_sync_request and its answers', async () => {
     const desk = desktop();
     const seen: { subject: string; data: string; headers?: MsgHdrs; raw: Uint8Array }[] = [];
-    const sub = raw.subscribe(`room.${desk}`, { callback: (_e, m) => void seen.push({ subject: m.subject, data: m.string(), headers: m.headers, raw: m.data }) });
+    const sub = raw.subscribe(`room.${desk}`, {
+      callback: (_e, m) => void seen.push({ subject: m.subject, data: m.string(), headers: m.headers, raw: m.data }),
+    });
     await raw.flush();
     const alice = await open(a, desk, 'Alice');
     alice.client.send('{"type":"asset_moved","payload":{"x":1.5e3,"y":"y"}}');
@@ -243,8 +271,21 @@ describe('the wire format, read and forged with a raw NATS client', () => {
     assert.deepEqual(sync, { subject: `room.${desk}`, r: 'node-a', p: { type: 'presence_sync_request' } });
     assert.deepEqual(Object.keys(joined), ['subject', 'r', 'p']);
     assert.equal(joined.r, 'node-a');
-    assert.deepEqual(joined.p, { ...joined.p, type: 'session_joined', sessionId: alice.joined.sessionId, userId: alice.userId, firstName: 'Alice', email: 'alice@example.com' });
-    assert.deepEqual(joined.p.payload, { sessionId: alice.joined.sessionId, userId: alice.userId, firstName: 'Alice', email: 'alice@example.com', permission: 'editor' });
+    assert.deepEqual(joined.p, {
+      ...joined.p,
+      type: 'session_joined',
+      sessionId: alice.joined.sessionId,
+      userId: alice.userId,
+      firstName: 'Alice',
+      email: 'alice@example.com',
+    });
+    assert.deepEqual(joined.p.payload, {
+      sessionId: alice.joined.sessionId,
+      userId: alice.userId,
+      firstName: 'Alice',
+      email: 'alice@example.com',
+      permission: 'editor',
+    });
     assert.equal(typeof joined.p.timestamp, 'number');
     assert.equal(moved.r, 'node-a');
     assert.deepEqual(Object.keys(moved.p), ['type', 'sessionId', 'userId', 'firstName', 'email', 'timestamp', 'payload']);
@@ -289,7 +330,18 @@ describe('the wire format, read and forged with a raw NATS client', () => {
     for (const [, data] of hostile) raw.publish(subject, data);
     // Signed with the fleet's key (a compromised node): still no local session's id, and no stamp out of the window or taken before.
     const signedHostile: [string, string, number?, string?][] = [
-      ['forged', JSON.stringify({ r: 'evil', p: { type: 'session_left', ...stamp, sessionId: alice.joined.sessionId, payload: { ...info, sessionId: alice.joined.sessionId, userId: 'user-x-0001' } } })],
+      [
+        'forged',
+        JSON.stringify({
+          r: 'evil',
+          p: {
+            type: 'session_left',
+            ...stamp,
+            sessionId: alice.joined.sessionId,
+            payload: { ...info, sessionId: alice.joined.sessionId, userId: 'user-x-0001' },
+          },
+        }),
+      ],
       ['forged', JSON.stringify({ r: 'evil', p: { type: 'asset_removed', ...stamp, sessionId: alice.joined.sessionId, payload: {} } })],
       ['stale', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, payload: {} } }), Date.now() - 60_000],
       ['stale', JSON.stringify({ r: 'evil', p: { type: 'asset_moved', ...stamp, payload: {} } }), Date.now() + 60_000],
@@ -312,11 +364,15 @@ describe('the wire format, read and forged with a raw NATS client', () => {
     for (const [reason, count] of expected) {
       assert.equal(dropped(afterScrape.metrics, reason) - dropped(before.metrics, reason), count, `dropped{reason="${reason}"}`);
     }
-    assert.ok(a.logs.some((l) => l.event === 'federation_message_dropped'), 'drops are logged');
+    assert.ok(
+      a.logs.some((l) => l.event === 'federation_message_dropped'),
+      'drops are logged',
+    );
 
     // A stranger's heartbeats (unsigned) count for nothing, even in node-a's own name with an older start.
     const unsignedBefore = sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="unsigned"}');
-    for (let i = 0; i < 50; i++) raw.publish('moodio-rt.heartbeat', JSON.stringify({ r: i === 0 ? 'node-a' : `stranger-${i}`, i: 'x', t: 0, s: 0, w: 1, k: 'k', h: 10, g: '', q: 1 }));
+    for (let i = 0; i < 50; i++)
+      raw.publish('moodio-rt.heartbeat', JSON.stringify({ r: i === 0 ? 'node-a' : `stranger-${i}`, i: 'x', t: 0, s: 0, w: 1, k: 'k', h: 10, g: '', q: 1 }));
     await raw.flush();
     const unsignedDropped = async () => sumOf((await scrape(a.port)).metrics, 'moodio_rt_federation_dropped_total{reason="unsigned"}') - unsignedBefore;
     while ((await unsignedDropped()) < 2 * 50) await new Promise((r) => setTimeout(r, 20));
@@ -525,7 +581,11 @@ describe('the server API across nodes', () => {
     assert.deepEqual([updated.sessionId, updated.permission, updated.payload.permission], [bob.joined.sessionId, 'viewer', 'viewer'], 'A hears the new role');
     const late = await open(a, desk, 'Late');
     assert.equal(late.joined.permission, 'editor', 'room_joined tells the joiner its own role');
-    assert.equal(late.joined.sessions.find((s: { sessionId: string }) => s.sessionId === bob.joined.sessionId).permission, 'viewer', "A's table has Bob's new role");
+    assert.equal(
+      late.joined.sessions.find((s: { sessionId: string }) => s.sessionId === bob.joined.sessionId).permission,
+      'viewer',
+      "A's table has Bob's new role",
+    );
     assert.equal((await alice.client.expect('session_joined')).sessionId, late.joined.sessionId);
     bob.client.send({ type: 'asset_moved', payload: { x: 1 } });
     bob.client.send({ type: 'cursor_moved', payload: { x: 2 } });
@@ -588,7 +648,10 @@ describe('the server API across nodes', () => {
     // Unsigned (anyone who can publish on NATS): a perfectly formed call is refused.
     const valid = (id: string, type: string) => JSON.stringify({ r: 'evil', q: { kind: 'publish', id, desktopId: desk, type, event: event(type) } });
     raw.publish(`api.desktop.${desk}`, valid('u-1', 'unsigned_call'));
-    raw.publish(`api.desktop.${desk}`, JSON.stringify({ r: 'evil', q: { kind: 'set_permission', id: 'u-2', desktopId: desk, userId: alice.userId, permission: 'none' } }));
+    raw.publish(
+      `api.desktop.${desk}`,
+      JSON.stringify({ r: 'evil', q: { kind: 'set_permission', id: 'u-2', desktopId: desk, userId: alice.userId, permission: 'none' } }),
+    );
     publishSigned(`api.desktop.${desk}`, valid('ok-1', 'marker'));
     assert.equal((await alice.client.next()).type, 'marker', 'nothing forged reached Alice, and she is still connected');
     // Every shard of A hears desktop calls; each drops the forged ones (the owner and the others alike).
@@ -645,7 +708,10 @@ describe('trust: unsigned room traffic and replays, from a raw NATS client witho
     const deadline = Date.now() + 5000;
     while (answers.filter((m) => m.p.type === 'session_joined').length < 2 && Date.now() < deadline) await raw.flush();
     assert.deepEqual(
-      answers.filter((m) => m.p.type === 'session_joined').map((m) => `${m.r}:${m.p.sessionId}`).sort(),
+      answers
+        .filter((m) => m.p.type === 'session_joined')
+        .map((m) => `${m.r}:${m.p.sessionId}`)
+        .sort(),
       [`node-p:${carol.joined.sessionId}`, `node-q:${dan.joined.sessionId}`].sort(),
     );
     // Its session and its events reach Carol; its node never heartbeats, so the session stays until it leaves.
@@ -706,7 +772,14 @@ describe('trust: unsigned room traffic and replays, from a raw NATS client witho
     const replayBoth = () => {
       for (const c of [disconnect, revoke]) raw.publish(c.subject, c.data, c.headers === undefined ? undefined : { headers: c.headers });
     };
-    const marker = (type: string) => publishSigned(`api.desktop.${desk}`, JSON.stringify({ r: 'node-t', q: { kind: 'publish', id: `m-${type}`, desktopId: desk, type, event: JSON.stringify({ type, sessionId: 'server', userId: 'server', timestamp: 1 }) } }));
+    const marker = (type: string) =>
+      publishSigned(
+        `api.desktop.${desk}`,
+        JSON.stringify({
+          r: 'node-t',
+          q: { kind: 'publish', id: `m-${type}`, desktopId: desk, type, event: JSON.stringify({ type, sessionId: 'server', userId: 'server', timestamp: 1 }) },
+        }),
+      );
 
     // The revocation is now the permission cache's newest word (a reconnect gets 403 for a while): the app gives the role back.
     assert.equal((await api(x, 'PUT', `desktops/${desk}/permissions/${encodeURIComponent(ursula.userId)}`, { permission: 'editor' })).status, 202);
@@ -736,7 +809,8 @@ describe('trust: unsigned room traffic and replays, from a raw NATS client witho
     const c = await startNode(t, 'node-c4', nats.url);
     const beats: Msg[] = [];
     let capturing = true;
-    const sub = raw.subscribe('moodio-rt.heartbeat', { callback: (_e, m) => {
+    const sub = raw.subscribe('moodio-rt.heartbeat', {
+      callback: (_e, m) => {
         // Until the kill: the replays come back to this subscription too.
         if (capturing && (JSON.parse(m.string()) as { r: string }).r === 'node-c4') beats.push(m);
       },
@@ -790,7 +864,11 @@ describe('lifecycle: shutdown, reconnect and restart', () => {
     await d.exited;
     await proxy.idle();
     const sent = proxy.text('up', up);
-    assert.equal(sent.includes('session_joined'), false, `D announced Dan again after his session_left: ${JSON.stringify(sent.slice(sent.indexOf('session_joined') - 200, sent.indexOf('session_joined') + 50))}`);
+    assert.equal(
+      sent.includes('session_joined'),
+      false,
+      `D announced Dan again after his session_left: ${JSON.stringify(sent.slice(sent.indexOf('session_joined') - 200, sent.indexOf('session_joined') + 50))}`,
+    );
     assert.equal((await alice.client.expect('session_left')).sessionId, dan.joined.sessionId);
   });
 
@@ -834,7 +912,10 @@ describe('lifecycle: shutdown, reconnect and restart', () => {
     const silent = new Set<unknown>();
     const deadline = killedAt + 15_000;
     while (silent.size < 2) {
-      const line = await a.waitForLog((l) => l.event === 'federation_peer_down' && l.peer === 'node-e7' && !silent.has(l.worker), Math.max(1, deadline - Date.now()));
+      const line = await a.waitForLog(
+        (l) => l.event === 'federation_peer_down' && l.peer === 'node-e7' && !silent.has(l.worker),
+        Math.max(1, deadline - Date.now()),
+      );
       silent.add(line.worker);
     }
     erin.client.send({ type: 'marker' });

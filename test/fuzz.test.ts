@@ -85,7 +85,13 @@ function hostileRequest(r: Rng): { bytes: Buffer; complete: boolean } {
       return { bytes: Buffer.from(upgradeHead(path, headers)), complete: true };
     }
     case 5:
-      return { bytes: Buffer.from(`${r.pick(['GET', 'POST', 'PUT', 'G\0T', 'GET /x', 'DELETE'])} ${path} ${r.pick(['HTTP/1.1', 'HTTP/1.0', 'HTTP/2', 'HTTP/1.1 x', ''])}\r\n\r\n`, 'utf8'), complete: true };
+      return {
+        bytes: Buffer.from(
+          `${r.pick(['GET', 'POST', 'PUT', 'G\0T', 'GET /x', 'DELETE'])} ${path} ${r.pick(['HTTP/1.1', 'HTTP/1.0', 'HTTP/2', 'HTTP/1.1 x', ''])}\r\n\r\n`,
+          'utf8',
+        ),
+        complete: true,
+      };
     case 6:
       return { bytes: Buffer.concat([Buffer.from(`GET ${path} HTTP/1.1\r\nHost: `), randomBytes(r, 1 + r.int(64)), Buffer.from('\r\n\r\n')]), complete: true };
     default:
@@ -130,7 +136,11 @@ test('the real primary answers 2,000 hostile requests as documented and stays up
     }
   };
   await Promise.all(Array.from({ length: 25 }, worker));
-  assert.equal([...seen.values()].reduce((a, b) => a + b, 0), 2000, 'every case ran');
+  assert.equal(
+    [...seen.values()].reduce((a, b) => a + b, 0),
+    2000,
+    'every case ran',
+  );
   assert.ok((seen.get(400) ?? 0) > 0 && (seen.get(431) ?? 0) > 0, `statuses seen: ${[...seen]}`);
   assert.equal((await rawRequest(server.port, ['GET /health HTTP/1.1\r\n\r\n'])).status, 200);
   assert.equal((await join({ after: () => {} }, server.wsUrl(desktop()), { token: token(user('Aft')) })).joined.type, 'room_joined');
@@ -152,7 +162,8 @@ function value(r: Rng, depth: number): unknown {
       return Array.from({ length: r.int(5) }, () => value(r, depth - 1));
     default: {
       const o: Record<string, unknown> = {};
-      for (let i = 0, n = r.int(5); i < n; i++) o[r.pick(['__proto__', 'constructor', 'prototype', 'type', 'payload', 'a', 'b', 'toString'])] = value(r, depth - 1);
+      for (let i = 0, n = r.int(5); i < n; i++)
+        o[r.pick(['__proto__', 'constructor', 'prototype', 'type', 'payload', 'a', 'b', 'toString'])] = value(r, depth - 1);
       return o;
     }
   }
@@ -167,7 +178,20 @@ function hostileFrame(r: Rng): { text?: string; binary?: Buffer; expect: 'relay'
   else if (kind === 2) text = `${'['.repeat(1 + r.int(1500))}${']'.repeat(1 + r.int(1500))}`;
   else if (kind === 3) text = JSON.stringify(value(r, 3));
   else {
-    const type = r.pick(['asset_moved', 'asset_dragging', 'cursor', 'room_joined', 'error', 'session_left', '', 't'.repeat(64), 't'.repeat(65), '漢'.repeat(64), 1, null]);
+    const type = r.pick([
+      'asset_moved',
+      'asset_dragging',
+      'cursor',
+      'room_joined',
+      'error',
+      'session_left',
+      '',
+      't'.repeat(64),
+      't'.repeat(65),
+      '漢'.repeat(64),
+      1,
+      null,
+    ]);
     const frame: Record<string, unknown> = { type, payload: value(r, 3) };
     if (r.next() < 0.3) frame.sessionId = 'session_forged';
     if (r.next() < 0.2) Object.defineProperty(frame, '__proto__', { value: { type: 'asset_moved' }, enumerable: true });
@@ -226,7 +250,20 @@ function hostileOp(r: Rng, held: string): { text: string; expect: { relay: true 
   else {
     const frame: Record<string, unknown> = {
       op: r.pick(['publish', 'publish', 'publish', 'subscribe', 'unsubscribe', 'join', '', 1, null]),
-      topic: r.pick([held, held, held, ` ${held}`, `${held} `, held.toUpperCase(), 'desktop:', 'canvas:x', `desktop:${'a'.repeat(129)}`, 'desktop:other-topic', 7, null]),
+      topic: r.pick([
+        held,
+        held,
+        held,
+        ` ${held}`,
+        `${held} `,
+        held.toUpperCase(),
+        'desktop:',
+        'canvas:x',
+        `desktop:${'a'.repeat(129)}`,
+        'desktop:other-topic',
+        7,
+        null,
+      ]),
       type: r.pick(['asset_moved', 'cursor', 'session_joined', 'session_left', 'presence_sync_request', 'room_joined', '', 't'.repeat(64), 't'.repeat(65), 2]),
       payload: value(r, 3),
     };
@@ -255,7 +292,8 @@ function hostileOp(r: Rng, held: string): { text: string; expect: { relay: true 
   if (op === 'subscribe') {
     // The only valid topic here is the one held: a fresh ack, no authorize call, nothing to the room.
     if (topic === held) return { text, expect: { op: 'subscribed', ref } };
-    if (typeof topic === 'string' && /^(desktop|production-table):[A-Za-z0-9_-]{1,128}$/.test(topic)) throw new Error('the generator made a valid topic other than the held one');
+    if (typeof topic === 'string' && /^(desktop|production-table):[A-Za-z0-9_-]{1,128}$/.test(topic))
+      throw new Error('the generator made a valid topic other than the held one');
     return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST, ref } };
   }
   if (op === 'unsubscribe') {
@@ -266,7 +304,8 @@ function hostileOp(r: Rng, held: string): { text: string; expect: { relay: true 
   if (typeof type !== 'string' || type.length === 0 || type.length > MAX_TYPE_LENGTH || SERVER_ONLY_TOPIC_TYPES.has(type)) {
     return { text, expect: { op: 'error', code: TopicErrorCode.BAD_REQUEST, ref } };
   }
-  if (topic !== held) return ref === undefined ? { text, expect: { silent: true } } : { text, expect: { op: 'error', code: TopicErrorCode.NOT_SUBSCRIBED, ref } };
+  if (topic !== held)
+    return ref === undefined ? { text, expect: { silent: true } } : { text, expect: { op: 'error', code: TopicErrorCode.NOT_SUBSCRIBED, ref } };
   return { text, expect: { relay: true } };
 }
 

@@ -145,7 +145,12 @@ async function harness(t: TestContext, users: Partial<UserAdmissionOptions> = {}
       sockets.push(admitted.socket);
       admitted.ws.once('message', (data: Buffer) => first(data.toString()));
     });
-    return { done: within(done, 'admit() to end'), reply: within(reply, 'the reply'), opened: () => opened, firstMessage: within(firstMessage, 'the first message') };
+    return {
+      done: within(done, 'admit() to end'),
+      reply: within(reply, 'the reply'),
+      opened: () => opened,
+      firstMessage: within(firstMessage, 'the first message'),
+    };
   }
 
   const rejected = () => log.entries.filter((e) => e.event === 'handshake_rejected').map((e) => e.fields);
@@ -164,7 +169,8 @@ function within<T>(promise: Promise<T>, what: string): Promise<T> {
 }
 
 const claims = (name: string) => user(name);
-const withToken = (tok: string, extra: Record<string, string> = {}) => upgradeHead('/ws/desktop/desk-1', { Cookie: `moodio_access_token=${tok}; theme=dark`, ...extra });
+const withToken = (tok: string, extra: Record<string, string> = {}) =>
+  upgradeHead('/ws/desktop/desk-1', { Cookie: `moodio_access_token=${tok}; theme=dark`, ...extra });
 /** The identity the handshake makes of `c`'s token `tok` (its exp in ms, as token-expiry reads it). */
 const identityOf = (c: ReturnType<typeof user>, tok: string): Identity => ({
   userId: c.userId,
@@ -200,11 +206,30 @@ test('a valid token and a granted permission upgrade the socket; onOpen gets who
   const reply = await a.reply;
   assert.equal(reply.status, 101);
   const opened = a.opened()!;
-  assert.deepEqual({ ...opened, ws: null, socket: null }, { ws: null, socket: null, desktopId: 'desk-1', multiplexed: false, identity: identityOf(ann, tok), permission: 'viewer', remoteAddress: REMOTE, cookie: `moodio_access_token=${tok}; theme=dark` });
+  assert.deepEqual(
+    { ...opened, ws: null, socket: null },
+    {
+      ws: null,
+      socket: null,
+      desktopId: 'desk-1',
+      multiplexed: false,
+      identity: identityOf(ann, tok),
+      permission: 'viewer',
+      remoteAddress: REMOTE,
+      cookie: `moodio_access_token=${tok}; theme=dark`,
+    },
+  );
   assert.equal(opened.ws.readyState, 1);
   assert.equal(await a.firstMessage, '{"type":"early"}');
   assert.deepEqual(h.calls, [{ desktopId: 'desk-1', identity: identityOf(ann, tok), cookie: `moodio_access_token=${tok}; theme=dark` }]);
-  assert.deepEqual(h.limitChecks, [[ann.userId, 'desk-1'], [ann.userId, 'desk-1']], 'limits checked before the permission API and again after it');
+  assert.deepEqual(
+    h.limitChecks,
+    [
+      [ann.userId, 'desk-1'],
+      [ann.userId, 'desk-1'],
+    ],
+    'limits checked before the permission API and again after it',
+  );
   assert.deepEqual(h.rejected(), []);
   assert.equal(h.metrics.values[Metric.HANDSHAKE_OK], 0, 'the shard counts a 101 once the session exists');
 });
@@ -217,10 +242,25 @@ test('/ws/connection: upgraded by its own ws server with no room and no permissi
   await a.done;
   assert.equal((await a.reply).status, 101);
   const opened = a.opened()!;
-  assert.deepEqual({ ...opened, ws: null, socket: null }, { ws: null, socket: null, desktopId: '', multiplexed: true, identity: identityOf(ann, tok), permission: 'viewer', remoteAddress: REMOTE, cookie: `moodio_access_token=${tok}` });
+  assert.deepEqual(
+    { ...opened, ws: null, socket: null },
+    {
+      ws: null,
+      socket: null,
+      desktopId: '',
+      multiplexed: true,
+      identity: identityOf(ann, tok),
+      permission: 'viewer',
+      remoteAddress: REMOTE,
+      cookie: `moodio_access_token=${tok}`,
+    },
+  );
   assert.equal(await a.firstMessage, '{"op":"ping"}');
   assert.deepEqual(h.calls, [], 'no permission API call');
-  assert.deepEqual(h.limitChecks, [[ann.userId, ''], [ann.userId, '']]);
+  assert.deepEqual(h.limitChecks, [
+    [ann.userId, ''],
+    [ann.userId, ''],
+  ]);
   assert.deepEqual(h.upgrades, { legacy: 0, multiplexed: 1 });
 
   // A legacy route goes through the other server.
@@ -272,7 +312,10 @@ test('no token, a bad signature or an expired token: 401 with the same body; the
     assertRefused(await a.reply, 401, 'unauthorized\n');
   }
   const logged = h.rejected();
-  assert.deepEqual(logged.map((f) => [f!.status, f!.reason, f!.code, f!.remote, f!.desktopId]), cases.map(([, code]) => [401, 'unauthorized', code, REMOTE, 'desk-1']));
+  assert.deepEqual(
+    logged.map((f) => [f!.status, f!.reason, f!.code, f!.remote, f!.desktopId]),
+    cases.map(([, code]) => [401, 'unauthorized', code, REMOTE, 'desk-1']),
+  );
   assert.equal(logged[0]!.detail, 'no access token in Sec-WebSocket-Protocol, cookie or Authorization header');
   for (const f of logged) assert.equal(typeof f!.detail, 'string');
   assert.equal(h.metrics.values[Metric.HANDSHAKE_401], 3);
@@ -295,7 +338,10 @@ test('a user over a connection limit gets its refusal before the permission API 
     { status: 429, reason: 'too_many_connections_for_user', remote: REMOTE, desktopId: 'desk-1' },
     { status: 503, reason: 'room_full', remote: REMOTE, desktopId: 'desk-1' },
   ]);
-  assert.deepEqual(h.limitChecks, [[ann.userId, 'desk-1'], [ann.userId, 'desk-1']]);
+  assert.deepEqual(h.limitChecks, [
+    [ann.userId, 'desk-1'],
+    [ann.userId, 'desk-1'],
+  ]);
   assert.equal(h.calls.length, 0);
   assert.deepEqual([h.metrics.values[Metric.HANDSHAKE_4XX], h.metrics.values[Metric.HANDSHAKE_503]], [1, 1]);
 });
@@ -314,7 +360,10 @@ test('per-user connect rate: 429 with the seconds until the next token; other us
   await bob.done;
   assert.equal((await bob.reply).status, 101);
   assert.deepEqual(h.rejected(), [{ status: 429, reason: 'too_many_connects_for_user', remote: REMOTE, desktopId: 'desk-1' }]);
-  assert.deepEqual([h.metrics.values[Metric.REFUSED_CONNECT_RATE], h.metrics.values[Metric.REFUSED_HANDSHAKES_IN_FLIGHT], h.metrics.values[Metric.HANDSHAKE_4XX]], [1, 0, 1]);
+  assert.deepEqual(
+    [h.metrics.values[Metric.REFUSED_CONNECT_RATE], h.metrics.values[Metric.REFUSED_HANDSHAKES_IN_FLIGHT], h.metrics.values[Metric.HANDSHAKE_4XX]],
+    [1, 0, 1],
+  );
   assert.equal(h.calls.length, 2);
 });
 
@@ -388,7 +437,10 @@ test('while the permission API answers, the shard starts draining, or the user r
   await limited.done;
   assertRefused(await limited.reply, 429, 'too many connections for user\n');
   assert.equal(limited.opened(), null);
-  assert.deepEqual(h.rejected().map((f) => f!.reason), ['shutting_down', 'too_many_connections_for_user']);
+  assert.deepEqual(
+    h.rejected().map((f) => f!.reason),
+    ['shutting_down', 'too_many_connections_for_user'],
+  );
   assert.equal(h.calls.length, 2);
 });
 
@@ -436,7 +488,10 @@ test('a client that resets while the permission API answers: its refusal meets a
   await settled();
   assert.equal(lingering.values[Metric.LINGER_CUT], 0, 'closed by its error, not cut at the linger deadline');
   assert.deepEqual(uncaught, []);
-  assert.deepEqual(h.rejected().map((f) => f!.reason), ['forbidden']);
+  assert.deepEqual(
+    h.rejected().map((f) => f!.reason),
+    ['forbidden'],
+  );
 });
 
 test('UserAdmission on its own: in flight per user up to the limit, released one by one; a user leaves the map with its last handshake', () => {
@@ -447,7 +502,13 @@ test('UserAdmission on its own: in flight per user up to the limit, released one
   assert.deepEqual(admission.enter('ann', NOW), { limit: 'in_flight', retryAfterSeconds: 1 });
   assert.equal(admission.enter('bob', NOW), null);
   admission.leave('ann');
-  assert.deepEqual([...inFlight()], [['ann', 1], ['bob', 1]]);
+  assert.deepEqual(
+    [...inFlight()],
+    [
+      ['ann', 1],
+      ['bob', 1],
+    ],
+  );
   assert.equal(admission.enter('ann', NOW), null);
   assert.deepEqual(admission.enter('ann', NOW), { limit: 'in_flight', retryAfterSeconds: 1 });
   admission.leave('ann');

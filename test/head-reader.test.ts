@@ -127,11 +127,14 @@ test('a cancelled read never calls back and leaves the data for the next reader'
 });
 
 test('a socket without a descriptor is refused with a typed error', () => {
-  assert.throws(() => readHead(new Socket(), { maxBytes: 10, timeoutMs: 10 }, () => {}), (err: unknown) => {
-    assert.ok(err instanceof HeadReaderUnsupportedError);
-    assert.equal(err.code, 'ERR_HEAD_READER_UNSUPPORTED');
-    return true;
-  });
+  assert.throws(
+    () => readHead(new Socket(), { maxBytes: 10, timeoutMs: 10 }, () => {}),
+    (err: unknown) => {
+      assert.ok(err instanceof HeadReaderUnsupportedError);
+      assert.equal(err.code, 'ERR_HEAD_READER_UNSUPPORTED');
+      return true;
+    },
+  );
 });
 
 test('the head bytes own an exact-size ArrayBuffer (postMessage clones the whole ArrayBuffer)', async (t) => {

@@ -92,7 +92,11 @@ test('a silent socket is polled on the schedule: next turns, 1 ms apart for 4 ms
     await r.to(1000, true);
     const foundAt = POLLS.find((p) => p > writeAt)!;
     // The poll that finds it is the n-th read; a head found whole costs no further read.
-    assert.deepEqual(r.result(), { at: foundAt, value: { kind: 'head', bytes: Buffer.from(HEAD), headLength: HEAD.length, polls: POLLS.indexOf(foundAt) + 1 } }, `written at ${writeAt} ms`);
+    assert.deepEqual(
+      r.result(),
+      { at: foundAt, value: { kind: 'head', bytes: Buffer.from(HEAD), headLength: HEAD.length, polls: POLLS.indexOf(foundAt) + 1 } },
+      `written at ${writeAt} ms`,
+    );
   }
 });
 
@@ -123,7 +127,12 @@ test('an end of head split over two reads (…\\r\\n\\r | \\n) is found', async 
   r.client.write(HEAD.slice(cut));
   await r.to(100, true);
   assert.equal(r.result()!.value.kind, 'head');
-  assert.deepEqual(r.result()!.value, { kind: 'head', bytes: Buffer.from(HEAD), headLength: HEAD.length, polls: (r.result()!.value as { polls: number }).polls });
+  assert.deepEqual(r.result()!.value, {
+    kind: 'head',
+    bytes: Buffer.from(HEAD),
+    headLength: HEAD.length,
+    polls: (r.result()!.value as { polls: number }).polls,
+  });
 });
 
 test('a head larger than the 16 KiB scratch buffer is read whole when maxBytes allows it; maxBytes without an end is too-large', async (t) => {
@@ -149,7 +158,10 @@ test('a head larger than the 16 KiB scratch buffer is read whole when maxBytes a
 test(`a started head must keep up ${MIN_HEAD_BYTES_PER_SECOND} B/s once ${HEAD_RATE_GRACE_MS} ms passed since its first byte: judged from exactly then, and exactly that rate passes`, async (t) => {
   // The first byte is read at 232 ms; after it, polls at 296 ms and every 100 ms. pollNow() at 2231 and 2232 ms
   // (1999 and 2000 ms after the first byte) puts a judgement on each side of the grace.
-  for (const [bytes, cutAt] of [[2047, 2232], [2048, 2332]] as const) {
+  for (const [bytes, cutAt] of [
+    [2047, 2232],
+    [2048, 2332],
+  ] as const) {
     const r = await reading(t);
     await r.to(140);
     r.client.write(`GET / HTTP/1.1\r\nX: ${'a'.repeat(bytes - 19)}`);
@@ -223,7 +235,12 @@ test('cancel() stops the polls: no call back, even at the deadline', async (t) =
 test('what the kernel answers a read: EAGAIN polls on; reset, broken pipe, not connected, timed out or a bad descriptor is closed; anything else is an error', async (t) => {
   const real = fs.readSync;
   const answer = (code: string | null) => {
-    fs.readSync = code === null ? real : ((() => { throw Object.assign(new Error(`injected ${code}`), { code }); }) as typeof fs.readSync);
+    fs.readSync =
+      code === null
+        ? real
+        : ((() => {
+            throw Object.assign(new Error(`injected ${code}`), { code });
+          }) as typeof fs.readSync);
     syncBuiltinESMExports();
   };
   t.after(() => answer(null));
@@ -262,7 +279,7 @@ test('pollNow right after readHead takes the place of its next-turn poll: the sc
   assert.deepEqual(r.result(), { at: 232, value: { kind: 'head', bytes: Buffer.from(HEAD), headLength: HEAD.length, polls: 15 } });
 });
 
-test('a socket whose handle was handed on reads nothing more: closed, and the bytes are the new owner\'s', async (t) => {
+test("a socket whose handle was handed on reads nothing more: closed, and the bytes are the new owner's", async (t) => {
   const r = await reading(t);
   await r.to(5);
   r.client.write(HEAD);
@@ -283,7 +300,12 @@ test('the reader never takes more than maxBytes from the socket: what follows st
   assert.equal(r.pending.received, 5);
   r.client.write(HEAD.slice(5) + extra);
   await r.to(100, true);
-  assert.deepEqual(r.result()?.value, { kind: 'head', bytes: Buffer.from(HEAD + extra.slice(0, 10)), headLength: HEAD.length, polls: (r.result()!.value as { polls: number }).polls });
+  assert.deepEqual(r.result()?.value, {
+    kind: 'head',
+    bytes: Buffer.from(HEAD + extra.slice(0, 10)),
+    headLength: HEAD.length,
+    polls: (r.result()!.value as { polls: number }).polls,
+  });
   const next = readHead(r.accepted, { maxBytes: 100, timeoutMs: 1000 }, () => {});
   assert.equal(next.received, extra.length - 10);
   next.cancel();

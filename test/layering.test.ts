@@ -17,7 +17,18 @@ const run = promisify(execFile);
 
 async function cruise(paths: string[]): Promise<{ code: number; out: string }> {
   try {
-    const { stdout } = await run(process.execPath, [join(ROOT, 'node_modules', 'dependency-cruiser', 'bin', 'dependency-cruiser.mjs'), ...paths, '--config', '.dependency-cruiser.cjs', '--output-type', 'err'], { cwd: ROOT });
+    const { stdout } = await run(
+      process.execPath,
+      [
+        join(ROOT, 'node_modules', 'dependency-cruiser', 'bin', 'dependency-cruiser.mjs'),
+        ...paths,
+        '--config',
+        '.dependency-cruiser.cjs',
+        '--output-type',
+        'err',
+      ],
+      { cwd: ROOT },
+    );
     return { code: 0, out: stdout };
   } catch (err) {
     const e = err as { code: number; stdout: string };

@@ -40,22 +40,50 @@ describe('one room, two framings', () => {
     const subUser = user('Sue');
     const sub = await connectTopics(t, server, token(subUser));
     const ack = await subscribe(sub, on);
-    assert.deepEqual(ack.sessions, [{ sessionId: joined.sessionId, userId: legacyUser.userId, firstName: 'Leo', email: 'leo@example.com', permission: 'editor' }]);
+    assert.deepEqual(ack.sessions, [
+      { sessionId: joined.sessionId, userId: legacyUser.userId, firstName: 'Leo', email: 'leo@example.com', permission: 'editor' },
+    ]);
     const info = { sessionId: ack.sessionId, userId: subUser.userId, firstName: 'Sue', email: 'sue@example.com', permission: 'editor' };
     // The legacy framing, exactly as between two legacy sockets.
     const seen = await legacy.expect('session_joined');
-    assert.deepEqual(seen, { type: 'session_joined', sessionId: ack.sessionId, userId: subUser.userId, firstName: 'Sue', email: 'sue@example.com', timestamp: seen.timestamp, payload: info });
+    assert.deepEqual(seen, {
+      type: 'session_joined',
+      sessionId: ack.sessionId,
+      userId: subUser.userId,
+      firstName: 'Sue',
+      email: 'sue@example.com',
+      timestamp: seen.timestamp,
+      payload: info,
+    });
 
     sub.send({ op: 'publish', topic: on, type: ClientEvent.ASSET_MOVED, payload: { id: 'a1', x: 3 } });
     const moved = await legacy.expect(ClientEvent.ASSET_MOVED);
-    assert.deepEqual(moved, { type: ClientEvent.ASSET_MOVED, sessionId: ack.sessionId, userId: subUser.userId, firstName: 'Sue', email: 'sue@example.com', timestamp: moved.timestamp, payload: { id: 'a1', x: 3 } });
+    assert.deepEqual(moved, {
+      type: ClientEvent.ASSET_MOVED,
+      sessionId: ack.sessionId,
+      userId: subUser.userId,
+      firstName: 'Sue',
+      email: 'sue@example.com',
+      timestamp: moved.timestamp,
+      payload: { id: 'a1', x: 3 },
+    });
     sub.send({ op: 'publish', topic: on, type: 'ping_cursor' });
     const bare = await legacy.expect('ping_cursor');
     assert.equal(Object.hasOwn(bare, 'payload'), false, 'the legacy framing leaves an absent payload out');
 
     legacy.send({ type: ClientEvent.ASSET_RESIZED, payload: { id: 'a1', w: 9 } });
     const resized = await expectEvent(sub, on, ClientEvent.ASSET_RESIZED);
-    assert.deepEqual(resized, { op: 'event', topic: on, type: ClientEvent.ASSET_RESIZED, sessionId: joined.sessionId, userId: legacyUser.userId, firstName: 'Leo', email: 'leo@example.com', timestamp: resized.timestamp, payload: { id: 'a1', w: 9 } });
+    assert.deepEqual(resized, {
+      op: 'event',
+      topic: on,
+      type: ClientEvent.ASSET_RESIZED,
+      sessionId: joined.sessionId,
+      userId: legacyUser.userId,
+      firstName: 'Leo',
+      email: 'leo@example.com',
+      timestamp: resized.timestamp,
+      payload: { id: 'a1', w: 9 },
+    });
     legacy.send({ type: 'ping_cursor' });
     assert.equal((await expectEvent(sub, on, 'ping_cursor')).payload, null);
 
@@ -70,7 +98,10 @@ describe('one room, two framings', () => {
     const sub = await connectTopics(t, server, token(user('viewer')));
     const ack = await subscribe(sub, on);
     const { client: legacy, joined } = await join(t, server.wsUrl(id), { token: token(user('Leo')) });
-    assert.deepEqual(joined.sessions.map((s: { sessionId: string; permission: string }) => [s.sessionId, s.permission]), [[ack.sessionId, 'viewer']]);
+    assert.deepEqual(
+      joined.sessions.map((s: { sessionId: string; permission: string }) => [s.sessionId, s.permission]),
+      [[ack.sessionId, 'viewer']],
+    );
     const seen = await expectEvent(sub, on, 'session_joined');
     assert.equal(seen.sessionId, joined.sessionId);
     // A viewer's mutation is dropped for the legacy socket too; its next frame is the later event.

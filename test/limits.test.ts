@@ -20,7 +20,10 @@ function onShard(shard: number, workers: number): string {
 }
 
 async function refused(t: TestContext, url: string, options: ConnectOptions): Promise<HandshakeRejected> {
-  const err = await connect(t, url, options).then(() => assert.fail('admitted'), (e: unknown) => e);
+  const err = await connect(t, url, options).then(
+    () => assert.fail('admitted'),
+    (e: unknown) => e,
+  );
   assert.ok(err instanceof HandshakeRejected, String(err));
   return err;
 }

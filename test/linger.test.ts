@@ -33,7 +33,11 @@ test('clients that dribble bytes after their 404 are all closed at the deadline;
   await crowd.until(() => dribblers.every((s) => s.closedAt !== 0), LINGER_MS + MARGIN_MS + 3000, 'the server closed every dribbler');
   clearInterval(dribble);
   const late = dribblers.filter((s) => s.closedAt - s.answeredAt > LINGER_MS + MARGIN_MS);
-  assert.deepEqual(late.map((s) => Math.round(s.closedAt - s.answeredAt)), [], 'closed within the deadline');
+  assert.deepEqual(
+    late.map((s) => Math.round(s.closedAt - s.answeredAt)),
+    [],
+    'closed within the deadline',
+  );
   const { metrics } = await scrape(server.port);
   assert.ok(metrics.get('moodio_rt_lingering_cut_total')! >= 200);
 });
@@ -65,7 +69,10 @@ test(`at most ${MAX_LINGERING} answered sockets linger per thread: the oldest ar
     .sort((a, b) => a.at - b.at)
     .slice(0, total - MAX_LINGERING)
     .map((s) => s.i);
-  assert.ok(firstClosed.every((i) => i < 200), `closed first: ${firstClosed.slice(0, 10)}…`);
+  assert.ok(
+    firstClosed.every((i) => i < 200),
+    `closed first: ${firstClosed.slice(0, 10)}…`,
+  );
   assert.equal((await rawRequest(server.port, ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n'])).status, 200);
   await crowd.until(() => answered.every((s) => s.closedAt !== 0), LINGER_MS + MARGIN_MS + 3000, 'every answered socket was closed');
   clearInterval(dribble);

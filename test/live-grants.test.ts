@@ -56,7 +56,10 @@ test('a recheck applies a revocation made in the app: 4003 and session_left; oth
   assert.equal((await b!.client.expect('session_left')).sessionId, a!.sessionId);
   await markerIsNext(c!, d!);
   await markerIsNext(d!, c!);
-  assert.ok(stub.requests.some((r) => r.userId === ann.userId && r.cookie?.includes('moodio_access_token=')), 'the recheck forwarded the cookie');
+  assert.ok(
+    stub.requests.some((r) => r.userId === ann.userId && r.cookie?.includes('moodio_access_token=')),
+    'the recheck forwarded the cookie',
+  );
 });
 
 test('a revocation a recheck found is not undone by reconnecting with the same cookie (the handshake cache holds the new word)', async (t) => {

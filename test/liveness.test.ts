@@ -52,7 +52,13 @@ test('a multiplexed connection that stops answering pings is closed, and each of
   answering = false;
   for (const topic of topics) await expectEvent(healthy, topic, 'session_joined');
   const lefts = [await healthy.next(5000), await healthy.next(5000)];
-  assert.deepEqual(lefts.map((f) => [f.type, f.sessionId]), [['session_left', deadId], ['session_left', deadId]]);
+  assert.deepEqual(
+    lefts.map((f) => [f.type, f.sessionId]),
+    [
+      ['session_left', deadId],
+      ['session_left', deadId],
+    ],
+  );
   assert.deepEqual(lefts.map((f) => f.topic).sort(), [...topics].sort());
   assert.equal((await dead.closed).code, 1006, 'terminated without a close handshake');
   assert.equal(healthy.ws.readyState, healthy.ws.OPEN);

@@ -64,15 +64,45 @@ test('a small uniform run delivers everything, with sane percentiles, in JSON wi
   assert.equal(code, 0, stderr);
   const report = JSON.parse(stdout);
   for (const key of [
-    'url', 'preset', 'threads', 'workload', 'sessions', 'connections', 'connected', 'connectFailed', 'connectMs', 'sends', 'sendsPerSecond',
-    'expectedDeliveries', 'deliveries', 'deliveryRatio', 'deliveriesPerSecond', 'latencyMs', 'deliveryLatencyMs', 'target',
-    'pressure', 'errors', 'generator', 'gates',
+    'url',
+    'preset',
+    'threads',
+    'workload',
+    'sessions',
+    'connections',
+    'connected',
+    'connectFailed',
+    'connectMs',
+    'sends',
+    'sendsPerSecond',
+    'expectedDeliveries',
+    'deliveries',
+    'deliveryRatio',
+    'deliveriesPerSecond',
+    'latencyMs',
+    'deliveryLatencyMs',
+    'target',
+    'pressure',
+    'errors',
+    'generator',
+    'gates',
   ]) {
     assert.ok(key in report, `missing ${key}`);
   }
   for (const key of ['count', 'p50', 'p90', 'p95', 'p99', 'p999', 'max', 'mean']) assert.equal(typeof report.latencyMs[key], 'number', key);
   for (const key of ['cpuPercent', 'busyPercent', 'saturated', 'sendsLate', 'framesReceived', 'sendLagMs']) assert.ok(key in report.generator, key);
-  assert.deepEqual(report.workload, { route: 'desktop', topicsPerConnection: 1, rooms: 4, usersPerRoom: 3, sendersPerRoom: 2, rate: 50, durationMs: 1000, warmupMs: 200, messageType: 'asset_moved', payloadBytes: 64 });
+  assert.deepEqual(report.workload, {
+    route: 'desktop',
+    topicsPerConnection: 1,
+    rooms: 4,
+    usersPerRoom: 3,
+    sendersPerRoom: 2,
+    rate: 50,
+    durationMs: 1000,
+    warmupMs: 200,
+    messageType: 'asset_moved',
+    payloadBytes: 64,
+  });
   assert.equal(report.sessions, 12);
   assert.equal(report.connections, 12, 'a socket per session');
   assert.equal(report.connected, 12);
@@ -123,7 +153,7 @@ test('exit status follows --max-p99', async () => {
   assert.match(stdout, /result: FAIL — p99 [\d.]+ ms > --max-p99 0\.001 ms/);
 });
 
-test('exit status follows --min-delivery (viewers\' mutations are dropped, so nothing is delivered)', async () => {
+test("exit status follows --min-delivery (viewers' mutations are dropped, so nothing is delivered)", async () => {
   const tokens = join(dir, 'viewers.txt');
   writeFileSync(tokens, Array.from({ length: 6 }, (_, i) => token({ userId: `viewer-${i}-0000`, permission: 'viewer' })).join('\n'));
   const args = ['--token-file', tokens, '--rooms', '2', '--users-per-room', '3', '--rate', '20', '--duration', '500ms', '--warmup', '100ms', '--json'];
@@ -142,7 +172,8 @@ test('invalid options fail with exit 2 naming the option', async () => {
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--rooms: must be an integer from 1/);
   const url = await loadtest(['--url', 'http://x']);
-  assert.match(url.stderr, /--url: must be a ws:\/\/ URL/);  const route = await loadtest(['--route', 'room']);
+  assert.match(url.stderr, /--url: must be a ws:\/\/ URL/);
+  const route = await loadtest(['--route', 'room']);
   assert.equal(route.code, 2);
   assert.match(route.stderr, /--route: /);
   const topics = await loadtest(['--topics-per-connection', '3']);
@@ -153,11 +184,28 @@ test('invalid options fail with exit 2 naming the option', async () => {
   assert.match(many.stderr, /--topics-per-connection: must be an integer from 1 to 20/);
 });
 
-test('--route connection drives /ws/connection: each user holds --topics-per-connection rooms on one socket, on both shards, and every delivery is measured like the legacy route\'s', async (t) => {
+test("--route connection drives /ws/connection: each user holds --topics-per-connection rooms on one socket, on both shards, and every delivery is measured like the legacy route's", async (t) => {
   // Two shards, so that a connection's topics are owned by both (the in-process link carries half of them); dev mode authorizes topics from the token's claims.
   const env = devSecretEnv();
   const sharded = await startServer(t, { workers: 2, args: ['--dev', '--rate-limit', '0'], env });
-  const args = ['--route', 'connection', '--topics-per-connection', '3', '--rooms', '6', '--users-per-room', '3', '--senders-per-room', '2', '--rate', '50', '--duration', '1s', '--warmup', '200ms'];
+  const args = [
+    '--route',
+    'connection',
+    '--topics-per-connection',
+    '3',
+    '--rooms',
+    '6',
+    '--users-per-room',
+    '3',
+    '--senders-per-room',
+    '2',
+    '--rate',
+    '50',
+    '--duration',
+    '1s',
+    '--warmup',
+    '200ms',
+  ];
   const { code, stdout, stderr } = await loadtest([...args, '--json'], { port: sharded.port, env });
   assert.equal(code, 0, stderr + stdout);
   const report = JSON.parse(stdout);
@@ -188,7 +236,10 @@ test("with no secret given, it signs with the dev server's secret file, as `toke
 
   const missing = await loadtest(SMALL, { env: { JWT_ACCESS_SECRET: undefined, MOODIO_RT_DEV_SECRET_FILE: join(dir, 'no-such-secret') } });
   assert.equal(missing.code, 2);
-  assert.match(missing.stderr, /--secret: a --secret \(or JWT_ACCESS_SECRET\) or a --token-file is required; against a `moodio-rt serve --dev` server, start it first/);
+  assert.match(
+    missing.stderr,
+    /--secret: a --secret \(or JWT_ACCESS_SECRET\) or a --token-file is required; against a `moodio-rt serve --dev` server, start it first/,
+  );
 });
 
 test("a server's rate limit is named in plain words, with how to run the server for a benchmark", async (t) => {
@@ -198,12 +249,21 @@ test("a server's rate limit is named in plain words, with how to run the server 
   const human = await loadtest(args, { port: limited.port });
   assert.equal(human.code, 1, 'delivery below 100% fails the run');
   assert.match(human.stdout, /errors: .*server_rate_limited ×\d+/);
-  assert.match(human.stdout, /SERVER LIMIT: The server rate-limited the generator \(\d+ rate_limited errors?.*\): its --rate-limit \(100 messages\/s per user by default.*each sender here sends 500\/s/);
-  assert.match(human.stdout, /For a benchmark, run the server under test with `moodio-rt serve --rate-limit 0 --max-pending-per-address 0 --handshake-rate-per-address 0`/);
+  assert.match(
+    human.stdout,
+    /SERVER LIMIT: The server rate-limited the generator \(\d+ rate_limited errors?.*\): its --rate-limit \(100 messages\/s per user by default.*each sender here sends 500\/s/,
+  );
+  assert.match(
+    human.stdout,
+    /For a benchmark, run the server under test with `moodio-rt serve --rate-limit 0 --max-pending-per-address 0 --handshake-rate-per-address 0`/,
+  );
   assert.match(human.stdout, /result: FAIL — delivery [\d.]+% < --min-delivery 100\.00% \(the server's --rate-limit dropped messages, see above\)/);
 
   const json = JSON.parse((await loadtest([...args, '--json'], { port: limited.port })).stdout);
-  assert.deepEqual(json.serverLimits.map((n: { options: string[] }) => n.options[0]), ['--rate-limit']);
+  assert.deepEqual(
+    json.serverLimits.map((n: { options: string[] }) => n.options[0]),
+    ['--rate-limit'],
+  );
   assert.ok(json.serverLimits[0].count >= json.errors.server_rate_limited);
 
   // The file's server runs with --rate-limit 0: no note.
@@ -225,7 +285,10 @@ test('an unreachable permission API is named as such, not as a full room; a run 
   const human = await loadtest(args, { port: down.port });
   assert.equal(human.code, 1);
   assert.match(human.stdout, /errors: .*connect_503 ×2.*refused_permission_unavailable ×2/);
-  assert.match(human.stdout, /SERVER LIMIT: The server could not ask its permission API \(2 connections refused with 503 permission_unavailable or permission_busy/);
+  assert.match(
+    human.stdout,
+    /SERVER LIMIT: The server could not ask its permission API \(2 connections refused with 503 permission_unavailable or permission_busy/,
+  );
   assert.doesNotMatch(human.stdout, /full room or worker/, 'the 503s are all explained');
   assert.match(human.stdout, /deliveries: none measured \(no session connected\)/);
   assert.match(human.stdout, /latency: none measured \(no session connected\)/);
@@ -234,7 +297,10 @@ test('an unreachable permission API is named as such, not as a full room; a run 
   assert.doesNotMatch(human.stdout, /0\/0 \(100\.00%\)/);
   assert.match(human.stdout, /result: FAIL — 2 of 2 sessions failed to connect/);
   const json = JSON.parse((await loadtest([...args, '--json'], { port: down.port })).stdout);
-  assert.deepEqual(json.serverLimits.map((n: { options: string[] }) => n.options[0]), ['--permission-api-base']);
+  assert.deepEqual(
+    json.serverLimits.map((n: { options: string[] }) => n.options[0]),
+    ['--permission-api-base'],
+  );
   assert.equal(json.serverLimits[0].count, 2);
 });
 
@@ -248,12 +314,15 @@ test('`token --count N --users K` writes a --token-file: N tokens of K users, wh
   assert.deepEqual(users, ['load-0001', 'load-0002', 'load-0003', 'load-0001', 'load-0002', 'load-0003']);
   const file = join(dir, 'tokens.txt');
   writeFileSync(file, stdout);
-  const run = await loadtest(['--token-file', file, '--rooms', '2', '--users-per-room', '3', '--rate', '20', '--duration', '500ms', '--warmup', '100ms', '--json'], { env: devEnv });
+  const run = await loadtest(
+    ['--token-file', file, '--rooms', '2', '--users-per-room', '3', '--rate', '20', '--duration', '500ms', '--warmup', '100ms', '--json'],
+    { env: devEnv },
+  );
   assert.equal(run.code, 0, run.stdout + run.stderr);
   assert.equal(JSON.parse(run.stdout).connected, 6);
 });
 
-test('the progress line counts measured sends only, and its last line is the report\'s', async () => {
+test("the progress line counts measured sends only, and its last line is the report's", async () => {
   // Ticks at 1 s (warm-up) and 2 s (0.5 s into the window, 2 s of sending): a count that
   // included the warm-up would pass the report's 1 s of measured sends there.
   const args = ['--rooms', '2', '--users-per-room', '2', '--rate', '200', '--warmup', '1500ms', '--duration', '1s', '--json'];
@@ -278,7 +347,11 @@ test('the saturation warning says which sign fired: a busy thread, or late sends
   assert.doesNotMatch(idle, /is saturated/);
   const busy = formatReport({ ...report, generator: { ...report.generator, busyPercent: [95, 40], saturated: true } });
   assert.match(busy, /WARNING: the generator is saturated \(a thread 95% busy, ≥ 90%\)/);
-  assert.doesNotMatch(formatReport({ ...report, generator: { ...report.generator, saturated: false, sendsLate: false } }), /WARNING/, 'an unsaturated run warns of nothing');
+  assert.doesNotMatch(
+    formatReport({ ...report, generator: { ...report.generator, saturated: false, sendsLate: false } }),
+    /WARNING/,
+    'an unsaturated run warns of nothing',
+  );
 });
 
 test('--threads help names its default once', async () => {
@@ -291,7 +364,7 @@ test('merging per-thread histograms equals one histogram of all the samples', ()
   const single = createHistogram();
   const parts = [createHistogram(), createHistogram(), createHistogram()];
   let seed = 42;
-  const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
   for (let i = 0; i < 30_000; i++) {
     const us = Math.floor(random() ** 3 * 5_000_000) + 1;
     recordUs(single, us);

@@ -30,7 +30,14 @@ async function room(t: TestContext, options: Parameters<typeof inProcessServer>[
 }
 
 /** The sender is closed with `code`; the bystander hears only that it left, and still gets a marker from a newcomer. */
-async function closedAlone(t: TestContext, server: Awaited<ReturnType<typeof inProcessServer>>, id: string, sender: TestClient, bystander: TestClient, code: number) {
+async function closedAlone(
+  t: TestContext,
+  server: Awaited<ReturnType<typeof inProcessServer>>,
+  id: string,
+  sender: TestClient,
+  bystander: TestClient,
+  code: number,
+) {
   assert.equal((await sender.closed).code, code);
   assert.equal((await bystander.next()).type, 'session_left');
   const { client: other } = await join(t, server.wsUrl(id), { token: token(user('Oth')) });

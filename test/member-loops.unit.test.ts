@@ -74,7 +74,13 @@ const CAP = 1_000_000;
 async function everyoneElseGot(p: Parts, parts: { ann: Member; bob: Member; others: Member[] }, expected: [string, unknown]): Promise<void> {
   const { ann, bob, others } = parts;
   assert.deepEqual(p.cuts, [bob.session]);
-  assert.deepEqual(p.rooms.get('desk-1')!.members.map((s) => s.firstName).sort(), ['Ann', 'Cat', 'Dan', 'Eve']);
+  assert.deepEqual(
+    p.rooms
+      .get('desk-1')!
+      .members.map((s) => s.firstName)
+      .sort(),
+    ['Ann', 'Cat', 'Dan', 'Eve'],
+  );
   send(p, ann, { type: 'marker' });
   for (const m of others) {
     assert.deepEqual(await nextOf(m), ['session_left', bob.session.id], m.session.firstName);
@@ -83,7 +89,7 @@ async function everyoneElseGot(p: Parts, parts: { ann: Member; bob: Member; othe
   }
 }
 
-test("a relayed event reaches every member but the one its delivery cut, the last joined included", async (t) => {
+test('a relayed event reaches every member but the one its delivery cut, the last joined included', async (t) => {
   const { p, ann, bob, cat, dan, eve } = await roomWithStalledBob(t);
   send(p, ann, { type: 'asset_moved', payload: { i: 1 } });
   await everyoneElseGot(p, { ann, bob, others: [cat, dan, eve] }, ['asset_moved', ann.session.id]);
@@ -99,7 +105,16 @@ test('an event from another node (deliverRemote) reaches every local member but 
 });
 
 function control(p: Parts): SessionControl {
-  return new SessionControl({ shardId: 0, nodeId: 'node-a', rooms: p.rooms, relay: p.relay, backpressure: p.backpressure, out: p.out, metrics: p.metrics, log: p.log });
+  return new SessionControl({
+    shardId: 0,
+    nodeId: 'node-a',
+    rooms: p.rooms,
+    relay: p.relay,
+    backpressure: p.backpressure,
+    out: p.out,
+    metrics: p.metrics,
+    log: p.log,
+  });
 }
 
 test("a role change's session_updated reaches every member but the one its delivery cut", async (t) => {
@@ -149,7 +164,14 @@ test('a pinned member array never changes: a leave or join meanwhile replaces it
   const outer = p.rooms.pin(room);
   const inner = p.rooms.pin(room);
   p.rooms.leave(a!.session);
-  assert.deepEqual([names(outer), names(inner), names(room.members)], [['Ann', 'Bob', 'Cat'], ['Ann', 'Bob', 'Cat'], ['Cat', 'Bob']]);
+  assert.deepEqual(
+    [names(outer), names(inner), names(room.members)],
+    [
+      ['Ann', 'Bob', 'Cat'],
+      ['Ann', 'Bob', 'Cat'],
+      ['Cat', 'Bob'],
+    ],
+  );
   const replaced = room.members;
   p.rooms.join(d!.session);
   assert.equal(room.members, replaced, 'the copy is not pinned: it changes in place');

@@ -50,10 +50,16 @@ test('every handshake outcome, relay, drop and permission call is counted exactl
     [user('Den', { userId: 'denied-0001' }), 403],
     [user('Dow', { userId: 'down-0001' }), 503],
   ] as const) {
-    const err = await connect(t, server.wsUrl(desktop()), { token: token(claims) }).then(() => assert.fail('admitted'), (e: unknown) => e);
+    const err = await connect(t, server.wsUrl(desktop()), { token: token(claims) }).then(
+      () => assert.fail('admitted'),
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof HandshakeRejected && err.status === status);
   }
-  const unauth = await connect(t, server.wsUrl(desktop()), { token: 'garbage' }).then(() => assert.fail('admitted'), (e: unknown) => e);
+  const unauth = await connect(t, server.wsUrl(desktop()), { token: 'garbage' }).then(
+    () => assert.fail('admitted'),
+    (e: unknown) => e,
+  );
   assert.ok(unauth instanceof HandshakeRejected && unauth.status === 401);
   assert.equal((await rawRequest(server.port, ['GET /nope HTTP/1.1\r\n\r\n'])).status, 404, 'not a handshake: not counted');
   assert.equal((await rawRequest(server.port, ['GET /ws/desktop/bad.id HTTP/1.1\r\nUpgrade: websocket\r\n\r\n'])).status, 400);

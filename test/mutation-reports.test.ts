@@ -9,15 +9,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { SCOPES, optionFieldLine, partLines, type MutateSpec } from '../stryker.config.mjs';
-import {
-  changedCode,
-  claimOf,
-  mutationScore,
-  reportPath,
-  scoreRows,
-  verdict,
-  type IncrementalReport,
-} from './helpers/mutation-reports.ts';
+import { changedCode, claimOf, mutationScore, reportPath, scoreRows, verdict, type IncrementalReport } from './helpers/mutation-reports.ts';
 
 const root = new URL('../', import.meta.url);
 const readToday = (file: string): string | null => {
@@ -79,9 +71,11 @@ describe('the comparison', () => {
   });
 
   test('an option line of src/config.ts: found by key and field, and only that line counts', () => {
-    const config = ['  {', "    key: 'a',", "    default: '1',", '  },', '  {', "    key: 'b',", "    default: '2',", "    parse: intIn(1, 9),", '  },'].join('\n');
+    const config = ['  {', "    key: 'a',", "    default: '1',", '  },', '  {', "    key: 'b',", "    default: '2',", '    parse: intIn(1, 9),', '  },'].join(
+      '\n',
+    );
     assert.deepEqual(optionFieldLine(config, 'b', 'default'), [7, 7]);
-    assert.equal(optionFieldLine(config, 'a', 'parse'), null, 'not the next entry\'s field');
+    assert.equal(optionFieldLine(config, 'a', 'parse'), null, "not the next entry's field");
     const spec: MutateSpec = { file: 'src/config.ts', what: "b's default", lines: (text) => optionFieldLine(text, 'b', 'default') };
     const recorded = report({ 'src/config.ts': config });
     assert.deepEqual(changedCode([spec], recorded, reading({ 'src/config.ts': config.replace("'1'", "'5'") })), []);
@@ -93,7 +87,7 @@ describe('the comparison', () => {
     assert.equal(mutationScore(report({ 'a.ts': SOURCE }, [])), null);
   });
 
-  test('the table\'s rows and what each Score cell claims', () => {
+  test("the table's rows and what each Score cell claims", () => {
     const markdown = [
       'text',
       '  | Scope | Score | Survivors |',
@@ -136,7 +130,10 @@ describe('the comparison', () => {
 
   test('the verdict without a report: only "not yet run" passes', () => {
     assert.equal(verdict('s', { kind: 'not-run' }, null, []), null);
-    assert.match(verdict('s', { kind: 'score', percents: [90] }, null, [])!, /reports\/mutants\/s\.incremental\.json does not exist: re-run `MUTANTS_SCOPE=s npm run mutants`/);
+    assert.match(
+      verdict('s', { kind: 'score', percents: [90] }, null, [])!,
+      /reports\/mutants\/s\.incremental\.json does not exist: re-run `MUTANTS_SCOPE=s npm run mutants`/,
+    );
     assert.match(verdict('s', { kind: 'stale' }, null, [])!, /does not exist/);
   });
 });

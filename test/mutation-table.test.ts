@@ -82,7 +82,10 @@ test('--mutation-types is validated once, at start, naming the option', () => {
   const base = { jwtSecret: TEST_SECRET };
   assert.deepEqual(resolveServeConfig(base).mutationTypes, DEFAULT_MUTATION_TYPES);
   assert.deepEqual(resolveServeConfig({ ...base, mutationTypes: ' a , b,a ' }).mutationTypes, ['a', 'b']);
-  assert.deepEqual(resolveServeConfig({ ...base }).mutationTypes, resolveServeConfig({ ...base, mutationTypes: DEFAULT_MUTATION_TYPES.join(',') }).mutationTypes);
+  assert.deepEqual(
+    resolveServeConfig({ ...base }).mutationTypes,
+    resolveServeConfig({ ...base, mutationTypes: DEFAULT_MUTATION_TYPES.join(',') }).mutationTypes,
+  );
   for (const [raw, message] of [
     ['', /must list at least one event type/],
     ['a,,b', /"" is not an event type/],

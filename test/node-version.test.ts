@@ -43,7 +43,10 @@ test('versions older than the minimum are refused with what to run instead; the 
     const problem = nodeVersionProblem(old, '/usr/bin/node');
     assert.ok(problem !== null, old);
     assert.match(problem, new RegExp(`needs Node ${MIN_NODE.replaceAll('.', '\\.')} or newer, and this is Node ${old} \\(/usr/bin/node\\)`));
-    assert.match(problem, /npx moodio-rt …, npm start\), as node_modules\/\.bin\/node cli\/moodio-rt\.mjs …, or under a supervisor with scripts\/moodio-rt-serve/);
+    assert.match(
+      problem,
+      /npx moodio-rt …, npm start\), as node_modules\/\.bin\/node cli\/moodio-rt\.mjs …, or under a supervisor with scripts\/moodio-rt-serve/,
+    );
   }
   for (const ok of [MIN_NODE, '26.10.1', '26.11.0', '27.0.0', '30.1.2']) assert.equal(nodeVersionProblem(ok, '/x/node'), null, ok);
 });
@@ -67,7 +70,11 @@ test('the moodio-rt binary runs on the project Node, and an older Node gets the 
     );
     if (entry.endsWith('.ts') && /ERR_UNKNOWN_FILE_EXTENSION/.test(err.stderr)) continue; // a Node that cannot load .ts at all: hence the .mjs binary
     assert.equal(err.code, 1, entry);
-    assert.match(err.stderr, new RegExp(`^moodio-rt needs Node ${MIN_NODE.replaceAll('.', '\\.')} or newer, and this is Node ${old.version.replaceAll('.', '\\.')} `), entry);
+    assert.match(
+      err.stderr,
+      new RegExp(`^moodio-rt needs Node ${MIN_NODE.replaceAll('.', '\\.')} or newer, and this is Node ${old.version.replaceAll('.', '\\.')} `),
+      entry,
+    );
   }
 });
 
@@ -77,8 +84,18 @@ test('npm install on an older system Node prints no EBADENGINE warning', async (
   if (old === null || npm === null) return t.skip('no npm on a Node older than the minimum on this machine');
   // npm's own script, run by the old Node as on a fresh machine (inside `npm test`, `npm` would find the project's Node 26 first).
   const npmCli = join(dirname(realpathSync(npm)), 'npm-cli.js');
-  const env: NodeJS.ProcessEnv = { ...process.env, PATH: (process.env.PATH ?? '').split(delimiter).filter((d) => !d.includes('node_modules')).join(delimiter) };
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PATH: (process.env.PATH ?? '')
+      .split(delimiter)
+      .filter((d) => !d.includes('node_modules'))
+      .join(delimiter),
+  };
   for (const key of Object.keys(env)) if (key.startsWith('npm_')) delete env[key];
-  const { stdout, stderr } = await run(old.path, [npmCli, 'install', '--dry-run', '--offline', '--ignore-scripts', '--no-audit', '--no-fund'], { cwd: ROOT, env, maxBuffer: 16 * 1024 * 1024 });
+  const { stdout, stderr } = await run(old.path, [npmCli, 'install', '--dry-run', '--offline', '--ignore-scripts', '--no-audit', '--no-fund'], {
+    cwd: ROOT,
+    env,
+    maxBuffer: 16 * 1024 * 1024,
+  });
   assert.doesNotMatch(stdout + stderr, /EBADENGINE/);
 });

@@ -14,8 +14,7 @@ test('only listed origins (and non-browser clients without Origin) may connect',
     permissionApiBase: stub.base,
     args: ['--allowed-origins', 'https://moodio.example.com, http://localhost:3000'],
   });
-  const open = (origin?: string) =>
-    connect(t, server.wsUrl(desktop()), { token: token(user('Ori')), ...(origin ? { wsOptions: { origin } } : {}) });
+  const open = (origin?: string) => connect(t, server.wsUrl(desktop()), { token: token(user('Ori')), ...(origin ? { wsOptions: { origin } } : {}) });
 
   for (const origin of ['https://moodio.example.com', 'http://localhost:3000', 'HTTPS://MOODIO.EXAMPLE.COM']) {
     assert.equal((await (await open(origin)).expect('room_joined')).type, 'room_joined', origin);
@@ -23,7 +22,10 @@ test('only listed origins (and non-browser clients without Origin) may connect',
   assert.equal((await (await open()).expect('room_joined')).type, 'room_joined', 'no Origin: not a browser');
   const asked = stub.requests.length;
   for (const origin of ['https://evil.example', 'https://moodio.example.com.evil.example', 'http://moodio.example.com', 'null']) {
-    const err = await open(origin).then(() => assert.fail(`${origin} was admitted`), (e: unknown) => e);
+    const err = await open(origin).then(
+      () => assert.fail(`${origin} was admitted`),
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof HandshakeRejected);
     assert.equal(err.status, 403, origin);
   }

@@ -144,7 +144,14 @@ test('a member cut by --max-session-backlog in the middle of a relay: every othe
 });
 
 test('over --max-outbound-memory the largest backlog is cut first; a smaller one stays', async (t) => {
-  const server = await serve(t, ['--max-buffered-bytes', String(64 << 20), '--max-session-backlog', String(64 << 20), '--max-outbound-memory', String(1 << 20)]);
+  const server = await serve(t, [
+    '--max-buffered-bytes',
+    String(64 << 20),
+    '--max-session-backlog',
+    String(64 << 20),
+    '--max-outbound-memory',
+    String(1 << 20),
+  ]);
   const big = await room(t, server);
   const small = await room(t, server);
   // A few frames that the kernel takes whole: the small room's slow member holds (almost) nothing.
@@ -199,7 +206,16 @@ test('error frames count toward the budget: a session that sends bad frames and 
 test('after a cut the shard gives its buffers back once things settle, without waiting for V8 to need the memory', async (t) => {
   const ADMIN = 'admin-token-0123456789';
   // Cut by the timeout (the hard cap could cut the fast reader too, were the test process slow to read 35 MB).
-  const server = await serve(t, ['--max-buffered-bytes', '65536', '--max-session-backlog', String(256 << 20), '--slow-consumer-timeout', '1s', '--admin-token', ADMIN]);
+  const server = await serve(t, [
+    '--max-buffered-bytes',
+    '65536',
+    '--max-session-backlog',
+    String(256 << 20),
+    '--slow-consumer-timeout',
+    '1s',
+    '--admin-token',
+    ADMIN,
+  ]);
   const arrayBuffers = async (): Promise<number> => {
     const res = await rawRequest(server.port, [`GET /stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ADMIN}\r\n\r\n`]);
     return (JSON.parse(res.body) as { shards: { memory: { arrayBuffers: number } }[] }).shards[0]!.memory.arrayBuffers;

@@ -52,7 +52,13 @@ test('a connection counts against its address only once pending for slowAfterMs;
   const table = new PendingTable<string, { received: number }>({ slowAfterMs: 1000, maxSlowPerAddress: 2 });
   table.add('o', { received: 0 }, '10.0.0.2', 0);
   table.add('x', { received: 0 }, null, 0);
-  for (const [key, at] of [['a', 0], ['b', 10], ['c', 20], ['d', 30]] as const) table.add(key, { received: 0 }, '10.0.0.1', at);
+  for (const [key, at] of [
+    ['a', 0],
+    ['b', 10],
+    ['c', 20],
+    ['d', 30],
+  ] as const)
+    table.add(key, { received: 0 }, '10.0.0.1', at);
   assert.equal(table.fromAddress('10.0.0.1'), 0, 'four at once from one address: none is slow yet');
   assert.equal(table.addressFull('10.0.0.1'), false);
   assert.equal(table.nextSlowAt(), 1000);
@@ -99,7 +105,10 @@ async function fromOtherAddress(t: Scope, port: number, wsUrl: (id: string) => s
   const joins = Array.from({ length: n }, () => join(t, wsUrl(desktop()), { token: token(user('Ola')), wsOptions: { localAddress: OTHER } }));
   const healths = Array.from({ length: n }, () => rawRequest(port, ['GET /health HTTP/1.1\r\nHost: x\r\n\r\n'], { localAddress: OTHER }));
   for (const { joined } of await Promise.all(joins)) assert.equal(joined.type, 'room_joined');
-  assert.deepEqual((await Promise.all(healths)).map((h) => h.status), Array(n).fill(200));
+  assert.deepEqual(
+    (await Promise.all(healths)).map((h) => h.status),
+    Array(n).fill(200),
+  );
 }
 
 test(`${FLOOD} silent sockets from one address: every handshake and /health from another address succeeds, during the flood and after`, async (t) => {
@@ -117,7 +126,10 @@ test(`${FLOOD} silent sockets from one address: every handshake and /health from
   await fromOtherAddress(t, server.port, (id) => server.wsUrl(id), 20);
 
   // The flood was still there throughout: 64 of it are pending, unanswered.
-  assert.equal(count(silent, (s) => s.received === '' && s.closedAt === 0), PER_ADDRESS);
+  assert.equal(
+    count(silent, (s) => s.received === '' && s.closedAt === 0),
+    PER_ADDRESS,
+  );
   const { metrics } = await scrape(server.port, undefined, OTHER);
   assert.equal(metrics.get('moodio_rt_pending_handshakes{shard="primary"}'), PER_ADDRESS);
   assert.equal(metrics.get('moodio_rt_pending_handshakes_closed_total{reason="address_limit"}'), refused.length);
@@ -137,7 +149,10 @@ test(`with no address limit, ${FLOOD} silent sockets fill the table, the surplus
   const silent = await crowd.open(server.port, FLOOD);
   await crowd.until(() => count(silent, (s) => s.closedAt !== 0) === FLOOD - MAX_PENDING, 10_000, 'the surplus silent sockets were shed');
   // Shed without an answer: they never sent a request.
-  assert.equal(count(silent, (s) => s.received !== ''), 0);
+  assert.equal(
+    count(silent, (s) => s.received !== ''),
+    0,
+  );
 
   // A newcomer from the same address, and another, each make room for themselves.
   const { joined } = await join(t, server.wsUrl(desktop()), { token: token(user('Pat')) });
@@ -146,7 +161,11 @@ test(`with no address limit, ${FLOOD} silent sockets fill the table, the surplus
   assert.equal(health.status, 200);
   const { metrics } = await scrape(server.port);
   const shed = metrics.get('moodio_rt_pending_handshakes_closed_total{reason="shed_least_progress"}')!;
-  assert.equal(shed, count(silent, (s) => s.closedAt !== 0), 'every shed is a silent socket closed');
+  assert.equal(
+    shed,
+    count(silent, (s) => s.closedAt !== 0),
+    'every shed is a silent socket closed',
+  );
   assert.ok(shed >= FLOOD - MAX_PENDING && shed <= FLOOD - MAX_PENDING + 3, `${shed} shed`);
   assert.ok(metrics.get('moodio_rt_pending_handshakes{shard="primary"}')! <= MAX_PENDING);
 });
@@ -166,7 +185,10 @@ test('a full table sheds the silent connection, not the one that sent bytes, and
   // The oldest connection had sent bytes; the oldest silent one goes.
   await crowd.until(() => rest[0]!.closedAt !== 0, 5000, 'the oldest silent connection was shed');
   assert.equal(started!.closedAt, 0);
-  assert.equal(count(rest, (s) => s.closedAt !== 0), 1);
+  assert.equal(
+    count(rest, (s) => s.closedAt !== 0),
+    1,
+  );
   await server.waitForLog((l) => l.event === 'handshake_rejected' && l.reason === 'shed_least_progress');
 });
 
@@ -177,10 +199,13 @@ test(`${OFFICE} users behind one address connecting at once all get 101: the add
   // Every connection is open before any head is sent, so the server holds
   // all of them pending from 127.0.0.1 at once: an office opening its tabs.
   const office = await crowd.open(server.port, OFFICE);
-  const pending = (m: Metrics) => m.get('moodio_rt_pending_handshakes{shard="primary"}')! + m.get('moodio_rt_pending_handshakes_closed_total{reason="address_limit"}')!;
+  const pending = (m: Metrics) =>
+    m.get('moodio_rt_pending_handshakes{shard="primary"}')! + m.get('moodio_rt_pending_handshakes_closed_total{reason="address_limit"}')!;
   await untilMetrics(server.port, (m) => pending(m) === OFFICE, 10_000, 'the server accepted every connection', OTHER);
   const desks = Array.from({ length: 10 }, () => desktop('office'));
-  office.forEach((s, i) => s.socket.write(upgradeHead(`/ws/desktop/${desks[i % desks.length]}`, { Cookie: `moodio_access_token=${token(user(`Office${i}`))}` })));
+  office.forEach((s, i) =>
+    s.socket.write(upgradeHead(`/ws/desktop/${desks[i % desks.length]}`, { Cookie: `moodio_access_token=${token(user(`Office${i}`))}` })),
+  );
   await crowd.until(() => count(office, (s) => untilJoined(s.received) || s.closedAt !== 0) === OFFICE, 30_000, 'every tab joined or was refused');
   const statuses = new Map<string, number>();
   for (const s of office) {
@@ -188,7 +213,10 @@ test(`${OFFICE} users behind one address connecting at once all get 101: the add
     statuses.set(status, (statuses.get(status) ?? 0) + 1);
   }
   assert.deepEqual([...statuses], [['HTTP/1.1 101', OFFICE]]);
-  assert.equal(count(office, (s) => untilJoined(s.received)), OFFICE);
+  assert.equal(
+    count(office, (s) => untilJoined(s.received)),
+    OFFICE,
+  );
   const { metrics } = await scrape(server.port, undefined, OTHER);
   assert.equal(metrics.get('moodio_rt_pending_handshakes_closed_total{reason="address_limit"}'), 0);
   assert.equal(metrics.get('moodio_rt_pending_handshakes_closed_total{reason="shed_least_progress"}'), 0);
@@ -209,7 +237,11 @@ test('a --trust-proxy peer is exempt from the address limit (nginx buffers heads
     until: untilJoined,
   });
   assert.equal(res.status, 101);
-  assert.equal(count(silent, (s) => s.received !== '' || s.closedAt !== 0), 0, 'none refused');
+  assert.equal(
+    count(silent, (s) => s.received !== '' || s.closedAt !== 0),
+    0,
+    'none refused',
+  );
   // Another address is held to the limit, once its connections are slow: until then its newcomers are read.
   const opened = performance.now();
   await crowd.open(server.port, 2, { localAddress: OTHER });

@@ -34,7 +34,10 @@ test('grants are reused for the TTL and denials for 5 s at most, each as the sam
   assert.equal(await cache.check('d1', identity('u1'), 'c'), 'editor');
   assert.equal(asked(), 1);
   await assert.rejects(cache.check('denied-1', identity('u1'), 'c'), { code: PermissionErrorCode.DENIED });
-  await assert.rejects(cache.check('denied-1', identity('u1'), 'c'), (err: unknown) => err instanceof PermissionError && err.code === PermissionErrorCode.DENIED);
+  await assert.rejects(
+    cache.check('denied-1', identity('u1'), 'c'),
+    (err: unknown) => err instanceof PermissionError && err.code === PermissionErrorCode.DENIED,
+  );
   assert.equal(asked(), 2);
   advance(NEGATIVE_TTL_MS + 1);
   await assert.rejects(cache.check('denied-1', identity('u1'), 'c'));
@@ -205,7 +208,10 @@ test("a user logged out through the server API: the user's cached answers on eve
   assert.deepEqual([calls[4]!.desktopId, calls[4]!.userId, calls[4]!.cookie], ['d3', 'u1', 'c1']);
   calls[4]!.answer('denied');
   await assert.rejects(inFlight, denied);
-  for (const [desktopId, cookie] of [['d1', 'c1'], ['d2', 'c2']] as const) {
+  for (const [desktopId, cookie] of [
+    ['d1', 'c1'],
+    ['d2', 'c2'],
+  ] as const) {
     const lookup = cache.check(desktopId, identity('u1'), cookie);
     calls.at(-1)!.answer('denied');
     await assert.rejects(lookup, denied);

@@ -32,7 +32,16 @@ test('200 handshakes of one user to one desktop at once ask the API once; reconn
   const stub = await startPermissionStub(t);
   // Answers after 100 ms, so that every handshake arrives while the first lookup is in flight.
   stub.handle((req, res) => void setTimeout(() => grant('editor')(req, res), 100));
-  const server = await serve(t, stub, ['--max-handshakes-per-user', '0', '--connect-rate', '0', '--max-connections-per-user', '0', '--max-pending-per-address', '0']);
+  const server = await serve(t, stub, [
+    '--max-handshakes-per-user',
+    '0',
+    '--connect-rate',
+    '0',
+    '--max-connections-per-user',
+    '0',
+    '--max-pending-per-address',
+    '0',
+  ]);
   const room = desktop();
   const tok = token(user('Sto'));
   const first = await Promise.all(Array.from({ length: 200 }, () => connect(t, server.wsUrl(room), { token: tok })));
@@ -156,14 +165,16 @@ test('--connect-rate: a user who churns connections gets 429 past the burst, and
   assert.equal(stub.requests.length, 3, 'the watcher, the first churn and the marker asked the API; the rest came from the cache or were refused first');
 });
 
-test('--handshake-rate-per-address: a handshake flood from one address gets 429 from the primary; other addresses, and a proxy\'s other clients, do not', async (t) => {
+test("--handshake-rate-per-address: a handshake flood from one address gets 429 from the primary; other addresses, and a proxy's other clients, do not", async (t) => {
   const stub = await startPermissionStub(t);
   const server = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--handshake-rate-per-address', '2', '--trust-proxy', '127.0.0.3'] });
   // 5 s worth at once (10), then 2 a second: bad tokens, as a flood would send them.
   const statusesOf = async (n: number, headers: Record<string, string>, localAddress?: string) => {
     const out: number[] = [];
     for (let i = 0; i < n; i++) {
-      const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { Authorization: 'Bearer not-a-token', ...headers })], { localAddress });
+      const res = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { Authorization: 'Bearer not-a-token', ...headers })], {
+        localAddress,
+      });
       out.push(res.status);
       if (res.status === 429) assert.ok(Number(res.headers['retry-after']) >= 1);
     }
@@ -171,7 +182,10 @@ test('--handshake-rate-per-address: a handshake flood from one address gets 429 
   };
   const flood = await statusesOf(14, {});
   assert.deepEqual(flood.slice(0, 10), Array(10).fill(401));
-  assert.ok(flood.slice(10).every((s) => s === 429), `flood: ${flood}`);
+  assert.ok(
+    flood.slice(10).every((s) => s === 429),
+    `flood: ${flood}`,
+  );
   // Another address is not held up.
   const { joined } = await join(t, server.wsUrl(desktop()), { token: token(user('Oth')), wsOptions: { localAddress: '127.0.0.2' } });
   assert.equal(joined.type, 'room_joined');

@@ -40,7 +40,13 @@ function openPing(t: Scope, port: number, options: WebSocket.ClientOptions = {})
     });
     ws.once('open', () => resolve({ ws, shard, received, closed }));
     ws.once('unexpected-response', (_req, res) => {
-      reject(Object.assign(new Error(`refused with ${res.statusCode}`), { status: res.statusCode, reason: res.headers[REASON_HEADER.toLowerCase()], retryAfter: res.headers['retry-after'] }));
+      reject(
+        Object.assign(new Error(`refused with ${res.statusCode}`), {
+          status: res.statusCode,
+          reason: res.headers[REASON_HEADER.toLowerCase()],
+          retryAfter: res.headers['retry-after'],
+        }),
+      );
       res.resume();
     });
     ws.once('error', reject);
@@ -98,7 +104,10 @@ describe('echo', () => {
     assert.deepEqual(await ping.closed, { code: CloseCode.POLICY_VIOLATION, reason: 'rate limit exceeded' });
     // The burst came back (a token or two may have refilled meanwhile), then nothing.
     assert.ok(ping.received.length >= PING_FRAME_BURST && ping.received.length <= PING_FRAME_BURST + 2, `${ping.received.length} echoes`);
-    assert.deepEqual(ping.received, ping.received.map((_, i) => String(i)));
+    assert.deepEqual(
+      ping.received,
+      ping.received.map((_, i) => String(i)),
+    );
   });
 
   test('liveness: a socket that answers pings stays, one that does not is terminated', async (t) => {

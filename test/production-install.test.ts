@@ -48,7 +48,8 @@ test('npm ci --omit=dev installs a server that runs: /health, a session, the CLI
 
   assert.ok(existsSync(join(dir, 'node_modules', '.bin', 'node')), 'the Node 26 runtime is a dependency');
   assert.ok(existsSync(join(dir, 'node_modules', 'ws')), 'runtime dependencies are installed');
-  for (const dev of ['typescript', 'tsx', '@stryker-mutator', 'playwright-core']) assert.ok(!existsSync(join(dir, 'node_modules', dev)), `${dev} is not installed`);
+  for (const dev of ['typescript', 'tsx', '@stryker-mutator', 'playwright-core'])
+    assert.ok(!existsSync(join(dir, 'node_modules', dev)), `${dev} is not installed`);
   assert.ok(!existsSync(join(dir, 'dist', 'moodio-rt-client')), 'the SDK build was skipped, not half done');
 
   // The supervised command, as the unit runs it.
@@ -87,7 +88,11 @@ test('npm ci --omit=dev installs a server that runs: /health, a session, the CLI
   assert.ok(unit.includes(`ExecStart=${join(dir, 'scripts', 'moodio-rt-serve')} `), unit);
   assert.ok(unit.includes(`WorkingDirectory=${dir}\n`));
   assert.match(unit, /^User=moodio$/m);
-  assert.deepEqual(unit.split('\n').filter((line) => !line.startsWith('#') && line.includes('/srv/moodio-rt')), [], 'every path is the install\'s');
+  assert.deepEqual(
+    unit.split('\n').filter((line) => !line.startsWith('#') && line.includes('/srv/moodio-rt')),
+    [],
+    "every path is the install's",
+  );
   const analyze = ['/usr/bin/systemd-analyze', '/bin/systemd-analyze'].find((p) => existsSync(p));
   if (!analyze) return t.skip('systemd-analyze is not installed');
   const unitFile = join(mkdtempSync(join(tmpdir(), 'moodio-rt-unit-')), 'moodio-rt.service');

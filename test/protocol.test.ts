@@ -104,7 +104,10 @@ describe('room isolation', () => {
       await sender.expect('session_joined');
       pairs.push({ room, sender, receiver });
     }
-    assert.deepEqual(pairs.map((p) => p.sender.shard), rooms.map((id) => shardFor(id, WORKERS)));
+    assert.deepEqual(
+      pairs.map((p) => p.sender.shard),
+      rooms.map((id) => shardFor(id, WORKERS)),
+    );
     for (const { room, sender } of pairs) sender.send({ type: 'asset_added', payload: { room } });
     for (const { room, receiver, sender } of pairs) {
       assert.deepEqual((await receiver.expect('asset_added')).payload, { room });
@@ -180,7 +183,7 @@ describe('presence', () => {
 });
 
 describe('permissions', () => {
-  test('a viewer cannot send any of the seed\'s seven mutations, but other types pass', async (t) => {
+  test("a viewer cannot send any of the seed's seven mutations, but other types pass", async (t) => {
     const room = desktop();
     const { client: editor } = await join(t, server.wsUrl(room), { token: token(user('Eve')) });
     const viewerUser = user('Vic', { userId: `viewer-${Date.now()}-x` });
@@ -198,7 +201,7 @@ describe('permissions', () => {
     assert.equal((await viewer.next()).type, 'marker');
   });
 
-  test('an editor can send the seed\'s seven mutations and a viewer watches them', async (t) => {
+  test("an editor can send the seed's seven mutations and a viewer watches them", async (t) => {
     const room = desktop();
     const { client: editor, joined } = await join(t, server.wsUrl(room), { token: token(user('Eve')) });
     const { client: viewer } = await join(t, server.wsUrl(room), { token: token(user('Vic', { userId: `viewer-${Date.now()}-y` })) });

@@ -7,15 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import {
-  FORGET_EVERY_MS,
-  MAX_PAUSE_MS,
-  MIN_PAUSE_MS,
-  NOTICE_WINDOW_MS,
-  RateLimiter,
-  STREAK_GAP_MS,
-  type RateLimitOptions,
-} from '../src/shard/rate-limiter.ts';
+import { FORGET_EVERY_MS, MAX_PAUSE_MS, MIN_PAUSE_MS, NOTICE_WINDOW_MS, RateLimiter, STREAK_GAP_MS, type RateLimitOptions } from '../src/shard/rate-limiter.ts';
 
 const OPTIONS: RateLimitOptions = { perSecond: 100, burst: 5, closeAfterMs: 3000, messageBytes: 1000 };
 const T0 = 100_000;
@@ -45,7 +37,6 @@ test('the limiter: burst, then the rate; pauses double through a streak, even wi
   limiter.release('user-x', now);
   assert.equal(limiter.acquire('user-x', now + 10), state);
 });
-
 
 test('exactly the burst at once, then one token per 1/rate; a notice at most once a window', () => {
   const limiter = new RateLimiter(OPTIONS);
@@ -92,7 +83,7 @@ test('dropping continuously for closeAfterMs closes, at exactly closeAfterMs; a 
   assert.equal(drop2(T0 + 2 * STREAK_GAP_MS), 'close', `${2 * STREAK_GAP_MS} ms of a streak with gaps of STREAK_GAP_MS`);
 });
 
-test('a pause lasts until a token is back, at least the streak\'s backoff', () => {
+test("a pause lasts until a token is back, at least the streak's backoff", () => {
   const limiter = new RateLimiter({ ...OPTIONS, perSecond: 1 });
   const state = limiter.acquire('u', T0);
   for (let i = 0; i < 6; i++) limiter.take(state, T0);
@@ -120,10 +111,10 @@ test('the byte budget: rate × messageBytes a second, burst × messageBytes at o
   assert.equal(limiter.takeBytes(state, 1, T0 + 10_010), false);
 });
 
-test('a user\'s state is shared by its sessions and kept while any is open or until it has refilled, then forgotten', () => {
+test("a user's state is shared by its sessions and kept while any is open or until it has refilled, then forgotten", () => {
   const limiter = new RateLimiter(OPTIONS);
   const a = limiter.acquire('u', T0);
-  assert.equal(limiter.acquire('u', T0), a, 'one bucket for the user\'s sessions');
+  assert.equal(limiter.acquire('u', T0), a, "one bucket for the user's sessions");
   limiter.release('u', T0);
   limiter.release('unknown', T0); // no-op
   // One session still open: kept however long.

@@ -26,12 +26,21 @@ const README = readFileSync(pathJoin(ROOT, 'README.md'), 'utf8');
 function setUpCommands(): string[] {
   const section = README.slice(README.indexOf('## Set up'));
   const block = /```bash\n([\s\S]*?)```/.exec(section)![1]!;
-  return block.split('\n').map((line) => line.replace(/\s+#.*$/, '').trim()).filter(Boolean);
+  return block
+    .split('\n')
+    .map((line) => line.replace(/\s+#.*$/, '').trim())
+    .filter(Boolean);
 }
 
 /** A shell environment like a user's: the system's PATH (no node_modules/.bin), nothing of this test run's npm. */
 function userEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, PATH: (process.env.PATH ?? '').split(delimiter).filter((d) => !d.includes('node_modules')).join(delimiter) };
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    PATH: (process.env.PATH ?? '')
+      .split(delimiter)
+      .filter((d) => !d.includes('node_modules'))
+      .join(delimiter),
+  };
   for (const key of Object.keys(env)) if (key.startsWith('npm_') || key === 'NODE_OPTIONS' || key === 'JWT_ACCESS_SECRET' || key === 'HOST') delete env[key];
   return { ...env, ...extra };
 }
@@ -53,7 +62,11 @@ test("the README's quick start: serve --dev, connect with the printed token, min
 
   // As written, with three settings a test needs from the environment: a free port, one
   // shard (the machine is shared), and a secret file of its own (not the shared /tmp one).
-  const env = userEnv({ PORT: '0', MOODIO_RT_WORKERS: '1', MOODIO_RT_DEV_SECRET_FILE: pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-readme-')), 'secret') });
+  const env = userEnv({
+    PORT: '0',
+    MOODIO_RT_WORKERS: '1',
+    MOODIO_RT_DEV_SECRET_FILE: pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-readme-')), 'secret'),
+  });
   // Its own process group, as a terminal's foreground job: Ctrl-C signals the whole group.
   const child = spawn('/bin/sh', ['-c', serveCommand!], { cwd: ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   const allClosed = new Promise<void>((done) => child.stdout!.once('close', () => done()));
@@ -83,7 +96,10 @@ test("the README's quick start: serve --dev, connect with the printed token, min
   const minted = await exec(tokenCommand, { cwd: ROOT, env });
   assert.match(minted.stdout, /^[\w-]+\.[\w-]+\.[\w-]+\n$/);
   const { client: alice, joined } = await join(t, url!, { token: minted.stdout.trim() });
-  assert.deepEqual(joined.sessions.map((s: { userId: string }) => s.userId), ['dev-user-0001']);
+  assert.deepEqual(
+    joined.sessions.map((s: { userId: string }) => s.userId),
+    ['dev-user-0001'],
+  );
   assert.equal((await dev.expect('session_joined')).userId, 'alice-0001');
 
   // The banner's "then send" line, relayed to the other session with the sender's identity.
@@ -107,13 +123,24 @@ test("the README's quick start: serve --dev, connect with the printed token, min
 function headingAnchors(markdown: string): Set<string> {
   const anchors = new Set<string>();
   for (const [, heading] of markdown.matchAll(/^#{1,6} (.+)$/gm)) {
-    anchors.add(heading!.trim().toLowerCase().replace(/[^\p{L}\p{N}\- _]/gu, '').replace(/ /g, '-'));
+    anchors.add(
+      heading!
+        .trim()
+        .toLowerCase()
+        .replace(/[^\p{L}\p{N}\- _]/gu, '')
+        .replace(/ /g, '-'),
+    );
   }
   return anchors;
 }
 
 test('every relative link in the README and docs/ resolves (anchors included), and packages are named rather than linked to a registry', () => {
-  const files = ['README.md', ...readdirSync(pathJoin(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+  const files = [
+    'README.md',
+    ...readdirSync(pathJoin(ROOT, 'docs'))
+      .filter((f) => f.endsWith('.md'))
+      .map((f) => `docs/${f}`),
+  ];
   for (const file of files) {
     const text = readFileSync(pathJoin(ROOT, file), 'utf8');
     for (const [, target] of text.matchAll(/\]\(([^)\s]+)\)/g)) {

@@ -23,8 +23,10 @@ const send = (p: Parts, from: Member, value: unknown) =>
 
 const info = (s: Session) => ({ sessionId: s.id, userId: s.userId, firstName: s.firstName, email: s.email, permission: s.permission });
 /** The identity members every event caused by `s` carries, written out here rather than taken from the session. */
-const stampOf = (s: Session) => `"sessionId":"${s.id}","userId":${JSON.stringify(s.userId)},"firstName":${JSON.stringify(s.firstName)},"email":${JSON.stringify(s.email)}`;
-const event = (type: string, s: Session, payload?: string, at = NOW) => `{"type":${JSON.stringify(type)},${stampOf(s)},"timestamp":${at}${payload === undefined ? '' : `,"payload":${payload}`}}`;
+const stampOf = (s: Session) =>
+  `"sessionId":"${s.id}","userId":${JSON.stringify(s.userId)},"firstName":${JSON.stringify(s.firstName)},"email":${JSON.stringify(s.email)}`;
+const event = (type: string, s: Session, payload?: string, at = NOW) =>
+  `{"type":${JSON.stringify(type)},${stampOf(s)},"timestamp":${at}${payload === undefined ? '' : `,"payload":${payload}`}}`;
 const presence = (type: 'session_joined' | 'session_left', s: Session) => event(type, s, JSON.stringify(info(s)));
 const errorFrame = (code: string, message: string, extra = '') => `{"type":"error","code":"${code}","message":${JSON.stringify(message)}${extra}}`;
 const metric = (p: Parts, m: number) => p.metrics.values[m];
@@ -88,7 +90,11 @@ test('an event is stamped with the sender identity and relayed as sent to every 
   freeze(t);
   const { p, a, b, c } = await trio(t);
   const payload = '{"id":"a1","x":1e20,"s":"\\u00e9","sessionId":"in-payload-stays"}';
-  send(p, a, `{"type":"asset_moved","sessionId":"session_forged","userId":"forged","firstName":"Mallory","email":"m@evil.example","timestamp":1,"permission":"editor","payload":${payload}}`);
+  send(
+    p,
+    a,
+    `{"type":"asset_moved","sessionId":"session_forged","userId":"forged","firstName":"Mallory","email":"m@evil.example","timestamp":1,"permission":"editor","payload":${payload}}`,
+  );
   const relayed = event('asset_moved', a.session, payload);
   assert.equal(await b.client.next(), relayed);
   assert.equal(await c.client.next(), relayed);
@@ -145,7 +151,10 @@ test('bad frames are answered to the sender alone with their exact error, counte
     ['{"type":5}', errorFrame('invalid_message', TYPE)],
     ['{"type":""}', errorFrame('invalid_message', TYPE)],
     [`{"type":"${'t'.repeat(MAX_TYPE_LENGTH + 1)}"}`, errorFrame('invalid_message', TYPE)],
-    ...['room_joined', 'session_joined', 'session_left', 'error'].map((type): [string, string] => [`{"type":"${type}"}`, errorFrame('reserved_type', `"${type}" is sent by the server only`)]),
+    ...['room_joined', 'session_joined', 'session_left', 'error'].map((type): [string, string] => [
+      `{"type":"${type}"}`,
+      errorFrame('reserved_type', `"${type}" is sent by the server only`),
+    ]),
   ];
   for (const [text] of cases) send(p, a, text);
   p.relay.onMessage(a.session, Buffer.from('{"type":"asset_moved"}'), true);
@@ -180,12 +189,16 @@ test('a viewer: every type of the mutation table is dropped silently, other type
   send(p, viewer, { type: 'cursor_moved', payload: { x: 1 } });
   assert.equal(await editor.client.next(), event('cursor_moved', viewer.session, '{"x":1}'), 'none of the mutations reached the editor');
   for (const type of table) send(p, editor, { type, payload: { from: 'editor' } });
-  for (const type of table) assert.equal(await viewer.client.next(), event(type, editor.session, '{"from":"editor"}'), 'no error before it: the drops were silent');
-  assert.deepEqual([metric(p, Metric.DROPPED_VIEWER), metric(p, Metric.MESSAGES_RELAYED), metric(p, Metric.DROPPED_INVALID)], [table.length, table.length + 1, 0]);
+  for (const type of table)
+    assert.equal(await viewer.client.next(), event(type, editor.session, '{"from":"editor"}'), 'no error before it: the drops were silent');
+  assert.deepEqual(
+    [metric(p, Metric.DROPPED_VIEWER), metric(p, Metric.MESSAGES_RELAYED), metric(p, Metric.DROPPED_INVALID)],
+    [table.length, table.length + 1, 0],
+  );
   assert.deepEqual(p.log.entries, [], 'with debug off nothing is logged, and nothing built for debug');
 });
 
-test('a configured mutation table replaces the default: its types are dropped, the default\'s relayed', async (t) => {
+test("a configured mutation table replaces the default: its types are dropped, the default's relayed", async (t) => {
   freeze(t);
   const p = await shardParts(t, { mutationTypes: ['cursor_moved'] });
   const viewer = await p.join('Vic', { permission: 'viewer' });
@@ -203,7 +216,8 @@ test('with debug on: a dropped viewer mutation and the logged event types are lo
   const viewer = await p.join('Vic', { permission: 'viewer' });
   const editor = await p.join('Eve');
   send(p, viewer, { type: 'asset_moved' });
-  for (const type of ['asset_moved', 'asset_resized', 'asset_added', 'asset_removed', 'asset_dragging', 'asset_selected', 'asset_deselected', 'cursor']) send(p, editor, { type });
+  for (const type of ['asset_moved', 'asset_resized', 'asset_added', 'asset_removed', 'asset_dragging', 'asset_selected', 'asset_deselected', 'cursor'])
+    send(p, editor, { type });
   const { session: e } = editor;
   assert.deepEqual(p.log.entries, [
     { level: 'debug', event: 'viewer_mutation_dropped', fields: { sessionId: viewer.session.id, type: 'asset_moved' } },
@@ -317,7 +331,12 @@ test('over budget, a member gets only the newest transient event per sender and 
   send(p, c, { type: 'asset_dragging', payload: { n: 3 } });
   send(p, a, { type: 'asset_selected', payload: { n: 4 } });
   const moved = event('asset_moved', a.session, `{"pad":"${pad}"}`);
-  for (const expected of [moved, event('asset_selected', a.session, '{"n":4}'), event('asset_dragging', a.session, '{"n":2}'), event('asset_dragging', c.session, '{"n":3}')]) {
+  for (const expected of [
+    moved,
+    event('asset_selected', a.session, '{"n":4}'),
+    event('asset_dragging', a.session, '{"n":2}'),
+    event('asset_dragging', c.session, '{"n":3}'),
+  ]) {
     assert.equal(await b.client.next(), expected);
   }
   for (const expected of [moved, event('asset_selected', a.session, '{"n":4}'), event('asset_dragging', a.session, '{"n":2}')]) {

@@ -15,7 +15,9 @@ import { Rejections } from '../src/protocol/rejections.ts';
 import { route, shardFor, type Route, type RouterOptions } from '../src/primary/router.ts';
 
 function head(method: string, path: string, headers: Record<string, string> = {}): RequestHead {
-  const text = `${method} ${path} HTTP/1.1\r\nHost: x\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
+  const text = `${method} ${path} HTTP/1.1\r\nHost: x\r\n${Object.entries(headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')}\r\n`;
   const parsed = parseRequestHead(Buffer.from(text, 'latin1'));
   assert.ok(parsed.ok, text);
   return parsed.head;
@@ -61,7 +63,10 @@ test('the production-table route goes to the shard of its room key; the multiple
     [head('POST', '/ws/production-table/tab-7', UPGRADE), reject(Rejections.METHOD_NOT_ALLOWED, true, { Allow: 'GET' })],
     [head('GET', '/ws/connection', { ...UPGRADE, Cookie: `moodio_access_token=${jwt({ userId: 'user-ann-0001' })}` }), userShard('user-ann-0001')],
     [head('GET', '/ws/connection', { ...UPGRADE, Authorization: `Bearer ${jwt({ userId: 'user-bob-0002' })}` }), userShard('user-bob-0002')],
-    [head('GET', '/ws/connection', { ...UPGRADE, 'Sec-WebSocket-Protocol': `moodio.token.${jwt({ userId: 'user-cid-0003' })}, moodio.v1` }), userShard('user-cid-0003')],
+    [
+      head('GET', '/ws/connection', { ...UPGRADE, 'Sec-WebSocket-Protocol': `moodio.token.${jwt({ userId: 'user-cid-0003' })}, moodio.v1` }),
+      userShard('user-cid-0003'),
+    ],
     // No token, or none readable: shard 0, which answers 401.
     [head('GET', '/ws/connection', UPGRADE), { kind: 'shard', desktopId: '', shard: 0 }],
     [head('GET', '/ws/connection', { ...UPGRADE, Cookie: 'moodio_access_token=not-a-jwt' }), { kind: 'shard', desktopId: '', shard: 0 }],
@@ -80,7 +85,14 @@ test('origin check: with --allowed-origins, a browser from a listed origin (any 
   for (const origin of ['https://moodio.example.com', 'HTTPS://MOODIO.EXAMPLE.COM', 'http://localhost:3000', undefined]) {
     assert.deepEqual(route(upgrade(origin), options), toShard('desk-1'), String(origin));
   }
-  for (const origin of ['https://evil.example', 'https://moodio.example.com.evil.example', 'http://moodio.example.com', 'https://moodio.example.com:443', 'null', '']) {
+  for (const origin of [
+    'https://evil.example',
+    'https://moodio.example.com.evil.example',
+    'http://moodio.example.com',
+    'https://moodio.example.com:443',
+    'null',
+    '',
+  ]) {
     assert.deepEqual(route(upgrade(origin), options), reject(Rejections.ORIGIN_NOT_ALLOWED, true), origin);
   }
   // Without the option, any origin may connect.
@@ -136,8 +148,18 @@ test('admin terminate: POST /admin/shards/<0-999>/terminate with the admin token
   assert.deepEqual(route(post('/admin/shards/19/terminate', 'admin-secreT'), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
   assert.deepEqual(route(post('/admin/shards/19/terminate', 'admin'), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
   assert.deepEqual(route(head('POST', '/admin/shards/19/terminate'), OPTIONS), reject(Rejections.ADMIN_UNAUTHORIZED, false));
-  assert.deepEqual(route(head('GET', '/admin/shards/1/terminate', { Authorization: 'Bearer admin-secret' }), OPTIONS), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'POST' }));
-  for (const path of ['/admin/shards/1234/terminate', '/admin/shards//terminate', '/admin/shards/x/terminate', '/admin/shards/1/terminate/', '/x/admin/shards/1/terminate', '/admin/shards/1/terminatex']) {
+  assert.deepEqual(
+    route(head('GET', '/admin/shards/1/terminate', { Authorization: 'Bearer admin-secret' }), OPTIONS),
+    reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'POST' }),
+  );
+  for (const path of [
+    '/admin/shards/1234/terminate',
+    '/admin/shards//terminate',
+    '/admin/shards/x/terminate',
+    '/admin/shards/1/terminate/',
+    '/x/admin/shards/1/terminate',
+    '/admin/shards/1/terminatex',
+  ]) {
     assert.deepEqual(route(post(path), { ...OPTIONS, workers: 2000 }), reject(Rejections.NOT_FOUND, false), path);
   }
   assert.deepEqual(route(post('/admin/shards/1/terminate', ''), { ...OPTIONS, adminToken: '' }), reject(Rejections.NOT_FOUND, false));
@@ -165,7 +187,10 @@ test('anything else is 404, not a handshake', () => {
 });
 
 test('/ws/ping: the same upgrade checks as every WebSocket route (origin included), then the primary picks the shard', () => {
-  const withOrigins: RouterOptions = { ...OPTIONS, allowedOrigins: resolveServeConfig({ jwtSecret: 's', allowedOrigins: 'https://app.example' }).allowedOrigins };
+  const withOrigins: RouterOptions = {
+    ...OPTIONS,
+    allowedOrigins: resolveServeConfig({ jwtSecret: 's', allowedOrigins: 'https://app.example' }).allowedOrigins,
+  };
   const cases: [RequestHead, Route, RouterOptions?][] = [
     [head('GET', '/ws/ping', UPGRADE), { kind: 'ping' }],
     [head('GET', '/ws/ping?x=1', UPGRADE), { kind: 'ping' }],
@@ -180,10 +205,19 @@ test('/ws/ping: the same upgrade checks as every WebSocket route (origin include
 });
 
 test('/check: GET and OPTIONS are answered with CORS headers, the Origin reflected; other methods 405 with them', () => {
-  const cors = { 'Access-Control-Allow-Origin': 'https://any.example', 'Access-Control-Allow-Methods': 'GET, OPTIONS', 'Access-Control-Allow-Headers': 'Content-Type', Vary: 'Origin' };
+  const cors = {
+    'Access-Control-Allow-Origin': 'https://any.example',
+    'Access-Control-Allow-Methods': 'GET, OPTIONS',
+    'Access-Control-Allow-Headers': 'Content-Type',
+    Vary: 'Origin',
+  };
   const origin = { Origin: 'https://any.example' };
   const withOrigins: RouterOptions = { ...OPTIONS, allowedOrigins: ['https://app.example'] };
-  assert.deepEqual(route(head('GET', '/check', origin), withOrigins), { kind: 'check', preflight: false, headers: cors }, '--allowed-origins is for WebSocket routes');
+  assert.deepEqual(
+    route(head('GET', '/check', origin), withOrigins),
+    { kind: 'check', preflight: false, headers: cors },
+    '--allowed-origins is for WebSocket routes',
+  );
   assert.deepEqual(route(head('OPTIONS', '/check', origin), OPTIONS), { kind: 'check', preflight: true, headers: cors });
   assert.deepEqual(route(head('DELETE', '/check', origin), OPTIONS), reject(Rejections.METHOD_NOT_ALLOWED, false, { Allow: 'GET, OPTIONS', ...cors }));
   const { 'Access-Control-Allow-Origin': _, ...withoutOrigin } = cors;

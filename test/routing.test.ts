@@ -118,7 +118,7 @@ test('an upgrade without Connection: upgrade → 426; the token may sit in a lis
   assert.equal(listed.status, 101);
 });
 
-test('a head larger than 16 KiB (the default, as Node\'s) → 431; one of exactly 16 KiB is accepted', async () => {
+test("a head larger than 16 KiB (the default, as Node's) → 431; one of exactly 16 KiB is accepted", async () => {
   const big = await rawRequest(server.port, [upgradeHead(`/ws/desktop/${desktop()}`, { 'X-Pad': 'p'.repeat(16 * 1024) })]);
   assert.equal(big.status, 431);
   const base = upgradeHead(`/ws/desktop/${desktop()}`, { ...authHeader(), 'X-Pad': '' }).length;
@@ -200,14 +200,18 @@ test('hundreds of half-open handshakes do not hold up a real one', async (t) => 
   t.after(() => idle.forEach((s) => s.destroy()));
   await Promise.all(
     // From ten other addresses, 60 each: under --max-pending-per-address, so all 600 are pending.
-    Array.from({ length: 600 }, (_, i) => new Promise<void>((resolve) => {
-      const s = netConnect({ port: own.port, host: '127.0.0.1', localAddress: `127.0.0.${10 + (i % 10)}` }, () => {
-        s.write('GET /ws/desktop/slow HTTP/1.1\r\n');
-        resolve();
-      });
-      s.on('error', () => {});
-      idle.push(s);
-    })),
+    Array.from(
+      { length: 600 },
+      (_, i) =>
+        new Promise<void>((resolve) => {
+          const s = netConnect({ port: own.port, host: '127.0.0.1', localAddress: `127.0.0.${10 + (i % 10)}` }, () => {
+            s.write('GET /ws/desktop/slow HTTP/1.1\r\n');
+            resolve();
+          });
+          s.on('error', () => {});
+          idle.push(s);
+        }),
+    ),
   );
   const during = await handshakeMs(10);
   assert.ok(baseline < 150, `a real handshake takes ${baseline.toFixed(1)} ms on a quiet server`);

@@ -24,13 +24,20 @@ const NOW = 1_800_000_000_000;
 /** A RelayBus that keeps every publish as `desktopId event`. */
 function recordingBus(): RelayBus & { published: string[] } {
   const published: string[] = [];
-  return { published, remoteSessionsJson: () => '', publish: (desktopId, eventJson) => void published.push(`${desktopId} ${eventJson}`), roomEmptied: () => {} };
+  return {
+    published,
+    remoteSessionsJson: () => '',
+    publish: (desktopId, eventJson) => void published.push(`${desktopId} ${eventJson}`),
+    roomEmptied: () => {},
+  };
 }
 
 const info = (s: Session) =>
   `{"sessionId":"${s.id}","userId":${JSON.stringify(s.userId)},"firstName":${JSON.stringify(s.firstName)},"email":${JSON.stringify(s.email)},"permission":"${s.permission}"}`;
-const stampOf = (s: Session) => `"sessionId":"${s.id}","userId":${JSON.stringify(s.userId)},"firstName":${JSON.stringify(s.firstName)},"email":${JSON.stringify(s.email)}`;
-const updated = (s: Session, permission: string) => `{"type":"session_updated",${stampOf(s)},"permission":"${permission}","timestamp":${NOW},"payload":${info(s)}}`;
+const stampOf = (s: Session) =>
+  `"sessionId":"${s.id}","userId":${JSON.stringify(s.userId)},"firstName":${JSON.stringify(s.firstName)},"email":${JSON.stringify(s.email)}`;
+const updated = (s: Session, permission: string) =>
+  `{"type":"session_updated",${stampOf(s)},"permission":"${permission}","timestamp":${NOW},"payload":${info(s)}}`;
 const left = (s: Session) => `{"type":"session_left",${stampOf(s)},"timestamp":${NOW},"payload":${info(s)}}`;
 const changed = (permission: string) => `{"type":"permission_changed","permission":"${permission}"}`;
 
@@ -44,7 +51,16 @@ async function setup(t: TestContext) {
   t.mock.timers.enable({ apis: ['Date'], now: NOW });
   const bus = recordingBus();
   const p = await shardParts(t, { bus });
-  const control = new SessionControl({ shardId: 3, nodeId: 'node-a', rooms: p.rooms, relay: p.relay, backpressure: p.backpressure, out: p.out, metrics: p.metrics, log: p.log });
+  const control = new SessionControl({
+    shardId: 3,
+    nodeId: 'node-a',
+    rooms: p.rooms,
+    relay: p.relay,
+    backpressure: p.backpressure,
+    out: p.out,
+    metrics: p.metrics,
+    log: p.log,
+  });
   const join = async (name: string, options: Parameters<Parts['join']>[1] = {}) => {
     const m = await p.join(name, options);
     control.add(m.session);
@@ -59,7 +75,8 @@ async function setup(t: TestContext) {
 }
 
 const metric = (p: Parts, m: number) => p.metrics.values[m];
-const logged = (p: Parts, event: string): Record<string, unknown>[] => p.log.entries.filter((e) => e.event === event).map((e) => ({ level: e.level, ...e.fields }));
+const logged = (p: Parts, event: string): Record<string, unknown>[] =>
+  p.log.entries.filter((e) => e.event === event).map((e) => ({ level: e.level, ...e.fields }));
 
 test('a new role: permission_changed to the session, session_updated to every other member and to the other nodes, once', async (t) => {
   const { p, bus, control, join, a, b, c } = await setup(t);

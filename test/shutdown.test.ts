@@ -35,7 +35,10 @@ test('SIGTERM closes every session with 1001 and exits 0', async (t) => {
   }
   const clients = [];
   for (const id of ids) clients.push((await join(t, server.wsUrl(id), { token: token(user('Cid')) })).client);
-  assert.deepEqual(clients.map((c) => c.shard), [0, 0, 0, 1, 1, 1]);
+  assert.deepEqual(
+    clients.map((c) => c.shard),
+    [0, 0, 0, 1, 1, 1],
+  );
   server.child.kill('SIGTERM');
   for (const client of clients) {
     assert.deepEqual(await client.closed, { code: CloseCode.GOING_AWAY, reason: 'server shutting down' });
@@ -44,7 +47,10 @@ test('SIGTERM closes every session with 1001 and exits 0', async (t) => {
   assert.ok(server.logs.some((l) => l.event === 'shutdown'));
   // A drained shard ends its thread itself: code 0, logged as info, not a crash's code 1.
   const exits = server.logs.filter((l) => l.event === 'shard_exit');
-  assert.deepEqual(exits.map((l) => [l.shard, l.code, l.level]).sort(), [[0, 0, 'info'], [1, 0, 'info']]);
+  assert.deepEqual(exits.map((l) => [l.shard, l.code, l.level]).sort(), [
+    [0, 0, 'info'],
+    [1, 0, 'info'],
+  ]);
 });
 
 test('a client that ignores the close frame does not hold the exit past --drain-timeout', async (t) => {

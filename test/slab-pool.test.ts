@@ -6,7 +6,10 @@ import { MAX_POOLED_BYTES, MAX_SPARE_BYTES, MIN_SLAB_BYTES, SlabPool } from '../
 test('take rounds up to a power-of-two class and reuses what was given back', () => {
   const pool = new SlabPool();
   const sizes = [1, MIN_SLAB_BYTES, MIN_SLAB_BYTES + 1, 3 * MIN_SLAB_BYTES, MAX_POOLED_BYTES];
-  assert.deepEqual(sizes.map((n) => pool.take(n).length), [MIN_SLAB_BYTES, MIN_SLAB_BYTES, 2 * MIN_SLAB_BYTES, 4 * MIN_SLAB_BYTES, MAX_POOLED_BYTES]);
+  assert.deepEqual(
+    sizes.map((n) => pool.take(n).length),
+    [MIN_SLAB_BYTES, MIN_SLAB_BYTES, 2 * MIN_SLAB_BYTES, 4 * MIN_SLAB_BYTES, MAX_POOLED_BYTES],
+  );
   const slab = pool.take(100);
   pool.give(slab);
   assert.equal(pool.spareBytes, MIN_SLAB_BYTES);
@@ -21,7 +24,7 @@ test('slabs are off-heap and unshared: each has its own ArrayBuffer', () => {
   const b = pool.take(10);
   assert.notEqual(a.buffer, b.buffer);
   assert.equal(a.byteOffset, 0);
-  assert.equal(a.buffer.byteLength, MIN_SLAB_BYTES, 'not a view on Node\'s shared 8 KiB pool');
+  assert.equal(a.buffer.byteLength, MIN_SLAB_BYTES, "not a view on Node's shared 8 KiB pool");
 });
 
 test('oversized and odd-sized buffers are not pooled; spare bytes stay under the cap', () => {

@@ -25,9 +25,24 @@ test('/stats needs the admin token and reports shards, rooms and the largest roo
   const stats = JSON.parse(res.body);
   assert.equal(stats.connections, 4);
   assert.equal(stats.rooms, 2);
-  assert.deepEqual(stats.shards.map((s: { shard: number; state: string }) => [s.shard, s.state]), [[0, 'ready'], [1, 'ready']]);
-  assert.equal(stats.shards.reduce((n: number, s: { connections: number }) => n + s.connections, 0), 4);
-  assert.deepEqual(stats.topRooms.map((r: { desktopId: string; sessions: number }) => [r.desktopId, r.sessions]), [[big, 3], [small, 1]]);
+  assert.deepEqual(
+    stats.shards.map((s: { shard: number; state: string }) => [s.shard, s.state]),
+    [
+      [0, 'ready'],
+      [1, 'ready'],
+    ],
+  );
+  assert.equal(
+    stats.shards.reduce((n: number, s: { connections: number }) => n + s.connections, 0),
+    4,
+  );
+  assert.deepEqual(
+    stats.topRooms.map((r: { desktopId: string; sessions: number }) => [r.desktopId, r.sessions]),
+    [
+      [big, 3],
+      [small, 1],
+    ],
+  );
   assert.ok(stats.memory.rss > 0 && stats.memory.heapUsed > 0);
 
   const off = await startServer(t, { workers: 1, permissionApiBase: stub.base });

@@ -37,7 +37,10 @@ test('SIGTERM to the supervised command drains the sessions with 1001 and exits 
   const env: Record<string, string | undefined> = { ...process.env, NODE_OPTIONS: undefined, ...devSecretEnv() };
   for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
   // As a supervisor runs it: the script itself, no npm and no Node of ours in front.
-  const child = spawn(SERVE, ['--dev', '--host', '127.0.0.1', '--port', '0', '--workers', '1'], { env: env as NodeJS.ProcessEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(SERVE, ['--dev', '--host', '127.0.0.1', '--port', '0', '--workers', '1'], {
+    env: env as NodeJS.ProcessEnv,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const server = new ServerProcess(child);
   t.after(() => server.stop());
   server.port = (await server.waitForLog((l) => l.event === 'listening', 20_000)).port as number;
@@ -53,7 +56,10 @@ test('SIGTERM to the supervised command drains the sessions with 1001 and exits 
   child.kill('SIGTERM');
   assert.deepEqual(await client.closed, { code: CloseCode.GOING_AWAY, reason: 'server shutting down' });
   assert.deepEqual(await server.exited, { code: 0, signal: null });
-  assert.ok(server.logs.some((l) => l.event === 'shutdown'), 'the server itself got the signal');
+  assert.ok(
+    server.logs.some((l) => l.event === 'shutdown'),
+    'the server itself got the signal',
+  );
   assert.equal(await listening(server.port), false, 'nothing is left listening');
 });
 

@@ -43,7 +43,11 @@ test('--permissions-from-token: the desktops claim gives each desktop its role, 
 
   assert.equal(await refusedWith(connect(t, server.wsUrl(seen), { token: token(user('Nora')) })), 403, 'a token with neither claim');
   assert.equal(await refusedWith(connect(t, server.wsUrl(seen), { token: token(user('Odin', { desktops: { [seen]: 'owner' } })) })), 403, 'an unknown role');
-  assert.equal(await refusedWith(connect(t, server.wsUrl(seen), { token: token(user('Arry', { desktops: ['editor'] as never })) })), 403, 'a claim of the wrong shape');
+  assert.equal(
+    await refusedWith(connect(t, server.wsUrl(seen), { token: token(user('Arry', { desktops: ['editor'] as never })) })),
+    403,
+    'a claim of the wrong shape',
+  );
 
   const flat = token(user('Fay', { permission: 'viewer' }));
   const { joined: flatJoined } = await join(t, server.wsUrl(unnamed), { token: flat });
@@ -65,11 +69,22 @@ test('--permissions-from-token: a revocation through the server API is not undon
 });
 
 test('ClaimPermissionSource: own properties only, a bounded claim, the fallback', async () => {
-  const identity = (claims: { desktops?: unknown; permission?: string }) => ({ userId: 'u-0001', firstName: '', email: '', permissionClaim: claims.permission, expiresAt: 0, desktopsClaim: claims.desktops });
+  const identity = (claims: { desktops?: unknown; permission?: string }) => ({
+    userId: 'u-0001',
+    firstName: '',
+    email: '',
+    permissionClaim: claims.permission,
+    expiresAt: 0,
+    desktopsClaim: claims.desktops,
+  });
   const strict = new ClaimPermissionSource(null);
   await assert.rejects(strict.check('toString', identity({ desktops: {} })), PermissionError, 'Object.prototype is not searched');
   await assert.rejects(strict.check('constructor', identity({ desktops: { d1: 'editor' } })), PermissionError, 'nor its constructor');
-  assert.equal(await strict.check('__proto__', identity({ desktops: JSON.parse('{"__proto__":"viewer"}') })), 'viewer', 'a JSON key __proto__ is an own property');
+  assert.equal(
+    await strict.check('__proto__', identity({ desktops: JSON.parse('{"__proto__":"viewer"}') })),
+    'viewer',
+    'a JSON key __proto__ is an own property',
+  );
   const huge = Object.fromEntries(Array.from({ length: MAX_DESKTOPS_CLAIM_ENTRIES + 1 }, (_, i) => [`d${i}`, 'editor']));
   await assert.rejects(strict.check('d1', identity({ desktops: huge })), PermissionError, 'a claim over the bound is refused whole');
   await assert.rejects(strict.check('d1', { ...identity({}), desktopsClaim: undefined }), PermissionError, 'no claim and no fallback');

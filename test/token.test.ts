@@ -5,7 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { IAT_SKEW_SECONDS, MAX_CLAIM_LENGTH, MAX_ENCODED_CLAIM_LENGTH, secretKey, signInternalToken, unverifiedUserId, verifyAccessToken } from '../src/auth/token.ts';
+import {
+  IAT_SKEW_SECONDS,
+  MAX_CLAIM_LENGTH,
+  MAX_ENCODED_CLAIM_LENGTH,
+  secretKey,
+  signInternalToken,
+  unverifiedUserId,
+  verifyAccessToken,
+} from '../src/auth/token.ts';
 import { AuthErrorCode } from '../src/errors.ts';
 import { TEST_SECRET } from './helpers/server.ts';
 import { rawToken } from './helpers/tokens.ts';
@@ -49,19 +57,29 @@ test('time claims: iat up to the skew ahead passes, a second more is refused; no
 
 test('an expired token is ERR_AUTH_EXPIRED; a bad signature or a payload that is not an object is invalid', () => {
   assert.throws(() => verifyAccessToken(rawToken(HS256, { userId: 'u', exp: nowS - 1 }), TEST_SECRET, NOW), { code: AuthErrorCode.EXPIRED });
-  assert.throws(() => verifyAccessToken(rawToken(HS256, { userId: 'u', exp: nowS + 60 }, 'another-secret-0123456789-abcdefghijk'), TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN });
-  assert.throws(() => verifyAccessToken(rawToken({ ...HS256, crit: ['exp'] }, { userId: 'u', exp: nowS + 60 }), TEST_SECRET, NOW), { code: AuthErrorCode.INVALID_TOKEN });
+  assert.throws(() => verifyAccessToken(rawToken(HS256, { userId: 'u', exp: nowS + 60 }, 'another-secret-0123456789-abcdefghijk'), TEST_SECRET, NOW), {
+    code: AuthErrorCode.INVALID_TOKEN,
+  });
+  assert.throws(() => verifyAccessToken(rawToken({ ...HS256, crit: ['exp'] }, { userId: 'u', exp: nowS + 60 }), TEST_SECRET, NOW), {
+    code: AuthErrorCode.INVALID_TOKEN,
+  });
 });
 
 test('credentials: a protocol token wins, then the cookie, then a Bearer header; anything else is no token', async () => {
   const { extractCredentials } = await import('../src/auth/credentials.ts');
   const protocol = 'moodio.token.tok.p, moodio.v1';
-  assert.deepEqual(extractCredentials({ 'sec-websocket-protocol': protocol, cookie: 'moodio_access_token=tok.c', authorization: 'Bearer tok.b' }), { token: 'tok.p', source: 'protocol' });
+  assert.deepEqual(extractCredentials({ 'sec-websocket-protocol': protocol, cookie: 'moodio_access_token=tok.c', authorization: 'Bearer tok.b' }), {
+    token: 'tok.p',
+    source: 'protocol',
+  });
   assert.deepEqual(extractCredentials({ cookie: 'a=1; moodio_access_token=tok.c; b=2', authorization: 'Bearer tok.b' }), { token: 'tok.c', source: 'cookie' });
   assert.deepEqual(extractCredentials({ authorization: 'Bearer tok.b' }), { token: 'tok.b', source: 'bearer' });
   assert.deepEqual(extractCredentials({ cookie: 'other=1', authorization: 'bearer tok.b' }), { token: 'tok.b', source: 'bearer' });
   // A token protocol without moodio.v1 beside it does not count: the cookie is used.
-  assert.deepEqual(extractCredentials({ 'sec-websocket-protocol': 'moodio.token.tok.p', cookie: 'moodio_access_token=tok.c' }), { token: 'tok.c', source: 'cookie' });
+  assert.deepEqual(extractCredentials({ 'sec-websocket-protocol': 'moodio.token.tok.p', cookie: 'moodio_access_token=tok.c' }), {
+    token: 'tok.c',
+    source: 'cookie',
+  });
   assert.deepEqual(extractCredentials({ cookie: 'moodio_access_token=' }), null);
   assert.deepEqual(extractCredentials({ cookie: 'x=moodio_access_token' }), null);
   assert.deepEqual(extractCredentials({ authorization: 'Basic abc' }), null);
@@ -101,7 +119,10 @@ test('refusals say why, for the log line an operator reads (the client gets the 
   const message = (payload: Record<string, unknown>, text: string) => assert.throws(() => verify(payload), { message: text }, text);
   message({ userId: 'u', firstName: 7 }, `claim firstName must be a string of at most ${MAX_CLAIM_LENGTH} characters`);
   message({ userId: 'u\ud800' }, 'claim userId is not well-formed Unicode (lone surrogate)');
-  message({ userId: 'u', email: '\n'.repeat(MAX_ENCODED_CLAIM_LENGTH / 2 + 1) }, `claim email takes more than ${MAX_ENCODED_CLAIM_LENGTH} characters once JSON-encoded`);
+  message(
+    { userId: 'u', email: '\n'.repeat(MAX_ENCODED_CLAIM_LENGTH / 2 + 1) },
+    `claim email takes more than ${MAX_ENCODED_CLAIM_LENGTH} characters once JSON-encoded`,
+  );
   message({ userId: 'u', iat: '1' }, 'claim iat must be a number of seconds');
   message({ userId: 'u', iat: nowS + IAT_SKEW_SECONDS + 1 }, 'token issued in the future');
   message({ userId: '' }, 'token has no valid userId claim');
@@ -146,8 +167,10 @@ test('unverifiedUserId: the userId of any token, signed or not (the primary only
   // Only the two dots matter: an empty header is read; a single dot is not (the payload cut short would still parse).
   assert.equal(unverifiedUserId(`.${Buffer.from('{"userId":"bob"}').toString('base64url')}.`), 'bob');
   assert.equal(unverifiedUserId(`x.${Buffer.from('{"userId":"bob"}  ').toString('base64url')}`), null);
-  for (const tok of ['', 'abc', `x.${Buffer.from('{"userId":"bob"}').toString('base64url')}`, '.e30', 'x.!!!.y']) assert.equal(unverifiedUserId(tok), null, tok);
-  for (const payload of ['null', '7', '{"userId":7}', '{"user":"ann"}', '{"userId":"ann"']) assert.equal(unverifiedUserId(rawToken(HS256, payload)), null, payload);
+  for (const tok of ['', 'abc', `x.${Buffer.from('{"userId":"bob"}').toString('base64url')}`, '.e30', 'x.!!!.y'])
+    assert.equal(unverifiedUserId(tok), null, tok);
+  for (const payload of ['null', '7', '{"userId":7}', '{"user":"ann"}', '{"userId":"ann"'])
+    assert.equal(unverifiedUserId(rawToken(HS256, payload)), null, payload);
   // A payload segment of 8191 characters is read, one of 8192 is not (the JSON is 6143 and 6144 bytes).
   const padded = (bytes: number) => {
     const json = `{"userId":"ann","pad":"${'x'.repeat(bytes - 25)}"}`;
@@ -158,7 +181,7 @@ test('unverifiedUserId: the userId of any token, signed or not (the primary only
   assert.equal(unverifiedUserId(padded(6144)), null);
 });
 
-test('secretKey: the shard\'s key object verifies what the string secret verifies', () => {
+test("secretKey: the shard's key object verifies what the string secret verifies", () => {
   const tok = rawToken(HS256, { userId: 'u', exp: nowS + 60 });
   assert.deepEqual(verifyAccessToken(tok, secretKey(TEST_SECRET), NOW), verifyAccessToken(tok, TEST_SECRET, NOW));
   assert.throws(() => verifyAccessToken(tok, secretKey(`${TEST_SECRET}x`), NOW), { code: AuthErrorCode.INVALID_TOKEN });

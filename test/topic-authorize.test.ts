@@ -36,14 +36,18 @@ before(async () => {
 after(() => cleanup.run());
 
 const authorizeCalls = (topic: string) => stub.requests.filter((r) => r.endpoint === 'authorize' && r.topic === topic);
-const status = (code: number, body = ''): PermissionHandler => (_req, res) => {
-  res.statusCode = code;
-  res.end(body);
-};
-const body = (text: string): PermissionHandler => (_req, res) => {
-  res.setHeader('content-type', 'application/json');
-  res.end(text);
-};
+const status =
+  (code: number, body = ''): PermissionHandler =>
+  (_req, res) => {
+    res.statusCode = code;
+    res.end(body);
+  };
+const body =
+  (text: string): PermissionHandler =>
+  (_req, res) => {
+    res.setHeader('content-type', 'application/json');
+    res.end(text);
+  };
 
 describe('the call', () => {
   test('GET /api/realtime/authorize?topic=<escaped> with a minted HS256 JWT of exactly {userId, aud, iat, exp: iat+60}', async (t) => {
@@ -99,7 +103,11 @@ describe('the answers', () => {
     });
   }
 
-  for (const [answer, role] of [['owner', 'editor'], ['editor', 'editor'], ['viewer', 'viewer']]) {
+  for (const [answer, role] of [
+    ['owner', 'editor'],
+    ['editor', 'editor'],
+    ['viewer', 'viewer'],
+  ]) {
     test(`200 {"permission":"${answer}"} → subscribed as ${role}`, async (t) => {
       const topic = `desktop:${desktop()}`;
       answers.set(topic, body(JSON.stringify({ permission: answer })));
@@ -170,7 +178,10 @@ describe('the cache', () => {
     if (seen[0]!.op !== 'error') seen.push(await again.next());
     assert.deepEqual(seen.at(-1), { op: 'error', topic, code: TopicErrorCode.FORBIDDEN, message: 'permission revoked through the server API' });
     const lefts = [await bob.next(), await bob.next()];
-    assert.deepEqual(lefts.map((f) => f.type), ['session_left', 'session_left']);
+    assert.deepEqual(
+      lefts.map((f) => f.type),
+      ['session_left', 'session_left'],
+    );
   });
 
   test("a logout through the server API closes the user's connections with 4001 and evicts their answers; a user event reaches them in the topic framing", async (t) => {

@@ -94,7 +94,10 @@ describe('a role change through the server API', () => {
       assert.deepEqual(updated.payload, info(annAck.sessionId, ann, 'viewer'));
       const legacyUpdated = await legacy.expect('session_updated');
       assert.equal(legacyUpdated.op, undefined);
-      assert.deepEqual([legacyUpdated.sessionId, legacyUpdated.permission, legacyUpdated.payload], [annAck.sessionId, 'viewer', info(annAck.sessionId, ann, 'viewer')]);
+      assert.deepEqual(
+        [legacyUpdated.sessionId, legacyUpdated.permission, legacyUpdated.payload],
+        [annAck.sessionId, 'viewer', info(annAck.sessionId, ann, 'viewer')],
+      );
 
       // The same role again is told nobody; a later subscriber's ack lists the new role.
       await api(server, 'PUT', `desktops/${desktopId}/permissions/${ann.userId}`, { permission: 'viewer' });
@@ -126,7 +129,14 @@ describe('the server API reaches multiplexed connections', () => {
     assert.deepEqual([sent.status, sent.body.delivered], [202, 2]);
     const legacyEvent = await until(annLegacy, (f) => f.type === 'export_ready');
     const event = await until(conn, (f) => f.type === 'export_ready');
-    assert.deepEqual(event, { op: 'event', type: 'export_ready', sessionId: 'server', userId: 'server', timestamp: legacyEvent.timestamp, payload: { n: 1e20 } });
+    assert.deepEqual(event, {
+      op: 'event',
+      type: 'export_ready',
+      sessionId: 'server',
+      userId: 'server',
+      timestamp: legacyEvent.timestamp,
+      payload: { n: 1e20 },
+    });
     assert.equal(Object.hasOwn(event, 'topic'), false);
 
     const mine = await api(server, 'GET', `users/${ann.userId}/sessions`);
@@ -142,7 +152,14 @@ describe('the server API reaches multiplexed connections', () => {
 
     const presence = await api(server, 'GET', `desktops/${idThere}/presence`);
     assert.equal(presence.status, 200);
-    const people = presence.body.sessions.map((s: Record<string, unknown>) => [s.sessionId, s.userId, s.firstName, s.permission, s.shard, typeof s.connectedAt]);
+    const people = presence.body.sessions.map((s: Record<string, unknown>) => [
+      s.sessionId,
+      s.userId,
+      s.firstName,
+      s.permission,
+      s.shard,
+      typeof s.connectedAt,
+    ]);
     people.sort((a: string[], b: string[]) => a[0]!.localeCompare(b[0]!));
     const want = [
       [annAck.sessionId, ann.userId, ann.firstName, 'editor', 0, 'number'],
@@ -154,13 +171,23 @@ describe('the server API reaches multiplexed connections', () => {
 
   test('a broadcast reaches the connections on both shards, with no topic', async (t) => {
     const conns = await Promise.all([0, 1].map((shard) => connectTopics(t, server, token(userOnShard('Ann', shard)))));
-    assert.deepEqual(conns.map((c) => c.shard), [0, 1]);
+    assert.deepEqual(
+      conns.map((c) => c.shard),
+      [0, 1],
+    );
     const sent = await api(server, 'POST', 'broadcast', { type: 'maintenance', payload: { at: '02:00' } });
     assert.equal(sent.status, 202);
     assert.ok(sent.body.delivered >= 2, `delivered ${sent.body.delivered}`);
     for (const conn of conns) {
       const event = await conn.next();
-      assert.deepEqual(event, { op: 'event', type: 'maintenance', sessionId: 'server', userId: 'server', timestamp: event.timestamp, payload: { at: '02:00' } });
+      assert.deepEqual(event, {
+        op: 'event',
+        type: 'maintenance',
+        sessionId: 'server',
+        userId: 'server',
+        timestamp: event.timestamp,
+        payload: { at: '02:00' },
+      });
     }
   });
 

@@ -82,7 +82,9 @@ describe('subscribe limits', () => {
     while (frames.length < topics.length) frames.push(await conn.next());
     const refused = frames.filter((f) => f.op === 'error');
     assert.equal(frames.filter((f) => f.op === 'subscribed').length, ConnectionLimit.SUBSCRIBE_BURST);
-    assert.deepEqual(refused, [{ op: 'error', topic: topics.at(-1), code: TopicErrorCode.RATE_LIMITED, message: 'too many subscribe requests', ref: String(topics.length - 1) }]);
+    assert.deepEqual(refused, [
+      { op: 'error', topic: topics.at(-1), code: TopicErrorCode.RATE_LIMITED, message: 'too many subscribe requests', ref: String(topics.length - 1) },
+    ]);
     assert.equal(stub.requests.filter((r) => r.topic === topics.at(-1)).length, 0, 'no authorize call for a refused subscribe');
   });
 
@@ -106,7 +108,12 @@ describe('subscribe limits', () => {
     await new Promise((resolve) => setTimeout(resolve, 600));
     const over = topic();
     conn.send({ op: 'subscribe', topic: over, ref: 'over' });
-    await expectOp(conn, 'error', { code: TopicErrorCode.RATE_LIMITED, topic: over, ref: 'over', message: `more than ${ConnectionLimit.MAX_TOPICS} topics on this connection` });
+    await expectOp(conn, 'error', {
+      code: TopicErrorCode.RATE_LIMITED,
+      topic: over,
+      ref: 'over',
+      message: `more than ${ConnectionLimit.MAX_TOPICS} topics on this connection`,
+    });
     assert.equal(stub.requests.filter((r) => r.topic === over).length, 0);
   });
 });

@@ -24,7 +24,15 @@ function owner(maxRoomSize = 0): { topics: TopicRooms; rooms: RoomIndex; sent: [
   const sent: [number, LinkMessage][] = [];
   const link = { send: (peer: number, message: LinkMessage) => (sent.push([peer, message]), true) } as unknown as ShardLink;
   // No member is on this shard: nothing is written to a socket here.
-  const topics = new TopicRooms({ shardId: 0, workers: 3, rooms, backpressure: null as unknown as Backpressure, log: recordingLogger(false), transientTypes: new Set(['asset_dragging']), maxRoomSize });
+  const topics = new TopicRooms({
+    shardId: 0,
+    workers: 3,
+    rooms,
+    backpressure: null as unknown as Backpressure,
+    log: recordingLogger(false),
+    transientTypes: new Set(['asset_dragging']),
+    maxRoomSize,
+  });
   topics.useLink(link);
   return { topics, rooms, sent };
 }
@@ -74,7 +82,10 @@ test('each event goes once to each interested shard, not to a shard whose only s
 
   // Shard 2's only subscriber is the sender: shard 2 gets nothing.
   topics.onLinkMessage(2, { k: 'pub', topic: TOPIC, sid: 'c', type: 'cursor', payload: undefined, ts: 6 });
-  assert.deepEqual(sent.map(([peer]) => peer), [1]);
+  assert.deepEqual(
+    sent.map(([peer]) => peer),
+    [1],
+  );
   assert.equal(JSON.parse((sent[0]![1] as { text: string }).text).payload, null);
 });
 
@@ -88,7 +99,10 @@ test('a publish from a session the room does not hold is ignored; leave and a go
   assert.equal(sent.length, 0);
 
   topics.onLinkMessage(2, { k: 'leave', topic: TOPIC, sid: 'c' });
-  assert.deepEqual(sent.map(([peer, m]) => [peer, JSON.parse((m as { text: string }).text).type]), [[1, 'session_left']]);
+  assert.deepEqual(
+    sent.map(([peer, m]) => [peer, JSON.parse((m as { text: string }).text).type]),
+    [[1, 'session_left']],
+  );
   sent.length = 0;
 
   // Shard 1 restarts: its two subscribers leave; nobody is left to tell, and the room is gone.
@@ -125,6 +139,12 @@ test('--max-room-size: a join from another shard into a full room is refused, an
   topics.onLinkMessage(2, { k: 'leave', topic: TOPIC, sid: 'b' });
   sent.length = 0;
   join(topics, 1, 'c');
-  assert.deepEqual(sent.map(([peer, m]) => [peer, m.k]), [[1, 'joined'], [1, 'ev']]);
+  assert.deepEqual(
+    sent.map(([peer, m]) => [peer, m.k]),
+    [
+      [1, 'joined'],
+      [1, 'ev'],
+    ],
+  );
   assert.equal(Object.hasOwn(sent[0]![1], 'full'), false);
 });

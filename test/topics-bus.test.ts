@@ -23,11 +23,15 @@ import { api, API_KEY, desktopOnShard } from './helpers/api.ts';
 import { fnv1a32 } from '../src/protocol/hash.ts';
 import { TopicErrorCode } from '../src/protocol/topics.ts';
 
-test('a production-table room speaks in the topic framing on its topic subject alone; a desktop room keeps its flat events on room.{id}, its subscribers\' too', async (t) => {
+test("a production-table room speaks in the topic framing on its topic subject alone; a desktop room keeps its flat events on room.{id}, its subscribers' too", async (t) => {
   const nats = await startNats(t);
   const stub = await startPermissionStub(t);
   // One worker: one NATS connection, so the bus sees this shard's publications in the order made.
-  const server = await startServer(t, { workers: 1, permissionApiBase: stub.base, args: ['--nats-url', nats.url, '--node-id', 'node-topics', '--rate-limit', '0'] });
+  const server = await startServer(t, {
+    workers: 1,
+    permissionApiBase: stub.base,
+    args: ['--nats-url', nats.url, '--node-id', 'node-topics', '--rate-limit', '0'],
+  });
   await server.waitForLog((l) => l.event === 'federation_connected');
   const raw = await natsConnect({ servers: nats.url });
   t.after(() => raw.close());
@@ -56,11 +60,22 @@ test('a production-table room speaks in the topic framing on its topic subject a
   const deadline = Date.now() + 5000;
   while (!seen.some((m) => m.data.includes('"marker"')) && Date.now() < deadline) await raw.flush();
   assert.deepEqual([...new Set(seen.map((m) => m.subject))].sort(), [`room.${id}`, `room.desktop:${id}`, `room.production-table:${tableId}`].sort());
-  const tableMessages = seen.filter((m) => m.subject === `room.production-table:${tableId}`).map((m) => JSON.parse(m.data) as { p: { op?: string; topic?: string; type: string } });
-  assert.ok(tableMessages.every((m) => m.p.op === 'event' && m.p.topic === `production-table:${tableId}`), 'the table room speaks in the topic framing only');
-  assert.ok(tableMessages.some((m) => m.p.type === 'pt_cell_updated') && tableMessages.some((m) => m.p.type === 'pt_cell_selected'), 'both framings\' events went out');
+  const tableMessages = seen
+    .filter((m) => m.subject === `room.production-table:${tableId}`)
+    .map((m) => JSON.parse(m.data) as { p: { op?: string; topic?: string; type: string } });
+  assert.ok(
+    tableMessages.every((m) => m.p.op === 'event' && m.p.topic === `production-table:${tableId}`),
+    'the table room speaks in the topic framing only',
+  );
+  assert.ok(
+    tableMessages.some((m) => m.p.type === 'pt_cell_updated') && tableMessages.some((m) => m.p.type === 'pt_cell_selected'),
+    "both framings' events went out",
+  );
   assert.deepEqual(
-    seen.filter((m) => m.subject === `room.${id}`).map((m) => (JSON.parse(m.data) as { p: { op?: string; type: string } }).p).map((p) => `${p.op ?? 'flat'} ${p.type}`),
+    seen
+      .filter((m) => m.subject === `room.${id}`)
+      .map((m) => (JSON.parse(m.data) as { p: { op?: string; type: string } }).p)
+      .map((p) => `${p.op ?? 'flat'} ${p.type}`),
     ['flat presence_sync_request', 'flat session_joined', 'flat session_joined', 'flat from_subscriber', 'flat marker'],
     "the legacy socket's and the subscriber's presence and events, flat",
   );
@@ -70,7 +85,18 @@ test("a role change made through one node's server API reaches a subscription on
   const nats = await startNats(t);
   const stub = await startPermissionStub(t);
   // With a federation key, the server API's calls travel the bus.
-  const args = (node: string) => ['--nats-url', nats.url, '--node-id', node, '--rate-limit', '0', '--api-key', API_KEY, '--federation-key', 'topics-bus-test-key-0123456789-abcdefghij'];
+  const args = (node: string) => [
+    '--nats-url',
+    nats.url,
+    '--node-id',
+    node,
+    '--rate-limit',
+    '0',
+    '--api-key',
+    API_KEY,
+    '--federation-key',
+    'topics-bus-test-key-0123456789-abcdefghij',
+  ];
   const [a, b] = await Promise.all(['node-a', 'node-b'].map((node) => startServer(t, { workers: 2, permissionApiBase: stub.base, args: args(node) })));
   for (const node of [a!, b!]) for (const worker of [0, 1]) await node.waitForLog((l) => l.event === 'federation_connected' && l.worker === worker, 15_000);
   // The desktop on shard 0, the user's connections on shard 1: the change must reach a shard that holds no session of the desktop.

@@ -54,12 +54,22 @@ async function listen(t: Scope, url: string): Promise<{ raw: NatsConnection; hea
 }
 
 /** A topic event as the upstream relay puts it on the bus. */
-function upstream(node: string, topic: string, type: string, session: { sessionId: string; userId: string; firstName: string; email: string }, payload: unknown): string {
+function upstream(
+  node: string,
+  topic: string,
+  type: string,
+  session: { sessionId: string; userId: string; firstName: string; email: string },
+  payload: unknown,
+): string {
   return JSON.stringify({ r: node, p: { op: 'event', topic, type, ...session, timestamp: Date.now(), payload } });
 }
 
 async function node(t: Scope, natsUrl: string, stubBase: string, nodeId: string, workers: number, extra: string[] = []): Promise<ServerProcess> {
-  const server = await startServer(t, { workers, permissionApiBase: stubBase, args: ['--nats-url', natsUrl, '--node-id', nodeId, '--rate-limit', '0', ...extra] });
+  const server = await startServer(t, {
+    workers,
+    permissionApiBase: stubBase,
+    args: ['--nats-url', natsUrl, '--node-id', nodeId, '--rate-limit', '0', ...extra],
+  });
   for (let w = 0; w < workers; w++) await server.waitForLog((l) => l.event === 'federation_connected' && l.worker === w, 15_000);
   return server;
 }
@@ -117,7 +127,14 @@ test('a desktop topic on the bus: the subjects, the envelope, the sync request a
   mark = heard.length;
   raw.publish(subject, JSON.stringify({ r: 'upstream-1', p: { op: 'event', topic, type: 'presence_sync_request' } }));
   await until('three answers', () => fromNode('session_joined', mark).length >= 3);
-  assert.deepEqual(new Set(fromNode('session_joined', mark).map((a) => a.value.p.sessionId)), new Set(fromNode('session_joined', 0).slice(0, 3).map((a) => a.value.p.sessionId)));
+  assert.deepEqual(
+    new Set(fromNode('session_joined', mark).map((a) => a.value.p.sessionId)),
+    new Set(
+      fromNode('session_joined', 0)
+        .slice(0, 3)
+        .map((a) => a.value.p.sessionId),
+    ),
+  );
 
   // From now on every event goes to the topic subject too: exactly what a local subscriber gets, marked as a copy.
   sue.send({ op: 'publish', topic, type: 'asset_moved', payload: { x: 1, y: [2, 3] } });
@@ -125,7 +142,12 @@ test('a desktop topic on the bus: the subjects, the envelope, the sync request a
   assert.deepEqual((await leo.expect('asset_moved')).payload, { x: 1, y: [2, 3] });
   await until('the event on the topic subject', () => fromNode('asset_moved').length >= 1);
   assert.equal(fromNode('asset_moved')[0]!.text, `{"r":"node-t","p":${JSON.stringify(local)}}`, 'p is the frame a local subscriber gets, byte for byte');
-  assert.ok(on(subject).filter((h) => h.value.r === 'node-t').every((h) => h.copy) && on(`room.${id}`).every((h) => !h.copy), 'the topic copy is marked, the flat original not');
+  assert.ok(
+    on(subject)
+      .filter((h) => h.value.r === 'node-t')
+      .every((h) => h.copy) && on(`room.${id}`).every((h) => !h.copy),
+    'the topic copy is marked, the flat original not',
+  );
 
   // A Go relay of the 1379d3c generation speaks flat on room.{id}: subscribers hear it in their framing.
   const gopher = { sessionId: 'session_go-1', userId: 'user-go-0001', firstName: 'Gopher', email: 'go@example.com' };
@@ -138,7 +160,10 @@ test('a desktop topic on the bus: the subjects, the envelope, the sync request a
   // The upstream session is listed, speaks and leaves; each local member hears it in its framing.
   const late = await connectTopics(t, server, token(user('Late')));
   const lateAck = await subscribe(late, topic);
-  assert.ok((lateAck.sessions as Frame[]).some((s) => s.sessionId === ursula.sessionId), 'the upstream session is listed');
+  assert.ok(
+    (lateAck.sessions as Frame[]).some((s) => s.sessionId === ursula.sessionId),
+    'the upstream session is listed',
+  );
   await expectEvent(sue, topic, 'session_joined');
   await leo.expect('session_joined');
   raw.publish(subject, upstream('upstream-1', topic, 'asset_moved', ursula, { x: 9 }));
@@ -150,7 +175,10 @@ test('a desktop topic on the bus: the subjects, the envelope, the sync request a
   assert.equal((await expectEvent(sue, topic, 'session_left')).sessionId, ursula.sessionId);
   assert.equal((await leo.expect('session_left')).sessionId, ursula.sessionId);
   // An upstream event naming another topic is refused.
-  raw.publish(subject, JSON.stringify({ r: 'upstream-1', p: { op: 'event', topic: 'desktop:other', type: 'asset_moved', ...ursula, timestamp: 1, payload: {} } }));
+  raw.publish(
+    subject,
+    JSON.stringify({ r: 'upstream-1', p: { op: 'event', topic: 'desktop:other', type: 'asset_moved', ...ursula, timestamp: 1, payload: {} } }),
+  );
   raw.publish(subject, upstream('upstream-1', topic, 'marker', ursula, null));
   assert.deepEqual((await expectEvent(sue, topic, 'marker')).payload, null);
 });
@@ -169,10 +197,13 @@ test('a production table federates on room.production-table:{id} alone, in the t
   await expectEvent(pat, topic, 'session_joined');
   lia.send({ type: 'pt_cell_updated', payload: { row: 1 } });
   const local = await expectEvent(pat, topic, 'pt_cell_updated');
-  await until('the legacy socket\'s event on the bus', () => heard.some((h) => h.value.p.type === 'pt_cell_updated'));
+  await until("the legacy socket's event on the bus", () => heard.some((h) => h.value.p.type === 'pt_cell_updated'));
   assert.equal(heard.find((h) => h.value.p.type === 'pt_cell_updated')!.text, `{"r":"node-pt","p":${JSON.stringify(local)}}`);
   assert.deepEqual([...new Set(heard.map((h) => h.subject))], [subject], 'one subject');
-  assert.ok(heard.every((h) => h.value.p.op === 'event' && h.value.p.topic === topic && !h.copy), 'all in the topic framing, none a copy');
+  assert.ok(
+    heard.every((h) => h.value.p.op === 'event' && h.value.p.topic === topic && !h.copy),
+    'all in the topic framing, none a copy',
+  );
   const ursula = { sessionId: 'session_up-2', userId: 'user-up-0002', firstName: 'Ursula', email: 'u@example.com' };
   raw.publish(subject, upstream('upstream-2', topic, 'pt_cell_updated', ursula, { row: 2 }));
   assert.deepEqual((await expectEvent(pat, topic, 'pt_cell_updated')).payload, { row: 2 });
@@ -192,7 +223,11 @@ test('a subscriber on node A and a legacy socket on node B share a desktop room:
   assert.equal(sue.shard, 1);
   const ack = await subscribe(sue, topic);
   const { client: leo, joined } = await join(t, b!.wsUrl(id), { token: token(user('Leo')) });
-  assert.deepEqual((joined.sessions as Frame[]).map((s) => s.sessionId), [ack.sessionId], "Leo's room_joined lists the subscriber on the other node");
+  assert.deepEqual(
+    (joined.sessions as Frame[]).map((s) => s.sessionId),
+    [ack.sessionId],
+    "Leo's room_joined lists the subscriber on the other node",
+  );
   assert.equal((await expectEvent(sue, topic, 'session_joined')).sessionId, joined.sessionId);
   sue.send({ op: 'publish', topic, type: 'asset_moved', payload: { x: 1 } });
   sue.send({ op: 'publish', topic, type: 'marker' });
@@ -255,7 +290,8 @@ test('with --federation-key, unsigned topic traffic is dropped; with --federatio
   const copies: { data: Uint8Array; stamp: string; signature: string }[] = [];
   const tap = raw.subscribe(subject, {
     callback: (_e, msg) => {
-      if (msg.headers?.has('Moodio-Copy') === true) copies.push({ data: msg.data, stamp: msg.headers.get(STAMP_HEADER), signature: msg.headers.get(SIGNATURE_HEADER) });
+      if (msg.headers?.has('Moodio-Copy') === true)
+        copies.push({ data: msg.data, stamp: msg.headers.get(STAMP_HEADER), signature: msg.headers.get(SIGNATURE_HEADER) });
     },
   });
   t.after(() => tap.unsubscribe());

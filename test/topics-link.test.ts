@@ -65,9 +65,19 @@ describe('a connection whose topics live on both shards', () => {
     const annThere = await subscribe(ann, topicThere, 'far');
     assert.equal(annThere.ref, 'far');
     assert.equal(annThere.sessionId, annHere.sessionId);
-    assert.deepEqual(annThere.sessions.map((s: Frame) => s.sessionId), [ltJoined.sessionId], "the other shard's room, listed by its owner");
+    assert.deepEqual(
+      annThere.sessions.map((s: Frame) => s.sessionId),
+      [ltJoined.sessionId],
+      "the other shard's room, listed by its owner",
+    );
     const seenThere = await legacyThere.expect('session_joined');
-    assert.deepEqual(seenThere.payload, { sessionId: annHere.sessionId, userId: annUser.userId, firstName: 'Ann', email: 'ann@example.com', permission: 'editor' });
+    assert.deepEqual(seenThere.payload, {
+      sessionId: annHere.sessionId,
+      userId: annUser.userId,
+      firstName: 'Ann',
+      email: 'ann@example.com',
+      permission: 'editor',
+    });
     await legacyHere.expect('session_joined');
 
     // A subscriber on the other shard, in both rooms.
@@ -76,10 +86,13 @@ describe('a connection whose topics live on both shards', () => {
     const bobHere = await subscribe(bob, topicHere);
     assert.deepEqual(bobHere.sessions.map((s: Frame) => s.sessionId).sort(), [lhJoined.sessionId, annHere.sessionId].sort());
     await subscribe(bob, topicThere);
-    assert.deepEqual(await frames(ann, 2), sorted([
-      [topicHere, 'session_joined', bobHere.sessionId],
-      [topicThere, 'session_joined', bobHere.sessionId],
-    ]));
+    assert.deepEqual(
+      await frames(ann, 2),
+      sorted([
+        [topicHere, 'session_joined', bobHere.sessionId],
+        [topicThere, 'session_joined', bobHere.sessionId],
+      ]),
+    );
     assert.equal((await legacyHere.expect('session_joined')).sessionId, bobHere.sessionId);
     assert.equal((await legacyThere.expect('session_joined')).sessionId, bobHere.sessionId);
 
@@ -121,10 +134,13 @@ describe('a connection whose topics live on both shards', () => {
     await ann.close();
     assert.equal((await legacyHere.expect('session_left')).sessionId, annHere.sessionId);
     assert.equal((await legacyThere.expect('session_left')).sessionId, annHere.sessionId);
-    assert.deepEqual(await frames(bob, 2), sorted([
-      [topicHere, 'session_left', annHere.sessionId],
-      [topicThere, 'session_left', annHere.sessionId],
-    ]));
+    assert.deepEqual(
+      await frames(bob, 2),
+      sorted([
+        [topicHere, 'session_left', annHere.sessionId],
+        [topicThere, 'session_left', annHere.sessionId],
+      ]),
+    );
     assert.equal((await expectEvent(cid, topicThere, 'session_left')).sessionId, annHere.sessionId);
   });
 });
@@ -149,7 +165,15 @@ describe('the server API', () => {
     const seen = await legacy.expect('desktop_updated');
     assert.deepEqual(seen, { type: 'desktop_updated', sessionId: 'server', userId: 'server', timestamp: seen.timestamp, payload: { v: 2 } });
     for (const conn of [near, far, skipped]) {
-      assert.deepEqual(await expectEvent(conn, topic, 'desktop_updated'), { op: 'event', topic, type: 'desktop_updated', sessionId: 'server', userId: 'server', timestamp: seen.timestamp, payload: { v: 2 } });
+      assert.deepEqual(await expectEvent(conn, topic, 'desktop_updated'), {
+        op: 'event',
+        topic,
+        type: 'desktop_updated',
+        sessionId: 'server',
+        userId: 'server',
+        timestamp: seen.timestamp,
+        payload: { v: 2 },
+      });
     }
     const skippedUser = (await api(server, 'POST', `desktops/${id}/events`, { type: 'not_for_far', exceptUserId: farUser.userId })).status;
     assert.equal(skippedUser, 202);
@@ -163,7 +187,7 @@ describe('the server API', () => {
 });
 
 describe('a shard restarts', () => {
-  test("its subscribers leave the rooms owned elsewhere; the subscribers of its rooms lose the topic, and may subscribe again once it is back", async (t) => {
+  test('its subscribers leave the rooms owned elsewhere; the subscribers of its rooms lose the topic, and may subscribe again once it is back', async (t) => {
     const here = 0;
     const there = 1;
     const idHere = desktopOnShard(here, WORKERS, 'restart');

@@ -19,14 +19,19 @@ const enc = (s: string) => Buffer.from(s, 'latin1');
 
 describe('parseRequestHead', () => {
   test('parses method, target, path, version and lower-cased headers', () => {
-    const result = parseRequestHead(enc('GET /ws/desktop/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade:  WebSocket \r\nCookie: a=1\r\nCookie: b=2\r\nX-Many: 1\r\nX-Many: 2\r\n\r\nrest'));
+    const result = parseRequestHead(
+      enc('GET /ws/desktop/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade:  WebSocket \r\nCookie: a=1\r\nCookie: b=2\r\nX-Many: 1\r\nX-Many: 2\r\n\r\nrest'),
+    );
     assert.ok(result.ok);
     assert.equal(result.head.method, 'GET');
     assert.equal(result.head.url, '/ws/desktop/a?x=1');
     assert.equal(result.head.path, '/ws/desktop/a');
     assert.equal(result.head.version, '1.1');
     assert.deepEqual({ ...result.head.headers }, { host: 'h', upgrade: 'WebSocket', cookie: 'a=1; b=2', 'x-many': '1, 2' });
-    assert.equal(result.head.length, findHeadEnd(enc('GET /ws/desktop/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade:  WebSocket \r\nCookie: a=1\r\nCookie: b=2\r\nX-Many: 1\r\nX-Many: 2\r\n\r\n')));
+    assert.equal(
+      result.head.length,
+      findHeadEnd(enc('GET /ws/desktop/a?x=1 HTTP/1.1\r\nHost: h\r\nUpgrade:  WebSocket \r\nCookie: a=1\r\nCookie: b=2\r\nX-Many: 1\r\nX-Many: 2\r\n\r\n')),
+    );
   });
 
   test('rejects what proxies could read differently', () => {
@@ -130,9 +135,17 @@ describe('routing', () => {
       kind: 'terminate-shard',
       shard: 1,
     });
-    assert.equal((route(head('POST /admin/shards/3/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts) as { rejection: { status: number } }).rejection.status, 404);
+    assert.equal(
+      (route(head('POST /admin/shards/3/terminate HTTP/1.1\r\nAuthorization: Bearer secret-admin\r\n\r\n'), opts) as { rejection: { status: number } })
+        .rejection.status,
+      404,
+    );
     const disabled = { workers: 3, adminToken: '', allowedOrigins: [], metricsToken: '' };
-    assert.equal((route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n'), disabled) as { rejection: { status: number } }).rejection.status, 404);
+    assert.equal(
+      (route(head('POST /admin/shards/1/terminate HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n'), disabled) as { rejection: { status: number } }).rejection
+        .status,
+      404,
+    );
   });
 });
 
@@ -180,30 +193,53 @@ describe('config', () => {
     // Each unset list is an array of its own, in every resolved config.
     assert.notEqual(serve.trustProxy, serve.coalesceTypes);
     assert.notEqual(serve.trustProxy, resolveServeConfig({ jwtSecret: 's' }).trustProxy);
-    assert.throws(() => resolveServeConfig({ jwtSecret: 's', port: true }), (err: unknown) => err instanceof ConfigError && err.option === '--port');
+    assert.throws(
+      () => resolveServeConfig({ jwtSecret: 's', port: true }),
+      (err: unknown) => err instanceof ConfigError && err.option === '--port',
+    );
   });
 
   test('pacing options: defaults, modes and the interval range', () => {
     const serve = resolveServeConfig({ jwtSecret: 's' });
     assert.deepEqual([serve.pacing, serve.paceIntervalMs, serve.paceAbove], ['auto', 32, 200]);
     assert.deepEqual(
-      (({ pacing, paceIntervalMs, paceAbove }) => [pacing, paceIntervalMs, paceAbove])(resolveServeConfig({ jwtSecret: 's', pacing: 'off', paceIntervalMs: '50ms', paceAbove: '1000' })),
+      (({ pacing, paceIntervalMs, paceAbove }) => [pacing, paceIntervalMs, paceAbove])(
+        resolveServeConfig({ jwtSecret: 's', pacing: 'off', paceIntervalMs: '50ms', paceAbove: '1000' }),
+      ),
       ['off', 50, 1000],
     );
-    assert.throws(() => resolveServeConfig({ jwtSecret: 's', pacing: 'sometimes' }), (err: unknown) => err instanceof ConfigError && err.option === '--pacing' && /auto, always, off/.test(err.message));
-    assert.throws(() => resolveServeConfig({ jwtSecret: 's', paceIntervalMs: '2ms' }), (err: unknown) => err instanceof ConfigError && err.option === '--pace-interval');
-    assert.throws(() => resolveServeConfig({ jwtSecret: 's', paceIntervalMs: '5s' }), (err: unknown) => err instanceof ConfigError && err.option === '--pace-interval');
-    assert.throws(() => resolveServeConfig({ jwtSecret: 's', paceAbove: '0' }), (err: unknown) => err instanceof ConfigError && err.option === '--pace-above');
+    assert.throws(
+      () => resolveServeConfig({ jwtSecret: 's', pacing: 'sometimes' }),
+      (err: unknown) => err instanceof ConfigError && err.option === '--pacing' && /auto, always, off/.test(err.message),
+    );
+    assert.throws(
+      () => resolveServeConfig({ jwtSecret: 's', paceIntervalMs: '2ms' }),
+      (err: unknown) => err instanceof ConfigError && err.option === '--pace-interval',
+    );
+    assert.throws(
+      () => resolveServeConfig({ jwtSecret: 's', paceIntervalMs: '5s' }),
+      (err: unknown) => err instanceof ConfigError && err.option === '--pace-interval',
+    );
+    assert.throws(
+      () => resolveServeConfig({ jwtSecret: 's', paceAbove: '0' }),
+      (err: unknown) => err instanceof ConfigError && err.option === '--pace-above',
+    );
   });
 
   test('errors carry ERR_CONFIG and the option', () => {
-    assert.throws(() => resolveServeConfig({ jwtSecret: 's', workers: '0' }), (err: unknown) => {
-      assert.ok(err instanceof ConfigError);
-      assert.equal(err.code, 'ERR_CONFIG');
-      assert.equal(err.option, '--workers');
-      return true;
-    });
-    assert.throws(() => resolveServeConfig({}), (err: unknown) => err instanceof ConfigError && err.option === 'JWT_ACCESS_SECRET');
+    assert.throws(
+      () => resolveServeConfig({ jwtSecret: 's', workers: '0' }),
+      (err: unknown) => {
+        assert.ok(err instanceof ConfigError);
+        assert.equal(err.code, 'ERR_CONFIG');
+        assert.equal(err.option, '--workers');
+        return true;
+      },
+    );
+    assert.throws(
+      () => resolveServeConfig({}),
+      (err: unknown) => err instanceof ConfigError && err.option === 'JWT_ACCESS_SECRET',
+    );
     assert.doesNotThrow(() => resolveServeConfig({ dev: true }));
   });
 });
@@ -244,7 +280,9 @@ describe('logs', () => {
   });
 
   /** Every character a reader could take for a line break or a terminal escape. */
-  const CONTROLS = [...Array.from({ length: 0x20 }, (_, i) => i), 0x7f, ...Array.from({ length: 0x20 }, (_, i) => 0x80 + i), 0x2028, 0x2029].map((c) => String.fromCharCode(c));
+  const CONTROLS = [...Array.from({ length: 0x20 }, (_, i) => i), 0x7f, ...Array.from({ length: 0x20 }, (_, i) => 0x80 + i), 0x2028, 0x2029].map((c) =>
+    String.fromCharCode(c),
+  );
   const FORGED = '\n2026-01-01T00:00:00.000Z ERROR [primary] forged_line x=1\r\u0085\u2028\u2029\u001b[2J\u009b\u007f';
 
   test('pretty: control characters in the event, keys and values are escaped, so a value cannot forge a line', async () => {
@@ -257,11 +295,19 @@ describe('logs', () => {
     assert.equal(lines.length, 3);
     for (const line of lines) {
       assert.equal(line.indexOf('\n'), line.length - 1, 'one line, ended by the only newline');
-      for (const c of CONTROLS) if (c !== '\n') assert.ok(!line.includes(c), `U+${c.charCodeAt(0).toString(16).padStart(4, '0')} escaped in ${JSON.stringify(line)}`);
+      for (const c of CONTROLS)
+        if (c !== '\n') assert.ok(!line.includes(c), `U+${c.charCodeAt(0).toString(16).padStart(4, '0')} escaped in ${JSON.stringify(line)}`);
     }
-    assert.ok(lines[0]!.includes(' reason=\\n2026-01-01T00:00:00.000Z ERROR [primary] forged_line x=1\\r\\u0085\\u2028\\u2029\\u001b[2J\\u009b\\u007f '), lines[0]);
+    assert.ok(
+      lines[0]!.includes(' reason=\\n2026-01-01T00:00:00.000Z ERROR [primary] forged_line x=1\\r\\u0085\\u2028\\u2029\\u001b[2J\\u009b\\u007f '),
+      lines[0],
+    );
     assert.match(lines[1]!, /\] event\\n2026-/);
-    assert.ok(lines[2]!.endsWith(' all=' + CONTROLS.map((c) => ({ '\n': '\\n', '\r': '\\r', '\t': '\\t' })[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('') + '\n'));
+    assert.ok(
+      lines[2]!.endsWith(
+        ' all=' + CONTROLS.map((c) => ({ '\n': '\\n', '\r': '\\r', '\t': '\\t' })[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`).join('') + '\n',
+      ),
+    );
   });
 
   test('json: control characters never leave a line, and every string parses back unchanged', async () => {

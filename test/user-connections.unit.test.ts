@@ -47,7 +47,11 @@ test("counts a user's sessions over every shard; clearing a dead shard forgets i
   s0.add('alice', 1);
   s1.add('alice', 1);
   s2.add('bob', 1);
-  for (const view of [s0, s1, s2, primary]) assert.deepEqual(['alice', 'bob', 'carol'].map((u) => view.count(u)), [3, 1, 0]);
+  for (const view of [s0, s1, s2, primary])
+    assert.deepEqual(
+      ['alice', 'bob', 'carol'].map((u) => view.count(u)),
+      [3, 1, 0],
+    );
   s1.add('alice', -1);
   s1.add('bob', 1);
   assert.deepEqual([primary.count('alice'), primary.count('bob')], [2, 2]);
@@ -90,11 +94,17 @@ test('2,000 users with a session each: at most 2 over-counted, by one (both of t
   for (const id of over) assert.equal(views[1]!.count(id), 2);
   // Each id took two slots: one in each row of its shard's table.
   const rowTwo = counters(buffer).filter(([index]) => index % (2 * ROW) >= ROW);
-  assert.equal(rowTwo.reduce((sum, [, value]) => sum + value, 0), 2000);
+  assert.equal(
+    rowTwo.reduce((sum, [, value]) => sum + value, 0),
+    2000,
+  );
 });
 
 async function refusal(t: TestContext, url: string, tok: string): Promise<HandshakeRejected> {
-  const err = await connect(t, url, { token: tok }).then(() => assert.fail('admitted'), (e: unknown) => e);
+  const err = await connect(t, url, { token: tok }).then(
+    () => assert.fail('admitted'),
+    (e: unknown) => e,
+  );
   assert.ok(err instanceof HandshakeRejected, String(err));
   return err;
 }

@@ -106,8 +106,14 @@ test('handshakes for a shard that is restarting get 503 with Retry-After, never 
   // sessions: the client sees the connection close (status 0), not a hang. Every
   // other attempt is answered.
   assert.ok(statuses.filter((s) => s === 0).length <= 1, `at most the in-flight handshake is lost: ${statuses}`);
-  assert.ok(statuses.every((s) => s === 101 || s === 503 || s === 0), `only 101 or 503: ${[...new Set(statuses)]}`);
+  assert.ok(
+    statuses.every((s) => s === 101 || s === 503 || s === 0),
+    `only 101 or 503: ${[...new Set(statuses)]}`,
+  );
   assert.ok(retryAfter.length > 0, 'some attempts hit the restart window');
-  assert.ok(retryAfter.every((v) => Number(v) >= 1), `Retry-After: ${retryAfter}`);
+  assert.ok(
+    retryAfter.every((v) => Number(v) >= 1),
+    `Retry-After: ${retryAfter}`,
+  );
   assert.equal(statuses.at(-1), 101, 'the restarted shard admits again');
 });

@@ -140,7 +140,10 @@ test('a frame of SHARED_FRAME_BYTES or more goes out at once, by reference, behi
   assert.equal(chunks[0]![0]!.toString('latin1'), 'q');
   for (const c of chunks) assert.equal(c.at(-1), big, 'the very buffer, not a copy');
   assert.deepEqual([out.queuedBytes, out.sharedBytes], [0, big.length], 'three sockets hold it: counted once');
-  assert.deepEqual(targets.map((each) => out.sharedHeldBy(each)), [big.length, big.length, big.length]);
+  assert.deepEqual(
+    targets.map((each) => out.sharedHeldBy(each)),
+    [big.length, big.length, big.length],
+  );
   out.write(targets[1]!, small);
   assert.equal(chunks[1]!.length, 1, 'one byte less is queued for the end of the turn');
   assert.deepEqual([out.queuedBytes, out.sharedBytes], [small.length, big.length]);
@@ -302,7 +305,10 @@ test('a burst that outgrows its slab moves to a large enough one at once, every 
 
 test('a slab goes back to the pool once the kernel has its bytes; while the socket still holds them it stays out, and the backlog is reported', async (t) => {
   const backlogs: OutboundOwner[] = [];
-  const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(new MetricsSlot(createMetricsBuffer(0), 0), { ...UNPACED, onBacklog: (owner) => void backlogs.push(owner) });
+  const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(new MetricsSlot(createMetricsBuffer(0), 0), {
+    ...UNPACED,
+    onBacklog: (owner) => void backlogs.push(owner),
+  });
   t.after(() => out.stop());
   const pair = await socketPair(t);
   const session = target(pair.local, out);
@@ -335,7 +341,10 @@ test('flushAll writes what waits for the end of the turn too, at once', async (t
   out.write(session, frame('x;'));
   out.write(session, frame('y;'));
   out.flushAll();
-  assert.deepEqual(writes.map((w) => w.toString('latin1')), ['x;y;']);
+  assert.deepEqual(
+    writes.map((w) => w.toString('latin1')),
+    ['x;y;'],
+  );
 });
 
 /** A coalescer on a clock the test sets (performance.now, and setTimeout/setInterval mocked), pacing always at 8 s: 1 s slots. */
@@ -354,7 +363,7 @@ async function pacedOnClock(t: TestContext, start: number) {
   return { clock, metrics, out, socket };
 }
 
-test('pacing on a set clock: fast means at least paceAbove frames/s over a whole rate window just ended; a paced socket waits for its slot, turned at the end of a turn or by the wheel\'s timer', async (t) => {
+test("pacing on a set clock: fast means at least paceAbove frames/s over a whole rate window just ended; a paced socket waits for its slot, turned at the end of a turn or by the wheel's timer", async (t) => {
   const { clock, metrics, out, socket } = await pacedOnClock(t, 1000);
   assert.equal(metrics.values[Metric.PACE_INTERVAL], 8, 'the gauge shows the interval from the start');
   const fast = await socket();
@@ -420,7 +429,7 @@ test('pacing on a set clock: fast means at least paceAbove frames/s over a whole
   assert.equal(fast.out.queuedBytes, 4);
 });
 
-test('a worker\'s clock starts near 0: a new socket is not paced before a rate window has judged it', async (t) => {
+test("a worker's clock starts near 0: a new socket is not paced before a rate window has judged it", async (t) => {
   const { out, socket } = await pacedOnClock(t, 10);
   const s = await socket();
   out.flush();

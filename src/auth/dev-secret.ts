@@ -43,9 +43,18 @@ export function readDevSecret(file: string): string | null {
     const uid = process.getuid?.();
     // Windows has no uid and no mode bits to check.
     if (uid !== undefined) {
-      if (stat.uid !== uid) refuse(file, `is owned by uid ${stat.uid}, not by this user (uid ${uid}), so someone else may know the secret`, 'remove it, or pass a path of your own');
+      if (stat.uid !== uid)
+        refuse(
+          file,
+          `is owned by uid ${stat.uid}, not by this user (uid ${uid}), so someone else may know the secret`,
+          'remove it, or pass a path of your own',
+        );
       if ((stat.mode & 0o077) !== 0) {
-        refuse(file, `has mode 0${(stat.mode & 0o777).toString(8)}, so others may read or replace the secret`, 'remove it to get a new one, or chmod 600 it if no one else could have read it');
+        refuse(
+          file,
+          `has mode 0${(stat.mode & 0o777).toString(8)}, so others may read or replace the secret`,
+          'remove it to get a new one, or chmod 600 it if no one else could have read it',
+        );
       }
     }
     const secret = readFileSync(fd, 'utf8').trim();

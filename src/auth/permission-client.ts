@@ -103,7 +103,11 @@ export class HttpPermissionSource implements PermissionSource {
         const code = status >= 500 ? PermissionErrorCode.UNAVAILABLE : PermissionErrorCode.DENIED;
         throw new PermissionError(code, `permission API answered ${status}`, { status });
       }
-      text = await readLimited(res.body, MAX_PERMISSION_BODY, () => new PermissionError(PermissionErrorCode.BAD_RESPONSE, `permission API response larger than ${MAX_PERMISSION_BODY} bytes`));
+      text = await readLimited(
+        res.body,
+        MAX_PERMISSION_BODY,
+        () => new PermissionError(PermissionErrorCode.BAD_RESPONSE, `permission API response larger than ${MAX_PERMISSION_BODY} bytes`),
+      );
     } catch (err) {
       if (err instanceof PermissionError) throw err;
       throw new PermissionError(PermissionErrorCode.UNAVAILABLE, `permission API unreachable: ${(err as Error).message}`, { cause: err });

@@ -91,9 +91,15 @@ export class HttpTopicAuthority implements TopicAuthority {
       });
       if (res.statusCode !== 200) {
         await res.body.dump();
-        throw new AuthorizeError(STATUS_CODES[res.statusCode] ?? AuthorizeErrorCode.INTERNAL, `authorize answered ${res.statusCode}`, { status: res.statusCode });
+        throw new AuthorizeError(STATUS_CODES[res.statusCode] ?? AuthorizeErrorCode.INTERNAL, `authorize answered ${res.statusCode}`, {
+          status: res.statusCode,
+        });
       }
-      text = await readLimited(res.body, MAX_AUTHORIZE_BODY, () => new AuthorizeError(AuthorizeErrorCode.INTERNAL, `authorize answer larger than ${MAX_AUTHORIZE_BODY} bytes`));
+      text = await readLimited(
+        res.body,
+        MAX_AUTHORIZE_BODY,
+        () => new AuthorizeError(AuthorizeErrorCode.INTERNAL, `authorize answer larger than ${MAX_AUTHORIZE_BODY} bytes`),
+      );
     } catch (err) {
       if (err instanceof AuthorizeError) throw err;
       throw new AuthorizeError(AuthorizeErrorCode.INTERNAL, `authorize failed: ${(err as Error).message}`, { cause: err });

@@ -71,7 +71,16 @@ export type StampedEvent<T extends string = string, P = unknown> = PeerEvent<T, 
 export { afterClose, backoffCeiling, backoffDelay, type AfterClose } from './backoff.ts';
 export { connectTopics, TopicConnection } from './topics.ts';
 export { Topic } from './topic.ts';
-export { CONNECTION_EVENTS, TOPIC_EVENTS, type ConnectionEvents, type TopicConnectOptions, type TopicError, type TopicEvent, type TopicEvents, type TopicState } from './topic-types.ts';
+export {
+  CONNECTION_EVENTS,
+  TOPIC_EVENTS,
+  type ConnectionEvents,
+  type TopicConnectOptions,
+  type TopicError,
+  type TopicEvent,
+  type TopicEvents,
+  type TopicState,
+} from './topic-types.ts';
 
 /** The names `on()` accepts. */
 export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'permission', 'revoked', 'error', 'rejected', 'retry'];
@@ -143,7 +152,10 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
    */
   on<K extends keyof ClientEvents>(name: K, handler: Handler<ClientEvents[K]>): () => void {
     if (!CLIENT_EVENTS.includes(name)) {
-      throw new ClientError('ERR_UNKNOWN_CLIENT_EVENT', `${JSON.stringify(name)} is not a client event (${CLIENT_EVENTS.join(', ')}); listen to relayed events with onEvent(type, handler)`);
+      throw new ClientError(
+        'ERR_UNKNOWN_CLIENT_EVENT',
+        `${JSON.stringify(name)} is not a client event (${CLIENT_EVENTS.join(', ')}); listen to relayed events with onEvent(type, handler)`,
+      );
     }
     return addHandler(this.lifecycle, name, handler as Handler<never>);
   }
@@ -282,7 +294,6 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
   }
 }
 
-
 /**
  * Whether a relayed event was sent by the server itself (the server API's
  * publish: `sessionId` `"server"`, no `firstName` or `email`). Its `false`
@@ -296,4 +307,3 @@ export function isServerEvent<T extends string, P>(event: RelayedEvent<T, P>): e
 export function connect<E extends EventMap = Record<never, never>>(options: ConnectOptions): MoodioClient<E> {
   return new MoodioClient<E>(options);
 }
-

@@ -93,7 +93,8 @@ export class Link {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketImpl) throw new ClientError('ERR_NO_WEBSOCKET', 'no WebSocket implementation: pass options.WebSocket');
     const tokenVia = options.tokenVia ?? 'protocol';
-    if (tokenVia !== 'protocol' && tokenVia !== 'bearer') throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
+    if (tokenVia !== 'protocol' && tokenVia !== 'bearer')
+      throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
     checkTokenOption(options.token, tokenVia);
     this.WebSocketImpl = WebSocketImpl;
     this.url = url.replace(/\/+$/, '');

@@ -41,7 +41,12 @@ function sameInfo(a: SessionInfo, b: SessionInfo): boolean {
   return a.userId === b.userId && a.firstName === b.firstName && a.email === b.email && a.permission === b.permission;
 }
 
-const change = (joined: SessionInfo[], left: SessionInfo[], updated: SessionInfo[], reconnected = false): PresenceChange => ({ joined, left, updated, reconnected });
+const change = (joined: SessionInfo[], left: SessionInfo[], updated: SessionInfo[], reconnected = false): PresenceChange => ({
+  joined,
+  left,
+  updated,
+  reconnected,
+});
 
 export class Presence {
   /** The other sessions in the room, by sessionId. */

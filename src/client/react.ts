@@ -64,10 +64,13 @@ export function useDesktop<E extends EventMap = Record<never, never>>(options: C
     const c = connect<E>({
       ...latest.current,
       // Asked at each attempt: whatever token the latest render passed.
-      token: token === undefined || token === null ? token : () => {
-        const current = latest.current.token;
-        return typeof current === 'function' ? current() : current;
-      },
+      token:
+        token === undefined || token === null
+          ? token
+          : () => {
+              const current = latest.current.token;
+              return typeof current === 'function' ? current() : current;
+            },
     });
     const update = () => setSnapshot({ state: c.state, others: [...c.sessions.values()], permission: c.permission });
     const offs = [c.on('state', update), c.on('presence', update), c.on('permission', update), c.on('revoked', update)];

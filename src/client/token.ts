@@ -43,7 +43,12 @@ export function checkTokenOption(token: unknown, via: 'protocol' | 'bearer'): vo
  * first attempt runs inside connect(), before the app could listen to `error`.
  * Every rejection is handled here: none is left for `unhandledrejection`.
  */
-export function askToken(token: TokenOption, via: 'protocol' | 'bearer', use: (token: string | null | undefined) => void, fail: (error: ClientError) => void): void {
+export function askToken(
+  token: TokenOption,
+  via: 'protocol' | 'bearer',
+  use: (token: string | null | undefined) => void,
+  fail: (error: ClientError) => void,
+): void {
   if (typeof token !== 'function') return use(token);
   let answer: unknown;
   try {

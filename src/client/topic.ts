@@ -173,7 +173,10 @@ export class Topic<E extends EventMap = Record<never, never>> {
    */
   on<K extends keyof TopicEvents>(name: K, handler: Handler<TopicEvents[K]>): () => void {
     if (!TOPIC_EVENTS.includes(name)) {
-      throw new ClientError('ERR_UNKNOWN_CLIENT_EVENT', `${JSON.stringify(name)} is not a topic event (${TOPIC_EVENTS.join(', ')}); listen to relayed events with onEvent(type, handler)`);
+      throw new ClientError(
+        'ERR_UNKNOWN_CLIENT_EVENT',
+        `${JSON.stringify(name)} is not a topic event (${TOPIC_EVENTS.join(', ')}); listen to relayed events with onEvent(type, handler)`,
+      );
     }
     return this.keep(this.entry.on(name, handler));
   }

@@ -26,7 +26,16 @@
  *   mutation, a topic not held).
  */
 import { DEFAULT_MUTATION_TYPES, DEFAULT_TRANSIENT_TYPES, MAX_TYPE_LENGTH, type SessionInfo } from '../protocol/events.ts';
-import { CONNECTION_PATH, ConnectionLimit, Op, SERVER_ONLY_TOPIC_TYPES, ServerOp, TOPIC_PATTERN, TopicErrorCode, type TopicErrorCodeValue } from '../protocol/topics.ts';
+import {
+  CONNECTION_PATH,
+  ConnectionLimit,
+  Op,
+  SERVER_ONLY_TOPIC_TYPES,
+  ServerOp,
+  TOPIC_PATTERN,
+  TopicErrorCode,
+  type TopicErrorCodeValue,
+} from '../protocol/topics.ts';
 import { ClientError, viewerMutation } from './errors.ts';
 import { addHandler, callHandlers, type Handler } from './handlers.ts';
 import { Link } from './link.ts';
@@ -112,7 +121,10 @@ export class TopicConnection implements TopicHost {
    */
   on<K extends keyof ConnectionEvents>(name: K, handler: Handler<ConnectionEvents[K]>): () => void {
     if (!CONNECTION_EVENTS.includes(name)) {
-      throw new ClientError('ERR_UNKNOWN_CLIENT_EVENT', `${JSON.stringify(name)} is not a connection event (${CONNECTION_EVENTS.join(', ')}); a topic's events are on its handle`);
+      throw new ClientError(
+        'ERR_UNKNOWN_CLIENT_EVENT',
+        `${JSON.stringify(name)} is not a connection event (${CONNECTION_EVENTS.join(', ')}); a topic's events are on its handle`,
+      );
     }
     return addHandler(this.lifecycle, name, handler as Handler<never>);
   }
@@ -126,11 +138,15 @@ export class TopicConnection implements TopicHost {
   subscribe<E extends EventMap = Record<never, never>>(topic: string): Topic<E> {
     if (this.state === 'closed') throw new ClientError('ERR_CLOSED', 'client is closed');
     if (typeof topic !== 'string' || !TOPIC_PATTERN.test(topic)) {
-      throw new ClientError('ERR_INVALID_TOPIC', `${JSON.stringify(topic)} is not a topic: desktop:{id} or production-table:{id}, the id of 1 to 128 letters, digits, _ or -`);
+      throw new ClientError(
+        'ERR_INVALID_TOPIC',
+        `${JSON.stringify(topic)} is not a topic: desktop:{id} or production-table:{id}, the id of 1 to 128 letters, digits, _ or -`,
+      );
     }
     let entry = this.entries.get(topic);
     if (entry === undefined) {
-      if (this.entries.size >= ConnectionLimit.MAX_TOPICS) throw new ClientError('ERR_TOO_MANY_TOPICS', `${topic}: a connection holds at most ${ConnectionLimit.MAX_TOPICS} topics`);
+      if (this.entries.size >= ConnectionLimit.MAX_TOPICS)
+        throw new ClientError('ERR_TOO_MANY_TOPICS', `${topic}: a connection holds at most ${ConnectionLimit.MAX_TOPICS} topics`);
       entry = new TopicEntry(topic, new SendQueue(this.transient, this.maxQueue));
       this.entries.set(topic, entry);
       this.want(entry);
@@ -300,7 +316,8 @@ export class TopicConnection implements TopicHost {
   private onSubscribed(frame: Record<string, unknown>): void {
     const { topic, permission, sessionId, sessions } = frame;
     const op = this.answered(frame.ref);
-    if (typeof topic !== 'string' || !isPermission(permission) || typeof sessionId !== 'string' || !Array.isArray(sessions) || !sessions.every(isSessionInfo)) return;
+    if (typeof topic !== 'string' || !isPermission(permission) || typeof sessionId !== 'string' || !Array.isArray(sessions) || !sessions.every(isSessionInfo))
+      return;
     const entry = this.entries.get(topic);
     // An ack of a topic let go since (or of an earlier hold of it) is not this hold's.
     if (entry === undefined || (op !== undefined && op.entry !== entry) || entry.state !== 'subscribing') return;

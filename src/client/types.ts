@@ -67,7 +67,11 @@ export type EventMap = object;
 export type ReceivedPayload<E extends EventMap, K extends string> = K extends DesktopEventType ? AssetPayload | undefined : K extends keyof E ? E[K] : unknown;
 
 /** The arguments `send(type, …)` takes after the type: a built-in type's `AssetPayload`, a mapped type's payload, anything for another type. */
-export type SendArgs<E extends EventMap, K extends string> = K extends DesktopEventType ? [payload: AssetPayload] : K extends keyof E ? [payload: E[K]] : [payload?: unknown];
+export type SendArgs<E extends EventMap, K extends string> = K extends DesktopEventType
+  ? [payload: AssetPayload]
+  : K extends keyof E
+    ? [payload: E[K]]
+    : [payload?: unknown];
 
 /** The part of a WebSocket this client uses: browsers' and the `ws` package's both fit. */
 export interface WebSocketLike {
@@ -79,7 +83,10 @@ export interface WebSocketLike {
   onclose: ((event: { code: number; reason: string }) => void) | null;
   onerror: ((event: unknown) => void) | null;
   /** `ws` only: lets Node see the HTTP status of a refused handshake. */
-  on?: (event: 'unexpected-response', listener: (req: { destroy(): void }, res: { statusCode?: number; headers?: Record<string, string | string[] | undefined> }) => void) => unknown;
+  on?: (
+    event: 'unexpected-response',
+    listener: (req: { destroy(): void }, res: { statusCode?: number; headers?: Record<string, string | string[] | undefined> }) => void,
+  ) => unknown;
 }
 export type WebSocketConstructor = new (url: string, options?: unknown) => WebSocketLike;
 

@@ -234,7 +234,16 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const payloadTemplate = (): string => `{"p":"${payloadPad}","m":0,"s":"${'0'.repeat(S_DIGITS)}","t":"${'0'.repeat(T_DIGITS)}"}`;
   const addSender = (client: RawWebSocket, room: RoomState, text: string) => {
     const { frame, header } = clientTextTemplate(text);
-    senders.push({ client, template: frame, header, room, intervalUs: 1e6 / room.plan.rate, nextAt: 0, sent: [0, 0], limit: [Infinity, room.plan.maxMessages > 0 ? room.plan.maxMessages : Infinity] });
+    senders.push({
+      client,
+      template: frame,
+      header,
+      room,
+      intervalUs: 1e6 / room.plan.rate,
+      nextAt: 0,
+      sent: [0, 0],
+      limit: [Infinity, room.plan.maxMessages > 0 ? room.plan.maxMessages : Infinity],
+    });
   };
   /**
    * --route connection: the `user`-th session of each room of `group`, on
@@ -312,7 +321,12 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
     connected += members.length - refusedTopics;
     failed += refusedTopics;
     members.forEach((room, k) => {
-      if (user < room.plan.senders) addSender(client, room, `{"op":"publish","topic":${JSON.stringify(topics[k])},"type":${JSON.stringify(room.plan.messageType)},"payload":${payloadTemplate()}}`);
+      if (user < room.plan.senders)
+        addSender(
+          client,
+          room,
+          `{"op":"publish","topic":${JSON.stringify(topics[k])},"type":${JSON.stringify(room.plan.messageType)},"payload":${payloadTemplate()}}`,
+        );
     });
   };
   if (plan.route === 'connection') {
@@ -519,4 +533,3 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
     framesReceived: clients.reduce((n, c) => n + c.frames, 0),
   };
 }
-

@@ -80,7 +80,10 @@ function wsUrl(raw: string, option: string): string {
 
 /** One URL, or several (`--url A --url B`, or `A,B`): normalized and joined with commas. */
 function wsUrls(raw: string, option: string): string {
-  const urls = raw.split(',').map((part) => part.trim()).filter((part) => part !== '');
+  const urls = raw
+    .split(',')
+    .map((part) => part.trim())
+    .filter((part) => part !== '');
   if (urls.length === 0) throw new ConfigError(option, 'must be a ws:// URL');
   return urls.map((url) => wsUrl(url, option)).join(',');
 }
@@ -90,10 +93,17 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
     key: 'url',
     flags: '--url <url...>',
     default: 'ws://127.0.0.1:8081',
-    description: 'server to load (ws://host:port); give it several times for federated nodes: each room\'s sessions are spread round-robin over them, so senders and receivers sit on different nodes',
+    description:
+      "server to load (ws://host:port); give it several times for federated nodes: each room's sessions are spread round-robin over them, so senders and receivers sit on different nodes",
     parse: wsUrls,
   },
-  { key: 'secret', flags: '--secret <secret>', env: 'JWT_ACCESS_SECRET', description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)', parse: text },
+  {
+    key: 'secret',
+    flags: '--secret <secret>',
+    env: 'JWT_ACCESS_SECRET',
+    description: 'HS256 secret to mint one token per user (or JWT_ACCESS_SECRET)',
+    parse: text,
+  },
   {
     key: 'devSecretFile',
     flags: '--dev-secret-file <path>',
@@ -129,7 +139,13 @@ export const LOADTEST_OPTIONS: readonly LoadtestOptionSpec[] = [
   { key: 'sendersPerRoom', flags: '--senders-per-room <n>', default: '1', description: 'sessions per room that send', parse: intIn(0, 10_000) },
   { key: 'rate', flags: '--rate <msgs/s>', default: '10', description: 'messages per second per sender (open loop)', parse: numberIn(0.01, 100_000) },
   { key: 'durationMs', flags: '--duration <duration>', default: '10s', description: 'measured time', parse: parseDuration },
-  { key: 'warmupMs', flags: '--warmup <duration>', default: '2s', description: 'sending before the measurement, measured the same way and discarded', parse: parseDuration },
+  {
+    key: 'warmupMs',
+    flags: '--warmup <duration>',
+    default: '2s',
+    description: 'sending before the measurement, measured the same way and discarded',
+    parse: parseDuration,
+  },
   { key: 'messageType', flags: '--message-type <type>', default: 'asset_moved', description: 'type of the messages sent', parse: text },
   { key: 'payloadBytes', flags: '--payload-bytes <n>', default: '64', description: 'approximate size of each payload', parse: intIn(32, 3500) },
   { key: 'connectRate', flags: '--connect-rate <n/s>', default: '500', description: 'new connections per second', parse: numberIn(1, 1_000_000) },

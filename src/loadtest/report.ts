@@ -4,7 +4,11 @@ import { SATURATED_LAG_MS, SATURATED_PERCENT, type LoadtestReport } from './runn
 import { BENCHMARK_SERVE_FLAGS, benchmarkAdvice } from './server-limits.ts';
 
 /** The options the benchmark flags set (and --connect-rate, named beside them). */
-const BENCHMARK_OPTIONS: ReadonlySet<string> = new Set([...BENCHMARK_SERVE_FLAGS.split(' ').filter((word) => word.startsWith('--')), '--connect-rate', '--rate-limit-burst']);
+const BENCHMARK_OPTIONS: ReadonlySet<string> = new Set([
+  ...BENCHMARK_SERVE_FLAGS.split(' ').filter((word) => word.startsWith('--')),
+  '--connect-rate',
+  '--rate-limit-burst',
+]);
 
 const n = (value: number): string => value.toLocaleString('en-US');
 const pct = (ratio: number): string => `${(ratio * 100).toFixed(2)}%`;
@@ -47,7 +51,9 @@ export function formatReport(report: LoadtestReport): string {
   }
   if (report.pressure && measured) {
     const p = report.pressure;
-    lines.push(`pressure: deliveries ${n(p.deliveries)}/${n(p.expectedDeliveries)} (${pct(p.expectedDeliveries ? p.deliveries / p.expectedDeliveries : 1)}), ${n(p.deliveriesPerSecond)}/s`);
+    lines.push(
+      `pressure: deliveries ${n(p.deliveries)}/${n(p.expectedDeliveries)} (${pct(p.expectedDeliveries ? p.deliveries / p.expectedDeliveries : 1)}), ${n(p.deliveriesPerSecond)}/s`,
+    );
   }
   const errors = Object.entries(report.errors);
   lines.push(`errors: ${errors.length === 0 ? 'none' : errors.map(([k, v]) => `${k} ×${n(v)}`).join(', ')}`);
@@ -65,7 +71,9 @@ export function formatReport(report: LoadtestReport): string {
   );
   const busiest = Math.max(0, ...g.busyPercent);
   if (g.saturated) {
-    lines.push(`WARNING: the generator is saturated (a thread ${busiest}% busy, ≥ ${SATURATED_PERCENT}%); latencies include generator delay. Add --threads or cores.`);
+    lines.push(
+      `WARNING: the generator is saturated (a thread ${busiest}% busy, ≥ ${SATURATED_PERCENT}%); latencies include generator delay. Add --threads or cores.`,
+    );
   } else if (g.sendsLate) {
     lines.push(
       `WARNING: the generator's sends ran late (send lag p99 ${g.sendLagMs.p99} ms > ${SATURATED_LAG_MS} ms) though its threads were at most ${busiest}% busy: ` +

@@ -17,7 +17,10 @@ export interface LoadtestReport {
   url: string;
   preset: string | null;
   threads: number;
-  workload: Pick<LoadtestOptions, 'route' | 'topicsPerConnection' | 'rooms' | 'usersPerRoom' | 'sendersPerRoom' | 'rate' | 'durationMs' | 'warmupMs' | 'messageType' | 'payloadBytes'>;
+  workload: Pick<
+    LoadtestOptions,
+    'route' | 'topicsPerConnection' | 'rooms' | 'usersPerRoom' | 'sendersPerRoom' | 'rate' | 'durationMs' | 'warmupMs' | 'messageType' | 'payloadBytes'
+  >;
   /** Room memberships: a socket each on --route desktop, a subscription each on --route connection. */
   sessions: number;
   /** Sockets opened. */
@@ -59,7 +62,10 @@ export const SATURATED_LAG_MS = 2;
 
 function tokenSource(options: LoadtestOptions, ttlSeconds: number): () => string {
   if (options.tokenFile) {
-    const tokens = readFileSync(options.tokenFile, 'utf8').split('\n').map((l) => l.trim()).filter(Boolean);
+    const tokens = readFileSync(options.tokenFile, 'utf8')
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
     if (tokens.length === 0) throw new Error(`${options.tokenFile} holds no token`);
     let next = 0;
     return () => tokens[next++ % tokens.length]!;
@@ -163,7 +169,10 @@ export async function runLoadtest(options: LoadtestOptions, hooks: RunHooks = {}
     return pool.run({ plan, port: port2 }, { transferList: [port2] as never }) as Promise<ThreadResult>;
   });
   // If a thread dies before connecting, release the others instead of waiting forever.
-  const failure = Promise.all(tasks).then(() => undefined, () => undefined);
+  const failure = Promise.all(tasks).then(
+    () => undefined,
+    () => undefined,
+  );
   await Promise.race([allConnected, failure]);
   const start: StartCommand = { type: 'start', warmupMs: options.warmupMs, durationMs, graceMs: 2000 };
   for (const port of ports) port.postMessage(start);

@@ -83,7 +83,10 @@ export function maskFrame(frame: Buffer, header: number): Buffer {
 
 /** XOR the payload with the key stored just before it. */
 function maskPayload(frame: Buffer, header: number): void {
-  const k0 = frame[header - 4]!, k1 = frame[header - 3]!, k2 = frame[header - 2]!, k3 = frame[header - 1]!;
+  const k0 = frame[header - 4]!,
+    k1 = frame[header - 3]!,
+    k2 = frame[header - 2]!,
+    k3 = frame[header - 1]!;
   let i = header;
   const end = frame.length;
   for (; i + 3 < end; i += 4) {
@@ -130,7 +133,9 @@ export class RawWebSocket {
   /** Connect and complete the upgrade; rejects with {@link HandshakeError} on any non-101 answer. */
   static connect(options: ClientOptions): Promise<RawWebSocket> {
     const key = randomBytes(16).toString('base64');
-    const expected = createHash('sha1').update(key + GUID).digest('base64');
+    const expected = createHash('sha1')
+      .update(key + GUID)
+      .digest('base64');
     return new Promise((resolve, reject) => {
       let client: RawWebSocket;
       let head: Buffer | null = Buffer.alloc(0);

@@ -66,12 +66,7 @@ export function takesBody(endpoint: Endpoint): boolean {
  * An id outside them belongs to no session.
  */
 export function isUserId(value: string): boolean {
-  return (
-    value.length > 0 &&
-    value.length <= MAX_CLAIM_LENGTH &&
-    value.isWellFormed() &&
-    JSON.stringify(value).length - 2 <= MAX_ENCODED_CLAIM_LENGTH
-  );
+  return value.length > 0 && value.length <= MAX_CLAIM_LENGTH && value.isWellFormed() && JSON.stringify(value).length - 2 <= MAX_ENCODED_CLAIM_LENGTH;
 }
 
 /** A path segment holding a user id: percent-decoded, then checked. */
@@ -89,7 +84,7 @@ type Route = { method: string; make: (ids: string[]) => Endpoint; ids: ('desktop
 
 /** Path shapes, `*` standing for an id. */
 const ROUTES: Record<string, Route> = {
-  'broadcast': { method: 'POST', ids: [], make: () => ({ name: 'broadcast' }) },
+  broadcast: { method: 'POST', ids: [], make: () => ({ name: 'broadcast' }) },
   'desktops/*/events': { method: 'POST', ids: ['desktop'], make: ([d]) => ({ name: 'publish', desktopId: d! }) },
   'desktops/*/presence': { method: 'GET', ids: ['desktop'], make: ([d]) => ({ name: 'presence', desktopId: d! }) },
   'desktops/*/permissions/*': {

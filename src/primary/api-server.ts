@@ -183,7 +183,12 @@ export class ApiServer implements ApiHandler {
     if (request.kind === 'broadcast') {
       const waitMs = this.broadcasts.take('', Date.now());
       if (waitMs > 0) {
-        return refusalAnswer(ApiRefusals.RATE_LIMITED, `at most ${this.config.apiBroadcastRate} broadcast(s) a second`, {}, Math.max(1, Math.ceil(waitMs / 1000)));
+        return refusalAnswer(
+          ApiRefusals.RATE_LIMITED,
+          `at most ${this.config.apiBroadcastRate} broadcast(s) a second`,
+          {},
+          Math.max(1, Math.ceil(waitMs / 1000)),
+        );
       }
     }
     if (request.kind === 'publish') {
@@ -207,7 +212,10 @@ export class ApiServer implements ApiHandler {
     };
     if (late.length > 0) {
       this.log.warn('api_shard_timeout', { ...fields, shards: late });
-      return refusalAnswer(ApiRefusals.SHARD_TIMEOUT, `shard ${late.join(', ')} did not answer within ${API_SHARD_TIMEOUT_MS} ms; the call may have been applied in part`);
+      return refusalAnswer(
+        ApiRefusals.SHARD_TIMEOUT,
+        `shard ${late.join(', ')} did not answer within ${API_SHARD_TIMEOUT_MS} ms; the call may have been applied in part`,
+      );
     }
     this.note(results);
     if (NOTABLE.has(request.kind)) this.log.info('api_request', fields);
@@ -251,8 +259,7 @@ export class ApiServer implements ApiHandler {
   }
 
   private success(request: ApiRequest, outcomes: ApiOutcome[], reached: number, changed: number): ApiAnswer {
-    const sessions = (): LiveSession[] =>
-      outcomes.flatMap((o) => o.sessions ?? []);
+    const sessions = (): LiveSession[] => outcomes.flatMap((o) => o.sessions ?? []);
     switch (request.kind) {
       case 'publish':
       case 'user_event':

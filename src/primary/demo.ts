@@ -41,7 +41,10 @@ const DEMO_TOKEN_TTL_SECONDS = 12 * 3600;
 
 /** The demo user of a name: the same name is the same user (and colour) in every window and after a reload. */
 function demoUserId(firstName: string): string {
-  const slug = firstName.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '');
+  const slug = firstName
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '-')
+    .replace(/^-+|-+$/g, '');
   return `demo-${slug || 'guest'}`;
 }
 

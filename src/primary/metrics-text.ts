@@ -70,10 +70,22 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{reason="backlog_cap"}', Metric.CLOSED_BACKLOG_CAP],
     ['{reason="memory_cap"}', Metric.CLOSED_MEMORY_CAP],
   ]);
-  perShard('moodio_rt_outbound_buffered_bytes', Metric.OUTBOUND_BUFFERED, 'Bytes waiting to be written to sessions (socket buffers and queued frames), per shard.');
-  family('moodio_rt_outbound_buffered_limit_bytes', 'gauge', 'The process-wide cap on outbound bytes (--max-outbound-memory); over it the largest backlogs are cut.');
+  perShard(
+    'moodio_rt_outbound_buffered_bytes',
+    Metric.OUTBOUND_BUFFERED,
+    'Bytes waiting to be written to sessions (socket buffers and queued frames), per shard.',
+  );
+  family(
+    'moodio_rt_outbound_buffered_limit_bytes',
+    'gauge',
+    'The process-wide cap on outbound bytes (--max-outbound-memory); over it the largest backlogs are cut.',
+  );
   out.push(`moodio_rt_outbound_buffered_limit_bytes ${limits.maxOutboundBytes}`);
-  family('moodio_rt_session_backlog_limit_bytes', 'gauge', 'The per-session cap on outbound bytes (--max-session-backlog); over it a session is cut with 4008 at once.');
+  family(
+    'moodio_rt_session_backlog_limit_bytes',
+    'gauge',
+    'The per-session cap on outbound bytes (--max-session-backlog); over it a session is cut with 4008 at once.',
+  );
   out.push(`moodio_rt_session_backlog_limit_bytes ${limits.maxSessionBacklogBytes}`);
   perShard('moodio_rt_pending_handshakes', Metric.PENDING_HANDSHAKES, 'Request heads being read, on the primary.', true);
   counter('moodio_rt_pending_handshakes_closed_total', 'Connections closed before their head was read, by reason.', [
@@ -99,12 +111,20 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{limit="address"}', PingMetric.REFUSED_ADDRESS],
   ]);
   counter('moodio_rt_ping_echoed_total', 'Text frames echoed on /ws/ping.', [['', PingMetric.ECHOED]]);
-  perShard('moodio_rt_federation_connected', Metric.FEDERATION_CONNECTED, 'Whether the shard\'s NATS connection is up (1) or not (0; also 0 without --nats-url), per shard.');
-  counter('moodio_rt_federation_messages_total', 'Room messages on the bus, by direction (published, received, unpublished: not sent while the bus was down).', [
-    ['{direction="published"}', Metric.BUS_PUBLISHED],
-    ['{direction="received"}', Metric.BUS_RECEIVED],
-    ['{direction="unpublished"}', Metric.BUS_UNPUBLISHED],
-  ]);
+  perShard(
+    'moodio_rt_federation_connected',
+    Metric.FEDERATION_CONNECTED,
+    "Whether the shard's NATS connection is up (1) or not (0; also 0 without --nats-url), per shard.",
+  );
+  counter(
+    'moodio_rt_federation_messages_total',
+    'Room messages on the bus, by direction (published, received, unpublished: not sent while the bus was down).',
+    [
+      ['{direction="published"}', Metric.BUS_PUBLISHED],
+      ['{direction="received"}', Metric.BUS_RECEIVED],
+      ['{direction="unpublished"}', Metric.BUS_UNPUBLISHED],
+    ],
+  );
   counter('moodio_rt_federation_bytes_total', 'Bytes of room messages on the bus, by direction.', [
     ['{direction="published"}', Metric.BUS_BYTES_OUT],
     ['{direction="received"}', Metric.BUS_BYTES_IN],
@@ -114,7 +134,7 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     'Bus messages dropped as untrusted input, by reason.',
     DROP_REASONS.map((reason, i) => [`{reason="${reason}"}`, Metric.BUS_DROPPED_0 + i]),
   );
-  perShard('moodio_rt_federation_remote_sessions', Metric.REMOTE_SESSIONS, 'Sessions of other nodes in this shard\'s rooms, per shard.');
+  perShard('moodio_rt_federation_remote_sessions', Metric.REMOTE_SESSIONS, "Sessions of other nodes in this shard's rooms, per shard.");
   perShard('moodio_rt_federation_peer_nodes', Metric.PEER_NODES, 'Other moodio-rt nodes heard from and not expired, as seen by each shard.');
   counter('moodio_rt_shard_restarts_total', 'Shard workers restarted after dying.', [['', Metric.SHARD_RESTARTS]]);
   // Server API (issue 13).
@@ -145,11 +165,15 @@ export function renderMetrics(buffer: SharedArrayBuffer, shards: number, rssByte
     ['{cause="api"}', ApiMetric.CHANGED_BY_API],
     ['{cause="recheck"}', ApiMetric.CHANGED_BY_RECHECK],
   ]);
-  counter('moodio_rt_server_closes_total', 'Sessions the server closed for the user\'s sake, by reason: revoked (4003), disconnected and token_expired (4001).', [
-    ['{reason="revoked"}', ApiMetric.CLOSED_REVOKED],
-    ['{reason="disconnected"}', ApiMetric.CLOSED_DISCONNECTED],
-    ['{reason="token_expired"}', ApiMetric.CLOSED_TOKEN_EXPIRED],
-  ]);
+  counter(
+    'moodio_rt_server_closes_total',
+    "Sessions the server closed for the user's sake, by reason: revoked (4003), disconnected and token_expired (4001).",
+    [
+      ['{reason="revoked"}', ApiMetric.CLOSED_REVOKED],
+      ['{reason="disconnected"}', ApiMetric.CLOSED_DISCONNECTED],
+      ['{reason="token_expired"}', ApiMetric.CLOSED_TOKEN_EXPIRED],
+    ],
+  );
   counter('moodio_rt_permission_rechecks_total', 'Permission rechecks of live sessions (--permission-recheck), by outcome.', [
     ['{outcome="unchanged"}', ApiMetric.RECHECK_UNCHANGED],
     ['{outcome="changed"}', ApiMetric.RECHECK_CHANGED],

@@ -76,7 +76,10 @@ export { addressKey };
  */
 export function clientAddress(peer: string, forwardedFor: string | undefined, trusted: readonly string[]): string {
   if (forwardedFor === undefined || trusted.length === 0 || !trusted.includes(normalize(peer))) return peer;
-  const hops = forwardedFor.split(',').map((h) => normalize(h.trim())).filter(Boolean);
+  const hops = forwardedFor
+    .split(',')
+    .map((h) => normalize(h.trim()))
+    .filter(Boolean);
   for (let i = hops.length - 1; i >= 0; i--) if (!trusted.includes(hops[i]!)) return hops[i]!;
   return hops[0] ?? peer;
 }
@@ -316,7 +319,12 @@ export class Primary {
       case 'metrics':
         endWithResponse(
           socket,
-          httpResponse(200, renderMetrics(this.pool.metrics, this.pool.size, process.memoryUsage.rss(), this.config), {}, 'text/plain; version=0.0.4; charset=utf-8'),
+          httpResponse(
+            200,
+            renderMetrics(this.pool.metrics, this.pool.size, process.memoryUsage.rss(), this.config),
+            {},
+            'text/plain; version=0.0.4; charset=utf-8',
+          ),
         );
         return;
       case 'stats':

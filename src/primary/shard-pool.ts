@@ -13,7 +13,17 @@ import { withDeadline } from '../deadline.ts';
 import { RelayError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
-import type { ApiRequestMessage, ConnectionMessage, DrainMessage, LinkPortMessage, RestartMessage, RoomSize, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
+import type {
+  ApiRequestMessage,
+  ConnectionMessage,
+  DrainMessage,
+  LinkPortMessage,
+  RestartMessage,
+  RoomSize,
+  ShardToPrimary,
+  ShardWorkerData,
+  StatsReply,
+} from '../protocol/messages.ts';
 import { createMetricsBuffer, GAUGES, Metric, MetricsSlot } from '../protocol/metrics.ts';
 import { createUserConnectionsBuffer, UserConnections } from '../protocol/user-connections.ts';
 
@@ -136,9 +146,7 @@ export class ShardPool {
       this.shards.map(
         (shard) =>
           new Promise<void>((resolve, reject) => {
-            this.spawn(shard, resolve, (code) =>
-              reject(new RelayError('ERR_SHARD_START', `shard ${shard.id} exited with code ${code} before it was ready`)),
-            );
+            this.spawn(shard, resolve, (code) => reject(new RelayError('ERR_SHARD_START', `shard ${shard.id} exited with code ${code} before it was ready`)));
           }),
       ),
     ).then(() => undefined);
@@ -271,7 +279,7 @@ export class ShardPool {
     };
     try {
       // The socket object itself is the transferable (Node ≥ 26.10).
-      shard.worker.postMessage(message, [socket as unknown as import("node:worker_threads").Transferable]);
+      shard.worker.postMessage(message, [socket as unknown as import('node:worker_threads').Transferable]);
     } catch (err) {
       this.options.log.error('dispatch_failed', { shard: shardId, err });
       return 'unavailable';
@@ -283,7 +291,16 @@ export class ShardPool {
   async stats(timeoutMs = 1000): Promise<ShardStats[]> {
     return Promise.all(
       this.shards.map(async (shard) => {
-        const base: ShardStats = { shard: shard.id, state: shard.state, restarts: shard.restarts, connections: null, rooms: null, topRooms: [], memory: null, federation: null };
+        const base: ShardStats = {
+          shard: shard.id,
+          state: shard.state,
+          restarts: shard.restarts,
+          connections: null,
+          rooms: null,
+          topRooms: [],
+          memory: null,
+          federation: null,
+        };
         const worker = shard.worker;
         if (shard.state !== 'ready' || worker === null) return base;
         const id = this.nextStatsId++;
@@ -298,7 +315,9 @@ export class ShardPool {
           });
           worker.postMessage({ type: 'stats', id });
         });
-        return reply === null ? base : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms, memory: reply.memory, federation: reply.federation };
+        return reply === null
+          ? base
+          : { ...base, connections: reply.connections, rooms: reply.rooms, topRooms: reply.topRooms, memory: reply.memory, federation: reply.federation };
       }),
     );
   }

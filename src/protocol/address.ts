@@ -18,5 +18,8 @@ export function addressKey(address: string): string {
   const gap = plain.indexOf('::');
   const left = gap === -1 ? plain.split(':') : plain.slice(0, gap).split(':').filter(Boolean);
   const groups = gap === -1 || left.length >= 4 ? left : [...left, ...Array(4 - left.length).fill('0')];
-  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '')).join(':')}::/64`;
+  return `${groups
+    .slice(0, 4)
+    .map((g) => g.replace(/^0+(?=.)/, ''))
+    .join(':')}::/64`;
 }

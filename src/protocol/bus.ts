@@ -173,7 +173,10 @@ function parseEnvelope(data: Uint8Array, maxBytes: number): Parsed<{ event: Reco
 export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: number): Parsed<BusEvent> {
   const envelope = parseEnvelope(data, maxBytes);
   if (!envelope.ok) return envelope;
-  const { node: r, value: { event, text } } = envelope;
+  const {
+    node: r,
+    value: { event, text },
+  } = envelope;
   const type = event.type;
   if (typeof type !== 'string' || type.length === 0 || type.length > 64) return { ok: false, reason: DropReason.INVALID_EVENT };
   if (Object.hasOwn(event, 'desktopId') && event.desktopId !== desktopId) return { ok: false, reason: DropReason.ROOM_MISMATCH };
@@ -184,9 +187,7 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
     // The frame local members get is rebuilt from the checked fields: nothing else a peer put in it reaches them.
     const now = typeof event.timestamp === 'number' && Number.isFinite(event.timestamp) ? event.timestamp : Date.now();
     const text =
-      type === ServerEvent.SESSION_LEFT
-        ? sessionLeftJson(info, now)
-        : legacyText(ServerEvent.SESSION_JOINED, stampOf(info), now, sessionInfoJson(info));
+      type === ServerEvent.SESSION_LEFT ? sessionLeftJson(info, now) : legacyText(ServerEvent.SESSION_JOINED, stampOf(info), now, sessionInfoJson(info));
     return { ok: true, node: r, value: { kind: type === ServerEvent.SESSION_LEFT ? 'left' : 'joined', info, text } };
   }
   if (type === 'session_updated') {
@@ -223,7 +224,10 @@ export function parseRoomMessage(data: Uint8Array, desktopId: string, maxBytes: 
 export function parseTopicMessage(data: Uint8Array, topic: string, maxBytes: number): Parsed<BusEvent> {
   const envelope = parseEnvelope(data, maxBytes);
   if (!envelope.ok) return envelope;
-  const { node: r, value: { event, text } } = envelope;
+  const {
+    node: r,
+    value: { event, text },
+  } = envelope;
   const type = event.type;
   if (event.op !== 'event' || typeof type !== 'string' || type.length === 0 || type.length > 64) return { ok: false, reason: DropReason.INVALID_EVENT };
   if (event.topic !== topic) return { ok: false, reason: DropReason.ROOM_MISMATCH };
@@ -234,7 +238,11 @@ export function parseTopicMessage(data: Uint8Array, topic: string, maxBytes: num
     if (info === null || event.sessionId !== info.sessionId || event.userId !== info.userId) return { ok: false, reason: DropReason.INVALID_EVENT };
     if (type === ServerEvent.SESSION_LEFT) return { ok: true, node: r, value: { kind: 'left', info, text: sessionLeftJson(info, now) } };
     if (type === ServerEvent.SESSION_JOINED) {
-      return { ok: true, node: r, value: { kind: 'joined', info, text: `{"type":"session_joined"${stampOf(info)},"timestamp":${now},"payload":${sessionInfoJson(info)}}` } };
+      return {
+        ok: true,
+        node: r,
+        value: { kind: 'joined', info, text: `{"type":"session_joined"${stampOf(info)},"timestamp":${now},"payload":${sessionInfoJson(info)}}` },
+      };
     }
     const text = `{"type":"session_updated"${stampOf(info)},"permission":"${info.permission}","timestamp":${now},"payload":${sessionInfoJson(info)}}`;
     return { ok: true, node: r, value: { kind: 'updated', info, text } };

@@ -21,9 +21,7 @@ export interface RequestHead {
   length: number;
 }
 
-export type ParseResult =
-  | { ok: true; head: RequestHead }
-  | { ok: false; status: 400 | 431 | 505; reason: string };
+export type ParseResult = { ok: true; head: RequestHead } | { ok: false; status: 400 | 431 | 505; reason: string };
 
 /** Most header lines accepted in one head. */
 export const MAX_HEADER_COUNT = 100;

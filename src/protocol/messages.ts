@@ -141,7 +141,6 @@ export interface FatalMessage {
   message: string;
 }
 
-
 /** Shard → primary: what the shard did with an {@link ApiRequestMessage}. */
 export interface ApiReply {
   type: 'api';

@@ -221,11 +221,15 @@ export class MetricsSlot {
   /** Count a handshake answer by status. */
   handshake(status: number): void {
     this.add(
-      status === 101 ? Metric.HANDSHAKE_OK
-      : status === 401 ? Metric.HANDSHAKE_401
-      : status === 403 ? Metric.HANDSHAKE_403
-      : status === 503 ? Metric.HANDSHAKE_503
-      : Metric.HANDSHAKE_4XX,
+      status === 101
+        ? Metric.HANDSHAKE_OK
+        : status === 401
+          ? Metric.HANDSHAKE_401
+          : status === 403
+            ? Metric.HANDSHAKE_403
+            : status === 503
+              ? Metric.HANDSHAKE_503
+              : Metric.HANDSHAKE_4XX,
     );
   }
 

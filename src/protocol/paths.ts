@@ -29,11 +29,7 @@ export const CHECK_PATH = '/check';
 export const PING_PATH = '/ws/ping';
 
 /** A WebSocket route: a legacy room (desktop or production table, by room key), the multiplexed connection, or neither. */
-export type WsPath =
-  | { kind: 'room'; roomKey: string }
-  | { kind: 'connection' }
-  | { kind: 'bad-id' }
-  | { kind: 'other' };
+export type WsPath = { kind: 'room'; roomKey: string } | { kind: 'connection' } | { kind: 'bad-id' } | { kind: 'other' };
 
 /**
  * Classify a WebSocket request path: `/ws/desktop/{id}` (room key `id`),

@@ -116,7 +116,10 @@ export class Commands {
       }
       case 'user_sessions': {
         // Desktop sessions, and subscriptions of desktop topics: what LiveSession describes (and what other nodes accept in an answer).
-        const sessions = this.control.legacySessionsOf(request.userId).filter((s) => s.open && DESKTOP_ID_PATTERN.test(s.desktopId)).map((s) => this.control.view(s));
+        const sessions = this.control
+          .legacySessionsOf(request.userId)
+          .filter((s) => s.open && DESKTOP_ID_PATTERN.test(s.desktopId))
+          .map((s) => this.control.view(s));
         for (const conn of this.control.connectionsOf(request.userId)) {
           if (!conn.open) continue;
           for (const sub of conn.topics.values()) {

@@ -172,5 +172,4 @@ export class Handshake {
     if (fields !== null) this.options.log.info('handshake_rejected', fields);
     endWithResponse(socket, rejectionResponse(rejection, { ...details, headers: { [SHARD_HEADER]: String(this.options.shardId), ...details.headers } }));
   }
-
 }

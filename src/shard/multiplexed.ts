@@ -103,7 +103,15 @@ export class Multiplexed implements RecheckTopics {
             concurrency: config.permissionConcurrency,
           });
     this.authorizer = new TopicAuthorizer(this.authority);
-    this.ops = new TopicOps({ rooms: this.topics, authorizer: this.authorizer, backpressure, limiter, mutationTypes: this.options.mutationTypes, metrics, log });
+    this.ops = new TopicOps({
+      rooms: this.topics,
+      authorizer: this.authorizer,
+      backpressure,
+      limiter,
+      mutationTypes: this.options.mutationTypes,
+      metrics,
+      log,
+    });
   }
 
   /** A port to shard `peer` (the primary's LinkPortMessage); closed at once when there is no link or the shard drains. */
@@ -151,7 +159,14 @@ export class Multiplexed implements RecheckTopics {
       this.options.closed(conn);
       const topics = conn.topics.size;
       this.ops.closed(conn);
-      log.info('connection_close', { sessionId: conn.id, userId: conn.userId, code, reason: reason.toString(), topics, durationMs: Date.now() - conn.connectedAt });
+      log.info('connection_close', {
+        sessionId: conn.id,
+        userId: conn.userId,
+        code,
+        reason: reason.toString(),
+        topics,
+        durationMs: Date.now() - conn.connectedAt,
+      });
       this.options.changed();
     });
   }

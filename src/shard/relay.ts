@@ -5,14 +5,7 @@
  * string build, one frame, the same bytes written to each recipient.
  */
 import type { Logger } from '../log.ts';
-import {
-  CloseCode,
-  ErrorCode,
-  LOGGED_TYPES,
-  MAX_TYPE_LENGTH,
-  RESERVED_TYPES,
-  type ErrorCodeValue,
-} from '../protocol/events.ts';
+import { CloseCode, ErrorCode, LOGGED_TYPES, MAX_TYPE_LENGTH, RESERVED_TYPES, type ErrorCodeValue } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
@@ -100,11 +93,7 @@ export class Relay {
     }
     // Through the budget like any ordered frame: in a large room it is a large frame.
     // `permission` (the joiner's own role) is an addition to the reference's frame: a client learns its role without waiting for a change.
-    this.backpressure.deliver(
-      session,
-      encodeTextFrame(roomJoinedText(session.id, session.permission, sessions)),
-      undefined,
-    );
+    this.backpressure.deliver(session, encodeTextFrame(roomJoinedText(session.id, session.permission, sessions)), undefined);
     this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
@@ -299,7 +288,8 @@ export class Relay {
     const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
     if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(text), transientKey);
     // Multiplexed subscribers of the room get it in their framing (encoded there, once).
-    const event: RoomEvent | null = room.subs.length > 0 || room.peers !== null || this.bus !== undefined ? { type, stamp: session.stamp, timestamp, payload } : null;
+    const event: RoomEvent | null =
+      room.subs.length > 0 || room.peers !== null || this.bus !== undefined ? { type, stamp: session.stamp, timestamp, payload } : null;
     if (event !== null && (room.subs.length > 0 || room.peers !== null)) this.topics?.fanOut(room, event, session.id, transientKey ?? '');
     if (event !== null) this.bus?.publish(session.desktopId, text, event);
     this.metrics.add(Metric.MESSAGES_RELAYED);

@@ -241,7 +241,18 @@ export class Shard {
         multiplexed.forgetUser(userId);
       },
     };
-    this.api = new ShardApi({ shardId: id, config, rooms: this.rooms, relay: this.relay, backpressure, out, permissions: permissionApi, grants, metrics, log, topics: multiplexed,
+    this.api = new ShardApi({
+      shardId: id,
+      config,
+      rooms: this.rooms,
+      relay: this.relay,
+      backpressure,
+      out,
+      permissions: permissionApi,
+      grants,
+      metrics,
+      log,
+      topics: multiplexed,
       leaveTopics: (conn) => multiplexed.cut(conn),
     });
     this.ping = new PingRoute({
@@ -282,10 +293,12 @@ export class Shard {
       }
       return;
     }
-    this.handshake.admit(message, (admitted) => this.open(admitted)).catch((err: unknown) => {
-      // admit() answers every expected failure itself; this is a bug path.
-      this.log.error('handshake_failed', { err });
-    });
+    this.handshake
+      .admit(message, (admitted) => this.open(admitted))
+      .catch((err: unknown) => {
+        // admit() answers every expected failure itself; this is a bug path.
+        this.log.error('handshake_failed', { err });
+      });
   }
 
   /**

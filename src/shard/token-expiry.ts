@@ -29,11 +29,14 @@ export class TokenExpiry {
       this.expire(session);
       return;
     }
-    const timer = setTimeout(() => {
-      this.timers.delete(session);
-      if (delay > MAX_TIMER_MS) this.track(session, expiresAt);
-      else this.expire(session);
-    }, Math.min(delay, MAX_TIMER_MS));
+    const timer = setTimeout(
+      () => {
+        this.timers.delete(session);
+        if (delay > MAX_TIMER_MS) this.track(session, expiresAt);
+        else this.expire(session);
+      },
+      Math.min(delay, MAX_TIMER_MS),
+    );
     timer.unref();
     this.timers.set(session, timer);
   }

@@ -245,7 +245,14 @@ export class TopicRooms {
     this.toLocalSubs(room, text, '', exceptUserId, '');
     if (room.peers === null || this.link === null) return;
     for (const peer of room.peers.keys()) {
-      this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: '', ...(exceptUserId === undefined ? {} : { exceptUser: exceptUserId }) });
+      this.link.send(peer, {
+        k: 'ev',
+        topic: room.topic,
+        except: '',
+        text,
+        transient: '',
+        ...(exceptUserId === undefined ? {} : { exceptUser: exceptUserId }),
+      });
     }
   }
 
@@ -388,7 +395,8 @@ export class TopicRooms {
       const gone = [...room.remote.values()].filter((member) => member.shard === peer);
       for (const member of gone) this.dropRemote(room, member.sessionId, peer);
       const now = Date.now();
-      for (const member of gone) this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: now, payload: member.infoJson }, member.sessionId, '');
+      for (const member of gone)
+        this.broadcast(room, { type: 'session_left', stamp: member.stamp, timestamp: now, payload: member.infoJson }, member.sessionId, '');
       this.rooms.dropIfEmpty(room);
       this.emptied(room);
     }

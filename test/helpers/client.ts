@@ -210,5 +210,7 @@ export function upgradeHead(path: string, extra: Record<string, string> = {}): s
     'Sec-WebSocket-Version': '13',
     ...extra,
   };
-  return `GET ${path} HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n`;
+  return `GET ${path} HTTP/1.1\r\n${Object.entries(headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')}\r\n`;
 }

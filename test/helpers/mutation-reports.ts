@@ -82,7 +82,9 @@ export function scoreRows(markdown: string): ScoreRow[] {
   const rows: ScoreRow[] = [];
   for (let i = header + 2; i < lines.length && lines[i]!.startsWith('|'); i++) {
     // Cells split on `|` not escaped as `\|`.
-    const cells = lines[i]!.slice(1).split(/(?<!\\)\|/).map((cell) => cell.trim());
+    const cells = lines[i]!.slice(1)
+      .split(/(?<!\\)\|/)
+      .map((cell) => cell.trim());
     const names = /^`[a-z0-9-]+`(?:, `[a-z0-9-]+`)*/.exec(cells[0]!);
     if (names === null) throw new Error(`a row of the scores table names no scope first: ${lines[i]}`);
     rows.push({ scopes: names[0].split(', ').map((name) => name.slice(1, -1)), score: cells[1]! });

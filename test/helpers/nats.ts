@@ -50,7 +50,9 @@ export class NatsServer {
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
     const failed = new Promise<never>((_, reject) => {
-      child.once('error', (err) => reject(new Error(`cannot run ${NATS_SERVER} (install the Debian package nats-server, or set NATS_SERVER_PATH): ${err.message}`)));
+      child.once('error', (err) =>
+        reject(new Error(`cannot run ${NATS_SERVER} (install the Debian package nats-server, or set NATS_SERVER_PATH): ${err.message}`)),
+      );
       child.once('exit', (code) => reject(new Error(`nats-server exited with ${code}: ${stderr}`)));
     });
     failed.catch(() => undefined);

@@ -135,7 +135,14 @@ export class ServerProcess {
     if (seen) return Promise.resolve(seen);
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        reject(new Error(`no matching log line within ${timeoutMs} ms; last lines:\n${this.logs.slice(-10).map((l) => JSON.stringify(l)).join('\n')}\nstderr: ${this.stderr}`));
+        reject(
+          new Error(
+            `no matching log line within ${timeoutMs} ms; last lines:\n${this.logs
+              .slice(-10)
+              .map((l) => JSON.stringify(l))
+              .join('\n')}\nstderr: ${this.stderr}`,
+          ),
+        );
       }, timeoutMs);
       this.waiters.push({
         predicate,

@@ -200,7 +200,14 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
     log,
   );
   const limiter = new RateLimiter({ perSecond: 0, burst: 10, closeAfterMs: 10_000, messageBytes: 4096, ...options.rateLimit });
-  relay = new Relay({ rooms, out, log, limiter, metrics, backpressure, transientTypes: new Set(options.transientTypes ?? ['asset_dragging']),
+  relay = new Relay({
+    rooms,
+    out,
+    log,
+    limiter,
+    metrics,
+    backpressure,
+    transientTypes: new Set(options.transientTypes ?? ['asset_dragging']),
     mutationTypes: new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES),
     bus: options.bus,
   });

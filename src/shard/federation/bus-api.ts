@@ -70,7 +70,12 @@ export class BusApi {
       link.metrics.add(Metric.BUS_PUBLISHED);
       link.metrics.add(Metric.BUS_BYTES_OUT, data.length);
       const subject = apiSubject(request);
-      const answers = await link.nc!.requestMany(subject, data, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: link.signed(subject, data) });
+      const answers = await link.nc!.requestMany(subject, data, {
+        strategy: 'stall',
+        stall: SYNC_STALL_MS,
+        maxWait: SYNC_MAX_WAIT_MS,
+        headers: link.signed(subject, data),
+      });
       for await (const answer of answers) {
         if (link.closing) break;
         const auth = link.authenticate(answer);

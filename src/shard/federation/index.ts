@@ -72,7 +72,8 @@ export class Federation {
     const link = this.link;
     this.api.subscribe();
     link.subscribe(HEARTBEAT_SUBJECT, (msg) => this.peers.onHeartbeat(msg));
-    for (const room of this.rooms.byId.values()) this.rooms.subscribe(room, (r, msg, framing, mirror) => this.roomEvents.onRoomMessage(r, msg, framing, mirror));
+    for (const room of this.rooms.byId.values())
+      this.rooms.subscribe(room, (r, msg, framing, mirror) => this.roomEvents.onRoomMessage(r, msg, framing, mirror));
     link.setConnected(true);
     this.peers.firstConnectedAt = Date.now();
     // Peers learn of this shard now rather than an interval from now (and a duplicate node id shows at once).

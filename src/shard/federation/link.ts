@@ -6,7 +6,17 @@
  * state: those parts (rooms.ts, peers.ts, presence-sync.ts, bus-api.ts)
  * subscribe through it and are told when the connection comes and goes.
  */
-import { connect, credsAuthenticator, headers, type MsgHdrs, type Msg, type MsgCallback, type NatsConnection, type NodeConnectionOptions, type Subscription } from '@nats-io/transport-node';
+import {
+  connect,
+  credsAuthenticator,
+  headers,
+  type MsgHdrs,
+  type Msg,
+  type MsgCallback,
+  type NatsConnection,
+  type NodeConnectionOptions,
+  type Subscription,
+} from '@nats-io/transport-node';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { BusSigner, formatStamp, parseStamp, SIGNATURE_HEADER, STAMP_HEADER } from '../../protocol/bus-signature.ts';
@@ -268,7 +278,10 @@ export class NatsLink {
     this.retry = null;
     const nc = this.nc;
     if (nc === null) return;
-    await withDeadline(nc.drain().catch(() => undefined), timeoutMs);
+    await withDeadline(
+      nc.drain().catch(() => undefined),
+      timeoutMs,
+    );
     if (!nc.isClosed()) await nc.close().catch(() => undefined);
     this.setConnected(false);
   }

@@ -188,7 +188,10 @@ export class PeerTable {
       action: stops ? 'this process stops' : weAreNewer ? 'not stopping: found after start-up; give each process its own --node-id' : 'the other process stops',
     });
     if (stops) {
-      this.events.onFatal('ERR_DUPLICATE_NODE_ID', `another process already runs as node ${JSON.stringify(config.nodeId)}; give each process its own --node-id`);
+      this.events.onFatal(
+        'ERR_DUPLICATE_NODE_ID',
+        `another process already runs as node ${JSON.stringify(config.nodeId)}; give each process its own --node-id`,
+      );
     }
   }
 

@@ -64,7 +64,12 @@ export class PresenceSync {
       const roster = link.signed(room.subject, request, this.rooms.localIds(room), ROSTER_HEADER)!;
       link.metrics.add(Metric.BUS_PUBLISHED);
       link.metrics.add(Metric.BUS_BYTES_OUT, request.length);
-      const answers = await link.nc!.requestMany(room.subject, request, { strategy: 'stall', stall: SYNC_STALL_MS, maxWait: SYNC_MAX_WAIT_MS, headers: roster });
+      const answers = await link.nc!.requestMany(room.subject, request, {
+        strategy: 'stall',
+        stall: SYNC_STALL_MS,
+        maxWait: SYNC_MAX_WAIT_MS,
+        headers: roster,
+      });
       for await (const answer of answers) this.onSyncAnswer(room, answer);
     } catch {
       // No responders (no other node has the room), or the bus went down: what was heard is what there is.
@@ -156,7 +161,12 @@ export class PresenceSync {
     if (local === undefined || room.mirror === null || !this.link.connected) return;
     const timestamp = Date.now();
     forEachLocal(local, (_id, stamp, infoJson) => {
-      this.link.send(room.mirror!, envelope(this.link.nodeJson, topicEventText(room.topic, { type: 'session_joined', stamp, timestamp, payload: infoJson })), undefined, true);
+      this.link.send(
+        room.mirror!,
+        envelope(this.link.nodeJson, topicEventText(room.topic, { type: 'session_joined', stamp, timestamp, payload: infoJson })),
+        undefined,
+        true,
+      );
     });
   }
 

@@ -96,7 +96,12 @@ export class RemoteRooms {
     }
     link.send(roomSubject(roomKey), envelope(link.nodeJson, legacyText));
     if (this.byId.get(roomKey)?.upstreamHeard !== true) return;
-    link.send(topicSubject(topic), envelope(link.nodeJson, event === undefined ? legacyToTopicText(topic, legacyText) : topicEventText(topic, event)), undefined, true);
+    link.send(
+      topicSubject(topic),
+      envelope(link.nodeJson, event === undefined ? legacyToTopicText(topic, legacyText) : topicEventText(topic, event)),
+      undefined,
+      true,
+    );
   }
 
   /** Whether `room` is still the one this shard federates under its id. */
