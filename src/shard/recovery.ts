@@ -156,7 +156,7 @@ export class Recovery {
    */
   follow(sub: Subscription, from: ResumePosition, ask: (message: ReplayRequest) => boolean): void {
     const key = `${sub.conn.id}\0${sub.topic}`;
-    const cursor = new RemoteCursor(from, (offset) => ask({ k: 'replay', topic: sub.topic, sid: sub.conn.id, e: from.epoch, o: offset }));
+    const cursor = new RemoteCursor(sub.owner, from, (offset) => ask({ k: 'replay', topic: sub.topic, sid: sub.conn.id, e: from.epoch, o: offset }));
     this.remote.set(key, cursor);
     this.startSub(
       sub,
@@ -169,6 +169,15 @@ export class Recovery {
   /** A batch from the owner, for a follower's replay. */
   onBatch(message: Batch): void {
     this.remote.get(`${message.sid}\0${message.topic}`)?.answer(message);
+  }
+
+  /** Shard `peer` stopped: the replays reading its history end (its rooms' state died with it; their subscriptions are lost anyway). */
+  peerGone(peer: number): void {
+    for (const [key, cursor] of [...this.remote]) {
+      if (cursor.owner !== peer) continue;
+      this.remote.delete(key);
+      cursor.answer({ k: 'batch', topic: '', sid: '', texts: [], last: 0, gone: true });
+    }
   }
 
   stop(): void {
@@ -217,6 +226,8 @@ function noop(): void {}
  * any later live event can arrive.
  */
 class RemoteCursor implements LogCursor {
+  /** The shard whose history it reads. */
+  readonly owner: number;
   private batch: LogEntry[] = [];
   private index = 0;
   private after: number;
@@ -226,7 +237,8 @@ class RemoteCursor implements LogCursor {
   private readonly ask: (after: number) => boolean;
   onReady: (() => void) | null = null;
 
-  constructor(from: ResumePosition, ask: (after: number) => boolean) {
+  constructor(owner: number, from: ResumePosition, ask: (after: number) => boolean) {
+    this.owner = owner;
     this.after = from.offset;
     this.ask = ask;
   }

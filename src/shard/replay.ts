@@ -126,7 +126,14 @@ export class Replays {
     const target = job.target;
     const socket = target.socket;
     if (socket.writableNeedDrain) {
-      socket.once('drain', () => this.wake(run));
+      // A socket that closes instead of draining ends the replay at its next step.
+      const resume = (): void => {
+        socket.off('drain', resume);
+        socket.off('close', resume);
+        this.wake(run);
+      };
+      socket.once('drain', resume);
+      socket.once('close', resume);
       return 0;
     }
     if (socket.writableLength + target.out.queuedBytes >= REPLAY_WINDOW_BYTES) {

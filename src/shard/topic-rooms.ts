@@ -56,6 +56,8 @@ export interface TopicRecovery {
   /** A follower recovered from `from`: its replay reads the owner's history over the link. */
   follow(sub: Subscription, from: ResumePosition, ask: (message: Extract<LinkMessage, { k: 'replay' }>) => boolean): void;
   onBatch(message: Extract<LinkMessage, { k: 'batch' }>): void;
+  /** Shard `peer` stopped: the replays reading its history end. */
+  peerGone(peer: number): void;
 }
 
 /** What the rooms need of the federation (shard/federation/): the room of a new subscriber listens to the other nodes, and every subscriber's event goes to them. */
@@ -471,6 +473,7 @@ export class TopicRooms {
    * or joining them, lose the topic (onLost).
    */
   onPeerGone(peer: number): void {
+    this.options.recovery?.peerGone(peer);
     for (const room of [...this.rooms.values()]) {
       if (room.remote === null || room.peers?.has(peer) !== true) continue;
       // All out first, so that no session_left is addressed to the shard that is gone.
