@@ -157,6 +157,21 @@ test('the shard cap empties the rooms whose oldest event is the oldest first, do
   assert.ok(h.bytes <= (3 * LOG_OVERHEAD + 10_000) * 0.9);
 });
 
+test('clear (the bus missed events): the epoch and offsets go on, no resume from before is whole', (t) => {
+  const { h } = history();
+  t.after(() => h.stop());
+  for (let i = 1; i <= 3; i++) h.stamp('a', `${i}`, false);
+  h.stamp('b', 'x', false);
+  h.clear('a');
+  assert.equal(h.since('a', { epoch: 'test.1', offset: 1 }), null);
+  assert.deepEqual(drain(h.since('a', { epoch: 'test.1', offset: 3 })!), [], 'at the latest offset: nothing missed here');
+  assert.equal(h.stamp('a', '4', false), 4, 'the sequence goes on');
+  assert.ok(h.since('b', { epoch: 'test.2', offset: 0 }) !== null, 'another room kept');
+  h.clear(null);
+  assert.equal(h.since('b', { epoch: 'test.2', offset: 0 }), null);
+  assert.equal(h.bytes, 2 * LOG_OVERHEAD);
+});
+
 test('a shard epoch is drawn at start: two histories never share one', (t) => {
   const a = new History({ maxAgeMs: 1, maxEvents: 1, maxRoomBytes: 4096, maxBytes: 1 << 20, inUse: () => false });
   const b = new History({ maxAgeMs: 1, maxEvents: 1, maxRoomBytes: 4096, maxBytes: 1 << 20, inUse: () => false });

@@ -171,6 +171,16 @@ export class History implements RoomLog {
     return new LocalCursor(log, from.offset + 1);
   }
 
+  /**
+   * Let go of `roomKey`'s events (null: every room's), keeping its epoch and
+   * offsets: the room's sequence goes on, but no resume from before now is
+   * whole any more (the bus may have missed events, shard/federation/).
+   */
+  clear(roomKey: string | null): void {
+    const logs = roomKey === null ? [...this.logs.values()] : [this.logs.get(roomKey)].filter((log) => log !== undefined);
+    for (const log of logs) while (log.count > 0) this.total -= log.shift();
+  }
+
   /** Let go of everything (the shard stops). */
   stop(): void {
     clearInterval(this.sweeper);

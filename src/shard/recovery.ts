@@ -180,6 +180,11 @@ export class Recovery {
     }
   }
 
+  /** Events of `roomKey` (null: of every room) may have been missed (federation): resumes from before now say `recovered: false`. */
+  gap(roomKey: string | null): void {
+    this.history.clear(roomKey);
+  }
+
   stop(): void {
     this.history.stop();
   }

@@ -205,6 +205,8 @@ export class Shard {
             mutationTypes: mutations,
             onFatal,
             applyApi: (request) => this.applyLocally(request),
+            heard: (roomKey, text) => void recovery.stamp(roomKey, text, false),
+            gap: (roomKey) => recovery.gap(roomKey),
           });
     const federation = this.federation;
     this.multiplexed = new Multiplexed({
