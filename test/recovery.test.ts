@@ -159,6 +159,26 @@ test('a lone client that drops and comes back recovers an API publish sent meanw
   assert.deepEqual([event.sessionId, event.payload, event.offset], ['server', { rows: 3 }, v.joined.offset + 1]);
 });
 
+test('a production table resumes the same way', async (t) => {
+  const url = `ws://127.0.0.1:${server.port}/ws/production-table/${desktopOnShard(0)}`;
+  const a = await join(t, url, { token: token(user('Ann')) });
+  const b = await join(t, url, { token: token(user('Bob')) });
+  assert.equal(b.joined.offset, 0);
+  await b.client.close();
+  await a.client.expect('session_joined');
+  await a.client.expect('session_left');
+  // The sender gets no echo: a third member witnesses that both were relayed before the resume.
+  const w = await join(t, url, { token: token(user('Wit')) });
+  a.client.send({ type: 'pt_cell_updated', payload: { row: 1 } });
+  a.client.send({ type: 'pt_cell_updated', payload: { row: 2 } });
+  await w.client.expect('pt_cell_updated');
+  await w.client.expect('pt_cell_updated');
+  const r = await join(t, `${url}?epoch=${b.joined.epoch}&offset=0`, { token: token(user('Bob')) });
+  assert.deepEqual([r.joined.recovered, r.joined.offset], [true, 2]);
+  const rows = [(await r.client.expect('pt_cell_updated')).payload.row, (await r.client.expect('pt_cell_updated')).payload.row];
+  assert.deepEqual(rows, [1, 2]);
+});
+
 test('a user refused on the desktop gets 403 to a resume, before any replay', async (t) => {
   const id = desktopOnShard(1);
   const { a, w, bJoined } = await room(t, server, id);
