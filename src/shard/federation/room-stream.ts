@@ -6,16 +6,15 @@
  * consecutive), and the stream's identity (name and creation time) is the
  * epoch: every node reads the same one, and a recreated stream is a new one.
  *
- * How events reach nodes, in stream order and with their sequence: the
- * stream republishes each message it stores on
- * `moodio-rt.history.{name}.{subject}` (RePublish, nats-server 2.9+) with
- * the headers `Nats-Sequence` and `Nats-Last-Sequence` (the subject's
- * previous sequence). A node follows a room with one core subscription
- * there, as it listens on `room.{id}` today: no consumer per room on the
- * server. Core delivery is at-most-once, so a follower checks each
- * message's `Nats-Last-Sequence` against the last one it delivered and
- * fetches what it missed from the stream before it goes on
- * ({@link RoomFollower}).
+ * How events reach nodes, in stream order and with their sequence: a node
+ * follows a room it holds members of with an ordered consumer filtered to
+ * the room's subject ({@link RoomStream.follow}), starting right after the
+ * sequence it last delivered. The client's ordered consumer hands each
+ * message on once, in order, and recreates itself from the next sequence
+ * when it sees a gap. A stream that republishes (RePublish) was measured
+ * first and dropped: on nats-server 2.9.10 it stores about 2,800 messages a
+ * second and slows core delivery on `room.>` for everyone, Go relays
+ * included (docs/performance.md).
  *
  * The rule for a resume at (epoch, N), exact and never a wrong replay:
  * recovered iff the epoch is the stream's and the stream's first sequence,
@@ -29,7 +28,7 @@
  * authenticate it exactly as a core message (its original subject and
  * headers are kept).
  */
-import type { MsgHdrs, NatsConnection, Subscription } from '@nats-io/transport-node';
+import type { MsgHdrs, NatsConnection } from '@nats-io/transport-node';
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager, type StreamConfig, type StreamInfo } from '@nats-io/jetstream';
 import { ROOM_SUBJECT_PREFIX } from '../../protocol/bus.ts';
 
@@ -82,19 +81,8 @@ export interface ReplayBounds {
   timeoutMs: number;
 }
 
-const REPUBLISH_PREFIX = 'moodio-rt.history.';
-const SEQUENCE_HEADER = 'Nats-Sequence';
-const LAST_SEQUENCE_HEADER = 'Nats-Last-Sequence';
-const SUBJECT_HEADER = 'Nats-Subject';
-const STREAM_HEADER = 'Nats-Stream';
-
 /** A stream name JetStream takes and a subject token can carry. */
 export const STREAM_NAME_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
-
-/** Where the stream republishes `subject` (a room subject). */
-export function republishSubject(streamName: string, subject: string): string {
-  return `${REPUBLISH_PREFIX}${streamName}.${subject}`;
-}
 
 /** The epoch of a stream: its name and creation time, the same on every node, new when it is recreated. */
 export function epochOf(info: Pick<StreamInfo, 'created'> & { config: Pick<StreamConfig, 'name'> }): string {
@@ -117,7 +105,6 @@ export function streamConfig(config: HistoryStreamConfig): Partial<StreamConfig>
     max_msg_size: config.maxMsgSize,
     num_replicas: 1,
     allow_direct: true,
-    republish: { src: `${ROOM_SUBJECT_PREFIX}>`, dest: `${REPUBLISH_PREFIX}${config.name}.${ROOM_SUBJECT_PREFIX}>` },
     // Nodes publish without a message id: no duplicate window to keep.
     duplicate_window: 1_000_000_000,
   };
@@ -227,22 +214,26 @@ export class RoomStream {
     return msg === null ? 0 : msg.seq;
   }
 
-  /** Follow `subject` as the stream republishes it: `onMessage` gets each message with its sequences. */
-  subscribe(subject: string, onMessage: (seq: number, lastSeq: number, event: StoredEvent) => void): Subscription {
-    const name = this.config.name;
-    return this.nc.subscribe(republishSubject(name, subject), {
-      callback: (err, msg) => {
-        if (err !== null) return;
-        const h = msg.headers;
-        if (h === undefined) return;
-        const seq = Number(h.get(SEQUENCE_HEADER));
-        const last = Number(h.get(LAST_SEQUENCE_HEADER));
-        // Only the stream republishes here; anything else (a stranger publishing on the subject) lacks a sane pair.
-        if (h.get(STREAM_HEADER) !== name || h.get(SUBJECT_HEADER) !== subject) return;
-        if (!Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(last) || last < 0 || last >= seq) return;
-        onMessage(seq, last, { seq, subject, data: msg.data, headers: h });
-      },
+  /**
+   * Follow `subject` from the message after `after` (the sequence this node
+   * last delivered, or {@link latest} when it starts): `onMessage` gets each
+   * one, in stream order, once. One ordered consumer on the server per
+   * followed room; `stop()` ends it (the server forgets it at once, or after
+   * its inactivity threshold if this node is gone).
+   */
+  async follow(subject: string, after: number, onMessage: (event: StoredEvent) => void): Promise<{ stop(): void }> {
+    // A single filter subject (filter_subjects as an array needs nats-server 2.10).
+    const consumer = await this.js.consumers.get(this.config.name, { filter_subjects: subject, opt_start_seq: after + 1 });
+    const messages = await consumer.consume({
+      max_messages: 256,
+      callback: (m) => onMessage({ seq: m.seq, subject: m.subject, data: m.data, headers: m.headers }),
     });
+    return {
+      stop: () => {
+        void messages.close().catch(() => undefined);
+        consumer.delete().catch(() => undefined);
+      },
+    };
   }
 
   /**
@@ -314,89 +305,6 @@ export class RoomStream {
     // The caller delivered upTo itself: a stream that holds less than that is not the one it heard.
     if ((events.at(-1)?.seq ?? after) !== upTo) return ReplayRefusal.DISCARDED;
     return null;
-  }
-}
-
-/**
- * One room as a node follows it: hands each message on in stream order and
- * exactly once. A message whose `Nats-Last-Sequence` is past the last one
- * handed on shows that core NATS dropped some: they are fetched from the
- * stream first, and what arrives meanwhile waits (bounded: past
- * `maxPending` the follower gives up and says so, the room's history then
- * unreliable until {@link reset}).
- */
-export class RoomFollower {
-  /** The last sequence handed on (0: none yet). */
-  last: number;
-  private pending: { seq: number; lastSeq: number; event: StoredEvent }[] | null = null;
-  private readonly fill: (after: number, upTo: number) => Promise<StoredEvent[] | null>;
-  private readonly deliver: (event: StoredEvent) => void;
-  private readonly lost: () => void;
-  private readonly maxPending: number;
-
-  /**
-   * `last`: where the room starts (the subject's latest sequence when it was
-   * first followed); `fill` fetches (after, upTo] from the stream, or null
-   * when it cannot; `lost` is told when a gap could not be filled.
-   */
-  constructor(
-    last: number,
-    fill: (after: number, upTo: number) => Promise<StoredEvent[] | null>,
-    deliver: (event: StoredEvent) => void,
-    lost: () => void,
-    maxPending = 10_000,
-  ) {
-    this.last = last;
-    this.fill = fill;
-    this.deliver = deliver;
-    this.lost = lost;
-    this.maxPending = maxPending;
-  }
-
-  /** A republished message (`lastSeq`: the subject's sequence before it). */
-  take(seq: number, lastSeq: number, event: StoredEvent): void {
-    if (this.pending !== null) {
-      if (this.pending.length >= this.maxPending) {
-        this.pending = null;
-        this.lost();
-        return;
-      }
-      this.pending.push({ seq, lastSeq, event });
-      return;
-    }
-    if (seq <= this.last) return;
-    if (lastSeq > this.last) {
-      this.pending = [{ seq, lastSeq, event }];
-      void this.catchUp(this.last, lastSeq);
-      return;
-    }
-    this.last = seq;
-    this.deliver(event);
-  }
-
-  /** Start again from `last` (a new epoch, or after a loss). */
-  reset(last: number): void {
-    this.last = last;
-    this.pending = null;
-  }
-
-  private async catchUp(after: number, upTo: number): Promise<void> {
-    const missed = await this.fill(after, upTo).catch(() => null);
-    const waiting = this.pending;
-    if (waiting === null) return;
-    this.pending = null;
-    if (missed === null) {
-      this.lost();
-      // Go on from what came: the gap is told, never papered over.
-      this.last = waiting[0]!.lastSeq;
-    } else {
-      for (const event of missed) {
-        if (event.seq <= this.last) continue;
-        this.last = event.seq;
-        this.deliver(event);
-      }
-    }
-    for (const { seq, lastSeq, event } of waiting) this.take(seq, lastSeq, event);
   }
 }
 
