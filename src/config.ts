@@ -26,6 +26,10 @@ export const PACING_MODES = ['auto', 'always', 'off'] as const;
 export type PacingMode = (typeof PACING_MODES)[number];
 export const UNSIGNED_ROOMS_POLICIES = ['drop', 'admit'] as const;
 export type UnsignedRoomsPolicy = (typeof UNSIGNED_ROOMS_POLICIES)[number];
+export const HISTORY_STREAM_STORAGES = ['memory', 'file'] as const;
+export type HistoryStreamStorage = (typeof HISTORY_STREAM_STORAGES)[number];
+/** A JetStream stream name that is also one subject token (shard/federation/room-stream.ts). */
+const HISTORY_STREAM_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** The validated configuration of a running server. Plain data: it is cloned into every shard. */
 export interface ServeConfig {
@@ -117,6 +121,14 @@ export interface ServeConfig {
   federationUnsignedRooms: UnsignedRoomsPolicy;
   /** A signed bus message is taken only if its stamp is within this many ms of the receiver's clock, either way. */
   federationReplayWindowMs: number;
+  /** The JetStream stream holding the fleet's shared history (shard/federation/room-stream.ts); empty = none, history stays per node. */
+  historyStream: string;
+  /** Where the stream keeps its messages: `memory` (lost with a nats-server restart, a new epoch) or `file`. */
+  historyStreamStorage: HistoryStreamStorage;
+  /** The stream's bounds: age (ms), bytes and messages of the whole stream, oldest discarded first. */
+  historyStreamMaxAgeMs: number;
+  historyStreamMaxBytes: number;
+  historyStreamMaxMsgs: number;
   /** Random per process, made at resolve time: tells two processes that claim one node id apart. */
   processInstance: string;
   /** When this process started (ms since the epoch). */
@@ -632,6 +644,50 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     parse: durationIn(1000, 600_000, '1s to 10m'),
   },
   {
+    key: 'historyStream',
+    flags: '--history-stream <name>',
+    env: 'MOODIO_RT_HISTORY_STREAM',
+    default: '',
+    description:
+      "a NATS JetStream stream (made or updated by any node) holding the fleet's room events, so that a client resumes on another node; needs --nats-url and nats-server -js (default: none, each node keeps its own history)",
+    parse: (raw, option) => {
+      if (raw !== '' && !HISTORY_STREAM_NAME.test(raw)) throw new ConfigError(option, `must be 1 to 64 letters, digits, - or _, got ${JSON.stringify(raw)}`);
+      return raw;
+    },
+  },
+  {
+    key: 'historyStreamStorage',
+    flags: '--history-stream-storage <storage>',
+    env: 'MOODIO_RT_HISTORY_STREAM_STORAGE',
+    default: 'memory',
+    description: `where the stream keeps events: ${HISTORY_STREAM_STORAGES.join(' or ')} (memory is lost with a nats-server restart, which starts a new epoch)`,
+    parse: oneOf(HISTORY_STREAM_STORAGES),
+  },
+  {
+    key: 'historyStreamMaxAgeMs',
+    flags: '--history-stream-max-age <duration>',
+    env: 'MOODIO_RT_HISTORY_STREAM_MAX_AGE',
+    default: '2m',
+    description: 'how long the stream keeps an event (Socket.IO and Ably keep 2 minutes; 1s to 24h)',
+    parse: durationIn(1000, 24 * 3_600_000, '1s to 24h'),
+  },
+  {
+    key: 'historyStreamMaxBytes',
+    flags: '--history-stream-max-bytes <bytes>',
+    env: 'MOODIO_RT_HISTORY_STREAM_MAX_BYTES',
+    default: String(256 * 1024 * 1024),
+    description: "bytes the whole stream keeps (the fleet's rooms together), the oldest discarded first",
+    parse: intIn(1024 * 1024, 1024 * 1024 * 1024 * 1024),
+  },
+  {
+    key: 'historyStreamMaxMsgs',
+    flags: '--history-stream-max-msgs <n>',
+    env: 'MOODIO_RT_HISTORY_STREAM_MAX_MSGS',
+    default: '1000000',
+    description: "messages the whole stream keeps (the fleet's rooms together, presence included), the oldest discarded first",
+    parse: intIn(1000, 1_000_000_000),
+  },
+  {
     key: 'region',
     flags: '--region <label>',
     env: 'REGION_ID',
@@ -739,6 +795,9 @@ export function resolveServeConfig(raw: Partial<Record<keyof ServeConfig, string
     } catch (err) {
       throw new ConfigError('--nats-creds', `cannot read ${JSON.stringify(config.natsCreds)}: ${(err as Error).message}`);
     }
+  }
+  if (config.historyStream !== '' && config.natsUrls.length === 0) {
+    throw new ConfigError('--history-stream', 'needs --nats-url: the stream is on the NATS server the fleet shares');
   }
   if (config.maxSessionBacklogBytes < config.maxBufferedBytes) {
     throw new ConfigError('--max-session-backlog', `must be at least --max-buffered-bytes (${config.maxBufferedBytes})`);

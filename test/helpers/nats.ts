@@ -1,11 +1,16 @@
 /**
  * A real `nats-server` (Debian's package; `scripts/` installs it when
  * missing) on a free loopback port, stopped after the test. It can be
- * killed and started again on the same port, as an outage would.
+ * killed and started again on the same port, as an outage would. With
+ * `jetstream`, it runs `-js` with a store directory of its own, removed
+ * after the test (kept across a restart, as a server's disk would be).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer, connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Scope } from './scope.ts';
 
 export const NATS_SERVER = process.env.NATS_SERVER_PATH ?? 'nats-server';
@@ -33,10 +38,13 @@ function accepts(port: number): Promise<boolean> {
 
 export class NatsServer {
   readonly port: number;
+  /** JetStream's store directory, or null without JetStream. */
+  readonly storeDir: string | null;
   private child: ChildProcess | null = null;
 
-  constructor(port: number) {
+  constructor(port: number, jetstream = false) {
     this.port = port;
+    this.storeDir = jetstream ? mkdtempSync(join(tmpdir(), 'moodio-rt-js-')) : null;
   }
 
   get url(): string {
@@ -45,7 +53,9 @@ export class NatsServer {
 
   /** Start (or start again) and resolve once it accepts connections. */
   async start(): Promise<void> {
-    const child = spawn(NATS_SERVER, ['-a', '127.0.0.1', '-p', String(this.port)], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const args = ['-a', '127.0.0.1', '-p', String(this.port)];
+    if (this.storeDir !== null) args.push('-js', '-sd', this.storeDir);
+    const child = spawn(NATS_SERVER, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (c: string) => (stderr += c));
@@ -71,12 +81,20 @@ export class NatsServer {
     child.kill('SIGKILL');
     await once(child, 'exit');
   }
+
+  /** Remove the store directory (after {@link kill}). */
+  removeStore(): void {
+    if (this.storeDir !== null) rmSync(this.storeDir, { recursive: true, force: true });
+  }
 }
 
-/** A nats-server on a free port, killed when `t` ends. */
-export async function startNats(t: Scope): Promise<NatsServer> {
-  const server = new NatsServer(await freePort());
+/** A nats-server on a free port (with JetStream when asked), killed when `t` ends and its store removed. */
+export async function startNats(t: Scope, options: { jetstream?: boolean } = {}): Promise<NatsServer> {
+  const server = new NatsServer(await freePort(), options.jetstream === true);
+  t.after(async () => {
+    await server.kill();
+    server.removeStore();
+  });
   await server.start();
-  t.after(() => server.kill());
   return server;
 }
