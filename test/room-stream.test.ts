@@ -11,6 +11,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { startNats, type NatsServer } from './helpers/nats.ts';
 import { Cleanup } from './helpers/scope.ts';
 import { epochOf, ReplayRefusal, RoomStream, type HistoryStreamConfig, type StoredEvent } from '../src/shard/federation/room-stream.ts';
+import { validEpoch } from '../src/protocol/resume.ts';
 
 const cleanup = new Cleanup();
 let nats: NatsServer;
@@ -65,7 +66,8 @@ describe('the stream', () => {
     const results = await Promise.all(streams.map((s) => s.ensure()));
     assert.equal(new Set(results.map((r) => r.epoch)).size, 1);
     assert.ok(results.some((r) => r.outcome === 'created'));
-    assert.match(results[0]!.epoch, /^race@\d{4}-/);
+    assert.match(results[0]!.epoch, /^race~\d{14}/);
+    assert.ok(validEpoch(results[0]!.epoch), 'an epoch the wire takes back');
     const again = await streams[0]!.ensure();
     assert.deepEqual(again, { epoch: results[0]!.epoch, outcome: 'kept', fields: [] });
   });

@@ -29,6 +29,7 @@ import { ShardLink } from './shard-link.ts';
 import { cancelPause } from './socket-reads.ts';
 import { TopicOps } from './topic-ops.ts';
 import { TopicRooms, type TopicRecovery } from './topic-rooms.ts';
+import type { ResumePosition } from '../protocol/resume.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
 export interface MultiplexedOptions {
@@ -57,6 +58,8 @@ export interface MultiplexedOptions {
   onBytes: (conn: TopicConnection, bytes: number) => void;
   /** Offsets, history and replays (recovery.ts). */
   recovery?: TopicRecovery;
+  /** See TopicOpsOptions.prepare (`--history-stream`). */
+  prepare?: (roomKey: string, recover: ResumePosition | undefined) => Promise<void>;
 }
 
 export class Multiplexed implements RecheckTopics {
@@ -114,6 +117,7 @@ export class Multiplexed implements RecheckTopics {
       mutationTypes: this.options.mutationTypes,
       metrics,
       log,
+      ...(options.prepare === undefined ? {} : { prepare: options.prepare }),
     });
   }
 

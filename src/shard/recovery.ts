@@ -19,8 +19,9 @@ import { positionMembers, type ResumePosition } from '../protocol/resume.ts';
 import type { Subscription } from './connection.ts';
 import { History } from './history.ts';
 import { Replays, type ReplayTarget } from './replay.ts';
-import type { CursorRead, LogCursor, LogEntry } from './room-log.ts';
+import type { CursorRead, LogCursor, LogEntry, RoomLog } from './room-log.ts';
 import type { Session } from './session.ts';
+import { StreamLog } from './stream-log.ts';
 
 /** Bytes of events one batch to another shard carries (at least one event). */
 export const REMOTE_BATCH_BYTES = 32 * 1024;
@@ -42,6 +43,8 @@ export interface RecoveryOptions {
   subLost: (sub: Subscription) => void;
   /** The shard's epoch (tests fix it). */
   epoch?: string;
+  /** The fleet shares its history (`--history-stream`): offsets and epochs come from the stream (stream-log.ts). */
+  shared?: boolean;
 }
 
 /** What a member needs of its join: the room's position, and whether it was recovered (undefined: no resume asked). */
@@ -55,6 +58,10 @@ type ReplayRequest = Extract<LinkMessage, { k: 'replay' }>;
 
 export class Recovery {
   readonly history: History;
+  /** With `--history-stream`: the window of the stream each followed room keeps here; else null. */
+  readonly stream: StreamLog | null;
+  /** Where positions and resumes are read: the stream's window, or the local history. */
+  private readonly log: RoomLog & { clear(roomKey: string | null): void };
   private readonly replays: Replays;
   private readonly options: RecoveryOptions;
   /** `sid\0topic` → the cursor of a subscriber here replaying a room another shard owns. */
@@ -70,7 +77,23 @@ export class Recovery {
       inUse: options.inUse,
       ...(options.epoch === undefined ? {} : { epoch: options.epoch }),
     });
+    this.stream =
+      options.shared === true
+        ? new StreamLog({ maxAgeMs: options.historyAgeMs, maxEvents: options.historyEvents, maxRoomBytes: options.historyRoomBytes })
+        : null;
+    this.log = this.stream ?? this.history;
     this.replays = new Replays(options.deliver);
+  }
+
+  /**
+   * Whether `roomKey`'s relayed events come back from the shared stream with
+   * their offsets, to every member here (the sender's own included): then
+   * they are only published. False without `--history-stream`, and while
+   * the room is not followed (the bus is down): then they are delivered
+   * here without an offset.
+   */
+  streamed(roomKey: string): boolean {
+    return this.stream !== null && this.stream.follows(roomKey);
   }
 
   /** Whether events are kept: when not, an event nobody receives need not be stamped. */
@@ -85,7 +108,7 @@ export class Recovery {
 
   /** The offset of a relayed event of `roomKey` (`text`: its legacy framing, no offset), kept in the history. */
   stamp(roomKey: string, text: string, nullPayload: boolean): number {
-    return this.history.stamp(roomKey, text, nullPayload);
+    return this.log.stamp(roomKey, text, nullPayload);
   }
 
   /**
@@ -126,13 +149,13 @@ export class Recovery {
 
   /** The owner's answer to a join from another shard: the room's position and, when `rec` was asked, whether it can be served. */
   answerJoin(roomKey: string, rec: ResumePosition | undefined): JoinPosition {
-    const position = this.history.latest(roomKey);
-    return { position, recovered: rec === undefined ? undefined : this.history.since(roomKey, rec) !== null };
+    const position = this.log.latest(roomKey);
+    return { position, recovered: rec === undefined ? undefined : this.log.since(roomKey, rec) !== null };
   }
 
   /** The owner: a batch of a follower's replay, the events after `request.o` in the topic framing. */
   serve(roomKey: string, request: ReplayRequest): Batch {
-    const cursor = this.history.since(roomKey, { epoch: request.e, offset: request.o });
+    const cursor = this.log.since(roomKey, { epoch: request.e, offset: request.o });
     const texts: string[] = [];
     let last = request.o;
     if (cursor === null) return { k: 'batch', topic: request.topic, sid: request.sid, texts, last, gone: true };
@@ -182,16 +205,17 @@ export class Recovery {
 
   /** Events of `roomKey` (null: of every room) may have been missed (federation): resumes from before now say `recovered: false`. */
   gap(roomKey: string | null): void {
-    this.history.clear(roomKey);
+    this.log.clear(roomKey);
   }
 
   stop(): void {
     this.history.stop();
+    this.stream?.stop();
   }
 
   private open(roomKey: string, resume: ResumePosition | undefined): JoinPosition & { cursor: LogCursor | null } {
-    const cursor = resume === undefined ? null : this.history.since(roomKey, resume);
-    const position = this.history.latest(roomKey);
+    const cursor = resume === undefined ? null : this.log.since(roomKey, resume);
+    const position = this.log.latest(roomKey);
     return { position, recovered: resume === undefined ? undefined : cursor !== null, cursor };
   }
 

@@ -45,6 +45,10 @@ export interface RelayRecovery {
   stamp(roomKey: string, text: string, nullPayload: boolean): number;
   /** `room_joined`'s position members for `session`, whose replay starts when it resumed from a position that can be served. */
   joinLegacy(session: Session, resume: ResumePosition | undefined): string;
+  /** Whether the room's relayed events come back from the fleet's stream, to every member here (`--history-stream`). */
+  streamed(roomKey: string): boolean;
+  /** The fleet shares a stream (`--history-stream`): null without it. */
+  readonly stream: object | null;
 }
 
 /** What the relay needs of a room's multiplexed subscribers: listed in room_joined, and every event fanned out to them in their framing. */
@@ -79,9 +83,12 @@ export class Relay {
   private readonly bus: RelayBus | undefined;
   private readonly topics: TopicFanout | undefined;
   private readonly recovery: RelayRecovery | undefined;
+  /** `--history-stream`: a followed room's events are only published, and delivered here when the stream hands them back. */
+  private readonly shared: boolean;
 
   constructor(options: RelayOptions) {
     this.recovery = options.recovery;
+    this.shared = options.recovery !== undefined && options.recovery.stream !== null && options.bus !== undefined;
     this.topics = options.topics;
     this.rooms = options.rooms;
     this.out = options.out;
@@ -149,14 +156,18 @@ export class Relay {
     this.bus?.publish(desktopId, eventJson);
   }
 
-  /** An event from another node: to every local member of `room` (the sender is elsewhere); `offset` 0 for presence. */
-  deliverRemote(room: Room, frame: Buffer, transientKey?: string, offset = 0): void {
+  /**
+   * An event from another node, or from the fleet's stream: to every local
+   * member of `room` but `exceptId` (the sender, when it is here); `offset`
+   * 0 for presence.
+   */
+  deliverRemote(room: Room, frame: Buffer, transientKey?: string, offset = 0, exceptId = ''): void {
     // Pinned: a member this cuts leaves the room without making the loop skip another (room-index.ts).
     const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
       // A member catching up gets the event from its replay (replay.ts).
-      if (member.open && (offset === 0 || member.replay === null)) this.backpressure.deliver(member, frame, transientKey);
+      if (member.open && (offset === 0 || member.replay === null) && member.id !== exceptId) this.backpressure.deliver(member, frame, transientKey);
     }
     this.rooms.unpin(room, members);
   }
@@ -310,6 +321,12 @@ export class Relay {
     const payload = Object.hasOwn(frame, 'payload') ? memberText(json, 'payload') : undefined;
     // `text` has no offset: the history keeps it so, and other nodes stamp their own.
     const text = legacyText(type, session.stamp, timestamp, payload);
+    if (this.shared && recovery!.streamed(session.desktopId)) {
+      // Every member here, and on every node, gets it from the stream with its sequence as offset (stream-rooms.ts).
+      this.bus!.publish(session.desktopId, text, { type, stamp: session.stamp, timestamp, payload });
+      this.metrics.add(Metric.MESSAGES_RELAYED);
+      return;
+    }
     const offset = recovery === undefined ? 0 : recovery.stamp(session.desktopId, text, payload === undefined);
     const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
     if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(offset === 0 ? text : withOffset(text, offset)), transientKey, offset);

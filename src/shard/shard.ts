@@ -38,6 +38,7 @@ import { Multiplexed } from './multiplexed.ts';
 import { Recovery } from './recovery.ts';
 import { withOffset } from '../protocol/event-frames.ts';
 import { closeWithGrace } from './socket-reads.ts';
+import { BUS_OVERHEAD_BYTES } from '../protocol/bus.ts';
 
 /**
  * On a drain, how long a session's socket has to hand its close frame (and
@@ -179,6 +180,7 @@ export class Shard {
       deliver: (target, frame) => backpressure.deliver(target as Session, frame, undefined, 'server'),
       legacyLost: (session) => this.recoveryLost(session),
       subLost: (sub) => this.multiplexed.recoveryLost(sub),
+      shared: config.historyStream !== '',
     }));
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     // The mutation table in force, built once: the relay's hot path is one lookup in it.
@@ -207,6 +209,30 @@ export class Shard {
             applyApi: (request) => this.applyLocally(request),
             heard: (roomKey, text) => void recovery.stamp(roomKey, text, false),
             gap: (roomKey) => recovery.gap(roomKey),
+            ...(recovery.stream === null
+              ? {}
+              : {
+                  stream: {
+                    config: {
+                      name: config.historyStream,
+                      storage: config.historyStreamStorage,
+                      maxAgeMs: config.historyStreamMaxAgeMs,
+                      maxBytes: config.historyStreamMaxBytes,
+                      maxMsgs: config.historyStreamMaxMsgs,
+                      maxMsgSize: config.maxMessageSize + BUS_OVERHEAD_BYTES,
+                    },
+                    log: recovery.stream,
+                    replayEvents: config.historyEvents,
+                    replayBytes: config.historyRoomBytes,
+                    // The stream's sequence is the offset on every node; the sender, when here, is left out.
+                    deliver: (room, text, transientKey, offset, exceptId) => {
+                      const framed = withOffset(text, offset);
+                      if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset, exceptId);
+                      this.multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset, exceptId);
+                    },
+                    lost: (roomKey) => this.roomLost(roomKey),
+                  },
+                }),
           });
     const federation = this.federation;
     this.multiplexed = new Multiplexed({
@@ -231,6 +257,7 @@ export class Shard {
       },
       onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
       recovery,
+      ...(federation === null || recovery.stream === null ? {} : { prepare: (roomKey, recover) => federation.prepare(roomKey, recover) }),
     });
     if (federation !== null) {
       // A subscriber's room listens to the other nodes as a legacy socket's does; it does not wait for the first sync (others arrive as session_joined).
@@ -347,6 +374,14 @@ export class Shard {
     this.log.info('recovery_lost', { sessionId: session.id, desktopId: session.desktopId });
   }
 
+  /** The positions of `roomKey`'s members here are void (the fleet's stream is a new one): each is closed to resume (4009, or `recovery_lost`). */
+  private roomLost(roomKey: string): void {
+    const room = this.rooms.get(roomKey);
+    if (room === undefined) return;
+    for (const session of [...room.members]) this.recoveryLost(session);
+    for (const sub of [...room.subs]) this.multiplexed.recoveryLost(sub);
+  }
+
   /**
    * Apply a server API request from this node's primary. With federation,
    * a command is also published for the other nodes, and a query's answer
@@ -406,7 +441,7 @@ export class Shard {
     else {
       // Nothing it sends is read before it is in its room.
       ws.pause();
-      this.federation.admit(desktopId, join);
+      this.federation.admit(desktopId, join, admitted.resume);
     }
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       session.alive = true;

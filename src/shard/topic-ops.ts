@@ -53,6 +53,8 @@ export interface TopicOpsOptions {
   mutationTypes: ReadonlySet<string>;
   metrics: MetricsSlot;
   log: Logger;
+  /** Before a subscriber joins a room this shard owns: the room follows the fleet's stream, and a resume's events are fetched from it (`--history-stream`). */
+  prepare?: (roomKey: string, recover: ResumePosition | undefined) => Promise<void>;
 }
 
 const ANSWER: Record<AuthorizeErrorCodeValue, TopicErrorCodeValue> = {
@@ -219,7 +221,18 @@ export class TopicOps {
       return 'done';
     }
     if (!conn.busy.has(topic)) conn.busy.set(topic, []);
-    this.options.authorizer.authorize(conn.identity, topic).then(
+    const prepare = this.options.prepare;
+    const roomKey = roomKeyOf(topic);
+    const authorized =
+      prepare === undefined || !this.rooms.owns(roomKey)
+        ? this.options.authorizer.authorize(conn.identity, topic)
+        : this.options.authorizer.authorize(conn.identity, topic).then((permission) =>
+            prepare(roomKey, op.recover).then(
+              () => permission,
+              () => permission,
+            ),
+          );
+    authorized.then(
       (permission) => this.authorized(conn, topic, ref, permission, op.recover),
       (err: unknown) => this.refused(conn, topic, ref, err),
     );

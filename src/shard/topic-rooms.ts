@@ -47,6 +47,8 @@ export interface TopicRoomsOptions {
 export interface TopicRecovery {
   readonly recording: boolean;
   stamp(roomKey: string, text: string, nullPayload: boolean): number;
+  /** Whether the room's relayed events come back from the fleet's stream, to every member here (`--history-stream`). */
+  streamed(roomKey: string): boolean;
   /** A subscriber joins a room owned here: its ack's position members; its replay started when it recovers. */
   joinSub(sub: Subscription): string;
   /** The owner's answer to a join from another shard. */
@@ -102,6 +104,11 @@ export class TopicRooms {
   /** The other nodes (absent without federation). */
   useBus(bus: TopicBus): void {
     this.bus = bus;
+  }
+
+  /** Whether this shard owns `roomKey`'s room. */
+  owns(roomKey: string): boolean {
+    return this.ownerOf(roomKey) === this.options.shardId;
   }
 
   /** The shard that owns `roomKey`'s room: the router's hash, also federation's. */
@@ -198,6 +205,11 @@ export class TopicRooms {
   /** A subscriber's event (here, or from another shard): stamped with its offset, then to everyone but its sender. */
   private relayed(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void {
     const recovery = this.options.recovery;
+    if (this.bus !== null && recovery?.streamed(room.id) === true) {
+      // The fleet's stream hands it back with its sequence, to every member here too (stream-rooms.ts).
+      this.bus.publish(room.id, legacyEventText(event), event);
+      return;
+    }
     if (recovery !== undefined) event.offset = recovery.stamp(room.id, legacyEventText(event), event.payload === undefined);
     this.broadcast(room, event, exceptId, transientKey);
   }
@@ -257,13 +269,14 @@ export class TopicRooms {
    * the room's multiplexed subscribers, here and on other shards; the legacy
    * sockets had it from the relay.
    */
-  fromOtherNode(roomKey: string, legacyText: string, transientKey: string, offset = 0): void {
+  fromOtherNode(roomKey: string, legacyText: string, transientKey: string, offset = 0, exceptId = ''): void {
     const room = this.rooms.get(roomKey);
     if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
     const text = legacyToTopicText(room.topic, legacyText);
-    this.toLocalSubs(room, text, '', undefined, transientKey, offset);
+    this.toLocalSubs(room, text, exceptId, undefined, transientKey, offset);
     if (room.peers === null || this.link === null) return;
-    for (const peer of room.peers.keys()) this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: transientKey, ...ordered(offset) });
+    for (const peer of room.peers.keys())
+      this.link.send(peer, { k: 'ev', topic: room.topic, except: exceptId, text, transient: transientKey, ...ordered(offset) });
   }
 
   /** `event` to the room's multiplexed subscribers only (here and on other shards): the legacy relay delivered to the legacy sockets. */

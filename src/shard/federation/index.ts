@@ -43,6 +43,8 @@ import { PresenceSync, SYNC_MAX_WAIT_MS } from './presence-sync.ts';
 import { RoomEvents } from './room-events.ts';
 import { RemoteRooms } from './rooms.ts';
 import type { FederationOptions } from './types.ts';
+import { StreamRooms } from './stream-rooms.ts';
+import type { ResumePosition } from '../../protocol/resume.ts';
 
 export type { FederationOptions } from './types.ts';
 
@@ -54,10 +56,15 @@ export class Federation {
   private readonly peers: PeerTable;
   private readonly api: BusApi;
   private readonly gap: FederationOptions['gap'];
+  /** `--history-stream`: the rooms that follow the fleet's stream; null without it. */
+  private readonly streams: StreamRooms | null;
 
   constructor(options: FederationOptions) {
     const link = new NatsLink(options.config, options.shardId, options.log, options.metrics);
-    const rooms = new RemoteRooms(link, options.rooms, options.deliver, (roomKey) => options.gap?.(roomKey));
+    const rooms = new RemoteRooms(link, options.rooms, options.deliver, (roomKey) => {
+      this.streams?.dropped(roomKey);
+      options.gap?.(roomKey);
+    });
     this.gap = options.gap;
     const peers = new PeerTable(link, rooms, { nodeBack: () => this.presence.resyncAll(), onFatal: options.onFatal });
     const presence = new PresenceSync(link, rooms, (node) => peers.has(node));
@@ -67,11 +74,28 @@ export class Federation {
     this.presence = presence;
     this.roomEvents = new RoomEvents(link, rooms, presence, options);
     this.api = new BusApi(link, options.applyApi);
+    const shared = options.stream;
+    this.streams =
+      shared === undefined
+        ? null
+        : new StreamRooms({
+            link,
+            rooms,
+            events: this.roomEvents,
+            log: shared.log,
+            config: shared.config,
+            replayEvents: shared.replayEvents,
+            replayBytes: shared.replayBytes,
+            deliver: shared.deliver,
+            lost: shared.lost,
+            transientTypes: options.transientTypes,
+          });
     link.start({ connected: (nc) => this.connected(nc), reconnected: () => this.reconnected() });
   }
 
   private connected(nc: NatsConnection): void {
     const link = this.link;
+    this.streams?.connected(nc);
     this.api.subscribe();
     link.subscribe(HEARTBEAT_SUBJECT, (msg) => this.peers.onHeartbeat(msg));
     for (const room of this.rooms.byId.values())
@@ -85,8 +109,10 @@ export class Federation {
   }
 
   private reconnected(): void {
+    // With the fleet's stream, the rooms' consumers go on from where they were (or the stream is a new one: a new epoch).
+    if (this.streams !== null) this.streams.reconnected();
     // Events published meanwhile were lost (core NATS keeps nothing): no history of this shard is whole across the outage.
-    this.gap?.(null);
+    else this.gap?.(null);
     // Peers could not be heard meanwhile: give each a fresh grace period, then ask everyone again.
     this.peers.touch(Date.now());
     this.presence.resyncAll();
@@ -101,8 +127,22 @@ export class Federation {
    * they answered (at most {@link SYNC_MAX_WAIT_MS}), so that `room_joined`
    * lists them.
    */
-  admit(desktopId: string, join: () => void): void {
+  admit(desktopId: string, join: () => void, resume?: ResumePosition): void {
     const { room, created } = this.rooms.open(desktopId);
+    const streams = this.streams;
+    if (streams !== null) {
+      // The member joins once the room follows the fleet's stream (and its resume was read from it): its position is the stream's.
+      const direct = join;
+      const prepared = streams.prepare(room, resume);
+      room.joining++;
+      join = () =>
+        void prepared.then(() => {
+          room.joining--;
+          direct();
+          // It went meanwhile: the room lingers as if its last member had left.
+          if (room.joining === 0 && this.rooms.current(room) && this.rooms.localRoom(room) === undefined) this.roomEmptied(desktopId);
+        });
+    }
     if (created && this.link.nc !== null) {
       this.rooms.subscribe(room, (r, msg, framing, mirror) => this.roomEvents.onRoomMessage(r, msg, framing, mirror));
       if (this.link.connected) {
@@ -113,6 +153,11 @@ export class Federation {
     this.rooms.keep(room);
     if (room.waiters !== null) room.waiters.push(join);
     else join();
+  }
+
+  /** A subscriber is about to join `roomKey` (`--history-stream`): see {@link admit}; resolves when it may. */
+  prepare(roomKey: string, resume: ResumePosition | undefined): Promise<void> {
+    return new Promise((resolve) => this.admit(roomKey, resolve, resume));
   }
 
   /**
@@ -188,6 +233,7 @@ export class Federation {
     link.closing = true;
     this.peers.stop();
     this.presence.stop();
+    this.streams?.close();
     this.rooms.stopTimers();
     await link.close(timeoutMs);
   }

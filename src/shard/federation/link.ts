@@ -54,6 +54,8 @@ export class NatsLink {
   readonly incarnation = randomBytes(6).toString('hex');
   readonly signer: BusSigner | null;
   nc: NatsConnection | null = null;
+  /** Told of every message published (not a copy): the fleet's stream hands this node's own events back (stream-rooms.ts). */
+  onSent: ((subject: string, data: string) => void) | null = null;
   connected = false;
   closing = false;
   private readonly replay: ReplayGuard;
@@ -195,12 +197,14 @@ export class NatsLink {
    * that does not check), and if so whether its stamp is within the window
    * and new. A signed stamp is remembered from here on.
    */
-  authenticate(msg: Msg, roster = ''): Authenticity {
+  authenticate(msg: Msg, roster = '', fresh = true): Authenticity {
     if (this.signer === null) return 'unsigned';
     const signature = this.header(msg, SIGNATURE_HEADER);
     const stampText = this.header(msg, STAMP_HEADER);
     const stamp = parseStamp(stampText);
     if (stamp === null || !this.signer.verify(msg.subject, msg.data, signature, stampText!, roster)) return 'unsigned';
+    // A message read from the fleet's history (stream-rooms.ts) is old by nature: its signature is checked, not its age.
+    if (!fresh) return 'signed';
     const freshness = this.replay.check(stamp, Date.now());
     return freshness === 'fresh' ? 'signed' : freshness === 'stale' ? DropReason.STALE : DropReason.REPLAYED;
   }
@@ -245,6 +249,7 @@ export class NatsLink {
       else this.nc!.publish(subject, data, { ...(reply === undefined ? {} : { reply }), ...(h === undefined ? {} : { headers: h }) });
       this.metrics.add(Metric.BUS_PUBLISHED);
       this.metrics.add(Metric.BUS_BYTES_OUT, data.length);
+      if (!copy) this.onSent?.(subject, data);
     } catch (err) {
       // Closed or draining connection: the event stays local.
       this.metrics.add(Metric.BUS_UNPUBLISHED);

@@ -79,7 +79,7 @@ export class PresenceSync {
     if (waiters !== null) for (const join of waiters) join();
     if (!this.rooms.current(room)) return;
     // Every waiter left before the answers came: nothing local holds the room.
-    if (this.rooms.localRoom(room) === undefined) {
+    if (this.rooms.localRoom(room) === undefined && room.joining === 0) {
       this.rooms.drop(room);
       return;
     }

@@ -55,6 +55,62 @@ export class RoomEvents {
     this.link.receive(msg, (m) => this.handle(room, m, framing, mirror));
   }
 
+  /**
+   * A message the fleet's stream (stream-rooms.ts) holds on the room's
+   * subject, read live (`history` false) or for a resume: the relayed event
+   * it carries, or null when it carries none (presence, a sync: those come
+   * on the core subscription) or is dropped by the same rules as a core
+   * message. `own`: it is, byte for byte, one this node published and had
+   * not had back: its node may be ours and its sender a session here. Read
+   * from history, a signature is checked but not its age.
+   */
+  fromStream(room: FedRoom, msg: Msg, own: boolean, history: boolean): { type: string; sessionId: string; text: string } | null {
+    const link = this.link;
+    const parsed = room.framing === 'flat' ? parseRoomMessage(msg.data, room.desktopId, this.maxBytes) : parseTopicMessage(msg.data, room.topic, this.maxBytes);
+    if (!parsed.ok) {
+      if (!history) link.drop(parsed.reason, msg.subject);
+      return null;
+    }
+    const node = parsed.node;
+    const event = parsed.value;
+    if (event.kind !== 'relayed') return null;
+    // Our node id on a message this node did not publish (or had back already): someone else's claim to be us, or a copy.
+    if (node === link.config.nodeId && !own && !history) {
+      link.drop(DropReason.FORGED, msg.subject, node);
+      return null;
+    }
+    const auth = link.authenticate(msg, '', !history);
+    if (auth === DropReason.STALE || auth === DropReason.REPLAYED) {
+      link.drop(auth, msg.subject, node);
+      return null;
+    }
+    const signed = auth === 'signed';
+    if (signed) link.markSigned(node);
+    else if (link.signer !== null && (link.config.federationUnsignedRooms !== 'admit' || link.signs(node))) {
+      if (!history) link.drop(DropReason.UNSIGNED, msg.subject, node);
+      return null;
+    }
+    if (own || history) return event;
+    const local = this.rooms.localRoom(room);
+    if (local !== undefined && isLocal(local, event.sessionId)) {
+      link.drop(DropReason.FORGED, msg.subject, node);
+      return null;
+    }
+    if (!signed && this.rooms.heldBySigner(room, event.sessionId)) {
+      link.drop(DropReason.UNSIGNED, msg.subject, node);
+      return null;
+    }
+    const sender = room.remote.get(event.sessionId);
+    if (sender !== undefined && sender.info.permission === 'viewer' && this.mutationTypes.has(event.type)) {
+      link.drop(DropReason.VIEWER, msg.subject, node);
+      return null;
+    }
+    return event;
+  }
+
+  /** Whether a relayed event heard on the core subject is left to the fleet's stream (stream-rooms.ts): set with `--history-stream`. */
+  streamed: ((room: FedRoom) => boolean) | null = null;
+
   private handle(room: FedRoom, msg: Msg, framing: Framing, mirror: boolean): void {
     const link = this.link;
     const rooms = this.rooms;
@@ -71,6 +127,8 @@ export class RoomEvents {
       return;
     }
     const event = parsed.value;
+    // The room follows the fleet's stream: its relayed events come from there, with their sequence (and are authenticated there, once).
+    if (event.kind === 'relayed' && !mirror && this.streamed?.(room) === true) return;
     // A moodio-rt node's sync request lists its sessions of the room (a Go relay sends no list); the signature covers it.
     const roster = event.kind === 'sync_request' ? link.header(msg, ROSTER_HEADER) : undefined;
     if (roster !== undefined && roster.length > 64 * 1024) {

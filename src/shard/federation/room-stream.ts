@@ -84,9 +84,16 @@ export interface ReplayBounds {
 /** A stream name JetStream takes and a subject token can carry. */
 export const STREAM_NAME_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
 
-/** The epoch of a stream: its name and creation time, the same on every node, new when it is recreated. */
+/**
+ * The epoch of a stream: its name and creation time, the same on every node,
+ * new when it is recreated. In the characters and length an epoch has on
+ * the wire (protocol/resume.ts): `{name}~{creation time's digits}`, the
+ * name cut to 36 characters.
+ */
 export function epochOf(info: Pick<StreamInfo, 'created'> & { config: Pick<StreamConfig, 'name'> }): string {
-  return `${info.config.name}@${info.created}`;
+  return `${info.config.name.slice(0, 36)}~${String(info.created)
+    .replace(/[^0-9]/g, '')
+    .slice(0, 27)}`;
 }
 
 /** The stream configuration a node wants: every node computes the same from the same options. */

@@ -68,6 +68,7 @@ export class RemoteRooms {
       mirrorSub: null,
       remote: new Map(),
       waiters: null,
+      joining: 0,
       lastAnswerAt: -Infinity,
       answerTimer: null,
       pendingReplies: [],

@@ -6,6 +6,8 @@ import type { BusSessionInfo } from '../../protocol/bus.ts';
 import type { ApiOutcome, ApiRequest } from '../../protocol/api.ts';
 import type { MetricsSlot } from '../../protocol/metrics.ts';
 import type { Room, RoomIndex } from '../room-index.ts';
+import type { StreamLog } from '../stream-log.ts';
+import type { HistoryStreamConfig } from './room-stream.ts';
 
 export type FederationConfig = Pick<
   ServeConfig,
@@ -45,6 +47,17 @@ export interface FederationOptions {
   heard?: (roomKey: string, legacyText: string) => void;
   /** The bus may have missed events of `roomKey` (null: of every room): it stopped listening to the room, or was disconnected. A history of them is no longer whole (recovery.ts). */
   gap?: (roomKey: string | null) => void;
+  /** `--history-stream`: the fleet shares its history in a JetStream stream (stream-rooms.ts). */
+  stream?: {
+    config: HistoryStreamConfig;
+    log: StreamLog;
+    replayEvents: number;
+    replayBytes: number;
+    /** A relayed event from the stream, with its sequence as offset, to the room's members here but `exceptId`. */
+    deliver: (room: Room, legacyText: string, transientKey: string | undefined, offset: number, exceptId: string) => void;
+    /** The room's members here must resume (a new epoch, a gap). */
+    lost: (roomKey: string) => void;
+  };
 }
 
 export interface RemoteSession {
@@ -73,6 +86,8 @@ export interface FedRoom {
   sub: Subscription | null;
   mirrorSub: Subscription | null;
   readonly remote: Map<string, RemoteSession>;
+  /** Members on their way in that wait for the fleet's stream (stream-rooms.ts): the room is not dropped meanwhile. */
+  joining: number;
   /** Sessions waiting for the first sync to end before they join (room_joined must list the others). */
   waiters: (() => void)[] | null;
   lastAnswerAt: number;
