@@ -18,10 +18,11 @@ import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop, type Scope } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
 import { connectTopics, expectOp } from './helpers/topics.ts';
+import { api, API_KEY } from './helpers/api.ts';
 import { token, user } from './helpers/tokens.ts';
 
 async function node(t: Scope, id: string, natsUrl: string, stubBase: string, stream = 'moodio'): Promise<ServerProcess> {
-  const args = ['--nats-url', natsUrl, '--node-id', id, '--rate-limit', '0'];
+  const args = ['--nats-url', natsUrl, '--node-id', id, '--rate-limit', '0', '--api-key', API_KEY];
   if (stream !== '') args.push('--history-stream', stream);
   const server = await startServer(t, { workers: 1, permissionApiBase: stubBase, args });
   await server.waitForLog((l) => l.event === 'federation_connected');
@@ -142,6 +143,30 @@ test('multiplexed route: a subscriber of node A resubscribes on node B with reco
     assert.ok(frame.offset > sent.at(-1)!);
     break;
   }
+});
+
+test('a server API publish goes through the stream: one offset on every node, exceptUserId kept, recovered on the other node', async (t) => {
+  const { a, b } = await fleet(t);
+  const desk = desktop('js-api');
+  const s = await join(t, a.wsUrl(desk), { token: token(user('Sam')) });
+  const una = user('Una');
+  const u = await join(t, a.wsUrl(desk), { token: token(una) });
+  const w = await join(t, b.wsUrl(desk), { token: token(user('Wit')) });
+  for (let known = s.joined.sessions.length; known < 2; known++) await s.client.expect('session_joined', 10_000);
+  assert.equal((await api(a, 'POST', `desktops/${desk}/events`, { type: 'api-ev', payload: { n: 1 }, exceptUserId: una.userId })).status, 202);
+  const onA = await nextEvent(s.client);
+  const onB = await nextEvent(w.client);
+  assert.deepEqual([onA.type, onA.sessionId, typeof onA.offset], ['api-ev', 'server', 'number']);
+  assert.equal(onB.offset, onA.offset, 'the same offset on both nodes');
+  s.client.send({ type: 'marker' });
+  assert.equal((await nextEvent(u.client)).type, 'marker', 'the excepted user got nothing before');
+  assert.equal((await nextEvent(w.client)).type, 'marker');
+  await w.client.close();
+  assert.equal((await api(a, 'POST', `desktops/${desk}/events`, { type: 'api-missed' })).status, 202);
+  assert.equal((await nextEvent(s.client)).type, 'api-missed');
+  const back = await join(t, `${a.wsUrl(desk)}?epoch=${w.joined.epoch}&offset=${onB.offset}`, { token: token(user('Wit')) });
+  assert.equal(back.joined.recovered, true);
+  assert.deepEqual([(await nextEvent(back.client)).type, (await nextEvent(back.client)).type], ['marker', 'api-missed']);
 });
 
 test('a Go relay’s core publish on room.{id} gets an offset from the stream and is recovered; hostile messages in the stream are dropped as on the bus', async (t) => {

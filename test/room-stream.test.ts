@@ -247,7 +247,8 @@ test('a memory stream lost with its nats-server comes back as a new epoch: old p
   assert.notEqual(after, before);
   assert.deepEqual(await stream.replay('room.m', before, seen[1]!, seen[4]!, BOUNDS), { ok: false, reason: ReplayRefusal.EPOCH });
   assert.equal(await stream.latest('room.m'), 0);
-  assert.equal(epochOf({ created: 'x', config: { name: 'n' } }), 'n@x');
+  assert.equal(epochOf({ created: '2026-12-07T14:39:47.123456789Z', config: { name: 'n' } }), 'n~20261207143947123456789');
+  assert.equal(epochOf({ created: '2026-12-07T14:39:47.123456789Z', config: { name: 'n'.repeat(64) } }).length, 36 + 1 + 23, 'at most 64 characters');
 });
 
 describe('--history-stream options', () => {

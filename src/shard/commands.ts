@@ -19,7 +19,7 @@
  */
 import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { Logger } from '../log.ts';
-import { CloseReason, type ApiOutcome, type ApiRequest } from '../protocol/api.ts';
+import { CloseReason, type ApiOutcome, type ApiRequest, type PublishCommand } from '../protocol/api.ts';
 import { DESKTOP_ID_PATTERN } from '../protocol/events.ts';
 import { legacyToTopicText, withOffset } from '../protocol/event-frames.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
@@ -47,6 +47,8 @@ export interface Publishing {
   stamp(roomKey: string, text: string, nullPayload: boolean): number;
   /** The stamped event to the room's multiplexed subscribers, here and on other shards, but `exceptUserId`'s. */
   subscribers(roomKey: string, text: string, exceptUserId: string | undefined, offset: number): void;
+  /** `--history-stream`: give the publish to the fleet's stream, which delivers it here too, with its offset; false when it cannot. */
+  toStream?(request: PublishCommand): boolean;
 }
 
 const DUPLICATE: ApiOutcome = { duplicate: true, reached: 0, changed: 0 };
@@ -78,6 +80,12 @@ export class Commands {
     }
     switch (request.kind) {
       case 'publish': {
+        if (this.publishing?.toStream?.(request) === true) {
+          // The stream hands it back to every member here (as to every node's).
+          const room = this.rooms.get(request.desktopId);
+          const reached = room === undefined ? 0 : room.members.filter((s) => s.userId !== request.exceptUserId && s.open).length;
+          return { duplicate: false, reached, changed: 0 };
+        }
         // Stamped even when nobody is in the room: a client that resumes gets it.
         const offset = this.publishing?.stamp(request.desktopId, request.event, false) ?? 0;
         const text = offset === 0 ? request.event : withOffset(request.event, offset);

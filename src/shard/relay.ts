@@ -158,16 +158,17 @@ export class Relay {
 
   /**
    * An event from another node, or from the fleet's stream: to every local
-   * member of `room` but `exceptId` (the sender, when it is here); `offset`
-   * 0 for presence.
+   * member of `room` but `exceptId` (the sender, when it is here) and the
+   * sessions of `exceptUserId` (a server API publish); `offset` 0 for presence.
    */
-  deliverRemote(room: Room, frame: Buffer, transientKey?: string, offset = 0, exceptId = ''): void {
+  deliverRemote(room: Room, frame: Buffer, transientKey?: string, offset = 0, exceptId = '', exceptUserId?: string): void {
     // Pinned: a member this cuts leaves the room without making the loop skip another (room-index.ts).
     const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
       // A member catching up gets the event from its replay (replay.ts).
-      if (member.open && (offset === 0 || member.replay === null) && member.id !== exceptId) this.backpressure.deliver(member, frame, transientKey);
+      if (member.open && (offset === 0 || member.replay === null) && member.id !== exceptId && member.userId !== exceptUserId)
+        this.backpressure.deliver(member, frame, transientKey);
     }
     this.rooms.unpin(room, members);
   }

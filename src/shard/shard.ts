@@ -225,10 +225,10 @@ export class Shard {
                     replayEvents: config.historyEvents,
                     replayBytes: config.historyRoomBytes,
                     // The stream's sequence is the offset on every node; the sender, when here, is left out.
-                    deliver: (room, text, transientKey, offset, exceptId) => {
+                    deliver: (room, text, transientKey, offset, exceptId, exceptUserId) => {
                       const framed = withOffset(text, offset);
-                      if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset, exceptId);
-                      this.multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset, exceptId);
+                      if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset, exceptId, exceptUserId);
+                      this.multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset, exceptId, exceptUserId);
                     },
                     lost: (roomKey) => this.roomLost(roomKey),
                   },
@@ -308,6 +308,7 @@ export class Shard {
       publishing: {
         stamp: (roomKey, text, nullPayload) => recovery.stamp(roomKey, text, nullPayload),
         subscribers: (roomKey, text, exceptUserId, offset) => multiplexed.serverEvent(roomKey, text, exceptUserId, offset),
+        ...(federation === null || recovery.stream === null ? {} : { toStream: (request) => federation.publishToStream(request) }),
       },
     });
     this.ping = new PingRoute({

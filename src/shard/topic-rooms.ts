@@ -269,14 +269,15 @@ export class TopicRooms {
    * the room's multiplexed subscribers, here and on other shards; the legacy
    * sockets had it from the relay.
    */
-  fromOtherNode(roomKey: string, legacyText: string, transientKey: string, offset = 0, exceptId = ''): void {
+  fromOtherNode(roomKey: string, legacyText: string, transientKey: string, offset = 0, exceptId = '', exceptUserId?: string): void {
     const room = this.rooms.get(roomKey);
     if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
     const text = legacyToTopicText(room.topic, legacyText);
-    this.toLocalSubs(room, text, exceptId, undefined, transientKey, offset);
+    this.toLocalSubs(room, text, exceptId, exceptUserId, transientKey, offset);
     if (room.peers === null || this.link === null) return;
+    const except = exceptUserId === undefined ? {} : { exceptUser: exceptUserId };
     for (const peer of room.peers.keys())
-      this.link.send(peer, { k: 'ev', topic: room.topic, except: exceptId, text, transient: transientKey, ...ordered(offset) });
+      this.link.send(peer, { k: 'ev', topic: room.topic, except: exceptId, text, transient: transientKey, ...except, ...ordered(offset) });
   }
 
   /** `event` to the room's multiplexed subscribers only (here and on other shards): the legacy relay delivered to the legacy sockets. */

@@ -24,6 +24,9 @@ export class BusApi {
   private readonly applyApi: FederationOptions['applyApi'];
   private readonly busBroadcasts: KeyedBuckets;
 
+  /** `--history-stream`: publishes to a desktop travel in the stream, not here. */
+  streamed = false;
+
   constructor(link: NatsLink, applyApi: FederationOptions['applyApi']) {
     this.link = link;
     this.applyApi = applyApi;
@@ -57,6 +60,8 @@ export class BusApi {
 
   /** Server API calls federate only with --federation-key: unsigned, any NATS client could make them. */
   private publishes(request: ApiRequest): boolean {
+    // With the fleet's stream, a publish to a desktop goes to the room's subject instead (stream-rooms.ts), once.
+    if (this.streamed && request.kind === 'publish') return false;
     return this.link.signer !== null && (desktopOf(request) !== null || this.link.shardId === 0);
   }
 
@@ -142,6 +147,8 @@ export class BusApi {
       link.drop(DropReason.RATE_LIMITED, msg.subject, r);
       return;
     }
+    // With the fleet's stream, publishes come from it (a node without it would give them twice: one setting for a fleet).
+    if (this.streamed && request.kind === 'publish') return;
     const outcome = this.applyApi(request);
     if (outcome.sessions !== undefined && msg.reply !== '' && msg.reply !== undefined) {
       link.send(msg.reply, JSON.stringify({ r: link.config.nodeId, s: outcome.sessions }));

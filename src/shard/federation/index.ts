@@ -31,9 +31,9 @@
  * that never signed, never in the name of a session a signed node holds.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
-import { HEARTBEAT_SUBJECT } from '../../protocol/bus.ts';
+import { HEARTBEAT_SUBJECT, roomSubject } from '../../protocol/bus.ts';
 import type { RoomEvent } from '../../protocol/event-frames.ts';
-import type { ApiRequest, LiveSession } from '../../protocol/api.ts';
+import type { ApiRequest, LiveSession, PublishCommand } from '../../protocol/api.ts';
 import { Metric } from '../../protocol/metrics.ts';
 import type { FederationStats } from '../../protocol/messages.ts';
 import { BusApi } from './bus-api.ts';
@@ -90,6 +90,7 @@ export class Federation {
             lost: shared.lost,
             transientTypes: options.transientTypes,
           });
+    this.api.streamed = this.streams !== null;
     link.start({ connected: (nc) => this.connected(nc), reconnected: () => this.reconnected() });
   }
 
@@ -198,6 +199,20 @@ export class Federation {
   /** See {@link BusApi.publish}. */
   publishApi(request: ApiRequest): void {
     this.api.publish(request);
+  }
+
+  /**
+   * `--history-stream`: a server API publish to a desktop goes to the
+   * room's subject (the stream captures it; every node that follows the
+   * room delivers it with its sequence, this one too). False when it cannot
+   * (the bus is down): the caller delivers it here, without an offset.
+   */
+  publishToStream(request: PublishCommand): boolean {
+    const link = this.link;
+    if (this.streams === null || link.closing || !link.connected) return false;
+    const except = request.exceptUserId === undefined ? '' : `,"x":${JSON.stringify(request.exceptUserId)}`;
+    link.send(roomSubject(request.desktopId), `{"r":${link.nodeJson},"p":${request.event}${except}}`);
+    return true;
   }
 
   /** See {@link BusApi.gather}. */

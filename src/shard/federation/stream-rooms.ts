@@ -49,7 +49,7 @@ export interface StreamRoomsOptions {
   replayEvents: number;
   replayBytes: number;
   /** A relayed event to the room's members here but `exceptId`, with its offset. */
-  deliver: (room: Room, legacyText: string, transientKey: string | undefined, offset: number, exceptId: string) => void;
+  deliver: (room: Room, legacyText: string, transientKey: string | undefined, offset: number, exceptId: string, exceptUserId: string | undefined) => void;
   /** The room's members here cannot be kept whole (a new epoch, a gap): close them so that they resume. */
   lost: (roomKey: string) => void;
   transientTypes: ReadonlySet<string>;
@@ -65,6 +65,8 @@ interface Follow {
 }
 
 const decoder = new TextDecoder();
+/** The `sessionId` of the server's own events (server API publishes). */
+const SERVER_ID = 'server';
 
 export class StreamRooms {
   private readonly options: StreamRoomsOptions;
@@ -228,8 +230,15 @@ export class StreamRooms {
       const local = this.options.rooms.localRoom(follow.room);
       if (local === undefined) return;
       const transientKey = this.options.transientTypes.has(taken.type) ? `${taken.sessionId}\n${taken.type}` : undefined;
-      // The sender, when it is here, does not get its own event back (as on a single node).
-      this.options.deliver(local, taken.text, transientKey, event.seq, own ? taken.sessionId : '');
+      // The sender, when it is here, does not get its own event back (as on a single node); a server API publish may leave a user out.
+      this.options.deliver(
+        local,
+        taken.text,
+        transientKey,
+        event.seq,
+        own ? taken.sessionId : '',
+        taken.sessionId === SERVER_ID ? exceptUserOf(msg.data) : undefined,
+      );
     });
   }
 
@@ -241,6 +250,16 @@ export class StreamRooms {
     if (index === -1) return false;
     follow.own.splice(0, index + 1);
     return true;
+  }
+}
+
+/** The user a server API publish leaves out (`"x"` beside the envelope's event, Federation.publishToStream). */
+function exceptUserOf(data: Uint8Array): string | undefined {
+  try {
+    const x = (JSON.parse(decoder.decode(data)) as { x?: unknown }).x;
+    return typeof x === 'string' ? x : undefined;
+  } catch {
+    return undefined;
   }
 }
 

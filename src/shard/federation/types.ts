@@ -53,8 +53,8 @@ export interface FederationOptions {
     log: StreamLog;
     replayEvents: number;
     replayBytes: number;
-    /** A relayed event from the stream, with its sequence as offset, to the room's members here but `exceptId`. */
-    deliver: (room: Room, legacyText: string, transientKey: string | undefined, offset: number, exceptId: string) => void;
+    /** A relayed event from the stream, with its sequence as offset, to the room's members here but `exceptId` (and `exceptUserId`'s sessions). */
+    deliver: (room: Room, legacyText: string, transientKey: string | undefined, offset: number, exceptId: string, exceptUserId: string | undefined) => void;
     /** The room's members here must resume (a new epoch, a gap). */
     lost: (roomKey: string) => void;
   };
