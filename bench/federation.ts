@@ -16,7 +16,13 @@
  * pinned to core 0 and the generator to core 1: the two-node row therefore
  * runs two nodes and nats-server on the core that one node had to itself.
  *
- *   node bench/federation.ts [--repeat N] [--presets light,medium]
+ * With `--setups` including `stream`, a third setup: the two nodes with
+ * `--history-stream` on a `nats-server -js` (issue 21), every relayed event
+ * delivered from the stream's consumers with its sequence as offset, the
+ * origin's too: the federated path's added latency is this row against
+ * the `fleet` row.
+ *
+ *   node bench/federation.ts [--repeat N] [--presets light,medium] [--setups single,fleet,stream]
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -35,6 +41,7 @@ const arg = (name: string): string | undefined => {
 };
 const repeat = Number(arg('--repeat') ?? '1');
 const presets = (arg('--presets') ?? 'light,medium,heavy,extreme').split(',');
+const setups = new Set((arg('--setups') ?? 'single,fleet,stream').split(','));
 const pin = availableParallelism() >= 2 && spawnSync('taskset', ['-c', '0', 'true']).status === 0;
 const serverPin = pin ? ['taskset', '-c', '0'] : [];
 const generatorPin = pin ? ['taskset', '-c', '1'] : [];
@@ -141,19 +148,29 @@ const rows: Row[] = [];
 const cleanup = new Cleanup();
 try {
   const env = devSecretEnv(TEST_SECRET);
-  const single = new Cleanup();
-  const one = await startServer(single, { workers: 1, args: SERVER_ARGS, env, prefix: serverPin });
-  rows.push(...(await measure('1 node', [one], false)));
-  await single.run();
-
-  const nats = await startNats(cleanup);
-  const nodes = await Promise.all(
-    ['bench-a', 'bench-b'].map((id) =>
-      startServer(cleanup, { workers: 1, args: [...SERVER_ARGS, '--nats-url', nats.url, '--node-id', id], env, prefix: serverPin }),
-    ),
-  );
-  for (const node of nodes) await node.waitForLog((l) => l.event === 'federation_connected');
-  rows.push(...(await measure('2 nodes + nats-server', nodes, true)));
+  if (setups.has('single')) {
+    const single = new Cleanup();
+    const one = await startServer(single, { workers: 1, args: SERVER_ARGS, env, prefix: serverPin });
+    rows.push(...(await measure('1 node', [one], false)));
+    await single.run();
+  }
+  for (const stream of [false, true]) {
+    if (!setups.has(stream ? 'stream' : 'fleet')) continue;
+    const fleet = new Cleanup();
+    try {
+      const nats = await startNats(fleet, { jetstream: stream });
+      const extra = stream ? ['--history-stream', 'bench'] : [];
+      const nodes = await Promise.all(
+        ['bench-a', 'bench-b'].map((id) =>
+          startServer(fleet, { workers: 1, args: [...SERVER_ARGS, '--nats-url', nats.url, '--node-id', id, ...extra], env, prefix: serverPin }),
+        ),
+      );
+      for (const node of nodes) await node.waitForLog((l) => l.event === (stream ? 'history_stream_epoch' : 'federation_connected'));
+      rows.push(...(await measure(stream ? '2 nodes + nats-server -js, --history-stream' : '2 nodes + nats-server', nodes, true)));
+    } finally {
+      await fleet.run();
+    }
+  }
 } finally {
   await cleanup.run();
 }

@@ -196,7 +196,7 @@ test('a Go relay’s core publish on room.{id} gets an offset from the stream an
   assert.deepEqual([(await nextEvent(back.client)).type, (await nextEvent(back.client)).type], ['after', 'missed'], 'the hostile ones are not replayed either');
 });
 
-test('nats-server restarted with a memory stream: a new epoch, members told to resume (4009), old positions say false', async (t) => {
+test('nats-server restarted with a memory stream: events still reach this node’s members meanwhile (no offset); then a new epoch, members told to resume (4009), old positions say false', async (t) => {
   const nats = await startNats(t, { jetstream: true });
   const stub = await startPermissionStub(t);
   const args = (id: string) => ['--nats-url', nats.url, '--node-id', id, '--rate-limit', '0', '--history-stream', 'mem', '--history-stream-storage', 'memory'];
@@ -208,6 +208,12 @@ test('nats-server restarted with a memory stream: a new epoch, members told to r
   s.client.send({ type: 'n' });
   const before = await nextEvent(w.client);
   await nats.kill();
+  await a.waitForLog((l) => l.event === 'federation_disconnected');
+  // The bus down: the room's events still reach its members here, without an offset (no history has them).
+  s.client.send({ type: 'during' });
+  const during = await nextEvent(w.client);
+  assert.equal(during.type, 'during');
+  assert.equal('offset' in during, false);
   await nats.start();
   await a.waitForLog((l) => l.event === 'history_stream_epoch' && l.epoch !== w.joined.epoch, 20_000);
   const closed = await w.client.closed;

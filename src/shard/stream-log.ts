@@ -104,9 +104,12 @@ export class StreamLog implements RoomLog {
     return true;
   }
 
-  /** Whether the room is followed: its events come from the stream. */
+  /** Whether the bus is up (stream-rooms.ts sets it): while it is down, nothing published comes back. */
+  busUp: () => boolean = () => true;
+
+  /** Whether the room is followed and the bus up: its events come from the stream. */
   follows(roomKey: string): boolean {
-    return this.windows.has(roomKey);
+    return this.windows.has(roomKey) && this.busUp();
   }
 
   /** The room is followed from the event after `after` on. */

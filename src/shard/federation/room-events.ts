@@ -15,6 +15,7 @@
  */
 import type { Msg } from '@nats-io/transport-node';
 import { BUS_OVERHEAD_BYTES, COPY_HEADER, DropReason, parseRoomMessage, parseTopicMessage, sessionInfoJson } from '../../protocol/bus.ts';
+import { Metric } from '../../protocol/metrics.ts';
 import type { Room } from '../room-index.ts';
 import type { NatsLink } from './link.ts';
 import { ROSTER_HEADER, type PresenceSync } from './presence-sync.ts';
@@ -52,6 +53,11 @@ export class RoomEvents {
     if (this.link.closing) return;
     // A moodio-rt node's copy for the upstream relay: the original came on the room's own subject.
     if (mirror && this.link.header(msg, COPY_HEADER) !== undefined) return;
+    // The room follows the fleet's stream: what is not presence or a sync comes from there; a glance at the bytes spares it a parse here.
+    if (!mirror && this.streamed?.(room) === true && !mayBePresence(msg.data)) {
+      this.link.metrics.add(Metric.BUS_RECEIVED);
+      return;
+    }
     this.link.receive(msg, (m) => this.handle(room, m, framing, mirror));
   }
 
@@ -234,6 +240,18 @@ export class RoomEvents {
       }
     }
   }
+}
+
+/**
+ * Whether a message may carry presence or a sync request: every such type
+ * has `session_` or `presence_sync` in it (as every encoder writes them: JSON
+ * escapes are not needed there). A relayed event may too (in its
+ * payload), and is then parsed to be told apart; one with neither is not
+ * presence, whatever it is.
+ */
+function mayBePresence(data: Uint8Array): boolean {
+  const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  return bytes.indexOf('session_') !== -1 || bytes.indexOf('presence_sync') !== -1;
 }
 
 /** Whether `sessionId` is a session of this node in `room`, in any framing. */

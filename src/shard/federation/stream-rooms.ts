@@ -80,6 +80,8 @@ export class StreamRooms {
   constructor(options: StreamRoomsOptions) {
     this.options = options;
     options.events.streamed = (room) => this.follows.get(room.desktopId)?.room === room;
+    // While the bus is down, a room's events are delivered here without an offset (nothing published would come back).
+    options.log.busUp = () => options.link.connected && !options.link.closing;
     options.link.onSent = (subject, data) => {
       const follow = this.bySubject.get(subject);
       if (follow === undefined) return;
