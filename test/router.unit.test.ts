@@ -225,7 +225,7 @@ test('/check: GET and OPTIONS are answered with CORS headers, the Origin reflect
   assert.deepEqual(route(head('GET', '/check/'), OPTIONS), reject(Rejections.NOT_FOUND, false));
 });
 
-test('resume parameters on a legacy route: a position goes to the shard; a bad one is 400 invalid_resume with the rule broken, before an upgrade refusal would not', () => {
+test('resume parameters on a legacy route: a position goes to the shard; a bad one is 400 invalid_resume naming the rule broken, after the upgrade’s own refusals', () => {
   assert.deepEqual(route(head('GET', '/ws/desktop/desk-42?epoch=mxd.1&offset=0', UPGRADE), OPTIONS), toShard('desk-42'));
   assert.deepEqual(route(head('GET', '/ws/desktop/desk-42?x=1', UPGRADE), OPTIONS), toShard('desk-42'), 'other members are ignored');
   assert.deepEqual(route(head('GET', '/ws/production-table/t-1?epoch=e&offset=9007199254740991', UPGRADE), OPTIONS), toShard('production-table:t-1'));
