@@ -36,8 +36,8 @@ export interface Admitted {
   remoteAddress: string;
   /** The handshake's Cookie header, which a permission recheck forwards again. */
   cookie: string | undefined;
-  /** A legacy route's `?epoch=…&offset=…` (the primary refused bad ones): where its replay starts. */
-  resume: ResumePosition | undefined;
+  /** A legacy route's `?epoch=…&offset=…` (the primary refused bad ones): where its replay starts; absent without one. */
+  resume?: ResumePosition;
 }
 
 export interface HandshakeOptions {
@@ -151,7 +151,17 @@ export class Handshake {
       socket.off('error', onSocketError);
       const query = multiplexed ? null : parseResumeQuery(head.url);
       const resume = query?.kind === 'resume' ? query.position : undefined;
-      onOpen({ ws, socket, desktopId, multiplexed, identity, permission, remoteAddress, cookie: head.headers.cookie, resume });
+      onOpen({
+        ws,
+        socket,
+        desktopId,
+        multiplexed,
+        identity,
+        permission,
+        remoteAddress,
+        cookie: head.headers.cookie,
+        ...(resume === undefined ? {} : { resume }),
+      });
     });
   }
 

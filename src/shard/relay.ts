@@ -338,7 +338,8 @@ export class Relay {
       this.topics?.fanOut(room, event, session.id, transientKey ?? '');
     }
     if (this.bus !== undefined) this.bus.publish(session.desktopId, text, { type, stamp: session.stamp, timestamp, payload });
-    this.metrics.add(Metric.MESSAGES_RELAYED);
+    // Kept for those who resume is not relayed: a lone session's event counts once it reaches someone.
+    if (room.size > 1 || this.bus !== undefined) this.metrics.add(Metric.MESSAGES_RELAYED);
 
     if (LOGGED_TYPES.has(type) && this.log.enabled('debug')) {
       this.log.debug('event', { type, sessionId: session.id, desktopId: session.desktopId, userId: session.userId });
