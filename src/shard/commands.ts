@@ -142,6 +142,7 @@ export class Commands {
       this.control.deliver(session, frame);
       reached++;
     }
+    this.control.settleCuts();
     this.metrics.add(ApiMetric.DELIVERIES, reached);
     return { duplicate: false, reached, changed: 0 };
   }

@@ -10,7 +10,7 @@ import { encodeTextFrame } from '../protocol/frame.ts';
 import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { legacyErrorText, legacyEventText, legacyText, roomJoinedText, type RoomEvent } from '../protocol/event-frames.ts';
-import type { Backpressure } from './backpressure.ts';
+import { Delivery, type Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
@@ -28,8 +28,6 @@ export interface RelayOptions {
   transientTypes: ReadonlySet<string>;
   /** Types a viewer may not send (`--mutation-types`): dropped with one Set lookup. */
   mutationTypes: ReadonlySet<string>;
-  /** Other nodes (shard/federation/), when federation is on. */
-  bus?: RelayBus;
   /** The rooms' multiplexed subscribers (shard/topic-rooms.ts), here and on other shards. */
   topics?: TopicFanout;
 }
@@ -63,7 +61,8 @@ export class Relay {
   private readonly backpressure: Backpressure;
   private readonly transientTypes: ReadonlySet<string>;
   private readonly mutationTypes: ReadonlySet<string>;
-  private readonly bus: RelayBus | undefined;
+  /** Other nodes (shard/federation/), when federation is on: set once by {@link useBus}. */
+  private bus: RelayBus | undefined = undefined;
   private readonly topics: TopicFanout | undefined;
 
   constructor(options: RelayOptions) {
@@ -76,7 +75,15 @@ export class Relay {
     this.backpressure = options.backpressure;
     this.transientTypes = options.transientTypes;
     this.mutationTypes = options.mutationTypes;
-    this.bus = options.bus;
+  }
+
+  /**
+   * The link to other nodes. Set once, after construction: the federation
+   * delivers other nodes' events through this relay, and this relay
+   * publishes through it, so one of the two is built first.
+   */
+  useBus(bus: RelayBus): void {
+    this.bus = bus;
   }
 
   /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
@@ -93,7 +100,10 @@ export class Relay {
     }
     // Through the budget like any ordered frame: in a large room it is a large frame.
     // `permission` (the joiner's own role) is an addition to the reference's frame: a client learns its role without waiting for a change.
-    this.backpressure.deliver(session, encodeTextFrame(roomJoinedText(session.id, session.permission, sessions)), undefined);
+    const joined = this.backpressure.deliver(session, encodeTextFrame(roomJoinedText(session.id, session.permission, sessions)), undefined);
+    this.backpressure.settleCuts();
+    // Cut by its own room_joined (the process cap): it never joins, and nobody hears of it.
+    if (joined === Delivery.CUT) return;
     this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
@@ -134,9 +144,10 @@ export class Relay {
     const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
-      if (member.open) this.backpressure.deliver(member, frame, transientKey);
+      if (member.open && this.backpressure.deliver(member, frame, transientKey) === Delivery.CUT) this.leave(member);
     }
     this.rooms.unpin(room, members);
+    this.backpressure.settleCuts();
   }
 
   /**
@@ -150,9 +161,11 @@ export class Relay {
     const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
-      if (member !== sender && member.open) this.backpressure.deliver(member, frame, transientKey);
+      if (member !== sender && member.open && this.backpressure.deliver(member, frame, transientKey) === Delivery.CUT) this.leave(member);
     }
     this.rooms.unpin(room, members);
+    // Members the process cap cut aside (not the one a frame was for) leave now.
+    this.backpressure.settleCuts();
   }
 
   /** Send `{"type":"error"}` to one session; the frame was not relayed. */
@@ -165,7 +178,8 @@ export class Relay {
   private writeError(session: Session, code: ErrorCodeValue, message: string, extra = ''): void {
     if (!session.open) return;
     // Through the outbound budget like any ordered event: a session that sends bad frames and never reads is cut, not buffered for.
-    this.backpressure.deliver(session, encodeTextFrame(legacyErrorText(code, message, extra)), undefined);
+    if (this.backpressure.deliver(session, encodeTextFrame(legacyErrorText(code, message, extra)), undefined) === Delivery.CUT) this.leave(session);
+    this.backpressure.settleCuts();
   }
 
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */

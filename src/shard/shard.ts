@@ -136,37 +136,91 @@ export class Shard {
       closeAfterMs: config.rateLimitCloseAfterMs,
       messageBytes: config.maxMessageSize,
     };
-    // The coalescer reports backlogs to the backpressure policy, which writes through the coalescer.
-    let backpressure: Backpressure | null = null;
+    // Every part is built after the parts it uses. Where two need each other, the one built first takes the other
+    // once it exists, through one named call (attach, useBus), as the comments below say.
+    // The coalescer needs nothing of the policy; the policy, which writes through it, registers as its backlog listener.
     const out = (this.out = new WriteCoalescer<Session>(metrics, {
       pacing: config.pacing,
       paceIntervalMs: config.paceIntervalMs,
       paceAbove: config.paceAbove,
-      onBacklog: (session, kept) => backpressure!.noteBacklog(session, kept),
     }));
-    backpressure = this.backpressure = new Backpressure(
+    const backpressure = (this.backpressure = new Backpressure(
       {
         maxBufferedBytes: config.maxBufferedBytes,
         slowConsumerTimeoutMs: config.slowConsumerTimeoutMs,
         maxSessionBacklogBytes: config.maxSessionBacklogBytes,
         maxOutboundBytes: config.maxOutboundBytes,
         processOutbound: () => sumOverShards(allMetrics, config.workers, Metric.OUTBOUND_BUFFERED),
-        // A cut session leaves its room at once (session_left), not when its socket finally closes.
-        onCut: (session) => {
-          if (session instanceof TopicConnection) this.multiplexed.cut(session);
-          else this.relay.leave(session);
-          this.updateGauges();
-        },
         onRelease: () => this.memory.request(),
       },
       out,
       metrics,
       log,
-    );
+    ));
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     // The mutation table in force, built once: the relay's hot path is one lookup in it.
     const mutations: ReadonlySet<string> = new Set(config.mutationTypes);
-    this.limiter = new RateLimiter(this.rateLimit);
+    const limiter = (this.limiter = new RateLimiter(this.rateLimit));
+    // The multiplexed route before the relay and the server API, which use its rooms and connections; it hears
+    // of them through attach() below.
+    const multiplexed = (this.multiplexed = new Multiplexed({
+      shardId: id,
+      config,
+      rooms: this.rooms,
+      backpressure,
+      out,
+      limiter,
+      metrics,
+      log,
+      users,
+      transientTypes: transient,
+      mutationTypes: mutations,
+      claims: fromToken ? new ClaimPermissionSource(config.dev ? 'editor' : null) : null,
+    }));
+    const relay = (this.relay = new Relay({
+      rooms: this.rooms,
+      out,
+      log,
+      limiter,
+      metrics,
+      backpressure,
+      transientTypes: transient,
+      mutationTypes: mutations,
+      topics: multiplexed.topics,
+    }));
+    // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
+    const grants: GrantUpdates = {
+      setGrant: (userId, desktopId, permission) => {
+        cache?.setGrant(userId, desktopId, permission);
+        multiplexed.setGrant(userId, desktopId, permission);
+      },
+      forgetUser: (userId) => {
+        cache?.forgetUser(userId);
+        multiplexed.forgetUser(userId);
+      },
+    };
+    const api = (this.api = new ShardApi({
+      shardId: id,
+      config,
+      rooms: this.rooms,
+      relay,
+      backpressure,
+      out,
+      permissions: permissionApi,
+      grants,
+      metrics,
+      log,
+      topics: multiplexed,
+      leaveTopics: (conn) => multiplexed.cut(conn),
+    }));
+    multiplexed.attach({
+      opened: (conn, identity) => api.openedConnection(conn, identity),
+      closed: (conn) => api.closed(conn),
+      changed: () => this.connectionsChanged(),
+      onBytes: (conn, bytes) => relay.onBytes(conn, bytes),
+    });
+    // The federation last: it delivers other nodes' events to the relay and the topic rooms, which publish through
+    // it, so they take it once it exists (useBus). It only hears the bus after this constructor has returned.
     this.federation =
       config.natsUrls.length === 0
         ? null
@@ -178,8 +232,8 @@ export class Shard {
             rooms: this.rooms,
             // Each member in its framing: the legacy sockets from the relay, the subscribers (here and on other shards) from the topic rooms.
             deliver: (room, text, transientKey) => {
-              if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(text), transientKey);
-              this.multiplexed.topics.fromOtherNode(room.id, text, transientKey ?? '');
+              if (room.members.length > 0) relay.deliverRemote(room, encodeTextFrame(text), transientKey);
+              multiplexed.topics.fromOtherNode(room.id, text, transientKey ?? '');
             },
             transientTypes: transient,
             mutationTypes: mutations,
@@ -187,73 +241,22 @@ export class Shard {
             applyApi: (request) => this.applyLocally(request),
           });
     const federation = this.federation;
-    this.multiplexed = new Multiplexed({
-      shardId: id,
-      config,
-      rooms: this.rooms,
-      backpressure,
-      out,
-      limiter: this.limiter,
-      metrics,
-      log,
-      users,
-      transientTypes: transient,
-      mutationTypes: mutations,
-      claims: fromToken ? new ClaimPermissionSource(config.dev ? 'editor' : null) : null,
-      remoteSessionsJson: federation === null ? undefined : (roomKey) => federation.remoteSessionsJson(roomKey),
-      opened: (conn, identity) => this.api.openedConnection(conn, identity),
-      closed: (conn) => this.api.closed(conn),
-      changed: () => {
-        this.updateGauges();
-        if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
-      },
-      onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
-    });
     if (federation !== null) {
+      relay.useBus(federation);
       // A subscriber's room listens to the other nodes as a legacy socket's does; it does not wait for the first sync (others arrive as session_joined).
-      this.multiplexed.topics.useBus({
+      multiplexed.topics.useBus({
+        remoteSessionsJson: (roomKey) => federation.remoteSessionsJson(roomKey),
         admit: (roomKey) => federation.admit(roomKey, noop),
         publish: (roomKey, text, event) => federation.publish(roomKey, text, event),
         roomEmptied: (roomKey) => federation.roomEmptied(roomKey),
       });
     }
-    this.relay = new Relay({
-      rooms: this.rooms,
-      out,
-      log,
-      limiter: this.limiter,
-      metrics,
-      backpressure: this.backpressure,
-      transientTypes: transient,
-      mutationTypes: mutations,
-      bus: federation ?? undefined,
-      topics: this.multiplexed.topics,
-    });
-    // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
-    const multiplexed = this.multiplexed;
-    const grants: GrantUpdates = {
-      setGrant: (userId, desktopId, permission) => {
-        cache?.setGrant(userId, desktopId, permission);
-        multiplexed.setGrant(userId, desktopId, permission);
-      },
-      forgetUser: (userId) => {
-        cache?.forgetUser(userId);
-        multiplexed.forgetUser(userId);
-      },
-    };
-    this.api = new ShardApi({
-      shardId: id,
-      config,
-      rooms: this.rooms,
-      relay: this.relay,
-      backpressure,
-      out,
-      permissions: permissionApi,
-      grants,
-      metrics,
-      log,
-      topics: multiplexed,
-      leaveTopics: (conn) => multiplexed.cut(conn),
+    // Every part that takes a session out of its room exists: the sessions the policy cuts on its own (the sweep),
+    // or aside of a delivery (the process cap), come here. The one a delivery is for is its caller's (Delivery.CUT).
+    backpressure.attach((session) => {
+      if (session instanceof TopicConnection) multiplexed.cut(session);
+      else relay.leave(session);
+      this.updateGauges();
     });
     this.ping = new PingRoute({
       shardId: id,
@@ -403,6 +406,12 @@ export class Shard {
       });
       if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
     });
+  }
+
+  /** A multiplexed connection opened or closed. */
+  private connectionsChanged(): void {
+    this.updateGauges();
+    if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
   }
 
   /** Legacy sessions and multiplexed connections open on this shard. */

@@ -37,7 +37,7 @@ import {
   unsubscribedText,
   type TopicErrorCodeValue,
 } from '../protocol/topics.ts';
-import type { Backpressure } from './backpressure.ts';
+import { Delivery, type Backpressure } from './backpressure.ts';
 import { Subscription, type QueuedOp, type TopicConnection } from './connection.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import { closeAndCut, pauseReads } from './socket-reads.ts';
@@ -356,7 +356,11 @@ export class TopicOps {
 
   /** Through the outbound budget like any ordered frame. */
   private send(conn: TopicConnection, text: string): void {
-    if (conn.open) this.options.backpressure.deliver(conn, encodeTextFrame(text), undefined);
+    if (!conn.open) return;
+    const backpressure = this.options.backpressure;
+    // Cut by its own answer: it leaves every topic at once, as multiplexed.ts cut does.
+    if (backpressure.deliver(conn, encodeTextFrame(text), undefined) === Delivery.CUT) this.closed(conn);
+    backpressure.settleCuts();
   }
 
   /** The user's message bucket, as on the legacy route (relay.ts), its notices in this route's framing. */

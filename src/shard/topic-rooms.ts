@@ -21,9 +21,10 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import type { LinkMessage } from '../protocol/messages.ts';
 import { legacyEventText, legacyToTopicText, sessionUpdated, topicEventText, type RoomEvent } from '../protocol/event-frames.ts';
 import { roomKeyOf } from '../protocol/topics.ts';
-import type { Backpressure } from './backpressure.ts';
+import { Delivery, type Backpressure } from './backpressure.ts';
 import type { Subscription } from './connection.ts';
 import type { Room, RoomIndex } from './room-index.ts';
+import type { Session } from './session.ts';
 import type { ShardLink } from './shard-link.ts';
 
 export interface TopicRoomsOptions {
@@ -34,14 +35,14 @@ export interface TopicRoomsOptions {
   log: Logger;
   /** Types only the newest of matters to a slow recipient. */
   transientTypes: ReadonlySet<string>;
-  /** The room's legacy sessions on other nodes (federation), as comma-separated SessionInfo JSON. */
-  remoteSessionsJson?: (roomKey: string) => string;
   /** Most sessions a room holds, every kind counted (--max-room-size; 0 = no limit). */
   maxRoomSize: number;
 }
 
 /** What the rooms need of the federation (shard/federation/): the room of a new subscriber listens to the other nodes, and every subscriber's event goes to them. */
 export interface TopicBus {
+  /** The room's sessions on other nodes, as comma-separated SessionInfo JSON (or ''). */
+  remoteSessionsJson(roomKey: string): string;
   /** A subscriber joined the room (the first one subscribes it on the bus and asks who is there). */
   admit(roomKey: string): void;
   /** Publish an event of the room (`legacyText` its legacy framing) to the other nodes. */
@@ -173,7 +174,7 @@ export class TopicRooms {
     for (const member of room.members) if (member.id !== exceptId) parts.push(member.infoJson);
     for (const sub of room.subs) if (sub.conn.id !== exceptId) parts.push(sub.infoJson);
     if (room.remote !== null) for (const member of room.remote.values()) if (member.sessionId !== exceptId) parts.push(member.infoJson);
-    const nodes = this.options.remoteSessionsJson?.(room.id) ?? '';
+    const nodes = this.bus?.remoteSessionsJson(room.id) ?? '';
     if (nodes !== '') parts.push(nodes);
     return parts.join(',');
   }
@@ -187,9 +188,10 @@ export class TopicRooms {
         const member = members[i]!;
         if (member.id === exceptId || !member.open) continue;
         frame ??= encodeTextFrame(legacyEventText(event));
-        this.options.backpressure.deliver(member, frame, transientKey === '' ? undefined : transientKey);
+        this.deliver(member, frame, transientKey);
       }
       this.rooms.unpin(room, members);
+      if (frame !== null) this.options.backpressure.settleCuts();
     }
     this.fanOut(room, event, exceptId, transientKey);
     this.bus?.publish(room.id, legacyEventText(event), event);
@@ -269,9 +271,21 @@ export class TopicRooms {
       const conn = subs[i]!.conn;
       if (!conn.open || conn.id === exceptId || conn.userId === exceptUserId) continue;
       frame ??= encodeTextFrame(text);
-      this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
+      this.deliver(conn, frame, transientKey);
     }
     this.rooms.unpinSubs(room, subs);
+    if (frame !== null) this.options.backpressure.settleCuts();
+  }
+
+  /**
+   * `frame` to one member of a room. One this cuts is passed on to the
+   * shard's cut handler, which the caller's loop settles when it ends: a
+   * legacy member leaves through the relay, a connection every topic
+   * through its ops, and neither is this file's to call.
+   */
+  private deliver(member: Session, frame: Buffer, transientKey: string): void {
+    const backpressure = this.options.backpressure;
+    if (backpressure.deliver(member, frame, transientKey === '' ? undefined : transientKey) === Delivery.CUT) backpressure.passOn(member);
   }
 
   /** The coalescing key of an event, or '' when its type is not transient. */
@@ -337,8 +351,9 @@ export class TopicRooms {
         for (const sub of [...subs]) {
           if (sub.conn.id === message.except || sub.conn.userId === message.exceptUser || !sub.conn.open) continue;
           frame ??= encodeTextFrame(message.text);
-          this.options.backpressure.deliver(sub.conn, frame, message.transient === '' ? undefined : message.transient);
+          this.deliver(sub.conn, frame, message.transient);
         }
+        if (frame !== null) this.options.backpressure.settleCuts();
         return;
       }
     }
