@@ -9,7 +9,7 @@ import { selectProtocol } from '../auth/credentials.ts';
 import { CachingPermissionSource } from '../auth/permission-cache.ts';
 import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } from '../auth/permission-client.ts';
 import type { Logger } from '../log.ts';
-import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
+import { DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage, FederationStats } from '../protocol/messages.ts';
 import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
@@ -35,6 +35,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { ConnectionLimit } from '../protocol/topics.ts';
 import { TopicConnection } from './connection.ts';
 import { Multiplexed } from './multiplexed.ts';
+import { closeSpread } from './drain-spread.ts';
 
 /**
  * On a drain, how long a session's socket has to hand its close frame (and
@@ -42,6 +43,16 @@ import { Multiplexed } from './multiplexed.ts';
  * takes microseconds; one that stopped reading never does.
  */
 export const CLOSE_FLUSH_MS = 250;
+
+/** How a shard drains (SIGTERM: spread, 1012; an admin restart: at once, 1012). */
+export interface DrainPlan {
+  /** How long to wait for closing handshakes after the last close frame before cutting the sockets. */
+  timeoutMs: number;
+  /** The window over which the close frames go out, evenly, in a random order (0 = at once). */
+  spreadMs: number;
+  code: number;
+  reason: string;
+}
 
 /** Bytes wait in the session's socket that the kernel has not taken. */
 function holdsUnsentBytes(session: Session): boolean {
@@ -73,6 +84,10 @@ export class Shard {
   private readonly handshake: Handshake;
   private readonly permissions: PermissionSource;
   private draining = false;
+  /** While draining: the close every session gets (one whose join was waiting gets it at once). */
+  private drainClose: { code: number; reason: string } | null = null;
+  /** Sessions cut on this drain because their sockets could not take the close frame, and the bytes they held. */
+  private readonly drainCut = { sessions: 0, bytes: 0 };
   private onEmpty: (() => void) | null = null;
   private readonly pinger: NodeJS.Timeout;
   private readonly out: WriteCoalescer<Session>;
@@ -358,6 +373,11 @@ export class Shard {
       // It may have gone while its room asked the other nodes who is there.
       if (!session.open) return;
       if (ws.isPaused) ws.resume();
+      // The shard began draining meanwhile: it never joins, and is told to go as the others were.
+      if (this.drainClose !== null) {
+        ws.close(this.drainClose.code, this.drainClose.reason);
+        return;
+      }
       this.relay.join(session);
       this.api.opened(session, identity, cookie);
       this.updateGauges();
@@ -461,57 +481,79 @@ export class Shard {
   }
 
   /**
-   * Refuse new connections, close every session with `code` and `reason`
-   * (1001 on shutdown, 1012 before an admin restart), and resolve once all
-   * are closed or `timeoutMs` passed (the rest are cut). Resolves with the
+   * Refuse new connections and close every session with the plan's code and
+   * reason: the close frames go out spread evenly over `spreadMs`, in a
+   * random order (drain-spread.ts). Resolves once all are closed, or
+   * `timeoutMs` after the last close frame (the rest are cut), with the
    * number of sessions that were open.
+   *
+   * Everything else keeps running until {@link stop}: the relay, liveness,
+   * the budgets, the bus link (each session's `session_left` reaches the
+   * other nodes as it closes, and their events reach the sessions still
+   * here), and the link to the other shards (their connections may be in
+   * rooms this shard owns, and drain on their own schedule).
    */
-  async drain(timeoutMs: number, code: number = CloseCode.GOING_AWAY, reason = 'server shutting down'): Promise<number> {
+  async drain({ timeoutMs, spreadMs, code, reason }: DrainPlan): Promise<number> {
     this.draining = true;
-    // Other nodes hear that every session here left before the sessions are even closed.
-    const bus = this.federation?.close(Math.min(timeoutMs, 2000));
-    clearInterval(this.pinger);
+    this.drainClose = { code, reason };
+    // Probes hold nothing to hand over: they go at once.
     this.ping.close(code, reason);
-    this.backpressure.stop();
-    this.memory.stop();
-    this.api.stop();
-    // Frames already queued go out ahead of the close frames.
-    this.out.flushAll();
-    this.out.stop();
-    this.multiplexed.closeLink();
-    const open = this.openCount;
+    const sessions = [...this.rooms.allSessions(), ...this.multiplexed.connections];
+    const open = sessions.length;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      const sessions = [...this.rooms.allSessions(), ...this.multiplexed.connections];
-      for (const session of sessions) session.ws.close(code, reason);
-      const started = Date.now();
-      // A socket that cannot take its close frame (it waits behind a backlog
-      // the peer does not read) would hold the drain to its deadline, and
-      // the process's exit with it: cut it once the others had a moment.
-      const backlogged = sessions.filter(holdsUnsentBytes);
-      if (backlogged.length > 0 && !(await withDeadline(empty, Math.min(CLOSE_FLUSH_MS, timeoutMs)))) this.cutUnflushed(backlogged);
-      await withDeadline(empty, Math.max(0, timeoutMs - (Date.now() - started)));
-      for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.terminate();
+      this.log.info('drain_started', { sessions: open, spreadMs });
+      await closeSpread(sessions, spreadMs, this.closeDraining);
+      await withDeadline(empty, timeoutMs);
+      const rest = [...this.rooms.allSessions(), ...this.multiplexed.connections];
+      for (const session of rest) session.ws.terminate();
+      // Their close handlers run on the next turns: each leaves its room (session_left) while the bus link is up.
+      if (rest.length > 0) await withDeadline(empty, CLOSE_FLUSH_MS);
     }
-    await bus;
-    await this.permissions.close();
-    await this.multiplexed.close();
+    if (this.drainCut.sessions > 0) this.log.info('drain_cut', this.drainCut);
     return open;
   }
 
-  /** Cut the draining sessions whose sockets still hold bytes the kernel would not take, their close frame among them. */
-  private cutUnflushed(sessions: Session[]): void {
-    let cut = 0;
-    let bytes = 0;
-    for (const session of sessions) {
-      if (!holdsUnsentBytes(session)) continue;
-      cut++;
-      bytes += session.socket.writableLength;
-      session.ws.terminate();
-    }
-    if (cut > 0) this.log.info('drain_cut', { sessions: cut, bytes });
+  /** A draining session's turn: what it was sent goes out ahead of its close frame. */
+  private readonly closeDraining = (session: Session): void => {
+    // Gone meanwhile (left by itself, cut as a slow consumer).
+    if (!session.open) return;
+    const { code, reason } = this.drainClose!;
+    this.out.flushNow(session.out);
+    session.ws.close(code, reason);
+    // A socket that cannot take its close frame (it waits behind a backlog
+    // the peer does not read) would hold the drain to its deadline, and the
+    // process's exit with it: cut it once it had a moment.
+    if (holdsUnsentBytes(session)) setTimeout(this.cutUnflushed, CLOSE_FLUSH_MS, session).unref();
+  };
+
+  /** Cut a draining session whose socket still holds bytes the kernel would not take, its close frame among them. */
+  private readonly cutUnflushed = (session: Session): void => {
+    if (!holdsUnsentBytes(session)) return;
+    this.drainCut.sessions++;
+    this.drainCut.bytes += session.socket.writableLength;
+    session.ws.terminate();
+  };
+
+  /**
+   * After the drain (every shard's, on shutdown): stop the timers, tell the
+   * other nodes that any session still here left, close the bus link (at
+   * most `busTimeoutMs`) and the links to the other shards.
+   */
+  async stop(busTimeoutMs: number): Promise<void> {
+    this.draining = true;
+    clearInterval(this.pinger);
+    this.backpressure.stop();
+    this.memory.stop();
+    this.api.stop();
+    this.out.flushAll();
+    this.out.stop();
+    await this.federation?.close(busTimeoutMs);
+    this.multiplexed.closeLink();
+    await this.permissions.close();
+    await this.multiplexed.close();
   }
 
   /** Peer nodes and the bus connection, for /stats (null without federation). */
