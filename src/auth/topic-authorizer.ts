@@ -14,6 +14,13 @@
  * | 404                    | `not_found`        |
  * | anything else, a timeout, a bad body, another permission | `internal` |
  *
+ * The calls are bounded per worker as the desktop route's lookups are
+ * (auth/permission-client.ts): at most `--permission-concurrency` at the app
+ * and `--permission-queue` more waiting for one of its connections; past
+ * that a call is refused at once (`ERR_AUTHORIZE_BUSY`, which the client
+ * gets as `internal`, what a timeout would have given it later) rather than
+ * queued without bound in front of an app that is slow or down.
+ *
  * Accepted answers are kept for 30 s per (user, topic), shared by every
  * connection of the user (they all live on one shard: the router places a
  * multiplexed connection by the hash of its user). Refusals are never kept.
@@ -25,6 +32,7 @@ import type { KeyObject } from 'node:crypto';
 import { Pool } from 'undici';
 import { AuthorizeError, AuthorizeErrorCode, PermissionError, type AuthorizeErrorCodeValue } from '../errors.ts';
 import type { Permission } from '../protocol/events.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { AUTHORIZE_AUDIENCE, AUTHORIZE_CACHE_TTL_MS, AUTHORIZE_PERMISSIONS, AUTHORIZE_TOKEN_TTL_S, roleOf, roomKeyOf } from '../protocol/topics.ts';
 import { readLimited, type PermissionSource } from './permission-client.ts';
 import { signInternalToken, type Identity } from './token.ts';
@@ -48,8 +56,12 @@ export interface HttpTopicAuthorityOptions {
   secret: KeyObject;
   /** Each call's bound (--permission-timeout, 5 s by default). */
   timeoutMs: number;
-  /** Keep-alive connections to the app. */
+  /** Keep-alive connections to the app (--permission-concurrency). */
   concurrency: number;
+  /** Calls that may wait for one of those connections (--permission-queue); past it they fail at once with BUSY. */
+  queue: number;
+  /** Counts the calls refused for a full queue (`queue_full`, as the desktop route's). */
+  metrics: MetricsSlot;
 }
 
 const STATUS_CODES: Record<number, AuthorizeErrorCodeValue> = {
@@ -63,9 +75,13 @@ export class HttpTopicAuthority implements TopicAuthority {
   private readonly pool: Pool;
   private readonly basePath: string;
   private readonly options: HttpTopicAuthorityOptions;
+  /** Calls sent or waiting for a connection; undici's own queue has no bound. */
+  private pending = 0;
+  private readonly maxPending: number;
 
   constructor(options: HttpTopicAuthorityOptions) {
     this.options = options;
+    this.maxPending = options.concurrency + options.queue;
     const url = new URL(options.base);
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.pool = new Pool(url.origin, {
@@ -79,6 +95,19 @@ export class HttpTopicAuthority implements TopicAuthority {
   }
 
   async authorize(identity: Identity, topic: string): Promise<Permission> {
+    if (this.pending >= this.maxPending) {
+      this.options.metrics.add(Metric.PERMISSION_QUEUE_FULL);
+      throw new AuthorizeError(AuthorizeErrorCode.BUSY, `authorize busy: ${this.pending} calls already wait for the app; subscribe again later`);
+    }
+    this.pending++;
+    try {
+      return await this.ask(identity, topic);
+    } finally {
+      this.pending--;
+    }
+  }
+
+  private async ask(identity: Identity, topic: string): Promise<Permission> {
     const bearer = signInternalToken(identity.userId, AUTHORIZE_AUDIENCE, AUTHORIZE_TOKEN_TTL_S, this.options.secret);
     const path = `${this.basePath}/api/realtime/authorize?topic=${encodeURIComponent(topic)}`;
     let text: string;
