@@ -39,7 +39,7 @@ import { signInternalToken, type Identity } from './token.ts';
 
 /** Largest authorize answer read. */
 export const MAX_AUTHORIZE_BODY = 16 * 1024;
-/** Most answers kept per worker; the oldest user's go first. */
+/** Most answers kept per worker; when full, the answers of the user who wrote longest ago go first (see remember()). */
 export const MAX_AUTHORIZE_ANSWERS = 100_000;
 
 /** Where a topic's permission comes from: the app's authorize endpoint, or (dev mode, --permissions-from-token) the token. */
@@ -257,15 +257,25 @@ export class TopicAuthorizer {
     return false;
   }
 
+  /**
+   * Keep an accepted answer. Users are kept in the order they last wrote
+   * one, and each user's answers in the order written: every answer expires
+   * a fixed time after it is written, so the first in that order are the
+   * first to be useless, and they go first when the cache is full.
+   */
   private remember(userId: string, topic: string, permission: Permission): void {
     if (this.ttlMs <= 0) return;
     let topics = this.answers.get(userId);
-    if (topics === undefined) {
-      if (this.count >= MAX_AUTHORIZE_ANSWERS) this.evictOldest();
-      this.answers.set(userId, (topics = new Map()));
+    if (topics !== undefined) {
+      if (topics.delete(topic)) this.count--;
+      // Set again below, as the newest writer.
+      this.answers.delete(userId);
     }
-    if (!topics.has(topic)) this.count++;
+    topics ??= new Map();
+    if (this.count >= MAX_AUTHORIZE_ANSWERS) this.evictOldest(topics);
+    this.answers.set(userId, topics);
     topics.set(topic, { permission, expiresAt: this.now() + this.ttlMs });
+    this.count++;
   }
 
   private forget(userId: string, topic: string): void {
@@ -275,15 +285,27 @@ export class TopicAuthorizer {
     if (topics.size === 0) this.answers.delete(userId);
   }
 
-  private evictOldest(): void {
-    const [userId, topics] = this.answers.entries().next().value!;
-    this.count -= topics.size;
-    this.answers.delete(userId);
+  /** Make room: every answer of the user who wrote longest ago; when the writer (`own`, its answers) is alone in the cache, its own oldest answer. */
+  private evictOldest(own: Map<string, Entry>): void {
+    const oldest = this.answers.entries().next().value;
+    if (oldest !== undefined) {
+      this.count -= oldest[1].size;
+      this.answers.delete(oldest[0]);
+      return;
+    }
+    own.delete(own.keys().next().value!);
+    this.count--;
   }
 
   /** Answers held (for tests). */
   get size(): number {
     return this.count;
+  }
+
+  /** Whether an unexpired answer of `userId` on `topic` is held (for tests; it moves nothing). */
+  holds(userId: string, topic: string): boolean {
+    const entry = this.answers.get(userId)?.get(topic);
+    return entry !== undefined && entry.expiresAt > this.now();
   }
 
   close(): Promise<void> {
