@@ -210,9 +210,9 @@ export class Shard {
       onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
     });
     if (federation !== null) {
-      // A subscriber's room listens to the other nodes as a legacy socket's does; it does not wait for the first sync (others arrive as session_joined).
+      // A subscriber's room listens to the other nodes as a legacy socket's does, and its join waits for the room's first sync as well.
       this.multiplexed.topics.useBus({
-        admit: (roomKey) => federation.admit(roomKey, noop),
+        admit: (roomKey, ready) => federation.admit(roomKey, ready),
         publish: (roomKey, text, event) => federation.publish(roomKey, text, event),
         roomEmptied: (roomKey) => federation.roomEmptied(roomKey),
       });
@@ -510,5 +510,3 @@ export class Shard {
     return this.federation?.stats() ?? null;
   }
 }
-
-function noop(): void {}
