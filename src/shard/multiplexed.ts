@@ -109,6 +109,8 @@ export class Multiplexed implements RecheckTopics {
             secret: secretKey(config.jwtSecret),
             timeoutMs: config.permissionTimeoutMs,
             concurrency: config.permissionConcurrency,
+            queue: config.permissionQueue,
+            metrics,
           });
     this.authorizer = new TopicAuthorizer(this.authority);
     this.ops = new TopicOps({

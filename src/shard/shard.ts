@@ -258,10 +258,10 @@ export class Shard {
     const federation = this.federation;
     if (federation !== null) {
       relay.useBus(federation);
-      // A subscriber's room listens to the other nodes as a legacy socket's does; it does not wait for the first sync (others arrive as session_joined).
+      // A subscriber's room listens to the other nodes as a legacy socket's does, and its join waits for the room's first sync as well.
       multiplexed.topics.useBus({
         remoteSessionsJson: (roomKey) => federation.remoteSessionsJson(roomKey),
-        admit: (roomKey) => federation.admit(roomKey, noop),
+        admit: (roomKey, ready) => federation.admit(roomKey, ready),
         publish: (roomKey, text, event) => federation.publish(roomKey, text, event),
         roomEmptied: (roomKey) => federation.roomEmptied(roomKey),
       });
@@ -561,5 +561,3 @@ export class Shard {
     return this.federation?.stats() ?? null;
   }
 }
-
-function noop(): void {}

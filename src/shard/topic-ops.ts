@@ -59,6 +59,8 @@ const ANSWER: Record<AuthorizeErrorCodeValue, TopicErrorCodeValue> = {
   [AuthorizeErrorCode.FORBIDDEN]: TopicErrorCode.FORBIDDEN,
   [AuthorizeErrorCode.NOT_FOUND]: TopicErrorCode.NOT_FOUND,
   [AuthorizeErrorCode.INTERNAL]: TopicErrorCode.INTERNAL,
+  // The app's wire has no code for it: `internal` is what a timeout would have answered, later.
+  [AuthorizeErrorCode.BUSY]: TopicErrorCode.INTERNAL,
 };
 
 const OPS: ReadonlySet<string> = new Set(Object.values(Op));

@@ -43,8 +43,13 @@ export interface TopicRoomsOptions {
 export interface TopicBus {
   /** The room's sessions on other nodes, as comma-separated SessionInfo JSON (or ''). */
   remoteSessionsJson(roomKey: string): string;
-  /** A subscriber joined the room (the first one subscribes it on the bus and asks who is there). */
-  admit(roomKey: string): void;
+  /**
+   * A subscriber wants to join the room: `ready` runs once it may, at once
+   * unless the room is new to this node, which then subscribes on the bus,
+   * asks who is there, and runs `ready` once the others answered (at most
+   * 500 ms), as a legacy socket's join waits, so that the ack lists them.
+   */
+  admit(roomKey: string, ready: () => void): void;
   /** Publish an event of the room (`legacyText` its legacy framing) to the other nodes. */
   publish(roomKey: string, legacyText: string, event: RoomEvent): void;
   /** The room has no session of this node any more. */
@@ -63,6 +68,8 @@ export class TopicRooms {
   private readonly followers = new Map<string, Set<Subscription>>();
   /** `sessionId\0topic` → a join sent to another shard, not answered yet. */
   private readonly joining = new Map<string, Subscription>();
+  /** Owner side: `sessionId\0topic` of the joins from other shards waiting for the room's first sync with the other nodes; a leave meanwhile takes its key out. */
+  private readonly admitting = new Set<string>();
   /** The owner answered a join (`sessions`: the others). */
   onJoined: (sub: Subscription, sessions: string) => void = () => {};
   /** The owner of a room `sub` holds or is joining restarted: the subscription is gone. */
@@ -95,18 +102,17 @@ export class TopicRooms {
   /** Put `sub` in its room (here, or through its owner); on a fresh ack of a held topic, ask again for the list. */
   join(sub: Subscription): JoinResult {
     if (sub.owner === this.options.shardId) {
-      const room = this.rooms.ensure(sub.roomKey);
-      const sessions = this.sessionsJson(room, sub.conn.id);
-      if (sub.state === 'joined') return { sessions };
-      if (this.full(room)) {
-        this.rooms.dropIfEmpty(room);
-        return 'full';
-      }
-      this.rooms.addSub(sub);
-      sub.state = 'joined';
-      this.bus?.admit(room.id);
-      this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
-      return { sessions };
+      if (sub.state === 'joined') return { sessions: this.sessionsJson(this.rooms.ensure(sub.roomKey), sub.conn.id) };
+      if (this.bus === null) return this.enter(sub);
+      // The room's first sync with the other nodes may hold the join (onJoined, onFull then answer it).
+      let waited = false;
+      let result: JoinResult = 'pending';
+      this.bus.admit(sub.roomKey, () => {
+        if (!waited) result = this.enter(sub);
+        else this.entered(sub);
+      });
+      waited = true;
+      return result;
     }
     const message: LinkMessage = { k: 'join', topic: sub.topic, sid: sub.conn.id, info: sub.infoJson, stamp: sub.conn.stamp, at: sub.conn.connectedAt };
     if (this.link === null || !this.link.send(sub.owner, message)) return 'unavailable';
@@ -114,8 +120,33 @@ export class TopicRooms {
     return 'pending';
   }
 
+  /** Put `sub` in its room, owned here, now: its room's other sessions, or 'full'. */
+  private enter(sub: Subscription): JoinResult {
+    const room = this.rooms.ensure(sub.roomKey);
+    const sessions = this.sessionsJson(room, sub.conn.id);
+    if (this.full(room)) {
+      this.rooms.dropIfEmpty(room);
+      return 'full';
+    }
+    this.rooms.addSub(sub);
+    sub.state = 'joined';
+    this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
+    return { sessions };
+  }
+
+  /** The room's first sync ended: `sub` joins, unless its connection closed or let the topic go meanwhile (then nobody hears of it). */
+  private entered(sub: Subscription): void {
+    if (!sub.conn.open || sub.conn.topics.get(sub.topic) !== sub) return;
+    const result = this.enter(sub);
+    if (result === 'full') this.onFull(sub);
+    else if (typeof result === 'object') this.onJoined(sub, result.sessions);
+  }
+
   /** Take `sub` out of its room (session_left to the others). */
   leave(sub: Subscription): void {
+    const key = `${sub.conn.id}\0${sub.topic}`;
+    // A join through the link not answered yet: the owner may still be waiting to let it in, and must not.
+    if (sub.state !== 'joined' && this.joining.get(key) === sub) this.link?.send(sub.owner, { k: 'leave', topic: sub.topic, sid: sub.conn.id });
     if (sub.state !== 'joined') return;
     sub.state = 'joining';
     if (sub.owner === this.options.shardId) {
@@ -360,6 +391,19 @@ export class TopicRooms {
   }
 
   private remoteJoin(from: number, topic: string, sid: string, info: string, stamp: string, connectedAt: number): void {
+    const roomKey = roomKeyOf(topic);
+    if (this.bus === null || this.rooms.get(roomKey)?.remote?.has(sid) === true) return this.remoteEnter(from, topic, sid, info, stamp, connectedAt);
+    // As a local subscriber's: the room's first sync with the other nodes may hold it.
+    const key = `${sid}\0${topic}`;
+    this.admitting.add(key);
+    this.bus.admit(roomKey, () => {
+      // Its connection closed meanwhile: the follower still gets its answer, and nobody hears of a join.
+      if (!this.admitting.delete(key)) this.link?.send(from, { k: 'joined', topic, sid, sessions: '' });
+      else this.remoteEnter(from, topic, sid, info, stamp, connectedAt);
+    });
+  }
+
+  private remoteEnter(from: number, topic: string, sid: string, info: string, stamp: string, connectedAt: number): void {
     const room = this.rooms.ensure(roomKeyOf(topic));
     const again = room.remote?.has(sid) === true;
     if (!again && this.full(room)) {
@@ -373,13 +417,13 @@ export class TopicRooms {
       remote.set(sid, { sessionId: sid, infoJson: info, stamp, shard: from, connectedAt });
       const peers = (room.peers ??= new Map());
       peers.set(from, (peers.get(from) ?? 0) + 1);
-      this.bus?.admit(room.id);
     }
     this.link?.send(from, { k: 'joined', topic, sid, sessions });
     if (!again) this.broadcast(room, { type: 'session_joined', stamp, timestamp: Date.now(), payload: info }, sid, '');
   }
 
   private remoteLeave(topic: string, sid: string): void {
+    if (this.admitting.delete(`${sid}\0${topic}`)) return;
     const room = this.rooms.get(roomKeyOf(topic));
     const member = room?.remote?.get(sid);
     if (room === undefined || member === undefined) return;
