@@ -351,6 +351,23 @@ function presenceTrue(clients: BenchClient[], ledger: Ledger): boolean {
   return true;
 }
 
+/** Where presence is not the truth, one line per client. */
+function presenceDiff(clients: BenchClient[], ledger: Ledger): string[] {
+  const lines: string[] = [];
+  for (let r = 0; r < clients.length; r++) {
+    const client = clients[r]!;
+    const truth = ledger.peers(r).map((p) => clients[p]!.sessionId());
+    const seen = [...client.others()];
+    const missing = truth.filter((id) => !seen.includes(id as string));
+    const extra = seen.filter((id) => !truth.includes(id));
+    if (!client.joined() || missing.length > 0 || extra.length > 0)
+      lines.push(
+        `client ${r} (${client.sessionId()}${client.joined() ? '' : ', not joined'}): missing ${missing.join(' ') || '-'}; extra ${extra.join(' ') || '-'}`,
+      );
+  }
+  return lines;
+}
+
 // ---- the run -----------------------------------------------------------------
 
 interface Result {
@@ -375,6 +392,13 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
     log(`${signal}: stopping everything`);
     void stopAll().finally(() => process.exit(130));
+  });
+}
+// A throw in a timer or a handler would end the process and leave the nodes running: stop them first.
+for (const event of ['uncaughtException', 'unhandledRejection'] as const) {
+  process.once(event, (err: unknown) => {
+    process.stderr.write(`rolling-restart failed: ${(err as Error)?.stack ?? err}\n`);
+    void stopAll().finally(() => process.exit(1));
   });
 }
 
@@ -414,7 +438,8 @@ async function run(): Promise<Result> {
   cleanup.after(() => {
     for (const c of clients) c.close();
   });
-  if (!(await until(() => presenceTrue(clients, ledger), 30_000))) throw new Error('the clients did not all join with a true presence within 30 s');
+  if (!(await until(() => presenceTrue(clients, ledger), 30_000)))
+    throw new Error(`the clients did not all join with a true presence within 30 s:\n${presenceDiff(clients, ledger).join('\n')}`);
 
   // Steady sending: each client every 1/rate s, from a random phase.
   const period = 1000 / rate;
@@ -467,7 +492,11 @@ async function run(): Promise<Result> {
   const lastUp = now();
   const converged = await until(() => presenceTrue(clients, ledger), 60_000);
   const presenceConvergedMs = converged ? ms(now() - lastUp) : null;
-  log(converged ? `presence converged ${presenceConvergedMs} ms after the last node was up` : 'presence did not converge within 60 s');
+  log(
+    converged
+      ? `presence converged ${presenceConvergedMs} ms after the last node was up`
+      : `presence did not converge within 60 s:\n${presenceDiff(clients, ledger).join('\n')}`,
+  );
   const remaining = holdMs - (now() - lastUp);
   if (remaining > 0) await new Promise((r) => setTimeout(r, remaining));
   stopSending();
@@ -557,7 +586,7 @@ function updateDocs(r: Result): void {
     .slice(begin + BEGIN.length, end)
     .split('\n')
     .filter((l) => l.startsWith('| ') && !l.startsWith('| Route ') && !l.startsWith(key));
-  const section = [BEGIN, ...header, ...[...rows, row].sort(), END].join('\n');
+  const section = [BEGIN, '', ...header, ...[...rows, row].sort(), '', END].join('\n');
   writeFileSync(DOCS, text.slice(0, begin) + section + text.slice(end + END.length));
   log('updated docs/performance.md');
 }
