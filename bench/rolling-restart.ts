@@ -579,7 +579,7 @@ function updateDocs(r: Result): void {
   const closes = Object.entries(r.closes)
     .map(([code, n]) => `${code} ×${n}`)
     .join(', ');
-  const why = `closes ${closes || 'none'}; resume ${r.resume === null ? 'none' : `${r.resume.recovered} recovered, ${r.resume.gap} gap`}; lost: receiver away ${t.causes.receiverAway}, sender dropped ${t.causes.senderDropped}, receiver dropped ${t.causes.receiverDropped}, other ${t.causes.other}`;
+  const why = `${t.lost} of ${t.owed} deliveries owed (${t.lostTicks} of ${t.sent} events); closes ${closes || 'none'}; resume ${r.resume === null ? 'none' : `${r.resume.recovered} recovered, ${r.resume.gap} gap`}; lost: receiver away ${t.causes.receiverAway}, sender dropped ${t.causes.senderDropped}, receiver dropped ${t.causes.receiverDropped}, other ${t.causes.other}`;
   const key = `| ${r.route} | ${setup.replace(/, \d+ clients.*/, '')}`;
   const row = `| ${r.route} | ${setup} | ${r.line} | ${why} | ${r.date.slice(0, 10)} | ${r.machine.commit} | ${r.machine.cores} cores, ${r.machine.cpu}, ${r.machine.memoryGiB} GiB, Node ${r.machine.node} | \`${r.command}\` |`;
   const rows = text
