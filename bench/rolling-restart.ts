@@ -473,25 +473,30 @@ async function run(): Promise<Result> {
 
   const restarts: Restart[] = [];
   const sessionsBefore = clients.reduce((sum, _, i) => sum + ledger.sessionCount(i), 0);
-  if (restart) {
-    for (let i = 0; i < nodeCount; i++) {
-      log(`restarting node ${String.fromCharCode(97 + i)} (SIGTERM)`);
-      // From the SIGTERM until every client is back with a true presence for good (a drain may finish that before the exit).
-      const began = now();
-      let lastFalse: number | null = null;
-      const watch = setInterval(() => {
-        if (!presenceTrue(clients, ledger)) lastFalse = now();
-      }, 10);
-      const result = await fleet.restart(i);
-      const ok = await until(() => presenceTrue(clients, ledger), 60_000);
-      clearInterval(watch);
-      const presenceMs = !ok ? null : lastFalse === null ? 0 : ms(lastFalse - began);
-      restarts.push({ ...result, presenceMs });
-    }
+  // The line's figure: from the last node's /health (or, with --no-restart, from now) until presence is the truth.
+  let lastUp = now();
+  let converged = true;
+  let convergedAt = lastUp;
+  for (let i = 0; restart && i < nodeCount; i++) {
+    log(`restarting node ${String.fromCharCode(97 + i)} (SIGTERM)`);
+    // Also from each SIGTERM until every client is back with a true presence for good (a drain may finish that before the exit).
+    const began = now();
+    let lastFalse: number | null = null;
+    const watch = setInterval(() => {
+      if (!presenceTrue(clients, ledger)) lastFalse = now();
+    }, 10);
+    const result = await fleet.restart(i);
+    lastUp = now();
+    converged = await until(() => presenceTrue(clients, ledger), 60_000);
+    convergedAt = now();
+    clearInterval(watch);
+    restarts.push({ ...result, presenceMs: !converged ? null : lastFalse === null ? 0 : ms(lastFalse - began) });
   }
-  const lastUp = now();
-  const converged = await until(() => presenceTrue(clients, ledger), 60_000);
-  const presenceConvergedMs = converged ? ms(now() - lastUp) : null;
+  if (!restart) {
+    converged = await until(() => presenceTrue(clients, ledger), 60_000);
+    convergedAt = now();
+  }
+  const presenceConvergedMs = converged ? ms(convergedAt - lastUp) : null;
   log(
     converged
       ? `presence converged ${presenceConvergedMs} ms after the last node was up`
