@@ -537,3 +537,20 @@ test('UserAdmission connect rate: the burst, then a token per 1/rate; Retry-Afte
   assert.equal(fast.enter('ann', NOW), null);
   assert.deepEqual(fast.enter('ann', NOW), { limit: 'connect_rate', retryAfterSeconds: 1 });
 });
+
+test('a legacy route’s ?epoch=…&offset=… is handed to the room as the resume position; a query without them, or /ws/connection, hands none', async (t) => {
+  const h = await harness(t);
+  const tok = token(claims('Ann'));
+  const cookie = { Cookie: `moodio_access_token=${tok}` };
+  const resumed = await h.attempt(upgradeHead('/ws/desktop/desk-1?v=2&epoch=mxd.3&offset=41', cookie));
+  await resumed.done;
+  assert.equal((await resumed.reply).status, 101);
+  assert.deepEqual(resumed.opened()!.resume, { epoch: 'mxd.3', offset: 41 });
+  assert.equal(resumed.opened()!.desktopId, 'desk-1');
+  const plain = await h.attempt(upgradeHead('/ws/desktop/desk-1?v=2', cookie));
+  await plain.done;
+  assert.equal('resume' in plain.opened()!, false);
+  const conn = await h.attempt(upgradeHead('/ws/connection?epoch=a&offset=1', cookie));
+  await conn.done;
+  assert.equal('resume' in conn.opened()!, false);
+});

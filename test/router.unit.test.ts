@@ -224,3 +224,28 @@ test('/check: GET and OPTIONS are answered with CORS headers, the Origin reflect
   assert.deepEqual(route(head('GET', '/check'), OPTIONS), { kind: 'check', preflight: false, headers: withoutOrigin });
   assert.deepEqual(route(head('GET', '/check/'), OPTIONS), reject(Rejections.NOT_FOUND, false));
 });
+
+test('resume parameters on a legacy route: a position goes to the shard; a bad one is 400 invalid_resume naming the rule broken, after the upgrade’s own refusals', () => {
+  assert.deepEqual(route(head('GET', '/ws/desktop/desk-42?epoch=mxd.1&offset=0', UPGRADE), OPTIONS), toShard('desk-42'));
+  assert.deepEqual(route(head('GET', '/ws/desktop/desk-42?x=1', UPGRADE), OPTIONS), toShard('desk-42'), 'other members are ignored');
+  assert.deepEqual(route(head('GET', '/ws/production-table/t-1?epoch=e&offset=9007199254740991', UPGRADE), OPTIONS), toShard('production-table:t-1'));
+  const bad: [string, RegExp][] = [
+    ['?epoch=e&offset=-1', /offset must be an integer/],
+    ['?epoch=e&offset=9007199254740992', /offset must be an integer/],
+    ['?epoch=e', /go together/],
+    ['?offset=1', /go together/],
+    [`?epoch=${'e'.repeat(65)}&offset=1`, /epoch must be 1 to 64/],
+    ['?epoch=e&offset=1&offset=2', /offset given twice/],
+  ];
+  for (const [query, detail] of bad) {
+    const decision = route(head('GET', `/ws/desktop/desk-42${query}`, UPGRADE), OPTIONS);
+    assert.equal(decision.kind, 'reject', query);
+    assert.equal(decision.kind === 'reject' && decision.rejection, Rejections.INVALID_RESUME, query);
+    assert.equal(decision.kind === 'reject' && decision.handshake, true);
+    assert.match(decision.kind === 'reject' ? (decision.detail ?? '') : '', detail, query);
+  }
+  // The upgrade's own refusals come first: a POST is 405 whatever its query.
+  assert.equal((route(head('POST', '/ws/desktop/desk-42?epoch=e', UPGRADE), OPTIONS) as { rejection: unknown }).rejection, Rejections.METHOD_NOT_ALLOWED);
+  // The multiplexed route takes its positions per subscribe: its query is not read.
+  assert.equal(route(head('GET', '/ws/connection?epoch=e', UPGRADE), OPTIONS).kind, 'shard');
+});

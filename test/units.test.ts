@@ -240,6 +240,26 @@ describe('config', () => {
     }
   });
 
+  test('history options (issue 21): defaults, 0 turns the history off, bad values name the option', () => {
+    const serve = resolveServeConfig({ jwtSecret: 's' });
+    assert.deepEqual([serve.historyAgeMs, serve.historyEvents, serve.historyRoomBytes, serve.historyMemoryBytes], [120_000, 2000, 1 << 20, 1 << 30]);
+    assert.equal(resolveServeConfig({ jwtSecret: 's', historyAgeMs: '0' }).historyAgeMs, 0);
+    assert.equal(resolveServeConfig({ jwtSecret: 's', historyAgeMs: '30s' }).historyAgeMs, 30_000);
+    for (const [key, value, option] of [
+      ['historyAgeMs', '25h', '--history-age'],
+      ['historyAgeMs', '-1s', '--history-age'],
+      ['historyEvents', '0', '--history-events'],
+      ['historyRoomBytes', '100', '--history-room-bytes'],
+      ['historyMemoryBytes', '1000', '--history-memory'],
+    ] as const) {
+      assert.throws(
+        () => resolveServeConfig({ jwtSecret: 's', [key]: value }),
+        (err: unknown) => err instanceof ConfigError && err.option === option,
+        `${key} ${value}`,
+      );
+    }
+  });
+
   test('errors carry ERR_CONFIG and the option', () => {
     assert.throws(
       () => resolveServeConfig({ jwtSecret: 's', workers: '0' }),

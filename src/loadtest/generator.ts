@@ -15,7 +15,10 @@
  * `,"m":M,"s":"SSSSSS","t":"TTTTTTTTTTTTTTT"}}` and the receiver reads the
  * fields at fixed offsets from the frame's end: no search per frame. On
  * `--route connection` the event frame (`{"op":"event","topic":…}`) has the
- * payload last too, so the offsets hold; its topic picks the room.
+ * payload last too, so the offsets hold; its topic picks the room. A
+ * relayed event of moodio-rt ends with its `,"offset":N` (issue 21) after
+ * the payload: the offsets count from where the frame would end without it
+ * ({@link loadEnd}), so the generator reads servers with and without offsets.
  */
 import { once } from 'node:events';
 import { performance } from 'node:perf_hooks';
@@ -71,11 +74,27 @@ function startsWith(buf: Buffer, start: number, end: number, prefix: Buffer): bo
   return end - start >= prefix.length && buf.compare(prefix, 0, prefix.length, start, start + prefix.length) === 0;
 }
 
-/** True when the frame ends like a relayed load message: `…,"t":"…"}}`. */
+const OFFSET_MEMBER = Buffer.from(',"offset":');
+
+/**
+ * Where a frame's fixed offsets count from: its end, or for a frame that
+ * ends `…"}},"offset":N}` the end it would have without the offset (just
+ * past the `,` that follows the payload).
+ */
+function loadEnd(buf: Buffer, start: number, end: number): number {
+  let i = end - 2;
+  while (i > start && buf[i]! >= 48 && buf[i]! <= 57) i--;
+  if (i === end - 2 || buf[end - 1] !== 125) return end;
+  const comma = i - OFFSET_MEMBER.length + 1;
+  if (comma <= start || buf.compare(OFFSET_MEMBER, 0, OFFSET_MEMBER.length, comma, i + 1) !== 0) return end;
+  return comma + 1;
+}
+
+/** True when the frame ends like a relayed load message: `…,"t":"…"}}` (or `…"}` and its offset, `end` from {@link loadEnd}). */
 function isLoadFrame(buf: Buffer, start: number, end: number): boolean {
   return (
     end - start > M_AT + 4 &&
-    buf[end - 1] === 125 &&
+    (buf[end - 1] === 125 || buf[end - 1] === 44) &&
     buf[end - 2] === 125 &&
     buf[end - 3] === 34 &&
     buf[end - T_START - 1] === 34 &&
@@ -177,7 +196,8 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
   const meter = { busyUs: 0 };
   const senders: Sender[] = [];
 
-  const onTextFor = (room: RoomState) => (buf: Buffer, start: number, end: number) => {
+  const onTextFor = (room: RoomState) => (buf: Buffer, start: number, frameEnd: number) => {
+    const end = loadEnd(buf, start, frameEnd);
     if (!isLoadFrame(buf, start, end)) {
       if (startsWith(buf, start, end, ERROR_PREFIX)) {
         const codeStart = start + ERROR_PREFIX.length;
@@ -280,7 +300,7 @@ export default async function run({ plan, port }: GeneratorTask): Promise<Thread
         path: CONNECTION_PATH,
         headers: { Cookie: `moodio_access_token=${members[0]!.plan.tokens[user]}` },
         onText: (buf, start, end) => {
-          if (isLoadFrame(buf, start, end)) {
+          if (isLoadFrame(buf, start, loadEnd(buf, start, end))) {
             const at = start + EVENT_PREFIX.length;
             for (let k = 0; k < keys.length; k++) {
               const key = keys[k]!;

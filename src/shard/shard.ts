@@ -9,7 +9,7 @@ import { selectProtocol } from '../auth/credentials.ts';
 import { CachingPermissionSource } from '../auth/permission-cache.ts';
 import { ClaimPermissionSource, HttpPermissionSource, type PermissionSource } from '../auth/permission-client.ts';
 import type { Logger } from '../log.ts';
-import { DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
+import { CloseCode, DEFAULT_TRANSIENT_TYPES, SHARD_HEADER } from '../protocol/events.ts';
 import type { ConnectionMessage, FederationStats } from '../protocol/messages.ts';
 import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
@@ -36,6 +36,9 @@ import { ConnectionLimit } from '../protocol/topics.ts';
 import { TopicConnection } from './connection.ts';
 import { Multiplexed } from './multiplexed.ts';
 import { closeSpread } from './drain-spread.ts';
+import { Recovery } from './recovery.ts';
+import { withOffset } from '../protocol/event-frames.ts';
+import { closeWithGrace } from './socket-reads.ts';
 
 /**
  * On a drain, how long a session's socket has to hand its close frame (and
@@ -106,6 +109,8 @@ export class Shard {
   private readonly ping: PingRoute;
   /** The multiplexed route (/ws/connection) on this shard. */
   private readonly multiplexed: Multiplexed;
+  /** Offsets, history and resumes (issue 21). */
+  private readonly recovery: Recovery;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
@@ -172,6 +177,18 @@ export class Shard {
       metrics,
       log,
     ));
+    // Recovery before the routes that stamp and replay through it; it hears of the sessions it must close (a replay
+    // the history overtook) through attach() below, once the relay and the multiplexed route exist.
+    const recovery = (this.recovery = new Recovery({
+      historyAgeMs: config.historyAgeMs,
+      historyEvents: config.historyEvents,
+      historyRoomBytes: config.historyRoomBytes,
+      historyMemoryBytes: config.historyMemoryBytes,
+      workers: config.workers,
+      inUse: (roomKey) => this.rooms.get(roomKey) !== undefined,
+      // A replay is the server's doing, not the member's: it never trips the hard cap (and it writes only to drained sockets).
+      deliver: (target, frame) => void backpressure.deliver(target as Session, frame, undefined, 'server'),
+    }));
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     // The mutation table in force, built once: the relay's hot path is one lookup in it.
     const mutations: ReadonlySet<string> = new Set(config.mutationTypes);
@@ -191,6 +208,7 @@ export class Shard {
       transientTypes: transient,
       mutationTypes: mutations,
       claims: fromToken ? new ClaimPermissionSource(config.dev ? 'editor' : null) : null,
+      recovery,
     }));
     const relay = (this.relay = new Relay({
       rooms: this.rooms,
@@ -202,6 +220,7 @@ export class Shard {
       transientTypes: transient,
       mutationTypes: mutations,
       topics: multiplexed.topics,
+      recovery,
     }));
     // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
     const grants: GrantUpdates = {
@@ -227,6 +246,10 @@ export class Shard {
       log,
       topics: multiplexed,
       leaveTopics: (conn) => multiplexed.cut(conn),
+      publishing: {
+        stamp: (roomKey, text, nullPayload) => recovery.stamp(roomKey, text, nullPayload),
+        subscribers: (roomKey, text, exceptUserId, offset) => multiplexed.serverEvent(roomKey, text, exceptUserId, offset),
+      },
     }));
     multiplexed.attach({
       opened: (conn, identity) => api.openedConnection(conn, identity),
@@ -246,14 +269,19 @@ export class Shard {
             metrics,
             rooms: this.rooms,
             // Each member in its framing: the legacy sockets from the relay, the subscribers (here and on other shards) from the topic rooms.
-            deliver: (room, text, transientKey) => {
-              if (room.members.length > 0) relay.deliverRemote(room, encodeTextFrame(text), transientKey);
-              multiplexed.topics.fromOtherNode(room.id, text, transientKey ?? '');
+            // A relayed event gets this node's offset on arrival; presence gets none.
+            deliver: (room, text, transientKey, relayed) => {
+              const offset = relayed === true ? recovery.stamp(room.id, text, false) : 0;
+              const framed = offset === 0 ? text : withOffset(text, offset);
+              if (room.members.length > 0) relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset);
+              multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset);
             },
             transientTypes: transient,
             mutationTypes: mutations,
             onFatal,
             applyApi: (request) => this.applyLocally(request),
+            heard: (roomKey, text) => void recovery.stamp(roomKey, text, false),
+            gap: (roomKey) => recovery.gap(roomKey),
           });
     const federation = this.federation;
     if (federation !== null) {
@@ -268,6 +296,10 @@ export class Shard {
     }
     // Every part that takes a session out of its room exists: the sessions the policy cuts on its own (the sweep),
     // or aside of a delivery (the process cap), come here. The one a delivery is for is its caller's (Delivery.CUT).
+    recovery.attach({
+      legacyLost: (session) => this.recoveryLost(session),
+      subLost: (sub) => multiplexed.recoveryLost(sub),
+    });
     backpressure.attach((session) => {
       if (session instanceof TopicConnection) multiplexed.cut(session);
       else relay.leave(session);
@@ -322,12 +354,19 @@ export class Shard {
   /**
    * Apply a server API request to this shard's sessions (commands.ts); an
    * event published to a desktop also reaches the room's multiplexed
-   * subscribers, in their framing.
+   * subscribers, in their framing (`publishing`).
    */
   private applyLocally(request: ApiRequest): ApiOutcome {
-    const outcome = this.api.apply(request);
-    if (request.kind === 'publish' && !outcome.duplicate) this.multiplexed.serverEvent(request.desktopId, request.event, request.exceptUserId);
-    return outcome;
+    return this.api.apply(request);
+  }
+
+  /** A resumed session's replay fell behind the history: out of its room, and closed with 4009 so that it resumes again (recovered: false). */
+  private recoveryLost(session: Session): void {
+    if (!session.open) return;
+    this.out.flushNow(session.out);
+    this.relay.leave(session);
+    closeWithGrace(session, CloseCode.RECOVERY_LOST, 'recovery lost');
+    this.log.info('recovery_lost', { sessionId: session.id, desktopId: session.desktopId });
   }
 
   /**
@@ -378,7 +417,7 @@ export class Shard {
         ws.close(this.drainClose.code, this.drainClose.reason);
         return;
       }
-      this.relay.join(session);
+      this.relay.join(session, admitted.resume);
       this.api.opened(session, identity, cookie);
       this.updateGauges();
       this.log.info('session_open', {
@@ -548,6 +587,7 @@ export class Shard {
     this.backpressure.stop();
     this.memory.stop();
     this.api.stop();
+    this.recovery.stop();
     this.out.flushAll();
     this.out.stop();
     await this.federation?.close(busTimeoutMs);

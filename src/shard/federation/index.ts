@@ -53,10 +53,12 @@ export class Federation {
   private readonly roomEvents: RoomEvents;
   private readonly peers: PeerTable;
   private readonly api: BusApi;
+  private readonly gap: FederationOptions['gap'];
 
   constructor(options: FederationOptions) {
     const link = new NatsLink(options.config, options.shardId, options.log, options.metrics);
-    const rooms = new RemoteRooms(link, options.rooms, options.deliver);
+    const rooms = new RemoteRooms(link, options.rooms, options.deliver, (roomKey) => options.gap?.(roomKey));
+    this.gap = options.gap;
     const peers = new PeerTable(link, rooms, { nodeBack: () => this.presence.resyncAll(), onFatal: options.onFatal });
     const presence = new PresenceSync(link, rooms, (node) => peers.has(node));
     this.link = link;
@@ -83,6 +85,8 @@ export class Federation {
   }
 
   private reconnected(): void {
+    // Events published meanwhile were lost (core NATS keeps nothing): no history of this shard is whole across the outage.
+    this.gap?.(null);
     // Peers could not be heard meanwhile: give each a fresh grace period, then ask everyone again.
     this.peers.touch(Date.now());
     this.presence.resyncAll();

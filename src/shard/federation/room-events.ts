@@ -26,15 +26,22 @@ export class RoomEvents {
   private readonly rooms: RemoteRooms;
   private readonly presence: PresenceSync;
   private readonly deliver: FederationOptions['deliver'];
+  private readonly heard: FederationOptions['heard'];
   private readonly transientTypes: ReadonlySet<string>;
   private readonly mutationTypes: ReadonlySet<string>;
   private readonly maxBytes: number;
 
-  constructor(link: NatsLink, rooms: RemoteRooms, presence: PresenceSync, options: Pick<FederationOptions, 'deliver' | 'transientTypes' | 'mutationTypes'>) {
+  constructor(
+    link: NatsLink,
+    rooms: RemoteRooms,
+    presence: PresenceSync,
+    options: Pick<FederationOptions, 'deliver' | 'transientTypes' | 'mutationTypes' | 'heard'>,
+  ) {
     this.link = link;
     this.rooms = rooms;
     this.presence = presence;
     this.deliver = options.deliver;
+    this.heard = options.heard;
     this.transientTypes = options.transientTypes;
     this.mutationTypes = options.mutationTypes;
     this.maxBytes = link.config.maxMessageSize + BUS_OVERHEAD_BYTES;
@@ -158,9 +165,13 @@ export class RoomEvents {
           link.drop(DropReason.VIEWER, msg.subject, node);
           return;
         }
-        if (local === undefined) return;
+        if (local === undefined) {
+          this.heard?.(room.desktopId, event.text);
+          return;
+        }
         const transientKey = this.transientTypes.has(event.type) ? `${event.sessionId}\n${event.type}` : undefined;
-        this.deliver(local, event.text, transientKey);
+        // A relayed event: the room's owner stamps it with an offset of this node (issue 21).
+        this.deliver(local, event.text, transientKey, true);
         return;
       }
     }

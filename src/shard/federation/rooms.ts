@@ -31,7 +31,11 @@ export class RemoteRooms {
   /** Remote sessions learnt so far (each one's {@link RemoteSession.learnt}). */
   private learntCount = 0;
 
-  constructor(link: NatsLink, local: RoomIndex, deliver: FederationOptions['deliver']) {
+  /** The room's events are not heard any more (recovery.ts). */
+  private readonly gap: (roomKey: string) => void;
+
+  constructor(link: NatsLink, local: RoomIndex, deliver: FederationOptions['deliver'], gap: (roomKey: string) => void = () => {}) {
+    this.gap = gap;
     this.link = link;
     this.local = local;
     this.deliver = deliver;
@@ -134,6 +138,7 @@ export class RemoteRooms {
     if (room.lingerTimer !== null) clearTimeout(room.lingerTimer);
     room.lingerTimer = null;
     this.byId.delete(room.desktopId);
+    this.gap(room.desktopId);
     try {
       room.sub?.unsubscribe();
       room.mirrorSub?.unsubscribe();

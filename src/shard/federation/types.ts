@@ -32,7 +32,7 @@ export interface FederationOptions {
   metrics: MetricsSlot;
   rooms: RoomIndex;
   /** Deliver an event from another node (`legacyText`: the legacy framing) to every local member of `room`, each in its framing (through the backpressure policy). */
-  deliver: (room: Room, legacyText: string, transientKey?: string) => void;
+  deliver: (room: Room, legacyText: string, transientKey?: string, relayed?: boolean) => void;
   /** Event types a slow recipient only needs the newest of. */
   transientTypes: ReadonlySet<string>;
   /** Types a viewer may not send (`--mutation-types`), the relay's table. */
@@ -41,6 +41,10 @@ export interface FederationOptions {
   onFatal: (code: string, message: string) => void;
   /** Apply a server API request another node published to this shard's sessions (shard/commands.ts). */
   applyApi: (request: ApiRequest) => ApiOutcome;
+  /** A relayed event of a room the bus still listens to but that has no local member now (it lingers): kept for those who resume (recovery.ts). */
+  heard?: (roomKey: string, legacyText: string) => void;
+  /** The bus may have missed events of `roomKey` (null: of every room): it stopped listening to the room, or was disconnected. A history of them is no longer whole (recovery.ts). */
+  gap?: (roomKey: string | null) => void;
 }
 
 export interface RemoteSession {
