@@ -226,6 +226,7 @@ export class TopicConnection implements TopicHost {
     this.pending.clear();
     for (const entry of this.entries.values()) {
       entry.sent = false;
+      entry.position.lost();
       entry.setState('subscribing');
     }
   }
@@ -278,7 +279,10 @@ export class TopicConnection implements TopicHost {
   private sendOp(socket: WebSocketLike, op: PendingOp['op'], entry: TopicEntry): void {
     const ref = String(++this.nextRef);
     this.pending.set(ref, { op, entry });
-    socket.send(JSON.stringify({ op, topic: entry.topic, ref }));
+    if (op !== Op.SUBSCRIBE) return socket.send(JSON.stringify({ op, topic: entry.topic, ref }));
+    // Where the topic was left, so that the server replays what was missed.
+    entry.asked = entry.position.current;
+    socket.send(JSON.stringify(entry.asked === null ? { op, topic: entry.topic, ref } : { op, topic: entry.topic, ref, recover: entry.asked }));
   }
 
   /** The op a ref names, let go: its answer has come. */
@@ -322,7 +326,11 @@ export class TopicConnection implements TopicHost {
     // An ack of a topic let go since (or of an earlier hold of it) is not this hold's.
     if (entry === undefined || (op !== undefined && op.entry !== entry) || entry.state !== 'subscribing') return;
     this.sessionId = sessionId;
-    const { texts, after } = entry.acked(permission, sessions as SessionInfo[], this.mutations);
+    const { texts, after } = entry.acked(permission, sessions as SessionInfo[], this.mutations, {
+      epoch: frame.epoch,
+      offset: frame.offset,
+      recovered: frame.recovered,
+    });
     const socket = this.link.openSocket;
     if (socket) for (const text of texts) socket.send(text);
     after();
@@ -350,7 +358,7 @@ export class TopicConnection implements TopicHost {
         // The role at the top level, as the legacy route frames it (or in the payload).
         return entry.setPermission(frame.permission ?? (frame.payload as { permission?: unknown } | null)?.permission);
       default:
-        entry.emitRelayed(frame as unknown as TopicEvent);
+        entry.deliver(frame as unknown as TopicEvent);
     }
   }
 
@@ -380,6 +388,7 @@ export class TopicConnection implements TopicHost {
     if (entry.state === 'subscribed' && code === TopicErrorCode.INTERNAL) {
       // The shard that owns the topic's room restarted: the subscription is gone; ask again.
       entry.sent = false;
+      entry.position.lost();
       entry.forgetPresence();
       entry.setState('subscribing');
       entry.emit('error', error);
