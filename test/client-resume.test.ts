@@ -24,6 +24,7 @@ const FAST = { WebSocket: WS, minDelayMs: 10, maxDelayMs: 20 };
 
 interface StoredEvent {
   offset: number;
+  sessionId: string;
   type: string;
   payload: unknown;
 }
@@ -48,6 +49,7 @@ class FakeRelay {
   private readonly legacy = new Map<WebSocket, string>();
   private readonly topics = new Map<WebSocket, Set<string>>();
   private epochs = 0;
+  private readonly checks = new Set<() => void>();
 
   constructor() {
     this.wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
@@ -72,11 +74,7 @@ class FakeRelay {
 
   /** A peer's event on desktop `id`: numbered, kept, and sent to whoever is there (`repeat` times: a duplicate). */
   publish(id: string, type: string, payload: unknown, repeat = 1): number {
-    const stream = this.stream(id);
-    const event = { offset: ++stream.last, type, payload };
-    stream.events.push(event);
-    for (let i = 0; i < repeat; i++) this.deliver(id, event);
-    return event.offset;
+    return this.relay(id, { type, payload, sessionId: 'peer' }, null, repeat);
   }
 
   /** Drop every socket, as a node that dies does (no close frame). */
@@ -94,20 +92,43 @@ class FakeRelay {
     this.stream(id).events = [];
   }
 
-  get sockets(): number {
-    return this.wss.clients.size;
+  /** Resolves once `done()` holds, checked on each message the relay gets; rejects after `boundMs`. */
+  waitFor(done: () => boolean, boundMs = 5_000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (done()) return resolve();
+      const timer = setTimeout(() => {
+        this.checks.delete(check);
+        reject(new Error(`the relay's condition did not hold within ${boundMs} ms`));
+      }, boundMs);
+      const check = () => {
+        if (!done()) return;
+        clearTimeout(timer);
+        this.checks.delete(check);
+        resolve();
+      };
+      this.checks.add(check);
+    });
   }
 
-  private deliver(id: string, event: StoredEvent): void {
-    for (const [ws, desk] of this.legacy) if (desk === id) ws.send(JSON.stringify(this.legacyFrame(event)));
+  /** Number and keep an event of desktop `id`, and send it to everyone there but its sender (the relay never echoes). */
+  private relay(id: string, event: Omit<StoredEvent, 'offset'>, sender: WebSocket | null, repeat = 1): number {
+    const stream = this.stream(id);
+    const stored = { ...event, offset: ++stream.last };
+    stream.events.push(stored);
+    for (let i = 0; i < repeat; i++) this.deliver(id, stored, sender);
+    return stored.offset;
+  }
+
+  private deliver(id: string, event: StoredEvent, sender: WebSocket | null): void {
+    for (const [ws, desk] of this.legacy) if (desk === id && ws !== sender) ws.send(JSON.stringify(this.legacyFrame(event)));
     for (const [ws, held] of this.topics)
-      if (held.has(`desktop:${id}`)) ws.send(JSON.stringify({ op: 'event', topic: `desktop:${id}`, ...this.legacyFrame(event) }));
+      if (held.has(`desktop:${id}`) && ws !== sender) ws.send(JSON.stringify({ op: 'event', topic: `desktop:${id}`, ...this.legacyFrame(event) }));
   }
 
   private legacyFrame(event: StoredEvent): Record<string, unknown> {
     return {
       type: event.type,
-      sessionId: 'peer',
+      sessionId: event.sessionId,
       userId: 'u-peer',
       firstName: 'Peer',
       email: 'peer@example.com',
@@ -135,9 +156,10 @@ class FakeRelay {
       const stream = this.stream(id);
       const resume = url.searchParams.has('epoch');
       const replay = resume ? this.missed(stream, url.searchParams.get('epoch'), url.searchParams.get('offset')) : null;
+      const sessionId = `s${this.legacyUrls.length}`;
       const joined: Record<string, unknown> = {
         type: 'room_joined',
-        sessionId: `s${this.legacyUrls.length}`,
+        sessionId,
         permission: 'editor',
         sessions: [],
         epoch: stream.epoch,
@@ -148,6 +170,11 @@ class FakeRelay {
       for (const event of replay ?? []) ws.send(JSON.stringify(this.legacyFrame(event)));
       this.legacy.set(ws, id);
       ws.on('close', () => this.legacy.delete(ws));
+      ws.on('message', (data) => {
+        const { type, payload } = JSON.parse(String(data)) as { type: string; payload: unknown };
+        this.relay(id, { type, payload, sessionId }, ws);
+        for (const check of [...this.checks]) check();
+      });
       return;
     }
     const held = new Set<string>();
@@ -298,6 +325,20 @@ describe('connect(): resume on /ws/desktop/{id}', () => {
       'event 7 "live"',
     ]);
     assert.ok(!seen.log.some((e) => e.startsWith('gap')), 'no gap anywhere');
+  });
+
+  it("does not hand over its own earlier session's events that a replay holds, as the relay never echoes them live", async (t) => {
+    const relay = await new FakeRelay().start(t);
+    const { client, seen } = await desktopClient(t, relay);
+    relay.publish('d1', 'note', 'peer 1');
+    await seen.last('event 1 "peer 1"');
+    client.send('note', 'mine'); // offset 2, never echoed: the client's last seen stays 1
+    await relay.waitFor(() => relay.stream('d1').last === 2);
+    relay.dropAll();
+    await seen.last('state reconnecting');
+    relay.publish('d1', 'note', 'peer 3');
+    await seen.last('recovered 1..3 count 1');
+    assert.deepEqual(seen.log, ['state open', 'event 1 "peer 1"', 'state reconnecting', 'state open', 'event 3 "peer 3"', 'recovered 1..3 count 1']);
   });
 
   it('says recovered with a count of 0 when nothing was missed', async (t) => {

@@ -49,7 +49,7 @@ import { ClientError, viewerMutation } from './errors.ts';
 import { addHandler, callHandlers, type Handler } from './handlers.ts';
 import { Link } from './link.ts';
 import { isPermission, isSessionInfo, Presence } from './presence.ts';
-import { Position, resumeQuery, type JoinOutcome, type ResumePosition } from './resume.ts';
+import { OwnSessions, Position, resumeQuery, type JoinOutcome, type ResumePosition } from './resume.ts';
 import { SendQueue } from './send-queue.ts';
 import type { ClientEvents, ClientState, ConnectOptions, EventMap, PeerEvent, ReceivedPayload, RelayedEvent, SendArgs, ServerSentEvent } from './types.ts';
 
@@ -119,6 +119,8 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
   private readonly position = new Position();
   /** The position offered by the current attempt (null: none). */
   private asked: ResumePosition | null = null;
+  /** This client's sessions, to know its own events in a replay. */
+  private readonly own = new OwnSessions();
   private readonly link: Link;
   private readonly queue: SendQueue;
   /** Lifecycle handlers, by {@link ClientEvents} name. */
@@ -286,7 +288,7 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
       default: {
         // Whatever its type, a relayed event goes to the relayed namespace only.
         if (typeof frame.type !== 'string') return;
-        const accepted = this.position.accept(frame.offset);
+        const accepted = this.position.accept(frame.offset, this.own.has(frame.sessionId));
         if (!accepted.deliver) return;
         if (accepted.before !== null) this.emit('recovered', accepted.before);
         this.emitRelayed(frame as unknown as RelayedEvent);
@@ -302,6 +304,7 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     // A new session: its role is the one the server names now, or not known.
     this.permission = isPermission(permission) ? permission : null;
     this.sessionId = sessionId;
+    this.own.add(sessionId);
     // The backoff is not reset here, only once this session proves stable (the link).
     this.link.joined();
     // Mutations queued while the role was not known are dropped if it is viewer.

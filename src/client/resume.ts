@@ -24,7 +24,7 @@ export interface Recovery {
   from: number;
   /** The latest offset when it rejoined: the replay's last event. */
   to: number;
-  /** Events replayed and handed over (duplicates dropped are not counted). */
+  /** Events replayed and handed over (not counted: duplicates, and this client's own events of an earlier session). */
   count: number;
 }
 
@@ -67,6 +67,24 @@ const MAX_EPOCH_LENGTH = 256;
 /** Whether `value` is an offset the server could have sent: an integer ≥ 0 that is exact as a double. */
 export function isOffset(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+/** How many of a client's own session ids it remembers, to know its own events in a replay. */
+const OWN_SESSIONS = 16;
+
+/** The sessionIds a client had, newest last (bounded): a replayed event from one of them is the client's own. */
+export class OwnSessions {
+  private readonly ids: string[] = [];
+
+  add(sessionId: string): void {
+    if (this.ids.includes(sessionId)) return;
+    this.ids.push(sessionId);
+    if (this.ids.length > OWN_SESSIONS) this.ids.shift();
+  }
+
+  has(sessionId: unknown): boolean {
+    return typeof sessionId === 'string' && this.ids.includes(sessionId);
+  }
 }
 
 function isEpoch(value: unknown): value is string {
@@ -114,22 +132,29 @@ export class Position {
     this.replay = null;
   }
 
-  /** A relayed event's `offset`: a duplicate (not past the last seen) is dropped; an event without one passes. */
-  accept(offset: unknown): Accepted {
+  /**
+   * A relayed event's `offset`: a duplicate (not past the last seen) is
+   * dropped; an event without one passes. `own`: sent by one of this
+   * client's earlier sessions, which a replay may hold (the server cannot
+   * tell whose it was): it moves the position but is not handed over,
+   * as the relay never echoes a sender's event live.
+   */
+  accept(offset: unknown, own: boolean): Accepted {
     if (!isOffset(offset) || this.offset === null) return DELIVER;
     if (offset <= this.offset) return DUPLICATE;
     this.offset = offset;
+    const deliver = !own;
     const replay = this.replay;
-    if (replay === null) return DELIVER;
+    if (replay === null) return deliver ? DELIVER : DUPLICATE;
     if (offset > replay.to) {
       // A live event, and the replay's last one never came: the replay is over before it.
       this.replay = null;
-      return { deliver: true, before: this.recovery(replay), after: null };
+      return { deliver, before: this.recovery(replay), after: null };
     }
-    replay.count++;
-    if (offset < replay.to) return DELIVER;
+    if (deliver) replay.count++;
+    if (offset < replay.to) return deliver ? DELIVER : DUPLICATE;
     this.replay = null;
-    return { deliver: true, before: null, after: this.recovery(replay) };
+    return { deliver, before: null, after: this.recovery(replay) };
   }
 
   private recovery(replay: { epoch: string; from: number; to: number; count: number }): Recovery {

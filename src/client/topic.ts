@@ -129,9 +129,9 @@ export class TopicEntry {
     if (change !== null) this.emit('presence', change);
   }
 
-  /** A relayed event: dropped if already seen (by offset); a replay that it ends says `recovered`. */
-  deliver(event: TopicEvent): void {
-    const accepted = this.position.accept(event.offset);
+  /** A relayed event: dropped if already seen (by offset) or `own` (an earlier session's, replayed); a replay that it ends says `recovered`. */
+  deliver(event: TopicEvent, own: boolean): void {
+    const accepted = this.position.accept(event.offset, own);
     if (!accepted.deliver) return;
     if (accepted.before !== null) this.emit('recovered', accepted.before);
     this.emitRelayed(event);

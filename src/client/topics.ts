@@ -41,6 +41,7 @@ import { addHandler, callHandlers, type Handler } from './handlers.ts';
 import { Link } from './link.ts';
 import { isPermission, isSessionInfo } from './presence.ts';
 import { SendQueue } from './send-queue.ts';
+import { OwnSessions } from './resume.ts';
 import { Topic, TopicEntry, type TopicHost } from './topic.ts';
 import { CONNECTION_EVENTS, type ConnectionEvents, type TopicConnectOptions, type TopicError, type TopicEvent } from './topic-types.ts';
 import type { ClientState, EventMap, WebSocketLike } from './types.ts';
@@ -77,6 +78,8 @@ export class TopicConnection implements TopicHost {
   private budgetAt = 0;
   private paceTimer: unknown = null;
   private readonly lifecycle = new Map<keyof ConnectionEvents, Set<Handler<never>>>();
+  /** This connection's sessions, to know its own events in a replay. */
+  private readonly own = new OwnSessions();
 
   constructor(options: TopicConnectOptions) {
     this.mutations = new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES);
@@ -326,6 +329,7 @@ export class TopicConnection implements TopicHost {
     // An ack of a topic let go since (or of an earlier hold of it) is not this hold's.
     if (entry === undefined || (op !== undefined && op.entry !== entry) || entry.state !== 'subscribing') return;
     this.sessionId = sessionId;
+    this.own.add(sessionId);
     const { texts, after } = entry.acked(permission, sessions as SessionInfo[], this.mutations, {
       epoch: frame.epoch,
       offset: frame.offset,
@@ -358,7 +362,7 @@ export class TopicConnection implements TopicHost {
         // The role at the top level, as the legacy route frames it (or in the payload).
         return entry.setPermission(frame.permission ?? (frame.payload as { permission?: unknown } | null)?.permission);
       default:
-        entry.deliver(frame as unknown as TopicEvent);
+        entry.deliver(frame as unknown as TopicEvent, this.own.has(frame.sessionId));
     }
   }
 
