@@ -74,6 +74,14 @@ export interface ServeConfig {
   maxSessionBacklogBytes: number;
   /** Process-wide cap on outbound bytes: over it the largest backlogs are cut. */
   maxOutboundBytes: number;
+  /** How long a room's events are kept for a resume (0 = none kept; offsets and epochs still given). */
+  historyAgeMs: number;
+  /** Events kept per room. */
+  historyEvents: number;
+  /** Bytes of events kept per room. */
+  historyRoomBytes: number;
+  /** Bytes of events kept by the whole process (each shard keeps its share). */
+  historyMemoryBytes: number;
   /** Added to asset_dragging. */
   coalesceTypes: string[];
   /** Types a viewer may not send, dropped on every route (default: the protocol's DEFAULT_MUTATION_TYPES). */
@@ -449,6 +457,38 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     env: 'MOODIO_RT_MAX_OUTBOUND_MEMORY',
     default: String(256 * 1024 * 1024),
     description: 'cap on bytes waiting for all sessions of the process; over it the largest backlogs are cut with 4008',
+    parse: intIn(64 * 1024, 64 * 1024 * 1024 * 1024),
+  },
+  {
+    key: 'historyAgeMs',
+    flags: '--history-age <duration>',
+    env: 'MOODIO_RT_HISTORY_AGE',
+    default: '2m',
+    description: 'how long a room keeps its relayed events for clients that resume (Socket.IO and Ably keep 2 minutes; 0 = keep none)',
+    parse: (raw, option) => (raw.trim() === '0' ? 0 : durationIn(1, 24 * 3_600_000, '1ms to 24h')(raw, option)),
+  },
+  {
+    key: 'historyEvents',
+    flags: '--history-events <n>',
+    env: 'MOODIO_RT_HISTORY_EVENTS',
+    default: '2000',
+    description: 'events a room keeps for clients that resume, the oldest let go first',
+    parse: intIn(1, 1_000_000),
+  },
+  {
+    key: 'historyRoomBytes',
+    flags: '--history-room-bytes <bytes>',
+    env: 'MOODIO_RT_HISTORY_ROOM_BYTES',
+    default: String(1024 * 1024),
+    description: 'bytes of events a room keeps for clients that resume, the oldest let go first',
+    parse: intIn(4096, 1024 * 1024 * 1024),
+  },
+  {
+    key: 'historyMemoryBytes',
+    flags: '--history-memory <bytes>',
+    env: 'MOODIO_RT_HISTORY_MEMORY',
+    default: String(1024 * 1024 * 1024),
+    description: 'bytes of events the process keeps for clients that resume, each shard its share; over it the rooms with the oldest events are let go first',
     parse: intIn(64 * 1024, 64 * 1024 * 1024 * 1024),
   },
   {

@@ -338,7 +338,7 @@ export class Primary {
         endWithResponse(socket, demoResponse(head, this.config.jwtSecret));
         return;
       case 'reject':
-        this.reject(socket, decision.rejection, { headers: decision.headers }, decision.handshake);
+        this.reject(socket, decision.rejection, { headers: decision.headers, detail: decision.detail }, decision.handshake);
         return;
       case 'terminate-shard': {
         const ok = this.pool.terminate(decision.shard);

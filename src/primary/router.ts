@@ -8,6 +8,7 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import { API_PREFIX } from '../protocol/api.ts';
 import { bearerToken, headerHasToken, type RequestHead } from '../protocol/http.ts';
 import { Rejections, type Rejection } from '../protocol/rejections.ts';
+import { parseResumeQuery } from '../protocol/resume.ts';
 import { CHECK_PATH, HEALTH_PATH, METRICS_PATH, parseWsPath, PING_PATH, STATS_PATH } from '../protocol/paths.ts';
 import { extractCredentials } from '../auth/credentials.ts';
 import { unverifiedUserId } from '../auth/token.ts';
@@ -30,6 +31,8 @@ export type Route =
       kind: 'reject';
       rejection: Rejection;
       headers?: Record<string, string>;
+      /** The body, when the table's words are not enough (which resume rule was broken). */
+      detail?: string;
       /** On the WebSocket path: counted as a refused handshake in /metrics. */
       handshake: boolean;
     };
@@ -139,6 +142,9 @@ export function route(head: RequestHead, options: RouterOptions): Route {
     const refused = upgradeRefusal(head, options);
     if (refused !== null) return refused;
     if (path.kind === 'connection') return { kind: 'shard', desktopId: '', shard: connectionShardFor(head.headers, options.workers) };
+    // Checked here, before a token or a permission costs anything: a bad resume position is never replayed from.
+    const resume = parseResumeQuery(head.url);
+    if (resume.kind === 'bad') return { kind: 'reject', rejection: Rejections.INVALID_RESUME, detail: `invalid resume: ${resume.detail}`, handshake: true };
     return { kind: 'shard', desktopId: path.roomKey, shard: shardFor(path.roomKey, options.workers) };
   }
   if (path.kind === 'bad-id') return { kind: 'reject', rejection: Rejections.INVALID_DESKTOP_ID, handshake: true };

@@ -36,6 +36,8 @@ export interface RoomEvent {
   payload: string | undefined;
   /** Members after the stamp, e.g. `,"permission":"viewer"`; absent or '' when none. */
   extra?: string;
+  /** Its place in its room's sequence (room-log.ts), the frame's last member; absent for presence and before it is stamped. */
+  offset?: number;
 }
 
 /** The stamp of the server's own events: `sessionId` and `userId` "server", no name, no email. */
@@ -52,14 +54,36 @@ export function topicText(topic: string | undefined, type: string, stamp: string
   return `${head},"type":${JSON.stringify(type)}${stamp}${extra},"timestamp":${timestamp},"payload":${payload ?? 'null'}}`;
 }
 
-/** {@link RoomEvent} in the legacy framing. */
+/** {@link RoomEvent} in the legacy framing, its offset last when it has one. */
 export function legacyEventText(event: RoomEvent): string {
-  return legacyText(event.type, event.stamp, event.timestamp, event.payload, event.extra);
+  const text = legacyText(event.type, event.stamp, event.timestamp, event.payload, event.extra);
+  return event.offset === undefined ? text : withOffset(text, event.offset);
 }
 
-/** {@link RoomEvent} in the topic framing. */
+/** {@link RoomEvent} in the topic framing, its offset last when it has one. */
 export function topicEventText(topic: string | undefined, event: RoomEvent): string {
-  return topicText(topic, event.type, event.stamp, event.timestamp, event.payload, event.extra);
+  const text = topicText(topic, event.type, event.stamp, event.timestamp, event.payload, event.extra);
+  return event.offset === undefined ? text : withOffset(text, event.offset);
+}
+
+/**
+ * A finished frame's text (either framing) with `"offset":N` as its last
+ * member. The text a room's history keeps, and what goes to other nodes,
+ * has none: each node stamps its own offsets (room-log.ts).
+ */
+export function withOffset(text: string, offset: number): string {
+  return `${text.slice(0, -1)},"offset":${offset}}`;
+}
+
+/**
+ * A legacy frame's text (no offset) in the topic framing, as the topic
+ * rooms frame it live: `nullPayload` when the event had no payload and its
+ * topic frame says `"payload":null` (a subscriber's or a legacy socket's
+ * event; the server's and other nodes' events are converted as they are).
+ */
+export function topicOfLegacy(topic: string, legacy: string, nullPayload: boolean): string {
+  if (!nullPayload) return legacyToTopicText(topic, legacy);
+  return `{"op":"event","topic":${JSON.stringify(topic)},${legacy.slice(1, -1)},"payload":null}`;
 }
 
 /**
@@ -92,9 +116,13 @@ export function topicPermissionChangedText(topic: string, permission: Permission
   return `{"op":"event","topic":${JSON.stringify(topic)},"type":"permission_changed","permission":"${permission}"}`;
 }
 
-/** `room_joined` to a legacy session that joined: its id, its role and the others' SessionInfo JSON (comma-separated). */
-export function roomJoinedText(sessionId: string, permission: Permission, sessions: string): string {
-  return `{"type":"room_joined","sessionId":${JSON.stringify(sessionId)},"permission":"${permission}","sessions":[${sessions}]}`;
+/**
+ * `room_joined` to a legacy session that joined: its id, its role and the
+ * others' SessionInfo JSON (comma-separated); `position` is the room's
+ * `,"epoch":…,"offset":…[,"recovered":…]` (protocol/resume.ts positionMembers).
+ */
+export function roomJoinedText(sessionId: string, permission: Permission, sessions: string, position = ''): string {
+  return `{"type":"room_joined","sessionId":${JSON.stringify(sessionId)},"permission":"${permission}","sessions":[${sessions}]${position}}`;
 }
 
 /** A legacy error frame; `extra` is further members (e.g. `,"retryAfterMs":40`). */

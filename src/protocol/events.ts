@@ -126,6 +126,13 @@ export const CloseCode = {
   DISCONNECTED: 4001,
   /** The user's permission on the desktop was revoked (server API `none`, or a recheck): final, do not reconnect. */
   PERMISSION_REVOKED: 4003,
+  /**
+   * A resumed session's replay fell behind the history it was reading:
+   * the history let go of events it had not sent yet, so it cannot be made
+   * whole. Reconnect with the last offset received: the answer is
+   * `recovered: false`, and the client reloads (docs/protocol.md, Recovery).
+   */
+  RECOVERY_LOST: 4009,
 } as const;
 
 export type Permission = 'editor' | 'viewer';

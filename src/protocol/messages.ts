@@ -78,11 +78,28 @@ export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage |
  */
 export type LinkMessage =
   /** Follower → owner: `sid` subscribes (again: a fresh `joined`, nothing broadcast). */
-  | { k: 'join'; topic: string; sid: string; info: string; stamp: string; at: number }
+  | { k: 'join'; topic: string; sid: string; info: string; stamp: string; at: number; rec?: { epoch: string; offset: number } }
   /** Follower → owner: `sid`'s role on the topic changed (the server API, a recheck): `info` is its SessionInfo JSON with the new role. */
   | { k: 'update'; topic: string; sid: string; info: string; perm: Permission }
   /** Owner → follower: `sid` is in, `sessions` being the others' SessionInfo JSON, comma-separated; or, with `full`, refused (--max-room-size). */
-  | { k: 'joined'; topic: string; sid: string; sessions: string; full?: true }
+  | {
+      k: 'joined';
+      topic: string;
+      sid: string;
+      sessions: string;
+      full?: true;
+      /** The room's epoch and latest offset; `recovered` when the join asked to recover (`rec`). */
+      pos?: { epoch: string; offset: number };
+      recovered?: boolean;
+    }
+  /** Follower → owner: the events of `topic` after offset `o` of epoch `e`, for `sid`'s replay (issue 21). */
+  | { k: 'replay'; topic: string; sid: string; e: string; o: number }
+  /**
+   * Owner → follower: the next events of `sid`'s replay, in the topic
+   * framing with their offsets, `last` the last one's offset; none when
+   * caught up; `gone` when the history let go of them.
+   */
+  | { k: 'batch'; topic: string; sid: string; texts: string[]; last: number; gone?: true }
   /** Follower → owner: `sid` left. */
   | { k: 'leave'; topic: string; sid: string }
   /** Follower → owner: `sid` publishes (already checked against its permission). */
@@ -92,7 +109,7 @@ export type LinkMessage =
    * there but session `except`, and but the sessions of user `exceptUser`
    * when set (the server API's publish); `transient`: its coalescing key, or ''.
    */
-  | { k: 'ev'; topic: string; except: string; text: string; transient: string; exceptUser?: string };
+  | { k: 'ev'; topic: string; except: string; text: string; transient: string; exceptUser?: string; o?: number };
 
 /** Shard → primary: the shard is listening for connections. */
 export interface ReadyMessage {

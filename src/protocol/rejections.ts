@@ -32,6 +32,8 @@ export const Rejections = {
   /** An upgrade after another request on the same connection (a kept-alive API connection): only a connection's first request can be handed to a shard. */
   UPGRADE_ON_USED_CONNECTION: { status: 400, reason: 'upgrade_on_used_connection' },
   INVALID_DESKTOP_ID: { status: 400, reason: 'invalid_desktop_id' },
+  /** `?epoch=…&offset=…` on a legacy route that is not a resume position (protocol/resume.ts); the detail says which rule it broke. */
+  INVALID_RESUME: { status: 400, reason: 'invalid_resume' },
   UNAUTHORIZED: { status: 401, reason: 'unauthorized', body: 'unauthorized' },
   METRICS_UNAUTHORIZED: { status: 401, reason: 'metrics_unauthorized', headers: BEARER_CHALLENGE },
   ADMIN_UNAUTHORIZED: { status: 401, reason: 'admin_unauthorized', headers: BEARER_CHALLENGE },

@@ -57,6 +57,10 @@ export const TopicErrorCode = {
   RATE_LIMITED: 'rate_limited',
   /** Unsubscribe or publish (with a `ref`) on a topic the connection does not hold. */
   NOT_SUBSCRIBED: 'not_subscribed',
+  /** A subscribe's `recover` is not `{epoch, offset}` as the resume parameters of the legacy route must be. */
+  BAD_RECOVER: 'bad_recover',
+  /** The replay of a recovering subscription fell behind the history (it let go of events not sent yet): the subscription is gone; subscribe again. */
+  RECOVERY_LOST: 'recovery_lost',
 } as const;
 export type TopicErrorCodeValue = (typeof TopicErrorCode)[keyof typeof TopicErrorCode];
 
@@ -118,9 +122,13 @@ export function errorText(code: TopicErrorCodeValue, message: string | undefined
   );
 }
 
-/** `{op:"subscribed",topic,permission,sessionId,sessions:[…],ref?}`; `sessions` is comma-separated SessionInfo JSON. */
-export function subscribedText(topic: string, permission: Permission, sessionId: string, sessions: string, ref: string | undefined): string {
-  return `{"op":"subscribed","topic":${JSON.stringify(topic)},"permission":"${permission}","sessionId":${JSON.stringify(sessionId)},"sessions":[${sessions}]${refMember(ref)}}`;
+/**
+ * `{op:"subscribed",topic,permission,sessionId,sessions:[…],epoch,offset,recovered?,ref?}`;
+ * `sessions` is comma-separated SessionInfo JSON, `position` the room's
+ * `,"epoch":…,"offset":…[,"recovered":…]` (protocol/resume.ts positionMembers).
+ */
+export function subscribedText(topic: string, permission: Permission, sessionId: string, sessions: string, ref: string | undefined, position = ''): string {
+  return `{"op":"subscribed","topic":${JSON.stringify(topic)},"permission":"${permission}","sessionId":${JSON.stringify(sessionId)},"sessions":[${sessions}]${position}${refMember(ref)}}`;
 }
 
 /** `{op:"unsubscribed",topic,ref?}`. */

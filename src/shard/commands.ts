@@ -21,7 +21,7 @@ import type { GrantUpdates } from '../auth/permission-cache.ts';
 import type { Logger } from '../log.ts';
 import { CloseReason, type ApiOutcome, type ApiRequest } from '../protocol/api.ts';
 import { DESKTOP_ID_PATTERN } from '../protocol/events.ts';
-import { legacyToTopicText } from '../protocol/event-frames.ts';
+import { legacyToTopicText, withOffset } from '../protocol/event-frames.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { parseTopic, TopicNamespace } from '../protocol/topics.ts';
 import { ApiMetric, type MetricsSlot } from '../protocol/metrics.ts';
@@ -37,6 +37,16 @@ export interface CommandsOptions {
   log: Logger;
   /** The handshake's permission cache, told of role changes and logouts (null when there is none: dev mode). */
   grants: GrantUpdates | null;
+  /** Where a publish to a desktop gets its offset, and reaches the room's multiplexed subscribers. */
+  publishing?: Publishing;
+}
+
+/** What a publish to a desktop needs besides the room's legacy sockets (shard.ts wires recovery.ts and topic-rooms.ts). */
+export interface Publishing {
+  /** The event's offset in its room (`text`: the finished legacy JSON, no offset). */
+  stamp(roomKey: string, text: string, nullPayload: boolean): number;
+  /** The stamped event to the room's multiplexed subscribers, here and on other shards, but `exceptUserId`'s. */
+  subscribers(roomKey: string, text: string, exceptUserId: string | undefined, offset: number): void;
 }
 
 const DUPLICATE: ApiOutcome = { duplicate: true, reached: 0, changed: 0 };
@@ -47,6 +57,7 @@ export class Commands {
   private readonly metrics: MetricsSlot;
   private readonly log: Logger;
   private readonly grants: GrantUpdates | null;
+  private readonly publishing: Publishing | undefined;
   private readonly applied = new RecentIds();
 
   constructor(options: CommandsOptions) {
@@ -55,6 +66,7 @@ export class Commands {
     this.metrics = options.metrics;
     this.log = options.log;
     this.grants = options.grants;
+    this.publishing = options.publishing;
   }
 
   /** Apply `request` to this shard's sessions, once per id; what it did. */
@@ -66,10 +78,14 @@ export class Commands {
     }
     switch (request.kind) {
       case 'publish': {
+        // Stamped even when nobody is in the room: a client that resumes gets it.
+        const offset = this.publishing?.stamp(request.desktopId, request.event, false) ?? 0;
+        const text = offset === 0 ? request.event : withOffset(request.event, offset);
         const room = this.rooms.get(request.desktopId);
         const except = request.exceptUserId;
         const to = room === undefined ? [] : room.members.filter((s) => s.userId !== except);
-        return this.send(to, request.event);
+        this.publishing?.subscribers(request.desktopId, text, except, offset);
+        return this.send(to, text, offset !== 0);
       }
       case 'user_event': {
         // A multiplexed connection gets it in its framing, with no topic: it is about the user, not a room.
@@ -132,15 +148,21 @@ export class Commands {
     }
   }
 
-  /** Queue the server event `event` (finished JSON) to every open session of `to`; the frame is built once, if anyone gets it. */
-  private send(to: Iterable<Session>, event: string): ApiOutcome {
+  /**
+   * Queue the server event `event` (finished JSON) to every open session of
+   * `to`; the frame is built once, if anyone gets it. An event with an
+   * offset (`ordered`) reaches a session catching up through its replay
+   * instead (replay.ts), and counts as reached.
+   */
+  private send(to: Iterable<Session>, event: string, ordered = false): ApiOutcome {
     let frame: Buffer | null = null;
     let reached = 0;
     for (const session of to) {
       if (!session.open) continue;
+      reached++;
+      if (ordered && session.replay !== null) continue;
       frame ??= encodeTextFrame(event);
       this.control.deliver(session, frame);
-      reached++;
     }
     this.metrics.add(ApiMetric.DELIVERIES, reached);
     return { duplicate: false, reached, changed: 0 };

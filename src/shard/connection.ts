@@ -14,6 +14,8 @@
 import type { Identity } from '../auth/token.ts';
 import type { Permission } from '../protocol/events.ts';
 import { ConnectionLimit } from '../protocol/topics.ts';
+import type { ResumePosition } from '../protocol/resume.ts';
+import type { ReplayJob } from './replay.ts';
 import { Session, type SessionOptions } from './session.ts';
 
 /** An op read from the socket, validated, waiting for its topic's turn. */
@@ -24,6 +26,8 @@ export interface QueuedOp {
   /** publish: the type and the payload's JSON text as sent (undefined when absent). */
   type: string;
   payload: string | undefined;
+  /** subscribe: the position to recover from, when given. */
+  recover?: ResumePosition | undefined;
 }
 
 export type SubscriptionState = 'joining' | 'joined';
@@ -45,6 +49,10 @@ export class Subscription {
   ref: string | undefined = undefined;
   /** Its place in `room.subs` when the room is on this shard (room-index.ts). */
   index = -1;
+  /** The subscribe's `recover` (issue 21), until it joined. */
+  recover: ResumePosition | undefined = undefined;
+  /** Its replay while it recovers (recovery.ts): the room's live events skip it until the replay catches up. */
+  replay: ReplayJob | null = null;
 
   constructor(conn: TopicConnection, topic: string, roomKey: string, owner: number, permission: Permission) {
     this.conn = conn;

@@ -20,6 +20,7 @@ import { rejectionResponse, Rejections, type Rejection, type RejectionDetails } 
 import type { ConnectionMessage } from '../protocol/messages.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { parseWsPath } from '../protocol/paths.ts';
+import { parseResumeQuery, type ResumePosition } from '../protocol/resume.ts';
 import { adoptSocket } from './adopt-socket.ts';
 import type { UserAdmission } from './user-admission.ts';
 
@@ -35,6 +36,8 @@ export interface Admitted {
   remoteAddress: string;
   /** The handshake's Cookie header, which a permission recheck forwards again. */
   cookie: string | undefined;
+  /** A legacy route's `?epoch=…&offset=…` (the primary refused bad ones): where its replay starts. */
+  resume: ResumePosition | undefined;
 }
 
 export interface HandshakeOptions {
@@ -146,7 +149,9 @@ export class Handshake {
     const wss = multiplexed ? (this.options.connectionWss ?? this.options.wss) : this.options.wss;
     wss.handleUpgrade(req, socket as Duplex, early, (ws) => {
       socket.off('error', onSocketError);
-      onOpen({ ws, socket, desktopId, multiplexed, identity, permission, remoteAddress, cookie: head.headers.cookie });
+      const query = multiplexed ? null : parseResumeQuery(head.url);
+      const resume = query?.kind === 'resume' ? query.position : undefined;
+      onOpen({ ws, socket, desktopId, multiplexed, identity, permission, remoteAddress, cookie: head.headers.cookie, resume });
     });
   }
 

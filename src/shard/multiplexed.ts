@@ -28,7 +28,7 @@ import type { Session } from './session.ts';
 import { ShardLink } from './shard-link.ts';
 import { cancelPause } from './socket-reads.ts';
 import { TopicOps } from './topic-ops.ts';
-import { TopicRooms } from './topic-rooms.ts';
+import { TopicRooms, type TopicRecovery } from './topic-rooms.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
 export interface MultiplexedOptions {
@@ -55,6 +55,8 @@ export interface MultiplexedOptions {
   changed: () => void;
   /** Bytes read from a connection's socket: the relay's byte budget, shared with the user's legacy sessions. */
   onBytes: (conn: TopicConnection, bytes: number) => void;
+  /** Offsets, history and replays (recovery.ts). */
+  recovery?: TopicRecovery;
 }
 
 export class Multiplexed implements RecheckTopics {
@@ -82,6 +84,7 @@ export class Multiplexed implements RecheckTopics {
       transientTypes: options.transientTypes,
       remoteSessionsJson: options.remoteSessionsJson,
       maxRoomSize: config.maxRoomSize,
+      recovery: options.recovery,
     });
     this.link =
       config.workers === 1
@@ -218,9 +221,14 @@ export class Multiplexed implements RecheckTopics {
     this.authorizer.evictUser(userId);
   }
 
-  /** An event of the server API published to a desktop, for the room's subscribers (commands.ts gave it to the legacy sockets). */
-  serverEvent(desktopId: string, legacyText: string, exceptUserId: string | undefined): void {
-    this.topics.serverEvent(desktopId, legacyText, exceptUserId);
+  /** An event of the server API published to a desktop (with its `offset`, 0 when none), for the room's subscribers (commands.ts gave it to the legacy sockets). */
+  serverEvent(desktopId: string, legacyText: string, exceptUserId: string | undefined, offset = 0): void {
+    this.topics.serverEvent(desktopId, legacyText, exceptUserId, offset);
+  }
+
+  /** A subscription's replay fell behind the history: it ends with `recovery_lost` (topic-ops.ts). */
+  recoveryLost(sub: Subscription): void {
+    this.ops.recoveryLost(sub);
   }
 
   /** Drain: the link closes first (the peers drop what they learnt through it), then the sockets close. */

@@ -9,7 +9,8 @@ import { CloseCode, ErrorCode, LOGGED_TYPES, MAX_TYPE_LENGTH, RESERVED_TYPES, ty
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
-import { legacyErrorText, legacyEventText, legacyText, roomJoinedText, type RoomEvent } from '../protocol/event-frames.ts';
+import { legacyErrorText, legacyEventText, legacyText, roomJoinedText, withOffset, type RoomEvent } from '../protocol/event-frames.ts';
+import type { ResumePosition } from '../protocol/resume.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
@@ -32,6 +33,18 @@ export interface RelayOptions {
   bus?: RelayBus;
   /** The rooms' multiplexed subscribers (shard/topic-rooms.ts), here and on other shards. */
   topics?: TopicFanout;
+  /** Offsets, history and resumes (shard/recovery.ts). */
+  recovery?: RelayRecovery;
+}
+
+/** What the relay needs of recovery (recovery.ts): an offset for each event it relays, and the position a joiner starts from. */
+export interface RelayRecovery {
+  /** Events are kept: an event that reaches nobody now is still stamped, for those who resume. */
+  readonly recording: boolean;
+  /** The offset of a relayed event of `roomKey` (`text`: its legacy framing, no offset). */
+  stamp(roomKey: string, text: string, nullPayload: boolean): number;
+  /** `room_joined`'s position members for `session`, whose replay starts when it resumed from a position that can be served. */
+  joinLegacy(session: Session, resume: ResumePosition | undefined): string;
 }
 
 /** What the relay needs of a room's multiplexed subscribers: listed in room_joined, and every event fanned out to them in their framing. */
@@ -65,8 +78,10 @@ export class Relay {
   private readonly mutationTypes: ReadonlySet<string>;
   private readonly bus: RelayBus | undefined;
   private readonly topics: TopicFanout | undefined;
+  private readonly recovery: RelayRecovery | undefined;
 
   constructor(options: RelayOptions) {
+    this.recovery = options.recovery;
     this.topics = options.topics;
     this.rooms = options.rooms;
     this.out = options.out;
@@ -79,8 +94,12 @@ export class Relay {
     this.bus = options.bus;
   }
 
-  /** Admit `session`: `room_joined` to it (listing the others), then `session_joined` to the others. */
-  join(session: Session): void {
+  /**
+   * Admit `session`: `room_joined` to it (listing the others, and the room's
+   * position), then `session_joined` to the others. With `resume`, the
+   * events it missed follow `room_joined` when they can all be given.
+   */
+  join(session: Session, resume?: ResumePosition): void {
     const room = this.rooms.get(session.desktopId);
     const existing = room?.members ?? [];
     let sessions = '';
@@ -93,12 +112,14 @@ export class Relay {
     }
     // Through the budget like any ordered frame: in a large room it is a large frame.
     // `permission` (the joiner's own role) is an addition to the reference's frame: a client learns its role without waiting for a change.
-    this.backpressure.deliver(session, encodeTextFrame(roomJoinedText(session.id, session.permission, sessions)), undefined);
+    const position = this.recovery === undefined ? '' : this.recovery.joinLegacy(session, resume);
+    this.backpressure.deliver(session, encodeTextFrame(roomJoinedText(session.id, session.permission, sessions, position)), undefined);
     this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
   /** Remove `session` and tell the rest of its room with `session_left`. */
   leave(session: Session): void {
+    session.replay = null;
     const room = this.rooms.leave(session);
     if (room === null) return;
     this.presence(room, session, 'session_left');
@@ -128,13 +149,14 @@ export class Relay {
     this.bus?.publish(desktopId, eventJson);
   }
 
-  /** An event from another node: to every local member of `room` (the sender is elsewhere). */
-  deliverRemote(room: Room, frame: Buffer, transientKey?: string): void {
+  /** An event from another node: to every local member of `room` (the sender is elsewhere); `offset` 0 for presence. */
+  deliverRemote(room: Room, frame: Buffer, transientKey?: string, offset = 0): void {
     // Pinned: a member this cuts leaves the room without making the loop skip another (room-index.ts).
     const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
-      if (member.open) this.backpressure.deliver(member, frame, transientKey);
+      // A member catching up gets the event from its replay (replay.ts).
+      if (member.open && (offset === 0 || member.replay === null)) this.backpressure.deliver(member, frame, transientKey);
     }
     this.rooms.unpin(room, members);
   }
@@ -142,15 +164,16 @@ export class Relay {
   /**
    * Write `frame` to every open member of `room` except `sender`, through the
    * backpressure policy; `transientKey` marks an event a slow member only needs the newest of.
+   * A member catching up (replay.ts) skips an event with an offset: its replay has it.
    */
-  private broadcast(room: Room, sender: Session, frame: Buffer, transientKey?: string): void {
+  private broadcast(room: Room, sender: Session, frame: Buffer, transientKey?: string, offset = 0): void {
     // Pinned, not copied: the hot path allocates nothing, and a member cut by
     // its delivery leaves the room without making the loop skip the member
     // swapped into its slot (room-index.ts).
     const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
-      if (member !== sender && member.open) this.backpressure.deliver(member, frame, transientKey);
+      if (member !== sender && member.open && (offset === 0 || member.replay === null)) this.backpressure.deliver(member, frame, transientKey);
     }
     this.rooms.unpin(room, members);
   }
@@ -275,8 +298,9 @@ export class Relay {
       return;
     }
     const room = this.rooms.get(session.desktopId);
-    // Alone on this node, an event still goes to the other nodes.
-    if (room === undefined || (room.size < 2 && this.bus === undefined)) return;
+    const recovery = this.recovery;
+    // Alone on this node, an event still goes to the other nodes, and to the history for those who resume.
+    if (room === undefined || (room.size < 2 && this.bus === undefined && recovery?.recording !== true)) return;
 
     // Identity fields a client may have put in the frame are ignored: only
     // `type` and `payload` are read, the rest comes from the session. The
@@ -284,14 +308,18 @@ export class Relay {
     // validated it): re-serializing could make it larger (`1e20`).
     const timestamp = Date.now();
     const payload = Object.hasOwn(frame, 'payload') ? memberText(json, 'payload') : undefined;
+    // `text` has no offset: the history keeps it so, and other nodes stamp their own.
     const text = legacyText(type, session.stamp, timestamp, payload);
+    const offset = recovery === undefined ? 0 : recovery.stamp(session.desktopId, text, payload === undefined);
     const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
-    if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(text), transientKey);
+    if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(offset === 0 ? text : withOffset(text, offset)), transientKey, offset);
     // Multiplexed subscribers of the room get it in their framing (encoded there, once).
-    const event: RoomEvent | null =
-      room.subs.length > 0 || room.peers !== null || this.bus !== undefined ? { type, stamp: session.stamp, timestamp, payload } : null;
-    if (event !== null && (room.subs.length > 0 || room.peers !== null)) this.topics?.fanOut(room, event, session.id, transientKey ?? '');
-    if (event !== null) this.bus?.publish(session.desktopId, text, event);
+    if (room.subs.length > 0 || room.peers !== null) {
+      const event: RoomEvent = { type, stamp: session.stamp, timestamp, payload };
+      if (offset !== 0) event.offset = offset;
+      this.topics?.fanOut(room, event, session.id, transientKey ?? '');
+    }
+    if (this.bus !== undefined) this.bus.publish(session.desktopId, text, { type, stamp: session.stamp, timestamp, payload });
     this.metrics.add(Metric.MESSAGES_RELAYED);
 
     if (LOGGED_TYPES.has(type) && this.log.enabled('debug')) {

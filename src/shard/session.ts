@@ -17,6 +17,7 @@ import type { RateState } from './rate-limiter.ts';
 import { newRoomSlot, type RoomSlot } from './room-index.ts';
 import { newReadState, type ReadState } from './socket-reads.ts';
 import type { BudgetState } from './backpressure.ts';
+import type { ReplayJob } from './replay.ts';
 import type { Outbound } from './write-coalescer.ts';
 
 export interface SessionOptions {
@@ -59,6 +60,8 @@ export class Session {
   readonly rate: RateState;
   /** Whether its socket is being read (socket-reads.ts). */
   readonly reads: ReadState = newReadState();
+  /** Its replay while it resumes (recovery.ts): its room's live events skip it until the replay catches up. */
+  replay: ReplayJob | null = null;
 
   constructor(options: SessionOptions) {
     const { identity } = options;

@@ -14,7 +14,7 @@ import type { Logger } from '../log.ts';
 import type { ApiOutcome, ApiRequest } from '../protocol/api.ts';
 import type { MetricsSlot } from '../protocol/metrics.ts';
 import type { Backpressure } from './backpressure.ts';
-import { Commands } from './commands.ts';
+import { Commands, type Publishing } from './commands.ts';
 import { PermissionRecheck, type RecheckTopics } from './permission-recheck.ts';
 import type { Relay } from './relay.ts';
 import type { TopicConnection } from './connection.ts';
@@ -41,6 +41,8 @@ export interface ShardApiOptions {
   leaveTopics?: (conn: TopicConnection) => void;
   /** The multiplexed route's subscriptions, rechecked with the legacy sessions (--permission-recheck). */
   topics?: RecheckTopics;
+  /** A publish's offset and its subscribers (commands.ts). */
+  publishing?: Publishing;
 }
 
 export class ShardApi {
@@ -52,7 +54,7 @@ export class ShardApi {
   constructor(options: ShardApiOptions) {
     const { config, rooms, metrics, log } = options;
     this.control = new SessionControl({ ...options, nodeId: config.nodeId });
-    this.commands = new Commands({ rooms, control: this.control, metrics, log, grants: options.grants });
+    this.commands = new Commands({ rooms, control: this.control, metrics, log, grants: options.grants, publishing: options.publishing });
     this.recheck =
       config.permissionRecheckMs > 0
         ? new PermissionRecheck({

@@ -35,6 +35,9 @@ import type { MessagePort } from 'node:worker_threads';
 import { ConnectionLimit } from '../protocol/topics.ts';
 import { TopicConnection } from './connection.ts';
 import { Multiplexed } from './multiplexed.ts';
+import { Recovery } from './recovery.ts';
+import { withOffset } from '../protocol/event-frames.ts';
+import { closeWithGrace } from './socket-reads.ts';
 
 /**
  * On a drain, how long a session's socket has to hand its close frame (and
@@ -91,6 +94,8 @@ export class Shard {
   private readonly ping: PingRoute;
   /** The multiplexed route (/ws/connection) on this shard. */
   private readonly multiplexed: Multiplexed;
+  /** Offsets, history and resumes (issue 21). */
+  private readonly recovery: Recovery;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
@@ -163,6 +168,18 @@ export class Shard {
       metrics,
       log,
     );
+    const recovery = (this.recovery = new Recovery({
+      historyAgeMs: config.historyAgeMs,
+      historyEvents: config.historyEvents,
+      historyRoomBytes: config.historyRoomBytes,
+      historyMemoryBytes: config.historyMemoryBytes,
+      workers: config.workers,
+      inUse: (roomKey) => this.rooms.get(roomKey) !== undefined,
+      // A replay is the server's doing, not the member's: it never trips the hard cap (and it writes only to drained sockets).
+      deliver: (target, frame) => backpressure.deliver(target as Session, frame, undefined, 'server'),
+      legacyLost: (session) => this.recoveryLost(session),
+      subLost: (sub) => this.multiplexed.recoveryLost(sub),
+    }));
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     // The mutation table in force, built once: the relay's hot path is one lookup in it.
     const mutations: ReadonlySet<string> = new Set(config.mutationTypes);
@@ -177,9 +194,12 @@ export class Shard {
             metrics,
             rooms: this.rooms,
             // Each member in its framing: the legacy sockets from the relay, the subscribers (here and on other shards) from the topic rooms.
-            deliver: (room, text, transientKey) => {
-              if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(text), transientKey);
-              this.multiplexed.topics.fromOtherNode(room.id, text, transientKey ?? '');
+            // A relayed event gets this node's offset on arrival; presence gets none.
+            deliver: (room, text, transientKey, relayed) => {
+              const offset = relayed === true ? recovery.stamp(room.id, text, false) : 0;
+              const framed = offset === 0 ? text : withOffset(text, offset);
+              if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset);
+              this.multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset);
             },
             transientTypes: transient,
             mutationTypes: mutations,
@@ -208,6 +228,7 @@ export class Shard {
         if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
       },
       onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
+      recovery,
     });
     if (federation !== null) {
       // A subscriber's room listens to the other nodes as a legacy socket's does; it does not wait for the first sync (others arrive as session_joined).
@@ -228,6 +249,7 @@ export class Shard {
       mutationTypes: mutations,
       bus: federation ?? undefined,
       topics: this.multiplexed.topics,
+      recovery,
     });
     // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
     const multiplexed = this.multiplexed;
@@ -254,6 +276,10 @@ export class Shard {
       log,
       topics: multiplexed,
       leaveTopics: (conn) => multiplexed.cut(conn),
+      publishing: {
+        stamp: (roomKey, text, nullPayload) => recovery.stamp(roomKey, text, nullPayload),
+        subscribers: (roomKey, text, exceptUserId, offset) => multiplexed.serverEvent(roomKey, text, exceptUserId, offset),
+      },
     });
     this.ping = new PingRoute({
       shardId: id,
@@ -304,12 +330,19 @@ export class Shard {
   /**
    * Apply a server API request to this shard's sessions (commands.ts); an
    * event published to a desktop also reaches the room's multiplexed
-   * subscribers, in their framing.
+   * subscribers, in their framing (`publishing`).
    */
   private applyLocally(request: ApiRequest): ApiOutcome {
-    const outcome = this.api.apply(request);
-    if (request.kind === 'publish' && !outcome.duplicate) this.multiplexed.serverEvent(request.desktopId, request.event, request.exceptUserId);
-    return outcome;
+    return this.api.apply(request);
+  }
+
+  /** A resumed session's replay fell behind the history: out of its room, and closed with 4009 so that it resumes again (recovered: false). */
+  private recoveryLost(session: Session): void {
+    if (!session.open) return;
+    this.out.flushNow(session.out);
+    this.relay.leave(session);
+    closeWithGrace(session, CloseCode.RECOVERY_LOST, 'recovery lost');
+    this.log.info('recovery_lost', { sessionId: session.id, desktopId: session.desktopId });
   }
 
   /**
@@ -355,7 +388,7 @@ export class Shard {
       // It may have gone while its room asked the other nodes who is there.
       if (!session.open) return;
       if (ws.isPaused) ws.resume();
-      this.relay.join(session);
+      this.relay.join(session, admitted.resume);
       this.api.opened(session, identity, cookie);
       this.updateGauges();
       this.log.info('session_open', {
@@ -466,6 +499,7 @@ export class Shard {
     this.backpressure.stop();
     this.memory.stop();
     this.api.stop();
+    this.recovery.stop();
     // Frames already queued go out ahead of the close frames.
     this.out.flushAll();
     this.out.stop();

@@ -25,6 +25,7 @@ import { topicPermissionChangedText } from '../protocol/event-frames.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
+import { parseRecover, type ResumePosition } from '../protocol/resume.ts';
 import {
   ConnectionLimit,
   errorText,
@@ -73,7 +74,7 @@ export class TopicOps {
   constructor(options: TopicOpsOptions) {
     this.options = options;
     this.rooms = options.rooms;
-    this.rooms.onJoined = (sub, sessions) => this.joined(sub, sessions);
+    this.rooms.onJoined = (sub, sessions, position) => this.joined(sub, sessions, position);
     this.rooms.onLost = (sub) => this.lost(sub);
     this.rooms.onFull = (sub) => {
       this.full(sub, sub.ref);
@@ -132,6 +133,20 @@ export class TopicOps {
     const topic = typeof rawTopic === 'string' ? rawTopic : '';
     let type = '';
     let payload: string | undefined;
+    let recover: ResumePosition | undefined;
+    if (op === Op.SUBSCRIBE && Object.hasOwn(frame, 'recover')) {
+      const position = parseRecover(frame.recover);
+      if (position === null) {
+        return this.error(
+          conn,
+          TopicErrorCode.BAD_RECOVER,
+          '"recover" must be {"epoch": 1 to 64 of [A-Za-z0-9_.~-], "offset": an integer from 0 to 2^53 - 1}',
+          topic,
+          ref,
+        );
+      }
+      recover = position;
+    }
     if (op === Op.PUBLISH) {
       const rawType = Object.hasOwn(frame, 'type') ? frame.type : undefined;
       if (typeof rawType !== 'string' || rawType.length === 0 || rawType.length > MAX_TYPE_LENGTH) {
@@ -141,7 +156,7 @@ export class TopicOps {
       type = rawType;
       if (Object.hasOwn(frame, 'payload')) payload = memberText(json, 'payload');
     }
-    this.enqueue(conn, { op: op as QueuedOp['op'], topic, ref, type, payload });
+    this.enqueue(conn, { op: op as QueuedOp['op'], topic, ref, type, payload, recover });
   }
 
   /** Run `op` now, or behind its topic's op under way. */
@@ -191,7 +206,10 @@ export class TopicOps {
       return 'done';
     }
     const held = conn.topics.get(topic);
-    if (held !== undefined) return this.join(held, ref);
+    if (held !== undefined) {
+      held.recover = op.recover;
+      return this.join(held, ref);
+    }
     if (conn.topics.size >= ConnectionLimit.MAX_TOPICS) {
       this.error(conn, TopicErrorCode.RATE_LIMITED, `more than ${ConnectionLimit.MAX_TOPICS} topics on this connection`, topic, ref);
       return 'done';
@@ -202,17 +220,18 @@ export class TopicOps {
     }
     if (!conn.busy.has(topic)) conn.busy.set(topic, []);
     this.options.authorizer.authorize(conn.identity, topic).then(
-      (permission) => this.authorized(conn, topic, ref, permission),
+      (permission) => this.authorized(conn, topic, ref, permission, op.recover),
       (err: unknown) => this.refused(conn, topic, ref, err),
     );
     return 'waiting';
   }
 
-  private authorized(conn: TopicConnection, topic: string, ref: string | undefined, permission: Permission): void {
+  private authorized(conn: TopicConnection, topic: string, ref: string | undefined, permission: Permission, recover: ResumePosition | undefined): void {
     // Closed meanwhile: its ops were dropped, and nothing joins.
     if (!conn.open) return this.dropped(conn, topic);
     const roomKey = roomKeyOf(topic);
     const sub = new Subscription(conn, topic, roomKey, this.rooms.ownerOf(roomKey), permission);
+    sub.recover = recover;
     conn.topics.set(topic, sub);
     if (this.join(sub, ref) === 'done') this.next(conn, topic);
   }
@@ -250,13 +269,13 @@ export class TopicOps {
       this.error(sub.conn, TopicErrorCode.INTERNAL, "the topic's shard is restarting; subscribe again", sub.topic, ref);
       return 'done';
     }
-    this.send(sub.conn, subscribedText(sub.topic, sub.permission, sub.conn.id, result.sessions, ref));
+    this.send(sub.conn, subscribedText(sub.topic, sub.permission, sub.conn.id, result.sessions, ref, result.position));
     return 'done';
   }
 
   /** The owner answered a join sent through the link. */
-  private joined(sub: Subscription, sessions: string): void {
-    this.send(sub.conn, subscribedText(sub.topic, sub.permission, sub.conn.id, sessions, sub.ref));
+  private joined(sub: Subscription, sessions: string, position: string): void {
+    this.send(sub.conn, subscribedText(sub.topic, sub.permission, sub.conn.id, sessions, sub.ref, position));
     sub.ref = undefined;
     this.next(sub.conn, sub.topic);
   }
@@ -316,6 +335,20 @@ export class TopicOps {
     this.rooms.leave(sub);
     this.error(conn, TopicErrorCode.FORBIDDEN, message, sub.topic, undefined);
     return true;
+  }
+
+  /**
+   * `sub`'s replay fell behind the history (recovery.ts): it cannot be made
+   * whole, so the subscription ends (`session_left` to the room) with
+   * `recovery_lost`; subscribing again with the last offset received says
+   * `recovered: false`.
+   */
+  recoveryLost(sub: Subscription): void {
+    const conn = sub.conn;
+    if (conn.topics.get(sub.topic) !== sub) return;
+    conn.topics.delete(sub.topic);
+    this.rooms.leave(sub);
+    this.error(conn, TopicErrorCode.RECOVERY_LOST, 'the history let go of events this replay had not sent; subscribe again', sub.topic, undefined);
   }
 
   private unsubscribe(conn: TopicConnection, op: QueuedOp): void {

@@ -20,6 +20,7 @@ import { encodeTextFrame } from '../protocol/frame.ts';
 import { fnv1a32 } from '../protocol/hash.ts';
 import type { LinkMessage } from '../protocol/messages.ts';
 import { legacyEventText, legacyToTopicText, sessionUpdated, topicEventText, type RoomEvent } from '../protocol/event-frames.ts';
+import { positionMembers, type ResumePosition } from '../protocol/resume.ts';
 import { roomKeyOf } from '../protocol/topics.ts';
 import type { Backpressure } from './backpressure.ts';
 import type { Subscription } from './connection.ts';
@@ -38,6 +39,23 @@ export interface TopicRoomsOptions {
   remoteSessionsJson?: (roomKey: string) => string;
   /** Most sessions a room holds, every kind counted (--max-room-size; 0 = no limit). */
   maxRoomSize: number;
+  /** Offsets, history and replays (recovery.ts). */
+  recovery?: TopicRecovery;
+}
+
+/** What the topic rooms need of recovery (recovery.ts): offsets, a joiner's position and replay, the owner's and the follower's sides of a replay over the link. */
+export interface TopicRecovery {
+  readonly recording: boolean;
+  stamp(roomKey: string, text: string, nullPayload: boolean): number;
+  /** A subscriber joins a room owned here: its ack's position members; its replay started when it recovers. */
+  joinSub(sub: Subscription): string;
+  /** The owner's answer to a join from another shard. */
+  answerJoin(roomKey: string, rec: ResumePosition | undefined): { position: ResumePosition; recovered: boolean | undefined };
+  /** The owner: the next batch of a follower's replay. */
+  serve(roomKey: string, request: Extract<LinkMessage, { k: 'replay' }>): Extract<LinkMessage, { k: 'batch' }>;
+  /** A follower recovered from `from`: its replay reads the owner's history over the link. */
+  follow(sub: Subscription, from: ResumePosition, ask: (message: Extract<LinkMessage, { k: 'replay' }>) => boolean): void;
+  onBatch(message: Extract<LinkMessage, { k: 'batch' }>): void;
 }
 
 /** What the rooms need of the federation (shard/federation/): the room of a new subscriber listens to the other nodes, and every subscriber's event goes to them. */
@@ -51,7 +69,7 @@ export interface TopicBus {
 }
 
 /** What a join came to: the room's other sessions (now), the owner's answer to wait for, a full room, or no owner to ask (it is restarting). */
-export type JoinResult = { sessions: string } | 'pending' | 'full' | 'unavailable';
+export type JoinResult = { sessions: string; position: string } | 'pending' | 'full' | 'unavailable';
 
 export class TopicRooms {
   private readonly options: TopicRoomsOptions;
@@ -62,8 +80,8 @@ export class TopicRooms {
   private readonly followers = new Map<string, Set<Subscription>>();
   /** `sessionId\0topic` → a join sent to another shard, not answered yet. */
   private readonly joining = new Map<string, Subscription>();
-  /** The owner answered a join (`sessions`: the others). */
-  onJoined: (sub: Subscription, sessions: string) => void = () => {};
+  /** The owner answered a join (`sessions`: the others; `position`: the ack's epoch, offset and recovered members). */
+  onJoined: (sub: Subscription, sessions: string, position: string) => void = () => {};
   /** The owner of a room `sub` holds or is joining restarted: the subscription is gone. */
   onLost: (sub: Subscription) => void = () => {};
   /** The owner refused a join: the room is full. */
@@ -96,25 +114,40 @@ export class TopicRooms {
     if (sub.owner === this.options.shardId) {
       const room = this.rooms.ensure(sub.roomKey);
       const sessions = this.sessionsJson(room, sub.conn.id);
-      if (sub.state === 'joined') return { sessions };
+      // A topic held already is live: a recover asked again replays nothing.
+      if (sub.state === 'joined') return { sessions, position: this.heldPosition(sub) };
       if (this.full(room)) {
         this.rooms.dropIfEmpty(room);
         return 'full';
       }
+      // Before it is in the room: from here, the room's live events skip it while it replays.
+      const position = this.options.recovery?.joinSub(sub) ?? '';
+      sub.recover = undefined;
       this.rooms.addSub(sub);
       sub.state = 'joined';
       this.bus?.admit(room.id);
       this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
-      return { sessions };
+      return { sessions, position };
     }
     const message: LinkMessage = { k: 'join', topic: sub.topic, sid: sub.conn.id, info: sub.infoJson, stamp: sub.conn.stamp, at: sub.conn.connectedAt };
+    if (sub.recover !== undefined) message.rec = sub.recover;
     if (this.link === null || !this.link.send(sub.owner, message)) return 'unavailable';
     this.joining.set(`${sub.conn.id}\0${sub.topic}`, sub);
     return 'pending';
   }
 
+  /** The position members of a fresh ack for a held topic: `recovered: false` when a recover was asked (nothing is replayed). */
+  private heldPosition(sub: Subscription): string {
+    const recovery = this.options.recovery;
+    if (recovery === undefined) return '';
+    const asked = sub.recover !== undefined;
+    sub.recover = undefined;
+    return positionMembers(recovery.answerJoin(sub.roomKey, undefined).position, asked ? false : undefined);
+  }
+
   /** Take `sub` out of its room (session_left to the others). */
   leave(sub: Subscription): void {
+    sub.replay = null;
     if (sub.state !== 'joined') return;
     sub.state = 'joining';
     if (sub.owner === this.options.shardId) {
@@ -155,9 +188,16 @@ export class TopicRooms {
       return;
     }
     const room = this.rooms.get(sub.roomKey);
-    // Alone on this node, an event still goes to the other nodes.
-    if (room === undefined || (room.size < 2 && this.bus === null)) return;
-    this.broadcast(room, { type, stamp: sub.conn.stamp, timestamp, payload }, sub.conn.id, this.transientKey(sub.conn.id, type));
+    // Alone on this node, an event still goes to the other nodes, and to the history for those who resume.
+    if (room === undefined || (room.size < 2 && this.bus === null && this.options.recovery?.recording !== true)) return;
+    this.relayed(room, { type, stamp: sub.conn.stamp, timestamp, payload }, sub.conn.id, this.transientKey(sub.conn.id, type));
+  }
+
+  /** A subscriber's event (here, or from another shard): stamped with its offset, then to everyone but its sender. */
+  private relayed(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void {
+    const recovery = this.options.recovery;
+    if (recovery !== undefined) event.offset = recovery.stamp(room.id, legacyEventText(event), event.payload === undefined);
+    this.broadcast(room, event, exceptId, transientKey);
   }
 
   // ---- the owner's side ----
@@ -178,21 +218,30 @@ export class TopicRooms {
     return parts.join(',');
   }
 
-  /** `event` to everyone in `room` but `exceptId`: legacy sockets, subscribers here, and once to each other shard. */
+  /**
+   * `event` to everyone in `room` but `exceptId`: legacy sockets, subscribers
+   * here, and once to each other shard. An event with an offset skips the
+   * members catching up (their replay has it), and goes to other nodes
+   * without it (each stamps its own).
+   */
   broadcast(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void {
+    const ordered = event.offset !== undefined;
     if (room.members.length > 0) {
       let frame: Buffer | null = null;
       const members = this.rooms.pin(room);
       for (let i = 0; i < members.length; i++) {
         const member = members[i]!;
-        if (member.id === exceptId || !member.open) continue;
+        if (member.id === exceptId || !member.open || (ordered && member.replay !== null)) continue;
         frame ??= encodeTextFrame(legacyEventText(event));
         this.options.backpressure.deliver(member, frame, transientKey === '' ? undefined : transientKey);
       }
       this.rooms.unpin(room, members);
     }
     this.fanOut(room, event, exceptId, transientKey);
-    this.bus?.publish(room.id, legacyEventText(event), event);
+    if (this.bus !== null) {
+      const bare: RoomEvent = ordered ? { ...event, offset: undefined } : event;
+      this.bus.publish(room.id, legacyEventText(bare), bare);
+    }
   }
 
   /** Tell the federation when `room` holds no session of this node any more. */
@@ -201,48 +250,50 @@ export class TopicRooms {
   }
 
   /**
-   * An event from another node (`legacyText`, the legacy framing) for the
-   * room's multiplexed subscribers, here and on other shards; the legacy
+   * An event from another node (`legacyText`, the legacy framing, its offset
+   * stamped here when it is a relayed event: `offset`, 0 for presence) for
+   * the room's multiplexed subscribers, here and on other shards; the legacy
    * sockets had it from the relay.
    */
-  fromOtherNode(roomKey: string, legacyText: string, transientKey: string): void {
+  fromOtherNode(roomKey: string, legacyText: string, transientKey: string, offset = 0): void {
     const room = this.rooms.get(roomKey);
     if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
     const text = legacyToTopicText(room.topic, legacyText);
-    this.toLocalSubs(room, text, '', undefined, transientKey);
+    this.toLocalSubs(room, text, '', undefined, transientKey, offset);
     if (room.peers === null || this.link === null) return;
-    for (const peer of room.peers.keys()) this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: transientKey });
+    for (const peer of room.peers.keys()) this.link.send(peer, { k: 'ev', topic: room.topic, except: '', text, transient: transientKey, ...ordered(offset) });
   }
 
   /** `event` to the room's multiplexed subscribers only (here and on other shards): the legacy relay delivered to the legacy sockets. */
   fanOut(room: Room, event: RoomEvent, exceptId: string, transientKey: string): void {
     let text: string | null = null;
+    const offset = event.offset ?? 0;
     // Encoded only if a subscriber here gets it: a publisher alone in its room costs no string.
     if (room.subs.length > 1 || (room.subs.length === 1 && room.subs[0]!.conn.id !== exceptId)) {
       text = topicEventText(room.topic, event);
-      this.toLocalSubs(room, text, exceptId, undefined, transientKey);
+      this.toLocalSubs(room, text, exceptId, undefined, transientKey, offset);
     }
     if (room.peers !== null && this.link !== null) {
       for (const [peer, count] of room.peers) {
         // A shard whose only subscriber is the sender gets nothing.
         if (count === 1 && room.remote!.get(exceptId)?.shard === peer) continue;
         text ??= topicEventText(room.topic, event);
-        this.link.send(peer, { k: 'ev', topic: room.topic, except: exceptId, text, transient: transientKey });
+        this.link.send(peer, { k: 'ev', topic: room.topic, except: exceptId, text, transient: transientKey, ...ordered(offset) });
       }
     }
   }
 
   /**
    * An event of the server API (`publish` to a desktop: finished legacy
-   * JSON, `sessionId` "server") for the room's multiplexed subscribers, here
-   * and on other shards, but the sessions of `exceptUserId`; the legacy
-   * sockets had it from commands.ts.
+   * JSON, `sessionId` "server", with its `offset`, 0 when none) for the
+   * room's multiplexed subscribers, here and on other shards, but the
+   * sessions of `exceptUserId`; the legacy sockets had it from commands.ts.
    */
-  serverEvent(roomKey: string, legacyText: string, exceptUserId: string | undefined): void {
+  serverEvent(roomKey: string, legacyText: string, exceptUserId: string | undefined, offset = 0): void {
     const room = this.rooms.get(roomKey);
     if (room === undefined || (room.subs.length === 0 && room.peers === null)) return;
     const text = legacyToTopicText(room.topic, legacyText);
-    this.toLocalSubs(room, text, '', exceptUserId, '');
+    this.toLocalSubs(room, text, '', exceptUserId, '', offset);
     if (room.peers === null || this.link === null) return;
     for (const peer of room.peers.keys()) {
       this.link.send(peer, {
@@ -252,6 +303,7 @@ export class TopicRooms {
         text,
         transient: '',
         ...(exceptUserId === undefined ? {} : { exceptUser: exceptUserId }),
+        ...ordered(offset),
       });
     }
   }
@@ -260,14 +312,16 @@ export class TopicRooms {
    * `text` (topic framing) to the room's open subscribers on this shard, but
    * the connection `exceptId` and the connections of `exceptUserId`: framed
    * once, and only if someone gets it. The subscribers are pinned, so a
-   * delivery that cuts one makes the loop skip no other (room-index.ts).
+   * delivery that cuts one makes the loop skip no other (room-index.ts). An
+   * event with an offset skips the subscribers catching up (replay.ts).
    */
-  private toLocalSubs(room: Room, text: string, exceptId: string, exceptUserId: string | undefined, transientKey: string): void {
+  private toLocalSubs(room: Room, text: string, exceptId: string, exceptUserId: string | undefined, transientKey: string, offset: number): void {
     let frame: Buffer | null = null;
     const subs = this.rooms.pinSubs(room);
     for (let i = 0; i < subs.length; i++) {
-      const conn = subs[i]!.conn;
-      if (!conn.open || conn.id === exceptId || conn.userId === exceptUserId) continue;
+      const sub = subs[i]!;
+      const conn = sub.conn;
+      if (!conn.open || conn.id === exceptId || conn.userId === exceptUserId || (offset !== 0 && sub.replay !== null)) continue;
       frame ??= encodeTextFrame(text);
       this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
     }
@@ -289,7 +343,7 @@ export class TopicRooms {
   onLinkMessage(from: number, message: LinkMessage): void {
     switch (message.k) {
       case 'join':
-        return this.remoteJoin(from, message.topic, message.sid, message.info, message.stamp, message.at);
+        return this.remoteJoin(from, message);
       case 'update': {
         const room = this.rooms.get(roomKeyOf(message.topic));
         const member = room?.remote?.get(message.sid);
@@ -305,7 +359,7 @@ export class TopicRooms {
         const member = room?.remote?.get(message.sid);
         if (room === undefined || member === undefined) return;
         const event: RoomEvent = { type: message.type, stamp: member.stamp, timestamp: message.ts, payload: message.payload };
-        this.broadcast(room, event, message.sid, this.transientKey(message.sid, message.type));
+        this.relayed(room, event, message.sid, this.transientKey(message.sid, message.type));
         return;
       }
       case 'joined': {
@@ -321,21 +375,40 @@ export class TopicRooms {
           this.onFull(sub);
           return;
         }
+        const recover = sub.recover;
+        sub.recover = undefined;
         if (sub.state === 'joining') {
+          // Before it hears the room's events: from here they skip it while it replays.
+          if (message.recovered === true && recover !== undefined && this.options.recovery !== undefined && this.link !== null) {
+            const link = this.link;
+            this.options.recovery.follow(sub, recover, (request) => link.send(from, request));
+          }
           sub.state = 'joined';
           let subs = this.followers.get(sub.topic);
           if (subs === undefined) this.followers.set(sub.topic, (subs = new Set()));
           subs.add(sub);
         }
-        this.onJoined(sub, message.sessions);
+        // A held topic asked to recover again replays nothing (heldPosition).
+        const recovered = recover === undefined ? undefined : sub.replay !== null && message.recovered === true;
+        this.onJoined(sub, message.sessions, message.pos === undefined ? '' : positionMembers(message.pos, recovered));
         return;
       }
+      case 'replay': {
+        const recovery = this.options.recovery;
+        if (recovery !== undefined) this.link?.send(from, recovery.serve(roomKeyOf(message.topic), message));
+        return;
+      }
+      case 'batch':
+        this.options.recovery?.onBatch(message);
+        return;
       case 'ev': {
         const subs = this.followers.get(message.topic);
         if (subs === undefined) return;
         let frame: Buffer | null = null;
         for (const sub of [...subs]) {
           if (sub.conn.id === message.except || sub.conn.userId === message.exceptUser || !sub.conn.open) continue;
+          // A subscriber catching up gets it from its replay (recovery.ts).
+          if (message.o !== undefined && sub.replay !== null) continue;
           frame ??= encodeTextFrame(message.text);
           this.options.backpressure.deliver(sub.conn, frame, message.transient === '' ? undefined : message.transient);
         }
@@ -344,7 +417,8 @@ export class TopicRooms {
     }
   }
 
-  private remoteJoin(from: number, topic: string, sid: string, info: string, stamp: string, connectedAt: number): void {
+  private remoteJoin(from: number, join: Extract<LinkMessage, { k: 'join' }>): void {
+    const { topic, sid, info, stamp, at: connectedAt } = join;
     const room = this.rooms.ensure(roomKeyOf(topic));
     const again = room.remote?.has(sid) === true;
     if (!again && this.full(room)) {
@@ -360,7 +434,15 @@ export class TopicRooms {
       peers.set(from, (peers.get(from) ?? 0) + 1);
       this.bus?.admit(room.id);
     }
-    this.link?.send(from, { k: 'joined', topic, sid, sessions });
+    const answer: LinkMessage = { k: 'joined', topic, sid, sessions };
+    const recovery = this.options.recovery;
+    if (recovery !== undefined) {
+      // A subscriber joining again (a fresh ack) is live already: nothing to recover.
+      const { position, recovered } = recovery.answerJoin(room.id, again ? undefined : join.rec);
+      answer.pos = position;
+      if (join.rec !== undefined) answer.recovered = recovered ?? false;
+    }
+    this.link?.send(from, answer);
     if (!again) this.broadcast(room, { type: 'session_joined', stamp, timestamp: Date.now(), payload: info }, sid, '');
   }
 
@@ -415,4 +497,9 @@ export class TopicRooms {
       }
     }
   }
+}
+
+/** The `o` member of an `ev` message: the event's offset, when it has one (a follower's replaying subscribers skip it). */
+function ordered(offset: number): { o?: number } {
+  return offset === 0 ? {} : { o: offset };
 }

@@ -160,7 +160,8 @@ export class RoomEvents {
         }
         if (local === undefined) return;
         const transientKey = this.transientTypes.has(event.type) ? `${event.sessionId}\n${event.type}` : undefined;
-        this.deliver(local, event.text, transientKey);
+        // A relayed event: the room's owner stamps it with an offset of this node (issue 21).
+        this.deliver(local, event.text, transientKey, true);
         return;
       }
     }

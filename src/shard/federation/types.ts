@@ -32,7 +32,7 @@ export interface FederationOptions {
   metrics: MetricsSlot;
   rooms: RoomIndex;
   /** Deliver an event from another node (`legacyText`: the legacy framing) to every local member of `room`, each in its framing (through the backpressure policy). */
-  deliver: (room: Room, legacyText: string, transientKey?: string) => void;
+  deliver: (room: Room, legacyText: string, transientKey?: string, relayed?: boolean) => void;
   /** Event types a slow recipient only needs the newest of. */
   transientTypes: ReadonlySet<string>;
   /** Types a viewer may not send (`--mutation-types`), the relay's table. */

@@ -1,0 +1,249 @@
+/**
+ * Each room's recent events, in the shard that owns the room: the local
+ * {@link RoomLog} (room-log.ts).
+ *
+ * **Epochs.** The shard draws an epoch when it starts (the time and 32
+ * random bits), and each room's log is an incarnation of it:
+ * `<shard epoch>.<n>`, n counting the logs this shard ever made. A log is
+ * let go of once its room has no member on this shard and it holds no event
+ * (the events aged out); the room's next log is a new incarnation, so an
+ * epoch never names two sequences, and a position from before gets
+ * `recovered: false` rather than a wrong replay. A restarted shard (or
+ * node) draws a new shard epoch.
+ *
+ * **Offsets** are consecutive within an epoch, from 1; 0 is the position
+ * before the first event.
+ *
+ * **Bounds**, all of them applied as events are stamped, and by a sweep
+ * once a second:
+ * - per room: at most `maxEvents` events and `maxRoomBytes` bytes, the
+ *   oldest let go first;
+ * - age: an event older than `maxAgeMs` is let go (0: nothing is kept;
+ *   offsets and epochs still are);
+ * - per shard: `maxBytes`, this shard's share of the process-wide cap. Over
+ *   it, the rooms whose oldest event is the oldest are emptied first, until
+ *   the shard is under 90% of it (so that a room's next events do not each
+ *   pay a pass over the rooms).
+ *
+ * An event's bytes are its legacy text's length plus {@link ENTRY_OVERHEAD};
+ * a log costs {@link LOG_OVERHEAD} more. The entries hold the strings the
+ * relay built for the live frame: nothing is copied to keep them.
+ */
+import { randomBytes } from 'node:crypto';
+import type { CursorRead, LogCursor, LogEntry, ResumePosition, RoomLog } from './room-log.ts';
+
+/** What an entry costs beyond its text: the object, its slot, the numbers. */
+export const ENTRY_OVERHEAD = 64;
+/** What a room's log costs while it holds nothing. */
+export const LOG_OVERHEAD = 256;
+/** How often aged events are let go and idle logs forgotten. */
+export const HISTORY_SWEEP_MS = 1000;
+
+export interface HistoryOptions {
+  /** How long an event is kept (ms); 0 keeps none. */
+  maxAgeMs: number;
+  /** Events kept per room. */
+  maxEvents: number;
+  /** Bytes kept per room. */
+  maxRoomBytes: number;
+  /** Bytes kept by this shard over all its rooms. */
+  maxBytes: number;
+  /** Whether the room has a member on this shard (its log is kept while it has). */
+  inUse: (roomKey: string) => boolean;
+  /** The clock (tests move it). */
+  now?: () => number;
+  /** The shard's epoch (tests fix it); drawn at start otherwise. */
+  epoch?: string;
+}
+
+interface Entry extends LogEntry {
+  readonly bytes: number;
+}
+
+/** One room's log: its epoch, its last offset, and its events `entries[start…]`. */
+class Log {
+  readonly key: string;
+  readonly epoch: string;
+  latest = 0;
+  entries: Entry[] = [];
+  start = 0;
+  bytes = 0;
+  /** Forgotten: every cursor on it is gone. */
+  dead = false;
+
+  constructor(key: string, epoch: string) {
+    this.key = key;
+    this.epoch = epoch;
+  }
+
+  get count(): number {
+    return this.entries.length - this.start;
+  }
+
+  /** The offset of the oldest event kept (latest + 1 when none is). */
+  get first(): number {
+    return this.latest - this.count + 1;
+  }
+
+  head(): Entry | undefined {
+    return this.entries[this.start];
+  }
+
+  /** Let go of the oldest event; its bytes. */
+  shift(): number {
+    const entry = this.entries[this.start]!;
+    this.entries[this.start] = undefined as unknown as Entry;
+    this.start++;
+    // Compact once half the array is let go: amortized O(1), and no shift() of a long array.
+    if (this.start > 64 && this.start * 2 > this.entries.length) {
+      this.entries = this.entries.slice(this.start);
+      this.start = 0;
+    }
+    this.bytes -= entry.bytes;
+    return entry.bytes;
+  }
+}
+
+/** A shard epoch: the time (base 36) and 32 random bits, in the characters an epoch may have (protocol/resume.ts). */
+export function newShardEpoch(): string {
+  return `${Date.now().toString(36)}${randomBytes(4).toString('hex')}`;
+}
+
+export class History implements RoomLog {
+  private readonly options: HistoryOptions;
+  private readonly now: () => number;
+  private readonly epoch: string;
+  private readonly logs = new Map<string, Log>();
+  private incarnations = 0;
+  /** Bytes of every log and entry of the shard. */
+  private total = 0;
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(options: HistoryOptions) {
+    this.options = options;
+    this.now = options.now ?? Date.now;
+    this.epoch = options.epoch ?? newShardEpoch();
+    this.sweeper = setInterval(() => this.sweep(), HISTORY_SWEEP_MS);
+    this.sweeper.unref();
+  }
+
+  /** Whether events are kept at all (`maxAgeMs` > 0): when not, an event nobody receives need not be stamped. */
+  get recording(): boolean {
+    return this.options.maxAgeMs > 0;
+  }
+
+  /** Bytes held by the shard's history (for /stats and the tests). */
+  get bytes(): number {
+    return this.total;
+  }
+
+  /** Rooms with a log. */
+  get rooms(): number {
+    return this.logs.size;
+  }
+
+  stamp(roomKey: string, text: string, nullPayload: boolean): number {
+    const log = this.ensure(roomKey);
+    const offset = ++log.latest;
+    if (this.options.maxAgeMs <= 0) return offset;
+    const at = this.now();
+    const bytes = text.length + ENTRY_OVERHEAD;
+    log.entries.push({ offset, text, nullPayload, at, bytes });
+    log.bytes += bytes;
+    this.total += bytes;
+    const { maxEvents, maxRoomBytes } = this.options;
+    while (log.count > maxEvents || (log.bytes > maxRoomBytes && log.count > 0)) this.total -= log.shift();
+    this.trimAge(log, at);
+    if (this.total > this.options.maxBytes) this.shed();
+    return offset;
+  }
+
+  latest(roomKey: string): ResumePosition {
+    const log = this.ensure(roomKey);
+    return { epoch: log.epoch, offset: log.latest };
+  }
+
+  since(roomKey: string, from: ResumePosition): LogCursor | null {
+    const log = this.logs.get(roomKey);
+    if (log === undefined || log.epoch !== from.epoch || from.offset > log.latest) return null;
+    this.trimAge(log, this.now());
+    if (from.offset + 1 < log.first) return null;
+    return new LocalCursor(log, from.offset + 1);
+  }
+
+  /** Let go of everything (the shard stops). */
+  stop(): void {
+    clearInterval(this.sweeper);
+    for (const log of this.logs.values()) log.dead = true;
+    this.logs.clear();
+    this.total = 0;
+  }
+
+  private ensure(roomKey: string): Log {
+    let log = this.logs.get(roomKey);
+    if (log === undefined) {
+      log = new Log(roomKey, `${this.epoch}.${(++this.incarnations).toString(36)}`);
+      this.logs.set(roomKey, log);
+      this.total += LOG_OVERHEAD;
+    }
+    return log;
+  }
+
+  private trimAge(log: Log, now: number): void {
+    const oldest = now - this.options.maxAgeMs;
+    let head = log.head();
+    while (head !== undefined && head.at <= oldest) {
+      this.total -= log.shift();
+      head = log.head();
+    }
+  }
+
+  /** Over the shard's cap: empty the logs whose oldest event is the oldest, until under 90% of it. */
+  private shed(): void {
+    const target = this.options.maxBytes * 0.9;
+    const held = [...this.logs.values()].filter((log) => log.count > 0);
+    held.sort((a, b) => a.head()!.at - b.head()!.at);
+    for (const log of held) {
+      if (this.total <= target) return;
+      while (log.count > 0) this.total -= log.shift();
+    }
+  }
+
+  /** Aged events let go; a log with no event whose room has no member here is forgotten. */
+  sweep(): void {
+    const now = this.now();
+    for (const log of [...this.logs.values()]) {
+      this.trimAge(log, now);
+      if (log.count === 0 && !this.options.inUse(log.key)) this.forget(log);
+    }
+  }
+
+  private forget(log: Log): void {
+    log.dead = true;
+    this.logs.delete(log.key);
+    this.total -= LOG_OVERHEAD + log.bytes;
+  }
+}
+
+/** Reads a local log from an offset on: consecutive offsets make the next entry's index a subtraction. */
+class LocalCursor implements LogCursor {
+  private readonly log: Log;
+  private next: number;
+  onReady: (() => void) | null = null;
+
+  constructor(log: Log, next: number) {
+    this.log = log;
+    this.next = next;
+  }
+
+  read(): CursorRead {
+    const log = this.log;
+    if (log.dead) return 'gone';
+    const first = log.first;
+    if (this.next < first) return 'gone';
+    if (this.next > log.latest) return null;
+    const entry = log.entries[log.start + (this.next - first)]!;
+    this.next++;
+    return entry;
+  }
+}

@@ -1,0 +1,256 @@
+/**
+ * Recovery on one shard (issue 21): the rooms' history (history.ts, behind
+ * the RoomLog seam of room-log.ts) and the replays that read it
+ * (replay.ts), behind the few calls the relay, the topic rooms and the
+ * server API make:
+ *
+ * - {@link Recovery.stamp}: every relayed event of a room this shard owns;
+ * - {@link Recovery.joinLegacy} / {@link Recovery.joinSub}: a member joins
+ *   its room (here, the owner), resuming or not: the position its join
+ *   answer carries, and its replay started;
+ * - {@link Recovery.answerJoin} and {@link Recovery.serve}: the owner's side
+ *   of a subscriber on another shard, whose replay is read over the link in
+ *   batches ({@link Recovery.follow} and {@link Recovery.onBatch} on its
+ *   side), each asked for only once the previous one is written.
+ */
+import { topicOfLegacy, withOffset } from '../protocol/event-frames.ts';
+import type { LinkMessage } from '../protocol/messages.ts';
+import { positionMembers, type ResumePosition } from '../protocol/resume.ts';
+import type { Subscription } from './connection.ts';
+import { History } from './history.ts';
+import { Replays, type ReplayTarget } from './replay.ts';
+import type { CursorRead, LogCursor, LogEntry } from './room-log.ts';
+import type { Session } from './session.ts';
+
+/** Bytes of events one batch to another shard carries (at least one event). */
+export const REMOTE_BATCH_BYTES = 32 * 1024;
+
+export interface RecoveryOptions {
+  historyAgeMs: number;
+  historyEvents: number;
+  historyRoomBytes: number;
+  /** The process's cap; this shard keeps `historyMemoryBytes / workers`. */
+  historyMemoryBytes: number;
+  workers: number;
+  /** Whether the room has a member on this shard. */
+  inUse: (roomKey: string) => boolean;
+  /** Write a replayed frame through the outbound budget. */
+  deliver: (target: ReplayTarget, frame: Buffer) => void;
+  /** A legacy session's replay fell behind the history: close it (4009). */
+  legacyLost: (session: Session) => void;
+  /** A subscription's replay fell behind the history: end it (`recovery_lost`). */
+  subLost: (sub: Subscription) => void;
+  /** The shard's epoch (tests fix it). */
+  epoch?: string;
+}
+
+/** What a member needs of its join: the room's position, and whether it was recovered (undefined: no resume asked). */
+export interface JoinPosition {
+  position: ResumePosition;
+  recovered: boolean | undefined;
+}
+
+type Batch = Extract<LinkMessage, { k: 'batch' }>;
+type ReplayRequest = Extract<LinkMessage, { k: 'replay' }>;
+
+export class Recovery {
+  readonly history: History;
+  private readonly replays: Replays;
+  private readonly options: RecoveryOptions;
+  /** `sid\0topic` → the cursor of a subscriber here replaying a room another shard owns. */
+  private readonly remote = new Map<string, RemoteCursor>();
+
+  constructor(options: RecoveryOptions) {
+    this.options = options;
+    this.history = new History({
+      maxAgeMs: options.historyAgeMs,
+      maxEvents: options.historyEvents,
+      maxRoomBytes: options.historyRoomBytes,
+      maxBytes: Math.floor(options.historyMemoryBytes / options.workers),
+      inUse: options.inUse,
+      ...(options.epoch === undefined ? {} : { epoch: options.epoch }),
+    });
+    this.replays = new Replays(options.deliver);
+  }
+
+  /** Whether events are kept: when not, an event nobody receives need not be stamped. */
+  get recording(): boolean {
+    return this.history.recording;
+  }
+
+  /** Replays under way on this shard. */
+  get replaying(): number {
+    return this.replays.active;
+  }
+
+  /** The offset of a relayed event of `roomKey` (`text`: its legacy framing, no offset), kept in the history. */
+  stamp(roomKey: string, text: string, nullPayload: boolean): number {
+    return this.history.stamp(roomKey, text, nullPayload);
+  }
+
+  /**
+   * `session` joins its room here: the members its `room_joined` carries
+   * (epoch, offset, and `recovered` when it resumed), its replay started
+   * when recovered. Call before the session is in the room, and queue the
+   * `room_joined` in the same turn.
+   */
+  joinLegacy(session: Session, resume: ResumePosition | undefined): string {
+    const { position, recovered, cursor } = this.open(session.desktopId, resume);
+    if (cursor !== null) {
+      const job = {
+        target: session,
+        cursor,
+        render: (entry: LogEntry) => withOffset(entry.text, entry.offset),
+        done: () => {
+          if (session.replay === job) session.replay = null;
+        },
+        lost: () => {
+          if (session.replay !== job) return;
+          session.replay = null;
+          this.options.legacyLost(session);
+        },
+        cancelled: () => session.replay !== job,
+      };
+      session.replay = job;
+      this.replays.start(job);
+    }
+    return positionMembers(position, recovered);
+  }
+
+  /** A subscriber joins a room owned here: the members of its ack; its replay started when `sub.recover` was given and can be served. */
+  joinSub(sub: Subscription): string {
+    const { position, recovered, cursor } = this.open(sub.roomKey, sub.recover);
+    if (cursor !== null) this.startSub(sub, cursor, (entry) => withOffset(topicOfLegacy(sub.topic, entry.text, entry.nullPayload), entry.offset));
+    return positionMembers(position, recovered);
+  }
+
+  /** The owner's answer to a join from another shard: the room's position and, when `rec` was asked, whether it can be served. */
+  answerJoin(roomKey: string, rec: ResumePosition | undefined): JoinPosition {
+    const position = this.history.latest(roomKey);
+    return { position, recovered: rec === undefined ? undefined : this.history.since(roomKey, rec) !== null };
+  }
+
+  /** The owner: a batch of a follower's replay, the events after `request.o` in the topic framing. */
+  serve(roomKey: string, request: ReplayRequest): Batch {
+    const cursor = this.history.since(roomKey, { epoch: request.e, offset: request.o });
+    const texts: string[] = [];
+    let last = request.o;
+    if (cursor === null) return { k: 'batch', topic: request.topic, sid: request.sid, texts, last, gone: true };
+    let bytes = 0;
+    while (bytes < REMOTE_BATCH_BYTES) {
+      const read = cursor.read();
+      if (read === null || read === 'wait') break;
+      if (read === 'gone') return { k: 'batch', topic: request.topic, sid: request.sid, texts: [], last, gone: true };
+      const text = withOffset(topicOfLegacy(request.topic, read.text, read.nullPayload), read.offset);
+      texts.push(text);
+      bytes += text.length;
+      last = read.offset;
+    }
+    return { k: 'batch', topic: request.topic, sid: request.sid, texts, last };
+  }
+
+  /**
+   * A subscriber here of a room `owner` owns was recovered from `from`:
+   * its replay reads the owner's history in batches, each asked (`ask`)
+   * once the previous one is written.
+   */
+  follow(sub: Subscription, from: ResumePosition, ask: (message: ReplayRequest) => boolean): void {
+    const key = `${sub.conn.id}\0${sub.topic}`;
+    const cursor = new RemoteCursor(from, (offset) => ask({ k: 'replay', topic: sub.topic, sid: sub.conn.id, e: from.epoch, o: offset }));
+    this.remote.set(key, cursor);
+    this.startSub(
+      sub,
+      cursor,
+      (entry) => entry.text,
+      () => this.remote.delete(key),
+    );
+  }
+
+  /** A batch from the owner, for a follower's replay. */
+  onBatch(message: Batch): void {
+    this.remote.get(`${message.sid}\0${message.topic}`)?.answer(message);
+  }
+
+  stop(): void {
+    this.history.stop();
+  }
+
+  private open(roomKey: string, resume: ResumePosition | undefined): JoinPosition & { cursor: LogCursor | null } {
+    const cursor = resume === undefined ? null : this.history.since(roomKey, resume);
+    const position = this.history.latest(roomKey);
+    return { position, recovered: resume === undefined ? undefined : cursor !== null, cursor };
+  }
+
+  private startSub(sub: Subscription, cursor: LogCursor, render: (entry: LogEntry) => string, ended: () => void = noop): void {
+    const job = {
+      target: sub.conn,
+      cursor,
+      render,
+      done: () => {
+        ended();
+        if (sub.replay === job) sub.replay = null;
+      },
+      lost: () => {
+        ended();
+        if (sub.replay !== job) return;
+        sub.replay = null;
+        this.options.subLost(sub);
+      },
+      cancelled: () => {
+        if (sub.replay === job) return false;
+        ended();
+        return true;
+      },
+    };
+    sub.replay = job;
+    this.replays.start(job);
+  }
+}
+
+function noop(): void {}
+
+/**
+ * A follower's cursor into the owner's history: it holds one batch at a
+ * time, and asks for the next once the replay has written it. Live events
+ * that reach the follower meanwhile are skipped (the next batch has them);
+ * an empty batch means caught up, and is read at once (replay.ts), before
+ * any later live event can arrive.
+ */
+class RemoteCursor implements LogCursor {
+  private batch: LogEntry[] = [];
+  private index = 0;
+  private after: number;
+  private asking = false;
+  private ended = false;
+  private gone = false;
+  private readonly ask: (after: number) => boolean;
+  onReady: (() => void) | null = null;
+
+  constructor(from: ResumePosition, ask: (after: number) => boolean) {
+    this.after = from.offset;
+    this.ask = ask;
+  }
+
+  read(): CursorRead {
+    if (this.index < this.batch.length) return this.batch[this.index++]!;
+    if (this.gone) return 'gone';
+    if (this.ended) return null;
+    if (!this.asking) {
+      if (!this.ask(this.after)) return 'gone';
+      this.asking = true;
+    }
+    return 'wait';
+  }
+
+  answer(message: Batch): void {
+    this.asking = false;
+    if (message.gone === true) this.gone = true;
+    else if (message.texts.length === 0) this.ended = true;
+    else {
+      this.batch = message.texts.map((text) => ({ offset: 0, text, nullPayload: false, at: 0 }));
+      this.index = 0;
+      this.after = message.last;
+    }
+    this.onReady?.();
+  }
+}
