@@ -44,6 +44,8 @@ class FakeRelay {
   readonly subscribes: Record<string, unknown>[] = [];
   /** Replay from this many offsets before the one asked (a misbehaving server: the SDK must drop what it had). */
   overlap = 0;
+  /** On the next topic replay, send this many events, then `recovery_lost` (the history let go of the rest), and forget the history. */
+  loseReplayAfter: number | null = null;
   private readonly wss: WebSocketServer;
   private readonly streams = new Map<string, Stream>();
   private readonly legacy = new Map<WebSocket, string>();
@@ -200,7 +202,16 @@ class FakeRelay {
       };
       if (recover) ack.recovered = replay !== null;
       ws.send(JSON.stringify(ack));
-      for (const event of replay ?? []) ws.send(JSON.stringify({ op: 'event', topic, ...this.legacyFrame(event) }));
+      const lose = replay !== null && this.loseReplayAfter !== null ? this.loseReplayAfter : null;
+      for (const event of (replay ?? []).slice(0, lose ?? undefined)) ws.send(JSON.stringify({ op: 'event', topic, ...this.legacyFrame(event) }));
+      if (lose !== null) {
+        this.loseReplayAfter = null;
+        stream.events = [];
+        ws.send(
+          JSON.stringify({ op: 'error', code: 'recovery_lost', topic, message: 'the history let go of events this replay had not sent; subscribe again' }),
+        );
+        return;
+      }
       held.add(topic);
     });
   }
@@ -248,6 +259,7 @@ function watch(target: MoodioClient | Topic, seen: Seen): void {
     seen.push(`gap ${g.from?.epoch}:${g.from?.offset} -> ${g.epoch}:${g.offset}`),
   );
   on('state', (s: string) => seen.push(`state ${s}`));
+  on('error', (e: { code: string }) => seen.push(`error ${e.code}`));
 }
 
 async function desktopClient(t: TestContext, relay: FakeRelay, desktopId = 'd1'): Promise<{ client: MoodioClient; seen: Seen }> {
@@ -436,6 +448,38 @@ describe('connectTopics(): recover per topic on resubscribe', () => {
     assert.deepEqual(seenB.log, ['state subscribed', 'event 1 "b1"', 'state subscribing', 'state subscribed', 'gap e2:1 -> e3:0']);
     assert.deepEqual(a.resumePosition, { epoch: 'e1', offset: 4 });
     assert.deepEqual(b.resumePosition, { epoch: 'e3', offset: 0 });
+  });
+
+  it('a replay cut short by recovery_lost: the topic subscribes again from the last event seen, and the server says gap', async (t) => {
+    const relay = await new FakeRelay().start(t);
+    const conn = connectTopics({ url: relay.url, ...FAST });
+    t.after(() => conn.close());
+    const seen = new Seen();
+    const a = conn.subscribe('desktop:a');
+    watch(a, seen);
+    await seen.last('state subscribed');
+    relay.publish('a', 'note', 'a1');
+    await seen.last('event 1 "a1"');
+    relay.dropAll();
+    await seen.last('state subscribing');
+    for (let i = 2; i <= 4; i++) relay.publish('a', 'note', `a${i}`);
+    relay.loseReplayAfter = 1;
+    await seen.last('gap e1:2 -> e1:4');
+    assert.deepEqual(seen.log, [
+      'state subscribed',
+      'event 1 "a1"',
+      'state subscribing',
+      'state subscribed',
+      'event 2 "a2"',
+      'state subscribing',
+      'error recovery_lost',
+      'state subscribed',
+      'gap e1:2 -> e1:4',
+    ]);
+    assert.deepEqual(
+      relay.subscribes.map((op) => op.recover ?? null),
+      [null, { epoch: 'e1', offset: 1 }, { epoch: 'e1', offset: 2 }],
+    );
   });
 
   it('a topic subscribed anew (after its last unsubscribe) starts fresh: no recover, no gap', async (t) => {

@@ -389,8 +389,10 @@ export class TopicConnection implements TopicHost {
       entry.sent = false;
       return entry.refuse(error);
     }
-    if (entry.state === 'subscribed' && code === TopicErrorCode.INTERNAL) {
-      // The shard that owns the topic's room restarted: the subscription is gone; ask again.
+    if (entry.state === 'subscribed' && (code === TopicErrorCode.INTERNAL || code === TopicErrorCode.RECOVERY_LOST)) {
+      // The shard that owns the topic's room restarted, or the replay fell
+      // behind the history: the subscription is gone; ask again (from the
+      // last event seen: the ack says whether it could be recovered).
       entry.sent = false;
       entry.position.lost();
       entry.forgetPresence();
