@@ -26,10 +26,15 @@ before(async () => {
 });
 after(() => cleanup.run());
 
-/** A server event as it must arrive: type, the server's stamp, the payload; nothing else. */
-function assertServerEvent(frame: Frame, type: string, payload: unknown): void {
+/**
+ * A server event as it must arrive: type, the server's stamp, the payload;
+ * a publish to a desktop also its offset in the room (issue 21), a user
+ * event or a broadcast none (they belong to no room); nothing else.
+ */
+function assertServerEvent(frame: Frame, type: string, payload: unknown, inRoom = true): void {
   assert.equal(frame.type, type, JSON.stringify(frame));
-  assert.deepEqual(Object.keys(frame).sort(), ['payload', 'sessionId', 'timestamp', 'type', 'userId']);
+  assert.deepEqual(Object.keys(frame).sort(), [...(inRoom ? ['offset'] : []), 'payload', 'sessionId', 'timestamp', 'type', 'userId']);
+  if (inRoom) assert.ok(Number.isSafeInteger(frame.offset) && frame.offset > 0);
   assert.equal(frame.sessionId, SERVER_SENDER);
   assert.equal(frame.userId, SERVER_SENDER);
   assert.equal(typeof frame.timestamp, 'number');
@@ -64,7 +69,7 @@ test('a publish reaches every session of its desktop, stamped by the server, and
   // Without a payload, the event has none.
   assert.equal((await api(server, 'POST', `desktops/${c.desktopId}/events`, { type: 'render_started' })).body.delivered, 2);
   const bare = await c.client.next();
-  assert.deepEqual(Object.keys(bare).sort(), ['sessionId', 'timestamp', 'type', 'userId']);
+  assert.deepEqual(Object.keys(bare).sort(), ['offset', 'sessionId', 'timestamp', 'type', 'userId']);
   await a3.client.expect('render_started');
 });
 
@@ -82,7 +87,7 @@ test("a user event reaches that user's sessions on every desktop and shard, and 
   const { ann, a1, a2, a3, b, c } = await twoShards(t);
   const res = await api(server, 'POST', `users/${encodeURIComponent(ann.userId)}/events`, { type: 'export_ready', payload: { url: '/exports/1.zip' } });
   assert.deepEqual([res.status, res.body.delivered], [202, 3]);
-  for (const m of [a1, a2, a3]) assertServerEvent(await m.client.next(), 'export_ready', { url: '/exports/1.zip' });
+  for (const m of [a1, a2, a3]) assertServerEvent(await m.client.next(), 'export_ready', { url: '/exports/1.zip' }, false);
   await markerIsNext([a1, a2, a3, b, c]);
   const nobody = await api(server, 'POST', `users/${encodeURIComponent(user('Nobody').userId)}/events`, { type: 'export_ready' });
   assert.deepEqual([nobody.status, nobody.body.delivered], [202, 0]);
@@ -93,7 +98,7 @@ test('a broadcast reaches everyone on both shards; a second one within --api-bro
   const res = await api(server, 'POST', 'broadcast', { type: 'maintenance', payload: { at: '02:00' } });
   assert.equal(res.status, 202);
   assert.ok(res.body.delivered >= 5, `delivered ${res.body.delivered}`);
-  for (const m of [a1, a2, a3, b, c]) assertServerEvent(await m.client.next(), 'maintenance', { at: '02:00' });
+  for (const m of [a1, a2, a3, b, c]) assertServerEvent(await m.client.next(), 'maintenance', { at: '02:00' }, false);
   const again = await api(server, 'POST', 'broadcast', { type: 'maintenance_again' });
   assert.equal(again.status, 429);
   assert.equal(again.body.code, 'rate_limited');

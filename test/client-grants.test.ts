@@ -223,7 +223,7 @@ test("a server API publish reaches onEvent as the server's own event: sessionId 
   await both;
   const [fromServer, fromPeer] = got;
   assert.ok(isServerEvent(fromServer!));
-  assert.deepEqual(Object.keys(fromServer!).sort(), ['payload', 'sessionId', 'timestamp', 'type', 'userId']);
+  assert.deepEqual(Object.keys(fromServer!).sort(), ['offset', 'payload', 'sessionId', 'timestamp', 'type', 'userId']);
   assert.deepEqual([fromServer!.sessionId, fromServer!.userId, fromServer!.payload.rows], ['server', 'server', 3]);
   assert.ok(!isServerEvent(fromPeer!));
   assert.deepEqual([fromPeer.firstName, fromPeer.sessionId, fromPeer.payload.rows], ['Bob', bob.client.sessionId, 4]);

@@ -56,7 +56,18 @@ describe('subscribe', () => {
     assert.equal(ann.pending, 0);
     const ack = await subscribe(ann, on, 'r1');
     assert.match(ack.sessionId, SESSION_ID);
-    assert.deepEqual(ack, { op: 'subscribed', topic: on, permission: 'editor', sessionId: ack.sessionId, sessions: [], ref: 'r1' });
+    // The room's position (issue 21): a fresh room, at offset 0.
+    assert.equal(typeof ack.epoch, 'string');
+    assert.deepEqual(ack, {
+      op: 'subscribed',
+      topic: on,
+      permission: 'editor',
+      sessionId: ack.sessionId,
+      sessions: [],
+      epoch: ack.epoch,
+      offset: 0,
+      ref: 'r1',
+    });
 
     const bobUser = user('Bob');
     const bob = await connectTopics(t, server, token(bobUser));
@@ -188,6 +199,7 @@ describe('publish', () => {
         email: 'ann@example.com',
         timestamp: event.timestamp,
         payload: { id: 'a', x: 100 },
+        offset: 1,
       });
     }
     ann.send({ op: 'publish', topic: on, type: 'cursor' });

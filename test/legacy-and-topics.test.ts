@@ -66,6 +66,7 @@ describe('one room, two framings', () => {
       email: 'sue@example.com',
       timestamp: moved.timestamp,
       payload: { id: 'a1', x: 3 },
+      offset: 1,
     });
     sub.send({ op: 'publish', topic: on, type: 'ping_cursor' });
     const bare = await legacy.expect('ping_cursor');
@@ -83,6 +84,7 @@ describe('one room, two framings', () => {
       email: 'leo@example.com',
       timestamp: resized.timestamp,
       payload: { id: 'a1', w: 9 },
+      offset: 3,
     });
     legacy.send({ type: 'ping_cursor' });
     assert.equal((await expectEvent(sub, on, 'ping_cursor')).payload, null);

@@ -126,7 +126,9 @@ describe('presence', () => {
 
     const { client: a, joined: aJoined } = await join(t, server.wsUrl(room), { token: token(ann) });
     assert.match(aJoined.sessionId, SESSION_ID);
-    assert.deepEqual(aJoined, { type: 'room_joined', sessionId: aJoined.sessionId, permission: 'editor', sessions: [] });
+    // The room's epoch and latest offset (issue 21): a fresh room, at 0.
+    assert.equal(typeof aJoined.epoch, 'string');
+    assert.deepEqual(aJoined, { type: 'room_joined', sessionId: aJoined.sessionId, permission: 'editor', sessions: [], epoch: aJoined.epoch, offset: 0 });
     const annInfo = { sessionId: aJoined.sessionId, userId: ann.userId, firstName: 'Ann', email: ann.email, permission: 'editor' };
 
     const before = Date.now();
@@ -245,8 +247,9 @@ describe('stamped identity', () => {
       email: alice.email,
       timestamp: frame.timestamp,
       payload: { id: 'asset-9', w: 10, h: 20, nested: { deep: [1, 'two', null, true] } },
+      offset: 1,
     });
-    assert.deepEqual(Object.keys(frame), ['type', 'sessionId', 'userId', 'firstName', 'email', 'timestamp', 'payload']);
+    assert.deepEqual(Object.keys(frame), ['type', 'sessionId', 'userId', 'firstName', 'email', 'timestamp', 'payload', 'offset']);
   });
 
   test('a frame without payload is relayed without one; a null payload stays null', async (t) => {

@@ -312,3 +312,39 @@ test('a restarted shard starts a new epoch: a position from before gets recovere
   assert.notEqual(r.joined.epoch, b.joined.epoch);
   assert.equal(r.joined.offset, 0);
 });
+
+test('a replay the history overtakes is closed with 4009, and its resume then says recovered: false', async (t) => {
+  const stub = await startPermissionStub(t);
+  const s = await startServer(t, {
+    workers: 2,
+    permissionApiBase: stub.base,
+    args: ['--api-key', API_KEY, '--api-publish-rate', '0', '--history-events', '300', '--history-room-bytes', String(64 << 20)],
+  });
+  const id = desktopOnShard(1);
+  const away = await join(t, s.wsUrl(id), { token: token(user('Bob')) });
+  await away.client.close();
+  const big = 'z'.repeat(60_000);
+  // 300 events of 60 KB (18 MB): more than the loopback socket buffers hold, so the replay waits for the reader.
+  for (let i = 0; i < 300; i++) assert.equal((await api(s, 'POST', `desktops/${id}/events`, { type: 'big', payload: { i, big } })).status, 202);
+  const r = await join(t, resumeUrl(s, id, away.joined.epoch, away.joined.offset), { token: token(user('Bob')) });
+  assert.equal(r.joined.recovered, true);
+  const first = await r.client.expect('big');
+  assert.equal(first.offset, away.joined.offset + 1);
+  r.client.ws.pause();
+  // 300 more: the history lets go of every event the replay has not sent.
+  for (let i = 0; i < 300; i++) assert.equal((await api(s, 'POST', `desktops/${id}/events`, { type: 'big', payload: { i: 300 + i, big } })).status, 202);
+  r.client.ws.resume();
+  let last = first.offset;
+  for (;;) {
+    // Frames arrive before the close: the inbox is empty once the close won.
+    const frame = await Promise.race([r.client.next(3000), r.client.closed.then(() => null)]);
+    if (frame === null) break;
+    assert.equal(frame.offset, last + 1, 'in order, none skipped');
+    last = frame.offset;
+  }
+  const closed = await r.client.closed;
+  assert.deepEqual(closed, { code: CloseCode.RECOVERY_LOST, reason: 'recovery lost' });
+  assert.ok(last < away.joined.offset + 300, `the replay stopped short (${last})`);
+  const again = await join(t, resumeUrl(s, id, away.joined.epoch, last), { token: token(user('Bob')) });
+  assert.equal(again.joined.recovered, false);
+});

@@ -163,7 +163,8 @@ describe('the server API', () => {
     const res = await api(server, 'POST', `desktops/${id}/events`, { type: 'desktop_updated', payload: { v: 2 } });
     assert.equal(res.status, 202);
     const seen = await legacy.expect('desktop_updated');
-    assert.deepEqual(seen, { type: 'desktop_updated', sessionId: 'server', userId: 'server', timestamp: seen.timestamp, payload: { v: 2 } });
+    // Stamped once, by the room's owner: one offset in both framings, on both shards (issue 21).
+    assert.deepEqual(seen, { type: 'desktop_updated', sessionId: 'server', userId: 'server', timestamp: seen.timestamp, payload: { v: 2 }, offset: 1 });
     for (const conn of [near, far, skipped]) {
       assert.deepEqual(await expectEvent(conn, topic, 'desktop_updated'), {
         op: 'event',
@@ -173,6 +174,7 @@ describe('the server API', () => {
         userId: 'server',
         timestamp: seen.timestamp,
         payload: { v: 2 },
+        offset: 1,
       });
     }
     const skippedUser = (await api(server, 'POST', `desktops/${id}/events`, { type: 'not_for_far', exceptUserId: farUser.userId })).status;
