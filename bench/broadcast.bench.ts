@@ -72,7 +72,6 @@ function build(rooms: number, perRoom: number): Built {
       maxSessionBacklogBytes: 4 << 20,
       maxOutboundBytes: 256 << 20,
       processOutbound: () => 0,
-      onCut: () => {},
       onRelease: () => {},
     },
     out,

@@ -16,13 +16,17 @@
  * pinned to core 0 and the generator to core 1: the two-node row therefore
  * runs two nodes and nats-server on the core that one node had to itself.
  *
+ * With `--route connection` the load connects as today's app does, one
+ * socket per user on /ws/connection holding `--topics-per-connection` rooms
+ * (5 by default), so the rooms federate as topics (loadtest's own option).
+ *
  * With `--setups` including `stream`, a third setup: the two nodes with
  * `--history-stream` on a `nats-server -js` (issue 21), every relayed event
  * delivered from the stream's consumers with its sequence as offset, the
  * origin's too: the federated path's added latency is this row against
  * the `fleet` row.
  *
- *   node bench/federation.ts [--repeat N] [--presets light,medium] [--setups single,fleet,stream]
+ *   node bench/federation.ts [--repeat N] [--presets light,medium] [--route connection [--topics-per-connection 5]] [--setups single,fleet,stream]
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -42,6 +46,10 @@ const arg = (name: string): string | undefined => {
 const repeat = Number(arg('--repeat') ?? '1');
 const presets = (arg('--presets') ?? 'light,medium,heavy,extreme').split(',');
 const setups = new Set((arg('--setups') ?? 'single,fleet,stream').split(','));
+const route = arg('--route') ?? 'desktop';
+if (route !== 'desktop' && route !== 'connection') throw new Error('--route must be desktop or connection');
+const topicsPerConnection = arg('--topics-per-connection') ?? '5';
+const routeArgs = route === 'connection' ? ['--route', 'connection', '--topics-per-connection', topicsPerConnection] : [];
 const pin = availableParallelism() >= 2 && spawnSync('taskset', ['-c', '0', 'true']).status === 0;
 const serverPin = pin ? ['taskset', '-c', '0'] : [];
 const generatorPin = pin ? ['taskset', '-c', '1'] : [];
@@ -75,6 +83,7 @@ function loadtest(urls: string[], preset: string): LoadtestReport {
       preset,
       '--warmup',
       '1s',
+      ...routeArgs,
     ],
     { env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 },
   );
@@ -178,7 +187,7 @@ try {
 const date = new Date().toISOString();
 const commit = spawnSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
 const md = [
-  `# Federation benchmark — ${date}`,
+  `# Federation benchmark${route === 'connection' ? `, /ws/connection with ${topicsPerConnection} topics per connection` : ''} — ${date}`,
   '',
   `Machine: ${describeMachine()}. Pinned: ${pin ? 'servers (nodes and nats-server) core 0, generator core 1' : 'no'}. Runs per row: ${repeat} (medians).`,
   `Command: \`node bench/federation.ts ${process.argv.slice(2).join(' ')}\``.replace(/ `$/, '`'),
@@ -193,8 +202,8 @@ const md = [
 ];
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });
-const base = `${dir}federation-${date.slice(0, 10)}-${commit}`;
-writeFileSync(`${base}.json`, JSON.stringify({ date, commit, machine: machineInfo(), pinned: pin, repeat, rows }, null, 2) + '\n');
+const base = `${dir}federation-${route === 'connection' ? 'connection-' : ''}${date.slice(0, 10)}-${commit}`;
+writeFileSync(`${base}.json`, JSON.stringify({ date, commit, machine: machineInfo(), pinned: pin, repeat, route, topicsPerConnection, rows }, null, 2) + '\n');
 writeFileSync(`${base}.md`, md.join('\n'));
 process.stdout.write(md.join('\n'));
 log(`# wrote ${base}.json and .md`);

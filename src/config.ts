@@ -57,6 +57,8 @@ export interface ServeConfig {
   /** WebSocket handshakes per second one client address may start (5 s worth at once; 0 = no limit). */
   handshakeRatePerAddress: number;
   drainTimeoutMs: number;
+  /** On SIGTERM/SIGINT, the window over which each shard closes its sessions with 1012, evenly, in a random order (0 = all at once). */
+  drainSpreadMs: number;
   pingIntervalMs: number;
   /** /ws/ping sockets open at once in the process. */
   maxPingSockets: number;
@@ -363,8 +365,18 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     flags: '--drain-timeout <duration>',
     env: 'MOODIO_RT_DRAIN_TIMEOUT',
     default: '10s',
-    description: 'on SIGTERM/SIGINT, longest wait for sessions to close before exiting',
+    description: 'on SIGTERM/SIGINT, longest wait for sessions to close after the last close frame was sent, before exiting',
     parse: parseDuration,
+  },
+  {
+    key: 'drainSpreadMs',
+    flags: '--drain-spread <duration>',
+    env: 'MOODIO_RT_DRAIN_SPREAD',
+    // With --drain-timeout's 10 s and at most 2 s to close the bus link, a drain ends within 18 s: inside the unit's TimeoutStopSec=20.
+    default: '5s',
+    description:
+      'on SIGTERM/SIGINT, close the sessions with 1012 (service restart) spread evenly over this window, in a random order, so that the nodes they reconnect to get no stampede (0 = all at once; at most 10m)',
+    parse: (raw, option) => (raw.trim() === '0' ? 0 : durationIn(1, 600_000, '0 to 10m')(raw, option)),
   },
   {
     key: 'pingIntervalMs',

@@ -76,6 +76,8 @@ export const AuthorizeErrorCode = {
   NOT_FOUND: 'ERR_AUTHORIZE_NOT_FOUND',
   /** Anything else: another status, a timeout, a bad body, an unknown permission. */
   INTERNAL: 'ERR_AUTHORIZE_INTERNAL',
+  /** Too many calls already wait for the app (`--permission-concurrency` + `--permission-queue` per worker): refused without asking. */
+  BUSY: 'ERR_AUTHORIZE_BUSY',
 } as const;
 export type AuthorizeErrorCodeValue = (typeof AuthorizeErrorCode)[keyof typeof AuthorizeErrorCode];
 

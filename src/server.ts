@@ -10,7 +10,7 @@ export interface RunningServer {
   address: AddressInfo;
   config: ServeConfig;
   log: Logger;
-  /** Stop accepting, close sessions with 1001, stop the shards. */
+  /** Stop accepting, close sessions with 1012 spread over --drain-spread, stop the shards. */
   shutdown(): Promise<void>;
 }
 

@@ -4,15 +4,16 @@
  * exact: a corked socket keeps every byte written to it in
  * `writableLength`, as a peer that does not read makes it keep what the
  * kernel has no room for. Frames are delivered as the relay does
- * (`deliver`), and each test asserts what the client receives, in order,
- * and when the session is cut. test/backpressure.test.ts and
+ * (`p.deliver`: the verdict acted on, then the cuts aside settled), and
+ * each test asserts what the client receives, in order, and when the
+ * session is cut. test/backpressure.test.ts and
  * test/outbound-memory.test.ts check the same policy through the server.
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { encodeTextFrame } from '../src/protocol/frame.ts';
 import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metrics.ts';
-import { Backpressure, LARGE_BACKLOG_BYTES, SWEEP_MS } from '../src/shard/backpressure.ts';
+import { Backpressure, Delivery, LARGE_BACKLOG_BYTES, SWEEP_MS } from '../src/shard/backpressure.ts';
 import { WriteCoalescer } from '../src/shard/write-coalescer.ts';
 import type { Session } from '../src/shard/session.ts';
 import { recordingLogger, shardParts, type Member, type Parts, type PartsOptions } from './helpers/shard-parts.ts';
@@ -50,7 +51,7 @@ const overHighWater = (m: Member) => m.session.socket.writableHighWaterMark + 10
 
 /** Queue `f` for `m` and let the coalescer write it (into the corked socket, if corked). */
 async function written(p: Parts, m: Member, f: Buffer): Promise<void> {
-  p.backpressure.deliver(m.session, f, undefined);
+  p.deliver(m.session, f, undefined);
   await turn();
 }
 
@@ -71,11 +72,11 @@ test('within the budget every frame goes out at once; a backlog exactly at the b
     members: [a],
   } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
   const [f1, f2, f3, f4] = [frame('f1', 50), frame('f2', 50), frame('f3', 20), frame('f4', 20)];
-  p.backpressure.deliver(a!.session, f1, undefined);
-  p.backpressure.deliver(a!.session, f2, 'k'); // backlog 50
-  p.backpressure.deliver(a!.session, f3, 'k'); // backlog 100: still within
+  p.deliver(a!.session, f1, undefined);
+  p.deliver(a!.session, f2, 'k'); // backlog 50
+  p.deliver(a!.session, f3, 'k'); // backlog 100: still within
   assert.deepEqual(budgetOf(a!.session), { overBudgetSince: 0, awaitingDrain: false, coalesced: null });
-  p.backpressure.deliver(a!.session, f4, 'k'); // backlog 120: held
+  p.deliver(a!.session, f4, 'k'); // backlog 120: held
   assert.equal(a!.session.budget.overBudgetSince, NOW);
   assert.deepEqual([...a!.session.budget.coalesced!.values()], [f4]);
   assert.deepEqual(await received(a!, 3), [f1, f2, f3].map(textOf));
@@ -96,10 +97,10 @@ test('over budget: the newest transient frame per key is held and ordered frames
   await written(p, a!, big);
   assert.equal(socket.writableNeedDrain, true);
   const [t1, t2, u1, o] = [frame('t1', 30), frame('t2', 30), frame('u1', 30), frame('o', 30)];
-  p.backpressure.deliver(a!.session, t1, 'ann\nasset_dragging');
-  p.backpressure.deliver(a!.session, u1, 'bob\nasset_dragging');
-  p.backpressure.deliver(a!.session, t2, 'ann\nasset_dragging');
-  p.backpressure.deliver(a!.session, o, undefined);
+  p.deliver(a!.session, t1, 'ann\nasset_dragging');
+  p.deliver(a!.session, u1, 'bob\nasset_dragging');
+  p.deliver(a!.session, t2, 'ann\nasset_dragging');
+  p.deliver(a!.session, o, undefined);
   assert.equal(metric(p, Metric.DROPPED_COALESCED), 1);
   assert.equal(socket.listenerCount('drain'), 1);
   socket.uncork();
@@ -112,9 +113,9 @@ test('over budget: the newest transient frame per key is held and ordered frames
   socket.cork();
   const big2 = frame('big2', overHighWater(a!));
   await written(p, a!, big2);
-  p.backpressure.deliver(a!.session, frame('t3', 30), 'ann\nasset_dragging');
+  p.deliver(a!.session, frame('t3', 30), 'ann\nasset_dragging');
   const t4 = frame('t4', 30);
-  p.backpressure.deliver(a!.session, t4, 'ann\nasset_dragging');
+  p.deliver(a!.session, t4, 'ann\nasset_dragging');
   assert.equal(socket.listenerCount('drain'), 1);
   socket.uncork();
   assert.deepEqual(await received(a!, 2), [big2, t4].map(textOf));
@@ -130,11 +131,11 @@ test('back within budget by the sweep (exactly at the budget counts), with no dr
   socket.cork();
   await written(p, a!, frame('small', 150)); // under the high-water mark: no drain will come
   const held = frame('held', 30);
-  p.backpressure.deliver(a!.session, held, 'k');
+  p.deliver(a!.session, held, 'k');
   assert.equal(a!.session.budget.overBudgetSince, NOW);
   socket.uncork();
   while (socket.writableLength > 0) await turn();
-  p.backpressure.deliver(a!.session, frame('exact', 100), undefined); // queued: the backlog is exactly the budget
+  p.deliver(a!.session, frame('exact', 100), undefined); // queued: the backlog is exactly the budget
   sweep(t);
   assert.deepEqual(budgetOf(a!.session), { overBudgetSince: 0, awaitingDrain: true, coalesced: null });
   assert.deepEqual(
@@ -144,7 +145,7 @@ test('back within budget by the sweep (exactly at the budget counts), with no dr
   // Over again: the listener still waiting serves; no second one.
   socket.cork();
   await written(p, a!, frame('again', 150));
-  p.backpressure.deliver(a!.session, frame('h2', 30), 'k');
+  p.deliver(a!.session, frame('h2', 30), 'k');
   assert.equal(a!.session.budget.overBudgetSince, NOW + SWEEP_MS);
   assert.equal(socket.listenerCount('drain'), 1);
   socket.uncork();
@@ -160,14 +161,14 @@ test('slow consumer: over budget for exactly slowConsumerTimeoutMs, it leaves it
   const big = frame('big', overHighWater(b!));
   await written(p, b!, big);
   const o1 = frame('o1', 30);
-  p.backpressure.deliver(b!.session, o1, undefined); // over since NOW
+  p.deliver(b!.session, o1, undefined); // over since NOW
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 30, 'over budget and backlogged: counted once');
   sweep(t, 8);
   assert.equal(b!.session.open, true, 'not cut at 900 ms');
   assert.deepEqual(p.cuts, []);
   const o2 = frame('o2', 30);
-  p.backpressure.deliver(b!.session, o2, undefined); // still queued when the sweep cuts
+  p.deliver(b!.session, o2, undefined); // still queued when the sweep cuts
   sweep(t);
   assert.deepEqual(names(p.cuts), ['Bob']);
   assert.equal(b!.session.open, false);
@@ -199,14 +200,14 @@ test('a member back within budget before the timeout is not cut, and its next ti
   const socket = a!.session.socket;
   socket.cork();
   await written(p, a!, frame('one', overHighWater(a!)));
-  p.backpressure.deliver(a!.session, frame('o', 30), undefined);
+  p.deliver(a!.session, frame('o', 30), undefined);
   sweep(t, 9);
   socket.uncork();
   await received(a!, 2);
   while (a!.session.budget.overBudgetSince !== 0) await turn(); // the drain
   socket.cork();
   await written(p, a!, frame('two', overHighWater(a!)));
-  p.backpressure.deliver(a!.session, frame('o', 30), undefined); // over again since NOW + 900
+  p.deliver(a!.session, frame('o', 30), undefined); // over again since NOW + 900
   assert.equal(a!.session.budget.overBudgetSince, NOW + 900);
   sweep(t, 9);
   assert.deepEqual(p.cuts, [], 'not cut at 1800 ms, 900 ms into its second time over');
@@ -223,7 +224,7 @@ test('hard cap: a socket holding more than maxSessionBacklogBytes from earlier t
   } = await setup(t, { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 });
   const socket = b!.session.socket;
   // A turn's own queue is not held against the cap: it goes to the kernel at the end of the turn.
-  for (let i = 0; i < 5; i++) p.backpressure.deliver(b!.session, frame(`q${i}`, 300), undefined);
+  for (let i = 0; i < 5; i++) p.deliver(b!.session, frame(`q${i}`, 300), undefined);
   assert.deepEqual(p.cuts, []);
   assert.deepEqual(
     await received(b!, 5),
@@ -233,17 +234,17 @@ test('hard cap: a socket holding more than maxSessionBacklogBytes from earlier t
   const fill = frame('fill', 1000);
   await written(p, b!, fill);
   const x = frame('x', 30);
-  p.backpressure.deliver(b!.session, x, undefined); // exactly at the cap: written
+  p.deliver(b!.session, x, undefined); // exactly at the cap: written
   await turn();
   assert.deepEqual(p.cuts, []);
-  p.backpressure.deliver(b!.session, frame('y', 30), undefined);
+  p.deliver(b!.session, frame('y', 30), undefined);
   assert.deepEqual(names(p.cuts), ['Bob']);
   assert.deepEqual(warnOf(p), [{ sessionId: b!.session.id, desktopId: 'desk-1', reason: 'backlog_cap', backlogBytes: 1030, overForMs: 0 }]);
   assert.deepEqual([metric(p, Metric.CLOSED_BACKLOG_CAP), metric(p, Metric.CLOSED_SLOW_CONSUMER), p.releases.count], [1, 0, 1]);
   assert.equal(b!.session.budget.coalesced, null);
   // Closing: a frame for it now neither queues nor cuts again.
   const deliveries = metric(p, Metric.DELIVERIES);
-  p.backpressure.deliver(b!.session, frame('z', 30), undefined);
+  p.deliver(b!.session, frame('z', 30), undefined);
   assert.deepEqual([metric(p, Metric.CLOSED_BACKLOG_CAP), p.cuts.length, metric(p, Metric.DELIVERIES)], [1, 1, deliveries]);
   socket.uncork();
   assert.deepEqual(await received(b!, 2), [fill, x].map(textOf));
@@ -261,11 +262,11 @@ test('hard cap: a frame of the server never cuts the member, however much its so
   const fill = frame('fill', 1001);
   await written(p, b!, fill);
   const server = frame('server', 30);
-  p.backpressure.deliver(b!.session, server, undefined, 'server');
+  p.deliver(b!.session, server, undefined, 'server');
   await turn();
   assert.deepEqual(p.cuts, [], "an API publish (or a role change) is not the member's doing");
   assert.equal(b!.session.budget.overBudgetSince, NOW, 'over budget all the same: the timeout still applies');
-  p.backpressure.deliver(b!.session, frame('client', 30), undefined);
+  p.deliver(b!.session, frame('client', 30), undefined);
   assert.deepEqual(names(p.cuts), ['Bob']);
   assert.deepEqual(
     warnOf(p).map((f) => [f!.reason, f!.backlogBytes]),
@@ -287,9 +288,9 @@ test('the shard publishes what it counts: the bytes sockets hold, and every byte
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3000);
   // b over budget by what is queued for it in this turn alone (b2 held back); c within it, queued too.
-  p.backpressure.deliver(b!.session, frame('b1', 101), undefined);
-  p.backpressure.deliver(b!.session, frame('b2', 90), 'k');
-  p.backpressure.deliver(c!.session, frame('c', 90), undefined);
+  p.deliver(b!.session, frame('b1', 101), undefined);
+  p.deliver(b!.session, frame('b2', 90), 'k');
+  p.deliver(c!.session, frame('c', 90), undefined);
   assert.equal(p.backpressure.outboundBytes, 3191, 'counted as queued, before any sweep');
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 3191, 'a, b and c; not the held b2');
@@ -321,13 +322,13 @@ test('process cap as frames are queued: the figure rises with each frame, and th
   p.otherShard.set(Metric.OUTBOUND_BUFFERED, 5000);
   // Cat reads; three frames for it in one turn, no sweep: 9,400, 9,800, then 10,200 over the cap.
   const frames = [frame('c1', 400), frame('c2', 400), frame('c3', 400)];
-  p.backpressure.deliver(c!.session, frames[0]!, undefined, 'server');
+  p.deliver(c!.session, frames[0]!, undefined, 'server');
   assert.equal(p.backpressure.outboundBytes, 4400, 'counted as it is queued');
-  p.backpressure.deliver(c!.session, frames[1]!, undefined, 'server');
+  p.deliver(c!.session, frames[1]!, undefined, 'server');
   assert.equal(p.backpressure.outboundBytes, 4800);
   assert.deepEqual(p.cuts, [], 'exactly at the cap');
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 4000, 'published at the end of the turn');
-  p.backpressure.deliver(c!.session, frames[2]!, undefined, 'server');
+  p.deliver(c!.session, frames[2]!, undefined, 'server');
   assert.deepEqual(names(p.cuts), ['Ann'], 'cut at once: its peer reads nothing, and it holds the most');
   assert.deepEqual(
     warnOf(p).map((f) => [f!.reason, f!.sessionId, f!.backlogBytes]),
@@ -348,9 +349,9 @@ test("process cap: a large frame delivered to many counts once, whatever the soc
   const { p, members } = await setup(t, { maxBufferedBytes: 4096, maxOutboundBytes: 100_000 }, ['Ann', 'Bob', 'Cat']);
   for (const m of members) m.session.socket.cork();
   const big = frame('big', 64 * 1024);
-  for (const m of members) p.backpressure.deliver(m.session, big, undefined, 'server');
+  for (const m of members) p.deliver(m.session, big, undefined, 'server');
   assert.equal(p.backpressure.outboundBytes, big.length, 'one buffer, held by three sockets');
-  p.backpressure.deliver(members[0]!.session, frame('small', 100), undefined);
+  p.deliver(members[0]!.session, frame('small', 100), undefined);
   assert.equal(p.backpressure.outboundBytes, big.length + 100);
   await turn();
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), big.length + 100, 'published at the end of the turn');
@@ -453,8 +454,8 @@ test("process cap: sockets holding bytes go first, however large a turn's queue;
   } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 3000 }, ['Ann', 'Bob'], 'own');
   await backlog(t, p, b!, 800);
   // In one turn: a over budget, its 900 bytes only queued; then another shard's figure puts the process 1 byte over.
-  p.backpressure.deliver(a!.session, frame('a1', 900), undefined);
-  p.backpressure.deliver(a!.session, frame('a2', 30), 'k');
+  p.deliver(a!.session, frame('a1', 900), undefined);
+  p.deliver(a!.session, frame('a2', 30), 'k');
   sweep(t);
   assert.deepEqual(p.cuts, []);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 1700);
@@ -485,7 +486,7 @@ test('process cap: a session both backlogged and over budget is one candidate; o
     members: [a, b, c],
   } = await setup(t, { maxBufferedBytes: 100, maxOutboundBytes: 10_000 }, ['Ann', 'Bob', 'Cat'], 'own');
   await backlog(t, p, a!, 2000);
-  p.backpressure.deliver(a!.session, frame('a-over', 30), undefined); // a: over budget too
+  p.deliver(a!.session, frame('a-over', 30), undefined); // a: over budget too
   await turn();
   await backlog(t, p, b!, 1000);
   await backlog(t, p, c!, 500);
@@ -507,8 +508,8 @@ test('a session over budget that closes by itself leaves the count once its queu
     p,
     members: [a],
   } = await setup(t, { maxBufferedBytes: 100 }, ['Ann']);
-  p.backpressure.deliver(a!.session, frame('a1', 900), undefined);
-  p.backpressure.deliver(a!.session, frame('a2', 30), 'k');
+  p.deliver(a!.session, frame('a1', 900), undefined);
+  p.deliver(a!.session, frame('a2', 30), 'k');
   sweep(t);
   assert.equal(metric(p, Metric.OUTBOUND_BUFFERED), 900);
   a!.session.ws.close(1000); // what is queued for it will be dropped
@@ -531,7 +532,6 @@ test('stop() ends the sweeps; the sweep timer never keeps the process alive', as
     maxSessionBacklogBytes: 1000,
     maxOutboundBytes: 1000,
     processOutbound: () => 0,
-    onCut: () => {},
     onRelease: () => {},
   };
   const before = timers();
@@ -573,4 +573,87 @@ test('a backlog of 32 MiB, once back under the budget (not merely at it), asks o
   assert.equal(p.releases.count, 1);
   sweep(t, 3);
   assert.equal(p.releases.count, 1, 'once');
+});
+
+const membersOf = (p: Parts, desktopId: string) => (p.rooms.get(desktopId)?.members ?? []).map((s) => s.firstName);
+
+test('a delivery returns what became of its session: SENT, HELD (a transient frame over the budget), CUT (over the hard cap); the relay takes a CUT member out of its room itself, no handler called', async (t) => {
+  const {
+    p,
+    members: [a, b, c],
+  } = await setup(t, { maxBufferedBytes: 100, maxSessionBacklogBytes: 1000 }, ['Ann', 'Bob', 'Cat']);
+  assert.equal(p.backpressure.deliver(c!.session, frame('sent', 30), undefined), Delivery.SENT);
+  assert.equal(await c!.client.next(), textOf(frame('sent', 30)));
+  b!.session.socket.cork();
+  await written(p, b!, frame('fill', 500));
+  assert.equal(p.backpressure.deliver(b!.session, frame('held', 30), 'k'), Delivery.HELD, 'over the budget, under the hard cap');
+  assert.equal(p.backpressure.deliver(b!.session, frame('ordered', 30), undefined), Delivery.SENT, 'an ordered frame is written regardless');
+  await turn();
+  await written(p, b!, frame('more', 600));
+  assert.ok(b!.session.socket.writableLength > 1000);
+  // Ann's event cuts Bob in the relay's loop: he leaves at once, and Cat, after him in the loop, hears it before the event.
+  p.relay.onMessage(a!.session, Buffer.from('{"type":"asset_moved","payload":1}'), false);
+  assert.deepEqual(names(p.cuts), ['Bob']);
+  assert.deepEqual(p.handled, [], 'the verdict, not the cut handler, took him out');
+  assert.deepEqual(membersOf(p, 'desk-1'), ['Ann', 'Cat']);
+  assert.match(await a!.client.next(), /^\{"type":"session_left","sessionId":"[^"]+","userId":"[^"]+","firstName":"Bob"/);
+  assert.match(await c!.client.next(), /^\{"type":"session_left","sessionId":"[^"]+","userId":"[^"]+","firstName":"Bob"/);
+  assert.match(await c!.client.next(), /^\{"type":"asset_moved"/);
+  assert.equal(p.backpressure.deliver(b!.session, frame('late', 30), undefined), Delivery.HELD, 'already closing: dropped, not cut again');
+  assert.deepEqual(names(p.cuts), ['Bob']);
+  b!.session.socket.uncork();
+});
+
+test('a session the process cap cuts aside of a delivery waits in the list until the caller settles it, then leaves its room through the cut handler; one cut by its own frame is the verdict', async (t) => {
+  freeze(t);
+  const p = await shardParts(t, { backpressure: { maxOutboundBytes: 10_000 } });
+  const ann = await p.join('Ann', { desktopId: 'desk-A' });
+  const dan = await p.join('Dan', { desktopId: 'desk-A' });
+  assert.match(await ann.client.next(), /^\{"type":"session_joined"/);
+  const bob = await p.join('Bob', { desktopId: 'desk-B' });
+  await backlog(t, p, ann, 3000);
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 6500);
+  // 3000 + 600 + 6500 is over the cap: Ann, the largest backlog, is cut aside of Bob's frame.
+  assert.equal(p.backpressure.deliver(bob.session, frame('to-bob', 600), undefined, 'server'), Delivery.SENT);
+  assert.deepEqual(names(p.cuts), ['Ann']);
+  assert.equal(ann.session.open, false);
+  assert.deepEqual([p.handled, membersOf(p, 'desk-A')], [[], ['Ann', 'Dan']], 'nothing was called back from inside the delivery');
+  p.backpressure.settleCuts();
+  assert.deepEqual(names(p.handled), ['Ann']);
+  assert.deepEqual(membersOf(p, 'desk-A'), ['Dan']);
+  assert.match(await dan.client.next(), /^\{"type":"session_left","sessionId":"[^"]+","userId":"[^"]+","firstName":"Ann"/);
+  p.backpressure.settleCuts();
+  assert.deepEqual(names(p.handled), ['Ann'], 'the list was emptied');
+  assert.equal(await bob.client.next(), textOf(frame('to-bob', 600)));
+
+  // Bob's own frame takes the process over and he holds the most: his verdict says so, and the list stays empty.
+  await backlog(t, p, bob, 3000);
+  p.otherShard.set(Metric.OUTBOUND_BUFFERED, 10_000 - p.backpressure.outboundBytes - 100);
+  assert.equal(p.backpressure.deliver(bob.session, frame('over', 600), undefined, 'server'), Delivery.CUT);
+  assert.deepEqual(names(p.cuts), ['Ann', 'Bob']);
+  p.backpressure.settleCuts();
+  assert.deepEqual(names(p.handled), ['Ann'], 'the caller, not the handler, takes Bob out');
+  assert.deepEqual(membersOf(p, 'desk-B'), ['Bob']);
+  ann.session.socket.uncork();
+  bob.session.socket.uncork();
+});
+
+test('the sweep hands the sessions it cuts to the cut handler once it has cut them all', async (t) => {
+  const {
+    p,
+    members: [a, b, c],
+  } = await setup(t, { maxBufferedBytes: 100, slowConsumerTimeoutMs: 1000 }, ['Ann', 'Bob', 'Cat']);
+  for (const m of [a!, b!]) {
+    m.session.socket.cork();
+    await written(p, m, frame(m.session.firstName, overHighWater(m)));
+    p.deliver(m.session, frame('o', 30), undefined);
+  }
+  sweep(t, 9);
+  assert.deepEqual(p.handled, []);
+  sweep(t);
+  assert.deepEqual(names(p.handled), ['Ann', 'Bob']);
+  assert.deepEqual(membersOf(p, 'desk-1'), ['Cat']);
+  for (const name of ['Ann', 'Bob'])
+    assert.match(await c!.client.next(), new RegExp(`^\\{"type":"session_left","sessionId":"[^"]+","userId":"[^"]+","firstName":"${name}"`));
+  for (const m of [a!, b!]) m.session.socket.uncork();
 });

@@ -14,6 +14,10 @@
  *   roles across a server restart, a drag that ends while the server is down
  *   ends where it was dropped for everyone, and a late joiner sees every
  *   moved card;
+ * - a window held away (its user disconnected, its reconnects answered by a
+ *   socket that never acks) while another moves a card and edits a cell
+ *   comes back through the history: the move and the edit reach it, it says
+ *   `recovered`, and it asks nobody for the state;
  * - at 420 px the header stays on one line, the presence bar shows everyone,
  *   and a card moved far right in a wide window can be scrolled to;
  * - a role changed through the server API shows in every window's presence
@@ -30,7 +34,9 @@ import { tmpdir } from 'node:os';
 import { join as pathJoin } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
+import type { WebSocketRoute } from 'playwright-core';
 import { api, API_KEY } from './helpers/api.ts';
+import { join } from './helpers/client.ts';
 import { launchChromium } from './helpers/chromium.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
@@ -64,14 +70,17 @@ interface OpenOptions {
   /** A window of this browser context (shared cookies and all); a new context by default. */
   context?: BrowserContext;
   width?: number;
+  /** Called before the page loads (a route of its WebSockets must be set before the page makes them). */
+  before?: (page: Page) => Promise<void>;
 }
 
-async function open(name: string, { desk, as = 'editor', context, width = 900 }: OpenOptions): Promise<Page> {
+async function open(name: string, { desk, as = 'editor', context, width = 900, before }: OpenOptions): Promise<Page> {
   const ctx = context ?? (await browser.newContext({ viewport: { width, height: 500 } }));
   const page = await ctx.newPage();
   if (context) await page.setViewportSize({ width, height: 500 });
   page.on('pageerror', (err) => failures.push(`${name}: ${err.message}`));
   page.on('response', (res) => res.status() >= 400 && failures.push(`${name}: ${res.status()} ${res.url()}`));
+  await before?.(page);
   await page.goto(`http://127.0.0.1:${server.port}/demo?name=${name}&desk=${desk}${as === 'viewer' ? '&as=viewer' : ''}`);
   await waitOpen(page);
   return page;
@@ -393,6 +402,81 @@ test('three windows of one browser keep their identities and roles across a serv
     failures.filter((f) => !f.includes('/ws/connection')),
     [],
   );
+});
+
+test('a window that drops and returns catches up from the history: the move and the edit made meanwhile reach it, with no state request', async () => {
+  const desk = desktop('demo');
+  // Rita's sockets go through a route: passed to the server, until `holding`, when they open and are never answered.
+  let holding = false;
+  const held: WebSocketRoute[] = [];
+  const route = (page: Page) =>
+    page.routeWebSocket(/\/ws\/connection/, (ws) => {
+      if (holding) held.push(ws);
+      else ws.connectToServer();
+    });
+  const rita = await open('Rita', { desk, before: route });
+  const sam = await open('Sam', { desk });
+  for (const page of [rita, sam]) {
+    await page.waitForFunction(() => document.body.hasAttribute('data-synced') && document.body.hasAttribute('data-table-synced'), undefined, {
+      timeout: 15_000,
+    });
+  }
+  await rita.locator('#presence .person[data-name="Sam"]').waitFor();
+  // Sam's page notes the state requests it gets; Rita's, how her rejoins went.
+  await sam.evaluate(() => {
+    const w = window as unknown as { moodioDesk: { onEvent(t: string, h: (e: { firstName: string }) => void): void }; requests: string[] };
+    w.requests = [];
+    w.moodioDesk.onEvent('desktop_state_request', (e) => w.requests.push(e.firstName));
+  });
+  await rita.evaluate(() => {
+    const w = window as unknown as { moodioDesk: { on(n: string, h: (v: unknown) => void): void }; rejoins: string[] };
+    w.rejoins = [];
+    w.moodioDesk.on('recovered', (r) => w.rejoins.push(`recovered ${(r as { count: number }).count}`));
+    w.moodioDesk.on('gap', () => w.rejoins.push('gap'));
+  });
+  const syncCounts = (page: Page) =>
+    page.evaluate(() => {
+      const sync = (window as unknown as { moodioSync: Record<'desk' | 'table', { requests: number; recovered: number }> }).moodioSync;
+      return { desk: sync.desk.requests, table: sync.table.requests, recovered: sync.desk.recovered + sync.table.recovered };
+    });
+  assert.deepEqual(await syncCounts(rita), { desk: 1, table: 1, recovered: 0 }, 'one request per topic, on the first subscribe');
+
+  // Rita is sent away, and every reconnect of hers meets a socket that opens and never answers.
+  holding = true;
+  const { token: obsToken } = (await (await fetch(`http://127.0.0.1:${server.port}/demo/token?name=Obs`)).json()) as { token: string };
+  const { client: observer } = await join(cleanup, server.wsUrl(desk), { token: obsToken, via: 'protocol' });
+  assert.equal((await api(server, 'POST', 'users/demo-rita/disconnect')).status, 202);
+  await rita.waitForFunction(() => document.body.dataset.state !== 'open', undefined, { timeout: 15_000 });
+  await sam.locator('#presence .person[data-name="Rita"]').waitFor({ state: 'detached' });
+
+  // Meanwhile Sam edits a cell and moves a card; a legacy observer of the
+  // desktop sees the drop land (the edit went first on Sam's one socket, to
+  // the same single shard, so it is in the table's history by then).
+  await sam.locator('#cell-r2-c2').fill('approved');
+  await drag(sam, 'asset-4', 180, 60);
+  const moved = await position(sam, 'asset-4');
+  while ((await observer.next(15_000)).type !== 'asset_moved');
+
+  // Rita comes back: the held socket closes (1012), and the route is gone.
+  holding = false;
+  for (const ws of held) await ws.close({ code: 1012, reason: 'restart' });
+  await waitOpen(rita);
+  await waitPosition(rita, 'asset-4', moved);
+  await rita.waitForFunction(() => (document.getElementById('cell-r2-c2') as HTMLInputElement).value === 'approved', undefined, { timeout: 15_000 });
+  await rita.waitForFunction(
+    () => {
+      const sync = (window as unknown as { moodioSync: Record<'desk' | 'table', { recovered: number }> }).moodioSync;
+      return sync.desk.recovered + sync.table.recovered === 2;
+    },
+    undefined,
+    { timeout: 15_000 },
+  );
+  const rejoins = await rita.evaluate(() => (window as unknown as { rejoins: string[] }).rejoins);
+  assert.ok(rejoins.length === 1 && /^recovered [1-9]/.test(rejoins[0]!), `the desktop recovered the drag: ${JSON.stringify(rejoins)}`);
+  assert.deepEqual(await syncCounts(rita), { desk: 1, table: 1, recovered: 2 }, 'both topics recovered; no new state request');
+  assert.deepEqual(await sam.evaluate(() => (window as unknown as { requests: string[] }).requests), [], 'Sam was asked for nothing');
+  await Promise.all([rita.context().close(), sam.context().close()]);
+  assert.deepEqual(failures, []);
 });
 
 test('at 420 px the header keeps one line, the presence bar shows everyone, and a card moved past the edge can be reached', async () => {

@@ -423,7 +423,7 @@ describe('node failure', () => {
     assert.deepEqual(ids(late.joined), [alice.joined.sessionId], 'no ghost of node C');
   });
 
-  test('SIGTERM of a node: session_left at once, not after the heartbeat lapses', async (t) => {
+  test('SIGTERM of a node: session_left as its session closes, not after the heartbeat lapses', async (t) => {
     // Its heartbeat is 10 s: peers would wait 30 s before they forget it.
     const d = await startServer(t, {
       workers: 2,
@@ -854,7 +854,8 @@ describe('lifecycle: shutdown, reconnect and restart', () => {
     const down = proxy.mark('down');
     proxy.hold('up');
     d.child.kill('SIGTERM');
-    // Dan's session_left is the first thing D's closing sends: from then on it is closing, and its subscriptions stay on the server until released.
+    // Dan never answers his close frame: his session is cut at the drain's deadline (3 s), and its session_left is the last thing D sends
+    // before it closes its bus link; from then on it is closing, and its subscriptions stay on the server until released.
     await proxy.waitFor('up', 'session_left', up);
     // A fleet node asks who is in the room, while D drains.
     const request = JSON.stringify({ r: 'node-t', p: { type: 'presence_sync_request' } });

@@ -61,7 +61,7 @@ async function roomWithStalledBob(t: TestContext) {
   for (let i = 0; i < members.length; i++) for (let j = i + 1; j < members.length; j++) assert.equal((await nextOf(members[i]!))[0], 'session_joined');
   const [ann, bob, cat, dan, eve] = members as [Member, Member, Member, Member, Member];
   bob.session.socket.cork();
-  p.backpressure.deliver(bob.session, encodeTextFrame('x'.repeat(1100)), undefined);
+  p.deliver(bob.session, encodeTextFrame('x'.repeat(1100)), undefined);
   await turn();
   assert.ok(bob.session.socket.writableLength > 1000);
   assert.deepEqual(p.cuts, []);

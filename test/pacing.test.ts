@@ -91,10 +91,10 @@ test('--pacing always: a session that closes while bytes are held for it gets th
       await tick();
     }
   }
-  // The server's close of this session (a 1001 at shutdown) flushes everything held first.
+  // The server's close of this session (a 1012 at shutdown) flushes everything held first.
   const closed = watcher.closed;
   await server.stop();
-  assert.equal((await closed).code, 1001);
+  assert.equal((await closed).code, 1012);
   let received = 0;
   while (watcher.pending > 0) {
     const frame = await watcher.next();

@@ -206,11 +206,11 @@ describe('bounds', () => {
   });
 });
 
-test('on shutdown, ping sockets are closed with 1001 like sessions', async (t) => {
+test('on shutdown, ping sockets are closed with 1012 like sessions', async (t) => {
   const server = await startServer(t, { workers: 2, permissionApiBase: 'http://127.0.0.1:9' });
   const pings = await Promise.all(['127.0.0.51', '127.0.0.52', '127.0.0.53'].map((localAddress) => openPing(t, server.port, { localAddress })));
   const stopped = server.stop();
-  for (const ping of pings) assert.equal((await ping.closed).code, CloseCode.GOING_AWAY);
+  for (const ping of pings) assert.equal((await ping.closed).code, CloseCode.SERVICE_RESTART);
   await stopped;
   assert.equal((await server.exited).code, 0);
 });

@@ -111,9 +111,9 @@ test("the README's quick start: serve --dev, connect with the printed token, min
   // No npm warnings greet the user (EBADENGINE blocks were printed by every npx).
   assert.doesNotMatch(server.stderr + minted.stderr, /npm warn/i);
 
-  // Ctrl-C: the server drains (1001) and everything in the job exits.
+  // Ctrl-C: the server drains (1012) and everything in the job exits.
   process.kill(-child.pid!, 'SIGINT');
-  assert.equal((await dev.closed).code, 1001);
+  assert.equal((await dev.closed).code, 1012);
   await allClosed;
   assert.ok(server.logs.some((l) => l.event === 'shutdown'));
   assert.equal(await listening(port), false);

@@ -1,6 +1,6 @@
 /**
  * The supervised command (scripts/moodio-rt-serve) is the server process
- * itself: a supervisor's SIGTERM reaches it, sessions are closed with 1001,
+ * itself: a supervisor's SIGTERM reaches it, sessions are closed with 1012,
  * and it exits 0 with nothing left listening. (Under `npx moodio-rt serve`,
  * SIGTERM to npm orphaned the server, which kept running without draining.)
  * The example systemd unit runs that command and passes systemd's checks.
@@ -14,7 +14,9 @@ import { join as pathJoin } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { CloseCode } from '../src/protocol/events.ts';
+import { resolveServeConfig } from '../src/config.ts';
+import { STOP_TIMEOUT_MS } from '../src/primary/shard-pool.ts';
+import { CloseCode, SERVICE_RESTART_REASON } from '../src/protocol/events.ts';
 import { join } from './helpers/client.ts';
 import { desktop } from './helpers/scope.ts';
 import { devSecretEnv, ServerProcess } from './helpers/server.ts';
@@ -33,7 +35,7 @@ function listening(port: number): Promise<boolean> {
   });
 }
 
-test('SIGTERM to the supervised command drains the sessions with 1001 and exits 0', async (t) => {
+test('SIGTERM to the supervised command drains the sessions with 1012 and exits 0', async (t) => {
   const env: Record<string, string | undefined> = { ...process.env, NODE_OPTIONS: undefined, ...devSecretEnv() };
   for (const key of Object.keys(env)) if (env[key] === undefined) delete env[key];
   // As a supervisor runs it: the script itself, no npm and no Node of ours in front.
@@ -54,13 +56,21 @@ test('SIGTERM to the supervised command drains the sessions with 1001 and exits 
 
   const { client } = await join(t, server.wsUrl(desktop()), { token: token(user('Sup')) });
   child.kill('SIGTERM');
-  assert.deepEqual(await client.closed, { code: CloseCode.GOING_AWAY, reason: 'server shutting down' });
+  assert.deepEqual(await client.closed, { code: CloseCode.SERVICE_RESTART, reason: SERVICE_RESTART_REASON });
   assert.deepEqual(await server.exited, { code: 0, signal: null });
   assert.ok(
     server.logs.some((l) => l.event === 'shutdown'),
     'the server itself got the signal',
   );
   assert.equal(await listening(server.port), false, 'nothing is left listening');
+});
+
+test("a drain at the default options ends before the example unit's TimeoutStopSec would SIGKILL", () => {
+  const stopSec = Number(/^TimeoutStopSec=(\d+)$/m.exec(readFileSync(UNIT, 'utf8'))?.[1]);
+  const config = resolveServeConfig({ jwtSecret: 's' });
+  // The last close frame at the end of the spread, the closing handshakes' deadline after it, then the bus link's close.
+  const worstMs = config.drainSpreadMs + config.drainTimeoutMs + STOP_TIMEOUT_MS;
+  assert.ok(worstMs < stopSec * 1000, `a drain may take ${worstMs} ms, and systemd kills after ${stopSec} s`);
 });
 
 test('the example systemd unit runs the supervised command and passes systemd-analyze verify', async (t) => {

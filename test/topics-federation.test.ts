@@ -246,6 +246,67 @@ test('a subscriber on node A and a legacy socket on node B share a desktop room:
   assert.equal((await expectEvent(sue, topic, 'session_left')).sessionId, joined.sessionId);
 });
 
+test("a subscriber's ack waits for the room's first sync with the other nodes, as room_joined does: it lists their sessions, and no session_joined of theirs follows", async (t) => {
+  const nats = await startNats(t);
+  const stub = await startPermissionStub(t);
+  const [a, b] = await Promise.all([node(t, nats.url, stub.base, 'node-a', 2), node(t, nats.url, stub.base, 'node-b', 2)]);
+  let sueUser = user('Sue');
+  while (fnv1a32(sueUser.userId) % 2 !== 1) sueUser = user('Sue');
+  // Two fresh rooms on node A, both owned by shard 0: Sue's connection (shard 1) joins hers through the link, Sam's on the owner itself.
+  let samUser = user('Sam');
+  while (fnv1a32(samUser.userId) % 2 !== 0) samUser = user('Sam');
+  for (const [who, viaLink] of [
+    [sueUser, true],
+    [samUser, false],
+  ] as const) {
+    const id = desktopOnShard(0, 2, 'first-sync');
+    const topic = `desktop:${id}`;
+    // A legacy socket on node B first; node A has never had the room.
+    const leoUser = user('Leo');
+    const { client: leo, joined } = await join(t, b!.wsUrl(id), { token: token(leoUser) });
+    assert.deepEqual(joined.sessions, []);
+    const conn = await connectTopics(t, a!, token(who));
+    assert.equal(conn.shard, viaLink ? 1 : 0);
+    const ack = await subscribe(conn, topic, 'first');
+    assert.deepEqual(
+      (ack.sessions as Frame[]).map((s) => [s.sessionId, s.userId]),
+      [[joined.sessionId, leoUser.userId]],
+      `the ack lists the session on the other node (${viaLink ? 'through the link' : 'on the owner shard'})`,
+    );
+    assert.equal(ack.ref, 'first');
+    // The next frame is Leo's marker: his presence came in the ack, not as a session_joined after it.
+    await leo.expect('session_joined');
+    leo.send({ type: 'marker' });
+    const next = await conn.next();
+    assert.deepEqual([next.op, next.type, next.sessionId], ['event', 'marker', joined.sessionId], JSON.stringify(next));
+  }
+});
+
+test('a subscriber whose connection closes while its room waits for the first sync never joins: no session_joined on the bus, nobody in the room', async (t) => {
+  const nats = await startNats(t);
+  const stub = await startPermissionStub(t);
+  const a = await node(t, nats.url, stub.base, 'node-a', 2);
+  // The raw client listens on room.> and never answers a sync: the room's first sync waits its whole bound (500 ms).
+  const { heard, until } = await listen(t, nats.url);
+  const id = desktopOnShard(0, 2, 'gone');
+  let sueUser = user('Sue');
+  while (fnv1a32(sueUser.userId) % 2 !== 1) sueUser = user('Sue');
+  const sue = await connectTopics(t, a, token(sueUser));
+  sue.send({ op: 'subscribe', topic: `desktop:${id}` });
+  // The owner shard asked who is there for Sue's join (sent through the link): she goes now.
+  await until('the sync request', () => heard.some((h) => h.subject === `room.${id}` && h.value.p.type === 'presence_sync_request'));
+  await sue.close();
+  await a.waitForLog((l) => l.event === 'connection_close' && l.sessionId !== undefined && l.userId === sueUser.userId);
+  // A legacy socket joins after her: its room_joined lists nobody, and its join is the only one the bus hears.
+  const { joined } = await join(t, a.wsUrl(id), { token: token(user('Mia')) });
+  assert.deepEqual(joined.sessions, []);
+  await until("Mia's session_joined", () => heard.some((h) => h.subject === `room.${id}` && h.value.p.type === 'session_joined'));
+  assert.deepEqual(
+    heard.filter((h) => h.subject === `room.${id}` && h.value.p.type !== 'presence_sync_request').map((h) => [h.value.p.type, h.value.p.sessionId]),
+    [['session_joined', joined.sessionId]],
+  );
+});
+
 test('with --federation-key, unsigned topic traffic is dropped; with --federation-unsigned-rooms admit it is taken, never in the name of a signed session', async (t) => {
   const nats = await startNats(t);
   const stub = await startPermissionStub(t);
@@ -271,10 +332,13 @@ test('with --federation-key, unsigned topic traffic is dropped; with --federatio
   const sue = await connectTopics(t, k!, token(sueUser));
   const sueAck = await subscribe(sue, topic);
   const max = await connectTopics(t, m!, token(user('Max')));
-  await subscribe(max, topic);
+  const maxAck = await subscribe(max, topic);
   await expectEvent(sue, topic, 'session_joined');
-  // Max's node asked who is there: Sue's node answered, signed.
-  assert.equal((await expectEvent(max, topic, 'session_joined')).sessionId, sueAck.sessionId);
+  // Max's node asked who is there: Sue's node answered, signed, before Max's ack, which lists her.
+  assert.deepEqual(
+    (maxAck.sessions as Frame[]).map((s) => s.sessionId),
+    [sueAck.sessionId],
+  );
   const ursula = { sessionId: 'session_up-3', userId: 'user-up-0003', firstName: 'Ursula', email: 'u@example.com' };
   const sueInfo = { sessionId: sueAck.sessionId as string, userId: sueUser.userId, firstName: 'Sue', email: '' };
   const kBefore = await dropped(k!);

@@ -158,6 +158,7 @@ describe('config', () => {
     assert.equal(config.maxHeadBytes, 16 * 1024, "Node's own limit: nginx forwards heads up to its own, shared with Next.js");
     assert.equal(config.handshakeTimeoutMs, 10_000);
     assert.equal(config.drainTimeoutMs, 10_000);
+    assert.equal(config.drainSpreadMs, 5_000);
     assert.equal(config.permissionTimeoutMs, 5_000);
     assert.equal(config.permissionApiBase, 'http://localhost:3000');
     assert.equal(config.dev, false);
@@ -224,6 +225,19 @@ describe('config', () => {
       () => resolveServeConfig({ jwtSecret: 's', paceAbove: '0' }),
       (err: unknown) => err instanceof ConfigError && err.option === '--pace-above',
     );
+  });
+
+  test('--drain-spread: 0 closes at once, a duration up to 10m, nothing else', () => {
+    assert.equal(resolveServeConfig({ jwtSecret: 's', drainSpreadMs: '0' }).drainSpreadMs, 0);
+    assert.equal(resolveServeConfig({ jwtSecret: 's', drainSpreadMs: '2s' }).drainSpreadMs, 2000);
+    assert.equal(resolveServeConfig({ jwtSecret: 's', drainSpreadMs: '10m' }).drainSpreadMs, 600_000);
+    for (const bad of ['11m', '-1s', 'soon', '']) {
+      assert.throws(
+        () => resolveServeConfig({ jwtSecret: 's', drainSpreadMs: bad }),
+        (err: unknown) => err instanceof ConfigError && err.option === '--drain-spread',
+        bad,
+      );
+    }
   });
 
   test('history options (issue 21): defaults, 0 turns the history off, bad values name the option', () => {

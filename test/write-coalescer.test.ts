@@ -305,10 +305,8 @@ test('a burst that outgrows its slab moves to a large enough one at once, every 
 
 test('a slab goes back to the pool once the kernel has its bytes; while the socket still holds them it stays out, and the backlog is reported', async (t) => {
   const backlogs: OutboundOwner[] = [];
-  const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(new MetricsSlot(createMetricsBuffer(0), 0), {
-    ...UNPACED,
-    onBacklog: (owner) => void backlogs.push(owner),
-  });
+  const out = new WriteCoalescer<OutboundOwner & { open: boolean }>(new MetricsSlot(createMetricsBuffer(0), 0), UNPACED);
+  out.attach({ noteBacklog: (owner) => void backlogs.push(owner) });
   t.after(() => out.stop());
   const pair = await socketPair(t);
   const session = target(pair.local, out);

@@ -14,6 +14,13 @@
  * | 404                    | `not_found`        |
  * | anything else, a timeout, a bad body, another permission | `internal` |
  *
+ * The calls are bounded per worker as the desktop route's lookups are
+ * (auth/permission-client.ts): at most `--permission-concurrency` at the app
+ * and `--permission-queue` more waiting for one of its connections; past
+ * that a call is refused at once (`ERR_AUTHORIZE_BUSY`, which the client
+ * gets as `internal`, what a timeout would have given it later) rather than
+ * queued without bound in front of an app that is slow or down.
+ *
  * Accepted answers are kept for 30 s per (user, topic), shared by every
  * connection of the user (they all live on one shard: the router places a
  * multiplexed connection by the hash of its user). Refusals are never kept.
@@ -25,13 +32,14 @@ import type { KeyObject } from 'node:crypto';
 import { Pool } from 'undici';
 import { AuthorizeError, AuthorizeErrorCode, PermissionError, type AuthorizeErrorCodeValue } from '../errors.ts';
 import type { Permission } from '../protocol/events.ts';
+import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { AUTHORIZE_AUDIENCE, AUTHORIZE_CACHE_TTL_MS, AUTHORIZE_PERMISSIONS, AUTHORIZE_TOKEN_TTL_S, roleOf, roomKeyOf } from '../protocol/topics.ts';
 import { readLimited, type PermissionSource } from './permission-client.ts';
 import { signInternalToken, type Identity } from './token.ts';
 
 /** Largest authorize answer read. */
 export const MAX_AUTHORIZE_BODY = 16 * 1024;
-/** Most answers kept per worker; the oldest user's go first. */
+/** Most answers kept per worker; when full, the answers of the user who wrote longest ago go first (see remember()). */
 export const MAX_AUTHORIZE_ANSWERS = 100_000;
 
 /** Where a topic's permission comes from: the app's authorize endpoint, or (dev mode, --permissions-from-token) the token. */
@@ -48,8 +56,12 @@ export interface HttpTopicAuthorityOptions {
   secret: KeyObject;
   /** Each call's bound (--permission-timeout, 5 s by default). */
   timeoutMs: number;
-  /** Keep-alive connections to the app. */
+  /** Keep-alive connections to the app (--permission-concurrency). */
   concurrency: number;
+  /** Calls that may wait for one of those connections (--permission-queue); past it they fail at once with BUSY. */
+  queue: number;
+  /** Counts the calls refused for a full queue (`queue_full`, as the desktop route's). */
+  metrics: MetricsSlot;
 }
 
 const STATUS_CODES: Record<number, AuthorizeErrorCodeValue> = {
@@ -63,9 +75,13 @@ export class HttpTopicAuthority implements TopicAuthority {
   private readonly pool: Pool;
   private readonly basePath: string;
   private readonly options: HttpTopicAuthorityOptions;
+  /** Calls sent or waiting for a connection; undici's own queue has no bound. */
+  private pending = 0;
+  private readonly maxPending: number;
 
   constructor(options: HttpTopicAuthorityOptions) {
     this.options = options;
+    this.maxPending = options.concurrency + options.queue;
     const url = new URL(options.base);
     this.basePath = url.pathname.replace(/\/+$/, '');
     this.pool = new Pool(url.origin, {
@@ -79,6 +95,19 @@ export class HttpTopicAuthority implements TopicAuthority {
   }
 
   async authorize(identity: Identity, topic: string): Promise<Permission> {
+    if (this.pending >= this.maxPending) {
+      this.options.metrics.add(Metric.PERMISSION_QUEUE_FULL);
+      throw new AuthorizeError(AuthorizeErrorCode.BUSY, `authorize busy: ${this.pending} calls already wait for the app; subscribe again later`);
+    }
+    this.pending++;
+    try {
+      return await this.ask(identity, topic);
+    } finally {
+      this.pending--;
+    }
+  }
+
+  private async ask(identity: Identity, topic: string): Promise<Permission> {
     const bearer = signInternalToken(identity.userId, AUTHORIZE_AUDIENCE, AUTHORIZE_TOKEN_TTL_S, this.options.secret);
     const path = `${this.basePath}/api/realtime/authorize?topic=${encodeURIComponent(topic)}`;
     let text: string;
@@ -228,15 +257,25 @@ export class TopicAuthorizer {
     return false;
   }
 
+  /**
+   * Keep an accepted answer. Users are kept in the order they last wrote
+   * one, and each user's answers in the order written: every answer expires
+   * a fixed time after it is written, so the first in that order are the
+   * first to be useless, and they go first when the cache is full.
+   */
   private remember(userId: string, topic: string, permission: Permission): void {
     if (this.ttlMs <= 0) return;
     let topics = this.answers.get(userId);
-    if (topics === undefined) {
-      if (this.count >= MAX_AUTHORIZE_ANSWERS) this.evictOldest();
-      this.answers.set(userId, (topics = new Map()));
+    if (topics !== undefined) {
+      if (topics.delete(topic)) this.count--;
+      // Set again below, as the newest writer.
+      this.answers.delete(userId);
     }
-    if (!topics.has(topic)) this.count++;
+    topics ??= new Map();
+    if (this.count >= MAX_AUTHORIZE_ANSWERS) this.evictOldest(topics);
+    this.answers.set(userId, topics);
     topics.set(topic, { permission, expiresAt: this.now() + this.ttlMs });
+    this.count++;
   }
 
   private forget(userId: string, topic: string): void {
@@ -246,15 +285,27 @@ export class TopicAuthorizer {
     if (topics.size === 0) this.answers.delete(userId);
   }
 
-  private evictOldest(): void {
-    const [userId, topics] = this.answers.entries().next().value!;
-    this.count -= topics.size;
-    this.answers.delete(userId);
+  /** Make room: every answer of the user who wrote longest ago; when the writer (`own`, its answers) is alone in the cache, its own oldest answer. */
+  private evictOldest(own: Map<string, Entry>): void {
+    const oldest = this.answers.entries().next().value;
+    if (oldest !== undefined) {
+      this.count -= oldest[1].size;
+      this.answers.delete(oldest[0]);
+      return;
+    }
+    own.delete(own.keys().next().value!);
+    this.count--;
   }
 
   /** Answers held (for tests). */
   get size(): number {
     return this.count;
+  }
+
+  /** Whether an unexpired answer of `userId` on `topic` is held (for tests; it moves nothing). */
+  holds(userId: string, topic: string): boolean {
+    const entry = this.answers.get(userId)?.get(topic);
+    return entry !== undefined && entry.expiresAt > this.now();
   }
 
   close(): Promise<void> {

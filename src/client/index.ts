@@ -10,7 +10,7 @@
  *
  * Two namespaces, so that a peer cannot impersonate the client: `on()` takes
  * only the client's own lifecycle events (`state`, `presence`, `permission`,
- * `revoked`, `error`, `rejected`, `retry`), and `onEvent(type, …)` /
+ * `revoked`, `error`, `rejected`, `retry`, `recovered`, `gap`), and `onEvent(type, …)` /
  * `onAnyEvent(…)` only events relayed from other sessions. The relay passes any type it does not reserve, so a
  * peer can send `{"type":"presence"}`; it reaches `onEvent('presence', …)`,
  * never a `presence` lifecycle handler.
@@ -37,17 +37,25 @@
  * a session that stayed joined for `stableAfterMs` (5 s) resets the backoff,
  * so a server that accepts and closes at once is retried at most every 2 s.
  * In Node with `ws`, a refused handshake's `Retry-After` is honoured.
+ *
+ * Resume: the client keeps the desktop's epoch and the offset of the last
+ * event it saw, and reconnects with `?epoch=E&offset=N`. If the server
+ * replays what was missed, `recovered` follows the replay; if it cannot,
+ * `gap` says the app must load the state again. An event already seen (its
+ * offset not past the last one) is dropped.
  */
 import { DEFAULT_TRANSIENT_TYPES, DEFAULT_MUTATION_TYPES, SERVER_SENDER, type Permission, type SessionInfo } from '../protocol/events.ts';
 import { ClientError, viewerMutation } from './errors.ts';
 import { addHandler, callHandlers, type Handler } from './handlers.ts';
 import { Link } from './link.ts';
 import { isPermission, isSessionInfo, Presence } from './presence.ts';
+import { OwnSessions, Position, resumeQuery, type JoinOutcome, type ResumePosition } from './resume.ts';
 import { SendQueue } from './send-queue.ts';
 import type { ClientEvents, ClientState, ConnectOptions, EventMap, PeerEvent, ReceivedPayload, RelayedEvent, SendArgs, ServerSentEvent } from './types.ts';
 
 export type { Permission, SessionInfo } from '../protocol/events.ts';
 export type { PresenceChange } from './presence.ts';
+export type { Gap, Recovery, ResumePosition } from './resume.ts';
 export type {
   AssetPayload,
   ClientEvents,
@@ -83,7 +91,7 @@ export {
 } from './topic-types.ts';
 
 /** The names `on()` accepts. */
-export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'permission', 'revoked', 'error', 'rejected', 'retry'];
+export const CLIENT_EVENTS: readonly (keyof ClientEvents)[] = ['state', 'presence', 'permission', 'revoked', 'error', 'rejected', 'retry', 'recovered', 'gap'];
 
 /**
  * A connection to one desktop. `E` is the app's own event map (see
@@ -107,6 +115,12 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
 
   private readonly mutations: ReadonlySet<string>;
   private readonly presence = new Presence();
+  /** Where this client is in the desktop's stream of events. */
+  private readonly position = new Position();
+  /** The position offered by the current attempt (null: none). */
+  private asked: ResumePosition | null = null;
+  /** This client's sessions, to know its own events in a replay. */
+  private readonly own = new OwnSessions();
   private readonly link: Link;
   private readonly queue: SendQueue;
   /** Lifecycle handlers, by {@link ClientEvents} name. */
@@ -119,14 +133,19 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     this.sessions = this.presence.sessions;
     this.mutations = new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES);
     this.queue = new SendQueue(new Set(options.transientTypes ?? DEFAULT_TRANSIENT_TYPES), options.maxQueue ?? 256);
-    this.link = new Link(options.url, `/ws/desktop/${encodeURIComponent(options.desktopId)}`, options, {
+    const path = `/ws/desktop/${encodeURIComponent(options.desktopId)}`;
+    const attemptPath = () => {
+      this.asked = this.position.current;
+      return path + resumeQuery(this.asked);
+    };
+    this.link = new Link(options.url, attemptPath, options, {
       state: (state) => this.emit('state', state),
       retry: (value) => this.emit('retry', value),
       rejected: (value) => this.emit('rejected', value),
       tokenError: (error) => this.emit('error', error),
       opened: () => {},
       frame: (data) => this.onFrame(data),
-      lost: () => {},
+      lost: () => this.position.lost(),
       revoked: (value) => {
         this.permission = null;
         this.emit('revoked', value);
@@ -192,6 +211,15 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     this.queue.push(type, payload, text);
   }
 
+  /**
+   * The desktop's epoch and the offset of the last event seen, as the next
+   * reconnect offers them; null before the first join or against a server
+   * that does not number events.
+   */
+  get resumePosition(): ResumePosition | null {
+    return this.position.current;
+  }
+
   /** Messages waiting for the connection. */
   get queued(): number {
     return this.queue.length;
@@ -237,7 +265,7 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     switch (frame.type) {
       case 'room_joined':
         if (typeof frame.sessionId !== 'string' || !Array.isArray(frame.sessions) || !frame.sessions.every(isSessionInfo)) return;
-        return this.onJoined(frame.sessionId, frame.sessions, frame.permission);
+        return this.onJoined(frame.sessionId, frame.sessions, frame.permission, this.position.joined(frame.epoch, frame.offset, frame.recovered, this.asked));
       case 'session_joined':
         if (isSessionInfo(frame.payload)) this.emit('presence', this.presence.join(frame.payload));
         return;
@@ -257,20 +285,26 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
         if (typeof frame.code !== 'string' || typeof frame.message !== 'string') return;
         this.emit('error', frame as unknown as ClientEvents['error']);
         return;
-      default:
+      default: {
         // Whatever its type, a relayed event goes to the relayed namespace only.
         if (typeof frame.type !== 'string') return;
+        const accepted = this.position.accept(frame.offset, this.own.has(frame.sessionId));
+        if (!accepted.deliver) return;
+        if (accepted.before !== null) this.emit('recovered', accepted.before);
         this.emitRelayed(frame as unknown as RelayedEvent);
+        if (accepted.after !== null) this.emit('recovered', accepted.after);
+      }
     }
   }
 
   /** `permission` is the joiner's own role if the server names it (a `room_joined` may not). */
-  private onJoined(sessionId: string, sessions: SessionInfo[], permission: unknown): void {
+  private onJoined(sessionId: string, sessions: SessionInfo[], permission: unknown, outcome: JoinOutcome): void {
     const change = this.presence.reset(sessions, this.link.everJoined);
     const previous = this.permission;
     // A new session: its role is the one the server names now, or not known.
     this.permission = isPermission(permission) ? permission : null;
     this.sessionId = sessionId;
+    this.own.add(sessionId);
     // The backoff is not reset here, only once this session proves stable (the link).
     this.link.joined();
     // Mutations queued while the role was not known are dropped if it is viewer.
@@ -283,6 +317,9 @@ export class MoodioClient<E extends EventMap = Record<never, never>> {
     if (change !== null) this.emit('presence', change);
     if (this.permission !== null && this.permission !== previous) this.emit('permission', { permission: this.permission, previous });
     if (refused.length > 0) this.emit('error', viewerMutation([...new Set(refused)].join(', '), refused.length));
+    // Last, once the app can send: a `gap` handler may ask the room for its state.
+    if (outcome.kind === 'gap') this.emit('gap', outcome.gap);
+    else if (outcome.kind === 'recovered') this.emit('recovered', outcome.recovery);
   }
 
   /** `permission_changed`: the role applies from this session's next frame. */

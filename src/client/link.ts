@@ -62,7 +62,8 @@ export class Link {
   /** The socket of the current attempt, open or not. */
   socket: WebSocketLike | null = null;
 
-  private readonly path: string;
+  /** The path of each attempt (a function: the per-desktop client adds where to resume from). */
+  private readonly path: () => string;
   private readonly owner: LinkOwner;
   private readonly WebSocketImpl: WebSocketConstructor;
   private readonly token: TokenOption;
@@ -89,7 +90,7 @@ export class Link {
    * Validate the options; nothing is dialled before start().
    * @throws {ClientError} ERR_NO_WEBSOCKET, ERR_INVALID_OPTION.
    */
-  constructor(url: string, path: string, options: LinkOptions, owner: LinkOwner) {
+  constructor(url: string, path: string | (() => string), options: LinkOptions, owner: LinkOwner) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketImpl) throw new ClientError('ERR_NO_WEBSOCKET', 'no WebSocket implementation: pass options.WebSocket');
     const tokenVia = options.tokenVia ?? 'protocol';
@@ -98,7 +99,7 @@ export class Link {
     checkTokenOption(options.token, tokenVia);
     this.WebSocketImpl = WebSocketImpl;
     this.url = url.replace(/\/+$/, '');
-    this.path = path;
+    this.path = typeof path === 'string' ? () => path : path;
     this.owner = owner;
     this.token = options.token;
     this.tokenVia = tokenVia;
@@ -198,7 +199,7 @@ export class Link {
   }
 
   private dial(token: string | null | undefined): void {
-    const url = this.url + this.path;
+    const url = this.url + this.path();
     const socket = !token
       ? new this.WebSocketImpl(url)
       : this.tokenVia === 'bearer'

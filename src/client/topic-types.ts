@@ -5,6 +5,7 @@
 import type { TopicErrorCodeValue } from '../protocol/topics.ts';
 import type { ClientError } from './errors.ts';
 import type { PresenceChange } from './presence.ts';
+import type { Gap, Recovery } from './resume.ts';
 import type { ClientEvents, ConnectOptions, RelayedEvent } from './types.ts';
 
 /** The options of `connectTopics()`: those of `connect()`, without a desktop (a connection holds any number of topics). */
@@ -46,9 +47,13 @@ export interface TopicEvents {
   permission: { permission: 'editor' | 'viewer'; previous: 'editor' | 'viewer' | null };
   /** The server's error on this topic (a refusal too: then `state` becomes `refused`), or ERR_VIEWER_MUTATION for queued sends dropped when the ack named a viewer. */
   error: TopicError | ClientError;
+  /** A resubscribe recovered what was missed: the server replayed it, and every replayed event has reached `onEvent()`. */
+  recovered: Recovery;
+  /** A resubscribe after which events may be missing (a new epoch, a position older than the history, a server that keeps none): load the topic's state again. Never on the first subscribe. */
+  gap: Gap;
 }
 
 /** The names `topic.on()` accepts. */
-export const TOPIC_EVENTS: readonly (keyof TopicEvents)[] = ['state', 'presence', 'permission', 'error'];
+export const TOPIC_EVENTS: readonly (keyof TopicEvents)[] = ['state', 'presence', 'permission', 'error', 'recovered', 'gap'];
 /** The names `connection.on()` accepts. */
 export const CONNECTION_EVENTS: readonly (keyof ConnectionEvents)[] = ['state', 'revoked', 'error', 'rejected', 'retry'];

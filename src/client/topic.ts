@@ -8,9 +8,17 @@ import type { Permission, SessionInfo } from '../protocol/events.ts';
 import { ClientError, viewerMutation } from './errors.ts';
 import { addHandler, callHandlers, type Handler } from './handlers.ts';
 import { isPermission, Presence } from './presence.ts';
+import { Position, type ResumePosition } from './resume.ts';
 import type { SendQueue } from './send-queue.ts';
 import { TOPIC_EVENTS, type TopicError, type TopicEvent, type TopicEvents, type TopicState } from './topic-types.ts';
 import type { EventMap, ReceivedPayload, SendArgs } from './types.ts';
+
+/** The ack's members about the topic's stream, unchecked (Position checks them). */
+export interface StreamFields {
+  epoch: unknown;
+  offset: unknown;
+  recovered: unknown;
+}
 
 /** What a handle asks of its connection. */
 export interface TopicHost {
@@ -34,6 +42,10 @@ export class TopicEntry {
   readonly queue: SendQueue;
   /** The subscribe op went out on the current socket (so leaving needs an unsubscribe op). */
   sent = false;
+  /** Where this topic is in its stream of events: offered as `recover` on each subscribe. */
+  readonly position = new Position();
+  /** The position the last subscribe op offered (null: none). */
+  asked: ResumePosition | null = null;
   /** Acked at least once: a later ack is a resubscribe, whose presence change says `reconnected`. */
   private everSubscribed = false;
   private readonly lifecycle = new Map<keyof TopicEvents, Set<Handler<never>>>();
@@ -79,7 +91,8 @@ export class TopicEntry {
    * Returns the frames queued meanwhile, to be sent before anything newer
    * (a viewer's mutations among them are dropped, and said).
    */
-  acked(permission: Permission, sessions: SessionInfo[], mutations: ReadonlySet<string>): { texts: string[]; after: () => void } {
+  acked(permission: Permission, sessions: SessionInfo[], mutations: ReadonlySet<string>, stream: StreamFields): { texts: string[]; after: () => void } {
+    const outcome = this.position.joined(stream.epoch, stream.offset, stream.recovered, this.asked);
     const change = this.presence.reset(sessions, this.everSubscribed);
     this.everSubscribed = true;
     const previous = this.permission;
@@ -93,6 +106,9 @@ export class TopicEntry {
       if (change !== null) this.emit('presence', change);
       if (permission !== previous) this.emit('permission', { permission, previous });
       if (refused.length > 0) this.emit('error', viewerMutation([...new Set(refused)].join(', '), refused.length));
+      // Last, once the topic takes sends: a `gap` handler may ask the room for its state.
+      if (outcome.kind === 'gap') this.emit('gap', outcome.gap);
+      else if (outcome.kind === 'recovered') this.emit('recovered', outcome.recovery);
     };
     return { texts, after };
   }
@@ -101,6 +117,7 @@ export class TopicEntry {
   refuse(error: TopicError): void {
     this.refusal = error;
     this.queue.clear();
+    this.position.lost();
     this.forgetPresence();
     this.setState('refused');
     this.emit('error', error);
@@ -110,6 +127,15 @@ export class TopicEntry {
   forgetPresence(): void {
     const change = this.presence.reset([], false);
     if (change !== null) this.emit('presence', change);
+  }
+
+  /** A relayed event: dropped if already seen (by offset) or `own` (an earlier session's, replayed); a replay that it ends says `recovered`. */
+  deliver(event: TopicEvent, own: boolean): void {
+    const accepted = this.position.accept(event.offset, own);
+    if (!accepted.deliver) return;
+    if (accepted.before !== null) this.emit('recovered', accepted.before);
+    this.emitRelayed(event);
+    if (accepted.after !== null) this.emit('recovered', accepted.after);
   }
 
   /** A role change the server announced on this topic. */
@@ -158,6 +184,11 @@ export class Topic<E extends EventMap = Record<never, never>> {
   /** Why the server refused or ended the subscription, while `refused`; else null. */
   get refusal(): TopicError | null {
     return this.entry.refusal;
+  }
+
+  /** The topic's epoch and the offset of the last event seen, as the next subscribe offers them (`recover`); null before the first ack or against a server that does not number events. */
+  get resumePosition(): ResumePosition | null {
+    return this.entry.position.current;
   }
 
   /** Publishes waiting for the ack. */

@@ -41,6 +41,7 @@ import { addHandler, callHandlers, type Handler } from './handlers.ts';
 import { Link } from './link.ts';
 import { isPermission, isSessionInfo } from './presence.ts';
 import { SendQueue } from './send-queue.ts';
+import { OwnSessions } from './resume.ts';
 import { Topic, TopicEntry, type TopicHost } from './topic.ts';
 import { CONNECTION_EVENTS, type ConnectionEvents, type TopicConnectOptions, type TopicError, type TopicEvent } from './topic-types.ts';
 import type { ClientState, EventMap, WebSocketLike } from './types.ts';
@@ -77,6 +78,8 @@ export class TopicConnection implements TopicHost {
   private budgetAt = 0;
   private paceTimer: unknown = null;
   private readonly lifecycle = new Map<keyof ConnectionEvents, Set<Handler<never>>>();
+  /** This connection's sessions, to know its own events in a replay. */
+  private readonly own = new OwnSessions();
 
   constructor(options: TopicConnectOptions) {
     this.mutations = new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES);
@@ -226,6 +229,7 @@ export class TopicConnection implements TopicHost {
     this.pending.clear();
     for (const entry of this.entries.values()) {
       entry.sent = false;
+      entry.position.lost();
       entry.setState('subscribing');
     }
   }
@@ -278,7 +282,10 @@ export class TopicConnection implements TopicHost {
   private sendOp(socket: WebSocketLike, op: PendingOp['op'], entry: TopicEntry): void {
     const ref = String(++this.nextRef);
     this.pending.set(ref, { op, entry });
-    socket.send(JSON.stringify({ op, topic: entry.topic, ref }));
+    if (op !== Op.SUBSCRIBE) return socket.send(JSON.stringify({ op, topic: entry.topic, ref }));
+    // Where the topic was left, so that the server replays what was missed.
+    entry.asked = entry.position.current;
+    socket.send(JSON.stringify(entry.asked === null ? { op, topic: entry.topic, ref } : { op, topic: entry.topic, ref, recover: entry.asked }));
   }
 
   /** The op a ref names, let go: its answer has come. */
@@ -322,7 +329,12 @@ export class TopicConnection implements TopicHost {
     // An ack of a topic let go since (or of an earlier hold of it) is not this hold's.
     if (entry === undefined || (op !== undefined && op.entry !== entry) || entry.state !== 'subscribing') return;
     this.sessionId = sessionId;
-    const { texts, after } = entry.acked(permission, sessions as SessionInfo[], this.mutations);
+    this.own.add(sessionId);
+    const { texts, after } = entry.acked(permission, sessions as SessionInfo[], this.mutations, {
+      epoch: frame.epoch,
+      offset: frame.offset,
+      recovered: frame.recovered,
+    });
     const socket = this.link.openSocket;
     if (socket) for (const text of texts) socket.send(text);
     after();
@@ -350,7 +362,7 @@ export class TopicConnection implements TopicHost {
         // The role at the top level, as the legacy route frames it (or in the payload).
         return entry.setPermission(frame.permission ?? (frame.payload as { permission?: unknown } | null)?.permission);
       default:
-        entry.emitRelayed(frame as unknown as TopicEvent);
+        entry.deliver(frame as unknown as TopicEvent, this.own.has(frame.sessionId));
     }
   }
 
@@ -377,9 +389,12 @@ export class TopicConnection implements TopicHost {
       entry.sent = false;
       return entry.refuse(error);
     }
-    if (entry.state === 'subscribed' && code === TopicErrorCode.INTERNAL) {
-      // The shard that owns the topic's room restarted: the subscription is gone; ask again.
+    if (entry.state === 'subscribed' && (code === TopicErrorCode.INTERNAL || code === TopicErrorCode.RECOVERY_LOST)) {
+      // The shard that owns the topic's room restarted, or the replay fell
+      // behind the history: the subscription is gone; ask again (from the
+      // last event seen: the ack says whether it could be recovered).
       entry.sent = false;
+      entry.position.lost();
       entry.forgetPresence();
       entry.setState('subscribing');
       entry.emit('error', error);

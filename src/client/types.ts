@@ -6,6 +6,7 @@
 import type { ClientEvent, ErrorEvent as ServerErrorEvent, Permission } from '../protocol/events.ts';
 import type { ClientError } from './errors.ts';
 import type { PresenceChange } from './presence.ts';
+import type { Gap, Recovery } from './resume.ts';
 import type { TokenOption } from './token.ts';
 
 /** The seed's client event types: asset_moved, asset_resized, asset_added, asset_removed, asset_dragging, asset_selected, asset_deselected. */
@@ -31,6 +32,8 @@ export interface PeerEvent<T extends string = string, P = unknown> {
   email: string;
   /** Milliseconds since the epoch, set by the server. */
   timestamp: number;
+  /** The event's place in the desktop's stream (a server that keeps history numbers every event); absent from a server that does not. */
+  offset?: number;
   /** As the sender sent it: the server does not check it. */
   payload: P;
 }
@@ -46,6 +49,8 @@ export interface ServerSentEvent<T extends string = string, P = unknown> {
   userId: 'server';
   /** Milliseconds since the epoch, when the API call was accepted. */
   timestamp: number;
+  /** As on a {@link PeerEvent}. */
+  offset?: number;
   payload: P;
 }
 
@@ -136,6 +141,19 @@ export interface ClientEvents {
   rejected: { status: number };
   /** A reconnect attempt is scheduled in `inMs` (0 after `retryNow()` and a first 4001); `attempt` counts from 1 since the last join. */
   retry: { inMs: number; attempt: number };
+  /**
+   * A rejoin recovered what was missed while away: the server replayed it,
+   * in order, and every replayed event has reached `onEvent()` (emitted once
+   * the last one has). The app's state is whole: no reload needed.
+   */
+  recovered: Recovery;
+  /**
+   * A rejoin after which events may be missing (the server could not
+   * replay them: a new epoch, a position older than its history, or a
+   * server that keeps none). Emitted right after the state `open`: load the
+   * state again. Never on the first join.
+   */
+  gap: Gap;
 }
 
 export interface ConnectOptions {

@@ -23,6 +23,7 @@ const SDK_FILES = [
   'client/handlers.js',
   'client/link.js',
   'client/presence.js',
+  'client/resume.js',
   'client/send-queue.js',
   'client/token.js',
   'client/topic.js',

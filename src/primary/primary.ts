@@ -149,12 +149,14 @@ export class Primary {
 
   /**
    * Stop accepting, drop handshakes still being read, ask every shard to close
-   * its sessions with 1001 and wait for them (at most `drainTimeoutMs`).
+   * its sessions with 1012 spread over `drainSpreadMs`, and wait for them (at
+   * most `drainTimeoutMs` after the last close frame), then for the shards to
+   * close their bus links (shard-pool.ts).
    */
   async shutdown(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    this.log.info('shutdown', { drainTimeoutMs: this.config.drainTimeoutMs });
+    this.log.info('shutdown', { drainSpreadMs: this.config.drainSpreadMs, drainTimeoutMs: this.config.drainTimeoutMs });
     this.server.close();
     this.stopSampling();
     this.memory.stop();
@@ -167,7 +169,7 @@ export class Primary {
     this.pending.clear();
     this.api?.shutdown();
     this.pool.primaryMetrics.set(Metric.PENDING_HANDSHAKES, 0);
-    await this.pool.drain(this.config.drainTimeoutMs);
+    await this.pool.drain(this.config.drainTimeoutMs, this.config.drainSpreadMs);
     this.log.info('stopped');
   }
 

@@ -20,6 +20,7 @@ import type {
   LinkPortMessage,
   RestartMessage,
   RoomSize,
+  StopMessage,
   ShardToPrimary,
   ShardWorkerData,
   StatsReply,
@@ -39,6 +40,12 @@ export const STABLE_AFTER_MS = 30_000;
  * shard, short for an operator whose shard is wedged (and never answers).
  */
 export const TERMINATE_GRACE_MS = 1000;
+/** After a drain, how long a shard may take to flush and close its bus link before it is terminated. */
+export const STOP_TIMEOUT_MS = 2000;
+/** Beyond a phase's own bound, how long the pool waits for the shards' reports (a turn of each thread, the messages). */
+const REPORT_SLACK_MS = 250;
+/** A drained shard's last wait, for the close handlers of the sessions it cut at its deadline (shard.ts CLOSE_FLUSH_MS). */
+const CUT_HANDLERS_MS = 250;
 
 /**
  * Young-generation cap of a shard isolate (V8 sizes it as 3 semi-spaces).
@@ -391,16 +398,25 @@ export class ShardPool {
   }
 
   /**
-   * Ask every shard to close its sessions with 1001, and wait up to
-   * `timeoutMs` for each to end its thread (exit code 0); then terminate the
-   * ones still running (their exit is logged with code 1: they did not drain).
+   * Shutdown, in two phases. First every shard closes its sessions with 1012,
+   * spread over `spreadMs`, and reports `drained` once all are closed (at
+   * most `timeoutMs` after its last close frame). Meanwhile every shard keeps
+   * its bus link and its links to the other shards: a session still open on
+   * one shard may be in a room another owns. Once all reported (or their
+   * deadline passed), each shard is told to stop: it closes its links and
+   * ends its thread (exit code 0). The ones still running after
+   * {@link STOP_TIMEOUT_MS} are terminated (their exit is logged with code 1:
+   * they did not drain).
    *
-   * It waits for 'exit', not for 'drained': terminating a worker that is
-   * already on its way out could replace its exit code 0 with 1.
+   * It waits for 'exit', not for 'drained', before terminating: terminating
+   * a worker that is already on its way out could replace its exit code 0
+   * with 1.
    */
-  async drain(timeoutMs: number): Promise<void> {
+  async drain(timeoutMs: number, spreadMs: number): Promise<void> {
     this.stopping = true;
+    const drained: Promise<unknown>[] = [];
     const exits: Promise<unknown>[] = [];
+    const draining: { shard: Shard; worker: Worker }[] = [];
     for (const shard of this.shards) {
       if (shard.restartTimer) clearTimeout(shard.restartTimer);
       shard.restartTimer = null;
@@ -411,13 +427,26 @@ export class ShardPool {
       }
       shard.state = 'stopping';
       // Not events.once: it would reject on the 'error' that precedes a crashed worker's exit.
-      exits.push(new Promise((resolve) => worker.once('exit', resolve)));
+      const exited = new Promise((resolve) => worker.once('exit', resolve));
+      exits.push(exited);
       // Being terminated: it is closing its sessions already, and exits when stopped.
       if (shard.terminating) continue;
-      const message: DrainMessage = { type: 'drain', timeoutMs };
+      drained.push(
+        Promise.race([
+          exited,
+          new Promise<void>((resolve) => {
+            shard.onDrained = resolve;
+          }),
+        ]),
+      );
+      draining.push({ shard, worker });
+      const message: DrainMessage = { type: 'drain', timeoutMs, spreadMs };
       worker.postMessage(message);
     }
-    await withDeadline(Promise.all(exits), timeoutMs + 250);
+    await withDeadline(Promise.all(drained), spreadMs + timeoutMs + CUT_HANDLERS_MS + REPORT_SLACK_MS);
+    const stop: StopMessage = { type: 'stop', timeoutMs: STOP_TIMEOUT_MS };
+    for (const { shard, worker } of draining) if (shard.worker === worker) worker.postMessage(stop);
+    await withDeadline(Promise.all(exits), STOP_TIMEOUT_MS + REPORT_SLACK_MS);
     await Promise.all(this.shards.map((s) => s.worker?.terminate()));
   }
 }

@@ -99,9 +99,12 @@ export const ErrorCode = {
 } as const;
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+/** The reason of every close with {@link CloseCode.SERVICE_RESTART}. */
+export const SERVICE_RESTART_REASON = 'service restart';
+
 /** WebSocket close codes the server uses. */
 export const CloseCode = {
-  /** Server shutting down (SIGTERM/SIGINT drain). */
+  /** Going away: the server no longer sends it (a drain closes with 1012), but a proxy or an older relay may; the SDK treats it as 1012. */
   GOING_AWAY: 1001,
   /** A binary frame on `/ws/ping`, which echoes text only. */
   UNSUPPORTED_DATA: 1003,
@@ -109,7 +112,11 @@ export const CloseCode = {
   POLICY_VIOLATION: 1008,
   /** Frame larger than `--max-message-size`, or than 512 bytes on `/ws/ping` (sent by `ws` itself). */
   MESSAGE_TOO_BIG: 1009,
-  /** The shard is being restarted (admin terminate): reconnect. */
+  /**
+   * Reconnect, to another node if there is one: the node drains (SIGTERM,
+   * SIGINT; spread over `--drain-spread`) or the shard is being restarted
+   * (admin terminate). Its reason is {@link SERVICE_RESTART_REASON}.
+   */
   SERVICE_RESTART: 1012,
   /**
    * Over `--max-buffered-bytes` for `--slow-consumer-timeout`, over

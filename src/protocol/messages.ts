@@ -22,11 +22,27 @@ export interface ConnectionMessage {
 
 /**
  * Primary → shard (shutdown): stop taking connections, close every session
- * with 1001, report `drained`, then end the thread with exit code 0.
+ * with 1012 (service restart) spread over `spreadMs`, and report `drained`
+ * once all are closed. The shard keeps its bus link and its link to the other
+ * shards up until the primary's {@link StopMessage}: a session still open on
+ * another shard may be in a room this one owns.
  */
 export interface DrainMessage {
   type: 'drain';
-  /** How long the shard may wait for closing handshakes before cutting sockets. */
+  /** How long the shard may wait for closing handshakes after its last close frame before cutting sockets. */
+  timeoutMs: number;
+  /** The window over which the shard's sessions get their close frames, evenly, in a random order (0 = at once). */
+  spreadMs: number;
+}
+
+/**
+ * Primary → shard, once every shard reported `drained` (or the drain's
+ * deadline passed): close the bus link and the links to the other shards,
+ * then end the thread with exit code 0.
+ */
+export interface StopMessage {
+  type: 'stop';
+  /** How long the shard may take to flush and close its bus link. */
   timeoutMs: number;
 }
 
@@ -66,7 +82,7 @@ export interface LinkPortMessage {
   port: MessagePort;
 }
 
-export type PrimaryToShard = ConnectionMessage | DrainMessage | RestartMessage | StatsRequest | ApiRequestMessage | LinkPortMessage;
+export type PrimaryToShard = ConnectionMessage | DrainMessage | StopMessage | RestartMessage | StatsRequest | ApiRequestMessage | LinkPortMessage;
 
 /**
  * Shard ↔ shard, over the in-process link (shard/shard-link.ts), for a

@@ -38,7 +38,9 @@
  *   not reading) until the sum, as it knows it, is below. The 100 ms sweep
  *   does the same.
  *
- * A cut session leaves its room at once (session_left). Its coalesced
+ * A cut session leaves its room at once (session_left), told to the code
+ * that can take it out, never called back from inside a delivery (see
+ * {@link Delivery}). Its coalesced
  * frames are dropped, a 4008 close frame is queued behind what the socket
  * already holds, nothing more is read from it, and the socket is destroyed
  * 2 s later (socket-reads.ts) if the peer has not read its way to that
@@ -62,14 +64,34 @@ export interface BackpressureOptions {
   maxOutboundBytes: number;
   /** Bytes every shard of the process holds, from the shared metrics (this shard's last published figure included). */
   processOutbound: () => number;
-  /** Take a session out of its room (session_left) before it is closed. */
-  onCut: (session: Session) => void;
   /** Memory was under pressure and is being let go (a cut, or a large backlog drained): memory-release.ts. */
   onRelease: () => void;
 }
 
 /** A shard backlog this large, once drained, is worth a full GC to give its buffers back. */
 export const LARGE_BACKLOG_BYTES = 32 * 1024 * 1024;
+
+/**
+ * What one {@link Backpressure.deliver} did to the session it delivered to:
+ * a small int, so that the hot path allocates nothing.
+ *
+ * - `SENT`: queued for writing (or written, a large frame).
+ * - `HELD`: not queued now: a transient frame held back while the session
+ *   is over its budget (written when it drains), or a frame for a session
+ *   already closing, dropped.
+ * - `CUT`: this delivery cut the session (its hard cap, or the process cap
+ *   this frame crossed chose it). It is closing; the caller takes it out of
+ *   its room(s) itself.
+ *
+ * Other sessions the process cap cut meanwhile are not the caller's to know
+ * of: they wait in a list that {@link Backpressure.settleCuts} hands to the
+ * shard's cut handler, which the caller runs after its loop.
+ */
+export const Delivery = { SENT: 0, HELD: 1, CUT: 2 } as const;
+export type Delivery = (typeof Delivery)[keyof typeof Delivery];
+
+/** Takes a cut session out of its room(s) (session_left to the others): the shard's, registered once with {@link Backpressure.attach}. */
+export type CutHandler = (session: Session) => void;
 
 type CutReason = 'slow_consumer' | 'backlog_cap' | 'memory_cap';
 
@@ -126,12 +148,24 @@ export class Backpressure {
   private turnOpen = false;
   private recountedThisTurn = false;
   private exhaustedThisTurn = false;
+  /** Sessions cut aside (by a shed, the sweep, or passed on with {@link passOn}) whose rooms have not heard yet; empty almost always. */
+  private readonly cutAside: Session[] = [];
+  /** {@link settleCuts} is running: a nested call leaves the list to it. */
+  private settling = false;
+  /** The session a delivery is for, while its frame may make the process cap shed: a shed that picks it reports it as the verdict, not in the list. */
+  private delivering: Session | null = null;
+  private deliveringCut = false;
+  /** The shard's cut handler, once the parts that take a session out of its room exist. */
+  private onCut: CutHandler | null = null;
 
   constructor(options: BackpressureOptions, out: WriteCoalescer<Session>, metrics: MetricsSlot, log: Logger) {
     this.options = options;
     this.out = out;
     this.metrics = metrics;
     this.log = log;
+    // The one cycle between the two: the policy writes through the coalescer, and needs to know which sockets kept
+    // bytes. The coalescer is built first (it needs nothing of the policy); the policy, built on it, registers here.
+    out.attach(this);
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
   }
@@ -141,18 +175,30 @@ export class Backpressure {
     return { overBudgetSince: 0, awaitingDrain: false, coalesced: null };
   }
 
+  /**
+   * Register the shard's cut handler, once every part it calls exists. It
+   * takes the sessions the sweep cuts, and those a delivery cut aside, when
+   * {@link settleCuts} runs. Until then they wait in the list.
+   */
+  attach(onCut: CutHandler): void {
+    this.onCut = onCut;
+  }
+
   /** The coalescer wrote to `session` and its socket kept `keptBytes` of that write (0 for a shared frame). */
-  readonly noteBacklog = (session: Session, keptBytes: number): void => {
+  noteBacklog(session: Session, keptBytes: number): void {
     this.backlogged.add(session);
     this.socketBytes += keptBytes;
-  };
+  }
 
   /**
    * Deliver `frame` to `member`. `transientKey` (sender + type) marks a
    * transient event, which is held back while `member` is over budget.
-   * A `server` frame never gets the member cut by the hard cap.
+   * A `server` frame never gets the member cut by the hard cap. Returns
+   * what became of `member` ({@link Delivery}); a `CUT` member is the
+   * caller's to take out of its room. Others cut meanwhile wait for
+   * {@link settleCuts}.
    */
-  deliver(member: Session, frame: Buffer, transientKey: string | undefined, source: FrameSource = 'client'): void {
+  deliver(member: Session, frame: Buffer, transientKey: string | undefined, source: FrameSource = 'client'): Delivery {
     const unwritten = member.socket.writableLength;
     const backlog = unwritten + member.out.queuedBytes;
     if (backlog > this.options.maxBufferedBytes) {
@@ -160,19 +206,56 @@ export class Backpressure {
       // a turn's own queue can be large for a healthy reader (libuv reads up
       // to 2 MB per socket per turn) and is handed to the kernel at its end.
       if (unwritten > this.options.maxSessionBacklogBytes && source === 'client') {
-        this.cut(member, 'backlog_cap', backlog);
-        return;
+        return this.cut(member, 'backlog_cap', backlog) ? Delivery.CUT : Delivery.HELD;
       }
       if (member.budget.overBudgetSince === 0) this.markOver(member);
       if (transientKey !== undefined) {
         const held = (member.budget.coalesced ??= new Map());
         if (held.has(transientKey)) this.metrics.add(Metric.DROPPED_COALESCED);
         held.set(transientKey, frame);
-        return;
+        return Delivery.HELD;
       }
     }
     this.out.write(member.out, frame);
-    this.queued();
+    if (!this.turnOpen) this.openTurn();
+    if (this.shardTotal() + this.others <= this.options.maxOutboundBytes) return Delivery.SENT;
+    // Over the process cap: the shed may pick `member` itself.
+    this.delivering = member;
+    this.deliveringCut = false;
+    this.holdCap();
+    this.delivering = null;
+    return this.deliveringCut ? Delivery.CUT : Delivery.SENT;
+  }
+
+  /**
+   * `session` was cut by a delivery of the caller's (its verdict was `CUT`),
+   * and the caller cannot take it out of its room itself (the topic rooms:
+   * their legacy members are the relay's, their connections the topic
+   * ops'): the shard's cut handler will, at the next {@link settleCuts}.
+   */
+  passOn(session: Session): void {
+    this.cutAside.push(session);
+  }
+
+  /**
+   * Hand every session cut aside to the shard's cut handler, in the order
+   * they were cut, and empty the list. Callers run it after their delivery
+   * loop (the room's members array is then unpinned); the sweep runs it
+   * too, so nothing waits longer than {@link SWEEP_MS}. Allocates nothing
+   * when the list is empty, which it nearly always is.
+   */
+  settleCuts(): void {
+    const cuts = this.cutAside;
+    const onCut = this.onCut;
+    if (cuts.length === 0 || this.settling || onCut === null) return;
+    this.settling = true;
+    try {
+      // The handler's own deliveries (session_left) may cut more: they join the list, and this loop reaches them.
+      for (let i = 0; i < cuts.length; i++) onCut(cuts[i]!);
+    } finally {
+      cuts.length = 0;
+      this.settling = false;
+    }
   }
 
   /** This shard's figure toward the process cap, current as of the last frame queued (published at the end of the turn). */
@@ -183,12 +266,6 @@ export class Backpressure {
   /** This shard's figure: socket bytes, queued bytes, shared frames once. */
   private shardTotal(): number {
     return this.socketBytes + this.out.queuedBytes + this.out.sharedBytes;
-  }
-
-  /** A frame was queued (or written, if shared): hold the process cap now. */
-  private queued(): void {
-    if (!this.turnOpen) this.openTurn();
-    if (this.shardTotal() + this.others > this.options.maxOutboundBytes) this.holdCap();
   }
 
   /** The first frame of a turn: read the other shards' figures, once, and publish this one at the turn's end. */
@@ -248,12 +325,13 @@ export class Backpressure {
   }
 
   /**
-   * Take `member` out of its room and close it with 4008. For the soft
-   * budget's timeout the backlog is flushed first (the peer is slow, not
-   * gone); over a cap, nothing more is queued for it.
+   * Close `member` with 4008 (whoever gets its verdict or settles the list
+   * takes it out of its room). For the soft budget's timeout the backlog is
+   * flushed first (the peer is slow, not gone); over a cap, nothing more is
+   * queued for it. False when it was not open.
    */
-  private cut(member: Session, reason: CutReason, backlog: number): void {
-    if (!member.open) return;
+  private cut(member: Session, reason: CutReason, backlog: number): boolean {
+    if (!member.open) return false;
     const counted = this.backlogged.delete(member);
     if (this.over.delete(member) || counted) this.socketBytes = Math.max(0, this.socketBytes - ownSocketBytes(member));
     member.budget.coalesced = null;
@@ -265,7 +343,6 @@ export class Backpressure {
       backlogBytes: backlog,
       ...(member.budget.overBudgetSince === 0 ? {} : { overForMs: Date.now() - member.budget.overBudgetSince }),
     });
-    this.options.onCut(member);
     this.options.onRelease();
     if (reason === 'slow_consumer') this.out.flushNow(member.out);
     // Nothing it still holds is counted from here: its queue is dropped, and
@@ -273,6 +350,14 @@ export class Backpressure {
     this.out.release(member.out);
     closeAndCut(member, CloseCode.SLOW_CONSUMER, 'slow consumer');
     this.metrics.values[Metric.OUTBOUND_BUFFERED] = this.shardTotal();
+    return true;
+  }
+
+  /** `member` was cut aside, not by the caller's own delivery: its room hears at {@link settleCuts}. */
+  private cutAsideOf(member: Session, reason: CutReason, backlog: number): void {
+    if (!this.cut(member, reason, backlog)) return;
+    if (member === this.delivering) this.deliveringCut = true;
+    else this.cutAside.push(member);
   }
 
   /**
@@ -304,9 +389,11 @@ export class Backpressure {
       } else if (backlogOf(member) <= this.options.maxBufferedBytes) {
         this.drained(member);
       } else if (now - member.budget.overBudgetSince >= this.options.slowConsumerTimeoutMs) {
-        this.cut(member, 'slow_consumer', backlogOf(member));
+        this.cutAsideOf(member, 'slow_consumer', backlogOf(member));
       }
     }
+    // Their rooms hear before the recount, which then counts the session_left frames queued.
+    this.settleCuts();
     this.recount();
     const total = this.shardTotal();
     if (total >= LARGE_BACKLOG_BYTES) {
@@ -316,6 +403,7 @@ export class Backpressure {
       this.options.onRelease();
     }
     if (total + this.others > this.options.maxOutboundBytes) this.shed();
+    this.settleCuts();
   }
 
   /**
@@ -334,7 +422,7 @@ export class Backpressure {
     for (const { member, backlog } of largest) {
       if (this.shardTotal() + this.others <= this.options.maxOutboundBytes) return true;
       if (backlog === 0) break;
-      this.cut(member, 'memory_cap', backlog);
+      this.cutAsideOf(member, 'memory_cap', backlog);
     }
     return this.shardTotal() + this.others <= this.options.maxOutboundBytes;
   }

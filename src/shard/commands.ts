@@ -172,6 +172,7 @@ export class Commands {
       frame ??= encodeTextFrame(event);
       this.control.deliver(session, frame);
     }
+    this.control.settleCuts();
     this.metrics.add(ApiMetric.DELIVERIES, reached);
     return { duplicate: false, reached, changed: 0 };
   }

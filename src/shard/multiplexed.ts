@@ -29,7 +29,6 @@ import { ShardLink } from './shard-link.ts';
 import { cancelPause } from './socket-reads.ts';
 import { TopicOps } from './topic-ops.ts';
 import { TopicRooms, type TopicRecovery } from './topic-rooms.ts';
-import type { ResumePosition } from '../protocol/resume.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
 
 export interface MultiplexedOptions {
@@ -47,19 +46,24 @@ export interface MultiplexedOptions {
   mutationTypes: ReadonlySet<string>;
   /** The permission claims of the token (dev mode, --permissions-from-token), or null: ask the app's authorize endpoint. */
   claims: PermissionSource | null;
-  /** The room's legacy sessions on other nodes (federation), as SessionInfo JSON. */
-  remoteSessionsJson?: (roomKey: string) => string;
-  /** A connection opened or closed: the server API reaches it by user, token expiry applies (shard-api.ts). */
-  opened: (conn: TopicConnection, identity: Identity) => void;
-  closed: (conn: TopicConnection) => void;
-  /** The number of open sockets changed (gauges, and a drain waiting for none). */
-  changed: () => void;
-  /** Bytes read from a connection's socket: the relay's byte budget, shared with the user's legacy sessions. */
-  onBytes: (conn: TopicConnection, bytes: number) => void;
   /** Offsets, history and replays (recovery.ts). */
   recovery?: TopicRecovery;
-  /** See TopicOpsOptions.prepare (`--history-stream`). */
-  prepare?: (roomKey: string, recover: ResumePosition | undefined) => Promise<void>;
+}
+
+/**
+ * What the shard hears of the route's connections, set once with
+ * {@link Multiplexed.attach}: the parts that listen (the relay, the server
+ * API) use this route's rooms or connections themselves, so they are built
+ * after it.
+ */
+export interface ConnectionEvents {
+  /** A connection opened or closed: the server API reaches it by user, token expiry applies (shard-api.ts). */
+  opened(conn: TopicConnection, identity: Identity): void;
+  closed(conn: TopicConnection): void;
+  /** The number of open sockets changed (gauges, and a drain waiting for none). */
+  changed(): void;
+  /** Bytes read from a connection's socket: the relay's byte budget, shared with the user's legacy sessions. */
+  onBytes(conn: TopicConnection, bytes: number): void;
 }
 
 export class Multiplexed implements RecheckTopics {
@@ -74,6 +78,8 @@ export class Multiplexed implements RecheckTopics {
   private readonly authority: TopicAuthority;
   /** The other shards of this process (null with one worker). */
   private readonly link: ShardLink | null;
+  /** Set by {@link attach}, before the shard admits its first connection. */
+  private events: ConnectionEvents | null = null;
 
   constructor(options: MultiplexedOptions) {
     this.options = options;
@@ -85,7 +91,6 @@ export class Multiplexed implements RecheckTopics {
       backpressure,
       log,
       transientTypes: options.transientTypes,
-      remoteSessionsJson: options.remoteSessionsJson,
       maxRoomSize: config.maxRoomSize,
       recovery: options.recovery,
     });
@@ -107,6 +112,8 @@ export class Multiplexed implements RecheckTopics {
             secret: secretKey(config.jwtSecret),
             timeoutMs: config.permissionTimeoutMs,
             concurrency: config.permissionConcurrency,
+            queue: config.permissionQueue,
+            metrics,
           });
     this.authorizer = new TopicAuthorizer(this.authority);
     this.ops = new TopicOps({
@@ -117,8 +124,12 @@ export class Multiplexed implements RecheckTopics {
       mutationTypes: this.options.mutationTypes,
       metrics,
       log,
-      ...(options.prepare === undefined ? {} : { prepare: options.prepare }),
     });
+  }
+
+  /** Who hears of the connections (the shard, once the relay and the server API exist). */
+  attach(events: ConnectionEvents): void {
+    this.events = events;
   }
 
   /** A port to shard `peer` (the primary's LinkPortMessage); closed at once when there is no link or the shard drains. */
@@ -130,6 +141,8 @@ export class Multiplexed implements RecheckTopics {
   /** A connection the handshake admitted: no room until its first subscribe, and nothing sent before its first op. */
   open({ ws, socket, identity, remoteAddress }: Admitted): void {
     const { limiter, out, backpressure, users, metrics, log } = this.options;
+    const events = this.events;
+    if (events === null) throw new Error('Multiplexed.attach() must be called before a connection opens');
     const conn = new TopicConnection({
       identity,
       ws,
@@ -141,8 +154,8 @@ export class Multiplexed implements RecheckTopics {
     this.connections.add(conn);
     users.add(conn.userId, 1);
     metrics.handshake(101);
-    this.options.opened(conn, identity);
-    this.options.changed();
+    events.opened(conn, identity);
+    events.changed();
     log.info('connection_open', { sessionId: conn.id, userId: conn.userId, remote: remoteAddress });
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       conn.alive = true;
@@ -154,7 +167,7 @@ export class Multiplexed implements RecheckTopics {
     });
     ws.on('ping', () => this.ops.onControlFrame(conn));
     // Every byte read counts against the user's byte budget, as on the legacy route.
-    socket.on('data', (chunk: Buffer) => this.options.onBytes(conn, chunk.length));
+    socket.on('data', (chunk: Buffer) => events.onBytes(conn, chunk.length));
     ws.on('error', (err: Error & { code?: string }) => {
       log.info('session_protocol_error', { sessionId: conn.id, code: err.code, message: err.message });
     });
@@ -163,7 +176,7 @@ export class Multiplexed implements RecheckTopics {
       users.add(conn.userId, -1);
       limiter.release(conn.userId, Date.now());
       cancelPause(conn);
-      this.options.closed(conn);
+      events.closed(conn);
       const topics = conn.topics.size;
       this.ops.closed(conn);
       log.info('connection_close', {
@@ -174,7 +187,7 @@ export class Multiplexed implements RecheckTopics {
         topics,
         durationMs: Date.now() - conn.connectedAt,
       });
-      this.options.changed();
+      events.changed();
     });
   }
 

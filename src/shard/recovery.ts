@@ -37,14 +37,18 @@ export interface RecoveryOptions {
   inUse: (roomKey: string) => boolean;
   /** Write a replayed frame through the outbound budget. */
   deliver: (target: ReplayTarget, frame: Buffer) => void;
-  /** A legacy session's replay fell behind the history: close it (4009). */
-  legacyLost: (session: Session) => void;
-  /** A subscription's replay fell behind the history: end it (`recovery_lost`). */
-  subLost: (sub: Subscription) => void;
   /** The shard's epoch (tests fix it). */
   epoch?: string;
   /** The fleet shares its history (`--history-stream`): offsets and epochs come from the stream (stream-log.ts). */
   shared?: boolean;
+}
+
+/** Who ends a replay the history overtook; set once by {@link Recovery.attach}, when the routes exist. */
+export interface RecoveryLost {
+  /** A legacy session's replay fell behind the history: close it (4009). */
+  legacyLost: (session: Session) => void;
+  /** A subscription's replay fell behind the history: end it (`recovery_lost`). */
+  subLost: (sub: Subscription) => void;
 }
 
 /** What a member needs of its join: the room's position, and whether it was recovered (undefined: no resume asked). */
@@ -63,12 +67,12 @@ export class Recovery {
   /** Where positions and resumes are read: the stream's window, or the local history. */
   private readonly log: RoomLog & { clear(roomKey: string | null): void };
   private readonly replays: Replays;
-  private readonly options: RecoveryOptions;
+  /** Set by attach(); until then (the constructor of the shard) no replay can have started. */
+  private lost: RecoveryLost | null = null;
   /** `sid\0topic` → the cursor of a subscriber here replaying a room another shard owns. */
   private readonly remote = new Map<string, RemoteCursor>();
 
   constructor(options: RecoveryOptions) {
-    this.options = options;
     this.history = new History({
       maxAgeMs: options.historyAgeMs,
       maxEvents: options.historyEvents,
@@ -94,6 +98,11 @@ export class Recovery {
    */
   streamed(roomKey: string): boolean {
     return this.stream !== null && this.stream.follows(roomKey);
+  }
+
+  /** The routes that end a replay the history overtook (the shard calls this once, after building them). */
+  attach(lost: RecoveryLost): void {
+    this.lost = lost;
   }
 
   /** Whether events are kept: when not, an event nobody receives need not be stamped. */
@@ -130,7 +139,7 @@ export class Recovery {
         lost: () => {
           if (session.replay !== job) return;
           session.replay = null;
-          this.options.legacyLost(session);
+          this.lost?.legacyLost(session);
         },
         cancelled: () => session.replay !== job,
       };
@@ -232,7 +241,7 @@ export class Recovery {
         ended();
         if (sub.replay !== job) return;
         sub.replay = null;
-        this.options.subLost(sub);
+        this.lost?.subLost(sub);
       },
       cancelled: () => {
         if (sub.replay === job) return false;

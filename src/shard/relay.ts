@@ -11,7 +11,7 @@ import { memberText } from '../protocol/json-member.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { legacyErrorText, legacyEventText, legacyText, roomJoinedText, withOffset, type RoomEvent } from '../protocol/event-frames.ts';
 import type { ResumePosition } from '../protocol/resume.ts';
-import type { Backpressure } from './backpressure.ts';
+import { Delivery, type Backpressure } from './backpressure.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import type { Room, RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
@@ -29,8 +29,6 @@ export interface RelayOptions {
   transientTypes: ReadonlySet<string>;
   /** Types a viewer may not send (`--mutation-types`): dropped with one Set lookup. */
   mutationTypes: ReadonlySet<string>;
-  /** Other nodes (shard/federation/), when federation is on. */
-  bus?: RelayBus;
   /** The rooms' multiplexed subscribers (shard/topic-rooms.ts), here and on other shards. */
   topics?: TopicFanout;
   /** Offsets, history and resumes (shard/recovery.ts). */
@@ -80,15 +78,15 @@ export class Relay {
   private readonly backpressure: Backpressure;
   private readonly transientTypes: ReadonlySet<string>;
   private readonly mutationTypes: ReadonlySet<string>;
-  private readonly bus: RelayBus | undefined;
+  /** Other nodes (shard/federation/), when federation is on: set once by {@link useBus}. */
+  private bus: RelayBus | undefined = undefined;
   private readonly topics: TopicFanout | undefined;
   private readonly recovery: RelayRecovery | undefined;
   /** `--history-stream`: a followed room's events are only published, and delivered here when the stream hands them back. */
-  private readonly shared: boolean;
+  private shared = false;
 
   constructor(options: RelayOptions) {
     this.recovery = options.recovery;
-    this.shared = options.recovery !== undefined && options.recovery.stream !== null && options.bus !== undefined;
     this.topics = options.topics;
     this.rooms = options.rooms;
     this.out = options.out;
@@ -98,7 +96,16 @@ export class Relay {
     this.backpressure = options.backpressure;
     this.transientTypes = options.transientTypes;
     this.mutationTypes = options.mutationTypes;
-    this.bus = options.bus;
+  }
+
+  /**
+   * The link to other nodes. Set once, after construction: the federation
+   * delivers other nodes' events through this relay, and this relay
+   * publishes through it, so one of the two is built first.
+   */
+  useBus(bus: RelayBus): void {
+    this.bus = bus;
+    this.shared = this.recovery !== undefined && this.recovery.stream !== null;
   }
 
   /**
@@ -120,7 +127,10 @@ export class Relay {
     // Through the budget like any ordered frame: in a large room it is a large frame.
     // `permission` (the joiner's own role) is an addition to the reference's frame: a client learns its role without waiting for a change.
     const position = this.recovery === undefined ? '' : this.recovery.joinLegacy(session, resume);
-    this.backpressure.deliver(session, encodeTextFrame(roomJoinedText(session.id, session.permission, sessions, position)), undefined);
+    const joined = this.backpressure.deliver(session, encodeTextFrame(roomJoinedText(session.id, session.permission, sessions, position)), undefined);
+    this.backpressure.settleCuts();
+    // Cut by its own room_joined (the process cap): it never joins, and nobody hears of it.
+    if (joined === Delivery.CUT) return;
     this.presence(this.rooms.join(session), session, 'session_joined');
   }
 
@@ -167,10 +177,17 @@ export class Relay {
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
       // A member catching up gets the event from its replay (replay.ts).
-      if (member.open && (offset === 0 || member.replay === null) && member.id !== exceptId && member.userId !== exceptUserId)
-        this.backpressure.deliver(member, frame, transientKey);
+      if (
+        member.open &&
+        (offset === 0 || member.replay === null) &&
+        member.id !== exceptId &&
+        member.userId !== exceptUserId &&
+        this.backpressure.deliver(member, frame, transientKey) === Delivery.CUT
+      )
+        this.leave(member);
     }
     this.rooms.unpin(room, members);
+    this.backpressure.settleCuts();
   }
 
   /**
@@ -185,9 +202,18 @@ export class Relay {
     const members = this.rooms.pin(room);
     for (let i = 0; i < members.length; i++) {
       const member = members[i]!;
-      if (member !== sender && member.open && (offset === 0 || member.replay === null)) this.backpressure.deliver(member, frame, transientKey);
+      if (
+        member !== sender &&
+        member.open &&
+        (offset === 0 || member.replay === null) &&
+        this.backpressure.deliver(member, frame, transientKey) === Delivery.CUT
+      ) {
+        this.leave(member);
+      }
     }
     this.rooms.unpin(room, members);
+    // Members the process cap cut aside (not the one a frame was for) leave now.
+    this.backpressure.settleCuts();
   }
 
   /** Send `{"type":"error"}` to one session; the frame was not relayed. */
@@ -200,7 +226,8 @@ export class Relay {
   private writeError(session: Session, code: ErrorCodeValue, message: string, extra = ''): void {
     if (!session.open) return;
     // Through the outbound budget like any ordered event: a session that sends bad frames and never reads is cut, not buffered for.
-    this.backpressure.deliver(session, encodeTextFrame(legacyErrorText(code, message, extra)), undefined);
+    if (this.backpressure.deliver(session, encodeTextFrame(legacyErrorText(code, message, extra)), undefined) === Delivery.CUT) this.leave(session);
+    this.backpressure.settleCuts();
   }
 
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */

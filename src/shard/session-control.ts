@@ -24,7 +24,7 @@ import { CloseCode, type Permission } from '../protocol/events.ts';
 import { legacyEventText, permissionChangedText, sessionUpdated } from '../protocol/event-frames.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
 import { ApiMetric, type MetricsSlot } from '../protocol/metrics.ts';
-import type { Backpressure } from './backpressure.ts';
+import { Delivery, type Backpressure } from './backpressure.ts';
 import type { Relay } from './relay.ts';
 import type { RemoteMember, RoomIndex } from './room-index.ts';
 import { TopicConnection } from './connection.ts';
@@ -121,10 +121,23 @@ export class SessionControl {
   /**
    * Queue the server's `frame` to `session` through its outbound budget, like
    * any ordered event; being the server's, it never gets the session cut by
-   * the hard cap (backpressure.ts).
+   * the hard cap (backpressure.ts). The process cap may cut it all the same:
+   * it then leaves its room (or every topic) at once. Sessions cut aside
+   * meanwhile leave at {@link settleCuts}, which a loop of these runs at its end.
    */
   deliver(session: Session, frame: Buffer): void {
-    this.options.backpressure.deliver(session, frame, undefined, 'server');
+    if (this.options.backpressure.deliver(session, frame, undefined, 'server') === Delivery.CUT) this.leave(session);
+  }
+
+  /** The sessions the process cap cut aside during the caller's loop of {@link deliver} leave their rooms now. */
+  settleCuts(): void {
+    this.options.backpressure.settleCuts();
+  }
+
+  /** Take `session` out of its room (a multiplexed connection: out of every topic) with session_left to the others. */
+  private leave(session: Session): void {
+    if (session instanceof TopicConnection) this.options.leaveTopics?.(session);
+    else this.options.relay.leave(session);
   }
 
   /**
@@ -136,6 +149,7 @@ export class SessionControl {
     const from = session.permission;
     session.setPermission(permission);
     this.deliver(session, encodeTextFrame(permissionChangedText(permission)));
+    this.settleCuts();
     const room = this.options.rooms.get(session.desktopId);
     const event = sessionUpdated(session.stamp, permission, Date.now(), session.infoJson);
     const updated = legacyEventText(event);
@@ -145,6 +159,7 @@ export class SessionControl {
       const members = this.options.rooms.pin(room);
       for (const member of members) if (member !== session && member.open) this.deliver(member, frame);
       this.options.rooms.unpin(room, members);
+      this.settleCuts();
     }
     // Members on other nodes, and the room's multiplexed subscribers, see the new role too.
     this.options.relay.publishToOtherNodes(session.desktopId, updated);
@@ -161,10 +176,9 @@ export class SessionControl {
    */
   end(session: Session, why: EndReason, reason: string): boolean {
     if (!session.open) return false;
-    const { out, relay, metrics, log } = this.options;
+    const { out, metrics, log } = this.options;
     out.flushNow(session.out);
-    if (session instanceof TopicConnection) this.options.leaveTopics?.(session);
-    else relay.leave(session);
+    this.leave(session);
     closeWithGrace(session, END_CODE[why], reason);
     metrics.add(END_METRIC[why]);
     log.info('session_ended', { sessionId: session.id, desktopId: session.desktopId, userId: session.userId, why, code: END_CODE[why] });

@@ -35,6 +35,7 @@ import type { MessagePort } from 'node:worker_threads';
 import { ConnectionLimit } from '../protocol/topics.ts';
 import { TopicConnection } from './connection.ts';
 import { Multiplexed } from './multiplexed.ts';
+import { closeSpread } from './drain-spread.ts';
 import { Recovery } from './recovery.ts';
 import { withOffset } from '../protocol/event-frames.ts';
 import { closeWithGrace } from './socket-reads.ts';
@@ -46,6 +47,16 @@ import { BUS_OVERHEAD_BYTES } from '../protocol/bus.ts';
  * takes microseconds; one that stopped reading never does.
  */
 export const CLOSE_FLUSH_MS = 250;
+
+/** How a shard drains (SIGTERM: spread, 1012; an admin restart: at once, 1012). */
+export interface DrainPlan {
+  /** How long to wait for closing handshakes after the last close frame before cutting the sockets. */
+  timeoutMs: number;
+  /** The window over which the close frames go out, evenly, in a random order (0 = at once). */
+  spreadMs: number;
+  code: number;
+  reason: string;
+}
 
 /** Bytes wait in the session's socket that the kernel has not taken. */
 function holdsUnsentBytes(session: Session): boolean {
@@ -77,6 +88,10 @@ export class Shard {
   private readonly handshake: Handshake;
   private readonly permissions: PermissionSource;
   private draining = false;
+  /** While draining: the close every session gets (one whose join was waiting gets it at once). */
+  private drainClose: { code: number; reason: string } | null = null;
+  /** Sessions cut on this drain because their sockets could not take the close frame, and the bytes they held. */
+  private readonly drainCut = { sessions: 0, bytes: 0 };
   private onEmpty: (() => void) | null = null;
   private readonly pinger: NodeJS.Timeout;
   private readonly out: WriteCoalescer<Session>;
@@ -142,33 +157,29 @@ export class Shard {
       closeAfterMs: config.rateLimitCloseAfterMs,
       messageBytes: config.maxMessageSize,
     };
-    // The coalescer reports backlogs to the backpressure policy, which writes through the coalescer.
-    let backpressure: Backpressure | null = null;
+    // Every part is built after the parts it uses. Where two need each other, the one built first takes the other
+    // once it exists, through one named call (attach, useBus), as the comments below say.
+    // The coalescer needs nothing of the policy; the policy, which writes through it, registers as its backlog listener.
     const out = (this.out = new WriteCoalescer<Session>(metrics, {
       pacing: config.pacing,
       paceIntervalMs: config.paceIntervalMs,
       paceAbove: config.paceAbove,
-      onBacklog: (session, kept) => backpressure!.noteBacklog(session, kept),
     }));
-    backpressure = this.backpressure = new Backpressure(
+    const backpressure = (this.backpressure = new Backpressure(
       {
         maxBufferedBytes: config.maxBufferedBytes,
         slowConsumerTimeoutMs: config.slowConsumerTimeoutMs,
         maxSessionBacklogBytes: config.maxSessionBacklogBytes,
         maxOutboundBytes: config.maxOutboundBytes,
         processOutbound: () => sumOverShards(allMetrics, config.workers, Metric.OUTBOUND_BUFFERED),
-        // A cut session leaves its room at once (session_left), not when its socket finally closes.
-        onCut: (session) => {
-          if (session instanceof TopicConnection) this.multiplexed.cut(session);
-          else this.relay.leave(session);
-          this.updateGauges();
-        },
         onRelease: () => this.memory.request(),
       },
       out,
       metrics,
       log,
-    );
+    ));
+    // Recovery before the routes that stamp and replay through it; it hears of the sessions it must close (a replay
+    // the history overtook) through attach() below, once the relay and the multiplexed route exist.
     const recovery = (this.recovery = new Recovery({
       historyAgeMs: config.historyAgeMs,
       historyEvents: config.historyEvents,
@@ -177,15 +188,81 @@ export class Shard {
       workers: config.workers,
       inUse: (roomKey) => this.rooms.get(roomKey) !== undefined,
       // A replay is the server's doing, not the member's: it never trips the hard cap (and it writes only to drained sockets).
-      deliver: (target, frame) => backpressure.deliver(target as Session, frame, undefined, 'server'),
-      legacyLost: (session) => this.recoveryLost(session),
-      subLost: (sub) => this.multiplexed.recoveryLost(sub),
-      shared: config.historyStream !== '',
+      deliver: (target, frame) => void backpressure.deliver(target as Session, frame, undefined, 'server'),
+      shared: config.historyStream !== '' && config.natsUrls.length > 0,
     }));
     const transient = new Set([...DEFAULT_TRANSIENT_TYPES, ...config.coalesceTypes]);
     // The mutation table in force, built once: the relay's hot path is one lookup in it.
     const mutations: ReadonlySet<string> = new Set(config.mutationTypes);
-    this.limiter = new RateLimiter(this.rateLimit);
+    const limiter = (this.limiter = new RateLimiter(this.rateLimit));
+    // The multiplexed route before the relay and the server API, which use its rooms and connections; it hears
+    // of them through attach() below.
+    const multiplexed = (this.multiplexed = new Multiplexed({
+      shardId: id,
+      config,
+      rooms: this.rooms,
+      backpressure,
+      out,
+      limiter,
+      metrics,
+      log,
+      users,
+      transientTypes: transient,
+      mutationTypes: mutations,
+      claims: fromToken ? new ClaimPermissionSource(config.dev ? 'editor' : null) : null,
+      recovery,
+    }));
+    const relay = (this.relay = new Relay({
+      rooms: this.rooms,
+      out,
+      log,
+      limiter,
+      metrics,
+      backpressure,
+      transientTypes: transient,
+      mutationTypes: mutations,
+      topics: multiplexed.topics,
+      recovery,
+    }));
+    // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
+    const grants: GrantUpdates = {
+      setGrant: (userId, desktopId, permission) => {
+        cache?.setGrant(userId, desktopId, permission);
+        multiplexed.setGrant(userId, desktopId, permission);
+      },
+      forgetUser: (userId) => {
+        cache?.forgetUser(userId);
+        multiplexed.forgetUser(userId);
+      },
+    };
+    const api = (this.api = new ShardApi({
+      shardId: id,
+      config,
+      rooms: this.rooms,
+      relay,
+      backpressure,
+      out,
+      permissions: permissionApi,
+      grants,
+      metrics,
+      log,
+      topics: multiplexed,
+      leaveTopics: (conn) => multiplexed.cut(conn),
+      publishing: {
+        stamp: (roomKey, text, nullPayload) => recovery.stamp(roomKey, text, nullPayload),
+        subscribers: (roomKey, text, exceptUserId, offset) => multiplexed.serverEvent(roomKey, text, exceptUserId, offset),
+        // With the fleet's stream, a publish to a desktop goes there (the federation exists by the time a request is applied).
+        ...(recovery.stream === null ? {} : { toStream: (request) => this.federation?.publishToStream(request) === true }),
+      },
+    }));
+    multiplexed.attach({
+      opened: (conn, identity) => api.openedConnection(conn, identity),
+      closed: (conn) => api.closed(conn),
+      changed: () => this.connectionsChanged(),
+      onBytes: (conn, bytes) => relay.onBytes(conn, bytes),
+    });
+    // The federation last: it delivers other nodes' events to the relay and the topic rooms, which publish through
+    // it, so they take it once it exists (useBus). It only hears the bus after this constructor has returned.
     this.federation =
       config.natsUrls.length === 0
         ? null
@@ -200,8 +277,8 @@ export class Shard {
             deliver: (room, text, transientKey, relayed) => {
               const offset = relayed === true ? recovery.stamp(room.id, text, false) : 0;
               const framed = offset === 0 ? text : withOffset(text, offset);
-              if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset);
-              this.multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset);
+              if (room.members.length > 0) relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset);
+              multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset);
             },
             transientTypes: transient,
             mutationTypes: mutations,
@@ -227,89 +304,34 @@ export class Shard {
                     // The stream's sequence is the offset on every node; the sender, when here, is left out.
                     deliver: (room, text, transientKey, offset, exceptId, exceptUserId) => {
                       const framed = withOffset(text, offset);
-                      if (room.members.length > 0) this.relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset, exceptId, exceptUserId);
-                      this.multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset, exceptId, exceptUserId);
+                      if (room.members.length > 0) relay.deliverRemote(room, encodeTextFrame(framed), transientKey, offset, exceptId, exceptUserId);
+                      multiplexed.topics.fromOtherNode(room.id, framed, transientKey ?? '', offset, exceptId, exceptUserId);
                     },
                     lost: (roomKey) => this.roomLost(roomKey),
                   },
                 }),
           });
     const federation = this.federation;
-    this.multiplexed = new Multiplexed({
-      shardId: id,
-      config,
-      rooms: this.rooms,
-      backpressure,
-      out,
-      limiter: this.limiter,
-      metrics,
-      log,
-      users,
-      transientTypes: transient,
-      mutationTypes: mutations,
-      claims: fromToken ? new ClaimPermissionSource(config.dev ? 'editor' : null) : null,
-      remoteSessionsJson: federation === null ? undefined : (roomKey) => federation.remoteSessionsJson(roomKey),
-      opened: (conn, identity) => this.api.openedConnection(conn, identity),
-      closed: (conn) => this.api.closed(conn),
-      changed: () => {
-        this.updateGauges();
-        if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
-      },
-      onBytes: (conn, bytes) => this.relay.onBytes(conn, bytes),
-      recovery,
-      ...(federation === null || recovery.stream === null ? {} : { prepare: (roomKey, recover) => federation.prepare(roomKey, recover) }),
-    });
     if (federation !== null) {
-      // A subscriber's room listens to the other nodes as a legacy socket's does; it does not wait for the first sync (others arrive as session_joined).
-      this.multiplexed.topics.useBus({
-        admit: (roomKey) => federation.admit(roomKey, noop),
+      relay.useBus(federation);
+      // A subscriber's room listens to the other nodes as a legacy socket's does, and its join waits for the room's first sync as well.
+      multiplexed.topics.useBus({
+        remoteSessionsJson: (roomKey) => federation.remoteSessionsJson(roomKey),
+        admit: (roomKey, ready, resume) => federation.admit(roomKey, ready, resume),
         publish: (roomKey, text, event) => federation.publish(roomKey, text, event),
         roomEmptied: (roomKey) => federation.roomEmptied(roomKey),
       });
     }
-    this.relay = new Relay({
-      rooms: this.rooms,
-      out,
-      log,
-      limiter: this.limiter,
-      metrics,
-      backpressure: this.backpressure,
-      transientTypes: transient,
-      mutationTypes: mutations,
-      bus: federation ?? undefined,
-      topics: this.multiplexed.topics,
-      recovery,
+    // Every part that takes a session out of its room exists: the sessions the policy cuts on its own (the sweep),
+    // or aside of a delivery (the process cap), come here. The one a delivery is for is its caller's (Delivery.CUT).
+    recovery.attach({
+      legacyLost: (session) => this.recoveryLost(session),
+      subLost: (sub) => multiplexed.recoveryLost(sub),
     });
-    // The server API's word on a role or a logout is also the multiplexed route's (its authorize answers and live subscriptions).
-    const multiplexed = this.multiplexed;
-    const grants: GrantUpdates = {
-      setGrant: (userId, desktopId, permission) => {
-        cache?.setGrant(userId, desktopId, permission);
-        multiplexed.setGrant(userId, desktopId, permission);
-      },
-      forgetUser: (userId) => {
-        cache?.forgetUser(userId);
-        multiplexed.forgetUser(userId);
-      },
-    };
-    this.api = new ShardApi({
-      shardId: id,
-      config,
-      rooms: this.rooms,
-      relay: this.relay,
-      backpressure,
-      out,
-      permissions: permissionApi,
-      grants,
-      metrics,
-      log,
-      topics: multiplexed,
-      leaveTopics: (conn) => multiplexed.cut(conn),
-      publishing: {
-        stamp: (roomKey, text, nullPayload) => recovery.stamp(roomKey, text, nullPayload),
-        subscribers: (roomKey, text, exceptUserId, offset) => multiplexed.serverEvent(roomKey, text, exceptUserId, offset),
-        ...(federation === null || recovery.stream === null ? {} : { toStream: (request) => federation.publishToStream(request) }),
-      },
+    backpressure.attach((session) => {
+      if (session instanceof TopicConnection) multiplexed.cut(session);
+      else relay.leave(session);
+      this.updateGauges();
     });
     this.ping = new PingRoute({
       shardId: id,
@@ -426,6 +448,11 @@ export class Shard {
       // It may have gone while its room asked the other nodes who is there.
       if (!session.open) return;
       if (ws.isPaused) ws.resume();
+      // The shard began draining meanwhile: it never joins, and is told to go as the others were.
+      if (this.drainClose !== null) {
+        ws.close(this.drainClose.code, this.drainClose.reason);
+        return;
+      }
       this.relay.join(session, admitted.resume);
       this.api.opened(session, identity, cookie);
       this.updateGauges();
@@ -476,6 +503,12 @@ export class Shard {
     });
   }
 
+  /** A multiplexed connection opened or closed. */
+  private connectionsChanged(): void {
+    this.updateGauges();
+    if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
+  }
+
   /** Legacy sessions and multiplexed connections open on this shard. */
   private get openCount(): number {
     return this.rooms.sessionCount + this.multiplexed.connections.size;
@@ -523,58 +556,80 @@ export class Shard {
   }
 
   /**
-   * Refuse new connections, close every session with `code` and `reason`
-   * (1001 on shutdown, 1012 before an admin restart), and resolve once all
-   * are closed or `timeoutMs` passed (the rest are cut). Resolves with the
+   * Refuse new connections and close every session with the plan's code and
+   * reason: the close frames go out spread evenly over `spreadMs`, in a
+   * random order (drain-spread.ts). Resolves once all are closed, or
+   * `timeoutMs` after the last close frame (the rest are cut), with the
    * number of sessions that were open.
+   *
+   * Everything else keeps running until {@link stop}: the relay, liveness,
+   * the budgets, the bus link (each session's `session_left` reaches the
+   * other nodes as it closes, and their events reach the sessions still
+   * here), and the link to the other shards (their connections may be in
+   * rooms this shard owns, and drain on their own schedule).
    */
-  async drain(timeoutMs: number, code: number = CloseCode.GOING_AWAY, reason = 'server shutting down'): Promise<number> {
+  async drain({ timeoutMs, spreadMs, code, reason }: DrainPlan): Promise<number> {
     this.draining = true;
-    // Other nodes hear that every session here left before the sessions are even closed.
-    const bus = this.federation?.close(Math.min(timeoutMs, 2000));
-    clearInterval(this.pinger);
+    this.drainClose = { code, reason };
+    // Probes hold nothing to hand over: they go at once.
     this.ping.close(code, reason);
-    this.backpressure.stop();
-    this.memory.stop();
-    this.api.stop();
-    this.recovery.stop();
-    // Frames already queued go out ahead of the close frames.
-    this.out.flushAll();
-    this.out.stop();
-    this.multiplexed.closeLink();
-    const open = this.openCount;
+    const sessions = [...this.rooms.allSessions(), ...this.multiplexed.connections];
+    const open = sessions.length;
     if (open > 0) {
       const empty = new Promise<void>((resolve) => {
         this.onEmpty = resolve;
       });
-      const sessions = [...this.rooms.allSessions(), ...this.multiplexed.connections];
-      for (const session of sessions) session.ws.close(code, reason);
-      const started = Date.now();
-      // A socket that cannot take its close frame (it waits behind a backlog
-      // the peer does not read) would hold the drain to its deadline, and
-      // the process's exit with it: cut it once the others had a moment.
-      const backlogged = sessions.filter(holdsUnsentBytes);
-      if (backlogged.length > 0 && !(await withDeadline(empty, Math.min(CLOSE_FLUSH_MS, timeoutMs)))) this.cutUnflushed(backlogged);
-      await withDeadline(empty, Math.max(0, timeoutMs - (Date.now() - started)));
-      for (const session of [...this.rooms.allSessions(), ...this.multiplexed.connections]) session.ws.terminate();
+      this.log.info('drain_started', { sessions: open, spreadMs });
+      await closeSpread(sessions, spreadMs, this.closeDraining);
+      await withDeadline(empty, timeoutMs);
+      const rest = [...this.rooms.allSessions(), ...this.multiplexed.connections];
+      for (const session of rest) session.ws.terminate();
+      // Their close handlers run on the next turns: each leaves its room (session_left) while the bus link is up.
+      if (rest.length > 0) await withDeadline(empty, CLOSE_FLUSH_MS);
     }
-    await bus;
-    await this.permissions.close();
-    await this.multiplexed.close();
+    if (this.drainCut.sessions > 0) this.log.info('drain_cut', this.drainCut);
     return open;
   }
 
-  /** Cut the draining sessions whose sockets still hold bytes the kernel would not take, their close frame among them. */
-  private cutUnflushed(sessions: Session[]): void {
-    let cut = 0;
-    let bytes = 0;
-    for (const session of sessions) {
-      if (!holdsUnsentBytes(session)) continue;
-      cut++;
-      bytes += session.socket.writableLength;
-      session.ws.terminate();
-    }
-    if (cut > 0) this.log.info('drain_cut', { sessions: cut, bytes });
+  /** A draining session's turn: what it was sent goes out ahead of its close frame. */
+  private readonly closeDraining = (session: Session): void => {
+    // Gone meanwhile (left by itself, cut as a slow consumer).
+    if (!session.open) return;
+    const { code, reason } = this.drainClose!;
+    this.out.flushNow(session.out);
+    session.ws.close(code, reason);
+    // A socket that cannot take its close frame (it waits behind a backlog
+    // the peer does not read) would hold the drain to its deadline, and the
+    // process's exit with it: cut it once it had a moment.
+    if (holdsUnsentBytes(session)) setTimeout(this.cutUnflushed, CLOSE_FLUSH_MS, session).unref();
+  };
+
+  /** Cut a draining session whose socket still holds bytes the kernel would not take, its close frame among them. */
+  private readonly cutUnflushed = (session: Session): void => {
+    if (!holdsUnsentBytes(session)) return;
+    this.drainCut.sessions++;
+    this.drainCut.bytes += session.socket.writableLength;
+    session.ws.terminate();
+  };
+
+  /**
+   * After the drain (every shard's, on shutdown): stop the timers, tell the
+   * other nodes that any session still here left, close the bus link (at
+   * most `busTimeoutMs`) and the links to the other shards.
+   */
+  async stop(busTimeoutMs: number): Promise<void> {
+    this.draining = true;
+    clearInterval(this.pinger);
+    this.backpressure.stop();
+    this.memory.stop();
+    this.api.stop();
+    this.recovery.stop();
+    this.out.flushAll();
+    this.out.stop();
+    await this.federation?.close(busTimeoutMs);
+    this.multiplexed.closeLink();
+    await this.permissions.close();
+    await this.multiplexed.close();
   }
 
   /** Peer nodes and the bus connection, for /stats (null without federation). */
@@ -582,5 +637,3 @@ export class Shard {
     return this.federation?.stats() ?? null;
   }
 }
-
-function noop(): void {}

@@ -38,7 +38,7 @@ import {
   unsubscribedText,
   type TopicErrorCodeValue,
 } from '../protocol/topics.ts';
-import type { Backpressure } from './backpressure.ts';
+import { Delivery, type Backpressure } from './backpressure.ts';
 import { Subscription, type QueuedOp, type TopicConnection } from './connection.ts';
 import type { RateLimiter } from './rate-limiter.ts';
 import { closeAndCut, pauseReads } from './socket-reads.ts';
@@ -53,8 +53,6 @@ export interface TopicOpsOptions {
   mutationTypes: ReadonlySet<string>;
   metrics: MetricsSlot;
   log: Logger;
-  /** Before a subscriber joins a room this shard owns: the room follows the fleet's stream, and a resume's events are fetched from it (`--history-stream`). */
-  prepare?: (roomKey: string, recover: ResumePosition | undefined) => Promise<void>;
 }
 
 const ANSWER: Record<AuthorizeErrorCodeValue, TopicErrorCodeValue> = {
@@ -62,6 +60,8 @@ const ANSWER: Record<AuthorizeErrorCodeValue, TopicErrorCodeValue> = {
   [AuthorizeErrorCode.FORBIDDEN]: TopicErrorCode.FORBIDDEN,
   [AuthorizeErrorCode.NOT_FOUND]: TopicErrorCode.NOT_FOUND,
   [AuthorizeErrorCode.INTERNAL]: TopicErrorCode.INTERNAL,
+  // The app's wire has no code for it: `internal` is what a timeout would have answered, later.
+  [AuthorizeErrorCode.BUSY]: TopicErrorCode.INTERNAL,
 };
 
 const OPS: ReadonlySet<string> = new Set(Object.values(Op));
@@ -221,18 +221,7 @@ export class TopicOps {
       return 'done';
     }
     if (!conn.busy.has(topic)) conn.busy.set(topic, []);
-    const prepare = this.options.prepare;
-    const roomKey = roomKeyOf(topic);
-    const authorized =
-      prepare === undefined || !this.rooms.owns(roomKey)
-        ? this.options.authorizer.authorize(conn.identity, topic)
-        : this.options.authorizer.authorize(conn.identity, topic).then((permission) =>
-            prepare(roomKey, op.recover).then(
-              () => permission,
-              () => permission,
-            ),
-          );
-    authorized.then(
+    this.options.authorizer.authorize(conn.identity, topic).then(
       (permission) => this.authorized(conn, topic, ref, permission, op.recover),
       (err: unknown) => this.refused(conn, topic, ref, err),
     );
@@ -402,7 +391,11 @@ export class TopicOps {
 
   /** Through the outbound budget like any ordered frame. */
   private send(conn: TopicConnection, text: string): void {
-    if (conn.open) this.options.backpressure.deliver(conn, encodeTextFrame(text), undefined);
+    if (!conn.open) return;
+    const backpressure = this.options.backpressure;
+    // Cut by its own answer: it leaves every topic at once, as multiplexed.ts cut does.
+    if (backpressure.deliver(conn, encodeTextFrame(text), undefined) === Delivery.CUT) this.closed(conn);
+    backpressure.settleCuts();
   }
 
   /** The user's message bucket, as on the legacy route (relay.ts), its notices in this route's framing. */

@@ -22,9 +22,10 @@ import type { LinkMessage } from '../protocol/messages.ts';
 import { legacyEventText, legacyToTopicText, sessionUpdated, topicEventText, type RoomEvent } from '../protocol/event-frames.ts';
 import { positionMembers, type ResumePosition } from '../protocol/resume.ts';
 import { roomKeyOf } from '../protocol/topics.ts';
-import type { Backpressure } from './backpressure.ts';
+import { Delivery, type Backpressure } from './backpressure.ts';
 import type { Subscription } from './connection.ts';
 import type { Room, RoomIndex } from './room-index.ts';
+import type { Session } from './session.ts';
 import type { ShardLink } from './shard-link.ts';
 
 export interface TopicRoomsOptions {
@@ -35,8 +36,6 @@ export interface TopicRoomsOptions {
   log: Logger;
   /** Types only the newest of matters to a slow recipient. */
   transientTypes: ReadonlySet<string>;
-  /** The room's legacy sessions on other nodes (federation), as comma-separated SessionInfo JSON. */
-  remoteSessionsJson?: (roomKey: string) => string;
   /** Most sessions a room holds, every kind counted (--max-room-size; 0 = no limit). */
   maxRoomSize: number;
   /** Offsets, history and replays (recovery.ts). */
@@ -64,8 +63,15 @@ export interface TopicRecovery {
 
 /** What the rooms need of the federation (shard/federation/): the room of a new subscriber listens to the other nodes, and every subscriber's event goes to them. */
 export interface TopicBus {
-  /** A subscriber joined the room (the first one subscribes it on the bus and asks who is there). */
-  admit(roomKey: string): void;
+  /** The room's sessions on other nodes, as comma-separated SessionInfo JSON (or ''). */
+  remoteSessionsJson(roomKey: string): string;
+  /**
+   * A subscriber wants to join the room: `ready` runs once it may, at once
+   * unless the room is new to this node, which then subscribes on the bus,
+   * asks who is there, and runs `ready` once the others answered (at most
+   * 500 ms), as a legacy socket's join waits, so that the ack lists them.
+   */
+  admit(roomKey: string, ready: () => void, resume?: ResumePosition): void;
   /** Publish an event of the room (`legacyText` its legacy framing) to the other nodes. */
   publish(roomKey: string, legacyText: string, event: RoomEvent): void;
   /** The room has no session of this node any more. */
@@ -84,6 +90,8 @@ export class TopicRooms {
   private readonly followers = new Map<string, Set<Subscription>>();
   /** `sessionId\0topic` → a join sent to another shard, not answered yet. */
   private readonly joining = new Map<string, Subscription>();
+  /** Owner side: `sessionId\0topic` of the joins from other shards waiting for the room's first sync with the other nodes; a leave meanwhile takes its key out. */
+  private readonly admitting = new Set<string>();
   /** The owner answered a join (`sessions`: the others; `position`: the ack's epoch, offset and recovered members). */
   onJoined: (sub: Subscription, sessions: string, position: string) => void = () => {};
   /** The owner of a room `sub` holds or is joining restarted: the subscription is gone. */
@@ -106,11 +114,6 @@ export class TopicRooms {
     this.bus = bus;
   }
 
-  /** Whether this shard owns `roomKey`'s room. */
-  owns(roomKey: string): boolean {
-    return this.ownerOf(roomKey) === this.options.shardId;
-  }
-
   /** The shard that owns `roomKey`'s room: the router's hash, also federation's. */
   ownerOf(roomKey: string): number {
     return fnv1a32(roomKey) % this.options.workers;
@@ -121,28 +124,54 @@ export class TopicRooms {
   /** Put `sub` in its room (here, or through its owner); on a fresh ack of a held topic, ask again for the list. */
   join(sub: Subscription): JoinResult {
     if (sub.owner === this.options.shardId) {
-      const room = this.rooms.ensure(sub.roomKey);
-      const sessions = this.sessionsJson(room, sub.conn.id);
       // A topic held already is live: a recover asked again replays nothing.
-      if (sub.state === 'joined') return { sessions, position: this.heldPosition(sub) };
-      if (this.full(room)) {
-        this.rooms.dropIfEmpty(room);
-        return 'full';
-      }
-      // Before it is in the room: from here, the room's live events skip it while it replays.
-      const position = this.options.recovery?.joinSub(sub) ?? '';
-      sub.recover = undefined;
-      this.rooms.addSub(sub);
-      sub.state = 'joined';
-      this.bus?.admit(room.id);
-      this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
-      return { sessions, position };
+      if (sub.state === 'joined') return { sessions: this.sessionsJson(this.rooms.ensure(sub.roomKey), sub.conn.id), position: this.heldPosition(sub) };
+      if (this.bus === null) return this.enter(sub);
+      // The room's first sync with the other nodes may hold the join (onJoined, onFull then answer it).
+      let waited = false;
+      let result: JoinResult = 'pending';
+      // With the fleet's stream, the room follows it first, and a resume is read from it (`sub.recover`).
+      this.bus.admit(
+        sub.roomKey,
+        () => {
+          if (!waited) result = this.enter(sub);
+          else this.entered(sub);
+        },
+        sub.recover,
+      );
+      waited = true;
+      return result;
     }
     const message: LinkMessage = { k: 'join', topic: sub.topic, sid: sub.conn.id, info: sub.infoJson, stamp: sub.conn.stamp, at: sub.conn.connectedAt };
     if (sub.recover !== undefined) message.rec = sub.recover;
     if (this.link === null || !this.link.send(sub.owner, message)) return 'unavailable';
     this.joining.set(`${sub.conn.id}\0${sub.topic}`, sub);
     return 'pending';
+  }
+
+  /** Put `sub` in its room, owned here, now: its room's other sessions and its position, or 'full'. */
+  private enter(sub: Subscription): JoinResult {
+    const room = this.rooms.ensure(sub.roomKey);
+    const sessions = this.sessionsJson(room, sub.conn.id);
+    if (this.full(room)) {
+      this.rooms.dropIfEmpty(room);
+      return 'full';
+    }
+    // Before it is in the room: from here, the room's live events skip it while it replays.
+    const position = this.options.recovery?.joinSub(sub) ?? '';
+    sub.recover = undefined;
+    this.rooms.addSub(sub);
+    sub.state = 'joined';
+    this.broadcast(room, this.presence(sub, 'session_joined'), sub.conn.id, '');
+    return { sessions, position };
+  }
+
+  /** The room's first sync ended: `sub` joins, unless its connection closed or let the topic go meanwhile (then nobody hears of it). */
+  private entered(sub: Subscription): void {
+    if (!sub.conn.open || sub.conn.topics.get(sub.topic) !== sub) return;
+    const result = this.enter(sub);
+    if (result === 'full') this.onFull(sub);
+    else if (typeof result === 'object') this.onJoined(sub, result.sessions, result.position);
   }
 
   /** The position members of a fresh ack for a held topic: `recovered: false` when a recover was asked (nothing is replayed). */
@@ -157,6 +186,9 @@ export class TopicRooms {
   /** Take `sub` out of its room (session_left to the others). */
   leave(sub: Subscription): void {
     sub.replay = null;
+    const key = `${sub.conn.id}\0${sub.topic}`;
+    // A join through the link not answered yet: the owner may still be waiting to let it in, and must not.
+    if (sub.state !== 'joined' && this.joining.get(key) === sub) this.link?.send(sub.owner, { k: 'leave', topic: sub.topic, sid: sub.conn.id });
     if (sub.state !== 'joined') return;
     sub.state = 'joining';
     if (sub.owner === this.options.shardId) {
@@ -227,7 +259,7 @@ export class TopicRooms {
     for (const member of room.members) if (member.id !== exceptId) parts.push(member.infoJson);
     for (const sub of room.subs) if (sub.conn.id !== exceptId) parts.push(sub.infoJson);
     if (room.remote !== null) for (const member of room.remote.values()) if (member.sessionId !== exceptId) parts.push(member.infoJson);
-    const nodes = this.options.remoteSessionsJson?.(room.id) ?? '';
+    const nodes = this.bus?.remoteSessionsJson(room.id) ?? '';
     if (nodes !== '') parts.push(nodes);
     return parts.join(',');
   }
@@ -247,9 +279,10 @@ export class TopicRooms {
         const member = members[i]!;
         if (member.id === exceptId || !member.open || (ordered && member.replay !== null)) continue;
         frame ??= encodeTextFrame(legacyEventText(event));
-        this.options.backpressure.deliver(member, frame, transientKey === '' ? undefined : transientKey);
+        this.deliver(member, frame, transientKey);
       }
       this.rooms.unpin(room, members);
+      if (frame !== null) this.options.backpressure.settleCuts();
     }
     this.fanOut(room, event, exceptId, transientKey);
     if (this.bus !== null) {
@@ -339,9 +372,21 @@ export class TopicRooms {
       const conn = sub.conn;
       if (!conn.open || conn.id === exceptId || conn.userId === exceptUserId || (offset !== 0 && sub.replay !== null)) continue;
       frame ??= encodeTextFrame(text);
-      this.options.backpressure.deliver(conn, frame, transientKey === '' ? undefined : transientKey);
+      this.deliver(conn, frame, transientKey);
     }
     this.rooms.unpinSubs(room, subs);
+    if (frame !== null) this.options.backpressure.settleCuts();
+  }
+
+  /**
+   * `frame` to one member of a room. One this cuts is passed on to the
+   * shard's cut handler, which the caller's loop settles when it ends: a
+   * legacy member leaves through the relay, a connection every topic
+   * through its ops, and neither is this file's to call.
+   */
+  private deliver(member: Session, frame: Buffer, transientKey: string): void {
+    const backpressure = this.options.backpressure;
+    if (backpressure.deliver(member, frame, transientKey === '' ? undefined : transientKey) === Delivery.CUT) backpressure.passOn(member);
   }
 
   /** The coalescing key of an event, or '' when its type is not transient. */
@@ -426,14 +471,32 @@ export class TopicRooms {
           // A subscriber catching up gets it from its replay (recovery.ts).
           if (message.o !== undefined && sub.replay !== null) continue;
           frame ??= encodeTextFrame(message.text);
-          this.options.backpressure.deliver(sub.conn, frame, message.transient === '' ? undefined : message.transient);
+          this.deliver(sub.conn, frame, message.transient);
         }
+        if (frame !== null) this.options.backpressure.settleCuts();
         return;
       }
     }
   }
 
   private remoteJoin(from: number, join: Extract<LinkMessage, { k: 'join' }>): void {
+    const roomKey = roomKeyOf(join.topic);
+    if (this.bus === null || this.rooms.get(roomKey)?.remote?.has(join.sid) === true) return this.remoteEnter(from, join);
+    // As a local subscriber's: the room's first sync with the other nodes may hold it.
+    const key = `${join.sid}\0${join.topic}`;
+    this.admitting.add(key);
+    this.bus.admit(
+      roomKey,
+      () => {
+        // Its connection closed meanwhile: the follower still gets its answer, and nobody hears of a join.
+        if (!this.admitting.delete(key)) this.link?.send(from, { k: 'joined', topic: join.topic, sid: join.sid, sessions: '' });
+        else this.remoteEnter(from, join);
+      },
+      join.rec,
+    );
+  }
+
+  private remoteEnter(from: number, join: Extract<LinkMessage, { k: 'join' }>): void {
     const { topic, sid, info, stamp, at: connectedAt } = join;
     const room = this.rooms.ensure(roomKeyOf(topic));
     const again = room.remote?.has(sid) === true;
@@ -448,7 +511,6 @@ export class TopicRooms {
       remote.set(sid, { sessionId: sid, infoJson: info, stamp, shard: from, connectedAt });
       const peers = (room.peers ??= new Map());
       peers.set(from, (peers.get(from) ?? 0) + 1);
-      this.bus?.admit(room.id);
     }
     const answer: LinkMessage = { k: 'joined', topic, sid, sessions };
     const recovery = this.options.recovery;
@@ -463,6 +525,7 @@ export class TopicRooms {
   }
 
   private remoteLeave(topic: string, sid: string): void {
+    if (this.admitting.delete(`${sid}\0${topic}`)) return;
     const room = this.rooms.get(roomKeyOf(topic));
     const member = room?.remote?.get(sid);
     if (room === undefined || member === undefined) return;

@@ -5,7 +5,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { ServeConfig } from '../config.ts';
 import { createLogger } from '../log.ts';
-import { CloseCode } from '../protocol/events.ts';
+import { CloseCode, SERVICE_RESTART_REASON } from '../protocol/events.ts';
 import { reportLingeringTo } from '../linger.ts';
 import type { PrimaryToShard, ShardToPrimary, ShardWorkerData, StatsReply } from '../protocol/messages.ts';
 import { MetricsSlot } from '../protocol/metrics.ts';
@@ -63,16 +63,20 @@ port.on('message', (message: PrimaryToShard) => {
       void shard.applyApi(message.request).then((outcome) => send({ type: 'api', id: message.request.id, outcome }));
       break;
     case 'drain':
-      // Shutdown: end the thread ourselves once drained. A worker the primary terminates
+      void shard
+        .drain({ timeoutMs: message.timeoutMs, spreadMs: message.spreadMs, code: CloseCode.SERVICE_RESTART, reason: SERVICE_RESTART_REASON })
+        .then((closed) => send({ type: 'drained', closed }));
+      break;
+    case 'stop':
+      // Shutdown: end the thread ourselves once stopped. A worker the primary terminates
       // exits with code 1, and a clean shutdown then read like a crash in the logs.
-      // The primary's 'exit' comes after every message posted before it ('drained').
-      void shard.drain(message.timeoutMs).then((closed) => {
-        send({ type: 'drained', closed });
-        process.exit(0);
-      });
+      void shard.stop(message.timeoutMs).then(() => process.exit(0));
       break;
     case 'restart':
-      void shard.drain(message.timeoutMs, CloseCode.SERVICE_RESTART, 'service restart').then((closed) => send({ type: 'drained', closed }));
+      void shard.drain({ timeoutMs: message.timeoutMs, spreadMs: 0, code: CloseCode.SERVICE_RESTART, reason: SERVICE_RESTART_REASON }).then(async (closed) => {
+        await shard.stop(message.timeoutMs);
+        send({ type: 'drained', closed });
+      });
       break;
   }
 });

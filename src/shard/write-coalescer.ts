@@ -63,7 +63,7 @@ import { SHARED_FRAME_BYTES, SharedFrames, type SharedQueue } from './shared-fra
 import { SlabPool } from './slab-pool.ts';
 
 /** The pacing options come from the server's configuration (src/config.ts holds their defaults). */
-export interface CoalescerOptions<O extends OutboundOwner = OutboundOwner> {
+export interface CoalescerOptions {
   pacing: PacingMode;
   /** A paced socket is written once per this many ms (`always`), or at most this far apart (`auto`). */
   paceIntervalMs: number;
@@ -71,13 +71,19 @@ export interface CoalescerOptions<O extends OutboundOwner = OutboundOwner> {
   paceAbove: number;
   /** Length of the rate window a socket's speed is judged on, and of `auto`'s load samples (tests shorten it). */
   rateWindowMs?: number;
-  /**
-   * Called after a write that the socket could not hand to the kernel whole
-   * (backpressure.ts counts those backlogs), with the bytes of that write
-   * the socket kept (0 for a shared frame, which is counted once, here).
-   */
-  onBacklog?: (owner: O, keptBytes: number) => void;
 }
+
+/** Who counts the backlogs the coalescer leaves in sockets (backpressure.ts), registered with {@link WriteCoalescer.attach}. */
+export interface BacklogListener<O extends OutboundOwner = OutboundOwner> {
+  /**
+   * Called after a write that the socket could not hand to the kernel whole,
+   * with the bytes of that write the socket kept (0 for a shared frame,
+   * which is counted once, here).
+   */
+  noteBacklog(owner: O, keptBytes: number): void;
+}
+
+const NO_LISTENER: BacklogListener<never> = { noteBacklog() {} };
 
 export const RATE_WINDOW_MS = 100;
 /** How often the slab pool lets go of size classes it did not use (slab-pool.ts `decay`). */
@@ -136,14 +142,14 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
   /** Coarse clock (ms), read once per turn rather than per frame. */
   private now = performance.now();
   private readonly sampler: LoadSampler | null;
-  private readonly onBacklog: (owner: O, keptBytes: number) => void;
+  /** The backpressure policy, once it is built on this coalescer. */
+  private backlogs: BacklogListener<O> = NO_LISTENER;
   private readonly decayTimer: NodeJS.Timeout;
   private readonly sharedFrames = new SharedFrames();
   private queued = 0;
 
-  constructor(metrics: MetricsSlot, options: CoalescerOptions<O>) {
+  constructor(metrics: MetricsSlot, options: CoalescerOptions) {
     this.metrics = metrics;
-    this.onBacklog = options.onBacklog ?? (() => {});
     this.rateWindowMs = options.rateWindowMs ?? RATE_WINDOW_MS;
     this.fastFrames = Math.max(1, Math.ceil((options.paceAbove * this.rateWindowMs) / 1000));
     this.control = new PaceControl(options.pacing, options.paceIntervalMs);
@@ -157,6 +163,15 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
     this.decayTimer = setInterval(() => this.slabs.decay(), SLAB_DECAY_MS);
     this.decayTimer.unref();
     this.sampler = options.pacing === 'auto' ? new LoadSampler(this.rateWindowMs, (load) => this.sampleLoad(load)) : null;
+  }
+
+  /**
+   * Report backlogs to `listener` from now on. The backpressure policy calls
+   * it from its own constructor: it writes through the coalescer, so the
+   * coalescer is built first and cannot be handed the policy.
+   */
+  attach(listener: BacklogListener<O>): void {
+    this.backlogs = listener;
   }
 
   /** The outbound queue of a new socket, with its rate window and its wheel bucket for life. */
@@ -269,7 +284,7 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
     this.sharedFrames.hold(queue, frame);
     owner.socket.write(frame, queue.done);
     this.metrics.values[Metric.OUTBOUND_WRITES]! += 1;
-    if (owner.socket.writableLength !== 0) this.onBacklog(owner, 0);
+    if (owner.socket.writableLength !== 0) this.backlogs.noteBacklog(owner, 0);
   }
 
   private count(bytes: number): void {
@@ -352,7 +367,7 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
         const before = socket.writableLength;
         socket.write(single);
         this.metrics.values[metric]! += 1;
-        if (socket.writableLength !== 0) this.onBacklog(owner, socket.writableLength - before);
+        if (socket.writableLength !== 0) this.backlogs.noteBacklog(owner, socket.writableLength - before);
       }
       return;
     }
@@ -364,7 +379,7 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
       // write() (uv_try_write): the kernel has the bytes and the slab is free.
       // Otherwise the stream still references it, and it leaves with the write.
       if (socket.writableLength === 0) this.slabs.give(outbox!);
-      else this.onBacklog(owner, socket.writableLength - before);
+      else this.backlogs.noteBacklog(owner, socket.writableLength - before);
     } else {
       this.slabs.give(outbox!);
     }

@@ -10,6 +10,7 @@
 import { once } from 'node:events';
 import { createServer, type Socket } from 'node:net';
 import { resolveServeConfig, type ServeConfig } from '../../src/config.ts';
+import { CloseCode, SERVICE_RESTART_REASON } from '../../src/protocol/events.ts';
 import { parseRequestHead } from '../../src/protocol/http.ts';
 import { createMetricsBuffer, MetricsSlot } from '../../src/protocol/metrics.ts';
 import { createUserConnectionsBuffer, UserConnections } from '../../src/protocol/user-connections.ts';
@@ -71,7 +72,9 @@ export async function inProcessServer(t: Scope, options: Parameters<typeof resol
   const { port } = server.address() as { port: number };
   t.after(async () => {
     server.close();
-    await Promise.all(shards.map((shard) => shard.drain(1000)));
+    const plan = { timeoutMs: 1000, spreadMs: 0, code: CloseCode.SERVICE_RESTART, reason: SERVICE_RESTART_REASON };
+    await Promise.all(shards.map((shard) => shard.drain(plan)));
+    await Promise.all(shards.map((shard) => shard.stop(1000)));
   });
   return {
     config,

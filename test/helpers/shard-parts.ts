@@ -19,7 +19,7 @@ import type { LogLevel } from '../../src/config.ts';
 import type { LogFields, Logger } from '../../src/log.ts';
 import { DEFAULT_MUTATION_TYPES, type Permission } from '../../src/protocol/events.ts';
 import { createMetricsBuffer, Metric, MetricsSlot, sumOverShards } from '../../src/protocol/metrics.ts';
-import { Backpressure, type BackpressureOptions } from '../../src/shard/backpressure.ts';
+import { Backpressure, Delivery, type BackpressureOptions, type FrameSource } from '../../src/shard/backpressure.ts';
 import { RateLimiter, type RateLimitOptions } from '../../src/shard/rate-limiter.ts';
 import { Relay, type RelayBus } from '../../src/shard/relay.ts';
 import { RoomIndex } from '../../src/shard/room-index.ts';
@@ -133,7 +133,7 @@ export interface PartsOptions {
   /** Defaults: no limit (perSecond 0), burst 10, closeAfterMs 10 s, messageBytes 4096. */
   rateLimit?: Partial<RateLimitOptions>;
   /** Defaults: the server's (1 MiB soft budget, 10 s timeout, 4 MiB hard cap, 256 MiB process cap), the process being this shard and {@link Parts.otherShard}. */
-  backpressure?: Partial<Omit<BackpressureOptions, 'onCut' | 'onRelease'>>;
+  backpressure?: Partial<Omit<BackpressureOptions, 'onRelease'>>;
   transientTypes?: string[];
   /** The mutation table (default: the protocol's default list, as the server's). */
   mutationTypes?: readonly string[];
@@ -153,8 +153,15 @@ export interface Parts {
   /** The metrics slot of another shard of the same process (its OUTBOUND_BUFFERED counts against the process cap). */
   otherShard: MetricsSlot;
   log: Logger & { entries: LogEntry[] };
-  /** Sessions the backpressure policy cut, in order. */
-  cuts: Session[];
+  /** Sessions the backpressure policy cut, in order (from its slow_consumer_close lines), however their rooms heard. */
+  readonly cuts: Session[];
+  /** Sessions the shard's cut handler took out of their rooms (the sweep's cuts, and those a delivery cut aside), in order. */
+  handled: Session[];
+  /**
+   * Deliver `frame` to `session` as the relay does: a session this cuts
+   * leaves its room, then the sessions cut aside meanwhile leave theirs.
+   */
+  deliver(session: Session, frame: Buffer, transientKey?: string, source?: FrameSource): Delivery;
   /** Calls of onRelease. */
   releases: { count: number };
   /** Open a WebSocket connection and make its Session (not joined to its room). */
@@ -170,18 +177,11 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
   const metrics = new MetricsSlot(allMetrics, 0);
   const otherShard = new MetricsSlot(allMetrics, 1);
   const log = recordingLogger(options.debug ?? false);
-  const cuts: Session[] = [];
+  const handled: Session[] = [];
   const releases = { count: 0 };
   const rooms = new RoomIndex();
-  let backpressure: Backpressure | null = null;
-  const out = new WriteCoalescer<Session>(metrics, {
-    pacing: 'off',
-    paceIntervalMs: 32,
-    paceAbove: 200,
-    onBacklog: (session, kept) => backpressure!.noteBacklog(session, kept),
-  });
-  let relay: Relay | null = null;
-  backpressure = new Backpressure(
+  const out = new WriteCoalescer<Session>(metrics, { pacing: 'off', paceIntervalMs: 32, paceAbove: 200 });
+  const backpressure = new Backpressure(
     {
       maxBufferedBytes: 1024 * 1024,
       slowConsumerTimeoutMs: 10_000,
@@ -189,10 +189,6 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
       maxOutboundBytes: 256 * 1024 * 1024,
       processOutbound: () => sumOverShards(allMetrics, 2, Metric.OUTBOUND_BUFFERED),
       ...options.backpressure,
-      onCut: (session) => {
-        cuts.push(session);
-        relay!.leave(session);
-      },
       onRelease: () => void releases.count++,
     },
     out,
@@ -200,7 +196,7 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
     log,
   );
   const limiter = new RateLimiter({ perSecond: 0, burst: 10, closeAfterMs: 10_000, messageBytes: 4096, ...options.rateLimit });
-  relay = new Relay({
+  const relay = new Relay({
     rooms,
     out,
     log,
@@ -209,7 +205,12 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
     backpressure,
     transientTypes: new Set(options.transientTypes ?? ['asset_dragging']),
     mutationTypes: new Set(options.mutationTypes ?? DEFAULT_MUTATION_TYPES),
-    bus: options.bus,
+  });
+  if (options.bus !== undefined) relay.useBus(options.bus);
+  // As the shard registers its handler once every part exists (no multiplexed connections here).
+  backpressure.attach((session) => {
+    handled.push(session);
+    relay.leave(session);
   });
 
   const wss = new WebSocketServer({ noServer: true, clientTracking: false, perMessageDeflate: false });
@@ -222,6 +223,7 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
   await once(server, 'listening');
   const { port } = server.address() as { port: number };
   const members: Member[] = [];
+  const byId = new Map<string, Session>();
   t.after(() => {
     backpressure.stop();
     out.stop();
@@ -248,18 +250,43 @@ export async function shardParts(t: TestContext, options: PartsOptions = {}): Pr
       socket,
       rate: limiter.acquire(userId, Date.now()),
       outbound: (self) => out.newOutbound(self),
-      budget: backpressure!.newBudget(),
+      budget: backpressure.newBudget(),
     });
     const member = { session, client };
     members.push(member);
+    byId.set(session.id, session);
     return member;
   }
 
   async function join(firstName: string, opts: OpenOptions = {}): Promise<Member & { joined: Record<string, unknown> }> {
     const member = await open(firstName, opts);
-    relay!.join(member.session);
+    relay.join(member.session);
     return { ...member, joined: await member.client.json() };
   }
 
-  return { rooms, out, backpressure, limiter, relay, metrics, otherShard, log, cuts, releases, open, join };
+  function deliver(session: Session, frame: Buffer, transientKey?: string, source?: FrameSource): Delivery {
+    const verdict = backpressure.deliver(session, frame, transientKey, source);
+    if (verdict === Delivery.CUT) relay.leave(session);
+    backpressure.settleCuts();
+    return verdict;
+  }
+
+  return {
+    rooms,
+    out,
+    backpressure,
+    limiter,
+    relay,
+    metrics,
+    otherShard,
+    log,
+    get cuts() {
+      return log.entries.filter((e) => e.event === 'slow_consumer_close').map((e) => byId.get(e.fields!.sessionId as string)!);
+    },
+    handled,
+    releases,
+    deliver,
+    open,
+    join,
+  };
 }

@@ -156,11 +156,6 @@ export class Federation {
     else join();
   }
 
-  /** A subscriber is about to join `roomKey` (`--history-stream`): see {@link admit}; resolves when it may. */
-  prepare(roomKey: string, resume: ResumePosition | undefined): Promise<void> {
-    return new Promise((resolve) => this.admit(roomKey, resolve, resume));
-  }
-
   /**
    * The last local session of `desktopId` left. The room keeps listening for
    * a while, so that a tab that reconnects (or flaps) does not make every
