@@ -18,15 +18,17 @@ import { startPermissionStub } from './helpers/permission-stub.ts';
 import { desktop, type Scope } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
 import { connectTopics, expectOp } from './helpers/topics.ts';
-import { api, API_KEY } from './helpers/api.ts';
+import { api, API_KEY, desktopOnShard } from './helpers/api.ts';
 import { token, user } from './helpers/tokens.ts';
 
-async function node(t: Scope, id: string, natsUrl: string, stubBase: string, stream = 'moodio'): Promise<ServerProcess> {
+async function node(t: Scope, id: string, natsUrl: string, stubBase: string, stream = 'moodio', workers = 1): Promise<ServerProcess> {
   const args = ['--nats-url', natsUrl, '--node-id', id, '--rate-limit', '0', '--api-key', API_KEY];
   if (stream !== '') args.push('--history-stream', stream);
-  const server = await startServer(t, { workers: 1, permissionApiBase: stubBase, args });
-  await server.waitForLog((l) => l.event === 'federation_connected');
-  if (stream !== '') await server.waitForLog((l) => l.event === 'history_stream_epoch');
+  const server = await startServer(t, { workers, permissionApiBase: stubBase, args });
+  for (let w = 0; w < workers; w++) {
+    await server.waitForLog((l) => l.event === 'federation_connected' && l.worker === w);
+    if (stream !== '') await server.waitForLog((l) => l.event === 'history_stream_epoch' && l.worker === w);
+  }
   return server;
 }
 
@@ -38,10 +40,10 @@ async function nextEvent(client: TestClient): Promise<Frame> {
   }
 }
 
-async function fleet(t: Scope): Promise<{ a: ServerProcess; b: ServerProcess; natsUrl: string; restart: () => Promise<void> }> {
+async function fleet(t: Scope, workers = 1): Promise<{ a: ServerProcess; b: ServerProcess; natsUrl: string; restart: () => Promise<void> }> {
   const nats = await startNats(t, { jetstream: true });
   const stub = await startPermissionStub(t);
-  const [a, b] = await Promise.all([node(t, 'js-a', nats.url, stub.base), node(t, 'js-b', nats.url, stub.base)]);
+  const [a, b] = await Promise.all([node(t, 'js-a', nats.url, stub.base, 'moodio', workers), node(t, 'js-b', nats.url, stub.base, 'moodio', workers)]);
   return {
     a,
     b,
@@ -102,48 +104,50 @@ test('legacy route: a client of node A resumes on node B (no member there before
   assert.equal((await nextEvent(old.client)).type, 'marker', 'no replay');
 });
 
-test('multiplexed route: a subscriber of node A resubscribes on node B with recover: recovered, exactly the missed events, then live ones', async (t) => {
-  const { a, b } = await fleet(t);
-  const desk = desktop('js-topic');
-  const topic = `desktop:${desk}`;
-  const s = await join(t, a.wsUrl(desk), { token: token(user('Sam')) });
-  const c = await connectTopics(t, a, token(user('Cat')));
-  c.send({ op: 'subscribe', topic });
-  const ack = await expectOp(c, 'subscribed', { topic });
-  assert.match(String(ack.epoch), /^moodio~\d+$/);
-  s.client.send({ type: 'n', payload: { n: 0 } });
-  const first = await expectOp(c, 'event', { topic, type: 'n' });
-  await c.close();
-  const sent: number[] = [];
-  for (let n = 1; n <= 5; n++) s.client.send({ type: 'n', payload: { n } });
-  // The truth: a witness on A.
-  const w = await join(t, `${a.wsUrl(desk)}?epoch=${ack.epoch}&offset=${first.offset}`, { token: token(user('Wit')) });
-  assert.equal(w.joined.recovered, true);
-  for (let n = 1; n <= 5; n++) sent.push((await nextEvent(w.client)).offset);
+for (const owner of [0, 1])
+  test(`multiplexed route (2 workers, the room on shard ${owner}): a subscriber of node A resubscribes on node B with recover: recovered, exactly the missed events, then live ones`, async (t) => {
+    const { a, b } = await fleet(t, 2);
+    // The connection lands on either shard: of the two tests, one has its room on the other shard (read over the link).
+    const desk = desktopOnShard(owner, 2, 'js-topic');
+    const topic = `desktop:${desk}`;
+    const s = await join(t, a.wsUrl(desk), { token: token(user('Sam')) });
+    const c = await connectTopics(t, a, token(user('Cat')));
+    c.send({ op: 'subscribe', topic });
+    const ack = await expectOp(c, 'subscribed', { topic });
+    assert.match(String(ack.epoch), /^moodio~\d+$/);
+    s.client.send({ type: 'n', payload: { n: 0 } });
+    const first = await expectOp(c, 'event', { topic, type: 'n' });
+    await c.close();
+    const sent: number[] = [];
+    for (let n = 1; n <= 5; n++) s.client.send({ type: 'n', payload: { n } });
+    // The truth: a witness on A.
+    const w = await join(t, `${a.wsUrl(desk)}?epoch=${ack.epoch}&offset=${first.offset}`, { token: token(user('Wit')) });
+    assert.equal(w.joined.recovered, true);
+    for (let n = 1; n <= 5; n++) sent.push((await nextEvent(w.client)).offset);
 
-  const back = await connectTopics(t, b, token(user('Cat')));
-  back.send({ op: 'subscribe', topic, recover: { epoch: ack.epoch, offset: first.offset } });
-  const again = await expectOp(back, 'subscribed', { topic });
-  assert.equal(again.recovered, true);
-  assert.equal(again.epoch, ack.epoch);
-  const got: Frame[] = [];
-  while (got.length < 5) {
-    const frame = await back.next(10_000);
-    if (frame.op === 'event' && frame.type === 'n') got.push(frame);
-  }
-  assert.deepEqual(
-    got.map((f) => [f.payload.n, f.offset]),
-    sent.map((offset, i) => [i + 1, offset]),
-  );
-  s.client.send({ type: 'live' });
-  for (;;) {
-    const frame = await back.next(10_000);
-    if (frame.op !== 'event' || frame.type === 'session_joined') continue;
-    assert.equal(frame.type, 'live');
-    assert.ok(frame.offset > sent.at(-1)!);
-    break;
-  }
-});
+    const back = await connectTopics(t, b, token(user('Cat')));
+    back.send({ op: 'subscribe', topic, recover: { epoch: ack.epoch, offset: first.offset } });
+    const again = await expectOp(back, 'subscribed', { topic });
+    assert.equal(again.recovered, true);
+    assert.equal(again.epoch, ack.epoch);
+    const got: Frame[] = [];
+    while (got.length < 5) {
+      const frame = await back.next(10_000);
+      if (frame.op === 'event' && frame.type === 'n') got.push(frame);
+    }
+    assert.deepEqual(
+      got.map((f) => [f.payload.n, f.offset]),
+      sent.map((offset, i) => [i + 1, offset]),
+    );
+    s.client.send({ type: 'live' });
+    for (;;) {
+      const frame = await back.next(10_000);
+      if (frame.op !== 'event' || frame.type === 'session_joined') continue;
+      assert.equal(frame.type, 'live');
+      assert.ok(frame.offset > sent.at(-1)!);
+      break;
+    }
+  });
 
 test('a server API publish goes through the stream: one offset on every node, exceptUserId kept, recovered on the other node', async (t) => {
   const { a, b } = await fleet(t);
