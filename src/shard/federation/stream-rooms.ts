@@ -62,6 +62,8 @@ interface Follow {
   stopped: boolean;
   /** What this node published on the room's subject and has not had back, oldest first. */
   own: string[];
+  /** The epoch of the stream it follows, once read (null while starting). */
+  epoch: string | null;
 }
 
 const decoder = new TextDecoder();
@@ -122,15 +124,23 @@ export class StreamRooms {
     return this.ensuring;
   }
 
+  /**
+   * The stream was read (at connect, after every reconnect). A new epoch
+   * voids every position handed out before; a room that does not follow
+   * this stream (its follow failed, or it began with another) follows it
+   * now, and its members here are closed to resume (`recovered: false`,
+   * and the epoch they need).
+   */
   private epochRead(epoch: string, outcome: string): void {
     const before = this.options.log.epoch;
-    if (!this.options.log.setEpoch(epoch)) return;
-    this.options.link.log.info('history_stream_epoch', { stream: this.options.config.name, epoch, outcome, before });
-    // Every position handed out before is void: the rooms follow the new stream, and their members resume (recovered: false).
-    for (const follow of [...this.follows.values()]) {
-      this.stop(follow);
-      this.options.lost(follow.room.desktopId);
-      if (this.options.rooms.current(follow.room)) void this.follow(follow.room).catch(() => undefined);
+    if (this.options.log.setEpoch(epoch)) this.options.link.log.info('history_stream_epoch', { stream: this.options.config.name, epoch, outcome, before });
+    for (const room of [...this.options.rooms.byId.values()]) {
+      const known = this.follows.get(room.desktopId);
+      // Still starting (it reads this epoch), or following this stream already.
+      if (known !== undefined && known.room === room && (known.epoch === null || known.epoch === epoch)) continue;
+      if (known !== undefined) this.stop(known);
+      if (this.options.rooms.localRoom(room) !== undefined) this.options.lost(room.desktopId);
+      void this.follow(room).catch(() => undefined);
     }
   }
 
@@ -175,7 +185,7 @@ export class StreamRooms {
     const known = this.follows.get(key);
     if (known !== undefined && known.room === room) return known.ready;
     if (known !== undefined) this.stop(known);
-    const follow: Follow = { room, ready: Promise.resolve(), handle: null, stopped: false, own: [] };
+    const follow: Follow = { room, ready: Promise.resolve(), handle: null, stopped: false, own: [], epoch: null };
     this.follows.set(key, follow);
     this.bySubject.set(room.subject, follow);
     follow.ready = (async () => {
@@ -184,6 +194,7 @@ export class StreamRooms {
       if (epoch === null || stream === null) throw new Error('the history stream is unavailable');
       const after = await stream.latest(room.subject);
       if (follow.stopped) return;
+      follow.epoch = this.options.log.epoch;
       this.options.log.begin(key, after);
       const handle = await stream.follow(room.subject, after, (event) => this.onEvent(follow, event));
       if (follow.stopped) handle.stop();
