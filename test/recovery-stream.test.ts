@@ -149,6 +149,29 @@ for (const owner of [0, 1])
     }
   });
 
+test('20 clients of node A resume on node B at once: all recovered exactly, and B read the stream once or twice, not once each', async (t) => {
+  const { a, b } = await fleet(t);
+  const desk = desktop('js-crowd');
+  const s = await join(t, a.wsUrl(desk), { token: token(user('Sam')) });
+  const w = await join(t, a.wsUrl(desk), { token: token(user('Wit')) });
+  s.client.send({ type: 'n', payload: { n: 0 } });
+  const first = await nextEvent(w.client);
+  const sent: number[] = [];
+  for (let n = 1; n <= 10; n++) s.client.send({ type: 'n', payload: { n } });
+  for (let n = 1; n <= 10; n++) sent.push((await nextEvent(w.client)).offset);
+  const crowd = await Promise.all(
+    Array.from({ length: 20 }, (_, i) => join(t, `${b.wsUrl(desk)}?epoch=${w.joined.epoch}&offset=${first.offset}`, { token: token(user(`C${i}`)) })),
+  );
+  for (const c of crowd) {
+    assert.equal(c.joined.recovered, true);
+    const got: number[] = [];
+    while (got.length < 10) got.push((await nextEvent(c.client)).offset);
+    assert.deepEqual(got, sent);
+  }
+  const reads = b.logs.filter((l) => l.event === 'history_stream_read').length;
+  assert.ok(reads >= 1 && reads <= 2, `${reads} reads of the stream`);
+});
+
 test('a server API publish goes through the stream: one offset on every node, exceptUserId kept, recovered on the other node', async (t) => {
   const { a, b } = await fleet(t);
   const desk = desktop('js-api');

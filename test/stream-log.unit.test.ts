@@ -46,20 +46,22 @@ test('a followed room serves resumes from where it began following, with the str
   assert.equal(l.latest('r').offset, 21, 'an offset not after the last is ignored');
 });
 
-test('events fetched from the stream go in front only where the window still starts', () => {
+test('events fetched from the stream go in front when they reach the window, whatever order the fetches end in', () => {
   const l = log();
   l.begin('r', 10);
   l.append('r', 12, 'x', false);
-  assert.equal(l.prepend('r', 3, 9, [{ offset: 5, text: 'a' }]), false, 'the window does not start at 9');
-  assert.equal(
-    l.prepend('r', 3, 10, [
-      { offset: 5, text: 'a' },
-      { offset: 8, text: 'b' },
-    ]),
-    true,
-  );
+  assert.equal(l.prepend('r', 3, 9, [{ offset: 5, text: 'a' }]), false, 'a fetch up to 9 does not reach a window from 10');
+  assert.equal(l.covers('r', { epoch: 's~1', offset: 3 }), false);
+  // Two resumes fetched (6, 10] and (3, 10] at once; the nearer one ends first.
+  assert.equal(l.prepend('r', 6, 10, [{ offset: 8, text: 'b' }]), true);
+  const both = [
+    { offset: 5, text: 'a' },
+    { offset: 8, text: 'b' },
+  ];
+  assert.equal(l.prepend('r', 3, 10, both), true);
+  assert.equal(l.prepend('r', 6, 10, [{ offset: 8, text: 'b' }]), true, 'already there');
   assert.equal(l.covers('r', { epoch: 's~1', offset: 3 }), true);
-  assert.deepEqual(drain(l.since('r', { epoch: 's~1', offset: 3 })!), [5, 8, 12, null]);
+  assert.deepEqual(drain(l.since('r', { epoch: 's~1', offset: 3 })!), [5, 8, 12, null], 'each once, in order');
 });
 
 test('bounds move the window’s start; a cursor behind it says gone; a new epoch ends every window', () => {

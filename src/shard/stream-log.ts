@@ -149,16 +149,24 @@ export class StreamLog implements RoomLog {
   }
 
   /**
-   * Events of the room fetched from the stream, (from, base]: the window
-   * now starts at `from`. Ignored unless the window still starts at `upTo`
-   * (the base the fetch was asked up to).
+   * Events of the room fetched from the stream, every one in (from, upTo]:
+   * those before the window go in front of it, which then starts at
+   * `from`. Nothing to do when the window starts at `from` or before (a
+   * resume fetched at the same time went further back); refused when it
+   * starts after `upTo` (it let go of events since: the fetch does not
+   * reach it).
    */
   prepend(roomKey: string, from: number, upTo: number, entries: { offset: number; text: string }[]): boolean {
     const window = this.windows.get(roomKey);
-    if (window === undefined || window.base !== upTo || from >= upTo) return false;
+    if (window === undefined) return false;
+    if (from >= window.base) return true;
+    if (upTo < window.base) return false;
     const at = this.now();
     const kept = window.entries.slice(window.start);
-    const added: Entry[] = entries.map(({ offset, text }) => ({ offset, text, nullPayload: false, at, bytes: text.length + ENTRY_OVERHEAD }));
+    const base = window.base;
+    const added: Entry[] = entries
+      .filter(({ offset }) => offset > from && offset <= base)
+      .map(({ offset, text }) => ({ offset, text, nullPayload: false, at, bytes: text.length + ENTRY_OVERHEAD }));
     window.entries = [...added, ...kept];
     window.start = 0;
     for (const entry of added) window.bytes += entry.bytes;

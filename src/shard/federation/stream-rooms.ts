@@ -76,6 +76,8 @@ export class StreamRooms {
   private ensuring: Promise<string | null> | null = null;
   /** Room key → its follow (starting or live). */
   private readonly follows = new Map<string, Follow>();
+  /** Room key → the read from the stream under way for a resume (the furthest back), which later resumes from after it wait for. */
+  private readonly reading = new Map<string, { from: number; done: Promise<void> }>();
   /** Subject → the follow, for this node's publishes. */
   private readonly bySubject = new Map<string, Follow>();
 
@@ -156,27 +158,46 @@ export class StreamRooms {
       const log = this.options.log;
       const key = room.desktopId;
       if (resume.epoch !== log.epoch || log.covers(key, resume)) return;
+      // A crowd resuming one room reads the stream once: a read from this position or before, under way, serves them all.
+      const pending = this.reading.get(key);
+      if (pending !== undefined && pending.from <= resume.offset) {
+        await pending.done;
+        if (log.covers(key, resume)) return;
+      }
       const upTo = log.base(key);
       if (upTo === null || resume.offset >= upTo || this.stream === null) return;
-      const result = await this.stream.replay(room.subject, resume.epoch, resume.offset, upTo, {
-        maxEvents: this.options.replayEvents,
-        maxBytes: this.options.replayBytes,
-        timeoutMs: STREAM_REPLAY_TIMEOUT_MS,
-      });
-      if (!result.ok) {
-        this.options.link.log.info('history_stream_replay_refused', { room: key, reason: result.reason });
-        return;
+      const read = { from: resume.offset, done: this.read(room, resume, upTo) };
+      if (pending === undefined || read.from < pending.from) this.reading.set(key, read);
+      try {
+        await read.done;
+      } finally {
+        if (this.reading.get(key) === read) this.reading.delete(key);
       }
-      const entries: { offset: number; text: string }[] = [];
-      for (const event of result.events) {
-        const taken = this.options.events.fromStream(room, asMsg(event), false, true);
-        if (taken !== null) entries.push({ offset: event.seq, text: taken.text });
-      }
-      log.prepend(key, resume.offset, upTo, entries);
     } catch (err) {
       // The stream could not be read: the join says recovered: false.
       this.options.link.log.warn('history_stream_replay_failed', { room: room.desktopId, message: (err as Error).message });
     }
+  }
+
+  /** Read (resume, upTo] of `room` from the stream, checked as the bus is, into the front of its window. */
+  private async read(room: FedRoom, resume: ResumePosition, upTo: number): Promise<void> {
+    const key = room.desktopId;
+    const result = await this.stream!.replay(room.subject, resume.epoch, resume.offset, upTo, {
+      maxEvents: this.options.replayEvents,
+      maxBytes: this.options.replayBytes,
+      timeoutMs: STREAM_REPLAY_TIMEOUT_MS,
+    });
+    if (!result.ok) {
+      this.options.link.log.info('history_stream_replay_refused', { room: key, reason: result.reason });
+      return;
+    }
+    const entries: { offset: number; text: string }[] = [];
+    for (const event of result.events) {
+      const taken = this.options.events.fromStream(room, asMsg(event), false, true);
+      if (taken !== null) entries.push({ offset: event.seq, text: taken.text });
+    }
+    this.options.log.prepend(key, resume.offset, upTo, entries);
+    this.options.link.log.info('history_stream_read', { room: key, after: resume.offset, upTo, events: entries.length });
   }
 
   /** Follow `room` (once): resolves once its window began, so that a joiner's position is the stream's. */
