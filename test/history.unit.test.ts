@@ -6,6 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { ENTRY_OVERHEAD, History, LOG_OVERHEAD, type HistoryOptions } from '../src/shard/history.ts';
 import type { LogCursor, LogEntry } from '../src/shard/room-log.ts';
 
@@ -192,4 +194,23 @@ test('a shard epoch is drawn at start: two histories never share one', (t) => {
   });
   assert.notEqual(a.latest('x').epoch, b.latest('x').epoch);
   assert.match(a.latest('x').epoch, /^[A-Za-z0-9_.~-]{1,64}$/);
+});
+
+test('a cursor that stalls behind the history pins none of the events let go of; it reads gone', async (t) => {
+  // The collector, for this test alone: whether an entry is still reachable is the question.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const { h } = history({ maxEvents: 10 });
+  t.after(() => h.stop());
+  const epoch = h.latest('a').epoch;
+  for (let i = 0; i < 10; i++) h.stamp('a', `event ${i} ${'x'.repeat(1000)}`, false);
+  const stalled = h.since('a', { epoch, offset: 0 })!;
+  const refs = drain(h.since('a', { epoch, offset: 0 })!).map((entry) => new WeakRef(entry));
+  assert.equal(refs.length, 10);
+  // 50 more: the 10 are let go, and fewer than the 64 that compact the array (each slot is cleared as it goes).
+  for (let i = 0; i < 50; i++) h.stamp('a', `later ${i}`, false);
+  await new Promise((resolve) => setImmediate(resolve));
+  gc();
+  assert.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'evicted entries still reachable');
+  assert.equal(stalled.read(), 'gone');
 });

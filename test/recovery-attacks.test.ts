@@ -9,11 +9,15 @@
  * bounds asserted are on counts and memory, never on time.
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { REASON_HEADER } from '../src/protocol/rejections.ts';
 import { TopicErrorCode } from '../src/protocol/topics.ts';
 import { api, API_KEY, desktopOnShard } from './helpers/api.ts';
+import { ACCESS_TOKEN_COOKIE } from '../src/protocol/events.ts';
+import WebSocket from 'ws';
 import { connect, HandshakeRejected, join, rawRequest, upgradeHead, type Frame, type TestClient } from './helpers/client.ts';
+import { scrape, sumOf } from './helpers/metrics.ts';
 import { grant, startPermissionStub, type PermissionHandler } from './helpers/permission-stub.ts';
 import { Cleanup, type Scope } from './helpers/scope.ts';
 import { startServer, type ServerProcess } from './helpers/server.ts';
@@ -277,4 +281,236 @@ test("one editor filling --history-memory with big events in rooms of its own em
   const back = await join(t, `${quiet.url}?epoch=${away.joined.epoch}&offset=${away.joined.offset}`, { token: token(bob) });
   assert.equal(back.joined.recovered, true, "the flood emptied a quiet room's history");
   for (let i = 0; i < 10; i++) assert.equal((await back.client.expect('n')).payload.i, i);
+});
+
+/** The server process's resident set (its worker threads included), from /proc. */
+function rssBytes(pid: number): number {
+  const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return match === null ? 0 : Number(match[1]) * 1024;
+}
+
+/** CPU seconds the server process has used (all its threads), from /proc. */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+const MiB = (n: number): string => (n / 1048576).toFixed(1);
+
+/**
+ * Another room's live latency while an attack runs: a sender stamps an event
+ * every 20 ms with its clock, a member of the same process reads it.
+ */
+async function latencyProbe(t: Scope, s: ServerProcess, shard: number) {
+  const id = desktopOnShard(shard, 2, 'probe');
+  const a = await join(t, s.wsUrl(id), { token: token(user('ProbeA')) });
+  const b = await join(t, s.wsUrl(id), { token: token(user('ProbeB')) });
+  await a.client.expect('session_joined');
+  const samples: number[] = [];
+  b.client.ws.on('message', (data: Buffer) => {
+    const frame = JSON.parse(data.toString()) as Frame;
+    if (frame.type === 'probe') samples.push(performance.now() - frame.payload.at);
+  });
+  const timer = setInterval(() => a.client.send({ type: 'probe', payload: { at: performance.now() } }), 20);
+  t.after(() => clearInterval(timer));
+  return {
+    /** Stop, and the percentiles of what was measured (ms). */
+    stop(): string {
+      clearInterval(timer);
+      const sorted = [...samples].sort((x, y) => x - y);
+      const at = (q: number) => (sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN).toFixed(1);
+      return `${sorted.length} samples, p50 ${at(0.5)} ms, p99 ${at(0.99)} ms, max ${at(1)} ms`;
+    },
+  };
+}
+
+/** A room on `shard` filled with `count` events of `pad` characters (a witness saw each): its id and epoch. */
+async function fullRoom(t: Scope, s: ServerProcess, shard: number, count: number, pad: number) {
+  const room = await roomWith(t, s, desktopOnShard(shard, 2, 'full'), 0);
+  const text = 'f'.repeat(pad);
+  // In batches that the witness reads before the next: a whole history sent at once would trip its backlog cap.
+  for (let from = 0; from < count; from += 200) {
+    const to = Math.min(count, from + 200);
+    for (let i = from; i < to; i++) room.a.send({ type: 'n', payload: { i, text } });
+    for (let i = from; i < to; i++) room.latest = (await room.w.expect('n')).offset;
+  }
+  return room;
+}
+
+test('a reader that never reads while it replays holds at most a window, is cut by the ping, and other rooms go on', async (t) => {
+  const stub = await startPermissionStub(t);
+  const s = await startServer(t, {
+    workers: 2,
+    permissionApiBase: stub.base,
+    args: [
+      '--api-key',
+      API_KEY,
+      '--api-publish-rate',
+      '0',
+      '--rate-limit',
+      '0',
+      '--ping-interval',
+      '3s',
+      '--history-events',
+      '5000',
+      '--history-room-bytes',
+      String(64 << 20),
+    ],
+  });
+  const pid = s.child.pid!;
+  // 5,000 events of 3.9 KB: 20 MB, more than the loopback socket buffers take from a reader that never reads.
+  const room = await fullRoom(t, s, 0, 5000, 3900);
+  await room.a.close();
+  await room.w.close();
+  const probe = await latencyProbe(t, s, 0);
+  const sloth = user('Sloth');
+  const r = await connect(t, `${room.url}?epoch=${room.epoch}&offset=0`, { token: token(sloth) });
+  r.ws.pause();
+  // While it does not read, the server goes on publishing to its room: 5,000 more overtake the history it replays.
+  // It is the room's only member, so the outbound gauge is its own (and the probe's).
+  let peakOutbound = 0;
+  const rssBefore = rssBytes(pid);
+  let peakRss = rssBefore;
+  const text = 'g'.repeat(3900);
+  for (let i = 0; i < 5000; i++) {
+    assert.equal((await api(s, 'POST', `desktops/${room.id}/events`, { type: 'n', payload: { i: 5000 + i, text } })).status, 202);
+    if (i % 250 === 249) {
+      peakOutbound = Math.max(peakOutbound, sumOf((await scrape(s.port)).metrics, 'moodio_rt_outbound_buffered_bytes'));
+      peakRss = Math.max(peakRss, rssBytes(pid));
+    }
+  }
+  // Cut by the ping (it answers nothing): the room is left empty.
+  const cutBy = Date.now() + 15_000;
+  while ((await api(s, 'GET', `desktops/${room.id}/presence`)).body.sessions.length > 0) {
+    assert.ok(Date.now() < cutBy, 'a non-reader still in its room 15 s after a 3 s ping interval');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  t.diagnostic(
+    `non-reader over a 20 MB replay, 20 MB more published past it: outbound gauge peak ${MiB(peakOutbound)} MiB; server RSS ${MiB(rssBefore)} → peak ${MiB(peakRss)} MiB; ` +
+      `another room's latency meanwhile: ${probe.stop()}`,
+  );
+  // The server's own bound for a replay: a window (64 KiB) and a chunk, far under a session's 1 MiB budget.
+  assert.ok(peakOutbound < 256 << 10, `outbound gauge ${peakOutbound}`);
+  // That its cursor pins no event the history let go of is history.unit.test.ts's (a heap measure here would be GC noise).
+});
+
+test('a resume storm: one user, then 20, reconnecting in a loop from offset 0 of a full history, is charged to the connect budgets; measured', async (t) => {
+  const stub = await startPermissionStub(t);
+  // Budgets at their defaults (--connect-rate 5/s after a burst of 30 per user and worker, 100 handshakes/s per address);
+  // the history at 2,000 events of 1.5 KB (3.6 MB), so its byte bound is raised.
+  const s = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--rate-limit', '0', '--history-room-bytes', String(8 << 20)] });
+  const pid = s.child.pid!;
+  const room = await fullRoom(t, s, 0, 2000, 1500);
+  const url = `${room.url}?epoch=${room.epoch}&offset=0`;
+  // The probes join first: the storm spends the address's handshake budget (the test's clients share 127.0.0.1).
+  const probes = [await latencyProbe(t, s, 0), await latencyProbe(t, s, 0)];
+  for (const users of [1, 20]) {
+    const probe = probes.shift()!;
+    const jwts = Array.from({ length: users }, () => token(user('Storm')));
+    const count = { accepted: 0, refused: 0, other: 0, bytes: 0, recovered: 0 };
+    const reasons = new Map<string, number>();
+    const cpu = cpuSeconds(pid);
+    const started = performance.now();
+    const until = started + 3000;
+    // Each user keeps 4 attempts in flight: connect with the resume, read the replay's first 100 events, drop the socket.
+    const loop = async (jwt: string): Promise<void> => {
+      while (performance.now() < until) {
+        await new Promise<void>((resolve) => {
+          const ws = new WebSocket(url, { headers: { cookie: `${ACCESS_TOKEN_COOKIE}=${jwt}` }, perMessageDeflate: false });
+          let frames = 0;
+          ws.on('message', (data: Buffer) => {
+            count.bytes += data.length;
+            if (frames++ === 0 && (JSON.parse(data.toString()) as Frame).recovered === true) count.recovered++;
+            if (frames > 100) ws.terminate();
+          });
+          ws.once('open', () => count.accepted++);
+          ws.once('unexpected-response', (_req, res) => {
+            if (res.statusCode === 429) count.refused++;
+            else count.other++;
+            const reason = `${res.statusCode} ${res.headers[REASON_HEADER.toLowerCase()]}`;
+            reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+            res.resume();
+            ws.terminate();
+          });
+          ws.once('error', () => undefined);
+          ws.once('close', () => resolve());
+        });
+      }
+    };
+    await Promise.all(jwts.flatMap((jwt) => [loop(jwt), loop(jwt), loop(jwt), loop(jwt)]));
+    const seconds = (performance.now() - started) / 1000;
+    t.diagnostic(
+      `${users} user(s) × 4 loops for ${seconds.toFixed(1)} s: ${count.accepted} resumes accepted (${count.recovered} recovered), ${count.refused} refused 429 (${[...reasons].map(([r, n]) => `${n} ${r}`).join(', ')}), ${count.other} other; ` +
+        `${MiB(count.bytes)} MiB replayed; server CPU ${(cpuSeconds(pid) - cpu).toFixed(2)} s; RSS ${MiB(rssBytes(pid))} MiB; another room on the shard: ${probe.stop()}`,
+    );
+    assert.equal(count.other, 0);
+    assert.equal(count.recovered, count.accepted);
+    // Charged to the user's connect budget (per worker: the room lives on one): a burst of 30, then 5 a second.
+    assert.ok(count.accepted <= users * (30 + Math.ceil(5 * seconds) + 1), `${count.accepted} accepted`);
+    assert.ok(count.refused > 0);
+  }
+});
+
+test('50 topics on one connection, each recovering a full history from 0 across both shards: every replay exact, the outbound bounded; measured', async (t) => {
+  const stub = await startPermissionStub(t);
+  const s = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--rate-limit', '0'] });
+  const pid = s.child.pid!;
+  const HISTORY = 200;
+  const rooms: Room[] = [];
+  for (let i = 0; i < 50; i++) rooms.push(await fullRoom(t, s, i % 2, HISTORY, 1000));
+  const probes = [await latencyProbe(t, s, 0), await latencyProbe(t, s, 1)];
+  const conn = await connectTopics(t, s, token(user('Many')));
+  const rssBefore = rssBytes(pid);
+  let peakRss = rssBefore;
+  let peakOutbound = 0;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      peakRss = Math.max(peakRss, rssBytes(pid));
+      peakOutbound = Math.max(peakOutbound, sumOf((await scrape(s.port)).metrics, 'moodio_rt_outbound_buffered_bytes'));
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  })();
+  const started = performance.now();
+  const next = new Map<string, number>();
+  let replayed = 0;
+  let acks = 0;
+  let limited = 0;
+  conn.ws.on('message', (data: Buffer) => {
+    replayed += data.length;
+  });
+  // The subscribe budget (20, then 2 a second) paces the recovers: a rate_limited one is asked again once the ack before it came.
+  const pending = rooms.map((room) => `desktop:${room.id}`);
+  const send = (topic: string) =>
+    conn.send({ op: 'subscribe', topic, recover: { epoch: rooms.find((r) => `desktop:${r.id}` === topic)!.epoch, offset: 0 }, ref: topic });
+  for (const topic of pending) send(topic);
+  const deadline = performance.now() + 60_000;
+  while ([...next.values()].filter((n) => n > HISTORY).length < rooms.length || acks < rooms.length) {
+    const frame = await conn.next(Math.max(1, deadline - performance.now()));
+    if (frame.op === 'subscribed') {
+      assert.equal(frame.recovered, true, JSON.stringify(frame).slice(0, 200));
+      acks++;
+      next.set(frame.topic, 1);
+    } else if (frame.op === 'error') {
+      assert.equal(frame.code, TopicErrorCode.RATE_LIMITED, JSON.stringify(frame));
+      limited++;
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      send(frame.ref);
+    } else if (frame.op === 'event') {
+      const offset = frame.offset as number;
+      assert.equal(offset, next.get(frame.topic), `${frame.topic}: in order, once`);
+      assert.equal(frame.payload.i, offset - 1);
+      next.set(frame.topic, offset + 1);
+    }
+  }
+  const elapsed = performance.now() - started;
+  sampling = false;
+  await sampler;
+  t.diagnostic(
+    `50 topics × ${HISTORY} events of 1 KB recovered on one connection: ${MiB(replayed)} MiB in ${elapsed.toFixed(0)} ms (${limited} subscribes rate_limited and asked again); ` +
+      `server RSS ${MiB(rssBefore)} → peak ${MiB(peakRss)} MiB; outbound gauge peak ${MiB(peakOutbound)} MiB; other rooms meanwhile: shard 0 ${probes[0]!.stop()}; shard 1 ${probes[1]!.stop()}`,
+  );
+  assert.equal(conn.pending, 0);
+  // The connection's replays share one window: never more than its budget outstanding.
+  assert.ok(peakOutbound < 1 << 20, `outbound gauge ${peakOutbound}`);
 });
