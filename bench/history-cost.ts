@@ -108,7 +108,15 @@ interface Run {
   p99: number;
   delivered: number;
   deliveriesPerSecond: number;
+  /** The server's CPU time (every thread, user + system) over the run, per 1,000 deliveries: what the shared machine's stalls hardly move. */
+  cpuMsPer1k: number;
   saturated: boolean;
+}
+
+/** CPU time a process has used, every thread, user + system (ms; Linux clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
 /**
@@ -126,8 +134,19 @@ async function pairs(label: string, args: string[], pick: (r: LoadtestReport) =>
         const server = await startBenchServer(cleanup, mode);
         const load = loadAverage();
         log(`# ${label}, pair ${pair}/${PAIRS}, history ${mode} (load ${load})`);
+        const cpuBefore = cpuMs(server.child.pid!);
         const report = loadtest(server.port, args);
-        runs.push({ mode, pair, load, ...pick(report), deliveriesPerSecond: report.deliveriesPerSecond, saturated: report.generator.saturated });
+        const cpu = cpuMs(server.child.pid!) - cpuBefore;
+        runs.push({
+          mode,
+          pair,
+          load,
+          ...pick(report),
+          deliveriesPerSecond: report.deliveriesPerSecond,
+          // Every delivery of the run, warm-up and connects included: the same work in both modes.
+          cpuMsPer1k: (cpu / Math.max(1, report.generator.framesReceived)) * 1000,
+          saturated: report.generator.saturated,
+        });
       } finally {
         await cleanup.run();
       }
@@ -358,7 +377,7 @@ function pairTable(title: string, runs: Run[]): void {
   );
   for (const r of runs)
     md.push(
-      `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.saturated ? 'saturated' : 'ok'} |`,
+      `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.cpuMsPer1k.toFixed(2)} | ${r.saturated ? 'saturated' : 'ok'} |`,
     );
   const ratio = (pick: (r: Run) => number) =>
     Array.from({ length: PAIRS }, (_, i) => {
@@ -368,9 +387,10 @@ function pairTable(title: string, runs: Run[]): void {
     });
   const p50 = ratio((r) => r.p50);
   const p99 = ratio((r) => r.p99);
+  const cpu = ratio((r) => r.cpuMsPer1k);
   md.push(
     '',
-    `On / off, per pair: p50 ${p50.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p50).toFixed(2)}); p99 ${p99.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p99).toFixed(2)}). Medians of the runs: p99 on ${f(median(runs.filter((r) => r.mode === 'on').map((r) => r.p99)))} ms, off ${f(median(runs.filter((r) => r.mode === 'off').map((r) => r.p99)))} ms.`,
+    `On / off, per pair: p50 ${p50.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p50).toFixed(2)}); p99 ${p99.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p99).toFixed(2)}); server CPU per frame ${cpu.map((x) => x.toFixed(2)).join(' / ')} (median ${median(cpu).toFixed(2)}). Medians of the runs: p99 on ${f(median(runs.filter((r) => r.mode === 'on').map((r) => r.p99)))} ms, off ${f(median(runs.filter((r) => r.mode === 'off').map((r) => r.p99)))} ms.`,
     '',
   );
 }
