@@ -372,8 +372,8 @@ function pairTable(title: string, runs: Run[]): void {
   md.push(
     `## ${title}`,
     '',
-    '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | deliveries/s | generator |',
-    '|---|---|---|---|---|---|---|---|',
+    '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | deliveries/s | server CPU ms per 1k frames | generator |',
+    '|---|---|---|---|---|---|---|---|---|',
   );
   for (const r of runs)
     md.push(
