@@ -8,6 +8,8 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { legacyText } from '../src/protocol/event-frames.ts';
+import { memberText } from '../src/protocol/json-member.ts';
 import { ENTRY_OVERHEAD, History, LOG_OVERHEAD, type HistoryOptions } from '../src/shard/history.ts';
 import type { LogCursor, LogEntry } from '../src/shard/room-log.ts';
 
@@ -213,4 +215,33 @@ test('a cursor that stalls behind the history pins none of the events let go of;
   gc();
   assert.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'evicted entries still reachable');
   assert.equal(stalled.read(), 'gone');
+});
+
+test('what an event holds in the heap is what the history counts: a text built as the relay builds it, in a room nobody else hears', (t) => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const { h } = history({ maxEvents: 100_000, maxRoomBytes: 1 << 30 });
+  t.after(() => h.stop());
+  const stamp = ',"sessionId":"3f1c2a4e-0000-4000-8000-0123456789ab","userId":"user-bench-0001","firstName":"Bench"';
+  const EVENTS = 50_000;
+  // The relay's text: its parts joined (a rope), the payload a slice of the client's whole frame.
+  // Only a room with receivers has it flattened, by the frame it writes; a lone member's event is kept as built.
+  const relayed = (n: number) => {
+    const json = Buffer.from(
+      `{"type":"asset_moved","payload":{"assetId":"asset-${String(n).padStart(6, '0')}","x":${n % 1920}.5,"y":${n % 1080}.25}}`,
+    ).toString();
+    return legacyText('asset_moved', stamp, 1_700_000_000_000 + n, memberText(json, 'payload'));
+  };
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  let counted = 0;
+  for (let n = 0; n < EVENTS; n++) {
+    const text = relayed(n);
+    counted += text.length + ENTRY_OVERHEAD;
+    h.stamp('room', text, false);
+  }
+  gc();
+  const held = process.memoryUsage().heapUsed - before;
+  t.diagnostic(`${EVENTS} events: ${(held / EVENTS).toFixed(0)} bytes of heap each, counted ${(counted / EVENTS).toFixed(0)}`);
+  assert.ok(held <= counted, `held ${(held / EVENTS).toFixed(0)} bytes per event, counted ${(counted / EVENTS).toFixed(0)}`);
 });

@@ -130,6 +130,8 @@ export class History implements RoomLog {
   /** Bytes of every log and entry of the shard. */
   private total = 0;
   private readonly sweeper: NodeJS.Timeout;
+  /** The first character of the last text kept: reading it flattened the text (see stamp). */
+  flattened = 0;
 
   constructor(options: HistoryOptions) {
     this.options = options;
@@ -159,6 +161,13 @@ export class History implements RoomLog {
     const offset = ++log.latest;
     if (this.options.maxAgeMs <= 0) return offset;
     const at = this.now();
+    // The relay's text is a rope of its parts, the payload a slice of the
+    // client's whole frame; a frame written to receivers flattens it, but an
+    // event nobody else heard is kept as built: 495 bytes of heap for a
+    // 204-character text, against 332 counted (history.unit.test.ts).
+    // Reading a character flattens it in place (V8), and the parts are let
+    // go; the read is stored so that no compiler drops it as unused.
+    this.flattened = text.charCodeAt(0);
     const bytes = text.length + ENTRY_OVERHEAD;
     log.entries.push({ offset, text, nullPayload, at, bytes });
     log.bytes += bytes;
