@@ -67,6 +67,7 @@ export type {
   PermissionChange,
   ReceivedPayload,
   RelayedEvent,
+  Retry,
   Revocation,
   SendArgs,
   ServerSentEvent,
