@@ -14,17 +14,19 @@
  * settle, and counts what was owed and not delivered (bench/rolling-ledger.ts
  * has the exact definitions).
  *
- * The SDK takes one URL. With nginx on PATH, the clients go through one
- * nginx in front of all nodes; without it, each client is given every
- * node's URL through a `WebSocket` wrapper that dials the next node on each
- * attempt (the SDK's own state, its resume position included, survives).
+ * With nginx on PATH, the clients go through one nginx in front of all
+ * nodes; without it, each client is given every node's URL (the SDK's
+ * `url` list: each attempt dials the next node, and a drain's 1012 goes to
+ * the next one after the short jitter); `--front sdk` gives the list even
+ * with nginx on PATH. The close codes are counted from the SDK's
+ * `retry` events.
  *
  * It picks up the issue's features when they land, without a change here:
  * the server's `--history-stream` (detected in `serve --help`, passed under
  * --jetstream), the drain (whatever SIGTERM does; the close codes seen are
  * printed), and the SDK's `recovered`/`gap` events (counted when it has them).
  *
- *   npx node bench/rolling-restart.ts [--quick] [--route desktop|connection] [--nodes K] [--clients N]
+ *   npx node bench/rolling-restart.ts [--quick] [--route desktop|connection] [--front nginx|sdk] [--nodes K] [--clients N]
  *     [--desktops M] [--rate per-client/s] [--hold s] [--jetstream] [--node-args '…'] [--no-restart]
  *     [--json] [--write-docs]
  */
@@ -70,6 +72,11 @@ function fail(message: string): never {
 const routeIndex = argv.indexOf('--route');
 const route = routeIndex < 0 ? 'desktop' : argv[routeIndex + 1];
 if (route !== 'desktop' && route !== 'connection') fail(`--route must be desktop or connection, got ${JSON.stringify(route)}`);
+const hasNginx = spawnSync('nginx', ['-v'], { stdio: 'ignore' }).status === 0;
+const frontIndex = argv.indexOf('--front');
+const front = frontIndex < 0 ? (hasNginx ? 'nginx' : 'sdk') : argv[frontIndex + 1];
+if (front !== 'nginx' && front !== 'sdk') fail(`--front must be nginx or sdk, got ${JSON.stringify(front)}`);
+if (front === 'nginx' && !hasNginx) fail('--front nginx: nginx is not on PATH');
 const nodeCount = Math.trunc(option('--nodes', quick ? 2 : 3, 2, 8));
 const clientCount = Math.trunc(option('--clients', quick ? 16 : 48, 2, 2000));
 const desktopCount = Math.trunc(option('--desktops', quick ? 4 : 8, 1, clientCount / 2));
@@ -151,8 +158,6 @@ async function startNats(cleanup: Cleanup): Promise<string> {
   await startListening(cleanup, NATS_SERVER, spawn(NATS_SERVER, args, { stdio: ['ignore', 'ignore', 'pipe'] }), port, 'SIGTERM');
   return `nats://127.0.0.1:${port}`;
 }
-
-const hasNginx = spawnSync('nginx', ['-v'], { stdio: 'ignore' }).status === 0;
 
 /** nginx in front of every node, as nginx.example.conf proxies one; an attempt at a node that is down goes to the next. */
 async function startNginx(cleanup: Cleanup, ports: number[]): Promise<string> {
@@ -266,20 +271,7 @@ async function pollHealth(port: number): Promise<boolean> {
 
 // ---- clients -----------------------------------------------------------------
 
-/**
- * A `ws` WebSocket that dials the next of `urls` on each attempt, keeping
- * the path and query the SDK asked for, and counts the close codes it sees.
- */
-function rotating(urls: string[], first: number, closes: Map<number, number>): WebSocketConstructor {
-  let next = first;
-  return class RotatingWebSocket extends WebSocket {
-    constructor(url: string, options?: unknown) {
-      const base = urls[next++ % urls.length]!;
-      super(base + url.replace(/^wss?:\/\/[^/]+/, ''), options as WebSocket.ClientOptions);
-      this.addEventListener('close', (event) => closes.set(event.code, (closes.get(event.code) ?? 0) + 1));
-    }
-  } as unknown as WebSocketConstructor;
-}
+const WS = WebSocket as unknown as WebSocketConstructor;
 
 /** One SDK client as the bench drives it, on either route. */
 interface BenchClient {
@@ -297,7 +289,12 @@ interface Resume {
 }
 
 function openClient(i: number, desktopId: string, urls: string[], ledger: Ledger, closes: Map<number, number>, resume: Resume): BenchClient {
-  const options = { url: urls[i % urls.length]!, token: token(user(`Bench${i}`)), WebSocket: rotating(urls, i, closes) };
+  // The SDK starts each client at a random node of the list.
+  const options = { url: urls, token: token(user(`Bench${i}`)), WebSocket: WS };
+  // Every socket lost before a rejoin schedules a retry that names its close code (none ends a client here).
+  const countClose = ({ code }: { code: number | null }) => {
+    if (code !== null) closes.set(code, (closes.get(code) ?? 0) + 1);
+  };
   const track = (up: boolean) => (up ? ledger.up(i, now()) : ledger.down(i, now()));
   const onTick = (payload: unknown) => {
     const tick = payload as { sender?: unknown; n?: unknown } | null;
@@ -311,6 +308,7 @@ function openClient(i: number, desktopId: string, urls: string[], ledger: Ledger
   if (route === 'desktop') {
     const client = connect({ ...options, desktopId });
     client.on('state', (state) => track(state === 'open'));
+    client.on('retry', countClose);
     client.onEvent(TICK, (e) => onTick(e.payload));
     listenResume(client.on.bind(client) as never, CLIENT_EVENTS);
     return {
@@ -322,6 +320,7 @@ function openClient(i: number, desktopId: string, urls: string[], ledger: Ledger
     };
   }
   const conn = connectTopics(options);
+  conn.on('retry', countClose);
   const topic = conn.subscribe(`desktop:${desktopId}`);
   topic.on('state', (state) => track(state === 'subscribed'));
   topic.onEvent(TICK, (e) => onTick(e.payload));
@@ -425,7 +424,7 @@ async function run(): Promise<Result> {
   const fleet = new Fleet(cleanup, args);
   log(`starting nats-server${jetstream ? ' -js' : ''} and ${nodeCount} nodes`);
   for (let i = 0; i < nodeCount; i++) await fleet.start(i);
-  const urls = hasNginx ? [await startNginx(cleanup, fleet.ports)] : fleet.ports.map((p) => `ws://127.0.0.1:${p}`);
+  const urls = front === 'nginx' ? [await startNginx(cleanup, fleet.ports)] : fleet.ports.map((p) => `ws://127.0.0.1:${p}`);
 
   const desktopOf = Array.from({ length: clientCount }, (_, i) => i % desktopCount);
   const desktopIds = Array.from({ length: desktopCount }, (_, d) => `rolling-${process.pid}-${d}`);
@@ -533,7 +532,7 @@ async function run(): Promise<Result> {
       ratePerClient: rate,
       holdSeconds: holdMs / 1000,
       restarts: restart,
-      front: hasNginx ? 'nginx' : 'every node URL to each client, the next on each attempt (bench WebSocket wrapper; the SDK takes one URL)',
+      front: front === 'nginx' ? 'nginx' : "every node's URL to each client (the SDK's url list: the next node on each attempt, from a random first)",
       jetstream,
       historyStream: useStream ? STREAM : null,
       serverHasHistoryStream: features.historyStream,
@@ -558,7 +557,7 @@ function context(r: Result): string[] {
   return [
     `rolling restart, ${r.route} route: ${s.nodes} nodes × 2 workers + nats-server${s.jetstream ? ' -js' : ''}, ${s.clients} clients in ${s.desktops} desktops, ${s.ratePerClient} ticks/s each`,
     `machine: ${describeMachine(r.machine)}`,
-    `front: ${hasNginx ? 'nginx' : 'nginx not on PATH: skipped; ' + s.front}`,
+    `front: ${front === 'nginx' ? 'nginx' : `${hasNginx ? '--front sdk' : 'nginx not on PATH'}: ${s.front}`}`,
     `server: history stream ${s.historyStream ? `--history-stream ${s.historyStream}` : s.serverHasHistoryStream ? 'available, not asked (--jetstream)' : 'not in this server'}; drain ${s.serverHasDrainSpread ? 'spread (--drain-spread)' : 'at once'}${(s.nodeArgs as string[]).length ? `; node args ${(s.nodeArgs as string[]).join(' ')}` : ''}`,
     `restarts: ${r.restarts.length === 0 ? 'none (--no-restart)' : r.restarts.map((x) => `${x.node} exit ${x.exitMs} ms (${x.exit}) + up ${x.upMs} ms, presence true again ${x.presenceMs ?? 'never'} ms after its SIGTERM`).join(', ')}`,
     `closes seen by clients: ${

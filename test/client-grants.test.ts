@@ -156,7 +156,7 @@ test('a user disconnect (4001) brings the client back at once, with the token as
 
   const res = await api(server, 'POST', `users/${encodeURIComponent(out.userId)}/disconnect`, { reason: 'password changed' });
   assert.deepEqual([res.status, res.body.disconnected], [202, 1]);
-  assert.deepEqual(await retry, { inMs: 0, attempt: 1 }, 'no backoff wait');
+  assert.deepEqual(await retry, { inMs: 0, attempt: 1, url: `ws://127.0.0.1:${server.port}`, code: 4001 }, 'no backoff wait');
   await reopened;
   assert.notEqual(out.client.sessionId, firstSession, 'a new session');
   assert.equal(out.counter.tokens, 2, 'the token function was asked for the new handshake');

@@ -2,8 +2,8 @@
  * `moodio-rt-client/react` (src/client/react.ts) rendered for real, with
  * react-test-renderer, against the real server and permission stub: the
  * hook connects on mount (once for good in strict mode) and renders the
- * state, the role and the others;
- * `send` reaches a peer; an effect on `client` hears the peer; a viewer's
+ * state, the role and the others (its `url` an inline list, which must
+ * not reconnect it on each render); `send` reaches a peer; an effect on `client` hears the peer; a viewer's
  * mutation is refused; a new `desktopId` moves the session to that room;
  * unmounting closes it.
  */
@@ -50,7 +50,8 @@ interface Props {
 
 /** What an app writes: the hook, an effect on `client` for relayed events, and a render of it all. */
 function Desk({ desktopId, token, seen }: Props) {
-  const options: ConnectOptions = { url: `ws://127.0.0.1:${server.port}`, desktopId, token: () => token, WebSocket: WS };
+  // A list of URLs written inline, a new array on every render: the hook must not reconnect for it.
+  const options: ConnectOptions = { url: [`ws://127.0.0.1:${server.port}`], desktopId, token: () => token, WebSocket: WS };
   const desk = useDesktop(options);
   const [moved, setMoved] = useState('-');
   useEffect(() => desk.client?.onEvent('asset_moved', (e) => setMoved(`${e.payload?.id}@${e.payload?.x}`)), [desk.client]);

@@ -20,6 +20,7 @@ import {
   type PermissionChange,
   type PresenceChange,
   type RelayedEvent,
+  type Retry,
   type Revocation,
   type WebSocketConstructor,
 } from '../src/client/index.ts';
@@ -225,7 +226,7 @@ test('transientTypes is configurable; a transient event without an asset id is k
 test('retryNow() opens at once while a retry waits, restarts the backoff, and does nothing while an attempt is in flight', () => {
   FakeSocket.all = [];
   const clock = fakeClock();
-  const retries: { inMs: number; attempt: number }[] = [];
+  const retries: Retry[] = [];
   const client = connect({ url: 'ws://x', desktopId: 'd', WebSocket: FakeSocket as unknown as WebSocketConstructor, random: () => 0.999, ...clock });
   client.on('retry', (r) => retries.push(r));
   FakeSocket.all[0]!.fail();
@@ -240,10 +241,10 @@ test('retryNow() opens at once while a retry waits, restarts the backoff, and do
   FakeSocket.all[2]!.fail();
   assert.equal(client.nextRetryInMs, 499, 'the backoff starts again from its floor');
   assert.deepEqual(retries, [
-    { inMs: 499, attempt: 1 },
-    { inMs: 999, attempt: 2 },
-    { inMs: 0, attempt: 2 },
-    { inMs: 499, attempt: 3 },
+    { inMs: 499, attempt: 1, url: 'ws://x', code: 1006 },
+    { inMs: 999, attempt: 2, url: 'ws://x', code: 1006 },
+    { inMs: 0, attempt: 2, url: 'ws://x', code: null },
+    { inMs: 499, attempt: 3, url: 'ws://x', code: 1006 },
   ]);
   clock.fire();
   FakeSocket.all[3]!.join('me');
@@ -791,7 +792,7 @@ test('4001 after a stable session reconnects at once, asking the token function 
   const clock = fakeClock();
   let asked = 0;
   const client = fakeClient({ ...clock, token: () => `t${++asked}` });
-  const retries: { inMs: number; attempt: number }[] = [];
+  const retries: Retry[] = [];
   client.on('retry', (r) => retries.push(r));
   // Three failed opens grow the backoff...
   for (let i = 0; i < 3; i++) {
@@ -812,7 +813,7 @@ test('4001 after a stable session reconnects at once, asking the token function 
   FakeSocket.all.at(-1)!.drop(4001, 'disconnected');
   assert.equal(client.state, 'reconnecting');
   assert.equal(client.nextRetryInMs, 0);
-  assert.deepEqual(retries.at(-1), { inMs: 0, attempt: 1 });
+  assert.deepEqual(retries.at(-1), { inMs: 0, attempt: 1, url: 'ws://x', code: 4001 });
   const before = asked;
   clock.fire();
   assert.equal(asked, before + 1, 'the token function is asked for the new attempt');

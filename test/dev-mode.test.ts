@@ -61,6 +61,26 @@ test('serve --dev + token work end to end with no secret and no permission API',
   assert.deepEqual([moved.userId, moved.firstName, moved.email], ['alice-0001', 'Alice', 'alice@example.com']);
 });
 
+test("serve --dev serves every module the demo page's SDK imports, from index.js down", async (t) => {
+  const secretFile = pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-dev-')), 'secret');
+  const server = await startServer(t, { workers: 1, args: ['--dev'], env: { MOODIO_RT_DEV_SECRET_FILE: secretFile, JWT_ACCESS_SECRET: undefined } });
+  const base = `http://127.0.0.1:${server.port}/demo/client/`;
+  const seen = new Set<string>();
+  const missing: string[] = [];
+  const visit = async (path: string): Promise<void> => {
+    if (seen.has(path)) return;
+    seen.add(path);
+    const res = await fetch(base + path);
+    const text = await res.text();
+    if (res.status !== 200) return void missing.push(`${path} (${res.status})`);
+    for (const [, spec] of text.matchAll(/^(?:import|export)\b[^;]*?\bfrom '(\.{1,2}\/[^']+)'/gm))
+      await visit(new URL(spec!, `http://x/${path}`).pathname.slice(1));
+  };
+  await visit('client/index.js');
+  assert.deepEqual(missing, [], `modules the page cannot load (src/primary/demo.ts SDK_FILES)`);
+  assert.ok(seen.size > 10, `walked ${[...seen].join(' ')}`);
+});
+
 test('serve --dev listens on 127.0.0.1 unless --host says otherwise, and says so', async (t) => {
   const env = {
     MOODIO_RT_DEV_SECRET_FILE: pathJoin(mkdtempSync(pathJoin(tmpdir(), 'moodio-rt-dev-')), 'secret'),

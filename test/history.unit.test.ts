@@ -1,11 +1,15 @@
 /**
  * The history module's bounds (shard/history.ts), in process with a clock
  * the test moves: count, bytes and age per room, the shard's byte cap
- * (rooms with the oldest events let go first), epochs that never name two
+ * (the rooms holding the most let go first, the oldest among equals), epochs that never name two
  * sequences, and cursors that say `gone` rather than skip.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { legacyText } from '../src/protocol/event-frames.ts';
+import { memberText } from '../src/protocol/json-member.ts';
 import { ENTRY_OVERHEAD, History, LOG_OVERHEAD, type HistoryOptions } from '../src/shard/history.ts';
 import type { LogCursor, LogEntry } from '../src/shard/room-log.ts';
 
@@ -138,23 +142,34 @@ test('a log outlives its room while it holds events; once forgotten, the room st
   assert.equal(h.latest('a').epoch, 'test.2');
 });
 
-test('the shard cap empties the rooms whose oldest event is the oldest first, down to 90% of it', (t) => {
+test('the shard cap empties the rooms holding the most first, the oldest first among equals, down to 90% of it', (t) => {
   const text = 'y'.repeat(1000 - ENTRY_OVERHEAD);
-  const { h, advance } = history({ maxBytes: 3 * LOG_OVERHEAD + 10_000 });
+  const cap = 4 * LOG_OVERHEAD + 14_000;
+  const { h, advance } = history({ maxBytes: cap });
   t.after(() => h.stop());
-  for (const key of ['old', 'mid', 'new']) {
-    for (let i = 0; i < 3; i++) h.stamp(key, text, false);
+  const full = (key: string) => h.since(key, { epoch: h.latest(key).epoch, offset: 0 }) !== null;
+  // A quiet room, written first (its oldest event is the oldest), then two busier ones.
+  h.stamp('quiet', text, false);
+  advance(10);
+  for (const key of ['old', 'new']) {
+    for (let i = 0; i < 4; i++) h.stamp(key, text, false);
     advance(10);
   }
   assert.equal(h.bytes, 3 * LOG_OVERHEAD + 9000);
-  h.stamp('new', text, false);
-  h.stamp('new', text, false);
-  // 11,000 + logs over 10,768: 'old' goes whole; then under 90%.
-  assert.equal(h.since('old', h.latest('old')) !== null, true, 'its epoch and offset stay');
-  assert.equal(h.since('old', { epoch: h.latest('old').epoch, offset: 0 }), null);
-  assert.ok(h.since('mid', { epoch: h.latest('mid').epoch, offset: 0 }) !== null);
-  assert.ok(h.since('new', { epoch: h.latest('new').epoch, offset: 0 }) !== null);
-  assert.ok(h.bytes <= (3 * LOG_OVERHEAD + 10_000) * 0.9);
+  // 'big' grows past the others: over the cap, it goes whole, and the rest are under 90%.
+  for (let i = 0; i < 5; i++) h.stamp('big', text, false);
+  assert.equal(h.bytes, cap, 'at the cap, not over it');
+  h.stamp('big', text, false);
+  assert.deepEqual([full('quiet'), full('old'), full('new'), full('big')], [true, true, true, false]);
+  assert.equal(h.since('big', h.latest('big')) !== null, true, 'its epoch and offset stay');
+  assert.ok(h.bytes <= cap * 0.9);
+  // Among rooms holding as much, the one whose oldest event is the oldest goes first; the quiet room stays.
+  for (let i = 0; i < 2; i++) h.stamp('quiet', text, false);
+  for (let i = 0; i < 4; i++) h.stamp('big', text, false);
+  assert.deepEqual([full('quiet'), full('old'), full('new')], [true, false, true]);
+  const big = h.latest('big');
+  assert.equal(drain(h.since('big', { epoch: big.epoch, offset: big.offset - 4 })!).length, 4, "big's new events kept");
+  assert.ok(h.bytes <= cap * 0.9);
 });
 
 test('clear (the bus missed events): the epoch and offsets go on, no resume from before is whole', (t) => {
@@ -181,4 +196,52 @@ test('a shard epoch is drawn at start: two histories never share one', (t) => {
   });
   assert.notEqual(a.latest('x').epoch, b.latest('x').epoch);
   assert.match(a.latest('x').epoch, /^[A-Za-z0-9_.~-]{1,64}$/);
+});
+
+test('a cursor that stalls behind the history pins none of the events let go of; it reads gone', async (t) => {
+  // The collector, for this test alone: whether an entry is still reachable is the question.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const { h } = history({ maxEvents: 10 });
+  t.after(() => h.stop());
+  const epoch = h.latest('a').epoch;
+  for (let i = 0; i < 10; i++) h.stamp('a', `event ${i} ${'x'.repeat(1000)}`, false);
+  const stalled = h.since('a', { epoch, offset: 0 })!;
+  const refs = drain(h.since('a', { epoch, offset: 0 })!).map((entry) => new WeakRef(entry));
+  assert.equal(refs.length, 10);
+  // 50 more: the 10 are let go, and fewer than the 64 that compact the array (each slot is cleared as it goes).
+  for (let i = 0; i < 50; i++) h.stamp('a', `later ${i}`, false);
+  await new Promise((resolve) => setImmediate(resolve));
+  gc();
+  assert.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'evicted entries still reachable');
+  assert.equal(stalled.read(), 'gone');
+});
+
+test('what an event holds in the heap is what the history counts: a text built as the relay builds it, in a room nobody else hears', (t) => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const { h } = history({ maxEvents: 100_000, maxRoomBytes: 1 << 30 });
+  t.after(() => h.stop());
+  const stamp = ',"sessionId":"3f1c2a4e-0000-4000-8000-0123456789ab","userId":"user-bench-0001","firstName":"Bench"';
+  const EVENTS = 50_000;
+  // The relay's text: its parts joined (a rope), the payload a slice of the client's whole frame.
+  // Only a room with receivers has it flattened, by the frame it writes; a lone member's event is kept as built.
+  const relayed = (n: number) => {
+    const json = Buffer.from(
+      `{"type":"asset_moved","payload":{"assetId":"asset-${String(n).padStart(6, '0')}","x":${n % 1920}.5,"y":${n % 1080}.25}}`,
+    ).toString();
+    return legacyText('asset_moved', stamp, 1_700_000_000_000 + n, memberText(json, 'payload'));
+  };
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  let counted = 0;
+  for (let n = 0; n < EVENTS; n++) {
+    const text = relayed(n);
+    counted += text.length + ENTRY_OVERHEAD;
+    h.stamp('room', text, false);
+  }
+  gc();
+  const held = process.memoryUsage().heapUsed - before;
+  t.diagnostic(`${EVENTS} events: ${(held / EVENTS).toFixed(0)} bytes of heap each, counted ${(counted / EVENTS).toFixed(0)}`);
+  assert.ok(held <= counted, `held ${(held / EVENTS).toFixed(0)} bytes per event, counted ${(counted / EVENTS).toFixed(0)}`);
 });

@@ -38,6 +38,10 @@
  * so a server that accepts and closes at once is retried at most every 2 s.
  * In Node with `ws`, a refused handshake's `Retry-After` is honoured.
  *
+ * Several nodes: `url` may list every node's URL. Each attempt dials the
+ * next, from a random first; a drain (1012) sends the client to the next
+ * node after the short jitter. `retry` names the URL and the close code.
+ *
  * Resume: the client keeps the desktop's epoch and the offset of the last
  * event it saw, and reconnects with `?epoch=E&offset=N`. If the server
  * replays what was missed, `recovered` follows the replay; if it cannot,
@@ -67,6 +71,7 @@ export type {
   PermissionChange,
   ReceivedPayload,
   RelayedEvent,
+  Retry,
   Revocation,
   SendArgs,
   ServerSentEvent,

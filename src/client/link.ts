@@ -4,7 +4,10 @@
  * for the token before every attempt, dials, and after a close decides when
  * to come back: the backoff, a refusal's `Retry-After` (Node with `ws`),
  * 4001 at once (once), 4003 as final, and a reset of the backoff only after
- * a session stayed joined for `stableAfterMs`. What the frames mean is the
+ * a session stayed joined for `stableAfterMs`. Given several URLs (every
+ * node of a fleet), each attempt dials the next one (urls.ts), and a close
+ * that sends the client away (1001, 1012) is answered at the short wait,
+ * once per URL until a session is stable. What the frames mean is the
  * owner's business: the link hands them over and is told when the session
  * counts as joined.
  */
@@ -12,7 +15,8 @@ import { SUBPROTOCOL, TOKEN_SUBPROTOCOL_PREFIX } from '../protocol/events.ts';
 import { afterClose, backoffDelay, retryAfterMs, type BackoffOptions } from './backoff.ts';
 import { ClientError } from './errors.ts';
 import { askToken, checkTokenOption, type TokenOption } from './token.ts';
-import type { ClientState, WebSocketConstructor, WebSocketLike } from './types.ts';
+import type { ClientState, Retry, WebSocketConstructor, WebSocketLike } from './types.ts';
+import { Urls, type UrlOption } from './urls.ts';
 
 /** The options of the link, as both clients take them (see ConnectOptions for each one's meaning and default). */
 export interface LinkOptions {
@@ -34,7 +38,7 @@ export interface LinkOwner {
   /** The state changed (the owner emits `state`). */
   state(state: ClientState): void;
   /** A reconnect is scheduled. */
-  retry(value: { inMs: number; attempt: number }): void;
+  retry(value: Retry): void;
   /** Node with `ws`: the handshake was refused with this status. */
   rejected(value: { status: number }): void;
   /** The token could not be had for an attempt (`ERR_TOKEN`). */
@@ -68,7 +72,7 @@ export class Link {
   private readonly WebSocketImpl: WebSocketConstructor;
   private readonly token: TokenOption;
   private readonly tokenVia: 'protocol' | 'bearer';
-  private readonly url: string;
+  private readonly urls: Urls;
   private readonly stableAfterMs: number;
   private readonly failingAfter: number;
   private readonly now: () => number;
@@ -81,6 +85,8 @@ export class Link {
   private joinedAt: number | null = null;
   /** A 4001 has had its retry at once; the next one backs off, until a session is stable again. */
   private immediateSpent = false;
+  /** Closes 1001/1012 answered with the short wait since the last stable session (counted with several URLs only). */
+  private hops = 0;
   /** Attempts since the last join, for the `retry` event. */
   private retries = 0;
   private failedOpens = 0;
@@ -90,15 +96,16 @@ export class Link {
    * Validate the options; nothing is dialled before start().
    * @throws {ClientError} ERR_NO_WEBSOCKET, ERR_INVALID_OPTION.
    */
-  constructor(url: string, path: string | (() => string), options: LinkOptions, owner: LinkOwner) {
+  constructor(url: UrlOption, path: string | (() => string), options: LinkOptions, owner: LinkOwner) {
     const WebSocketImpl = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!WebSocketImpl) throw new ClientError('ERR_NO_WEBSOCKET', 'no WebSocket implementation: pass options.WebSocket');
     const tokenVia = options.tokenVia ?? 'protocol';
     if (tokenVia !== 'protocol' && tokenVia !== 'bearer')
       throw new ClientError('ERR_INVALID_OPTION', `options.tokenVia must be 'protocol' or 'bearer', not ${JSON.stringify(tokenVia)}`);
     checkTokenOption(options.token, tokenVia);
+    const random = options.random ?? Math.random;
+    this.urls = new Urls(url, random);
     this.WebSocketImpl = WebSocketImpl;
-    this.url = url.replace(/\/+$/, '');
     this.path = typeof path === 'string' ? () => path : path;
     this.owner = owner;
     this.token = options.token;
@@ -108,7 +115,7 @@ export class Link {
     this.now = options.now ?? Date.now;
     this.setTimer = options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms));
     this.clearTimer = options.clearTimeout ?? ((t) => clearTimeout(t as ReturnType<typeof setTimeout>));
-    this.backoff = { minDelayMs: options.minDelayMs ?? 500, maxDelayMs: options.maxDelayMs ?? 4_000, random: options.random ?? Math.random };
+    this.backoff = { minDelayMs: options.minDelayMs ?? 500, maxDelayMs: options.maxDelayMs ?? 4_000, random };
   }
 
   /** The socket, when it is open. */
@@ -146,7 +153,7 @@ export class Link {
     if (this.timer === null) return;
     this.stopTimer();
     this.attempt = 0;
-    this.owner.retry({ inMs: 0, attempt: this.retries });
+    this.owner.retry({ inMs: 0, attempt: this.retries, url: this.urls.upcoming, code: null });
     this.open();
   }
 
@@ -193,13 +200,13 @@ export class Link {
         this.owner.tokenError(error);
         // An error handler may have closed the client.
         if ((this.state as ClientState) === 'closed') return;
-        this.scheduleReconnect(false, 'backoff', null);
+        this.scheduleReconnect(false, 'backoff', null, null);
       },
     );
   }
 
   private dial(token: string | null | undefined): void {
-    const url = this.url + this.path();
+    const url = this.urls.take() + this.path();
     const socket = !token
       ? new this.WebSocketImpl(url)
       : this.tokenVia === 'bearer'
@@ -220,7 +227,7 @@ export class Link {
         return this.end();
       }
       this.owner.lost();
-      this.scheduleReconnect(opened, next, retryAfter);
+      this.scheduleReconnect(opened, next, retryAfter, code);
     };
     // ws leaves aborting a refused handshake to whoever listens here. Only
     // here (Node with ws) can the client see the status and Retry-After: a
@@ -250,15 +257,20 @@ export class Link {
    * Schedule the next attempt. The backoff is reset by a session that stayed
    * joined for `stableAfterMs`, never by a socket merely opening: a server
    * that accepts and closes at once (with 4001, 1012, 4008…) would otherwise
-   * bring the client back at the floor's pace forever.
+   * bring the client back at the floor's pace forever. With several URLs, a
+   * close 1001/1012 past the floor still takes the short wait, once per URL
+   * until a session is stable: the next attempt is another node, which has
+   * no reason to turn the client away, while a fleet that keeps sending it
+   * away falls back to the backoff after one round.
    */
-  private scheduleReconnect(opened: boolean, next: 'now' | 'soon' | 'backoff', retryAfter: number | null): void {
+  private scheduleReconnect(opened: boolean, next: 'now' | 'soon' | 'backoff', retryAfter: number | null, code: number | null): void {
     if (opened) this.failedOpens = 0;
     else this.failedOpens++;
     const { minDelayMs, random } = this.backoff;
     if (this.joinedAt !== null && this.now() - this.joinedAt >= this.stableAfterMs) {
       this.attempt = 0;
       this.immediateSpent = false;
+      this.hops = 0;
     }
     this.joinedAt = null;
     let delay: number;
@@ -267,9 +279,11 @@ export class Link {
       // again. Not a step of the backoff, but spent until a stable session.
       delay = 0;
       this.immediateSpent = true;
-    } else if (next === 'soon' && this.attempt === 0) {
-      // Shutdown, restart after a stable session: a short wait, jittered
-      // over the whole floor so that a node's clients come back spread out.
+    } else if (next === 'soon' && (this.attempt === 0 || (this.urls.several && this.hops < this.urls.list.length))) {
+      // Shutdown, restart after a stable session, or to another node: a
+      // short wait, jittered over the whole floor so that a node's clients
+      // come back spread out.
+      if (this.urls.several) this.hops++;
       delay = Math.floor(random() * minDelayMs);
       this.attempt++;
     } else {
@@ -282,6 +296,6 @@ export class Link {
     this.setState(this.failedOpens >= this.failingAfter ? 'failing' : this.everJoined ? 'reconnecting' : 'connecting');
     this.nextRetryInMs = delay;
     this.timer = this.setTimer(() => this.open(), delay);
-    this.owner.retry({ inMs: delay, attempt: this.retries });
+    this.owner.retry({ inMs: delay, attempt: this.retries, url: this.urls.upcoming, code });
   }
 }

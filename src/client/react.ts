@@ -4,8 +4,8 @@
  *   const { state, others, permission, send } = useDesktop({ url, desktopId, token });
  *
  * It connects when the component mounts (in an effect: never during render,
- * never on a server) and closes when it unmounts or when `url` or
- * `desktopId` change; the component re-renders when the state, the room or
+ * never on a server) and closes when it unmounts or when `url` (a list:
+ * its contents) or `desktopId` change; the component re-renders when the state, the room or
  * the role changes. React is an optional peer dependency of the package:
  * only this entry imports it, and the core entry stays dependency-free.
  */
@@ -43,8 +43,8 @@ const INITIAL: Snapshot = { state: 'connecting', others: [], permission: null };
 
 /**
  * Connect to a desktop for as long as the component is mounted. Options are
- * those of `connect()`; only `url` and `desktopId` reconnect when they
- * change. The newest `token` is used at each attempt, so an inline
+ * those of `connect()`; only `url` (a list of URLs: its contents) and
+ * `desktopId` reconnect when they change. The newest `token` is used at each attempt, so an inline
  * `token: () => session.accessToken` (or an async refresh) needs no memo.
  */
 export function useDesktop<E extends EventMap = Record<never, never>>(options: ConnectOptions): Desktop<E> {
@@ -56,7 +56,9 @@ export function useDesktop<E extends EventMap = Record<never, never>>(options: C
   const current = useRef<MoodioClient<E> | null>(null);
   const [client, setClient] = useState<MoodioClient<E> | null>(null);
   const [snapshot, setSnapshot] = useState<Snapshot>(INITIAL);
-  const { url, desktopId } = options;
+  const { desktopId } = options;
+  // A list of URLs is compared by its contents: an inline array is a new one on every render.
+  const url = typeof options.url === 'string' ? options.url : Array.isArray(options.url) ? options.url.join('\n') : options.url;
 
   // biome-ignore lint/correctness/useExhaustiveDependencies: a new connection only for another server or desktop; the rest is read through `latest`.
   useEffect(() => {

@@ -122,6 +122,18 @@ export interface Revocation {
   reason: string;
 }
 
+/** The `retry` event: when the next attempt goes, where, and why. */
+export interface Retry {
+  /** The wait before the attempt, ms (0 after `retryNow()` and a first 4001). */
+  inMs: number;
+  /** Attempts since the last join, from 1. */
+  attempt: number;
+  /** The base URL the attempt dials: `options.url`, or the next of its list. */
+  url: string;
+  /** The close code of the socket whose loss scheduled it (`1006` when it never opened), or null when no socket closed (a token error, `retryNow()`). */
+  code: number | null;
+}
+
 /** The client's lifecycle events, for `on()`. Relayed events never reach these handlers. */
 export interface ClientEvents {
   state: ClientState;
@@ -140,7 +152,7 @@ export interface ClientEvents {
   /** Node with `ws` only: the handshake was refused with this status; 401/403 end the client. */
   rejected: { status: number };
   /** A reconnect attempt is scheduled in `inMs` (0 after `retryNow()` and a first 4001); `attempt` counts from 1 since the last join. */
-  retry: { inMs: number; attempt: number };
+  retry: Retry;
   /**
    * A rejoin recovered what was missed while away: the server replayed it,
    * in order, and every replayed event has reached `onEvent()` (emitted once
@@ -157,8 +169,14 @@ export interface ClientEvents {
 }
 
 export interface ConnectOptions {
-  /** Server base URL, e.g. `wss://moodio.example.com` (the path is added). */
-  url: string;
+  /**
+   * Server base URL, e.g. `wss://moodio.example.com` (the path is added), or
+   * every node's, e.g. `['wss://rt1.example.com', 'wss://rt2.example.com']`:
+   * each attempt dials the next, the first a random one, and a close
+   * 1001/1012 (a node draining) goes to the next after the short wait.
+   * `ws:` or `wss:`, no query or fragment; else `connect()` throws ERR_INVALID_OPTION.
+   */
+  url: string | readonly string[];
   desktopId: string;
   /**
    * Access token. Offered as the WebSocket protocols `moodio.v1` and

@@ -29,6 +29,7 @@ const SDK_FILES = [
   'client/topic.js',
   'client/topic-types.js',
   'client/topics.js',
+  'client/urls.js',
   'protocol/events.js',
   'protocol/topics.js',
 ];
