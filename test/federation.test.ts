@@ -873,6 +873,24 @@ describe('lifecycle: shutdown, reconnect and restart', () => {
     assert.equal((await alice.client.expect('session_left')).sessionId, dan.joined.sessionId);
   });
 
+  test("a room's first sync keeps a session that joined on the answering node after its answer, though that answer is read after the session's session_joined", async (t) => {
+    const proxy = await TcpProxy.start(t, nats.port);
+    const p = await startNode(t, 'node-p9', proxy.url);
+    const desk = desktop();
+    const bob = await open(b, desk, 'Bob');
+    // From here P reads nothing from the bus until released: B's answer to P's first sync, then Zoe's session_joined, reach P in one read.
+    const down = proxy.mark('down');
+    proxy.hold('down');
+    const pia = open(p, desk, 'Pia');
+    // B answered P's request with its list of the room: Bob alone.
+    await proxy.waitFor('down', `"s":["${bob.joined.sessionId}"]`, down);
+    const zoe = await open(b, desk, 'Zoe');
+    await proxy.waitFor('down', `"sessionId":"${zoe.joined.sessionId}"`, down);
+    proxy.release('down');
+    // The list was true when B sent it; Zoe joined after, and stays known.
+    assert.deepEqual(ids((await pia).joined), [bob.joined.sessionId, zoe.joined.sessionId].sort());
+  });
+
   test("a room whose first sync spans a reconnect is synced again: it learns the other node's sessions", async (t) => {
     const proxy = await TcpProxy.start(t, nats.port);
     const n = await startNode(t, 'node-n6', proxy.url);

@@ -65,12 +65,12 @@ export class TcpProxy {
     this.holding[direction] = true;
   }
 
-  /** Send on what was held going `direction`, and stop holding. */
+  /** Send on what was held going `direction`, in one write per connection (its reader gets it together), and stop holding. */
   release(direction: Direction): void {
     this.holding[direction] = false;
     for (const pair of this.pairs) {
       const target = direction === 'up' ? pair.server : pair.client;
-      for (const chunk of pair.held[direction]) target.write(chunk);
+      if (pair.held[direction].length > 0) target.write(Buffer.concat(pair.held[direction]));
       pair.held[direction] = [];
     }
   }

@@ -62,6 +62,8 @@ export class PresenceSync {
       const request = envelope(link.nodeJson, room.framing === 'flat' ? `{"type":"${PRESENCE_SYNC_REQUEST}"}` : topicSyncRequestJson(room.topic));
       if (room.mirror !== null) link.send(room.mirror, envelope(link.nodeJson, topicSyncRequestJson(room.topic)), undefined, true);
       const roster = link.signed(room.subject, request, this.rooms.localIds(room), ROSTER_HEADER)!;
+      // An answer's list speaks only for sessions learnt before it was asked for (see onSyncAnswer).
+      const askedAt = this.rooms.learnt;
       link.metrics.add(Metric.BUS_PUBLISHED);
       link.metrics.add(Metric.BUS_BYTES_OUT, request.length);
       const answers = await link.nc!.requestMany(room.subject, request, {
@@ -70,7 +72,7 @@ export class PresenceSync {
         maxWait: SYNC_MAX_WAIT_MS,
         headers: roster,
       });
-      for await (const answer of answers) this.onSyncAnswer(room, answer);
+      for await (const answer of answers) this.onSyncAnswer(room, answer, askedAt);
     } catch {
       // No responders (no other node has the room), or the bus went down: what was heard is what there is.
     }
@@ -90,8 +92,15 @@ export class PresenceSync {
     }
   }
 
-  /** A node's answer to our sync: `{"r": node, "s": [its session ids in the room]}`. */
-  private onSyncAnswer(room: FedRoom, answer: Msg): void {
+  /**
+   * A node's answer to our sync: `{"r": node, "s": [its session ids in the room]}`.
+   * The answers are read from an iterator, after the room's messages that came
+   * in the same read from the socket: a session that joined there after its
+   * node answered may be learnt already, and is not in the list. The list
+   * removes only sessions learnt before `askedAt` (one that left after being
+   * learnt, before the answer, said so on the room's subject, in order).
+   */
+  private onSyncAnswer(room: FedRoom, answer: Msg, askedAt: number): void {
     const link = this.link;
     if (link.closing || !this.rooms.current(room) || answer.data.byteLength > 64 * 1024) return;
     const auth = link.authenticate(answer);
@@ -106,7 +115,7 @@ export class PresenceSync {
       link.drop(DropReason.MALFORMED, answer.subject);
       return;
     }
-    if (r !== link.config.nodeId && this.trustsRoster(auth, r)) this.rooms.applyRoster(room, r, new Set(s as string[]));
+    if (r !== link.config.nodeId && this.trustsRoster(auth, r)) this.rooms.applyRoster(room, r, new Set(s as string[]), askedAt);
   }
 
   /**

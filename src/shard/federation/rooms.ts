@@ -198,11 +198,11 @@ export class RemoteRooms {
     return known !== undefined && this.link.signs(known.node);
   }
 
-  /** `node` says these are all its sessions in `room`: forget the others we hold for it. */
-  applyRoster(room: FedRoom, node: string, ids: ReadonlySet<string>): void {
+  /** `node` says these are all its sessions in `room`: forget the others we hold for it (learnt before `learntBefore`, when given). */
+  applyRoster(room: FedRoom, node: string, ids: ReadonlySet<string>, learntBefore = Infinity): void {
     const now = Date.now();
     for (const [id, remote] of room.remote) {
-      if (remote.node === node && !ids.has(id)) this.remove(room, id, remote, now);
+      if (remote.node === node && !ids.has(id) && remote.learnt < learntBefore) this.remove(room, id, remote, now);
     }
   }
 
