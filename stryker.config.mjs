@@ -113,7 +113,10 @@ export const SCOPES = {
   // Server API requests on a shard: who each kind reaches, each id applied once.
   commands: { mutate: ['src/shard/commands.ts'], tests: ['test/commands.unit.test.ts'] },
   // The server API on the primary: the key, the shards a call needs, the answers; and its HTTP/1.1 connections.
-  'api-server': { mutate: ['src/primary/api-server.ts', 'src/primary/api-connection.ts'], tests: ['test/api-server.unit.test.ts'] },
+  'api-server': {
+    mutate: ['src/primary/api-server.ts', 'src/primary/api-connection.ts'],
+    tests: ['test/api-server.unit.test.ts', 'test/api-server-gaps.unit.test.ts'],
+  },
   // One shard's link to the other nodes, driven in process over a real nats-server the test starts.
   federation: {
     mutate: [
