@@ -195,7 +195,9 @@ describe('bounds', () => {
     const deadline = Date.now() + 5000;
     for (let attempt = 0; ; attempt++) {
       if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 100));
-      const answer = await rawRequest(server.port, [upgradeHead(PING_PATH)], { localAddress: '127.0.0.41' });
+      // Done at the end of the answer's head: a 101's socket would otherwise stay open until the server's ping closed it,
+      // and the next attempt would come only after the silent connection's own head deadline.
+      const answer = await rawRequest(server.port, [upgradeHead(PING_PATH)], { localAddress: '127.0.0.41', until: (raw) => raw.includes('\r\n\r\n') });
       if (answer.status === 503) {
         assert.equal(answer.headers[REASON_HEADER.toLowerCase()], 'too_many_pending_from_address');
         break;
