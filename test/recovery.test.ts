@@ -255,9 +255,11 @@ async function awayWhile(t: Scope, s: ServerProcess, count: number, payload: (i:
     await c.expect('session_joined');
     await c.expect('session_left');
   }
+  // The server stamps each event after this instant: the bound on its age.
+  const sendingAt = Date.now();
   for (let i = 0; i < count; i++) a.client.send({ type: 'n', payload: payload(i) });
   for (let i = 0; i < count; i++) await w.client.expect('n');
-  return { id, a: a.client, w: w.client, from: b.joined };
+  return { id, a: a.client, w: w.client, from: b.joined, sendingAt };
 }
 
 /** Resume from `from` and check it says recovered: false and replays nothing (the next frame is a live marker). */
@@ -287,7 +289,8 @@ test('past the age bound (--history-age): recovered: false, no replay; --history
   const stub = await startPermissionStub(t);
   const s = await startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--history-age', '400ms'] });
   const room = await awayWhile(t, s, 3);
-  const sentAt = Date.now();
+  // Every missed event was stamped at or after sentAt: younger than now - sentAt.
+  const sentAt = room.sendingAt;
   // Within the window (the first try is at once): recovered.
   const first = await join(t, resumeUrl(s, room.id, room.from.epoch, room.from.offset), { token: token(user('Bob')) });
   if (Date.now() - sentAt < 300) assert.equal(first.joined.recovered, true);
