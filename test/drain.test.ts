@@ -9,6 +9,7 @@
  * fall in each slice of the window.
  */
 import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
 import { test } from 'node:test';
 import { shardFor } from '../src/primary/router.ts';
 import { CloseCode, SERVICE_RESTART_REASON } from '../src/protocol/events.ts';
@@ -246,4 +247,69 @@ test("a fleet: peers hear each session_left as its session closes, the node's bu
     const expected = [observers.get(room)!.userId, ...onA.filter((m) => m.room === room).map((m) => m.claims.userId)].sort();
     assert.deepEqual(present, expected);
   }
+});
+
+/**
+ * Run `then` the moment the server's close frame reaches `client`'s socket,
+ * before `ws` reads it and answers with its own close frame: what `then`
+ * sends goes out after the server's close and before the client's, as a
+ * client's event does when it was written while the close was on its way.
+ * Reads the server's (unmasked) frame headers off the raw stream.
+ */
+function atServerClose(client: TestClient, then: () => void): void {
+  const socket = (client.ws as unknown as { _socket: Socket })._socket;
+  let pending = Buffer.alloc(0);
+  let skip = 0;
+  const onData = (chunk: Buffer): void => {
+    pending = Buffer.concat([pending, chunk]);
+    for (;;) {
+      if (skip > 0) {
+        const n = Math.min(skip, pending.length);
+        pending = pending.subarray(n);
+        skip -= n;
+        if (skip > 0) return;
+      }
+      if (pending.length < 2) return;
+      if ((pending[0]! & 0x0f) === 0x8) {
+        socket.off('data', onData);
+        then();
+        return;
+      }
+      const short = pending[1]! & 0x7f;
+      const head = short === 126 ? 4 : short === 127 ? 10 : 2;
+      if (pending.length < head) return;
+      skip = short === 126 ? pending.readUInt16BE(2) : short === 127 ? Number(pending.readBigUInt64BE(2)) : short;
+      pending = pending.subarray(head);
+    }
+  };
+  socket.prependListener('data', onData);
+}
+
+test("an event a client sends after the drain's close frame, before its own, still reaches the room on both routes: a hand-over loses nothing", async (t) => {
+  const nats = await startNats(t);
+  const stub = await startPermissionStub(t);
+  const node = (id: string, extra: string[] = []) =>
+    startServer(t, { workers: 2, permissionApiBase: stub.base, args: ['--nats-url', nats.url, '--node-id', id, ...extra] });
+  const a = await node(`late-a-${process.pid}`, ['--drain-spread', '200ms']);
+  const b = await node(`late-b-${process.pid}`);
+  await Promise.all([federated(a), federated(b)]);
+
+  const room = desktop();
+  const observer = (await join(t, b.wsUrl(room), { token: token(user('Obs')) })).client;
+  const frames = heard(observer);
+  const tab = (await join(t, a.wsUrl(room), { token: token(user('Tab')) })).client;
+  const mux = await connectTopics(t, a, token(user('Mux')));
+  await subscribe(mux, `desktop:${room}`);
+  await until('the observer on B saw both sessions of A join', () => frames.filter((h) => h.frame.type === 'session_joined').length === 2);
+
+  atServerClose(tab, () => tab.send({ type: 'asset_moved', payload: { late: 'tab' } }));
+  atServerClose(mux, () => mux.send({ op: 'publish', topic: `desktop:${room}`, type: 'asset_moved', payload: { late: 'mux' } }));
+  a.child.kill('SIGTERM');
+  for (const client of [tab, mux]) assert.deepEqual(await client.closed, { code: CloseCode.SERVICE_RESTART, reason: SERVICE_RESTART_REASON });
+
+  const late = () => frames.filter((h) => h.frame.type === 'asset_moved').map((h) => (h.frame.payload as { late: string }).late);
+  await until('both late events reached the observer on B', () => late().length === 2);
+  assert.deepEqual(late().sort(), ['mux', 'tab']);
+  for (const h of frames.filter((f) => f.frame.type === 'asset_moved')) assert.equal(typeof h.frame.offset, 'number', 'a late event is stamped like any other');
+  assert.deepEqual(await a.exited, { code: 0, signal: null });
 });

@@ -233,8 +233,10 @@ export class Relay {
   /** Handle one client frame. Never throws: a failure is answered to the sender alone. */
   onMessage(session: Session, data: Buffer, isBinary: boolean): void {
     this.metrics.add(Metric.MESSAGES_RECEIVED);
-    // Closed by the server (revoked, disconnected, shutting down) while frames were on their way: none of them is relayed.
-    if (!session.open) return;
+    // Closed by the server (revoked, disconnected, cut) while frames were on
+    // their way: none of them is relayed. A drain's close is the exception
+    // (Session.handingOver): what the client sent before it read the close is.
+    if (!session.acceptsFrames) return;
     if (this.limiter.enabled && !this.admit(session)) {
       this.metrics.add(Metric.DROPPED_RATE_LIMIT);
       return;

@@ -62,6 +62,13 @@ export class Session {
   readonly reads: ReadState = newReadState();
   /** Its replay while it resumes (recovery.ts): its room's live events skip it until the replay catches up. */
   replay: ReplayJob | null = null;
+  /**
+   * Closed by a drain (1012, shard.ts): the client may have sent frames
+   * before it read the close frame. Its permission still holds, so they are
+   * handled until its own close frame ends the handshake, and an event is
+   * never lost to a hand-over. Every other close by the server drops them.
+   */
+  handingOver = false;
 
   constructor(options: SessionOptions) {
     const { identity } = options;
@@ -106,5 +113,11 @@ export class Session {
   /** True while frames may be written (not closing or closed). */
   get open(): boolean {
     return this.ws.readyState === 1;
+  }
+
+  /** True while the client's frames are handled: open, or closing for a drain ({@link handingOver}). */
+  get acceptsFrames(): boolean {
+    const state = this.ws.readyState;
+    return state === 1 || (state === 2 && this.handingOver);
   }
 }

@@ -597,6 +597,7 @@ export class Shard {
     if (!session.open) return;
     const { code, reason } = this.drainClose!;
     this.out.flushNow(session.out);
+    session.handingOver = true;
     session.ws.close(code, reason);
     // A socket that cannot take its close frame (it waits behind a backlog
     // the peer does not read) would hold the drain to its deadline, and the

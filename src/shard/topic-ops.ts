@@ -89,7 +89,8 @@ export class TopicOps {
   onMessage(conn: TopicConnection, data: Buffer, isBinary: boolean): void {
     const { metrics, limiter } = this.options;
     metrics.add(Metric.MESSAGES_RECEIVED);
-    if (!conn.open) return;
+    // As on the legacy route (relay.ts): a drain's close still hears what was sent before it.
+    if (!conn.acceptsFrames) return;
     if (limiter.enabled && !this.admit(conn)) {
       metrics.add(Metric.DROPPED_RATE_LIMIT);
       return;
