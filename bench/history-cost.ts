@@ -12,10 +12,11 @@
  *  3. memory: `--desktops` desktops (1,000) of one session each, each sending
  *     `--events` (2,000: the default count bound) events of about 200 bytes,
  *     on a fresh `--workers 1` server per mode; then every session leaves,
- *     the shard runs its memory-reducing GC (memory-release.ts), and what
- *     the shard's heap still holds is the history. Compared with what the
- *     history counts against `--history-memory` (history.ts: text + 128 per
- *     event, 256 per log).
+ *     the shard runs its memory-reducing GC (memory-release.ts). The history
+ *     is off the heap (event-ring.ts): the RSS growth while full, on less
+ *     off, is compared with what the history counts against
+ *     `--history-memory` (history.ts: each log and its ring's buffers,
+ *     computed here by a History fed the same events).
  *
  * The machine is shared: each run records the load average, and the tables
  * compare ratios within a pair rather than absolute figures.
@@ -37,6 +38,7 @@ import { scrape, sumOf } from '../test/helpers/metrics.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
 import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from '../test/helpers/server.ts';
 import { rssOf } from './connections.ts';
+import { History } from '../src/shard/history.ts';
 
 const argv = process.argv.slice(2);
 const arg = (name: string, fallback: number) => {
@@ -419,14 +421,18 @@ if (results.memory) {
     const frame = on.check.bytes / on.check.events;
     // The history keeps the text without `,"offset":N`: about 11 bytes fewer than the replayed frame at 4-digit offsets.
     const text = frame - `,"offset":${m.events}`.length;
-    const accounted = m.desktops * (256 + m.events * (text + 128));
+    // What one desktop's log counts: a History in this process fed the same events.
+    const probe = new History({ maxAgeMs: 120_000, maxEvents: m.events, maxRoomBytes: 1 << 30, maxBytes: 2 ** 40, inUse: () => true });
+    for (let i = 0; i < m.events; i++) probe.stamp('d', 'x'.repeat(Math.round(text)), false);
+    const accounted = m.desktops * probe.bytes;
+    probe.stop();
     const heap = on.left.shardHeapUsed - off.left.shardHeapUsed;
     const rss = on.full.rss - on.empty.rss - (off.full.rss - off.empty.rss);
     results.memorySummary = { textBytes: text, accounted, heap, rss };
     md.push(
       '',
       `Events of ${text.toFixed(0)} characters as kept (${frame.toFixed(0)} as replayed, with the offset). Accounted against \`--history-memory\`: ${mib(accounted)} MiB (${(accounted / m.desktops / 1024).toFixed(1)} KiB per desktop, ${(accounted / events).toFixed(0)} bytes per event).`,
-      `Measured, history on less off once every session left: shard heap +${mib(heap)} MiB, ${(heap / m.desktops / 1024).toFixed(1)} KiB per desktop, ${(heap / events).toFixed(0)} bytes per event (${(heap / accounted).toFixed(2)}× the accounting); RSS growth while full, on less off: +${mib(rss)} MiB, ${(rss / events).toFixed(0)} bytes per event.`,
+      `Measured, history on less off: RSS growth while full +${mib(rss)} MiB, ${(rss / m.desktops / 1024).toFixed(1)} KiB per desktop, ${(rss / events).toFixed(0)} bytes per event (${(rss / accounted).toFixed(2)}× the accounting); shard heap once every session left +${mib(heap)} MiB (the events are off the heap).`,
       '',
     );
   }

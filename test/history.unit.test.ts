@@ -89,9 +89,14 @@ test('the byte bound per room counts each text and its overhead', (t) => {
   t.after(() => h.stop());
   h.stamp('a', text, false);
   h.stamp('a', text, false);
-  assert.equal(h.bytes, LOG_OVERHEAD + 2 * per);
+  assert.equal(h.roomBytes('a'), 2 * per);
   h.stamp('a', text, false);
-  assert.equal(h.bytes, LOG_OVERHEAD + 2 * per);
+  assert.equal(h.roomBytes('a'), 2 * per);
+  // A character of 2 UTF-8 bytes counts 2.
+  const { h: wide } = history({ maxRoomBytes: 1 << 20 });
+  t.after(() => wide.stop());
+  wide.stamp('a', 'é'.repeat(100), false);
+  assert.equal(wide.roomBytes('a'), 200 + ENTRY_OVERHEAD);
   assert.equal(h.since('a', { epoch: 'test.1', offset: 0 }), null);
   assert.ok(h.since('a', { epoch: 'test.1', offset: 1 }) !== null);
 });
@@ -142,34 +147,60 @@ test('a log outlives its room while it holds events; once forgotten, the room st
   assert.equal(h.latest('a').epoch, 'test.2');
 });
 
-test('the shard cap empties the rooms holding the most first, the oldest first among equals, down to 90% of it', (t) => {
-  const text = 'y'.repeat(1000 - ENTRY_OVERHEAD);
-  const cap = 4 * LOG_OVERHEAD + 14_000;
+/** What a shard's history holds with one room of `events` texts `text` (its log and its ring's buffers). */
+function heldWith(events: number, text: string): number {
+  const { h } = history();
+  for (let i = 0; i < events; i++) h.stamp('r', text, false);
+  const held = h.bytes;
+  h.stop();
+  return held;
+}
+
+test('the shard cap counts what the logs hold; over it, the room holding the most is emptied first, down to 90% of it', (t) => {
+  const text = 'y'.repeat(1000);
+  const { h: probe } = history();
+  t.after(() => probe.stop());
+  probe.stamp('quiet', text, false);
+  for (const key of ['old', 'new']) for (let i = 0; i < 4; i++) probe.stamp(key, text, false);
+  const others = probe.bytes;
+  assert.equal(others, heldWith(1, text) + 2 * heldWith(4, text), 'the shard holds what its logs hold');
+  // 'big' may hold up to what it holds with 7 events; it crosses the cap when it outgrows that, being the largest then.
+  const cap = others + heldWith(7, text);
   const { h, advance } = history({ maxBytes: cap });
   t.after(() => h.stop());
   const full = (key: string) => h.since(key, { epoch: h.latest(key).epoch, offset: 0 }) !== null;
-  // A quiet room, written first (its oldest event is the oldest), then two busier ones.
   h.stamp('quiet', text, false);
   advance(10);
   for (const key of ['old', 'new']) {
     for (let i = 0; i < 4; i++) h.stamp(key, text, false);
     advance(10);
   }
-  assert.equal(h.bytes, 3 * LOG_OVERHEAD + 9000);
-  // 'big' grows past the others: over the cap, it goes whole, and the rest are under 90%.
-  for (let i = 0; i < 5; i++) h.stamp('big', text, false);
-  assert.equal(h.bytes, cap, 'at the cap, not over it');
-  h.stamp('big', text, false);
-  assert.deepEqual([full('quiet'), full('old'), full('new'), full('big')], [true, true, true, false]);
+  let stamped = 0;
+  while (full('big') || stamped === 0) {
+    h.stamp('big', text, false);
+    stamped++;
+    assert.ok(h.bytes <= cap, `over the cap after ${stamped} events: ${h.bytes} > ${cap}`);
+    assert.ok(stamped < 100, 'never over the cap');
+  }
+  assert.ok(heldWith(stamped, text) > heldWith(7, text), `emptied at ${stamped} events, once it outgrew the cap`);
+  assert.deepEqual([full('quiet'), full('old'), full('new')], [true, true, true], 'the others kept');
   assert.equal(h.since('big', h.latest('big')) !== null, true, 'its epoch and offset stay');
   assert.ok(h.bytes <= cap * 0.9);
-  // Among rooms holding as much, the one whose oldest event is the oldest goes first; the quiet room stays.
-  for (let i = 0; i < 2; i++) h.stamp('quiet', text, false);
-  for (let i = 0; i < 4; i++) h.stamp('big', text, false);
-  assert.deepEqual([full('quiet'), full('old'), full('new')], [true, false, true]);
-  const big = h.latest('big');
-  assert.equal(drain(h.since('big', { epoch: big.epoch, offset: big.offset - 4 })!).length, 4, "big's new events kept");
-  assert.ok(h.bytes <= cap * 0.9);
+});
+
+test('the shard cap: among rooms holding as much, the one whose oldest event is the oldest is emptied first', (t) => {
+  const text = 'z'.repeat(1000);
+  const four = heldWith(4, text);
+  const { h, advance } = history({ maxBytes: 3 * four - 1 });
+  t.after(() => h.stop());
+  const full = (key: string) => h.since(key, { epoch: h.latest(key).epoch, offset: 0 }) !== null;
+  for (const key of ['a', 'b']) {
+    for (let i = 0; i < 4; i++) h.stamp(key, text, false);
+    advance(10);
+  }
+  for (let i = 0; i < 4; i++) h.stamp('c', text, false);
+  assert.deepEqual([full('a'), full('b'), full('c')], [false, true, true]);
+  assert.ok(h.bytes <= (3 * four - 1) * 0.9);
 });
 
 test('clear (the bus missed events): the epoch and offsets go on, no resume from before is whole', (t) => {
@@ -184,7 +215,7 @@ test('clear (the bus missed events): the epoch and offsets go on, no resume from
   assert.ok(h.since('b', { epoch: 'test.2', offset: 0 }) !== null, 'another room kept');
   h.clear(null);
   assert.equal(h.since('b', { epoch: 'test.2', offset: 0 }), null);
-  assert.equal(h.bytes, 2 * LOG_OVERHEAD);
+  assert.equal(h.bytes, 2 * LOG_OVERHEAD, 'emptied logs hold no buffer');
 });
 
 test('a shard epoch is drawn at start: two histories never share one', (t) => {
@@ -198,26 +229,25 @@ test('a shard epoch is drawn at start: two histories never share one', (t) => {
   assert.match(a.latest('x').epoch, /^[A-Za-z0-9_.~-]{1,64}$/);
 });
 
-test('a cursor that stalls behind the history pins none of the events let go of; it reads gone', async (t) => {
-  // The collector, for this test alone: whether an entry is still reachable is the question.
-  setFlagsFromString('--expose-gc');
-  const gc = runInNewContext('gc') as () => void;
+test('a cursor that stalls behind the history pins none of the events let go of: it reads gone, and the sweep gives their memory back', (t) => {
   const { h } = history({ maxEvents: 10 });
   t.after(() => h.stop());
   const epoch = h.latest('a').epoch;
   for (let i = 0; i < 10; i++) h.stamp('a', `event ${i} ${'x'.repeat(1000)}`, false);
   const stalled = h.since('a', { epoch, offset: 0 })!;
-  const refs = drain(h.since('a', { epoch, offset: 0 })!).map((entry) => new WeakRef(entry));
-  assert.equal(refs.length, 10);
-  // 50 more: the 10 are let go, and fewer than the 64 that compact the array (each slot is cleared as it goes).
+  const whole = h.bytes;
+  // 50 small ones: the 10 large are let go.
   for (let i = 0; i < 50; i++) h.stamp('a', `later ${i}`, false);
-  await new Promise((resolve) => setImmediate(resolve));
-  gc();
-  assert.equal(refs.filter((ref) => ref.deref() !== undefined).length, 0, 'evicted entries still reachable');
+  h.sweep();
+  assert.ok(h.bytes * 4 < whole, `held ${h.bytes} bytes after the sweep, ${whole} while the large events were kept`);
   assert.equal(stalled.read(), 'gone');
+  assert.deepEqual(
+    drain(h.since('a', { epoch, offset: 50 })!).map((e) => e.text),
+    Array.from({ length: 10 }, (_, i) => `later ${40 + i}`),
+  );
 });
 
-test('what an event holds in the heap is what the history counts: a text built as the relay builds it, in a room nobody else hears', (t) => {
+test('the history keeps its events off the heap, and holds no more than it counts: texts built as the relay builds them', async (t) => {
   setFlagsFromString('--expose-gc');
   const gc = runInNewContext('gc') as () => void;
   const { h } = history({ maxEvents: 100_000, maxRoomBytes: 1 << 30 });
@@ -225,7 +255,6 @@ test('what an event holds in the heap is what the history counts: a text built a
   const stamp = ',"sessionId":"3f1c2a4e-0000-4000-8000-0123456789ab","userId":"user-bench-0001","firstName":"Bench"';
   const EVENTS = 50_000;
   // The relay's text: its parts joined (a rope), the payload a slice of the client's whole frame.
-  // Only a room with receivers has it flattened, by the frame it writes; a lone member's event is kept as built.
   const relayed = (n: number) => {
     const json = Buffer.from(
       `{"type":"asset_moved","payload":{"assetId":"asset-${String(n).padStart(6, '0')}","x":${n % 1920}.5,"y":${n % 1080}.25}}`,
@@ -233,15 +262,29 @@ test('what an event holds in the heap is what the history counts: a text built a
     return legacyText('asset_moved', stamp, 1_700_000_000_000 + n, memberText(json, 'payload'));
   };
   gc();
-  const before = process.memoryUsage().heapUsed;
-  let counted = 0;
+  const before = process.memoryUsage();
+  let texts = 0;
   for (let n = 0; n < EVENTS; n++) {
     const text = relayed(n);
-    counted += text.length + ENTRY_OVERHEAD;
+    texts += text.length;
     h.stamp('room', text, false);
   }
-  gc();
-  const held = process.memoryUsage().heapUsed - before;
-  t.diagnostic(`${EVENTS} events: ${(held / EVENTS).toFixed(0)} bytes of heap each, counted ${(counted / EVENTS).toFixed(0)}`);
-  assert.ok(held <= counted, `held ${(held / EVENTS).toFixed(0)} bytes per event, counted ${(counted / EVENTS).toFixed(0)}`);
+  // The buffers a ring outgrew are freed once collected, and their memory counted off after the collector's sweep.
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const after = process.memoryUsage();
+  const heap = after.heapUsed - before.heapUsed;
+  const buffers = after.arrayBuffers - before.arrayBuffers;
+  t.diagnostic(
+    `${EVENTS} events of ${(texts / EVENTS).toFixed(0)} characters: heap ${(heap / EVENTS).toFixed(1)} bytes each, buffers ${(buffers / EVENTS).toFixed(0)}, counted ${(h.bytes / EVENTS).toFixed(0)}`,
+  );
+  assert.ok(heap < 32 * EVENTS, `${(heap / EVENTS).toFixed(1)} bytes of heap per event: the events are on the heap`);
+  // 64 KiB for what else the process allocated meanwhile.
+  assert.ok(buffers <= h.bytes + 65_536, `buffers hold ${buffers} bytes, counted ${h.bytes}`);
+  // And every one of them reads back as it was given.
+  const all = drain(h.since('room', { epoch: h.latest('room').epoch, offset: 0 })!);
+  assert.equal(all.length, EVENTS);
+  assert.equal(all[12_345]!.text, relayed(12_345));
 });

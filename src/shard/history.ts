@@ -32,22 +32,24 @@
  *   typical 42 KB is some 11,000 rooms, more than one user may hold (50
  *   connections of 50 topics).
  *
- * An event's bytes are its legacy text's length plus {@link ENTRY_OVERHEAD};
- * a log costs {@link LOG_OVERHEAD} more. The entries hold the strings the
- * relay built for the live frame: nothing is copied to keep them.
+ * Toward its room's byte bound, an event counts its legacy text's UTF-8
+ * bytes plus {@link ENTRY_OVERHEAD}. Toward the shard's cap, a log counts
+ * what it holds: {@link LOG_OVERHEAD} and its ring's buffers, which grow by
+ * doubling and are cut back by the sweep (event-ring.ts). The events are
+ * kept off the V8 heap, their texts copied into the ring's buffer, so that
+ * the garbage collector never copies or marks them (event-ring.ts says why).
  */
 import { randomBytes } from 'node:crypto';
-import type { CursorRead, LogCursor, LogEntry, ResumePosition, RoomLog } from './room-log.ts';
+import { EventRing } from './event-ring.ts';
+import type { CursorRead, LogCursor, ResumePosition, RoomLog } from './room-log.ts';
 
 /**
- * What an entry costs beyond its text's characters: the object, its slot,
- * the string's header and what its slices keep of the client's frame.
- * Measured: 2,000 `asset_moved` events of 230 characters per room took 346
- * bytes of heap each (text + 116).
+ * What an event counts toward its room's byte bound beyond its text's UTF-8
+ * bytes: its slot in the ring (event-ring.ts `SLOT_BYTES`) rounded up.
  */
-export const ENTRY_OVERHEAD = 128;
-/** What a room's log costs while it holds nothing. */
-export const LOG_OVERHEAD = 256;
+export const ENTRY_OVERHEAD = 32;
+/** What a room's log costs while it holds nothing: the log and its ring's objects. */
+export const LOG_OVERHEAD = 512;
 /** How often aged events are let go and idle logs forgotten. */
 export const HISTORY_SWEEP_MS = 1000;
 
@@ -68,17 +70,13 @@ export interface HistoryOptions {
   epoch?: string;
 }
 
-interface Entry extends LogEntry {
-  readonly bytes: number;
-}
-
-/** One room's log: its epoch, its last offset, and its events `entries[start…]`. */
+/** One room's log: its epoch, its last offset, and its events, oldest first, in a ring off the heap. */
 class Log {
   readonly key: string;
   readonly epoch: string;
   latest = 0;
-  entries: Entry[] = [];
-  start = 0;
+  readonly ring = new EventRing();
+  /** What the events count toward the room's byte bound: text bytes + ENTRY_OVERHEAD each. */
   bytes = 0;
   /** Forgotten: every cursor on it is gone. */
   dead = false;
@@ -89,30 +87,28 @@ class Log {
   }
 
   get count(): number {
-    return this.entries.length - this.start;
+    return this.ring.count;
   }
 
   /** The offset of the oldest event kept (latest + 1 when none is). */
   get first(): number {
-    return this.latest - this.count + 1;
+    return this.latest - this.ring.count + 1;
   }
 
-  head(): Entry | undefined {
-    return this.entries[this.start];
+  /** Let go of the oldest event. */
+  shift(): void {
+    this.bytes -= this.ring.shift() + ENTRY_OVERHEAD;
   }
 
-  /** Let go of the oldest event; its bytes. */
-  shift(): number {
-    const entry = this.entries[this.start]!;
-    this.entries[this.start] = undefined as unknown as Entry;
-    this.start++;
-    // Compact once half the array is let go: amortized O(1), and no shift() of a long array.
-    if (this.start > 64 && this.start * 2 > this.entries.length) {
-      this.entries = this.entries.slice(this.start);
-      this.start = 0;
-    }
-    this.bytes -= entry.bytes;
-    return entry.bytes;
+  /** Let go of every event, and of the memory that held them. */
+  empty(): void {
+    this.ring.clear();
+    this.bytes = 0;
+  }
+
+  /** What the shard counts for this log: its overhead and what its ring holds. */
+  get held(): number {
+    return LOG_OVERHEAD + this.ring.held;
   }
 }
 
@@ -130,8 +126,6 @@ export class History implements RoomLog {
   /** Bytes of every log and entry of the shard. */
   private total = 0;
   private readonly sweeper: NodeJS.Timeout;
-  /** The first character of the last text kept: reading it flattened the text (see stamp). */
-  flattened = 0;
 
   constructor(options: HistoryOptions) {
     this.options = options;
@@ -146,9 +140,14 @@ export class History implements RoomLog {
     return this.options.maxAgeMs > 0;
   }
 
-  /** Bytes held by the shard's history (for /stats and the tests). */
+  /** Bytes held by the shard's history: every log's overhead and what its ring holds (for the cap, /stats and the tests). */
   get bytes(): number {
     return this.total;
+  }
+
+  /** What the events of `roomKey` count toward its byte bound (0 without a log). */
+  roomBytes(roomKey: string): number {
+    return this.logs.get(roomKey)?.bytes ?? 0;
   }
 
   /** Rooms with a log. */
@@ -161,20 +160,14 @@ export class History implements RoomLog {
     const offset = ++log.latest;
     if (this.options.maxAgeMs <= 0) return offset;
     const at = this.now();
-    // The relay's text is a rope of its parts, the payload a slice of the
-    // client's whole frame; a frame written to receivers flattens it, but an
-    // event nobody else heard is kept as built: 495 bytes of heap for a
-    // 204-character text, against 332 counted (history.unit.test.ts).
-    // Reading a character flattens it in place (V8), and the parts are let
-    // go; the read is stored so that no compiler drops it as unused.
-    this.flattened = text.charCodeAt(0);
-    const bytes = text.length + ENTRY_OVERHEAD;
-    log.entries.push({ offset, text, nullPayload, at, bytes });
-    log.bytes += bytes;
-    this.total += bytes;
+    const before = log.held;
+    // Copied into the ring's buffer (UTF-8): the relay's string, a rope of
+    // its parts and a slice of the client's frame, is not kept.
+    log.bytes += log.ring.push(offset, at, nullPayload, text) + ENTRY_OVERHEAD;
     const { maxEvents, maxRoomBytes } = this.options;
-    while (log.count > maxEvents || (log.bytes > maxRoomBytes && log.count > 0)) this.total -= log.shift();
+    while (log.count > maxEvents || (log.bytes > maxRoomBytes && log.count > 0)) log.shift();
     this.trimAge(log, at);
+    this.total += log.held - before;
     if (this.total > this.options.maxBytes) this.shed();
     return offset;
   }
@@ -199,7 +192,7 @@ export class History implements RoomLog {
    */
   clear(roomKey: string | null): void {
     const logs = roomKey === null ? [...this.logs.values()] : [this.logs.get(roomKey)].filter((log) => log !== undefined);
-    for (const log of logs) while (log.count > 0) this.total -= log.shift();
+    for (const log of logs) this.empty(log);
   }
 
   /** Let go of everything (the shard stops). */
@@ -215,36 +208,42 @@ export class History implements RoomLog {
     if (log === undefined) {
       log = new Log(roomKey, `${this.epoch}.${(++this.incarnations).toString(36)}`);
       this.logs.set(roomKey, log);
-      this.total += LOG_OVERHEAD;
+      this.total += log.held;
     }
     return log;
   }
 
+  /** Let go of the events older than maxAgeMs (what the ring holds does not change: the caller accounts for it). */
   private trimAge(log: Log, now: number): void {
     const oldest = now - this.options.maxAgeMs;
-    let head = log.head();
-    while (head !== undefined && head.at <= oldest) {
-      this.total -= log.shift();
-      head = log.head();
-    }
+    while (log.count > 0 && log.ring.atAt(0) <= oldest) log.shift();
+  }
+
+  private empty(log: Log): void {
+    const before = log.held;
+    log.empty();
+    this.total += log.held - before;
   }
 
   /** Over the shard's cap: empty the logs holding the most (the oldest first among equals), until under 90% of it. */
   private shed(): void {
     const target = this.options.maxBytes * 0.9;
     const held = [...this.logs.values()].filter((log) => log.count > 0);
-    held.sort((a, b) => b.bytes - a.bytes || a.head()!.at - b.head()!.at);
+    held.sort((a, b) => b.held - a.held || a.ring.atAt(0) - b.ring.atAt(0));
     for (const log of held) {
       if (this.total <= target) return;
-      while (log.count > 0) this.total -= log.shift();
+      this.empty(log);
     }
   }
 
-  /** Aged events let go; a log with no event whose room has no member here is forgotten. */
+  /** Aged events let go, and the memory a shrunken log no longer needs; a log with no event whose room has no member here is forgotten. */
   sweep(): void {
     const now = this.now();
     for (const log of [...this.logs.values()]) {
+      const before = log.held;
       this.trimAge(log, now);
+      log.ring.trim();
+      this.total += log.held - before;
       if (log.count === 0 && !this.options.inUse(log.key)) this.forget(log);
     }
   }
@@ -252,7 +251,7 @@ export class History implements RoomLog {
   private forget(log: Log): void {
     log.dead = true;
     this.logs.delete(log.key);
-    this.total -= LOG_OVERHEAD + log.bytes;
+    this.total -= log.held;
   }
 }
 
@@ -273,7 +272,7 @@ class LocalCursor implements LogCursor {
     const first = log.first;
     if (this.next < first) return 'gone';
     if (this.next > log.latest) return null;
-    const entry = log.entries[log.start + (this.next - first)]!;
+    const entry = log.ring.entry(this.next - first);
     this.next++;
     return entry;
   }

@@ -20,7 +20,8 @@
  * cursor searches for its next entry.
  */
 import { ENTRY_OVERHEAD, HISTORY_SWEEP_MS, newShardEpoch } from './history.ts';
-import type { CursorRead, LogCursor, LogEntry, ResumePosition, RoomLog } from './room-log.ts';
+import { EventRing } from './event-ring.ts';
+import type { CursorRead, LogCursor, ResumePosition, RoomLog } from './room-log.ts';
 
 export interface StreamLogOptions {
   maxAgeMs: number;
@@ -29,15 +30,12 @@ export interface StreamLogOptions {
   now?: () => number;
 }
 
-interface Entry extends LogEntry {
-  readonly bytes: number;
-}
-
 class Window {
   base: number;
   latest: number;
-  entries: Entry[] = [];
-  start = 0;
+  /** Its events, oldest first, off the heap (event-ring.ts). */
+  ring = new EventRing();
+  /** What the events count toward the room's byte bound: text bytes + ENTRY_OVERHEAD each. */
   bytes = 0;
   dead = false;
 
@@ -47,31 +45,12 @@ class Window {
   }
 
   get count(): number {
-    return this.entries.length - this.start;
+    return this.ring.count;
   }
 
   shift(): void {
-    const entry = this.entries[this.start]!;
-    this.entries[this.start] = undefined as unknown as Entry;
-    this.start++;
-    this.bytes -= entry.bytes;
-    this.base = entry.offset;
-    if (this.start > 64 && this.start * 2 > this.entries.length) {
-      this.entries = this.entries.slice(this.start);
-      this.start = 0;
-    }
-  }
-
-  /** The index of the first entry with an offset above `after` (entries.length when none). */
-  after(after: number): number {
-    let lo = this.start;
-    let hi = this.entries.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.entries[mid]!.offset <= after) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    this.base = this.ring.offsetAt(0);
+    this.bytes -= this.ring.shift() + ENTRY_OVERHEAD;
   }
 }
 
@@ -141,9 +120,7 @@ export class StreamLog implements RoomLog {
       return;
     }
     const at = this.now();
-    const bytes = text.length + ENTRY_OVERHEAD;
-    window.entries.push({ offset, text, nullPayload, at, bytes });
-    window.bytes += bytes;
+    window.bytes += window.ring.push(offset, at, nullPayload, text) + ENTRY_OVERHEAD;
     while (window.count > this.options.maxEvents || (window.bytes > this.options.maxRoomBytes && window.count > 0)) window.shift();
     this.trimAge(window, at);
   }
@@ -162,14 +139,17 @@ export class StreamLog implements RoomLog {
     if (from >= window.base) return true;
     if (upTo < window.base) return false;
     const at = this.now();
-    const kept = window.entries.slice(window.start);
+    // Rare (a resume from before the window): a new ring, the fetched events, then the window's.
+    const ring = new EventRing();
+    let bytes = 0;
     const base = window.base;
-    const added: Entry[] = entries
-      .filter(({ offset }) => offset > from && offset <= base)
-      .map(({ offset, text }) => ({ offset, text, nullPayload: false, at, bytes: text.length + ENTRY_OVERHEAD }));
-    window.entries = [...added, ...kept];
-    window.start = 0;
-    for (const entry of added) window.bytes += entry.bytes;
+    for (const { offset, text } of entries) if (offset > from && offset <= base) bytes += ring.push(offset, at, false, text) + ENTRY_OVERHEAD;
+    for (let i = 0; i < window.count; i++) {
+      const entry = window.ring.entry(i);
+      bytes += ring.push(entry.offset, entry.at, entry.nullPayload, entry.text) + ENTRY_OVERHEAD;
+    }
+    window.ring = ring;
+    window.bytes = bytes;
     window.base = from;
     return true;
   }
@@ -200,8 +180,11 @@ export class StreamLog implements RoomLog {
   /** Let go of the window's events (null: every room's): no resume from before now is served from memory. */
   clear(roomKey: string | null): void {
     const windows = roomKey === null ? [...this.windows.values()] : [this.windows.get(roomKey)].filter((w) => w !== undefined);
-    for (const window of windows) while (window.count > 0) window.shift();
-    for (const window of windows) window.base = window.latest;
+    for (const window of windows) {
+      window.ring.clear();
+      window.bytes = 0;
+      window.base = window.latest;
+    }
   }
 
   stop(): void {
@@ -212,12 +195,15 @@ export class StreamLog implements RoomLog {
 
   private trimAge(window: Window, now: number): void {
     const oldest = now - this.options.maxAgeMs;
-    while (window.count > 0 && window.entries[window.start]!.at <= oldest) window.shift();
+    while (window.count > 0 && window.ring.atAt(0) <= oldest) window.shift();
   }
 
   private sweep(): void {
     const now = this.now();
-    for (const window of this.windows.values()) this.trimAge(window, now);
+    for (const window of this.windows.values()) {
+      this.trimAge(window, now);
+      window.ring.trim();
+    }
   }
 }
 
@@ -234,9 +220,9 @@ class WindowCursor implements LogCursor {
   read(): CursorRead {
     const window = this.window;
     if (window.dead || this.last < window.base) return 'gone';
-    const index = window.after(this.last);
-    if (index >= window.entries.length) return null;
-    const entry = window.entries[index]!;
+    const index = window.ring.after(this.last);
+    if (index >= window.count) return null;
+    const entry = window.ring.entry(index);
     this.last = entry.offset;
     return entry;
   }

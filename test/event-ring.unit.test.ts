@@ -1,0 +1,120 @@
+/**
+ * The ring that keeps a room's events off the heap (shard/event-ring.ts):
+ * every event reads back as it was kept, in order, whatever pushes, shifts,
+ * moves and trims happened between (checked against a plain array under a
+ * seeded random sequence), and what it holds stays within its bounds.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { EventRing, SLOT_BYTES } from '../src/shard/event-ring.ts';
+
+/** A small seeded PRNG (mulberry32): the same sequence on every run. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Kept {
+  offset: number;
+  at: number;
+  nullPayload: boolean;
+  text: string;
+}
+
+function assertSame(ring: EventRing, model: Kept[]): void {
+  assert.equal(ring.count, model.length);
+  assert.equal(
+    ring.textBytes,
+    model.reduce((n, e) => n + Buffer.byteLength(e.text), 0),
+  );
+  for (let i = 0; i < model.length; i++) {
+    assert.deepEqual(ring.entry(i), model[i]);
+    assert.equal(ring.offsetAt(i), model[i]!.offset);
+    assert.equal(ring.atAt(i), model[i]!.at);
+  }
+}
+
+test('pushes, shifts, moves and trims in any order: every event reads back as kept, in order (against an array, 20,000 random steps)', () => {
+  const next = random(21);
+  const ring = new EventRing();
+  const model: Kept[] = [];
+  let offset = 0;
+  const words = ['a', 'asset_moved', 'é', '日本', '{"x":1}', '🙂'];
+  for (let step = 0; step < 20_000; step++) {
+    const r = next();
+    if (r < 0.55) {
+      offset += 1 + Math.floor(next() * 3);
+      const length = Math.floor(next() * next() * 3000);
+      let text = '';
+      while (text.length < length) text += words[Math.floor(next() * words.length)];
+      const kept = { offset, at: step, nullPayload: next() < 0.3, text };
+      assert.equal(ring.push(kept.offset, kept.at, kept.nullPayload, kept.text), Buffer.byteLength(text));
+      model.push(kept);
+    } else if (r < 0.97) {
+      if (model.length > 0) assert.equal(ring.shift(), Buffer.byteLength(model.shift()!.text));
+    } else ring.trim();
+    if (step % 97 === 0) assertSame(ring, model);
+  }
+  assertSame(ring, model);
+});
+
+test('after(): the index of the first event above an offset, for offsets that are not consecutive', () => {
+  const ring = new EventRing();
+  for (const offset of [3, 7, 8, 20]) ring.push(offset, 0, false, `${offset}`);
+  ring.shift();
+  assert.deepEqual(
+    [0, 3, 6, 7, 8, 19, 20, 99].map((o) => ring.after(o)),
+    [0, 0, 0, 1, 2, 2, 3, 3],
+  );
+});
+
+test('what it holds: nothing while empty; within twice what is live while it grows; trim cuts a shrunken ring back, clear to nothing', () => {
+  const ring = new EventRing();
+  assert.equal(ring.held, 0);
+  const text = 'x'.repeat(1000);
+  for (let i = 0; i < 1000; i++) {
+    ring.push(i, i, false, text);
+    const live = ring.textBytes + ring.count * SLOT_BYTES;
+    assert.ok(ring.held <= 2 * live + 2048, `${ring.held} held for ${live} live`);
+  }
+  // Keep 10: the sweep's trim gives the rest back.
+  while (ring.count > 10) ring.shift();
+  const grown = ring.held;
+  ring.trim();
+  assert.ok(ring.held * 20 < grown, `${ring.held} held after the trim, ${grown} before`);
+  assert.equal(ring.entry(9).offset, 999);
+  // Emptied: the next event starts at the front, and clear holds nothing.
+  while (ring.count > 0) ring.shift();
+  ring.trim();
+  assert.equal(ring.held, 0);
+  ring.push(5, 5, true, 'again');
+  assert.deepEqual(ring.entry(0), { offset: 5, at: 5, nullPayload: true, text: 'again' });
+  ring.clear();
+  assert.equal(ring.held, 0);
+  assert.equal(ring.count, 0);
+});
+
+test('a steady room (push one, let go of one) keeps what it holds flat: the live part moves to the front instead of growing', () => {
+  const ring = new EventRing();
+  const text = 'y'.repeat(300);
+  for (let i = 0; i < 100; i++) ring.push(i, i, false, text);
+  // The first turns may move the texts to a larger buffer once.
+  for (let i = 100; i < 1000; i++) {
+    ring.push(i, i, false, text);
+    ring.shift();
+  }
+  const held = ring.held;
+  assert.ok(held <= 2 * (ring.textBytes + 100 * SLOT_BYTES), `${held} held for 100 events of 300 bytes`);
+  for (let i = 1000; i < 100_000; i++) {
+    ring.push(i, i, false, text);
+    ring.shift();
+  }
+  assert.equal(ring.held, held);
+  assert.equal(ring.entry(0).offset, 99_900);
+});
