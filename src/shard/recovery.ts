@@ -18,6 +18,7 @@ import type { LinkMessage } from '../protocol/messages.ts';
 import { positionMembers, type ResumePosition } from '../protocol/resume.ts';
 import type { Subscription } from './connection.ts';
 import { History } from './history.ts';
+import { LinkReplayBudget, type BudgetWaiter } from './link-replay-budget.ts';
 import { Replays, type ReplayTarget } from './replay.ts';
 import type { CursorRead, LogCursor, LogEntry, RoomLog } from './room-log.ts';
 import type { Session } from './session.ts';
@@ -25,6 +26,10 @@ import { StreamLog } from './stream-log.ts';
 
 /** Bytes of events one batch to another shard carries (at least one event). */
 export const REMOTE_BATCH_BYTES = 32 * 1024;
+/** What one user's replays here may hold of other shards' histories at once (link-replay-budget.ts): 8 batches. */
+export const LINK_REPLAY_USER_BYTES = 8 * REMOTE_BATCH_BYTES;
+/** What all the replays of a shard may hold of other shards' histories at once: 512 batches. */
+export const LINK_REPLAY_SHARD_BYTES = 512 * REMOTE_BATCH_BYTES;
 
 export interface RecoveryOptions {
   historyAgeMs: number;
@@ -71,6 +76,8 @@ export class Recovery {
   private lost: RecoveryLost | null = null;
   /** `sid\0topic` → the cursor of a subscriber here replaying a room another shard owns. */
   private readonly remote = new Map<string, RemoteCursor>();
+  /** What those cursors hold, per user and for the shard. */
+  readonly linkBudget = new LinkReplayBudget(LINK_REPLAY_USER_BYTES, LINK_REPLAY_SHARD_BYTES, REMOTE_BATCH_BYTES);
 
   constructor(options: RecoveryOptions) {
     this.history = new History({
@@ -188,13 +195,18 @@ export class Recovery {
    */
   follow(sub: Subscription, from: ResumePosition, ask: (message: ReplayRequest) => boolean): void {
     const key = `${sub.conn.id}\0${sub.topic}`;
-    const cursor = new RemoteCursor(sub.owner, from, (offset) => ask({ k: 'replay', topic: sub.topic, sid: sub.conn.id, e: from.epoch, o: offset }));
+    const cursor = new RemoteCursor(sub.owner, sub.conn.userId, from, this.linkBudget, (offset) =>
+      ask({ k: 'replay', topic: sub.topic, sid: sub.conn.id, e: from.epoch, o: offset }),
+    );
     this.remote.set(key, cursor);
     this.startSub(
       sub,
       cursor,
       (entry) => entry.text,
-      () => this.remote.delete(key),
+      () => {
+        cursor.close();
+        if (this.remote.get(key) === cursor) this.remote.delete(key);
+      },
     );
   }
 
@@ -234,20 +246,16 @@ export class Recovery {
       cursor,
       render,
       done: () => {
-        ended();
         if (sub.replay === job) sub.replay = null;
       },
       lost: () => {
-        ended();
         if (sub.replay !== job) return;
         sub.replay = null;
         this.lost?.subLost(sub);
       },
-      cancelled: () => {
-        if (sub.replay === job) return false;
-        ended();
-        return true;
-      },
+      cancelled: () => sub.replay !== job,
+      // However it ends (its connection closed too): what it held is let go.
+      ended,
     };
     sub.replay = job;
     this.replays.start(job);
@@ -261,46 +269,110 @@ function noop(): void {}
  * time, and asks for the next once the replay has written it. Live events
  * that reach the follower meanwhile are skipped (the next batch has them);
  * an empty batch means caught up, and is read at once (replay.ts), before
- * any later live event can arrive.
+ * any later live event can arrive. What it holds and asks for counts in the
+ * shard's {@link LinkReplayBudget}: over the user's or the shard's bound it
+ * waits for its turn before asking.
  */
-class RemoteCursor implements LogCursor {
+class RemoteCursor implements LogCursor, BudgetWaiter {
   /** The shard whose history it reads. */
   readonly owner: number;
+  readonly user: string;
+  private readonly budget: LinkReplayBudget;
   private batch: LogEntry[] = [];
   private index = 0;
   private after: number;
   private asking = false;
   private ended = false;
   private gone = false;
+  /** Bytes counted in the budget for it: the batch it holds, or a batch's worth while it asks. */
+  private holding = 0;
+  /** Given its turn by the budget, a batch's worth reserved: the next ask needs no other. */
+  private reserved = false;
+  private queued = false;
   private readonly ask: (after: number) => boolean;
   onReady: (() => void) | null = null;
 
-  constructor(owner: number, from: ResumePosition, ask: (after: number) => boolean) {
+  constructor(owner: number, user: string, from: ResumePosition, budget: LinkReplayBudget, ask: (after: number) => boolean) {
     this.owner = owner;
+    this.user = user;
     this.after = from.offset;
+    this.budget = budget;
     this.ask = ask;
   }
 
   read(): CursorRead {
     if (this.index < this.batch.length) return this.batch[this.index++]!;
+    // The batch is written: let go of it.
+    if (!this.asking && this.holding > 0) {
+      this.batch = [];
+      this.index = 0;
+      this.release();
+    }
     if (this.gone) return 'gone';
     if (this.ended) return null;
     if (!this.asking) {
-      if (!this.ask(this.after)) return 'gone';
+      if (!this.reserved && !this.budget.acquire(this.user)) {
+        if (!this.queued) {
+          this.queued = true;
+          this.budget.wait(this);
+        }
+        return 'wait';
+      }
+      this.reserved = false;
+      this.holding = this.budget.batchBytes;
+      if (!this.ask(this.after)) {
+        this.release();
+        return 'gone';
+      }
       this.asking = true;
     }
     return 'wait';
   }
 
+  /** Its turn in the budget (a batch's worth reserved): read again, and ask. */
+  go(): void {
+    this.queued = false;
+    this.reserved = true;
+    this.onReady?.();
+  }
+
   answer(message: Batch): void {
     this.asking = false;
+    let bytes = 0;
     if (message.gone === true) this.gone = true;
     else if (message.texts.length === 0) this.ended = true;
     else {
-      this.batch = message.texts.map((text) => ({ offset: 0, text, nullPayload: false, at: 0 }));
+      this.batch = message.texts.map((text) => {
+        bytes += text.length;
+        return { offset: 0, text, nullPayload: false, at: 0 };
+      });
       this.index = 0;
       this.after = message.last;
     }
+    // The reservation becomes what the batch holds.
+    this.budget.take(this.user, bytes - this.holding);
+    this.holding = bytes;
     this.onReady?.();
+  }
+
+  /** The replay ended: let go of what it holds, reserved or waited for. */
+  close(): void {
+    this.batch = [];
+    this.release();
+    if (this.reserved) {
+      this.reserved = false;
+      this.budget.take(this.user, -this.budget.batchBytes);
+    }
+    if (this.queued) {
+      this.queued = false;
+      this.budget.leave(this);
+    }
+  }
+
+  private release(): void {
+    if (this.holding === 0) return;
+    const held = this.holding;
+    this.holding = 0;
+    this.budget.take(this.user, -held);
   }
 }

@@ -56,6 +56,8 @@ export interface ReplayJob<T extends ReplayTarget = ReplayTarget> {
   lost(): void;
   /** The target no longer wants the replay (its socket closed, it left the room). */
   cancelled(): boolean;
+  /** The replay ended, however: done, lost, cancelled, or its target closed. Called last, once. */
+  ended?(): void;
 }
 
 interface Running {
@@ -175,5 +177,6 @@ export class Replays {
     this.running--;
     if (how === 'done') run.job.done();
     else if (how === 'lost') run.job.lost();
+    run.job.ended?.();
   }
 }
