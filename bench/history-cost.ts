@@ -110,6 +110,8 @@ interface Run {
   /** The generator's CPU time and busy time (sending, reading), % of its core, as it reports them. */
   generatorCpuPercent: number;
   generatorBusyPercent: number;
+  /** The Go generator's polling without work near a send (CPU time, not load); null from the Node generator, which does not tell. */
+  generatorSpinPercent: number | null;
   sendLagP99: number;
   saturated: boolean;
 }
@@ -159,6 +161,7 @@ async function pairs(
             serverCpuPercent: Math.round((cpu / wallMs) * 100),
             generatorCpuPercent: Math.max(...report.generator.cpuPercent),
             generatorBusyPercent: Math.max(...report.generator.busyPercent),
+            generatorSpinPercent: (report.generator as { spinPercent?: number }).spinPercent ?? null,
             sendLagP99: report.generator.sendLagMs.p99,
             saturated: report.generator.saturated,
           });
@@ -399,12 +402,12 @@ function pairTable(title: string, all: Run[]): void {
     md.push(
       `## ${title}${GENERATORS.length > 1 || name !== 'node' ? `, ${GENERATOR_LABEL[name]}` : ''}`,
       '',
-      '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | p99.9 ms | deliveries/s | server CPU ms per 1k frames | server CPU % | generator CPU / busy % | send lag p99 ms |',
+      '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | p99.9 ms | deliveries/s | server CPU ms per 1k frames | server CPU % | generator CPU / busy / spin % | send lag p99 ms |',
       '|---|---|---|---|---|---|---|---|---|---|---|---|',
     );
     for (const r of runs)
       md.push(
-        `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${f(r.p999)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.cpuMsPer1k.toFixed(2)} | ${r.serverCpuPercent} | ${r.generatorCpuPercent} / ${r.generatorBusyPercent}${r.saturated ? ' (saturated)' : ''} | ${f(r.sendLagP99)} |`,
+        `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${f(r.p999)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.cpuMsPer1k.toFixed(2)} | ${r.serverCpuPercent} | ${r.generatorCpuPercent} / ${r.generatorBusyPercent} / ${r.generatorSpinPercent ?? '—'}${r.saturated ? ' (saturated)' : ''} | ${f(r.sendLagP99)} |`,
       );
     const ratio = (pick: (r: Run) => number) =>
       Array.from({ length: PAIRS }, (_, i) => {

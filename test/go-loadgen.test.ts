@@ -135,6 +135,8 @@ test('a preset run reports its target room: 300 messages, each reaching its 9 re
   assert.equal(report.generator.cpuPercent.length, 1);
   assert.equal(typeof report.generator.cpuPercent[0], 'number');
   assert.equal(typeof report.generator.saturated, 'boolean');
+  const { busyPercent, spinPercent } = report.generator;
+  assert.ok(busyPercent[0] > 0 && spinPercent >= 0 && busyPercent[0] + spinPercent <= 100, JSON.stringify(report.generator));
   assert.equal(typeof report.generator.sendLagMs.p99, 'number');
   assert.ok(report.generator.framesReceived >= report.deliveries, 'frames received include every delivery');
 });

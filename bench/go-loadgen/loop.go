@@ -69,16 +69,18 @@ func newTally(slot int) *tally {
 }
 
 type gen struct {
-	o         *options
-	epfd      int
-	pwait2    bool
-	events    []syscall.EpollEvent
-	readBuf   []byte
-	scratch   []byte
-	masks     maskPool
-	base      time.Time
-	now       float64
-	busyUs    float64
+	o       *options
+	epfd    int
+	pwait2  bool
+	events  []syscall.EpollEvent
+	readBuf []byte
+	scratch []byte
+	masks   maskPool
+	base    time.Time
+	now     float64
+	busyUs  float64
+	// Time in waits that could block (what is neither busy nor sleeping is spinning).
+	sleepUs   float64
 	conns     []*conn
 	rooms     []*roomState
 	senders   []*sender
@@ -451,7 +453,8 @@ func (g *gen) tick() float64 {
 // loop again, and that delay would show as latency. The Node generator spins
 // the same way, from 1.5 ms before a send.
 func (g *gen) poll(until float64) {
-	wait := until - g.clock() - g.o.spinUs
+	before := g.clock()
+	wait := until - before - g.o.spinUs
 	var n int
 	var err syscall.Errno
 	switch {
@@ -459,9 +462,11 @@ func (g *gen) poll(until float64) {
 		n, err = epollWait(g.epfd, g.events, 0)
 	case g.pwait2:
 		n, err = epollPwait2(g.epfd, g.events, int64(wait*1000))
+		g.sleepUs += g.clock() - before
 	case wait >= 1000:
 		// Without epoll_pwait2, waits are whole milliseconds: wake early rather than late.
 		n, err = epollWait(g.epfd, g.events, int(wait/1000))
+		g.sleepUs += g.clock() - before
 	default:
 		n, err = epollWait(g.epfd, g.events, 0)
 	}

@@ -44,8 +44,10 @@ type generatorReport struct {
 	Name string `json:"name"`
 	// CPU time of the whole process over the run (every thread, user + system), as a percentage of wall time.
 	CPUPercent []float64 `json:"cpuPercent"`
-	// Time spent sending and handling received data, as a percentage of wall time.
-	BusyPercent    []float64      `json:"busyPercent"`
+	// Time spent sending and handling received data (read system calls included), as a percentage of wall time.
+	BusyPercent []float64 `json:"busyPercent"`
+	// Time spent polling with nothing to do while a send was near (--spin-us): CPU time, but not load.
+	SpinPercent    float64        `json:"spinPercent"`
 	Saturated      bool           `json:"saturated"`
 	SendsLate      bool           `json:"sendsLate"`
 	FramesReceived int64          `json:"framesReceived"`
@@ -109,6 +111,7 @@ func buildReport(o *options, g *gen, durationMs int64, r result) *report {
 			Name:           "go",
 			CPUPercent:     []float64{r.cpuPercent},
 			BusyPercent:    []float64{r.busyPercent},
+			SpinPercent:    r.spinPercent,
 			Saturated:      r.busyPercent >= saturatedPercent,
 			FramesReceived: r.framesReceived,
 			SendLagMs:      t.lagHist.summary(),
@@ -223,7 +226,7 @@ func formatReport(r *report) string {
 		add("errors: %s", strings.Join(parts, ", "))
 	}
 	g := r.Generator
-	add("generator: one event loop, busy %v%%, CPU %v%% (the whole process)", g.BusyPercent[0], g.CPUPercent[0])
+	add("generator: one event loop, busy %v%%, spinning %v%%, CPU %v%% (the whole process)", g.BusyPercent[0], g.SpinPercent, g.CPUPercent[0])
 	if g.Saturated {
 		add("WARNING: the generator is saturated (%v%% busy, ≥ %d%%); latencies include generator delay.", g.BusyPercent[0], saturatedPercent)
 	} else if g.SendsLate {

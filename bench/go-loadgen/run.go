@@ -42,6 +42,7 @@ type result struct {
 	windowMs              float64
 	cpuPercent            float64
 	busyPercent           float64
+	spinPercent           float64
 	framesReceived        int64
 }
 
@@ -125,6 +126,7 @@ func run(o *options) (*report, error) {
 		windowMs:       windowMs,
 		cpuPercent:     math.Round(cpuUs/wallUs*1000) / 10,
 		busyPercent:    math.Round(g.busyUs/wallUs*1000) / 10,
+		spinPercent:    math.Round(math.Max(0, wallUs-g.busyUs-g.sleepUs)/wallUs*1000) / 10,
 		framesReceived: frames,
 	}), nil
 }
@@ -174,7 +176,7 @@ func (g *gen) send(runStart float64, durationMs int64) float64 {
 	for _, s := range g.senders {
 		s.nextAt = runStart + rand.Float64()*s.intervalUs
 	}
-	g.busyUs = 0
+	g.busyUs, g.sleepUs = 0, 0
 	g.counting = true
 	measured := g.tallies[1]
 	prog := &progress{g: g, next: runStart + 1e6, from: runStart, enable: g.o.progress}
