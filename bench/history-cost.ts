@@ -28,7 +28,7 @@
  * (the generators named unless node alone, the rate when --rate is given).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { describeMachine, machineInfo } from '../scripts/machine-info.ts';
@@ -107,13 +107,39 @@ interface Run {
   cpuMsPer1k: number;
   /** The server's CPU time over the generator's run (connects included), % of wall time: near 100 on one pinned core, the server is the limit. */
   serverCpuPercent: number;
+  /** Its shard thread's time on the core, and waiting for it (the server's other threads, V8's GC helpers among them, or another process), % of wall time. */
+  shardRunPercent: number;
+  shardWaitPercent: number;
   /** The generator's CPU time and busy time (sending, reading), % of its core, as it reports them. */
   generatorCpuPercent: number;
   generatorBusyPercent: number;
   /** The Go generator's polling without work near a send (CPU time, not load); null from the Node generator, which does not tell. */
   generatorSpinPercent: number | null;
+  /** The Go generator's loop waiting for its core while another task held it; null from the Node generator. */
+  generatorWaitPercent: number | null;
   sendLagP99: number;
   saturated: boolean;
+}
+
+/**
+ * The shard threads' time on their core and waiting for it (ns, Linux
+ * schedstat), summed over the server's `moodio-rt shard` threads: a shard
+ * on its core all the time is the limit; one waiting shared its core.
+ */
+function shardSched(pid: number): { runNs: number; waitNs: number } {
+  let runNs = 0;
+  let waitNs = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      if (readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim() !== 'moodio-rt shard') continue;
+      const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+      runNs += run!;
+      waitNs += wait!;
+    } catch {
+      // A thread that ended meanwhile.
+    }
+  }
+  return { runNs, waitNs };
 }
 
 /** CPU time a process has used, every thread, user + system (ms; Linux clock ticks of 10 ms). */
@@ -145,10 +171,13 @@ async function pairs(
           const load = loadAverage();
           log(`# ${label}, pair ${pair}/${PAIRS}, history ${mode}, ${generator.name} generator (load ${load})`);
           const cpuBefore = cpuMs(server.child.pid!);
+          const schedBefore = shardSched(server.child.pid!);
           const started = performance.now();
           const report = generator.run(server.port, args);
           const wallMs = performance.now() - started;
           const cpu = cpuMs(server.child.pid!) - cpuBefore;
+          const sched = shardSched(server.child.pid!);
+          const ofWall = (ns: number) => Math.round(ns / 1e4 / wallMs);
           runs.push({
             mode,
             pair,
@@ -159,9 +188,12 @@ async function pairs(
             // Every delivery of the run, warm-up and connects included: the same work in both modes.
             cpuMsPer1k: (cpu / Math.max(1, report.generator.framesReceived)) * 1000,
             serverCpuPercent: Math.round((cpu / wallMs) * 100),
+            shardRunPercent: ofWall(sched.runNs - schedBefore.runNs),
+            shardWaitPercent: ofWall(sched.waitNs - schedBefore.waitNs),
             generatorCpuPercent: Math.max(...report.generator.cpuPercent),
             generatorBusyPercent: Math.max(...report.generator.busyPercent),
             generatorSpinPercent: (report.generator as { spinPercent?: number }).spinPercent ?? null,
+            generatorWaitPercent: (report.generator as { waitPercent?: number }).waitPercent ?? null,
             sendLagP99: report.generator.sendLagMs.p99,
             saturated: report.generator.saturated,
           });
@@ -402,12 +434,12 @@ function pairTable(title: string, all: Run[]): void {
     md.push(
       `## ${title}${GENERATORS.length > 1 || name !== 'node' ? `, ${GENERATOR_LABEL[name]}` : ''}`,
       '',
-      '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | p99.9 ms | deliveries/s | server CPU ms per 1k frames | server CPU % | generator CPU / busy / spin % | send lag p99 ms |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | p99.9 ms | deliveries/s | server CPU ms per 1k frames | server CPU % | shard on core / waiting % | generator CPU / busy / spin / waiting % | send lag p99 ms |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     );
     for (const r of runs)
       md.push(
-        `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${f(r.p999)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.cpuMsPer1k.toFixed(2)} | ${r.serverCpuPercent} | ${r.generatorCpuPercent} / ${r.generatorBusyPercent} / ${r.generatorSpinPercent ?? '—'}${r.saturated ? ' (saturated)' : ''} | ${f(r.sendLagP99)} |`,
+        `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${f(r.p999)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.cpuMsPer1k.toFixed(2)} | ${r.serverCpuPercent} | ${r.shardRunPercent} / ${r.shardWaitPercent} | ${r.generatorCpuPercent} / ${r.generatorBusyPercent} / ${r.generatorSpinPercent ?? '—'} / ${r.generatorWaitPercent ?? '—'}${r.saturated ? ' (saturated)' : ''} | ${f(r.sendLagP99)} |`,
       );
     const ratio = (pick: (r: Run) => number) =>
       Array.from({ length: PAIRS }, (_, i) => {

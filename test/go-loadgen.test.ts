@@ -135,8 +135,10 @@ test('a preset run reports its target room: 300 messages, each reaching its 9 re
   assert.equal(report.generator.cpuPercent.length, 1);
   assert.equal(typeof report.generator.cpuPercent[0], 'number');
   assert.equal(typeof report.generator.saturated, 'boolean');
-  const { busyPercent, spinPercent } = report.generator;
+  const { busyPercent, spinPercent, waitPercent } = report.generator;
   assert.ok(busyPercent[0] > 0 && spinPercent >= 0 && busyPercent[0] + spinPercent <= 100, JSON.stringify(report.generator));
+  // Linux's schedstat is there on this machine: the share of the run the loop waited for its core.
+  assert.ok(waitPercent >= 0 && waitPercent <= 100, `waitPercent ${waitPercent}`);
   assert.equal(typeof report.generator.sendLagMs.p99, 'number');
   assert.ok(report.generator.framesReceived >= report.deliveries, 'frames received include every delivery');
 });

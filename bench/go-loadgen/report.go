@@ -47,7 +47,9 @@ type generatorReport struct {
 	// Time spent sending and handling received data (read system calls included), as a percentage of wall time.
 	BusyPercent []float64 `json:"busyPercent"`
 	// Time spent polling with nothing to do while a send was near (--spin-us): CPU time, but not load.
-	SpinPercent    float64        `json:"spinPercent"`
+	SpinPercent float64 `json:"spinPercent"`
+	// Time the loop was ready to run while another task held its core (Linux schedstat; -1 when unknown): the machine's share, not the generator's.
+	WaitPercent    float64        `json:"waitPercent"`
 	Saturated      bool           `json:"saturated"`
 	SendsLate      bool           `json:"sendsLate"`
 	FramesReceived int64          `json:"framesReceived"`
@@ -112,6 +114,7 @@ func buildReport(o *options, g *gen, durationMs int64, r result) *report {
 			CPUPercent:     []float64{r.cpuPercent},
 			BusyPercent:    []float64{r.busyPercent},
 			SpinPercent:    r.spinPercent,
+			WaitPercent:    r.waitPercent,
 			Saturated:      r.busyPercent >= saturatedPercent,
 			FramesReceived: r.framesReceived,
 			SendLagMs:      t.lagHist.summary(),
@@ -226,7 +229,7 @@ func formatReport(r *report) string {
 		add("errors: %s", strings.Join(parts, ", "))
 	}
 	g := r.Generator
-	add("generator: one event loop, busy %v%%, spinning %v%%, CPU %v%% (the whole process)", g.BusyPercent[0], g.SpinPercent, g.CPUPercent[0])
+	add("generator: one event loop, busy %v%%, spinning %v%%, CPU %v%% (the whole process), waiting for its core %v%%", g.BusyPercent[0], g.SpinPercent, g.CPUPercent[0], g.WaitPercent)
 	if g.Saturated {
 		add("WARNING: the generator is saturated (%v%% busy, ≥ %d%%); latencies include generator delay.", g.BusyPercent[0], saturatedPercent)
 	} else if g.SendsLate {

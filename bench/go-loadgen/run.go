@@ -7,6 +7,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -43,6 +45,7 @@ type result struct {
 	cpuPercent            float64
 	busyPercent           float64
 	spinPercent           float64
+	waitPercent           float64
 	framesReceived        int64
 }
 
@@ -97,11 +100,13 @@ func run(o *options) (*report, error) {
 	memoryLimit := debug.SetMemoryLimit(1 << 30)
 	var cpuStart, cpuEnd syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &cpuStart)
+	waitStart := runqueueWaitNs()
 	runStart := g.clock()
 	windowMs := g.send(runStart, durationMs)
 	g.counting = false
 	g.finished = true
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &cpuEnd)
+	waitUs := float64(runqueueWaitNs()-waitStart) / 1000
 	wallUs := g.clock() - runStart
 	debug.SetGCPercent(gcPercent)
 	debug.SetMemoryLimit(memoryLimit)
@@ -127,8 +132,36 @@ func run(o *options) (*report, error) {
 		cpuPercent:     math.Round(cpuUs/wallUs*1000) / 10,
 		busyPercent:    math.Round(g.busyUs/wallUs*1000) / 10,
 		spinPercent:    math.Round(math.Max(0, wallUs-g.busyUs-g.sleepUs)/wallUs*1000) / 10,
+		waitPercent:    waitPercent(waitStart, waitUs, wallUs),
 		framesReceived: frames,
 	}), nil
+}
+
+// runqueueWaitNs is how long the loop's thread has been ready to run while
+// another task held its core (the second field of /proc/thread-self/schedstat);
+// -1 where the kernel does not tell.
+func runqueueWaitNs() int64 {
+	data, err := os.ReadFile("/proc/thread-self/schedstat")
+	if err != nil {
+		return -1
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) < 2 {
+		return -1
+	}
+	wait, err := strconv.ParseInt(fields[1], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return wait
+}
+
+// waitPercent is the share of the run the loop waited for its core, -1 when unknown.
+func waitPercent(start int64, waitUs, wallUs float64) float64 {
+	if start < 0 || waitUs < 0 {
+		return -1
+	}
+	return math.Round(waitUs/wallUs*1000) / 10
 }
 
 // connectAll opens every session, paced at --connect-rate, without waiting
