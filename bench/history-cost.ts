@@ -4,7 +4,9 @@
  *
  *  1. latency: `loadtest --preset light` and `medium`, in on/off pairs whose
  *     order alternates (on-off, off-on, …), each against a fresh
- *     `--workers 1` server pinned to core 0, the generator on core 1. The issue's bar:
+ *     `--workers 1` server pinned to core 0, the generator on core 1 (`moodio-rt
+ *     loadtest`, or the neutral Go one with `--generator go`; with
+ *     `--generator node,go` both, in turn, beside every run). The issue's bar:
  *     history may move p99 by no more than 10%.
  *  2. throughput: 50 rooms × 10, 2 senders per room at `--rate` (1110/s:
  *     about 1M deliveries/s), in the same pairs. The bar: 100% delivered,
@@ -21,12 +23,13 @@
  * The machine is shared: each run records the load average, and the tables
  * compare ratios within a pair rather than absolute figures.
  *
- *   node bench/history-cost.ts [--only latency,throughput,memory] [--presets light,medium] [--pairs 3] [--rate 1110] [--desktops 1000] [--events 2000]
+ *   node bench/history-cost.ts [--only latency,throughput,memory] [--presets light,medium] [--pairs 3] [--rate 1110] [--desktops 1000] [--events 2000] [--generator node|go|node,go]
  *
- * Writes bench/results/history-cost-<date>-<commit>.{json,md}.
+ * Writes bench/results/history-cost-<date>-<commit>[-<generators>][-<parts>][-rate<N>].{json,md}
+ * (the generators named unless node alone, the rate when --rate is given).
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { describeMachine, machineInfo } from '../scripts/machine-info.ts';
@@ -36,9 +39,10 @@ import { encodeClientText, RawWebSocket } from '../src/loadtest/ws-client.ts';
 import { rawRequest } from '../test/helpers/client.ts';
 import { scrape, sumOf } from '../test/helpers/metrics.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
-import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from '../test/helpers/server.ts';
+import { devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from '../test/helpers/server.ts';
 import { rssOf } from './connections.ts';
 import { History } from '../src/shard/history.ts';
+import { generatorsOption, loadGenerator, type GeneratorName } from './generator.ts';
 
 const argv = process.argv.slice(2);
 const arg = (name: string, fallback: number) => {
@@ -71,6 +75,8 @@ const MODES = { on: [] as string[], off: ['--history-age', '0'] };
 type Mode = keyof typeof MODES;
 
 const log = (line: string) => process.stderr.write(line + '\n');
+const GENERATORS = generatorsOption(argv);
+const generators = GENERATORS.map((name) => loadGenerator(name, generatorPin, TEST_SECRET));
 const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const median = (values: number[]) => {
   const sorted = [...values].sort((a, b) => a - b);
@@ -89,30 +95,53 @@ function startBenchServer(cleanup: Cleanup, mode: Mode, workers = 1): Promise<Se
   });
 }
 
-function loadtest(port: number, args: string[]): LoadtestReport {
-  const [command, ...prefix] = [...generatorPin, process.execPath];
-  const env: NodeJS.ProcessEnv = { ...process.env, JWT_ACCESS_SECRET: TEST_SECRET };
-  delete env.NODE_OPTIONS;
-  const out = spawnSync(
-    command!,
-    [...prefix, CLI, 'loadtest', '--url', `ws://127.0.0.1:${port}`, '--threads', '1', '--no-progress', '--json', '--min-delivery', '0', ...args],
-    { env, encoding: 'utf8', maxBuffer: 64 * MiB },
-  );
-  if (out.status !== 0 && out.status !== 1) throw new Error(`loadtest failed (${out.status}): ${out.stderr}`);
-  return JSON.parse(out.stdout) as LoadtestReport;
-}
-
 interface Run {
   mode: Mode;
   pair: number;
+  generator: GeneratorName;
   load: string;
   p50: number;
   p99: number;
+  p999: number;
   delivered: number;
   deliveriesPerSecond: number;
   /** The server's CPU time (every thread, user + system) over the run, per 1,000 deliveries: what the shared machine's stalls hardly move. */
   cpuMsPer1k: number;
+  /** The server's CPU time over the generator's run (connects included), % of wall time: near 100 on one pinned core, the server is the limit. */
+  serverCpuPercent: number;
+  /** Its shard thread's time on the core, and waiting for it (the server's other threads, V8's GC helpers among them, or another process), % of wall time. */
+  shardRunPercent: number;
+  shardWaitPercent: number;
+  /** The generator's CPU time and busy time (sending, reading), % of its core, as it reports them. */
+  generatorCpuPercent: number;
+  generatorBusyPercent: number;
+  /** The Go generator's polling without work near a send (CPU time, not load); null from the Node generator, which does not tell. */
+  generatorSpinPercent: number | null;
+  /** The Go generator's loop waiting for its core while another task held it; null from the Node generator. */
+  generatorWaitPercent: number | null;
+  sendLagP99: number;
   saturated: boolean;
+}
+
+/**
+ * The shard threads' time on their core and waiting for it (ns, Linux
+ * schedstat), summed over the server's `moodio-rt shard` threads: a shard
+ * on its core all the time is the limit; one waiting shared its core.
+ */
+function shardSched(pid: number): { runNs: number; waitNs: number } {
+  let runNs = 0;
+  let waitNs = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      if (readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim() !== 'moodio-rt shard') continue;
+      const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ').map(Number);
+      runNs += run!;
+      waitNs += wait!;
+    } catch {
+      // A thread that ended meanwhile.
+    }
+  }
+  return { runNs, waitNs };
 }
 
 /** CPU time a process has used, every thread, user + system (ms; Linux clock ticks of 10 ms). */
@@ -126,31 +155,53 @@ function cpuMs(pid: number): number {
  * Each run has a fresh server: a run that overloads one must not leave it a
  * backlog that the next run (or the other server, on the same core) pays for.
  */
-async function pairs(label: string, args: string[], pick: (r: LoadtestReport) => { p50: number; p99: number; delivered: number }): Promise<Run[]> {
+async function pairs(
+  label: string,
+  args: string[],
+  pick: (r: LoadtestReport) => { p50: number; p99: number; p999: number; delivered: number },
+): Promise<Run[]> {
   const runs: Run[] = [];
   for (let pair = 1; pair <= PAIRS; pair++) {
     const order: Mode[] = pair % 2 === 1 ? ['on', 'off'] : ['off', 'on'];
+    // With several generators, each runs beside each mode, and their order alternates too.
+    const turn = pair % 2 === 1 ? generators : [...generators].reverse();
     for (const mode of order) {
-      const cleanup = new Cleanup();
-      try {
-        const server = await startBenchServer(cleanup, mode);
-        const load = loadAverage();
-        log(`# ${label}, pair ${pair}/${PAIRS}, history ${mode} (load ${load})`);
-        const cpuBefore = cpuMs(server.child.pid!);
-        const report = loadtest(server.port, args);
-        const cpu = cpuMs(server.child.pid!) - cpuBefore;
-        runs.push({
-          mode,
-          pair,
-          load,
-          ...pick(report),
-          deliveriesPerSecond: report.deliveriesPerSecond,
-          // Every delivery of the run, warm-up and connects included: the same work in both modes.
-          cpuMsPer1k: (cpu / Math.max(1, report.generator.framesReceived)) * 1000,
-          saturated: report.generator.saturated,
-        });
-      } finally {
-        await cleanup.run();
+      for (const generator of turn) {
+        const cleanup = new Cleanup();
+        try {
+          const server = await startBenchServer(cleanup, mode);
+          const load = loadAverage();
+          log(`# ${label}, pair ${pair}/${PAIRS}, history ${mode}, ${generator.name} generator (load ${load})`);
+          const cpuBefore = cpuMs(server.child.pid!);
+          const schedBefore = shardSched(server.child.pid!);
+          const started = performance.now();
+          const report = generator.run(server.port, args);
+          const wallMs = performance.now() - started;
+          const cpu = cpuMs(server.child.pid!) - cpuBefore;
+          const sched = shardSched(server.child.pid!);
+          const ofWall = (ns: number) => Math.round(ns / 1e4 / wallMs);
+          runs.push({
+            mode,
+            pair,
+            generator: generator.name,
+            load,
+            ...pick(report),
+            deliveriesPerSecond: report.deliveriesPerSecond,
+            // Every delivery of the run, warm-up and connects included: the same work in both modes.
+            cpuMsPer1k: (cpu / Math.max(1, report.generator.framesReceived)) * 1000,
+            serverCpuPercent: Math.round((cpu / wallMs) * 100),
+            shardRunPercent: ofWall(sched.runNs - schedBefore.runNs),
+            shardWaitPercent: ofWall(sched.waitNs - schedBefore.waitNs),
+            generatorCpuPercent: Math.max(...report.generator.cpuPercent),
+            generatorBusyPercent: Math.max(...report.generator.busyPercent),
+            generatorSpinPercent: (report.generator as { spinPercent?: number }).spinPercent ?? null,
+            generatorWaitPercent: (report.generator as { waitPercent?: number }).waitPercent ?? null,
+            sendLagP99: report.generator.sendLagMs.p99,
+            saturated: report.generator.saturated,
+          });
+        } finally {
+          await cleanup.run();
+        }
       }
     }
   }
@@ -161,6 +212,7 @@ const results: Record<string, unknown> = {
   machine: machineInfo(),
   date: new Date().toISOString(),
   pinned,
+  generators: GENERATORS,
   command: `node bench/history-cost.ts ${argv.join(' ')}`.trim(),
 };
 
@@ -170,6 +222,7 @@ if (want('latency')) {
     latency[preset] = await pairs(`preset ${preset}`, ['--preset', preset, '--warmup', '1s'], (r) => ({
       p50: r.latencyMs.p50,
       p99: r.latencyMs.p99,
+      p999: r.latencyMs.p999,
       delivered: Math.min(r.deliveryRatio, r.pressure!.expectedDeliveries ? r.pressure!.deliveries / r.pressure!.expectedDeliveries : 1),
     }));
   }
@@ -179,7 +232,12 @@ if (want('throughput')) {
   const args = ['--rooms', '50', '--users-per-room', '10', '--senders-per-room', '2', '--rate', String(RATE), '--duration', '5s', '--warmup', '2s'];
   results.throughput = {
     rate: RATE,
-    runs: await pairs(`throughput ${RATE}/s per sender`, args, (r) => ({ p50: r.latencyMs.p50, p99: r.latencyMs.p99, delivered: r.deliveryRatio })),
+    runs: await pairs(`throughput ${RATE}/s per sender`, args, (r) => ({
+      p50: r.latencyMs.p50,
+      p99: r.latencyMs.p99,
+      p999: r.latencyMs.p999,
+      delivered: r.deliveryRatio,
+    })),
   };
 }
 
@@ -363,38 +421,43 @@ if (want('memory')) {
 }
 
 // Output.
+const GENERATOR_LABEL: Record<GeneratorName, string> = { node: '`moodio-rt loadtest`', go: 'the Go generator' };
 const md: string[] = [
   `# What history costs — ${results.date as string}`,
   '',
-  `Machine: ${describeMachine()}. Pinned: ${pinned ? 'server core 0, generator core 1' : 'no'}. Command: \`${results.command as string}\``,
+  `Machine: ${describeMachine()}. Pinned: ${pinned ? 'server core 0, generator core 1' : 'no'}. Generator: ${GENERATORS.map((name) => GENERATOR_LABEL[name]).join(' and ')}${GENERATORS.length > 1 ? ', in turn beside every run' : ''}. Command: \`${results.command as string}\``,
   '',
 ];
 const f = (n: number) => (Math.round(n * 1000) / 1000).toString();
-function pairTable(title: string, runs: Run[]): void {
-  md.push(
-    `## ${title}`,
-    '',
-    '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | deliveries/s | server CPU ms per 1k frames | generator |',
-    '|---|---|---|---|---|---|---|---|---|',
-  );
-  for (const r of runs)
+/** One table per generator: its runs, and the on/off ratios within its pairs. */
+function pairTable(title: string, all: Run[]): void {
+  for (const name of GENERATORS) {
+    const runs = all.filter((r) => r.generator === name);
     md.push(
-      `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.cpuMsPer1k.toFixed(2)} | ${r.saturated ? 'saturated' : 'ok'} |`,
+      `## ${title}${GENERATORS.length > 1 || name !== 'node' ? `, ${GENERATOR_LABEL[name]}` : ''}`,
+      '',
+      '| pair | history | load (1/5/15 min) | delivered | p50 ms | p99 ms | p99.9 ms | deliveries/s | server CPU ms per 1k frames | server CPU % | shard on core / waiting % | generator CPU / busy / spin / waiting % | send lag p99 ms |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     );
-  const ratio = (pick: (r: Run) => number) =>
-    Array.from({ length: PAIRS }, (_, i) => {
-      const on = runs.find((r) => r.pair === i + 1 && r.mode === 'on')!;
-      const off = runs.find((r) => r.pair === i + 1 && r.mode === 'off')!;
-      return pick(on) / pick(off);
-    });
-  const p50 = ratio((r) => r.p50);
-  const p99 = ratio((r) => r.p99);
-  const cpu = ratio((r) => r.cpuMsPer1k);
-  md.push(
-    '',
-    `On / off, per pair: p50 ${p50.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p50).toFixed(2)}); p99 ${p99.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p99).toFixed(2)}); server CPU per frame ${cpu.map((x) => x.toFixed(2)).join(' / ')} (median ${median(cpu).toFixed(2)}). Medians of the runs: p99 on ${f(median(runs.filter((r) => r.mode === 'on').map((r) => r.p99)))} ms, off ${f(median(runs.filter((r) => r.mode === 'off').map((r) => r.p99)))} ms.`,
-    '',
-  );
+    for (const r of runs)
+      md.push(
+        `| ${r.pair} | ${r.mode} | ${r.load} | ${(r.delivered * 100).toFixed(2)}% | ${f(r.p50)} | ${f(r.p99)} | ${f(r.p999)} | ${Math.round(r.deliveriesPerSecond).toLocaleString('en-US')} | ${r.cpuMsPer1k.toFixed(2)} | ${r.serverCpuPercent} | ${r.shardRunPercent} / ${r.shardWaitPercent} | ${r.generatorCpuPercent} / ${r.generatorBusyPercent} / ${r.generatorSpinPercent ?? '—'} / ${r.generatorWaitPercent ?? '—'}${r.saturated ? ' (saturated)' : ''} | ${f(r.sendLagP99)} |`,
+      );
+    const ratio = (pick: (r: Run) => number) =>
+      Array.from({ length: PAIRS }, (_, i) => {
+        const on = runs.find((r) => r.pair === i + 1 && r.mode === 'on')!;
+        const off = runs.find((r) => r.pair === i + 1 && r.mode === 'off')!;
+        return pick(on) / pick(off);
+      });
+    const p50 = ratio((r) => r.p50);
+    const p99 = ratio((r) => r.p99);
+    const cpu = ratio((r) => r.cpuMsPer1k);
+    md.push(
+      '',
+      `On / off, per pair: p50 ${p50.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p50).toFixed(2)}); p99 ${p99.map((x) => x.toFixed(2)).join(' / ')} (median ${median(p99).toFixed(2)}); server CPU per frame ${cpu.map((x) => x.toFixed(2)).join(' / ')} (median ${median(cpu).toFixed(2)}). Medians of the runs: p99 on ${f(median(runs.filter((r) => r.mode === 'on').map((r) => r.p99)))} ms, off ${f(median(runs.filter((r) => r.mode === 'off').map((r) => r.p99)))} ms.`,
+      '',
+    );
+  }
 }
 if (results.latency) for (const [preset, runs] of Object.entries(results.latency as Record<string, Run[]>)) pairTable(`Preset ${preset}`, runs);
 if (results.throughput) {
@@ -439,7 +502,9 @@ if (results.memory) {
 }
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });
-const name = `history-cost-${(results.date as string).slice(0, 10)}-${(results.machine as { commit: string }).commit}${only ? `-${[...only].join('-')}` : ''}`;
+const generatorsPart = GENERATORS.length === 1 && GENERATORS[0] === 'node' ? '' : `-${GENERATORS.join('-')}`;
+const ratePart = argv.includes('--rate') && want('throughput') ? `-rate${RATE}` : '';
+const name = `history-cost-${(results.date as string).slice(0, 10)}-${(results.machine as { commit: string }).commit}${generatorsPart}${only ? `-${[...only].join('-')}` : ''}${ratePart}`;
 writeFileSync(`${dir}${name}.json`, JSON.stringify(results, null, 2) + '\n');
 writeFileSync(`${dir}${name}.md`, md.join('\n') + '\n');
 process.stdout.write(md.join('\n') + '\n');

@@ -8,14 +8,16 @@
  *  4. connections: idle memory per session and handshakes per second;
  *  5. loopback: what one loopback TCP write costs this machine (the floor).
  * Where the machine has ≥ 2 cores, single-core servers are pinned to core 0
- * and the generator to core 1 (taskset). Results: bench/results/<date>-<commit>.{json,md}.
+ * and the generator to core 1 (taskset). The generator is `moodio-rt
+ * loadtest`, or with `--generator go` the neutral Go one (bench/go-loadgen).
+ * Results: bench/results/<date>-<commit>[-go].{json,md}.
  *
  * This machine is shared and noisy: one run's p99 is the third-worst of 300
  * samples, and one 4 ms hiccup on either core sets it. So the single-core
  * presets and every sweep step run --repeat times (default 3) and report the
  * median, with each run's p99 beside it.
  *
- *   node bench/run.ts [--only micro,presets,sweep,connections,loopback] [--quick] [--repeat N]
+ *   node bench/run.ts [--only micro,presets,sweep,connections,loopback] [--quick] [--repeat N] [--generator node|go]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -25,8 +27,9 @@ import type { LoadtestReport } from '../src/loadtest/runner.ts';
 import { machineInfo, describeMachine } from '../scripts/machine-info.ts';
 import { startPermissionStub } from '../test/helpers/permission-stub.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
-import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerOptions } from '../test/helpers/server.ts';
+import { devSecretEnv, startServer, TEST_SECRET, type ServerOptions } from '../test/helpers/server.ts';
 import { connectRate, idleMemory } from './connections.ts';
+import { generatorOption, loadGenerator } from './generator.ts';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const only = (() => {
@@ -53,6 +56,7 @@ const pin = cores >= 2 && hasTaskset;
 const serverPin = pin ? ['taskset', '-c', '0'] : [];
 const generatorPin = pin ? ['taskset', '-c', '1'] : [];
 const secret = TEST_SECRET;
+const generator = loadGenerator(generatorOption(process.argv), generatorPin, secret);
 
 interface PresetRow {
   server: string;
@@ -83,33 +87,17 @@ const results: Record<string, unknown> = {
   machine: machineInfo(),
   date: new Date().toISOString(),
   pinned: pin,
+  generator: generator.name,
   command: `node bench/run.ts ${process.argv.slice(2).join(' ')}`.trim(),
 };
 const log = (line: string) => process.stderr.write(line + '\n');
-
-function loadtest(port: number, args: string[]): LoadtestReport {
-  const [command, ...prefix] = [...generatorPin, process.execPath];
-  const env: NodeJS.ProcessEnv = { ...process.env, JWT_ACCESS_SECRET: secret };
-  delete env.NODE_OPTIONS;
-  const out = spawnSync(
-    command!,
-    [...prefix, CLI, 'loadtest', '--url', `ws://127.0.0.1:${port}`, '--threads', '1', '--no-progress', '--json', '--min-delivery', '0', ...args],
-    {
-      env,
-      encoding: 'utf8',
-      maxBuffer: 64 * 1024 * 1024,
-    },
-  );
-  if (out.status !== 0 && out.status !== 1) throw new Error(`loadtest failed (${out.status}): ${out.stderr}`);
-  return JSON.parse(out.stdout) as LoadtestReport;
-}
 
 /** `times` loadtest runs against `port`, each logged as `label` (with its run number when there are several). */
 function loadtestRuns(port: number, times: number, label: string, args: string[]): LoadtestReport[] {
   const reports: LoadtestReport[] = [];
   for (let run = 1; run <= times; run++) {
     log(`# ${label}${times > 1 ? ` (run ${run}/${times})` : ''}`);
-    reports.push(loadtest(port, args));
+    reports.push(generator.run(port, args));
   }
   return reports;
 }
@@ -199,7 +187,17 @@ if (want('presets')) {
 }
 
 if (want('sweep')) {
-  const steps: { rate: number; deliveriesPerSecond: number; deliveryRatio: number; p99: number; p99Runs: number[]; generatorSaturated: boolean }[] = [];
+  const steps: {
+    rate: number;
+    deliveriesPerSecond: number;
+    deliveryRatio: number;
+    p99: number;
+    p99Runs: number[];
+    generatorSaturated: boolean;
+    /** The generator's CPU and busy time, % of its core (medians over the runs). */
+    generatorCpuPercent: number;
+    generatorBusyPercent: number;
+  }[] = [];
   await withServer(SERVERS[0]!.options, async (port) => {
     for (const rate of quick ? [200, 600] : [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200]) {
       const reports = loadtestRuns(port, repeat, `sweep rate ${rate}/s per sender`, [
@@ -224,6 +222,8 @@ if (want('sweep')) {
         p99: median(reports.map((r) => r.latencyMs.p99)),
         p99Runs: reports.map((r) => r.latencyMs.p99),
         generatorSaturated: reports.some((r) => r.generator.saturated),
+        generatorCpuPercent: median(reports.map((r) => Math.max(...r.generator.cpuPercent))),
+        generatorBusyPercent: median(reports.map((r) => Math.max(...r.generator.busyPercent))),
       };
       steps.push(step);
       if (step.deliveryRatio < 1 || step.p99 > 50) break;
@@ -262,7 +262,7 @@ if (want('loopback')) {
 const md: string[] = [
   `# moodio-rt benchmarks — ${results.date as string}`,
   '',
-  `Machine: ${describeMachine()}. Pinned: ${pin ? 'server core 0, generator core 1' : 'no'}.`,
+  `Machine: ${describeMachine()}. Pinned: ${pin ? 'server core 0, generator core 1' : 'no'}. Generator: ${generator.name === 'go' ? 'the Go one (bench/go-loadgen)' : '`moodio-rt loadtest`'}.`,
   `Command: \`${results.command as string}\``,
   '',
 ];
@@ -290,18 +290,27 @@ if (results.sweep) {
   const s = results.sweep as {
     workload: string;
     runsPerStep: number;
-    steps: { rate: number; deliveriesPerSecond: number; deliveryRatio: number; p99: number; p99Runs: number[] }[];
+    steps: {
+      rate: number;
+      deliveriesPerSecond: number;
+      deliveryRatio: number;
+      p99: number;
+      p99Runs: number[];
+      generatorCpuPercent: number;
+      generatorBusyPercent: number;
+      generatorSaturated: boolean;
+    }[];
     bestSustainedDeliveriesPerSecond: number;
   };
   md.push(
     `## Throughput sweep (${s.workload}; moodio-rt --workers 1; ${s.runsPerStep} run(s) per step)`,
     '',
-    '| rate/sender | deliveries/s (median) | delivered (worst run) | p99 ms (median) | p99 of each run |',
-    '|---|---|---|---|---|',
+    '| rate/sender | deliveries/s (median) | delivered (worst run) | p99 ms (median) | p99 of each run | generator CPU / busy % |',
+    '|---|---|---|---|---|---|',
   );
   for (const step of s.steps)
     md.push(
-      `| ${step.rate} | ${step.deliveriesPerSecond.toLocaleString('en-US')} | ${(step.deliveryRatio * 100).toFixed(2)}% | ${step.p99} | ${step.p99Runs.join(' / ')} |`,
+      `| ${step.rate} | ${step.deliveriesPerSecond.toLocaleString('en-US')} | ${(step.deliveryRatio * 100).toFixed(2)}% | ${step.p99} | ${step.p99Runs.join(' / ')} | ${step.generatorCpuPercent} / ${step.generatorBusyPercent}${step.generatorSaturated ? ' (saturated)' : ''} |`,
     );
   md.push(
     '',
@@ -345,7 +354,7 @@ if (results.loopback) {
 const dir = here('./results/');
 mkdirSync(dir, { recursive: true });
 // A partial run (--only, --quick) is named as such: it must not overwrite a full run's results.
-const name = `${(results.date as string).slice(0, 10)}-${(results.machine as { commit: string }).commit}${quick ? '-quick' : ''}${only ? `-only-${[...only].join('-')}` : ''}`;
+const name = `${(results.date as string).slice(0, 10)}-${(results.machine as { commit: string }).commit}${generator.name === 'go' ? '-go' : ''}${quick ? '-quick' : ''}${only ? `-only-${[...only].join('-')}` : ''}`;
 writeFileSync(`${dir}${name}.json`, JSON.stringify(results, null, 2) + '\n');
 writeFileSync(`${dir}${name}.md`, md.join('\n') + '\n');
 process.stdout.write(md.join('\n') + '\n');

@@ -28,7 +28,7 @@ test('CI runs npm ci as called, then npm test in a fresh empty HOME and npm cach
 cache="\${npm_config_cache:-$HOME/.npm}"
 echo "$*|$HOME|\${npm_config_cache:-}|$(ls -A "$HOME" 2>/dev/null | wc -l)|$(ls -A "$cache" 2>/dev/null | wc -l)" >> "${log}"
 `;
-  const standIns: Record<string, string> = { npm, chromium: '#!/bin/sh\n', 'nats-server': '#!/bin/sh\n' };
+  const standIns: Record<string, string> = { npm, chromium: '#!/bin/sh\n', 'nats-server': '#!/bin/sh\n', go: '#!/bin/sh\n' };
   await run('mkdir', ['-p', bin, join(home, '.npm')]);
   // The caller's cache is not empty: CI must not hand it to the tests.
   writeFileSync(join(home, '.npm', 'cached'), 'x');

@@ -45,15 +45,15 @@ test('a missing package it cannot install: exit 1 and the one command to run', a
   const { code, stderr } = await script({ PATH: bin({ id: '1000' }) });
   assert.equal(code, 1);
   assert.match(stderr, /the tests need the Debian package\(s\) chromium/);
-  // nats-server too, unless this machine has it in /usr/sbin or /sbin (which the script adds to PATH).
-  assert.match(stderr, /^ {2}sudo apt-get update && sudo apt-get install -y chromium( nats-server)?$/m);
+  // nats-server too, unless this machine has it in /usr/sbin or /sbin (which the script adds to PATH); Go's go is in /usr/bin.
+  assert.match(stderr, /^ {2}sudo apt-get update && sudo apt-get install -y chromium( nats-server)? golang-go$/m);
 });
 
 test('nothing missing: exit 0 and silent, whoever runs it; CHROMIUM_PATH stands for chromium', async () => {
-  assert.deepEqual(await script({ PATH: bin({ id: '1000', chromium: 'x', 'nats-server': 'x' }) }), { code: 0, stderr: '' });
+  assert.deepEqual(await script({ PATH: bin({ id: '1000', chromium: 'x', 'nats-server': 'x', go: 'x' }) }), { code: 0, stderr: '' });
   const browser = join(bin({ 'my-chromium': 'x' }), 'my-chromium');
-  assert.deepEqual(await script({ PATH: bin({ id: '1000', 'nats-server': 'x' }), CHROMIUM_PATH: browser }), { code: 0, stderr: '' });
-  const wrong = await script({ PATH: bin({ id: '1000', 'nats-server': 'x' }), CHROMIUM_PATH: '/nonexistent/chromium' });
+  assert.deepEqual(await script({ PATH: bin({ id: '1000', 'nats-server': 'x', go: 'x' }), CHROMIUM_PATH: browser }), { code: 0, stderr: '' });
+  const wrong = await script({ PATH: bin({ id: '1000', 'nats-server': 'x', go: 'x' }), CHROMIUM_PATH: '/nonexistent/chromium' });
   assert.equal(wrong.code, 1);
   assert.match(wrong.stderr, /CHROMIUM_PATH=\/nonexistent\/chromium is not an executable/);
 });

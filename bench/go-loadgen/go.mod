@@ -1,0 +1,3 @@
+module moodio-rt/go-loadgen
+
+go 1.19
