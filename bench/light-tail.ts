@@ -8,7 +8,7 @@
  * reports the shard's and the primary's collections: how many, and their
  * pauses, beside the tail they may explain.
  *
- *   npx node bench/light-tail.ts [--preset light] [--repeat 3]
+ *   npx node bench/light-tail.ts [--preset light] [--repeat 3] [--generator node|go]
  *     [--variant 'name=node:--flag,serve:--flag …'] …
  *
  * Without `--variant`: `shipped` (the bin's `--max-semi-space-size=4`),
@@ -19,9 +19,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describeMachine, machineInfo } from '../scripts/machine-info.ts';
-import type { LoadtestReport } from '../src/loadtest/runner.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
-import { CLI, devSecretEnv, startServer, TEST_SECRET } from '../test/helpers/server.ts';
+import { devSecretEnv, startServer, TEST_SECRET } from '../test/helpers/server.ts';
+import { generatorOption, loadGenerator } from './generator.ts';
 
 const argv = process.argv.slice(2);
 const value = (name: string): string | undefined => {
@@ -67,6 +67,7 @@ if (variants.length === 0) {
 }
 
 const pinned = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
+const generator = loadGenerator(generatorOption(argv), pinned ? ['taskset', '-c', '1'] : [], TEST_SECRET);
 const BENCH_FLAGS = ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'];
 const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const median = (values: number[]) => {
@@ -118,30 +119,7 @@ async function once(variant: Variant, round: number): Promise<Run> {
       nodeArgs: [...variant.node, '--trace-gc'],
     });
     const load = loadAverage();
-    const env: NodeJS.ProcessEnv = { ...process.env, JWT_ACCESS_SECRET: TEST_SECRET };
-    delete env.NODE_OPTIONS;
-    const gen = pinned ? ['taskset', '-c', '1', process.execPath] : [process.execPath];
-    const out = spawnSync(
-      gen[0]!,
-      [
-        ...gen.slice(1),
-        CLI,
-        'loadtest',
-        '--url',
-        `ws://127.0.0.1:${server.port}`,
-        '--preset',
-        PRESET,
-        '--threads',
-        '1',
-        '--no-progress',
-        '--json',
-        '--min-delivery',
-        '0',
-      ],
-      { env, encoding: 'utf8', maxBuffer: 64 * 2 ** 20 },
-    );
-    if (out.status !== 0 && out.status !== 1) throw new Error(`loadtest failed (${out.status}): ${out.stderr}`);
-    const report = JSON.parse(out.stdout) as LoadtestReport;
+    const report = generator.run(server.port, ['--preset', PRESET]);
     const { latencyMs } = report;
     return {
       variant: variant.name,
@@ -176,7 +154,7 @@ const info = machineInfo();
 const lines = [
   `# The light-load tail: server variants — ${new Date().toISOString()}`,
   '',
-  `Machine: ${describeMachine(info)}. Pinned: ${pinned ? 'server core 0, generator core 1' : 'no (taskset missing)'}. Command: \`node bench/light-tail.ts ${argv.join(' ')}\``,
+  `Machine: ${describeMachine(info)}. Pinned: ${pinned ? 'server core 0, generator core 1' : 'no (taskset missing)'}. Generator: ${generator.name}. Command: \`node bench/light-tail.ts ${argv.join(' ')}\``,
   '',
   '| variant | round | load (1/5/15 min) | delivered | p50 ms | p99 ms | p99.9 ms | max ms | scavenges (ms in all) | mark-compacts (ms) | longest pause ms |',
   '|---|---|---|---|---|---|---|---|---|---|---|',
@@ -195,7 +173,7 @@ const lines = [
 ];
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });
-const base = `${dir}light-tail-${new Date().toISOString().slice(0, 10)}-${info.commit}-${PRESET}`;
+const base = `${dir}light-tail-${new Date().toISOString().slice(0, 10)}-${info.commit}-${PRESET}-${generator.name}`;
 writeFileSync(`${base}.json`, JSON.stringify({ machine: info, preset: PRESET, variants, runs }, null, 2));
 writeFileSync(`${base}.md`, lines.join('\n'));
 process.stdout.write(lines.join('\n'));
