@@ -2,34 +2,43 @@
  * Memory per idle session (issue 23): the marginal RSS of N idle sessions
  * opened on top of a base of 2,000, on a fresh server each run.
  *
- *   node bench/idle-memory.ts [--sessions 5000] [--base 2000] [--repeat 3] [--workers 2,1] [--tree DIR]… [--heap] [--trace] [-- <serve flags>]
+ *   node bench/idle-memory.ts [--sessions 5000] [--base 2000] [--repeat 3] [--workers 2,1] [--tree DIR]… [--natural] [--heap] [--heap-dir DIR] [--trace] [-- <serve flags>]
  *
  * Each run starts the real server as the supervised command does
  * (`--max-semi-space-size=4`, the allocator re-exec of src/allocator.ts),
  * with JWTs and a real HTTP permission stub answering `editor` (not `--dev`).
  * The clients run in a process of their own (bench/idle-clients.ts), so that
- * the server alone counts against its descriptor limit. It opens `--base`
- * sessions (rooms of 10, a distinct user each), waits for the server's RSS
- * to settle, reads it, opens `--sessions` more, waits again, reads again:
+ * the server alone counts against its descriptor limit: base + sessions must
+ * fit in `ulimit -n` (20,000 here), so 19,500 in all is `--sessions 17500`.
+ * It opens `--base` sessions (rooms of 10, a distinct user each), lets RSS
+ * settle, reads it, opens `--sessions` more, settles, reads again:
  * (RSS after − RSS before) / sessions is the marginal cost of one idle
- * session. Settled means: over the last 12 one-second samples RSS moved by
- * at most 1 MiB (a memory-reducing GC comes some seconds after allocation
- * stops, and moves it by more); at most 120 s, and a run that hit the bound
- * says so.
+ * session.
+ *
+ * Settling. A connect burst leaves its garbage (heads, tokens, permission
+ * requests) in the old generation, and V8 collects it, and gives its pages
+ * back, only when its memory reducer finds the thread idle: seconds or
+ * minutes later, a different time in each thread and run. Read before, the
+ * base holds that garbage and the top reuses it: the same code read −3.6 to
+ * +10 KiB per session. So once the sessions are open, every thread runs one
+ * memory-reducing collection (V8's last-resort GC, as an idle thread's
+ * memory reducer eventually does, through bench/heap-hook.ts, preloaded into
+ * the server for this bench only), and RSS is read once it has stopped
+ * moving: at most 1 MiB over the last 12 one-second samples, within 120 s
+ * (a run that hit the bound says so). `--natural` skips the collection and
+ * reads what the server's own GCs left after the same wait.
  *
  * `--tree DIR` (repeatable): run the server of another checkout (its
  * cli/moodio-rt.ts) instead of this one; with several, every repeat runs each
  * tree in turn, so that old and new code are measured interleaved, in one
  * sitting. `--workers 2,1` runs each worker count in turn likewise.
  *
- * `--trace` prints every RSS sample while it settles.
- *
  * `--heap`: also takes a heap snapshot of every thread at the base and at
- * the top (bench/heap-hook.ts, preloaded into the server for this bench
- * only) and reports what the shards' heaps gained per session, by kind of
- * object (bench/heap-summary.ts). The snapshots' full GCs move RSS, so a
- * `--heap` run's RSS figures are not comparable with the others'; use it to
- * account, not to measure.
+ * the top and reports what each thread's heap gained per session, by kind
+ * of object (bench/heap-summary.ts); `--heap-dir` keeps the snapshots. The
+ * snapshots take memory of their own, so a `--heap` run's RSS figures are
+ * not comparable with the others'; use it to account, not to measure.
+ * `--trace` prints every RSS sample and heap while it settles.
  *
  * Also recorded at both points: each thread's heap (committed and used,
  * from /stats), and the kernel's view of TCP (`/proc/net/sockstat`: socket
@@ -38,7 +47,7 @@
  * process's RSS.
  *
  * Prints a Markdown report and writes it, with a JSON of every run, to
- * bench/results/idle-memory-<date>-<commit>-<sessions>[-heap].{md,json}.
+ * bench/results/idle-memory-<date>-<commit>-<sessions>[-heap][-natural].{md,json}.
  */
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -67,14 +76,19 @@ const BASE = Number(optionValue('--base') ?? 2000);
 const REPEAT = Number(optionValue('--repeat') ?? 3);
 const WORKERS = (optionValue('--workers') ?? '2,1').split(',').map(Number);
 const HEAP = OWN.includes('--heap');
+/** No collection asked of the server before reading RSS: what its own GCs leave (see the header). */
+const NATURAL = OWN.includes('--natural');
 /** `--heap-dir DIR`: keep the snapshots there (one run: later runs overwrite them), for bench/heap-summary.ts --holders. */
 const KEEP_DIR = optionValue('--heap-dir');
+const treeName = (tree: string) => (resolve(tree) === resolve(HERE) ? 'this tree' : tree);
 /** Print every RSS sample of the settling to stderr. */
 const TRACE = OWN.includes('--trace');
 const HERE = fileURLToPath(new URL('..', import.meta.url));
 const TREES = OWN.flatMap((a, i) => (OWN[i - 1] === '--tree' ? [resolve(a)] : []));
 if (TREES.length === 0) TREES.push(HERE);
 
+const kib = (b: number) => (b / 1024).toFixed(2);
+const mib = (b: number) => (b / MiB).toFixed(1);
 const SAMPLE_MS = 1000;
 const SETTLE_SAMPLES = Number(process.env.SETTLE_SAMPLES ?? 12);
 const SETTLE_TOLERANCE = 2 ** 20;
@@ -211,9 +225,9 @@ function startClients(cleanup: Cleanup): { open(port: number, count: number): Pr
   };
 }
 
-/** Heap snapshots of every thread, tagged `tag` (bench/heap-hook.ts), the primary's (thread 0) first. */
-async function snapshotThreads(server: ServerProcess, dir: string, tag: string, threads: number): Promise<string[]> {
-  writeFileSync(join(dir, 'request'), tag);
+/** Have every thread run `command` (bench/heap-hook.ts); resolves with the threads' file stems, the primary's (thread 0) first. */
+async function askThreads(server: ServerProcess, dir: string, command: 'gc' | 'snapshot', tag: string, threads: number): Promise<string[]> {
+  writeFileSync(join(dir, 'request'), `${command} ${tag}`);
   server.child.kill('SIGUSR2');
   const deadline = performance.now() + 300_000;
   for (;;) {
@@ -222,7 +236,7 @@ async function snapshotThreads(server: ServerProcess, dir: string, tag: string, 
       const threadOf = (f: string) => Number(/-thread(\d+)\./.exec(f)![1]);
       return done.sort((a, b) => threadOf(a) - threadOf(b)).map((f) => join(dir, f.slice(0, -'.done'.length)));
     }
-    if (performance.now() > deadline) throw new Error(`heap snapshots ${tag}: ${done.length} of ${threads} written within 300 s`);
+    if (performance.now() > deadline) throw new Error(`${command} ${tag}: ${done.length} of ${threads} threads done within 300 s`);
     await sleep(200);
   }
 }
@@ -238,8 +252,8 @@ function heapDifference(before: string, after: string, per: number): { total: nu
 
 async function oneRun(tree: string, workers: number, repeat: number): Promise<Run> {
   const cleanup = new Cleanup();
-  const heapDir = HEAP ? (KEEP_DIR ?? mkdtempSync(join(tmpdir(), 'moodio-idle-heap-'))) : '';
-  if (KEEP_DIR !== undefined) mkdirSync(KEEP_DIR, { recursive: true });
+  const hookDir = KEEP_DIR ?? mkdtempSync(join(tmpdir(), 'moodio-idle-memory-'));
+  mkdirSync(hookDir, { recursive: true });
   try {
     const stub = await startPermissionStub(cleanup);
     // The stub remembers every request: not what is measured here.
@@ -253,28 +267,35 @@ async function oneRun(tree: string, workers: number, repeat: number): Promise<Ru
       permissionApiBase: stub.base,
       // Every session comes from 127.0.0.1: the per-address limits are for the internet, not for a load generator.
       args: ['--admin-token', ADMIN, '--max-pending-per-address', '0', '--handshake-rate-per-address', '0', ...EXTRA],
-      nodeArgs: ['--max-semi-space-size=4', ...(HEAP ? ['--require', fileURLToPath(new URL('./heap-hook.ts', import.meta.url))] : [])],
-      env: HEAP ? { MOODIO_BENCH_HEAP_DIR: heapDir } : {},
+      nodeArgs: ['--max-semi-space-size=4', '--require', fileURLToPath(new URL('./heap-hook.ts', import.meta.url))],
+      env: { MOODIO_BENCH_HOOK_DIR: hookDir },
     });
+    const threads = workers + 1;
     const clients = startClients(cleanup);
-    await clients.open(server.port, BASE);
-    const base = await settle(server, BASE);
-    const before = HEAP ? await snapshotThreads(server, heapDir, 'base', workers + 1) : [];
-    await clients.open(server.port, SESSIONS);
-    const top = await settle(server, BASE + SESSIONS);
-    const after = HEAP ? await snapshotThreads(server, heapDir, 'top', workers + 1) : [];
-    const run: Run = { tree, workers, repeat, base, top, perSession: (top.rss - base.rss) / SESSIONS };
+    const point = async (sessions: number, tag: string) => {
+      await clients.open(server.port, sessions);
+      if (!NATURAL) await askThreads(server, hookDir, 'gc', `gc-${tag}`, threads);
+      const settled = await settle(server, BASE + (tag === 'top' ? SESSIONS : 0));
+      const snapshots = HEAP ? await askThreads(server, hookDir, 'snapshot', tag, threads) : [];
+      return { settled, snapshots };
+    };
+    const base = await point(BASE, 'base');
+    const top = await point(SESSIONS, 'top');
+    const run: Run = { tree, workers, repeat, base: base.settled, top: top.settled, perSession: (top.settled.rss - base.settled.rss) / SESSIONS };
     if (HEAP) {
-      run.heap = before.map((file, i) => ({ thread: i === 0 ? 'primary' : `shard ${i - 1}`, ...heapDifference(file, after[i]!, SESSIONS) }));
+      run.heap = base.snapshots.map((stem, i) => ({
+        thread: i === 0 ? 'primary' : `shard ${i - 1}`,
+        ...heapDifference(stem + '.heapsnapshot', top.snapshots[i]! + '.heapsnapshot', SESSIONS),
+      }));
     }
     process.stderr.write(
-      `${tree === HERE ? 'this tree' : tree} --workers ${workers} #${repeat}: RSS ${(base.rss / MiB).toFixed(1)} → ${(top.rss / MiB).toFixed(1)} MiB, ` +
-        `${(run.perSession / 1024).toFixed(2)} KiB per session (settled in ${base.settledS} s / ${top.settledS} s)\n`,
+      `${treeName(tree)} --workers ${workers} #${repeat}: RSS ${mib(run.base.rss)} → ${mib(run.top.rss)} MiB, ` +
+        `${kib(run.perSession)} KiB per session (settled in ${run.base.settledS} s / ${run.top.settledS} s)\n`,
     );
     return run;
   } finally {
     await cleanup.run();
-    if (heapDir !== '' && KEEP_DIR === undefined) rmSync(heapDir, { recursive: true, force: true });
+    if (KEEP_DIR === undefined) rmSync(hookDir, { recursive: true, force: true });
   }
 }
 
@@ -283,9 +304,6 @@ const median = (xs: number[]) => {
   const m = s.length >> 1;
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
-const kib = (b: number) => (b / 1024).toFixed(2);
-const mib = (b: number) => (b / MiB).toFixed(1);
-const treeName = (tree: string) => (tree === HERE ? 'this tree' : tree);
 
 const loadBefore = loadavg();
 const runs: Run[] = [];
@@ -296,7 +314,7 @@ for (let r = 1; r <= REPEAT; r++) {
 }
 const loadAfter = loadavg();
 const info = machineInfo();
-const command = `node bench/idle-memory.ts --sessions ${SESSIONS} --base ${BASE} --repeat ${REPEAT} --workers ${WORKERS.join(',')}${TREES.map((t) => (t === HERE ? '' : ` --tree ${t}`)).join('')}${HEAP ? ' --heap' : ''}${EXTRA.length ? ' -- ' + EXTRA.join(' ') : ''}`;
+const command = `node bench/idle-memory.ts --sessions ${SESSIONS} --base ${BASE} --repeat ${REPEAT} --workers ${WORKERS.join(',')}${TREES.map((t) => (treeName(t) === 'this tree' ? '' : ` --tree ${t}`)).join('')}${HEAP ? ' --heap' : ''}${NATURAL ? ' --natural' : ''}${EXTRA.length ? ' -- ' + EXTRA.join(' ') : ''}`;
 const lines = [
   `# Idle session memory: ${SESSIONS.toLocaleString('en')} sessions on top of ${BASE.toLocaleString('en')}`,
   '',
@@ -350,6 +368,6 @@ const report = lines.join('\n') + '\n';
 process.stdout.write(report);
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });
-const name = `${dir}idle-memory-${new Date().toISOString().slice(0, 10)}-${info.commit}-${SESSIONS}${HEAP ? '-heap' : ''}`;
+const name = `${dir}idle-memory-${new Date().toISOString().slice(0, 10)}-${info.commit}-${SESSIONS}${HEAP ? '-heap' : ''}${NATURAL ? '-natural' : ''}`;
 writeFileSync(`${name}.md`, report);
 writeFileSync(`${name}.json`, JSON.stringify({ machine: info, loadavg: { start: loadBefore, end: loadAfter }, command, runs }, null, 2) + '\n');
