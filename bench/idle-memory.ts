@@ -250,8 +250,16 @@ function heapDifference(before: string, after: string, per: number): { total: nu
   return JSON.parse(out);
 }
 
+/** The run under way's cleanup, for a signal to run before the bench exits (the server and the clients would outlive it). */
+let current: Cleanup | null = null;
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    void (current?.run() ?? Promise.resolve()).finally(() => process.exit(130));
+  });
+}
+
 async function oneRun(tree: string, workers: number, repeat: number): Promise<Run> {
-  const cleanup = new Cleanup();
+  const cleanup = (current = new Cleanup());
   const hookDir = KEEP_DIR ?? mkdtempSync(join(tmpdir(), 'moodio-idle-memory-'));
   mkdirSync(hookDir, { recursive: true });
   try {
