@@ -26,6 +26,18 @@ import type { Session } from './session.ts';
 export class SessionWebSocket extends WebSocket {
   /** Set once the session exists (listen()). */
   session: Session | null = null;
+
+  // ws's server makes it as `new WebSocket(null, undefined, options)`; every argument goes on as given.
+  constructor(...args: unknown[]) {
+    super(...(args as [null]));
+    // EventEmitter starts its listener table as `{ __proto__: null }`, an
+    // object V8 keeps in dictionary mode: with a session's five events it
+    // held a 256-byte hash table. A table with those events' slots from the
+    // start is a small fast object, as Node's own streams make theirs
+    // (lib/internal/streams/readable.js); EventEmitter reads a slot left
+    // undefined as no listener.
+    (this as unknown as { _events: object })._events = { message: undefined, pong: undefined, ping: undefined, error: undefined, close: undefined };
+  }
 }
 
 /** A session's TCP socket (adopt-socket.ts). */
