@@ -23,7 +23,7 @@ import { encodeTextFrame } from '../protocol/frame.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
-import { MemoryRelease, Peak, releasedFields } from '../memory-release.ts';
+import { MemoryRelease, Peak, releasedFields, Rise } from '../memory-release.ts';
 import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
@@ -104,6 +104,8 @@ export class Shard {
   private readonly memory: MemoryRelease;
   /** Tells when a crowd of sessions has left (memory-release.ts). */
   private readonly sessionPeak = new Peak();
+  /** Tells when a crowd of sessions has come (memory-release.ts). */
+  private readonly sessionRise = new Rise();
   private readonly federation: Federation | null;
   /** The server API and live grants (issue 13). */
   private readonly api: ShardApi;
@@ -121,7 +123,12 @@ export class Shard {
     this.users = users;
     this.log = log;
     this.metrics = metrics;
-    this.memory = new MemoryRelease({ onReleased: (released) => log.info('memory_released', releasedFields(released)) });
+    this.memory = new MemoryRelease({
+      onReleased: (released) => {
+        if (released.kind === 'heap') this.sessionRise.reset(this.openCount);
+        log.info('memory_released', releasedFields(released));
+      },
+    });
     const fromToken = config.dev || config.permissionsFromToken;
     const permissionApi = fromToken
       ? new ClaimPermissionSource(config.dev ? 'editor' : null)
@@ -537,8 +544,9 @@ export class Shard {
   private updateGauges(): void {
     this.metrics.set(Metric.CONNECTIONS, this.openCount);
     this.metrics.set(Metric.ROOMS, this.rooms.roomCount);
-    // The crowd's sessions took heap that V8 gives back late (memory-release.ts).
-    if (this.sessionPeak.update(this.rooms.sessionCount)) this.memory.request('heap');
+    // A crowd that left, or the handshakes of one that came, left heap that V8 gives back late (memory-release.ts).
+    const gone = this.sessionPeak.update(this.rooms.sessionCount);
+    if (this.sessionRise.update(this.openCount) || gone) this.memory.request('heap');
   }
 
   /**
