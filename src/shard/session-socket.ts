@@ -96,8 +96,9 @@ export function sessionListeners<S extends Session>(events: SessionEvents<S>, lo
       events.closed(sessionOf<S>(this), code, reason);
     },
     data(chunk) {
-      const session = (this as SessionTcpSocket).session;
-      if (session !== null) events.bytes(session as S, chunk.length);
+      // A socket that is not ours, or not yet a session's, counts nothing.
+      const session = (this as Partial<SessionTcpSocket>).session;
+      if (session !== null && session !== undefined) events.bytes(session as S, chunk.length);
     },
   };
 }
