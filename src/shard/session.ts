@@ -126,7 +126,7 @@ export class Session {
 }
 
 /** The characters read by {@link flat}, kept so that no compiler drops the read as unused. */
-let flattened = 0;
+let _flattened = 0;
 
 /**
  * `text`, flattened: V8 keeps a string built by concatenation as a rope
@@ -136,6 +136,6 @@ let flattened = 0;
  * session lives.
  */
 export function flat(text: string): string {
-  flattened ^= text.charCodeAt(0);
+  _flattened ^= text.charCodeAt(0);
   return text;
 }
