@@ -20,11 +20,14 @@
  *   got theirs back 10–20 s after 5,000–19,500 sessions left
  *   (bench/memory-release.ts), but a shard that still relayed one busy room
  *   kept 93 MiB committed for 21 MiB in use, for good, and the primary's
- *   heap stayed at twice its fresh size. A regular full GC frees the
+ *   heap stayed at twice its fresh size. A crowd that arrives leaves the
+ *   same kind of garbage: its handshakes'. A regular full GC frees the
  *   objects and keeps the pages. So once a crowd has gone (a shard's
- *   sessions fell to a quarter of their peak, {@link Peak}), or handshakes
- *   stopped for {@link SETTLE_MS} after a thousand came (the primary, which
- *   should not pause during a storm), the thread asks for a
+ *   sessions fell to a quarter of their peak, {@link Peak}), once a crowd
+ *   has come (a shard's sessions rose by a thousand, {@link Rise}, and the
+ *   joins stopped for {@link SETTLE_MS}), or once handshakes stopped for
+ *   {@link SETTLE_MS} after a thousand came (the primary, which should not
+ *   pause during a storm), the thread asks for a
  *   *memory-reducing* collection (`'heap'`): V8's last-resort GC, which
  *   compacts and releases free pages. It is made only if the heap grew by
  *   {@link HEAP_SLACK_BYTES} since the last one, and it pauses the thread
@@ -174,6 +177,32 @@ export class MemoryRelease {
 export function releasedFields(released: Released): { kind: ReleaseKind; ms: number; heapBeforeMiB: number; heapAfterMiB: number } {
   const mib = (bytes: number) => Math.round(bytes / 2 ** 20);
   return { kind: released.kind, ms: Math.round(released.ms), heapBeforeMiB: mib(released.heapBefore), heapAfterMiB: mib(released.heapAfter) };
+}
+
+/**
+ * Whether a crowd has come: fed a count (a shard's sessions), it says so
+ * while the count is at least {@link CROWD} above the lowest it was since
+ * the thread last collected ({@link reset}). The shard asks for a
+ * memory-reducing collection at each such count, so it runs once the joins
+ * have stopped for {@link SETTLE_MS}: a connect burst leaves its garbage
+ * (heads, tokens, permission lookups) in the old generation, and V8 frees it
+ * and gives its pages back only when its memory reducer finds the thread
+ * idle, which a shard still relaying never is (bench/idle-memory.ts
+ * --natural).
+ */
+export class Rise {
+  private low = 0;
+
+  /** The count now; true while a crowd has come since the last reset. */
+  update(count: number): boolean {
+    if (count < this.low) this.low = count;
+    return count - this.low >= CROWD;
+  }
+
+  /** The thread collected: the next crowd counts from `count`. */
+  reset(count: number): void {
+    this.low = count;
+  }
 }
 
 /**

@@ -1,11 +1,12 @@
 /**
  * Giving memory back (src/memory-release.ts), in process: when a thread asks
- * for a collection, which kind it gets, and when a crowd counts as gone.
+ * for a collection, which kind it gets, and when a crowd counts as gone or
+ * come.
  * What it gives back is measured by bench/memory-release.ts, not asserted.
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
-import { CROWD, HEAP_SLACK_BYTES, MAX_WAIT_MS, MemoryRelease, Peak, SETTLE_MS, type GcOptions, type Released } from '../src/memory-release.ts';
+import { CROWD, HEAP_SLACK_BYTES, MAX_WAIT_MS, MemoryRelease, Peak, Rise, SETTLE_MS, type GcOptions, type Released } from '../src/memory-release.ts';
 
 const MiB = 2 ** 20;
 
@@ -134,4 +135,18 @@ test('a crowd has gone when the count fell by CROWD and to a quarter of its peak
   const small = new Peak();
   small.update(CROWD - 1);
   assert.equal(small.update(0), false, 'a shard that never held a crowd');
+});
+
+test('a crowd has come while the count is CROWD above its lowest since the last reset; a reset starts over from the count given', () => {
+  const rise = new Rise();
+  for (let n = 0; n < CROWD; n += 100) assert.equal(rise.update(n), false, `rising: ${n}`);
+  assert.equal(rise.update(CROWD), true, '1,000 came');
+  assert.equal(rise.update(CROWD + 1), true, 'and more: each join asks again, so the collection waits for the last');
+  rise.reset(CROWD + 1);
+  assert.equal(rise.update(2 * CROWD), false, 'after a collection, 999 more');
+  assert.equal(rise.update(2 * CROWD + 1), true, '1,000 more');
+  rise.reset(2 * CROWD + 1);
+  assert.equal(rise.update(500), false, 'sessions left: the lowest is now 500');
+  assert.equal(rise.update(500 + CROWD - 1), false);
+  assert.equal(rise.update(500 + CROWD), true, '1,000 above the lowest, not above the reset');
 });

@@ -57,6 +57,28 @@ test('expired answers are swept out, so distinct lookups do not stay in memory',
   assert.equal(cache.size, 1);
 });
 
+test("a sweep drops one user's expired answers, first, middle and last alike, and keeps the others found", async () => {
+  const { cache, asked, advance } = setup(SWEEP_EVERY_MS + 5000);
+  // One user's answers, stored 4 s apart: d0 (expires first), d1, a denial (5 s), d2.
+  await cache.check('d0', identity('u'), 'c');
+  advance(4000);
+  await cache.check('d1', identity('u'), 'c');
+  await assert.rejects(cache.check('denied-x', identity('u'), 'c'));
+  advance(4000);
+  await cache.check('d2', identity('u'), 'c');
+  assert.equal(cache.size, 4);
+  // At the sweep: d0 and the denial have expired, d1 and d2 have not.
+  advance(SWEEP_EVERY_MS - 8000 + 6000);
+  await cache.check('other', identity('other'), 'c');
+  assert.equal(cache.size, 3, 'd0 and the denial swept, d1 and d2 kept, and the new one');
+  const before = asked();
+  assert.equal(await cache.check('d1', identity('u'), 'c'), 'editor');
+  assert.equal(await cache.check('d2', identity('u'), 'c'), 'editor');
+  assert.equal(asked(), before, 'the answers kept are still found');
+  await cache.check('d0', identity('u'), 'c');
+  assert.equal(asked(), before + 1, 'the swept one is asked again');
+});
+
 test('at most MAX_CACHED_ANSWERS are kept: the first stored goes first, even when the new answer is of the same user and desktop', async () => {
   const { cache, asked } = setup(30_000);
   await cache.check('d1', identity('u0'), 'c1');

@@ -6,8 +6,11 @@
  * The key is (userId, desktopId, cookie): the app answers from the cookie
  * too, so a different cookie is a different question. The cookie enters the
  * key as a SHA-256 digest, so an entry costs ~150 bytes however large the
- * cookie is. Each worker has its own cache, and only the shard that owns a
- * desktop (the router's hash) ever looks up permissions on it.
+ * cookie is: one object in a list per user, the user's list one entry of a
+ * Map (nested Maps per user and desktop cost ~950 bytes for a user's first
+ * answer, bench/idle-memory.ts --heap). Each worker has its own cache, and
+ * only the shard that owns a desktop (the router's hash) ever looks up
+ * permissions on it.
  *
  * Staleness is the price: a grant withdrawn in the app still admits new
  * sessions of that user on that desktop until the entry expires (30 s by
@@ -61,11 +64,15 @@ export interface GrantUpdates {
   forgetUser(userId: string): void;
 }
 
+/** One answer, in its user's list (oldest first). */
 interface Entry {
+  readonly desktopId: string;
+  readonly digest: string;
   /** The permission, or the message of a denial to throw again (kept as a string: an Error holds a stack). */
   permission: Permission | null;
   denial: string;
   expiresAt: number;
+  next: Entry | null;
 }
 
 /** A lookup waiting for the app. */
@@ -92,8 +99,12 @@ export class CachingPermissionSource implements PermissionSource, GrantUpdates {
   private readonly negativeTtlMs: number;
   private readonly metrics: MetricsSlot;
   private readonly now: () => number;
-  /** userId → desktopId → cookie digest → answer: a user's answers are found at once for a logout, a desktop's for a role change. */
-  private readonly answers = new Map<string, Map<string, Map<string, Entry>>>();
+  /**
+   * userId → the user's answers, a list oldest first: a user's answers are
+   * found at once for a logout, and the few of one desktop by walking them
+   * (a user's answers are those of the desktops it opened within the TTL).
+   */
+  private readonly answers = new Map<string, Entry>();
   private count = 0;
   private readonly inFlight = new Map<string, { lookup: Lookup; promise: Promise<Permission> }>();
   private sweptAt = 0;
@@ -111,7 +122,7 @@ export class CachingPermissionSource implements PermissionSource, GrantUpdates {
     const userId = identity.userId;
     const now = this.now();
     if (now - this.sweptAt >= SWEEP_EVERY_MS) this.sweep(now);
-    const cached = this.answers.get(userId)?.get(desktopId)?.get(digest);
+    const cached = this.find(userId, desktopId, digest);
     if (cached !== undefined) {
       if (cached.expiresAt > now) {
         this.metrics.add(Metric.PERMISSION_CACHE_HITS);
@@ -169,72 +180,77 @@ export class CachingPermissionSource implements PermissionSource, GrantUpdates {
 
   setGrant(userId: string, desktopId: string, permission: ApiPermission): void {
     const role = permission === 'none' ? null : permission;
-    const entries = this.answers.get(userId)?.get(desktopId);
-    if (entries !== undefined) {
-      const ttlMs = role === null ? this.negativeTtlMs : this.ttlMs;
-      const expiresAt = this.now() + ttlMs;
-      for (const entry of entries.values()) {
-        entry.permission = role;
-        entry.denial = role === null ? REVOKED_BY_API : '';
-        entry.expiresAt = expiresAt;
-      }
+    const ttlMs = role === null ? this.negativeTtlMs : this.ttlMs;
+    const expiresAt = this.now() + ttlMs;
+    for (let entry: Entry | null = this.answers.get(userId) ?? null; entry !== null; entry = entry.next) {
+      if (entry.desktopId !== desktopId) continue;
+      entry.permission = role;
+      entry.denial = role === null ? REVOKED_BY_API : '';
+      entry.expiresAt = expiresAt;
     }
     // Lookups in flight are few (at most --permission-concurrency + --permission-queue): a scan is cheaper than an index.
     for (const { lookup } of this.inFlight.values()) if (lookup.userId === userId && lookup.desktopId === desktopId) lookup.newer = role;
   }
 
   forgetUser(userId: string): void {
-    const desktops = this.answers.get(userId);
-    if (desktops !== undefined) {
-      for (const entries of desktops.values()) this.count -= entries.size;
-      this.answers.delete(userId);
-    }
+    for (let entry: Entry | null = this.answers.get(userId) ?? null; entry !== null; entry = entry.next) this.count--;
+    this.answers.delete(userId);
     for (const { lookup } of this.inFlight.values()) if (lookup.userId === userId) lookup.newer = ASK_AGAIN;
   }
 
   private remember(userId: string, desktopId: string, digest: string, permission: Permission | null, denial: string, ttlMs: number): void {
     if (ttlMs <= 0) return;
     const expiresAt = this.now() + ttlMs;
-    const entry = this.answers.get(userId)?.get(desktopId)?.get(digest);
-    if (entry !== undefined) {
-      entry.permission = permission;
-      entry.denial = denial;
-      entry.expiresAt = expiresAt;
+    const known = this.find(userId, desktopId, digest);
+    if (known !== undefined) {
+      known.permission = permission;
+      known.denial = denial;
+      known.expiresAt = expiresAt;
       return;
     }
-    // Before the maps are looked up: evicting may empty and drop the very ones this answer goes in.
+    // Before the list is looked up: evicting may empty and drop the very one this answer goes in.
     if (this.count >= MAX_CACHED_ANSWERS) this.evictOldest();
-    let desktops = this.answers.get(userId);
-    if (desktops === undefined) this.answers.set(userId, (desktops = new Map()));
-    let entries = desktops.get(desktopId);
-    if (entries === undefined) desktops.set(desktopId, (entries = new Map()));
-    entries.set(digest, { permission, denial, expiresAt });
+    const entry: Entry = { desktopId, digest, permission, denial, expiresAt, next: null };
+    let last = this.answers.get(userId);
+    if (last === undefined) this.answers.set(userId, entry);
+    else {
+      while (last.next !== null) last = last.next;
+      last.next = entry;
+    }
     this.count++;
   }
 
-  private forget(userId: string, desktopId: string, digest: string): void {
-    const desktops = this.answers.get(userId);
-    const entries = desktops?.get(desktopId);
-    if (entries === undefined || !entries.delete(digest)) return;
-    this.count--;
-    if (entries.size > 0) return;
-    desktops!.delete(desktopId);
-    if (desktops!.size === 0) this.answers.delete(userId);
+  private find(userId: string, desktopId: string, digest: string): Entry | undefined {
+    for (let entry: Entry | null = this.answers.get(userId) ?? null; entry !== null; entry = entry.next) {
+      if (entry.desktopId === desktopId && entry.digest === digest) return entry;
+    }
+    return undefined;
   }
 
-  /** Drop the answer of the user whose answers were first stored (Maps keep insertion order). */
+  private forget(userId: string, desktopId: string, digest: string): void {
+    let previous: Entry | null = null;
+    for (let entry: Entry | null = this.answers.get(userId) ?? null; entry !== null; previous = entry, entry = entry.next) {
+      if (entry.desktopId !== desktopId || entry.digest !== digest) continue;
+      if (previous !== null) previous.next = entry.next;
+      else if (entry.next !== null) this.answers.set(userId, entry.next);
+      else this.answers.delete(userId);
+      this.count--;
+      return;
+    }
+  }
+
+  /** Drop the answer first stored of the user whose answers were first stored (Maps keep insertion order). */
   private evictOldest(): void {
-    const [userId, desktops] = this.answers.entries().next().value!;
-    const [desktopId, entries] = desktops.entries().next().value!;
-    this.forget(userId, desktopId, entries.keys().next().value!);
+    const [userId, oldest] = this.answers.entries().next().value!;
+    this.forget(userId, oldest.desktopId, oldest.digest);
   }
 
   /** Drop expired answers, so that a burst of distinct lookups does not stay in memory for good. */
   private sweep(now: number): void {
     this.sweptAt = now;
-    for (const [userId, desktops] of this.answers) {
-      for (const [desktopId, entries] of desktops) {
-        for (const [digest, entry] of entries) if (entry.expiresAt <= now) this.forget(userId, desktopId, digest);
+    for (const [userId, first] of this.answers) {
+      for (let entry: Entry | null = first; entry !== null; entry = entry.next) {
+        if (entry.expiresAt <= now) this.forget(userId, entry.desktopId, entry.digest);
       }
     }
   }

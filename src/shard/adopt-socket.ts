@@ -14,8 +14,12 @@
  * `handle` and `manualStart` are the options `net` itself uses to wrap
  * existing handles; `manualStart` keeps the handle from reading until a
  * consumer (ws, or a rejection's drain) resumes the stream.
+ *
+ * The new socket is a {@link SessionTcpSocket}: it has room for the session
+ * it will carry (session-socket.ts), so that its listeners need no closure.
  */
-import { Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { SessionTcpSocket } from './session-socket.ts';
 
 interface SocketInternals {
   _handle: unknown;
@@ -27,5 +31,5 @@ export function adoptSocket(transferred: Socket): Socket {
   const handle = internals._handle;
   if (handle === null || handle === undefined) return transferred;
   internals._handle = null;
-  return new Socket({ handle, manualStart: true } as unknown as ConstructorParameters<typeof Socket>[0]);
+  return new SessionTcpSocket({ handle, manualStart: true } as unknown as ConstructorParameters<typeof Socket>[0]);
 }

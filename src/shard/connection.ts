@@ -85,11 +85,6 @@ export class TopicConnection extends Session {
     this.identity = options.identity;
   }
 
-  /** SessionInfo JSON of this connection with `permission`. */
-  describeAs(permission: Permission): string {
-    return `{"sessionId":${JSON.stringify(this.id)},"userId":${JSON.stringify(this.userId)},"firstName":${JSON.stringify(this.firstName)},"email":${JSON.stringify(this.email)},"permission":"${permission}"}`;
-  }
-
   /** Spend a subscribe token; false when the bucket is empty. */
   takeSubscribeToken(now: number): boolean {
     return this.subscribes.take(now);

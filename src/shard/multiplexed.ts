@@ -27,6 +27,7 @@ import type { RoomIndex } from './room-index.ts';
 import type { Session } from './session.ts';
 import { ShardLink } from './shard-link.ts';
 import { cancelPause } from './socket-reads.ts';
+import { listen, sessionListeners, type SessionListeners } from './session-socket.ts';
 import { TopicOps } from './topic-ops.ts';
 import { TopicRooms, type TopicRecovery } from './topic-rooms.ts';
 import type { WriteCoalescer } from './write-coalescer.ts';
@@ -80,6 +81,8 @@ export class Multiplexed implements RecheckTopics {
   private readonly link: ShardLink | null;
   /** Set by {@link attach}, before the shard admits its first connection. */
   private events: ConnectionEvents | null = null;
+  /** Its connections' listeners (session-socket.ts). */
+  private shared: SessionListeners | null = null;
 
   constructor(options: MultiplexedOptions) {
     this.options = options;
@@ -157,38 +160,42 @@ export class Multiplexed implements RecheckTopics {
     events.opened(conn, identity);
     events.changed();
     log.info('connection_open', { sessionId: conn.id, userId: conn.userId, remote: remoteAddress });
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
-      conn.alive = true;
-      this.ops.onMessage(conn, data, isBinary);
-    });
-    ws.on('pong', () => {
-      conn.alive = true;
-      this.ops.onControlFrame(conn);
-    });
-    ws.on('ping', () => this.ops.onControlFrame(conn));
-    // Every byte read counts against the user's byte budget, as on the legacy route.
-    socket.on('data', (chunk: Buffer) => events.onBytes(conn, chunk.length));
-    ws.on('error', (err: Error & { code?: string }) => {
-      log.info('session_protocol_error', { sessionId: conn.id, code: err.code, message: err.message });
-    });
-    ws.once('close', (code: number, reason: Buffer) => {
-      this.connections.delete(conn);
-      users.add(conn.userId, -1);
-      limiter.release(conn.userId, Date.now());
-      cancelPause(conn);
-      events.closed(conn);
-      const topics = conn.topics.size;
-      this.ops.closed(conn);
-      log.info('connection_close', {
-        sessionId: conn.id,
-        userId: conn.userId,
-        code,
-        reason: reason.toString(),
-        topics,
-        durationMs: Date.now() - conn.connectedAt,
-      });
-      events.changed();
-    });
+    listen(conn, this.listeners());
+  }
+
+  /** The listeners every connection's sockets share (session-socket.ts), made at the first. */
+  private listeners(): SessionListeners {
+    if (this.shared !== null) return this.shared;
+    const { users, limiter, log } = this.options;
+    const events = this.events!;
+    this.shared = sessionListeners<TopicConnection>(
+      {
+        message: (conn, data, isBinary) => this.ops.onMessage(conn, data, isBinary),
+        control: (conn) => this.ops.onControlFrame(conn),
+        // Every byte read counts against the user's byte budget, as on the legacy route.
+        bytes: (conn, bytes) => events.onBytes(conn, bytes),
+        closed: (conn, code, reason) => {
+          this.connections.delete(conn);
+          users.add(conn.userId, -1);
+          limiter.release(conn.userId, Date.now());
+          cancelPause(conn);
+          events.closed(conn);
+          const topics = conn.topics.size;
+          this.ops.closed(conn);
+          log.info('connection_close', {
+            sessionId: conn.id,
+            userId: conn.userId,
+            code,
+            reason: reason.toString(),
+            topics,
+            durationMs: Date.now() - conn.connectedAt,
+          });
+          events.changed();
+        },
+      },
+      log,
+    );
+    return this.shared;
   }
 
   /** A connection cut by the backpressure policy: it leaves every topic at once. */

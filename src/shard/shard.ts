@@ -23,7 +23,7 @@ import { encodeTextFrame } from '../protocol/frame.ts';
 import { RoomIndex } from './room-index.ts';
 import { Session } from './session.ts';
 import { withDeadline } from '../deadline.ts';
-import { MemoryRelease, Peak, releasedFields } from '../memory-release.ts';
+import { MemoryRelease, Peak, releasedFields, Rise } from '../memory-release.ts';
 import { cancelPause } from './socket-reads.ts';
 import { UserAdmission } from './user-admission.ts';
 import { ShardApi } from './shard-api.ts';
@@ -39,6 +39,7 @@ import { closeSpread } from './drain-spread.ts';
 import { Recovery } from './recovery.ts';
 import { withOffset } from '../protocol/event-frames.ts';
 import { closeWithGrace } from './socket-reads.ts';
+import { listen, SessionWebSocket, sessionListeners, type SessionListeners } from './session-socket.ts';
 import { BUS_OVERHEAD_BYTES } from '../protocol/bus.ts';
 
 /**
@@ -103,6 +104,8 @@ export class Shard {
   private readonly memory: MemoryRelease;
   /** Tells when a crowd of sessions has left (memory-release.ts). */
   private readonly sessionPeak = new Peak();
+  /** Tells when a crowd of sessions has come (memory-release.ts). */
+  private readonly sessionRise = new Rise();
   private readonly federation: Federation | null;
   /** The server API and live grants (issue 13). */
   private readonly api: ShardApi;
@@ -112,13 +115,20 @@ export class Shard {
   private readonly multiplexed: Multiplexed;
   /** Offsets, history and resumes (issue 21). */
   private readonly recovery: Recovery;
+  /** The listeners every legacy session's sockets share (session-socket.ts). */
+  private readonly listeners: SessionListeners;
 
   constructor({ id, config, log, metrics, users, allMetrics, onFatal }: ShardOptions) {
     this.id = id;
     this.users = users;
     this.log = log;
     this.metrics = metrics;
-    this.memory = new MemoryRelease({ onReleased: (released) => log.info('memory_released', releasedFields(released)) });
+    this.memory = new MemoryRelease({
+      onReleased: (released) => {
+        if (released.kind === 'heap') this.sessionRise.reset(this.openCount);
+        log.info('memory_released', releasedFields(released));
+      },
+    });
     const fromToken = config.dev || config.permissionsFromToken;
     const permissionApi = fromToken
       ? new ClaimPermissionSource(config.dev ? 'editor' : null)
@@ -142,6 +152,8 @@ export class Shard {
         maxPayload,
         // A message of more fragments than this closes with 1008: each fragment is a frame to parse, and one token pays for the message.
         maxFragments: MAX_FRAGMENTS,
+        // Its sockets carry their session, for listeners shared by all (session-socket.ts).
+        WebSocket: SessionWebSocket,
         // ws ≥ 8.19 option (missing from @types/ws 8.18): how long close() waits for the peer's close frame.
         ...({ closeTimeout: Math.min(config.drainTimeoutMs, 30_000) } as object),
       });
@@ -344,6 +356,15 @@ export class Shard {
       pingIntervalMs: config.pingIntervalMs,
       accepting: () => !this.draining,
     });
+    this.listeners = sessionListeners<Session>(
+      {
+        message: (session, data, isBinary) => relay.onMessage(session, data, isBinary),
+        control: (session) => relay.onControlFrame(session),
+        bytes: (session, bytes) => relay.onBytes(session, bytes),
+        closed: (session, code, reason) => this.closed(session, code, reason),
+      },
+      log,
+    );
     this.pinger = setInterval(() => this.checkLiveness(), config.pingIntervalMs);
     this.pinger.unref();
     this.handshake = new Handshake({
@@ -431,7 +452,7 @@ export class Shard {
       this.multiplexed.open(admitted);
       return;
     }
-    const { ws, socket, desktopId, identity, permission, remoteAddress, cookie } = admitted;
+    const { ws, socket, desktopId, identity, permission } = admitted;
     const session = new Session({
       desktopId,
       identity,
@@ -444,63 +465,55 @@ export class Shard {
     });
     this.users.add(session.userId, 1);
     this.metrics.handshake(101);
-    const join = () => {
-      // It may have gone while its room asked the other nodes who is there.
-      if (!session.open) return;
-      if (ws.isPaused) ws.resume();
-      // The shard began draining meanwhile: it never joins, and is told to go as the others were.
-      if (this.drainClose !== null) {
-        ws.close(this.drainClose.code, this.drainClose.reason);
-        return;
-      }
-      this.relay.join(session, admitted.resume);
-      this.api.opened(session, identity, cookie);
-      this.updateGauges();
-      this.log.info('session_open', {
-        sessionId: session.id,
-        desktopId,
-        userId: session.userId,
-        permission,
-        remote: remoteAddress,
-        roomSize: this.rooms.get(desktopId)?.members.length ?? 0,
-      });
-    };
-    if (this.federation === null) join();
+    if (this.federation === null) this.join(session, admitted);
     else {
       // Nothing it sends is read before it is in its room.
       ws.pause();
-      this.federation.admit(desktopId, join, admitted.resume);
+      this.federation.admit(desktopId, () => this.join(session, admitted), admitted.resume);
     }
-    ws.on('message', (data: Buffer, isBinary: boolean) => {
-      session.alive = true;
-      this.relay.onMessage(session, data, isBinary);
+    listen(session, this.listeners);
+  }
+
+  /** `session` joins its room (once the other nodes said who is there, with federation). */
+  private join(session: Session, { identity, cookie, resume, remoteAddress }: Admitted): void {
+    // It may have gone while its room asked the other nodes who is there.
+    if (!session.open) return;
+    const ws = session.ws;
+    if (ws.isPaused) ws.resume();
+    // The shard began draining meanwhile: it never joins, and is told to go as the others were.
+    if (this.drainClose !== null) {
+      ws.close(this.drainClose.code, this.drainClose.reason);
+      return;
+    }
+    this.relay.join(session, resume);
+    this.api.opened(session, identity, cookie);
+    this.updateGauges();
+    this.log.info('session_open', {
+      sessionId: session.id,
+      desktopId: session.desktopId,
+      userId: session.userId,
+      permission: session.permission,
+      remote: remoteAddress,
+      roomSize: this.rooms.get(session.desktopId)?.members.length ?? 0,
     });
-    ws.on('pong', () => {
-      session.alive = true;
-      this.relay.onControlFrame(session);
+  }
+
+  /** A legacy session's socket closed. */
+  private closed(session: Session, code: number, reason: Buffer): void {
+    this.users.add(session.userId, -1);
+    this.limiter.release(session.userId, Date.now());
+    cancelPause(session);
+    this.api.closed(session);
+    this.relay.leave(session);
+    this.updateGauges();
+    this.log.info('session_close', {
+      sessionId: session.id,
+      desktopId: session.desktopId,
+      code,
+      reason: reason.toString(),
+      durationMs: Date.now() - session.connectedAt,
     });
-    ws.on('ping', () => this.relay.onControlFrame(session));
-    // Every byte read counts against the user's byte budget (control frames and fragments too).
-    socket.on('data', (chunk: Buffer) => this.relay.onBytes(session, chunk.length));
-    ws.on('error', (err: Error & { code?: string }) => {
-      this.log.info('session_protocol_error', { sessionId: session.id, code: err.code, message: err.message });
-    });
-    ws.once('close', (code: number, reason: Buffer) => {
-      this.users.add(session.userId, -1);
-      this.limiter.release(session.userId, Date.now());
-      cancelPause(session);
-      this.api.closed(session);
-      this.relay.leave(session);
-      this.updateGauges();
-      this.log.info('session_close', {
-        sessionId: session.id,
-        desktopId,
-        code,
-        reason: reason.toString(),
-        durationMs: Date.now() - session.connectedAt,
-      });
-      if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
-    });
+    if (this.onEmpty !== null && this.openCount === 0) this.onEmpty();
   }
 
   /** A multiplexed connection opened or closed. */
@@ -531,8 +544,9 @@ export class Shard {
   private updateGauges(): void {
     this.metrics.set(Metric.CONNECTIONS, this.openCount);
     this.metrics.set(Metric.ROOMS, this.rooms.roomCount);
-    // The crowd's sessions took heap that V8 gives back late (memory-release.ts).
-    if (this.sessionPeak.update(this.rooms.sessionCount)) this.memory.request('heap');
+    // A crowd that left, or the handshakes of one that came, left heap that V8 gives back late (memory-release.ts).
+    const gone = this.sessionPeak.update(this.rooms.sessionCount);
+    if (this.sessionRise.update(this.openCount) || gone) this.memory.request('heap');
   }
 
   /**
