@@ -191,17 +191,13 @@ export class EventRing {
   private moveText(size: number): void {
     const from = this.text;
     const to = size === from.length ? from : Buffer.allocUnsafeSlow(size);
-    let place = 0;
-    // Oldest first: within one buffer a text only ever moves towards the front, over bytes already moved.
-    for (let i = 0; i < this.count; i++) {
-      const slot = (this.head + i) & this.mask;
-      const at = this.places[slot]!;
-      const length = this.lengths[slot]!;
-      if (at !== place || to !== from) from.copy(to, place, at, at + length);
-      this.places[slot] = place;
-      place += length;
-    }
+    // The live texts are one run, from the oldest's place to the end (each is
+    // put right after the one before): one copy (a memmove within a buffer),
+    // then every place moves by the same amount.
+    const start = this.count === 0 ? 0 : this.places[this.head]!;
+    if (start !== 0 || to !== from) from.copy(to, 0, start, this.textEnd);
+    if (start !== 0) for (let i = 0; i < this.count; i++) this.places[(this.head + i) & this.mask]! -= start;
     this.text = to;
-    this.textEnd = place;
+    this.textEnd -= start;
   }
 }
