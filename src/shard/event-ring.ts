@@ -20,7 +20,9 @@
  * the buffer grows to 1.5 times what is live otherwise. Each byte is moved
  * at most a few times (amortized O(1) per event), and a full room holds
  * about 1.33 times its texts (at most 1.5 as it grows; {@link EventRing.trim}
- * gives back what a shrunken room no longer needs).
+ * gives back what a shrunken room no longer needs). Growing is what a room
+ * pays while it first fills: at medium load it costs the tail until the
+ * histories are full (docs/performance.md, The cost of history), not after.
  *
  * Reading an event makes its text a string again: that is a resume's cost,
  * never the live path's.
