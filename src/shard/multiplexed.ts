@@ -81,8 +81,8 @@ export class Multiplexed implements RecheckTopics {
   private readonly link: ShardLink | null;
   /** Set by {@link attach}, before the shard admits its first connection. */
   private events: ConnectionEvents | null = null;
-  /** Its connections' listeners (session-socket.ts). */
-  private shared: SessionListeners | null = null;
+  /** Its connections' listeners (session-socket.ts), made by {@link attach}. */
+  private listeners: SessionListeners | null = null;
 
   constructor(options: MultiplexedOptions) {
     this.options = options;
@@ -133,6 +133,7 @@ export class Multiplexed implements RecheckTopics {
   /** Who hears of the connections (the shard, once the relay and the server API exist). */
   attach(events: ConnectionEvents): void {
     this.events = events;
+    this.listeners = this.makeListeners(events);
   }
 
   /** A port to shard `peer` (the primary's LinkPortMessage); closed at once when there is no link or the shard drains. */
@@ -160,15 +161,13 @@ export class Multiplexed implements RecheckTopics {
     events.opened(conn, identity);
     events.changed();
     log.info('connection_open', { sessionId: conn.id, userId: conn.userId, remote: remoteAddress });
-    listen(conn, this.listeners());
+    listen(conn, this.listeners!);
   }
 
-  /** The listeners every connection's sockets share (session-socket.ts), made at the first. */
-  private listeners(): SessionListeners {
-    if (this.shared !== null) return this.shared;
+  /** The listeners every connection's sockets share (session-socket.ts). */
+  private makeListeners(events: ConnectionEvents): SessionListeners {
     const { users, limiter, log } = this.options;
-    const events = this.events!;
-    this.shared = sessionListeners<TopicConnection>(
+    return sessionListeners<TopicConnection>(
       {
         message: (conn, data, isBinary) => this.ops.onMessage(conn, data, isBinary),
         control: (conn) => this.ops.onControlFrame(conn),
@@ -195,7 +194,6 @@ export class Multiplexed implements RecheckTopics {
       },
       log,
     );
-    return this.shared;
   }
 
   /** A connection cut by the backpressure policy: it leaves every topic at once. */

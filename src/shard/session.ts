@@ -132,7 +132,7 @@ let _flattened = 0;
  * `text`, flattened: V8 keeps a string built by concatenation as a rope
  * (a 32-byte node per join, holding both parts). Reading a character makes
  * it one flat string in place, and the next GC drops the rope's nodes and
- * parts (the same trick as history.ts). For strings kept as long as a
+ * parts. For strings kept as long as a
  * session lives.
  */
 export function flat(text: string): string {
