@@ -15,7 +15,7 @@ import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metric
 import { PACE_MIN_MS, PACE_ON_SAMPLES } from '../src/shard/pace-control.ts';
 import { SHARED_FRAME_BYTES } from '../src/shard/shared-frames.ts';
 import { MIN_SLAB_BYTES, type SlabPool } from '../src/shard/slab-pool.ts';
-import { SLAB_DECAY_MS, WriteCoalescer, type OutboundOwner } from '../src/shard/write-coalescer.ts';
+import { MAX_OUTBOX_BYTES, SLAB_DECAY_MS, WriteCoalescer, type OutboundOwner } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -301,6 +301,65 @@ test('a burst that outgrows its slab moves to a large enough one at once, every 
   await nextTurn();
   pair.local.end();
   assert.ok((await pair.ended).equals(Buffer.concat([...frames, frame('x;y;')])));
+});
+
+test('an outbox never grows past MAX_OUTBOX_BYTES: a turn that queues more writes what it holds at once and starts a new one, every byte in order, every slab from the pool (a shard that fell behind must not queue megabytes per socket)', async (t) => {
+  const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
+  const out = new WriteCoalescer(metrics, UNPACED);
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local, out);
+  const writes = recordWrites(pair.local);
+  // 600 frames of 1,000 bytes in one turn: 600,000 bytes, over four times the bound.
+  const frames = Array.from({ length: 600 }, (_, i) => Buffer.alloc(1000, 0x41 + (i % 26)));
+  let largest = 0;
+  for (const f of frames) {
+    out.write(session, f);
+    largest = Math.max(largest, session.outbox?.length ?? 0, session.queuedBytes);
+  }
+  assert.ok(largest <= MAX_OUTBOX_BYTES, `an outbox held ${largest} bytes`);
+  // Written during the turn, each time the next frame would not fit: 131 frames per write.
+  const perWrite = Math.floor(MAX_OUTBOX_BYTES / 1000);
+  assert.equal(writes.length, Math.floor(600 / perWrite));
+  assert.ok(writes.every((w) => w.length === perWrite * 1000));
+  assert.equal(session.queuedBytes, 600_000 - writes.length * perWrite * 1000, 'the rest waits for the end of the turn');
+  await nextTurn();
+  assert.equal(writes.length, Math.floor(600 / perWrite) + 1, 'the rest: one write at the end of the turn');
+  assert.equal(metrics.values[Metric.OUTBOUND_BYTES], 600_000);
+  assert.equal(metrics.values[Metric.DELIVERIES], 600);
+  pair.local.end();
+  assert.ok((await pair.ended).equals(Buffer.concat(frames)));
+});
+
+test('a paced socket whose outbox fills before its slot is written then, and what follows still waits for the slot', async (t) => {
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), { pacing: 'always', paceIntervalMs: 1000, paceAbove: 100, rateWindowMs: 20 });
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local, out);
+  let sent = '';
+  // Until a rate window has judged the socket fast, frames go out per turn.
+  const started = performance.now();
+  for (let i = 0; !session.pace.fast; i++) {
+    assert.ok(performance.now() - started < 5000, 'the socket was not judged fast within 5 s');
+    for (let j = 0; j < 5; j++) out.write(session, frame(`${i}.${j};`));
+    sent += Array.from({ length: 5 }, (_, j) => `${i}.${j};`).join('');
+    await tick();
+  }
+  out.flushAll();
+  const writes = recordWrites(pair.local);
+  out.write(session, frame('c;'));
+  const big = Array.from({ length: 200 }, (_, i) => Buffer.alloc(1000, 0x61 + (i % 26)));
+  for (const f of big) out.write(session, f);
+  // 'c;' and 131 frames fill the outbox (131,002 bytes); the 132nd starts the next.
+  assert.equal(writes.length, 1, 'one write when the outbox filled, before the slot');
+  assert.equal(writes[0]!.length, 2 + 131 * 1000);
+  assert.equal(session.queuedBytes, 69 * 1000);
+  await nextTurn();
+  assert.equal(writes.length, 1, 'the rest is paced: not written at the end of the turn');
+  out.flushAll();
+  assert.equal(writes.length, 2);
+  pair.local.end();
+  assert.ok((await pair.ended).equals(Buffer.concat([frame(sent + 'c;'), ...big])));
 });
 
 test('a slab goes back to the pool once the kernel has its bytes; while the socket still holds them it stays out, and the backlog is reported', async (t) => {

@@ -60,7 +60,7 @@ import { LoadSampler } from './load-sampler.ts';
 import { PaceControl } from './pace-control.ts';
 import { PaceWheel, WHEEL_BUCKETS } from './pace-wheel.ts';
 import { SHARED_FRAME_BYTES, SharedFrames, type SharedQueue } from './shared-frames.ts';
-import { SlabPool } from './slab-pool.ts';
+import { MAX_POOLED_BYTES, SlabPool } from './slab-pool.ts';
 
 /** The pacing options come from the server's configuration (src/config.ts holds their defaults). */
 export interface CoalescerOptions {
@@ -86,6 +86,17 @@ export interface BacklogListener<O extends OutboundOwner = OutboundOwner> {
 const NO_LISTENER: BacklogListener<never> = { noteBacklog() {} };
 
 export const RATE_WINDOW_MS = 100;
+/**
+ * The most a session's outbox holds before it is written, whatever its turn
+ * or its pace slot: the largest pooled slab. A paced socket at the ceiling
+ * (3.3 MB/s) queues about 106 KB per 32 ms, within it. Without a bound, a
+ * shard that fell behind read so much per turn that each session queued
+ * megabytes: fresh slabs outside the pool (page faults on first touch, and
+ * external memory that brought V8's major GCs forward on helper threads
+ * sharing the core), which slowed the shard further, until the process cap
+ * cut the readers (docs/performance.md, The ceiling's collapse).
+ */
+export const MAX_OUTBOX_BYTES = MAX_POOLED_BYTES;
 /** How often the slab pool lets go of size classes it did not use (slab-pool.ts `decay`). */
 export const SLAB_DECAY_MS = 1000;
 
@@ -251,6 +262,16 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
           setImmediate(this.flush);
         }
       }
+      target.queuedBytes = length;
+      this.count(length);
+      return;
+    }
+    if (used + length > MAX_OUTBOX_BYTES) {
+      // The outbox is full: its bytes go to the kernel now and this frame
+      // starts the next one. The target is still on its list (dirty or
+      // wheel), which writes this frame at its time.
+      this.writeOut(target, Metric.OUTBOUND_WRITES);
+      target.single = frame;
       target.queuedBytes = length;
       this.count(length);
       return;
