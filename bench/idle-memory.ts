@@ -5,7 +5,7 @@
  *   node bench/idle-memory.ts [--sessions 5000] [--base 2000] [--repeat 3] [--workers 2,1] [--tree DIR]… [--natural] [--heap] [--heap-dir DIR] [--trace] [-- <serve flags>]
  *
  * Each run starts the real server as the supervised command does
- * (`--max-semi-space-size=4`, the allocator re-exec of src/allocator.ts),
+ * (`--max-semi-space-size=4`, the allocator re-exec of src/process-setup.ts),
  * with JWTs and a real HTTP permission stub answering `editor` (not `--dev`).
  * The clients run in a process of their own (bench/idle-clients.ts), so that
  * the server alone counts against its descriptor limit: base + sessions must

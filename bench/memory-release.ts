@@ -2,7 +2,7 @@
  * Memory after load: does the server give back what a crowd of idle
  * sessions took, once they are gone? Runs the real server as the supervised
  * command does (`--max-semi-space-size=4`, the allocator re-exec of
- * src/allocator.ts), reads its RSS at a fresh start, opens N idle sessions
+ * src/process-setup.ts), reads its RSS at a fresh start, opens N idle sessions
  * (rooms of 10, distinct users, each permission asked of a real HTTP stub
  * of the permission API, as in production; `--dev` uses the token's claim
  * instead), closes them all, and samples RSS and each isolate's heap every

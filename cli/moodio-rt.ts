@@ -15,7 +15,7 @@ import { signAccessToken } from '../src/auth/token.ts';
 import { DEV_SECRET_FILE, parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
 import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
-import { ensureAllocatorEnv } from '../src/allocator.ts';
+import { ensureProcessSetup } from '../src/process-setup.ts';
 import { readDevSecret } from '../src/auth/dev-secret.ts';
 import { startServer } from '../src/server.ts';
 import { writeFileSync } from 'node:fs';
@@ -73,9 +73,9 @@ function resolveOrExit<T>(resolve: () => T): T {
 const serve = program.command('serve').description('run the WebSocket relay');
 const serveOptions = addOptionTable(serve, SERVE_OPTIONS);
 serve.action(async (opts: Record<string, string | boolean | undefined>) => {
-  // First: the allocator reads its settings at process start, so this may start the process again.
-  ensureAllocatorEnv();
   const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
+  // Before anything starts: the allocator and V8 read these settings at process start, so this may start the process again.
+  ensureProcessSetup(config.gcThreads, config.workers);
   let stopping = false;
   let exitCode = 0;
   const stop = (signal: string) => {

@@ -23,6 +23,8 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 export const LOG_FORMATS = ['json', 'pretty'] as const;
 export type LogFormat = (typeof LOG_FORMATS)[number];
 export const PACING_MODES = ['auto', 'always', 'off'] as const;
+export const GC_THREADS_MODES = ['auto', 'single', 'parallel'] as const;
+export type GcThreadsMode = (typeof GC_THREADS_MODES)[number];
 export type PacingMode = (typeof PACING_MODES)[number];
 export const UNSIGNED_ROOMS_POLICIES = ['drop', 'admit'] as const;
 export type UnsignedRoomsPolicy = (typeof UNSIGNED_ROOMS_POLICIES)[number];
@@ -93,6 +95,8 @@ export interface ServeConfig {
   /** Types a viewer may not send, dropped on every route (default: the protocol's DEFAULT_MUTATION_TYPES). */
   mutationTypes: string[];
   slowConsumerTimeoutMs: number;
+  /** Whether V8 collects on helper threads or on the thread that allocated (process-setup.ts). */
+  gcThreads: GcThreadsMode;
   /** When sockets that receive fast are written once per pace interval instead of once per turn (write-coalescer.ts). */
   pacing: PacingMode;
   /** The interval (`always`), or the longest one (`auto`). */
@@ -539,6 +543,15 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     default: '10s',
     description: 'a session over its outbound budget this long is closed with 4008',
     parse: parseDuration,
+  },
+  {
+    key: 'gcThreads',
+    flags: '--gc-threads <mode>',
+    env: 'MOODIO_RT_GC_THREADS',
+    default: 'auto',
+    description:
+      "where V8 collects garbage: single (on the thread that allocated, Node's --single-threaded-gc), parallel (V8's helper threads too), auto (single when there are at least as many shards as cores this process may use)",
+    parse: oneOf(GC_THREADS_MODES),
   },
   {
     key: 'pacing',

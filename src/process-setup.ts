@@ -1,27 +1,73 @@
 /**
- * The C allocator's part in giving memory back. A shard's socket buffers
- * come from malloc (Buffers' backing stores). glibc serves a large request
- * (≥ 128 KiB) with mmap and returns it to the system when freed, but each
- * time it frees such a chunk it raises that threshold to the chunk's size
- * (up to 32 MiB), so after a burst the large buffers that follow land in the
- * heap arenas, where freeing them returns nothing. Measured after an attack
- * that left every buffer collectable (bench/abuse.ts): RSS stayed +165 MiB
- * over its baseline; with the threshold fixed at 128 KiB, +25 MiB.
+ * What `serve` must be started with, which the process can only get from
+ * its start: an environment variable the C allocator reads once, and a V8
+ * flag. When either is missing, `serve` re-executes itself with it
+ * (`process.execve` keeps the pid, the open descriptors and the arguments,
+ * so a supervisor sees one process); once both are in place it returns.
  *
+ * **The C allocator's part in giving memory back.** A shard's socket
+ * buffers come from malloc (Buffers' backing stores). glibc serves a large
+ * request (≥ 128 KiB) with mmap and returns it to the system when freed, but
+ * each time it frees such a chunk it raises that threshold to the chunk's
+ * size (up to 32 MiB), so after a burst the large buffers that follow land
+ * in the heap arenas, where freeing them returns nothing. Measured after an
+ * attack that left every buffer collectable (bench/abuse.ts): RSS stayed
+ * +165 MiB over its baseline; with the threshold fixed at 128 KiB, +25 MiB.
  * `MALLOC_MMAP_THRESHOLD_` fixes it (and, as glibc documents, turns the
- * dynamic adjustment off), but glibc reads it once, at start. So `serve`
- * re-executes itself with it when it is not set: `process.execve` keeps the
- * pid, the open descriptors and the arguments, so a supervisor sees one
- * process. An operator's own value (any value) is left alone; other C
- * libraries ignore the variable.
+ * dynamic adjustment off). An operator's own value (any value) is left
+ * alone; other C libraries ignore the variable.
+ *
+ * **Where V8 collects** (`--gc-threads`). By default V8 scavenges and marks
+ * with helper threads beside the thread that allocated. When every core this
+ * process may use already has a shard to run, a helper can only take its
+ * turn from a shard: at the ceiling (1M deliveries/s on one pinned core)
+ * the helpers held 15–28% of the core, the shard waited for it, fell
+ * behind, and the growing work in flight gave the helpers more to do
+ * (docs/performance.md, The ceiling). With `--single-threaded-gc` the same
+ * collections run on the shard's own thread, without the hand-offs. V8
+ * reads the flag as it starts: set later (`v8.setFlagsFromString`), it is
+ * either ignored or crashes the next isolate, so it is a start flag.
+ * `auto` asks for it when the shards are at least the cores
+ * (`os.availableParallelism()`, which counts the CPUs the process is pinned
+ * to); with a core to spare the helpers run beside the shards instead.
  */
+import { availableParallelism } from 'node:os';
+import type { GcThreadsMode } from './config.ts';
 
 /** The environment `serve` runs under. */
 export const ALLOCATOR_ENV = { MALLOC_MMAP_THRESHOLD_: String(128 * 1024) } as const;
 
-/** Re-execute this process with {@link ALLOCATOR_ENV} unless it is set already; returns only when it does not re-execute. */
-export function ensureAllocatorEnv(): void {
-  if (process.platform !== 'linux' || process.env.MALLOC_MMAP_THRESHOLD_ !== undefined) return;
+/** Node's flag for collecting on the allocating thread only. */
+export const SINGLE_THREADED_GC = '--single-threaded-gc';
+
+/** Whether `mode` means collecting on the allocating thread, for `workers` shards on `cores` cores. */
+export function singleThreadedGc(mode: GcThreadsMode, workers: number, cores = availableParallelism()): boolean {
+  if (mode === 'auto') return workers >= cores;
+  return mode === 'single';
+}
+
+/** What this process is missing to run `serve`: variables and Node flags; both empty when nothing. */
+export function missingSetup(
+  mode: GcThreadsMode,
+  workers: number,
+  env: NodeJS.ProcessEnv = process.env,
+  execArgv: readonly string[] = process.execArgv,
+): { env: Record<string, string>; nodeFlags: string[] } {
+  const missingEnv: Record<string, string> = {};
+  if (process.platform === 'linux' && env.MALLOC_MMAP_THRESHOLD_ === undefined) Object.assign(missingEnv, ALLOCATOR_ENV);
+  const nodeFlags = singleThreadedGc(mode, workers) && !execArgv.includes(SINGLE_THREADED_GC) ? [SINGLE_THREADED_GC] : [];
+  return { env: missingEnv, nodeFlags };
+}
+
+/**
+ * Re-execute this process with what {@link missingSetup} finds missing;
+ * returns only when nothing is (or when the platform cannot re-execute:
+ * then the server runs as it was started). A flag the operator gave Node is
+ * never taken away: `parallel` does not remove `--single-threaded-gc`.
+ */
+export function ensureProcessSetup(mode: GcThreadsMode, workers: number): void {
+  const missing = missingSetup(mode, workers);
+  if (Object.keys(missing.env).length === 0 && missing.nodeFlags.length === 0) return;
   if (typeof process.execve !== 'function') return;
-  process.execve(process.execPath, [process.execPath, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, ...ALLOCATOR_ENV });
+  process.execve(process.execPath, [process.execPath, ...process.execArgv, ...missing.nodeFlags, ...process.argv.slice(1)], { ...process.env, ...missing.env });
 }

@@ -1,13 +1,15 @@
 /**
- * `serve` runs with glibc's mmap threshold fixed (src/allocator.ts), so
- * that large buffers freed after a burst go back to the system: it
- * re-executes itself in place (same pid) when the variable is not set, and
- * leaves an operator's own value alone.
+ * `serve` runs with what it can only get at process start (src/process-setup.ts):
+ * glibc's mmap threshold fixed, so that large buffers freed after a burst go
+ * back to the system, and V8 collecting on the allocating thread when the
+ * shards have every core (`--gc-threads`). It re-executes itself in place
+ * (same pid) when either is missing, and leaves an operator's own values alone.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { ALLOCATOR_ENV } from '../src/allocator.ts';
+import { availableParallelism } from 'node:os';
+import { ALLOCATOR_ENV, missingSetup, SINGLE_THREADED_GC, singleThreadedGc } from '../src/process-setup.ts';
 import { startServer } from './helpers/server.ts';
 
 const environOf = (pid: number): Map<string, string> =>
@@ -29,4 +31,63 @@ test('serve runs with MALLOC_MMAP_THRESHOLD_ fixed, in the process that was star
 test("an operator's own MALLOC_MMAP_THRESHOLD_ is kept", { skip: process.platform !== 'linux' }, async (t) => {
   const server = await startServer(t, { workers: 1, env: { MALLOC_MMAP_THRESHOLD_: '65536' } });
   assert.equal(environOf(server.child.pid!).get('MALLOC_MMAP_THRESHOLD_'), '65536');
+});
+
+const nodeFlagsOf = (pid: number): string[] => {
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'latin1').split('\0');
+  // Node's own flags come before the script (the first argument ending in .ts or .mjs).
+  return argv.slice(
+    1,
+    argv.findIndex((a) => /\.(ts|mjs)$/.test(a)),
+  );
+};
+
+test('--gc-threads single: the listening process (the pid that was started) runs with --single-threaded-gc; parallel: without it', {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  const single = await startServer(t, { workers: 1, args: ['--gc-threads', 'single'] });
+  assert.ok(nodeFlagsOf(single.child.pid!).includes(SINGLE_THREADED_GC), nodeFlagsOf(single.child.pid!).join(' '));
+  assert.equal(single.logs.find((l) => l.event === 'listening')?.gcThreads, 'single');
+  assert.equal((await fetch(`http://127.0.0.1:${single.port}/health`)).status, 200);
+  const parallel = await startServer(t, { workers: 1, args: ['--gc-threads', 'parallel'] });
+  assert.ok(!nodeFlagsOf(parallel.child.pid!).includes(SINGLE_THREADED_GC), nodeFlagsOf(parallel.child.pid!).join(' '));
+  assert.equal(parallel.logs.find((l) => l.event === 'listening')?.gcThreads, 'parallel');
+});
+
+test('--gc-threads auto (the default): single when the shards are at least the cores, parallel with a core to spare', {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  const cores = availableParallelism();
+  const full = await startServer(t, { workers: cores });
+  assert.ok(nodeFlagsOf(full.child.pid!).includes(SINGLE_THREADED_GC), `${cores} shards on ${cores} cores`);
+  assert.equal(full.logs.find((l) => l.event === 'listening')?.gcThreads, 'single');
+  if (cores > 1) {
+    const spare = await startServer(t, { workers: cores - 1 });
+    assert.ok(!nodeFlagsOf(spare.child.pid!).includes(SINGLE_THREADED_GC), `${cores - 1} shards on ${cores} cores`);
+    assert.equal(spare.logs.find((l) => l.event === 'listening')?.gcThreads, 'parallel');
+  }
+});
+
+test('an invalid --gc-threads is refused at start, naming the option', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const { CLI } = await import('./helpers/server.ts');
+  const run = spawnSync(process.execPath, [CLI, 'serve', '--dev', '--port', '0', '--gc-threads', 'two'], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(run.status, 2);
+  assert.match(run.stderr, /--gc-threads/);
+  t.diagnostic(run.stderr.trim());
+});
+
+test('singleThreadedGc and missingSetup decide from the mode, the shards and the cores, and leave what is set alone', () => {
+  assert.equal(singleThreadedGc('auto', 2, 2), true);
+  assert.equal(singleThreadedGc('auto', 3, 2), true);
+  assert.equal(singleThreadedGc('auto', 1, 2), false);
+  assert.equal(singleThreadedGc('single', 1, 8), true);
+  assert.equal(singleThreadedGc('parallel', 8, 1), false);
+  const set = { MALLOC_MMAP_THRESHOLD_: '65536' };
+  assert.deepEqual(missingSetup('single', 1, set, [SINGLE_THREADED_GC]), { env: {}, nodeFlags: [] });
+  assert.deepEqual(missingSetup('single', 1, set, ['--max-semi-space-size=4']).nodeFlags, [SINGLE_THREADED_GC]);
+  assert.deepEqual(missingSetup('parallel', 1, set, []).nodeFlags, []);
+  // An operator's --single-threaded-gc stays even with parallel: nothing is removed.
+  assert.deepEqual(missingSetup('parallel', 1, set, [SINGLE_THREADED_GC]), { env: {}, nodeFlags: [] });
+  if (process.platform === 'linux') assert.deepEqual(missingSetup('parallel', 1, {}, []).env, ALLOCATOR_ENV);
 });

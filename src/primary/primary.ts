@@ -16,6 +16,7 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { CROWD, MemoryRelease, releasedFields } from '../memory-release.ts';
+import { SINGLE_THREADED_GC } from '../process-setup.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
 import { ApiServer } from './api-server.ts';
 import { demoResponse } from './demo.ts';
@@ -143,7 +144,12 @@ export class Primary {
       });
     });
     const address = this.server.address() as AddressInfo;
-    this.log.info('listening', { host: address.address, port: address.port, workers: this.pool.size });
+    this.log.info('listening', {
+      host: address.address,
+      port: address.port,
+      workers: this.pool.size,
+      gcThreads: process.execArgv.includes(SINGLE_THREADED_GC) ? 'single' : 'parallel',
+    });
     return address;
   }
 
