@@ -23,7 +23,7 @@
  * The machine is shared: each run records the load average, and the tables
  * compare ratios within a pair rather than absolute figures.
  *
- *   node bench/history-cost.ts [--only latency,throughput,memory] [--presets light,medium] [--pairs 3] [--rate 1110] [--desktops 1000] [--events 2000] [--generator node|go|node,go]
+ *   node bench/history-cost.ts [--only latency,throughput,memory] [--presets light,medium] [--pairs 3] [--rate 1110] [--desktops 1000] [--events 2000] [--generator node|go|node,go] [--gc-threads auto|single|parallel]
  *
  * Writes bench/results/history-cost-<date>-<commit>[-<generators>][-<parts>][-rate<N>].{json,md}
  * (the generators named unless node alone, the rate when --rate is given).
@@ -70,7 +70,23 @@ const MiB = 2 ** 20;
 const pinned = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
 const serverPin = pinned ? ['taskset', '-c', '0'] : [];
 const generatorPin = pinned ? ['taskset', '-c', '1'] : [];
-const BENCH_FLAGS = ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0', '--admin-token', ADMIN];
+/** `--gc-threads <mode>`, passed to every server (unset: the server's default). */
+const GC_THREADS = (() => {
+  const i = argv.indexOf('--gc-threads');
+  return i >= 0 ? ['--gc-threads', argv[i + 1]!] : [];
+})();
+const BENCH_FLAGS = [
+  '--dev',
+  '--rate-limit',
+  '0',
+  '--max-pending-per-address',
+  '0',
+  '--handshake-rate-per-address',
+  '0',
+  '--admin-token',
+  ADMIN,
+  ...GC_THREADS,
+];
 const MODES = { on: [] as string[], off: ['--history-age', '0'] };
 type Mode = keyof typeof MODES;
 

@@ -548,9 +548,9 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: 'gcThreads',
     flags: '--gc-threads <mode>',
     env: 'MOODIO_RT_GC_THREADS',
-    default: 'auto',
+    default: 'parallel',
     description:
-      "where V8 collects garbage: single (on the thread that allocated, Node's --single-threaded-gc), parallel (V8's helper threads too), auto (single when there are at least as many shards as cores this process may use)",
+      "where V8 collects garbage: parallel (V8's helper threads too), single (on the thread that allocated, Node's --single-threaded-gc: more throughput at the ceiling, a longer tail at light load), auto (single when there are at least as many shards as cores this process may use)",
     parse: oneOf(GC_THREADS_MODES),
   },
   {

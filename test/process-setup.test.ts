@@ -1,8 +1,8 @@
 /**
  * `serve` runs with what it can only get at process start (src/process-setup.ts):
  * glibc's mmap threshold fixed, so that large buffers freed after a burst go
- * back to the system, and V8 collecting on the allocating thread when the
- * shards have every core (`--gc-threads`). It re-executes itself in place
+ * back to the system, and V8 collecting on the allocating thread when
+ * `--gc-threads` asks for it. It re-executes itself in place
  * (same pid) when either is missing, and leaves an operator's own values alone.
  */
 import assert from 'node:assert/strict';
@@ -54,15 +54,18 @@ test('--gc-threads single: the listening process (the pid that was started) runs
   assert.equal(parallel.logs.find((l) => l.event === 'listening')?.gcThreads, 'parallel');
 });
 
-test('--gc-threads auto (the default): single when the shards are at least the cores, parallel with a core to spare', {
+test('--gc-threads auto: single when the shards are at least the cores, parallel with a core to spare; the default is parallel', {
   skip: process.platform !== 'linux',
 }, async (t) => {
   const cores = availableParallelism();
-  const full = await startServer(t, { workers: cores });
+  const byDefault = await startServer(t, { workers: cores });
+  assert.ok(!nodeFlagsOf(byDefault.child.pid!).includes(SINGLE_THREADED_GC), 'no flag without --gc-threads');
+  assert.equal(byDefault.logs.find((l) => l.event === 'listening')?.gcThreads, 'parallel');
+  const full = await startServer(t, { workers: cores, args: ['--gc-threads', 'auto'] });
   assert.ok(nodeFlagsOf(full.child.pid!).includes(SINGLE_THREADED_GC), `${cores} shards on ${cores} cores`);
   assert.equal(full.logs.find((l) => l.event === 'listening')?.gcThreads, 'single');
   if (cores > 1) {
-    const spare = await startServer(t, { workers: cores - 1 });
+    const spare = await startServer(t, { workers: cores - 1, args: ['--gc-threads', 'auto'] });
     assert.ok(!nodeFlagsOf(spare.child.pid!).includes(SINGLE_THREADED_GC), `${cores - 1} shards on ${cores} cores`);
     assert.equal(spare.logs.find((l) => l.event === 'listening')?.gcThreads, 'parallel');
   }

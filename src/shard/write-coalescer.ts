@@ -15,7 +15,9 @@
  *
  * Gathering copies each frame into the session's outbox, a slab of off-heap
  * memory (slab-pool.ts) taken when the session's first frame arrives and
- * given back once the kernel has the bytes. Nothing per frame stays
+ * given back once the kernel has the bytes. An outbox is written as soon as
+ * the next frame would take it past {@link MAX_OUTBOX_BYTES}, whatever its
+ * turn or its pace slot, so every slab comes from the pool. Nothing per frame stays
  * referenced past `write()`, so a broadcast's frame buffer dies young
  * however long its recipients' bytes wait, and the flush is a single
  * `socket.write` of a view on the slab (no cork, no per-frame
