@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { EventRing, SLOT_BYTES } from '../src/shard/event-ring.ts';
+import { EventRing, MAX_PAGE_BYTES, MIN_PAGE_BYTES, PAGES, SLOT_BYTES } from '../src/shard/event-ring.ts';
 
 /** A small seeded PRNG (mulberry32): the same sequence on every run. */
 function random(seed: number): () => number {
@@ -74,21 +74,28 @@ test('after(): the index of the first event above an offset, for offsets that ar
   );
 });
 
-test('what it holds: nothing while empty; within twice what is live while it grows; trim cuts a shrunken ring back, clear to nothing', () => {
+test('what it holds: nothing while empty; within twice what is live while it grows; pages go back as events leave, trim packs what is left, clear holds nothing', () => {
   const ring = new EventRing();
   assert.equal(ring.held, 0);
   const text = 'x'.repeat(1000);
+  const bound = () => 2 * (ring.textBytes + ring.count * SLOT_BYTES) + 2 * MIN_PAGE_BYTES;
   for (let i = 0; i < 1000; i++) {
     ring.push(i, i, false, text);
-    const live = ring.textBytes + ring.count * SLOT_BYTES;
-    assert.ok(ring.held <= 2 * live + 2048, `${ring.held} held for ${live} live`);
+    assert.ok(ring.held <= bound(), `${ring.held} held for ${ring.textBytes} bytes of text`);
   }
-  // Keep 10: the sweep's trim gives the rest back.
-  while (ring.count > 10) ring.shift();
   const grown = ring.held;
+  // Keep 10: the pages the others used went back as they left, before any sweep.
+  while (ring.count > 10) ring.shift();
+  assert.ok(ring.held * 5 < grown, `${ring.held} held for 10 events, ${grown} for 1,000`);
+  // The sweep's trim packs the 10 into one page of their size, and cuts the slots.
   ring.trim();
-  assert.ok(ring.held * 20 < grown, `${ring.held} held after the trim, ${grown} before`);
-  assert.equal(ring.entry(9).offset, 999);
+  assert.ok(ring.held <= bound(), `${ring.held} held after the trim`);
+  assert.ok(ring.held <= 16 * 1024 + 64 * SLOT_BYTES, `${ring.held} held after the trim`);
+  assert.deepEqual(
+    Array.from({ length: 10 }, (_, i) => ring.entry(i).offset),
+    [990, 991, 992, 993, 994, 995, 996, 997, 998, 999],
+  );
+  assert.equal(ring.entry(9).text, text);
   // Emptied: the next event starts at the front, and clear holds nothing.
   while (ring.count > 0) ring.shift();
   ring.trim();
@@ -100,21 +107,39 @@ test('what it holds: nothing while empty; within twice what is live while it gro
   assert.equal(ring.count, 0);
 });
 
-test('a steady room (push one, let go of one) keeps what it holds flat: the live part moves to the front instead of growing', () => {
+test('a steady room (push one, let go of one) never moves a text and allocates nothing once warm: its pages come back to the pool and are taken again', () => {
   const ring = new EventRing();
   const text = 'y'.repeat(300);
-  for (let i = 0; i < 100; i++) ring.push(i, i, false, text);
-  // The first turns may move the texts to a larger buffer once.
-  for (let i = 100; i < 1000; i++) {
+  for (let i = 0; i < 1000; i++) {
     ring.push(i, i, false, text);
-    ring.shift();
+    if (i >= 100) ring.shift();
   }
-  const held = ring.held;
-  assert.ok(held <= 2 * (ring.textBytes + 100 * SLOT_BYTES), `${held} held for 100 events of 300 bytes`);
+  const allocated = PAGES.allocated;
+  let most = 0;
   for (let i = 1000; i < 100_000; i++) {
     ring.push(i, i, false, text);
     ring.shift();
+    most = Math.max(most, ring.held);
   }
-  assert.equal(ring.held, held);
+  assert.equal(PAGES.allocated, allocated, 'no page was allocated: each came from the pool');
+  assert.ok(most <= 2 * (ring.textBytes + 100 * SLOT_BYTES) + 2 * MIN_PAGE_BYTES, `${most} held at most for 100 events of 300 bytes`);
   assert.equal(ring.entry(0).offset, 99_900);
+  assert.equal(ring.entry(99).text, text);
+});
+
+test('a text longer than the largest page has a page of its own, which is not pooled', () => {
+  const ring = new EventRing();
+  const long = 'z'.repeat(MAX_PAGE_BYTES + 10);
+  ring.push(1, 1, false, 'small');
+  ring.push(2, 2, false, long);
+  ring.push(3, 3, false, 'after');
+  assert.deepEqual(
+    [0, 1, 2].map((i) => ring.entry(i).text),
+    ['small', long, 'after'],
+  );
+  const spare = PAGES.spareBytes;
+  ring.shift();
+  ring.shift();
+  assert.equal(PAGES.spareBytes, spare + MIN_PAGE_BYTES, 'the small page went back to the pool, the long one to the GC');
+  assert.equal(ring.entry(0).text, 'after');
 });

@@ -8,49 +8,66 @@
  * and the old generation it filled was marked and compacted in its turn. At
  * light load that doubled each scavenge (0.3–0.5 ms without history, 0.7–1.1
  * with it) and brought mark-compacts with 20 ms steps; at the ceiling it
- * promoted some 40 MB a second. Here an event is bytes in one Buffer (its
- * text, UTF-8) and a slot in five typed arrays (offset, time, place, length,
- * flags): whatever the number of events, a room holds six heap objects, and
- * a scavenge has nothing of the history to copy.
+ * promoted some 40 MB a second. Here an event is bytes in a page (its text,
+ * UTF-8) and a slot in six typed arrays (offset, time, page, place, length,
+ * flags): whatever the number of events, a room holds a handful of heap
+ * objects, and a scavenge has nothing of the history to copy.
  *
- * Layout. The slots are a ring (a power of two of them, doubled when
- * full). The texts are a sliding window: appended at the end of the buffer,
- * let go from the front; when a text does not fit after the last one, the
- * live texts move to the front if they fill at most 3/4 of the buffer, and
- * the buffer grows to 1.5 times what is live otherwise. Each byte is moved
- * at most a few times (amortized O(1) per event), and a full room holds
- * about 1.33 times its texts (at most 1.5 as it grows; {@link EventRing.trim}
- * gives back what a shrunken room no longer needs). Growing is what a room
- * pays while it first fills: at medium load it costs the tail until the
- * histories are full (docs/performance.md, The cost of history), not after.
+ * Layout. The slots are a ring (a power of two of them, doubled when full;
+ * small: 29 bytes an event). The texts go into pages, one after the other,
+ * a text never split: a text that does not fit in the last page's rest
+ * starts a new page, and a page goes back when the oldest event no longer
+ * uses it. Pages come from a pool per thread ({@link PAGES}: powers of two
+ * from 1 to 64 KiB, 8 MiB spare at most); a new page is a quarter of what is
+ * live, within those bounds, so a small room holds a small page and a full
+ * one a few large ones. A text over 64 KiB has a page of its own.
+ *
+ * Nothing is ever moved on the live path. The single buffer this replaced
+ * grew by 1.5× and moved its live texts to the front when it reached its
+ * end: rooms that fill at one rate did both in the same turn, every room
+ * copying hundreds of KB into fresh memory, which cost the tail at medium
+ * load (docs/performance.md, The cost of history). A room holds what is
+ * live plus at most the unused rest of its first and last pages (at most
+ * half of what is live, or two small pages); {@link EventRing.trim}, from
+ * the sweep, packs a room that shrank into pages of its size.
  *
  * Reading an event makes its text a string again: that is a resume's cost,
  * never the live path's.
  */
 import type { LogEntry } from './room-log.ts';
 
-/** What a slot takes: offset and time (2 × 8 bytes), place and length (2 × 4), flags (1). */
-export const SLOT_BYTES = 25;
-const MIN_TEXT_BYTES = 1024;
-/** Buffers are sized in pages of this many bytes. */
-const TEXT_PAGE = 1024;
+import { SlabPool } from './slab-pool.ts';
+
+/** What a slot takes: offset and time (2 × 8 bytes), page, place and length (3 × 4), flags (1). */
+export const SLOT_BYTES = 29;
+/** The smallest page, and the largest pooled one (a longer text has a page of its own). */
+export const MIN_PAGE_BYTES = 1024;
+export const MAX_PAGE_BYTES = 64 * 1024;
+/** The pages of every ring of this thread (a worker has its own module instance, so one pool per shard). */
+export const PAGES = new SlabPool({ minBytes: MIN_PAGE_BYTES, maxBytes: MAX_PAGE_BYTES, maxSpareBytes: 8 * 1024 * 1024 });
 const MIN_SLOTS = 8;
 const NULL_PAYLOAD = 1;
-const EMPTY = Buffer.alloc(0);
 
 /** The smallest power of two ≥ n (n ≥ 1). */
 function ceilPow2(n: number): number {
   return n <= 1 ? 1 : 2 ** Math.ceil(Math.log2(n));
 }
 
-/** A text buffer's size for `live` bytes: 1.5 times them, in whole pages. */
-function textSize(live: number): number {
-  return Math.max(MIN_TEXT_BYTES, Math.ceil((live * 1.5) / TEXT_PAGE) * TEXT_PAGE);
+/** The largest power of two ≤ n (n ≥ 1). */
+function floorPow2(n: number): number {
+  return n < 2 ? 1 : 2 ** Math.floor(Math.log2(n));
+}
+
+/** Let go of the spare pages no ring took since the last call (the history's sweep calls it). */
+export function decayPages(): void {
+  PAGES.decay();
 }
 
 export class EventRing {
   private offsets = new Float64Array(0);
   private ats = new Float64Array(0);
+  /** The page of each event, as a number that only grows: its index in `pages` is `pageOf - firstPage`. */
+  private pageOf = new Uint32Array(0);
   private places = new Uint32Array(0);
   private lengths = new Uint32Array(0);
   private flags = new Uint8Array(0);
@@ -59,31 +76,38 @@ export class EventRing {
   /** The slot of the oldest event. */
   private head = 0;
   count = 0;
-  private text: Buffer = EMPTY;
-  /** Where the next text goes. */
-  private textEnd = 0;
+  /** The pages in use, oldest first; `firstPage` numbers the first. */
+  private pages: Buffer[] = [];
+  private firstPage = 0;
+  /** Where the next text goes in the last page. */
+  private pageEnd = 0;
+  /** Bytes of the pages in use. */
+  private pageBytes = 0;
   /** Bytes of every event's text kept. */
   textBytes = 0;
 
-  /** Bytes this ring holds: its text buffer and its slot arrays. */
+  /** Bytes this ring holds: its pages and its slot arrays. */
   get held(): number {
-    return this.text.length + this.offsets.length * SLOT_BYTES;
+    return this.pageBytes + this.offsets.length * SLOT_BYTES;
   }
 
   /** Keep one event; the bytes of its text. */
   push(offset: number, at: number, nullPayload: boolean, text: string): number {
     const length = Buffer.byteLength(text, 'utf8');
     if (this.count === this.offsets.length) this.moveSlots(Math.max(MIN_SLOTS, this.count * 2));
-    if (this.textEnd + length > this.text.length) this.makeRoom(length);
-    const place = this.textEnd;
-    this.text.write(text, place, length, 'utf8');
+    const pages = this.pages;
+    let page = pages.length === 0 ? null : pages[pages.length - 1]!;
+    if (page === null || this.pageEnd + length > page.length) page = this.newPage(length);
+    const place = this.pageEnd;
+    page.write(text, place, length, 'utf8');
     const slot = (this.head + this.count++) & this.mask;
     this.offsets[slot] = offset;
     this.ats[slot] = at;
+    this.pageOf[slot] = (this.firstPage + pages.length - 1) >>> 0;
     this.places[slot] = place;
     this.lengths[slot] = length;
     this.flags[slot] = nullPayload ? NULL_PAYLOAD : 0;
-    this.textEnd = place + length;
+    this.pageEnd = place + length;
     this.textBytes += length;
     return length;
   }
@@ -93,8 +117,15 @@ export class EventRing {
     const length = this.lengths[this.head]!;
     this.head = (this.head + 1) & this.mask;
     this.textBytes -= length;
-    // Empty: the next text starts at the front, nothing to move.
-    if (--this.count === 0) this.textEnd = 0;
+    if (--this.count === 0) {
+      // Empty: the last page is kept for the next text, from its start.
+      while (this.pages.length > 1) this.givePage();
+      this.pageEnd = 0;
+    } else {
+      // The pages before the new oldest event's are no one's any more.
+      const oldest = this.pageOf[this.head]!;
+      while (this.firstPage !== oldest) this.givePage();
+    }
     return length;
   }
 
@@ -114,7 +145,7 @@ export class EventRing {
     const place = this.places[slot]!;
     return {
       offset: this.offsets[slot]!,
-      text: this.text.toString('utf8', place, place + this.lengths[slot]!),
+      text: this.pages[(this.pageOf[slot]! - this.firstPage) >>> 0]!.toString('utf8', place, place + this.lengths[slot]!),
       nullPayload: this.flags[slot] === NULL_PAYLOAD,
       at: this.ats[slot]!,
     };
@@ -136,39 +167,81 @@ export class EventRing {
   clear(): void {
     this.offsets = new Float64Array(0);
     this.ats = new Float64Array(0);
+    this.pageOf = new Uint32Array(0);
     this.places = new Uint32Array(0);
     this.lengths = new Uint32Array(0);
     this.flags = new Uint8Array(0);
     this.mask = -1;
-    this.text = EMPTY;
-    this.head = this.count = this.textEnd = this.textBytes = 0;
+    while (this.pages.length > 0) this.givePage();
+    this.head = this.count = this.pageEnd = this.textBytes = 0;
   }
 
   /**
-   * Give back what a shrunken room no longer needs: a text buffer more than
-   * twice what is live, or slots more than four times the events, is cut
-   * down (empty: nothing held at all). For a sweep, not the live path.
+   * Give back what a shrunken room no longer needs: pages more than twice
+   * what is live (and more than a small page) are packed into pages of the
+   * live size; slots more than four times the events are cut down; empty,
+   * nothing is held at all. For a sweep, not the live path.
    */
   trim(): void {
     if (this.count === 0) {
       if (this.held > 0) this.clear();
       return;
     }
-    if (this.text.length > MIN_TEXT_BYTES && this.text.length > 2 * this.textBytes) this.moveText(textSize(this.textBytes));
+    if (this.pageBytes > 2 * this.textBytes + 2 * MIN_PAGE_BYTES) this.repack();
     if (this.offsets.length > MIN_SLOTS && this.offsets.length > 4 * this.count) this.moveSlots(Math.max(MIN_SLOTS, ceilPow2(2 * this.count)));
   }
 
-  /** `length` more bytes do not fit after the last text: move the live texts to the front, or grow the buffer. */
-  private makeRoom(length: number): void {
-    const needed = this.textBytes + length;
-    const size = this.text.length;
-    this.moveText(needed * 4 <= size * 3 ? size : textSize(needed));
+  /**
+   * A page for a text of `length` bytes after the last one: `size` (by
+   * default a quarter of what is live), within the pool's sizes, or the
+   * text's own length when it is larger than the largest.
+   */
+  private newPage(length: number, size = floorPow2(this.textBytes >>> 2)): Buffer {
+    const page = PAGES.take(length > MAX_PAGE_BYTES ? length : Math.max(length, Math.min(MAX_PAGE_BYTES, size)));
+    this.pages.push(page);
+    this.pageBytes += page.length;
+    this.pageEnd = 0;
+    return page;
+  }
+
+  /** The oldest page goes back to the pool. */
+  private givePage(): void {
+    const page = this.pages.shift()!;
+    this.firstPage = (this.firstPage + 1) >>> 0;
+    this.pageBytes -= page.length;
+    PAGES.give(page);
+  }
+
+  /** Copy every live text, in order, into new pages sized for what is live; the old pages go back. */
+  private repack(): void {
+    const old = this.pages;
+    const oldFirst = this.firstPage;
+    this.pages = [];
+    this.firstPage = (oldFirst + old.length) >>> 0;
+    this.pageEnd = 0;
+    this.pageBytes = 0;
+    // One page when what is live fits one, else pages of the largest size.
+    const size = Math.min(MAX_PAGE_BYTES, ceilPow2(this.textBytes));
+    for (let i = 0; i < this.count; i++) {
+      const slot = (this.head + i) & this.mask;
+      const length = this.lengths[slot]!;
+      let page = this.pages.length === 0 ? null : this.pages[this.pages.length - 1]!;
+      if (page === null || this.pageEnd + length > page.length) page = this.newPage(length, size);
+      const from = old[(this.pageOf[slot]! - oldFirst) >>> 0]!;
+      const place = this.places[slot]!;
+      from.copy(page, this.pageEnd, place, place + length);
+      this.pageOf[slot] = (this.firstPage + this.pages.length - 1) >>> 0;
+      this.places[slot] = this.pageEnd;
+      this.pageEnd += length;
+    }
+    for (const page of old) PAGES.give(page);
   }
 
   /** Copy the slots, oldest first, to the front of arrays of `size` (a power of two ≥ count). */
   private moveSlots(size: number): void {
     const offsets = new Float64Array(size);
     const ats = new Float64Array(size);
+    const pageOf = new Uint32Array(size);
     const places = new Uint32Array(size);
     const lengths = new Uint32Array(size);
     const flags = new Uint8Array(size);
@@ -176,30 +249,18 @@ export class EventRing {
       const slot = (this.head + i) & this.mask;
       offsets[i] = this.offsets[slot]!;
       ats[i] = this.ats[slot]!;
+      pageOf[i] = this.pageOf[slot]!;
       places[i] = this.places[slot]!;
       lengths[i] = this.lengths[slot]!;
       flags[i] = this.flags[slot]!;
     }
     this.offsets = offsets;
     this.ats = ats;
+    this.pageOf = pageOf;
     this.places = places;
     this.lengths = lengths;
     this.flags = flags;
     this.mask = size - 1;
     this.head = 0;
-  }
-
-  /** Copy the live texts, in order, to the front of a buffer of `size` bytes (this one when it is that size). */
-  private moveText(size: number): void {
-    const from = this.text;
-    const to = size === from.length ? from : Buffer.allocUnsafeSlow(size);
-    // The live texts are one run, from the oldest's place to the end (each is
-    // put right after the one before): one copy (a memmove within a buffer),
-    // then every place moves by the same amount.
-    const start = this.count === 0 ? 0 : this.places[this.head]!;
-    if (start !== 0 || to !== from) from.copy(to, 0, start, this.textEnd);
-    if (start !== 0) for (let i = 0; i < this.count; i++) this.places[(this.head + i) & this.mask]! -= start;
-    this.text = to;
-    this.textEnd -= start;
   }
 }

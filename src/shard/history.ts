@@ -34,13 +34,15 @@
  *
  * Toward its room's byte bound, an event counts its legacy text's UTF-8
  * bytes plus {@link ENTRY_OVERHEAD}. Toward the shard's cap, a log counts
- * what it holds: {@link LOG_OVERHEAD} and its ring's buffers, which grow by
- * doubling and are cut back by the sweep (event-ring.ts). The events are
- * kept off the V8 heap, their texts copied into the ring's buffer, so that
- * the garbage collector never copies or marks them (event-ring.ts says why).
+ * what it holds: {@link LOG_OVERHEAD} and its ring's slots and pages, which
+ * come and go with the events and are packed by the sweep when a room
+ * shrinks (event-ring.ts). The events are kept off the V8 heap, their texts
+ * copied into the ring's pages, so that the garbage collector never copies
+ * or marks them (event-ring.ts says why). The spare pages of the thread's
+ * pool (8 MiB at most) are not counted.
  */
 import { randomBytes } from 'node:crypto';
-import { EventRing } from './event-ring.ts';
+import { decayPages, EventRing } from './event-ring.ts';
 import type { CursorRead, LogCursor, ResumePosition, RoomLog } from './room-log.ts';
 
 /**
@@ -180,7 +182,10 @@ export class History implements RoomLog {
   since(roomKey: string, from: ResumePosition): LogCursor | null {
     const log = this.logs.get(roomKey);
     if (log === undefined || log.epoch !== from.epoch || from.offset > log.latest) return null;
+    const before = log.held;
     this.trimAge(log, this.now());
+    // Aged events may have given pages back.
+    this.total += log.held - before;
     if (from.offset + 1 < log.first) return null;
     return new LocalCursor(log, from.offset + 1);
   }
@@ -213,7 +218,7 @@ export class History implements RoomLog {
     return log;
   }
 
-  /** Let go of the events older than maxAgeMs (what the ring holds does not change: the caller accounts for it). */
+  /** Let go of the events older than maxAgeMs (the ring may give pages back: the caller accounts for what it holds). */
   private trimAge(log: Log, now: number): void {
     const oldest = now - this.options.maxAgeMs;
     while (log.count > 0 && log.ring.atAt(0) <= oldest) log.shift();
@@ -246,6 +251,8 @@ export class History implements RoomLog {
       this.total += log.held - before;
       if (log.count === 0 && !this.options.inUse(log.key)) this.forget(log);
     }
+    // Spare pages no ring of this thread took for a sweep's length go back to the GC.
+    decayPages();
   }
 
   private forget(log: Log): void {
