@@ -205,3 +205,68 @@ test('rings sharing the pool, under pushes (empty texts, texts at and over page 
   for (const { ring, model } of rings) assertSame(ring, model);
   assert.ok(pages.given() > 1000, `${pages.given()} pages given back: the sequence exercised the pool`);
 });
+
+/** Counts the pages rings take from the pool. Restored after the test. */
+function countTakes(t: TestContext): { takes: () => number } {
+  const take = PAGES.take;
+  let takes = 0;
+  PAGES.take = (bytes: number) => {
+    takes++;
+    return take.call(PAGES, bytes);
+  };
+  t.after(() => {
+    PAGES.take = take;
+  });
+  return { takes: () => takes };
+}
+
+test("the sweep's trim packs a ring once: packed, the next trim moves nothing, and a trim never makes a ring hold more (texts of 1 byte beside one of the largest page's size)", (t) => {
+  const pool = countTakes(t);
+  const ring = new EventRing();
+  let offset = 0;
+  // A room that held 300 KB: its pages are of the largest size when 'a' goes in.
+  for (let i = 0; i < 300; i++) ring.push(++offset, 0, false, 'x'.repeat(1000));
+  const texts = ['a', 'B'.repeat(MAX_PAGE_BYTES), 'c'];
+  for (const text of texts) ring.push(++offset, 0, false, text);
+  while (ring.count > texts.length) ring.shift();
+  let held = ring.held;
+  for (let sweep = 0; sweep < 3; sweep++) {
+    const takes = pool.takes();
+    ring.trim();
+    assert.ok(ring.held <= held, `sweep ${sweep}: ${ring.held} held after the trim, ${held} before`);
+    if (sweep > 0)
+      assert.equal(pool.takes(), takes, `sweep ${sweep}: packed already, yet the trim took ${pool.takes() - takes} pages and copied every text again`);
+    held = ring.held;
+  }
+  assert.deepEqual(
+    [0, 1, 2].map((i) => ring.entry(i).text),
+    texts,
+  );
+  assert.ok(ring.held <= 2 * ring.textBytes + 2 * MIN_PAGE_BYTES + 8 * SLOT_BYTES, `${ring.held} held for ${ring.textBytes} bytes of text`);
+});
+
+test('trim, on rings of texts up to over the largest page: never holds more after than before, and a second trim takes no page (seeded, 3,000 rings)', (t) => {
+  const pool = countTakes(t);
+  const next = random(25);
+  for (let n = 0; n < 3000; n++) {
+    const ring = new EventRing();
+    const lengths = Array.from({ length: 1 + Math.floor(next() * 8) }, () =>
+      next() < 0.3 ? Math.floor(next() * 100) : Math.floor(1.2 * MAX_PAGE_BYTES * (0.3 + 0.7 * next())),
+    );
+    // A ring that was larger before: its first page partly let go of.
+    for (let i = 0; i < 300; i++) ring.push(i, 0, false, 'x'.repeat(1000));
+    lengths.forEach((length, i) => ring.push(1000 + i, 0, false, 'y'.repeat(length)));
+    while (ring.count > lengths.length) ring.shift();
+    const before = ring.held;
+    ring.trim();
+    assert.ok(ring.held <= before, `lengths ${lengths}: ${ring.held} held after the trim, ${before} before`);
+    const takes = pool.takes();
+    ring.trim();
+    assert.equal(pool.takes(), takes, `lengths ${lengths}: a second trim repacked`);
+    assert.deepEqual(
+      lengths.map((_, i) => ring.entry(i).text.length),
+      lengths,
+    );
+    ring.clear();
+  }
+});
