@@ -5,7 +5,7 @@
  * seeded random sequence), and what it holds stays within its bounds.
  */
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { EventRing, MAX_PAGE_BYTES, MIN_PAGE_BYTES, PAGES, SLOT_BYTES } from '../src/shard/event-ring.ts';
 
 /** A small seeded PRNG (mulberry32): the same sequence on every run. */
@@ -142,4 +142,131 @@ test('a text longer than the largest page has a page of its own, which is not po
   ring.shift();
   assert.equal(PAGES.spareBytes, spare + MIN_PAGE_BYTES, 'the small page went back to the pool, the long one to the GC');
   assert.equal(ring.entry(0).text, 'after');
+});
+
+/**
+ * Every page given back to the pool is overwritten at once (as a freed block
+ * is poisoned by a checking allocator), so an event still pointing into a
+ * page its ring gave back reads back wrong at the next check, whoever takes
+ * the page next. Restored after the test.
+ */
+function poisonGivenPages(t: TestContext): { given: () => number } {
+  const give = PAGES.give;
+  let given = 0;
+  PAGES.give = (page: Buffer) => {
+    page.fill(0x23);
+    given++;
+    give.call(PAGES, page);
+  };
+  t.after(() => {
+    PAGES.give = give;
+  });
+  return { given: () => given };
+}
+
+test('rings sharing the pool, under pushes (empty texts, texts at and over page sizes, over the largest page), shifts, trims and clears: no page goes back while an event uses it, and what each holds stays within its bounds (seeded, 12,000 steps)', (t) => {
+  const pages = poisonGivenPages(t);
+  const next = random(23);
+  const rings = Array.from({ length: 4 }, () => ({ ring: new EventRing(), model: [] as Kept[] }));
+  // Lengths around each page size (a text just over half a page, just over a page), and over the largest one.
+  const edges = [0, 1, MIN_PAGE_BYTES - 1, MIN_PAGE_BYTES, MIN_PAGE_BYTES + 1, 2049, 4097, 16 * 1024 + 1, 32 * 1024 + 1, MAX_PAGE_BYTES, MAX_PAGE_BYTES + 1];
+  const peak = new Map<EventRing, number>();
+  let offset = 0;
+  let letter = 0;
+  for (let step = 0; step < 12_000; step++) {
+    const { ring, model } = rings[Math.floor(next() * rings.length)]!;
+    const givenBefore = pages.given();
+    const r = next();
+    if (r < 0.5) {
+      const length = next() < 0.05 ? edges[Math.floor(next() * edges.length)]! : Math.floor(next() * next() * 2000);
+      // Each text its own letter (never the poison '#'), so a text read from another's bytes differs too.
+      const text = String.fromCharCode(0x41 + (letter++ % 58)).repeat(length);
+      const kept = { offset: ++offset, at: step, nullPayload: next() < 0.3, text };
+      assert.equal(ring.push(kept.offset, kept.at, kept.nullPayload, kept.text), length);
+      model.push(kept);
+    } else if (r < 0.94) {
+      if (model.length > 0) assert.equal(ring.shift(), model.shift()!.text.length);
+    } else if (r < 0.99) ring.trim();
+    else {
+      ring.clear();
+      model.length = 0;
+      assert.equal(ring.held, 0, 'cleared: nothing held');
+    }
+    // A page went back: every event of this ring still reads as kept.
+    if (pages.given() !== givenBefore || step % 50 === 0) assertSame(ring, model);
+    // Pages: what is live, at most as much again in the rests of the pages a text did not fit
+    // (each rest is shorter than that text), and the first and last pages' other bytes. Slots:
+    // at most twice the most events the ring had since it was cleared.
+    const largest = model.reduce((n, e) => Math.max(n, e.text.length), 0);
+    peak.set(ring, model.length === 0 && r >= 0.99 ? 0 : Math.max(peak.get(ring) ?? 0, model.length));
+    const bound = 2 * ring.textBytes + 2 * Math.max(MAX_PAGE_BYTES, largest) + Math.max(8, 2 * peak.get(ring)!) * SLOT_BYTES;
+    assert.ok(ring.held <= bound, `step ${step}: ${ring.held} held for ${ring.count} events, ${ring.textBytes} bytes of text`);
+  }
+  for (const { ring, model } of rings) assertSame(ring, model);
+  assert.ok(pages.given() > 1000, `${pages.given()} pages given back: the sequence exercised the pool`);
+});
+
+/** Counts the pages rings take from the pool. Restored after the test. */
+function countTakes(t: TestContext): { takes: () => number } {
+  const take = PAGES.take;
+  let takes = 0;
+  PAGES.take = (bytes: number) => {
+    takes++;
+    return take.call(PAGES, bytes);
+  };
+  t.after(() => {
+    PAGES.take = take;
+  });
+  return { takes: () => takes };
+}
+
+test("the sweep's trim packs a ring once: packed, the next trim moves nothing, and a trim never makes a ring hold more (texts of 1 byte beside one of the largest page's size)", (t) => {
+  const pool = countTakes(t);
+  const ring = new EventRing();
+  let offset = 0;
+  // A room that held 300 KB: its pages are of the largest size when 'a' goes in.
+  for (let i = 0; i < 300; i++) ring.push(++offset, 0, false, 'x'.repeat(1000));
+  const texts = ['a', 'B'.repeat(MAX_PAGE_BYTES), 'c'];
+  for (const text of texts) ring.push(++offset, 0, false, text);
+  while (ring.count > texts.length) ring.shift();
+  let held = ring.held;
+  for (let sweep = 0; sweep < 3; sweep++) {
+    const takes = pool.takes();
+    ring.trim();
+    assert.ok(ring.held <= held, `sweep ${sweep}: ${ring.held} held after the trim, ${held} before`);
+    if (sweep > 0)
+      assert.equal(pool.takes(), takes, `sweep ${sweep}: packed already, yet the trim took ${pool.takes() - takes} pages and copied every text again`);
+    held = ring.held;
+  }
+  assert.deepEqual(
+    [0, 1, 2].map((i) => ring.entry(i).text),
+    texts,
+  );
+  assert.ok(ring.held <= 2 * ring.textBytes + 2 * MIN_PAGE_BYTES + 8 * SLOT_BYTES, `${ring.held} held for ${ring.textBytes} bytes of text`);
+});
+
+test('trim, on rings of texts up to over the largest page: never holds more after than before, and a second trim takes no page (seeded, 3,000 rings)', (t) => {
+  const pool = countTakes(t);
+  const next = random(25);
+  for (let n = 0; n < 3000; n++) {
+    const ring = new EventRing();
+    const lengths = Array.from({ length: 1 + Math.floor(next() * 8) }, () =>
+      next() < 0.3 ? Math.floor(next() * 100) : Math.floor(1.2 * MAX_PAGE_BYTES * (0.3 + 0.7 * next())),
+    );
+    // A ring that was larger before: its first page partly let go of.
+    for (let i = 0; i < 300; i++) ring.push(i, 0, false, 'x'.repeat(1000));
+    lengths.forEach((length, i) => ring.push(1000 + i, 0, false, 'y'.repeat(length)));
+    while (ring.count > lengths.length) ring.shift();
+    const before = ring.held;
+    ring.trim();
+    assert.ok(ring.held <= before, `lengths ${lengths}: ${ring.held} held after the trim, ${before} before`);
+    const takes = pool.takes();
+    ring.trim();
+    assert.equal(pool.takes(), takes, `lengths ${lengths}: a second trim repacked`);
+    assert.deepEqual(
+      lengths.map((_, i) => ring.entry(i).text.length),
+      lengths,
+    );
+    ring.clear();
+  }
 });

@@ -573,3 +573,59 @@ test('auto pacing on a load the test sets: the wheel follows the interval in for
   pair.local.end();
   assert.equal((await pair.ended).toString('latin1'), 'w0;w1;w2;w3;w4;p0;p1;p2;p3;');
 });
+
+test('every byte in order whatever happens between turns (seeded): bursts past MAX_OUTBOX_BYTES, frames of SHARED_FRAME_BYTES or more, flushNow, paced and unpaced turns; no outbox past the bound, nothing left after flushAll', async (t) => {
+  const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
+  const out = new WriteCoalescer(metrics, { pacing: 'always', paceIntervalMs: 8, paceAbove: 100, rateWindowMs: 20 });
+  t.after(() => out.stop());
+  const next = (() => {
+    let a = 31;
+    return () => {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let r = Math.imul(a ^ (a >>> 15), a | 1);
+      r ^= r + Math.imul(r ^ (r >>> 7), r | 61);
+      return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
+    };
+  })();
+  const sessions = await Promise.all(
+    [0, 1, 2].map(async () => {
+      const pair = await socketPair(t);
+      return { pair, target: target(pair.local, out), sent: [] as Buffer[] };
+    }),
+  );
+  let n = 0;
+  const send = (session: (typeof sessions)[number], length: number) => {
+    const f = Buffer.alloc(length, 0x21 + (n++ % 90));
+    session.sent.push(f);
+    out.write(session.target, f);
+    assert.ok(session.target.queuedBytes <= MAX_OUTBOX_BYTES && (session.target.outbox?.length ?? 0) <= MAX_OUTBOX_BYTES);
+  };
+  let paced = false;
+  for (let turn = 0; turn < 300; turn++) {
+    for (const session of sessions) {
+      const r = next();
+      if (r < 0.6) for (let i = Math.floor(next() * 8); i > 0; i--) send(session, 1 + Math.floor(next() * 2000));
+      else if (r < 0.7) for (let i = 0; i < 40; i++) send(session, 3000 + Math.floor(next() * (SHARED_FRAME_BYTES - 3000)));
+      else if (r < 0.8) {
+        send(session, 10);
+        send(session, SHARED_FRAME_BYTES + Math.floor(next() * 20_000));
+        send(session, 10);
+      } else if (r < 0.85) out.flushNow(session.target);
+      paced ||= session.target.pace.fast;
+    }
+    assert.equal(
+      out.queuedBytes,
+      sessions.reduce((sum, s) => sum + s.target.queuedBytes, 0),
+    );
+    await (next() < 0.5 ? nextTurn() : tick());
+  }
+  out.flushAll();
+  assert.ok(paced, 'some turns were paced');
+  assert.equal(out.queuedBytes, 0);
+  for (const session of sessions) {
+    session.pair.local.end();
+    const received = await session.pair.ended;
+    assert.equal(received.length, Buffer.concat(session.sent).length);
+    assert.ok(received.equals(Buffer.concat(session.sent)), 'every byte, in the order queued');
+  }
+});

@@ -27,9 +27,11 @@
  * end: rooms that fill at one rate did both in the same turn, every room
  * copying hundreds of KB into fresh memory, which cost the tail at medium
  * load (docs/performance.md, The cost of history). A room holds what is
- * live plus at most the unused rest of its first and last pages (at most
- * half of what is live, or two small pages); {@link EventRing.trim}, from
- * the sweep, packs a room that shrank into pages of its size.
+ * live, the rests its texts did not fit in (each shorter than the text
+ * that did not fit, so at most as much again: texts just over half a page
+ * come near it), the let-go start of its first page and the free end of its
+ * last; {@link EventRing.trim}, from the sweep, packs a room that shrank,
+ * when packing gives memory back.
  *
  * Reading an event makes its text a string again: that is a resume's cost,
  * never the live path's.
@@ -187,7 +189,10 @@ export class EventRing {
       if (this.held > 0) this.clear();
       return;
     }
-    if (this.pageBytes > 2 * this.textBytes + 2 * MIN_PAGE_BYTES) this.repack();
+    // Packed pages can hold more than twice what is live (texts near the
+    // largest page's size each leave a rest no other fits): repacking then
+    // would copy every text again at each sweep and give nothing back.
+    if (this.pageBytes > 2 * this.textBytes + 2 * MIN_PAGE_BYTES && this.packedBytes() < this.pageBytes) this.repack();
     if (this.offsets.length > MIN_SLOTS && this.offsets.length > 4 * this.count) this.moveSlots(Math.max(MIN_SLOTS, ceilPow2(2 * this.count)));
   }
 
@@ -212,7 +217,43 @@ export class EventRing {
     PAGES.give(page);
   }
 
-  /** Copy every live text, in order, into new pages sized for what is live; the old pages go back. */
+  /** The length of the i-th event's text. */
+  private lengthAt(i: number): number {
+    return this.lengths[(this.head + i) & this.mask]!;
+  }
+
+  /**
+   * Bytes of the texts from the i-th on that one page holds when packed: as
+   * many as fit in the largest page, one after the other (a longer text
+   * alone).
+   */
+  private runBytes(i: number): number {
+    let bytes = this.lengthAt(i);
+    for (let j = i + 1; j < this.count && bytes + this.lengthAt(j) <= MAX_PAGE_BYTES; j++) bytes += this.lengthAt(j);
+    return bytes;
+  }
+
+  /** Bytes of the pages {@link repack} would take (the same layout, nothing copied). */
+  private packedBytes(): number {
+    let bytes = 0;
+    let rest = 0;
+    for (let i = 0; i < this.count; i++) {
+      const length = this.lengthAt(i);
+      if (i === 0 || length > rest) {
+        const page = PAGES.slabBytes(this.runBytes(i));
+        bytes += page;
+        rest = page - length;
+      } else rest -= length;
+    }
+    return bytes;
+  }
+
+  /**
+   * Copy every live text, in order, into new pages; the old pages go back.
+   * Each page is sized for the texts it will hold (those that fit in the
+   * largest page), so that a page is never larger than twice its texts (or
+   * a small page) whatever their lengths.
+   */
   private repack(): void {
     const old = this.pages;
     const oldFirst = this.firstPage;
@@ -220,13 +261,11 @@ export class EventRing {
     this.firstPage = (oldFirst + old.length) >>> 0;
     this.pageEnd = 0;
     this.pageBytes = 0;
-    // One page when what is live fits one, else pages of the largest size.
-    const size = Math.min(MAX_PAGE_BYTES, ceilPow2(this.textBytes));
     for (let i = 0; i < this.count; i++) {
       const slot = (this.head + i) & this.mask;
       const length = this.lengths[slot]!;
       let page = this.pages.length === 0 ? null : this.pages[this.pages.length - 1]!;
-      if (page === null || this.pageEnd + length > page.length) page = this.newPage(length, size);
+      if (page === null || this.pageEnd + length > page.length) page = this.newPage(length, this.runBytes(i));
       const from = old[(this.pageOf[slot]! - oldFirst) >>> 0]!;
       const place = this.places[slot]!;
       from.copy(page, this.pageEnd, place, place + length);

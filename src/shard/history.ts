@@ -163,7 +163,7 @@ export class History implements RoomLog {
     if (this.options.maxAgeMs <= 0) return offset;
     const at = this.now();
     const before = log.held;
-    // Copied into the ring's buffer (UTF-8): the relay's string, a rope of
+    // Copied into the ring's pages (UTF-8): the relay's string, a rope of
     // its parts and a slice of the client's frame, is not kept.
     log.bytes += log.ring.push(offset, at, nullPayload, text) + ENTRY_OVERHEAD;
     const { maxEvents, maxRoomBytes } = this.options;

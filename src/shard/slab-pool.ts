@@ -83,6 +83,11 @@ export class SlabPool {
     return slab;
   }
 
+  /** The length of the slab {@link take} gives for `bytes`: its class size, or `bytes` itself over the largest. */
+  slabBytes(bytes: number): number {
+    return bytes > this.maxBytes ? bytes : this.minBytes << classOf(bytes, this.minBytes);
+  }
+
   /** Return a slab no one references any more. */
   give(slab: Buffer): void {
     const size = slab.length;
