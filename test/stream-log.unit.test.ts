@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { LogCursor, LogEntry } from '../src/shard/room-log.ts';
+import { PAGES } from '../src/shard/event-ring.ts';
 import { StreamLog } from '../src/shard/stream-log.ts';
 
 function drain(cursor: LogCursor): (number | string | null)[] {
@@ -96,4 +97,17 @@ test('while the bus is down no room counts as followed (its events are delivered
   up = false;
   assert.equal(l.follows('r'), false);
   l.stop();
+});
+
+test("a room no longer followed gives its window's pages back to the thread's pool, and a cursor on it reads 'gone'", () => {
+  const l = log();
+  l.begin('r', 0);
+  const text = `{"type":"e","payload":"${'p'.repeat(3000)}"}`;
+  for (let seq = 1; seq <= 20; seq++) l.append('r', seq, text, false);
+  const cursor = l.since('r', { epoch: 's~1', offset: 0 })!;
+  const spare = PAGES.spareBytes;
+  l.end('r');
+  assert.ok(PAGES.spareBytes > spare, `the pool's spare stayed at ${PAGES.spareBytes}`);
+  assert.equal(cursor.read(), 'gone');
+  assert.equal(l.follows('r'), false);
 });

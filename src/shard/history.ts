@@ -259,6 +259,8 @@ export class History implements RoomLog {
     log.dead = true;
     this.logs.delete(log.key);
     this.total -= log.held;
+    // Whatever it still held goes back to the pool (a dead log's cursors read nothing more).
+    log.ring.clear();
   }
 }
 

@@ -103,6 +103,8 @@ export class StreamLog implements RoomLog {
     if (window === undefined) return;
     window.dead = true;
     this.windows.delete(roomKey);
+    // Its pages go back to the thread's pool (a dead window's cursors read nothing more).
+    window.ring.clear();
   }
 
   /** The sequence before the oldest event the window holds, or null when the room is not followed. */
@@ -148,6 +150,7 @@ export class StreamLog implements RoomLog {
       const entry = window.ring.entry(i);
       bytes += ring.push(entry.offset, entry.at, entry.nullPayload, entry.text) + ENTRY_OVERHEAD;
     }
+    window.ring.clear();
     window.ring = ring;
     window.bytes = bytes;
     window.base = from;
