@@ -331,6 +331,22 @@ test('an outbox never grows past MAX_OUTBOX_BYTES: a turn that queues more write
   assert.ok((await pair.ended).equals(Buffer.concat(frames)));
 });
 
+test('an outbox filled to exactly MAX_OUTBOX_BYTES is still one write at the end of the turn: only a frame that would pass the bound writes early', async (t) => {
+  const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), UNPACED);
+  t.after(() => out.stop());
+  const pair = await socketPair(t);
+  const session = target(pair.local, out);
+  const writes = recordWrites(pair.local);
+  const frames = Array.from({ length: MAX_OUTBOX_BYTES / 1024 }, (_, i) => Buffer.alloc(1024, 0x30 + (i % 10)));
+  for (const f of frames) out.write(session, f);
+  assert.equal(session.queuedBytes, MAX_OUTBOX_BYTES);
+  assert.equal(writes.length, 0, 'nothing written before the end of the turn');
+  await nextTurn();
+  assert.equal(writes.length, 1);
+  pair.local.end();
+  assert.ok((await pair.ended).equals(Buffer.concat(frames)));
+});
+
 test('a paced socket whose outbox fills before its slot is written then, and what follows still waits for the slot', async (t) => {
   const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), { pacing: 'always', paceIntervalMs: 1000, paceAbove: 100, rateWindowMs: 20 });
   t.after(() => out.stop());
