@@ -97,15 +97,13 @@ export class EventRing {
   push(offset: number, at: number, nullPayload: boolean, text: string): number {
     const length = Buffer.byteLength(text, 'utf8');
     if (this.count === this.offsets.length) this.moveSlots(Math.max(MIN_SLOTS, this.count * 2));
-    const pages = this.pages;
-    let page = pages.length === 0 ? null : pages[pages.length - 1]!;
-    if (page === null || this.pageEnd + length > page.length) page = this.newPage(length);
+    const page = this.lastPageFitting(length) ?? this.newPage(length);
     const place = this.pageEnd;
     page.write(text, place, length, 'utf8');
     const slot = (this.head + this.count++) & this.mask;
     this.offsets[slot] = offset;
     this.ats[slot] = at;
-    this.pageOf[slot] = (this.firstPage + pages.length - 1) >>> 0;
+    this.pageOf[slot] = this.lastPageNumber();
     this.places[slot] = place;
     this.lengths[slot] = length;
     this.flags[slot] = nullPayload ? NULL_PAYLOAD : 0;
@@ -196,6 +194,19 @@ export class EventRing {
     if (this.offsets.length > MIN_SLOTS && this.offsets.length > 4 * this.count) this.moveSlots(Math.max(MIN_SLOTS, ceilPow2(2 * this.count)));
   }
 
+  /** The last page when a text of `length` bytes fits after its last text; null when there is none or it does not fit. */
+  private lastPageFitting(length: number): Buffer | null {
+    const pages = this.pages;
+    if (pages.length === 0) return null;
+    const page = pages[pages.length - 1]!;
+    return this.pageEnd + length <= page.length ? page : null;
+  }
+
+  /** The number of the last page (what a slot's `pageOf` holds). */
+  private lastPageNumber(): number {
+    return (this.firstPage + this.pages.length - 1) >>> 0;
+  }
+
   /**
    * A page for a text of `length` bytes after the last one: `size` (by
    * default a quarter of what is live), within the pool's sizes, or the
@@ -264,12 +275,11 @@ export class EventRing {
     for (let i = 0; i < this.count; i++) {
       const slot = (this.head + i) & this.mask;
       const length = this.lengths[slot]!;
-      let page = this.pages.length === 0 ? null : this.pages[this.pages.length - 1]!;
-      if (page === null || this.pageEnd + length > page.length) page = this.newPage(length, this.runBytes(i));
+      const page = this.lastPageFitting(length) ?? this.newPage(length, this.runBytes(i));
       const from = old[(this.pageOf[slot]! - oldFirst) >>> 0]!;
       const place = this.places[slot]!;
       from.copy(page, this.pageEnd, place, place + length);
-      this.pageOf[slot] = (this.firstPage + this.pages.length - 1) >>> 0;
+      this.pageOf[slot] = this.lastPageNumber();
       this.places[slot] = this.pageEnd;
       this.pageEnd += length;
     }
