@@ -15,7 +15,7 @@ import { createMetricsBuffer, Metric, MetricsSlot } from '../src/protocol/metric
 import { PACE_MIN_MS, PACE_ON_SAMPLES } from '../src/shard/pace-control.ts';
 import { SHARED_FRAME_BYTES } from '../src/shard/shared-frames.ts';
 import { MIN_SLAB_BYTES, type SlabPool } from '../src/shard/slab-pool.ts';
-import { MAX_OUTBOX_BYTES, SLAB_DECAY_MS, WriteCoalescer, type OutboundOwner } from '../src/shard/write-coalescer.ts';
+import { MAX_OUTBOX_BYTES, SLAB_DECAY_MS, WriteCoalescer, type Outbound, type OutboundOwner } from '../src/shard/write-coalescer.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -59,6 +59,22 @@ function recordWrites(socket: Socket): Buffer[] {
 
 /** The coalescer's slab pool (private: what it holds is what the tests check). */
 const slabsOf = (out: WriteCoalescer<never> | WriteCoalescer<OutboundOwner & { open: boolean }>) => (out as unknown as { slabs: SlabPool }).slabs;
+
+/**
+ * Five frames a tick to `session` until a rate window has judged it fast
+ * (until then its frames go out per turn); the text they made together.
+ */
+async function judgedFast(out: WriteCoalescer<OutboundOwner & { open: boolean }>, session: Outbound<OutboundOwner & { open: boolean }>): Promise<string> {
+  let sent = '';
+  const started = performance.now();
+  for (let i = 0; !session.pace.fast; i++) {
+    assert.ok(performance.now() - started < 5000, 'the socket was not judged fast within 5 s');
+    for (let j = 0; j < 5; j++) out.write(session, frame(`${i}.${j};`));
+    sent += Array.from({ length: 5 }, (_, j) => `${i}.${j};`).join('');
+    await tick();
+  }
+  return sent;
+}
 
 /** `count` numbered frames `<prefix><n>;` and the text they make together. */
 const numbered = (prefix: string, count: number) => Array.from({ length: count }, (_, i) => `${prefix}${i};`);
@@ -202,15 +218,7 @@ test('pacing: held bytes wait past the end of the turn; flushAll writes them at 
   const pair = await socketPair(t);
   const session = target(pair.local, out);
   const writes = recordWrites(pair.local);
-  let sent = '';
-  // Until a rate window has judged the socket fast, frames go out per turn.
-  const started = performance.now();
-  for (let i = 0; !session.pace.fast; i++) {
-    assert.ok(performance.now() - started < 5000, 'the socket was not judged fast within 5 s');
-    for (let j = 0; j < 5; j++) out.write(session, frame(`${i}.${j};`));
-    sent += Array.from({ length: 5 }, (_, j) => `${i}.${j};`).join('');
-    await tick();
-  }
+  const sent = await judgedFast(out, session);
   out.flushAll();
   const before = writes.length;
   out.write(session, frame('held;'));
@@ -352,15 +360,7 @@ test('a paced socket whose outbox fills before its slot is written then, and wha
   t.after(() => out.stop());
   const pair = await socketPair(t);
   const session = target(pair.local, out);
-  let sent = '';
-  // Until a rate window has judged the socket fast, frames go out per turn.
-  const started = performance.now();
-  for (let i = 0; !session.pace.fast; i++) {
-    assert.ok(performance.now() - started < 5000, 'the socket was not judged fast within 5 s');
-    for (let j = 0; j < 5; j++) out.write(session, frame(`${i}.${j};`));
-    sent += Array.from({ length: 5 }, (_, j) => `${i}.${j};`).join('');
-    await tick();
-  }
+  const sent = await judgedFast(out, session);
   out.flushAll();
   const writes = recordWrites(pair.local);
   out.write(session, frame('c;'));
