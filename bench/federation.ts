@@ -38,6 +38,7 @@ import { scrape, sumOf } from '../test/helpers/metrics.ts';
 import { startNats } from '../test/helpers/nats.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
 import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from '../test/helpers/server.ts';
+import { BENCH_SERVE_FLAGS, median } from './sitting.ts';
 
 const arg = (name: string): string | undefined => {
   const i = process.argv.indexOf(name);
@@ -54,13 +55,8 @@ const pin = availableParallelism() >= 2 && spawnSync('taskset', ['-c', '0', 'tru
 const serverPin = pin ? ['taskset', '-c', '0'] : [];
 const generatorPin = pin ? ['taskset', '-c', '1'] : [];
 const log = (line: string) => process.stderr.write(line + '\n');
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((x, y) => x - y);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 
-const SERVER_ARGS = ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0', '--connect-rate', '0'];
+const SERVER_ARGS = [...BENCH_SERVE_FLAGS, '--connect-rate', '0'];
 
 function loadtest(urls: string[], preset: string): LoadtestReport {
   const [command, ...prefix] = [...generatorPin, process.execPath];

@@ -43,6 +43,7 @@ import { devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from '../t
 import { rssOf } from './connections.ts';
 import { History } from '../src/shard/history.ts';
 import { generatorsOption, loadGenerator, type GeneratorName } from './generator.ts';
+import { BENCH_SERVE_FLAGS, loadAverage, median } from './sitting.ts';
 
 const argv = process.argv.slice(2);
 const arg = (name: string, fallback: number) => {
@@ -75,30 +76,13 @@ const GC_THREADS = (() => {
   const i = argv.indexOf('--gc-threads');
   return i >= 0 ? ['--gc-threads', argv[i + 1]!] : [];
 })();
-const BENCH_FLAGS = [
-  '--dev',
-  '--rate-limit',
-  '0',
-  '--max-pending-per-address',
-  '0',
-  '--handshake-rate-per-address',
-  '0',
-  '--admin-token',
-  ADMIN,
-  ...GC_THREADS,
-];
+const BENCH_FLAGS = [...BENCH_SERVE_FLAGS, '--admin-token', ADMIN, ...GC_THREADS];
 const MODES = { on: [] as string[], off: ['--history-age', '0'] };
 type Mode = keyof typeof MODES;
 
 const log = (line: string) => process.stderr.write(line + '\n');
 const GENERATORS = generatorsOption(argv);
 const generators = GENERATORS.map((name) => loadGenerator(name, generatorPin, TEST_SECRET));
-const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 
 function startBenchServer(cleanup: Cleanup, mode: Mode, workers = 1): Promise<ServerProcess> {
   return startServer(cleanup, {

@@ -63,6 +63,7 @@ import { rawRequest } from '../test/helpers/client.ts';
 import { startPermissionStub } from '../test/helpers/permission-stub.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
 import { startServer, TEST_SECRET, type ServerProcess } from '../test/helpers/server.ts';
+import { median } from './sitting.ts';
 
 const dashes = process.argv.indexOf('--');
 const OWN = process.argv.slice(2, dashes > 0 ? dashes : undefined);
@@ -306,12 +307,6 @@ async function oneRun(tree: string, workers: number, repeat: number): Promise<Ru
     if (KEEP_DIR === undefined) rmSync(hookDir, { recursive: true, force: true });
   }
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-};
 
 const loadBefore = loadavg();
 const runs: Run[] = [];

@@ -16,12 +16,13 @@
  * Writes bench/results/light-tail-<date>-<commit>.{json,md}.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describeMachine, machineInfo } from '../scripts/machine-info.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
 import { devSecretEnv, startServer, TEST_SECRET } from '../test/helpers/server.ts';
 import { generatorOption, loadGenerator } from './generator.ts';
+import { BENCH_SERVE_FLAGS, loadAverage, median } from './sitting.ts';
 
 const argv = process.argv.slice(2);
 const value = (name: string): string | undefined => {
@@ -68,13 +69,6 @@ if (variants.length === 0) {
 
 const pinned = spawnSync('taskset', ['-c', '0', 'true']).status === 0;
 const generator = loadGenerator(generatorOption(argv), pinned ? ['taskset', '-c', '1'] : [], TEST_SECRET);
-const BENCH_FLAGS = ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'];
-const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-};
 
 /** The collections `--trace-gc` printed: `… ms: Scavenge 3.1 (4.2) -> 2.0 (5.2) MB, pooled: 0 MB, 0.41 / 0.00 ms …`. */
 export function gcStats(trace: string): { scavenges: number; scavengeMs: number; markCompacts: number; markMs: number; maxPauseMs: number } {
@@ -113,7 +107,7 @@ async function once(variant: Variant, round: number): Promise<Run> {
   try {
     const server = await startServer(cleanup, {
       workers: 1,
-      args: [...BENCH_FLAGS, ...variant.serve],
+      args: [...BENCH_SERVE_FLAGS, ...variant.serve],
       env: devSecretEnv(TEST_SECRET),
       prefix: pinned ? ['taskset', '-c', '0'] : [],
       nodeArgs: [...variant.node, '--trace-gc'],

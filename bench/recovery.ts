@@ -16,7 +16,7 @@
  *
  * Writes bench/results/recovery-<date>-<commit>.{json,md}.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { describeMachine, machineInfo } from '../scripts/machine-info.ts';
@@ -27,6 +27,7 @@ import { startPermissionStub } from '../test/helpers/permission-stub.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
 import { startServer, TEST_SECRET } from '../test/helpers/server.ts';
 import { rssOf } from './connections.ts';
+import { loadAverage } from './sitting.ts';
 
 const argv = process.argv.slice(2);
 const arg = (name: string, fallback: number) => {
@@ -46,7 +47,6 @@ const JOINED = '{"type":"room_joined"';
 const OFFSET = Buffer.from(',"offset":');
 
 const log = (line: string) => process.stderr.write(line + '\n');
-const loadAverage = () => readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 const jwt = (userId: string) => signAccessToken({ userId, firstName: 'Bench', email: 'bench@example.com' }, TEST_SECRET, 3600);
 const runId = Math.random().toString(36).slice(2, 8);

@@ -30,6 +30,7 @@ import { Cleanup } from '../test/helpers/scope.ts';
 import { devSecretEnv, startServer, TEST_SECRET, type ServerOptions } from '../test/helpers/server.ts';
 import { connectRate, idleMemory } from './connections.ts';
 import { generatorOption, loadGenerator } from './generator.ts';
+import { BENCH_SERVE_FLAGS } from './sitting.ts';
 
 const here = (p: string) => fileURLToPath(new URL(p, import.meta.url));
 const only = (() => {
@@ -120,7 +121,7 @@ const SERVERS: { name: string; options: ServerOptions }[] = [
     name: 'moodio-rt --workers 1',
     options: {
       workers: 1,
-      args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'],
+      args: [...BENCH_SERVE_FLAGS],
       env: devSecretEnv(secret),
       prefix: serverPin,
       nodeArgs: BIN_NODE_ARGS,
@@ -130,7 +131,7 @@ const SERVERS: { name: string; options: ServerOptions }[] = [
     name: `moodio-rt --workers ${cores}`,
     options: {
       workers: cores,
-      args: ['--dev', '--rate-limit', '0', '--max-pending-per-address', '0', '--handshake-rate-per-address', '0'],
+      args: [...BENCH_SERVE_FLAGS],
       env: devSecretEnv(secret),
       nodeArgs: BIN_NODE_ARGS,
     },

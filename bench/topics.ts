@@ -28,6 +28,7 @@ import { desktopOnShard } from '../test/helpers/api.ts';
 import { Cleanup } from '../test/helpers/scope.ts';
 import { CLI, devSecretEnv, startServer, TEST_SECRET, type ServerProcess } from '../test/helpers/server.ts';
 import { token, user } from '../test/helpers/tokens.ts';
+import { BENCH_SERVE_FLAGS } from './sitting.ts';
 
 const arg = (name: string): string | undefined => {
   const i = process.argv.indexOf(name);
@@ -43,21 +44,7 @@ const pin = availableParallelism() >= 2 && spawnSync('taskset', ['-c', '0', 'tru
 const machine = { info: machineInfo(), text: describeMachine() };
 if (pin) spawnSync('taskset', ['-cp', '1', String(process.pid)]);
 const log = (line: string) => process.stderr.write(line + '\n');
-const SERVER_ARGS = [
-  '--dev',
-  '--rate-limit',
-  '0',
-  '--max-pending-per-address',
-  '0',
-  '--handshake-rate-per-address',
-  '0',
-  '--connect-rate',
-  '0',
-  '--admin-token',
-  ADMIN,
-  '--max-connections-per-user',
-  '0',
-];
+const SERVER_ARGS = [...BENCH_SERVE_FLAGS, '--connect-rate', '0', '--admin-token', ADMIN, '--max-connections-per-user', '0'];
 
 function userOnShard(shard: number): ReturnType<typeof user> {
   for (;;) {
