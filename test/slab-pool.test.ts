@@ -55,3 +55,30 @@ test('decay lets go of the classes unused since the last decay and keeps the bus
   pool.decay();
   assert.equal(pool.spareBytes, 0);
 });
+
+test('decay lets go of the slabs a whole period left in the free list, and keeps what its busiest moment took', () => {
+  const pool = new SlabPool({ minBytes: MIN_SLAB_BYTES, maxBytes: MIN_SLAB_BYTES, maxSpareBytes: 64 * MIN_SLAB_BYTES });
+  const give = (slabs: Buffer[]) => {
+    for (const slab of slabs) pool.give(slab);
+  };
+  const take = (n: number) => Array.from({ length: n }, () => pool.take(1));
+  // A burst of 10; then turns that each take 4 and give them back.
+  give(take(10));
+  pool.decay();
+  assert.equal(pool.spareBytes, 10 * MIN_SLAB_BYTES, 'the burst was in this period: all kept');
+  for (let turn = 0; turn < 5; turn++) give(take(4));
+  assert.equal(pool.allocated, 10, 'turns after the burst allocate nothing');
+  pool.decay();
+  assert.equal(pool.spareBytes, 4 * MIN_SLAB_BYTES, 'the 6 no turn took are let go; the 4 every turn takes stay');
+  for (let turn = 0; turn < 5; turn++) give(take(4));
+  assert.equal(pool.allocated, 10, 'and the turns still allocate nothing');
+  pool.decay();
+  assert.equal(pool.spareBytes, 4 * MIN_SLAB_BYTES);
+  // A period that needed more than was spare: the list was empty at some point, nothing is let go.
+  give(take(6));
+  assert.equal(pool.allocated, 12);
+  pool.decay();
+  assert.equal(pool.spareBytes, 6 * MIN_SLAB_BYTES);
+  pool.decay();
+  assert.equal(pool.spareBytes, 0, 'a quiet period lets go of everything');
+});

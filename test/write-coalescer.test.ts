@@ -524,6 +524,36 @@ test('the slab pool lets go of unused slabs every second until the coalescer sto
   assert.equal(decay.mock.callCount(), 2);
 });
 
+test('turn after turn, outboxes that together pass the default spare cap are all taken from the pool when maxSpareBytes allows it (a shard at the ceiling must not allocate its outboxes again each turn)', async (t) => {
+  // 40 sockets × 24 frames of 1,000 bytes: a 32 KiB slab each, 1.25 MiB a turn, all given back by the flush.
+  const run = async (maxSpareBytes: number) => {
+    const out = new WriteCoalescer(new MetricsSlot(createMetricsBuffer(0), 0), { ...UNPACED, maxSpareBytes });
+    t.after(() => out.stop());
+    const pairs = await Promise.all(Array.from({ length: 40 }, () => socketPair(t)));
+    const sessions = pairs.map((pair) => target(pair.local, out));
+    const allocatedAfter: number[] = [];
+    for (let turn = 0; turn < 5; turn++) {
+      for (const session of sessions) for (let i = 0; i < 24; i++) out.write(session, Buffer.alloc(1000, 0x41 + turn));
+      await nextTurn();
+      // Precondition: the kernel took every write whole, so every slab could go back.
+      assert.ok(
+        pairs.every((pair) => pair.local.writableLength === 0),
+        'a socket kept bytes',
+      );
+      allocatedAfter.push(slabsOf(out).allocated);
+    }
+    for (const pair of pairs) pair.local.end();
+    for (const pair of pairs) assert.equal((await pair.ended).length, 5 * 24 * 1000);
+    return allocatedAfter;
+  };
+  const kept = await run(2 * 1024 * 1024);
+  assert.ok(kept[0]! >= 40, `the first turn allocates a slab per socket: ${kept[0]}`);
+  assert.deepEqual(kept, Array(5).fill(kept[0]), 'the other turns take every slab from the pool');
+  // The pool capped below a turn's outboxes drops some at each flush and allocates them again at the next turn.
+  const capped = await run(1024 * 1024);
+  assert.ok(capped[4]! > capped[0]!, `allocated ${capped.join(', ')}`);
+});
+
 test('auto pacing on a load the test sets: the wheel follows the interval in force, a sample that changes nothing leaves it alone, and when pacing stops held bytes go out at once', async (t) => {
   const clock = { now: 1000 };
   let load = 1;

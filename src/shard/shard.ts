@@ -176,6 +176,8 @@ export class Shard {
       pacing: config.pacing,
       paceIntervalMs: config.paceIntervalMs,
       paceAbove: config.paceAbove,
+      // Its outboxes never hold more at once than the shard may queue: the pool may keep that much between turns.
+      maxSpareBytes: Math.floor(config.maxOutboundBytes / config.workers),
     }));
     const backpressure = (this.backpressure = new Backpressure(
       {

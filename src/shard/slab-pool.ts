@@ -11,11 +11,23 @@
  * a slab is not free (malloc, page faults on first touch, and V8's
  * external-memory accounting, which can bring a GC forward), so a shard at
  * full load should take every slab from a free list.
+ *
+ * How much a pool keeps. At the ceiling a shard's outboxes hold ~95 MB at
+ * the end of a turn (500 sessions, up to 128 KiB each), all given back by
+ * the flush and all taken again by the next turn. With a fixed 32 MiB of
+ * spare, the rest was dropped at each flush and allocated again at the next
+ * turn: ~230 MB/s of new ArrayBuffers, whose accounting made V8 start a full
+ * marking every ~250 ms ("external memory pressure") on helper threads that
+ * share the shard's core (docs/performance.md, The ceiling). So a pool keeps
+ * what its peak used (up to `maxSpareBytes`, for the coalescer the shard's
+ * share of `--max-outbound-memory`), and {@link SlabPool.decay} lets go of
+ * what a whole period did not use: the slabs that stayed in a free list from
+ * one decay to the next. A burst's slabs leave within two periods.
  */
 
 export const MIN_SLAB_BYTES = 8 * 1024;
 export const MAX_POOLED_BYTES = 128 * 1024;
-/** Spare bytes kept across all classes; what is returned beyond this is left to the GC. */
+/** Spare bytes a pool keeps across all classes by default; what is returned beyond this is left to the GC. */
 export const MAX_SPARE_BYTES = 32 * 1024 * 1024;
 
 /** A pool's sizes: powers of two from `minBytes` to `maxBytes`, at most `maxSpareBytes` kept in the free lists. */
@@ -33,8 +45,8 @@ export class SlabPool {
   private readonly maxBytes: number;
   private readonly maxSpareBytes: number;
   private readonly free: Buffer[][];
-  /** Slabs taken from each class since the last {@link decay}. */
-  private readonly taken: Uint32Array;
+  /** The fewest slabs each free list held since the last {@link decay}: those were not needed in the period. */
+  private readonly low: Uint32Array;
   /** Bytes held in the free lists. */
   spareBytes = 0;
   /** Slabs allocated rather than taken from a free list, since the pool was made (the tests read it). */
@@ -46,23 +58,26 @@ export class SlabPool {
     this.maxSpareBytes = options.maxSpareBytes;
     const classes = Math.log2(this.maxBytes / this.minBytes) + 1;
     this.free = Array.from({ length: classes }, () => []);
-    this.taken = new Uint32Array(classes);
+    this.low = new Uint32Array(classes);
   }
 
   /**
-   * Let go of the spare slabs of every class that was not used since the
-   * last call (called about once a second): after a burst, or an attack
-   * that filled many outboxes, the pool's memory goes back to the GC, and
-   * from there to the allocator, instead of staying for good.
+   * Let go of the spare slabs no one needed since the last call (called
+   * about once a second): in each class, as many as its free list never went
+   * below. A class not used at all gives back all its spare; a busy one keeps
+   * what its busiest moment took. After a burst, or an attack that filled
+   * many outboxes, the pool's memory goes back to the GC, and from there to
+   * the allocator, instead of staying for good.
    */
   decay(): void {
     for (let k = 0; k < this.free.length; k++) {
-      if (this.taken[k] === 0) {
-        const list = this.free[k]!;
-        this.spareBytes -= list.length * (this.minBytes << k);
-        list.length = 0;
+      const list = this.free[k]!;
+      const unused = this.low[k]!;
+      if (unused > 0) {
+        this.spareBytes -= unused * (this.minBytes << k);
+        list.length -= unused;
       }
-      this.taken[k] = 0;
+      this.low[k] = list.length;
     }
   }
 
@@ -73,8 +88,9 @@ export class SlabPool {
       return Buffer.allocUnsafeSlow(bytes);
     }
     const k = classOf(bytes, this.minBytes);
-    this.taken[k]!++;
-    const slab = this.free[k]!.pop();
+    const list = this.free[k]!;
+    const slab = list.pop();
+    if (list.length < this.low[k]!) this.low[k] = list.length;
     if (slab === undefined) {
       this.allocated++;
       return Buffer.allocUnsafeSlow(this.minBytes << k);

@@ -62,7 +62,7 @@ import { LoadSampler } from './load-sampler.ts';
 import { PaceControl } from './pace-control.ts';
 import { PaceWheel, WHEEL_BUCKETS } from './pace-wheel.ts';
 import { SHARED_FRAME_BYTES, SharedFrames, type SharedQueue } from './shared-frames.ts';
-import { MAX_POOLED_BYTES, SlabPool } from './slab-pool.ts';
+import { MAX_POOLED_BYTES, MAX_SPARE_BYTES, OUTBOX_SLABS, SlabPool } from './slab-pool.ts';
 
 /** The pacing options come from the server's configuration (src/config.ts holds their defaults). */
 export interface CoalescerOptions {
@@ -73,6 +73,12 @@ export interface CoalescerOptions {
   paceAbove: number;
   /** Length of the rate window a socket's speed is judged on, and of `auto`'s load samples (tests shorten it). */
   rateWindowMs?: number;
+  /**
+   * Spare outbox bytes the slab pool may keep between turns (slab-pool.ts):
+   * the shard's share of `--max-outbound-memory`, since its outboxes never
+   * hold more at once. Default {@link MAX_SPARE_BYTES}.
+   */
+  maxSpareBytes?: number;
 }
 
 /** Who counts the backlogs the coalescer leaves in sockets (backpressure.ts), registered with {@link WriteCoalescer.attach}. */
@@ -144,7 +150,7 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
   private dirty: Outbound<O>[] = [];
   private spare: Outbound<O>[] = [];
   private scheduled = false;
-  private readonly slabs = new SlabPool();
+  private readonly slabs: SlabPool;
   private readonly metrics: MetricsSlot;
   private readonly rateWindowMs: number;
   private readonly fastFrames: number;
@@ -164,6 +170,7 @@ export class WriteCoalescer<O extends OutboundOwner = OutboundOwner> {
   constructor(metrics: MetricsSlot, options: CoalescerOptions) {
     this.metrics = metrics;
     this.rateWindowMs = options.rateWindowMs ?? RATE_WINDOW_MS;
+    this.slabs = new SlabPool({ ...OUTBOX_SLABS, maxSpareBytes: options.maxSpareBytes ?? MAX_SPARE_BYTES });
     this.fastFrames = Math.max(1, Math.ceil((options.paceAbove * this.rateWindowMs) / 1000));
     this.control = new PaceControl(options.pacing, options.paceIntervalMs);
     this.wheel = new PaceWheel<Outbound<O>>(
