@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { availableParallelism } from 'node:os';
-import { ALLOCATOR_ENV, missingSetup, SINGLE_THREADED_GC, singleThreadedGc } from '../src/process-setup.ts';
+import { ALLOCATOR_ENV, MARKING_TRIGGERS, missingSetup, SINGLE_THREADED_GC, singleThreadedGc } from '../src/process-setup.ts';
 import { startServer } from './helpers/server.ts';
 
 const environOf = (pid: number): Map<string, string> =>
@@ -71,6 +71,19 @@ test('--gc-threads auto: single when the shards are at least the cores, parallel
   }
 });
 
+test("V8's marking triggers: the listening process runs with both by default; an operator's own value of one is kept and the other added", {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  const byDefault = await startServer(t, { workers: 1 });
+  for (const trigger of MARKING_TRIGGERS) assert.ok(nodeFlagsOf(byDefault.child.pid!).includes(trigger), nodeFlagsOf(byDefault.child.pid!).join(' '));
+  assert.equal((await fetch(`http://127.0.0.1:${byDefault.port}/health`)).status, 200);
+  const own = await startServer(t, { workers: 1, nodeArgs: ['--incremental_marking_soft_trigger=30'] });
+  const flags = nodeFlagsOf(own.child.pid!);
+  assert.ok(flags.includes('--incremental_marking_soft_trigger=30'), flags.join(' '));
+  assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `ours replaced the operator's: ${flags.join(' ')}`);
+  assert.ok(flags.includes(MARKING_TRIGGERS[1]), flags.join(' '));
+});
+
 test('an invalid --gc-threads is refused at start, naming the option', async (t) => {
   const { spawnSync } = await import('node:child_process');
   const { CLI } = await import('./helpers/server.ts');
@@ -87,10 +100,14 @@ test('singleThreadedGc and missingSetup decide from the mode, the shards and the
   assert.equal(singleThreadedGc('single', 1, 8), true);
   assert.equal(singleThreadedGc('parallel', 8, 1), false);
   const set = { MALLOC_MMAP_THRESHOLD_: '65536' };
-  assert.deepEqual(missingSetup('single', 1, set, [SINGLE_THREADED_GC]), { env: {}, nodeFlags: [] });
-  assert.deepEqual(missingSetup('single', 1, set, ['--max-semi-space-size=4']).nodeFlags, [SINGLE_THREADED_GC]);
-  assert.deepEqual(missingSetup('parallel', 1, set, []).nodeFlags, []);
+  const triggers = [...MARKING_TRIGGERS];
+  assert.deepEqual(missingSetup('single', 1, set, [SINGLE_THREADED_GC, ...triggers]), { env: {}, nodeFlags: [] });
+  assert.deepEqual(missingSetup('single', 1, set, ['--max-semi-space-size=4']).nodeFlags, [SINGLE_THREADED_GC, ...triggers]);
+  assert.deepEqual(missingSetup('parallel', 1, set, []).nodeFlags, triggers);
   // An operator's --single-threaded-gc stays even with parallel: nothing is removed.
-  assert.deepEqual(missingSetup('parallel', 1, set, [SINGLE_THREADED_GC]), { env: {}, nodeFlags: [] });
+  assert.deepEqual(missingSetup('parallel', 1, set, [SINGLE_THREADED_GC, ...triggers]), { env: {}, nodeFlags: [] });
+  // A trigger the operator set, with dashes or underscores, is theirs.
+  assert.deepEqual(missingSetup('parallel', 1, set, ['--incremental-marking-hard-trigger=90']).nodeFlags, [MARKING_TRIGGERS[0]]);
+  assert.deepEqual(missingSetup('parallel', 1, set, ['--incremental_marking_soft_trigger=10', '--max-semi-space-size=4']).nodeFlags, [MARKING_TRIGGERS[1]]);
   if (process.platform === 'linux') assert.deepEqual(missingSetup('parallel', 1, {}, []).env, ALLOCATOR_ENV);
 });
