@@ -1,13 +1,14 @@
 /**
  * The protocol inside a room: presence events on join and leave, and client
  * events validated, stamped with the sender's identity and relayed to every
- * other member. The hot path is {@link Relay.onMessage}: one JSON.parse, one
- * string build, one frame, the same bytes written to each recipient.
+ * other member. The hot path is {@link Relay.onMessage}: one scan of the
+ * JSON (json-scan.ts), one string build, one frame, the same bytes written
+ * to each recipient.
  */
 import type { Logger } from '../log.ts';
 import { CloseCode, ErrorCode, LOGGED_TYPES, MAX_TYPE_LENGTH, RESERVED_TYPES, type ErrorCodeValue } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
-import { memberText } from '../protocol/json-member.ts';
+import { Scan, scanMessage, scannedPayload, scannedType } from '../protocol/json-scan.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { legacyErrorText, legacyEventText, legacyText, roomJoinedText, withOffset, type RoomEvent } from '../protocol/event-frames.ts';
 import type { ResumePosition } from '../protocol/resume.ts';
@@ -311,20 +312,14 @@ export class Relay {
       return;
     }
     const json = data.toString('utf8');
-    let msg: unknown;
-    try {
-      msg = JSON.parse(json);
-    } catch {
-      this.sendError(session, ErrorCode.INVALID_MESSAGE, 'message is not valid JSON');
+    // One pass that decides what JSON.parse would and finds `type` and `payload`, building nothing (json-scan.ts).
+    const verdict = scanMessage(json);
+    if (verdict !== Scan.OBJECT) {
+      this.sendError(session, ErrorCode.INVALID_MESSAGE, verdict === Scan.INVALID ? 'message is not valid JSON' : 'message must be a JSON object');
       return;
     }
-    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
-      this.sendError(session, ErrorCode.INVALID_MESSAGE, 'message must be a JSON object');
-      return;
-    }
-    const frame = msg as Record<string, unknown>;
-    const type = Object.hasOwn(frame, 'type') ? frame.type : undefined;
-    if (typeof type !== 'string' || type.length === 0 || type.length > MAX_TYPE_LENGTH) {
+    const type = scannedType(json);
+    if (type === undefined || type.length === 0 || type.length > MAX_TYPE_LENGTH) {
       this.sendError(session, ErrorCode.INVALID_MESSAGE, `"type" must be a non-empty string of at most ${MAX_TYPE_LENGTH} characters`);
       return;
     }
@@ -345,10 +340,10 @@ export class Relay {
 
     // Identity fields a client may have put in the frame are ignored: only
     // `type` and `payload` are read, the rest comes from the session. The
-    // payload is forwarded as the text the client sent (JSON.parse above
+    // payload is forwarded as the text the client sent (the scan above
     // validated it): re-serializing could make it larger (`1e20`).
     const timestamp = Date.now();
-    const payload = Object.hasOwn(frame, 'payload') ? memberText(json, 'payload') : undefined;
+    const payload = scannedPayload(json);
     // `text` has no offset: the history keeps it so, and other nodes stamp their own.
     const text = legacyText(type, session.stamp, timestamp, payload);
     if (this.shared && recovery!.streamed(session.desktopId)) {
