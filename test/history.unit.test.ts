@@ -317,3 +317,31 @@ test('the shard figure never drifts from what the logs hold, whatever path let e
   h.sweep();
   assert.deepEqual([h.rooms, h.bytes], [0, 0]);
 });
+
+test('newestFrame: the frame of the event just stamped, from the bytes kept, equals encoding its text with the offset; null when the event was not kept or is not the newest', async (t) => {
+  const { encodeTextFrame } = await import('../src/protocol/frame.ts');
+  const { withOffset } = await import('../src/protocol/event-frames.ts');
+  const { h } = history({ maxRoomBytes: 70_000 + ENTRY_OVERHEAD });
+  t.after(() => h.stop());
+  // Texts whose frames take each header size (under 126 bytes, under 64 KiB), and characters of 2 to 4 UTF-8 bytes.
+  const texts = ['{"a":1}', legacyText('t', ',"sessionId":"s"', 1, '{"x":"é€😀"}'), `{"p":"${'y'.repeat(200)}"}`, `{"p":"${'é'.repeat(30_000)}"}`];
+  for (const text of texts) {
+    const offset = h.stamp('room', text, false);
+    const frame = h.newestFrame('room', offset);
+    assert.ok(frame !== null);
+    assert.ok(frame.equals(encodeTextFrame(withOffset(text, offset))), `for a text of ${text.length} characters`);
+    // Its bytes are its own: the room's next text does not change them.
+    const copy = Buffer.from(frame);
+    h.stamp('room', '{"b":2}', false);
+    assert.ok(frame.equals(copy));
+    assert.equal(h.newestFrame('room', offset), null, 'no longer the newest');
+  }
+  assert.equal(h.newestFrame('other', 1), null, 'a room with no log');
+  // A text over the room's byte bound is let go as it is stamped: no frame from it.
+  const over = h.stamp('room', `{"p":"${'z'.repeat(80_000)}"}`, false);
+  assert.equal(h.newestFrame('room', over), null);
+  // No history kept (age 0): offsets still given, no frame.
+  const { h: none } = history({ maxAgeMs: 0 });
+  t.after(() => none.stop());
+  assert.equal(none.newestFrame('room', none.stamp('room', '{"a":1}', false)), null);
+});

@@ -13,6 +13,27 @@
  */
 export function encodeTextFrame(text: string): Buffer {
   const length = Buffer.byteLength(text);
+  const frame = frameFor(length);
+  frame.write(text, frame.length - length, length, 'utf8');
+  return frame;
+}
+
+/**
+ * A text frame whose text is the UTF-8 bytes `source[start, end)` followed
+ * by `tail` (ASCII): a kept event's bytes and its offset member
+ * (`,"offset":N}`), without making the text a string again.
+ */
+export function encodeBytesFrame(source: Buffer, start: number, end: number, tail: string): Buffer {
+  const length = end - start + tail.length;
+  const frame = frameFor(length);
+  const at = frame.length - length;
+  source.copy(frame, at, start, end);
+  frame.write(tail, at + end - start, 'latin1');
+  return frame;
+}
+
+/** A frame buffer for `length` bytes of text, its header written: the text goes at `frame.length - length`. */
+function frameFor(length: number): Buffer {
   let header: number;
   if (length < 126) header = 2;
   else if (length < 65536) header = 4;
@@ -29,6 +50,5 @@ export function encodeTextFrame(text: string): Buffer {
     frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2);
     frame.writeUInt32BE(length >>> 0, 6);
   }
-  frame.write(text, header, length, 'utf8');
   return frame;
 }

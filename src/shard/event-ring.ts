@@ -36,6 +36,7 @@
  * Reading an event makes its text a string again: that is a resume's cost,
  * never the live path's.
  */
+import { encodeBytesFrame } from '../protocol/frame.ts';
 import type { LogEntry } from './room-log.ts';
 
 import { SlabPool } from './slab-pool.ts';
@@ -137,6 +138,18 @@ export class EventRing {
   /** When the i-th event was kept. */
   atAt(i: number): number {
     return this.ats[(this.head + i) & this.mask]!;
+  }
+
+  /**
+   * The legacy frame of the newest event with `"offset":N` as its last
+   * member, built from the bytes its page holds (its text without the
+   * closing brace, then the offset member): the live path's frame without a
+   * second encode of the text. The ring must not be empty.
+   */
+  newestFrame(offset: number): Buffer {
+    const slot = (this.head + this.count - 1) & this.mask;
+    const place = this.places[slot]!;
+    return encodeBytesFrame(this.pages[(this.pageOf[slot]! - this.firstPage) >>> 0]!, place, place + this.lengths[slot]! - 1, `,"offset":${offset}}`);
   }
 
   /** The i-th event, its text a string again. */

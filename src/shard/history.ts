@@ -174,6 +174,18 @@ export class History implements RoomLog {
     return offset;
   }
 
+  /**
+   * The legacy frame, with its offset, of the event {@link stamp} just gave
+   * `offset` in `roomKey`, built from the bytes the room keeps (no second
+   * encode of its text); null when they are not kept: no history, or a
+   * bound let the event go at once (a text over the room's byte bound).
+   */
+  newestFrame(roomKey: string, offset: number): Buffer | null {
+    const log = this.logs.get(roomKey);
+    if (log === undefined || log.count === 0 || log.latest !== offset || log.ring.offsetAt(log.count - 1) !== offset) return null;
+    return log.ring.newestFrame(offset);
+  }
+
   latest(roomKey: string): ResumePosition {
     const log = this.ensure(roomKey);
     return { epoch: log.epoch, offset: log.latest };

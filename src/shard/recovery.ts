@@ -127,6 +127,11 @@ export class Recovery {
     return this.log.stamp(roomKey, text, nullPayload);
   }
 
+  /** The legacy frame of the event just stamped with `offset`, from the bytes the local history keeps; null when it keeps none (history.ts). */
+  newestFrame(roomKey: string, offset: number): Buffer | null {
+    return this.log === this.history ? this.history.newestFrame(roomKey, offset) : null;
+  }
+
   /**
    * `session` joins its room here: the members its `room_joined` carries
    * (epoch, offset, and `recovered` when it resumed), its replay started

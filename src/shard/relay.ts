@@ -42,6 +42,8 @@ export interface RelayRecovery {
   readonly recording: boolean;
   /** The offset of a relayed event of `roomKey` (`text`: its legacy framing, no offset). */
   stamp(roomKey: string, text: string, nullPayload: boolean): number;
+  /** The legacy frame, with its offset, of the event just stamped: built from the bytes the history keeps, or null when it keeps none. */
+  newestFrame(roomKey: string, offset: number): Buffer | null;
   /** `room_joined`'s position members for `session`, whose replay starts when it resumed from a position that can be served. */
   joinLegacy(session: Session, resume: ResumePosition | undefined): string;
   /** Whether the room's relayed events come back from the fleet's stream, to every member here (`--history-stream`). */
@@ -354,7 +356,11 @@ export class Relay {
     }
     const offset = recovery === undefined ? 0 : recovery.stamp(session.desktopId, text, payload === undefined);
     const transientKey = this.transientTypes.has(type) ? `${session.id}\n${type}` : undefined;
-    if (room.members.length > 1) this.broadcast(room, session, encodeTextFrame(offset === 0 ? text : withOffset(text, offset)), transientKey, offset);
+    if (room.members.length > 1) {
+      // With an offset, the frame comes from the bytes the history just kept: the text is encoded once, not twice.
+      const frame = offset === 0 ? encodeTextFrame(text) : (recovery!.newestFrame(session.desktopId, offset) ?? encodeTextFrame(withOffset(text, offset)));
+      this.broadcast(room, session, frame, transientKey, offset);
+    }
     // Multiplexed subscribers of the room get it in their framing (encoded there, once).
     if (room.subs.length > 0 || room.peers !== null) {
       const event: RoomEvent = { type, stamp: session.stamp, timestamp, payload };
