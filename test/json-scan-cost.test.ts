@@ -10,7 +10,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { memberText } from '../src/protocol/json-member.ts';
-import { Scan, scanMessage, scannedPayload, scannedType } from '../src/protocol/json-scan.ts';
+import { JsonScanner, Scan } from '../src/protocol/json-scan.ts';
+
+const scanner = new JsonScanner();
 
 /** `head`, then `unit` repeated, then `tail`, to about `size` characters. */
 const filled = (size: number, head: string, unit: string, tail: string) =>
@@ -47,11 +49,11 @@ test('the worst shapes at 64 KiB scan as JSON.parse reads them, in time linear i
   const large = shapes(64 * 1024);
   for (const name of Object.keys(large)) {
     const texts = [small[name]!, large[name]!];
-    const scanOf = (text: string) => () => scanMessage(text) + (scannedType(text)?.length ?? 0);
+    const scanOf = (text: string) => () => scanner.scan(text) + (scanner.type(text)?.length ?? 0);
     for (const text of texts) {
-      assert.equal(scanMessage(text), Scan.OBJECT, name);
-      assert.equal(scannedPayload(text), memberText(text, 'payload'), name);
-      assert.equal(scannedType(text), (JSON.parse(text) as { type: string }).type, name);
+      assert.equal(scanner.scan(text), Scan.OBJECT, name);
+      assert.equal(scanner.payload(text), memberText(text, 'payload'), name);
+      assert.equal(scanner.type(text), (JSON.parse(text) as { type: string }).type, name);
       // Warm both sizes of both readers before timing any.
       time(3, scanOf(text));
       time(3, () => JSON.parse(text));

@@ -8,7 +8,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { memberText } from '../src/protocol/json-member.ts';
-import { Scan, scanMessage, scannedMembers, scannedPayload, scannedType, type ScanValue } from '../src/protocol/json-scan.ts';
+import { JsonScanner, Scan, type ScanValue } from '../src/protocol/json-scan.ts';
+
+const scanner = new JsonScanner();
 
 /** What the scanner must say about `text`, from JSON.parse and memberText. */
 interface Seen {
@@ -45,17 +47,17 @@ function expected(text: string): Seen {
 
 /** What the scanner said, in the same shape. */
 function actual(text: string): Seen {
-  const verdict = scanMessage(text);
+  const verdict = scanner.scan(text);
   if (verdict !== Scan.OBJECT) return { verdict };
-  const m = scannedMembers();
+  const m = scanner.members;
   const result: Seen = { verdict };
   if (m.typeStart !== -1) result.type = text.slice(m.typeStart, m.typeEnd);
-  const decoded = scannedType(text);
+  const decoded = scanner.type(text);
   if (decoded !== undefined) {
     result.decodedType = decoded;
     result.typeEscaped = m.typeEscaped;
   }
-  const payload = scannedPayload(text);
+  const payload = scanner.payload(text);
   if (payload !== undefined) result.payload = payload;
   return result;
 }
@@ -365,10 +367,20 @@ test('nothing leaks from one scan to the next: each text agrees after any other'
   ];
   for (const first of texts) {
     for (const second of texts) {
-      scanMessage(first);
+      scanner.scan(first);
       agree(second);
     }
   }
+});
+
+test('two scanners keep apart: scans on one leave what the other found', () => {
+  const a = new JsonScanner();
+  const b = new JsonScanner();
+  const text = '{"type":"\\u0061","payload":[1,{"b":2}]}';
+  assert.equal(a.scan(text), Scan.OBJECT);
+  assert.equal(b.scan(`{"payload":${'['.repeat(200)}${']'.repeat(200)},"type":"b"}`), Scan.OBJECT);
+  assert.equal(b.scan('{"type":"c","payload":{"x":'), Scan.INVALID);
+  assert.deepEqual([a.type(text), a.payload(text), a.members.typeEscaped], ['a', '[1,{"b":2}]', true]);
 });
 
 /**
@@ -604,10 +616,10 @@ test('200,000 texts from the whole grammar, faulty and mutated, agree with JSON.
     for (let n = 0; n < 200_000; n++) {
       const text = next();
       if (differs(text)) agree(text);
-      const verdict = scanMessage(text);
+      const verdict = scanner.scan(text);
       verdicts[verdict]!++;
       if (verdict !== Scan.OBJECT) continue;
-      const m = scannedMembers();
+      const m = scanner.members;
       if (m.typeEscaped) escapedTypes++;
       const first = text.charCodeAt(m.payloadStart);
       if (first === 0x7b || first === 0x5b) containerPayloads++;
