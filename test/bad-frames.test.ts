@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test, type TestContext } from 'node:test';
 import { CloseCode, ErrorCode } from '../src/protocol/events.ts';
+import { memberText } from '../src/protocol/json-member.ts';
 import { join, type TestClient } from './helpers/client.ts';
 import { startPermissionStub } from './helpers/permission-stub.ts';
 import { Cleanup, desktop } from './helpers/scope.ts';
@@ -66,6 +67,86 @@ test('invalid JSON, non-objects and bad types are answered with invalid_message'
   }
   sender.send({ type: 'y'.repeat(64), payload: 1 });
   assert.equal((await bystander.next()).type, 'y'.repeat(64), 'a 64-character type is valid');
+  await bystanderUndisturbed(sender, bystander);
+});
+
+/** Every text frame `client` receives from now on, as sent (before its own JSON.parse, which would throw on invalid JSON). */
+function rawFrames(client: TestClient): string[] {
+  const frames: string[] = [];
+  client.ws.prependListener('message', (data, isBinary) => {
+    if (!isBinary) frames.push(data.toString());
+  });
+  return frames;
+}
+
+test('frames only a strict JSON reader refuses are answered with invalid_message and reach no other member', async (t) => {
+  const { sender, bystander } = await room(t);
+  const heard = rawFrames(bystander);
+  const frame = (payload: string) => `{"type":"asset_moved","payload":${payload}}`;
+  const bad = [
+    frame('01'),
+    frame('1.'),
+    frame('-'),
+    frame('1e+'),
+    frame('.5'),
+    frame('tru'),
+    frame('NaN'),
+    frame("'x'"),
+    frame('"a\u0001b"'), // a raw control character
+    frame('"\\x41"'),
+    frame('"\\u12G4"'),
+    '{"type":"asset_moved","payload":"\\u',
+    frame('[1,]'),
+    frame('[1}'),
+    frame('{"a":1]'),
+    frame(`${'['.repeat(100)}${']'.repeat(99)}}`),
+    `${frame('{}')}}`,
+    `${frame('1')}\u00a0`,
+    `\ufeff${frame('1')}`,
+    '{"type":"asset_moved",\u2028"payload":1}',
+    `${frame('1')} x`,
+    `${frame('1')}{}`,
+    '{"type":"asset_moved","payload":1,}',
+    '{"type":"asset_moved" "payload":1}',
+    '{"type":"asset_moved","payload"}',
+    '{"\\u0074ype":"asset_moved","payload":[1 2]}',
+  ];
+  for (const text of bad) {
+    assert.throws(() => JSON.parse(text), SyntaxError, `JSON.parse refuses ${JSON.stringify(text)}`);
+    sender.send(text);
+    const reply = await sender.next();
+    assert.deepEqual([reply.type, reply.code], ['error', ErrorCode.INVALID_MESSAGE], `for ${JSON.stringify(text)}`);
+  }
+  await bystanderUndisturbed(sender, bystander);
+  assert.equal(heard.length, 1, `the bystander heard only the marker: ${JSON.stringify(heard)}`);
+});
+
+test('odd but legal frames reach the others with the payload exactly as sent', async (t) => {
+  const { sender, bystander } = await room(t);
+  const heard = rawFrames(bystander);
+  const cases: { frame: string; payload: string }[] = [
+    // An escaped key names `type`.
+    { frame: '{"\\u0074ype":"asset_moved","payload":{"x":1}}', payload: '{"x":1}' },
+    // The last `payload` wins, after `type`, spaced.
+    { frame: '{"payload":"first","type":"asset_moved","payload" : [ 1 ,2 ] }', payload: '[ 1 ,2 ]' },
+    // Whitespace (all four kinds) everywhere, escapes and U+2028 in a string.
+    {
+      frame: ' \t\r\n{ \t"type"\r\n:\n"asset_moved"\t,\r"payload"\n:\t{ "a" :\n[ -0.5E+3 , true , null , "é\u2028\\ud83d\\ude00\\u0000\\/" ] }\r\n} \n',
+      payload: '{ "a" :\n[ -0.5E+3 , true , null , "é\u2028\\ud83d\\ude00\\u0000\\/" ] }',
+    },
+    // `type` and `payload` nested are not the frame's; escaped ones at the top are, and a number goes as written.
+    { frame: '{"payload":{"type":"inner","payload":"inner"},"typ\\u0065":"asset_\\u006doved","pay\\u006coad":1e400}', payload: '1e400' },
+    { frame: '{"type":"asset_moved","payload":{"keep":false},"x":{"payload":"no"},"payload":[[[{}]],[]]}', payload: '[[[{}]],[]]' },
+    // Deeper than the scanner's first stack.
+    { frame: `{"type":"asset_moved","payload":${'[ '.repeat(100)}${' ]'.repeat(100)}}`, payload: `${'[ '.repeat(100)}${' ]'.repeat(100)}` },
+  ];
+  for (const { frame, payload } of cases) {
+    assert.doesNotThrow(() => JSON.parse(frame), `JSON.parse accepts ${JSON.stringify(frame)}`);
+    sender.send(frame);
+    await bystander.expect('asset_moved');
+    assert.equal(memberText(heard.at(-1)!, 'payload'), payload, `for ${JSON.stringify(frame)}`);
+  }
+  assert.equal(heard.length, cases.length);
   await bystanderUndisturbed(sender, bystander);
 });
 

@@ -22,9 +22,13 @@
  * Nesting is followed with a depth count and one bit per level, in a stack
  * that grows with the deepest frame seen (a frame is at most
  * `--max-message-size` bytes).
+ *
+ * The state a scan reuses (that stack, where the members sit) belongs to a
+ * {@link JsonScanner} its caller owns (the relay: one per shard thread), not
+ * to this module: protocol/ keeps no module-level state (test/layering.test.ts).
  */
 
-/** What {@link scanMessage} found the text to be. */
+/** What {@link JsonScanner.scan} found the text to be. */
 export const Scan = {
   /** Not JSON at all. */
   INVALID: 0,
@@ -38,8 +42,8 @@ export type ScanValue = (typeof Scan)[keyof typeof Scan];
 /**
  * Where the top-level members `type` and `payload` sit in the text: the
  * value's start and end (end exclusive), -1 when absent. Filled by each
- * {@link scanMessage} call (one object per thread, reused: read it before
- * the next call).
+ * {@link JsonScanner.scan} (one object per scanner, reused: read it before
+ * the next scan).
  */
 export interface ScannedMembers {
   typeStart: number;
@@ -49,8 +53,6 @@ export interface ScannedMembers {
   payloadStart: number;
   payloadEnd: number;
 }
-
-const members: ScannedMembers = { typeStart: -1, typeEnd: -1, typeEscaped: false, payloadStart: -1, payloadEnd: -1 };
 
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
@@ -69,9 +71,6 @@ const NINE = 0x39;
 /** Not a position: a scan that failed returns it. */
 const FAIL = -1;
 
-/** 1 for an array, 0 for an object, per level of nesting; grown when a frame nests deeper. */
-let kinds = new Uint8Array(64);
-
 const isSpace = (c: number): boolean => c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 const isDigit = (c: number): boolean => c >= ZERO && c <= NINE;
 const isHex = (c: number): boolean => (c >= ZERO && c <= NINE) || ((c | 0x20) >= 0x61 && (c | 0x20) <= 0x66);
@@ -79,31 +78,6 @@ const isHex = (c: number): boolean => (c >= ZERO && c <= NINE) || ((c | 0x20) >=
 function skipSpace(text: string, i: number): number {
   while (i < text.length && isSpace(text.charCodeAt(i))) i++;
   return i;
-}
-
-/** Index just past the string literal that opens at `i` (a quote), or FAIL. Sets {@link escaped}. */
-let escaped = false;
-function scanString(text: string, i: number): number {
-  escaped = false;
-  const n = text.length;
-  for (i++; i < n; i++) {
-    const c = text.charCodeAt(i);
-    if (c === QUOTE) return i + 1;
-    if (c < 0x20) return FAIL;
-    if (c === BACKSLASH) {
-      escaped = true;
-      const e = text.charCodeAt(++i);
-      if (e === 0x75) {
-        // \uXXXX
-        if (i + 4 >= n) return FAIL;
-        if (!isHex(text.charCodeAt(i + 1)) || !isHex(text.charCodeAt(i + 2)) || !isHex(text.charCodeAt(i + 3)) || !isHex(text.charCodeAt(i + 4))) return FAIL;
-        i += 4;
-      } else if (e !== QUOTE && e !== BACKSLASH && e !== 0x2f && e !== 0x62 && e !== 0x66 && e !== 0x6e && e !== 0x72 && e !== 0x74) {
-        return FAIL; // not one of " \ / b f n r t (NaN past the end fails too)
-      }
-    }
-  }
-  return FAIL;
 }
 
 /** Index just past the number that starts at `i`, or FAIL. */
@@ -132,142 +106,175 @@ function scanWord(text: string, i: number, word: string): number {
   return text.startsWith(word, i) ? i + word.length : FAIL;
 }
 
-/** Index just past the scalar (string, number, literal) at `i`, or FAIL; containers are the caller's. */
-function scanScalar(text: string, i: number, c: number): number {
-  if (c === QUOTE) return scanString(text, i);
-  if (c === MINUS || isDigit(c)) return scanNumber(text, i);
-  if (c === 0x74) return scanWord(text, i, 'true');
-  if (c === 0x66) return scanWord(text, i, 'false');
-  if (c === 0x6e) return scanWord(text, i, 'null');
-  return FAIL;
-}
-
-/** The member name of the key literal text[start, end): its text, decoded when it holds an escape. */
+/** Whether the key literal text[start, end) names `name`: its text, decoded when it holds an escape. */
 function keyIs(text: string, start: number, end: number, wasEscaped: boolean, name: string): boolean {
   if (!wasEscaped) return end - start - 2 === name.length && text.startsWith(name, start + 1);
   return (JSON.parse(text.slice(start, end)) as string) === name;
 }
 
-/** Which top-level member the key {@link readKey} read last names: 1 `type`, 2 `payload`, 0 another. */
-let keyMember = 0;
-
-/** At `i`, a key and its colon; returns the index of its value, or FAIL. At `depth` 1 it sets {@link keyMember}. */
-function readKey(text: string, i: number, depth: number): number {
-  if (text.charCodeAt(i) !== QUOTE) return FAIL;
-  const keyEnd = scanString(text, i);
-  if (keyEnd === FAIL) return FAIL;
-  if (depth === 1) keyMember = keyIs(text, i, keyEnd, escaped, 'type') ? 1 : keyIs(text, i, keyEnd, escaped, 'payload') ? 2 : 0;
-  const colon = skipSpace(text, keyEnd);
-  if (text.charCodeAt(colon) !== COLON) return FAIL;
-  return colon + 1;
-}
-
 /**
- * Whether `text` is JSON, and an object; for an object, {@link scannedMembers}
- * holds where its `type` and `payload` values are.
+ * A scanner with the state its scans reuse: the nesting stack and where the
+ * last scan found `type` and `payload`. One per thread is enough (a scan
+ * runs to its end synchronously); read a scan's members before the next.
  */
-export function scanMessage(text: string): ScanValue {
-  members.typeStart = members.typeEnd = members.payloadStart = members.payloadEnd = -1;
-  members.typeEscaped = false;
-  const n = text.length;
-  let i = skipSpace(text, 0);
-  if (i >= n) return Scan.INVALID;
-  const top = text.charCodeAt(i);
-  if (top !== OPEN_BRACE && top !== OPEN_BRACKET) {
-    const end = scanScalar(text, i, top);
-    return end !== FAIL && skipSpace(text, end) === n ? Scan.NOT_OBJECT : Scan.INVALID;
-  }
-  let depth = 0;
-  keyMember = 0;
-  // Walk: at each step `i` is where a value starts (after a key and colon, or in an array).
-  for (;;) {
-    i = skipSpace(text, i);
-    const c = text.charCodeAt(i);
-    let end: number;
-    if (c === OPEN_BRACE || c === OPEN_BRACKET) {
-      if (depth === kinds.length) {
-        const grown = new Uint8Array(kinds.length * 2);
-        grown.set(kinds);
-        kinds = grown;
+export class JsonScanner {
+  /** Where the last {@link scan} found `type` and `payload` (valid until the next scan). */
+  readonly members: ScannedMembers = { typeStart: -1, typeEnd: -1, typeEscaped: false, payloadStart: -1, payloadEnd: -1 };
+  /** 1 for an array, 0 for an object, per level of nesting; grown when a frame nests deeper. */
+  private kinds = new Uint8Array(64);
+  /** Whether the string {@link scanString} scanned last holds an escape. */
+  private escaped = false;
+  /** Which top-level member the key {@link readKey} read last names: 1 `type`, 2 `payload`, 0 another. */
+  private keyMember = 0;
+
+  /**
+   * Whether `text` is JSON, and an object; for an object, {@link members}
+   * holds where its `type` and `payload` values are.
+   */
+  scan(text: string): ScanValue {
+    const members = this.members;
+    members.typeStart = members.typeEnd = members.payloadStart = members.payloadEnd = -1;
+    members.typeEscaped = false;
+    const n = text.length;
+    let i = skipSpace(text, 0);
+    if (i >= n) return Scan.INVALID;
+    const top = text.charCodeAt(i);
+    if (top !== OPEN_BRACE && top !== OPEN_BRACKET) {
+      const end = this.scanScalar(text, i, top);
+      return end !== FAIL && skipSpace(text, end) === n ? Scan.NOT_OBJECT : Scan.INVALID;
+    }
+    let depth = 0;
+    this.keyMember = 0;
+    // Walk: at each step `i` is where a value starts (after a key and colon, or in an array).
+    for (;;) {
+      i = skipSpace(text, i);
+      const c = text.charCodeAt(i);
+      let end: number;
+      if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+        if (depth === this.kinds.length) {
+          const grown = new Uint8Array(this.kinds.length * 2);
+          grown.set(this.kinds);
+          this.kinds = grown;
+        }
+        this.kinds[depth++] = c === OPEN_BRACKET ? 1 : 0;
+        if (depth === 2 && this.keyMember !== 0) {
+          // A container value of a tracked member: its start now, its end when it closes.
+          if (this.keyMember === 1) {
+            members.typeStart = i;
+            members.typeEscaped = false;
+          } else members.payloadStart = i;
+        }
+        i = skipSpace(text, i + 1);
+        const close = c === OPEN_BRACKET ? CLOSE_BRACKET : CLOSE_BRACE;
+        if (text.charCodeAt(i) === close) {
+          // An empty container: closed at once, then what follows it.
+          end = i + 1;
+          depth--;
+          if (depth === 1 && this.keyMember !== 0) this.closeMember(end);
+        } else {
+          if (c === OPEN_BRACE) {
+            // A key, then a colon, then the value at the top of the loop.
+            i = this.readKey(text, i, depth);
+            if (i === FAIL) return Scan.INVALID;
+          }
+          continue;
+        }
+      } else {
+        end = this.scanScalar(text, i, c);
+        if (end === FAIL) return Scan.INVALID;
+        if (depth === 1 && this.keyMember !== 0) {
+          if (this.keyMember === 1) {
+            members.typeStart = i;
+            members.typeEnd = end;
+            members.typeEscaped = c === QUOTE && this.escaped;
+          } else {
+            members.payloadStart = i;
+            members.payloadEnd = end;
+          }
+        }
       }
-      kinds[depth++] = c === OPEN_BRACKET ? 1 : 0;
-      if (depth === 2 && keyMember !== 0) {
-        // A container value of a tracked member: its start now, its end when it closes.
-        if (keyMember === 1) {
-          members.typeStart = i;
-          members.typeEscaped = false;
-        } else members.payloadStart = i;
-      }
-      i = skipSpace(text, i + 1);
-      const close = c === OPEN_BRACKET ? CLOSE_BRACKET : CLOSE_BRACE;
-      if (text.charCodeAt(i) === close) {
-        // An empty container: closed at once, then what follows it.
+      // After a value at `end`: a comma and the next element or member, or the container's close (maybe several).
+      for (;;) {
+        if (depth === 0) return skipSpace(text, end) === n ? (top === OPEN_BRACE ? Scan.OBJECT : Scan.NOT_OBJECT) : Scan.INVALID;
+        i = skipSpace(text, end);
+        const d = text.charCodeAt(i);
+        const inArray = this.kinds[depth - 1] === 1;
+        if (d === COMMA) {
+          i++;
+          if (!inArray) {
+            i = this.readKey(text, skipSpace(text, i), depth);
+            if (i === FAIL) return Scan.INVALID;
+          }
+          break;
+        }
+        if (d !== (inArray ? CLOSE_BRACKET : CLOSE_BRACE)) return Scan.INVALID;
         end = i + 1;
         depth--;
-        if (depth === 1 && keyMember !== 0) closeMember(end);
-      } else {
-        if (c === OPEN_BRACE) {
-          // A key, then a colon, then the value at the top of the loop.
-          i = readKey(text, i, depth);
-          if (i === FAIL) return Scan.INVALID;
-        }
-        continue;
+        if (depth === 1 && this.keyMember !== 0) this.closeMember(end);
       }
-    } else {
-      end = scanScalar(text, i, c);
-      if (end === FAIL) return Scan.INVALID;
-      if (depth === 1 && keyMember !== 0) {
-        if (keyMember === 1) {
-          members.typeStart = i;
-          members.typeEnd = end;
-          members.typeEscaped = c === QUOTE && escaped;
-        } else {
-          members.payloadStart = i;
-          members.payloadEnd = end;
-        }
-      }
-    }
-    // After a value at `end`: a comma and the next element or member, or the container's close (maybe several).
-    for (;;) {
-      if (depth === 0) return skipSpace(text, end) === n ? (top === OPEN_BRACE ? Scan.OBJECT : Scan.NOT_OBJECT) : Scan.INVALID;
-      i = skipSpace(text, end);
-      const d = text.charCodeAt(i);
-      const inArray = kinds[depth - 1] === 1;
-      if (d === COMMA) {
-        i++;
-        if (!inArray) {
-          i = readKey(text, skipSpace(text, i), depth);
-          if (i === FAIL) return Scan.INVALID;
-        }
-        break;
-      }
-      if (d !== (inArray ? CLOSE_BRACKET : CLOSE_BRACE)) return Scan.INVALID;
-      end = i + 1;
-      depth--;
-      if (depth === 1 && keyMember !== 0) closeMember(end);
     }
   }
-}
 
-/** A tracked member's container value closed just before `end`. */
-function closeMember(end: number): void {
-  if (keyMember === 1) members.typeEnd = end;
-  else members.payloadEnd = end;
-}
+  /** The value of `type` the last {@link scan} of `text` found, when it is a string (decoded); undefined when absent or not a string. */
+  type(text: string): string | undefined {
+    const start = this.members.typeStart;
+    if (start === -1 || text.charCodeAt(start) !== QUOTE) return undefined;
+    return this.members.typeEscaped ? (JSON.parse(text.slice(start, this.members.typeEnd)) as string) : text.slice(start + 1, this.members.typeEnd - 1);
+  }
 
-/** The value of `type` the last {@link scanMessage} of `text` found, when it is a string (decoded); undefined when absent or not a string. */
-export function scannedType(text: string): string | undefined {
-  const start = members.typeStart;
-  if (start === -1 || text.charCodeAt(start) !== QUOTE) return undefined;
-  return members.typeEscaped ? (JSON.parse(text.slice(start, members.typeEnd)) as string) : text.slice(start + 1, members.typeEnd - 1);
-}
+  /** The raw text of `payload` the last {@link scan} of `text` found; undefined when absent. */
+  payload(text: string): string | undefined {
+    return this.members.payloadStart === -1 ? undefined : text.slice(this.members.payloadStart, this.members.payloadEnd);
+  }
 
-/** The raw text of `payload` the last {@link scanMessage} of `text` found; undefined when absent. */
-export function scannedPayload(text: string): string | undefined {
-  return members.payloadStart === -1 ? undefined : text.slice(members.payloadStart, members.payloadEnd);
-}
+  /** Index just past the string literal that opens at `i` (a quote), or FAIL. Sets {@link escaped}. */
+  private scanString(text: string, i: number): number {
+    this.escaped = false;
+    const n = text.length;
+    for (i++; i < n; i++) {
+      const c = text.charCodeAt(i);
+      if (c === QUOTE) return i + 1;
+      if (c < 0x20) return FAIL;
+      if (c === BACKSLASH) {
+        this.escaped = true;
+        const e = text.charCodeAt(++i);
+        if (e === 0x75) {
+          // \uXXXX
+          if (i + 4 >= n) return FAIL;
+          if (!isHex(text.charCodeAt(i + 1)) || !isHex(text.charCodeAt(i + 2)) || !isHex(text.charCodeAt(i + 3)) || !isHex(text.charCodeAt(i + 4))) return FAIL;
+          i += 4;
+        } else if (e !== QUOTE && e !== BACKSLASH && e !== 0x2f && e !== 0x62 && e !== 0x66 && e !== 0x6e && e !== 0x72 && e !== 0x74) {
+          return FAIL; // not one of " \ / b f n r t (NaN past the end fails too)
+        }
+      }
+    }
+    return FAIL;
+  }
 
-/** Where the last {@link scanMessage} found `type` and `payload` (valid until the next call). */
-export function scannedMembers(): Readonly<ScannedMembers> {
-  return members;
+  /** Index just past the scalar (string, number, literal) at `i`, or FAIL; containers are the caller's. */
+  private scanScalar(text: string, i: number, c: number): number {
+    if (c === QUOTE) return this.scanString(text, i);
+    if (c === MINUS || isDigit(c)) return scanNumber(text, i);
+    if (c === 0x74) return scanWord(text, i, 'true');
+    if (c === 0x66) return scanWord(text, i, 'false');
+    if (c === 0x6e) return scanWord(text, i, 'null');
+    return FAIL;
+  }
+
+  /** At `i`, a key and its colon; returns the index of its value, or FAIL. At `depth` 1 it sets {@link keyMember}. */
+  private readKey(text: string, i: number, depth: number): number {
+    if (text.charCodeAt(i) !== QUOTE) return FAIL;
+    const keyEnd = this.scanString(text, i);
+    if (keyEnd === FAIL) return FAIL;
+    if (depth === 1) this.keyMember = keyIs(text, i, keyEnd, this.escaped, 'type') ? 1 : keyIs(text, i, keyEnd, this.escaped, 'payload') ? 2 : 0;
+    const colon = skipSpace(text, keyEnd);
+    if (text.charCodeAt(colon) !== COLON) return FAIL;
+    return colon + 1;
+  }
+
+  /** A tracked member's container value closed just before `end`. */
+  private closeMember(end: number): void {
+    if (this.keyMember === 1) this.members.typeEnd = end;
+    else this.members.payloadEnd = end;
+  }
 }

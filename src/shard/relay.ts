@@ -8,7 +8,7 @@
 import type { Logger } from '../log.ts';
 import { CloseCode, ErrorCode, LOGGED_TYPES, MAX_TYPE_LENGTH, RESERVED_TYPES, type ErrorCodeValue } from '../protocol/events.ts';
 import { encodeTextFrame } from '../protocol/frame.ts';
-import { Scan, scanMessage, scannedPayload, scannedType } from '../protocol/json-scan.ts';
+import { JsonScanner, Scan } from '../protocol/json-scan.ts';
 import { Metric, type MetricsSlot } from '../protocol/metrics.ts';
 import { legacyErrorText, legacyEventText, legacyText, roomJoinedText, withOffset, type RoomEvent } from '../protocol/event-frames.ts';
 import type { ResumePosition } from '../protocol/resume.ts';
@@ -87,6 +87,8 @@ export class Relay {
   private readonly recovery: RelayRecovery | undefined;
   /** `--history-stream`: a followed room's events are only published, and delivered here when the stream hands them back. */
   private shared = false;
+  /** Reads each client frame once (its nesting stack and the members it found are reused from frame to frame). */
+  private readonly scanner = new JsonScanner();
 
   constructor(options: RelayOptions) {
     this.recovery = options.recovery;
@@ -315,12 +317,12 @@ export class Relay {
     }
     const json = data.toString('utf8');
     // One pass that decides what JSON.parse would and finds `type` and `payload`, building nothing (json-scan.ts).
-    const verdict = scanMessage(json);
+    const verdict = this.scanner.scan(json);
     if (verdict !== Scan.OBJECT) {
       this.sendError(session, ErrorCode.INVALID_MESSAGE, verdict === Scan.INVALID ? 'message is not valid JSON' : 'message must be a JSON object');
       return;
     }
-    const type = scannedType(json);
+    const type = this.scanner.type(json);
     if (type === undefined || type.length === 0 || type.length > MAX_TYPE_LENGTH) {
       this.sendError(session, ErrorCode.INVALID_MESSAGE, `"type" must be a non-empty string of at most ${MAX_TYPE_LENGTH} characters`);
       return;
@@ -345,7 +347,7 @@ export class Relay {
     // payload is forwarded as the text the client sent (the scan above
     // validated it): re-serializing could make it larger (`1e20`).
     const timestamp = Date.now();
-    const payload = scannedPayload(json);
+    const payload = this.scanner.payload(json);
     // `text` has no offset: the history keeps it so, and other nodes stamp their own.
     const text = legacyText(type, session.stamp, timestamp, payload);
     if (this.shared && recovery!.streamed(session.desktopId)) {
