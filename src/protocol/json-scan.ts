@@ -106,10 +106,22 @@ function scanWord(text: string, i: number, word: string): number {
   return text.startsWith(word, i) ? i + word.length : FAIL;
 }
 
-/** Whether the key literal text[start, end) names `name`: its text, decoded when it holds an escape. */
-function keyIs(text: string, start: number, end: number, wasEscaped: boolean, name: string): boolean {
-  if (!wasEscaped) return end - start - 2 === name.length && text.startsWith(name, start + 1);
-  return (JSON.parse(text.slice(start, end)) as string) === name;
+/**
+ * Which tracked member the key literal text[start, end) names: 1 `type`,
+ * 2 `payload`, 0 another. An escaped key is decoded once, and only when it
+ * is short enough to be one of them (an escape takes 2 to 6 characters for
+ * one, so a key of more than 42 is neither): a frame of escaped keys costs
+ * a scan, not a decode per key.
+ */
+function memberOf(text: string, start: number, end: number, wasEscaped: boolean): number {
+  const length = end - start - 2;
+  if (!wasEscaped) {
+    if (length === 4 && text.startsWith('type', start + 1)) return 1;
+    return length === 7 && text.startsWith('payload', start + 1) ? 2 : 0;
+  }
+  if (length > 7 * 6) return 0;
+  const name = JSON.parse(text.slice(start, end)) as string;
+  return name === 'type' ? 1 : name === 'payload' ? 2 : 0;
 }
 
 /**
@@ -266,7 +278,7 @@ export class JsonScanner {
     if (text.charCodeAt(i) !== QUOTE) return FAIL;
     const keyEnd = this.scanString(text, i);
     if (keyEnd === FAIL) return FAIL;
-    if (depth === 1) this.keyMember = keyIs(text, i, keyEnd, this.escaped, 'type') ? 1 : keyIs(text, i, keyEnd, this.escaped, 'payload') ? 2 : 0;
+    if (depth === 1) this.keyMember = memberOf(text, i, keyEnd, this.escaped);
     const colon = skipSpace(text, keyEnd);
     if (text.charCodeAt(colon) !== COLON) return FAIL;
     return colon + 1;
