@@ -82,6 +82,7 @@ export function mutatePattern(spec) {
 /** Each module where a silent bug is a security or protocol bug, with the in-process tests that must catch it. */
 export const SCOPES = {
   'json-member': { mutate: ['src/protocol/json-member.ts'], tests: ['test/json-member.test.ts'] },
+  'json-scan': { mutate: ['src/protocol/json-scan.ts'], tests: ['test/json-scan.test.ts'] },
   'rate-limiter': { mutate: ['src/shard/rate-limiter.ts'], tests: ['test/rate-limiter.test.ts', 'test/rate-limit.test.ts'] },
   relay: { mutate: ['src/shard/relay.ts'], tests: ['test/relay.unit.test.ts'] },
   backpressure: { mutate: ['src/shard/backpressure.ts'], tests: ['test/backpressure.unit.test.ts', 'test/relay.unit.test.ts'] },

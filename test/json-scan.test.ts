@@ -84,6 +84,11 @@ test('hand-picked cases agree with JSON.parse and memberText', () => {
     '{"payload":{}}',
     '{"payload":[]}',
     '{"payload":{},"x":1}',
+    // An empty container closing after `payload` (or `type`), under another key or deeper: it must not end their spans (a mutant that did survived the seeded corpus).
+    '{"payload":1,"a":{}}',
+    '{"payload":"p","a":[]}',
+    '{"type":"t","payload":[1],"z":{"y":[]}}',
+    '{"payload":{"a":1},"b":[[]]}',
     '{"a":{"type":"inner","payload":1}}',
     '{"type":"x"} ',
     '{"type":"x"}x',
