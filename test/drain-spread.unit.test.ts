@@ -7,20 +7,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { closeAt, closeSpread, shuffle } from '../src/shard/drain-spread.ts';
-
-/** A seeded generator (mulberry32), so that an order is the same on every run. */
-function seeded(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from './helpers/mulberry32.ts';
 
 test('shuffle: a permutation of its input, and not the identity', () => {
   const items = Array.from({ length: 100 }, (_, i) => i);
-  const order = shuffle([...items], seeded(7));
+  const order = shuffle([...items], mulberry32(7));
   assert.deepEqual(
     [...order].sort((a, b) => a - b),
     items,
@@ -53,18 +44,18 @@ test('closeAt: even over the window, the first at once and the last one step bef
 
 test('closeSpread: with no window every close is called before it returns, each once, in the random order', async () => {
   const closed: number[] = [];
-  const done = closeSpread([1, 2, 3, 4, 5], 0, (n) => closed.push(n), seeded(3));
+  const done = closeSpread([1, 2, 3, 4, 5], 0, (n) => closed.push(n), mulberry32(3));
   assert.equal(closed.length, 5, 'synchronously');
-  assert.deepEqual(closed, shuffle([1, 2, 3, 4, 5], seeded(3)));
+  assert.deepEqual(closed, shuffle([1, 2, 3, 4, 5], mulberry32(3)));
   await done;
 });
 
 test('closeSpread: over a window, each close is called once and the promise resolves after the last', async () => {
   const items = Array.from({ length: 30 }, (_, i) => i);
   const closed: number[] = [];
-  const done = closeSpread(items, 60, (n) => closed.push(n), seeded(11));
+  const done = closeSpread(items, 60, (n) => closed.push(n), mulberry32(11));
   assert.equal(closed.length, 1, 'the first at once, the others later');
   await done;
-  assert.deepEqual(closed, shuffle([...items], seeded(11)));
+  assert.deepEqual(closed, shuffle([...items], mulberry32(11)));
   await closeSpread([], 60, () => assert.fail('nothing to close'));
 });

@@ -7,18 +7,7 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { EventRing, MAX_PAGE_BYTES, MIN_PAGE_BYTES, PAGES, SLOT_BYTES } from '../src/shard/event-ring.ts';
-
-/** A small seeded PRNG (mulberry32): the same sequence on every run. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from './helpers/mulberry32.ts';
 
 interface Kept {
   offset: number;
@@ -41,7 +30,7 @@ function assertSame(ring: EventRing, model: Kept[]): void {
 }
 
 test('pushes, shifts, moves and trims in any order: every event reads back as kept, in order (against an array, 20,000 random steps)', () => {
-  const next = random(21);
+  const next = mulberry32(21);
   const ring = new EventRing();
   const model: Kept[] = [];
   let offset = 0;
@@ -166,7 +155,7 @@ function poisonGivenPages(t: TestContext): { given: () => number } {
 
 test('rings sharing the pool, under pushes (empty texts, texts at and over page sizes, over the largest page), shifts, trims and clears: no page goes back while an event uses it, and what each holds stays within its bounds (seeded, 12,000 steps)', (t) => {
   const pages = poisonGivenPages(t);
-  const next = random(23);
+  const next = mulberry32(23);
   const rings = Array.from({ length: 4 }, () => ({ ring: new EventRing(), model: [] as Kept[] }));
   // Lengths around each page size (a text just over half a page, just over a page), and over the largest one.
   const edges = [0, 1, MIN_PAGE_BYTES - 1, MIN_PAGE_BYTES, MIN_PAGE_BYTES + 1, 2049, 4097, 16 * 1024 + 1, 32 * 1024 + 1, MAX_PAGE_BYTES, MAX_PAGE_BYTES + 1];
@@ -247,7 +236,7 @@ test("the sweep's trim packs a ring once: packed, the next trim moves nothing, a
 
 test('trim, on rings of texts up to over the largest page: never holds more after than before, and a second trim takes no page (seeded, 3,000 rings)', (t) => {
   const pool = countTakes(t);
-  const next = random(25);
+  const next = mulberry32(25);
   for (let n = 0; n < 3000; n++) {
     const ring = new EventRing();
     const lengths = Array.from({ length: 1 + Math.floor(next() * 8) }, () =>

@@ -21,21 +21,15 @@ import { desktopOnShard } from './helpers/api.ts';
 import { fnv1a32 } from '../src/protocol/hash.ts';
 import { SERVER_ONLY_TOPIC_TYPES, TopicErrorCode } from '../src/protocol/topics.ts';
 import { connectTopics, expectOp, subscribe } from './helpers/topics.ts';
+import { mulberry32 } from './helpers/mulberry32.ts';
 
 // A fixed default keeps CI reproducible; set FUZZ_SEED to explore other inputs.
 const SEED = Number(process.env.FUZZ_SEED ?? 20261122);
 console.log(`# fuzz seed ${SEED} (replay with FUZZ_SEED=${SEED})`);
 
-/** mulberry32: small, fast, seedable. */
+/** A seeded generator (helpers/mulberry32.ts) with the draws the fuzzer uses. */
 function rng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const next = mulberry32(seed);
   return {
     next,
     int: (n: number) => Math.floor(next() * n),

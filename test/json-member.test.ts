@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { memberText } from '../src/protocol/json-member.ts';
+import { mulberry32 } from './helpers/mulberry32.ts';
 
 test('finds a member as written, whatever surrounds it', () => {
   assert.equal(memberText('{"type":"a","payload":{"x":[1,2,{"y":"}\\"]"}]}}', 'payload'), '{"x":[1,2,{"y":"}\\"]"}]}');
@@ -19,16 +20,6 @@ test('finds a member as written, whatever surrounds it', () => {
   assert.equal(memberText('{"type":"x","a":{"payload":1}}', 'payload'), undefined);
   assert.equal(memberText('{}', 'payload'), undefined);
 });
-
-/** A small deterministic PRNG (mulberry32), so a failure names its seed. */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const STRINGS = ['', 'payload', '"', '\\', '}', ']', '{[', ',:', 'é', '\u2028', '\ud83d\ude00', 'a"b\\c'];
 const SPACES = ['', ' ', '\n', '\t ', '\r\n'];
@@ -52,7 +43,7 @@ function randomText(next: () => number, depth: number): string {
 }
 
 test('agrees with JSON.parse on 5,000 random objects', () => {
-  const next = rng(11);
+  const next = mulberry32(11);
   let found = 0;
   for (let i = 0; i < 5000; i++) {
     let text = randomText(next, 0);

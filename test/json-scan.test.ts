@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { memberText } from '../src/protocol/json-member.ts';
 import { JsonScanner, Scan, type ScanValue } from '../src/protocol/json-scan.ts';
+import { mulberry32 } from './helpers/mulberry32.ts';
 
 const scanner = new JsonScanner();
 
@@ -148,18 +149,8 @@ test('hand-picked cases agree with JSON.parse and memberText', () => {
   agree(`{"payload":${'['.repeat(500)}${']'.repeat(499)},"type":"deep"}`);
 });
 
-/** A small seeded generator (mulberry32). */
-function random(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 test('a seeded corpus of generated JSON, and of mutations of it, agrees with JSON.parse and memberText', () => {
-  const rand = random(20261207);
+  const rand = mulberry32(20261207);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(rand() * items.length)]!;
   const space = () => (rand() < 0.8 ? '' : pick([' ', '\n', '\t', '\r', '  ']));
   const keys = ['type', 'payload', 'a', 'x', 'pay\\u006coad', '\\u0074ype', 'typ', 'payloads', ''];
@@ -399,7 +390,7 @@ test('two scanners keep apart: scans on one leave what the other found', () => {
  * mutated a character at a time.
  */
 function grammarCorpus(seed: number): () => string {
-  const rand = random(seed);
+  const rand = mulberry32(seed);
   const int = (n: number) => Math.floor(rand() * n);
   const pick = <T>(items: readonly T[]): T => items[int(items.length)]!;
   let faultRate = 0;

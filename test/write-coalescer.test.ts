@@ -16,6 +16,7 @@ import { PACE_MIN_MS, PACE_ON_SAMPLES } from '../src/shard/pace-control.ts';
 import { SHARED_FRAME_BYTES } from '../src/shard/shared-frames.ts';
 import { MIN_SLAB_BYTES, type SlabPool } from '../src/shard/slab-pool.ts';
 import { MAX_OUTBOX_BYTES, SLAB_DECAY_MS, WriteCoalescer, type Outbound, type OutboundOwner } from '../src/shard/write-coalescer.ts';
+import { mulberry32 } from './helpers/mulberry32.ts';
 
 /** A connected loopback pair: `local` is written to, `remote` collects what arrives, read by read. */
 async function socketPair(t: TestContext): Promise<{ local: Socket; reads: Buffer[]; ended: Promise<Buffer> }> {
@@ -624,15 +625,7 @@ test('every byte in order whatever happens between turns (seeded): bursts past M
   const metrics = new MetricsSlot(createMetricsBuffer(0), 0);
   const out = new WriteCoalescer(metrics, { pacing: 'always', paceIntervalMs: 8, paceAbove: 100, rateWindowMs: 20 });
   t.after(() => out.stop());
-  const next = (() => {
-    let a = 31;
-    return () => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let r = Math.imul(a ^ (a >>> 15), a | 1);
-      r ^= r + Math.imul(r ^ (r >>> 7), r | 61);
-      return ((r ^ (r >>> 14)) >>> 0) / 4294967296;
-    };
-  })();
+  const next = mulberry32(31);
   const sessions = await Promise.all(
     [0, 1, 2].map(async () => {
       const pair = await socketPair(t);
