@@ -15,7 +15,7 @@ import { signAccessToken } from '../src/auth/token.ts';
 import { DEV_SECRET_FILE, parseDuration, resolveServeConfig, SERVE_OPTIONS, type ServeConfig } from '../src/config.ts';
 import type { TableSpec } from '../src/option-parsers.ts';
 import { ConfigError } from '../src/errors.ts';
-import { ensureProcessSetup } from '../src/process-setup.ts';
+import { ensureProcessSetup, profiled } from '../src/process-setup.ts';
 import { readDevSecret } from '../src/auth/dev-secret.ts';
 import { startServer } from '../src/server.ts';
 import { writeFileSync } from 'node:fs';
@@ -75,7 +75,7 @@ const serveOptions = addOptionTable(serve, SERVE_OPTIONS);
 serve.action(async (opts: Record<string, string | boolean | undefined>) => {
   const config: ServeConfig = resolveOrExit(() => resolveServeConfig(serveOptions(opts)));
   // Before anything starts: the allocator and V8 read these settings at process start, so this may start the process again.
-  ensureProcessSetup(config.gcThreads, config.workers);
+  const lacking = ensureProcessSetup(config.gcThreads, config.workers);
   let stopping = false;
   let exitCode = 0;
   const stop = (signal: string) => {
@@ -100,6 +100,8 @@ serve.action(async (opts: Record<string, string | boolean | undefined>) => {
     exitCode = EXIT_USAGE;
     stop(code);
   });
+  // Under a profiler (or without execve) the process could not be started again with these: said once, then it runs as started.
+  if (lacking.length > 0) server.log.warn('process_setup_incomplete', { lacking, reason: profiled() ? 'profiler' : 'no_execve' });
   if (config.dev) printDevBanner(server.address.address, server.address.port, server.config.jwtSecret);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

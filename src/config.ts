@@ -97,6 +97,8 @@ export interface ServeConfig {
   slowConsumerTimeoutMs: number;
   /** Whether V8 collects on helper threads or on the thread that allocated (process-setup.ts). */
   gcThreads: GcThreadsMode;
+  /** Niceness V8's helper threads run at, 0 (left alone) to 19 (src/process-setup.ts). */
+  v8HelperNice: number;
   /** When sockets that receive fast are written once per pace interval instead of once per turn (write-coalescer.ts). */
   pacing: PacingMode;
   /** The interval (`always`), or the longest one (`auto`). */
@@ -552,6 +554,15 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     description:
       "where V8 collects garbage: parallel (V8's helper threads too), single (on the thread that allocated, Node's --single-threaded-gc: more throughput at the ceiling, a longer tail at light load), auto (single when there are at least as many shards as cores this process may use)",
     parse: oneOf(GC_THREADS_MODES),
+  },
+  {
+    key: 'v8HelperNice',
+    flags: '--v8-helper-nice <n>',
+    env: 'MOODIO_RT_V8_HELPER_NICE',
+    default: '19',
+    description:
+      "niceness of V8's helper threads (optimizing compiles, GC helpers), 0 to 19: on a busy core the shards run first and the helpers in what the shards leave; 0 leaves them as Node starts them (Linux only)",
+    parse: intIn(0, 19),
   },
   {
     key: 'pacing',

@@ -45,8 +45,31 @@
  * With the triggers, marking starts once half of the room is used (at
  * once past 80%): the same limit, so no more memory, and 3–5 markings in a
  * 7 s run instead of 15–60. An operator's own value of either flag is kept.
+ *
+ * **Under a profiler, no re-exec.** Node's sampling profilers (`--cpu-prof`,
+ * `--prof`) signal the process with SIGPROF; one pending at the `execve`
+ * kills the new image, whose SIGPROF action is the default
+ * ("Profiling timer expired"). Started with one of them, `serve` runs as it
+ * was started and says what it lacks ({@link ensureProcessSetup}'s result):
+ * an operator who profiles sets the variable and the flags himself.
+ *
+ * **V8's helper threads run after the shards** ({@link lowerV8Helpers},
+ * `--v8-helper-nice`). Node's V8 platform has a few helper threads (four;
+ * `node-V8Worker` on Linux) that every isolate of the process shares: they
+ * run optimizing compiles and the parallel and concurrent parts of GC. On a
+ * core a shard also needs, the kernel shares it between them: a TurboFan
+ * job of 20–25 ms (a relay's hot functions, inlined, take that) left the
+ * shard half of its core for 40–50 ms. At medium load on one pinned core,
+ * that made the slowest deliveries of a fresh server's first seconds
+ * 16–31 ms instead of 5–14, more so with history on, whose code is more to
+ * compile. At niceness 19 a helper gets what the shards leave (CFS weights
+ * 15 against 1024): p99 3.4–4.9 ms against 6.2–14.2, and no worse at
+ * 1M deliveries/s, where the shard left the helpers enough to finish their
+ * marking (docs/performance.md, V8's helpers after the shards). A core
+ * with nothing else to run still runs them at full speed.
  */
-import { availableParallelism } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
+import { availableParallelism, setPriority } from 'node:os';
 import type { GcThreadsMode } from './config.ts';
 
 /** The environment `serve` runs under. */
@@ -84,15 +107,54 @@ export function missingSetup(
   return { env: missingEnv, nodeFlags };
 }
 
+/** Node flags that start a sampling profiler (SIGPROF): a re-exec under one can be killed by a pending signal. */
+const PROFILER_FLAGS: ReadonlySet<string> = new Set(['--cpu-prof', '--prof']);
+
+/** Whether `execArgv` starts a sampling profiler (flags with dashes or underscores, with or without a value). */
+export function profiled(execArgv: readonly string[] = process.execArgv): boolean {
+  return execArgv.some((flag) => PROFILER_FLAGS.has(flagName(flag)));
+}
+
 /**
  * Re-execute this process with what {@link missingSetup} finds missing;
- * returns only when nothing is (or when the platform cannot re-execute:
- * then the server runs as it was started). A flag the operator gave Node is
- * never taken away: `parallel` does not remove `--single-threaded-gc`.
+ * returns only when nothing is, or when it cannot re-execute: then the
+ * server runs as it was started, and the result lists what it runs without
+ * (for the caller to log) — the platform has no `execve`, or a profiler
+ * runs (above). A flag the operator gave Node is never taken away:
+ * `parallel` does not remove `--single-threaded-gc`.
  */
-export function ensureProcessSetup(mode: GcThreadsMode, workers: number): void {
+export function ensureProcessSetup(mode: GcThreadsMode, workers: number): string[] {
   const missing = missingSetup(mode, workers);
-  if (Object.keys(missing.env).length === 0 && missing.nodeFlags.length === 0) return;
-  if (typeof process.execve !== 'function') return;
+  const lacking = [...Object.entries(missing.env).map(([k, v]) => `${k}=${v}`), ...missing.nodeFlags];
+  if (lacking.length === 0) return lacking;
+  if (typeof process.execve !== 'function' || profiled()) return lacking;
   process.execve(process.execPath, [process.execPath, ...process.execArgv, ...missing.nodeFlags, ...process.argv.slice(1)], { ...process.env, ...missing.env });
+  return lacking; // not reached: execve replaces the process, or throws
+}
+
+/** What Linux calls the threads of Node's V8 platform (`/proc/<pid>/task/<tid>/comm`). */
+export const V8_HELPER_COMM = 'node-V8Worker';
+
+/**
+ * Set the niceness of this process's V8 helper threads to `nice` (0: leave
+ * them); the number of threads it set. Linux only (elsewhere 0): a thread
+ * id is a pid to `setpriority`, and raising one's own niceness needs no
+ * privilege. The helpers are made at process start, before any shard, so
+ * one call covers them all.
+ */
+export function lowerV8Helpers(nice: number, taskDir = '/proc/self/task'): number {
+  if (nice === 0 || process.platform !== 'linux') return 0;
+  let lowered = 0;
+  for (const tid of readdirSync(taskDir)) {
+    let comm: string;
+    try {
+      comm = readFileSync(`${taskDir}/${tid}/comm`, 'latin1').trim();
+    } catch {
+      continue; // ended since the listing
+    }
+    if (comm !== V8_HELPER_COMM) continue;
+    setPriority(Number(tid), nice);
+    lowered++;
+  }
+  return lowered;
 }

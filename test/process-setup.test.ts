@@ -6,10 +6,10 @@
  * (same pid) when either is missing, and leaves an operator's own values alone.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { availableParallelism } from 'node:os';
-import { ALLOCATOR_ENV, MARKING_TRIGGERS, missingSetup, SINGLE_THREADED_GC, singleThreadedGc } from '../src/process-setup.ts';
+import { ALLOCATOR_ENV, MARKING_TRIGGERS, missingSetup, profiled, SINGLE_THREADED_GC, singleThreadedGc, V8_HELPER_COMM } from '../src/process-setup.ts';
 import { startServer } from './helpers/server.ts';
 
 const environOf = (pid: number): Map<string, string> =>
@@ -110,4 +110,85 @@ test('singleThreadedGc and missingSetup decide from the mode, the shards and the
   assert.deepEqual(missingSetup('parallel', 1, set, ['--incremental-marking-hard-trigger=90']).nodeFlags, [MARKING_TRIGGERS[0]]);
   assert.deepEqual(missingSetup('parallel', 1, set, ['--incremental_marking_soft_trigger=10', '--max-semi-space-size=4']).nodeFlags, [MARKING_TRIGGERS[1]]);
   if (process.platform === 'linux') assert.deepEqual(missingSetup('parallel', 1, {}, []).env, ALLOCATOR_ENV);
+});
+
+test('under --cpu-prof serve runs as started (a re-exec could die of a pending SIGPROF) and logs what it lacks', {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  const { mkdtempSync, readdirSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-prof-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // A 50 µs sampling interval: with a re-exec, a SIGPROF pending at the execve killed the new image ("Profiling timer expired").
+  const server = await startServer(t, {
+    workers: 1,
+    env: { MALLOC_MMAP_THRESHOLD_: undefined },
+    nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-interval', '50'],
+  });
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/health`)).status, 200);
+  const flags = nodeFlagsOf(server.child.pid!);
+  assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `re-executed: ${flags.join(' ')}`);
+  const warned = server.logs.find((l) => l.event === 'process_setup_incomplete');
+  assert.equal(warned?.reason, 'profiler');
+  assert.deepEqual(warned?.lacking, [`MALLOC_MMAP_THRESHOLD_=${ALLOCATOR_ENV.MALLOC_MMAP_THRESHOLD_}`, ...MARKING_TRIGGERS]);
+  // The profile is written at exit, by the process that was started.
+  await server.stop();
+  assert.ok(
+    readdirSync(dir).some((f) => f.endsWith('.cpuprofile')),
+    readdirSync(dir).join(', '),
+  );
+});
+
+test('profiled: the sampling profilers, with dashes or underscores, with or without a value', () => {
+  assert.equal(profiled(['--cpu-prof']), true);
+  assert.equal(profiled(['--max-semi-space-size=4', '--cpu_prof']), true);
+  assert.equal(profiled(['--prof']), true);
+  assert.equal(profiled(['--heap-prof']), false);
+  assert.equal(profiled(['--cpu-prof-dir=/tmp', '--max-semi-space-size=4']), false);
+  assert.equal(profiled([]), false);
+});
+
+/** Niceness of each thread of `pid` named `comm` (field 19 of /proc/<pid>/task/<tid>/stat). */
+const niceOf = (pid: number, comm: string): number[] =>
+  readdirSync(`/proc/${pid}/task`)
+    .filter((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, 'latin1').trim() === comm)
+    .map((tid) => Number(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]));
+
+test("V8's helper threads run at niceness 19 by default, the shards and the primary at 0; --v8-helper-nice 0 leaves them alone", {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  const byDefault = await startServer(t, { workers: 2 });
+  const helpers = niceOf(byDefault.child.pid!, V8_HELPER_COMM);
+  assert.ok(helpers.length > 0, 'no V8 helper thread found');
+  assert.deepEqual(
+    helpers,
+    helpers.map(() => 19),
+  );
+  assert.deepEqual(niceOf(byDefault.child.pid!, 'moodio-rt shard'), [0, 0]);
+  assert.deepEqual(niceOf(byDefault.child.pid!, 'node-MainThread'), [0]);
+  const listening = byDefault.logs.find((l) => l.event === 'listening');
+  assert.equal(listening?.v8HelperNice, 19);
+  assert.equal(listening?.v8HelpersLowered, helpers.length);
+  const left = await startServer(t, { workers: 1, args: ['--v8-helper-nice', '0'] });
+  assert.deepEqual(
+    niceOf(left.child.pid!, V8_HELPER_COMM),
+    helpers.map(() => 0),
+  );
+  assert.equal(left.logs.find((l) => l.event === 'listening')?.v8HelpersLowered, 0);
+  const some = await startServer(t, { workers: 1, env: { MOODIO_RT_V8_HELPER_NICE: '7' } });
+  assert.deepEqual(
+    niceOf(some.child.pid!, V8_HELPER_COMM),
+    helpers.map(() => 7),
+  );
+});
+
+test('an out-of-range --v8-helper-nice is refused at start, naming the option', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { CLI } = await import('./helpers/server.ts');
+  for (const bad of ['20', '-1', 'low']) {
+    const run = spawnSync(process.execPath, [CLI, 'serve', '--dev', '--port', '0', '--v8-helper-nice', bad], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(run.status, 2, bad);
+    assert.match(run.stderr, /--v8-helper-nice/);
+  }
 });

@@ -16,7 +16,7 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { CROWD, MemoryRelease, releasedFields } from '../memory-release.ts';
-import { SINGLE_THREADED_GC } from '../process-setup.ts';
+import { lowerV8Helpers, SINGLE_THREADED_GC } from '../process-setup.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
 import { ApiServer } from './api-server.ts';
 import { demoResponse } from './demo.ts';
@@ -96,6 +96,8 @@ export class Primary {
   private agingTimer: NodeJS.Timeout | null = null;
   private closing = false;
   private stopSampling: () => void = () => {};
+  /** V8 helper threads set to `--v8-helper-nice` at start (process-setup.ts). */
+  private helpersLowered = 0;
   /** Refusals are caused at will by peers: logged at a bounded rate. */
   private readonly rejections = new LogBudget(REJECTION_LOG_PER_SECOND);
   /** WebSocket handshakes by client address (--handshake-rate-per-address). */
@@ -135,6 +137,7 @@ export class Primary {
   /** Start the shards, then listen. Resolves with the bound address. */
   async start(): Promise<AddressInfo> {
     await this.pool.start();
+    this.helpersLowered = lowerV8Helpers(this.config.v8HelperNice);
     this.stopSampling = sampleThreadStats(this.pool.primaryMetrics);
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
@@ -149,6 +152,8 @@ export class Primary {
       port: address.port,
       workers: this.pool.size,
       gcThreads: process.execArgv.includes(SINGLE_THREADED_GC) ? 'single' : 'parallel',
+      v8HelperNice: this.config.v8HelperNice,
+      v8HelpersLowered: this.helpersLowered,
     });
     return address;
   }
