@@ -345,3 +345,21 @@ test('newestFrame: the frame of the event just stamped, from the bytes kept, equ
   t.after(() => none.stop());
   assert.equal(none.newestFrame('room', none.stamp('room', '{"a":1}', false)), null);
 });
+
+test('encodeOffsetFrame writes the offset member byte by byte: equal to encoding the text with it, for offsets of every digit count and across header sizes', async () => {
+  const { encodeTextFrame, encodeOffsetFrame } = await import('../src/protocol/frame.ts');
+  const { withOffset } = await import('../src/protocol/event-frames.ts');
+  const offsets = [0, 1, 9, 10, 99, 100, 12_345, 2 ** 31 - 1, 2 ** 31, 2 ** 32 + 1, 10 ** 15, Number.MAX_SAFE_INTEGER];
+  // Lengths just under and over each header size's bound once the member is added (125/126, 65535/65536 bytes of text).
+  const bodies = ['{"a":1}', `{"x":"é€😀"}`, `{"p":"${'y'.repeat(100)}"}`, `{"p":"${'y'.repeat(65_490)}"}`];
+  for (const body of bodies) {
+    const source = Buffer.concat([Buffer.from('garbage before'), Buffer.from(body), Buffer.from('after')]);
+    const start = 'garbage before'.length;
+    const end = start + Buffer.byteLength(body) - 1; // without the closing brace
+    for (const offset of offsets) {
+      const frame = encodeOffsetFrame(source, start, end, offset);
+      const expected = encodeTextFrame(withOffset(body, offset));
+      assert.ok(frame.equals(expected), `offset ${offset}, a body of ${body.length} characters: ${frame.subarray(-30).toString('latin1')}`);
+    }
+  }
+});

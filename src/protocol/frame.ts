@@ -18,17 +18,33 @@ export function encodeTextFrame(text: string): Buffer {
   return frame;
 }
 
+/** `,"offset":` as bytes, the start of the member {@link encodeOffsetFrame} appends. */
+const OFFSET_MEMBER = Buffer.from(',"offset":', 'latin1');
+
 /**
  * A text frame whose text is the UTF-8 bytes `source[start, end)` followed
- * by `tail` (ASCII): a kept event's bytes and its offset member
- * (`,"offset":N}`), without making the text a string again.
+ * by `,"offset":N}`: a kept event's bytes (its text without the closing
+ * brace) and its offset member, without making the text a string again.
+ * The digits are written byte by byte: a template string and a `latin1`
+ * write cost ~115 ns a frame, half of the function (`offset` is a
+ * non-negative safe integer, as history offsets are).
  */
-export function encodeBytesFrame(source: Buffer, start: number, end: number, tail: string): Buffer {
-  const length = end - start + tail.length;
+export function encodeOffsetFrame(source: Buffer, start: number, end: number, offset: number): Buffer {
+  let digits = 1;
+  for (let n = offset; n >= 10; n = Math.floor(n / 10)) digits++;
+  const length = end - start + OFFSET_MEMBER.length + digits + 1;
   const frame = frameFor(length);
-  const at = frame.length - length;
+  let at = frame.length - length;
   source.copy(frame, at, start, end);
-  frame.write(tail, at + end - start, 'latin1');
+  at += end - start;
+  for (let i = 0; i < OFFSET_MEMBER.length; i++) frame[at + i] = OFFSET_MEMBER[i]!;
+  at += OFFSET_MEMBER.length;
+  let n = offset;
+  for (let i = at + digits - 1; i >= at; i--) {
+    frame[i] = 48 + (n % 10);
+    n = Math.floor(n / 10);
+  }
+  frame[at + digits] = 0x7d; // }
   return frame;
 }
 

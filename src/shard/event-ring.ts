@@ -36,7 +36,7 @@
  * Reading an event makes its text a string again: that is a resume's cost,
  * never the live path's.
  */
-import { encodeBytesFrame } from '../protocol/frame.ts';
+import { encodeOffsetFrame } from '../protocol/frame.ts';
 import type { LogEntry } from './room-log.ts';
 
 import { SlabPool } from './slab-pool.ts';
@@ -149,7 +149,7 @@ export class EventRing {
   newestFrame(offset: number): Buffer {
     const slot = (this.head + this.count - 1) & this.mask;
     const place = this.places[slot]!;
-    return encodeBytesFrame(this.pages[(this.pageOf[slot]! - this.firstPage) >>> 0]!, place, place + this.lengths[slot]! - 1, `,"offset":${offset}}`);
+    return encodeOffsetFrame(this.pages[(this.pageOf[slot]! - this.firstPage) >>> 0]!, place, place + this.lengths[slot]! - 1, offset);
   }
 
   /** The i-th event, its text a string again. */
