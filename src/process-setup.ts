@@ -137,24 +137,29 @@ export const V8_HELPER_COMM = 'node-V8Worker';
 
 /**
  * Set the niceness of this process's V8 helper threads to `nice` (0: leave
- * them); the number of threads it set. Linux only (elsewhere 0): a thread
+ * them); the number of threads it set (the `listening` log says it, so 0
+ * where it could set none is visible). Linux only (elsewhere 0): a thread
  * id is a pid to `setpriority`, and raising one's own niceness needs no
  * privilege. The helpers are made at process start, before any shard, so
  * one call covers them all.
  */
 export function lowerV8Helpers(nice: number, taskDir = '/proc/self/task'): number {
   if (nice === 0 || process.platform !== 'linux') return 0;
+  let tids: string[];
+  try {
+    tids = readdirSync(taskDir);
+  } catch {
+    return 0; // no /proc here (a sandbox): the helpers keep Node's priority
+  }
   let lowered = 0;
-  for (const tid of readdirSync(taskDir)) {
-    let comm: string;
+  for (const tid of tids) {
     try {
-      comm = readFileSync(`${taskDir}/${tid}/comm`, 'latin1').trim();
+      if (readFileSync(`${taskDir}/${tid}/comm`, 'latin1').trim() !== V8_HELPER_COMM) continue;
+      setPriority(Number(tid), nice);
+      lowered++;
     } catch {
-      continue; // ended since the listing
+      // The thread ended since the listing, or a seccomp policy refuses setpriority: not a reason to stop the server.
     }
-    if (comm !== V8_HELPER_COMM) continue;
-    setPriority(Number(tid), nice);
-    lowered++;
   }
   return lowered;
 }

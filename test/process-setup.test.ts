@@ -6,10 +6,19 @@
  * (same pid) when either is missing, and leaves an operator's own values alone.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { test } from 'node:test';
 import { availableParallelism } from 'node:os';
-import { ALLOCATOR_ENV, MARKING_TRIGGERS, missingSetup, profiled, SINGLE_THREADED_GC, singleThreadedGc, V8_HELPER_COMM } from '../src/process-setup.ts';
+import {
+  ALLOCATOR_ENV,
+  lowerV8Helpers,
+  MARKING_TRIGGERS,
+  missingSetup,
+  profiled,
+  SINGLE_THREADED_GC,
+  singleThreadedGc,
+  V8_HELPER_COMM,
+} from '../src/process-setup.ts';
 import { startServer } from './helpers/server.ts';
 
 const environOf = (pid: number): Map<string, string> =>
@@ -190,5 +199,18 @@ test('an out-of-range --v8-helper-nice is refused at start, naming the option', 
     const run = spawnSync(process.execPath, [CLI, 'serve', '--dev', '--port', '0', '--v8-helper-nice', bad], { encoding: 'utf8', timeout: 20_000 });
     assert.equal(run.status, 2, bad);
     assert.match(run.stderr, /--v8-helper-nice/);
+  }
+});
+
+test('lowerV8Helpers: 0 leaves every thread alone; a task directory it cannot read, or a thread that ended, is no error', () => {
+  assert.equal(lowerV8Helpers(0), 0);
+  assert.equal(lowerV8Helpers(19, '/nonexistent/task'), 0);
+  // A listing whose entries vanished: each read fails, none is set, nothing throws.
+  const dir = mkdtempSync('/tmp/moodio-rt-task-');
+  try {
+    mkdirSync(`${dir}/123456789`);
+    assert.equal(lowerV8Helpers(19, dir), 0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });
