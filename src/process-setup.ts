@@ -49,9 +49,10 @@
  * **Under a profiler, no re-exec.** Node's sampling profilers (`--cpu-prof`,
  * `--prof`) signal the process with SIGPROF; one pending at the `execve`
  * kills the new image, whose SIGPROF action is the default
- * ("Profiling timer expired"). Started with one of them, `serve` runs as it
- * was started and says what it lacks ({@link ensureProcessSetup}'s result):
- * an operator who profiles sets the variable and the flags himself.
+ * ("Profiling timer expired"). Started with one of them (as a flag, or in
+ * `NODE_OPTIONS`, which the re-exec keeps), `serve` runs as it was started
+ * and says what it lacks ({@link ensureProcessSetup}'s result): an operator
+ * who profiles sets the variable and the flags himself.
  *
  * **V8's helper threads run after the shards** ({@link lowerV8Helpers},
  * `--v8-helper-nice`). Node's V8 platform has a few helper threads (four;
@@ -110,9 +111,15 @@ export function missingSetup(
 /** Node flags that start a sampling profiler (SIGPROF): a re-exec under one can be killed by a pending signal. */
 const PROFILER_FLAGS: ReadonlySet<string> = new Set(['--cpu-prof', '--prof']);
 
-/** Whether `execArgv` starts a sampling profiler (flags with dashes or underscores, with or without a value). */
-export function profiled(execArgv: readonly string[] = process.execArgv): boolean {
-  return execArgv.some((flag) => PROFILER_FLAGS.has(flagName(flag)));
+/**
+ * Whether Node was started with a sampling profiler: in `execArgv`, or in
+ * `NODE_OPTIONS`, which Node reads without showing it in `execArgv` and
+ * which a re-exec keeps (flags with dashes or underscores, quoted or not,
+ * with or without a value).
+ */
+export function profiled(execArgv: readonly string[] = process.execArgv, nodeOptions = process.env.NODE_OPTIONS ?? ''): boolean {
+  const fromEnv = nodeOptions.split(/\s+/).map((word) => word.replaceAll('"', ''));
+  return [...execArgv, ...fromEnv].some((flag) => PROFILER_FLAGS.has(flagName(flag)));
 }
 
 /**

@@ -138,10 +138,33 @@ test('under --cpu-prof serve runs as started (a re-exec could die of a pending S
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/health`)).status, 200);
   const flags = nodeFlagsOf(server.child.pid!);
   assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `re-executed: ${flags.join(' ')}`);
-  const warned = server.logs.find((l) => l.event === 'process_setup_incomplete');
+  const warned = await server.waitForLog((l) => l.event === 'process_setup_incomplete');
   assert.equal(warned?.reason, 'profiler');
   assert.deepEqual(warned?.lacking, [`MALLOC_MMAP_THRESHOLD_=${ALLOCATOR_ENV.MALLOC_MMAP_THRESHOLD_}`, ...MARKING_TRIGGERS]);
   // The profile is written at exit, by the process that was started.
+  await server.stop();
+  assert.ok(
+    readdirSync(dir).some((f) => f.endsWith('.cpuprofile')),
+    readdirSync(dir).join(', '),
+  );
+});
+
+test('under NODE_OPTIONS=--cpu-prof too, serve runs as started: the re-executed image inherits the variable, and a pending SIGPROF killed it', {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-prof-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // Node takes --cpu-prof from NODE_OPTIONS (not --prof): it is not in process.execArgv, and the re-exec kept it.
+  const server = await startServer(t, {
+    workers: 1,
+    env: { MALLOC_MMAP_THRESHOLD_: undefined, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir="${dir}" --cpu-prof-interval=50` },
+  });
+  const flags = nodeFlagsOf(server.child.pid!);
+  assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `re-executed: ${flags.join(' ')}`);
+  const warned = await server.waitForLog((l) => l.event === 'process_setup_incomplete');
+  assert.equal(warned?.reason, 'profiler');
   await server.stop();
   assert.ok(
     readdirSync(dir).some((f) => f.endsWith('.cpuprofile')),
@@ -156,6 +179,11 @@ test('profiled: the sampling profilers, with dashes or underscores, with or with
   assert.equal(profiled(['--heap-prof']), false);
   assert.equal(profiled(['--cpu-prof-dir=/tmp', '--max-semi-space-size=4']), false);
   assert.equal(profiled([]), false);
+  // NODE_OPTIONS, which execArgv does not show: the flag alone, quoted, with underscores; a profiler's other flags are not one.
+  assert.equal(profiled([], '--max-old-space-size=512 --cpu-prof'), true);
+  assert.equal(profiled([], '"--cpu_prof" --cpu-prof-dir="/tmp/a b"'), true);
+  assert.equal(profiled([], '--cpu-prof-dir=/tmp --heap-prof'), false);
+  assert.equal(profiled([], ''), false);
 });
 
 /** Niceness of each thread of `pid` named `comm` (field 19 of /proc/<pid>/task/<tid>/stat). */
