@@ -15,8 +15,9 @@
  *   the server's own threads.
  *
  *   node bench/helper-nice.ts [--preset light] [--workers 1] [--pairs 2] [--nice 0,19] [--neighbour none|session|setsid]
+ *   node bench/helper-nice.ts --throughput [--rate 1110] …   (history-cost.ts's ~1M deliveries/s load instead of a preset)
  *
- * Writes bench/results/helper-nice-<date>-<commit>-<preset>-w<workers>-<neighbour>.{json,md}.
+ * Writes bench/results/helper-nice-<date>-<commit>-<preset or rate>-w<workers>-<neighbour>.{json,md}.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -37,6 +38,13 @@ const WORKERS = Number(option('--workers', '1'));
 const PAIRS = Number(option('--pairs', '2'));
 const NICES = option('--nice', '0,19').split(',');
 const NEIGHBOUR = option('--neighbour', 'none');
+const RATE = argv.includes('--throughput') ? Number(option('--rate', '1110')) : null;
+// history-cost.ts's throughput load: 50 rooms × 10, 2 senders per room at RATE (1,110/s: ~1M deliveries/s).
+const LOAD =
+  RATE === null
+    ? ['--preset', PRESET, '--warmup', '1s']
+    : ['--rooms', '50', '--users-per-room', '10', '--senders-per-room', '2', '--rate', String(RATE), '--duration', '5s', '--warmup', '2s'];
+const WORKLOAD = RATE === null ? PRESET : `rate${RATE}`;
 if (!['none', 'session', 'setsid'].includes(NEIGHBOUR)) throw new Error(`--neighbour must be none, session or setsid, got ${NEIGHBOUR}`);
 if (NICES.some((n) => !/^\d+$/.test(n) || Number(n) > 19)) throw new Error(`--nice takes values from 0 to 19, got ${NICES.join(',')}`);
 if (!Number.isInteger(WORKERS) || WORKERS < 1 || !Number.isInteger(PAIRS) || PAIRS < 1) throw new Error('--workers and --pairs must be positive integers');
@@ -75,7 +83,7 @@ for (let round = 1; round <= PAIRS; round++) {
           : spawn(NEIGHBOUR === 'setsid' ? 'setsid' : spinner[0]!, NEIGHBOUR === 'setsid' ? spinner : spinner.slice(1), { stdio: 'ignore' });
       cleanup.after(() => neighbour?.kill());
       const load = loadAverage();
-      const report = go.run(server.port, ['--preset', PRESET, '--warmup', '1s']);
+      const report = go.run(server.port, LOAD);
       const run: Run = {
         round,
         nice: Number(nice),
@@ -99,7 +107,7 @@ const command = `node bench/helper-nice.ts ${argv.join(' ')}`.trim();
 const md = [
   `# --v8-helper-nice — ${new Date().toISOString()}`,
   '',
-  `Machine: ${describeMachine(machine)}. ${pinned ? 'Pinned: server core 0, generator core 1.' : 'Not pinned.'} Preset ${PRESET}, \`--workers ${WORKERS}\`, neighbour: ${NEIGHBOUR}. Command: \`${command}\``,
+  `Machine: ${describeMachine(machine)}. ${pinned ? 'Pinned: server core 0, generator core 1.' : 'Not pinned.'} ${RATE === null ? `Preset ${PRESET}` : `50 rooms × 10, 2 senders per room at ${RATE}/s`}, \`--workers ${WORKERS}\`, neighbour: ${NEIGHBOUR}. Command: \`${command}\``,
   '',
   '| round | nice | helpers set | load (1/5/15 min) | delivered | p50 ms | p99 ms | p99.9 ms |',
   '|---|---|---|---|---|---|---|---|',
@@ -107,8 +115,8 @@ const md = [
 ];
 const dir = fileURLToPath(new URL('./results/', import.meta.url));
 mkdirSync(dir, { recursive: true });
-const name = `helper-nice-${new Date().toISOString().slice(0, 10)}-${machine.commit}-${PRESET}-w${WORKERS}-${NEIGHBOUR}`;
-writeFileSync(`${dir}${name}.json`, JSON.stringify({ machine, command, preset: PRESET, workers: WORKERS, neighbour: NEIGHBOUR, runs }, null, 2) + '\n');
+const name = `helper-nice-${new Date().toISOString().slice(0, 10)}-${machine.commit}-${WORKLOAD}-w${WORKERS}-${NEIGHBOUR}`;
+writeFileSync(`${dir}${name}.json`, JSON.stringify({ machine, command, load: LOAD, workers: WORKERS, neighbour: NEIGHBOUR, runs }, null, 2) + '\n');
 writeFileSync(`${dir}${name}.md`, md.join('\n') + '\n');
 process.stdout.write(md.join('\n') + '\n');
 process.stderr.write(`# wrote bench/results/${name}.{json,md}\n`);
