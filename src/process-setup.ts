@@ -63,11 +63,23 @@
  * shard half of its core for 40–50 ms. At medium load on one pinned core,
  * that made the slowest deliveries of a fresh server's first seconds
  * 16–31 ms instead of 5–14, more so with history on, whose code is more to
- * compile. At niceness 19 a helper gets what the shards leave (CFS weights
- * 15 against 1024): p99 3.4–4.9 ms against 6.2–14.2, and no worse at
- * 1M deliveries/s, where the shard left the helpers enough to finish their
- * marking (docs/performance.md, V8's helpers after the shards). A core
- * with nothing else to run still runs them at full speed.
+ * compile. At a higher niceness a helper runs mostly in what the shards
+ * leave, and at full speed on a core with nothing else to run.
+ *
+ * But a shard also waits for them: a scavenge is a job the shard joins,
+ * and the join returns only once every helper that took part of the work
+ * has finished it (V8's `DefaultJobState::Join`). The kernel weighs
+ * niceness among the threads of one scheduling group: a session (with the
+ * kernel's autogroups), a container (its cgroup), or else every process.
+ * When something else of the group keeps the core busy, a helper at 19 (weight 15 against
+ * 1024) gets ~1.5% of it while the shard waits: at light load beside a
+ * spinning process of the server's session, p99 147–156 ms against
+ * 4.6–5.6 at 0; the same process in a session of its own changed nothing.
+ * At 10 (weight 110) the same runs kept p99 at 4.3–5.1 ms, and on a core
+ * of its own 10 gains what 19 does: at medium load p99 2.6–4.0 ms against
+ * 4.9–18.2 at 0 (19: 2.9–5.7), and no worse at 1M deliveries/s, where the
+ * helpers must still finish their marking. Hence the default, 10
+ * (docs/performance.md, V8's helpers after the shards).
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism, setPriority } from 'node:os';

@@ -192,7 +192,7 @@ const niceOf = (pid: number, comm: string): number[] =>
     .filter((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, 'latin1').trim() === comm)
     .map((tid) => Number(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]));
 
-test("V8's helper threads run at niceness 19 by default, the shards and the primary at 0; --v8-helper-nice 0 leaves them alone", {
+test("V8's helper threads run at niceness 10 by default, the shards and the primary at 0; --v8-helper-nice 0 leaves them alone, 19 is taken", {
   skip: process.platform !== 'linux',
 }, async (t) => {
   const byDefault = await startServer(t, { workers: 2 });
@@ -200,12 +200,12 @@ test("V8's helper threads run at niceness 19 by default, the shards and the prim
   assert.ok(helpers.length > 0, 'no V8 helper thread found');
   assert.deepEqual(
     helpers,
-    helpers.map(() => 19),
+    helpers.map(() => 10),
   );
   assert.deepEqual(niceOf(byDefault.child.pid!, 'moodio-rt shard'), [0, 0]);
   assert.deepEqual(niceOf(byDefault.child.pid!, 'node-MainThread'), [0]);
   const listening = byDefault.logs.find((l) => l.event === 'listening');
-  assert.equal(listening?.v8HelperNice, 19);
+  assert.equal(listening?.v8HelperNice, 10);
   assert.equal(listening?.v8HelpersLowered, helpers.length);
   const left = await startServer(t, { workers: 1, args: ['--v8-helper-nice', '0'] });
   assert.deepEqual(
@@ -213,10 +213,10 @@ test("V8's helper threads run at niceness 19 by default, the shards and the prim
     helpers.map(() => 0),
   );
   assert.equal(left.logs.find((l) => l.event === 'listening')?.v8HelpersLowered, 0);
-  const some = await startServer(t, { workers: 1, env: { MOODIO_RT_V8_HELPER_NICE: '7' } });
+  const lowest = await startServer(t, { workers: 1, env: { MOODIO_RT_V8_HELPER_NICE: '19' } });
   assert.deepEqual(
-    niceOf(some.child.pid!, V8_HELPER_COMM),
-    helpers.map(() => 7),
+    niceOf(lowest.child.pid!, V8_HELPER_COMM),
+    helpers.map(() => 19),
   );
 });
 
