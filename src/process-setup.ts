@@ -154,31 +154,51 @@ export function ensureProcessSetup(mode: GcThreadsMode, workers: number): string
 /** What Linux calls the threads of Node's V8 platform (`/proc/<pid>/task/<tid>/comm`). */
 export const V8_HELPER_COMM = 'node-V8Worker';
 
+/** What {@link lowerV8Helpers} did: the threads it set, and why none was when none was. */
+export interface HelpersLowered {
+  lowered: number;
+  /**
+   * Null when a thread was set, or none was to be (`nice` 0, not Linux);
+   * else `no_task_list` (no `/proc/self/task`: a container that hides it),
+   * `refused` (`setpriority` failed for each: a seccomp policy) or
+   * `none_found` (no thread named {@link V8_HELPER_COMM}: a Node that names
+   * them otherwise).
+   */
+  failure: 'no_task_list' | 'refused' | 'none_found' | null;
+}
+
 /**
  * Set the niceness of this process's V8 helper threads to `nice` (0: leave
- * them); the number of threads it set (the `listening` log says it, so 0
- * where it could set none is visible). Linux only (elsewhere 0): a thread
- * id is a pid to `setpriority`, and raising one's own niceness needs no
- * privilege. The helpers are made at process start, before any shard, so
- * one call covers them all.
+ * them). Linux only: a thread id is a pid to `setpriority`, and raising
+ * one's own niceness needs no privilege. The helpers are made at process
+ * start, before any shard, so one call covers them all. Nothing here stops
+ * the server: the caller logs a failure.
  */
-export function lowerV8Helpers(nice: number, taskDir = '/proc/self/task'): number {
-  if (nice === 0 || process.platform !== 'linux') return 0;
+export function lowerV8Helpers(nice: number, taskDir = '/proc/self/task'): HelpersLowered {
+  if (nice === 0 || process.platform !== 'linux') return { lowered: 0, failure: null };
   let tids: string[];
   try {
     tids = readdirSync(taskDir);
   } catch {
-    return 0; // no /proc here (a sandbox): the helpers keep Node's priority
+    return { lowered: 0, failure: 'no_task_list' };
   }
   let lowered = 0;
+  let refused = false;
   for (const tid of tids) {
+    let comm: string;
     try {
-      if (readFileSync(`${taskDir}/${tid}/comm`, 'latin1').trim() !== V8_HELPER_COMM) continue;
+      comm = readFileSync(`${taskDir}/${tid}/comm`, 'latin1').trim();
+    } catch {
+      continue; // the thread ended since the listing
+    }
+    if (comm !== V8_HELPER_COMM) continue;
+    try {
       setPriority(Number(tid), nice);
       lowered++;
     } catch {
-      // The thread ended since the listing, or a seccomp policy refuses setpriority: not a reason to stop the server.
+      refused = true; // a seccomp policy, or the thread ended
     }
   }
-  return lowered;
+  if (lowered > 0) return { lowered, failure: null };
+  return { lowered, failure: refused ? 'refused' : 'none_found' };
 }

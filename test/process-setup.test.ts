@@ -6,7 +6,8 @@
  * (same pid) when either is missing, and leaves an operator's own values alone.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { availableParallelism } from 'node:os';
 import {
@@ -230,14 +231,38 @@ test('an out-of-range --v8-helper-nice is refused at start, naming the option', 
   }
 });
 
-test('lowerV8Helpers: 0 leaves every thread alone; a task directory it cannot read, or a thread that ended, is no error', () => {
-  assert.equal(lowerV8Helpers(0), 0);
-  assert.equal(lowerV8Helpers(19, '/nonexistent/task'), 0);
-  // A listing whose entries vanished: each read fails, none is set, nothing throws.
+/** Whether this process may hide /proc from a child (root, util-linux's unshare, mount namespaces allowed). */
+const canHideProc = (): boolean => {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false;
+  return spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs none /proc'], { timeout: 5000 }).status === 0;
+};
+
+test("in a container that hides /proc, serve runs with V8's helpers as Node started them and warns why, once", { skip: !canHideProc() }, async (t) => {
+  // A mount namespace of its own, /proc covered by an empty tmpfs: no task list to find the helpers in.
+  const server = await startServer(t, {
+    workers: 1,
+    prefix: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs none /proc && exec "$0" "$@"'],
+  });
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/health`)).status, 200);
+  assert.equal(server.logs.find((l) => l.event === 'listening')?.v8HelpersLowered, 0);
+  const warned = await server.waitForLog((l) => l.event === 'v8_helpers_not_lowered');
+  assert.equal(warned.level, 'warn');
+  assert.equal(warned.reason, 'no_task_list');
+  assert.equal(warned.v8HelperNice, 10);
+  assert.equal(server.logs.filter((l) => l.event === 'v8_helpers_not_lowered').length, 1);
+});
+
+test('lowerV8Helpers: 0 leaves every thread alone; a task directory it cannot read, a thread that ended, or none named for V8 is no error, and says which', () => {
+  assert.deepEqual(lowerV8Helpers(0), { lowered: 0, failure: null });
+  assert.deepEqual(lowerV8Helpers(19, '/nonexistent/task'), { lowered: 0, failure: 'no_task_list' });
   const dir = mkdtempSync('/tmp/moodio-rt-task-');
   try {
+    // A listing whose entry vanished: its read fails, none is set, nothing throws.
     mkdirSync(`${dir}/123456789`);
-    assert.equal(lowerV8Helpers(19, dir), 0);
+    assert.deepEqual(lowerV8Helpers(19, dir), { lowered: 0, failure: 'none_found' });
+    // A helper by name whose thread is gone (no such id): setpriority fails.
+    writeFileSync(`${dir}/123456789/comm`, `${V8_HELPER_COMM}\n`);
+    assert.deepEqual(lowerV8Helpers(19, dir), { lowered: 0, failure: 'refused' });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
