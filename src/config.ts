@@ -559,9 +559,9 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
     key: 'v8HelperNice',
     flags: '--v8-helper-nice <n>',
     env: 'MOODIO_RT_V8_HELPER_NICE',
-    default: '19',
+    default: '10',
     description:
-      "niceness of V8's helper threads (optimizing compiles, GC helpers), 0 to 19: on a busy core the shards run first and the helpers in what the shards leave; 0 leaves them as Node starts them (Linux only)",
+      "niceness of V8's helper threads (optimizing compiles, GC helpers), 0 to 19: on a busy core the shards run first and the helpers mostly in what the shards leave; 0 leaves them as Node starts them; 19 can stall a shard that waits for a helper while another busy process of its session or container holds the core (Linux only)",
     parse: intIn(0, 19),
   },
   {

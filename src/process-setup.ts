@@ -49,9 +49,10 @@
  * **Under a profiler, no re-exec.** Node's sampling profilers (`--cpu-prof`,
  * `--prof`) signal the process with SIGPROF; one pending at the `execve`
  * kills the new image, whose SIGPROF action is the default
- * ("Profiling timer expired"). Started with one of them, `serve` runs as it
- * was started and says what it lacks ({@link ensureProcessSetup}'s result):
- * an operator who profiles sets the variable and the flags himself.
+ * ("Profiling timer expired"). Started with one of them (as a flag, or in
+ * `NODE_OPTIONS`, which the re-exec keeps), `serve` runs as it was started
+ * and says what it lacks ({@link ensureProcessSetup}'s result): an operator
+ * who profiles sets the variable and the flags himself.
  *
  * **V8's helper threads run after the shards** ({@link lowerV8Helpers},
  * `--v8-helper-nice`). Node's V8 platform has a few helper threads (four;
@@ -62,11 +63,23 @@
  * shard half of its core for 40–50 ms. At medium load on one pinned core,
  * that made the slowest deliveries of a fresh server's first seconds
  * 16–31 ms instead of 5–14, more so with history on, whose code is more to
- * compile. At niceness 19 a helper gets what the shards leave (CFS weights
- * 15 against 1024): p99 3.4–4.9 ms against 6.2–14.2, and no worse at
- * 1M deliveries/s, where the shard left the helpers enough to finish their
- * marking (docs/performance.md, V8's helpers after the shards). A core
- * with nothing else to run still runs them at full speed.
+ * compile. At a higher niceness a helper runs mostly in what the shards
+ * leave, and at full speed on a core with nothing else to run.
+ *
+ * But a shard also waits for them: a scavenge is a job the shard joins,
+ * and the join returns only once every helper that took part of the work
+ * has finished it (V8's `DefaultJobState::Join`). The kernel weighs
+ * niceness among the threads of one scheduling group: a session (with the
+ * kernel's autogroups), a container (its cgroup), or else every process.
+ * When something else of the group keeps the core busy, a helper at 19 (weight 15 against
+ * 1024) gets ~1.5% of it while the shard waits: at light load beside a
+ * spinning process of the server's session, p99 147–156 ms against
+ * 4.6–5.6 at 0; the same process in a session of its own changed nothing.
+ * At 10 (weight 110) the same runs kept p99 at 4.3–5.1 ms, and on a core
+ * of its own 10 gains what 19 does: at medium load p99 2.6–4.0 ms against
+ * 4.9–18.2 at 0 (19: 2.9–5.7), and no worse at 1M deliveries/s, where the
+ * helpers must still finish their marking. Hence the default, 10
+ * (docs/performance.md, V8's helpers after the shards).
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { availableParallelism, setPriority } from 'node:os';
@@ -110,9 +123,15 @@ export function missingSetup(
 /** Node flags that start a sampling profiler (SIGPROF): a re-exec under one can be killed by a pending signal. */
 const PROFILER_FLAGS: ReadonlySet<string> = new Set(['--cpu-prof', '--prof']);
 
-/** Whether `execArgv` starts a sampling profiler (flags with dashes or underscores, with or without a value). */
-export function profiled(execArgv: readonly string[] = process.execArgv): boolean {
-  return execArgv.some((flag) => PROFILER_FLAGS.has(flagName(flag)));
+/**
+ * Whether Node was started with a sampling profiler: in `execArgv`, or in
+ * `NODE_OPTIONS`, which Node reads without showing it in `execArgv` and
+ * which a re-exec keeps (flags with dashes or underscores, quoted or not,
+ * with or without a value).
+ */
+export function profiled(execArgv: readonly string[] = process.execArgv, nodeOptions = process.env.NODE_OPTIONS ?? ''): boolean {
+  const fromEnv = nodeOptions.split(/\s+/).map((word) => word.replaceAll('"', ''));
+  return [...execArgv, ...fromEnv].some((flag) => PROFILER_FLAGS.has(flagName(flag)));
 }
 
 /**
@@ -135,31 +154,51 @@ export function ensureProcessSetup(mode: GcThreadsMode, workers: number): string
 /** What Linux calls the threads of Node's V8 platform (`/proc/<pid>/task/<tid>/comm`). */
 export const V8_HELPER_COMM = 'node-V8Worker';
 
+/** What {@link lowerV8Helpers} did: the threads it set, and why none was when none was. */
+export interface HelpersLowered {
+  lowered: number;
+  /**
+   * Null when a thread was set, or none was to be (`nice` 0, not Linux);
+   * else `no_task_list` (no `/proc/self/task`: a container that hides it),
+   * `refused` (`setpriority` failed for each: a seccomp policy) or
+   * `none_found` (no thread named {@link V8_HELPER_COMM}: a Node that names
+   * them otherwise).
+   */
+  failure: 'no_task_list' | 'refused' | 'none_found' | null;
+}
+
 /**
  * Set the niceness of this process's V8 helper threads to `nice` (0: leave
- * them); the number of threads it set (the `listening` log says it, so 0
- * where it could set none is visible). Linux only (elsewhere 0): a thread
- * id is a pid to `setpriority`, and raising one's own niceness needs no
- * privilege. The helpers are made at process start, before any shard, so
- * one call covers them all.
+ * them). Linux only: a thread id is a pid to `setpriority`, and raising
+ * one's own niceness needs no privilege. The helpers are made at process
+ * start, before any shard, so one call covers them all. Nothing here stops
+ * the server: the caller logs a failure.
  */
-export function lowerV8Helpers(nice: number, taskDir = '/proc/self/task'): number {
-  if (nice === 0 || process.platform !== 'linux') return 0;
+export function lowerV8Helpers(nice: number, taskDir = '/proc/self/task'): HelpersLowered {
+  if (nice === 0 || process.platform !== 'linux') return { lowered: 0, failure: null };
   let tids: string[];
   try {
     tids = readdirSync(taskDir);
   } catch {
-    return 0; // no /proc here (a sandbox): the helpers keep Node's priority
+    return { lowered: 0, failure: 'no_task_list' };
   }
   let lowered = 0;
+  let refused = false;
   for (const tid of tids) {
+    let comm: string;
     try {
-      if (readFileSync(`${taskDir}/${tid}/comm`, 'latin1').trim() !== V8_HELPER_COMM) continue;
+      comm = readFileSync(`${taskDir}/${tid}/comm`, 'latin1').trim();
+    } catch {
+      continue; // the thread ended since the listing
+    }
+    if (comm !== V8_HELPER_COMM) continue;
+    try {
       setPriority(Number(tid), nice);
       lowered++;
     } catch {
-      // The thread ended since the listing, or a seccomp policy refuses setpriority: not a reason to stop the server.
+      refused = true; // a seccomp policy, or the thread ended
     }
   }
-  return lowered;
+  if (lowered > 0) return { lowered, failure: null };
+  return { lowered, failure: refused ? 'refused' : 'none_found' };
 }

@@ -349,9 +349,11 @@ test('newestFrame: the frame of the event just stamped, from the bytes kept, equ
 test('encodeOffsetFrame writes the offset member byte by byte: equal to encoding the text with it, for offsets of every digit count and across header sizes', async () => {
   const { encodeTextFrame, encodeOffsetFrame } = await import('../src/protocol/frame.ts');
   const { withOffset } = await import('../src/protocol/event-frames.ts');
-  const offsets = [0, 1, 9, 10, 99, 100, 12_345, 2 ** 31 - 1, 2 ** 31, 2 ** 32 + 1, 10 ** 15, Number.MAX_SAFE_INTEGER];
-  // Lengths just under and over each header size's bound once the member is added (125/126, 65535/65536 bytes of text).
-  const bodies = ['{"a":1}', `{"x":"é€😀"}`, `{"p":"${'y'.repeat(100)}"}`, `{"p":"${'y'.repeat(65_490)}"}`];
+  const offsets = [0, 1, 9, 10, 99, 100, 12_345, 1_234_567, 12_345_678, 2 ** 31 - 1, 2 ** 31, 2 ** 32 + 1, 10 ** 15, Number.MAX_SAFE_INTEGER];
+  // Texts whose length with the member (the kept bytes, 11 bytes and the digits) is each header size's last and first:
+  // 107 kept bytes make 125 with 7 digits and 126 with 8; 65,522 make 65,535 with 2 and 65,536 with 3.
+  const bodies = ['{"a":1}', `{"x":"é€😀"}`, `{"p":"${'y'.repeat(100)}"}`, `{"p":"${'y'.repeat(65_515)}"}`];
+  const lengths = new Set<number>();
   for (const body of bodies) {
     const source = Buffer.concat([Buffer.from('garbage before'), Buffer.from(body), Buffer.from('after')]);
     const start = 'garbage before'.length;
@@ -359,7 +361,9 @@ test('encodeOffsetFrame writes the offset member byte by byte: equal to encoding
     for (const offset of offsets) {
       const frame = encodeOffsetFrame(source, start, end, offset);
       const expected = encodeTextFrame(withOffset(body, offset));
+      lengths.add(Buffer.byteLength(withOffset(body, offset)));
       assert.ok(frame.equals(expected), `offset ${offset}, a body of ${body.length} characters: ${frame.subarray(-30).toString('latin1')}`);
     }
   }
+  for (const bound of [125, 126, 65_535, 65_536]) assert.ok(lengths.has(bound), `no text of ${bound} bytes`);
 });

@@ -6,7 +6,8 @@
  * (same pid) when either is missing, and leaves an operator's own values alone.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { availableParallelism } from 'node:os';
 import {
@@ -138,10 +139,33 @@ test('under --cpu-prof serve runs as started (a re-exec could die of a pending S
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/health`)).status, 200);
   const flags = nodeFlagsOf(server.child.pid!);
   assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `re-executed: ${flags.join(' ')}`);
-  const warned = server.logs.find((l) => l.event === 'process_setup_incomplete');
+  const warned = await server.waitForLog((l) => l.event === 'process_setup_incomplete');
   assert.equal(warned?.reason, 'profiler');
   assert.deepEqual(warned?.lacking, [`MALLOC_MMAP_THRESHOLD_=${ALLOCATOR_ENV.MALLOC_MMAP_THRESHOLD_}`, ...MARKING_TRIGGERS]);
   // The profile is written at exit, by the process that was started.
+  await server.stop();
+  assert.ok(
+    readdirSync(dir).some((f) => f.endsWith('.cpuprofile')),
+    readdirSync(dir).join(', '),
+  );
+});
+
+test('under NODE_OPTIONS=--cpu-prof too, serve runs as started: the re-executed image inherits the variable, and a pending SIGPROF killed it', {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-prof-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  // Node takes --cpu-prof from NODE_OPTIONS (not --prof): it is not in process.execArgv, and the re-exec kept it.
+  const server = await startServer(t, {
+    workers: 1,
+    env: { MALLOC_MMAP_THRESHOLD_: undefined, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir="${dir}" --cpu-prof-interval=50` },
+  });
+  const flags = nodeFlagsOf(server.child.pid!);
+  assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `re-executed: ${flags.join(' ')}`);
+  const warned = await server.waitForLog((l) => l.event === 'process_setup_incomplete');
+  assert.equal(warned?.reason, 'profiler');
   await server.stop();
   assert.ok(
     readdirSync(dir).some((f) => f.endsWith('.cpuprofile')),
@@ -156,6 +180,11 @@ test('profiled: the sampling profilers, with dashes or underscores, with or with
   assert.equal(profiled(['--heap-prof']), false);
   assert.equal(profiled(['--cpu-prof-dir=/tmp', '--max-semi-space-size=4']), false);
   assert.equal(profiled([]), false);
+  // NODE_OPTIONS, which execArgv does not show: the flag alone, quoted, with underscores; a profiler's other flags are not one.
+  assert.equal(profiled([], '--max-old-space-size=512 --cpu-prof'), true);
+  assert.equal(profiled([], '"--cpu_prof" --cpu-prof-dir="/tmp/a b"'), true);
+  assert.equal(profiled([], '--cpu-prof-dir=/tmp --heap-prof'), false);
+  assert.equal(profiled([], ''), false);
 });
 
 /** Niceness of each thread of `pid` named `comm` (field 19 of /proc/<pid>/task/<tid>/stat). */
@@ -164,7 +193,7 @@ const niceOf = (pid: number, comm: string): number[] =>
     .filter((tid) => readFileSync(`/proc/${pid}/task/${tid}/comm`, 'latin1').trim() === comm)
     .map((tid) => Number(readFileSync(`/proc/${pid}/task/${tid}/stat`, 'latin1').split(') ')[1]!.split(' ')[16]));
 
-test("V8's helper threads run at niceness 19 by default, the shards and the primary at 0; --v8-helper-nice 0 leaves them alone", {
+test("V8's helper threads run at niceness 10 by default, the shards and the primary at 0; --v8-helper-nice 0 leaves them alone, 19 is taken", {
   skip: process.platform !== 'linux',
 }, async (t) => {
   const byDefault = await startServer(t, { workers: 2 });
@@ -172,12 +201,12 @@ test("V8's helper threads run at niceness 19 by default, the shards and the prim
   assert.ok(helpers.length > 0, 'no V8 helper thread found');
   assert.deepEqual(
     helpers,
-    helpers.map(() => 19),
+    helpers.map(() => 10),
   );
   assert.deepEqual(niceOf(byDefault.child.pid!, 'moodio-rt shard'), [0, 0]);
   assert.deepEqual(niceOf(byDefault.child.pid!, 'node-MainThread'), [0]);
   const listening = byDefault.logs.find((l) => l.event === 'listening');
-  assert.equal(listening?.v8HelperNice, 19);
+  assert.equal(listening?.v8HelperNice, 10);
   assert.equal(listening?.v8HelpersLowered, helpers.length);
   const left = await startServer(t, { workers: 1, args: ['--v8-helper-nice', '0'] });
   assert.deepEqual(
@@ -185,10 +214,10 @@ test("V8's helper threads run at niceness 19 by default, the shards and the prim
     helpers.map(() => 0),
   );
   assert.equal(left.logs.find((l) => l.event === 'listening')?.v8HelpersLowered, 0);
-  const some = await startServer(t, { workers: 1, env: { MOODIO_RT_V8_HELPER_NICE: '7' } });
+  const lowest = await startServer(t, { workers: 1, env: { MOODIO_RT_V8_HELPER_NICE: '19' } });
   assert.deepEqual(
-    niceOf(some.child.pid!, V8_HELPER_COMM),
-    helpers.map(() => 7),
+    niceOf(lowest.child.pid!, V8_HELPER_COMM),
+    helpers.map(() => 19),
   );
 });
 
@@ -202,14 +231,38 @@ test('an out-of-range --v8-helper-nice is refused at start, naming the option', 
   }
 });
 
-test('lowerV8Helpers: 0 leaves every thread alone; a task directory it cannot read, or a thread that ended, is no error', () => {
-  assert.equal(lowerV8Helpers(0), 0);
-  assert.equal(lowerV8Helpers(19, '/nonexistent/task'), 0);
-  // A listing whose entries vanished: each read fails, none is set, nothing throws.
+/** Whether this process may hide /proc from a child (root, util-linux's unshare, mount namespaces allowed). */
+const canHideProc = (): boolean => {
+  if (process.platform !== 'linux' || process.getuid?.() !== 0) return false;
+  return spawnSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs none /proc'], { timeout: 5000 }).status === 0;
+};
+
+test("in a container that hides /proc, serve runs with V8's helpers as Node started them and warns why, once", { skip: !canHideProc() }, async (t) => {
+  // A mount namespace of its own, /proc covered by an empty tmpfs: no task list to find the helpers in.
+  const server = await startServer(t, {
+    workers: 1,
+    prefix: ['unshare', '-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs none /proc && exec "$0" "$@"'],
+  });
+  assert.equal((await fetch(`http://127.0.0.1:${server.port}/health`)).status, 200);
+  assert.equal(server.logs.find((l) => l.event === 'listening')?.v8HelpersLowered, 0);
+  const warned = await server.waitForLog((l) => l.event === 'v8_helpers_not_lowered');
+  assert.equal(warned.level, 'warn');
+  assert.equal(warned.reason, 'no_task_list');
+  assert.equal(warned.v8HelperNice, 10);
+  assert.equal(server.logs.filter((l) => l.event === 'v8_helpers_not_lowered').length, 1);
+});
+
+test('lowerV8Helpers: 0 leaves every thread alone; a task directory it cannot read, a thread that ended, or none named for V8 is no error, and says which', () => {
+  assert.deepEqual(lowerV8Helpers(0), { lowered: 0, failure: null });
+  assert.deepEqual(lowerV8Helpers(19, '/nonexistent/task'), { lowered: 0, failure: 'no_task_list' });
   const dir = mkdtempSync('/tmp/moodio-rt-task-');
   try {
+    // A listing whose entry vanished: its read fails, none is set, nothing throws.
     mkdirSync(`${dir}/123456789`);
-    assert.equal(lowerV8Helpers(19, dir), 0);
+    assert.deepEqual(lowerV8Helpers(19, dir), { lowered: 0, failure: 'none_found' });
+    // A helper by name whose thread is gone (no such id): setpriority fails.
+    writeFileSync(`${dir}/123456789/comm`, `${V8_HELPER_COMM}\n`);
+    assert.deepEqual(lowerV8Helpers(19, dir), { lowered: 0, failure: 'refused' });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

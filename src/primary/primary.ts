@@ -16,7 +16,7 @@ import { fnv1a32 } from '../protocol/hash.ts';
 import { Metric } from '../protocol/metrics.ts';
 import { readHead, type HeadReadResult, type PendingHead } from './head-reader.ts';
 import { CROWD, MemoryRelease, releasedFields } from '../memory-release.ts';
-import { lowerV8Helpers, SINGLE_THREADED_GC } from '../process-setup.ts';
+import { type HelpersLowered, lowerV8Helpers, SINGLE_THREADED_GC } from '../process-setup.ts';
 import { sampleThreadStats } from '../thread-stats.ts';
 import { ApiServer } from './api-server.ts';
 import { demoResponse } from './demo.ts';
@@ -97,7 +97,7 @@ export class Primary {
   private closing = false;
   private stopSampling: () => void = () => {};
   /** V8 helper threads set to `--v8-helper-nice` at start (process-setup.ts). */
-  private helpersLowered = 0;
+  private helpers: HelpersLowered = { lowered: 0, failure: null };
   /** Refusals are caused at will by peers: logged at a bounded rate. */
   private readonly rejections = new LogBudget(REJECTION_LOG_PER_SECOND);
   /** WebSocket handshakes by client address (--handshake-rate-per-address). */
@@ -137,7 +137,7 @@ export class Primary {
   /** Start the shards, then listen. Resolves with the bound address. */
   async start(): Promise<AddressInfo> {
     await this.pool.start();
-    this.helpersLowered = lowerV8Helpers(this.config.v8HelperNice);
+    this.helpers = lowerV8Helpers(this.config.v8HelperNice);
     this.stopSampling = sampleThreadStats(this.pool.primaryMetrics);
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
@@ -153,8 +153,10 @@ export class Primary {
       workers: this.pool.size,
       gcThreads: process.execArgv.includes(SINGLE_THREADED_GC) ? 'single' : 'parallel',
       v8HelperNice: this.config.v8HelperNice,
-      v8HelpersLowered: this.helpersLowered,
+      v8HelpersLowered: this.helpers.lowered,
     });
+    // The server runs as well without it: said once, with why, for an operator who counted on it.
+    if (this.helpers.failure !== null) this.log.warn('v8_helpers_not_lowered', { v8HelperNice: this.config.v8HelperNice, reason: this.helpers.failure });
     return address;
   }
 
