@@ -8,8 +8,9 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { test } from 'node:test';
-import { availableParallelism } from 'node:os';
+import { type TestContext, test } from 'node:test';
+import { join } from 'node:path';
+import { availableParallelism, tmpdir } from 'node:os';
 import {
   ALLOCATOR_ENV,
   lowerV8Helpers,
@@ -20,7 +21,7 @@ import {
   singleThreadedGc,
   V8_HELPER_COMM,
 } from '../src/process-setup.ts';
-import { startServer } from './helpers/server.ts';
+import { type ServerOptions, startServer } from './helpers/server.ts';
 
 const environOf = (pid: number): Map<string, string> =>
   new Map(
@@ -122,49 +123,39 @@ test('singleThreadedGc and missingSetup decide from the mode, the shards and the
   if (process.platform === 'linux') assert.deepEqual(missingSetup('parallel', 1, {}, []).env, ALLOCATOR_ENV);
 });
 
-test('under --cpu-prof serve runs as started (a re-exec could die of a pending SIGPROF) and logs what it lacks', {
-  skip: process.platform !== 'linux',
-}, async (t) => {
-  const { tmpdir } = await import('node:os');
-  const { join } = await import('node:path');
+/**
+ * A server started under a sampling profiler (`profile` puts it in Node's flags or in NODE_OPTIONS, in `dir`):
+ * it runs as started (ours not added by a re-exec), answers `/health`, and says it lacks the setup; its warning is returned.
+ * The profile file Node writes at exit is not asserted: once, in a loaded full run, the NODE_OPTIONS case left none
+ * (cause not found: 8 of 8 starts and stops under two busy loops wrote theirs); what is the server's is asserted here.
+ */
+async function startProfiled(t: TestContext, profile: (dir: string) => Pick<ServerOptions, 'nodeArgs' | 'env'>): Promise<Record<string, unknown>> {
   const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-prof-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  // A 50 µs sampling interval: with a re-exec, a SIGPROF pending at the execve killed the new image ("Profiling timer expired").
-  const server = await startServer(t, {
-    workers: 1,
-    env: { MALLOC_MMAP_THRESHOLD_: undefined },
-    nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-interval', '50'],
-  });
+  const { nodeArgs, env } = profile(dir);
+  const server = await startServer(t, { workers: 1, nodeArgs, env: { MALLOC_MMAP_THRESHOLD_: undefined, ...env } });
   assert.equal((await fetch(`http://127.0.0.1:${server.port}/health`)).status, 200);
   const flags = nodeFlagsOf(server.child.pid!);
   assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `re-executed: ${flags.join(' ')}`);
   const warned = await server.waitForLog((l) => l.event === 'process_setup_incomplete');
   assert.equal(warned?.reason, 'profiler');
-  assert.deepEqual(warned?.lacking, [`MALLOC_MMAP_THRESHOLD_=${ALLOCATOR_ENV.MALLOC_MMAP_THRESHOLD_}`, ...MARKING_TRIGGERS]);
-  // Not asserted: the profile file Node writes at exit. Once, in a loaded full run, the NODE_OPTIONS case below
-  // left none (cause not found: 8 of 8 starts and stops under two busy loops wrote theirs); what is the server's is asserted above.
   await server.stop();
+  return warned!;
+}
+
+test('under --cpu-prof serve runs as started (a re-exec could die of a pending SIGPROF) and logs what it lacks', {
+  skip: process.platform !== 'linux',
+}, async (t) => {
+  // A 50 µs sampling interval: with a re-exec, a SIGPROF pending at the execve killed the new image ("Profiling timer expired").
+  const warned = await startProfiled(t, (dir) => ({ nodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir, '--cpu-prof-interval', '50'] }));
+  assert.deepEqual(warned.lacking, [`MALLOC_MMAP_THRESHOLD_=${ALLOCATOR_ENV.MALLOC_MMAP_THRESHOLD_}`, ...MARKING_TRIGGERS]);
 });
 
 test('under NODE_OPTIONS=--cpu-prof too, serve runs as started: the re-executed image inherits the variable, and a pending SIGPROF killed it', {
   skip: process.platform !== 'linux',
 }, async (t) => {
-  const { tmpdir } = await import('node:os');
-  const { join } = await import('node:path');
-  const dir = mkdtempSync(join(tmpdir(), 'moodio-rt-prof-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
   // Node takes --cpu-prof from NODE_OPTIONS (not --prof): it is not in process.execArgv, and the re-exec kept it.
-  const server = await startServer(t, {
-    workers: 1,
-    env: { MALLOC_MMAP_THRESHOLD_: undefined, NODE_OPTIONS: `--cpu-prof --cpu-prof-dir="${dir}" --cpu-prof-interval=50` },
-  });
-  const flags = nodeFlagsOf(server.child.pid!);
-  assert.ok(!flags.includes(MARKING_TRIGGERS[0]), `re-executed: ${flags.join(' ')}`);
-  const warned = await server.waitForLog((l) => l.event === 'process_setup_incomplete');
-  assert.equal(warned?.reason, 'profiler');
-  // Alive and serving under the profiler (the file it writes at exit is not asserted: see the test above).
-  assert.equal((await fetch(`http://127.0.0.1:${server.port}/health`)).status, 200);
-  await server.stop();
+  await startProfiled(t, (dir) => ({ env: { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir="${dir}" --cpu-prof-interval=50` } }));
 });
 
 test('profiled: the sampling profilers, with dashes or underscores, with or without a value', () => {
